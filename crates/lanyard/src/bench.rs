@@ -1,0 +1,176 @@
+//! `lanyard bench card`: APDU round trips and a generate + certificate write through PC/SC.
+//! Figures go to docs/BENCHMARKS.md with the command that produced them.
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use lanyard_piv::transport::PcscTransport;
+use lanyard_piv::{KeyAlgorithm, ManagementKey, MgmAlgorithm, Piv, Slot, tag};
+use lanyard_vcard::x509::{self, CertError, CertTemplate};
+use sha2::{Digest, Sha256};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Benchmark a card. DESTRUCTIVE: overwrites the key and certificate in slot 9A, so it
+    /// refuses any reader that is not a "Virtual PCD" unless --i-know-this-erases-9a is given.
+    Card {
+        #[arg(long, short, default_value = "Virtual PCD 00 00")]
+        reader: String,
+        /// Iterations of each round-trip measurement.
+        #[arg(long, default_value_t = 200)]
+        iterations: u32,
+        /// Iterations of the generate + write-certificate sequence per algorithm.
+        #[arg(long, default_value_t = 5)]
+        sequences: u32,
+        /// PIN of the card.
+        #[arg(long, default_value = "123456")]
+        pin: String,
+        /// Management key (hex); the factory 3DES key when absent.
+        #[arg(long)]
+        mgm_key: Option<String>,
+        #[arg(long)]
+        i_know_this_erases_9a: bool,
+    },
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Card { reader, iterations, sequences, pin, mgm_key, i_know_this_erases_9a } = cmd;
+    if !reader.to_lowercase().contains("virtual pcd") && !i_know_this_erases_9a {
+        bail!("refusing to overwrite slot 9A of {reader:?}; pass --i-know-this-erases-9a");
+    }
+    let key = match mgm_key {
+        Some(h) => {
+            let b = hex::decode(h).context("management key hex")?;
+            let alg = if b.len() == 24 {
+                MgmAlgorithm::TripleDes
+            } else if b.len() == 16 {
+                MgmAlgorithm::Aes128
+            } else {
+                MgmAlgorithm::Aes256
+            };
+            ManagementKey::new(alg, &b)?
+        }
+        None => ManagementKey::factory(MgmAlgorithm::TripleDes),
+    };
+    let t = PcscTransport::connect(&reader)?;
+    println!("reader: {}", t.reader());
+    let mut piv = Piv::new(t);
+    piv.select()?;
+    piv.verify_pin(pin.as_bytes())?;
+    piv.authenticate_mutual(&key)?;
+
+    // Round trips of a small GET DATA (discovery object, 20 bytes).
+    let start = Instant::now();
+    for _ in 0..iterations {
+        piv.get_data(tag::DISCOVERY)?;
+    }
+    report("GET DATA discovery (7E)", iterations, start.elapsed());
+
+    piv.generate(Slot::AUTHENTICATION, KeyAlgorithm::EccP256, None, None)?;
+    let hash = Sha256::digest(b"lanyard benchmark");
+    let start = Instant::now();
+    for _ in 0..iterations {
+        piv.sign(Slot::AUTHENTICATION, KeyAlgorithm::EccP256, &hash)?;
+    }
+    report("GENERAL AUTHENTICATE sign P-256 (9A)", iterations, start.elapsed());
+
+    for alg in [KeyAlgorithm::EccP256, KeyAlgorithm::Rsa2048] {
+        let mut total = Duration::ZERO;
+        let mut apdus = 0;
+        for _ in 0..sequences {
+            let before = piv.round_trips();
+            let start = Instant::now();
+            generate_and_write_certificate(&mut piv, alg)?;
+            total += start.elapsed();
+            apdus = piv.round_trips() - before;
+        }
+        let per = total / sequences.max(1);
+        println!(
+            "generate {alg} in 9A + self-signed certificate + PUT DATA: {:.1} ms per sequence ({apdus} APDUs), {sequences} runs",
+            per.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+fn report(what: &str, n: u32, d: Duration) {
+    let per = d.as_secs_f64() / f64::from(n.max(1));
+    println!("{what}: {:.0} round trips/s ({:.3} ms each, {n} runs)", 1.0 / per, per * 1e3);
+}
+
+/// Generates a key in 9A and writes a self-signed certificate for it, signed on the card
+/// (what `yubico-piv-tool -a generate -a selfsign -a import-certificate` does).
+fn generate_and_write_certificate(piv: &mut Piv<PcscTransport>, alg: KeyAlgorithm) -> anyhow::Result<()> {
+    let public = piv.generate(Slot::AUTHENTICATION, alg, None, None)?;
+    let spki = crate::bench::spki_of(&public)?;
+    let name = x509_cert::name::Name::from_str("CN=Lanyard benchmark").map_err(CertError::from)?;
+    let now = std::time::SystemTime::now();
+    let cell = std::cell::RefCell::new(&mut *piv);
+    let signer = |tbs: &[u8]| -> Result<Vec<u8>, CertError> {
+        let digest = Sha256::digest(tbs);
+        let mut p = cell.borrow_mut();
+        if alg.is_rsa() {
+            Err(CertError::Other(
+                "RSA self-signing is not benchmarked; P-256 signs the RSA certificate".into(),
+            ))
+        } else {
+            p.sign(Slot::AUTHENTICATION, alg, &digest).map_err(|e| CertError::Other(e.to_string()))
+        }
+    };
+    let template = CertTemplate {
+        subject: name.clone(),
+        spki,
+        serial: x509::random_serial()?,
+        validity: x509_cert::time::Validity {
+            not_before: x509::x509_time(now)?,
+            not_after: x509::x509_time(now + Duration::from_secs(86400))?,
+        },
+        extensions: Vec::new(),
+    };
+    let cert = if alg.is_rsa() {
+        // The RSA key's certificate is signed by a throwaway software key: the measured part is
+        // the card's key generation and the object write.
+        let issuer = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        x509::sign(template, &name, &issuer)?
+    } else {
+        x509::sign_with(template, &name, &signer)?
+    };
+    let der = der::Encode::to_der(&cert)?;
+    let object = lanyard_piv::objects::CertificateObject::new(der).encode(false);
+    piv.put_data(tag::CERT_PIV_AUTH, &object)?;
+    Ok(())
+}
+
+/// SubjectPublicKeyInfo for a key the card returned.
+pub fn spki_of(public: &lanyard_piv::PublicKey) -> anyhow::Result<spki::SubjectPublicKeyInfoOwned> {
+    use der::Decode;
+    let der = match public {
+        lanyard_piv::PublicKey::Ec { algorithm: KeyAlgorithm::EccP256, point } => {
+            let pk = p256::PublicKey::from_sec1_bytes(point)?;
+            spki::EncodePublicKey::to_public_key_der(&pk)?.into_vec()
+        }
+        lanyard_piv::PublicKey::Rsa { modulus, exponent } => {
+            // RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
+            let n = der::asn1::UintRef::new(modulus)?;
+            let e = der::asn1::UintRef::new(exponent)?;
+            let seq = der::Encode::to_der(&RsaPub { n, e })?;
+            let spki = spki::SubjectPublicKeyInfoRef {
+                algorithm: spki::AlgorithmIdentifierRef {
+                    oid: spki::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1"),
+                    parameters: Some(der::asn1::AnyRef::NULL),
+                },
+                subject_public_key: der::asn1::BitStringRef::from_bytes(&seq)?,
+            };
+            der::Encode::to_der(&spki)?
+        }
+        other => bail!("no SPKI conversion for {other:?}"),
+    };
+    Ok(spki::SubjectPublicKeyInfoOwned::from_der(&der)?)
+}
+
+#[derive(der::Sequence)]
+struct RsaPub<'a> {
+    n: der::asn1::UintRef<'a>,
+    e: der::asn1::UintRef<'a>,
+}

@@ -1,0 +1,52 @@
+//! `lanyard`: one binary for the whole credential management system.
+
+mod bench;
+mod piv_cmd;
+mod vcard_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Lanyard: issue and manage PIV smart cards, USB keys and mobile credentials.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (also `RUST_LOG`), e.g. `info` or `lanyard_vcard=trace` to see every APDU.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// A software PIV card that plugs into pcscd through the vsmartcard vpcd reader driver.
+    #[command(subcommand)]
+    Vcard(vcard_cmd::VcardCommand),
+    /// Talk to a PIV card in a PC/SC reader (a YubiKey, a PIV card, or a virtual card).
+    #[command(subcommand)]
+    Piv(piv_cmd::PivCommand),
+    /// Measure card operations through PC/SC (see docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Commands::Vcard(c) => vcard_cmd::run(c),
+        Commands::Piv(c) => piv_cmd::run(c),
+        Commands::Bench(c) => bench::run(c),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
