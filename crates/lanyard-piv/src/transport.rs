@@ -50,7 +50,7 @@ impl<H: ApduHandler> CardTransport for InProcess<H> {
 }
 
 #[cfg(feature = "pcsc")]
-pub use self::pcsc_impl::{PcscTransport, list_readers};
+pub use self::pcsc_impl::{PcscTransport, ReaderState, list_readers, reader_states};
 
 #[cfg(feature = "pcsc")]
 mod pcsc_impl {
@@ -74,6 +74,39 @@ mod pcsc_impl {
             Err(e) => return Err(err(e)),
         };
         Ok(readers.into_iter().map(|r| r.to_string_lossy().into_owned()).collect())
+    }
+
+    /// What pcscd knows of a reader, without connecting to its card.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ReaderState {
+        pub name: String,
+        pub card_present: bool,
+        /// Another process holds the card exclusively.
+        pub exclusive: bool,
+        pub atr: Vec<u8>,
+    }
+
+    /// The state of every reader, read with SCardGetStatusChange (no APDU is sent).
+    pub fn reader_states() -> Result<Vec<ReaderState>, TransportError> {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(err)?;
+        let readers = match ctx.list_readers_owned() {
+            Ok(r) => r,
+            Err(pcsc::Error::NoReadersAvailable) => return Ok(Vec::new()),
+            Err(e) => return Err(err(e)),
+        };
+        let mut states: Vec<pcsc::ReaderState> =
+            readers.iter().map(|r| pcsc::ReaderState::new(r.clone(), pcsc::State::UNAWARE)).collect();
+        ctx.get_status_change(std::time::Duration::ZERO, &mut states).map_err(err)?;
+        Ok(states
+            .iter()
+            .map(|s| ReaderState {
+                name: s.name().to_string_lossy().into_owned(),
+                card_present: s.event_state().contains(pcsc::State::PRESENT)
+                    && !s.event_state().contains(pcsc::State::MUTE),
+                exclusive: s.event_state().contains(pcsc::State::EXCLUSIVE),
+                atr: s.atr().to_vec(),
+            })
+            .collect())
     }
 
     /// A card in a PC/SC reader, held with a shared connection over T=1 (or T=0).

@@ -86,8 +86,16 @@ enum PendingAuth {
     Challenge(Vec<u8>),
 }
 
+/// Yubico's management application: ykman reads the serial and firmware from it.
+const MANAGEMENT_AID: [u8; 8] = [0xA0, 0x00, 0x00, 0x05, 0x27, 0x47, 0x11, 0x17];
+const INS_READ_CONFIG: u8 = 0x1D;
+/// yubikit's capability bit for PIV, the only application this card has.
+const CAPABILITY_PIV: [u8; 2] = [0x00, 0x10];
+
 #[derive(Default)]
 struct Session {
+    /// The management application is selected instead of PIV.
+    management_selected: bool,
     pin_verified: bool,
     /// Set by a successful VERIFY, consumed by the next PIN-always key operation.
     pin_always_armed: bool,
@@ -277,6 +285,31 @@ impl VirtualCard {
             self.session.pending_auth = None;
         }
         let le = cmd.le;
+        if cmd.ins == ins::INS_SELECT && cmd.p1 == 0x04 && cmd.data == MANAGEMENT_AID {
+            // Leaving PIV for another application ends its security state.
+            self.session = Session { management_selected: true, ..Session::default() };
+            let v = self.img.version;
+            return self.deliver(
+                format!("Lanyard virtual card - FW version {}.{}.{}", v[0], v[1], v[2]).into_bytes(),
+                le,
+            );
+        }
+        if self.session.management_selected {
+            if cmd.ins == ins::INS_SELECT
+                && cmd.p1 == 0x04
+                && cmd.data.len() >= 5
+                && PIV_AID.starts_with(&cmd.data)
+            {
+                self.session.management_selected = false;
+            } else if cmd.ins == INS_READ_CONFIG {
+                return match self.device_info(cmd.p1) {
+                    Ok(d) => self.deliver(d, le),
+                    Err(sw) => Response::status(sw),
+                };
+            } else if cmd.ins != ins::INS_SELECT {
+                return Response::status(Sw::InsNotSupported);
+            }
+        }
         match self.dispatch(&cmd) {
             Ok(data) => self.deliver(data, le),
             Err(sw) => Response::status(sw),
@@ -352,6 +385,27 @@ impl VirtualCard {
             ins::INS_MOVE_KEY => self.move_key(cmd),
             _ => Err(Sw::InsNotSupported),
         }
+    }
+
+    /// READ CONFIG of the management application: a length byte, then TLVs for the supported and
+    /// enabled applications (PIV only, over USB and NFC), serial, form factor and firmware.
+    fn device_info(&self, page: u8) -> Result<Vec<u8>, Sw> {
+        if page != 0 {
+            return Err(Sw::IncorrectP1P2);
+        }
+        let mut t = Vec::new();
+        tlv::encode(0x01, &CAPABILITY_PIV, &mut t);
+        tlv::encode(0x03, &CAPABILITY_PIV, &mut t);
+        tlv::encode(0x02, &self.img.serial.to_be_bytes(), &mut t);
+        tlv::encode(0x04, &[0x00], &mut t);
+        tlv::encode(0x05, &self.img.version, &mut t);
+        tlv::encode(0x0D, &CAPABILITY_PIV, &mut t);
+        tlv::encode(0x0E, &CAPABILITY_PIV, &mut t);
+        tlv::encode(0x0A, &[0x00], &mut t);
+        let len = u8::try_from(t.len()).map_err(|_| Sw::MemoryFailure)?;
+        let mut out = vec![len];
+        out.extend_from_slice(&t);
+        Ok(out)
     }
 
     fn require_mgm(&self) -> Result<(), Sw> {
@@ -566,7 +620,12 @@ impl VirtualCard {
         let inner = tlv::expect_single(&cmd.data, 0x7C).map_err(|_| Sw::IncorrectData)?;
         let tlvs = tlv::parse_all(inner).map_err(|_| Sw::IncorrectData)?;
         if cmd.p2 == Slot::MANAGEMENT.0 {
-            return self.authenticate_management(cmd.p1, &tlvs);
+            // Any failed step of an authentication drops what an earlier one established.
+            let r = self.authenticate_management(cmd.p1, &tlvs);
+            if r.is_err() {
+                self.session.mgm_authenticated = false;
+            }
+            return r;
         }
         let slot = Slot(cmd.p2);
         if !slot.is_key_slot() {

@@ -114,7 +114,10 @@ fn serve(card: &mut VirtualCard, mut stream: TcpStream, control: &Receiver<Contr
         }
         match stream.read(&mut chunk) {
             Ok(0) => return Ok(Ended::PeerClosed),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                quick_ack(&stream);
+            }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
             Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
                 return Ok(Ended::PeerClosed);
@@ -142,6 +145,18 @@ fn serve(card: &mut VirtualCard, mut stream: TcpStream, control: &Receiver<Contr
             }
         }
     }
+}
+
+/// vpcd sends a frame's length and its payload in two writes. With Nagle on its side and delayed
+/// ACKs on ours, the payload waits ~40 ms for our ACK of the length. Asking Linux to ACK at once
+/// (the kernel clears the flag again, so after every read) removes the stall.
+fn quick_ack(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
 }
 
 /// The card's reply to one vpcd payload, if it needs one.

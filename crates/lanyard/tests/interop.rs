@@ -1,0 +1,480 @@
+//! Interoperability through a real pcscd + vsmartcard vpcd: the virtual card is judged by
+//! OpenSC (opensc-tool, pkcs11-tool), yubico-piv-tool, yubikey-manager (ykman) and openssl.
+//!
+//! Needs the system packages that `scripts/test` installs (pcscd, vsmartcard-vpcd, opensc,
+//! yubico-piv-tool, openssl, PyPI yubikey-manager) and a running pcscd. Missing pieces fail the
+//! test with the install step; nothing is skipped. The tests share pcscd's two vpcd readers, so
+//! they run one at a time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use lanyard_piv::transport::PcscTransport;
+use lanyard_piv::{Piv, PivError, StatusWord};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const READER0: &str = "Virtual PCD 00 00";
+const READER1: &str = "Virtual PCD 00 01";
+const DEFAULT_MGM: &str = "010203040506070801020304050607080102030405060708";
+const INSTALL: &str = "run scripts/test, which installs pcscd vsmartcard-vpcd opensc yubico-piv-tool \
+                       (apt-get) and yubikey-manager (pip) and starts pcscd";
+
+static READERS: Mutex<()> = Mutex::new(());
+
+fn lanyard() -> &'static str {
+    env!("CARGO_BIN_EXE_lanyard")
+}
+
+fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(found, "`{tool}` is not installed: {INSTALL}");
+}
+
+fn pkcs11_module() -> PathBuf {
+    for p in [
+        "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
+        "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
+        "/usr/lib/opensc-pkcs11.so",
+    ] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("OpenSC's PKCS#11 module is missing: {INSTALL} (package opensc-pkcs11)");
+}
+
+/// Runs a command; returns its output whatever the exit status.
+fn run(program: &str, args: &[&str]) -> Output {
+    require(program);
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not start {program}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Runs a command that must succeed; returns stdout+stderr.
+fn ok(program: &str, args: &[&str]) -> String {
+    let o = run(program, args);
+    assert!(o.status.success(), "{program} {args:?} failed ({}):\n{}", o.status, text(&o));
+    text(&o)
+}
+
+/// Runs a command that must fail; returns stdout+stderr.
+fn fails(program: &str, args: &[&str]) -> String {
+    let o = run(program, args);
+    assert!(!o.status.success(), "{program} {args:?} unexpectedly succeeded:\n{}", text(&o));
+    text(&o)
+}
+
+/// Virtual cards plugged into pcscd for the duration of a test.
+struct Cards {
+    dir: tempfile::TempDir,
+    child: Child,
+    images: Vec<PathBuf>,
+    serials: Vec<u32>,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for Cards {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Let vpcd notice the card left before the next test plugs one in.
+        wait_until("reader empty", || !card_present(READER0));
+    }
+}
+
+/// Whether pcscd sees a card in `reader`. Reads the reader state only: sending APDUs to a card
+/// that is going away makes pcscd's reset of it fail, after which vpcd stops taking new cards.
+fn card_present(reader: &str) -> bool {
+    lanyard_piv::transport::reader_states()
+        .map(|states| states.iter().any(|s| s.name == reader && s.card_present))
+        .unwrap_or(false)
+}
+
+fn serial_in(reader: &str) -> Option<u32> {
+    if !card_present(reader) {
+        return None;
+    }
+    let t = PcscTransport::connect(reader).map_err(|e| eprintln!("connect {reader}: {e}")).ok()?;
+    let mut p = Piv::new(t);
+    p.select().map_err(|e| eprintln!("select {reader}: {e}")).ok()?;
+    p.get_serial().map_err(|e| eprintln!("serial {reader}: {e}")).ok()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pcscd_running() {
+    assert!(
+        Path::new("/run/pcscd/pcscd.comm").exists(),
+        "pcscd is not running (no /run/pcscd/pcscd.comm): {INSTALL}"
+    );
+    assert!(
+        Path::new("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists(),
+        "the vpcd reader driver is missing: {INSTALL} (package vsmartcard-vpcd)"
+    );
+}
+
+impl Cards {
+    /// Creates `n` factory-new cards and plugs them into readers 00 00, 00 01, ….
+    fn plug(n: usize) -> Cards {
+        let guard = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        pcscd_running();
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let mut images = Vec::new();
+        for i in 0..n {
+            let img = dir.path().join(format!("card{i}.json"));
+            let out = Command::new(lanyard())
+                .args(["vcard", "new", "--image"])
+                .arg(&img)
+                .arg("--home")
+                .arg(&home)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "vcard new: {}", text(&out));
+            images.push(img);
+        }
+        let serials: Vec<u32> =
+            images.iter().map(|p| lanyard_vcard::CardImage::load(p).unwrap().serial).collect();
+        let mut cmd = Command::new(lanyard());
+        cmd.args(["vcard", "run", "--control"]).arg(dir.path().join("control.sock"));
+        for img in &images {
+            cmd.arg("--image").arg(img);
+        }
+        let log = std::fs::File::create(dir.path().join("vcard.log")).unwrap();
+        let child = cmd.env("RUST_LOG", "trace").stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let cards = Cards { dir, child, images, serials, _guard: guard };
+        for (i, reader) in [READER0, READER1].iter().enumerate().take(n) {
+            let want = cards.serials[i];
+            let start = Instant::now();
+            while serial_in(reader) != Some(want) {
+                if start.elapsed() > Duration::from_secs(20) {
+                    let log = std::fs::read_to_string(cards.dir.path().join("vcard.log")).unwrap_or_default();
+                    panic!("card {want} did not appear in {reader}; vcard log:\n{log}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cards
+    }
+
+    fn image(&self, i: usize) -> lanyard_vcard::CardImage {
+        lanyard_vcard::CardImage::load(&self.images[i]).unwrap()
+    }
+
+    fn control(&self, verb: &str) {
+        let sock = self.dir.path().join("control.sock");
+        let out = Command::new(lanyard()).args(["vcard", verb, "--control"]).arg(&sock).output().unwrap();
+        assert!(out.status.success(), "vcard {verb}: {}", text(&out));
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    fn root_pem(&self) -> String {
+        self.file("home/attestation-root.pem")
+    }
+}
+
+fn ypt(args: &[&str]) -> String {
+    let mut all = vec!["-r", READER0];
+    all.extend_from_slice(args);
+    ok("yubico-piv-tool", &all)
+}
+
+fn ypt_fails(args: &[&str]) -> String {
+    let mut all = vec!["-r", READER0];
+    all.extend_from_slice(args);
+    fails("yubico-piv-tool", &all)
+}
+
+fn ykman(args: &[&str]) -> String {
+    let mut all = vec!["--reader", READER0];
+    all.extend_from_slice(args);
+    ok("ykman", &all)
+}
+
+#[test]
+fn opensc_recognises_a_piv_card() {
+    let _cards = Cards::plug(1);
+    let out = ok("opensc-tool", &["-r", READER0, "-n"]);
+    assert!(out.contains("Personal Identity Verification Card"), "{out}");
+    let atr = ok("opensc-tool", &["-r", READER0, "-a"]);
+    assert!(atr.contains("3b:dd:13:00:81:31:fe:15:80:fb:a0:00:00:03:08:00:00:10:00:01:00"), "{atr}");
+}
+
+/// pkcs11-tool logs in, lists the 9A key and certificate, and signs; openssl verifies.
+#[test]
+fn pkcs11_signs_with_9a_rsa_and_p256() {
+    let cards = Cards::plug(1);
+    let module = pkcs11_module();
+    let module = module.to_str().unwrap();
+    let data = cards.file("data.txt");
+    std::fs::write(&data, b"signed through OpenSC PKCS#11").unwrap();
+    for (alg, mech, subject) in
+        [("RSA2048", "SHA256-RSA-PKCS", "CN=pkcs11 rsa"), ("ECCP256", "ECDSA-SHA256", "CN=pkcs11 ec")]
+    {
+        let pubkey = cards.file(&format!("{alg}.pub"));
+        ypt(&["-a", "generate", "-s", "9a", "-A", alg, "-o", &pubkey]);
+        ykman(&[
+            "piv",
+            "certificates",
+            "generate",
+            "-s",
+            subject,
+            "-P",
+            "123456",
+            "-m",
+            DEFAULT_MGM,
+            "9a",
+            &pubkey,
+        ]);
+        let listed = ok("pkcs11-tool", &["--module", module, "--login", "--pin", "123456", "-O"]);
+        assert!(listed.contains("Private Key Object"), "{listed}");
+        assert!(listed.contains(&format!("DN: {subject}")), "certificate not listed:\n{listed}");
+        let sig = cards.file(&format!("{alg}.sig"));
+        let mut args =
+            vec!["--module", module, "--login", "--pin", "123456", "--sign", "--id", "01", "-m", mech];
+        if alg == "ECCP256" {
+            args.extend_from_slice(&["--signature-format", "openssl"]);
+        }
+        args.extend_from_slice(&["-i", &data, "-o", &sig]);
+        ok("pkcs11-tool", &args);
+        let out = ok("openssl", &["dgst", "-sha256", "-verify", &pubkey, "-signature", &sig, &data]);
+        assert!(out.contains("Verified OK"), "{out}");
+        // A wrong PIN does not log in.
+        let bad = fails("pkcs11-tool", &["--module", module, "--login", "--pin", "000000", "-O"]);
+        assert!(bad.contains("CKR_PIN_INCORRECT"), "{bad}");
+        ypt(&["-a", "verify-pin", "-P", "123456"]);
+    }
+}
+
+/// The yubico-piv-tool actions succeed and leave the card in the state they report.
+#[test]
+fn yubico_piv_tool_manages_the_card() {
+    let cards = Cards::plug(1);
+    let status = ypt(&["-a", "status"]);
+    assert!(status.contains("Version:\t5.7."), "{status}");
+    assert!(status.contains(&format!("Serial Number:\t{}", cards.serials[0])), "{status}");
+    assert!(status.contains("PIN tries left:\t3"), "{status}");
+
+    ypt(&["-a", "verify-pin", "-P", "123456"]);
+    ypt(&["-a", "change-pin", "-P", "123456", "-N", "24681357"]);
+    assert!(!cards.image(0).pin.is_default);
+    ypt(&["-a", "verify-pin", "-P", "24681357"]);
+    ypt_fails(&["-a", "verify-pin", "-P", "123456"]);
+    ypt(&["-a", "change-puk", "-P", "12345678", "-N", "87654321"]);
+    assert!(!cards.image(0).puk.is_default);
+
+    // Block the PIN, then the PUK unblocks it with a new PIN.
+    for _ in 0..3 {
+        ypt_fails(&["-a", "verify-pin", "-P", "999999"]);
+    }
+    let blocked = ypt_fails(&["-a", "verify-pin", "-P", "24681357"]);
+    assert!(blocked.to_lowercase().contains("blocked"), "{blocked}");
+    ypt(&["-a", "unblock-pin", "-P", "87654321", "-N", "112233"]);
+    ypt(&["-a", "verify-pin", "-P", "112233"]);
+    assert_eq!(cards.image(0).pin.left, 3);
+
+    // A new management key; the factory one is refused from then on.
+    let new_key = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a6978";
+    ypt(&["-a", "set-mgm-key", "-n", new_key]);
+    assert!(!cards.image(0).mgm_is_default);
+    let refused = ypt_fails(&["-a", "generate", "-s", "9c", "-A", "ECCP256"]);
+    assert!(refused.contains("authentication"), "{refused}");
+
+    // Keys generated on the card, with the new management key.
+    let pub_rsa = cards.file("9a.pub");
+    let pub_ec = cards.file("9c.pub");
+    ypt(&[&format!("--key={new_key}"), "-a", "generate", "-s", "9a", "-A", "RSA2048", "-o", &pub_rsa]);
+    ypt(&[&format!("--key={new_key}"), "-a", "generate", "-s", "9c", "-A", "ECCP256", "-o", &pub_ec]);
+    let meta = ykman(&["piv", "info"]);
+    assert!(meta.contains("RSA2048") && meta.contains("ECCP256"), "{meta}");
+
+    // A certificate made by openssl, imported and read back byte for byte.
+    let key = cards.file("ca.key");
+    let cert = cards.file("import.pem");
+    ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-subj",
+            "/CN=imported",
+            "-days",
+            "30",
+        ],
+    );
+    ypt(&[&format!("--key={new_key}"), "-a", "import-certificate", "-s", "9c", "-i", &cert]);
+    let back = ypt(&["-a", "read-certificate", "-s", "9c"]);
+    let original = std::fs::read_to_string(&cert).unwrap();
+    assert!(back.contains(original.trim()), "read back:\n{back}\noriginal:\n{original}");
+
+    // CSR signed on the card (RSA 9A, PIN once) verifies with openssl.
+    let csr = cards.file("9a.csr");
+    ok(
+        "ykman",
+        &[
+            "--reader",
+            READER0,
+            "piv",
+            "certificates",
+            "request",
+            "-s",
+            "CN=csr",
+            "-P",
+            "112233",
+            "9a",
+            &pub_rsa,
+            &csr,
+        ],
+    );
+    let v = ok("openssl", &["req", "-in", &csr, "-verify", "-noout"]);
+    assert!(v.contains("verify OK"), "{v}");
+
+    // Attestation chains to this installation's attestation root.
+    let att = cards.file("att.pem");
+    let f9 = cards.file("f9.pem");
+    std::fs::write(&att, ypt(&["-a", "attest", "-s", "9a"])).unwrap();
+    std::fs::write(&f9, ypt(&["-a", "read-certificate", "-s", "f9"])).unwrap();
+    let verified = ok("openssl", &["verify", "-CAfile", &cards.root_pem(), "-untrusted", &f9, &att]);
+    assert!(verified.contains(": OK"), "{verified}");
+    let att_pub = ok("openssl", &["x509", "-in", &att, "-pubkey", "-noout"]);
+    assert_eq!(
+        att_pub.trim(),
+        std::fs::read_to_string(&pub_rsa).unwrap().trim(),
+        "attested key is the 9A key"
+    );
+
+    // Reset needs PIN and PUK blocked; then the card is factory-new again.
+    ypt_fails(&["-a", "reset"]);
+    for _ in 0..3 {
+        ypt_fails(&["-a", "verify-pin", "-P", "999999"]);
+        ypt_fails(&["-a", "unblock-pin", "-P", "00000000", "-N", "999999"]);
+    }
+    ypt(&["-a", "reset"]);
+    let img = cards.image(0);
+    assert!(img.pin.is_default && img.puk.is_default && img.mgm_is_default && img.keys.is_empty());
+    ypt(&["-a", "verify-pin", "-P", "123456"]);
+    ypt(&["-a", "generate", "-s", "9e", "-A", "ECCP256"]);
+}
+
+#[test]
+fn ykman_reports_version_serial_tries_and_slots() {
+    let cards = Cards::plug(1);
+    ypt(&["-a", "generate", "-s", "9e", "-A", "ECCP384"]);
+    let info = ykman(&["piv", "info"]);
+    assert!(info.contains("PIV version:              5.7.2"), "{info}");
+    assert!(info.contains("PIN tries remaining:      3/3"), "{info}");
+    assert!(info.contains("Slot 9E"), "{info}");
+    assert!(info.contains("ECCP384"), "{info}");
+    let device = ykman(&["info"]);
+    assert!(device.contains(&format!("Serial number: {}", cards.serials[0])), "{device}");
+    ok("ykman", &["--reader", READER0, "piv", "access", "change-pin", "-P", "123456", "-n", "135790"]);
+    let info = ykman(&["piv", "info"]);
+    assert!(!info.contains("Using default PIN"), "{info}");
+}
+
+/// Wrong PINs count down (63Cx) and block (6983); the PUK unblocks; a wrong management key is
+/// refused. Checked at the APDU level through PC/SC with our own host library.
+#[test]
+fn wrong_pin_counts_down_blocks_and_puk_unblocks() {
+    let cards = Cards::plug(1);
+    let mut piv = Piv::new(PcscTransport::connect(READER0).unwrap());
+    piv.select().unwrap();
+    for left in [2u8, 1, 0] {
+        match piv.verify_pin(b"000000") {
+            Err(PivError::WrongPin { retries, .. }) => assert_eq!(retries, left),
+            other => panic!("expected 63C{left}, got {other:?}"),
+        }
+    }
+    assert!(matches!(piv.verify_pin(b"123456"), Err(PivError::Blocked(_))));
+    assert_eq!(piv.pin_status().unwrap(), Some(0));
+    assert!(matches!(piv.unblock_pin(b"00000000", b"654321"), Err(PivError::WrongPin { retries: 2, .. })));
+    piv.unblock_pin(b"12345678", b"654321").unwrap();
+    piv.verify_pin(b"654321").unwrap();
+    assert_eq!(cards.image(0).pin.left, 3);
+    let wrong = lanyard_piv::ManagementKey::new(lanyard_piv::MgmAlgorithm::TripleDes, &[7u8; 24]).unwrap();
+    let err = piv.authenticate_mutual(&wrong).unwrap_err();
+    assert_eq!(err.status(), Some(StatusWord::SecurityStatusNotSatisfied), "{err}");
+    let out = fails(
+        "yubico-piv-tool",
+        &[
+            "-r",
+            READER0,
+            "--key=070707070707070707070707070707070707070707070707",
+            "-a",
+            "generate",
+            "-s",
+            "9a",
+        ],
+    );
+    assert!(out.contains("authentication"), "{out}");
+}
+
+/// Two cards in two readers, removal and insertion through the control socket, and the
+/// card coming back after pcscd restarts.
+#[test]
+fn two_cards_removal_insertion_and_pcscd_restart() {
+    let cards = Cards::plug(2);
+    assert_ne!(cards.serials[0], cards.serials[1]);
+    let s1 = ok("yubico-piv-tool", &["-r", READER1, "-a", "status"]);
+    assert!(s1.contains(&format!("Serial Number:\t{}", cards.serials[1])), "{s1}");
+
+    cards.control("remove");
+    wait_until("card 0 removed", || !card_present(READER0));
+    let gone = fails("yubico-piv-tool", &["-r", READER0, "-a", "status"]);
+    assert!(!gone.contains("Serial Number"), "{gone}");
+    assert_eq!(serial_in(READER1), Some(cards.serials[1]), "the other card stays");
+    cards.control("insert");
+    wait_until("card 0 back", || serial_in(READER0) == Some(cards.serials[0]));
+
+    // State persists through removal: change the PIN, remove, insert, the new PIN holds.
+    ypt(&["-a", "change-pin", "-P", "123456", "-N", "445566"]);
+    cards.control("remove");
+    wait_until("card 0 removed", || !card_present(READER0));
+    cards.control("insert");
+    wait_until("card 0 back", || serial_in(READER0) == Some(cards.serials[0]));
+    ypt(&["-a", "verify-pin", "-P", "445566"]);
+
+    // pcscd restarts: the card reconnects by itself.
+    restart_pcscd();
+    wait_until("card 0 after pcscd restart", || serial_in(READER0) == Some(cards.serials[0]));
+    wait_until("card 1 after pcscd restart", || serial_in(READER1) == Some(cards.serials[1]));
+}
+
+fn restart_pcscd() {
+    let _ = Command::new("pkill").args(["-x", "pcscd"]).status();
+    wait_until("pcscd to stop", || {
+        Command::new("pgrep").args(["-x", "pcscd"]).output().map(|o| !o.status.success()).unwrap_or(true)
+    });
+    let _ = std::fs::remove_file("/run/pcscd/pcscd.comm");
+    let status = Command::new("pcscd").status().expect("pcscd");
+    assert!(status.success(), "pcscd did not start");
+    wait_until("pcscd socket", || Path::new("/run/pcscd/pcscd.comm").exists());
+}
