@@ -1,6 +1,7 @@
 //! `lanyard`: one binary for the whole credential management system.
 
 mod bench;
+mod config;
 mod piv_cmd;
 mod vcard_cmd;
 
@@ -25,9 +26,39 @@ enum Commands {
     /// Talk to a PIV card in a PC/SC reader (a YubiKey, a PIV card, or a virtual card).
     #[command(subcommand)]
     Piv(piv_cmd::PivCommand),
+    /// Inspect the server configuration (defaults → lanyard.toml → LANYARD_* variables).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Measure card operations through PC/SC (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration, explain every problem, and print the result (secrets hidden).
+    Check {
+        /// Configuration file [default: $LANYARD_CONFIG, else ./lanyard.toml if present].
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+}
+
+fn config_check(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match config::Config::load(file, std::env::vars()) {
+        Ok(c) => {
+            for (k, v) in c.redacted() {
+                println!("{k:<18} {v}");
+            }
+            Ok(())
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("config error: {e}");
+            }
+            anyhow::bail!("{} configuration error(s)", errors.len())
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Commands::Vcard(c) => vcard_cmd::run(c),
         Commands::Piv(c) => piv_cmd::run(c),
         Commands::Bench(c) => bench::run(c),
+        Commands::Config(ConfigCommand::Check { config }) => config_check(config.as_deref()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

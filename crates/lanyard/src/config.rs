@@ -1,0 +1,359 @@
+//! Configuration: built-in defaults, then `lanyard.toml`, then `LANYARD_*` environment variables.
+//! A `LANYARD_X_FILE` variable reads the value of `LANYARD_X` from a file (for secrets). Unknown
+//! keys in the file and unknown `LANYARD_*` variables are errors, so a typo never silently falls
+//! back to a default.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The key algorithm of the built-in CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaKeyAlgorithm {
+    P256,
+    P384,
+    Rsa2048,
+    Rsa3072,
+}
+
+impl std::str::FromStr for CaKeyAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "p256" => Ok(Self::P256),
+            "p384" => Ok(Self::P384),
+            "rsa2048" => Ok(Self::Rsa2048),
+            "rsa3072" => Ok(Self::Rsa3072),
+            other => {
+                Err(format!("unknown CA key algorithm {other:?} (expected p256, p384, rsa2048 or rsa3072)"))
+            }
+        }
+    }
+}
+
+/// What `lanyard.toml` may contain. Every field is optional; absent ones keep the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    public_url: Option<String>,
+    database_url: Option<String>,
+    kek_file: Option<PathBuf>,
+    log: Option<String>,
+    ca: Option<FileCa>,
+    tls: Option<FileTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCa {
+    key_algorithm: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub public_url: String,
+    /// May hold a password: never print it; see [`Config::redacted`].
+    pub database_url: String,
+    pub kek_file: PathBuf,
+    pub log: String,
+    pub ca_key_algorithm: CaKeyAlgorithm,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+}
+
+/// Environment variables that configure the server, and the config key each sets.
+const ENV_KEYS: &[&str] = &[
+    "DATA_DIR",
+    "LISTEN",
+    "PUBLIC_URL",
+    "DATABASE_URL",
+    "KEK_FILE",
+    "LOG",
+    "CA_KEY_ALGORITHM",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+];
+
+/// `LANYARD_*` variables that belong to other commands, not to the server's configuration.
+const OTHER_ENV: &[&str] = &["LANYARD_VCARD_HOME", "LANYARD_DEMO_DIR", "LANYARD_TEST_VENV", "LANYARD_CONFIG"];
+
+impl Config {
+    fn defaults(data_dir: PathBuf) -> Self {
+        Config {
+            database_url: format!("sqlite://{}?mode=rwc", data_dir.join("lanyard.db").display()),
+            kek_file: data_dir.join("kek"),
+            data_dir,
+            listen: "127.0.0.1:8443".into(),
+            public_url: "https://127.0.0.1:8443".into(),
+            log: "info".into(),
+            ca_key_algorithm: CaKeyAlgorithm::P256,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+
+    /// Loads the configuration from `file` (if given, or `./lanyard.toml` if it exists) and
+    /// the environment `env` (pass `std::env::vars()`).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let env: BTreeMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("LANYARD_")).collect();
+        let file = file.map(Path::to_path_buf).or_else(|| {
+            env.get("LANYARD_CONFIG").map(PathBuf::from).or_else(|| {
+                let p = PathBuf::from("lanyard.toml");
+                p.exists().then_some(p)
+            })
+        });
+        let parsed = match &file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => match toml::from_str::<FileConfig>(&text) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        errors.push(format!("{}: {}", path.display(), e.message()));
+                        FileConfig::default()
+                    }
+                },
+                Err(e) => {
+                    errors.push(format!("{}: {e}", path.display()));
+                    FileConfig::default()
+                }
+            },
+            None => FileConfig::default(),
+        };
+
+        // Environment values, with LANYARD_X_FILE read from disk.
+        let mut values: BTreeMap<&str, String> = BTreeMap::new();
+        for (k, v) in &env {
+            let Some(name) = k.strip_prefix("LANYARD_") else { continue };
+            if OTHER_ENV.contains(&k.as_str()) {
+                continue;
+            }
+            if let Some(base) =
+                name.strip_suffix("_FILE").filter(|b| ENV_KEYS.contains(b) && !b.ends_with("_FILE"))
+            {
+                if env.contains_key(&format!("LANYARD_{base}")) {
+                    errors.push(format!("both LANYARD_{base} and {k} are set; use one"));
+                    continue;
+                }
+                match std::fs::read_to_string(v) {
+                    Ok(s) => {
+                        values.insert(base, s.trim_end_matches(['\n', '\r']).to_owned());
+                    }
+                    Err(e) => errors.push(format!("{k}: cannot read {v}: {e}")),
+                }
+            } else if let Some(key) = ENV_KEYS.iter().find(|key| **key == name) {
+                values.insert(key, v.clone());
+            } else {
+                errors.push(format!(
+                    "unknown environment variable {k} (known: {})",
+                    ENV_KEYS.iter().map(|k| format!("LANYARD_{k}")).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+
+        let data_dir = values
+            .get("DATA_DIR")
+            .map(PathBuf::from)
+            .or(parsed.data_dir.clone())
+            .unwrap_or_else(default_data_dir);
+        let mut c = Config::defaults(data_dir);
+        if let Some(v) = parsed.listen {
+            c.listen = v;
+        }
+        if let Some(v) = parsed.public_url {
+            c.public_url = v;
+        }
+        if let Some(v) = parsed.database_url {
+            c.database_url = v;
+        }
+        if let Some(v) = parsed.kek_file {
+            c.kek_file = v;
+        }
+        if let Some(v) = parsed.log {
+            c.log = v;
+        }
+        let mut ca_alg = parsed.ca.and_then(|ca| ca.key_algorithm);
+        if let Some(tls) = parsed.tls {
+            c.tls_cert_file = tls.cert_file;
+            c.tls_key_file = tls.key_file;
+        }
+        for (key, v) in values {
+            match key {
+                "LISTEN" => c.listen = v,
+                "PUBLIC_URL" => c.public_url = v,
+                "DATABASE_URL" => c.database_url = v,
+                "KEK_FILE" => c.kek_file = v.into(),
+                "LOG" => c.log = v,
+                "CA_KEY_ALGORITHM" => ca_alg = Some(v),
+                "TLS_CERT_FILE" => c.tls_cert_file = Some(v.into()),
+                "TLS_KEY_FILE" => c.tls_key_file = Some(v.into()),
+                _ => {}
+            }
+        }
+        if let Some(a) = ca_alg {
+            match a.parse() {
+                Ok(a) => c.ca_key_algorithm = a,
+                Err(e) => errors.push(e),
+            }
+        }
+        errors.extend(c.check());
+        if errors.is_empty() { Ok(c) } else { Err(errors) }
+    }
+
+    /// Checks values that parse but make no sense.
+    fn check(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        match self.listen.parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                // Plain HTTP is only for a loopback demo; anything else needs TLS (own CA by default).
+                let _ = addr;
+            }
+            Err(_) => errors.push(format!("listen = {:?} is not an address:port", self.listen)),
+        }
+        if !(self.public_url.starts_with("https://")
+            || self.public_url.starts_with("http://127.")
+            || self.public_url.starts_with("http://localhost"))
+        {
+            errors.push(format!(
+                "public_url = {:?} must be https:// (plain http only on loopback)",
+                self.public_url
+            ));
+        }
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            errors.push("database_url must start with sqlite:, postgres:// or postgresql://".to_owned());
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            errors.push("tls.cert_file and tls.key_file go together".to_owned());
+        }
+        errors
+    }
+
+    /// The configuration for display, with the database password hidden.
+    pub fn redacted(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("data_dir", self.data_dir.display().to_string()),
+            ("listen", self.listen.clone()),
+            ("public_url", self.public_url.clone()),
+            ("database_url", redact_url(&self.database_url)),
+            ("kek_file", self.kek_file.display().to_string()),
+            ("log", self.log.clone()),
+            ("ca.key_algorithm", format!("{:?}", self.ca_key_algorithm).to_lowercase()),
+            (
+                "tls.cert_file",
+                self.tls_cert_file.as_ref().map_or("(own CA)".into(), |p| p.display().to_string()),
+            ),
+            (
+                "tls.key_file",
+                self.tls_key_file.as_ref().map_or("(own CA)".into(), |p| p.display().to_string()),
+            ),
+        ]
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    // scheme://user:password@host → scheme://user:***@host
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((creds, host)) = rest.split_once('@')
+        && let Some((user, _)) = creds.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map_or_else(|| PathBuf::from("lanyard-data"), |d| d.join("lanyard"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lanyard.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/l\"\nlisten = \"0.0.0.0:443\"\n[ca]\nkey_algorithm = \"p384\"\n",
+        )
+        .unwrap();
+        let c =
+            Config::load(Some(&file), env(&[("LANYARD_LISTEN", "127.0.0.1:9000"), ("HOME", "/x")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/l"));
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        assert_eq!(c.ca_key_algorithm, CaKeyAlgorithm::P384);
+        assert_eq!(c.database_url, "sqlite:///srv/l/lanyard.db?mode=rwc");
+    }
+
+    #[test]
+    fn unknown_keys_and_variables_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lanyard.toml");
+        std::fs::write(&file, "listn = \"0.0.0.0:443\"\n").unwrap();
+        let e = Config::load(Some(&file), env(&[("LANYARD_LISTNE", "x")])).unwrap_err();
+        assert!(e.iter().any(|m| m.contains("unknown field `listn`")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("unknown environment variable LANYARD_LISTNE")), "{e:?}");
+    }
+
+    #[test]
+    fn file_variables_read_secrets_and_urls_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("db");
+        std::fs::write(&secret, "postgres://lanyard:s3cret@db/lanyard\n").unwrap();
+        let c = Config::load(
+            None,
+            env(&[("LANYARD_DATABASE_URL_FILE", secret.to_str().unwrap()), ("LANYARD_DATA_DIR", "/d")]),
+        )
+        .unwrap();
+        assert_eq!(c.database_url, "postgres://lanyard:s3cret@db/lanyard");
+        let shown: String = c.redacted().iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        assert!(!shown.contains("s3cret") && shown.contains("lanyard:***@db"), "{shown}");
+        let both = Config::load(
+            None,
+            env(&[("LANYARD_DATABASE_URL_FILE", "/x"), ("LANYARD_DATABASE_URL", "sqlite::memory:")]),
+        )
+        .unwrap_err();
+        assert!(both[0].contains("use one"), "{both:?}");
+    }
+
+    #[test]
+    fn nonsense_values_are_explained() {
+        let e = Config::load(
+            None,
+            env(&[
+                ("LANYARD_LISTEN", "nowhere"),
+                ("LANYARD_CA_KEY_ALGORITHM", "rsa1024"),
+                ("LANYARD_PUBLIC_URL", "http://example.org"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+}
