@@ -65,14 +65,19 @@ mod pcsc_impl {
         }
     }
 
+    /// A PC/SC context and its readers; no readers at all is an empty list, not an error.
+    fn context_and_readers() -> Result<(pcsc::Context, Vec<std::ffi::CString>), TransportError> {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(err)?;
+        match ctx.list_readers_owned() {
+            Ok(r) => Ok((ctx, r)),
+            Err(pcsc::Error::NoReadersAvailable) => Ok((ctx, Vec::new())),
+            Err(e) => Err(err(e)),
+        }
+    }
+
     /// Reader names known to pcscd, in its order.
     pub fn list_readers() -> Result<Vec<String>, TransportError> {
-        let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(err)?;
-        let readers = match ctx.list_readers_owned() {
-            Ok(r) => r,
-            Err(pcsc::Error::NoReadersAvailable) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e)),
-        };
+        let (_, readers) = context_and_readers()?;
         Ok(readers.into_iter().map(|r| r.to_string_lossy().into_owned()).collect())
     }
 
@@ -88,12 +93,10 @@ mod pcsc_impl {
 
     /// The state of every reader, read with SCardGetStatusChange (no APDU is sent).
     pub fn reader_states() -> Result<Vec<ReaderState>, TransportError> {
-        let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(err)?;
-        let readers = match ctx.list_readers_owned() {
-            Ok(r) => r,
-            Err(pcsc::Error::NoReadersAvailable) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e)),
-        };
+        let (ctx, readers) = context_and_readers()?;
+        if readers.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut states: Vec<pcsc::ReaderState> =
             readers.iter().map(|r| pcsc::ReaderState::new(r.clone(), pcsc::State::UNAWARE)).collect();
         ctx.get_status_change(std::time::Duration::ZERO, &mut states).map_err(err)?;
@@ -126,8 +129,7 @@ mod pcsc_impl {
         /// Connects to the first reader whose name contains `filter` (case-insensitive), like
         /// yubico-piv-tool's `-r`.
         pub fn connect(filter: &str) -> Result<Self, TransportError> {
-            let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(err)?;
-            let readers = ctx.list_readers_owned().map_err(err)?;
+            let (ctx, readers) = context_and_readers()?;
             let wanted = filter.to_lowercase();
             let reader = readers
                 .into_iter()
@@ -147,7 +149,8 @@ mod pcsc_impl {
 
         /// The card's answer-to-reset.
         pub fn atr(&self) -> Result<Vec<u8>, TransportError> {
-            self.card.get_attribute_owned(pcsc::Attribute::AtrString).map_err(err)
+            // SCardStatus rather than the ATR attribute, which some readers (vpcd) don't offer.
+            Ok(self.card.status2_owned().map_err(err)?.atr().to_vec())
         }
     }
 
