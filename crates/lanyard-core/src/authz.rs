@@ -1,0 +1,708 @@
+//! Capability-typed access to the domain.
+//!
+//! After authentication the server builds a [`Principal`] and asks it for a view:
+//! [`SelfService`] (role user), [`Operator`], [`Admin`] or [`Auditor`]. A view exists only if the
+//! principal holds the role, and the views' methods are the only way to reach domain operations,
+//! so a forgotten role check does not compile. Each method runs in one unit of work: the change,
+//! its cascades and its audit event commit together or not at all.
+//!
+//! Self-service methods treat another user's device exactly like a missing one (NotFound), so
+//! nothing about other people's devices leaks. [`System`] is for Lanyard's own processes (the
+//! issuance engine, enrolment endpoints, sweepers), never for a user's request.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::audit::{Actor, AuditEvent, ChainHead, ChainVerifier, NewAuditEvent, OperationId};
+use crate::error::{DomainError, Forbidden};
+use crate::ids::{ApiTokenId, DeviceId, GroupId, UserId};
+use crate::lifecycle::{
+    DeviceAction, DeviceState, RevocationReason, apply_credential, apply_device, credential_action_allowed,
+    device_target,
+};
+use crate::model::{
+    Credential, Device, DeviceClass, DeviceKind, EnrollmentCode, EnrollmentPurpose, Group, Job, JobKind,
+    LinkKind, Policy, PolicyDenied, Role, User, Username, ValidationError,
+};
+use crate::repo::prelude::*;
+use crate::repo::{AuditQuery, CredentialQuery, DeviceQuery, UserQuery};
+
+/// An authenticated, enabled user acting in one request.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    user: User,
+    operation_id: OperationId,
+    at: OffsetDateTime,
+    via_token: Option<ApiTokenId>,
+}
+
+/// Who, when and under which operation id: what every change records.
+#[derive(Clone, Debug)]
+struct Acting {
+    actor: Actor,
+    operation_id: OperationId,
+    at: OffsetDateTime,
+}
+
+impl Principal {
+    /// `user` acting in the request `operation_id` that started at `at` (from the server's
+    /// [`crate::clock::Clock`]). A disabled user gets no principal.
+    pub fn new(user: User, operation_id: OperationId, at: OffsetDateTime) -> Result<Self, Forbidden> {
+        if user.disabled {
+            return Err(Forbidden::Disabled);
+        }
+        Ok(Self { user, operation_id, at, via_token: None })
+    }
+
+    /// Marks the request as made with an API token: audit events name the token.
+    pub fn via_api_token(mut self, token: ApiTokenId) -> Self {
+        self.via_token = Some(token);
+        self
+    }
+
+    pub fn user(&self) -> &User {
+        &self.user
+    }
+
+    pub fn operation_id(&self) -> &OperationId {
+        &self.operation_id
+    }
+
+    /// What audit events record as the actor.
+    pub fn actor(&self) -> Actor {
+        match self.via_token {
+            Some(id) => Actor::ApiToken { id },
+            None => Actor::User { id: self.user.id, username: self.user.username.clone() },
+        }
+    }
+
+    fn acting(&self) -> Acting {
+        Acting { actor: self.actor(), operation_id: self.operation_id.clone(), at: self.at }
+    }
+
+    fn require(&self, role: Role) -> Result<(), Forbidden> {
+        if self.user.has_role(role) { Ok(()) } else { Err(Forbidden::MissingRole(role)) }
+    }
+
+    /// The cardholder's view of their own devices.
+    pub fn self_service(&self) -> Result<SelfService<'_>, Forbidden> {
+        self.require(Role::User).map(|()| SelfService { p: self })
+    }
+
+    /// The help desk's view of every user's devices.
+    pub fn operator(&self) -> Result<Operator<'_>, Forbidden> {
+        self.require(Role::Operator).map(|()| Operator { p: self })
+    }
+
+    /// Groups, policies, users and roles.
+    pub fn admin(&self) -> Result<Admin<'_>, Forbidden> {
+        self.require(Role::Administrator).map(|()| Admin { p: self })
+    }
+
+    /// Read-only access to the audit log.
+    pub fn auditor(&self) -> Result<Auditor<'_>, Forbidden> {
+        self.require(Role::Auditor).map(|()| Auditor { p: self })
+    }
+}
+
+/// No page size limit (for lists bounded by nature, like one device's credentials).
+const ALL: u32 = u32::MAX;
+
+fn device_ref(id: DeviceId) -> String {
+    format!("device:{id}")
+}
+
+fn snapshot(device: &Device, credentials: &[Credential]) -> Value {
+    let creds: BTreeMap<String, &str> =
+        credentials.iter().map(|c| (c.id.to_string(), c.state.as_str())).collect();
+    json!({
+        "state": device.state,
+        "suspended_from": device.suspended_from,
+        "revocation_reason": device.revocation_reason,
+        "owner": device.owner,
+        "credentials": creds,
+    })
+}
+
+async fn credentials_of<T: Tx>(tx: &mut T, device: DeviceId) -> Result<Vec<Credential>, DomainError> {
+    Ok(tx
+        .list_credentials(&CredentialQuery { device: Some(device), limit: ALL, ..Default::default() })
+        .await?)
+}
+
+/// Applies `action` to `device`, cascades it to the device's credentials, and records one audit
+/// event with the before and after states. Does not commit.
+async fn transition<T: Tx>(
+    tx: &mut T,
+    mut device: Device,
+    action: DeviceAction,
+    who: &Acting,
+) -> Result<Device, DomainError> {
+    let mut credentials = credentials_of(tx, device.id).await?;
+    let before = snapshot(&device, &credentials);
+    apply_device(&mut device, action, who.at)?;
+    tx.update_device(&device).await?;
+    if let Some(effect) = action.credential_effect() {
+        for credential in credentials.iter_mut().filter(|c| credential_action_allowed(c.state, effect)) {
+            apply_credential(credential, effect, who.at)?;
+            tx.update_credential(credential).await?;
+        }
+    }
+    let after = snapshot(&device, &credentials);
+    let event =
+        NewAuditEvent::new(who.at, who.actor.clone(), format!("device.{}", action.kind()), &who.operation_id)
+            .target(device_ref(device.id))
+            .before(before)
+            .after(after);
+    tx.append_audit(event).await?;
+    Ok(device)
+}
+
+/// [`transition`], then revokes the devices derived from this one when the action calls for it
+/// (one audit event each, same operation id).
+async fn transition_with_derived<T: Tx>(
+    tx: &mut T,
+    device: Device,
+    action: DeviceAction,
+    who: &Acting,
+) -> Result<Device, DomainError> {
+    let device = transition(tx, device, action, who).await?;
+    if action.revokes_derived() {
+        let query = DeviceQuery { linked_to: Some(device.id), limit: ALL, ..Default::default() };
+        for derived in tx.list_devices(&query).await? {
+            let is_derived = derived.linked(LinkKind::DerivedFrom).any(|t| t == device.id);
+            let revoke = DeviceAction::Revoke(RevocationReason::ParentRevoked);
+            if is_derived && device_target(derived.class(), derived.state, revoke.kind()).is_some() {
+                transition(tx, derived, revoke, who).await?;
+            }
+        }
+    }
+    Ok(device)
+}
+
+async fn policy_of<T: Tx>(tx: &mut T, user: &User) -> Result<Policy, DomainError> {
+    let group = tx.get_group(user.group).await?.ok_or_else(|| DomainError::not_found("group", user.group))?;
+    Ok(group.policy)
+}
+
+/// What the agent reports about a card the user wants to issue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardInfo {
+    pub kind: DeviceKind,
+    pub model: String,
+    pub serial: Option<String>,
+}
+
+/// A cardholder acting on their own devices.
+#[derive(Clone, Copy, Debug)]
+pub struct SelfService<'a> {
+    p: &'a Principal,
+}
+
+impl SelfService<'_> {
+    fn me(&self) -> UserId {
+        self.p.user.id
+    }
+
+    /// Loads one of my devices; another user's device, or a deleted mobile, is NotFound.
+    async fn mine<T: Tx>(&self, tx: &mut T, id: DeviceId) -> Result<Device, DomainError> {
+        match tx.get_device(id).await? {
+            Some(d) if d.owner == Some(self.me()) && d.state != DeviceState::Deleted => Ok(d),
+            _ => Err(DomainError::not_found("device", id)),
+        }
+    }
+
+    /// My devices (deleted mobiles excluded), ordered by id.
+    pub async fn devices<R: Repo>(&self, repo: &R) -> Result<Vec<Device>, DomainError> {
+        let mut tx = repo.begin().await?;
+        let query = DeviceQuery { owner: Some(self.me()), limit: ALL, ..Default::default() };
+        let devices = tx.list_devices(&query).await?;
+        Ok(devices.into_iter().filter(|d| d.state != DeviceState::Deleted).collect())
+    }
+
+    /// One of my devices.
+    pub async fn device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        self.mine(&mut tx, id).await
+    }
+
+    /// The credentials on one of my devices.
+    pub async fn credentials<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+    ) -> Result<Vec<Credential>, DomainError> {
+        let mut tx = repo.begin().await?;
+        self.mine(&mut tx, device).await?;
+        credentials_of(&mut tx, device).await
+    }
+
+    async fn check_may_add_token<T: Tx>(&self, tx: &mut T, policy: &Policy) -> Result<(), DomainError> {
+        if !policy.may_add_device {
+            return Err(PolicyDenied::AddDeviceDisabled.into());
+        }
+        let query = DeviceQuery { owner: Some(self.me()), limit: ALL, ..Default::default() };
+        let current = tx.list_devices(&query).await?.iter().filter(|d| d.counts_toward_limit()).count();
+        if current >= usize::from(policy.max_devices) {
+            return Err(PolicyDenied::DeviceLimitReached { max: policy.max_devices, current }.into());
+        }
+        Ok(())
+    }
+
+    /// Whether *Add Device* is available to me now (policy and device count); the error says why
+    /// not.
+    pub async fn may_add_device<R: Repo>(&self, repo: &R) -> Result<(), DomainError> {
+        let mut tx = repo.begin().await?;
+        let policy = policy_of(&mut tx, &self.p.user).await?;
+        self.check_may_add_token(&mut tx, &policy).await
+    }
+
+    /// Starts issuing a card or USB key to me: checks the policy, claims the stock device for this
+    /// serial (or registers the card), moves it to Issuing and creates the issuance job.
+    pub async fn begin_issuance<R: Repo>(
+        &self,
+        repo: &R,
+        card: CardInfo,
+    ) -> Result<(Device, Job), DomainError> {
+        if card.kind.class() != DeviceClass::Token {
+            return Err(ValidationError::new(
+                "kind",
+                "only smart cards and USB keys are issued through a reader",
+            )
+            .into());
+        }
+        let who = self.p.acting();
+        let mut tx = repo.begin().await?;
+        let policy = policy_of(&mut tx, &self.p.user).await?;
+        self.check_may_add_token(&mut tx, &policy).await?;
+        if !policy.accepts_card_model(&card.model) {
+            return Err(PolicyDenied::CardModelNotAccepted(card.model).into());
+        }
+        let existing = match &card.serial {
+            Some(serial) => tx.get_device_by_serial(&card.model, serial).await?,
+            None => None,
+        };
+        let device = match existing {
+            Some(d) if d.state == DeviceState::Available && d.owner.is_none() => d,
+            Some(d) => {
+                return Err(DomainError::Conflict(format!(
+                    "this card is already registered and is {}; an operator must recycle it first",
+                    d.state
+                )));
+            }
+            None => {
+                let mut d = Device::new(card.kind, card.model, who.at)?;
+                d.serial = card.serial;
+                d.validate()?;
+                tx.insert_device(&d).await?;
+                d
+            }
+        };
+        let mut device = device;
+        device.owner = Some(self.me());
+        let device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
+        let job = Job::new(JobKind::Issuance, device.id, Some(self.me()), who.at);
+        tx.insert_job(&job).await?;
+        tx.commit().await?;
+        Ok((device, job))
+    }
+
+    /// The holder finished *Change PIN*: a Pending card of mine becomes Active.
+    pub async fn confirm_pin_changed<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        let device = self.mine(&mut tx, id).await?;
+        let device = transition(&mut tx, device, DeviceAction::Activate, &self.p.acting()).await?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    /// Issues a one-time enrollment code (QR code / URL) for adding a mobile, valid for `ttl`.
+    /// Returns the code to show once.
+    pub async fn start_mobile_enrollment<R: Repo>(
+        &self,
+        repo: &R,
+        purpose: EnrollmentPurpose,
+        ttl: time::Duration,
+    ) -> Result<(EnrollmentCode, secrecy::SecretString), DomainError> {
+        let who = self.p.acting();
+        let mut tx = repo.begin().await?;
+        let policy = policy_of(&mut tx, &self.p.user).await?;
+        if !policy.may_add_mobile {
+            return Err(PolicyDenied::AddMobileDisabled.into());
+        }
+        if let EnrollmentPurpose::DerivedPiv { sponsor } = &purpose {
+            match sponsor {
+                Some(card) => {
+                    let card = self.mine(&mut tx, *card).await?;
+                    if card.state != DeviceState::Active || card.class() != DeviceClass::Token {
+                        return Err(DomainError::Conflict(
+                            "the sponsor card must be an active card of yours".into(),
+                        ));
+                    }
+                }
+                None if policy.derived_piv_requires_sponsor => {
+                    return Err(ValidationError::new(
+                        "sponsor",
+                        "your group's policy requires a sponsor card",
+                    )
+                    .into());
+                }
+                None => {}
+            }
+        }
+        let (code, secret) = EnrollmentCode::issue(self.me(), purpose, ttl, who.at)?;
+        tx.insert_enrollment_code(&code).await?;
+        let event = NewAuditEvent::new(who.at, who.actor, "enrollment_code.issue", &who.operation_id)
+            .target(format!("enrollment_code:{}", code.id))
+            .after(json!({"purpose": code.purpose, "expires_at": code.expires_at.unix_timestamp()}));
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok((code, secret))
+    }
+
+    /// *Delete Mobile*: revokes the mobile's certificates and removes it.
+    pub async fn delete_mobile<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        let device = self.mine(&mut tx, id).await?;
+        if device.class() != DeviceClass::Mobile {
+            return Err(ValidationError::new(
+                "device",
+                "only mobiles can be deleted; ask an operator about cards",
+            )
+            .into());
+        }
+        let device = transition(&mut tx, device, DeviceAction::Delete, &self.p.acting()).await?;
+        tx.commit().await?;
+        Ok(device)
+    }
+}
+
+/// The help desk: finds users and devices, and moves devices through their lifecycle.
+#[derive(Clone, Copy, Debug)]
+pub struct Operator<'a> {
+    p: &'a Principal,
+}
+
+impl Operator<'_> {
+    /// Users matching `query`.
+    pub async fn find_users<R: Repo>(&self, repo: &R, query: &UserQuery) -> Result<Vec<User>, DomainError> {
+        let mut tx = repo.begin().await?;
+        Ok(tx.list_users(query).await?)
+    }
+
+    /// Devices matching `query`.
+    pub async fn find_devices<R: Repo>(
+        &self,
+        repo: &R,
+        query: &DeviceQuery,
+    ) -> Result<Vec<Device>, DomainError> {
+        let mut tx = repo.begin().await?;
+        Ok(tx.list_devices(query).await?)
+    }
+
+    /// Any device.
+    pub async fn device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))
+    }
+
+    /// Any device's credentials.
+    pub async fn credentials<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+    ) -> Result<Vec<Credential>, DomainError> {
+        let mut tx = repo.begin().await?;
+        credentials_of(&mut tx, device).await
+    }
+
+    /// The audit events about a device, oldest first.
+    pub async fn device_history<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, DomainError> {
+        let mut tx = repo.begin().await?;
+        let query = AuditQuery { after_seq, target: Some(device_ref(device)), limit };
+        Ok(tx.list_audit(&query).await?)
+    }
+
+    async fn act<R: Repo>(
+        &self,
+        repo: &R,
+        id: DeviceId,
+        action: DeviceAction,
+    ) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+        let device = transition_with_derived(&mut tx, device, action, &self.p.acting()).await?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    /// Activates a Pending device whose holder never completed *Change PIN*.
+    pub async fn activate_device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        self.act(repo, id, DeviceAction::Activate).await
+    }
+
+    /// Suspends an Active or Pending device; its certificates go on hold.
+    pub async fn suspend_device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        self.act(repo, id, DeviceAction::Suspend).await
+    }
+
+    /// Returns a Suspended device to where it was; its held certificates are released.
+    pub async fn resume_device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        self.act(repo, id, DeviceAction::Resume).await
+    }
+
+    /// Revokes a device and its certificates (and devices derived from it).
+    pub async fn revoke_device<R: Repo>(
+        &self,
+        repo: &R,
+        id: DeviceId,
+        reason: RevocationReason,
+    ) -> Result<Device, DomainError> {
+        self.act(repo, id, DeviceAction::Revoke(reason)).await
+    }
+
+    pub async fn mark_device_lost<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        self.act(repo, id, DeviceAction::MarkLost).await
+    }
+
+    pub async fn mark_device_stolen<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        self.act(repo, id, DeviceAction::MarkStolen).await
+    }
+
+    pub async fn mark_device_damaged<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        self.act(repo, id, DeviceAction::MarkDamaged).await
+    }
+
+    /// Retires a device for good (its certificates and derived devices are revoked).
+    pub async fn terminate_device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        self.act(repo, id, DeviceAction::Terminate).await
+    }
+
+    /// Turns a Terminated or Failed token back into unowned stock; its stored card secrets are
+    /// discarded (issuance generates new ones).
+    pub async fn recycle_device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+        let device = transition(&mut tx, device, DeviceAction::Recycle, &self.p.acting()).await?;
+        if tx.get_card_secrets(id).await?.is_some() {
+            tx.delete_card_secrets(id).await?;
+        }
+        tx.commit().await?;
+        Ok(device)
+    }
+}
+
+/// Administration: groups, policies, users and roles.
+#[derive(Clone, Copy, Debug)]
+pub struct Admin<'a> {
+    p: &'a Principal,
+}
+
+/// What an administrator supplies to create a user.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub username: Username,
+    pub display_name: String,
+    pub email: Option<crate::model::Email>,
+    pub group: GroupId,
+    pub roles: BTreeSet<Role>,
+}
+
+impl Admin<'_> {
+    fn audit(&self, action: &str, target: String) -> NewAuditEvent {
+        let who = self.p.acting();
+        NewAuditEvent::new(who.at, who.actor, action, &who.operation_id).target(target)
+    }
+
+    /// Every group, ordered by name.
+    pub async fn groups<R: Repo>(&self, repo: &R) -> Result<Vec<Group>, DomainError> {
+        let mut tx = repo.begin().await?;
+        Ok(tx.list_groups().await?)
+    }
+
+    /// Creates a group after validating its name and policy.
+    pub async fn create_group<R: Repo>(
+        &self,
+        repo: &R,
+        name: &str,
+        policy: Policy,
+    ) -> Result<Group, DomainError> {
+        let group = Group { id: GroupId::new(), name: name.to_owned(), policy };
+        group.validate()?;
+        let mut tx = repo.begin().await?;
+        tx.insert_group(&group).await?;
+        let after = json!({"name": group.name, "policy": group.policy});
+        tx.append_audit(self.audit("group.create", format!("group:{}", group.id)).after(after)).await?;
+        tx.commit().await?;
+        Ok(group)
+    }
+
+    /// Replaces a group's policy after validating it.
+    pub async fn update_policy<R: Repo>(
+        &self,
+        repo: &R,
+        id: GroupId,
+        policy: Policy,
+    ) -> Result<Group, DomainError> {
+        policy.validate()?;
+        let mut tx = repo.begin().await?;
+        let mut group = tx.get_group(id).await?.ok_or_else(|| DomainError::not_found("group", id))?;
+        let before = json!(group.policy);
+        group.policy = policy;
+        tx.update_group(&group).await?;
+        let event = self
+            .audit("group.update_policy", format!("group:{id}"))
+            .before(before)
+            .after(json!(group.policy));
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok(group)
+    }
+
+    /// Creates a user in an existing group.
+    pub async fn create_user<R: Repo>(&self, repo: &R, new: NewUser) -> Result<User, DomainError> {
+        let mut tx = repo.begin().await?;
+        if tx.get_group(new.group).await?.is_none() {
+            return Err(DomainError::not_found("group", new.group));
+        }
+        if tx.get_user_by_username(&new.username).await?.is_some() {
+            return Err(DomainError::Conflict(format!("username {} is taken", new.username)));
+        }
+        let mut user = User::new(new.username, new.display_name, new.group, self.p.at)?;
+        user.email = new.email;
+        user.roles = new.roles;
+        tx.insert_user(&user).await?;
+        let after = json!({"username": user.username, "group": user.group, "roles": user.roles});
+        tx.append_audit(self.audit("user.create", format!("user:{}", user.id)).after(after)).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    /// Replaces a user's roles. An administrator cannot remove their own administrator role
+    /// (someone else must), so the last administrator cannot lock everyone out by accident.
+    pub async fn set_roles<R: Repo>(
+        &self,
+        repo: &R,
+        id: UserId,
+        roles: BTreeSet<Role>,
+    ) -> Result<User, DomainError> {
+        if id == self.p.user.id && !roles.contains(&Role::Administrator) {
+            return Err(ValidationError::new("roles", "you cannot remove your own administrator role").into());
+        }
+        let mut tx = repo.begin().await?;
+        let mut user = tx.get_user(id).await?.ok_or_else(|| DomainError::not_found("user", id))?;
+        let before = json!({"roles": user.roles});
+        user.roles = roles;
+        tx.update_user(&user).await?;
+        tx.delete_sessions_of(id).await?;
+        let event = self
+            .audit("user.set_roles", format!("user:{id}"))
+            .before(before)
+            .after(json!({"roles": user.roles}));
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    /// Disables or re-enables a user; disabling ends their sessions.
+    pub async fn set_disabled<R: Repo>(
+        &self,
+        repo: &R,
+        id: UserId,
+        disabled: bool,
+    ) -> Result<User, DomainError> {
+        if id == self.p.user.id && disabled {
+            return Err(ValidationError::new("disabled", "you cannot disable your own account").into());
+        }
+        let mut tx = repo.begin().await?;
+        let mut user = tx.get_user(id).await?.ok_or_else(|| DomainError::not_found("user", id))?;
+        let before = json!({"disabled": user.disabled});
+        user.disabled = disabled;
+        tx.update_user(&user).await?;
+        if disabled {
+            tx.delete_sessions_of(id).await?;
+        }
+        let action = if disabled { "user.disable" } else { "user.enable" };
+        let event =
+            self.audit(action, format!("user:{id}")).before(before).after(json!({"disabled": disabled}));
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+}
+
+/// Read-only access to the audit log.
+#[derive(Clone, Copy, Debug)]
+pub struct Auditor<'a> {
+    #[allow(dead_code)]
+    p: &'a Principal,
+}
+
+impl Auditor<'_> {
+    /// Audit events matching `query`, by seq.
+    pub async fn events<R: Repo>(
+        &self,
+        repo: &R,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEvent>, DomainError> {
+        let mut tx = repo.begin().await?;
+        Ok(tx.list_audit(query).await?)
+    }
+
+    /// Verifies the whole chain, page by page; returns the verified head (its `seq` is the number
+    /// of events). Compare it with a head recorded elsewhere to detect a truncated tail.
+    pub async fn verify<R: Repo>(&self, repo: &R) -> Result<ChainHead, DomainError> {
+        const PAGE: u32 = 1000;
+        let mut verifier = ChainVerifier::new();
+        loop {
+            let mut tx = repo.begin().await?;
+            let query = AuditQuery { after_seq: verifier.head().seq, target: None, limit: PAGE };
+            let page = tx.list_audit(&query).await?;
+            for event in &page {
+                verifier.push(event)?;
+            }
+            if page.len() < PAGE as usize {
+                return Ok(verifier.head());
+            }
+        }
+    }
+}
+
+/// Lanyard acting on its own behalf (issuance engine, enrolment endpoints, sweepers). Audit
+/// events name [`Actor::System`].
+#[derive(Clone, Debug)]
+pub struct System {
+    acting: Acting,
+}
+
+impl System {
+    pub fn new(operation_id: OperationId, at: OffsetDateTime) -> Self {
+        Self { acting: Acting { actor: Actor::System, operation_id, at } }
+    }
+
+    /// Applies a lifecycle action (e.g. `Personalized`, `IssuanceFailed`, `Enrolled`) with its
+    /// cascades and audit event.
+    pub async fn device_action<R: Repo>(
+        &self,
+        repo: &R,
+        id: DeviceId,
+        action: DeviceAction,
+    ) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+        let device = transition_with_derived(&mut tx, device, action, &self.acting).await?;
+        tx.commit().await?;
+        Ok(device)
+    }
+}
+
+#[cfg(test)]
+mod tests;

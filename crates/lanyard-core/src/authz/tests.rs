@@ -1,0 +1,526 @@
+use super::*;
+use crate::audit::verify_chain;
+use crate::clock::{Clock, ManualClock};
+use crate::lifecycle::CredentialState;
+use crate::model::{CertSlot, CredentialKind, DeviceLink, PolicyErrors};
+use crate::repo::StoreError;
+use crate::testing::{MemRepo, block_on};
+
+struct World {
+    repo: MemRepo,
+    clock: ManualClock,
+    group: Group,
+    alice: User,
+    bob: User,
+    olga: User,
+    adam: User,
+    audrey: User,
+}
+
+fn user(name: &str, group: GroupId, roles: &[Role], at: OffsetDateTime) -> User {
+    let mut u = User::new(Username::parse(name).unwrap(), name.to_uppercase(), group, at).unwrap();
+    u.roles = roles.iter().copied().collect();
+    u
+}
+
+fn world_with(policy: Policy) -> World {
+    let clock = ManualClock::default();
+    let at = clock.now();
+    let group = Group { id: GroupId::new(), name: "staff".into(), policy };
+    let w = World {
+        repo: MemRepo::new(),
+        alice: user("alice", group.id, &[Role::User], at),
+        bob: user("bob", group.id, &[Role::User], at),
+        olga: user("olga", group.id, &[Role::User, Role::Operator], at),
+        adam: user("adam", group.id, &[Role::Administrator], at),
+        audrey: user("audrey", group.id, &[Role::Auditor], at),
+        group,
+        clock,
+    };
+    w.repo.with_data(|d| {
+        d.groups.insert(w.group.id, w.group.clone());
+        for u in [&w.alice, &w.bob, &w.olga, &w.adam, &w.audrey] {
+            d.users.insert(u.id, u.clone());
+        }
+    });
+    w
+}
+
+fn world() -> World {
+    world_with(Policy::default())
+}
+
+impl World {
+    fn principal(&self, u: &User) -> Principal {
+        Principal::new(
+            u.clone(),
+            OperationId::parse(&format!("op-{}", u.username)).unwrap(),
+            self.clock.now(),
+        )
+        .unwrap()
+    }
+
+    /// A device owned by `owner` in `state`, with one Active (or Pending) certificate and one
+    /// expired one.
+    fn device(&self, owner: &User, kind: DeviceKind, state: DeviceState) -> Device {
+        let at = self.clock.now();
+        let mut d = Device::new(kind, "YubiKey 5", at).unwrap();
+        d.owner = Some(owner.id);
+        d.state = state;
+        let cert = |state: CredentialState, serial: &str| {
+            let mut c = Credential::new(
+                d.id,
+                CredentialKind::Certificate {
+                    slot: if kind == DeviceKind::Mobile {
+                        CertSlot::MobileDevice
+                    } else {
+                        CertSlot::PivAuthentication
+                    },
+                    profile: "p".into(),
+                    serial_hex: serial.into(),
+                    not_before: at,
+                    not_after: at + time::Duration::days(365),
+                    certificate_der: vec![0x30],
+                    attestation_der: None,
+                },
+                at,
+            );
+            c.state = state;
+            c
+        };
+        let live =
+            if state == DeviceState::Pending { CredentialState::Pending } else { CredentialState::Active };
+        let creds = [
+            cert(live, &format!("{}01", d.id.as_uuid().simple())),
+            cert(CredentialState::Expired, &format!("{}02", d.id.as_uuid().simple())),
+        ];
+        self.repo.with_data(|data| {
+            data.devices.insert(d.id, d.clone());
+            for c in creds {
+                data.credentials.insert(c.id, c);
+            }
+        });
+        d
+    }
+
+    fn stored(&self, id: DeviceId) -> Device {
+        self.repo.data().devices[&id].clone()
+    }
+
+    fn credential_states(&self, id: DeviceId) -> Vec<CredentialState> {
+        let mut v: Vec<_> =
+            self.repo.data().credentials.values().filter(|c| c.device == id).map(|c| c.state).collect();
+        v.sort();
+        v
+    }
+}
+
+fn is_not_found(err: &DomainError, id: DeviceId) -> bool {
+    matches!(err, DomainError::NotFound { kind: "device", id: s } if *s == id.to_string())
+}
+
+#[test]
+fn a_user_cannot_see_or_touch_another_users_device() {
+    let w = world();
+    let mine = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let bobs_card = w.device(&w.bob, DeviceKind::SmartCard, DeviceState::Pending);
+    let bobs_phone = w.device(&w.bob, DeviceKind::Mobile, DeviceState::Active);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let before = w.repo.data();
+
+    let listed = block_on(me.devices(&w.repo)).unwrap();
+    assert_eq!(listed.iter().map(|d| d.id).collect::<Vec<_>>(), [mine.id]);
+    assert_eq!(block_on(me.device(&w.repo, mine.id)).unwrap().id, mine.id);
+
+    // Bob's devices look exactly like devices that do not exist.
+    let nowhere = DeviceId::new();
+    for id in [bobs_card.id, bobs_phone.id, nowhere] {
+        assert!(is_not_found(&block_on(me.device(&w.repo, id)).unwrap_err(), id));
+        assert!(is_not_found(&block_on(me.credentials(&w.repo, id)).unwrap_err(), id));
+        assert!(is_not_found(&block_on(me.delete_mobile(&w.repo, id)).unwrap_err(), id));
+        assert!(is_not_found(&block_on(me.confirm_pin_changed(&w.repo, id)).unwrap_err(), id));
+    }
+    assert_eq!(
+        block_on(me.device(&w.repo, bobs_card.id)).unwrap_err().to_string(),
+        format!("device {} not found", bobs_card.id)
+    );
+    assert_eq!(w.repo.data(), before, "nothing changed, no audit event written");
+}
+
+#[test]
+fn roles_gate_the_views() {
+    let w = world();
+    let alice = w.principal(&w.alice);
+    assert_eq!(alice.operator().unwrap_err(), Forbidden::MissingRole(Role::Operator));
+    assert_eq!(alice.admin().unwrap_err(), Forbidden::MissingRole(Role::Administrator));
+    assert_eq!(alice.auditor().unwrap_err().to_string(), "forbidden: this requires the auditor role");
+    let olga = w.principal(&w.olga);
+    assert!(olga.operator().is_ok() && olga.self_service().is_ok() && olga.admin().is_err());
+
+    let mut disabled = w.bob.clone();
+    disabled.disabled = true;
+    assert_eq!(
+        Principal::new(disabled, OperationId::random(), w.clock.now()).unwrap_err(),
+        Forbidden::Disabled
+    );
+}
+
+#[test]
+fn an_auditor_reads_and_verifies_but_cannot_change_anything() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let olga = w.principal(&w.olga);
+    block_on(olga.operator().unwrap().suspend_device(&w.repo, card.id)).unwrap();
+    let audrey = w.principal(&w.audrey);
+    let before = w.repo.data();
+
+    // No view that changes anything is available to the auditor...
+    assert_eq!(audrey.operator().unwrap_err(), Forbidden::MissingRole(Role::Operator));
+    assert_eq!(audrey.admin().unwrap_err(), Forbidden::MissingRole(Role::Administrator));
+    assert_eq!(audrey.self_service().unwrap_err(), Forbidden::MissingRole(Role::User));
+    // ...and what it can do reads only.
+    let auditor = audrey.auditor().unwrap();
+    let events = block_on(auditor.events(&w.repo, &AuditQuery { limit: 100, ..Default::default() })).unwrap();
+    assert_eq!(events.len(), 1);
+    let head = block_on(auditor.verify(&w.repo)).unwrap();
+    assert_eq!(head, events[0].head());
+    assert_eq!(w.repo.data(), before);
+}
+
+#[test]
+fn an_operators_suspend_writes_one_audit_event_with_before_and_after() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let olga = w.principal(&w.olga);
+    let op = olga.operator().unwrap();
+
+    let suspended = block_on(op.suspend_device(&w.repo, card.id)).unwrap();
+    assert_eq!(
+        (suspended.state, suspended.suspended_from),
+        (DeviceState::Suspended, Some(DeviceState::Active))
+    );
+    assert_eq!(w.stored(card.id), suspended);
+    assert_eq!(w.credential_states(card.id), [CredentialState::OnHold, CredentialState::Expired]);
+
+    let data = w.repo.data();
+    assert_eq!(data.audit.len(), 1);
+    let event = &data.audit[0];
+    assert_eq!(event.action, "device.suspend");
+    assert_eq!(event.target.as_deref(), Some(format!("device:{}", card.id).as_str()));
+    assert_eq!(event.operation_id, "op-olga");
+    assert_eq!(event.actor, Actor::User { id: w.olga.id, username: w.olga.username.clone() });
+    assert_eq!(event.at, w.clock.now());
+    let (before, after) = (event.before.as_ref().unwrap(), event.after.as_ref().unwrap());
+    assert_eq!(before["state"], "active");
+    assert_eq!(before["suspended_from"], Value::Null);
+    assert_eq!(after["state"], "suspended");
+    assert_eq!(after["suspended_from"], "active");
+    let held: Vec<&Value> = after["credentials"].as_object().unwrap().values().collect();
+    assert!(held.contains(&&json!("on_hold")) && held.contains(&&json!("expired")));
+
+    // Resume restores the device and releases the held certificate; a second event chains on.
+    w.clock.advance(time::Duration::hours(2));
+    let olga = w.principal(&w.olga);
+    let resumed = block_on(olga.operator().unwrap().resume_device(&w.repo, card.id)).unwrap();
+    assert_eq!((resumed.state, resumed.suspended_from), (DeviceState::Active, None));
+    assert_eq!(w.credential_states(card.id), [CredentialState::Active, CredentialState::Expired]);
+    let data = w.repo.data();
+    assert_eq!(data.audit.len(), 2);
+    assert_eq!(data.audit[1].action, "device.resume");
+    assert_eq!(verify_chain(&data.audit), Ok(2));
+}
+
+#[test]
+fn an_illegal_action_is_an_error_and_writes_nothing() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Revoked);
+    let olga = w.principal(&w.olga);
+    let before = w.repo.data();
+    let err = block_on(olga.operator().unwrap().resume_device(&w.repo, card.id)).unwrap_err();
+    assert!(matches!(
+        err,
+        DomainError::Lifecycle(crate::lifecycle::LifecycleError::IllegalTransition {
+            from: DeviceState::Revoked,
+            action: DeviceAction::Resume,
+            ..
+        })
+    ));
+    assert_eq!(w.repo.data(), before);
+    let err = block_on(olga.operator().unwrap().suspend_device(&w.repo, DeviceId::new())).unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { kind: "device", .. }));
+}
+
+#[test]
+fn policy_device_limit_is_enforced() {
+    let w = world_with(Policy { max_devices: 1, ..Policy::default() });
+    let first = w.device(&w.alice, DeviceKind::UsbKey, DeviceState::Active);
+    // A mobile does not count toward the card limit.
+    w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let card = CardInfo { kind: DeviceKind::UsbKey, model: "YubiKey 5".into(), serial: Some("4242".into()) };
+    let before = w.repo.data();
+
+    let denied = PolicyDenied::DeviceLimitReached { max: 1, current: 1 };
+    let err = block_on(me.begin_issuance(&w.repo, card.clone())).unwrap_err();
+    assert!(matches!(&err, DomainError::PolicyDenied(d) if *d == denied), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "policy: your group's policy allows at most 1 smart cards or USB keys, and you have 1"
+    );
+    assert!(matches!(block_on(me.may_add_device(&w.repo)), Err(DomainError::PolicyDenied(d)) if d == denied));
+    assert_eq!(w.repo.data(), before, "nothing registered");
+
+    // Once the first key is revoked, there is room again.
+    let olga = w.principal(&w.olga);
+    block_on(olga.operator().unwrap().mark_device_lost(&w.repo, first.id)).unwrap();
+    block_on(me.may_add_device(&w.repo)).unwrap();
+    let (device, job) = block_on(me.begin_issuance(&w.repo, card)).unwrap();
+    assert_eq!((device.state, device.owner), (DeviceState::Issuing, Some(w.alice.id)));
+    assert_eq!(job.device, device.id);
+    let data = w.repo.data();
+    assert_eq!(data.jobs.len(), 1);
+    assert_eq!(data.audit.last().unwrap().action, "device.begin_issuance");
+}
+
+#[test]
+fn policy_switches_and_card_models_are_enforced() {
+    let w = world_with(Policy { may_add_device: false, may_add_mobile: false, ..Policy::default() });
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let card = CardInfo { kind: DeviceKind::SmartCard, model: "YubiKey 5".into(), serial: None };
+    assert!(matches!(
+        block_on(me.begin_issuance(&w.repo, card)),
+        Err(DomainError::PolicyDenied(PolicyDenied::AddDeviceDisabled))
+    ));
+    assert!(matches!(
+        block_on(me.start_mobile_enrollment(
+            &w.repo,
+            EnrollmentPurpose::MobileProfile,
+            time::Duration::minutes(10)
+        )),
+        Err(DomainError::PolicyDenied(PolicyDenied::AddMobileDisabled))
+    ));
+
+    let w = world();
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let odd = CardInfo { kind: DeviceKind::SmartCard, model: "Acme Card".into(), serial: None };
+    assert!(matches!(
+        block_on(me.begin_issuance(&w.repo, odd)),
+        Err(DomainError::PolicyDenied(PolicyDenied::CardModelNotAccepted(m))) if m == "Acme Card"
+    ));
+    let phone = CardInfo { kind: DeviceKind::Mobile, model: "YubiKey 5".into(), serial: None };
+    assert!(matches!(block_on(me.begin_issuance(&w.repo, phone)), Err(DomainError::Validation(_))));
+    assert!(w.repo.data().devices.is_empty());
+
+    // Derived PIV needs a sponsor card under the default policy.
+    let err = block_on(me.start_mobile_enrollment(
+        &w.repo,
+        EnrollmentPurpose::DerivedPiv { sponsor: None },
+        time::Duration::minutes(10),
+    ))
+    .unwrap_err();
+    assert_eq!(err.to_string(), "invalid input: sponsor: your group's policy requires a sponsor card");
+    let (code, _secret) = block_on(me.start_mobile_enrollment(
+        &w.repo,
+        EnrollmentPurpose::MobileProfile,
+        time::Duration::minutes(10),
+    ))
+    .unwrap();
+    assert_eq!(w.repo.data().enrollment_codes[&code.id], code);
+}
+
+#[test]
+fn issuance_claims_stock_but_not_issued_cards() {
+    let w = world();
+    let at = w.clock.now();
+    let mut stock = Device::new(DeviceKind::SmartCard, "YubiKey 5", at).unwrap();
+    stock.serial = Some("1001".into());
+    let mut issued = Device::new(DeviceKind::SmartCard, "YubiKey 5", at).unwrap();
+    issued.serial = Some("1002".into());
+    issued.state = DeviceState::Active;
+    issued.owner = Some(w.bob.id);
+    w.repo.with_data(|d| {
+        d.devices.insert(stock.id, stock.clone());
+        d.devices.insert(issued.id, issued.clone());
+    });
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let info = |serial: &str| CardInfo {
+        kind: DeviceKind::SmartCard,
+        model: "YubiKey 5".into(),
+        serial: Some(serial.into()),
+    };
+    let (device, _) = block_on(me.begin_issuance(&w.repo, info("1001"))).unwrap();
+    assert_eq!(device.id, stock.id);
+    assert_eq!(w.stored(stock.id).owner, Some(w.alice.id));
+    let err = block_on(me.begin_issuance(&w.repo, info("1002"))).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "conflict: this card is already registered and is active; an operator must recycle it first"
+    );
+    assert_eq!(w.stored(issued.id), issued);
+}
+
+#[test]
+fn revoking_a_card_revokes_its_derived_mobiles() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let phone = w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
+    let unrelated = w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
+    w.repo.with_data(|d| {
+        if let Some(p) = d.devices.get_mut(&phone.id) {
+            p.links.push(DeviceLink { kind: LinkKind::DerivedFrom, target: card.id });
+        }
+    });
+    let olga = w.principal(&w.olga);
+    block_on(olga.operator().unwrap().mark_device_stolen(&w.repo, card.id)).unwrap();
+
+    let card = w.stored(card.id);
+    assert_eq!((card.state, card.revocation_reason), (DeviceState::Revoked, Some(RevocationReason::Stolen)));
+    let phone_now = w.stored(phone.id);
+    assert_eq!(
+        (phone_now.state, phone_now.revocation_reason),
+        (DeviceState::Revoked, Some(RevocationReason::ParentRevoked))
+    );
+    assert_eq!(w.credential_states(phone.id), [CredentialState::Revoked, CredentialState::Expired]);
+    assert_eq!(w.stored(unrelated.id).state, DeviceState::Active);
+    let revoked: Vec<_> =
+        w.repo.data().credentials.into_values().filter(|c| c.state == CredentialState::Revoked).collect();
+    assert!(revoked.iter().all(|c| c.revoked_at == Some(w.clock.now())));
+    let audit = w.repo.data().audit;
+    assert_eq!(
+        audit.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["device.mark_stolen", "device.revoke"]
+    );
+    assert!(audit.iter().all(|e| e.operation_id == "op-olga"));
+}
+
+#[test]
+fn a_user_deletes_their_mobile_and_it_disappears() {
+    let w = world();
+    let phone = w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    assert!(matches!(block_on(me.delete_mobile(&w.repo, card.id)), Err(DomainError::Validation(_))));
+    let deleted = block_on(me.delete_mobile(&w.repo, phone.id)).unwrap();
+    assert_eq!(deleted.state, DeviceState::Deleted);
+    assert_eq!(w.credential_states(phone.id), [CredentialState::Revoked, CredentialState::Expired]);
+    assert_eq!(block_on(me.devices(&w.repo)).unwrap().iter().map(|d| d.id).collect::<Vec<_>>(), [card.id]);
+    assert!(is_not_found(&block_on(me.device(&w.repo, phone.id)).unwrap_err(), phone.id));
+}
+
+#[test]
+fn a_pending_card_is_activated_by_its_holder_or_an_operator() {
+    let w = world();
+    let a = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Pending);
+    let b = w.device(&w.bob, DeviceKind::SmartCard, DeviceState::Pending);
+    let alice = w.principal(&w.alice);
+    let done = block_on(alice.self_service().unwrap().confirm_pin_changed(&w.repo, a.id)).unwrap();
+    assert_eq!(done.state, DeviceState::Active);
+    assert_eq!(w.credential_states(a.id), [CredentialState::Active, CredentialState::Expired]);
+    let olga = w.principal(&w.olga);
+    let done = block_on(olga.operator().unwrap().activate_device(&w.repo, b.id)).unwrap();
+    assert_eq!(done.state, DeviceState::Active);
+}
+
+#[test]
+fn recycling_discards_card_secrets() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Terminated);
+    w.repo.with_data(|d| {
+        d.secrets.insert(card.id, crate::secrets::SealedCardSecrets::from_bytes(vec![1, 2, 3]))
+    });
+    let olga = w.principal(&w.olga);
+    let stock = block_on(olga.operator().unwrap().recycle_device(&w.repo, card.id)).unwrap();
+    assert_eq!((stock.state, stock.owner), (DeviceState::Available, None));
+    assert!(w.repo.data().secrets.is_empty());
+}
+
+#[test]
+fn admin_manages_groups_users_and_roles() {
+    let w = world();
+    let adam = w.principal(&w.adam);
+    let admin = adam.admin().unwrap();
+    let err = block_on(admin.create_group(&w.repo, "lab", Policy { max_devices: 99, ..Policy::default() }))
+        .unwrap_err();
+    assert!(matches!(&err, DomainError::InvalidPolicy(PolicyErrors(e)) if e.len() == 1), "{err}");
+    let group = block_on(admin.create_group(&w.repo, "lab", Policy::default())).unwrap();
+    let new = NewUser {
+        username: Username::parse("carol").unwrap(),
+        display_name: "Carol".into(),
+        email: None,
+        group: group.id,
+        roles: BTreeSet::from([Role::User]),
+    };
+    let carol = block_on(admin.create_user(&w.repo, new.clone())).unwrap();
+    assert!(matches!(block_on(admin.create_user(&w.repo, new)), Err(DomainError::Conflict(_))));
+    let carol =
+        block_on(admin.set_roles(&w.repo, carol.id, BTreeSet::from([Role::User, Role::Operator]))).unwrap();
+    assert!(carol.has_role(Role::Operator));
+    let err = block_on(admin.set_roles(&w.repo, w.adam.id, BTreeSet::new())).unwrap_err();
+    assert_eq!(err.to_string(), "invalid input: roles: you cannot remove your own administrator role");
+    block_on(admin.set_disabled(&w.repo, carol.id, true)).unwrap();
+    let actions: Vec<String> = w.repo.data().audit.into_iter().map(|e| e.action).collect();
+    assert_eq!(actions, ["group.create", "user.create", "user.set_roles", "user.disable"]);
+}
+
+#[test]
+fn api_token_requests_are_audited_as_the_token() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let token = ApiTokenId::new();
+    let olga = w.principal(&w.olga).via_api_token(token);
+    block_on(olga.operator().unwrap().suspend_device(&w.repo, card.id)).unwrap();
+    assert_eq!(w.repo.data().audit[0].actor, Actor::ApiToken { id: token });
+}
+
+#[test]
+fn audit_verification_names_a_tampered_event() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let olga = w.principal(&w.olga);
+    let op = olga.operator().unwrap();
+    block_on(op.suspend_device(&w.repo, card.id)).unwrap();
+    block_on(op.resume_device(&w.repo, card.id)).unwrap();
+    block_on(op.suspend_device(&w.repo, card.id)).unwrap();
+    w.repo.with_data(|d| d.audit[1].action = "device.nothing_to_see".into());
+    let audrey = w.principal(&w.audrey);
+    let err = block_on(audrey.auditor().unwrap().verify(&w.repo)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "audit chain broken at event 2: its hash does not match its contents (the event was altered)"
+    );
+}
+
+#[test]
+fn a_concurrent_commit_conflicts_instead_of_losing_an_update() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let mut tx = block_on(w.repo.begin()).unwrap();
+    let mut d = block_on(tx.get_device(card.id)).unwrap().unwrap();
+    // Meanwhile an operator suspends the card.
+    let olga = w.principal(&w.olga);
+    block_on(olga.operator().unwrap().suspend_device(&w.repo, card.id)).unwrap();
+    apply_device(&mut d, DeviceAction::Revoke(RevocationReason::Unspecified), w.clock.now()).unwrap();
+    block_on(tx.update_device(&d)).unwrap();
+    assert!(matches!(block_on(tx.commit()), Err(StoreError::Conflict(_))));
+    assert_eq!(w.stored(card.id).state, DeviceState::Suspended);
+}
+
+#[test]
+fn service_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let w = world();
+    let olga = w.principal(&w.olga);
+    let op = olga.operator().unwrap();
+    let fut = op.suspend_device(&w.repo, DeviceId::new());
+    assert_send(&fut);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let card = CardInfo { kind: DeviceKind::SmartCard, model: "YubiKey 5".into(), serial: None };
+    assert_send(&me.begin_issuance(&w.repo, card));
+}

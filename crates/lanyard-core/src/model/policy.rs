@@ -1,0 +1,394 @@
+//! Per-group policy (DESIGN §6).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{CertSlot, KeyAlgorithm};
+use crate::macros::string_enum;
+
+string_enum! {
+    /// How the FIDO2 PIN is set during issuance (DESIGN §2 B).
+    pub enum FidoPinMode ("FIDO PIN mode") {
+        /// The user sets a FIDO PIN of their own.
+        Independent = "independent",
+        /// Lanyard sets a temporary PIN for passkey registration, then one PIN for both.
+        Shared = "shared",
+    }
+}
+
+string_enum! {
+    /// Whether the portal shows the initial PIN after issuance (for a Pending card an operator
+    /// may need to deliver it).
+    pub enum InitialPinDisplay ("initial PIN display") {
+        Shown = "shown",
+        Hidden = "hidden",
+    }
+}
+
+/// PIN rules. PINs are digits only; PIV allows 6–8 of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRules {
+    /// 6..=8.
+    pub min_len: u8,
+    /// 6..=8 and at least `min_len`.
+    pub max_len: u8,
+    /// Refuse all-same (`111111`) and consecutive runs (`123456`, `654321`, `890123`).
+    pub forbid_trivial: bool,
+}
+
+impl Default for PinRules {
+    fn default() -> Self {
+        Self { min_len: 6, max_len: 8, forbid_trivial: true }
+    }
+}
+
+/// Which certificate profile and key algorithm a slot gets, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotProfile {
+    /// The CA's certificate profile name, e.g. `"piv-auth"`.
+    pub profile: String,
+    pub algorithm: KeyAlgorithm,
+    /// Certificate validity in days, 1..=3650.
+    pub validity_days: u16,
+}
+
+/// A group's policy. `Policy::default()` is a sensible, valid starting point.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Whether members may add a smart card / USB key themselves.
+    pub may_add_device: bool,
+    /// How many smart cards / USB keys (mobiles do not count) a member may hold at once, 1..=20.
+    /// Devices count while Issuing, Pending, Active or Suspended.
+    pub max_devices: u8,
+    /// Whether members may add a mobile (configuration profile or derived PIV).
+    pub may_add_mobile: bool,
+    /// Whether a derived PIV enrollment must be sponsored by an existing PIV card.
+    pub derived_piv_requires_sponsor: bool,
+    pub fido_pin_mode: FidoPinMode,
+    pub pin: PinRules,
+    pub initial_pin_display: InitialPinDisplay,
+    /// Certificates to issue, per slot. A missing optional slot (9C, 9D, 9E) is simply not issued;
+    /// 9A is required; derived PIV and mobile slots are required when mobiles are allowed.
+    pub certificates: BTreeMap<CertSlot, SlotProfile>,
+    /// Card models that may be issued, compared exactly with what the agent reports.
+    pub accepted_card_models: Vec<String>,
+    /// Days after remote (derived PIV) issuance when the parent card's status is checked again,
+    /// 1..=365.
+    pub derived_recheck_days: u16,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let p = |profile: &str, validity_days| SlotProfile {
+            profile: profile.to_owned(),
+            algorithm: KeyAlgorithm::P256,
+            validity_days,
+        };
+        Self {
+            may_add_device: true,
+            max_devices: 2,
+            may_add_mobile: true,
+            derived_piv_requires_sponsor: true,
+            fido_pin_mode: FidoPinMode::Independent,
+            pin: PinRules::default(),
+            initial_pin_display: InitialPinDisplay::Hidden,
+            certificates: BTreeMap::from([
+                (CertSlot::PivAuthentication, p("piv-auth", 365)),
+                (CertSlot::DigitalSignature, p("piv-sign", 365)),
+                (CertSlot::KeyManagement, p("piv-key-mgmt", 365)),
+                (CertSlot::CardAuthentication, p("piv-card-auth", 365)),
+                (CertSlot::DerivedPivAuthentication, p("derived-piv-auth", 365)),
+                (CertSlot::MobileDevice, p("mobile-device", 365)),
+            ]),
+            accepted_card_models: vec!["YubiKey 5".to_owned(), "Lanyard virtual card".to_owned()],
+            derived_recheck_days: 7,
+        }
+    }
+}
+
+/// One broken policy rule.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum PolicyError {
+    #[error("max_devices must be between 1 and 20, got {0}")]
+    MaxDevicesOutOfRange(u8),
+    #[error("pin.min_len must be between 6 and 8, got {0}")]
+    PinMinLenOutOfRange(u8),
+    #[error("pin.max_len must be between 6 and 8, got {0}")]
+    PinMaxLenOutOfRange(u8),
+    #[error("pin.max_len ({max}) must not be less than pin.min_len ({min})")]
+    PinMaxBelowMin { min: u8, max: u8 },
+    #[error("certificates.{0} is required (every card gets a PIV Authentication certificate)")]
+    MissingPivAuthentication(CertSlot),
+    #[error("certificates.{0} is required while may_add_mobile is true")]
+    MissingMobileProfile(CertSlot),
+    #[error("certificates.{slot}.profile must be 1-64 characters without spaces or control characters")]
+    BadProfileName { slot: CertSlot },
+    #[error("certificates.{slot}.validity_days must be between 1 and 3650, got {days}")]
+    ValidityOutOfRange { slot: CertSlot, days: u16 },
+    #[error("certificates.{slot}.algorithm {algorithm} is not allowed for this slot ({reason})")]
+    AlgorithmNotAllowed { slot: CertSlot, algorithm: KeyAlgorithm, reason: &'static str },
+    #[error("accepted_card_models is empty, so no card could be issued while may_add_device is true")]
+    NoCardModels,
+    #[error("accepted_card_models[{index}] must be 1-64 characters without control characters")]
+    BadCardModel { index: usize },
+    #[error("accepted_card_models lists {0:?} twice")]
+    DuplicateCardModel(String),
+    #[error("derived_recheck_days must be between 1 and 365, got {0}")]
+    RecheckDaysOutOfRange(u16),
+}
+
+/// Every broken rule of a policy, in a stable order. Displays one per line.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "invalid policy ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            write!(f, "\n- {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A PIN that the rules refuse.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum PinRuleError {
+    #[error("PIN must contain digits only")]
+    NotDigits,
+    #[error("PIN must have at least {min} digits, got {len}")]
+    TooShort { min: u8, len: usize },
+    #[error("PIN must have at most {max} digits, got {len}")]
+    TooLong { max: u8, len: usize },
+    #[error("PIN must not repeat one digit (like 111111)")]
+    AllSame,
+    #[error("PIN must not be a run of consecutive digits (like 123456 or 654321)")]
+    Sequential,
+}
+
+/// Something a policy does not allow this user to do now.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum PolicyDenied {
+    #[error("your group's policy does not allow adding a smart card or USB key")]
+    AddDeviceDisabled,
+    #[error("your group's policy allows at most {max} smart cards or USB keys, and you have {current}")]
+    DeviceLimitReached { max: u8, current: usize },
+    #[error("your group's policy does not allow adding a mobile device")]
+    AddMobileDisabled,
+    #[error("card model {0:?} is not accepted by your group's policy")]
+    CardModelNotAccepted(String),
+}
+
+impl Policy {
+    /// Checks every rule and reports all broken ones at once, so an administrator can fix a policy
+    /// in one go.
+    pub fn validate(&self) -> Result<(), PolicyErrors> {
+        let mut errors = Vec::new();
+        if !(1..=20).contains(&self.max_devices) {
+            errors.push(PolicyError::MaxDevicesOutOfRange(self.max_devices));
+        }
+        let pin_len_ok = |n: u8| (6..=8).contains(&n);
+        if !pin_len_ok(self.pin.min_len) {
+            errors.push(PolicyError::PinMinLenOutOfRange(self.pin.min_len));
+        }
+        if !pin_len_ok(self.pin.max_len) {
+            errors.push(PolicyError::PinMaxLenOutOfRange(self.pin.max_len));
+        }
+        if self.pin.max_len < self.pin.min_len {
+            errors.push(PolicyError::PinMaxBelowMin { min: self.pin.min_len, max: self.pin.max_len });
+        }
+        if !self.certificates.contains_key(&CertSlot::PivAuthentication) {
+            errors.push(PolicyError::MissingPivAuthentication(CertSlot::PivAuthentication));
+        }
+        if self.may_add_mobile {
+            for slot in [CertSlot::DerivedPivAuthentication, CertSlot::MobileDevice] {
+                if !self.certificates.contains_key(&slot) {
+                    errors.push(PolicyError::MissingMobileProfile(slot));
+                }
+            }
+        }
+        for (&slot, p) in &self.certificates {
+            let name_ok = !p.profile.is_empty()
+                && p.profile.chars().count() <= 64
+                && !p.profile.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !name_ok {
+                errors.push(PolicyError::BadProfileName { slot });
+            }
+            if !(1..=3650).contains(&p.validity_days) {
+                errors.push(PolicyError::ValidityOutOfRange { slot, days: p.validity_days });
+            }
+            if slot.is_mobile() && p.algorithm == KeyAlgorithm::Rsa3072 {
+                errors.push(PolicyError::AlgorithmNotAllowed {
+                    slot,
+                    algorithm: p.algorithm,
+                    reason: "mobile key stores generate RSA-2048, P-256 or P-384 only",
+                });
+            }
+        }
+        if self.may_add_device && self.accepted_card_models.is_empty() {
+            errors.push(PolicyError::NoCardModels);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, model) in self.accepted_card_models.iter().enumerate() {
+            if super::check_text("card model", model, 64).is_err() {
+                errors.push(PolicyError::BadCardModel { index });
+            } else if !seen.insert(model.as_str()) {
+                errors.push(PolicyError::DuplicateCardModel(model.clone()));
+            }
+        }
+        if !(1..=365).contains(&self.derived_recheck_days) {
+            errors.push(PolicyError::RecheckDaysOutOfRange(self.derived_recheck_days));
+        }
+        if errors.is_empty() { Ok(()) } else { Err(PolicyErrors(errors)) }
+    }
+
+    /// Checks a PIN against [`Policy::pin`]. Trivial means one digit repeated, or every digit one
+    /// more (or one less) than the one before, wrapping 9→0 (so `890123` is trivial too).
+    pub fn check_pin(&self, pin: &str) -> Result<(), PinRuleError> {
+        self.pin.check(pin)
+    }
+
+    /// Whether a card of `model` may be issued.
+    pub fn accepts_card_model(&self, model: &str) -> bool {
+        self.accepted_card_models.iter().any(|m| m == model)
+    }
+}
+
+impl PinRules {
+    /// See [`Policy::check_pin`].
+    pub fn check(&self, pin: &str) -> Result<(), PinRuleError> {
+        if pin.is_empty() || !pin.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(PinRuleError::NotDigits);
+        }
+        let len = pin.len();
+        if len < usize::from(self.min_len) {
+            return Err(PinRuleError::TooShort { min: self.min_len, len });
+        }
+        if len > usize::from(self.max_len) {
+            return Err(PinRuleError::TooLong { max: self.max_len, len });
+        }
+        if self.forbid_trivial {
+            let d: Vec<u8> = pin.bytes().map(|b| b - b'0').collect();
+            let all_steps = |step: u8| d.windows(2).all(|w| (w[0] + step) % 10 == w[1]);
+            if all_steps(0) {
+                return Err(PinRuleError::AllSame);
+            }
+            if all_steps(1) || all_steps(9) {
+                return Err(PinRuleError::Sequential);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_is_valid() {
+        Policy::default().validate().unwrap();
+    }
+
+    #[test]
+    fn validate_reports_every_problem_precisely() {
+        let mut p = Policy { max_devices: 0, derived_recheck_days: 0, ..Policy::default() };
+        p.pin = PinRules { min_len: 8, max_len: 7, forbid_trivial: true };
+        p.certificates.remove(&CertSlot::PivAuthentication);
+        p.certificates.remove(&CertSlot::MobileDevice);
+        if let Some(sig) = p.certificates.get_mut(&CertSlot::DigitalSignature) {
+            sig.validity_days = 0;
+            sig.profile = "has space".into();
+        }
+        if let Some(d) = p.certificates.get_mut(&CertSlot::DerivedPivAuthentication) {
+            d.algorithm = KeyAlgorithm::Rsa3072;
+        }
+        p.accepted_card_models = vec!["YubiKey 5".into(), "".into(), "YubiKey 5".into()];
+        let errors = p.validate().unwrap_err();
+        let text: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "max_devices must be between 1 and 20, got 0",
+                "pin.max_len (7) must not be less than pin.min_len (8)",
+                "certificates.9a is required (every card gets a PIV Authentication certificate)",
+                "certificates.mobile is required while may_add_mobile is true",
+                "certificates.9c.profile must be 1-64 characters without spaces or control characters",
+                "certificates.9c.validity_days must be between 1 and 3650, got 0",
+                "certificates.derived_piv.algorithm rsa-3072 is not allowed for this slot (mobile key stores generate RSA-2048, P-256 or P-384 only)",
+                "accepted_card_models[1] must be 1-64 characters without control characters",
+                "accepted_card_models lists \"YubiKey 5\" twice",
+                "derived_recheck_days must be between 1 and 365, got 0",
+            ]
+        );
+        assert!(errors.to_string().starts_with("invalid policy (10 problems):\n- max_devices"));
+    }
+
+    #[test]
+    fn pin_lengths_out_of_range() {
+        let p =
+            Policy { pin: PinRules { min_len: 4, max_len: 9, forbid_trivial: false }, ..Policy::default() };
+        assert_eq!(
+            p.validate().unwrap_err().0,
+            [PolicyError::PinMinLenOutOfRange(4), PolicyError::PinMaxLenOutOfRange(9)]
+        );
+    }
+
+    #[test]
+    fn card_models_may_be_empty_when_cards_are_not_self_service() {
+        let mut p = Policy { accepted_card_models: vec![], ..Policy::default() };
+        assert_eq!(p.validate().unwrap_err().0, [PolicyError::NoCardModels]);
+        p.may_add_device = false;
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn pins() {
+        let p = Policy::default();
+        for ok in ["135790", "2580147", "11112222", "124578", "012346"] {
+            assert_eq!(p.check_pin(ok), Ok(()), "{ok}");
+        }
+        let cases = [
+            ("", PinRuleError::NotDigits),
+            ("12a456", PinRuleError::NotDigits),
+            ("１２３４５６", PinRuleError::NotDigits),
+            ("13579", PinRuleError::TooShort { min: 6, len: 5 }),
+            ("135791357", PinRuleError::TooLong { max: 8, len: 9 }),
+            ("000000", PinRuleError::AllSame),
+            ("99999999", PinRuleError::AllSame),
+            ("123456", PinRuleError::Sequential),
+            ("12345678", PinRuleError::Sequential),
+            ("654321", PinRuleError::Sequential),
+            ("890123", PinRuleError::Sequential),
+            ("210987", PinRuleError::Sequential),
+        ];
+        for (pin, err) in cases {
+            assert_eq!(p.check_pin(pin), Err(err), "{pin:?}");
+        }
+        let lax = Policy { pin: PinRules { forbid_trivial: false, ..PinRules::default() }, ..p };
+        assert_eq!(lax.check_pin("123456"), Ok(()));
+        assert_eq!(
+            PinRuleError::TooShort { min: 6, len: 5 }.to_string(),
+            "PIN must have at least 6 digits, got 5"
+        );
+    }
+
+    #[test]
+    fn policy_json_round_trips_and_rejects_unknown_fields() {
+        let p = Policy::default();
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["certificates"]["9a"]["algorithm"], "p-256");
+        assert_eq!(serde_json::from_value::<Policy>(json.clone()).unwrap(), p);
+        let mut bad = json;
+        bad["max_device"] = 3.into();
+        let err = serde_json::from_value::<Policy>(bad).unwrap_err().to_string();
+        assert!(err.contains("unknown field `max_device`"), "{err}");
+    }
+}

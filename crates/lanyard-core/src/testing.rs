@@ -1,0 +1,484 @@
+//! A test double for the domain layer: an in-memory [`Repo`] and a minimal executor.
+//!
+//! [`MemRepo`] follows the [`crate::repo`] contract closely enough to test domain logic
+//! (transactions that commit or roll back as a whole, optimistic conflict detection,
+//! uniqueness, audit sealing), but it is not a store: nothing is persistent and every
+//! transaction copies the whole data set.
+
+// The methods name their concrete (always-ready) future type; callers only rely on the traits.
+#![allow(refining_impl_trait)]
+
+pub mod conformance;
+
+use std::collections::BTreeMap;
+use std::future::{Future, Ready, ready};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use time::OffsetDateTime;
+
+use crate::audit::{AuditEvent, ChainHead, NewAuditEvent};
+use crate::ids::{ApiTokenId, CredentialId, DeviceId, EnrollmentCodeId, GroupId, JobId, UserId};
+use crate::model::{
+    ApiToken, Credential, Device, EnrollmentCode, Group, Job, JobState, Session, User, Username,
+};
+use crate::repo::*;
+use crate::secrets::{SealedCardSecrets, TokenHash};
+
+/// Runs a future to completion on the current thread. Enough for [`MemRepo`], whose futures are
+/// always ready; not a general-purpose executor.
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Everything a [`MemRepo`] holds. Public so tests can inspect (and deliberately corrupt) it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemData {
+    pub users: BTreeMap<UserId, User>,
+    pub groups: BTreeMap<GroupId, Group>,
+    pub devices: BTreeMap<DeviceId, Device>,
+    pub credentials: BTreeMap<CredentialId, Credential>,
+    pub audit: Vec<AuditEvent>,
+    pub secrets: BTreeMap<DeviceId, SealedCardSecrets>,
+    pub enrollment_codes: BTreeMap<EnrollmentCodeId, EnrollmentCode>,
+    pub jobs: BTreeMap<JobId, Job>,
+    pub api_tokens: BTreeMap<ApiTokenId, ApiToken>,
+    pub sessions: Vec<Session>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    data: MemData,
+    version: u64,
+}
+
+/// An in-memory repository (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct MemRepo {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl MemRepo {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the committed data.
+    pub fn data(&self) -> MemData {
+        self.lock().data.clone()
+    }
+
+    /// Changes the committed data directly (test setup, or simulating tampering).
+    pub fn with_data<T>(&self, f: impl FnOnce(&mut MemData) -> T) -> T {
+        let mut shared = self.lock();
+        shared.version += 1;
+        f(&mut shared.data)
+    }
+}
+
+/// A unit of work on a [`MemRepo`]: a private copy, swapped in on commit.
+#[derive(Debug)]
+pub struct MemTx {
+    shared: Arc<Mutex<Shared>>,
+    data: MemData,
+    base_version: u64,
+    dirty: bool,
+}
+
+impl Repo for MemRepo {
+    type Tx = MemTx;
+
+    fn begin(&self) -> impl Future<Output = Result<MemTx, StoreError>> + Send {
+        let shared = self.lock();
+        let tx = MemTx {
+            shared: Arc::clone(&self.shared),
+            data: shared.data.clone(),
+            base_version: shared.version,
+            dirty: false,
+        };
+        ready(Ok(tx))
+    }
+}
+
+impl Tx for MemTx {
+    fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let result = if !self.dirty {
+            Ok(())
+        } else if shared.version != self.base_version {
+            Err(StoreError::Conflict("another transaction committed first; retry".into()))
+        } else {
+            shared.data = self.data;
+            shared.version += 1;
+            Ok(())
+        };
+        ready(result)
+    }
+}
+
+type Fut<T> = Ready<Result<T, StoreError>>;
+
+fn insert<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: V, what: &str) -> Result<(), StoreError> {
+    if map.contains_key(&key) {
+        return Err(StoreError::Conflict(format!("{what} already exists")));
+    }
+    map.insert(key, value);
+    Ok(())
+}
+
+fn update<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: V) -> Result<(), StoreError> {
+    match map.get_mut(&key) {
+        Some(slot) => {
+            *slot = value;
+            Ok(())
+        }
+        None => Err(StoreError::NotFound),
+    }
+}
+
+fn take<T>(iter: impl Iterator<Item = T>, limit: u32) -> Vec<T> {
+    iter.take(usize::try_from(limit).unwrap_or(usize::MAX)).collect()
+}
+
+impl MemTx {
+    fn write(&mut self) -> &mut MemData {
+        self.dirty = true;
+        &mut self.data
+    }
+}
+
+impl UserRepo for MemTx {
+    fn get_user(&mut self, id: UserId) -> Fut<Option<User>> {
+        ready(Ok(self.data.users.get(&id).cloned()))
+    }
+
+    fn get_user_by_username(&mut self, username: &Username) -> Fut<Option<User>> {
+        ready(Ok(self.data.users.values().find(|u| &u.username == username).cloned()))
+    }
+
+    fn list_users(&mut self, q: &UserQuery) -> Fut<Vec<User>> {
+        let text = q.text.as_ref().map(|t| t.to_lowercase());
+        let mut users: Vec<&User> = self
+            .data
+            .users
+            .values()
+            .filter(|u| q.group.is_none_or(|g| u.group == g))
+            .filter(|u| q.role.is_none_or(|r| u.has_role(r)))
+            .filter(|u| q.after.as_ref().is_none_or(|a| &u.username > a))
+            .filter(|u| {
+                text.as_ref().is_none_or(|t| {
+                    u.username.as_str().contains(t.as_str())
+                        || u.display_name.to_lowercase().contains(t.as_str())
+                        || u.email.as_ref().is_some_and(|e| e.as_str().to_lowercase().contains(t.as_str()))
+                })
+            })
+            .collect();
+        users.sort_by(|a, b| a.username.cmp(&b.username));
+        ready(Ok(take(users.into_iter().cloned(), q.limit)))
+    }
+
+    fn insert_user(&mut self, user: &User) -> Fut<()> {
+        if self.data.users.values().any(|u| u.username == user.username) {
+            return ready(Err(StoreError::Conflict(format!("username {} is taken", user.username))));
+        }
+        ready(insert(&mut self.write().users, user.id, user.clone(), "user"))
+    }
+
+    fn update_user(&mut self, user: &User) -> Fut<()> {
+        if self.data.users.values().any(|u| u.username == user.username && u.id != user.id) {
+            return ready(Err(StoreError::Conflict(format!("username {} is taken", user.username))));
+        }
+        ready(update(&mut self.write().users, user.id, user.clone()))
+    }
+}
+
+impl GroupRepo for MemTx {
+    fn get_group(&mut self, id: GroupId) -> Fut<Option<Group>> {
+        ready(Ok(self.data.groups.get(&id).cloned()))
+    }
+
+    fn list_groups(&mut self) -> Fut<Vec<Group>> {
+        let mut groups: Vec<Group> = self.data.groups.values().cloned().collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        ready(Ok(groups))
+    }
+
+    fn insert_group(&mut self, group: &Group) -> Fut<()> {
+        if self.data.groups.values().any(|g| g.name == group.name) {
+            return ready(Err(StoreError::Conflict(format!("group name {} is taken", group.name))));
+        }
+        ready(insert(&mut self.write().groups, group.id, group.clone(), "group"))
+    }
+
+    fn update_group(&mut self, group: &Group) -> Fut<()> {
+        ready(update(&mut self.write().groups, group.id, group.clone()))
+    }
+}
+
+impl DeviceRepo for MemTx {
+    fn get_device(&mut self, id: DeviceId) -> Fut<Option<Device>> {
+        ready(Ok(self.data.devices.get(&id).cloned()))
+    }
+
+    fn get_device_by_serial(&mut self, model: &str, serial: &str) -> Fut<Option<Device>> {
+        let found =
+            self.data.devices.values().find(|d| d.model == model && d.serial.as_deref() == Some(serial));
+        ready(Ok(found.cloned()))
+    }
+
+    fn list_devices(&mut self, q: &DeviceQuery) -> Fut<Vec<Device>> {
+        let iter = self
+            .data
+            .devices
+            .values()
+            .filter(|d| q.owner.is_none_or(|o| d.owner == Some(o)))
+            .filter(|d| q.kind.is_none_or(|k| d.kind == k))
+            .filter(|d| q.states.is_empty() || q.states.contains(&d.state))
+            .filter(|d| q.linked_to.is_none_or(|t| d.links.iter().any(|l| l.target == t)))
+            .filter(|d| q.after.is_none_or(|a| d.id > a))
+            .cloned();
+        ready(Ok(take(iter, q.limit)))
+    }
+
+    fn insert_device(&mut self, device: &Device) -> Fut<()> {
+        if let Some(serial) = &device.serial
+            && self
+                .data
+                .devices
+                .values()
+                .any(|d| d.model == device.model && d.serial.as_ref() == Some(serial))
+        {
+            return ready(Err(StoreError::Conflict(format!(
+                "a {} with serial {serial} exists",
+                device.model
+            ))));
+        }
+        ready(insert(&mut self.write().devices, device.id, device.clone(), "device"))
+    }
+
+    fn update_device(&mut self, device: &Device) -> Fut<()> {
+        ready(update(&mut self.write().devices, device.id, device.clone()))
+    }
+}
+
+impl CredentialRepo for MemTx {
+    fn get_credential(&mut self, id: CredentialId) -> Fut<Option<Credential>> {
+        ready(Ok(self.data.credentials.get(&id).cloned()))
+    }
+
+    fn get_credential_by_serial(&mut self, serial_hex: &str) -> Fut<Option<Credential>> {
+        ready(Ok(self.data.credentials.values().find(|c| c.serial_hex() == serial_hex).cloned()))
+    }
+
+    fn list_credentials(&mut self, q: &CredentialQuery) -> Fut<Vec<Credential>> {
+        let iter = self
+            .data
+            .credentials
+            .values()
+            .filter(|c| q.device.is_none_or(|d| c.device == d))
+            .filter(|c| q.states.is_empty() || q.states.contains(&c.state))
+            .filter(|c| {
+                q.not_after_before.is_none_or(|t| match &c.kind {
+                    crate::model::CredentialKind::Certificate { not_after, .. } => *not_after < t,
+                })
+            })
+            .filter(|c| q.after.is_none_or(|a| c.id > a))
+            .cloned();
+        ready(Ok(take(iter, q.limit)))
+    }
+
+    fn insert_credential(&mut self, credential: &Credential) -> Fut<()> {
+        ready(insert(&mut self.write().credentials, credential.id, credential.clone(), "credential"))
+    }
+
+    fn update_credential(&mut self, credential: &Credential) -> Fut<()> {
+        ready(update(&mut self.write().credentials, credential.id, credential.clone()))
+    }
+}
+
+impl AuditRepo for MemTx {
+    fn append_audit(&mut self, event: NewAuditEvent) -> Fut<AuditEvent> {
+        let head = self.data.audit.last().map_or(ChainHead::GENESIS, AuditEvent::head);
+        let sealed = event.seal(&head);
+        self.write().audit.push(sealed.clone());
+        ready(Ok(sealed))
+    }
+
+    fn audit_head(&mut self) -> Fut<ChainHead> {
+        ready(Ok(self.data.audit.last().map_or(ChainHead::GENESIS, AuditEvent::head)))
+    }
+
+    fn list_audit(&mut self, q: &AuditQuery) -> Fut<Vec<AuditEvent>> {
+        let iter = self
+            .data
+            .audit
+            .iter()
+            .filter(|e| e.seq > q.after_seq)
+            .filter(|e| q.target.is_none() || e.target == q.target)
+            .cloned();
+        ready(Ok(take(iter, q.limit)))
+    }
+}
+
+impl SecretRepo for MemTx {
+    fn put_card_secrets(&mut self, device: DeviceId, sealed: &SealedCardSecrets) -> Fut<()> {
+        self.write().secrets.insert(device, sealed.clone());
+        ready(Ok(()))
+    }
+
+    fn get_card_secrets(&mut self, device: DeviceId) -> Fut<Option<SealedCardSecrets>> {
+        ready(Ok(self.data.secrets.get(&device).cloned()))
+    }
+
+    fn delete_card_secrets(&mut self, device: DeviceId) -> Fut<()> {
+        ready(self.write().secrets.remove(&device).map(|_| ()).ok_or(StoreError::NotFound))
+    }
+}
+
+impl EnrollmentCodeRepo for MemTx {
+    fn insert_enrollment_code(&mut self, code: &EnrollmentCode) -> Fut<()> {
+        ready(insert(&mut self.write().enrollment_codes, code.id, code.clone(), "enrollment code"))
+    }
+
+    fn get_enrollment_code_by_hash(&mut self, hash: &TokenHash) -> Fut<Option<EnrollmentCode>> {
+        ready(Ok(self.data.enrollment_codes.values().find(|c| &c.code_hash == hash).cloned()))
+    }
+
+    fn update_enrollment_code(&mut self, code: &EnrollmentCode) -> Fut<()> {
+        ready(update(&mut self.write().enrollment_codes, code.id, code.clone()))
+    }
+
+    fn delete_expired_enrollment_codes(&mut self, before: OffsetDateTime) -> Fut<u64> {
+        let codes = &mut self.write().enrollment_codes;
+        let n = codes.len();
+        codes.retain(|_, c| c.expires_at >= before);
+        ready(Ok((n - codes.len()) as u64))
+    }
+}
+
+impl JobRepo for MemTx {
+    fn get_job(&mut self, id: JobId) -> Fut<Option<Job>> {
+        ready(Ok(self.data.jobs.get(&id).cloned()))
+    }
+
+    fn list_jobs_for_device(&mut self, device: DeviceId) -> Fut<Vec<Job>> {
+        let mut jobs: Vec<Job> = self.data.jobs.values().filter(|j| j.device == device).cloned().collect();
+        jobs.sort_by_key(|j| j.created_at);
+        ready(Ok(jobs))
+    }
+
+    fn list_unfinished_jobs(&mut self) -> Fut<Vec<Job>> {
+        let mut jobs: Vec<Job> = self
+            .data
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Created | JobState::Running | JobState::Failed))
+            .cloned()
+            .collect();
+        jobs.sort_by_key(|j| j.created_at);
+        ready(Ok(jobs))
+    }
+
+    fn insert_job(&mut self, job: &Job) -> Fut<()> {
+        ready(insert(&mut self.write().jobs, job.id, job.clone(), "job"))
+    }
+
+    fn update_job(&mut self, job: &Job) -> Fut<()> {
+        ready(update(&mut self.write().jobs, job.id, job.clone()))
+    }
+}
+
+impl ApiTokenRepo for MemTx {
+    fn get_api_token(&mut self, id: ApiTokenId) -> Fut<Option<ApiToken>> {
+        ready(Ok(self.data.api_tokens.get(&id).cloned()))
+    }
+
+    fn get_api_token_by_hash(&mut self, hash: &TokenHash) -> Fut<Option<ApiToken>> {
+        ready(Ok(self.data.api_tokens.values().find(|t| &t.token_hash == hash).cloned()))
+    }
+
+    fn list_api_tokens(&mut self, user: UserId) -> Fut<Vec<ApiToken>> {
+        let mut tokens: Vec<ApiToken> =
+            self.data.api_tokens.values().filter(|t| t.user == user).cloned().collect();
+        tokens.sort_by_key(|t| t.created_at);
+        ready(Ok(tokens))
+    }
+
+    fn insert_api_token(&mut self, token: &ApiToken) -> Fut<()> {
+        if self.data.api_tokens.values().any(|t| t.token_hash == token.token_hash) {
+            return ready(Err(StoreError::Conflict("token hash exists".into())));
+        }
+        ready(insert(&mut self.write().api_tokens, token.id, token.clone(), "API token"))
+    }
+
+    fn update_api_token(&mut self, token: &ApiToken) -> Fut<()> {
+        ready(update(&mut self.write().api_tokens, token.id, token.clone()))
+    }
+}
+
+impl SessionRepo for MemTx {
+    fn insert_session(&mut self, session: &Session) -> Fut<()> {
+        if self.data.sessions.iter().any(|s| s.token_hash == session.token_hash) {
+            return ready(Err(StoreError::Conflict("session exists".into())));
+        }
+        self.write().sessions.push(session.clone());
+        ready(Ok(()))
+    }
+
+    fn get_session(&mut self, hash: &TokenHash) -> Fut<Option<Session>> {
+        ready(Ok(self.data.sessions.iter().find(|s| &s.token_hash == hash).cloned()))
+    }
+
+    fn update_session(&mut self, session: &Session) -> Fut<()> {
+        let found = self.write().sessions.iter_mut().find(|s| s.token_hash == session.token_hash);
+        ready(match found {
+            Some(s) => {
+                *s = session.clone();
+                Ok(())
+            }
+            None => Err(StoreError::NotFound),
+        })
+    }
+
+    fn delete_session(&mut self, hash: &TokenHash) -> Fut<()> {
+        let sessions = &mut self.write().sessions;
+        let n = sessions.len();
+        sessions.retain(|s| &s.token_hash != hash);
+        ready(if sessions.len() < n { Ok(()) } else { Err(StoreError::NotFound) })
+    }
+
+    fn delete_sessions_of(&mut self, user: UserId) -> Fut<u64> {
+        let sessions = &mut self.write().sessions;
+        let n = sessions.len();
+        sessions.retain(|s| s.user != user);
+        ready(Ok((n - sessions.len()) as u64))
+    }
+
+    fn delete_expired_sessions(&mut self, before: OffsetDateTime) -> Fut<u64> {
+        let sessions = &mut self.write().sessions;
+        let n = sessions.len();
+        sessions.retain(|s| s.expires_at >= before);
+        ready(Ok((n - sessions.len()) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_memory_repo_passes_the_conformance_suite() {
+        block_on(conformance::run(&MemRepo::new()));
+    }
+}

@@ -1,0 +1,692 @@
+//! A behavioural test suite for [`Repo`] implementations: what the [`crate::repo`] contract
+//! promises, checked call by call. Run it against a fresh, empty database:
+//!
+//! ```ignore
+//! #[tokio::test]
+//! async fn sqlite_conforms() {
+//!     let repo = SqliteRepo::open_in_memory().await.unwrap();
+//!     lanyard_core::testing::conformance::run(&repo).await;
+//! }
+//! ```
+//!
+//! Failures panic with a message naming the method and the expectation. The suite never holds
+//! two units of work at once, so stores that serialise writers (SQLite) do not deadlock on it.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+use crate::audit::{Actor, AuditEvent, ChainHead, NewAuditEvent, OperationId, verify_chain};
+use crate::ids::{DeviceId, GroupId, UserId};
+use crate::lifecycle::{CredentialState, DeviceState, RevocationReason};
+use crate::model::{
+    ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, DeviceLink, Email, EnrollmentCode,
+    EnrollmentPurpose, Group, Job, JobKind, JobState, LinkKind, Policy, Role, Session, StepOutcome, User,
+    Username,
+};
+use crate::repo::*;
+use crate::secrets::{SealedCardSecrets, TokenHash};
+
+const T0: OffsetDateTime = datetime!(2025-02-03 04:05:06 UTC);
+
+fn ok<T>(result: Result<T, StoreError>, what: &str) -> T {
+    match result {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: expected success, got {e:?}"),
+    }
+}
+
+fn conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
+    match result {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("{what}: expected Conflict, got {other:?}"),
+    }
+}
+
+fn not_found<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
+    match result {
+        Err(StoreError::NotFound) => {}
+        other => panic!("{what}: expected NotFound, got {other:?}"),
+    }
+}
+
+async fn begin<R: Repo>(repo: &R) -> R::Tx {
+    ok(repo.begin().await, "begin")
+}
+
+async fn commit<T: Tx>(tx: T) {
+    ok(tx.commit().await, "commit");
+}
+
+fn name(s: &str) -> Username {
+    match Username::parse(s) {
+        Ok(u) => u,
+        Err(e) => panic!("bad test username {s}: {e}"),
+    }
+}
+
+fn user(username: &str, group: GroupId) -> User {
+    User {
+        id: UserId::new(),
+        username: name(username),
+        display_name: format!("{username} Example"),
+        email: None,
+        group,
+        roles: BTreeSet::from([Role::User]),
+        disabled: false,
+        created_at: T0,
+    }
+}
+
+/// Inserts a group and a user for a sub-suite that needs an owner; `tag` keeps names unique.
+async fn owner<R: Repo>(repo: &R, tag: &str) -> (Group, User) {
+    let group = Group { id: GroupId::new(), name: format!("group-{tag}"), policy: Policy::default() };
+    let u = user(&format!("owner-{tag}"), group.id);
+    let mut tx = begin(repo).await;
+    ok(tx.insert_group(&group).await, "insert_group");
+    ok(tx.insert_user(&u).await, "insert_user");
+    commit(tx).await;
+    (group, u)
+}
+
+/// Every check, in an order that needs an empty database only for the audit log.
+pub async fn run<R: Repo>(repo: &R) {
+    transactions(repo).await;
+    users_and_groups(repo).await;
+    devices(repo).await;
+    credentials(repo).await;
+    audit(repo).await;
+    card_secrets(repo).await;
+    enrollment_codes(repo).await;
+    jobs(repo).await;
+    api_tokens_and_sessions(repo).await;
+}
+
+/// Commit makes writes visible; dropping a unit of work discards them.
+pub async fn transactions<R: Repo>(repo: &R) {
+    let group = Group { id: GroupId::new(), name: "tx-kept".into(), policy: Policy::default() };
+    let dropped = Group { id: GroupId::new(), name: "tx-dropped".into(), policy: Policy::default() };
+    let mut tx = begin(repo).await;
+    ok(tx.insert_group(&group).await, "insert_group");
+    assert_eq!(
+        ok(tx.get_group(group.id).await, "get_group"),
+        Some(group.clone()),
+        "a unit of work sees its own writes"
+    );
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    ok(tx.insert_group(&dropped).await, "insert_group");
+    drop(tx);
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_group(group.id).await, "get_group"), Some(group), "committed group is stored");
+    assert_eq!(ok(tx.get_group(dropped.id).await, "get_group"), None, "a dropped unit of work rolls back");
+}
+
+pub async fn users_and_groups<R: Repo>(repo: &R) {
+    let mut policy = Policy { max_devices: 5, ..Policy::default() };
+    policy.accepted_card_models.push("Üñïçødé Card".into());
+    let group = Group { id: GroupId::new(), name: "users-suite".into(), policy };
+    let other = Group { id: GroupId::new(), name: "users-suite-other".into(), policy: Policy::default() };
+    let mut alice = user("alice.suite", group.id);
+    alice.email = Email::parse("alice@example.org").ok();
+    alice.roles = BTreeSet::from([Role::User, Role::Operator]);
+    let bob = user("bob.suite", group.id);
+    let carl = user("carl.suite", other.id);
+
+    let mut tx = begin(repo).await;
+    ok(tx.insert_group(&group).await, "insert_group");
+    ok(tx.insert_group(&other).await, "insert_group");
+    conflict(
+        tx.insert_group(&Group { id: GroupId::new(), ..group.clone() }).await,
+        "insert_group with a taken name",
+    );
+    commit(tx).await;
+
+    let mut tx = begin(repo).await;
+    for u in [&alice, &bob, &carl] {
+        ok(tx.insert_user(u).await, "insert_user");
+    }
+    commit(tx).await;
+
+    let mut tx = begin(repo).await;
+    conflict(tx.insert_user(&alice).await, "insert_user with an existing id");
+    drop(tx);
+    let mut tx = begin(repo).await;
+    conflict(
+        tx.insert_user(&User { id: UserId::new(), ..bob.clone() }).await,
+        "insert_user with a taken username",
+    );
+    drop(tx);
+
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_group(group.id).await, "get_group"),
+        Some(group.clone()),
+        "group round-trips with its policy"
+    );
+    let names: Vec<String> = ok(tx.list_groups().await, "list_groups")
+        .into_iter()
+        .map(|g| g.name)
+        .filter(|n| n.starts_with("users-suite"))
+        .collect();
+    assert_eq!(names, ["users-suite", "users-suite-other"], "list_groups is ordered by name");
+    assert_eq!(ok(tx.get_user(alice.id).await, "get_user"), Some(alice.clone()), "user round-trips");
+    assert_eq!(ok(tx.get_user(UserId::new()).await, "get_user"), None, "unknown user is None");
+    assert_eq!(ok(tx.get_user_by_username(&bob.username).await, "get_user_by_username"), Some(bob.clone()));
+
+    let list = |q: UserQuery| q;
+    let ids = |v: Vec<User>| v.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    let in_group = UserQuery { group: Some(group.id), limit: 10, ..Default::default() };
+    assert_eq!(
+        ids(ok(tx.list_users(&in_group).await, "list_users")),
+        [alice.id, bob.id],
+        "by group, ordered by username"
+    );
+    let q = list(UserQuery { text: Some("ALICE@EXAMPLE".into()), ..in_group.clone() });
+    assert_eq!(
+        ids(ok(tx.list_users(&q).await, "list_users")),
+        [alice.id],
+        "text matches e-mail case-insensitively"
+    );
+    let q = list(UserQuery { text: Some("Bob.Suite Ex".into()), ..in_group.clone() });
+    assert_eq!(ids(ok(tx.list_users(&q).await, "list_users")), [bob.id], "text matches display name");
+    let q = list(UserQuery { role: Some(Role::Operator), ..in_group.clone() });
+    assert_eq!(ids(ok(tx.list_users(&q).await, "list_users")), [alice.id], "role filter");
+    let q = list(UserQuery { after: Some(alice.username.clone()), ..in_group.clone() });
+    assert_eq!(ids(ok(tx.list_users(&q).await, "list_users")), [bob.id], "keyset pagination");
+    let q = list(UserQuery { limit: 1, ..in_group.clone() });
+    assert_eq!(ids(ok(tx.list_users(&q).await, "list_users")), [alice.id], "limit");
+    let q = list(UserQuery { limit: 0, ..in_group });
+    assert!(ok(tx.list_users(&q).await, "list_users").is_empty(), "limit 0 returns nothing");
+    drop(tx);
+
+    let mut changed = alice.clone();
+    changed.display_name = "Alice Changed".into();
+    changed.roles = BTreeSet::from([Role::Auditor]);
+    changed.disabled = true;
+    changed.email = None;
+    changed.group = other.id;
+    let mut moved = group.clone();
+    moved.policy.max_devices = 9;
+    let mut tx = begin(repo).await;
+    ok(tx.update_user(&changed).await, "update_user");
+    ok(tx.update_group(&moved).await, "update_group");
+    not_found(tx.update_user(&user("nobody.suite", group.id)).await, "update_user of a missing user");
+    drop(tx);
+    let mut tx = begin(repo).await;
+    ok(tx.update_user(&changed).await, "update_user");
+    ok(tx.update_group(&moved).await, "update_group");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_user(alice.id).await, "get_user"),
+        Some(changed),
+        "update_user replaces every field"
+    );
+    assert_eq!(
+        ok(tx.get_group(group.id).await, "get_group"),
+        Some(moved),
+        "update_group replaces the policy"
+    );
+    conflict(
+        tx.update_user(&User { username: carl.username.clone(), ..bob }).await,
+        "update_user to a taken username",
+    );
+}
+
+fn device(owner: &User, kind: DeviceKind, serial: Option<&str>) -> Device {
+    Device {
+        id: DeviceId::new(),
+        owner: Some(owner.id),
+        kind,
+        model: "YubiKey 5".into(),
+        serial: serial.map(str::to_owned),
+        card_guid: None,
+        state: if kind == DeviceKind::Mobile { DeviceState::Enrolling } else { DeviceState::Available },
+        suspended_from: None,
+        revocation_reason: None,
+        links: Vec::new(),
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+pub async fn devices<R: Repo>(repo: &R) {
+    let (_, alice) = owner(repo, "devices-a").await;
+    let (_, bob) = owner(repo, "devices-b").await;
+    let mut card = device(&alice, DeviceKind::SmartCard, Some("SN-1"));
+    card.card_guid = Some([0xAB; 16]);
+    card.state = DeviceState::Suspended;
+    card.suspended_from = Some(DeviceState::Pending);
+    card.updated_at = T0 + Duration::seconds(5);
+    let mut phone = device(&alice, DeviceKind::Mobile, None);
+    phone.links = vec![
+        DeviceLink { kind: LinkKind::DerivedFrom, target: card.id },
+        DeviceLink { kind: LinkKind::TemporaryFor, target: card.id },
+    ];
+    let key = device(&bob, DeviceKind::UsbKey, Some("SN-2"));
+    let mut stock = device(&bob, DeviceKind::SmartCard, Some("SN-3"));
+    stock.owner = None;
+
+    let mut tx = begin(repo).await;
+    for d in [&card, &phone, &key, &stock] {
+        ok(tx.insert_device(d).await, "insert_device");
+    }
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    conflict(
+        tx.insert_device(&Device { id: DeviceId::new(), ..key.clone() }).await,
+        "insert_device with a taken (model, serial)",
+    );
+    drop(tx);
+    let mut tx = begin(repo).await;
+    conflict(tx.insert_device(&card).await, "insert_device with an existing id");
+    drop(tx);
+
+    let mut tx = begin(repo).await;
+    for d in [&card, &phone, &stock] {
+        assert_eq!(ok(tx.get_device(d.id).await, "get_device").as_ref(), Some(d), "device round-trips");
+    }
+    assert_eq!(ok(tx.get_device(DeviceId::new()).await, "get_device"), None);
+    assert_eq!(
+        ok(tx.get_device_by_serial("YubiKey 5", "SN-2").await, "get_device_by_serial"),
+        Some(key.clone())
+    );
+    assert_eq!(
+        ok(tx.get_device_by_serial("Other", "SN-2").await, "get_device_by_serial"),
+        None,
+        "serial is per model"
+    );
+
+    let mut sorted = vec![card.id, phone.id];
+    sorted.sort();
+    let ids = |v: Vec<Device>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    let mine = DeviceQuery { owner: Some(alice.id), limit: 10, ..Default::default() };
+    assert_eq!(ids(ok(tx.list_devices(&mine).await, "list_devices")), sorted, "by owner, ordered by id");
+    let q = DeviceQuery { kind: Some(DeviceKind::Mobile), ..mine.clone() };
+    assert_eq!(ids(ok(tx.list_devices(&q).await, "list_devices")), [phone.id], "kind filter");
+    let q = DeviceQuery { states: vec![DeviceState::Suspended, DeviceState::Active], ..mine.clone() };
+    assert_eq!(ids(ok(tx.list_devices(&q).await, "list_devices")), [card.id], "states filter");
+    let q = DeviceQuery { linked_to: Some(card.id), limit: 10, ..Default::default() };
+    assert_eq!(
+        ids(ok(tx.list_devices(&q).await, "list_devices")),
+        [phone.id],
+        "linked_to filter, each device once"
+    );
+    let q = DeviceQuery { after: Some(sorted[0]), ..mine.clone() };
+    assert_eq!(ids(ok(tx.list_devices(&q).await, "list_devices")), [sorted[1]], "keyset pagination");
+    let q = DeviceQuery { limit: 1, ..mine };
+    assert_eq!(ok(tx.list_devices(&q).await, "list_devices").len(), 1, "limit");
+    drop(tx);
+
+    let mut updated = card.clone();
+    updated.state = DeviceState::Revoked;
+    updated.suspended_from = None;
+    updated.revocation_reason = Some(RevocationReason::Stolen);
+    updated.links = vec![DeviceLink { kind: LinkKind::Replaces, target: key.id }];
+    updated.owner = None;
+    updated.updated_at = T0 + Duration::hours(1);
+    let mut tx = begin(repo).await;
+    ok(tx.update_device(&updated).await, "update_device");
+    not_found(
+        tx.update_device(&device(&alice, DeviceKind::UsbKey, None)).await,
+        "update_device of a missing device",
+    );
+    drop(tx);
+    let mut tx = begin(repo).await;
+    ok(tx.update_device(&updated).await, "update_device");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_device(card.id).await, "get_device"),
+        Some(updated),
+        "update_device replaces every field"
+    );
+}
+
+fn certificate(device: DeviceId, serial: &str, not_after: OffsetDateTime) -> Credential {
+    Credential::new(
+        device,
+        CredentialKind::Certificate {
+            slot: CertSlot::PivAuthentication,
+            profile: "piv-auth".into(),
+            serial_hex: serial.into(),
+            not_before: T0,
+            not_after,
+            certificate_der: vec![0x30, 0x82, 0x01, 0x00],
+            attestation_der: Some(vec![0x30, 0x03, 0x02, 0x01, 0x05]),
+        },
+        T0,
+    )
+}
+
+pub async fn credentials<R: Repo>(repo: &R) {
+    let (_, alice) = owner(repo, "credentials").await;
+    let card = device(&alice, DeviceKind::SmartCard, None);
+    let other = device(&alice, DeviceKind::UsbKey, None);
+    let soon = certificate(card.id, "0a01", T0 + Duration::days(10));
+    let mut later = certificate(card.id, "0a02", T0 + Duration::days(400));
+    later.state = CredentialState::OnHold;
+    later.held_from = Some(CredentialState::Active);
+    later.revoked_at = Some(T0 + Duration::days(2));
+    let elsewhere = certificate(other.id, "0a03", T0 + Duration::days(10));
+
+    let mut tx = begin(repo).await;
+    ok(tx.insert_device(&card).await, "insert_device");
+    ok(tx.insert_device(&other).await, "insert_device");
+    for c in [&soon, &later, &elsewhere] {
+        ok(tx.insert_credential(c).await, "insert_credential");
+    }
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    conflict(tx.insert_credential(&soon).await, "insert_credential with an existing id");
+    drop(tx);
+
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_credential(later.id).await, "get_credential"),
+        Some(later.clone()),
+        "credential round-trips"
+    );
+    assert_eq!(
+        ok(tx.get_credential_by_serial("0a03").await, "get_credential_by_serial"),
+        Some(elsewhere.clone())
+    );
+    assert_eq!(ok(tx.get_credential_by_serial("ffff").await, "get_credential_by_serial"), None);
+    let ids = |v: Vec<Credential>| v.into_iter().map(|c| c.id).collect::<BTreeSet<_>>();
+    let on_card = CredentialQuery { device: Some(card.id), limit: 10, ..Default::default() };
+    assert_eq!(
+        ids(ok(tx.list_credentials(&on_card).await, "list_credentials")),
+        BTreeSet::from([soon.id, later.id])
+    );
+    let q = CredentialQuery { states: vec![CredentialState::OnHold], ..on_card.clone() };
+    assert_eq!(
+        ids(ok(tx.list_credentials(&q).await, "list_credentials")),
+        BTreeSet::from([later.id]),
+        "states filter"
+    );
+    let q = CredentialQuery { not_after_before: Some(T0 + Duration::days(30)), ..on_card.clone() };
+    assert_eq!(
+        ids(ok(tx.list_credentials(&q).await, "list_credentials")),
+        BTreeSet::from([soon.id]),
+        "expiry filter"
+    );
+    let first = soon.id.min(later.id);
+    let q = CredentialQuery { after: Some(first), ..on_card };
+    assert_eq!(
+        ids(ok(tx.list_credentials(&q).await, "list_credentials")),
+        BTreeSet::from([soon.id.max(later.id)])
+    );
+    drop(tx);
+
+    let mut revoked = later.clone();
+    revoked.state = CredentialState::Revoked;
+    revoked.held_from = None;
+    revoked.revocation_reason = Some(RevocationReason::KeyCompromise);
+    revoked.updated_at = T0 + Duration::days(3);
+    let mut tx = begin(repo).await;
+    ok(tx.update_credential(&revoked).await, "update_credential");
+    not_found(
+        tx.update_credential(&certificate(card.id, "0a09", T0)).await,
+        "update_credential of a missing one",
+    );
+    drop(tx);
+    let mut tx = begin(repo).await;
+    ok(tx.update_credential(&revoked).await, "update_credential");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_credential(later.id).await, "get_credential"), Some(revoked));
+}
+
+/// Needs an empty audit log.
+pub async fn audit<R: Repo>(repo: &R) {
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.audit_head().await, "audit_head"), ChainHead::GENESIS, "empty log has the genesis head");
+    drop(tx);
+
+    let op = OperationId::random();
+    let (_, someone) = owner(repo, "audit").await;
+    let event = |i: i64, target: &str| {
+        NewAuditEvent::new(
+            // Sub-microsecond digits are dropped by sealing; the rest must survive storage.
+            T0 + Duration::nanoseconds(i * 1_234_567_891),
+            Actor::User { id: someone.id, username: someone.username.clone() },
+            "device.suspend",
+            &op,
+        )
+        .target(target)
+        .before(json!({"zeta": [1, 2.5, null], "alpha": {"b": "\u{1}\"é", "a": true}}))
+        .after(json!({"state": "suspended", "n": -3}))
+    };
+    let mut tx = begin(repo).await;
+    let first = ok(tx.append_audit(event(1, "device:a")).await, "append_audit");
+    let second = ok(tx.append_audit(event(2, "device:b")).await, "append_audit");
+    assert_eq!((first.seq, second.seq), (1, 2), "seq counts from 1");
+    assert_eq!(second.prev_hash, first.hash, "each event links to the one before, within a unit of work");
+    commit(tx).await;
+
+    // An append that is rolled back leaves no trace, and does not consume a sequence number.
+    let mut tx = begin(repo).await;
+    ok(tx.append_audit(event(9, "device:gone")).await, "append_audit");
+    drop(tx);
+
+    let mut tx = begin(repo).await;
+    let third =
+        ok(tx.append_audit(NewAuditEvent::new(T0, Actor::System, "system.tick", &op)).await, "append_audit");
+    assert_eq!(third.seq, 3, "a rolled-back append does not consume a seq");
+    commit(tx).await;
+
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.audit_head().await, "audit_head"), third.head());
+    let all = ok(tx.list_audit(&AuditQuery { limit: 100, ..Default::default() }).await, "list_audit");
+    assert_eq!(
+        all,
+        [first.clone(), second.clone(), third.clone()],
+        "events come back exactly as sealed, by seq"
+    );
+    assert_eq!(verify_chain(&all), Ok(3), "the stored chain verifies");
+    let q = AuditQuery { after_seq: 1, limit: 1, ..Default::default() };
+    assert_eq!(ok(tx.list_audit(&q).await, "list_audit"), [second], "after_seq and limit");
+    let q = AuditQuery { target: Some("device:a".into()), limit: 100, ..Default::default() };
+    assert_eq!(ok(tx.list_audit(&q).await, "list_audit"), [first], "target filter");
+    let stored: Vec<AuditEvent> = all;
+    assert!(stored.iter().all(|e| e.compute_hash() == e.hash));
+}
+
+pub async fn card_secrets<R: Repo>(repo: &R) {
+    let (_, alice) = owner(repo, "secrets").await;
+    let card = device(&alice, DeviceKind::SmartCard, None);
+    let blob = SealedCardSecrets::from_bytes((0..=255).collect());
+    let newer = SealedCardSecrets::from_bytes(vec![1, 0, 0, 1]);
+    let mut tx = begin(repo).await;
+    ok(tx.insert_device(&card).await, "insert_device");
+    assert_eq!(ok(tx.get_card_secrets(card.id).await, "get_card_secrets"), None);
+    ok(tx.put_card_secrets(card.id, &blob).await, "put_card_secrets");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_card_secrets(card.id).await, "get_card_secrets"),
+        Some(blob),
+        "bytes round-trip exactly"
+    );
+    ok(tx.put_card_secrets(card.id, &newer).await, "put_card_secrets replaces");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_card_secrets(card.id).await, "get_card_secrets"), Some(newer));
+    ok(tx.delete_card_secrets(card.id).await, "delete_card_secrets");
+    not_found(tx.delete_card_secrets(card.id).await, "delete_card_secrets twice");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_card_secrets(card.id).await, "get_card_secrets"), None);
+}
+
+pub async fn enrollment_codes<R: Repo>(repo: &R) {
+    let (_, alice) = owner(repo, "codes").await;
+    let issue = |purpose, ttl| match EnrollmentCode::issue(alice.id, purpose, ttl, T0) {
+        Ok((code, _)) => code,
+        Err(e) => panic!("EnrollmentCode::issue: {e}"),
+    };
+    let short = issue(EnrollmentPurpose::MobileProfile, Duration::minutes(5));
+    let long = issue(EnrollmentPurpose::DerivedPiv { sponsor: Some(DeviceId::new()) }, Duration::hours(5));
+    let mut tx = begin(repo).await;
+    ok(tx.insert_enrollment_code(&short).await, "insert_enrollment_code");
+    ok(tx.insert_enrollment_code(&long).await, "insert_enrollment_code");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_enrollment_code_by_hash(&long.code_hash).await, "get_enrollment_code_by_hash"),
+        Some(long.clone())
+    );
+    assert_eq!(
+        ok(tx.get_enrollment_code_by_hash(&TokenHash::of("nope")).await, "get_enrollment_code_by_hash"),
+        None
+    );
+    let mut used = long.clone();
+    used.used_at = Some(T0 + Duration::minutes(1));
+    ok(tx.update_enrollment_code(&used).await, "update_enrollment_code");
+    let removed = ok(
+        tx.delete_expired_enrollment_codes(T0 + Duration::hours(1)).await,
+        "delete_expired_enrollment_codes",
+    );
+    assert_eq!(removed, 1, "only the expired code is removed");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_enrollment_code_by_hash(&long.code_hash).await, "get_enrollment_code_by_hash"),
+        Some(used)
+    );
+    assert_eq!(
+        ok(tx.get_enrollment_code_by_hash(&short.code_hash).await, "get_enrollment_code_by_hash"),
+        None
+    );
+}
+
+pub async fn jobs<R: Repo>(repo: &R) {
+    let (_, alice) = owner(repo, "jobs").await;
+    let card = device(&alice, DeviceKind::SmartCard, None);
+    let mut first = Job::new(JobKind::Issuance, card.id, Some(alice.id), T0);
+    let mut second = Job::new(JobKind::Issuance, card.id, None, T0 + Duration::seconds(1));
+    let mut tx = begin(repo).await;
+    ok(tx.insert_device(&card).await, "insert_device");
+    ok(tx.insert_job(&first).await, "insert_job");
+    ok(tx.insert_job(&second).await, "insert_job");
+    commit(tx).await;
+
+    let step = |job: &mut Job, name: &str, outcome| {
+        if let Err(e) = job.record(name, outcome, Some("détail".into()), T0 + Duration::seconds(2)) {
+            panic!("Job::record: {e}");
+        }
+    };
+    let at = T0 + Duration::seconds(2);
+    let transition = |job: &mut Job, to| {
+        if let Err(e) = job.transition(to, at) {
+            panic!("Job::transition: {e}");
+        }
+    };
+    transition(&mut first, JobState::Running);
+    step(&mut first, "rotate_management_key", StepOutcome::Done);
+    step(&mut first, "generate_9a", StepOutcome::Failed);
+    if let Err(e) = first.issue_ticket(Duration::minutes(5), at) {
+        panic!("Job::issue_ticket: {e}");
+    }
+    transition(&mut second, JobState::Running);
+    transition(&mut second, JobState::Succeeded);
+    let mut tx = begin(repo).await;
+    ok(tx.update_job(&first).await, "update_job");
+    ok(tx.update_job(&second).await, "update_job");
+    not_found(
+        tx.update_job(&Job::new(JobKind::Issuance, card.id, None, T0)).await,
+        "update_job of a missing job",
+    );
+    drop(tx);
+    let mut tx = begin(repo).await;
+    ok(tx.update_job(&first).await, "update_job");
+    ok(tx.update_job(&second).await, "update_job");
+    commit(tx).await;
+
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_job(first.id).await, "get_job"),
+        Some(first.clone()),
+        "job round-trips with its step log"
+    );
+    let ids = |v: Vec<Job>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(ok(tx.list_jobs_for_device(card.id).await, "list_jobs_for_device")),
+        [first.id, second.id]
+    );
+    let unfinished = ids(ok(tx.list_unfinished_jobs().await, "list_unfinished_jobs"));
+    assert!(unfinished.contains(&first.id) && !unfinished.contains(&second.id), "unfinished jobs only");
+}
+
+pub async fn api_tokens_and_sessions<R: Repo>(repo: &R) {
+    let (_, alice) = owner(repo, "tokens").await;
+    let (_, bob) = owner(repo, "tokens-b").await;
+    let token = |name: &str, at| match ApiToken::issue(alice.id, name, Some(T0 + Duration::days(30)), at) {
+        Ok((t, _)) => t,
+        Err(e) => panic!("ApiToken::issue: {e}"),
+    };
+    let older = token("ci", T0);
+    let newer = token("backup", T0 + Duration::seconds(1));
+    let mut tx = begin(repo).await;
+    ok(tx.insert_api_token(&newer).await, "insert_api_token");
+    ok(tx.insert_api_token(&older).await, "insert_api_token");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    conflict(
+        tx.insert_api_token(&ApiToken { id: crate::ids::ApiTokenId::new(), ..older.clone() }).await,
+        "insert_api_token with a taken hash",
+    );
+    drop(tx);
+    let mut revoked = older.clone();
+    revoked.revoked_at = Some(T0 + Duration::days(1));
+    revoked.last_used_at = Some(T0 + Duration::hours(1));
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_api_token(older.id).await, "get_api_token"), Some(older.clone()));
+    assert_eq!(
+        ok(tx.get_api_token_by_hash(&newer.token_hash).await, "get_api_token_by_hash"),
+        Some(newer.clone())
+    );
+    let listed: Vec<_> =
+        ok(tx.list_api_tokens(alice.id).await, "list_api_tokens").into_iter().map(|t| t.id).collect();
+    assert_eq!(listed, [older.id, newer.id], "ordered by creation time");
+    ok(tx.update_api_token(&revoked).await, "update_api_token");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_api_token(older.id).await, "get_api_token"), Some(revoked));
+    drop(tx);
+
+    let session = |user: UserId, ttl| match Session::start(user, ttl, T0) {
+        Ok((s, _)) => s,
+        Err(e) => panic!("Session::start: {e}"),
+    };
+    let a1 = session(alice.id, Duration::hours(8));
+    let a2 = session(alice.id, Duration::minutes(1));
+    let b1 = session(bob.id, Duration::hours(8));
+    let b2 = session(bob.id, Duration::hours(8));
+    let mut tx = begin(repo).await;
+    for s in [&a1, &a2, &b1, &b2] {
+        ok(tx.insert_session(s).await, "insert_session");
+    }
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    conflict(tx.insert_session(&a1).await, "insert_session with a taken hash");
+    drop(tx);
+    let mut seen = a1.clone();
+    seen.last_seen_at = T0 + Duration::minutes(30);
+    seen.expires_at = T0 + Duration::hours(9);
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_session(&a1.token_hash).await, "get_session"), Some(a1.clone()));
+    ok(tx.update_session(&seen).await, "update_session");
+    assert_eq!(ok(tx.delete_expired_sessions(T0 + Duration::minutes(2)).await, "delete_expired_sessions"), 1);
+    assert_eq!(ok(tx.delete_sessions_of(bob.id).await, "delete_sessions_of"), 2);
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_session(&a1.token_hash).await, "get_session"), Some(seen));
+    assert_eq!(ok(tx.get_session(&a2.token_hash).await, "get_session"), None, "expired session removed");
+    assert_eq!(ok(tx.get_session(&b1.token_hash).await, "get_session"), None, "bob's sessions removed");
+    ok(tx.delete_session(&a1.token_hash).await, "delete_session");
+    not_found(tx.delete_session(&a1.token_hash).await, "delete_session twice");
+}
