@@ -1,0 +1,43 @@
+//! Lanyard's built-in certificate authority.
+//!
+//! - [`keys`]: the [`CaSigner`] trait and [`SoftwareKey`] (aws-lc-rs), P-256/P-384/RSA-2048/3072.
+//! - [`profile`]: certificate profiles as serde data, with FIPS 201-3 / FPKI built-ins.
+//! - [`issue`]: [`CertificateAuthority`] issuing X.509 v3 certificates from an [`IssueRequest`].
+//! - [`csr`]: PKCS#10 parsing with signature verification.
+//! - [`hierarchy`]: root, issuing CA, OCSP responder and content signer.
+//! - [`crl`]: CRL v2.
+//! - [`ocsp`]: a sans-IO RFC 6960 responder.
+//! - [`store`]: PKCS#8 key files, the crate's only I/O.
+//!
+//! Everything takes the current time as an argument; nothing here reads the clock.
+
+pub mod crl;
+pub mod csr;
+pub mod error;
+mod ext;
+pub mod hierarchy;
+pub mod issue;
+pub mod keys;
+pub mod name;
+pub mod ocsp;
+pub mod oids;
+pub mod profile;
+pub mod store;
+mod x509time;
+
+pub use crl::{CrlParams, RevocationReason, RevokedEntry};
+pub use csr::{ParsedCsr, build_csr, parse_csr, parse_csr_der, parse_csr_pem};
+pub use error::{CaError, CsrError};
+pub use hierarchy::{Hierarchy, HierarchySpec, SignerCredential};
+pub use issue::{
+    AuthorityUrls, CaUrls, CertificateAuthority, IssueRequest, IssuedCertificate, SanInput, pem,
+};
+pub use keys::{CaSigner, KeyAlgorithm, SoftwareKey};
+pub use name::parse_dn;
+pub use ocsp::{CertStatus, OcspResponder};
+pub use profile::{CertificateProfile, Presence, SanPart};
+pub use store::KeyFileStore;
+
+// The types callers need to fill requests and read results.
+pub use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+pub use x509_cert::{Certificate, name::Name, serial_number::SerialNumber};

@@ -1,0 +1,1278 @@
+//! Lanyard CA, judged by independent tools: `openssl verify` / `x509` / `crl` / `ocsp` / `req`, and
+//! pkilint (`lint_pkix_cert`, `lint_crl`, `lint_ocsp_response`, installed by `scripts/test`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use der::asn1::{Any, ObjectIdentifier, OctetString};
+use der::{Decode, Encode};
+use lanyard_ca::profile::{KeyUsageBit, Presence};
+use lanyard_ca::*;
+use proptest::prelude::*;
+use time::{Duration, OffsetDateTime, macros::datetime};
+use x509_cert::ext::Extension;
+use x509_ocsp::{CertId, OcspRequest, OcspResponseStatus, Request, TbsRequest};
+
+// ------------------------------------------------------------------------------------------------
+// Tools
+
+struct Tools {
+    lint_cert: PathBuf,
+    lint_crl: PathBuf,
+    lint_ocsp: PathBuf,
+    lint_chain: PathBuf,
+}
+
+fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let workspace_bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv/bin");
+        let candidates: Vec<PathBuf> = match std::env::var_os("LANYARD_TEST_VENV") {
+            // Accept either the venv itself or its bin directory.
+            Some(v) => vec![PathBuf::from(&v).join("bin"), PathBuf::from(v)],
+            None => vec![workspace_bin],
+        };
+        let bin = candidates.iter().find(|d| d.join("lint_pkix_cert").is_file()).unwrap_or_else(|| {
+            panic!(
+                "pkilint's lint_pkix_cert was not found in {candidates:?}. Run scripts/test once: it installs \
+                 pkilint into target/test-venv (or set LANYARD_TEST_VENV to a venv that has it)."
+            )
+        });
+        let found = |name: &str| {
+            let p = bin.join(name);
+            assert!(p.is_file(), "{} missing from {}; re-run scripts/test to reinstall pkilint", name, bin.display());
+            p
+        };
+        let openssl = Command::new("openssl").arg("version").output();
+        assert!(
+            openssl.as_ref().is_ok_and(|o| o.status.success()),
+            "openssl is not installed; scripts/test installs it (apt-get install openssl)"
+        );
+        Tools { lint_cert: found("lint_pkix_cert"), lint_crl: found("lint_crl"), lint_ocsp: found("lint_ocsp_response"),
+            lint_chain: found("lint_pkix_signer_signee_cert_chain"),
+        }
+    })
+}
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str], dir: &Path) -> Output {
+    let out = Command::new(program.as_ref()).args(args).current_dir(dir).output().unwrap_or_else(|e| {
+        panic!("cannot run {:?}: {e}", program.as_ref());
+    });
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn openssl(args: &[&str], dir: &Path) -> Output {
+    run("openssl", args, dir)
+}
+
+fn openssl_ok(args: &[&str], dir: &Path) -> String {
+    let out = openssl(args, dir);
+    assert!(out.ok, "openssl {args:?} failed:\n{}", out.all());
+    out.all()
+}
+
+/// pkilint findings at ERROR or FATAL, minus the documented false positive: pkilint's URI parser
+/// rejects the `urn:uuid:` URIs FIPS 201 requires in PIV SANs (pkix.invalid_uri_syntax).
+fn pkilint_errors(program: &Path, extra: &[&str], files: &[&Path]) -> Vec<String> {
+    let mut args = vec!["lint"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-s", "ERROR", "-f", "JSON"]);
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let out = run(program, &args, files[0].parent().unwrap());
+    let json: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{} printed no JSON ({e}):\n{}", program.display(), out.all()));
+    let mut errors = Vec::new();
+    for result in json["results"].as_array().unwrap() {
+        for finding in result["finding_descriptions"].as_array().unwrap() {
+            let code = finding["code"].as_str().unwrap();
+            let message = finding["message"].as_str().unwrap_or("");
+            let severity = finding["severity"].as_str().unwrap();
+            if code == "pkix.invalid_uri_syntax" && message.contains("\"urn:uuid:") {
+                continue;
+            }
+            errors.push(format!("{severity} {code} at {}: {message}", result["node_path"]));
+        }
+    }
+    errors
+}
+
+fn assert_pkilint_cert(file: &Path) {
+    let errors = pkilint_errors(&tools().lint_cert, &[], &[file]);
+    assert!(errors.is_empty(), "pkilint findings for {}:\n{}", file.display(), errors.join("\n"));
+}
+
+/// pkilint's issuer/subject pair checks (name chaining, AKI/SKI, validity nesting).
+fn assert_pkilint_pair(issuer: &Path, subject: &Path) {
+    let errors = pkilint_errors(&tools().lint_chain, &[], &[issuer, subject]);
+    assert!(errors.is_empty(), "pkilint chain findings for {}:\n{}", subject.display(), errors.join("\n"));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fixtures
+
+fn urls() -> CaUrls {
+    CaUrls::new("http://pki.lanyard.test").unwrap()
+}
+
+fn now() -> OffsetDateTime {
+    // Certificates must be valid when openssl checks them, so use the real clock here (the library
+    // itself never reads it).
+    OffsetDateTime::now_utc()
+}
+
+fn hierarchy(alg: KeyAlgorithm) -> Hierarchy {
+    let spec = HierarchySpec::new("Lanyard Test", alg, urls()).unwrap();
+    Hierarchy::generate(&spec, now() - Duration::minutes(5)).unwrap()
+}
+
+const FASC_N: [u8; 25] = [
+    0xd4, 0x32, 0x10, 0xd8, 0x21, 0x0c, 0x2d, 0x08, 0x21, 0x08, 0x42, 0x10, 0x84, 0x21, 0x08, 0x42, 0x10,
+    0x84, 0x3e, 0x50, 0x31, 0x40, 0x10, 0x84, 0x3f,
+];
+const CARD_UUID: [u8; 16] =
+    [0x3f, 0x25, 0x04, 0xe0, 0x4f, 0x89, 0x11, 0xd3, 0x9a, 0x0c, 0x03, 0x05, 0xe8, 0x2c, 0x33, 0x01];
+const CARDHOLDER_UUID: [u8; 16] =
+    [0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x47, 0x08, 0x89, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e, 0x6f, 0x70];
+
+/// Every SAN part the profile allows, filled in.
+fn full_san(profile: &CertificateProfile) -> SanInput {
+    let allowed = |p: Presence| p != Presence::Forbidden;
+    SanInput {
+        fasc_n: allowed(profile.san.fasc_n).then_some(FASC_N),
+        card_uuid: allowed(profile.san.card_uuid).then_some(CARD_UUID),
+        cardholder_uuid: allowed(profile.san.cardholder_uuid).then_some(CARDHOLDER_UUID),
+        upn: allowed(profile.san.upn).then(|| "jdoe@corp.lanyard.test".to_string()),
+        email: if allowed(profile.san.email) { vec!["jane.doe@lanyard.test".into()] } else { vec![] },
+        dns: if allowed(profile.san.dns) { vec!["lanyard.lanyard.test".into()] } else { vec![] },
+        ip: if allowed(profile.san.ip) { vec!["192.0.2.7".parse().unwrap()] } else { vec![] },
+    }
+}
+
+fn jane() -> Name {
+    parse_dn("CN=Jane Doe,OU=People,O=Lanyard Test,C=US").unwrap()
+}
+
+fn request<'a>(profile: &'a CertificateProfile, key: &SoftwareKey) -> IssueRequest<'a> {
+    let start = now() - Duration::minutes(1);
+    IssueRequest {
+        profile,
+        subject: if profile.subject == Presence::Required { jane() } else { Name::default() },
+        public_key: key.public_key(),
+        san: full_san(profile),
+        not_before: start,
+        requested_not_after: start + Duration::days(i64::from(profile.max_validity_days)),
+        cap_not_after: None,
+    }
+}
+
+/// A temp dir with root.pem, issuing.pem and chain.pem (root + issuing) written.
+fn workdir(h: &Hierarchy) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.pem"), h.root.certificate_pem()).unwrap();
+    std::fs::write(dir.path().join("issuing.pem"), h.issuing.certificate_pem()).unwrap();
+    std::fs::write(dir.path().join("chain.pem"), h.root.certificate_pem() + &h.issuing.certificate_pem())
+        .unwrap();
+    dir
+}
+
+fn write_cert(dir: &Path, name: &str, cert: &IssuedCertificate) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, cert.to_pem()).unwrap();
+    path
+}
+
+fn assert_chain_verifies(dir: &Path, leaf: &str) {
+    let out = openssl_ok(&["verify", "-CAfile", "root.pem", "-untrusted", "issuing.pem", leaf], dir);
+    assert!(out.contains(&format!("{leaf}: OK")), "openssl verify {leaf}:\n{out}");
+}
+
+/// One extension from `openssl x509 -text`: (critical, body with lines joined by '\n').
+fn extension(text: &str, name: &str) -> Option<(bool, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let i = lines.iter().position(|l| l.trim_start().starts_with(&format!("{name}:")))?;
+    let indent = lines[i].len() - lines[i].trim_start().len();
+    let critical = lines[i].trim_end().ends_with("critical");
+    let body: Vec<&str> = lines[i + 1..]
+        .iter()
+        .take_while(|l| l.len() - l.trim_start().len() > indent)
+        .map(|l| l.trim())
+        .collect();
+    Some((critical, body.join("\n")))
+}
+
+fn x509_text(dir: &Path, file: &str) -> String {
+    openssl_ok(&["x509", "-in", file, "-noout", "-text"], dir)
+}
+
+/// The SAN extension's value as `openssl asn1parse` decodes it, to check the exact encodings.
+fn san_asn1(dir: &Path, file: &str) -> String {
+    let outer = openssl_ok(&["asn1parse", "-in", file], dir);
+    let lines: Vec<&str> = outer.lines().collect();
+    let at = lines.iter().position(|l| l.contains(":X509v3 Subject Alternative Name")).unwrap();
+    let value = lines[at + 1..].iter().find(|l| l.contains("OCTET STRING")).unwrap();
+    let offset = value.trim_start().split(':').next().unwrap();
+    openssl_ok(&["asn1parse", "-in", file, "-strparse", offset, "-i"], dir)
+}
+
+fn openssl_ku_name(bit: KeyUsageBit) -> &'static str {
+    match bit {
+        KeyUsageBit::DigitalSignature => "Digital Signature",
+        KeyUsageBit::NonRepudiation => "Non Repudiation",
+        KeyUsageBit::KeyEncipherment => "Key Encipherment",
+        KeyUsageBit::DataEncipherment => "Data Encipherment",
+        KeyUsageBit::KeyAgreement => "Key Agreement",
+        KeyUsageBit::KeyCertSign => "Certificate Sign",
+        KeyUsageBit::CrlSign => "CRL Sign",
+        KeyUsageBit::EncipherOnly => "Encipher Only",
+        KeyUsageBit::DecipherOnly => "Decipher Only",
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Profiles, judged by openssl and pkilint
+
+/// What openssl must show for each built-in end-entity profile: (id, key usage for EC keys,
+/// key usage for RSA keys, EKU line (critical?), policy line, SAN fragments).
+struct Expect {
+    id: &'static str,
+    ku_ec: &'static str,
+    ku_rsa: &'static str,
+    eku: Option<(bool, &'static str)>,
+    policy: Option<&'static str>,
+    san: &'static [&'static str],
+    san_critical: bool,
+}
+
+const FASC_N_SHOWN: &str = "othername: 2.16.840.1.101.3.6.6::<unsupported>";
+const PIV_EKU: &str = "TLS Web Client Authentication, PKINIT Client Auth, Microsoft Smartcard Login";
+
+const EXPECTED: &[Expect] = &[
+    Expect {
+        id: "piv-auth",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature",
+        eku: Some((false, PIV_EKU)),
+        policy: Some("Policy: 2.16.840.1.101.3.2.1.3.13"),
+        san: &[
+            FASC_N_SHOWN,
+            "URI:urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "URI:urn:uuid:a1b2c3d4-e5f6-4708-891a-2b3c4d5e6f70",
+            "othername: UPN::jdoe@corp.lanyard.test",
+            "email:jane.doe@lanyard.test",
+        ],
+        san_critical: false,
+    },
+    Expect {
+        id: "card-auth",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature",
+        eku: Some((true, "2.16.840.1.101.3.6.8")),
+        policy: Some("Policy: 2.16.840.1.101.3.2.1.3.17"),
+        san: &[FASC_N_SHOWN, "URI:urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301"],
+        san_critical: true,
+    },
+    Expect {
+        id: "digital-signature",
+        ku_ec: "Digital Signature, Non Repudiation",
+        ku_rsa: "Digital Signature, Non Repudiation",
+        eku: Some((false, "E-mail Protection, 1.3.6.1.4.1.311.10.3.12, 1.2.840.113583.1.1.5")),
+        policy: Some("Policy: 2.16.840.1.101.3.2.1.3.7"),
+        san: &["email:jane.doe@lanyard.test", "othername: UPN::jdoe@corp.lanyard.test"],
+        san_critical: false,
+    },
+    Expect {
+        id: "key-management",
+        ku_ec: "Key Agreement",
+        ku_rsa: "Key Encipherment",
+        eku: Some((false, "E-mail Protection")),
+        policy: Some("Policy: 2.16.840.1.101.3.2.1.3.7"),
+        san: &["email:jane.doe@lanyard.test"],
+        san_critical: false,
+    },
+    Expect {
+        id: "derived-piv-auth",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature",
+        eku: Some((false, PIV_EKU)),
+        policy: Some("Policy: 2.16.840.1.101.3.2.1.3.40"),
+        san: &["URI:urn:uuid:a1b2c3d4-e5f6-4708-891a-2b3c4d5e6f70", "othername: UPN::jdoe@corp.lanyard.test"],
+        san_critical: false,
+    },
+    Expect {
+        id: "derived-piv-auth-hardware",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature",
+        eku: Some((false, PIV_EKU)),
+        policy: Some("Policy: 2.16.840.1.101.3.2.1.3.41"),
+        san: &["URI:urn:uuid:a1b2c3d4-e5f6-4708-891a-2b3c4d5e6f70"],
+        san_critical: false,
+    },
+    Expect {
+        id: "mobile-device",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature, Key Encipherment",
+        eku: Some((false, "TLS Web Client Authentication")),
+        policy: None,
+        san: &["othername: UPN::jdoe@corp.lanyard.test", "DNS:lanyard.lanyard.test"],
+        san_critical: false,
+    },
+    Expect {
+        id: "content-signer",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature",
+        eku: Some((true, "2.16.840.1.101.3.6.7")),
+        policy: Some("Policy: 2.16.840.1.101.3.2.1.3.39"),
+        san: &[],
+        san_critical: false,
+    },
+    Expect {
+        id: "ocsp-signer",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature",
+        eku: Some((false, "OCSP Signing")),
+        policy: None,
+        san: &[],
+        san_critical: false,
+    },
+    Expect {
+        id: "tls-server",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature, Key Encipherment",
+        eku: Some((false, "TLS Web Server Authentication")),
+        policy: None,
+        san: &["DNS:lanyard.lanyard.test", "IP Address:192.0.2.7"],
+        san_critical: true,
+    },
+];
+
+fn check_end_entity(dir: &Path, h: &Hierarchy, profile: &CertificateProfile, leaf_alg: KeyAlgorithm) {
+    let expect = EXPECTED
+        .iter()
+        .find(|e| e.id == profile.id)
+        .unwrap_or_else(|| panic!("no expectation for {}", profile.id));
+    let key = SoftwareKey::generate(leaf_alg).unwrap();
+    let cert = h.issuing.issue(&request(profile, &key)).unwrap();
+    let file = format!("{}-{leaf_alg}.pem", profile.id);
+    let path = write_cert(dir, &file, &cert);
+    assert_chain_verifies(dir, &file);
+
+    let text = x509_text(dir, &file);
+    let ctx = format!("{file}:\n{text}");
+    assert!(text.contains("Version: 3 (0x2)"), "{ctx}");
+    let (ku_critical, ku) = extension(&text, "X509v3 Key Usage").unwrap();
+    assert!(ku_critical, "{ctx}");
+    assert_eq!(ku, if leaf_alg.is_ec() { expect.ku_ec } else { expect.ku_rsa }, "{ctx}");
+    // The profile data and the openssl rendering agree.
+    let from_profile: Vec<&str> =
+        profile.key_usage.bits_for(leaf_alg).iter().map(|b| openssl_ku_name(*b)).collect();
+    assert_eq!(ku, from_profile.join(", "));
+
+    assert_eq!(
+        extension(&text, "X509v3 Extended Key Usage"),
+        expect.eku.map(|(c, s)| (c, s.to_string())),
+        "{ctx}"
+    );
+    assert_eq!(
+        extension(&text, "X509v3 Certificate Policies").map(|(_, b)| b),
+        expect.policy.map(String::from),
+        "{ctx}"
+    );
+    match extension(&text, "X509v3 Subject Alternative Name") {
+        Some((critical, body)) => {
+            assert_eq!(critical, expect.san_critical, "{ctx}");
+            for fragment in expect.san {
+                assert!(body.contains(fragment), "SAN lacks {fragment:?}: {ctx}");
+            }
+        }
+        None => assert!(expect.san.is_empty(), "{ctx}"),
+    }
+    // The exact encodings of the other-names: FASC-N as a 25-byte OCTET STRING, UPN as UTF8String.
+    if profile.san.fasc_n != Presence::Forbidden || profile.san.upn != Presence::Forbidden {
+        let asn1 = san_asn1(dir, &file);
+        if profile.san.fasc_n != Presence::Forbidden {
+            let fasc_n = format!("OCTET STRING      [HEX DUMP]:{}", hex::encode_upper(FASC_N));
+            let oid = asn1.find(":2.16.840.1.101.3.6.6").unwrap_or_else(|| panic!("{asn1}"));
+            assert!(asn1[oid..].contains(&fasc_n), "FASC-N encoding:\n{asn1}");
+        }
+        if profile.san.upn != Presence::Forbidden {
+            let oid = asn1.find(":Microsoft User Principal Name").unwrap_or_else(|| panic!("{asn1}"));
+            assert!(
+                asn1[oid..].contains("UTF8STRING        :jdoe@corp.lanyard.test"),
+                "UPN encoding:\n{asn1}"
+            );
+        }
+    }
+    // End entities carry no basicConstraints; AKI/SKI/AIA are always present.
+    assert!(extension(&text, "X509v3 Basic Constraints").is_none(), "{ctx}");
+    assert!(extension(&text, "X509v3 Subject Key Identifier").is_some(), "{ctx}");
+    let (_, aki) = extension(&text, "X509v3 Authority Key Identifier").unwrap();
+    assert_eq!(aki.replace(':', "").to_lowercase(), hex::encode(h.issuing.key_identifier()), "{ctx}");
+    let (_, aia) = extension(&text, "Authority Information Access").unwrap();
+    assert!(aia.contains("CA Issuers - URI:http://pki.lanyard.test/pki/ca.crt"), "{ctx}");
+    if profile.id == "ocsp-signer" {
+        assert!(!aia.contains("OCSP - URI"), "{ctx}");
+        assert!(text.contains("OCSP No Check"), "{ctx}");
+        assert!(extension(&text, "X509v3 CRL Distribution Points").is_none(), "{ctx}");
+    } else {
+        assert!(aia.contains("OCSP - URI:http://pki.lanyard.test/pki/ocsp"), "{ctx}");
+        let (_, dp) = extension(&text, "X509v3 CRL Distribution Points").unwrap();
+        assert!(dp.contains("URI:http://pki.lanyard.test/pki/crl"), "{ctx}");
+    }
+    if profile.subject != Presence::Required {
+        assert!(text.lines().any(|l| l.trim() == "Subject:"), "empty subject expected: {ctx}");
+    } else {
+        assert!(text.contains("Subject: C = US, O = Lanyard Test, OU = People, CN = Jane Doe"), "{ctx}");
+    }
+    assert_pkilint_cert(&path);
+    assert_pkilint_pair(&dir.join("issuing.pem"), &path);
+}
+
+#[test]
+fn every_builtin_profile_under_a_p256_issuing_ca() {
+    let h = hierarchy(KeyAlgorithm::EcP256);
+    let dir = workdir(&h);
+    let d = dir.path();
+
+    // The CA certificates themselves.
+    assert_chain_verifies(d, "issuing.pem");
+    let root = x509_text(d, "root.pem");
+    assert_eq!(extension(&root, "X509v3 Basic Constraints"), Some((true, "CA:TRUE".into())));
+    assert_eq!(extension(&root, "X509v3 Key Usage"), Some((true, "Certificate Sign, CRL Sign".into())));
+    assert!(extension(&root, "Authority Information Access").is_none(), "{root}");
+    let issuing = x509_text(d, "issuing.pem");
+    assert_eq!(extension(&issuing, "X509v3 Basic Constraints"), Some((true, "CA:TRUE, pathlen:0".into())));
+    assert_eq!(
+        extension(&issuing, "X509v3 Certificate Policies"),
+        Some((false, "Policy: X509v3 Any Policy".into()))
+    );
+    let (_, aia) = extension(&issuing, "Authority Information Access").unwrap();
+    assert_eq!(aia, "CA Issuers - URI:http://pki.lanyard.test/pki/root.crt");
+    assert!(issuing.contains("URI:http://pki.lanyard.test/pki/root.crl"), "{issuing}");
+    assert_pkilint_cert(&d.join("root.pem"));
+    assert_pkilint_cert(&d.join("issuing.pem"));
+    assert_pkilint_pair(&d.join("root.pem"), &d.join("issuing.pem"));
+
+    // The hierarchy's own OCSP and content-signer certificates.
+    let ocsp = d.join("ocsp.pem");
+    std::fs::write(&ocsp, pem("CERTIFICATE", &h.ocsp.responder_certificate().to_der().unwrap())).unwrap();
+    assert_chain_verifies(d, "ocsp.pem");
+    assert_pkilint_cert(&ocsp);
+    write_cert(d, "content-signer.pem", &h.content_signer.certificate);
+    assert_chain_verifies(d, "content-signer.pem");
+
+    let mut covered = BTreeSet::new();
+    for profile in CertificateProfile::builtin_all() {
+        if profile.ca.is_some() {
+            covered.insert(profile.id.clone());
+            continue;
+        }
+        check_end_entity(d, &h, &profile, KeyAlgorithm::EcP256);
+        // Key usage depends on the key type for 9D (and the RSA variants of mobile/TLS).
+        if profile.key_usage.ec != profile.key_usage.rsa {
+            check_end_entity(d, &h, &profile, KeyAlgorithm::Rsa2048);
+        }
+        covered.insert(profile.id.clone());
+    }
+    let all: BTreeSet<String> =
+        EXPECTED.iter().map(|e| e.id.to_string()).chain(["root-ca".into(), "issuing-ca".into()]).collect();
+    assert_eq!(covered, all, "every built-in profile has an expectation");
+}
+
+#[test]
+fn hierarchies_with_p384_rsa2048_and_rsa3072_ca_keys() {
+    for (alg, sig_name) in [
+        (KeyAlgorithm::EcP384, "ecdsa-with-SHA384"),
+        (KeyAlgorithm::Rsa2048, "sha256WithRSAEncryption"),
+        (KeyAlgorithm::Rsa3072, "sha256WithRSAEncryption"),
+    ] {
+        let h = hierarchy(alg);
+        let dir = workdir(&h);
+        let d = dir.path();
+        assert_chain_verifies(d, "issuing.pem");
+        assert_pkilint_cert(&d.join("root.pem"));
+        assert_pkilint_cert(&d.join("issuing.pem"));
+        assert_pkilint_pair(&d.join("root.pem"), &d.join("issuing.pem"));
+        let root = x509_text(d, "root.pem");
+        assert!(root.contains(&format!("Signature Algorithm: {sig_name}")), "{alg}: {root}");
+        // A leaf of the CA's own algorithm, and the key-type-dependent 9D profile.
+        check_end_entity(d, &h, &CertificateProfile::piv_authentication(), alg);
+        check_end_entity(d, &h, &CertificateProfile::key_management(), alg);
+        let leaf = x509_text(d, &format!("piv-auth-{alg}.pem"));
+        assert!(leaf.contains(&format!("Signature Algorithm: {sig_name}")), "{alg}: {leaf}");
+        write_cert(d, "cs.pem", &h.content_signer.certificate);
+        assert_chain_verifies(d, "cs.pem");
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Issuance rules
+
+#[test]
+fn validity_is_capped_by_the_card_expiry_and_the_profile() {
+    let h = hierarchy(KeyAlgorithm::EcP256);
+    let dir = workdir(&h);
+    let profile = CertificateProfile::piv_authentication();
+    let key = SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
+    let start = datetime!(2026-01-01 00:00:00 UTC).max(now() - Duration::days(1));
+    let start = start.replace_nanosecond(0).unwrap();
+    let card_expiry = start + Duration::days(400);
+
+    let mut req = request(&profile, &key);
+    req.not_before = start;
+    req.requested_not_after = start + Duration::days(3650);
+    req.cap_not_after = Some(card_expiry);
+    let cert = h.issuing.issue(&req).unwrap();
+    assert_eq!(cert.not_before().unwrap(), start);
+    assert_eq!(cert.not_after().unwrap(), card_expiry);
+    write_cert(dir.path(), "capped.pem", &cert);
+    let out = openssl_ok(&["x509", "-in", "capped.pem", "-noout", "-enddate"], dir.path());
+    let expected = format!(
+        "notAfter={}",
+        card_expiry
+            .format(time::macros::format_description!(
+                "[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT"
+            ))
+            .unwrap()
+    );
+    assert_eq!(out.trim(), expected);
+
+    // Without a cap: the profile's three years, not the ten requested.
+    req.cap_not_after = None;
+    let cert = h.issuing.issue(&req).unwrap();
+    assert_eq!(cert.not_after().unwrap(), start + Duration::days(1095));
+
+    // A cap before notBefore is an error, not a silently empty certificate.
+    req.cap_not_after = Some(start - Duration::days(1));
+    assert!(matches!(h.issuing.issue(&req), Err(CaError::CapBeforeNotBefore { .. })));
+    req.cap_not_after = None;
+    req.requested_not_after = start;
+    assert!(matches!(h.issuing.issue(&req), Err(CaError::EmptyValidity { .. })));
+
+    // Dates X.509 cannot carry are an error, not a panic.
+    req.not_before = datetime!(9999-12-30 00:00:00 UTC);
+    req.requested_not_after = datetime!(9999-12-31 00:00:00 UTC);
+    let root_profile = CertificateProfile::root_ca();
+    let far = lanyard_ca::hierarchy::create_root(
+        SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap(),
+        parse_dn("CN=Far Future").unwrap(),
+        req.not_before,
+        root_profile.max_validity_days,
+        &urls(),
+    );
+    assert!(matches!(far, Err(CaError::TimeOutOfRange(_))), "{far:?}");
+    req.not_before = datetime!(1960-01-01 00:00:00 UTC);
+    req.requested_not_after = datetime!(1961-01-01 00:00:00 UTC);
+    assert!(matches!(h.issuing.issue(&req), Err(CaError::TimeOutOfRange(_))));
+
+    // Nothing outlives the issuing CA.
+    let ca_end = h.issuing.certificate().tbs_certificate.validity.not_after.to_unix_duration().as_secs();
+    let content = CertificateProfile::content_signer();
+    let mut req = request(&content, &key);
+    req.not_before = OffsetDateTime::from_unix_timestamp(ca_end as i64).unwrap() - Duration::days(10);
+    req.requested_not_after = req.not_before + Duration::days(365);
+    let cert = h.issuing.issue(&req).unwrap();
+    assert_eq!(cert.not_after().unwrap().unix_timestamp(), ca_end as i64);
+}
+
+#[test]
+fn requests_that_break_the_profile_are_refused_precisely() {
+    let h = hierarchy(KeyAlgorithm::EcP256);
+    let key = SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
+    let piv = CertificateProfile::piv_authentication();
+
+    let mut req = request(&piv, &key);
+    req.san.fasc_n = None;
+    let err = h.issuing.issue(&req).unwrap_err();
+    assert!(matches!(err, CaError::SanPartMissing { part: SanPart::FascN, .. }), "{err}");
+    assert!(err.to_string().contains("FASC-N"), "{err}");
+
+    let mut req = request(&piv, &key);
+    req.san.dns = vec!["host.lanyard.test".into()];
+    assert!(matches!(h.issuing.issue(&req), Err(CaError::SanPartNotAllowed { part: SanPart::Dns, .. })));
+
+    let mut req = request(&piv, &key);
+    req.subject = Name::default();
+    assert!(matches!(h.issuing.issue(&req), Err(CaError::SubjectRequired { .. })));
+
+    let mut req = request(&piv, &key);
+    req.san.email = vec!["not an address".into()];
+    assert!(matches!(h.issuing.issue(&req), Err(CaError::InvalidSanValue { part: SanPart::Email, .. })));
+
+    let tls = CertificateProfile::tls_server();
+    let mut req = request(&tls, &key);
+    req.san = SanInput::default();
+    assert!(matches!(h.issuing.issue(&req), Err(CaError::SanRequired { .. })));
+
+    // Key type restrictions, and keyAgreement only for EC keys.
+    let mut p256_only = CertificateProfile::piv_authentication();
+    p256_only.key_algorithms = vec![KeyAlgorithm::EcP256];
+    let rsa = SoftwareKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+    let err = h.issuing.issue(&request(&p256_only, &rsa)).unwrap_err();
+    assert!(matches!(err, CaError::KeyNotAllowed { key: KeyAlgorithm::Rsa2048, .. }), "{err}");
+    let mut broken = CertificateProfile::key_management();
+    broken.key_usage.rsa = vec![KeyUsageBit::KeyAgreement];
+    assert!(matches!(h.issuing.issue(&request(&broken, &rsa)), Err(CaError::InvalidProfile { .. })));
+
+    // A key the CA does not certify (P-521, from openssl).
+    let dir = tempfile::tempdir().unwrap();
+    openssl_ok(
+        &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521", "-out", "k.pem"],
+        dir.path(),
+    );
+    openssl_ok(&["pkey", "-in", "k.pem", "-pubout", "-outform", "DER", "-out", "pub.der"], dir.path());
+    let spki =
+        SubjectPublicKeyInfoOwned::from_der(&std::fs::read(dir.path().join("pub.der")).unwrap()).unwrap();
+    let mut req = request(&piv, &key);
+    req.public_key = spki;
+    let err = h.issuing.issue(&req).unwrap_err();
+    assert!(matches!(err, CaError::UnsupportedPublicKey(_)), "{err}");
+
+    // The issuing CA has pathLenConstraint 0: no sub-CAs under it.
+    let sub = CertificateProfile::issuing_ca();
+    let mut req = request(&sub, &key);
+    req.san = SanInput::default();
+    assert!(matches!(h.issuing.issue(&req), Err(CaError::PathLengthExceeded)));
+
+    // A CA refuses a key that is not its own.
+    let other = SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
+    let err =
+        CertificateAuthority::new(h.issuing.certificate_der(), other, urls().for_issuing_ca()).unwrap_err();
+    assert!(matches!(err, CaError::UnusableIssuer(_)), "{err}");
+    // And a leaf certificate is not a CA.
+    let leaf = h.issuing.issue(&request(&piv, &key)).unwrap();
+    let err = CertificateAuthority::new(&leaf.der, key, urls().for_issuing_ca()).unwrap_err();
+    assert!(matches!(err, CaError::UnusableIssuer(_)), "{err}");
+}
+
+#[test]
+fn serials_are_random_positive_16_bytes() {
+    let h = hierarchy(KeyAlgorithm::EcP256);
+    let key = SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
+    let profile = CertificateProfile::mobile_device();
+    let mut seen = BTreeSet::new();
+    for _ in 0..50 {
+        let cert = h.issuing.issue(&request(&profile, &key)).unwrap();
+        let bytes = cert.serial().as_bytes().to_vec();
+        assert_eq!(bytes.len(), 16);
+        assert!(bytes[0] < 0x80 && bytes[0] != 0);
+        assert!(seen.insert(bytes));
+    }
+}
+
+#[test]
+fn profiles_round_trip_through_serde_and_reject_unknown_keys() {
+    for profile in CertificateProfile::builtin_all() {
+        let json = serde_json::to_string(&profile).unwrap();
+        let back: CertificateProfile = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, profile);
+    }
+    let json = serde_json::to_value(CertificateProfile::key_management()).unwrap();
+    assert_eq!(json["key_usage"]["ec"], serde_json::json!(["key_agreement"]));
+    assert_eq!(json["key_usage"]["rsa"], serde_json::json!(["key_encipherment"]));
+    assert_eq!(json["policies"], serde_json::json!(["2.16.840.1.101.3.2.1.3.7"]));
+    let mut bad = json.clone();
+    bad["colour"] = serde_json::json!("blue");
+    assert!(serde_json::from_value::<CertificateProfile>(bad).is_err());
+    let mut bad = json;
+    bad["policies"] = serde_json::json!(["not.an.oid"]);
+    assert!(serde_json::from_value::<CertificateProfile>(bad).is_err());
+}
+
+// ------------------------------------------------------------------------------------------------
+// Keys
+
+#[test]
+fn software_keys_round_trip_through_pkcs8_and_the_key_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyFileStore::new(dir.path().join("keys"));
+    for alg in KeyAlgorithm::ALL {
+        let key = SoftwareKey::generate(alg).unwrap();
+        let name = alg.to_string().to_lowercase();
+        let path = store.save(&name, &key).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        // openssl reads and checks what we wrote.
+        openssl_ok(&["pkey", "-in", path.to_str().unwrap(), "-noout", "-check"], dir.path());
+        let loaded = store.load(&name).unwrap();
+        assert_eq!(loaded.key_algorithm(), alg);
+        assert_eq!(loaded.public_key(), key.public_key());
+        assert!(matches!(store.save(&name, &key), Err(CaError::KeyExists(_))));
+    }
+    assert!(matches!(
+        store.save("../evil", &SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap()),
+        Err(CaError::InvalidKeyName(_))
+    ));
+
+    // Keys made by openssl load too, and sign CSRs openssl accepts.
+    openssl_ok(
+        &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", "p384.pem"],
+        dir.path(),
+    );
+    let key =
+        SoftwareKey::from_pkcs8_pem(&std::fs::read_to_string(dir.path().join("p384.pem")).unwrap()).unwrap();
+    assert_eq!(key.key_algorithm(), KeyAlgorithm::EcP384);
+    let csr = build_csr(&key, parse_dn("CN=From openssl key").unwrap(), vec![], Some("challenge")).unwrap();
+    std::fs::write(dir.path().join("req.der"), &csr).unwrap();
+    let out =
+        openssl_ok(&["req", "-in", "req.der", "-inform", "DER", "-verify", "-noout", "-text"], dir.path());
+    assert!(
+        out.contains("verify OK") || out.contains("Certificate request self-signature verify OK"),
+        "{out}"
+    );
+    assert!(out.contains("challengePassword") && out.contains("challenge"), "{out}");
+
+    openssl_ok(&["genpkey", "-algorithm", "ED25519", "-out", "ed.pem"], dir.path());
+    let err = SoftwareKey::from_pkcs8_pem(&std::fs::read_to_string(dir.path().join("ed.pem")).unwrap())
+        .unwrap_err();
+    assert!(matches!(err, CaError::InvalidPrivateKey(_)), "{err}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// CRL
+
+#[test]
+fn crl_verifies_and_lists_reasons() {
+    let h = hierarchy(KeyAlgorithm::EcP256);
+    let dir = workdir(&h);
+    let d = dir.path();
+    let profile = CertificateProfile::piv_authentication();
+    let key = SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
+    let certs: Vec<IssuedCertificate> =
+        (0..4).map(|_| h.issuing.issue(&request(&profile, &key)).unwrap()).collect();
+    let t = now() - Duration::hours(1);
+    let entries = vec![
+        RevokedEntry {
+            serial: certs[0].serial().clone(),
+            revocation_date: t,
+            reason: Some(RevocationReason::KeyCompromise),
+        },
+        RevokedEntry {
+            serial: certs[1].serial().clone(),
+            revocation_date: t,
+            reason: Some(RevocationReason::CertificateHold),
+        },
+        RevokedEntry {
+            serial: certs[2].serial().clone(),
+            revocation_date: t,
+            reason: Some(RevocationReason::Superseded),
+        },
+        RevokedEntry { serial: certs[3].serial().clone(), revocation_date: t, reason: None },
+    ];
+    let params = CrlParams {
+        number: 7,
+        this_update: now() - Duration::minutes(1),
+        next_update: now() + Duration::days(1),
+    };
+    let crl = h.issuing.build_crl(&entries, &params).unwrap();
+    std::fs::write(d.join("crl.pem"), pem("X509 CRL", &crl)).unwrap();
+    std::fs::write(d.join("crl.der"), &crl).unwrap();
+
+    let out = openssl_ok(&["crl", "-in", "crl.pem", "-CAfile", "chain.pem", "-verify", "-noout"], d);
+    assert!(out.contains("verify OK"), "{out}");
+    let text = openssl_ok(&["crl", "-in", "crl.pem", "-noout", "-text"], d);
+    assert!(text.contains("Version 2 (0x1)"), "{text}");
+    let (_, number) = extension(&text, "X509v3 CRL Number").unwrap();
+    assert_eq!(number, "7");
+    let (_, aki) = extension(&text, "X509v3 Authority Key Identifier").unwrap();
+    assert_eq!(aki.replace(':', "").to_lowercase(), hex::encode(h.issuing.key_identifier()));
+    assert!(text.contains("Next Update:"), "{text}");
+    // Each serial, followed by its reason.
+    let reasons = ["Key Compromise", "Certificate Hold", "Superseded"];
+    for (cert, reason) in certs.iter().zip(reasons) {
+        let serial = hex::encode_upper(cert.serial().as_bytes());
+        let at = text
+            .find(&format!("Serial Number: {serial}"))
+            .unwrap_or_else(|| panic!("{serial} missing:\n{text}"));
+        let entry = &text[at..];
+        let entry = &entry[..entry[1..].find("Serial Number:").map_or(entry.len(), |i| i + 1)];
+        assert!(entry.contains(reason), "{serial} should be {reason}:\n{entry}");
+    }
+    let last = hex::encode_upper(certs[3].serial().as_bytes());
+    let entry = &text[text.find(&format!("Serial Number: {last}")).unwrap()..];
+    let entry = &entry[..entry.find("Signature Algorithm").unwrap()];
+    assert!(!entry.contains("CRL Reason Code"), "no reason code for an unspecified revocation:\n{entry}");
+
+    let errors = pkilint_errors(&tools().lint_crl, &["-t", "CRL", "-p", "PKIX"], &[&d.join("crl.der")]);
+    assert!(errors.is_empty(), "lint_crl:\n{}", errors.join("\n"));
+
+    // An empty CRL omits revokedCertificates and still verifies and lints.
+    let empty = h.issuing.build_crl(&[], &CrlParams { number: 8, ..params }).unwrap();
+    std::fs::write(d.join("empty.pem"), pem("X509 CRL", &empty)).unwrap();
+    let out =
+        openssl_ok(&["crl", "-in", "empty.pem", "-CAfile", "chain.pem", "-verify", "-noout", "-text"], d);
+    assert!(out.contains("No Revoked Certificates"), "{out}");
+    assert!(
+        pkilint_errors(&tools().lint_crl, &["-t", "CRL", "-p", "PKIX"], &[&d.join("empty.pem")]).is_empty()
+    );
+
+    // The root's CRL (an ARL, covering the issuing CA) verifies against the root alone.
+    let arl = h.root.build_crl(&[], &params).unwrap();
+    std::fs::write(d.join("arl.pem"), pem("X509 CRL", &arl)).unwrap();
+    openssl_ok(&["crl", "-in", "arl.pem", "-CAfile", "root.pem", "-verify", "-noout"], d);
+
+    // removeFromCRL belongs in delta CRLs only; duplicates and backwards times are refused.
+    let mut bad = entries.clone();
+    bad[0].reason = Some(RevocationReason::RemoveFromCrl);
+    assert!(matches!(h.issuing.build_crl(&bad, &params), Err(CaError::RemoveFromCrlInFullCrl { .. })));
+    let dup = vec![entries[0].clone(), entries[0].clone()];
+    assert!(matches!(h.issuing.build_crl(&dup, &params), Err(CaError::InvalidSerial(_))));
+    let backwards = CrlParams { next_update: params.this_update, ..params };
+    assert!(matches!(
+        h.issuing.build_crl(&entries, &backwards),
+        Err(CaError::NextUpdateNotAfterThisUpdate { .. })
+    ));
+    assert_eq!(RevocationReason::from_code(6), Some(RevocationReason::CertificateHold));
+    assert_eq!(RevocationReason::from_code(7), None);
+    assert_eq!(RevocationReason::RemoveFromCrl.code(), 8);
+}
+
+// ------------------------------------------------------------------------------------------------
+// OCSP
+
+struct OcspCase {
+    name: &'static str,
+    cert: IssuedCertificate,
+    status: CertStatus,
+}
+
+fn ocsp_text(dir: &Path, args: &[&str]) -> String {
+    let out = openssl(args, dir);
+    assert!(out.ok, "openssl {args:?}:\n{}", out.all());
+    out.all()
+}
+
+#[test]
+fn ocsp_responses_are_accepted_by_openssl() {
+    let h = hierarchy(KeyAlgorithm::EcP256);
+    let dir = workdir(&h);
+    let d = dir.path();
+    let profile = CertificateProfile::piv_authentication();
+    let key = SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
+    let revoked_at = datetime!(2026-03-04 05:06:07 UTC);
+    let cases = vec![
+        OcspCase {
+            name: "good",
+            cert: h.issuing.issue(&request(&profile, &key)).unwrap(),
+            status: CertStatus::Good,
+        },
+        OcspCase {
+            name: "revoked",
+            cert: h.issuing.issue(&request(&profile, &key)).unwrap(),
+            status: CertStatus::Revoked { revoked_at, reason: Some(RevocationReason::KeyCompromise) },
+        },
+        OcspCase {
+            name: "held",
+            cert: h.issuing.issue(&request(&profile, &key)).unwrap(),
+            status: CertStatus::Revoked { revoked_at, reason: Some(RevocationReason::CertificateHold) },
+        },
+        OcspCase {
+            name: "unknown",
+            cert: h.issuing.issue(&request(&profile, &key)).unwrap(),
+            status: CertStatus::Unknown,
+        },
+    ];
+    let lookup = |id: &CertId| {
+        cases.iter().find(|c| c.cert.serial() == &id.serial_number).map_or(CertStatus::Unknown, |c| c.status)
+    };
+
+    for case in &cases {
+        let leaf = format!("{}.pem", case.name);
+        write_cert(d, &leaf, &case.cert);
+        for (digest, nonce) in [("-sha1", true), ("-sha1", false), ("-sha256", true)] {
+            let req_file = format!("{}{digest}-{nonce}.req", case.name);
+            let resp_file = format!("{}{digest}-{nonce}.resp", case.name);
+            let mut args =
+                vec!["ocsp", digest, "-issuer", "issuing.pem", "-cert", &leaf, "-reqout", &req_file];
+            if !nonce {
+                args.push("-no_nonce");
+            }
+            openssl_ok(&args, d);
+            let request = std::fs::read(d.join(&req_file)).unwrap();
+            let response = h.ocsp.respond(&request, lookup, now());
+            std::fs::write(d.join(&resp_file), &response).unwrap();
+
+            // Status and signature, as a client checking this certificate sees them.
+            let out = ocsp_text(
+                d,
+                &[
+                    "ocsp",
+                    digest,
+                    "-respin",
+                    &resp_file,
+                    "-issuer",
+                    "issuing.pem",
+                    "-cert",
+                    &leaf,
+                    "-CAfile",
+                    "chain.pem",
+                    "-no_nonce",
+                    "-resp_text",
+                ],
+            );
+            let ctx = format!("{} {digest} nonce={nonce}:\n{out}", case.name);
+            assert!(out.contains("Response verify OK"), "{ctx}");
+            assert!(out.contains("OCSP Response Status: successful (0x0)"), "{ctx}");
+            assert!(out.contains("Responder Id: "), "{ctx}");
+            assert!(
+                !out.contains("Responder Id: C =") && !out.contains("Responder Id: O ="),
+                "byKey expected: {ctx}"
+            );
+            assert!(out.contains("Next Update:"), "{ctx}");
+            match case.status {
+                CertStatus::Good => assert!(out.contains(&format!("{leaf}: good")), "{ctx}"),
+                CertStatus::Unknown => assert!(out.contains(&format!("{leaf}: unknown")), "{ctx}"),
+                CertStatus::Revoked { reason, .. } => {
+                    assert!(out.contains(&format!("{leaf}: revoked")), "{ctx}");
+                    let shown = match reason {
+                        Some(RevocationReason::KeyCompromise) => "Reason: keyCompromise",
+                        Some(RevocationReason::CertificateHold) => "Reason: certificateHold",
+                        _ => unreachable!(),
+                    };
+                    assert!(out.contains(shown), "{ctx}");
+                    assert!(out.contains("Revocation Time: Mar  4 05:06:07 2026 GMT"), "{ctx}");
+                }
+            }
+            // The responder's certificate travels in the response.
+            assert!(out.contains("Lanyard Test OCSP Responder"), "{ctx}");
+
+            // The nonce: with the original request, openssl checks it was echoed.
+            let out = ocsp_text(
+                d,
+                &["ocsp", "-reqin", &req_file, "-respin", &resp_file, "-CAfile", "chain.pem", "-resp_text"],
+            );
+            assert!(out.contains("Response verify OK"), "{ctx}\n{out}");
+            if nonce {
+                assert!(out.contains("OCSP Nonce:"), "nonce not echoed: {out}");
+                assert!(!out.contains("Nonce Verify error") && !out.contains("WARNING: no nonce"), "{out}");
+                let sent = OcspRequest::from_der(&request).unwrap().nonce().unwrap();
+                let got = x509_ocsp::OcspResponse::from_der(&response).unwrap();
+                let basic =
+                    x509_ocsp::BasicOcspResponse::from_der(got.response_bytes.unwrap().response.as_bytes())
+                        .unwrap();
+                assert_eq!(basic.nonce(), Some(sent));
+            } else {
+                assert!(!out.contains("OCSP Nonce:"), "no nonce was sent: {out}");
+            }
+
+            let errors = pkilint_errors(&tools().lint_ocsp, &[], &[&d.join(&resp_file)]);
+            assert!(errors.is_empty(), "lint_ocsp_response {resp_file}:\n{}", errors.join("\n"));
+        }
+    }
+
+    // openssl does notice a nonce that does not match (so the checks above mean something).
+    let out = openssl(
+        &["ocsp", "-reqin", "good-sha1-true.req", "-respin", "held-sha1-true.resp", "-CAfile", "chain.pem"],
+        d,
+    );
+    assert!(out.all().contains("Nonce Verify error"), "{}", out.all());
+
+    // A CertID naming another issuer (the root, asked about the issuing CA) is not ours: unknown,
+    // and the lookup is not even consulted.
+    openssl_ok(&["ocsp", "-issuer", "root.pem", "-cert", "issuing.pem", "-reqout", "foreign.req"], d);
+    let response =
+        h.ocsp.respond(&std::fs::read(d.join("foreign.req")).unwrap(), |_| panic!("lookup consulted"), now());
+    std::fs::write(d.join("foreign.resp"), response).unwrap();
+    let out = ocsp_text(
+        d,
+        &[
+            "ocsp",
+            "-respin",
+            "foreign.resp",
+            "-issuer",
+            "root.pem",
+            "-cert",
+            "issuing.pem",
+            "-no_nonce",
+            "-noverify",
+            "-resp_text",
+        ],
+    );
+    assert!(out.contains("issuing.pem: unknown"), "{out}");
+
+    // Several certificates in one request, answered in order.
+    let mut args = vec!["ocsp", "-issuer", "issuing.pem"];
+    for leaf in ["good.pem", "revoked.pem", "unknown.pem"] {
+        args.extend_from_slice(&["-cert", leaf]);
+    }
+    args.extend_from_slice(&["-reqout", "multi.req"]);
+    openssl_ok(&args, d);
+    let response = h.ocsp.respond(&std::fs::read(d.join("multi.req")).unwrap(), lookup, now());
+    std::fs::write(d.join("multi.resp"), response).unwrap();
+    let mut args =
+        vec!["ocsp", "-respin", "multi.resp", "-issuer", "issuing.pem", "-CAfile", "chain.pem", "-no_nonce"];
+    for leaf in ["good.pem", "revoked.pem", "unknown.pem"] {
+        args.extend_from_slice(&["-cert", leaf]);
+    }
+    let out = ocsp_text(d, &args);
+    assert!(
+        out.contains("good.pem: good")
+            && out.contains("revoked.pem: revoked")
+            && out.contains("unknown.pem: unknown"),
+        "{out}"
+    );
+
+    // Garbage gets malformedRequest, as openssl reads it.
+    let response = h.ocsp.respond(b"this is not an OCSP request", lookup, now());
+    assert_eq!(lanyard_ca::ocsp::response_status(&response), Some(OcspResponseStatus::MalformedRequest));
+    std::fs::write(d.join("garbage.resp"), response).unwrap();
+    let out = openssl(&["ocsp", "-respin", "garbage.resp", "-resp_text", "-noverify"], d);
+    assert!(out.all().contains("Responder Error: malformedrequest (1)"), "{}", out.all());
+}
+
+/// A valid SHA-256 CertID request for `serial` under `issuer`, built without openssl.
+fn ocsp_request(issuer: &Certificate, serial: &SerialNumber, nonce: Option<&[u8]>) -> Vec<u8> {
+    use aws_lc_rs::digest::{SHA256, digest};
+    let cert_id = CertId {
+        hash_algorithm: spki::AlgorithmIdentifierOwned {
+            oid: ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1"),
+            parameters: Some(Any::from(der::asn1::Null)),
+        },
+        issuer_name_hash: OctetString::new(
+            digest(&SHA256, &issuer.tbs_certificate.subject.to_der().unwrap()).as_ref(),
+        )
+        .unwrap(),
+        issuer_key_hash: OctetString::new(
+            digest(&SHA256, issuer.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes())
+                .as_ref(),
+        )
+        .unwrap(),
+        serial_number: serial.clone(),
+    };
+    let request_extensions = nonce.map(|n| {
+        vec![Extension {
+            extn_id: ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.2"),
+            critical: false,
+            extn_value: OctetString::new(OctetString::new(n).unwrap().to_der().unwrap()).unwrap(),
+        }]
+    });
+    OcspRequest {
+        tbs_request: TbsRequest {
+            version: Default::default(),
+            requestor_name: None,
+            request_list: vec![Request { req_cert: cert_id, single_request_extensions: None }],
+            request_extensions,
+        },
+        optional_signature: None,
+    }
+    .to_der()
+    .unwrap()
+}
+
+#[test]
+fn ocsp_nonce_limits_and_empty_requests() {
+    let h = hierarchy(KeyAlgorithm::EcP256);
+    let issuer = h.issuing.certificate();
+    let serial = SerialNumber::new(&[0x42]).unwrap();
+    let good = |_: &CertId| CertStatus::Good;
+    for (nonce, expected) in [
+        (None, OcspResponseStatus::Successful),
+        (Some(vec![7u8; 1]), OcspResponseStatus::Successful),
+        (Some(vec![7u8; 32]), OcspResponseStatus::Successful),
+        (Some(vec![7u8; 33]), OcspResponseStatus::MalformedRequest),
+        (Some(vec![]), OcspResponseStatus::MalformedRequest),
+    ] {
+        let req = ocsp_request(issuer, &serial, nonce.as_deref());
+        let resp = h.ocsp.respond(&req, good, now());
+        assert_eq!(lanyard_ca::ocsp::response_status(&resp), Some(expected), "nonce {nonce:?}");
+    }
+    let empty =
+        OcspRequest { tbs_request: TbsRequest::default(), optional_signature: None }.to_der().unwrap();
+    let resp = h.ocsp.respond(&empty, good, now());
+    assert_eq!(lanyard_ca::ocsp::response_status(&resp), Some(OcspResponseStatus::MalformedRequest));
+}
+
+// ------------------------------------------------------------------------------------------------
+// CSR
+
+fn openssl_csr(dir: &Path, name: &str, newkey: &[&str]) {
+    std::fs::write(
+        dir.join("req.cnf"),
+        "[req]\ndistinguished_name = dn\nattributes = attrs\nprompt = no\n\
+         [dn]\nCN = Jane Doe\nO = Lanyard Test\n\
+         [attrs]\nchallengePassword = one-time-7f3a\n",
+    )
+    .unwrap();
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let mut args = vec!["req", "-new", "-config", "req.cnf", "-nodes", "-keyout", &key, "-out", &csr];
+    args.extend_from_slice(newkey);
+    args.extend_from_slice(&["-addext", "subjectAltName=email:jane.doe@lanyard.test,DNS:jane.lanyard.test"]);
+    openssl_ok(&args, dir);
+    openssl_ok(&["req", "-in", &csr, "-outform", "DER", "-out", &format!("{name}.der")], dir);
+}
+
+#[test]
+fn csrs_from_openssl_parse_and_verify() {
+    let h = hierarchy(KeyAlgorithm::EcP256);
+    let dir = workdir(&h);
+    let d = dir.path();
+    openssl_csr(d, "ec", &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    openssl_csr(d, "rsa", &["-newkey", "rsa:2048"]);
+    openssl_csr(d, "ec384", &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-sha384"]);
+
+    for (name, alg) in
+        [("ec", KeyAlgorithm::EcP256), ("rsa", KeyAlgorithm::Rsa2048), ("ec384", KeyAlgorithm::EcP384)]
+    {
+        let pem_text = std::fs::read_to_string(d.join(format!("{name}.csr"))).unwrap();
+        let der_bytes = std::fs::read(d.join(format!("{name}.der"))).unwrap();
+        let from_pem = parse_csr_pem(&pem_text).unwrap();
+        let from_der = parse_csr_der(&der_bytes).unwrap();
+        assert_eq!(from_pem, from_der);
+        assert_eq!(parse_csr(pem_text.as_bytes()).unwrap(), from_der);
+        // RFC 4514 writes the most significant RDN last; openssl wrote CN first.
+        assert_eq!(from_der.subject.to_string(), "O=Lanyard Test,CN=Jane Doe");
+        assert_eq!(from_der.challenge_password.as_deref(), Some("one-time-7f3a"));
+        assert_eq!(from_der.requested_extensions.len(), 1);
+        assert_eq!(from_der.requested_extensions[0].extn_id.to_string(), "2.5.29.17");
+        assert_eq!(KeyAlgorithm::of_spki(&from_der.public_key).unwrap(), alg);
+
+        // Issue from the CSR's key, then check openssl agrees the certificate certifies that key.
+        let profile = CertificateProfile::mobile_device();
+        let mut req = request(&profile, &SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap());
+        req.public_key = from_der.public_key.clone();
+        let cert = h.issuing.issue(&req).unwrap();
+        write_cert(d, &format!("{name}-cert.pem"), &cert);
+        assert_chain_verifies(d, &format!("{name}-cert.pem"));
+        let a = openssl_ok(&["x509", "-in", &format!("{name}-cert.pem"), "-noout", "-pubkey"], d);
+        let b = openssl_ok(&["req", "-in", &format!("{name}.csr"), "-noout", "-pubkey"], d);
+        assert_eq!(a, b);
+
+        // One flipped bit in the signature: refused as a bad signature.
+        let mut broken = der_bytes.clone();
+        let last = broken.len() - 3;
+        broken[last] ^= 0x01;
+        assert_eq!(parse_csr_der(&broken), Err(CsrError::BadSignature));
+        // One changed letter in the subject: also a bad signature, not a different requester.
+        let mut forged = der_bytes.clone();
+        let at = forged.windows(8).position(|w| w == b"Jane Doe").unwrap();
+        forged[at] = b'J' ^ 0x20;
+        assert_eq!(parse_csr_der(&forged), Err(CsrError::BadSignature));
+    }
+
+    // Other failures, each with its own error.
+    assert_eq!(parse_csr(b""), Err(CsrError::Empty));
+    assert!(matches!(parse_csr(b"\x30\x03\x02\x01\x00"), Err(CsrError::Der(_))));
+    assert!(
+        matches!(parse_csr(h.root.certificate_pem().as_bytes()), Err(CsrError::WrongPemLabel(l)) if l == "CERTIFICATE")
+    );
+    assert!(matches!(
+        parse_csr(b"-----BEGIN CERTIFICATE REQUEST-----\n!!!\n-----END CERTIFICATE REQUEST-----\n"),
+        Err(CsrError::Pem(_))
+    ));
+    openssl_ok(
+        &[
+            "req", "-new", "-config", "req.cnf", "-key", "rsa.key", "-sha1", "-outform", "DER", "-out",
+            "sha1.der",
+        ],
+        d,
+    );
+    let err = parse_csr_der(&std::fs::read(d.join("sha1.der")).unwrap()).unwrap_err();
+    assert_eq!(err, CsrError::UnsupportedSignatureAlgorithm("1.2.840.113549.1.1.5".into()));
+    assert!(err.to_string().contains("unsupported signature algorithm"), "{err}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Property tests
+
+fn sample_csr() -> &'static [u8] {
+    static CSR: OnceLock<Vec<u8>> = OnceLock::new();
+    CSR.get_or_init(|| {
+        let key = SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
+        let ext = Extension {
+            extn_id: ObjectIdentifier::new_unwrap("2.5.29.15"),
+            critical: true,
+            extn_value: OctetString::new(vec![0x03, 0x02, 0x07, 0x80]).unwrap(),
+        };
+        let csr =
+            build_csr(&key, parse_dn("CN=Property Test,O=Lanyard Test").unwrap(), vec![ext], Some("pw"))
+                .unwrap();
+        assert!(parse_csr_der(&csr).is_ok());
+        csr
+    })
+}
+
+fn ocsp_fixture() -> &'static (Hierarchy, Vec<u8>) {
+    static FIXTURE: OnceLock<(Hierarchy, Vec<u8>)> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let h = hierarchy(KeyAlgorithm::EcP256);
+        let req = ocsp_request(
+            h.issuing.certificate(),
+            &SerialNumber::new(&[0x12, 0x34]).unwrap(),
+            Some(&[9u8; 16]),
+        );
+        (h, req)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_are_never_a_csr(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        prop_assert!(parse_csr_der(&bytes).is_err());
+        prop_assert!(parse_csr(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_mutated_csr_is_never_accepted(index in any::<proptest::sample::Index>(), mask in 1u8..=255, cut in any::<proptest::sample::Index>(), insert in any::<u8>()) {
+        let csr = sample_csr();
+        let i = index.index(csr.len());
+        let mut flipped = csr.to_vec();
+        flipped[i] ^= mask;
+        prop_assert!(parse_csr_der(&flipped).is_err(), "byte {} ^ {:#04x} accepted", i, mask);
+        let truncated = &csr[..cut.index(csr.len())];
+        prop_assert!(parse_csr_der(truncated).is_err());
+        let mut grown = csr.to_vec();
+        grown.insert(i, insert);
+        prop_assert!(parse_csr_der(&grown).is_err());
+    }
+
+    #[test]
+    fn random_bytes_get_malformed_request(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let (h, _) = ocsp_fixture();
+        let resp = h.ocsp.respond(&bytes, |_| CertStatus::Good, now());
+        prop_assert_eq!(lanyard_ca::ocsp::response_status(&resp), Some(OcspResponseStatus::MalformedRequest));
+    }
+
+    #[test]
+    fn mutated_ocsp_requests_never_panic(index in any::<proptest::sample::Index>(), mask in 1u8..=255, cut in any::<proptest::sample::Index>()) {
+        let (h, req) = ocsp_fixture();
+        let mut flipped = req.clone();
+        flipped[index.index(req.len())] ^= mask;
+        for input in [flipped.as_slice(), &req[..cut.index(req.len())]] {
+            let resp = h.ocsp.respond(input, |_| CertStatus::Good, now());
+            let status = lanyard_ca::ocsp::response_status(&resp);
+            // A mutation can still leave a well-formed request (say, a different serial); then the
+            // answer is a signed response. Anything that is not a well-formed request is
+            // malformedRequest.
+            let well_formed = OcspRequest::from_der(input).is_ok_and(|r| !r.tbs_request.request_list.is_empty());
+            if well_formed {
+                prop_assert!(matches!(status, Some(OcspResponseStatus::Successful) | Some(OcspResponseStatus::MalformedRequest)));
+            } else {
+                prop_assert_eq!(status, Some(OcspResponseStatus::MalformedRequest));
+            }
+        }
+    }
+}
