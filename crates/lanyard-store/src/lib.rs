@@ -1,7 +1,18 @@
 //! `lanyard-store`: persistence on SQLite (the embedded default) and PostgreSQL (for several
-//! server replicas). Queries are built at run time (`sqlx::query` + binds), because sqlx's
-//! compile-time macros bind to one database. Each dialect has its own migration list with the
-//! same ids; a test fails when the two drift apart.
+//! server replicas). [`Db`] implements the domain's [`lanyard_core::repo::Repo`]; its unit of work
+//! is a [`StoreTx`].
+//!
+//! Queries are built at run time (`sqlx::query` + binds), because sqlx's compile-time macros bind
+//! to one database; the SQL text is the same for both dialects. Each dialect has its own
+//! migration list with the same ids; a test fails when the two drift apart. `docs/storage.md`
+//! explains the schema, isolation and time handling.
+
+mod repo;
+mod rows;
+mod sql;
+mod tx;
+
+pub use tx::{POSTGRES_UNIQUE_FIELDS, StoreTx};
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -12,8 +23,10 @@ use std::time::Duration;
 pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
+/// Opening or migrating a database. (Repository operations report
+/// [`lanyard_core::repo::StoreError`].)
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum DbError {
     #[error("database_url {0:?} is neither sqlite: nor postgres://")]
     UnsupportedUrl(String),
     #[error("database: {0}")]
@@ -38,7 +51,7 @@ pub enum Db {
 
 impl Db {
     /// Connects to `url` (`sqlite:…` or `postgres://…`); SQLite files are created when missing.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
         if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -55,7 +68,7 @@ impl Db {
                 .await?;
             Ok(Db::Postgres(pool))
         } else {
-            Err(StoreError::UnsupportedUrl(url.to_owned()))
+            Err(DbError::UnsupportedUrl(url.to_owned()))
         }
     }
 
@@ -67,7 +80,7 @@ impl Db {
     }
 
     /// Applies pending migrations of this dialect.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    pub async fn migrate(&self) -> Result<(), DbError> {
         match self {
             Db::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
             Db::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
@@ -76,7 +89,7 @@ impl Db {
     }
 
     /// The applied migrations, as (version, description).
-    pub async fn applied_migrations(&self) -> Result<Vec<(i64, String)>, StoreError> {
+    pub async fn applied_migrations(&self) -> Result<Vec<(i64, String)>, DbError> {
         let q = "SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version";
         Ok(match self {
             Db::Sqlite(p) => sqlx::query_as(q).fetch_all(p).await?,
@@ -85,7 +98,7 @@ impl Db {
     }
 
     /// Every (table, column) of the schema, lower-case and sorted, for drift checks.
-    pub async fn columns(&self) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn columns(&self) -> Result<Vec<(String, String)>, DbError> {
         let mut cols: Vec<(String, String)> = match self {
             Db::Sqlite(p) => {
                 sqlx::query_as(

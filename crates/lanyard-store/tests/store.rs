@@ -3,7 +3,23 @@
 //! each test gets a fresh database of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use lanyard_store::{Db, Dialect, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use lanyard_core::audit::{Actor, BrokenReason, ChainError, NewAuditEvent, OperationId, verify_chain};
+use lanyard_core::ids::{DeviceId, GroupId, UserId};
+use lanyard_core::lifecycle::{CredentialState, DeviceState};
+use lanyard_core::model::{
+    CertSlot, Credential, CredentialKind, Device, DeviceKind, DeviceLink, Group, LinkKind, Policy, Role,
+    Session, User, Username,
+};
+use lanyard_core::repo::prelude::*;
+use lanyard_core::repo::{AuditQuery, DeviceQuery, StoreError, UserQuery};
+use lanyard_core::secrets::SealedCardSecrets;
+use lanyard_store::{Db, Dialect, POSTGRES_MIGRATIONS, POSTGRES_UNIQUE_FIELDS, SQLITE_MIGRATIONS};
+use serde_json::json;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime, UtcOffset};
 
 struct TestDb {
     db: Db,
@@ -29,6 +45,11 @@ async fn sqlite() -> TestDb {
 }
 
 async fn postgres() -> TestDb {
+    postgres_with("").await
+}
+
+/// A fresh PostgreSQL database created with `options` (e.g. a locale).
+async fn postgres_with(options: &'static str) -> TestDb {
     let admin_url = std::env::var("LANYARD_TEST_POSTGRES_URL").expect(
         "LANYARD_TEST_POSTGRES_URL is not set: run scripts/test, which installs and starts PostgreSQL \
          and creates the lanyard_test role",
@@ -36,25 +57,470 @@ async fn postgres() -> TestDb {
     let name = format!("lanyard_t_{}", uuid::Uuid::new_v4().simple());
     let admin = Db::connect(&admin_url).await.expect("cannot reach PostgreSQL at LANYARD_TEST_POSTGRES_URL");
     let Db::Postgres(pool) = &admin else { unreachable!() };
-    // The name is a UUID we generated, so it is safe to splice into the statement.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(pool).await.unwrap();
+    // The name is a UUID we generated and `options` a literal, so both are safe to splice in.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} {options}")))
+        .execute(pool)
+        .await
+        .unwrap();
     let (base, _) = admin_url.rsplit_once('/').unwrap();
     let db = Db::connect(&format!("{base}/{name}")).await.unwrap();
     db.migrate().await.unwrap();
     TestDb { db, _dir: None }
 }
 
-/// Runs `body` once against SQLite and once against PostgreSQL.
+/// Runs `body` once against SQLite and once against PostgreSQL, each on a fresh database, and
+/// prints how long each took (`cargo test -- --nocapture` shows it).
 macro_rules! on_both {
     ($name:ident, |$db:ident| $body:block) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             for t in [sqlite().await, postgres().await] {
                 let $db = &t.db;
+                let started = Instant::now();
                 $body
+                eprintln!("{} on {:?}: {:?}", stringify!($name), $db.dialect(), started.elapsed());
             }
         }
     };
+}
+
+/// Runs one statement written by hand (test setup, or an attacker with database access).
+async fn raw(db: &Db, sql: &'static str) {
+    match db {
+        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+        Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn count(db: &Db, table: &'static str) -> i64 {
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    // `table` is a literal of this file.
+    let sql = sqlx::AssertSqlSafe(sql);
+    match db {
+        Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+    }
+    .unwrap()
+}
+
+const T0: OffsetDateTime = datetime!(2025-06-07 08:09:10 UTC);
+
+fn group(name: &str) -> Group {
+    Group { id: GroupId::new(), name: name.into(), policy: Policy::default() }
+}
+
+fn user(username: &str, group: GroupId) -> User {
+    User {
+        id: UserId::new(),
+        username: Username::parse(username).unwrap(),
+        display_name: format!("{username} Example"),
+        email: None,
+        group,
+        roles: BTreeSet::from([Role::User]),
+        disabled: false,
+        created_at: T0,
+    }
+}
+
+fn card(owner: Option<UserId>, serial: Option<&str>) -> Device {
+    let mut d = Device::new(DeviceKind::SmartCard, "YubiKey 5", T0).unwrap();
+    d.owner = owner;
+    d.serial = serial.map(str::to_owned);
+    d
+}
+
+fn certificate(device: DeviceId, serial: &str) -> Credential {
+    Credential::new(
+        device,
+        CredentialKind::Certificate {
+            slot: CertSlot::PivAuthentication,
+            profile: "piv-auth".into(),
+            serial_hex: serial.into(),
+            not_before: T0,
+            not_after: T0 + Duration::days(365),
+            certificate_der: vec![0x30, 0x00],
+            attestation_der: None,
+        },
+        T0,
+    )
+}
+
+fn event(n: u32) -> NewAuditEvent {
+    NewAuditEvent::new(
+        T0 + Duration::nanoseconds(i64::from(n) * 1_001),
+        Actor::System,
+        "test.event",
+        &OperationId::random(),
+    )
+    .target(format!("test:{n}"))
+    .after(json!({"n": n}))
+}
+
+/// A group and a user, committed.
+async fn someone(db: &Db, name: &str) -> User {
+    let g = group(&format!("group-{name}"));
+    let u = user(name, g.id);
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_group(&g).await.unwrap();
+    tx.insert_user(&u).await.unwrap();
+    tx.commit().await.unwrap();
+    u
+}
+
+on_both!(the_domain_conformance_suite_passes, |db| {
+    lanyard_core::testing::conformance::run(db).await;
+});
+
+on_both!(concurrent_appends_never_fork_the_chain, |db| {
+    const PER_TASK: u32 = 15;
+    let append_all = |db: Db, task: u32| async move {
+        let mut conflicts = 0;
+        for i in 0..PER_TASK {
+            loop {
+                let mut tx = db.begin().await.unwrap();
+                let result = match tx.append_audit(event(task * 1000 + i)).await {
+                    Ok(_) => tx.commit().await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => break,
+                    Err(StoreError::Conflict(_)) => conflicts += 1,
+                    Err(e) => panic!("append by task {task}: {e}"),
+                }
+            }
+        }
+        conflicts
+    };
+    let a = tokio::spawn(append_all(db.clone(), 1));
+    let b = tokio::spawn(append_all(db.clone(), 2));
+    let conflicts = a.await.unwrap() + b.await.unwrap();
+    eprintln!("concurrent appends on {:?}: {conflicts} conflicts retried", db.dialect());
+
+    let mut tx = db.begin().await.unwrap();
+    let all = tx.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(verify_chain(&all), Ok(u64::from(2 * PER_TASK)), "one unbroken chain");
+    let targets: BTreeSet<String> = all.iter().filter_map(|e| e.target.clone()).collect();
+    assert_eq!(targets.len(), 2 * PER_TASK as usize, "every event of both tasks is there exactly once");
+    assert_eq!(tx.audit_head().await.unwrap(), all.last().unwrap().head());
+});
+
+on_both!(editing_an_audit_row_in_the_database_is_caught_at_that_event, |db| {
+    let mut tx = db.begin().await.unwrap();
+    for n in 1..=4 {
+        tx.append_audit(event(n)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    // An attacker with database access removes the guard and rewrites event 3.
+    match db.dialect() {
+        Dialect::Sqlite => raw(db, "DROP TRIGGER audit_events_no_update").await,
+        Dialect::Postgres => raw(db, "DROP TRIGGER audit_events_no_update ON audit_events").await,
+    }
+    raw(db, "UPDATE audit_events SET after_json = '{\"n\":30}' WHERE seq = 3").await;
+
+    let mut tx = db.begin().await.unwrap();
+    let all = tx.list_audit(&AuditQuery { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(all[2].after, Some(json!({"n": 30})), "the edit is visible");
+    let err = verify_chain(&all).unwrap_err();
+    assert_eq!(err, ChainError::Broken { seq: 3, reason: BrokenReason::HashMismatch });
+    assert_eq!(err.seq(), 3);
+    assert_eq!(verify_chain(&all[..2]), Ok(2), "the events before it still verify");
+});
+
+on_both!(a_rolled_back_unit_of_work_leaves_nothing, |db| {
+    let g = group("rollback");
+    let u = user("rollback.user", g.id);
+    let d = card(Some(u.id), Some("RB-1"));
+    let c = certificate(d.id, "0b01");
+    let (session, _) = Session::start(u.id, Duration::hours(1), T0).unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_group(&g).await.unwrap();
+    tx.insert_user(&u).await.unwrap();
+    tx.insert_device(&d).await.unwrap();
+    tx.insert_credential(&c).await.unwrap();
+    tx.put_card_secrets(d.id, &SealedCardSecrets::from_bytes(vec![1, 2, 3])).await.unwrap();
+    tx.insert_session(&session).await.unwrap();
+    tx.append_audit(event(1)).await.unwrap();
+    assert_eq!(tx.get_device(d.id).await.unwrap(), Some(d.clone()), "visible inside the unit of work");
+    drop(tx);
+
+    for table in ["groups", "users", "devices", "credentials", "card_secrets", "sessions", "audit_events"] {
+        assert_eq!(count(db, table).await, 0, "{table} after rollback");
+    }
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(tx.get_user(u.id).await.unwrap(), None);
+    assert_eq!(tx.audit_head().await.unwrap(), lanyard_core::audit::ChainHead::GENESIS);
+});
+
+on_both!(duplicates_are_conflicts_naming_the_field, |db| {
+    let alice = someone(db, "alice").await;
+    let mut tx = db.begin().await.unwrap();
+    let taken = User { id: UserId::new(), ..alice.clone() };
+    assert_eq!(
+        tx.insert_user(&taken).await,
+        Err(StoreError::Conflict("users.username already exists".into()))
+    );
+    let same_id = User { username: Username::parse("alice.two").unwrap(), ..alice.clone() };
+    assert_eq!(tx.insert_user(&same_id).await, Err(StoreError::Conflict("users.id already exists".into())));
+    let g = tx.get_group(alice.group).await.unwrap().unwrap();
+    assert_eq!(
+        tx.insert_group(&Group { id: GroupId::new(), ..g }).await,
+        Err(StoreError::Conflict("groups.name already exists".into()))
+    );
+    let first = card(None, Some("SN-9"));
+    tx.insert_device(&first).await.unwrap();
+    assert_eq!(
+        tx.insert_device(&card(None, Some("SN-9"))).await,
+        Err(StoreError::Conflict("devices.(model, serial) already exists".into()))
+    );
+    tx.insert_device(&card(None, None)).await.unwrap();
+    tx.insert_device(&card(None, None)).await.expect("devices without a serial never collide");
+    tx.insert_credential(&certificate(first.id, "0c01")).await.unwrap();
+    assert_eq!(
+        tx.insert_credential(&certificate(first.id, "0c01")).await,
+        Err(StoreError::Conflict("credentials.serial_hex already exists".into()))
+    );
+    // The conflicts changed nothing and left the unit of work usable.
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(tx.get_device(first.id).await.unwrap(), Some(first));
+    assert_eq!(count(db, "devices").await, 3);
+});
+
+on_both!(a_failed_call_changes_nothing_and_the_unit_of_work_goes_on, |db| {
+    let mut d = card(None, Some("FC-1"));
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_device(&d).await.unwrap();
+    let before = d.clone();
+    d.state = DeviceState::Terminated;
+    // The device row would change, but the link points at a device that does not exist.
+    d.links = vec![DeviceLink { kind: LinkKind::Replaces, target: DeviceId::new() }];
+    match tx.update_device(&d).await {
+        Err(StoreError::Backend(m)) => assert!(m.to_lowercase().contains("foreign key"), "{m}"),
+        other => panic!("expected a foreign key error, got {other:?}"),
+    }
+    assert_eq!(tx.get_device(d.id).await.unwrap(), Some(before.clone()), "the whole call was undone");
+    assert_eq!(tx.update_device(&card(None, None)).await, Err(StoreError::NotFound));
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(tx.get_device(d.id).await.unwrap(), Some(before));
+});
+
+on_both!(text_search_folds_case_alike_on_both_databases, |db| {
+    let g = group("search");
+    let mut emile = user("ezola", g.id);
+    emile.display_name = "Émile Zola".into();
+    emile.email = Some(lanyard_core::model::Email::parse("Emile@Example.org").unwrap());
+    let mut percent = user("pct", g.id);
+    percent.display_name = "100% Sure_Thing".into();
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_group(&g).await.unwrap();
+    tx.insert_user(&emile).await.unwrap();
+    tx.insert_user(&percent).await.unwrap();
+    let find = |text: &str| UserQuery { text: Some(text.into()), limit: 10, ..Default::default() };
+    for (text, expected) in [
+        ("ÉMILE", vec!["ezola"]),
+        ("émile z", vec!["ezola"]),
+        ("EXAMPLE.ORG", vec!["ezola"]),
+        ("0% s", vec!["pct"]),
+        ("_", vec!["pct"]), // a literal underscore; as a LIKE wildcard it would match both
+        ("100%", vec!["pct"]),
+        ("%", vec!["pct"]), // likewise a literal percent sign
+        ("0%_s", vec![]),
+        ("zolaemile", vec![]),
+        ("a\u{1f}e", vec![]), // never matches across fields
+        ("", vec!["ezola", "pct"]),
+    ] {
+        let found: Vec<String> =
+            tx.list_users(&find(text)).await.unwrap().into_iter().map(|u| u.username.to_string()).collect();
+        assert_eq!(found, expected, "search for {text:?}");
+    }
+});
+
+on_both!(times_round_trip_exactly, |db| {
+    let mut u = someone(db, "timely").await;
+    let plus_two = UtcOffset::from_hms(2, 0, 0).unwrap();
+    u.created_at = datetime!(2031-12-31 23:59:59.123456789 +2);
+    let mut d = card(Some(u.id), None);
+    d.created_at = datetime!(1969-12-31 23:59:59.999999999 UTC);
+    d.updated_at = datetime!(1677-09-21 00:12:43.145224192 UTC); // the earliest storable instant
+    let mut c = certificate(d.id, "0d01");
+    let CredentialKind::Certificate { not_before, not_after, .. } = &mut c.kind;
+    *not_before = datetime!(2025-01-01 00:00:00.000000001 UTC);
+    *not_after = datetime!(2262-04-11 23:47:16.854775807 UTC); // the latest storable instant
+    c.state = CredentialState::OnHold;
+    c.held_from = Some(CredentialState::Active);
+    c.revoked_at = Some(datetime!(2026-02-03 04:05:06.7 -5));
+
+    let mut tx = db.begin().await.unwrap();
+    tx.update_user(&u).await.unwrap();
+    tx.insert_device(&d).await.unwrap();
+    tx.insert_credential(&c).await.unwrap();
+    let sealed = tx.append_audit(event(7)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = db.begin().await.unwrap();
+    let got = tx.get_user(u.id).await.unwrap().unwrap();
+    assert_eq!(got, u);
+    assert_eq!(got.created_at.offset(), UtcOffset::UTC, "times come back in UTC");
+    assert_eq!(got.created_at.to_offset(plus_two).nanosecond(), 123_456_789);
+    assert_eq!(tx.get_device(d.id).await.unwrap(), Some(d.clone()));
+    assert_eq!(tx.get_credential(c.id).await.unwrap(), Some(c.clone()));
+    assert_eq!(tx.list_audit(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap(), [sealed]);
+
+    // Outside the range: refused with the field named, before anything reaches the database.
+    let mut late = certificate(d.id, "0d02");
+    let CredentialKind::Certificate { not_after, .. } = &mut late.kind;
+    *not_after = datetime!(9999-12-31 23:59:59 UTC);
+    match tx.insert_credential(&late).await {
+        Err(StoreError::Backend(m)) => assert!(m.contains("credentials.not_after"), "{m}"),
+        other => panic!("expected Backend, got {other:?}"),
+    }
+    assert_eq!(tx.get_credential(c.id).await.unwrap(), Some(c), "the unit of work is still usable");
+});
+
+on_both!(corrupt_rows_are_backend_errors, |db| {
+    someone(db, "corrupt").await;
+    raw(
+        db,
+        "INSERT INTO devices (id, owner_id, kind, model, serial, card_guid, state, suspended_from, \
+         revocation_reason, created_at, updated_at) VALUES ('00000000-0000-4000-8000-000000000001', NULL, \
+         'smart_card', 'YubiKey 5', NULL, NULL, 'bogus', NULL, NULL, 0, 0)",
+    )
+    .await;
+    raw(db, "INSERT INTO groups (id, name, policy) VALUES ('00000000-0000-4000-8000-000000000002', 'broken', '{\"max_devices\": ')").await;
+    raw(db, "UPDATE users SET roles = '[\"superuser\"]'").await;
+
+    let id: DeviceId = "00000000-0000-4000-8000-000000000001".parse().unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let expect_backend = |result: Result<String, StoreError>, needles: &[&str]| match result {
+        Err(StoreError::Backend(m)) => {
+            for needle in needles {
+                assert!(m.contains(needle), "{m:?} should mention {needle:?}");
+            }
+        }
+        other => panic!("expected Backend, got {other:?}"),
+    };
+    expect_backend(
+        tx.get_device(id).await.map(|d| format!("{d:?}")),
+        &["devices", "00000000-0000-4000-8000-000000000001", "state", "bogus"],
+    );
+    expect_backend(
+        tx.list_devices(&DeviceQuery { limit: 10, ..Default::default() }).await.map(|d| format!("{d:?}")),
+        &["devices", "state"],
+    );
+    expect_backend(tx.list_groups().await.map(|g| format!("{g:?}")), &["groups", "policy", "invalid JSON"]);
+    expect_backend(
+        tx.list_users(&UserQuery { limit: 10, ..Default::default() }).await.map(|u| format!("{u:?}")),
+        &["users", "roles", "superuser"],
+    );
+    // Reading a corrupt row does not break the unit of work.
+    assert_eq!(tx.get_device(DeviceId::new()).await, Ok(None));
+    tx.commit().await.unwrap();
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_serialization_failures_are_conflicts() {
+    let t = postgres().await;
+    let db = &t.db;
+    let g = group("skew");
+    let mut setup = db.begin().await.unwrap();
+    setup.insert_group(&g).await.unwrap();
+    setup.commit().await.unwrap();
+
+    // Write skew: each reads what the other writes, so no serial order explains both. PostgreSQL
+    // aborts one of them, at its insert or at its commit.
+    let mut a = db.begin().await.unwrap();
+    let mut b = db.begin().await.unwrap();
+    let everyone = UserQuery { limit: 10, ..Default::default() };
+    assert!(a.list_users(&everyone).await.unwrap().is_empty());
+    assert!(b.list_users(&everyone).await.unwrap().is_empty());
+    let a_insert = a.insert_user(&user("skew.a", g.id)).await;
+    let b_insert = b.insert_user(&user("skew.b", g.id)).await;
+    let a_commit = a.commit().await;
+    let b_commit = b.commit().await;
+    let outcomes = [(a_insert, a_commit), (b_insert, b_commit)];
+    let conflicted = outcomes
+        .iter()
+        .filter(|(insert, commit)| {
+            if let Err(StoreError::Conflict(m)) = insert {
+                assert!(m.contains("concurrent transaction"), "{m}");
+                // Once a unit of work hit a serialization failure, it cannot commit anything.
+                assert!(matches!(commit, Err(StoreError::Conflict(_))), "{commit:?}");
+                return true;
+            }
+            match commit {
+                Err(StoreError::Conflict(m)) => {
+                    assert!(m.contains("concurrent transaction"), "{m}");
+                    true
+                }
+                other => {
+                    assert_eq!(other, &Ok(()));
+                    assert_eq!(insert, &Ok(()));
+                    false
+                }
+            }
+        })
+        .count();
+    assert_eq!(conflicted, 1, "{outcomes:?}");
+    assert_eq!(count(db, "users").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_orders_like_the_domain_whatever_the_database_locale() {
+    // ICU's en-US puts "alice" before "Bob" and "a_b" before "a1"; byte order (SQLite, Rust's
+    // str, and therefore MemRepo and keyset pagination) does the opposite.
+    let t = postgres_with("LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' TEMPLATE template0").await;
+    let db = &t.db;
+    let names = ["Zeta", "alpha", "Émile", "beta", "Bob", "a_b", "a1"];
+    let usernames = ["a1", "a_b", "a.c", "a-d", "b", "a"];
+    let mut tx = db.begin().await.unwrap();
+    let groups: Vec<Group> = names.iter().map(|n| group(n)).collect();
+    for g in &groups {
+        tx.insert_group(g).await.unwrap();
+    }
+    for u in usernames {
+        tx.insert_user(&user(u, groups[0].id)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let mut tx = db.begin().await.unwrap();
+    let listed: Vec<String> = tx.list_groups().await.unwrap().into_iter().map(|g| g.name).collect();
+    let mut expected: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "list_groups in byte order");
+
+    let mut expected: Vec<&str> = usernames.to_vec();
+    expected.sort();
+    let page = |after: Option<&str>| UserQuery {
+        after: after.map(|a| Username::parse(a).unwrap()),
+        limit: 100,
+        ..Default::default()
+    };
+    let listed: Vec<String> =
+        tx.list_users(&page(None)).await.unwrap().into_iter().map(|u| u.username.to_string()).collect();
+    assert_eq!(listed, expected, "list_users in byte order");
+    let listed: Vec<String> =
+        tx.list_users(&page(Some("a1"))).await.unwrap().into_iter().map(|u| u.username.to_string()).collect();
+    assert_eq!(listed, ["a_b", "b"], "keyset pagination in byte order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_postgres_unique_index_has_a_field_name_for_conflicts() {
+    let t = postgres().await;
+    let Db::Postgres(pool) = &t.db else { unreachable!() };
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE i.indisunique AND n.nspname = current_schema() AND c.relname NOT LIKE '_sqlx%' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut listed: Vec<String> = POSTGRES_UNIQUE_FIELDS.iter().map(|(n, _)| (*n).to_owned()).collect();
+    listed.sort();
+    assert_eq!(names, listed, "POSTGRES_UNIQUE_FIELDS and the schema's unique indexes differ");
 }
 
 #[test]
@@ -100,6 +566,8 @@ on_both!(audit_table_refuses_update_and_delete, |db| {
             let e = sqlx::query(update).execute(p).await.unwrap_err();
             assert!(e.to_string().contains("append-only"), "{e}");
             let e = sqlx::query(delete).execute(p).await.unwrap_err();
+            assert!(e.to_string().contains("append-only"), "{e}");
+            let e = sqlx::query("TRUNCATE audit_events").execute(p).await.unwrap_err();
             assert!(e.to_string().contains("append-only"), "{e}");
         }
     }

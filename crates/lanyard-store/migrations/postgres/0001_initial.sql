@@ -1,34 +1,49 @@
--- Lanyard schema v1 (PostgreSQL). Keep in step with ../sqlite/0001_initial.sql: same tables,
--- columns and constraints; only the dialect differs (BLOB vs BYTEA, trigger syntax).
--- Ids are UUID text; times are Unix nanoseconds (BIGINT) so both databases round-trip them
--- exactly (the audit chain hashes them).
+-- Lanyard schema v1 (PostgreSQL). Keep in step with ../sqlite/0001_initial.sql: the same tables,
+-- columns, constraint names and indexes; only the dialect differs (BYTEA vs BLOB, the "C"
+-- collation on ordered text, trigger syntax). docs/storage.md describes the schema.
+--
+-- Ids are hyphenated lowercase UUID text. Times are BIGINT Unix nanoseconds (UTC), which both
+-- databases keep exactly (the audit chain hashes them). Enum values are the domain's stable text
+-- forms; the store checks them when it reads a row, not here, so a new state needs no migration.
+-- Binary values (hashes, DER, sealed secrets, GUIDs) are BYTEA.
+--
+-- Text that the store orders or pages by (ids, usernames, group names) uses the "C" collation,
+-- so PostgreSQL sorts it byte by byte as SQLite and the domain (Rust's str order) do, whatever
+-- the database's default locale.
 
 CREATE TABLE groups (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    policy      TEXT NOT NULL,
-    created_at  BIGINT NOT NULL
+    id      TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    name    TEXT COLLATE "C" NOT NULL,
+    -- The Policy as JSON.
+    policy  TEXT NOT NULL,
+    CONSTRAINT groups_name_key UNIQUE (name)
 );
 
 CREATE TABLE users (
-    id             TEXT PRIMARY KEY,
-    username       TEXT NOT NULL UNIQUE,
-    display_name   TEXT NOT NULL,
-    email          TEXT,
-    group_id       TEXT NOT NULL REFERENCES groups(id),
-    roles          TEXT NOT NULL,
-    disabled       BOOLEAN NOT NULL DEFAULT FALSE,
-    password_hash  TEXT,
-    created_at     BIGINT NOT NULL
+    id            TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    username      TEXT COLLATE "C" NOT NULL,
+    display_name  TEXT NOT NULL,
+    email         TEXT,
+    group_id      TEXT COLLATE "C" NOT NULL REFERENCES groups (id),
+    -- The set of roles as a sorted JSON array of role names, e.g. ["operator","user"].
+    roles         TEXT NOT NULL,
+    disabled      BOOLEAN NOT NULL,
+    created_at    BIGINT NOT NULL,
+    -- Derived, for the case-insensitive text search: username, display name and e-mail,
+    -- lowercased (Unicode) by the store and joined with U+001F, which none of them may contain.
+    search_key    TEXT NOT NULL,
+    CONSTRAINT users_username_key UNIQUE (username)
 );
+CREATE INDEX users_group ON users (group_id);
 
 CREATE TABLE devices (
-    id                 TEXT PRIMARY KEY,
-    owner_id           TEXT NOT NULL REFERENCES users(id),
+    id                 TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    -- NULL for stock cards that nobody holds.
+    owner_id           TEXT COLLATE "C" REFERENCES users (id),
     kind               TEXT NOT NULL,
     model              TEXT NOT NULL,
     serial             TEXT,
-    card_guid          TEXT,
+    card_guid          BYTEA,
     state              TEXT NOT NULL,
     suspended_from     TEXT,
     revocation_reason  TEXT,
@@ -36,53 +51,70 @@ CREATE TABLE devices (
     updated_at         BIGINT NOT NULL
 );
 CREATE INDEX devices_owner ON devices (owner_id);
-CREATE UNIQUE INDEX devices_card_guid ON devices (card_guid) WHERE card_guid IS NOT NULL;
+CREATE UNIQUE INDEX devices_model_serial_key ON devices (model, serial) WHERE serial IS NOT NULL;
 
+-- Device.links, in order.
 CREATE TABLE device_links (
-    device_id  TEXT NOT NULL REFERENCES devices(id),
+    device_id  TEXT COLLATE "C" NOT NULL REFERENCES devices (id),
+    position   INTEGER NOT NULL,
     kind       TEXT NOT NULL,
-    other_id   TEXT NOT NULL REFERENCES devices(id),
-    PRIMARY KEY (device_id, kind, other_id)
+    target_id  TEXT COLLATE "C" NOT NULL REFERENCES devices (id),
+    PRIMARY KEY (device_id, position)
 );
+CREATE INDEX device_links_target ON device_links (target_id);
 
 CREATE TABLE credentials (
-    id                 TEXT PRIMARY KEY,
-    device_id          TEXT NOT NULL REFERENCES devices(id),
+    id                 TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    device_id          TEXT COLLATE "C" NOT NULL REFERENCES devices (id),
+    -- 'certificate' is the only kind so far; later kinds leave the certificate columns NULL.
     kind               TEXT NOT NULL,
     slot               TEXT,
     profile            TEXT,
-    serial_hex         TEXT UNIQUE,
+    serial_hex         TEXT,
     not_before         BIGINT,
     not_after          BIGINT,
-    certificate        BYTEA,
+    certificate_der    BYTEA,
+    attestation_der    BYTEA,
     state              TEXT NOT NULL,
     held_from          TEXT,
     revocation_reason  TEXT,
     revoked_at         BIGINT,
     created_at         BIGINT NOT NULL,
-    updated_at         BIGINT NOT NULL
+    updated_at         BIGINT NOT NULL,
+    CONSTRAINT credentials_serial_hex_key UNIQUE (serial_hex),
+    CONSTRAINT credentials_certificate_fields CHECK (kind <> 'certificate' OR (
+        slot IS NOT NULL AND profile IS NOT NULL AND serial_hex IS NOT NULL
+        AND not_before IS NOT NULL AND not_after IS NOT NULL AND certificate_der IS NOT NULL))
 );
 CREATE INDEX credentials_device ON credentials (device_id);
+CREATE INDEX credentials_not_after ON credentials (not_after);
 
+-- Card secrets sealed under the KEK (the store never sees them in clear).
 CREATE TABLE card_secrets (
-    device_id   TEXT PRIMARY KEY REFERENCES devices(id),
-    ciphertext  BYTEA NOT NULL,
-    updated_at  BIGINT NOT NULL
+    device_id  TEXT COLLATE "C" NOT NULL PRIMARY KEY REFERENCES devices (id),
+    sealed     BYTEA NOT NULL
 );
 
 CREATE TABLE audit_events (
-    seq           BIGINT PRIMARY KEY,
-    at            BIGINT NOT NULL,
-    actor         TEXT NOT NULL,
-    action        TEXT NOT NULL,
-    target        TEXT,
-    operation_id  TEXT NOT NULL,
-    before_state  TEXT,
-    after_state   TEXT,
-    prev_hash     BYTEA NOT NULL,
-    hash          BYTEA NOT NULL
+    seq             BIGINT NOT NULL PRIMARY KEY,
+    at              BIGINT NOT NULL,
+    -- 'system', 'user' (actor_id and actor_username set) or 'api_token' (actor_id set).
+    actor           TEXT NOT NULL,
+    actor_id        TEXT,
+    actor_username  TEXT,
+    action          TEXT NOT NULL,
+    target          TEXT,
+    operation_id    TEXT NOT NULL,
+    -- Canonical JSON text (see lanyard_core::audit), exactly as hashed; never json/jsonb.
+    before_json     TEXT,
+    after_json      TEXT,
+    prev_hash       BYTEA NOT NULL,
+    hash            BYTEA NOT NULL,
+    CONSTRAINT audit_events_seq_positive CHECK (seq > 0),
+    CONSTRAINT audit_events_hash_lengths CHECK (length(prev_hash) = 32 AND length(hash) = 32)
 );
--- The log is append-only; the hash chain detects what gets past this.
+CREATE INDEX audit_events_target ON audit_events (target, seq);
+-- The log is append-only; the hash chain detects whatever gets past these.
 CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'audit_events is append-only'; END;
 $$;
@@ -90,49 +122,60 @@ CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
 FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
 CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
 FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+-- TRUNCATE fires no row triggers (SQLite has no TRUNCATE).
+CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
+FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
 
 CREATE TABLE enrollment_codes (
-    id          TEXT PRIMARY KEY,
-    user_id     TEXT NOT NULL REFERENCES users(id),
+    id          TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    user_id     TEXT COLLATE "C" NOT NULL REFERENCES users (id),
+    -- 'mobile_profile' or 'derived_piv'.
     purpose     TEXT NOT NULL,
-    code_hash   TEXT NOT NULL UNIQUE,
+    -- For derived_piv: the sponsoring card, if any. No foreign key: the code only names it.
+    sponsor_id  TEXT,
+    code_hash   BYTEA NOT NULL,
+    created_at  BIGINT NOT NULL,
     expires_at  BIGINT NOT NULL,
     used_at     BIGINT,
-    created_at  BIGINT NOT NULL
+    CONSTRAINT enrollment_codes_code_hash_key UNIQUE (code_hash)
 );
+CREATE INDEX enrollment_codes_expires ON enrollment_codes (expires_at);
 
 CREATE TABLE jobs (
-    id          TEXT PRIMARY KEY,
-    device_id   TEXT NOT NULL REFERENCES devices(id),
-    kind        TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    step        INTEGER NOT NULL,
-    log         TEXT NOT NULL,
-    created_at  BIGINT NOT NULL,
-    updated_at  BIGINT NOT NULL
+    id                 TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    kind               TEXT NOT NULL,
+    device_id          TEXT COLLATE "C" NOT NULL REFERENCES devices (id),
+    created_by         TEXT COLLATE "C" REFERENCES users (id),
+    state              TEXT NOT NULL,
+    -- The step log: a JSON array of lanyard_core::model::JobStep.
+    steps              TEXT NOT NULL,
+    agent_ticket       BYTEA,
+    ticket_expires_at  BIGINT,
+    created_at         BIGINT NOT NULL,
+    updated_at         BIGINT NOT NULL
 );
+CREATE INDEX jobs_device ON jobs (device_id, created_at);
+CREATE INDEX jobs_state ON jobs (state, created_at);
 
 CREATE TABLE api_tokens (
-    id            TEXT PRIMARY KEY,
-    user_id       TEXT NOT NULL REFERENCES users(id),
+    id            TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    user_id       TEXT COLLATE "C" NOT NULL REFERENCES users (id),
     name          TEXT NOT NULL,
-    token_hash    TEXT NOT NULL UNIQUE,
+    token_hash    BYTEA NOT NULL,
     created_at    BIGINT NOT NULL,
     expires_at    BIGINT,
     last_used_at  BIGINT,
-    revoked       BOOLEAN NOT NULL DEFAULT FALSE
+    revoked_at    BIGINT,
+    CONSTRAINT api_tokens_token_hash_key UNIQUE (token_hash)
 );
+CREATE INDEX api_tokens_user ON api_tokens (user_id, created_at);
 
 CREATE TABLE sessions (
-    id_hash     TEXT PRIMARY KEY,
-    user_id     TEXT NOT NULL REFERENCES users(id),
-    csrf_token  TEXT NOT NULL,
-    created_at  BIGINT NOT NULL,
-    expires_at  BIGINT NOT NULL
+    token_hash    BYTEA NOT NULL PRIMARY KEY,
+    user_id       TEXT COLLATE "C" NOT NULL REFERENCES users (id),
+    created_at    BIGINT NOT NULL,
+    expires_at    BIGINT NOT NULL,
+    last_seen_at  BIGINT NOT NULL
 );
-
-CREATE TABLE login_failures (
-    username  TEXT NOT NULL,
-    at        BIGINT NOT NULL
-);
-CREATE INDEX login_failures_user ON login_failures (username, at);
+CREATE INDEX sessions_user ON sessions (user_id);
+CREATE INDEX sessions_expires ON sessions (expires_at);

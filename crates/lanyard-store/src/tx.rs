@@ -1,0 +1,353 @@
+//! The unit of work: one database transaction on either dialect, the statement helpers every
+//! repository method goes through, and the translation of database errors into
+//! [`StoreError`]s.
+
+use lanyard_core::repo::{Repo, StoreError, Tx};
+use sqlx::{Postgres, Sqlite, Transaction};
+
+use crate::rows::Decode;
+use crate::sql::{Arg, Query};
+use crate::{Db, Dialect};
+
+/// How a unit of work starts. SQLite takes the write lock up front, so transactions simply run one
+/// after another (a second writer waits up to the busy timeout); PostgreSQL runs them
+/// concurrently and aborts one that could not have run in some serial order.
+const SQLITE_BEGIN: &str = "BEGIN IMMEDIATE";
+const POSTGRES_BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+
+/// Every write method runs inside this savepoint, so that a failed call (a uniqueness conflict,
+/// say) changes nothing and leaves the unit of work usable, on PostgreSQL too, where an error
+/// otherwise aborts the whole transaction.
+const SAVEPOINT: &str = "SAVEPOINT lanyard_call";
+const RELEASE: &str = "RELEASE SAVEPOINT lanyard_call";
+const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT lanyard_call";
+
+/// A unit of work on a [`Db`]: an open transaction. [`Tx::commit`] commits it; dropping it rolls
+/// it back (sqlx queues the `ROLLBACK` and the pool flushes it before reusing the connection).
+pub struct StoreTx {
+    conn: Conn,
+    /// Why this unit of work can do nothing more but roll back: a serialization failure, or an
+    /// error outside a savepoint (after which PostgreSQL would silently turn `COMMIT` into
+    /// `ROLLBACK`).
+    broken: Option<StoreError>,
+    /// Inside a write method's savepoint.
+    in_call: bool,
+}
+
+enum Conn {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl std::fmt::Debug for StoreTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreTx").field("dialect", &self.dialect()).field("broken", &self.broken).finish()
+    }
+}
+
+/// Binds every [`Arg`] to a sqlx query of either database.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut q = $query;
+        for arg in $args {
+            q = match arg {
+                Arg::Text(v) => q.bind(v),
+                Arg::Int(v) => q.bind(v),
+                Arg::Bytes(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
+/// Expands `$body` once per dialect with `$c` bound to that dialect's connection; the code is the
+/// same, only the types differ.
+macro_rules! with_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            Conn::Sqlite(tx) => {
+                let $c: &mut sqlx::SqliteConnection = &mut **tx;
+                $body
+            }
+            Conn::Postgres(tx) => {
+                let $c: &mut sqlx::PgConnection = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+impl Repo for Db {
+    type Tx = StoreTx;
+
+    async fn begin(&self) -> Result<StoreTx, StoreError> {
+        let conn = match self {
+            Db::Sqlite(pool) => pool
+                .begin_with(SQLITE_BEGIN)
+                .await
+                .map(Conn::Sqlite)
+                .map_err(|e| classify(Dialect::Sqlite, &e).error)?,
+            Db::Postgres(pool) => pool
+                .begin_with(POSTGRES_BEGIN)
+                .await
+                .map(Conn::Postgres)
+                .map_err(|e| classify(Dialect::Postgres, &e).error)?,
+        };
+        Ok(StoreTx { conn, broken: None, in_call: false })
+    }
+}
+
+impl Tx for StoreTx {
+    async fn commit(self) -> Result<(), StoreError> {
+        let dialect = self.dialect();
+        if let Some(e) = self.broken {
+            // Best effort: dropping the transaction would roll back as well.
+            let _ = match self.conn {
+                Conn::Sqlite(tx) => tx.rollback().await,
+                Conn::Postgres(tx) => tx.rollback().await,
+            };
+            return Err(e);
+        }
+        let result = match self.conn {
+            Conn::Sqlite(tx) => tx.commit().await,
+            Conn::Postgres(tx) => tx.commit().await,
+        };
+        result.map_err(|e| classify(dialect, &e).error)
+    }
+}
+
+impl StoreTx {
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self.conn {
+            Conn::Sqlite(_) => Dialect::Sqlite,
+            Conn::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    fn usable(&self) -> Result<(), StoreError> {
+        match &self.broken {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes every further call, and the commit, fail with `e`.
+    pub(crate) fn break_with(&mut self, e: StoreError) {
+        self.broken.get_or_insert(e);
+    }
+
+    /// Records a failed statement: a serialization failure always breaks the unit of work, any
+    /// other error does unless a savepoint is there to undo it.
+    fn failed(&mut self, e: &sqlx::Error) -> StoreError {
+        let failure = classify(self.dialect(), e);
+        if failure.dooms || !self.in_call {
+            let reason = match &failure.error {
+                StoreError::Conflict(m) => {
+                    StoreError::Conflict(format!("{m} (the unit of work must be retried from the start)"))
+                }
+                StoreError::Backend(m) => {
+                    StoreError::Backend(format!("an earlier statement of this unit of work failed: {m}"))
+                }
+                other => other.clone(),
+            };
+            tracing::debug!(error = %reason, "unit of work can only roll back now");
+            self.broken.get_or_insert(reason);
+        }
+        failure.error
+    }
+
+    async fn run_simple(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        with_conn!(&mut self.conn, |c| sqlx::query(sql).execute(&mut *c).await.map(|_| ()))
+    }
+
+    /// Opens the savepoint of a write method; pair with [`StoreTx::end_call`].
+    pub(crate) async fn begin_call(&mut self) -> Result<(), StoreError> {
+        self.usable()?;
+        if self.in_call {
+            // A previous call was cancelled between its savepoint and its end: what it did is
+            // unknown, so nothing more may be committed.
+            let e =
+                StoreError::Backend("an earlier call on this unit of work was cancelled mid-write".into());
+            self.broken = Some(e.clone());
+            return Err(e);
+        }
+        match self.run_simple(SAVEPOINT).await {
+            Ok(()) => {
+                self.in_call = true;
+                Ok(())
+            }
+            Err(e) => Err(self.failed(&e)),
+        }
+    }
+
+    /// Closes the savepoint: keeps the call's writes when it succeeded, undoes them when it
+    /// failed. Returns `result`.
+    pub(crate) async fn end_call<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.broken.is_some() {
+            self.in_call = false;
+            return result;
+        }
+        let closed = match &result {
+            Ok(_) => self.run_simple(RELEASE).await,
+            Err(_) => match self.run_simple(ROLLBACK_TO).await {
+                Ok(()) => self.run_simple(RELEASE).await,
+                Err(e) => Err(e),
+            },
+        };
+        self.in_call = false;
+        match closed {
+            Ok(()) => result,
+            Err(e) => {
+                let err = self.failed(&e);
+                result.and(Err(err))
+            }
+        }
+    }
+
+    /// Runs a statement; returns how many rows it changed.
+    pub(crate) async fn execute(&mut self, q: Query) -> Result<u64, StoreError> {
+        self.usable()?;
+        let result = with_conn!(&mut self.conn, |c| bind_args!(q.statement(), q.args)
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected()));
+        result.map_err(|e| self.failed(&e))
+    }
+
+    /// Runs a query and decodes every row.
+    pub(crate) async fn fetch_all<T: Send>(
+        &mut self,
+        q: Query,
+        decode: Decode<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.usable()?;
+        let result = with_conn!(&mut self.conn, |c| bind_args!(q.statement(), q.args)
+            .fetch_all(&mut *c)
+            .await
+            .map(|rows| rows.iter().map(|row| decode(row)).collect::<Result<Vec<T>, StoreError>>()));
+        result.map_err(|e| self.failed(&e))?
+    }
+
+    /// Runs a query and decodes the first row, if any.
+    pub(crate) async fn fetch_optional<T: Send>(
+        &mut self,
+        q: Query,
+        decode: Decode<T>,
+    ) -> Result<Option<T>, StoreError> {
+        self.usable()?;
+        let result = with_conn!(&mut self.conn, |c| bind_args!(q.statement(), q.args)
+            .fetch_optional(&mut *c)
+            .await
+            .map(|row| row.as_ref().map(|row| decode(row)).transpose()));
+        result.map_err(|e| self.failed(&e))?
+    }
+}
+
+/// A database error, translated.
+pub(crate) struct Failure {
+    pub(crate) error: StoreError,
+    /// The transaction cannot go on (serialization failure, deadlock, lock timeout).
+    pub(crate) dooms: bool,
+}
+
+/// SQLSTATEs of PostgreSQL's serialization_failure and deadlock_detected.
+const PG_RETRY: [&str; 2] = ["40001", "40P01"];
+const PG_UNIQUE: &str = "23505";
+/// SQLite extended result codes: SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY.
+const SQLITE_UNIQUE: [&str; 2] = ["2067", "1555"];
+/// SQLITE_BUSY (and its extended codes RECOVERY, SNAPSHOT, TIMEOUT) and SQLITE_LOCKED
+/// (and LOCKED_SHAREDCACHE): another connection held the lock for longer than the busy timeout.
+const SQLITE_BUSY: [&str; 6] = ["5", "261", "517", "773", "6", "262"];
+
+/// Which field each PostgreSQL unique constraint or index protects, for `Conflict` messages.
+/// (SQLite names the columns in its message instead.) A test checks that every unique index of
+/// the schema is listed.
+pub const POSTGRES_UNIQUE_FIELDS: &[(&str, &str)] = &[
+    ("groups_pkey", "groups.id"),
+    ("groups_name_key", "groups.name"),
+    ("users_pkey", "users.id"),
+    ("users_username_key", "users.username"),
+    ("devices_pkey", "devices.id"),
+    ("devices_model_serial_key", "devices.(model, serial)"),
+    ("device_links_pkey", "device_links.(device_id, position)"),
+    ("credentials_pkey", "credentials.id"),
+    ("credentials_serial_hex_key", "credentials.serial_hex"),
+    ("card_secrets_pkey", "card_secrets.device_id"),
+    ("audit_events_pkey", "audit_events.seq"),
+    ("enrollment_codes_pkey", "enrollment_codes.id"),
+    ("enrollment_codes_code_hash_key", "enrollment_codes.code_hash"),
+    ("jobs_pkey", "jobs.id"),
+    ("api_tokens_pkey", "api_tokens.id"),
+    ("api_tokens_token_hash_key", "api_tokens.token_hash"),
+    ("sessions_pkey", "sessions.token_hash"),
+];
+
+pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {
+    let backend = || Failure { error: StoreError::Backend(e.to_string()), dooms: false };
+    let sqlx::Error::Database(db) = e else {
+        return backend();
+    };
+    let Some(code) = db.code() else {
+        return backend();
+    };
+    let code = code.as_ref();
+    match dialect {
+        Dialect::Postgres if PG_RETRY.contains(&code) => Failure {
+            error: StoreError::Conflict(format!(
+                "a concurrent transaction got in the way ({})",
+                db.message()
+            )),
+            dooms: true,
+        },
+        Dialect::Postgres if code == PG_UNIQUE => {
+            let field = db
+                .constraint()
+                .and_then(|c| POSTGRES_UNIQUE_FIELDS.iter().find(|(name, _)| *name == c))
+                .map(|(_, field)| (*field).to_owned())
+                .unwrap_or_else(|| format!("unique constraint {}", db.constraint().unwrap_or("(unnamed)")));
+            Failure { error: StoreError::Conflict(format!("{field} already exists")), dooms: false }
+        }
+        Dialect::Sqlite if SQLITE_UNIQUE.contains(&code) => Failure {
+            error: StoreError::Conflict(format!("{} already exists", sqlite_unique_field(db.message()))),
+            dooms: false,
+        },
+        Dialect::Sqlite if SQLITE_BUSY.contains(&code) => Failure {
+            error: StoreError::Conflict(format!(
+                "the database stayed locked by another writer ({})",
+                db.message()
+            )),
+            dooms: true,
+        },
+        _ => backend(),
+    }
+}
+
+/// `"UNIQUE constraint failed: devices.model, devices.serial"` → `"devices.(model, serial)"`.
+fn sqlite_unique_field(message: &str) -> String {
+    let cols = message.rsplit_once(": ").map_or(message, |(_, cols)| cols);
+    let parts: Vec<(&str, &str)> = cols.split(", ").filter_map(|c| c.split_once('.')).collect();
+    match parts.as_slice() {
+        [(table, col)] => format!("{table}.{col}"),
+        [(table, _), ..] if parts.iter().all(|(t, _)| t == table) => {
+            let cols: Vec<&str> = parts.iter().map(|(_, c)| *c).collect();
+            format!("{table}.({})", cols.join(", "))
+        }
+        _ => cols.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_unique_messages_name_the_field() {
+        assert_eq!(sqlite_unique_field("UNIQUE constraint failed: users.username"), "users.username");
+        assert_eq!(
+            sqlite_unique_field("UNIQUE constraint failed: devices.model, devices.serial"),
+            "devices.(model, serial)"
+        );
+        assert_eq!(sqlite_unique_field("something else"), "something else");
+    }
+}
