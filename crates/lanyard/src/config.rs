@@ -97,7 +97,8 @@ impl Config {
             kek_file: data_dir.join("kek"),
             data_dir,
             listen: "127.0.0.1:8443".into(),
-            public_url: "https://127.0.0.1:8443".into(),
+            // Plain HTTP is allowed on loopback only; TLS comes with the portal.
+            public_url: "http://127.0.0.1:8443".into(),
             log: "info".into(),
             ca_key_algorithm: CaKeyAlgorithm::P256,
             tls_cert_file: None,

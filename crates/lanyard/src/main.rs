@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod piv_cmd;
+mod serve;
 mod vcard_cmd;
 
 use clap::{Parser, Subcommand};
@@ -26,12 +27,41 @@ enum Commands {
     /// Talk to a PIV card in a PC/SC reader (a YubiKey, a PIV card, or a virtual card).
     #[command(subcommand)]
     Piv(piv_cmd::PivCommand),
+    /// Run the server (PKI endpoints so far: CA certificates, CRL, OCSP). Creates the data
+    /// directory, database, key-encryption key and CA on first start.
+    Serve {
+        /// Configuration file [default: $LANYARD_CONFIG, else ./lanyard.toml if present].
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Inspect the server configuration (defaults → lanyard.toml → LANYARD_* variables).
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Measure card operations through PC/SC (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain from the first event to the last; names the first
+    /// event that was altered, removed or reordered.
+    Verify {
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+}
+
+fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<config::Config> {
+    config::Config::load(file, std::env::vars()).map_err(|errors| {
+        for e in &errors {
+            eprintln!("config error: {e}");
+        }
+        anyhow::anyhow!("{} configuration error(s); see `lanyard config check`", errors.len())
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +103,10 @@ fn main() -> std::process::ExitCode {
         Commands::Piv(c) => piv_cmd::run(c),
         Commands::Bench(c) => bench::run(c),
         Commands::Config(ConfigCommand::Check { config }) => config_check(config.as_deref()),
+        Commands::Serve { config } => load_config(config.as_deref()).and_then(serve::serve),
+        Commands::Audit(AuditCommand::Verify { config }) => {
+            load_config(config.as_deref()).and_then(serve::audit_verify)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,266 @@
+//! `lanyard-server`: the HTTP layer. Only this crate knows HTTP: handlers turn requests into
+//! calls on the domain (`lanyard-core`) and the CA (`lanyard-ca`) and map their errors to
+//! responses once, without leaking internals (a generic message and the operation id).
+//!
+//! So far it serves the PKI endpoints: CA certificates, the CRL and the OCSP responder.
+
+pub mod pki;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use base64::Engine;
+use lanyard_ca::{CertStatus, CrlParams, RevocationReason as CrlReason, RevokedEntry, SerialNumber};
+use lanyard_core::clock::Clock;
+use lanyard_core::lifecycle::CredentialState;
+use lanyard_core::model::{Credential, CredentialKind};
+use lanyard_core::repo::prelude::*;
+use lanyard_core::repo::{CredentialQuery, Repo, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use time::OffsetDateTime;
+
+pub use pki::{Pki, PkiError};
+
+/// How long a CRL stays valid; it is re-signed when the audit head moves or half of this passed.
+const CRL_VALIDITY: time::Duration = time::Duration::days(1);
+/// OCSP requests larger than this are not read.
+const MAX_OCSP_REQUEST: usize = 16 * 1024;
+
+/// Everything the handlers share.
+pub struct AppState<R> {
+    pub repo: Arc<R>,
+    pub pki: Arc<Pki>,
+    pub clock: Arc<dyn Clock>,
+    crl_cache: Arc<Mutex<Option<CachedCrl>>>,
+}
+
+impl<R> Clone for AppState<R> {
+    fn clone(&self) -> Self {
+        Self {
+            repo: Arc::clone(&self.repo),
+            pki: Arc::clone(&self.pki),
+            clock: Arc::clone(&self.clock),
+            crl_cache: Arc::clone(&self.crl_cache),
+        }
+    }
+}
+
+impl<R> AppState<R> {
+    pub fn new(repo: Arc<R>, pki: Arc<Pki>, clock: Arc<dyn Clock>) -> Self {
+        Self { repo, pki, clock, crl_cache: Arc::new(Mutex::new(None)) }
+    }
+}
+
+#[derive(Clone)]
+struct CachedCrl {
+    head_seq: u64,
+    this_update: OffsetDateTime,
+    der: Vec<u8>,
+}
+
+/// A request's operation id: in the tracing span, the `x-operation-id` response header, audit
+/// events and error bodies.
+#[derive(Debug, Clone)]
+pub struct OperationId(pub String);
+
+/// An error answered to a client: a status, a message safe to show, and (for server faults) a
+/// log entry keyed by the operation id.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn internal(what: &str, detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "{what}");
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: format!("internal error while {what}") }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::internal("reading the database", e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.message).into_response()
+    }
+}
+
+async fn operation_id(mut req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    req.extensions_mut().insert(OperationId(id.clone()));
+    let span = tracing::info_span!("request", op = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = {
+        let _enter = span.enter();
+        tracing::debug!("start");
+        drop(_enter);
+        next.run(req).await
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-operation-id", v);
+    }
+    if resp.status().is_server_error() {
+        tracing::warn!(op = %id, status = %resp.status(), "request failed");
+    }
+    resp
+}
+
+/// The application's routes.
+pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
+    Router::new()
+        .route("/pki/root.crt", get(root_certificate::<R>))
+        .route("/pki/ca.crt", get(issuing_certificate::<R>))
+        .route("/pki/crl", get(crl::<R>))
+        .route(
+            "/pki/ocsp",
+            axum::routing::post(ocsp_post::<R>).layer(DefaultBodyLimit::max(MAX_OCSP_REQUEST)),
+        )
+        .route("/pki/ocsp/{*request}", get(ocsp_get::<R>))
+        .layer(middleware::from_fn(operation_id))
+        .with_state(state)
+}
+
+fn der_response(content_type: &'static str, der: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], der).into_response()
+}
+
+async fn root_certificate<R: Repo>(State(s): State<AppState<R>>) -> Response {
+    der_response("application/pkix-cert", s.pki.root.certificate_der().to_vec())
+}
+
+async fn issuing_certificate<R: Repo>(State(s): State<AppState<R>>) -> Response {
+    der_response("application/pkix-cert", s.pki.issuing.certificate_der().to_vec())
+}
+
+fn serial_hex(bytes: &[u8]) -> String {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
+    hex::encode(&bytes[start..])
+}
+
+fn crl_reason(c: &Credential) -> Option<CrlReason> {
+    match c.state {
+        CredentialState::OnHold => Some(CrlReason::CertificateHold),
+        CredentialState::Superseded => Some(CrlReason::Superseded),
+        _ => c.revocation_reason.and_then(|r| CrlReason::from_code(r.crl_reason_code())),
+    }
+}
+
+/// What OCSP says about a credential of ours.
+fn status_of(c: &Credential) -> CertStatus {
+    match c.state {
+        CredentialState::Pending | CredentialState::Active | CredentialState::Expired => CertStatus::Good,
+        CredentialState::OnHold | CredentialState::Revoked | CredentialState::Superseded => {
+            CertStatus::Revoked {
+                revoked_at: c.revoked_at.unwrap_or(c.updated_at),
+                reason: crl_reason(c).filter(|r| *r != CrlReason::Unspecified),
+            }
+        }
+    }
+}
+
+async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
+    let now = s.clock.now();
+    let mut tx = s.repo.begin().await?;
+    let head = tx.audit_head().await?;
+    let cached = s.crl_cache.lock().ok().and_then(|c| c.clone());
+    if let Some(c) = cached
+        && c.head_seq == head.seq
+        && now - c.this_update < CRL_VALIDITY / 2
+    {
+        return Ok(der_response("application/pkix-crl", c.der));
+    }
+    let mut entries = Vec::new();
+    let mut after = None;
+    loop {
+        let page = tx
+            .list_credentials(&CredentialQuery {
+                states: vec![CredentialState::Revoked, CredentialState::OnHold, CredentialState::Superseded],
+                after,
+                limit: 1000,
+                ..CredentialQuery::default()
+            })
+            .await?;
+        for c in &page {
+            let CredentialKind::Certificate { serial_hex, .. } = &c.kind;
+            let bytes = hex::decode(serial_hex).map_err(|e| ApiError::internal("reading a serial", e))?;
+            let serial = SerialNumber::new(&bytes).map_err(|e| ApiError::internal("reading a serial", e))?;
+            entries.push(RevokedEntry {
+                serial,
+                revocation_date: c.revoked_at.unwrap_or(c.updated_at),
+                reason: crl_reason(c),
+            });
+        }
+        if page.len() < 1000 {
+            break;
+        }
+        after = page.last().map(|c| c.id);
+    }
+    drop(tx);
+    // cRLNumber must grow with every CRL: microseconds since the epoch do, one CRL at a time.
+    let number = u64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(0);
+    let der = s
+        .pki
+        .issuing
+        .build_crl(&entries, &CrlParams { number, this_update: now, next_update: now + CRL_VALIDITY })
+        .map_err(|e| ApiError::internal("signing the CRL", e))?;
+    if let Ok(mut c) = s.crl_cache.lock() {
+        *c = Some(CachedCrl { head_seq: head.seq, this_update: now, der: der.clone() });
+    }
+    Ok(der_response("application/pkix-crl", der))
+}
+
+async fn answer_ocsp<R: Repo>(s: &AppState<R>, request: &[u8]) -> Result<Response, ApiError> {
+    use der::Decode;
+    let now = s.clock.now();
+    let mut statuses: HashMap<String, CertStatus> = HashMap::new();
+    // Look the serials up first (the responder's lookup is synchronous); a request that does
+    // not parse is answered malformedRequest by the responder itself.
+    if let Ok(req) = x509_ocsp::OcspRequest::from_der(request) {
+        let mut tx = s.repo.begin().await?;
+        for r in req.tbs_request.request_list.iter().take(64) {
+            let hex = serial_hex(r.req_cert.serial_number.as_bytes());
+            if let Some(c) = tx.get_credential_by_serial(&hex).await? {
+                statuses.insert(hex, status_of(&c));
+            }
+        }
+    }
+    let der = s.pki.ocsp.respond(
+        request,
+        |id| statuses.get(&serial_hex(id.serial_number.as_bytes())).cloned().unwrap_or(CertStatus::Unknown),
+        now,
+    );
+    Ok(der_response("application/ocsp-response", der))
+}
+
+async fn ocsp_post<R: Repo>(State(s): State<AppState<R>>, body: Bytes) -> Result<Response, ApiError> {
+    answer_ocsp(&s, &body).await
+}
+
+async fn ocsp_get<R: Repo>(
+    State(s): State<AppState<R>>,
+    Extension(_op): Extension<OperationId>,
+    Path(request): Path<String>,
+) -> Result<Response, ApiError> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let der = engine
+        .decode(request.trim_start_matches('/'))
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(request.trim_start_matches('/')))
+        .map_err(|_| ApiError::bad_request("the OCSP request in the URL is not base64"))?;
+    if der.len() > MAX_OCSP_REQUEST {
+        return Err(ApiError::bad_request("OCSP request too large"));
+    }
+    answer_ocsp(&s, &der).await
+}

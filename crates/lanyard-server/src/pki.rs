@@ -1,0 +1,113 @@
+//! The CA hierarchy as the server keeps it: keys and certificates in `<data_dir>/ca`, created on
+//! first start, loaded afterwards. The OCSP responder certificate is short-lived and is re-issued
+//! at start when it has less than a third of its life left.
+
+use lanyard_ca::hierarchy::{Hierarchy, HierarchySpec, issue_ocsp_signer};
+use lanyard_ca::{
+    CaError, CaUrls, CertificateAuthority, KeyAlgorithm, KeyFileStore, OcspResponder, SoftwareKey,
+};
+use std::path::{Path, PathBuf};
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("CA: {0}")]
+    Ca(#[from] CaError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0} is incomplete: some CA files exist and others are missing; restore them from backup")]
+    Incomplete(PathBuf),
+}
+
+/// The running CA: root and issuing CA, OCSP responder.
+pub struct Pki {
+    pub root: CertificateAuthority<SoftwareKey>,
+    pub issuing: CertificateAuthority<SoftwareKey>,
+    pub ocsp: OcspResponder<SoftwareKey>,
+}
+
+const CERTS: [&str; 3] = ["root.crt", "issuing.crt", "ocsp.crt"];
+const KEYS: [&str; 3] = ["root", "issuing", "ocsp"];
+
+fn read(path: &Path) -> Result<Vec<u8>, PkiError> {
+    std::fs::read(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    std::fs::write(path, bytes).map_err(|source| PkiError::Io { path: path.to_owned(), source })
+}
+
+impl Pki {
+    /// Loads the hierarchy from `dir`, or creates it there when `dir` holds none.
+    pub fn load_or_create(
+        dir: &Path,
+        organization: &str,
+        key: KeyAlgorithm,
+        public_url: &str,
+        now: OffsetDateTime,
+    ) -> Result<Self, PkiError> {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
+        let urls = CaUrls::new(public_url)?;
+        let spec = HierarchySpec::new(organization, key, urls.clone())?;
+        let keys = KeyFileStore::new(dir);
+        let mut present = CERTS.iter().filter(|f| dir.join(f).exists()).count();
+        for k in KEYS {
+            present += usize::from(keys.exists(k)?);
+        }
+        if present == 0 {
+            let h = Hierarchy::generate(&spec, now)?;
+            keys.save("root", h.root.signer())?;
+            keys.save("issuing", h.issuing.signer())?;
+            keys.save("ocsp", h.ocsp.signer())?;
+            write(&dir.join("root.crt"), h.root.certificate_der())?;
+            write(&dir.join("issuing.crt"), h.issuing.certificate_der())?;
+            write(
+                &dir.join("ocsp.crt"),
+                &der::Encode::to_der(h.ocsp.responder_certificate()).map_err(CaError::from)?,
+            )?;
+            tracing::info!(dir = %dir.display(), "created the CA hierarchy");
+            return Ok(Pki { root: h.root, issuing: h.issuing, ocsp: h.ocsp });
+        }
+        if present != CERTS.len() + KEYS.len() {
+            return Err(PkiError::Incomplete(dir.to_owned()));
+        }
+        let root =
+            CertificateAuthority::new(&read(&dir.join("root.crt"))?, keys.load("root")?, urls.for_root_ca())?;
+        let issuing = CertificateAuthority::new(
+            &read(&dir.join("issuing.crt"))?,
+            keys.load("issuing")?,
+            urls.for_issuing_ca(),
+        )?;
+        let ocsp_der = read(&dir.join("ocsp.crt"))?;
+        let ocsp = OcspResponder::new(
+            issuing.certificate_der(),
+            &ocsp_der,
+            keys.load("ocsp")?,
+            spec.ocsp_next_update_in,
+        )?;
+        let validity = &ocsp.responder_certificate().tbs_certificate.validity;
+        let not_after = validity.not_after.to_unix_duration().as_secs();
+        let not_before = validity.not_before.to_unix_duration().as_secs();
+        let remaining = i128::from(not_after) - i128::from(now.unix_timestamp());
+        let ocsp = if remaining * 3 < i128::from(not_after.saturating_sub(not_before)) {
+            // Re-issue for the same key; the old certificate simply expires.
+            let fresh = issue_ocsp_signer(
+                &issuing,
+                keys.load("ocsp")?,
+                spec.ocsp_subject.clone(),
+                now,
+                spec.ocsp_validity_days,
+                spec.ocsp_next_update_in,
+            )?;
+            write(
+                &dir.join("ocsp.crt"),
+                &der::Encode::to_der(fresh.responder_certificate()).map_err(CaError::from)?,
+            )?;
+            tracing::info!("re-issued the OCSP responder certificate");
+            fresh
+        } else {
+            ocsp
+        };
+        Ok(Pki { root, issuing, ocsp })
+    }
+}
