@@ -1,6 +1,8 @@
 //! Lanyard CA, judged by independent tools: `openssl verify` / `x509` / `crl` / `ocsp` / `req`, and
 //! pkilint (`lint_pkix_cert`, `lint_crl`, `lint_ocsp_response`, installed by `scripts/test`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests stamp real certificates and card images with the real time.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests stamp real certificates and card images with the real time.
+#![allow(clippy::disallowed_methods)]
 //! Conformance suite for the software PIV card: SP 800-73-4/-5 card edge plus the YubiKey
 //! extensions (docs: standards.md §1). Every test drives a `VirtualCard` through the host
 //! library's `Piv` client over the in-process transport, or through raw APDUs where the client

@@ -105,7 +105,7 @@ fn generate_and_write_certificate(piv: &mut Piv<PcscTransport>, alg: KeyAlgorith
     let public = piv.generate(Slot::AUTHENTICATION, alg, None, None)?;
     let spki = crate::bench::spki_of(&public)?;
     let name = x509_cert::name::Name::from_str("CN=Lanyard benchmark").map_err(CertError::from)?;
-    let now = std::time::SystemTime::now();
+    let now = std::time::SystemTime::from(lanyard_core::clock::Clock::now(&lanyard_core::clock::SystemClock));
     let cell = std::cell::RefCell::new(&mut *piv);
     let signer = |tbs: &[u8]| -> Result<Vec<u8>, CertError> {
         let digest = Sha256::digest(tbs);

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
+use lanyard_core::clock::{Clock, SystemClock};
 use lanyard_piv::MgmAlgorithm;
 use lanyard_vcard::vpcd::{self, Control, State};
 use lanyard_vcard::{AttestationRoot, CardImage, NewCard, VirtualCard};
@@ -112,10 +113,11 @@ pub fn run(cmd: VcardCommand) -> anyhow::Result<()> {
                 bail!("{} exists; pass --force to replace it", image.display());
             }
             let home = home.unwrap_or_else(default_home);
-            let root = AttestationRoot::open_or_create(&home, std::time::SystemTime::now())
+            let now = std::time::SystemTime::from(SystemClock.now());
+            let root = AttestationRoot::open_or_create(&home, now)
                 .with_context(|| format!("attestation root in {}", home.display()))?;
             let opts = NewCard { mgm_algorithm: mgm_alg.into(), ..NewCard::default() };
-            let img = VirtualCard::new_image(&root, &opts, std::time::SystemTime::now())?;
+            let img = VirtualCard::new_image(&root, &opts, now)?;
             img.save(&image)?;
             println!("created {} (serial {})", image.display(), img.serial);
             println!("attestation root: {}", root.certificate_pem_path().display());
