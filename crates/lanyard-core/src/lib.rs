@@ -11,6 +11,7 @@
 //!   tokens.
 //! - [`lifecycle`]: the transition tables and [`lifecycle::apply_device`] /
 //!   [`lifecycle::apply_credential`].
+//! - [`password`]: argon2id password hashes for local accounts and login checks.
 //! - [`secrets`]: [`secrets::CardSecrets`], [`secrets::Kek`], token hashes.
 //! - [`audit`]: events, canonical encoding, chain sealing and verification.
 //! - [`repo`]: the storage traits and [`repo::StoreError`].
@@ -27,6 +28,7 @@ mod error;
 pub mod ids;
 pub mod lifecycle;
 pub mod model;
+pub mod password;
 pub mod repo;
 pub mod secrets;
 #[cfg(any(test, feature = "testing"))]

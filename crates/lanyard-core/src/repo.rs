@@ -38,14 +38,15 @@ use crate::lifecycle::{CredentialState, DeviceState};
 use crate::model::{
     ApiToken, Credential, Device, DeviceKind, EnrollmentCode, Group, Job, Role, Session, User, Username,
 };
+use crate::password::UserPassword;
 use crate::secrets::{SealedCardSecrets, TokenHash};
 
 /// Every repository trait, for `use lanyard_core::repo::prelude::*;` in generic code (methods of
 /// `R::Tx` are only callable with their traits in scope).
 pub mod prelude {
     pub use super::{
-        ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo, JobRepo, Repo,
-        SecretRepo, SessionRepo, Tx, UserRepo,
+        ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo, JobRepo,
+        PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo,
     };
 }
 
@@ -83,6 +84,7 @@ pub trait Tx:
     + JobRepo
     + ApiTokenRepo
     + SessionRepo
+    + PasswordRepo
     + Send
 {
     /// Makes every write of this unit durable, atomically.
@@ -319,4 +321,17 @@ pub trait SessionRepo: Send {
         &mut self,
         before: OffsetDateTime,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Local account passwords (argon2id PHC strings only), one per user.
+pub trait PasswordRepo: Send {
+    fn get_password(
+        &mut self,
+        user: UserId,
+    ) -> impl Future<Output = Result<Option<UserPassword>, StoreError>> + Send;
+    /// Inserts or replaces the user's password.
+    fn put_password(
+        &mut self,
+        password: &UserPassword,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -64,7 +64,7 @@ pub enum SecretsError {
     EncryptFailed,
 }
 
-fn random_fill(buf: &mut [u8]) -> Result<(), SecretsError> {
+pub(crate) fn random_fill(buf: &mut [u8]) -> Result<(), SecretsError> {
     SystemRandom::new().fill(buf).map_err(|_| SecretsError::Rng)
 }
 
@@ -504,6 +504,25 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// A random password of `len` characters from `A-Z a-z 0-9` (about 5.95 bits each), without
+/// modulo bias: for generated account passwords that a person types once.
+pub fn random_password(len: usize) -> Result<SecretString, SecretsError> {
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = Zeroizing::new(String::with_capacity(len));
+    let mut pool = Zeroizing::new([0u8; 64]);
+    while out.len() < len {
+        random_fill(pool.as_mut_slice())?;
+        // 248 = 4 × 62: bytes at or above it would favour the first characters.
+        for b in pool.iter().filter(|b| **b < 248) {
+            if out.len() == len {
+                break;
+            }
+            out.push(char::from(ALPHABET[usize::from(*b) % 62]));
+        }
+    }
+    Ok(SecretString::from(out.as_str()))
+}
+
 /// A random token of `bytes` random bytes, as lowercase hex, and its hash.
 pub fn generate_token(bytes: usize) -> Result<(SecretString, TokenHash), SecretsError> {
     let mut raw = Zeroizing::new(vec![0u8; bytes]);
@@ -532,6 +551,15 @@ mod tests {
         assert_eq!(a.management_key().key(), b.management_key().key());
         assert_eq!(a.puk().expose_secret(), b.puk().expose_secret());
         assert_eq!(a.initial_pin().expose_secret(), b.initial_pin().expose_secret());
+    }
+
+    #[test]
+    fn random_passwords_are_alphanumeric_and_differ() {
+        let a = random_password(20).unwrap();
+        let b = random_password(20).unwrap();
+        assert_eq!(a.expose_secret().len(), 20);
+        assert!(a.expose_secret().chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a.expose_secret(), b.expose_secret());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::ids::{ApiTokenId, CredentialId, DeviceId, EnrollmentCodeId, GroupId, 
 use crate::model::{
     ApiToken, Credential, Device, EnrollmentCode, Group, Job, JobState, Session, User, Username,
 };
+use crate::password::UserPassword;
 use crate::repo::*;
 use crate::secrets::{SealedCardSecrets, TokenHash};
 
@@ -51,6 +52,7 @@ pub struct MemData {
     pub jobs: BTreeMap<JobId, Job>,
     pub api_tokens: BTreeMap<ApiTokenId, ApiToken>,
     pub sessions: Vec<Session>,
+    pub passwords: BTreeMap<UserId, UserPassword>,
 }
 
 #[derive(Debug, Default)]
@@ -470,6 +472,20 @@ impl SessionRepo for MemTx {
         let n = sessions.len();
         sessions.retain(|s| s.expires_at >= before);
         ready(Ok((n - sessions.len()) as u64))
+    }
+}
+
+impl PasswordRepo for MemTx {
+    fn get_password(&mut self, user: UserId) -> Fut<Option<UserPassword>> {
+        ready(Ok(self.data.passwords.get(&user).cloned()))
+    }
+
+    fn put_password(&mut self, password: &UserPassword) -> Fut<()> {
+        if !self.data.users.contains_key(&password.user) {
+            return ready(Err(StoreError::Backend("foreign key: no such user".into())));
+        }
+        self.write().passwords.insert(password.user, password.clone());
+        ready(Ok(()))
     }
 }
 

@@ -2,8 +2,12 @@
 //! calls on the domain (`lanyard-core`) and the CA (`lanyard-ca`) and map their errors to
 //! responses once, without leaking internals (a generic message and the operation id).
 //!
-//! So far it serves the PKI endpoints: CA certificates, the CRL and the OCSP responder.
+//! It serves the JSON API under `/api/v1` (login, sessions and API tokens in [`auth`], the
+//! routes in [`api`]) and the PKI endpoints: CA certificates, the CRL and the OCSP responder.
 
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
 pub mod pki;
 
 use axum::body::Bytes;
@@ -37,6 +41,7 @@ pub struct AppState<R> {
     pub pki: Arc<Pki>,
     pub clock: Arc<dyn Clock>,
     crl_cache: Arc<Mutex<Option<CachedCrl>>>,
+    throttle: Arc<auth::LoginThrottle>,
 }
 
 impl<R> Clone for AppState<R> {
@@ -46,13 +51,20 @@ impl<R> Clone for AppState<R> {
             pki: Arc::clone(&self.pki),
             clock: Arc::clone(&self.clock),
             crl_cache: Arc::clone(&self.crl_cache),
+            throttle: Arc::clone(&self.throttle),
         }
     }
 }
 
 impl<R> AppState<R> {
     pub fn new(repo: Arc<R>, pki: Arc<Pki>, clock: Arc<dyn Clock>) -> Self {
-        Self { repo, pki, clock, crl_cache: Arc::new(Mutex::new(None)) }
+        Self {
+            repo,
+            pki,
+            clock,
+            crl_cache: Arc::new(Mutex::new(None)),
+            throttle: Arc::new(auth::LoginThrottle::default()),
+        }
     }
 }
 
@@ -68,34 +80,102 @@ struct CachedCrl {
 #[derive(Debug, Clone)]
 pub struct OperationId(pub String);
 
-/// An error answered to a client: a status, a message safe to show, and (for server faults) a
-/// log entry keyed by the operation id.
+tokio::task_local! {
+    /// The operation id of the request being handled, so an [`ApiError`] built anywhere in a
+    /// handler can name it in its body.
+    static CURRENT_OPERATION: String;
+}
+
+/// An error answered to a client: a status and a message safe to show, as JSON
+/// `{"error": …, "operation_id": …}`. Server faults are logged with the detail and answered with
+/// a generic message; the operation id connects the two.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), retry_after: None }
+    }
+
     fn internal(what: &str, detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "{what}");
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: format!("internal error while {what}") }
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error while {what}"))
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 429 with a `Retry-After` of `seconds`.
+    pub fn too_many_requests(message: impl Into<String>, seconds: u64) -> Self {
+        Self { retry_after: Some(seconds), ..Self::new(StatusCode::TOO_MANY_REQUESTS, message) }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::internal("reading the database", e)
+        match e {
+            StoreError::NotFound => Self::new(StatusCode::NOT_FOUND, "not found"),
+            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, format!("conflict: {m}")),
+            StoreError::Backend(_) => Self::internal("using the database", e),
+        }
+    }
+}
+
+impl From<lanyard_core::DomainError> for ApiError {
+    fn from(e: lanyard_core::DomainError) -> Self {
+        use lanyard_core::DomainError as D;
+        let status = match &e {
+            D::Store(s) => return s.clone().into(),
+            D::Secrets(_) | D::AuditChain(_) => {
+                return Self::internal("handling secrets or the audit log", e);
+            }
+            D::NotFound { .. } => StatusCode::NOT_FOUND,
+            D::Forbidden(_) | D::PolicyDenied(_) => StatusCode::FORBIDDEN,
+            D::Lifecycle(_) | D::Conflict(_) | D::Job(_) => StatusCode::CONFLICT,
+            D::Validation(_) | D::InvalidPolicy(_) | D::Enrollment(_) => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<lanyard_core::Forbidden> for ApiError {
+    fn from(e: lanyard_core::Forbidden) -> Self {
+        Self::new(StatusCode::FORBIDDEN, e.to_string())
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        Self::bad_request(format!("invalid JSON body: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        Self::bad_request(format!("invalid query string: {}", e.body_text()))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.message).into_response()
+        let operation_id = CURRENT_OPERATION.try_with(Clone::clone).ok();
+        let body = serde_json::json!({"error": self.message, "operation_id": operation_id});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&seconds.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
     }
 }
 
@@ -107,7 +187,7 @@ async fn operation_id(mut req: Request, next: Next) -> Response {
         let _enter = span.enter();
         tracing::debug!("start");
         drop(_enter);
-        next.run(req).await
+        CURRENT_OPERATION.scope(id.clone(), next.run(req)).await
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-operation-id", v);
@@ -121,6 +201,7 @@ async fn operation_id(mut req: Request, next: Next) -> Response {
 /// The application's routes.
 pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
     Router::new()
+        .merge(api::routes())
         .route("/pki/root.crt", get(root_certificate::<R>))
         .route("/pki/ca.crt", get(issuing_certificate::<R>))
         .route("/pki/crl", get(crl::<R>))

@@ -7,6 +7,7 @@ use lanyard_core::clock::{Clock, SystemClock};
 use lanyard_core::repo::prelude::*;
 use lanyard_core::repo::{AuditQuery, Repo};
 use lanyard_core::secrets::Kek;
+use lanyard_server::bootstrap::{announcement, ensure_admin};
 use lanyard_server::{AppState, Pki, router};
 use lanyard_store::Db;
 use std::net::SocketAddr;
@@ -56,6 +57,12 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let clock = Arc::new(SystemClock);
         let db = open_db(&cfg).await?;
+        if let Some(password) =
+            ensure_admin(&db, &clock).await.context("creating the bootstrap administrator")?
+        {
+            // The only copy of the password: it is stored hashed and never logged.
+            println!("{}", announcement(&password));
+        }
         // Created now so card secrets can be sealed from the first issuance on.
         Kek::load_or_create(&cfg.kek_file)
             .with_context(|| format!("key-encryption key {}", cfg.kek_file.display()))?;

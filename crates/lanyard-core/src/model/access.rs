@@ -83,4 +83,39 @@ impl Session {
     pub fn is_valid(&self, at: OffsetDateTime) -> bool {
         at < self.expires_at
     }
+
+    /// The CSRF token of the session whose cookie value is `secret`: HMAC-SHA-256 keyed with the
+    /// cookie value, as hex. Derived rather than stored, so sessions need no extra column; the
+    /// cookie value carries 256 bits, so nobody without the cookie can compute the token, and
+    /// the token (which a page may show to scripts) does not reveal the cookie.
+    pub fn csrf_token(secret: &str) -> String {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+        hex::encode(aws_lc_rs::hmac::sign(&key, b"lanyard csrf v1").as_ref())
+    }
+
+    /// Whether `presented` is the CSRF token of the session with cookie value `secret`
+    /// (compared in constant time).
+    pub fn csrf_matches(secret: &str, presented: &str) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            Self::csrf_token(secret).as_bytes(),
+            presented.as_bytes(),
+        )
+        .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csrf_tokens_are_bound_to_their_session() {
+        let a = Session::csrf_token("a".repeat(64).as_str());
+        let b = Session::csrf_token("b".repeat(64).as_str());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert!(Session::csrf_matches(&"a".repeat(64), &a));
+        assert!(!Session::csrf_matches(&"a".repeat(64), &b));
+        assert!(!Session::csrf_matches(&"a".repeat(64), ""));
+    }
 }

@@ -26,6 +26,7 @@ use crate::model::{
     EnrollmentPurpose, Group, Job, JobKind, JobState, LinkKind, Policy, Role, Session, StepOutcome, User,
     Username,
 };
+use crate::password::UserPassword;
 use crate::repo::*;
 use crate::secrets::{SealedCardSecrets, TokenHash};
 
@@ -102,6 +103,7 @@ pub async fn run<R: Repo>(repo: &R) {
     enrollment_codes(repo).await;
     jobs(repo).await;
     api_tokens_and_sessions(repo).await;
+    passwords(repo).await;
 }
 
 /// Commit makes writes visible; dropping a unit of work discards them.
@@ -689,4 +691,41 @@ pub async fn api_tokens_and_sessions<R: Repo>(repo: &R) {
     assert_eq!(ok(tx.get_session(&b1.token_hash).await, "get_session"), None, "bob's sessions removed");
     ok(tx.delete_session(&a1.token_hash).await, "delete_session");
     not_found(tx.delete_session(&a1.token_hash).await, "delete_session twice");
+}
+
+/// One password per user: put inserts or replaces, get reads it back exactly, a dropped unit of
+/// work keeps nothing, and a password for a user that does not exist is refused.
+pub async fn passwords<R: Repo>(repo: &R) {
+    let (_, alice) = owner(repo, "passwords").await;
+    let (_, bob) = owner(repo, "passwords-b").await;
+    // The store keeps the PHC string as text; it never hashes or parses it.
+    let first = UserPassword {
+        user: alice.id,
+        phc: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA".into(),
+        updated_at: T0 + Duration::nanoseconds(123_456_789),
+    };
+    let second = UserPassword {
+        phc: "$argon2id$v=19$m=19456,t=2,p=1$b3RoZXI$b3RoZXI".into(),
+        updated_at: T0 + Duration::days(1),
+        ..first.clone()
+    };
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_password(alice.id).await, "get_password"), None, "no password yet");
+    ok(tx.put_password(&first).await, "put_password");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_password(alice.id).await, "get_password"), Some(first.clone()));
+    assert_eq!(ok(tx.get_password(bob.id).await, "get_password"), None, "bob has none");
+    ok(tx.put_password(&second).await, "put_password replacing");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_password(alice.id).await, "get_password"), Some(second.clone()), "replaced");
+    ok(tx.put_password(&UserPassword { user: bob.id, ..first.clone() }).await, "put_password");
+    drop(tx);
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_password(bob.id).await, "get_password"), None, "dropped unit of work kept nothing");
+    drop(tx);
+    let mut tx = begin(repo).await;
+    let orphan = UserPassword { user: UserId::new(), ..first };
+    assert!(tx.put_password(&orphan).await.is_err(), "put_password for a missing user must fail");
 }

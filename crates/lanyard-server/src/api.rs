@@ -1,0 +1,186 @@
+//! The JSON API under `/api/v1`. Handlers authenticate with [`Auth`], take a capability view
+//! from its principal (a missing role is `403`), call the domain, and let [`ApiError`] map the
+//! outcome. `docs/api.md` lists the routes and their rules.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lanyard_core::ids::DeviceId;
+use lanyard_core::model::{Device, Session, User};
+use lanyard_core::password::authenticate;
+use lanyard_core::repo::prelude::*;
+use lanyard_core::repo::{AuditQuery, Repo};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Auth, SESSION_COOKIE, SESSION_TTL, Via};
+use crate::{ApiError, AppState};
+
+/// Largest page of audit events one request returns.
+pub const MAX_AUDIT_PAGE: u32 = 1000;
+
+pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
+    Router::new()
+        .route("/api/v1/login", post(login::<R>))
+        .route("/api/v1/logout", post(logout::<R>))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/devices", get(devices::<R>))
+        .route("/api/v1/devices/{id}", get(device::<R>))
+        .route("/api/v1/devices/{id}/suspend", post(suspend::<R>))
+        .route("/api/v1/devices/{id}/resume", post(resume::<R>))
+        .route("/api/v1/audit", get(audit::<R>))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct LoginResponse {
+    csrf_token: String,
+    user: User,
+}
+
+fn set_cookie(resp: &mut Response, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+async fn login<R: Repo>(
+    State(s): State<AppState<R>>,
+    body: Result<Json<LoginRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let now = s.clock.now();
+    let key = req.username.trim().to_ascii_lowercase();
+    if let Err(seconds) = s.throttle.check(&key, now) {
+        return Err(ApiError::too_many_requests(
+            format!("too many failed logins for this username; try again in {seconds} s"),
+            seconds,
+        ));
+    }
+    let Some(user) = authenticate(s.repo.as_ref(), &req.username, &req.password).await? else {
+        s.throttle.record_failure(&key, now);
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid username or password"));
+    };
+    s.throttle.clear(&key);
+    let (session, secret) =
+        Session::start(user.id, SESSION_TTL, now).map_err(lanyard_core::DomainError::from)?;
+    let mut tx = s.repo.begin().await?;
+    tx.insert_session(&session).await?;
+    tx.commit().await?;
+    let secret = secret.expose_secret();
+    let body = LoginResponse { csrf_token: Session::csrf_token(secret), user };
+    let mut resp = Json(body).into_response();
+    set_cookie(
+        &mut resp,
+        &format!(
+            "{SESSION_COOKIE}={secret}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+            SESSION_TTL.whole_seconds()
+        ),
+    );
+    Ok(resp)
+}
+
+async fn logout<R: Repo>(State(s): State<AppState<R>>, auth: Auth) -> Result<Response, ApiError> {
+    let Via::Session(hash) = auth.via else {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "logout ends a session; API tokens have none"));
+    };
+    let mut tx = s.repo.begin().await?;
+    tx.delete_session(&hash).await?;
+    tx.commit().await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    set_cookie(
+        &mut resp,
+        &format!("{SESSION_COOKIE}=; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    Ok(resp)
+}
+
+#[derive(Serialize)]
+struct Me<'a> {
+    user: &'a User,
+    authenticated_with: &'static str,
+}
+
+async fn me(auth: Auth) -> Json<serde_json::Value> {
+    let via = match auth.via {
+        Via::Session(_) => "session",
+        Via::ApiToken => "api_token",
+    };
+    Json(serde_json::json!(Me { user: auth.principal.user(), authenticated_with: via }))
+}
+
+async fn devices<R: Repo>(State(s): State<AppState<R>>, auth: Auth) -> Result<Json<Vec<Device>>, ApiError> {
+    Ok(Json(auth.principal.self_service()?.devices(s.repo.as_ref()).await?))
+}
+
+fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
+    raw.parse::<DeviceId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))
+}
+
+/// Operators see any device; everyone else only their own, and someone else's is a plain 404.
+async fn device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    let id = device_id(&id)?;
+    let repo = s.repo.as_ref();
+    let device = match auth.principal.operator() {
+        Ok(op) => op.device(repo, id).await?,
+        Err(_) => auth.principal.self_service()?.device(repo, id).await?,
+    };
+    Ok(Json(device))
+}
+
+async fn suspend<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    let op = auth.principal.operator()?;
+    Ok(Json(op.suspend_device(s.repo.as_ref(), device_id(&id)?).await?))
+}
+
+async fn resume<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    let op = auth.principal.operator()?;
+    Ok(Json(op.resume_device(s.repo.as_ref(), device_id(&id)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    #[serde(default)]
+    after_seq: u64,
+    limit: Option<u32>,
+}
+
+async fn audit<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    params: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Json<Vec<lanyard_core::audit::AuditEvent>>, ApiError> {
+    let auditor = auth.principal.auditor()?;
+    let Query(p) = params?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1 to {MAX_AUDIT_PAGE}, got {limit}"),
+        ));
+    }
+    let query = AuditQuery { after_seq: p.after_seq, target: None, limit };
+    Ok(Json(auditor.events(s.repo.as_ref(), &query).await?))
+}

@@ -1,0 +1,214 @@
+//! Who is calling: session cookies (portal), bearer API tokens (scripts), login throttling, and
+//! the [`Auth`] extractor that turns either into a [`Principal`].
+//!
+//! - A session is a random 256-bit cookie value (`lanyard_session`); only its hash is stored.
+//!   Requests that change state with a session must send `x-csrf-token`, the value login
+//!   returned. It is derived from the cookie with HMAC ([`Session::csrf_token`]), not stored.
+//! - `Authorization: Bearer <token>` authenticates with an API token (not revoked, not
+//!   expired). Bearer requests need no CSRF token: a browser never attaches one on its own.
+//! - When both are present, the bearer token is used and the cookie ignored.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use lanyard_core::audit::OperationId as CoreOperationId;
+use lanyard_core::model::Session;
+use lanyard_core::repo::prelude::*;
+use lanyard_core::secrets::TokenHash;
+use lanyard_core::{DomainError, authz::Principal};
+use time::{Duration, OffsetDateTime};
+
+use crate::{ApiError, AppState, OperationId};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "lanyard_session";
+/// The header carrying the CSRF token on state-changing session requests.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Above this many usernames with failures, stale entries are dropped on the next failure.
+const MAX_TRACKED_USERNAMES: usize = 10_000;
+/// How long a portal session lasts.
+pub const SESSION_TTL: Duration = Duration::hours(8);
+/// Failed logins for one username allowed within [`THROTTLE_WINDOW`].
+pub const MAX_FAILED_LOGINS: usize = 5;
+/// The window failed logins are counted in.
+pub const THROTTLE_WINDOW: Duration = Duration::minutes(15);
+
+/// Counts failed logins per username and refuses further attempts once a username has
+/// [`MAX_FAILED_LOGINS`] failures within [`THROTTLE_WINDOW`], until the oldest leaves the window.
+///
+/// The counts live in this server process only: with several replicas each counts on its own
+/// (so an attacker gets up to five tries per replica and window), and a restart forgets them.
+/// That is accepted for now; a shared counter belongs in the database once replicas are common.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    failures: Mutex<HashMap<String, VecDeque<OffsetDateTime>>>,
+}
+
+impl LoginThrottle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<OffsetDateTime>>> {
+        // A poisoned lock only means a panic elsewhere; the counts are still usable.
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err(seconds)` to wait when `username` may not try now.
+    pub fn check(&self, username: &str, now: OffsetDateTime) -> Result<(), u64> {
+        let mut map = self.lock();
+        let Some(times) = map.get_mut(username) else { return Ok(()) };
+        while times.front().is_some_and(|t| *t + THROTTLE_WINDOW <= now) {
+            times.pop_front();
+        }
+        match times.front() {
+            Some(oldest) if times.len() >= MAX_FAILED_LOGINS => {
+                let wait = (*oldest + THROTTLE_WINDOW - now).whole_seconds().max(1);
+                Err(u64::try_from(wait).unwrap_or(1))
+            }
+            None => {
+                map.remove(username);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn record_failure(&self, username: &str, now: OffsetDateTime) {
+        let mut map = self.lock();
+        // Failures for many different names (a spray) must not grow the map without bound:
+        // past this size, forget every name whose last failure has left the window.
+        if map.len() >= MAX_TRACKED_USERNAMES {
+            map.retain(|_, times| times.back().is_some_and(|t| *t + THROTTLE_WINDOW > now));
+        }
+        let times = map.entry(username.to_owned()).or_default();
+        times.push_back(now);
+        // Only the last MAX_FAILED_LOGINS failures matter for the decision.
+        while times.len() > MAX_FAILED_LOGINS {
+            times.pop_front();
+        }
+    }
+
+    pub fn clear(&self, username: &str) {
+        self.lock().remove(username);
+    }
+}
+
+/// How the caller authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Session(TokenHash),
+    ApiToken,
+}
+
+/// An authenticated caller: the domain principal (from which handlers take capability views)
+/// and how it was established.
+#[derive(Debug)]
+pub struct Auth {
+    pub principal: Principal,
+    pub via: Via,
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, message)
+}
+
+impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<R>) -> Result<Self, ApiError> {
+        let now = state.clock.now();
+        let op = parts
+            .extensions
+            .get::<OperationId>()
+            .and_then(|op| CoreOperationId::parse(&op.0).ok())
+            .unwrap_or_else(CoreOperationId::random);
+        let mut tx = state.repo.begin().await?;
+        let (user_id, via, token_id) = if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <API token>\""))?;
+            let found = tx.get_api_token_by_hash(&TokenHash::of(token)).await?;
+            let token = found
+                .filter(|t| t.is_valid(now))
+                .ok_or_else(|| unauthorized("the API token is unknown, revoked or expired"))?;
+            (token.user, Via::ApiToken, Some(token.id))
+        } else if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
+            let hash = TokenHash::of(secret);
+            let session = tx
+                .get_session(&hash)
+                .await?
+                .filter(|s| s.is_valid(now))
+                .ok_or_else(|| unauthorized("the session has expired or ended; log in again"))?;
+            let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+            if !safe {
+                let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if !Session::csrf_matches(secret, presented) {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::FORBIDDEN,
+                        "missing or wrong x-csrf-token header (use the csrf_token that login returned)",
+                    ));
+                }
+            }
+            (session.user, Via::Session(hash), None)
+        } else {
+            return Err(unauthorized("authentication required: log in or send an API token"));
+        };
+        let user = tx.get_user(user_id).await?.ok_or_else(|| unauthorized("the account no longer exists"))?;
+        drop(tx);
+        let principal = Principal::new(user, op, now).map_err(DomainError::from)?;
+        let principal = match token_id {
+            Some(id) => principal.via_api_token(id),
+            None => principal,
+        };
+        Ok(Auth { principal, via })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn throttle_allows_five_failures_per_window() {
+        let t = LoginThrottle::default();
+        let t0 = datetime!(2025-01-01 00:00 UTC);
+        for i in 0..5 {
+            assert_eq!(t.check("alice", t0 + Duration::minutes(i)), Ok(()));
+            t.record_failure("alice", t0 + Duration::minutes(i));
+        }
+        assert_eq!(t.check("alice", t0 + Duration::minutes(5)), Err(600));
+        assert_eq!(t.check("bob", t0 + Duration::minutes(5)), Ok(()), "per username");
+        assert_eq!(
+            t.check("alice", t0 + Duration::minutes(15)),
+            Ok(()),
+            "the oldest failure left the window"
+        );
+        t.clear("alice");
+        assert_eq!(t.check("alice", t0 + Duration::minutes(15)), Ok(()));
+    }
+
+    #[test]
+    fn finds_the_session_cookie() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "a=1; lanyard_session=abc".parse().unwrap());
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, "b"), None);
+    }
+}

@@ -1,0 +1,461 @@
+//! The `/api/v1` routes in process (`tower::ServiceExt::oneshot`) over the real SQLite store:
+//! login, sessions and CSRF, API tokens, throttling, and who may do what.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use lanyard_ca::KeyAlgorithm;
+use lanyard_core::audit::{Actor, AuditEvent};
+use lanyard_core::clock::{Clock, ManualClock};
+use lanyard_core::ids::{DeviceId, GroupId};
+use lanyard_core::lifecycle::DeviceState;
+use lanyard_core::model::{ApiToken, Device, DeviceKind, Group, Policy, Role, User, Username};
+use lanyard_core::password::UserPassword;
+use lanyard_core::repo::prelude::*;
+use lanyard_core::repo::{AuditQuery, Repo};
+use lanyard_server::{AppState, Pki, router};
+use lanyard_store::Db;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use time::Duration;
+use tower::ServiceExt;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Caller {
+    user: User,
+    token: String,
+    token_id: lanyard_core::ids::ApiTokenId,
+}
+
+struct App {
+    _dir: tempfile::TempDir,
+    db: Arc<Db>,
+    clock: Arc<ManualClock>,
+    state: AppState<Db>,
+    alice: Caller,
+    bob: Caller,
+    operator: Caller,
+    auditor: Caller,
+    admin: Caller,
+    alice_card: DeviceId,
+    bob_card: DeviceId,
+    revoked_token: String,
+    expired_token: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or_else(|| panic!("no error message in {}", self.body))
+    }
+}
+
+async fn setup() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&format!("sqlite://{}", dir.path().join("lanyard.db").display())).await.unwrap();
+    db.migrate().await.unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let now = clock.now();
+    let pki = Pki::load_or_create(
+        &dir.path().join("ca"),
+        "Lanyard Test",
+        KeyAlgorithm::EcP256,
+        "http://127.0.0.1",
+        now,
+    )
+    .unwrap();
+    let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_group(&group).await.unwrap();
+    let mut caller = async |name: &str, roles: &[Role]| {
+        let mut user = User::new(Username::parse(name).unwrap(), name, group.id, now).unwrap();
+        user.roles = roles.iter().copied().collect::<BTreeSet<_>>();
+        tx.insert_user(&user).await.unwrap();
+        tx.put_password(&UserPassword::set(user.id, &SecretString::from(PASSWORD), now).unwrap())
+            .await
+            .unwrap();
+        let (token, secret) = ApiToken::issue(user.id, "tests", Some(now + Duration::days(30)), now).unwrap();
+        tx.insert_api_token(&token).await.unwrap();
+        Caller { user, token: secret.expose_secret().to_owned(), token_id: token.id }
+    };
+    let alice = caller("alice", &[Role::User]).await;
+    let bob = caller("bob", &[Role::User]).await;
+    let operator = caller("oscar", &[Role::Operator]).await;
+    let auditor = caller("audrey", &[Role::Auditor]).await;
+    let admin = caller("root", &[Role::Administrator]).await;
+    let card = |owner: &User| {
+        let mut d = Device::new(DeviceKind::SmartCard, "Lanyard virtual card", now).unwrap();
+        d.owner = Some(owner.id);
+        d.state = DeviceState::Active;
+        d
+    };
+    let (a, b) = (card(&alice.user), card(&bob.user));
+    tx.insert_device(&a).await.unwrap();
+    tx.insert_device(&b).await.unwrap();
+    let (mut revoked, revoked_secret) = ApiToken::issue(alice.user.id, "revoked", None, now).unwrap();
+    revoked.revoked_at = Some(now - Duration::seconds(1));
+    tx.insert_api_token(&revoked).await.unwrap();
+    let (expired, expired_secret) =
+        ApiToken::issue(alice.user.id, "expired", Some(now - Duration::seconds(1)), now).unwrap();
+    tx.insert_api_token(&expired).await.unwrap();
+    tx.commit().await.unwrap();
+    let db = Arc::new(db);
+    let state = AppState::new(Arc::clone(&db), Arc::new(pki), Arc::clone(&clock) as Arc<dyn Clock>);
+    App {
+        _dir: dir,
+        db,
+        clock,
+        state,
+        alice,
+        bob,
+        operator,
+        auditor,
+        admin,
+        alice_card: a.id,
+        bob_card: b.id,
+        revoked_token: revoked_secret.expose_secret().to_owned(),
+        expired_token: expired_secret.expose_secret().to_owned(),
+    }
+}
+
+impl App {
+    async fn send(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = match body {
+            Some(b) => req.header(header::CONTENT_TYPE, "application/json").body(Body::from(b.to_owned())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = router(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        Reply { status, headers, body }
+    }
+
+    async fn bearer(&self, method: &str, uri: &str, token: &str) -> Reply {
+        self.send(method, uri, &[("authorization", &format!("Bearer {token}"))], None).await
+    }
+
+    async fn login(&self, username: &str, password: &str) -> Reply {
+        let body = json!({"username": username, "password": password}).to_string();
+        self.send("POST", "/api/v1/login", &[], Some(&body)).await
+    }
+
+    /// Logs in and returns the cookie header value and the CSRF token.
+    async fn session(&self, username: &str) -> (String, String) {
+        let r = self.login(username, PASSWORD).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let set = r.headers[header::SET_COOKIE].to_str().unwrap();
+        let pair = set.split(';').next().unwrap().to_owned();
+        (pair, r.body["csrf_token"].as_str().unwrap().to_owned())
+    }
+
+    async fn device(&self, id: DeviceId) -> Device {
+        self.db.begin().await.unwrap().get_device(id).await.unwrap().unwrap()
+    }
+
+    async fn audit(&self) -> Vec<AuditEvent> {
+        let mut tx = self.db.begin().await.unwrap();
+        tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn login_sets_a_secure_session_cookie_and_logout_ends_it() {
+    let app = setup().await;
+    let r = app.login("Alice ", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["user"]["username"], "alice");
+    let set = r.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(set.starts_with("lanyard_session="), "{set}");
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.split("; ").any(|a| a == attr), "{attr} missing from {set}");
+    }
+    let cookie = set.split(';').next().unwrap();
+    let csrf = r.body["csrf_token"].as_str().unwrap();
+    assert_eq!(csrf.len(), 64);
+
+    let me = app.send("GET", "/api/v1/me", &[("cookie", cookie)], None).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["user"]["username"], "alice");
+    assert_eq!(me.body["authenticated_with"], "session");
+
+    let no_csrf = app.send("POST", "/api/v1/logout", &[("cookie", cookie)], None).await;
+    assert_eq!(no_csrf.status, StatusCode::FORBIDDEN);
+    let out = app.send("POST", "/api/v1/logout", &[("cookie", cookie), ("x-csrf-token", csrf)], None).await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    assert!(out.headers[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+    let after = app.send("GET", "/api/v1/me", &[("cookie", cookie)], None).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_wrong_password_and_an_unknown_user_get_the_same_401() {
+    let app = setup().await;
+    let wrong = app.login("alice", "not the password").await;
+    let unknown = app.login("mallory", PASSWORD).await;
+    let invalid_name = app.login("Not A Name!", PASSWORD).await;
+    for r in [&wrong, &unknown, &invalid_name] {
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.error(), "invalid username or password");
+        assert!(r.headers.get(header::SET_COOKIE).is_none());
+    }
+    let none = app.send("GET", "/api/v1/me", &[], None).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    let bad_cookie = app.send("GET", "/api/v1/me", &[("cookie", "lanyard_session=forged")], None).await;
+    assert_eq!(bad_cookie.status, StatusCode::UNAUTHORIZED);
+    let basic = app.send("GET", "/api/v1/me", &[("authorization", "Basic YWxpY2U6eA==")], None).await;
+    assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn five_failed_logins_throttle_the_username_for_fifteen_minutes() {
+    let app = setup().await;
+    for _ in 0..5 {
+        assert_eq!(app.login("alice", "guess").await.status, StatusCode::UNAUTHORIZED);
+    }
+    let throttled = app.login("alice", PASSWORD).await;
+    assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS, "even the right password waits");
+    assert_eq!(throttled.headers[header::RETRY_AFTER], "900");
+    assert!(throttled.headers.get(header::SET_COOKIE).is_none());
+    assert_eq!(app.login("bob", PASSWORD).await.status, StatusCode::OK, "other usernames are not affected");
+    app.clock.advance(Duration::minutes(10));
+    let later = app.login("ALICE", PASSWORD).await;
+    assert_eq!(later.status, StatusCode::TOO_MANY_REQUESTS, "usernames are throttled case-insensitively");
+    assert_eq!(later.headers[header::RETRY_AFTER], "300");
+    app.clock.advance(Duration::minutes(5));
+    assert_eq!(app.login("alice", PASSWORD).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cookie_requests_that_change_state_need_the_csrf_token_bearer_requests_do_not() {
+    let app = setup().await;
+    let (cookie, csrf) = app.session("oscar").await;
+    let suspend = format!("/api/v1/devices/{}/suspend", app.alice_card);
+    let before = app.device(app.alice_card).await;
+    for headers in
+        [vec![("cookie", cookie.as_str())], vec![("cookie", cookie.as_str()), ("x-csrf-token", "0000")]]
+    {
+        let r = app.send("POST", &suspend, &headers, None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(r.error().contains("x-csrf-token"), "{}", r.error());
+    }
+    // Another session's token is no good either.
+    let (_, other_csrf) = app.session("oscar").await;
+    let r = app.send("POST", &suspend, &[("cookie", &cookie), ("x-csrf-token", &other_csrf)], None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.device(app.alice_card).await, before, "refused requests change nothing");
+    assert!(app.audit().await.is_empty());
+
+    let r = app.send("POST", &suspend, &[("cookie", &cookie), ("x-csrf-token", &csrf)], None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["state"], "suspended");
+    let resume = format!("/api/v1/devices/{}/resume", app.alice_card);
+    let r = app.bearer("POST", &resume, &app.operator.token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["state"], "active");
+}
+
+/// Every caller against every route, in an order where the operator's suspend is undone by its
+/// resume; afterwards both cards are as they were and only the operator left audit events.
+#[tokio::test]
+async fn authorization_matrix() {
+    use StatusCode as S;
+    let app = setup().await;
+    let (a, b) = (app.alice_card, app.bob_card);
+    let routes: Vec<(&str, String)> = vec![
+        ("GET", "/api/v1/me".into()),
+        ("GET", "/api/v1/devices".into()),
+        ("GET", format!("/api/v1/devices/{a}")),
+        ("GET", format!("/api/v1/devices/{b}")),
+        ("POST", format!("/api/v1/devices/{a}/suspend")),
+        ("POST", format!("/api/v1/devices/{a}/resume")),
+        ("GET", "/api/v1/audit".into()),
+        ("POST", "/api/v1/logout".into()),
+    ];
+    const BAD: StatusCode = S::BAD_REQUEST; // logout with a token: there is no session to end
+    let expected: [(&str, &str, [StatusCode; 8]); 8] = [
+        (
+            "alice",
+            &app.alice.token,
+            [S::OK, S::OK, S::OK, S::NOT_FOUND, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, BAD],
+        ),
+        (
+            "bob",
+            &app.bob.token,
+            [S::OK, S::OK, S::NOT_FOUND, S::OK, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, BAD],
+        ),
+        (
+            "operator",
+            &app.operator.token,
+            [S::OK, S::FORBIDDEN, S::OK, S::OK, S::OK, S::OK, S::FORBIDDEN, BAD],
+        ),
+        (
+            "auditor",
+            &app.auditor.token,
+            [S::OK, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK, BAD],
+        ),
+        (
+            "admin",
+            &app.admin.token,
+            [S::OK, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, BAD],
+        ),
+        ("revoked token", &app.revoked_token, [S::UNAUTHORIZED; 8]),
+        ("expired token", &app.expired_token, [S::UNAUTHORIZED; 8]),
+        ("unknown token", "f00d", [S::UNAUTHORIZED; 8]),
+    ];
+    let cards_before = (app.device(a).await, app.device(b).await);
+    for (who, token, statuses) in expected {
+        for ((method, uri), want) in routes.iter().zip(statuses) {
+            let r = app.bearer(method, uri, token).await;
+            assert_eq!(r.status, want, "{who} {method} {uri}: {}", r.body);
+            assert!(r.headers.contains_key("x-operation-id"));
+        }
+    }
+    let anonymous = [S::UNAUTHORIZED; 8];
+    for ((method, uri), want) in routes.iter().zip(anonymous) {
+        assert_eq!(app.send(method, uri, &[], None).await.status, want, "anonymous {method} {uri}");
+    }
+
+    // A cardholder's list holds their own card only.
+    let mine = app.bearer("GET", "/api/v1/devices", &app.alice.token).await;
+    let ids: Vec<&str> = mine.body.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [a.to_string()]);
+
+    let (a_after, b_after) = (app.device(a).await, app.device(b).await);
+    assert_eq!(b_after, cards_before.1, "bob's card untouched");
+    assert_eq!((a_after.state, a_after.owner), (cards_before.0.state, cards_before.0.owner));
+    let events = app.audit().await;
+    let actions: Vec<_> = events.iter().map(|e| (e.action.as_str(), e.actor.clone())).collect();
+    let by_operator = Actor::ApiToken { id: app.operator.token_id };
+    assert_eq!(actions, [("device.suspend", by_operator.clone()), ("device.resume", by_operator)]);
+}
+
+#[tokio::test]
+async fn someone_elses_device_is_indistinguishable_from_a_missing_one() {
+    let app = setup().await;
+    let before = app.device(app.bob_card).await;
+    let theirs = app.bearer("GET", &format!("/api/v1/devices/{}", app.bob_card), &app.alice.token).await;
+    let missing_id = DeviceId::new();
+    let missing = app.bearer("GET", &format!("/api/v1/devices/{missing_id}"), &app.alice.token).await;
+    assert_eq!((theirs.status, missing.status), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
+    assert_eq!(theirs.error(), format!("device {} not found", app.bob_card));
+    assert_eq!(missing.error(), format!("device {missing_id} not found"));
+    let keys = |r: &Reply| r.body.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&theirs), keys(&missing), "same shape, no detail");
+    let (cookie, csrf) = app.session("alice").await;
+    let suspend = format!("/api/v1/devices/{}/suspend", app.bob_card);
+    let r = app.send("POST", &suspend, &[("cookie", &cookie), ("x-csrf-token", &csrf)], None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.device(app.bob_card).await, before, "bob's card is unchanged");
+    assert!(app.audit().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_auditor_cannot_suspend_and_nothing_changes() {
+    let app = setup().await;
+    let before = app.device(app.alice_card).await;
+    let r =
+        app.bearer("POST", &format!("/api/v1/devices/{}/suspend", app.alice_card), &app.auditor.token).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.error(), "forbidden: this requires the operator role");
+    assert_eq!(app.device(app.alice_card).await, before);
+    assert!(app.audit().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_operators_suspend_writes_one_audit_event_with_the_operation_id() {
+    let app = setup().await;
+    let r =
+        app.bearer("POST", &format!("/api/v1/devices/{}/suspend", app.alice_card), &app.operator.token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let op = r.headers["x-operation-id"].to_str().unwrap();
+    let events = app.audit().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.action, "device.suspend");
+    assert_eq!(e.target.as_deref(), Some(format!("device:{}", app.alice_card).as_str()));
+    assert_eq!(e.operation_id, op);
+    assert_eq!(e.actor, Actor::ApiToken { id: app.operator.token_id });
+    assert_eq!(app.device(app.alice_card).await.state, DeviceState::Suspended);
+
+    // The auditor reads the same event through the API, page by page.
+    let seen = app.bearer("GET", "/api/v1/audit?after_seq=0&limit=10", &app.auditor.token).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    assert_eq!(seen.body[0]["operation_id"], op);
+    let rest = app.bearer("GET", "/api/v1/audit?after_seq=1", &app.auditor.token).await;
+    assert_eq!(rest.body, json!([]));
+
+    // Suspending again is an illegal transition: 409, and still one event.
+    let again =
+        app.bearer("POST", &format!("/api/v1/devices/{}/suspend", app.alice_card), &app.operator.token).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.error().contains("illegal transition"), "{}", again.error());
+    assert_eq!(app.audit().await.len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_input_is_a_precise_400_and_changes_nothing() {
+    let app = setup().await;
+    let cases = [
+        (
+            r#"{"username": "alice", "password": "#,
+            "invalid JSON body: Failed to parse the request body as JSON",
+        ),
+        (r#"{"username": "alice"}"#, "missing field `password`"),
+        (r#"{"username": "alice", "password": 7}"#, "invalid type: integer `7`, expected a string"),
+        (r#"{"username": "alice", "password": "x", "admin": true}"#, "unknown field `admin`"),
+    ];
+    for (body, message) in cases {
+        let r = app.send("POST", "/api/v1/login", &[], Some(body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(r.error().contains(message), "{body}: {}", r.error());
+        assert!(r.body["operation_id"].as_str().unwrap() == r.headers["x-operation-id"].to_str().unwrap());
+        assert!(r.headers.get(header::SET_COOKIE).is_none());
+    }
+    let no_type = app.send("POST", "/api/v1/login", &[], None).await;
+    assert_eq!(no_type.status, StatusCode::BAD_REQUEST);
+    assert!(no_type.error().contains("Content-Type: application/json"), "{}", no_type.error());
+    // None of that counted as a failed login, and nothing was written.
+    assert_eq!(app.login("alice", PASSWORD).await.status, StatusCode::OK);
+    assert!(app.audit().await.is_empty());
+
+    let bad_id = app.bearer("GET", "/api/v1/devices/not-a-uuid", &app.operator.token).await;
+    assert_eq!(bad_id.status, StatusCode::BAD_REQUEST);
+    assert!(bad_id.error().contains("device"), "{}", bad_id.error());
+    for query in ["limit=0", "limit=1001", "limit=ten", "after_seq=-1", "colour=red"] {
+        let r = app.bearer("GET", &format!("/api/v1/audit?{query}"), &app.auditor.token).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_account_cannot_log_in_or_use_its_session_or_token() {
+    let app = setup().await;
+    let (cookie, _) = app.session("bob").await;
+    let mut bob = app.bob.user.clone();
+    bob.disabled = true;
+    let mut tx = app.db.begin().await.unwrap();
+    tx.update_user(&bob).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(app.login("bob", PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+    let by_token = app.bearer("GET", "/api/v1/me", &app.bob.token).await;
+    assert_eq!(by_token.status, StatusCode::FORBIDDEN);
+    assert_eq!(by_token.error(), "forbidden: the account is disabled");
+    let by_session = app.send("GET", "/api/v1/devices", &[("cookie", &cookie)], None).await;
+    assert_eq!(by_session.status, StatusCode::FORBIDDEN);
+}

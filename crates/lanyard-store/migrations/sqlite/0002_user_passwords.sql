@@ -1,0 +1,6 @@
+-- Local account passwords: one argon2id PHC string per user (never the password itself).
+CREATE TABLE user_passwords (
+    user_id     TEXT NOT NULL PRIMARY KEY REFERENCES users (id),
+    phc         TEXT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
