@@ -142,7 +142,8 @@ impl Config {
         let mut values: BTreeMap<&str, String> = BTreeMap::new();
         for (k, v) in &env {
             let Some(name) = k.strip_prefix("LANYARD_") else { continue };
-            if OTHER_ENV.contains(&k.as_str()) {
+            // LANYARD_TEST_* belong to the test harness (scripts/test), not to the server.
+            if OTHER_ENV.contains(&k.as_str()) || k.starts_with("LANYARD_TEST_") {
                 continue;
             }
             if let Some(base) =

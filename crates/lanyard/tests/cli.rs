@@ -1,0 +1,186 @@
+//! The `lanyard` binary end to end: `serve` on a fresh data directory, `audit verify` on an
+//! intact and on a tampered log, `config check` on bad settings.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// The test plays the operator's clock when it writes audit events directly.
+#![allow(clippy::disallowed_methods)]
+
+use lanyard_core::audit::{Actor, NewAuditEvent, OperationId};
+use lanyard_core::repo::Repo;
+use lanyard_core::repo::prelude::*;
+use lanyard_store::Db;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn lanyard(data: &Path, port: u16, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(args)
+        .env("LANYARD_DATA_DIR", data)
+        .env("LANYARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LANYARD_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn fetch(url: &str, out: &Path) {
+    let o = Command::new("curl")
+        .args(["-sf", "-o"])
+        .arg(out)
+        .arg(url)
+        .output()
+        .expect("curl is missing: run scripts/test");
+    assert!(o.status.success(), "curl {url}: {}", text(&o));
+}
+
+fn openssl(args: &[&str]) -> String {
+    let o = Command::new("openssl").args(args).output().expect("openssl is missing: run scripts/test");
+    assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+    text(&o)
+}
+
+/// Starts `lanyard serve` and waits for its "listening" line.
+fn start_server(data: &Path, port: u16) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .arg("serve")
+        .env("LANYARD_DATA_DIR", data)
+        .env("LANYARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LANYARD_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines.next().expect("lanyard serve exited before listening").unwrap();
+        if line.contains("Lanyard is listening") {
+            break;
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+#[test]
+fn serve_publishes_a_working_ca_and_keeps_it_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut server = start_server(&data, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let (root, issuing, crl) =
+        (dir.path().join("root.der"), dir.path().join("ca.der"), dir.path().join("crl.der"));
+    fetch(&format!("{base}/pki/root.crt"), &root);
+    fetch(&format!("{base}/pki/ca.crt"), &issuing);
+    fetch(&format!("{base}/pki/crl"), &crl);
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let pem = |der: &Path| {
+        let out = dir.path().join(format!("{}.pem", der.file_stem().unwrap().to_string_lossy()));
+        openssl(&["x509", "-inform", "DER", "-in", der.to_str().unwrap(), "-out", out.to_str().unwrap()]);
+        out.to_string_lossy().into_owned()
+    };
+    let (root_pem, issuing_pem) = (pem(&root), pem(&issuing));
+    let verified = openssl(&["verify", "-CAfile", &root_pem, &issuing_pem]);
+    assert!(verified.contains(": OK"), "{verified}");
+    let chain = dir.path().join("chain.pem");
+    std::fs::write(
+        &chain,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&issuing_pem).unwrap(),
+            std::fs::read_to_string(&root_pem).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        crl.to_str().unwrap(),
+        "-CAfile",
+        chain.to_str().unwrap(),
+        "-verify",
+        "-noout",
+    ]);
+    assert!(out.contains("verify OK"), "{out}");
+
+    // The data directory is private; the key-encryption key and CA keys are owner-only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("kek")), 0o600);
+        assert_eq!(mode(&data.join("ca/issuing.key.pem")), 0o600);
+    }
+
+    // A restart reuses the CA.
+    let mut server = start_server(&data, port);
+    let again = dir.path().join("ca2.der");
+    fetch(&format!("{base}/pki/ca.crt"), &again);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(std::fs::read(&issuing).unwrap(), std::fs::read(&again).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_names_the_event_edited_in_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let db = Db::connect(&format!("sqlite://{}", data.join("lanyard.db").display())).await.unwrap();
+    db.migrate().await.unwrap();
+    let op = OperationId::random();
+    let now = time::OffsetDateTime::now_utc();
+    {
+        let mut tx = db.begin().await.unwrap();
+        for action in ["user.create", "device.suspend", "device.resume"] {
+            tx.append_audit(NewAuditEvent::new(now, Actor::System, action, &op)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let port = free_port();
+    let ok = lanyard(&data, port, &["audit", "verify"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(text(&ok).contains("audit log verified: 3 events"), "{}", text(&ok));
+
+    // Someone with database access rewrites event 2 (past the append-only trigger).
+    let Db::Sqlite(pool) = &db else { unreachable!() };
+    sqlx::query("DROP TRIGGER audit_events_no_update").execute(pool).await.unwrap();
+    sqlx::query("UPDATE audit_events SET action = 'device.activate' WHERE seq = 2")
+        .execute(pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let bad = lanyard(&data, port, &["audit", "verify"]);
+    assert!(!bad.status.success(), "{}", text(&bad));
+    assert!(text(&bad).contains("audit chain broken at event 2"), "{}", text(&bad));
+}
+
+#[test]
+fn config_check_explains_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["config", "check"])
+        .env("LANYARD_DATA_DIR", dir.path())
+        .env("LANYARD_LISTN", "127.0.0.1:1")
+        .env("LANYARD_CA_KEY_ALGORITHM", "rsa1024")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("unknown environment variable LANYARD_LISTN"), "{t}");
+    assert!(t.contains("unknown CA key algorithm \"rsa1024\""), "{t}");
+}
