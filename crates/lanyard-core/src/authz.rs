@@ -17,15 +17,16 @@ use time::OffsetDateTime;
 
 use crate::audit::{Actor, AuditEvent, ChainHead, ChainVerifier, NewAuditEvent, OperationId};
 use crate::error::{DomainError, Forbidden};
-use crate::ids::{ApiTokenId, DeviceId, GroupId, UserId};
+use crate::ids::{ApiTokenId, CredentialId, DeviceId, GroupId, UserId};
 use crate::lifecycle::{
-    DeviceAction, DeviceState, RevocationReason, apply_credential, apply_device, credential_action_allowed,
-    device_target,
+    CredentialAction, DeviceAction, DeviceState, RevocationReason, apply_credential, apply_device,
+    credential_action_allowed, device_target,
 };
 use crate::model::{
-    Credential, Device, DeviceClass, DeviceKind, EnrollmentCode, EnrollmentPurpose, Group, Job, JobKind,
-    LinkKind, Policy, PolicyDenied, Role, User, Username, ValidationError,
+    ApiToken, Credential, Device, DeviceClass, DeviceKind, EnrollmentCode, EnrollmentPurpose, Group, Job,
+    JobKind, LinkKind, Policy, PolicyDenied, Role, User, Username, ValidationError,
 };
+use crate::password::UserPassword;
 use crate::repo::prelude::*;
 use crate::repo::{AuditQuery, CredentialQuery, DeviceQuery, UserQuery};
 
@@ -105,13 +106,91 @@ impl Principal {
     pub fn auditor(&self) -> Result<Auditor<'_>, Forbidden> {
         self.require(Role::Auditor).map(|()| Auditor { p: self })
     }
+
+    /// My API tokens (revoked and expired ones included), ordered by creation time.
+    pub async fn api_tokens<R: Repo>(&self, repo: &R) -> Result<Vec<ApiToken>, DomainError> {
+        let mut tx = repo.begin().await?;
+        Ok(tx.list_api_tokens(self.user.id).await?)
+    }
+
+    /// Creates an API token for me, valid for `expires_in_days` (1 to [`MAX_TOKEN_DAYS`]) or
+    /// without expiry. Returns the secret to show once; only its hash is stored.
+    pub async fn create_api_token<R: Repo>(
+        &self,
+        repo: &R,
+        name: &str,
+        expires_in_days: Option<u32>,
+    ) -> Result<(ApiToken, secrecy::SecretString), DomainError> {
+        let expires_at = match expires_in_days {
+            None => None,
+            Some(days @ 1..=MAX_TOKEN_DAYS) => Some(self.at + time::Duration::days(i64::from(days))),
+            Some(days) => {
+                return Err(ValidationError::new(
+                    "expires_in_days",
+                    format!("must be 1 to {MAX_TOKEN_DAYS}, got {days}"),
+                )
+                .into());
+            }
+        };
+        let who = self.acting();
+        let (token, secret) = ApiToken::issue(self.user.id, name, expires_at, who.at)?;
+        let mut tx = repo.begin().await?;
+        tx.insert_api_token(&token).await?;
+        let after = json!({
+            "user": token.user,
+            "name": token.name,
+            "expires_at": token.expires_at.map(OffsetDateTime::unix_timestamp),
+        });
+        let event = NewAuditEvent::new(who.at, who.actor, "api_token.create", &who.operation_id)
+            .target(format!("api_token:{}", token.id))
+            .after(after);
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok((token, secret))
+    }
+
+    /// Revokes one of my API tokens. Someone else's token is NotFound, like a missing one; a
+    /// token already revoked is a Conflict.
+    pub async fn revoke_api_token<R: Repo>(&self, repo: &R, id: ApiTokenId) -> Result<ApiToken, DomainError> {
+        let who = self.acting();
+        let mut tx = repo.begin().await?;
+        let mut token = match tx.get_api_token(id).await? {
+            Some(t) if t.user == self.user.id => t,
+            _ => return Err(DomainError::not_found("api token", id)),
+        };
+        if token.revoked_at.is_some() {
+            return Err(DomainError::Conflict("this API token is already revoked".into()));
+        }
+        token.revoked_at = Some(who.at);
+        tx.update_api_token(&token).await?;
+        let event = NewAuditEvent::new(who.at, who.actor, "api_token.revoke", &who.operation_id)
+            .target(format!("api_token:{id}"))
+            .before(json!({"revoked_at": null}))
+            .after(json!({"revoked_at": who.at.unix_timestamp()}));
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok(token)
+    }
 }
+
+/// The longest an API token may be valid, in days.
+pub const MAX_TOKEN_DAYS: u32 = 365;
 
 /// No page size limit (for lists bounded by nature, like one device's credentials).
 const ALL: u32 = u32::MAX;
 
 fn device_ref(id: DeviceId) -> String {
     format!("device:{id}")
+}
+
+fn credential_snapshot(c: &Credential) -> Value {
+    json!({
+        "device": c.device,
+        "state": c.state,
+        "held_from": c.held_from,
+        "revocation_reason": c.revocation_reason,
+        "revoked_at": c.revoked_at.map(OffsetDateTime::unix_timestamp),
+    })
 }
 
 fn snapshot(device: &Device, credentials: &[Credential]) -> Value {
@@ -486,6 +565,77 @@ impl Operator<'_> {
         self.act(repo, id, DeviceAction::Terminate).await
     }
 
+    /// Applies a credential action with one `credential.<action>` audit event.
+    async fn credential_act<R: Repo>(
+        &self,
+        repo: &R,
+        id: CredentialId,
+        action: CredentialAction,
+    ) -> Result<Credential, DomainError> {
+        let who = self.p.acting();
+        let mut tx = repo.begin().await?;
+        let mut credential =
+            tx.get_credential(id).await?.ok_or_else(|| DomainError::not_found("credential", id))?;
+        let before = credential_snapshot(&credential);
+        if action == CredentialAction::Release {
+            // A suspended (or revoked) device keeps its certificates invalid: releasing one
+            // here would make a card reported lost usable again behind the device's back.
+            let device = tx
+                .get_device(credential.device)
+                .await?
+                .ok_or_else(|| DomainError::not_found("device", credential.device))?;
+            if !matches!(device.state, DeviceState::Active | DeviceState::Pending) {
+                return Err(DomainError::Conflict(format!(
+                    "the credential's device is {}; only credentials on an active or pending device \
+                     can be released (resume the device instead)",
+                    device.state
+                )));
+            }
+        }
+        apply_credential(&mut credential, action, who.at)?;
+        tx.update_credential(&credential).await?;
+        let event = NewAuditEvent::new(
+            who.at,
+            who.actor.clone(),
+            format!("credential.{}", action.kind()),
+            &who.operation_id,
+        )
+        .target(format!("credential:{id}"))
+        .before(before)
+        .after(credential_snapshot(&credential));
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok(credential)
+    }
+
+    /// Revokes one credential (the CRL and OCSP report it with `reason`).
+    pub async fn revoke_credential<R: Repo>(
+        &self,
+        repo: &R,
+        id: CredentialId,
+        reason: RevocationReason,
+    ) -> Result<Credential, DomainError> {
+        self.credential_act(repo, id, CredentialAction::Revoke(reason)).await
+    }
+
+    /// Puts one credential on hold (certificateHold).
+    pub async fn hold_credential<R: Repo>(
+        &self,
+        repo: &R,
+        id: CredentialId,
+    ) -> Result<Credential, DomainError> {
+        self.credential_act(repo, id, CredentialAction::Hold).await
+    }
+
+    /// Releases a held credential back to the state it was held from.
+    pub async fn release_credential<R: Repo>(
+        &self,
+        repo: &R,
+        id: CredentialId,
+    ) -> Result<Credential, DomainError> {
+        self.credential_act(repo, id, CredentialAction::Release).await
+    }
+
     /// Turns a Terminated or Failed token back into unowned stock; its stored card secrets are
     /// discarded (issuance generates new ones).
     pub async fn recycle_device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
@@ -569,18 +719,39 @@ impl Admin<'_> {
 
     /// Creates a user in an existing group.
     pub async fn create_user<R: Repo>(&self, repo: &R, new: NewUser) -> Result<User, DomainError> {
-        let mut tx = repo.begin().await?;
-        if tx.get_group(new.group).await?.is_none() {
-            return Err(DomainError::not_found("group", new.group));
-        }
-        if tx.get_user_by_username(&new.username).await?.is_some() {
-            return Err(DomainError::Conflict(format!("username {} is taken", new.username)));
-        }
+        self.create_user_with_password(repo, new, None).await
+    }
+
+    /// Creates a user in an existing group, with an initial password (12 to 1024 characters,
+    /// stored as an argon2id hash) when one is given.
+    pub async fn create_user_with_password<R: Repo>(
+        &self,
+        repo: &R,
+        new: NewUser,
+        password: Option<&secrecy::SecretString>,
+    ) -> Result<User, DomainError> {
         let mut user = User::new(new.username, new.display_name, new.group, self.p.at)?;
         user.email = new.email;
         user.roles = new.roles;
+        // Hash before the unit of work starts: argon2 takes a while and holds no lock.
+        let password = password.map(|p| UserPassword::set(user.id, p, self.p.at)).transpose()?;
+        let mut tx = repo.begin().await?;
+        if tx.get_group(user.group).await?.is_none() {
+            return Err(DomainError::not_found("group", user.group));
+        }
+        if tx.get_user_by_username(&user.username).await?.is_some() {
+            return Err(DomainError::Conflict(format!("username {} is taken", user.username)));
+        }
         tx.insert_user(&user).await?;
-        let after = json!({"username": user.username, "group": user.group, "roles": user.roles});
+        if let Some(password) = &password {
+            tx.put_password(password).await?;
+        }
+        let after = json!({
+            "username": user.username,
+            "group": user.group,
+            "roles": user.roles,
+            "password_set": password.is_some(),
+        });
         tx.append_audit(self.audit("user.create", format!("user:{}", user.id)).after(after)).await?;
         tx.commit().await?;
         Ok(user)

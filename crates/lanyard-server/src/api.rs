@@ -8,12 +8,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lanyard_core::ids::DeviceId;
-use lanyard_core::model::{Device, Session, User};
+use lanyard_core::DomainError;
+use lanyard_core::authz::NewUser;
+use lanyard_core::ids::{ApiTokenId, CredentialId, DeviceId, GroupId};
+use lanyard_core::lifecycle::RevocationReason;
+use lanyard_core::model::{ApiToken, Credential, Device, Email, Role, Session, User, Username};
 use lanyard_core::password::authenticate;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::repo::{AuditQuery, Repo};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Auth, SESSION_COOKIE, SESSION_TTL, Via};
@@ -31,6 +34,13 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/devices/{id}", get(device::<R>))
         .route("/api/v1/devices/{id}/suspend", post(suspend::<R>))
         .route("/api/v1/devices/{id}/resume", post(resume::<R>))
+        .route("/api/v1/devices/{id}/credentials", get(device_credentials::<R>))
+        .route("/api/v1/credentials/{id}/revoke", post(revoke_credential::<R>))
+        .route("/api/v1/credentials/{id}/hold", post(hold_credential::<R>))
+        .route("/api/v1/credentials/{id}/release", post(release_credential::<R>))
+        .route("/api/v1/users", post(create_user::<R>))
+        .route("/api/v1/tokens", get(list_tokens::<R>).post(create_token::<R>))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token::<R>))
         .route("/api/v1/audit", get(audit::<R>))
 }
 
@@ -183,4 +193,163 @@ async fn audit<R: Repo>(
     }
     let query = AuditQuery { after_seq: p.after_seq, target: None, limit };
     Ok(Json(auditor.events(s.repo.as_ref(), &query).await?))
+}
+
+/// The credentials on a device: operators see any device's, everyone else only their own
+/// devices' (someone else's device is a plain 404).
+async fn device_credentials<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Credential>>, ApiError> {
+    let id = device_id(&id)?;
+    let repo = s.repo.as_ref();
+    let credentials = match auth.principal.operator() {
+        Ok(op) => {
+            // The device must exist: an empty list would not tell a typo from a blank card.
+            op.device(repo, id).await?;
+            op.credentials(repo, id).await?
+        }
+        Err(_) => auth.principal.self_service()?.credentials(repo, id).await?,
+    };
+    Ok(Json(credentials))
+}
+
+fn credential_id(raw: &str) -> Result<CredentialId, ApiError> {
+    raw.parse::<CredentialId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    reason: String,
+}
+
+async fn revoke_credential<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<RevokeRequest>, JsonRejection>,
+) -> Result<Json<Credential>, ApiError> {
+    let op = auth.principal.operator()?;
+    let id = credential_id(&id)?;
+    let Json(req) = body?;
+    let reason = req
+        .reason
+        .parse::<RevocationReason>()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Json(op.revoke_credential(s.repo.as_ref(), id, reason).await?))
+}
+
+async fn hold_credential<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Credential>, ApiError> {
+    let op = auth.principal.operator()?;
+    Ok(Json(op.hold_credential(s.repo.as_ref(), credential_id(&id)?).await?))
+}
+
+async fn release_credential<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Credential>, ApiError> {
+    let op = auth.principal.operator()?;
+    Ok(Json(op.release_credential(s.repo.as_ref(), credential_id(&id)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUserRequest {
+    username: String,
+    display_name: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    roles: Vec<Role>,
+    /// A group id, or a group name.
+    group: String,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+async fn create_user<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    body: Result<Json<CreateUserRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let admin = auth.principal.admin()?;
+    let Json(req) = body?;
+    let repo = s.repo.as_ref();
+    let username = Username::parse(&req.username.trim().to_ascii_lowercase()).map_err(DomainError::from)?;
+    let email = match req.email.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+        Some(e) => Some(Email::parse(e).map_err(DomainError::from)?),
+        None => None,
+    };
+    let wanted = req.group.trim();
+    let group = match wanted.parse::<GroupId>() {
+        Ok(id) => admin.groups(repo).await?.into_iter().find(|g| g.id == id),
+        Err(_) => admin.groups(repo).await?.into_iter().find(|g| g.name == wanted),
+    }
+    .ok_or_else(|| {
+        ApiError::bad_request(format!("group: there is no group {wanted:?} (give its id or name)"))
+    })?;
+    let new = NewUser {
+        username,
+        display_name: req.display_name,
+        email,
+        group: group.id,
+        roles: req.roles.into_iter().collect(),
+    };
+    let password = req.password.map(SecretString::from);
+    let user = admin.create_user_with_password(repo, new, password.as_ref()).await?;
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+/// An API token as the API shows it: everything but the hash.
+fn token_view(token: &ApiToken) -> Result<serde_json::Value, ApiError> {
+    let mut value = serde_json::to_value(token).map_err(|e| ApiError::internal("showing a token", e))?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("token_hash");
+    }
+    Ok(value)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTokenRequest {
+    name: String,
+    #[serde(default)]
+    expires_in_days: Option<u32>,
+}
+
+async fn create_token<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    body: Result<Json<CreateTokenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let (token, secret) =
+        auth.principal.create_api_token(s.repo.as_ref(), &req.name, req.expires_in_days).await?;
+    let body = serde_json::json!({"token": secret.expose_secret(), "api_token": token_view(&token)?});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_tokens<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let tokens = auth.principal.api_tokens(s.repo.as_ref()).await?;
+    Ok(Json(tokens.iter().map(token_view).collect::<Result<_, _>>()?))
+}
+
+async fn revoke_token<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = id.parse::<ApiTokenId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    let token = auth.principal.revoke_api_token(s.repo.as_ref(), id).await?;
+    Ok(Json(token_view(&token)?))
 }

@@ -459,3 +459,214 @@ async fn a_disabled_account_cannot_log_in_or_use_its_session_or_token() {
     let by_session = app.send("GET", "/api/v1/devices", &[("cookie", &cookie)], None).await;
     assert_eq!(by_session.status, StatusCode::FORBIDDEN);
 }
+
+impl App {
+    async fn post_json(&self, uri: &str, token: &str, body: &Value) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.send("POST", uri, &[("authorization", &auth)], Some(&body.to_string())).await
+    }
+}
+
+#[tokio::test]
+async fn only_an_administrator_creates_users_and_bad_input_is_a_400() {
+    let app = setup().await;
+    let new = json!({
+        "username": "carol",
+        "display_name": "Carol Example",
+        "email": "carol@example.org",
+        "roles": ["user", "operator"],
+        "group": "staff",
+        "password": "a long enough secret",
+    });
+    for caller in [&app.alice, &app.operator, &app.auditor] {
+        let r = app.post_json("/api/v1/users", &caller.token, &new).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        assert_eq!(r.error(), "forbidden: this requires the administrator role");
+    }
+    assert!(app.audit().await.is_empty(), "refused requests change nothing");
+
+    let mut invalid = Vec::new();
+    for (field, value, says) in [
+        ("username", json!("Not A Name!"), "username"),
+        ("password", json!("too short"), "password: must be 12 to 1024 characters, got 9"),
+        ("group", json!("nobody"), "group: there is no group \"nobody\""),
+        ("roles", json!(["emperor"]), "unknown variant `emperor`"),
+        ("email", json!("not an address"), "email"),
+        ("display_name", json!(""), "display_name: must not be empty"),
+    ] {
+        let mut body = new.clone();
+        body[field] = value;
+        invalid.push((field, body, says));
+    }
+    let mut missing = new.clone();
+    missing.as_object_mut().unwrap().remove("display_name");
+    invalid.push(("display_name", missing, "missing field `display_name`"));
+    for (field, body, says) in invalid {
+        let r = app.post_json("/api/v1/users", &app.admin.token, &body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{field}: {}", r.body);
+        assert!(r.error().to_lowercase().contains(says), "{field}: {}", r.error());
+    }
+    assert!(app.audit().await.is_empty());
+
+    let r = app.post_json("/api/v1/users", &app.admin.token, &new).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["username"], "carol");
+    assert_eq!(r.body["roles"], json!(["user", "operator"]));
+    let op = r.headers["x-operation-id"].to_str().unwrap().to_owned();
+    let events = app.audit().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].action.as_str(), events[0].operation_id.as_str()), ("user.create", op.as_str()));
+    assert_eq!(events[0].actor, Actor::ApiToken { id: app.admin.token_id });
+    assert!(!format!("{:?}", events[0]).contains("a long enough secret"));
+
+    // The initial password works (and is stored hashed).
+    let login = app.login("carol", "a long enough secret").await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    let stored = app
+        .db
+        .begin()
+        .await
+        .unwrap()
+        .get_password(login.body["user"]["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.phc.starts_with("$argon2id$"));
+
+    // The group can also be named by id; a taken username is a 409 naming the field.
+    let group = app.alice.user.group.to_string();
+    let mut again = new.clone();
+    again["group"] = json!(group);
+    again["username"] = json!("Carol");
+    let r = app.post_json("/api/v1/users", &app.admin.token, &again).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.error().contains("username carol is taken"), "{}", r.error());
+    assert_eq!(app.audit().await.len(), 1);
+}
+
+#[tokio::test]
+async fn api_tokens_are_shown_once_listed_without_secrets_and_revoked_by_their_owner_only() {
+    let app = setup().await;
+    let r = app
+        .post_json("/api/v1/tokens", &app.alice.token, &json!({"name": "laptop", "expires_in_days": 30}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let secret = r.body["token"].as_str().unwrap().to_owned();
+    let id = r.body["api_token"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["api_token"]["name"], "laptop");
+    assert!(r.body["api_token"].get("token_hash").is_none(), "{}", r.body);
+    let op = r.headers["x-operation-id"].to_str().unwrap().to_owned();
+    let expires = time::OffsetDateTime::parse(
+        r.body["api_token"]["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(expires, app.clock.now() + Duration::days(30));
+
+    // The new token authenticates as alice.
+    let me = app.bearer("GET", "/api/v1/me", &secret).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(
+        (me.body["user"]["username"].as_str(), me.body["authenticated_with"].as_str()),
+        (Some("alice"), Some("api_token"))
+    );
+
+    // The list holds alice's own tokens and no secret or hash.
+    let list = app.bearer("GET", "/api/v1/tokens", &secret).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let names: Vec<&str> =
+        list.body.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 4, "{names:?}"); // tests, revoked, expired, laptop
+    assert!(names.contains(&"laptop"));
+    let text = list.body.to_string();
+    assert!(!text.contains(&secret) && !text.contains("token_hash"), "{text}");
+    let bobs = app.bearer("GET", "/api/v1/tokens", &app.bob.token).await;
+    assert_eq!(bobs.body.as_array().unwrap().len(), 1);
+
+    // Bad input is a 400 naming the field, and creates nothing.
+    for (body, says) in [
+        (json!({"name": "x", "expires_in_days": 0}), "expires_in_days: must be 1 to 365, got 0"),
+        (json!({"name": "x", "expires_in_days": 366}), "expires_in_days: must be 1 to 365, got 366"),
+        (json!({"name": "", "expires_in_days": 1}), "token name"),
+        (json!({"name": "x".repeat(65)}), "token name"),
+        (json!({"expires_in_days": 1}), "missing field `name`"),
+        (json!({"name": "x", "expires_in_days": -1}), "invalid value"),
+    ] {
+        let r = app.post_json("/api/v1/tokens", &app.alice.token, &body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
+        assert!(r.error().contains(says), "{body}: {}", r.error());
+    }
+
+    // Bob cannot revoke alice's token: 404, like a token that does not exist.
+    let uri = format!("/api/v1/tokens/{id}");
+    let theirs = app.bearer("DELETE", &uri, &app.bob.token).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{}", theirs.body);
+    let missing = app
+        .bearer("DELETE", &format!("/api/v1/tokens/{}", lanyard_core::ids::ApiTokenId::new()), &app.bob.token)
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.bearer("GET", "/api/v1/me", &secret).await.status, StatusCode::OK, "still valid");
+    assert_eq!(
+        app.bearer("DELETE", "/api/v1/tokens/nope", &app.alice.token).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Alice revokes it (with another of her tokens); it stops working; revoking again is a 409.
+    let r = app.bearer("DELETE", &uri, &app.alice.token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body["revoked_at"].is_string());
+    let revoke_op = r.headers["x-operation-id"].to_str().unwrap().to_owned();
+    assert_eq!(app.bearer("GET", "/api/v1/me", &secret).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.bearer("DELETE", &uri, &app.alice.token).await.status, StatusCode::CONFLICT);
+
+    let events = app.audit().await;
+    let seen: Vec<(&str, &str)> =
+        events.iter().map(|e| (e.action.as_str(), e.operation_id.as_str())).collect();
+    assert_eq!(seen, [("api_token.create", op.as_str()), ("api_token.revoke", revoke_op.as_str())]);
+    assert!(events.iter().all(|e| e.target.as_deref() == Some(format!("api_token:{id}").as_str())));
+    assert!(!format!("{events:?}").contains(&secret));
+}
+
+#[tokio::test]
+async fn device_credentials_follow_device_visibility_and_credential_actions_need_an_operator() {
+    let app = setup().await;
+    let mine =
+        app.bearer("GET", &format!("/api/v1/devices/{}/credentials", app.alice_card), &app.alice.token).await;
+    assert_eq!((mine.status, mine.body.clone()), (StatusCode::OK, json!([])));
+    let theirs =
+        app.bearer("GET", &format!("/api/v1/devices/{}/credentials", app.bob_card), &app.alice.token).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(theirs.error(), format!("device {} not found", app.bob_card));
+    let any = app
+        .bearer("GET", &format!("/api/v1/devices/{}/credentials", app.bob_card), &app.operator.token)
+        .await;
+    assert_eq!(any.status, StatusCode::OK);
+    let missing = DeviceId::new();
+    let none =
+        app.bearer("GET", &format!("/api/v1/devices/{missing}/credentials"), &app.operator.token).await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    let auditor = app
+        .bearer("GET", &format!("/api/v1/devices/{}/credentials", app.alice_card), &app.auditor.token)
+        .await;
+    assert_eq!(auditor.status, StatusCode::FORBIDDEN);
+
+    let credential = lanyard_core::ids::CredentialId::new();
+    for action in ["hold", "release"] {
+        let uri = format!("/api/v1/credentials/{credential}/{action}");
+        assert_eq!(app.bearer("POST", &uri, &app.alice.token).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(app.bearer("POST", &uri, &app.operator.token).await.status, StatusCode::NOT_FOUND);
+    }
+    let revoke = format!("/api/v1/credentials/{credential}/revoke");
+    let body = json!({"reason": "key_compromise"});
+    assert_eq!(app.post_json(&revoke, &app.admin.token, &body).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.post_json(&revoke, &app.operator.token, &body).await.status, StatusCode::NOT_FOUND);
+    let r = app.post_json(&revoke, &app.operator.token, &json!({"reason": "boredom"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("expected one of: unspecified, key_compromise"), "{}", r.error());
+    let r = app.post_json(&revoke, &app.operator.token, &json!({})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("missing field `reason`"), "{}", r.error());
+    let r = app.bearer("POST", "/api/v1/credentials/nope/hold", &app.operator.token).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(app.audit().await.is_empty());
+}

@@ -236,3 +236,269 @@ async fn ocsp_and_crl_report_good_revoked_held_and_unknown() {
     assert_eq!(&body[..], &std::fs::read(d.join("ca/issuing.crt")).unwrap()[..]);
     server.abort();
 }
+
+/// A plain HTTP/1.1 exchange over a real socket (`Connection: close`): the status, the
+/// `x-operation-id` header and the body.
+fn http_raw(addr: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let op = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("x-operation-id")))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap();
+    (status, op, raw[split + 4..].to_vec())
+}
+
+/// [`http_raw`] with a JSON body (null when empty).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+) -> (u16, String, serde_json::Value) {
+    let (status, op, body) = http_raw(addr, method, path, token, body.unwrap_or(""));
+    let json = if body.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&body).unwrap() };
+    (status, op, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_holds_releases_and_revokes_a_credential_and_ocsp_and_the_crl_follow() {
+    use lanyard_core::audit::{Actor, AuditEvent};
+    use lanyard_core::lifecycle::{CredentialState, DeviceState};
+    use lanyard_core::model::{ApiToken, Role, User, Username};
+    use lanyard_core::repo::AuditQuery;
+    use secrecy::ExposeSecret;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = Db::connect(&format!("sqlite://{}", d.join("lanyard.db").display())).await.unwrap();
+    db.migrate().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let base = format!("http://{addr}");
+    let pki =
+        Pki::load_or_create(&d.join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, &base, SystemClock.now())
+            .unwrap();
+
+    // Alice (a cardholder) owns an active card holding one active certificate; Oscar is an
+    // operator. Both call with API tokens.
+    let now = SystemClock.now();
+    let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };
+    let person = |name: &str, role: Role| {
+        let mut u = User::new(Username::parse(name).unwrap(), name, group.id, now).unwrap();
+        u.roles = [role].into_iter().collect();
+        u
+    };
+    let (alice, oscar) = (person("alice", Role::User), person("oscar", Role::Operator));
+    let (alice_token, alice_secret) = ApiToken::issue(alice.id, "t", None, now).unwrap();
+    let (oscar_token, oscar_secret) = ApiToken::issue(oscar.id, "t", None, now).unwrap();
+    let mut device = Device::new(DeviceKind::SmartCard, "Lanyard virtual card", now).unwrap();
+    device.owner = Some(alice.id);
+    device.state = DeviceState::Active;
+    let cert = issue(&pki, d, "alice", &device);
+    {
+        let mut tx = db.begin().await.unwrap();
+        tx.insert_group(&group).await.unwrap();
+        for u in [&alice, &oscar] {
+            tx.insert_user(u).await.unwrap();
+        }
+        tx.insert_api_token(&alice_token).await.unwrap();
+        tx.insert_api_token(&oscar_token).await.unwrap();
+        tx.insert_device(&device).await.unwrap();
+        tx.insert_credential(&cert.credential).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let (alice_secret, oscar_secret) =
+        (alice_secret.expose_secret().to_owned(), oscar_secret.expose_secret().to_owned());
+    let issuing = d.join("issuing.pem");
+    let chain = d.join("chain.pem");
+    std::fs::write(&issuing, pem("CERTIFICATE", pki.issuing.certificate_der())).unwrap();
+    std::fs::write(
+        &chain,
+        format!(
+            "{}{}",
+            pem("CERTIFICATE", pki.issuing.certificate_der()),
+            pem("CERTIFICATE", pki.root.certificate_der())
+        ),
+    )
+    .unwrap();
+    let (issuing, chain) = (issuing.to_str().unwrap().to_owned(), chain.to_str().unwrap().to_owned());
+
+    let db = Arc::new(db);
+    let state = AppState::new(Arc::clone(&db), Arc::new(pki), Arc::new(SystemClock));
+    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+
+    let call = |method: &'static str, path: String, token: String, body: Option<&'static str>| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || http(&addr, method, &path, &token, body))
+    };
+    let ocsp = || {
+        let (url, issuing, chain, cert) =
+            (format!("{base}/pki/ocsp"), issuing.clone(), chain.clone(), cert.pem_path.clone());
+        tokio::task::spawn_blocking(move || {
+            openssl(&["ocsp", "-issuer", &issuing, "-cert", &cert, "-url", &url, "-CAfile", &chain])
+        })
+    };
+    let state_of = async |db: &Db| {
+        db.begin().await.unwrap().get_credential(cert.credential.id).await.unwrap().unwrap().state
+    };
+    let events = async |db: &Db| -> Vec<AuditEvent> {
+        let mut tx = db.begin().await.unwrap();
+        tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap()
+    };
+    let id = cert.credential.id;
+    let good = format!("{}: good", cert.pem_path);
+    let revoked = format!("{}: revoked", cert.pem_path);
+
+    // The owner and the operator see the credential; it is good.
+    let (status, _, list) =
+        call("GET", format!("/api/v1/devices/{}/credentials", device.id), alice_secret.clone(), None)
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list[0]["id"], id.to_string());
+    let (status, _, _) =
+        call("GET", format!("/api/v1/devices/{}/credentials", device.id), oscar_secret.clone(), None)
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert!(ocsp().await.unwrap().contains(&good));
+
+    // A cardholder may not revoke, not even their own certificate: 403, nothing changes.
+    let (status, _, body) = call(
+        "POST",
+        format!("/api/v1/credentials/{id}/revoke"),
+        alice_secret.clone(),
+        Some(r#"{"reason": "key_compromise"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "forbidden: this requires the operator role");
+    assert_eq!(state_of(&db).await, CredentialState::Active);
+    assert!(events(&db).await.is_empty());
+
+    // Each change answers the credential and writes exactly one audit event with the request's
+    // operation id, the operator's token as the actor, and the states before and after.
+    let expect_event = async |count: usize, op: &str, action: &str, from: &str, to: &str| {
+        let all = events(&db).await;
+        assert_eq!(all.len(), count, "{all:?}");
+        let e = all.last().unwrap();
+        assert_eq!(e.action, action);
+        assert_eq!(e.operation_id, op);
+        assert_eq!(e.actor, Actor::ApiToken { id: oscar_token.id });
+        assert_eq!(e.target.as_deref(), Some(format!("credential:{id}").as_str()));
+        assert_eq!(e.before.as_ref().unwrap()["state"], from);
+        assert_eq!(e.after.as_ref().unwrap()["state"], to);
+    };
+
+    let (status, op, body) =
+        call("POST", format!("/api/v1/credentials/{id}/hold"), oscar_secret.clone(), None).await.unwrap();
+    assert_eq!((status, body["state"].as_str()), (200, Some("on_hold")), "{body}");
+    expect_event(1, &op, "credential.hold", "active", "on_hold").await;
+    let out = ocsp().await.unwrap();
+    assert!(out.contains(&revoked) && out.contains("Reason: certificateHold"), "{out}");
+
+    // Holding twice is an illegal transition: 409 with the lifecycle's message, no event.
+    let (status, _, body) =
+        call("POST", format!("/api/v1/credentials/{id}/hold"), oscar_secret.clone(), None).await.unwrap();
+    assert_eq!(status, 409);
+    assert_eq!(
+        body["error"], "illegal transition: hold is not allowed for a credential in state on_hold",
+        "{body}"
+    );
+    assert_eq!(events(&db).await.len(), 1);
+
+    let (status, op, body) =
+        call("POST", format!("/api/v1/credentials/{id}/release"), oscar_secret.clone(), None).await.unwrap();
+    assert_eq!((status, body["state"].as_str()), (200, Some("active")), "{body}");
+    expect_event(2, &op, "credential.release", "on_hold", "active").await;
+    assert!(ocsp().await.unwrap().contains(&good));
+
+    // An unknown reason is a 400 naming the accepted ones.
+    let (status, _, body) = call(
+        "POST",
+        format!("/api/v1/credentials/{id}/revoke"),
+        oscar_secret.clone(),
+        Some(r#"{"reason": "bored"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("\"bored\"") && message.contains("key_compromise, affiliation_changed"),
+        "{message}"
+    );
+    assert_eq!(state_of(&db).await, CredentialState::Active);
+
+    let (status, op, body) = call(
+        "POST",
+        format!("/api/v1/credentials/{id}/revoke"),
+        oscar_secret.clone(),
+        Some(r#"{"reason": "key_compromise"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, body["state"].as_str()), (200, Some("revoked")), "{body}");
+    assert_eq!(body["revocation_reason"], "key_compromise");
+    expect_event(3, &op, "credential.revoke", "active", "revoked").await;
+    let out = ocsp().await.unwrap();
+    assert!(out.contains(&revoked) && out.contains("Reason: keyCompromise"), "{out}");
+
+    // Revoked is final: release is a 409.
+    let (status, _, body) =
+        call("POST", format!("/api/v1/credentials/{id}/release"), oscar_secret.clone(), None).await.unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(events(&db).await.len(), 3);
+
+    // The CRL lists the serial as a key compromise.
+    let crl_path = d.join("crl.der");
+    let crl = {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || http_raw(&addr, "GET", "/pki/crl", "", "")).await.unwrap()
+    };
+    assert_eq!(crl.0, 200);
+    let crl = crl.2;
+    std::fs::write(&crl_path, &crl).unwrap();
+    let crl_path = crl_path.to_str().unwrap();
+    let out = openssl(&["crl", "-inform", "DER", "-in", crl_path, "-CAfile", &chain, "-verify", "-noout"]);
+    assert!(out.contains("verify OK"), "{out}");
+    let text = openssl(&["crl", "-inform", "DER", "-in", crl_path, "-noout", "-text"]).to_uppercase();
+    let CredentialKind::Certificate { serial_hex, .. } = &cert.credential.kind;
+    assert!(text.contains(&serial_hex.to_uppercase()) && text.contains("KEY COMPROMISE"), "{text}");
+
+    // Someone else's device's credentials are a 404 for a cardholder.
+    let bob_view = person("bob", Role::User);
+    let (bob_token, bob_secret) = ApiToken::issue(bob_view.id, "t", None, now).unwrap();
+    {
+        let mut tx = db.begin().await.unwrap();
+        tx.insert_user(&bob_view).await.unwrap();
+        tx.insert_api_token(&bob_token).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let (status, _, _) = call(
+        "GET",
+        format!("/api/v1/devices/{}/credentials", device.id),
+        bob_secret.expose_secret().to_owned(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404);
+    server.abort();
+}

@@ -524,3 +524,128 @@ fn service_futures_are_send() {
     let card = CardInfo { kind: DeviceKind::SmartCard, model: "YubiKey 5".into(), serial: None };
     assert_send(&me.begin_issuance(&w.repo, card));
 }
+
+#[test]
+fn an_operator_holds_releases_and_revokes_one_credential_with_one_event_each() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let live = w
+        .repo
+        .data()
+        .credentials
+        .values()
+        .find(|c| c.device == card.id && c.state == CredentialState::Active)
+        .unwrap()
+        .id;
+    let olga = w.principal(&w.olga);
+    let op = olga.operator().unwrap();
+    let held = block_on(op.hold_credential(&w.repo, live)).unwrap();
+    assert_eq!((held.state, held.held_from), (CredentialState::OnHold, Some(CredentialState::Active)));
+    let before = w.repo.data();
+    let err = block_on(op.hold_credential(&w.repo, live)).unwrap_err();
+    assert_eq!(err.to_string(), "illegal transition: hold is not allowed for a credential in state on_hold");
+    assert_eq!(w.repo.data(), before, "a refused action writes nothing");
+    let released = block_on(op.release_credential(&w.repo, live)).unwrap();
+    assert_eq!((released.state, released.revoked_at), (CredentialState::Active, None));
+    let revoked = block_on(op.revoke_credential(&w.repo, live, RevocationReason::KeyCompromise)).unwrap();
+    assert_eq!(
+        (revoked.state, revoked.revocation_reason),
+        (CredentialState::Revoked, Some(RevocationReason::KeyCompromise))
+    );
+    assert_eq!(w.stored(card.id).state, DeviceState::Active, "the device is untouched");
+    let events = w.repo.data().audit;
+    let seen: Vec<(&str, &Value, &Value)> = events
+        .iter()
+        .map(|e| {
+            (e.action.as_str(), &e.before.as_ref().unwrap()["state"], &e.after.as_ref().unwrap()["state"])
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("credential.hold", &json!("active"), &json!("on_hold")),
+            ("credential.release", &json!("on_hold"), &json!("active")),
+            ("credential.revoke", &json!("active"), &json!("revoked")),
+        ]
+    );
+    assert!(
+        events.iter().all(|e| e.operation_id == "op-olga" && e.target == Some(format!("credential:{live}")))
+    );
+    let err = block_on(op.hold_credential(&w.repo, CredentialId::new())).unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { kind: "credential", .. }));
+}
+
+#[test]
+fn anyone_manages_their_own_api_tokens_only() {
+    let w = world();
+    let alice = w.principal(&w.alice);
+    let bob = w.principal(&w.bob);
+    let (token, secret) = block_on(alice.create_api_token(&w.repo, "ci", Some(365))).unwrap();
+    assert_eq!(token.expires_at, Some(w.clock.now() + time::Duration::days(365)));
+    assert!(token.is_valid(w.clock.now()));
+    assert_eq!(
+        w.repo.data().api_tokens[&token.id].token_hash,
+        crate::secrets::TokenHash::of(secrecy::ExposeSecret::expose_secret(&secret))
+    );
+    for days in [0, 366] {
+        let err = block_on(alice.create_api_token(&w.repo, "ci", Some(days))).unwrap_err();
+        assert_eq!(err.to_string(), format!("invalid input: expires_in_days: must be 1 to 365, got {days}"));
+    }
+    assert_eq!(block_on(bob.api_tokens(&w.repo)).unwrap(), []);
+    let err = block_on(bob.revoke_api_token(&w.repo, token.id)).unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { kind: "api token", .. }), "{err}");
+    let revoked = block_on(alice.revoke_api_token(&w.repo, token.id)).unwrap();
+    assert!(!revoked.is_valid(w.clock.now()));
+    assert!(matches!(block_on(alice.revoke_api_token(&w.repo, token.id)), Err(DomainError::Conflict(_))));
+    assert_eq!(block_on(alice.api_tokens(&w.repo)).unwrap(), [revoked]);
+    let actions: Vec<String> = w.repo.data().audit.into_iter().map(|e| e.action).collect();
+    assert_eq!(actions, ["api_token.create", "api_token.revoke"]);
+}
+
+#[test]
+fn an_administrator_creates_a_user_with_an_initial_password() {
+    let w = world();
+    let adam = w.principal(&w.adam);
+    let admin = adam.admin().unwrap();
+    let new = NewUser {
+        username: Username::parse("carol").unwrap(),
+        display_name: "Carol".into(),
+        email: None,
+        group: w.group.id,
+        roles: BTreeSet::from([Role::User]),
+    };
+    let short = secrecy::SecretString::from("short");
+    let err = block_on(admin.create_user_with_password(&w.repo, new.clone(), Some(&short))).unwrap_err();
+    assert!(err.to_string().contains("password: must be 12 to 1024"), "{err}");
+    assert!(w.repo.data().audit.is_empty());
+    let good = secrecy::SecretString::from("twelve chars!");
+    let carol = block_on(admin.create_user_with_password(&w.repo, new, Some(&good))).unwrap();
+    let found = block_on(crate::password::authenticate(&w.repo, "carol", "twelve chars!")).unwrap();
+    assert_eq!(found.map(|u| u.id), Some(carol.id));
+}
+
+#[test]
+fn a_credential_on_a_suspended_device_is_not_released_on_its_own() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let olga = w.principal(&w.olga);
+    let op = olga.operator().unwrap();
+    block_on(op.suspend_device(&w.repo, card.id)).unwrap();
+    let held = w
+        .repo
+        .data()
+        .credentials
+        .values()
+        .find(|c| c.device == card.id && c.state == CredentialState::OnHold)
+        .unwrap()
+        .id;
+    let before = w.repo.data();
+    let err = block_on(op.release_credential(&w.repo, held)).unwrap_err();
+    assert!(
+        matches!(&err, DomainError::Conflict(m) if m.starts_with("the credential's device is suspended")),
+        "{err}"
+    );
+    assert_eq!(w.repo.data(), before);
+    block_on(op.resume_device(&w.repo, card.id)).unwrap();
+    assert_eq!(w.credential_states(card.id), [CredentialState::Active, CredentialState::Expired]);
+}
