@@ -23,8 +23,8 @@ use crate::lifecycle::{
     credential_action_allowed, device_target,
 };
 use crate::model::{
-    ApiToken, Credential, Device, DeviceClass, DeviceKind, EnrollmentCode, EnrollmentPurpose, Group, Job,
-    JobKind, LinkKind, Policy, PolicyDenied, Role, User, Username, ValidationError,
+    ApiToken, Credential, CredentialKind, Device, DeviceClass, DeviceKind, EnrollmentCode, EnrollmentPurpose,
+    Group, Job, JobKind, LinkKind, Policy, PolicyDenied, Role, User, Username, ValidationError,
 };
 use crate::password::UserPassword;
 use crate::repo::prelude::*;
@@ -634,6 +634,95 @@ impl Operator<'_> {
         id: CredentialId,
     ) -> Result<Credential, DomainError> {
         self.credential_act(repo, id, CredentialAction::Release).await
+    }
+
+    /// Registers a card or USB key. Without an owner it is stock (Available); with one, issuance
+    /// to that user begins at once (Issuing), as when the holder starts it through the agent. One
+    /// `device.register` audit event (and `device.begin_issuance` with an owner), one unit of work.
+    pub async fn register_device<R: Repo>(
+        &self,
+        repo: &R,
+        card: CardInfo,
+        owner: Option<UserId>,
+    ) -> Result<Device, DomainError> {
+        if card.kind.class() != DeviceClass::Token {
+            return Err(ValidationError::new(
+                "kind",
+                "only smart cards and USB keys are registered by operators",
+            )
+            .into());
+        }
+        let who = self.p.acting();
+        let mut tx = repo.begin().await?;
+        if let Some(serial) = &card.serial
+            && tx.get_device_by_serial(&card.model, serial).await?.is_some()
+        {
+            return Err(DomainError::Conflict(format!(
+                "a {} with serial {serial} is already registered",
+                card.model
+            )));
+        }
+        let mut device = Device::new(card.kind, card.model, who.at)?;
+        device.serial = card.serial;
+        device.validate()?;
+        tx.insert_device(&device).await?;
+        let event = NewAuditEvent::new(who.at, who.actor.clone(), "device.register", &who.operation_id)
+            .target(device_ref(device.id))
+            .after(snapshot(&device, &[]));
+        tx.append_audit(event).await?;
+        if let Some(owner) = owner {
+            let user = tx.get_user(owner).await?.ok_or_else(|| DomainError::not_found("user", owner))?;
+            device.owner = Some(user.id);
+            device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
+        }
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    /// Records a certificate the caller has just had signed for `device`: `issue` sees the
+    /// device (for its card UUID) and returns the certificate; it becomes an Active credential
+    /// with one `credential.issue` audit event, in one unit of work. Only devices in use or
+    /// being issued (Issuing, Pending, Active) receive certificates.
+    pub async fn issue_certificate<R, E, F>(&self, repo: &R, id: DeviceId, issue: F) -> Result<Credential, E>
+    where
+        R: Repo,
+        E: From<DomainError>,
+        F: FnOnce(&Device) -> Result<CredentialKind, E>,
+    {
+        let who = self.p.acting();
+        let mut tx = repo.begin().await.map_err(DomainError::from)?;
+        let device = tx
+            .get_device(id)
+            .await
+            .map_err(DomainError::from)?
+            .ok_or_else(|| DomainError::not_found("device", id))?;
+        if !matches!(device.state, DeviceState::Issuing | DeviceState::Pending | DeviceState::Active) {
+            return Err(DomainError::Conflict(format!(
+                "the device is {}; certificates are issued only to issuing, pending or active devices",
+                device.state
+            ))
+            .into());
+        }
+        let kind = issue(&device)?;
+        let mut credential = Credential::new(device.id, kind, who.at);
+        apply_credential(&mut credential, CredentialAction::Activate, who.at).map_err(DomainError::from)?;
+        tx.insert_credential(&credential).await.map_err(DomainError::from)?;
+        let CredentialKind::Certificate { slot, profile, serial_hex, not_before, not_after, .. } =
+            &credential.kind;
+        let event = NewAuditEvent::new(who.at, who.actor.clone(), "credential.issue", &who.operation_id)
+            .target(format!("credential:{}", credential.id))
+            .after(json!({
+                "device": credential.device,
+                "state": credential.state,
+                "slot": slot,
+                "profile": profile,
+                "serial": serial_hex,
+                "not_before": not_before.unix_timestamp(),
+                "not_after": not_after.unix_timestamp(),
+            }));
+        tx.append_audit(event).await.map_err(DomainError::from)?;
+        tx.commit().await.map_err(DomainError::from)?;
+        Ok(credential)
     }
 
     /// Turns a Terminated or Failed token back into unowned stock; its stored card secrets are

@@ -12,7 +12,9 @@ use lanyard_core::DomainError;
 use lanyard_core::authz::NewUser;
 use lanyard_core::ids::{ApiTokenId, CredentialId, DeviceId, GroupId};
 use lanyard_core::lifecycle::RevocationReason;
-use lanyard_core::model::{ApiToken, Credential, Device, Email, Role, Session, User, Username};
+use lanyard_core::model::{
+    ApiToken, CertSlot, Credential, CredentialKind, Device, Email, Role, Session, User, Username,
+};
 use lanyard_core::password::authenticate;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::repo::{AuditQuery, Repo};
@@ -30,11 +32,12 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/login", post(login::<R>))
         .route("/api/v1/logout", post(logout::<R>))
         .route("/api/v1/me", get(me))
-        .route("/api/v1/devices", get(devices::<R>))
+        .route("/api/v1/devices", get(devices::<R>).post(create_device::<R>))
         .route("/api/v1/devices/{id}", get(device::<R>))
         .route("/api/v1/devices/{id}/suspend", post(suspend::<R>))
         .route("/api/v1/devices/{id}/resume", post(resume::<R>))
         .route("/api/v1/devices/{id}/credentials", get(device_credentials::<R>))
+        .route("/api/v1/devices/{id}/certificates", post(issue_certificate::<R>))
         .route("/api/v1/credentials/{id}/revoke", post(revoke_credential::<R>))
         .route("/api/v1/credentials/{id}/hold", post(hold_credential::<R>))
         .route("/api/v1/credentials/{id}/release", post(release_credential::<R>))
@@ -352,4 +355,190 @@ async fn revoke_token<R: Repo>(
     let id = id.parse::<ApiTokenId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
     let token = auth.principal.revoke_api_token(s.repo.as_ref(), id).await?;
     Ok(Json(token_view(&token)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueCertificateRequest {
+    csr_pem: String,
+    profile: String,
+    slot: String,
+    #[serde(default)]
+    validity_days: Option<u32>,
+}
+
+/// Built-in profiles this route issues under: end-entity certificates for people's devices (not
+/// CA, OCSP-signing, content-signing or TLS server certificates).
+const ISSUABLE_PROFILES: [&str; 7] = [
+    "piv-auth",
+    "card-auth",
+    "digital-signature",
+    "key-management",
+    "derived-piv-auth",
+    "derived-piv-auth-hardware",
+    "mobile-device",
+];
+
+fn issuable_profile(id: &str) -> Result<lanyard_ca::CertificateProfile, ApiError> {
+    // The long name is accepted for the 9A profile, as clients tend to spell it out.
+    let id = if id == "piv-authentication" { "piv-auth" } else { id };
+    ISSUABLE_PROFILES.contains(&id).then(|| lanyard_ca::CertificateProfile::builtin(id)).flatten().ok_or_else(
+        || {
+            ApiError::bad_request(format!(
+                "profile: unknown or not issuable here: {id:?} (expected one of {})",
+                ISSUABLE_PROFILES.join(", ")
+            ))
+        },
+    )
+}
+
+/// Signs a CSR for a device under a built-in profile and records it as an Active credential.
+async fn issue_certificate<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<IssueCertificateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    use lanyard_ca::{IssueRequest, Presence, SanInput};
+    let op = auth.principal.operator()?;
+    let id = device_id(&id)?;
+    let Json(req) = body?;
+    let profile = issuable_profile(req.profile.trim())?;
+    let slot =
+        req.slot.trim().parse::<CertSlot>().map_err(|e| ApiError::bad_request(format!("slot: {e}")))?;
+    let days = req.validity_days.unwrap_or(profile.max_validity_days);
+    if days == 0 {
+        return Err(ApiError::bad_request("validity_days: must be at least 1"));
+    }
+    let csr = lanyard_ca::parse_csr_pem(&req.csr_pem)
+        .map_err(|e| ApiError::bad_request(format!("csr_pem: {e}")))?;
+    let now = s.clock.now();
+    let pki = std::sync::Arc::clone(&s.pki);
+    let credential = op
+        .issue_certificate(s.repo.as_ref(), id, |device: &Device| -> Result<CredentialKind, ApiError> {
+            let mut san = SanInput::default();
+            if profile.san.card_uuid != Presence::Forbidden || profile.san.fasc_n != Presence::Forbidden {
+                match device.card_guid {
+                    Some(guid) => {
+                        if profile.san.card_uuid != Presence::Forbidden {
+                            san.card_uuid = Some(guid);
+                        }
+                        if profile.san.fasc_n != Presence::Forbidden {
+                            // Lanyard is not a federal issuer: its cards carry the "no FASC-N"
+                            // value (agency 9999), and the card UUID identifies the card.
+                            san.fasc_n = Some(lanyard_piv::objects::YUBICO_TEMPLATE_FASC_N);
+                        }
+                    }
+                    None if profile.san.card_uuid == Presence::Required
+                        || profile.san.fasc_n == Presence::Required =>
+                    {
+                        return Err(ApiError::bad_request(format!(
+                            "profile {} needs the card UUID (CHUID GUID) of the device, and device {} has none \
+                             (it has not been personalised)",
+                            profile.id, device.id
+                        )));
+                    }
+                    None => {}
+                }
+            }
+            let issued = pki
+                .issuing
+                .issue(&IssueRequest {
+                    profile: &profile,
+                    subject: csr.subject.clone(),
+                    public_key: csr.public_key.clone(),
+                    san,
+                    not_before: now,
+                    requested_not_after: now + time::Duration::days(i64::from(days)),
+                    cap_not_after: None,
+                })
+                .map_err(|e| ApiError::bad_request(format!("the CA refused the request: {e}")))?;
+            let validity = &issued.certificate.tbs_certificate.validity;
+            let to_time = |secs: u64| {
+                time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
+                    .map_err(|e| ApiError::internal("reading the certificate's validity", e))
+            };
+            Ok(CredentialKind::Certificate {
+                slot,
+                profile: profile.id.clone(),
+                serial_hex: crate::serial_hex(issued.serial().as_bytes()),
+                not_before: to_time(validity.not_before.to_unix_duration().as_secs())?,
+                not_after: to_time(validity.not_after.to_unix_duration().as_secs())?,
+                certificate_der: issued.der.clone(),
+                attestation_der: None,
+            })
+        })
+        .await?;
+    let certificate_der = match &credential.kind {
+        CredentialKind::Certificate { certificate_der, .. } => certificate_der.clone(),
+    };
+    let body = serde_json::json!({
+        "credential": credential,
+        "certificate_pem": pem_certificate(&certificate_der),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateDeviceRequest {
+    kind: String,
+    model: String,
+    #[serde(default)]
+    serial: Option<String>,
+    /// A user id or username; issuance to that user begins at once.
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+/// Registers a card or USB key (operators): stock without an owner, Issuing with one.
+async fn create_device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    body: Result<Json<CreateDeviceRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let op = auth.principal.operator()?;
+    let Json(req) = body?;
+    let repo = s.repo.as_ref();
+    let kind = req.kind.trim().parse().map_err(|e| ApiError::bad_request(format!("kind: {e}")))?;
+    let owner = match req.owner.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
+        None => None,
+        Some(raw) => match raw.parse::<lanyard_core::ids::UserId>() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                let wanted = raw.to_ascii_lowercase();
+                let query = lanyard_core::repo::UserQuery {
+                    text: Some(wanted.clone()),
+                    limit: MAX_AUDIT_PAGE,
+                    ..Default::default()
+                };
+                let found =
+                    op.find_users(repo, &query).await?.into_iter().find(|u| u.username.as_str() == wanted);
+                Some(found.map(|u| u.id).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "owner: there is no user {raw:?} (give a user id or username)"
+                    ))
+                })?)
+            }
+        },
+    };
+    let card = lanyard_core::authz::CardInfo {
+        kind,
+        model: req.model.trim().to_owned(),
+        serial: req.serial.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+    };
+    let device = op.register_device(repo, card, owner).await?;
+    Ok((StatusCode::CREATED, Json(device)).into_response())
 }

@@ -502,3 +502,187 @@ async fn operator_holds_releases_and_revokes_a_credential_and_ocsp_and_the_crl_f
     assert_eq!(status, 404);
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_issues_a_certificate_from_a_csr() {
+    use lanyard_core::audit::AuditEvent;
+    use lanyard_core::lifecycle::DeviceState;
+    use lanyard_core::model::{ApiToken, Role, User, Username};
+    use lanyard_core::repo::{AuditQuery, CredentialQuery};
+    use secrecy::ExposeSecret;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = Db::connect(&format!("sqlite://{}", d.join("lanyard.db").display())).await.unwrap();
+    db.migrate().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let base = format!("http://{addr}");
+    let pki =
+        Pki::load_or_create(&d.join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, &base, SystemClock.now())
+            .unwrap();
+    let now = SystemClock.now();
+    let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };
+    let person = |name: &str, role: Role| {
+        let mut u = User::new(Username::parse(name).unwrap(), name, group.id, now).unwrap();
+        u.roles = [role].into_iter().collect();
+        u
+    };
+    let (alice, oscar) = (person("alice", Role::User), person("oscar", Role::Operator));
+    let (alice_token, alice_secret) = ApiToken::issue(alice.id, "t", None, now).unwrap();
+    let (oscar_token, oscar_secret) = ApiToken::issue(oscar.id, "t", None, now).unwrap();
+    let mut card = Device::new(DeviceKind::SmartCard, "Lanyard virtual card", now).unwrap();
+    card.owner = Some(alice.id);
+    card.state = DeviceState::Active;
+    card.card_guid = Some([0x42; 16]);
+    let mut blank = Device::new(DeviceKind::SmartCard, "Lanyard virtual card", now).unwrap();
+    blank.owner = Some(alice.id);
+    blank.state = DeviceState::Active;
+    {
+        let mut tx = db.begin().await.unwrap();
+        tx.insert_group(&group).await.unwrap();
+        tx.insert_user(&alice).await.unwrap();
+        tx.insert_user(&oscar).await.unwrap();
+        tx.insert_api_token(&alice_token).await.unwrap();
+        tx.insert_api_token(&oscar_token).await.unwrap();
+        tx.insert_device(&card).await.unwrap();
+        tx.insert_device(&blank).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let (alice_secret, oscar_secret) =
+        (alice_secret.expose_secret().to_owned(), oscar_secret.expose_secret().to_owned());
+    let root = d.join("root.pem");
+    let issuing = d.join("issuing.pem");
+    let chain = d.join("chain.pem");
+    std::fs::write(&root, pem("CERTIFICATE", pki.root.certificate_der())).unwrap();
+    std::fs::write(&issuing, pem("CERTIFICATE", pki.issuing.certificate_der())).unwrap();
+    std::fs::write(
+        &chain,
+        format!(
+            "{}{}",
+            pem("CERTIFICATE", pki.issuing.certificate_der()),
+            pem("CERTIFICATE", pki.root.certificate_der())
+        ),
+    )
+    .unwrap();
+    let (root, issuing, chain) = (
+        root.to_str().unwrap().to_owned(),
+        issuing.to_str().unwrap().to_owned(),
+        chain.to_str().unwrap().to_owned(),
+    );
+
+    // A CSR as openssl makes it.
+    let key = d.join("key.pem");
+    let csr_path = d.join("req.pem");
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=x",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr_path.to_str().unwrap(),
+    ]);
+    let csr = std::fs::read_to_string(&csr_path).unwrap();
+    // The same request with its subject changed from x to y: the signature no longer verifies.
+    let tampered = {
+        let (_, der) = der::pem::decode_vec(csr.as_bytes()).unwrap();
+        let mut der = der;
+        let at = der.windows(6).position(|w| w == [0x55, 0x04, 0x03, 0x0c, 0x01, b'x']).unwrap();
+        der[at + 5] = b'y';
+        pem("CERTIFICATE REQUEST", &der)
+    };
+
+    let db = Arc::new(db);
+    let state = AppState::new(Arc::clone(&db), Arc::new(pki), Arc::new(SystemClock));
+    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let call = |path: String, token: String, body: String| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let (status, op, body) = http_raw(&addr, "POST", &path, &token, &body);
+            (status, op, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+        })
+    };
+    let request = |csr: &str, profile: &str, slot: &str| {
+        serde_json::json!({"csr_pem": csr, "profile": profile, "slot": slot}).to_string()
+    };
+    let stored = async |db: &Db| -> (usize, Vec<AuditEvent>) {
+        let mut tx = db.begin().await.unwrap();
+        let creds =
+            tx.list_credentials(&CredentialQuery { limit: 1000, ..Default::default() }).await.unwrap();
+        let events = tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap();
+        (creds.len(), events)
+    };
+    let path = format!("/api/v1/devices/{}/certificates", card.id);
+
+    // A cardholder may not issue: 403 before anything is read.
+    let (status, _, body) =
+        call(path.clone(), alice_secret.clone(), request(&csr, "piv-auth", "9a")).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "forbidden: this requires the operator role");
+
+    // A tampered CSR is a 400 with the CSR parser's message; nothing is stored.
+    let (status, _, body) =
+        call(path.clone(), oscar_secret.clone(), request(&tampered, "piv-auth", "9a")).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "csr_pem: the certificate request signature does not verify");
+    // A card profile on a card without a card UUID is a 400 saying so.
+    let (status, _, body) = call(
+        format!("/api/v1/devices/{}/certificates", blank.id),
+        oscar_secret.clone(),
+        request(&csr, "piv-auth", "9a"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("needs the card UUID"), "{body}");
+    let (status, _, body) =
+        call(path.clone(), oscar_secret.clone(), request(&csr, "root-ca", "9a")).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (count, events) = stored(&db).await;
+    assert_eq!((count, events.len()), (0, 0));
+
+    // The operator issues: 201, an Active credential, one audit event with the operation id.
+    let (status, op, body) =
+        call(path.clone(), oscar_secret.clone(), request(&csr, "piv-auth", "9a")).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let credential = &body["credential"];
+    assert_eq!(credential["state"], "active");
+    assert_eq!(credential["device"], card.id.to_string());
+    assert_eq!(credential["kind"]["slot"], "9a");
+    assert_eq!(credential["kind"]["profile"], "piv-auth");
+    let serial = credential["kind"]["serial_hex"].as_str().unwrap().to_owned();
+    assert!(!serial.starts_with("00") && serial == serial.to_lowercase(), "{serial}");
+    let (count, events) = stored(&db).await;
+    assert_eq!((count, events.len()), (1, 1));
+    assert_eq!(events[0].action, "credential.issue");
+    assert_eq!(events[0].operation_id, op);
+    assert_eq!(
+        events[0].target.as_deref(),
+        Some(format!("credential:{}", credential["id"].as_str().unwrap()).as_str())
+    );
+
+    // openssl accepts the chain, sees the subject and the card UUID, and OCSP says good.
+    let cert = d.join("issued.pem");
+    std::fs::write(&cert, body["certificate_pem"].as_str().unwrap()).unwrap();
+    let cert = cert.to_str().unwrap().to_owned();
+    let out = openssl(&["verify", "-CAfile", &root, "-untrusted", &issuing, &cert]);
+    assert!(out.contains(": OK"), "{out}");
+    let text = openssl(&["x509", "-in", &cert, "-noout", "-text"]);
+    assert!(text.contains("CN=x") || text.contains("CN = x"), "{text}");
+    assert!(text.contains("urn:uuid:42424242-4242-4242-4242-424242424242"), "{text}");
+    let url = format!("{base}/pki/ocsp");
+    let out = tokio::task::spawn_blocking(move || {
+        openssl(&["ocsp", "-issuer", &issuing, "-cert", &cert, "-url", &url, "-CAfile", &chain])
+    })
+    .await
+    .unwrap();
+    assert!(out.contains(": good"), "{out}");
+    server.abort();
+}

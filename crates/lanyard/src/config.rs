@@ -88,7 +88,14 @@ const ENV_KEYS: &[&str] = &[
 ];
 
 /// `LANYARD_*` variables that belong to other commands, not to the server's configuration.
-const OTHER_ENV: &[&str] = &["LANYARD_VCARD_HOME", "LANYARD_DEMO_DIR", "LANYARD_TEST_VENV", "LANYARD_CONFIG"];
+const OTHER_ENV: &[&str] = &[
+    "LANYARD_VCARD_HOME",
+    "LANYARD_DEMO_DIR",
+    "LANYARD_TEST_VENV",
+    "LANYARD_CONFIG",
+    "LANYARD_CLI_CONFIG",
+    "LANYARD_PASSWORD",
+];
 
 impl Config {
     fn defaults(data_dir: PathBuf) -> Self {

@@ -1,5 +1,6 @@
 //! `lanyard`: one binary for the whole credential management system.
 
+mod admin_cmd;
 mod bench;
 mod config;
 mod piv_cmd;
@@ -40,6 +41,21 @@ enum Commands {
     /// Inspect the server configuration (defaults → lanyard.toml → LANYARD_* variables).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Log in to a server's API and keep an API token for the commands below
+    /// (in ~/.config/lanyard/cli.json, or $LANYARD_CLI_CONFIG). The password comes from
+    /// $LANYARD_PASSWORD or standard input. Plain HTTP only: the server serves loopback HTTP for
+    /// now, so use an http://127.0.0.1 URL.
+    Login(admin_cmd::LoginArgs),
+    /// Users, through the API (after `lanyard login`).
+    #[command(subcommand)]
+    User(admin_cmd::UserCommand),
+    /// Devices, through the API (after `lanyard login`).
+    #[command(subcommand)]
+    Device(admin_cmd::DeviceCommand),
+    /// Certificates, through the API (after `lanyard login`): issue from a CSR, revoke, hold,
+    /// release.
+    #[command(subcommand)]
+    Cert(admin_cmd::CertCommand),
     /// Measure card operations through PC/SC (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -102,6 +118,10 @@ fn main() -> std::process::ExitCode {
         Commands::Vcard(c) => vcard_cmd::run(c),
         Commands::Piv(c) => piv_cmd::run(c),
         Commands::Bench(c) => bench::run(c),
+        Commands::Login(a) => admin_cmd::login(a),
+        Commands::User(c) => admin_cmd::user(c),
+        Commands::Device(c) => admin_cmd::device(c),
+        Commands::Cert(c) => admin_cmd::cert(c),
         Commands::Config(ConfigCommand::Check { config }) => config_check(config.as_deref()),
         Commands::Serve { config } => load_config(config.as_deref()).and_then(serve::serve),
         Commands::Audit(AuditCommand::Verify { config }) => {

@@ -48,6 +48,11 @@ fn openssl(args: &[&str]) -> String {
 
 /// Starts `lanyard serve` and waits for its "listening" line.
 fn start_server(data: &Path, port: u16) -> std::process::Child {
+    start_server_with_password(data, port).0
+}
+
+/// [`start_server`], also answering the bootstrap administrator's password when it printed one.
+fn start_server_with_password(data: &Path, port: u16) -> (std::process::Child, Option<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
         .arg("serve")
         .env("LANYARD_DATA_DIR", data)
@@ -59,15 +64,19 @@ fn start_server(data: &Path, port: u16) -> std::process::Child {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
+    let mut password = None;
     loop {
         let line = lines.next().expect("lanyard serve exited before listening").unwrap();
+        if let Some(rest) = line.split("Bootstrap administrator: admin / ").nth(1) {
+            password = rest.split_whitespace().next().map(str::to_owned);
+        }
         if line.contains("Lanyard is listening") {
             break;
         }
     }
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    child
+    (child, password)
 }
 
 #[test]
@@ -183,4 +192,175 @@ fn config_check_explains_bad_settings() {
     let t = text(&o);
     assert!(t.contains("unknown environment variable LANYARD_LISTN"), "{t}");
     assert!(t.contains("unknown CA key algorithm \"rsa1024\""), "{t}");
+}
+
+/// Runs the admin CLI with its configuration file in `config`.
+fn admin(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(args)
+        .env("LANYARD_CLI_CONFIG", config)
+        .env_remove("LANYARD_PASSWORD")
+        .output()
+        .unwrap()
+}
+
+fn admin_json(config: &Path, args: &[&str]) -> serde_json::Value {
+    let o = admin(config, args);
+    assert!(o.status.success(), "lanyard {args:?}: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("lanyard {args:?}: {e}: {}", text(&o)))
+}
+
+#[test]
+fn the_admin_cli_issues_and_revokes_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let port = free_port();
+    let (mut server, password) = start_server_with_password(&data, port);
+    let password = password.expect("no bootstrap password on the first start");
+    let base = format!("http://127.0.0.1:{port}");
+    let config = d.join("cli/cli.json");
+
+    // A wrong password fails with the server's message and operation id.
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["login", "--server", &base, "--username", "admin"])
+        .env("LANYARD_CLI_CONFIG", &config)
+        .env("LANYARD_PASSWORD", "not the password")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("invalid username or password (operation id "), "{}", text(&o));
+    assert!(!config.exists());
+
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["login", "--server", &base, "--username", "admin"])
+        .env("LANYARD_CLI_CONFIG", &config)
+        .env("LANYARD_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("logged in as admin"), "{}", text(&o));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    // A user, and a card registered for the administrator.
+    let user = admin_json(
+        &config,
+        &[
+            "user",
+            "add",
+            "--username",
+            "carol",
+            "--display-name",
+            "Carol",
+            "--role",
+            "user",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(user["username"], "carol");
+    let device = admin_json(
+        &config,
+        &[
+            "device",
+            "add",
+            "--kind",
+            "smart_card",
+            "--model",
+            "Test card",
+            "--owner",
+            "admin",
+            "--output",
+            "json",
+        ],
+    );
+    let device_id = device["id"].as_str().unwrap().to_owned();
+    let list = admin(&config, &["device", "list"]);
+    assert!(list.status.success() && text(&list).contains(&device_id), "{}", text(&list));
+
+    let key = d.join("key.pem");
+    let csr = d.join("req.pem");
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=Admin Signature",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    let cert = d.join("cert.pem");
+    let issued = admin_json(
+        &config,
+        &[
+            "cert",
+            "issue",
+            "--device",
+            &device_id,
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "digital-signature",
+            "--slot",
+            "9c",
+            "--out",
+            cert.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(issued["credential"]["state"], "active");
+    let credential = issued["credential"]["id"].as_str().unwrap().to_owned();
+
+    // openssl asks the server's OCSP responder.
+    let (root, issuing) = (d.join("root.der"), d.join("ca.der"));
+    fetch(&format!("{base}/pki/root.crt"), &root);
+    fetch(&format!("{base}/pki/ca.crt"), &issuing);
+    let pem = |der: &Path| {
+        let out = der.with_extension("pem");
+        openssl(&["x509", "-inform", "DER", "-in", der.to_str().unwrap(), "-out", out.to_str().unwrap()]);
+        std::fs::read_to_string(out).unwrap()
+    };
+    let chain = d.join("chain.pem");
+    std::fs::write(&chain, format!("{}{}", pem(&issuing), pem(&root))).unwrap();
+    let ocsp = || {
+        openssl(&[
+            "ocsp",
+            "-issuer",
+            d.join("ca.pem").to_str().unwrap(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-url",
+            &format!("{base}/pki/ocsp"),
+            "-CAfile",
+            chain.to_str().unwrap(),
+        ])
+    };
+    let out = ocsp();
+    assert!(out.contains(": good"), "{out}");
+
+    let o = admin(&config, &["cert", "revoke", "--credential", &credential, "--reason", "key_compromise"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("revoked"), "{}", text(&o));
+    let out = ocsp();
+    assert!(out.contains(": revoked") && out.contains("keyCompromise"), "{out}");
+
+    // A refused action exits non-zero with the server's message and operation id.
+    let o = admin(&config, &["cert", "release", "--credential", &credential]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("server answered 409") && t.contains("(operation id "), "{t}");
+
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

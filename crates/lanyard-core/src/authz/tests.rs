@@ -649,3 +649,65 @@ fn a_credential_on_a_suspended_device_is_not_released_on_its_own() {
     block_on(op.resume_device(&w.repo, card.id)).unwrap();
     assert_eq!(w.credential_states(card.id), [CredentialState::Active, CredentialState::Expired]);
 }
+
+#[test]
+fn an_operator_registers_a_card_and_records_an_issued_certificate() {
+    let w = world();
+    let olga = w.principal(&w.olga);
+    let op = olga.operator().unwrap();
+    let card = |serial: &str| CardInfo {
+        kind: DeviceKind::SmartCard,
+        model: "YubiKey 5".into(),
+        serial: Some(serial.into()),
+    };
+
+    // Stock without an owner; issuing to the owner with one; a taken serial is a conflict.
+    let stock = block_on(op.register_device(&w.repo, card("1"), None)).unwrap();
+    assert_eq!((stock.state, stock.owner), (DeviceState::Available, None));
+    let issued = block_on(op.register_device(&w.repo, card("2"), Some(w.alice.id))).unwrap();
+    assert_eq!((issued.state, issued.owner), (DeviceState::Issuing, Some(w.alice.id)));
+    let err = block_on(op.register_device(&w.repo, card("2"), None)).unwrap_err();
+    assert!(matches!(err, DomainError::Conflict(_)), "{err}");
+    let actions: Vec<String> = w.repo.data().audit.iter().map(|e| e.action.clone()).collect();
+    assert_eq!(actions, ["device.register", "device.register", "device.begin_issuance"]);
+
+    let kind = |at: OffsetDateTime| CredentialKind::Certificate {
+        slot: CertSlot::PivAuthentication,
+        profile: "piv-auth".into(),
+        serial_hex: "7f01".into(),
+        not_before: at,
+        not_after: at + time::Duration::days(30),
+        certificate_der: vec![0x30],
+        attestation_der: None,
+    };
+    // Stock does not receive certificates, and a failing signer writes nothing.
+    let before = w.repo.data();
+    let err =
+        block_on(op.issue_certificate(&w.repo, stock.id, |_| Ok::<_, DomainError>(kind(w.clock.now()))))
+            .unwrap_err();
+    assert!(matches!(err, DomainError::Conflict(_)), "{err}");
+    let err = block_on(op.issue_certificate(&w.repo, issued.id, |_| {
+        Err::<CredentialKind, _>(DomainError::Conflict("no".into()))
+    }))
+    .unwrap_err();
+    assert!(matches!(err, DomainError::Conflict(m) if m == "no"));
+    assert_eq!(w.repo.data(), before);
+
+    let credential = block_on(op.issue_certificate(&w.repo, issued.id, |d| {
+        assert_eq!(d.id, issued.id);
+        Ok::<_, DomainError>(kind(w.clock.now()))
+    }))
+    .unwrap();
+    assert_eq!((credential.state, credential.device), (CredentialState::Active, issued.id));
+    let data = w.repo.data();
+    assert_eq!(data.credentials[&credential.id], credential);
+    let event = data.audit.last().unwrap();
+    assert_eq!(event.action, "credential.issue");
+    assert_eq!(event.operation_id, "op-olga");
+    assert_eq!(event.target.as_deref(), Some(format!("credential:{}", credential.id).as_str()));
+    assert_eq!(event.after.as_ref().unwrap()["serial"], "7f01");
+    assert_eq!(verify_chain(&data.audit), Ok(4));
+
+    // Cardholders have no operator view.
+    assert!(w.principal(&w.alice).operator().is_err());
+}

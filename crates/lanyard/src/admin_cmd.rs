@@ -1,0 +1,428 @@
+//! The administration commands: `login`, `user`, `device` and `cert`, over the JSON API.
+//!
+//! `login` creates an API token and keeps `{server, token}` in the CLI configuration file; the
+//! other commands send that token. Plain HTTP only: the server serves loopback HTTP for now.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// The server's JSON, pretty-printed.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Server base URL, e.g. http://127.0.0.1:8443 (plain HTTP on loopback only for now).
+    #[arg(long)]
+    server: String,
+    #[arg(long)]
+    username: String,
+    /// Name of the API token to create.
+    #[arg(long, default_value = "lanyard-cli")]
+    token_name: String,
+    /// Days until the token expires (1–365) [default: never].
+    #[arg(long)]
+    expires_in_days: Option<u32>,
+    #[command(flatten)]
+    out: OutputArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user (administrator).
+    Add {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        display_name: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// A role (user, operator, administrator, auditor); repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Group id or name.
+        #[arg(long, default_value = "default")]
+        group: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// The devices you hold.
+    List {
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Register a card or USB key (operator); with --owner, issuance to that user begins.
+    Add {
+        /// smart_card or usb_key.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        serial: Option<String>,
+        /// User id or username.
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Sign a PKCS#10 request for a device (operator).
+    Issue {
+        #[arg(long)]
+        device: String,
+        /// The CSR, PEM.
+        #[arg(long)]
+        csr: PathBuf,
+        /// A built-in profile id: piv-auth, card-auth, digital-signature, key-management, …
+        #[arg(long)]
+        profile: String,
+        /// 9a, 9c, 9d, 9e, derived_piv or mobile.
+        #[arg(long)]
+        slot: String,
+        #[arg(long)]
+        validity_days: Option<u32>,
+        /// Write the certificate (PEM) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Revoke a certificate (operator).
+    Revoke {
+        #[arg(long)]
+        credential: String,
+        /// key_compromise, affiliation_changed, superseded, cessation_of_operation, …
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Put a certificate on hold (operator).
+    Hold {
+        #[arg(long)]
+        credential: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Release a held certificate (operator).
+    Release {
+        #[arg(long)]
+        credential: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CliConfig {
+    server: String,
+    token: String,
+}
+
+fn config_path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LANYARD_CLI_CONFIG") {
+        return Ok(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; set LANYARD_CLI_CONFIG")?;
+    Ok(PathBuf::from(home).join(".config/lanyard/cli.json"))
+}
+
+fn save_config(config: &CliConfig) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    let path = config_path()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(serde_json::to_string_pretty(config)?.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn load_config() -> anyhow::Result<CliConfig> {
+    let path = config_path()?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (run `lanyard login` first)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a CLI configuration", path.display()))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+/// A server reply: the status and the JSON body (null when empty).
+struct Reply {
+    status: u16,
+    body: Value,
+    set_cookies: Vec<String>,
+}
+
+fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, url: &str) -> anyhow::Result<Reply> {
+    let mut resp = result.with_context(|| format!("calling {url}"))?;
+    let status = resp.status().as_u16();
+    let set_cookies = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let text = resp.body_mut().read_to_string().with_context(|| format!("reading the answer of {url}"))?;
+    let body = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Ok(Reply { status, body, set_cookies })
+}
+
+/// Turns an error reply into an error naming the server's message and operation id.
+fn check(r: Reply) -> anyhow::Result<Value> {
+    if (200..300).contains(&r.status) {
+        return Ok(r.body);
+    }
+    let message =
+        r.body.get("error").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| r.body.to_string());
+    match r.body.get("operation_id").and_then(Value::as_str) {
+        Some(op) => bail!("server answered {}: {message} (operation id {op})", r.status),
+        None => bail!("server answered {}: {message}", r.status),
+    }
+}
+
+fn url(server: &str, path: &str) -> String {
+    format!("{}{path}", server.trim_end_matches('/'))
+}
+
+/// An authenticated client from the saved configuration.
+struct Client {
+    config: CliConfig,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Client { config: load_config()?, agent: agent() })
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.config.token)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let u = url(&self.config.server, path);
+        check(reply(self.agent.get(&u).header("authorization", &self.bearer()).call(), &u)?)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let u = url(&self.config.server, path);
+        let request = self.agent.post(&u).header("authorization", &self.bearer());
+        let result = if body.is_null() { request.send_empty() } else { request.send_json(body) };
+        check(reply(result, &u)?)
+    }
+}
+
+fn print(output: Output, value: &Value, text: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Text => println!("{}", text(value)),
+    }
+    Ok(())
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn device_line(d: &Value) -> String {
+    format!(
+        "{}  {}  {}  {}  serial {}",
+        s(d, "id"),
+        s(d, "kind"),
+        s(d, "model"),
+        s(d, "state"),
+        s(d, "serial")
+    )
+}
+
+fn credential_line(c: &Value) -> String {
+    let kind = &c["kind"];
+    format!(
+        "credential {}  {}  slot {}  profile {}  serial {}",
+        s(c, "id"),
+        s(c, "state"),
+        s(kind, "slot"),
+        s(kind, "profile"),
+        s(kind, "serial_hex")
+    )
+}
+
+fn read_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if let Ok(p) = std::env::var("LANYARD_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        // Without a terminal library the input is echoed; prefer LANYARD_PASSWORD in scripts.
+        eprint!("Password (will be echoed): ");
+        std::io::stderr().flush()?;
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        bail!("no password: set LANYARD_PASSWORD or write it on standard input");
+    }
+    Ok(password)
+}
+
+pub fn login(args: LoginArgs) -> anyhow::Result<()> {
+    if !args.server.starts_with("http://") {
+        bail!(
+            "--server must be an http:// URL: this client has no TLS, as the server serves loopback HTTP for now"
+        );
+    }
+    let password = read_password()?;
+    let agent = agent();
+    let u = url(&args.server, "/api/v1/login");
+    let r = reply(agent.post(&u).send_json(json!({"username": args.username, "password": password})), &u)?;
+    let cookies: Vec<String> = r
+        .set_cookies
+        .iter()
+        .filter_map(|c| c.split(';').next().map(str::to_owned))
+        .filter(|c| c.starts_with("lanyard_session="))
+        .collect();
+    let body = check(r)?;
+    let csrf = body["csrf_token"].as_str().context("the login answer has no csrf_token")?.to_owned();
+    let cookie = cookies.first().context("the login answer set no session cookie")?.clone();
+    let mut request = json!({"name": args.token_name});
+    if let Some(days) = args.expires_in_days {
+        request["expires_in_days"] = json!(days);
+    }
+    let u = url(&args.server, "/api/v1/tokens");
+    let created = check(reply(
+        agent.post(&u).header("cookie", &cookie).header("x-csrf-token", &csrf).send_json(&request),
+        &u,
+    )?)?;
+    let token = created["token"].as_str().context("the server answered no token")?.to_owned();
+    // End the session: from now on the token is used.
+    let u = url(&args.server, "/api/v1/logout");
+    let _ = agent.post(&u).header("cookie", &cookie).header("x-csrf-token", &csrf).send_empty();
+    let path = save_config(&CliConfig { server: args.server.trim_end_matches('/').to_owned(), token })?;
+    let shown = json!({"server": args.server, "user": body["user"], "api_token": created["api_token"],
+        "config": path.display().to_string()});
+    print(args.out.output, &shown, |v| {
+        format!("logged in as {}; API token saved in {}", s(&v["user"], "username"), path.display())
+    })
+}
+
+pub fn user(command: UserCommand) -> anyhow::Result<()> {
+    let client = Client::new()?;
+    match command {
+        UserCommand::Add { username, display_name, email, roles, group, out } => {
+            let mut body =
+                json!({"username": username, "display_name": display_name, "roles": roles, "group": group});
+            if let Some(e) = email {
+                body["email"] = json!(e);
+            }
+            let user = client.post("/api/v1/users", &body)?;
+            print(out.output, &user, |u| format!("user {}  {}", s(u, "id"), s(u, "username")))
+        }
+    }
+}
+
+pub fn device(command: DeviceCommand) -> anyhow::Result<()> {
+    let client = Client::new()?;
+    match command {
+        DeviceCommand::List { out } => {
+            let list = client.get("/api/v1/devices")?;
+            print(out.output, &list, |l| {
+                l.as_array()
+                    .map(|a| a.iter().map(device_line).collect::<Vec<_>>().join("\n"))
+                    .unwrap_or_default()
+            })
+        }
+        DeviceCommand::Add { kind, model, serial, owner, out } => {
+            let mut body = json!({"kind": kind, "model": model});
+            if let Some(serial) = serial {
+                body["serial"] = json!(serial);
+            }
+            if let Some(owner) = owner {
+                body["owner"] = json!(owner);
+            }
+            let device = client.post("/api/v1/devices", &body)?;
+            print(out.output, &device, device_line)
+        }
+    }
+}
+
+pub fn cert(command: CertCommand) -> anyhow::Result<()> {
+    let client = Client::new()?;
+    match command {
+        CertCommand::Issue { device, csr, profile, slot, validity_days, out, output } => {
+            let csr_pem =
+                std::fs::read_to_string(&csr).with_context(|| format!("reading {}", csr.display()))?;
+            let mut body = json!({"csr_pem": csr_pem, "profile": profile, "slot": slot});
+            if let Some(days) = validity_days {
+                body["validity_days"] = json!(days);
+            }
+            let issued = client.post(&format!("/api/v1/devices/{device}/certificates"), &body)?;
+            let pem = issued["certificate_pem"].as_str().context("the server answered no certificate")?;
+            if let Some(path) = &out {
+                std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+            }
+            print(output.output, &issued, |v| match &out {
+                Some(path) => {
+                    format!("{} (certificate in {})", credential_line(&v["credential"]), path.display())
+                }
+                None => format!("{}\n{pem}", credential_line(&v["credential"])),
+            })
+        }
+        CertCommand::Revoke { credential, reason, out } => {
+            let c = client
+                .post(&format!("/api/v1/credentials/{credential}/revoke"), &json!({"reason": reason}))?;
+            print(out.output, &c, credential_line)
+        }
+        CertCommand::Hold { credential, out } => {
+            let c = client.post(&format!("/api/v1/credentials/{credential}/hold"), &Value::Null)?;
+            print(out.output, &c, credential_line)
+        }
+        CertCommand::Release { credential, out } => {
+            let c = client.post(&format!("/api/v1/credentials/{credential}/release"), &Value::Null)?;
+            print(out.output, &c, credential_line)
+        }
+    }
+}
