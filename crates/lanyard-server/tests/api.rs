@@ -270,65 +270,162 @@ async fn cookie_requests_that_change_state_need_the_csrf_token_bearer_requests_d
     assert_eq!(r.body["state"], "active");
 }
 
-/// Every caller against every route, in an order where the operator's suspend is undone by its
-/// resume; afterwards both cards are as they were and only the operator left audit events.
+impl App {
+    /// A request with an optional bearer token and an optional JSON body.
+    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<&Value>) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let body = body.map(Value::to_string);
+        self.send(method, uri, &headers, body.as_deref()).await
+    }
+
+    /// Everything a request could change: the audit log, devices, credentials, users and every
+    /// caller's API tokens.
+    async fn snapshot(&self) -> String {
+        use lanyard_core::repo::{CredentialQuery, DeviceQuery, UserQuery};
+        let mut tx = self.db.begin().await.unwrap();
+        let audit = tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap();
+        let devices = tx.list_devices(&DeviceQuery { limit: 1000, ..Default::default() }).await.unwrap();
+        let credentials =
+            tx.list_credentials(&CredentialQuery { limit: 1000, ..Default::default() }).await.unwrap();
+        let users = tx.list_users(&UserQuery { limit: 1000, ..Default::default() }).await.unwrap();
+        let mut tokens = Vec::new();
+        for c in [&self.alice, &self.bob, &self.operator, &self.auditor, &self.admin] {
+            tokens.push(tx.list_api_tokens(c.user.id).await.unwrap());
+        }
+        format!("{}\n{devices:?}\n{credentials:?}\n{users:?}\n{tokens:?}", audit.len())
+    }
+}
+
+/// A P-256 CSR made in process (no RSA), as PEM.
+fn csr_pem() -> String {
+    use base64::Engine;
+    let key = lanyard_ca::SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
+    let der =
+        lanyard_ca::build_csr(&key, lanyard_ca::parse_dn("CN=Alice Example").unwrap(), vec![], None).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap());
+        pem.push('\n');
+    }
+    pem + "-----END CERTIFICATE REQUEST-----\n"
+}
+
+/// Every caller against every `/api/v1` route but login, in an order where each of the
+/// operator's changes is legal (suspend before resume, hold before release before revoke) and
+/// the token to delete belongs to the last authorised caller (the administrator), so everyone
+/// before is refused a live token. Every refused request changes nothing at all; afterwards
+/// only the successful calls left audit events.
 #[tokio::test]
 async fn authorization_matrix() {
     use StatusCode as S;
+    const N: usize = 19;
     let app = setup().await;
     let (a, b) = (app.alice_card, app.bob_card);
-    let routes: Vec<(&str, String)> = vec![
-        ("GET", "/api/v1/me".into()),
-        ("GET", "/api/v1/devices".into()),
-        ("GET", format!("/api/v1/devices/{a}")),
-        ("GET", format!("/api/v1/devices/{b}")),
-        ("POST", format!("/api/v1/devices/{a}/suspend")),
-        ("POST", format!("/api/v1/devices/{a}/resume")),
-        ("GET", "/api/v1/audit".into()),
-        ("POST", "/api/v1/logout".into()),
+    let cert_body = json!({"csr_pem": csr_pem(), "profile": "digital-signature", "slot": "9c"});
+
+    // A credential on alice's card for the credential actions, and a live administrator token
+    // for the delete.
+    let r =
+        app.post_json(&format!("/api/v1/devices/{a}/certificates"), &app.operator.token, &cert_body).await;
+    assert_eq!(r.status, S::CREATED, "{}", r.body);
+    let c = r.body["credential"]["id"].as_str().unwrap().to_owned();
+    let r = app.post_json("/api/v1/tokens", &app.admin.token, &json!({"name": "target"})).await;
+    assert_eq!(r.status, S::CREATED, "{}", r.body);
+    let t = r.body["api_token"]["id"].as_str().unwrap().to_owned();
+    let audit_before = app.audit().await.len();
+
+    let new_device = json!({"kind": "smart_card", "model": "Matrix card"});
+    let new_user = json!({"username": "carol", "display_name": "Carol", "roles": ["user"], "group": "staff"});
+    let new_token = json!({"name": "matrix"});
+    let revoke = json!({"reason": "key_compromise"});
+    let routes: [(&str, String, Option<&Value>); N] = [
+        ("GET", "/api/v1/me".into(), None),
+        ("GET", "/api/v1/devices".into(), None),
+        ("GET", format!("/api/v1/devices/{a}"), None),
+        ("GET", format!("/api/v1/devices/{b}"), None),
+        ("POST", format!("/api/v1/devices/{a}/suspend"), None),
+        ("POST", format!("/api/v1/devices/{a}/resume"), None),
+        ("GET", "/api/v1/audit".into(), None),
+        ("POST", "/api/v1/logout".into(), None),
+        ("POST", "/api/v1/devices".into(), Some(&new_device)),
+        ("GET", format!("/api/v1/devices/{a}/credentials"), None),
+        ("GET", format!("/api/v1/devices/{b}/credentials"), None),
+        ("POST", format!("/api/v1/devices/{a}/certificates"), Some(&cert_body)),
+        ("POST", format!("/api/v1/credentials/{c}/hold"), None),
+        ("POST", format!("/api/v1/credentials/{c}/release"), None),
+        ("POST", format!("/api/v1/credentials/{c}/revoke"), Some(&revoke)),
+        ("POST", "/api/v1/users".into(), Some(&new_user)),
+        ("POST", "/api/v1/tokens".into(), Some(&new_token)),
+        ("GET", "/api/v1/tokens".into(), None),
+        ("DELETE", format!("/api/v1/tokens/{t}"), None),
     ];
     const BAD: StatusCode = S::BAD_REQUEST; // logout with a token: there is no session to end
-    let expected: [(&str, &str, [StatusCode; 8]); 8] = [
-        (
-            "alice",
-            &app.alice.token,
-            [S::OK, S::OK, S::OK, S::NOT_FOUND, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, BAD],
-        ),
-        (
-            "bob",
-            &app.bob.token,
-            [S::OK, S::OK, S::NOT_FOUND, S::OK, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, BAD],
-        ),
-        (
-            "operator",
-            &app.operator.token,
-            [S::OK, S::FORBIDDEN, S::OK, S::OK, S::OK, S::OK, S::FORBIDDEN, BAD],
-        ),
-        (
-            "auditor",
-            &app.auditor.token,
-            [S::OK, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK, BAD],
-        ),
-        (
-            "admin",
-            &app.admin.token,
-            [S::OK, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, BAD],
-        ),
-        ("revoked token", &app.revoked_token, [S::UNAUTHORIZED; 8]),
-        ("expired token", &app.expired_token, [S::UNAUTHORIZED; 8]),
-        ("unknown token", "f00d", [S::UNAUTHORIZED; 8]),
+    const NO: StatusCode = S::FORBIDDEN;
+    const NF: StatusCode = S::NOT_FOUND;
+    const NEW: StatusCode = S::CREATED;
+    #[rustfmt::skip]
+    let expected: [(&str, Option<&str>, [StatusCode; N]); 9] = [
+        //                                  me     devs   dev a  dev b  susp   resume audit  logout
+        //                                  +dev   cr a   cr b   cert   hold   releas revoke users  +tok   tokens -tok
+        ("alice", Some(&app.alice.token), [S::OK, S::OK, S::OK, NF,    NO,    NO,    NO,    BAD,
+                                           NO,    S::OK, NF,    NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF]),
+        ("bob", Some(&app.bob.token),     [S::OK, S::OK, NF,    S::OK, NO,    NO,    NO,    BAD,
+                                           NO,    NF,    S::OK, NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF]),
+        ("operator", Some(&app.operator.token),
+                                          [S::OK, NO,    S::OK, S::OK, S::OK, S::OK, NO,    BAD,
+                                           NEW,   S::OK, S::OK, NEW,   S::OK, S::OK, S::OK, NO,    NEW,   S::OK, NF]),
+        ("auditor", Some(&app.auditor.token),
+                                          [S::OK, NO,    NO,    NO,    NO,    NO,    S::OK, BAD,
+                                           NO,    NO,    NO,    NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF]),
+        ("admin", Some(&app.admin.token), [S::OK, NO,    NO,    NO,    NO,    NO,    NO,    BAD,
+                                           NO,    NO,    NO,    NO,    NO,    NO,    NO,    NEW,   NEW,   S::OK, S::OK]),
+        ("revoked token", Some(&app.revoked_token), [S::UNAUTHORIZED; N]),
+        ("expired token", Some(&app.expired_token), [S::UNAUTHORIZED; N]),
+        ("unknown token", Some("f00d"), [S::UNAUTHORIZED; N]),
+        ("anonymous", None, [S::UNAUTHORIZED; N]),
     ];
     let cards_before = (app.device(a).await, app.device(b).await);
+    let mut cells = 0;
+    let mut state = app.snapshot().await;
     for (who, token, statuses) in expected {
-        for ((method, uri), want) in routes.iter().zip(statuses) {
-            let r = app.bearer(method, uri, token).await;
+        for ((method, uri, body), want) in routes.iter().zip(statuses) {
+            let r = app.call(method, uri, token, *body).await;
             assert_eq!(r.status, want, "{who} {method} {uri}: {}", r.body);
-            assert!(r.headers.contains_key("x-operation-id"));
+            assert!(r.headers.contains_key("x-operation-id"), "{who} {method} {uri}");
+            let after = app.snapshot().await;
+            if !r.status.is_success() {
+                assert_eq!(
+                    after, state,
+                    "{who} {method} {uri} was refused ({}) but changed something",
+                    r.status
+                );
+            }
+            if want == S::FORBIDDEN {
+                let role = r.error().strip_prefix("forbidden: this requires the ");
+                assert!(role.is_some_and(|r| r.ends_with(" role")), "{who} {method} {uri}: {}", r.error());
+            }
+            // Refusals are decided before the body is read: a malformed one changes nothing.
+            if body.is_some() && matches!(want, S::UNAUTHORIZED | S::FORBIDDEN) {
+                let auth = token.map(|t| format!("Bearer {t}"));
+                let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+                let r = app.send(method, uri, &headers, Some("{")).await;
+                assert_eq!(r.status, want, "{who} {method} {uri} with a malformed body: {}", r.body);
+                assert_eq!(app.snapshot().await, after, "{who} {method} {uri} with a malformed body");
+            }
+            state = after;
+            cells += 1;
         }
     }
-    let anonymous = [S::UNAUTHORIZED; 8];
-    for ((method, uri), want) in routes.iter().zip(anonymous) {
-        assert_eq!(app.send(method, uri, &[], None).await.status, want, "anonymous {method} {uri}");
+    assert_eq!(cells, 9 * N);
+
+    // Login is the one route without a caller: any bearer token sent along is ignored.
+    let login = json!({"username": "bob", "password": PASSWORD});
+    for (who, token, _) in expected {
+        let r = app.call("POST", "/api/v1/login", token, Some(&login)).await;
+        assert_eq!(r.status, S::OK, "{who} POST /api/v1/login: {}", r.body);
+        assert_eq!(r.body["user"]["username"], "bob", "{who}");
     }
 
     // A cardholder's list holds their own card only.
@@ -340,9 +437,28 @@ async fn authorization_matrix() {
     assert_eq!(b_after, cards_before.1, "bob's card untouched");
     assert_eq!((a_after.state, a_after.owner), (cards_before.0.state, cards_before.0.owner));
     let events = app.audit().await;
-    let actions: Vec<_> = events.iter().map(|e| (e.action.as_str(), e.actor.clone())).collect();
-    let by_operator = Actor::ApiToken { id: app.operator.token_id };
-    assert_eq!(actions, [("device.suspend", by_operator.clone()), ("device.resume", by_operator)]);
+    let actions: Vec<_> =
+        events[audit_before..].iter().map(|e| (e.action.as_str(), e.actor.clone())).collect();
+    let by = |c: &Caller| Actor::ApiToken { id: c.token_id };
+    assert_eq!(
+        actions,
+        [
+            ("api_token.create", by(&app.alice)),
+            ("api_token.create", by(&app.bob)),
+            ("device.suspend", by(&app.operator)),
+            ("device.resume", by(&app.operator)),
+            ("device.register", by(&app.operator)),
+            ("credential.issue", by(&app.operator)),
+            ("credential.hold", by(&app.operator)),
+            ("credential.release", by(&app.operator)),
+            ("credential.revoke", by(&app.operator)),
+            ("api_token.create", by(&app.operator)),
+            ("api_token.create", by(&app.auditor)),
+            ("user.create", by(&app.admin)),
+            ("api_token.create", by(&app.admin)),
+            ("api_token.revoke", by(&app.admin)),
+        ]
+    );
 }
 
 #[tokio::test]
