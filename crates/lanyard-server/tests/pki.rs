@@ -275,14 +275,40 @@ fn http(
     (status, op, json)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_holds_releases_and_revokes_a_credential_and_ocsp_and_the_crl_follow() {
-    use lanyard_core::audit::{Actor, AuditEvent};
-    use lanyard_core::lifecycle::{CredentialState, DeviceState};
-    use lanyard_core::model::{ApiToken, Role, User, Username};
-    use lanyard_core::repo::AuditQuery;
-    use secrecy::ExposeSecret;
+/// What the API-driven PKI tests share: a migrated SQLite store, a bound listener, the CA (whose
+/// URLs name that listener), and a cardholder (alice) and an operator (oscar) with API tokens.
+struct Setup {
+    dir: tempfile::TempDir,
+    db: Db,
+    listener: tokio::net::TcpListener,
+    addr: String,
+    base: String,
+    pki: Pki,
+    now: time::OffsetDateTime,
+    group: Group,
+    alice: lanyard_core::model::User,
+    oscar: lanyard_core::model::User,
+    alice_token: lanyard_core::model::ApiToken,
+    alice_secret: secrecy::SecretString,
+    oscar_token: lanyard_core::model::ApiToken,
+    oscar_secret: secrecy::SecretString,
+}
 
+/// A user of `group` with exactly `role`.
+fn person(
+    name: &str,
+    role: lanyard_core::model::Role,
+    group: GroupId,
+    now: time::OffsetDateTime,
+) -> lanyard_core::model::User {
+    use lanyard_core::model::{User, Username};
+    let mut u = User::new(Username::parse(name).unwrap(), name, group, now).unwrap();
+    u.roles = [role].into_iter().collect();
+    u
+}
+
+async fn setup() -> Setup {
+    use lanyard_core::model::{ApiToken, Role};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let db = Db::connect(&format!("sqlite://{}", d.join("lanyard.db").display())).await.unwrap();
@@ -293,19 +319,55 @@ async fn operator_holds_releases_and_revokes_a_credential_and_ocsp_and_the_crl_f
     let pki =
         Pki::load_or_create(&d.join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, &base, SystemClock.now())
             .unwrap();
-
-    // Alice (a cardholder) owns an active card holding one active certificate; Oscar is an
-    // operator. Both call with API tokens.
     let now = SystemClock.now();
     let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };
-    let person = |name: &str, role: Role| {
-        let mut u = User::new(Username::parse(name).unwrap(), name, group.id, now).unwrap();
-        u.roles = [role].into_iter().collect();
-        u
-    };
-    let (alice, oscar) = (person("alice", Role::User), person("oscar", Role::Operator));
+    let (alice, oscar) =
+        (person("alice", Role::User, group.id, now), person("oscar", Role::Operator, group.id, now));
     let (alice_token, alice_secret) = ApiToken::issue(alice.id, "t", None, now).unwrap();
     let (oscar_token, oscar_secret) = ApiToken::issue(oscar.id, "t", None, now).unwrap();
+    Setup {
+        dir,
+        db,
+        listener,
+        addr,
+        base,
+        pki,
+        now,
+        group,
+        alice,
+        oscar,
+        alice_token,
+        alice_secret,
+        oscar_token,
+        oscar_secret,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_holds_releases_and_revokes_a_credential_and_ocsp_and_the_crl_follow() {
+    use lanyard_core::audit::{Actor, AuditEvent};
+    use lanyard_core::lifecycle::{CredentialState, DeviceState};
+    use lanyard_core::model::{ApiToken, Role};
+    use lanyard_core::repo::AuditQuery;
+    use secrecy::ExposeSecret;
+
+    let Setup {
+        dir,
+        db,
+        listener,
+        addr,
+        base,
+        pki,
+        now,
+        group,
+        alice,
+        oscar,
+        alice_token,
+        alice_secret,
+        oscar_token,
+        oscar_secret,
+    } = setup().await;
+    let d = dir.path();
     let mut device = Device::new(DeviceKind::SmartCard, "Lanyard virtual card", now).unwrap();
     device.owner = Some(alice.id);
     device.state = DeviceState::Active;
@@ -483,7 +545,7 @@ async fn operator_holds_releases_and_revokes_a_credential_and_ocsp_and_the_crl_f
     assert!(text.contains(&serial_hex.to_uppercase()) && text.contains("KEY COMPROMISE"), "{text}");
 
     // Someone else's device's credentials are a 404 for a cardholder.
-    let bob_view = person("bob", Role::User);
+    let bob_view = person("bob", Role::User, group.id, now);
     let (bob_token, bob_secret) = ApiToken::issue(bob_view.id, "t", None, now).unwrap();
     {
         let mut tx = db.begin().await.unwrap();
@@ -507,30 +569,26 @@ async fn operator_holds_releases_and_revokes_a_credential_and_ocsp_and_the_crl_f
 async fn operator_issues_a_certificate_from_a_csr() {
     use lanyard_core::audit::AuditEvent;
     use lanyard_core::lifecycle::DeviceState;
-    use lanyard_core::model::{ApiToken, Role, User, Username};
     use lanyard_core::repo::{AuditQuery, CredentialQuery};
     use secrecy::ExposeSecret;
 
-    let dir = tempfile::tempdir().unwrap();
+    let Setup {
+        dir,
+        db,
+        listener,
+        addr,
+        base,
+        pki,
+        now,
+        group,
+        alice,
+        oscar,
+        alice_token,
+        alice_secret,
+        oscar_token,
+        oscar_secret,
+    } = setup().await;
     let d = dir.path();
-    let db = Db::connect(&format!("sqlite://{}", d.join("lanyard.db").display())).await.unwrap();
-    db.migrate().await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let base = format!("http://{addr}");
-    let pki =
-        Pki::load_or_create(&d.join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, &base, SystemClock.now())
-            .unwrap();
-    let now = SystemClock.now();
-    let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };
-    let person = |name: &str, role: Role| {
-        let mut u = User::new(Username::parse(name).unwrap(), name, group.id, now).unwrap();
-        u.roles = [role].into_iter().collect();
-        u
-    };
-    let (alice, oscar) = (person("alice", Role::User), person("oscar", Role::Operator));
-    let (alice_token, alice_secret) = ApiToken::issue(alice.id, "t", None, now).unwrap();
-    let (oscar_token, oscar_secret) = ApiToken::issue(oscar.id, "t", None, now).unwrap();
     let mut card = Device::new(DeviceKind::SmartCard, "Lanyard virtual card", now).unwrap();
     card.owner = Some(alice.id);
     card.state = DeviceState::Active;
