@@ -65,6 +65,26 @@ pub fn create_issuing_ca<R: CaSigner, S: CaSigner>(
     CertificateAuthority::new(&issued.der, signer, urls.for_issuing_ca())
 }
 
+/// A certificate under `profile` for one of the CA's own signing keys (no SAN).
+fn issue_signer_certificate<S: CaSigner, K: CaSigner>(
+    issuing: &CertificateAuthority<S>,
+    profile: &CertificateProfile,
+    key: &K,
+    subject: Name,
+    not_before: OffsetDateTime,
+    validity_days: u32,
+) -> Result<IssuedCertificate, CaError> {
+    issuing.issue(&IssueRequest {
+        profile,
+        subject,
+        public_key: key.public_key(),
+        san: SanInput::default(),
+        not_before,
+        requested_not_after: x509time::add(not_before, days(validity_days))?,
+        cap_not_after: None,
+    })
+}
+
 /// Issues a delegated OCSP responder certificate for `key` and returns the ready responder.
 pub fn issue_ocsp_signer<S: CaSigner, K: CaSigner>(
     issuing: &CertificateAuthority<S>,
@@ -74,16 +94,14 @@ pub fn issue_ocsp_signer<S: CaSigner, K: CaSigner>(
     validity_days: u32,
     next_update_in: Duration,
 ) -> Result<OcspResponder<K>, CaError> {
-    let profile = CertificateProfile::ocsp_signer();
-    let issued = issuing.issue(&IssueRequest {
-        profile: &profile,
+    let issued = issue_signer_certificate(
+        issuing,
+        &CertificateProfile::ocsp_signer(),
+        &key,
         subject,
-        public_key: key.public_key(),
-        san: SanInput::default(),
         not_before,
-        requested_not_after: x509time::add(not_before, days(validity_days))?,
-        cap_not_after: None,
-    })?;
+        validity_days,
+    )?;
     OcspResponder::new(issuing.certificate_der(), &issued.der, key, next_update_in)
 }
 
@@ -95,16 +113,14 @@ pub fn issue_content_signer<S: CaSigner, K: CaSigner>(
     not_before: OffsetDateTime,
     validity_days: u32,
 ) -> Result<SignerCredential<K>, CaError> {
-    let profile = CertificateProfile::content_signer();
-    let certificate = issuing.issue(&IssueRequest {
-        profile: &profile,
+    let certificate = issue_signer_certificate(
+        issuing,
+        &CertificateProfile::content_signer(),
+        &key,
         subject,
-        public_key: key.public_key(),
-        san: SanInput::default(),
         not_before,
-        requested_not_after: x509time::add(not_before, days(validity_days))?,
-        cap_not_after: None,
-    })?;
+        validity_days,
+    )?;
     Ok(SignerCredential { certificate, key })
 }
 
