@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod pki;
+pub mod tls;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -202,16 +203,28 @@ async fn operation_id(mut req: Request, next: Next) -> Response {
 pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
     Router::new()
         .merge(api::routes())
+        .merge(pki_routes())
+        .layer(middleware::from_fn(operation_id))
+        .with_state(state)
+}
+
+/// Only the PKI publication points (CA certificates, CRL, OCSP), for a plain-HTTP listener:
+/// relying parties fetch these while validating certificates, often before they can do TLS.
+pub fn pki_router<R: Repo + 'static>(state: AppState<R>) -> Router {
+    Router::new().merge(pki_routes()).layer(middleware::from_fn(operation_id)).with_state(state)
+}
+
+fn pki_routes<R: Repo + 'static>() -> Router<AppState<R>> {
+    Router::new()
         .route("/pki/root.crt", get(root_certificate::<R>))
         .route("/pki/ca.crt", get(issuing_certificate::<R>))
         .route("/pki/crl", get(crl::<R>))
+        .route("/pki/root.crl", get(root_crl::<R>))
         .route(
             "/pki/ocsp",
             axum::routing::post(ocsp_post::<R>).layer(DefaultBodyLimit::max(MAX_OCSP_REQUEST)),
         )
         .route("/pki/ocsp/{*request}", get(ocsp_get::<R>))
-        .layer(middleware::from_fn(operation_id))
-        .with_state(state)
 }
 
 fn der_response(content_type: &'static str, der: Vec<u8>) -> Response {
@@ -300,6 +313,22 @@ async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError
     if let Ok(mut c) = s.crl_cache.lock() {
         *c = Some(CachedCrl { head_seq: head.seq, this_update: now, der: der.clone() });
     }
+    Ok(der_response("application/pkix-crl", der))
+}
+
+/// How long the root's CRL stays valid. The root only ever certifies the issuing CA, which
+/// Lanyard does not revoke, so the list is empty; it is re-signed on request.
+const ROOT_CRL_VALIDITY: time::Duration = time::Duration::days(7);
+
+/// The CRL the issuing CA's certificate points to: signed by the root.
+async fn root_crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
+    let now = s.clock.now();
+    let number = u64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(0);
+    let der = s
+        .pki
+        .root
+        .build_crl(&[], &CrlParams { number, this_update: now, next_update: now + ROOT_CRL_VALIDITY })
+        .map_err(|e| ApiError::internal("signing the root CRL", e))?;
     Ok(der_response("application/pkix-crl", der))
 }
 

@@ -111,3 +111,66 @@ impl Pki {
         Ok(Pki { root, issuing, ocsp })
     }
 }
+
+/// How long the server's own TLS certificate is valid; it is re-issued at start once less than a
+/// third of that is left.
+const TLS_VALIDITY_DAYS: i64 = 90;
+
+/// The server's TLS identity: the certificate chain (leaf, then the issuing CA) and the PKCS#8 key.
+pub struct TlsIdentity {
+    pub chain: Vec<Vec<u8>>,
+    pub pkcs8_key: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl Pki {
+    /// The TLS server certificate for `dns` names and `ip` addresses, kept in `dir` as
+    /// `tls.crt`/`tls.key.pem`/`tls.names`. A fresh key and certificate are issued by the issuing CA
+    /// when none exists, when the names changed, or when less than a third of its life is left.
+    pub fn tls_identity(
+        &self,
+        dir: &Path,
+        dns: &[String],
+        ip: &[std::net::IpAddr],
+        now: OffsetDateTime,
+    ) -> Result<TlsIdentity, PkiError> {
+        let keys = KeyFileStore::new(dir);
+        let names = dns.iter().map(String::as_str).map(str::to_owned).chain(ip.iter().map(|i| i.to_string()));
+        let names = names.collect::<Vec<_>>().join("\n");
+        let (cert_path, names_path) = (dir.join("tls.crt"), dir.join("tls.names"));
+        if cert_path.exists()
+            && keys.exists("tls")?
+            && std::fs::read_to_string(&names_path).ok() == Some(names.clone())
+        {
+            let der = read(&cert_path)?;
+            let cert: lanyard_ca::Certificate = der::Decode::from_der(&der).map_err(CaError::from)?;
+            let validity = &cert.tbs_certificate.validity;
+            let not_after = i128::from(validity.not_after.to_unix_duration().as_secs());
+            let not_before = i128::from(validity.not_before.to_unix_duration().as_secs());
+            if (not_after - i128::from(now.unix_timestamp())) * 3 >= not_after - not_before {
+                let key = keys.load("tls")?.to_pkcs8_der()?;
+                return Ok(TlsIdentity {
+                    chain: vec![der, self.issuing.certificate_der().to_vec()],
+                    pkcs8_key: key,
+                });
+            }
+        }
+        let key = SoftwareKey::generate(KeyAlgorithm::EcP256)?;
+        let issued = self.issuing.issue(&lanyard_ca::IssueRequest {
+            profile: &lanyard_ca::CertificateProfile::tls_server(),
+            subject: lanyard_ca::Name::default(),
+            public_key: lanyard_ca::CaSigner::public_key(&key),
+            san: lanyard_ca::SanInput { dns: dns.to_vec(), ip: ip.to_vec(), ..Default::default() },
+            not_before: now,
+            requested_not_after: now + time::Duration::days(TLS_VALIDITY_DAYS),
+            cap_not_after: None,
+        })?;
+        keys.save("tls", &key)?;
+        write(&cert_path, &issued.der)?;
+        write(&names_path, names.as_bytes())?;
+        tracing::info!(names = %names.replace('\n', ", "), "issued the server's TLS certificate");
+        Ok(TlsIdentity {
+            chain: vec![issued.der, self.issuing.certificate_der().to_vec()],
+            pkcs8_key: key.to_pkcs8_der()?,
+        })
+    }
+}

@@ -229,6 +229,32 @@ async fn ocsp_and_crl_report_good_revoked_held_and_unknown() {
     assert!(!text.contains(&serial_of(&good)), "{text}");
     assert!(text.contains("NEXT UPDATE"), "{text}");
 
+    // The root's CRL (where the issuing CA's certificate points) completes a full CRL check.
+    let resp = router(state.clone())
+        .oneshot(Request::get("/pki/root.crl").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let root_crl = d.join("root-crl.der");
+    std::fs::write(&root_crl, &body).unwrap();
+    let root_crl = root_crl.to_str().unwrap();
+    let out = openssl(&["crl", "-inform", "DER", "-in", root_crl, "-CAfile", chain, "-verify", "-noout"]);
+    assert!(out.contains("verify OK"), "{out}");
+    let crls = d.join("crls.pem");
+    let crl_pem = |p: &str| openssl(&["crl", "-inform", "DER", "-in", p]);
+    std::fs::write(&crls, format!("{}{}", crl_pem(crl), crl_pem(root_crl))).unwrap();
+    let check = |c: &Issued| {
+        let o = std::process::Command::new("openssl")
+            .args(["verify", "-crl_check_all", "-CRLfile", crls.to_str().unwrap(), "-CAfile", chain])
+            .arg(&c.pem_path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    assert!(check(&good).contains(": OK"), "{}", check(&good));
+    assert!(check(&revoked).contains("certificate revoked"), "{}", check(&revoked));
+
     // The CA certificates are published where the AIA points.
     let resp = router(state).oneshot(Request::get("/pki/ca.crt").body(Body::empty()).unwrap()).await.unwrap();
     let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();

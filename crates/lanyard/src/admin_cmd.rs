@@ -1,7 +1,9 @@
 //! The administration commands: `login`, `user`, `device` and `cert`, over the JSON API.
 //!
 //! `login` creates an API token and keeps `{server, token}` in the CLI configuration file; the
-//! other commands send that token. Plain HTTP only: the server serves loopback HTTP for now.
+//! other commands send that token. HTTPS is verified against the CA certificate given to `login`
+//! (Lanyard's own root, usually) or else the system's trust store; plain HTTP is refused unless
+//! the server is on a loopback address.
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -28,9 +30,15 @@ pub struct OutputArg {
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
-    /// Server base URL, e.g. http://127.0.0.1:8443 (plain HTTP on loopback only for now).
+    /// Server base URL, e.g. https://lanyard.example.org or https://127.0.0.1:8443 (plain
+    /// http:// only for a server on a loopback address).
     #[arg(long)]
     server: String,
+    /// PEM file with the CA certificate(s) that the server's TLS certificate must chain to, e.g.
+    /// `<data_dir>/ca/root.crt` for a server using its own CA [default: the system's trust store].
+    /// Kept in the CLI configuration for later commands.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
     #[arg(long)]
     username: String,
     /// Name of the API token to create.
@@ -141,6 +149,9 @@ pub enum CertCommand {
 struct CliConfig {
     server: String,
     token: String,
+    /// PEM trust anchors for the server's TLS certificate; `None`: the system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_cert_pem: Option<String>,
 }
 
 fn config_path() -> anyhow::Result<PathBuf> {
@@ -177,8 +188,51 @@ fn load_config() -> anyhow::Result<CliConfig> {
     serde_json::from_str(&text).with_context(|| format!("{} is not a CLI configuration", path.display()))
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+/// Refuses plain HTTP to anything but a loopback host: the password and token would travel in clear.
+fn check_scheme(server: &str) -> anyhow::Result<()> {
+    if server.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = server.strip_prefix("http://") else {
+        bail!("--server {server:?} must be an https:// URL");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!("--server {server:?}: plain http:// is only allowed to a loopback address; use https://");
+    }
+    Ok(())
+}
+
+fn agent(ca_cert_pem: Option<&str>) -> anyhow::Result<ureq::Agent> {
+    use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+    let roots = match ca_cert_pem {
+        Some(pem) => {
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(pem.as_bytes()) {
+                if let PemItem::Certificate(c) = item.context("the CA certificate file is not valid PEM")? {
+                    certs.push(Certificate::to_owned(&c));
+                }
+            }
+            if certs.is_empty() {
+                bail!("the CA certificate file holds no CERTIFICATE");
+            }
+            RootCerts::new_with_certs(&certs)
+        }
+        None => RootCerts::PlatformVerifier,
+    };
+    let tls = TlsConfig::builder()
+        .root_certs(roots)
+        .unversioned_rustls_crypto_provider(
+            std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .build();
+    Ok(ureq::Agent::config_builder().http_status_as_error(false).tls_config(tls).build().into())
 }
 
 /// A server reply: the status and the JSON body (null when empty).
@@ -231,7 +285,10 @@ struct Client {
 
 impl Client {
     fn new() -> anyhow::Result<Self> {
-        Ok(Client { config: load_config()?, agent: agent() })
+        let config = load_config()?;
+        check_scheme(&config.server)?;
+        let agent = agent(config.ca_cert_pem.as_deref())?;
+        Ok(Client { config, agent })
     }
 
     fn bearer(&self) -> String {
@@ -310,13 +367,21 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 pub fn login(args: LoginArgs) -> anyhow::Result<()> {
-    if !args.server.starts_with("http://") {
-        bail!(
-            "--server must be an http:// URL: this client has no TLS, as the server serves loopback HTTP for now"
-        );
-    }
+    check_scheme(&args.server)?;
+    let ca_cert_pem = match &args.ca_cert {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            // The server keeps its CA certificates as DER; accept those as well as PEM.
+            Some(match String::from_utf8(bytes) {
+                Ok(text) if text.contains("-----BEGIN") => text,
+                Ok(text) => lanyard_ca::pem("CERTIFICATE", text.as_bytes()),
+                Err(e) => lanyard_ca::pem("CERTIFICATE", e.as_bytes()),
+            })
+        }
+        None => None,
+    };
+    let agent = agent(ca_cert_pem.as_deref())?;
     let password = read_password()?;
-    let agent = agent();
     let u = url(&args.server, "/api/v1/login");
     let r = reply(agent.post(&u).send_json(json!({"username": args.username, "password": password})), &u)?;
     let cookies: Vec<String> = r
@@ -341,7 +406,8 @@ pub fn login(args: LoginArgs) -> anyhow::Result<()> {
     // End the session: from now on the token is used.
     let u = url(&args.server, "/api/v1/logout");
     let _ = agent.post(&u).header("cookie", &cookie).header("x-csrf-token", &csrf).send_empty();
-    let path = save_config(&CliConfig { server: args.server.trim_end_matches('/').to_owned(), token })?;
+    let path =
+        save_config(&CliConfig { server: args.server.trim_end_matches('/').to_owned(), token, ca_cert_pem })?;
     let shown = json!({"server": args.server, "user": body["user"], "api_token": created["api_token"],
         "config": path.display().to_string()});
     print(args.out.output, &shown, |v| {

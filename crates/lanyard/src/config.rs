@@ -32,6 +32,28 @@ impl std::str::FromStr for CaKeyAlgorithm {
     }
 }
 
+/// Whether `serve` speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// HTTPS: with `tls.cert_file`/`tls.key_file` when set, else a certificate from Lanyard's own
+    /// CA for the host names of `public_url` and `listen`.
+    On,
+    /// Plain HTTP: only on a loopback address (a local demo, or behind a TLS-terminating proxy on
+    /// the same host).
+    Off,
+}
+
+impl std::str::FromStr for TlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!("unknown tls.mode {other:?} (expected on or off)")),
+        }
+    }
+}
+
 /// What `lanyard.toml` may contain. Every field is optional; absent ones keep the default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +61,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     public_url: Option<String>,
+    pki_listen: Option<String>,
+    pki_url: Option<String>,
     database_url: Option<String>,
     kek_file: Option<PathBuf>,
     log: Option<String>,
@@ -55,6 +79,7 @@ struct FileCa {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileTls {
+    mode: Option<String>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
 }
@@ -65,11 +90,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: String,
     pub public_url: String,
+    /// An extra plain-HTTP listener serving only `/pki/…` (CA certificates, CRL, OCSP).
+    pub pki_listen: Option<String>,
+    /// The base URL written into certificates' AIA and CRL distribution points; defaults to
+    /// `public_url`. Set it to the plain-HTTP address of `pki_listen` in production.
+    pub pki_url: String,
     /// May hold a password: never print it; see [`Config::redacted`].
     pub database_url: String,
     pub kek_file: PathBuf,
     pub log: String,
     pub ca_key_algorithm: CaKeyAlgorithm,
+    pub tls_mode: TlsMode,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
 }
@@ -79,10 +110,13 @@ const ENV_KEYS: &[&str] = &[
     "DATA_DIR",
     "LISTEN",
     "PUBLIC_URL",
+    "PKI_LISTEN",
+    "PKI_URL",
     "DATABASE_URL",
     "KEK_FILE",
     "LOG",
     "CA_KEY_ALGORITHM",
+    "TLS_MODE",
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
 ];
@@ -104,10 +138,13 @@ impl Config {
             kek_file: data_dir.join("kek"),
             data_dir,
             listen: "127.0.0.1:8443".into(),
-            // Plain HTTP is allowed on loopback only; TLS comes with the portal.
-            public_url: "http://127.0.0.1:8443".into(),
+            // Replaced by the scheme and `listen` when not configured; see `load`.
+            public_url: String::new(),
+            pki_listen: None,
+            pki_url: String::new(),
             log: "info".into(),
             ca_key_algorithm: CaKeyAlgorithm::P256,
+            tls_mode: TlsMode::On,
             tls_cert_file: None,
             tls_key_file: None,
         }
@@ -188,6 +225,10 @@ impl Config {
         if let Some(v) = parsed.public_url {
             c.public_url = v;
         }
+        c.pki_listen = parsed.pki_listen;
+        if let Some(v) = parsed.pki_url {
+            c.pki_url = v;
+        }
         if let Some(v) = parsed.database_url {
             c.database_url = v;
         }
@@ -198,7 +239,9 @@ impl Config {
             c.log = v;
         }
         let mut ca_alg = parsed.ca.and_then(|ca| ca.key_algorithm);
+        let mut tls_mode = None;
         if let Some(tls) = parsed.tls {
+            tls_mode = tls.mode;
             c.tls_cert_file = tls.cert_file;
             c.tls_key_file = tls.key_file;
         }
@@ -206,10 +249,13 @@ impl Config {
             match key {
                 "LISTEN" => c.listen = v,
                 "PUBLIC_URL" => c.public_url = v,
+                "PKI_LISTEN" => c.pki_listen = Some(v),
+                "PKI_URL" => c.pki_url = v,
                 "DATABASE_URL" => c.database_url = v,
                 "KEK_FILE" => c.kek_file = v.into(),
                 "LOG" => c.log = v,
                 "CA_KEY_ALGORITHM" => ca_alg = Some(v),
+                "TLS_MODE" => tls_mode = Some(v),
                 "TLS_CERT_FILE" => c.tls_cert_file = Some(v.into()),
                 "TLS_KEY_FILE" => c.tls_key_file = Some(v.into()),
                 _ => {}
@@ -221,6 +267,19 @@ impl Config {
                 Err(e) => errors.push(e),
             }
         }
+        if let Some(m) = tls_mode {
+            match m.parse() {
+                Ok(m) => c.tls_mode = m,
+                Err(e) => errors.push(e),
+            }
+        }
+        if c.public_url.is_empty() {
+            let scheme = if c.tls_mode == TlsMode::On { "https" } else { "http" };
+            c.public_url = format!("{scheme}://{}", c.listen);
+        }
+        if c.pki_url.is_empty() {
+            c.pki_url = c.public_url.clone();
+        }
         errors.extend(c.check());
         if errors.is_empty() { Ok(c) } else { Err(errors) }
     }
@@ -229,10 +288,10 @@ impl Config {
     fn check(&self) -> Vec<String> {
         let mut errors = Vec::new();
         match self.listen.parse::<std::net::SocketAddr>() {
-            Ok(addr) => {
-                // Plain HTTP is only for a loopback demo; anything else needs TLS (own CA by default).
-                let _ = addr;
-            }
+            Ok(addr) if self.tls_mode == TlsMode::Off && !addr.ip().is_loopback() => errors.push(format!(
+                "tls.mode = off with listen = {addr}: plain HTTP is only served on a loopback address"
+            )),
+            Ok(_) => {}
             Err(_) => errors.push(format!("listen = {:?} is not an address:port", self.listen)),
         }
         if !(self.public_url.starts_with("https://")
@@ -243,6 +302,17 @@ impl Config {
                 "public_url = {:?} must be https:// (plain http only on loopback)",
                 self.public_url
             ));
+        }
+        if let Some(l) = &self.pki_listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            errors.push(format!("pki_listen = {l:?} is not an address:port"));
+        }
+        if !(self.pki_url.starts_with("http://") || self.pki_url.starts_with("https://")) {
+            errors.push(format!("pki_url = {:?} must be an http:// or https:// URL", self.pki_url));
+        }
+        if self.tls_mode == TlsMode::Off && (self.tls_cert_file.is_some() || self.tls_key_file.is_some()) {
+            errors.push("tls.mode = off, but tls.cert_file/tls.key_file are set".to_owned());
         }
         if !(self.database_url.starts_with("sqlite:")
             || self.database_url.starts_with("postgres://")
@@ -262,10 +332,13 @@ impl Config {
             ("data_dir", self.data_dir.display().to_string()),
             ("listen", self.listen.clone()),
             ("public_url", self.public_url.clone()),
+            ("pki_listen", self.pki_listen.clone().unwrap_or_else(|| "(none)".into())),
+            ("pki_url", self.pki_url.clone()),
             ("database_url", redact_url(&self.database_url)),
             ("kek_file", self.kek_file.display().to_string()),
             ("log", self.log.clone()),
             ("ca.key_algorithm", format!("{:?}", self.ca_key_algorithm).to_lowercase()),
+            ("tls.mode", if self.tls_mode == TlsMode::On { "on" } else { "off" }.to_owned()),
             (
                 "tls.cert_file",
                 self.tls_cert_file.as_ref().map_or("(own CA)".into(), |p| p.display().to_string()),
@@ -364,5 +437,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn tls_is_on_by_default_and_off_only_on_loopback() {
+        let c = Config::load(None, env(&[("LANYARD_DATA_DIR", "/d")])).unwrap();
+        assert_eq!((c.tls_mode, c.public_url.as_str()), (TlsMode::On, "https://127.0.0.1:8443"));
+        let c = Config::load(None, env(&[("LANYARD_TLS_MODE", "off"), ("LANYARD_LISTEN", "127.0.0.1:80")]))
+            .unwrap();
+        assert_eq!(c.public_url, "http://127.0.0.1:80");
+        let e = Config::load(None, env(&[("LANYARD_TLS_MODE", "off"), ("LANYARD_LISTEN", "0.0.0.0:80")]))
+            .unwrap_err();
+        assert!(e[0].contains("only served on a loopback"), "{e:?}");
+        let e = Config::load(None, env(&[("LANYARD_TLS_MODE", "maybe")])).unwrap_err();
+        assert!(e[0].contains("expected on or off"), "{e:?}");
     }
 }

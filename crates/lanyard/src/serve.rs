@@ -1,6 +1,6 @@
 //! `lanyard serve` and `lanyard audit verify`.
 
-use crate::config::{CaKeyAlgorithm, Config};
+use crate::config::{CaKeyAlgorithm, Config, TlsMode};
 use anyhow::{Context, bail};
 use lanyard_core::audit::ChainVerifier;
 use lanyard_core::clock::{Clock, SystemClock};
@@ -47,11 +47,8 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
 /// start and reused afterwards.
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let addr: SocketAddr = cfg.listen.parse().context("listen address")?;
-    if !addr.ip().is_loopback() {
-        bail!(
-            "listen = {addr}: serving beyond loopback needs TLS, which Lanyard does not serve yet; \
-             bind to 127.0.0.1 (or put a TLS-terminating proxy in front)"
-        );
+    if cfg.tls_mode == TlsMode::Off && !addr.ip().is_loopback() {
+        bail!("listen = {addr}: plain HTTP is only served on a loopback address; set tls.mode = on");
     }
     create_private_dir(&cfg.data_dir)?;
     runtime()?.block_on(async {
@@ -70,24 +67,94 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             &cfg.data_dir.join("ca"),
             "Lanyard",
             ca_algorithm(cfg.ca_key_algorithm),
-            &cfg.public_url,
+            &cfg.pki_url,
             clock.now(),
         )
         .context("loading the CA")?;
+        let tls = match (cfg.tls_mode, &cfg.tls_cert_file, &cfg.tls_key_file) {
+            (TlsMode::Off, _, _) => None,
+            (TlsMode::On, Some(cert), Some(key)) => {
+                Some(lanyard_server::tls::server_config_from_files(cert, key)?)
+            }
+            _ => {
+                let (dns, ip) = tls_names(&cfg.public_url, addr)?;
+                let id = pki.tls_identity(&cfg.data_dir.join("ca"), &dns, &ip, clock.now())?;
+                Some(lanyard_server::tls::server_config_der(&id.chain, &id.pkcs8_key)?)
+            }
+        };
         let state = AppState::new(Arc::new(db), Arc::new(pki), clock);
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        println!("Lanyard is listening on http://{addr}");
-        println!("  CA certificates: {0}/pki/root.crt {0}/pki/ca.crt", cfg.public_url);
-        println!("  CRL:             {}/pki/crl", cfg.public_url);
-        println!("  OCSP:            {}/pki/ocsp", cfg.public_url);
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving")
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("Lanyard is listening on {scheme}://{addr} (public URL {})", cfg.public_url);
+        println!("  CA certificates: {0}/pki/root.crt {0}/pki/ca.crt", cfg.pki_url);
+        println!("  CRL:             {}/pki/crl", cfg.pki_url);
+        println!("  OCSP:            {}/pki/ocsp", cfg.pki_url);
+        if let Some(pki_listen) = &cfg.pki_listen {
+            let pki_addr: SocketAddr = pki_listen.parse().context("pki_listen address")?;
+            let pki_tcp = tokio::net::TcpListener::bind(pki_addr)
+                .await
+                .with_context(|| format!("binding {pki_addr}"))?;
+            println!("  PKI endpoints also on http://{pki_addr}/pki/");
+            let app = lanyard_server::pki_router(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(pki_tcp, app).await {
+                    tracing::error!(error = %e, "the PKI listener stopped");
+                }
+            });
+        }
+        if tls.is_some() && cfg.tls_cert_file.is_none() {
+            println!(
+                "  TLS certificate from Lanyard's own CA; clients trust {}",
+                cfg.data_dir.join("ca").join("root.crt").display()
+            );
+        }
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        match tls {
+            Some(config) => {
+                let listener = lanyard_server::tls::TlsListener::new(tcp, config)?;
+                axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+            }
+            None => axum::serve(tcp, router(state)).with_graceful_shutdown(shutdown).await,
+        }
+        .context("serving")
     })
+}
+
+/// The names the server's own TLS certificate covers: the host of `public_url`, the listening
+/// address when it is a specific one, and `localhost`/127.0.0.1/::1 when listening on loopback.
+fn tls_names(public_url: &str, listen: SocketAddr) -> anyhow::Result<(Vec<String>, Vec<std::net::IpAddr>)> {
+    let mut dns = Vec::new();
+    let mut ip = Vec::new();
+    let authority = public_url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .context("public_url has no scheme")?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    match host.parse::<std::net::IpAddr>() {
+        Ok(a) => ip.push(a),
+        Err(_) if !host.is_empty() => dns.push(host.to_ascii_lowercase()),
+        Err(_) => bail!("public_url = {public_url:?} names no host"),
+    }
+    if !listen.ip().is_unspecified() {
+        ip.push(listen.ip());
+    }
+    if listen.ip().is_loopback() {
+        dns.push("localhost".into());
+        ip.extend([
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ]);
+    }
+    dns.sort();
+    dns.dedup();
+    ip.sort();
+    ip.dedup();
+    Ok((dns, ip))
 }
 
 /// Reads the whole audit log and checks its hash chain; names the first bad event.

@@ -17,7 +17,6 @@ fn lanyard(data: &Path, port: u16, args: &[&str]) -> Output {
         .args(args)
         .env("LANYARD_DATA_DIR", data)
         .env("LANYARD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("LANYARD_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
         .output()
         .unwrap()
 }
@@ -30,9 +29,22 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn fetch(url: &str, out: &Path) {
+/// Downloads `url` over HTTPS, trusting only the server's own root (DER at `<data>/ca/root.crt`).
+fn fetch(data: &Path, url: &str, out: &Path) {
+    let root_pem = data.join("root-for-curl.pem");
+    openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        data.join("ca/root.crt").to_str().unwrap(),
+        "-out",
+        root_pem.to_str().unwrap(),
+    ]);
     let o = Command::new("curl")
-        .args(["-sf", "-o"])
+        .args(["-sf", "--cacert"])
+        .arg(&root_pem)
+        .arg("-o")
         .arg(out)
         .arg(url)
         .output()
@@ -48,16 +60,20 @@ fn openssl(args: &[&str]) -> String {
 
 /// Starts `lanyard serve` and waits for its "listening" line.
 fn start_server(data: &Path, port: u16) -> std::process::Child {
-    start_server_with_password(data, port).0
+    start_server_with_password(data, port, &[]).0
 }
 
 /// [`start_server`], also answering the bootstrap administrator's password when it printed one.
-fn start_server_with_password(data: &Path, port: u16) -> (std::process::Child, Option<String>) {
+fn start_server_with_password(
+    data: &Path,
+    port: u16,
+    env: &[(&str, &str)],
+) -> (std::process::Child, Option<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
         .arg("serve")
+        .envs(env.iter().copied())
         .env("LANYARD_DATA_DIR", data)
         .env("LANYARD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("LANYARD_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -85,12 +101,12 @@ fn serve_publishes_a_working_ca_and_keeps_it_across_restarts() {
     let data = dir.path().join("data");
     let port = free_port();
     let mut server = start_server(&data, port);
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.1:{port}");
     let (root, issuing, crl) =
         (dir.path().join("root.der"), dir.path().join("ca.der"), dir.path().join("crl.der"));
-    fetch(&format!("{base}/pki/root.crt"), &root);
-    fetch(&format!("{base}/pki/ca.crt"), &issuing);
-    fetch(&format!("{base}/pki/crl"), &crl);
+    fetch(&data, &format!("{base}/pki/root.crt"), &root);
+    fetch(&data, &format!("{base}/pki/ca.crt"), &issuing);
+    fetch(&data, &format!("{base}/pki/crl"), &crl);
     server.kill().unwrap();
     server.wait().unwrap();
 
@@ -133,15 +149,41 @@ fn serve_publishes_a_working_ca_and_keeps_it_across_restarts() {
         assert_eq!(mode(&data), 0o700);
         assert_eq!(mode(&data.join("kek")), 0o600);
         assert_eq!(mode(&data.join("ca/issuing.key.pem")), 0o600);
+        assert_eq!(mode(&data.join("ca/tls.key.pem")), 0o600);
     }
+    // The HTTPS certificate chains to the root and names the loopback addresses (curl checked the
+    // IP address against it already).
+    let tls_pem = dir.path().join("tls.pem");
+    openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        data.join("ca/tls.crt").to_str().unwrap(),
+        "-out",
+        tls_pem.to_str().unwrap(),
+    ]);
+    let verified = openssl(&[
+        "verify",
+        "-purpose",
+        "sslserver",
+        "-verify_ip",
+        "127.0.0.1",
+        "-CAfile",
+        chain.to_str().unwrap(),
+        tls_pem.to_str().unwrap(),
+    ]);
+    assert!(verified.contains(": OK"), "{verified}");
+    let tls_before = std::fs::read(data.join("ca/tls.crt")).unwrap();
 
-    // A restart reuses the CA.
+    // A restart reuses the CA and the still-young TLS certificate.
     let mut server = start_server(&data, port);
     let again = dir.path().join("ca2.der");
-    fetch(&format!("{base}/pki/ca.crt"), &again);
+    fetch(&data, &format!("{base}/pki/ca.crt"), &again);
     server.kill().unwrap();
     server.wait().unwrap();
     assert_eq!(std::fs::read(&issuing).unwrap(), std::fs::read(&again).unwrap());
+    assert_eq!(std::fs::read(data.join("ca/tls.crt")).unwrap(), tls_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,14 +258,42 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
     let d = dir.path();
     let data = d.join("data");
     let port = free_port();
-    let (mut server, password) = start_server_with_password(&data, port);
+    // The PKI endpoints also on plain HTTP, as relying parties expect, and named in certificates.
+    let pki_port = free_port();
+    let pki_base = format!("http://127.0.0.1:{pki_port}");
+    let (mut server, password) = start_server_with_password(
+        &data,
+        port,
+        &[("LANYARD_PKI_LISTEN", &format!("127.0.0.1:{pki_port}")), ("LANYARD_PKI_URL", &pki_base)],
+    );
     let password = password.expect("no bootstrap password on the first start");
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.1:{port}");
     let config = d.join("cli/cli.json");
 
     // A wrong password fails with the server's message and operation id.
+    // The server's certificate comes from Lanyard's own CA, which the system does not trust;
+    // plain HTTP to a remote host is refused before a password is sent.
     let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
         .args(["login", "--server", &base, "--username", "admin"])
+        .env("LANYARD_CLI_CONFIG", &config)
+        .env("LANYARD_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).to_lowercase().contains("certificate"), "{}", text(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["login", "--server", "http://lanyard.example.org", "--username", "admin"])
+        .env("LANYARD_CLI_CONFIG", &config)
+        .env("LANYARD_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(text(&o).contains("only allowed to a loopback address"), "{}", text(&o));
+    assert!(!config.exists());
+    let root = data.join("ca/root.crt");
+    let root = root.to_str().unwrap();
+
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["login", "--server", &base, "--ca-cert", root, "--username", "admin"])
         .env("LANYARD_CLI_CONFIG", &config)
         .env("LANYARD_PASSWORD", "not the password")
         .output()
@@ -233,7 +303,7 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
     assert!(!config.exists());
 
     let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["login", "--server", &base, "--username", "admin"])
+        .args(["login", "--server", &base, "--ca-cert", root, "--username", "admin"])
         .env("LANYARD_CLI_CONFIG", &config)
         .env("LANYARD_PASSWORD", &password)
         .output()
@@ -320,12 +390,15 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
         ],
     );
     assert_eq!(issued["credential"]["state"], "active");
+    let shown = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-text"]);
+    assert!(shown.contains(&format!("OCSP - URI:{pki_base}/pki/ocsp")), "{shown}");
+    assert!(shown.contains(&format!("URI:{pki_base}/pki/crl")), "{shown}");
     let credential = issued["credential"]["id"].as_str().unwrap().to_owned();
 
     // openssl asks the server's OCSP responder.
     let (root, issuing) = (d.join("root.der"), d.join("ca.der"));
-    fetch(&format!("{base}/pki/root.crt"), &root);
-    fetch(&format!("{base}/pki/ca.crt"), &issuing);
+    fetch(&data, &format!("{base}/pki/root.crt"), &root);
+    fetch(&data, &format!("{base}/pki/ca.crt"), &issuing);
     let pem = |der: &Path| {
         let out = der.with_extension("pem");
         openssl(&["x509", "-inform", "DER", "-in", der.to_str().unwrap(), "-out", out.to_str().unwrap()]);
@@ -341,7 +414,7 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
             "-cert",
             cert.to_str().unwrap(),
             "-url",
-            &format!("{base}/pki/ocsp"),
+            &format!("{pki_base}/pki/ocsp"),
             "-CAfile",
             chain.to_str().unwrap(),
         ])
