@@ -471,6 +471,27 @@ impl Operator<'_> {
         Ok(tx.list_users(query).await?)
     }
 
+    /// The user `reference` names: a user id, or else a username (case-insensitive).
+    pub async fn user<R: Repo>(&self, repo: &R, reference: &str) -> Result<User, DomainError> {
+        let reference = reference.trim();
+        let mut tx = repo.begin().await?;
+        let found = match reference.parse::<UserId>() {
+            Ok(id) => tx.get_user(id).await?,
+            Err(_) => match Username::parse(&reference.to_ascii_lowercase()) {
+                Ok(name) => tx.get_user_by_username(&name).await?,
+                Err(_) => None,
+            },
+        };
+        found.ok_or_else(|| DomainError::not_found("user", reference))
+    }
+
+    /// Every group and its policy, ordered by name (read-only: only an administrator changes
+    /// policy).
+    pub async fn groups<R: Repo>(&self, repo: &R) -> Result<Vec<Group>, DomainError> {
+        let mut tx = repo.begin().await?;
+        Ok(tx.list_groups().await?)
+    }
+
     /// Devices matching `query`.
     pub async fn find_devices<R: Repo>(
         &self,

@@ -9,15 +9,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lanyard_core::DomainError;
+use lanyard_core::audit::{Actor, NewAuditEvent, OperationId};
 use lanyard_core::authz::NewUser;
 use lanyard_core::ids::{ApiTokenId, CredentialId, DeviceId, GroupId};
 use lanyard_core::lifecycle::RevocationReason;
 use lanyard_core::model::{
-    ApiToken, CertSlot, Credential, CredentialKind, Device, Email, Role, Session, User, Username,
+    ApiToken, CertSlot, Credential, CredentialKind, Device, Email, Policy, Role, Session, User, Username,
 };
 use lanyard_core::password::authenticate;
 use lanyard_core::repo::prelude::*;
-use lanyard_core::repo::{AuditQuery, Repo};
+use lanyard_core::repo::{AuditQuery, DeviceQuery, Repo, UserQuery};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +42,10 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/credentials/{id}/revoke", post(revoke_credential::<R>))
         .route("/api/v1/credentials/{id}/hold", post(hold_credential::<R>))
         .route("/api/v1/credentials/{id}/release", post(release_credential::<R>))
-        .route("/api/v1/users", post(create_user::<R>))
+        .route("/api/v1/users", get(find_users::<R>).post(create_user::<R>))
+        .route("/api/v1/users/{id}/devices", get(user_devices::<R>))
+        .route("/api/v1/groups", get(list_groups::<R>).post(create_group::<R>))
+        .route("/api/v1/groups/{id}/policy", axum::routing::put(update_policy::<R>))
         .route("/api/v1/tokens", get(list_tokens::<R>).post(create_token::<R>))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token::<R>))
         .route("/api/v1/audit", get(audit::<R>))
@@ -66,8 +70,14 @@ fn set_cookie(resp: &mut Response, value: &str) {
     }
 }
 
+/// The request's operation id as the audit log takes it.
+fn operation(op: Option<&axum::Extension<crate::OperationId>>) -> OperationId {
+    op.and_then(|axum::Extension(op)| OperationId::parse(&op.0).ok()).unwrap_or_else(OperationId::random)
+}
+
 async fn login<R: Repo>(
     State(s): State<AppState<R>>,
+    op: Option<axum::Extension<crate::OperationId>>,
     body: Result<Json<LoginRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
@@ -79,8 +89,17 @@ async fn login<R: Repo>(
             seconds,
         ));
     }
+    let op = operation(op.as_ref());
     let Some(user) = authenticate(s.repo.as_ref(), &req.username, &req.password).await? else {
         s.throttle.record_failure(&key, now);
+        // Recorded by Lanyard itself: nobody is authenticated. The name is cut short so that
+        // garbage input cannot bloat the log.
+        let claimed: String = key.chars().take(lanyard_core::model::Username::MAX_LEN).collect();
+        let event = NewAuditEvent::new(now, Actor::System, "session.login_failed", &op)
+            .target(format!("username:{claimed}"));
+        let mut tx = s.repo.begin().await?;
+        tx.append_audit(event).await?;
+        tx.commit().await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid username or password"));
     };
     s.throttle.clear(&key);
@@ -88,6 +107,14 @@ async fn login<R: Repo>(
         Session::start(user.id, SESSION_TTL, now).map_err(lanyard_core::DomainError::from)?;
     let mut tx = s.repo.begin().await?;
     tx.insert_session(&session).await?;
+    let actor = Actor::User { id: user.id, username: user.username.clone() };
+    let expires = session.expires_at.format(&time::format_description::well_known::Rfc3339).ok();
+    tx.append_audit(
+        NewAuditEvent::new(now, actor, "session.login", &op)
+            .target(format!("user:{}", user.id))
+            .after(serde_json::json!({ "expires_at": expires })),
+    )
+    .await?;
     tx.commit().await?;
     let secret = secret.expose_secret();
     let body = LoginResponse { csrf_token: Session::csrf_token(secret), user };
@@ -108,6 +135,10 @@ async fn logout<R: Repo>(State(s): State<AppState<R>>, auth: Auth) -> Result<Res
     };
     let mut tx = s.repo.begin().await?;
     tx.delete_session(&hash).await?;
+    let p = &auth.principal;
+    let event = NewAuditEvent::new(s.clock.now(), p.actor(), "session.logout", p.operation_id())
+        .target(format!("user:{}", p.user().id));
+    tx.append_audit(event).await?;
     tx.commit().await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     set_cookie(
@@ -515,24 +546,16 @@ async fn create_device<R: Repo>(
     let kind = req.kind.trim().parse().map_err(|e| ApiError::bad_request(format!("kind: {e}")))?;
     let owner = match req.owner.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
         None => None,
-        Some(raw) => match raw.parse::<lanyard_core::ids::UserId>() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                let wanted = raw.to_ascii_lowercase();
-                let query = lanyard_core::repo::UserQuery {
-                    text: Some(wanted.clone()),
-                    limit: MAX_AUDIT_PAGE,
-                    ..Default::default()
-                };
-                let found =
-                    op.find_users(repo, &query).await?.into_iter().find(|u| u.username.as_str() == wanted);
-                Some(found.map(|u| u.id).ok_or_else(|| {
+        Some(raw) => Some(
+            op.user(repo, raw)
+                .await
+                .map_err(|_| {
                     ApiError::bad_request(format!(
                         "owner: there is no user {raw:?} (give a user id or username)"
                     ))
-                })?)
-            }
-        },
+                })?
+                .id,
+        ),
     };
     let card = lanyard_core::authz::CardInfo {
         kind,
@@ -541,4 +564,142 @@ async fn create_device<R: Repo>(
     };
     let device = op.register_device(repo, card, owner).await?;
     Ok((StatusCode::CREATED, Json(device)).into_response())
+}
+
+/// Largest page of users or devices one search returns.
+pub const MAX_SEARCH_PAGE: u32 = 500;
+
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_SEARCH_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1 to {MAX_SEARCH_PAGE}, got {limit}"),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserSearch {
+    /// Case-insensitive substring of username, display name or e-mail.
+    q: Option<String>,
+    role: Option<String>,
+    /// Continue after this username (keyset pagination).
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Operators find users.
+async fn find_users<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    params: Result<Query<UserSearch>, QueryRejection>,
+) -> Result<Json<Vec<User>>, ApiError> {
+    let op = auth.principal.operator()?;
+    let Query(p) = params?;
+    let role = match p.role.as_deref() {
+        Some(r) => Some(
+            r.parse::<Role>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("role: {e}")))?,
+        ),
+        None => None,
+    };
+    let after = match p.after.as_deref() {
+        Some(a) => Some(
+            Username::parse(a).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("after: {e}")))?,
+        ),
+        None => None,
+    };
+    if p.q.as_ref().is_some_and(|q| q.chars().count() > 128) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "q: at most 128 characters"));
+    }
+    let query = UserQuery { text: p.q, group: None, role, after, limit: page_limit(p.limit)? };
+    Ok(Json(op.find_users(s.repo.as_ref(), &query).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceSearch {
+    /// Only devices in this state (e.g. `pending`).
+    state: Option<String>,
+    /// Continue after this device id (keyset pagination).
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Operators list the devices of any user.
+async fn user_devices<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    params: Result<Query<DeviceSearch>, QueryRejection>,
+) -> Result<Json<Vec<Device>>, ApiError> {
+    let op = auth.principal.operator()?;
+    let Query(p) = params?;
+    let owner = op.user(s.repo.as_ref(), &id).await?.id;
+    let states = match p.state.as_deref() {
+        Some(v) => {
+            vec![v.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("state: {e}")))?]
+        }
+        None => Vec::new(),
+    };
+    let after = match p.after.as_deref() {
+        Some(a) => Some(device_id(a)?),
+        None => None,
+    };
+    let query = DeviceQuery {
+        owner: Some(owner),
+        states,
+        after,
+        limit: page_limit(p.limit)?,
+        ..DeviceQuery::default()
+    };
+    Ok(Json(op.find_devices(s.repo.as_ref(), &query).await?))
+}
+
+/// Groups and their policies: administrators and operators read them.
+async fn list_groups<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+) -> Result<Json<Vec<lanyard_core::model::Group>>, ApiError> {
+    let repo = s.repo.as_ref();
+    let groups = match auth.principal.admin() {
+        Ok(admin) => admin.groups(repo).await?,
+        Err(_) => auth.principal.operator()?.groups(repo).await?,
+    };
+    Ok(Json(groups))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroupRequest {
+    name: String,
+    /// The group's policy [default: `Policy::default()`].
+    policy: Option<Policy>,
+}
+
+async fn create_group<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    body: Result<Json<NewGroupRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<lanyard_core::model::Group>), ApiError> {
+    let admin = auth.principal.admin()?;
+    let Json(req) = body?;
+    let group = admin.create_group(s.repo.as_ref(), &req.name, req.policy.unwrap_or_default()).await?;
+    Ok((StatusCode::CREATED, Json(group)))
+}
+
+/// Replaces a group's whole policy (administrators only).
+async fn update_policy<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<Policy>, JsonRejection>,
+) -> Result<Json<lanyard_core::model::Group>, ApiError> {
+    let admin = auth.principal.admin()?;
+    let id = id.parse::<GroupId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    let Json(policy) = body?;
+    Ok(Json(admin.update_policy(s.repo.as_ref(), id, policy).await?))
 }

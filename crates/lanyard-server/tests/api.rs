@@ -168,7 +168,12 @@ impl App {
         self.db.begin().await.unwrap().get_device(id).await.unwrap().unwrap()
     }
 
+    /// The audit events about records, leaving out sign-ins and sign-outs (`session.*`).
     async fn audit(&self) -> Vec<AuditEvent> {
+        self.all_audit().await.into_iter().filter(|e| !e.action.starts_with("session.")).collect()
+    }
+
+    async fn all_audit(&self) -> Vec<AuditEvent> {
         let mut tx = self.db.begin().await.unwrap();
         tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap()
     }
@@ -201,6 +206,18 @@ async fn login_sets_a_secure_session_cookie_and_logout_ends_it() {
     assert!(out.headers[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
     let after = app.send("GET", "/api/v1/me", &[("cookie", cookie)], None).await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+
+    // Sign-in and sign-out are audited, with the user as actor and the request's operation id.
+    let events = app.all_audit().await;
+    let alice = Actor::User { id: app.alice.user.id, username: app.alice.user.username.clone() };
+    let seen: Vec<_> = events.iter().map(|e| (e.action.as_str(), &e.actor, e.target.as_deref())).collect();
+    let target = format!("user:{}", app.alice.user.id);
+    assert_eq!(
+        seen,
+        [("session.login", &alice, Some(target.as_str())), ("session.logout", &alice, Some(target.as_str()))]
+    );
+    assert_eq!(events[0].operation_id, r.headers["x-operation-id"].to_str().unwrap());
+    assert_eq!(events[1].operation_id, out.headers["x-operation-id"].to_str().unwrap());
 }
 
 #[tokio::test]
@@ -220,6 +237,20 @@ async fn a_wrong_password_and_an_unknown_user_get_the_same_401() {
     assert_eq!(bad_cookie.status, StatusCode::UNAUTHORIZED);
     let basic = app.send("GET", "/api/v1/me", &[("authorization", "Basic YWxpY2U6eA==")], None).await;
     assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
+    // Each failure is audited by Lanyard itself under the name that was tried, cut to 64 characters.
+    let long = "x".repeat(10_000);
+    assert_eq!(app.login(&long, PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+    let failed: Vec<_> = app
+        .all_audit()
+        .await
+        .into_iter()
+        .map(|e| {
+            assert_eq!((e.action.as_str(), &e.actor), ("session.login_failed", &Actor::System));
+            e.target.unwrap()
+        })
+        .collect();
+    let long_target = format!("username:{}", "x".repeat(64));
+    assert_eq!(failed, ["username:alice", "username:mallory", "username:not a name!", long_target.as_str()]);
 }
 
 #[tokio::test]
@@ -279,8 +310,8 @@ impl App {
         self.send(method, uri, &headers, body.as_deref()).await
     }
 
-    /// Everything a request could change: the audit log, devices, credentials, users and every
-    /// caller's API tokens.
+    /// Everything a request could change: the audit log, devices, credentials, users, groups and
+    /// their policies, and every caller's API tokens.
     async fn snapshot(&self) -> String {
         use lanyard_core::repo::{CredentialQuery, DeviceQuery, UserQuery};
         let mut tx = self.db.begin().await.unwrap();
@@ -289,11 +320,12 @@ impl App {
         let credentials =
             tx.list_credentials(&CredentialQuery { limit: 1000, ..Default::default() }).await.unwrap();
         let users = tx.list_users(&UserQuery { limit: 1000, ..Default::default() }).await.unwrap();
+        let groups = tx.list_groups().await.unwrap();
         let mut tokens = Vec::new();
         for c in [&self.alice, &self.bob, &self.operator, &self.auditor, &self.admin] {
             tokens.push(tx.list_api_tokens(c.user.id).await.unwrap());
         }
-        format!("{}\n{devices:?}\n{credentials:?}\n{users:?}\n{tokens:?}", audit.len())
+        format!("{}\n{devices:?}\n{credentials:?}\n{users:?}\n{groups:?}\n{tokens:?}", audit.len())
     }
 }
 
@@ -320,7 +352,7 @@ fn csr_pem() -> String {
 #[tokio::test]
 async fn authorization_matrix() {
     use StatusCode as S;
-    const N: usize = 19;
+    const N: usize = 24;
     let app = setup().await;
     let (a, b) = (app.alice_card, app.bob_card);
     let cert_body = json!({"csr_pem": csr_pem(), "profile": "digital-signature", "slot": "9c"});
@@ -334,12 +366,17 @@ async fn authorization_matrix() {
     let r = app.post_json("/api/v1/tokens", &app.admin.token, &json!({"name": "target"})).await;
     assert_eq!(r.status, S::CREATED, "{}", r.body);
     let t = r.body["api_token"]["id"].as_str().unwrap().to_owned();
-    let audit_before = app.audit().await.len();
+    let r = app.bearer("GET", "/api/v1/groups", &app.admin.token).await;
+    let g = r.body[0]["id"].as_str().unwrap().to_owned();
+    let audit_before = app.all_audit().await.len();
 
     let new_device = json!({"kind": "smart_card", "model": "Matrix card"});
     let new_user = json!({"username": "carol", "display_name": "Carol", "roles": ["user"], "group": "staff"});
     let new_token = json!({"name": "matrix"});
     let revoke = json!({"reason": "key_compromise"});
+    let new_group = json!({"name": "contractors"});
+    let mut stricter = serde_json::to_value(Policy::default()).unwrap();
+    stricter["max_devices"] = json!(1);
     let routes: [(&str, String, Option<&Value>); N] = [
         ("GET", "/api/v1/me".into(), None),
         ("GET", "/api/v1/devices".into(), None),
@@ -360,6 +397,11 @@ async fn authorization_matrix() {
         ("POST", "/api/v1/tokens".into(), Some(&new_token)),
         ("GET", "/api/v1/tokens".into(), None),
         ("DELETE", format!("/api/v1/tokens/{t}"), None),
+        ("GET", "/api/v1/users?q=a".into(), None),
+        ("GET", "/api/v1/users/alice/devices".into(), None),
+        ("GET", "/api/v1/groups".into(), None),
+        ("POST", "/api/v1/groups".into(), Some(&new_group)),
+        ("PUT", format!("/api/v1/groups/{g}/policy"), Some(&stricter)),
     ];
     const BAD: StatusCode = S::BAD_REQUEST; // logout with a token: there is no session to end
     const NO: StatusCode = S::FORBIDDEN;
@@ -369,18 +411,24 @@ async fn authorization_matrix() {
     let expected: [(&str, Option<&str>, [StatusCode; N]); 9] = [
         //                                  me     devs   dev a  dev b  susp   resume audit  logout
         //                                  +dev   cr a   cr b   cert   hold   releas revoke users  +tok   tokens -tok
+        //                                  find   udevs  groups +group policy
         ("alice", Some(&app.alice.token), [S::OK, S::OK, S::OK, NF,    NO,    NO,    NO,    BAD,
-                                           NO,    S::OK, NF,    NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF]),
+                                           NO,    S::OK, NF,    NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF,
+                                           NO,    NO,    NO,    NO,    NO]),
         ("bob", Some(&app.bob.token),     [S::OK, S::OK, NF,    S::OK, NO,    NO,    NO,    BAD,
-                                           NO,    NF,    S::OK, NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF]),
+                                           NO,    NF,    S::OK, NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF,
+                                           NO,    NO,    NO,    NO,    NO]),
         ("operator", Some(&app.operator.token),
                                           [S::OK, NO,    S::OK, S::OK, S::OK, S::OK, NO,    BAD,
-                                           NEW,   S::OK, S::OK, NEW,   S::OK, S::OK, S::OK, NO,    NEW,   S::OK, NF]),
+                                           NEW,   S::OK, S::OK, NEW,   S::OK, S::OK, S::OK, NO,    NEW,   S::OK, NF,
+                                           S::OK, S::OK, S::OK, NO,    NO]),
         ("auditor", Some(&app.auditor.token),
                                           [S::OK, NO,    NO,    NO,    NO,    NO,    S::OK, BAD,
-                                           NO,    NO,    NO,    NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF]),
+                                           NO,    NO,    NO,    NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF,
+                                           NO,    NO,    NO,    NO,    NO]),
         ("admin", Some(&app.admin.token), [S::OK, NO,    NO,    NO,    NO,    NO,    NO,    BAD,
-                                           NO,    NO,    NO,    NO,    NO,    NO,    NO,    NEW,   NEW,   S::OK, S::OK]),
+                                           NO,    NO,    NO,    NO,    NO,    NO,    NO,    NEW,   NEW,   S::OK, S::OK,
+                                           NO,    NO,    S::OK, NEW,   S::OK]),
         ("revoked token", Some(&app.revoked_token), [S::UNAUTHORIZED; N]),
         ("expired token", Some(&app.expired_token), [S::UNAUTHORIZED; N]),
         ("unknown token", Some("f00d"), [S::UNAUTHORIZED; N]),
@@ -436,10 +484,12 @@ async fn authorization_matrix() {
     let (a_after, b_after) = (app.device(a).await, app.device(b).await);
     assert_eq!(b_after, cards_before.1, "bob's card untouched");
     assert_eq!((a_after.state, a_after.owner), (cards_before.0.state, cards_before.0.owner));
-    let events = app.audit().await;
+    let events = app.all_audit().await;
     let actions: Vec<_> =
         events[audit_before..].iter().map(|e| (e.action.as_str(), e.actor.clone())).collect();
     let by = |c: &Caller| Actor::ApiToken { id: c.token_id };
+    let bob_logs_in =
+        ("session.login", Actor::User { id: app.bob.user.id, username: app.bob.user.username.clone() });
     assert_eq!(
         actions,
         [
@@ -457,8 +507,17 @@ async fn authorization_matrix() {
             ("user.create", by(&app.admin)),
             ("api_token.create", by(&app.admin)),
             ("api_token.revoke", by(&app.admin)),
+            ("group.create", by(&app.admin)),
+            ("group.update_policy", by(&app.admin)),
         ]
+        .into_iter()
+        .chain(std::iter::repeat_n(bob_logs_in, 9))
+        .collect::<Vec<_>>()
     );
+    // The policy an administrator wrote is the one in force.
+    let groups = app.bearer("GET", "/api/v1/groups", &app.operator.token).await;
+    let staff = groups.body.as_array().unwrap().iter().find(|x| x["id"] == g.as_str()).unwrap().clone();
+    assert_eq!(staff["policy"]["max_devices"], 1);
 }
 
 #[tokio::test]
@@ -785,4 +844,43 @@ async fn device_credentials_follow_device_visibility_and_credential_actions_need
     let r = app.bearer("POST", "/api/v1/credentials/nope/hold", &app.operator.token).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(app.audit().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_invalid_policy_is_a_precise_400_and_the_old_policy_stays() {
+    let app = setup().await;
+    let groups = app.bearer("GET", "/api/v1/groups", &app.admin.token).await;
+    let g = groups.body[0]["id"].as_str().unwrap().to_owned();
+    let uri = format!("/api/v1/groups/{g}/policy");
+    let before = app.snapshot().await;
+    let mut too_many = serde_json::to_value(Policy::default()).unwrap();
+    too_many["max_devices"] = json!(99);
+    let mut typo = serde_json::to_value(Policy::default()).unwrap();
+    typo["max_device"] = json!(2);
+    let auth = format!("Bearer {}", app.admin.token);
+    let headers = [("authorization", auth.as_str())];
+    for (body, wanted) in [
+        (too_many.to_string(), "max_devices"),
+        (typo.to_string(), "unknown field `max_device`"),
+        ("{\"may_add_device\": true".to_owned(), "EOF"),
+    ] {
+        let r = app.send("PUT", &uri, &headers, Some(&body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.error().contains(wanted), "{wanted}: {}", r.error());
+    }
+    let r = app.send("PUT", "/api/v1/groups/not-an-id/policy", &headers, Some(&too_many.to_string())).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(app.snapshot().await, before);
+    // Users and devices searches check their parameters.
+    for uri in ["/api/v1/users?limit=0", "/api/v1/users?role=king", "/api/v1/users/alice/devices?state=shiny"]
+    {
+        let r = app.bearer("GET", uri, &app.operator.token).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {}", r.body);
+    }
+    let r = app.bearer("GET", "/api/v1/users/nobody/devices", &app.operator.token).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = app.bearer("GET", "/api/v1/users/alice/devices", &app.operator.token).await;
+    let ids: Vec<_> =
+        r.body.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, [app.alice_card.to_string()]);
 }
