@@ -104,6 +104,7 @@ impl fmt::Debug for OperationId {
 /// Who did it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Actor {
     /// A signed-in user (the username is recorded as it was at the time).
     User { id: UserId, username: Username },
@@ -207,6 +208,7 @@ impl fmt::Debug for ChainHead {
 
 /// A sealed audit event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     /// 1, 2, 3, … without gaps.
     pub seq: u64,
@@ -219,8 +221,10 @@ pub struct AuditEvent {
     pub before: Option<Value>,
     pub after: Option<Value>,
     #[serde(with = "serde_hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "hex"))]
     pub prev_hash: [u8; 32],
     #[serde(with = "serde_hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "hex"))]
     pub hash: [u8; 32],
 }
 

@@ -27,6 +27,8 @@ macro_rules! id_type {
         #[serde(transparent)]
         pub struct $name(Uuid);
 
+        $crate::macros::string_schema!($name, Some(utoipa::openapi::KnownFormat::Uuid), "An id (UUID).");
+
         impl $name {
             /// A fresh random (version 4) id.
             pub fn new() -> Self {

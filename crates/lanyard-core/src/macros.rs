@@ -36,6 +36,16 @@ macro_rules! string_enum {
             }
         }
 
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::macros::openapi_string_enum(&[$($text),+])
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
+
         impl ::std::str::FromStr for $name {
             type Err = $crate::ParseEnumError;
 
@@ -54,6 +64,46 @@ macro_rules! string_enum {
 }
 
 pub(crate) use string_enum;
+
+/// The OpenAPI schema of a string that takes one of `values`.
+#[cfg(feature = "openapi")]
+pub(crate) fn openapi_string_enum(
+    values: &[&str],
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values.iter().copied())).into()
+}
+
+/// The OpenAPI schema of a string with an optional `format` (e.g. `uuid`) and a description.
+#[cfg(feature = "openapi")]
+pub(crate) fn openapi_string(
+    format: Option<utoipa::openapi::KnownFormat>,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(format.map(SchemaFormat::KnownFormat))
+        .description(Some(description))
+        .into()
+}
+
+/// `ToSchema` for a type that is a string on the wire.
+macro_rules! string_schema {
+    ($name:ty, $format:expr, $description:literal) => {
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::macros::openapi_string($format, $description)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+pub(crate) use string_schema;
 
 /// Hex (lowercase) serde helpers for byte arrays and vectors, so stored JSON and API bodies show
 /// `"a1b2…"` rather than arrays of numbers.

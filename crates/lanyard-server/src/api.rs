@@ -51,14 +51,14 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/audit", get(audit::<R>))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginRequest {
     username: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct LoginResponse {
     csrf_token: String,
     user: User,
@@ -75,6 +75,9 @@ fn operation(op: Option<&axum::Extension<crate::OperationId>>) -> OperationId {
     op.and_then(|axum::Extension(op)| OperationId::parse(&op.0).ok()).unwrap_or_else(OperationId::random)
 }
 
+#[utoipa::path(post, path = "/api/v1/login", tag = "session", request_body = LoginRequest, security(()),
+    responses((status = 200, body = LoginResponse, description = "signed in; sets the session cookie"),
+        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody), (status = 429, body = crate::openapi::ErrorBody)))]
 async fn login<R: Repo>(
     State(s): State<AppState<R>>,
     op: Option<axum::Extension<crate::OperationId>>,
@@ -129,6 +132,8 @@ async fn login<R: Repo>(
     Ok(resp)
 }
 
+#[utoipa::path(post, path = "/api/v1/logout", tag = "session",
+    responses((status = 204, description = "the session ended"), (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)))]
 async fn logout<R: Repo>(State(s): State<AppState<R>>, auth: Auth) -> Result<Response, ApiError> {
     let Via::Session(hash) = auth.via else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "logout ends a session; API tokens have none"));
@@ -148,20 +153,26 @@ async fn logout<R: Repo>(State(s): State<AppState<R>>, auth: Auth) -> Result<Res
     Ok(resp)
 }
 
-#[derive(Serialize)]
-struct Me<'a> {
-    user: &'a User,
+#[derive(Serialize, utoipa::ToSchema)]
+struct Me {
+    user: User,
+    /// `session` or `api_token`.
     authenticated_with: &'static str,
 }
 
-async fn me(auth: Auth) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/api/v1/me", tag = "session",
+    responses((status = 200, body = Me), (status = 401, body = crate::openapi::ErrorBody)))]
+/// Who the caller is and how they authenticated.
+async fn me(auth: Auth) -> Json<Me> {
     let via = match auth.via {
         Via::Session(_) => "session",
         Via::ApiToken => "api_token",
     };
-    Json(serde_json::json!(Me { user: auth.principal.user(), authenticated_with: via }))
+    Json(Me { user: auth.principal.user().clone(), authenticated_with: via })
 }
 
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices",
+    responses((status = 200, body = Vec<Device>, description = "the caller's own devices"), (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody)))]
 async fn devices<R: Repo>(State(s): State<AppState<R>>, auth: Auth) -> Result<Json<Vec<Device>>, ApiError> {
     Ok(Json(auth.principal.self_service()?.devices(s.repo.as_ref()).await?))
 }
@@ -170,6 +181,8 @@ fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
     raw.parse::<DeviceId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Device), (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
 /// Operators see any device; everyone else only their own, and someone else's is a plain 404.
 async fn device<R: Repo>(
     State(s): State<AppState<R>>,
@@ -185,6 +198,8 @@ async fn device<R: Repo>(
     Ok(Json(device))
 }
 
+#[utoipa::path(post, path = "/api/v1/devices/{id}/suspend", tag = "devices", params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Device), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 async fn suspend<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -194,6 +209,8 @@ async fn suspend<R: Repo>(
     Ok(Json(op.suspend_device(s.repo.as_ref(), device_id(&id)?).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/devices/{id}/resume", tag = "devices", params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Device), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 async fn resume<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -203,7 +220,8 @@ async fn resume<R: Repo>(
     Ok(Json(op.resume_device(s.repo.as_ref(), device_id(&id)?).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
     #[serde(default)]
@@ -211,6 +229,8 @@ struct AuditParams {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditParams),
+    responses((status = 200, body = Vec<lanyard_core::audit::AuditEvent>), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody)))]
 async fn audit<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -229,6 +249,8 @@ async fn audit<R: Repo>(
     Ok(Json(auditor.events(s.repo.as_ref(), &query).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}/credentials", tag = "credentials", params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Vec<Credential>), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
 /// The credentials on a device: operators see any device's, everyone else only their own
 /// devices' (someone else's device is a plain 404).
 async fn device_credentials<R: Repo>(
@@ -253,12 +275,15 @@ fn credential_id(raw: &str) -> Result<CredentialId, ApiError> {
     raw.parse::<CredentialId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeRequest {
     reason: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/credentials/{id}/revoke", tag = "credentials", params(("id" = String, Path, description = "credential id")),
+    request_body = RevokeRequest,
+    responses((status = 200, body = Credential), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 async fn revoke_credential<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -275,6 +300,8 @@ async fn revoke_credential<R: Repo>(
     Ok(Json(op.revoke_credential(s.repo.as_ref(), id, reason).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/credentials/{id}/hold", tag = "credentials", params(("id" = String, Path, description = "credential id")),
+    responses((status = 200, body = Credential), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 async fn hold_credential<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -284,6 +311,8 @@ async fn hold_credential<R: Repo>(
     Ok(Json(op.hold_credential(s.repo.as_ref(), credential_id(&id)?).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/credentials/{id}/release", tag = "credentials", params(("id" = String, Path, description = "credential id")),
+    responses((status = 200, body = Credential), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 async fn release_credential<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -293,7 +322,7 @@ async fn release_credential<R: Repo>(
     Ok(Json(op.release_credential(s.repo.as_ref(), credential_id(&id)?).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateUserRequest {
     username: String,
@@ -308,6 +337,8 @@ struct CreateUserRequest {
     password: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUserRequest,
+    responses((status = 201, body = User), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 async fn create_user<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -342,15 +373,43 @@ async fn create_user<R: Repo>(
 }
 
 /// An API token as the API shows it: everything but the hash.
-fn token_view(token: &ApiToken) -> Result<serde_json::Value, ApiError> {
-    let mut value = serde_json::to_value(token).map_err(|e| ApiError::internal("showing a token", e))?;
-    if let Some(fields) = value.as_object_mut() {
-        fields.remove("token_hash");
-    }
-    Ok(value)
+#[derive(Serialize, utoipa::ToSchema)]
+struct ApiTokenView {
+    id: ApiTokenId,
+    user: lanyard_core::ids::UserId,
+    name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<time::OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    last_used_at: Option<time::OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    revoked_at: Option<time::OffsetDateTime>,
 }
 
-#[derive(Deserialize)]
+impl From<&ApiToken> for ApiTokenView {
+    fn from(t: &ApiToken) -> Self {
+        Self {
+            id: t.id,
+            user: t.user,
+            name: t.name.clone(),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+/// A new API token: its value, shown only here, and its record.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CreatedToken {
+    token: String,
+    api_token: ApiTokenView,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTokenRequest {
     name: String,
@@ -358,6 +417,8 @@ struct CreateTokenRequest {
     expires_in_days: Option<u32>,
 }
 
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateTokenRequest,
+    responses((status = 201, body = CreatedToken), (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)))]
 async fn create_token<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -366,29 +427,34 @@ async fn create_token<R: Repo>(
     let Json(req) = body?;
     let (token, secret) =
         auth.principal.create_api_token(s.repo.as_ref(), &req.name, req.expires_in_days).await?;
-    let body = serde_json::json!({"token": secret.expose_secret(), "api_token": token_view(&token)?});
+    let body =
+        CreatedToken { token: secret.expose_secret().to_owned(), api_token: ApiTokenView::from(&token) };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    responses((status = 200, body = Vec<ApiTokenView>), (status = 401, body = crate::openapi::ErrorBody)))]
 async fn list_tokens<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
-) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+) -> Result<Json<Vec<ApiTokenView>>, ApiError> {
     let tokens = auth.principal.api_tokens(s.repo.as_ref()).await?;
-    Ok(Json(tokens.iter().map(token_view).collect::<Result<_, _>>()?))
+    Ok(Json(tokens.iter().map(ApiTokenView::from).collect()))
 }
 
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "API token id")),
+    responses((status = 200, body = ApiTokenView), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 async fn revoke_token<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ApiTokenView>, ApiError> {
     let id = id.parse::<ApiTokenId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
     let token = auth.principal.revoke_api_token(s.repo.as_ref(), id).await?;
-    Ok(Json(token_view(&token)?))
+    Ok(Json(ApiTokenView::from(&token)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueCertificateRequest {
     csr_pem: String,
@@ -423,6 +489,16 @@ fn issuable_profile(id: &str) -> Result<lanyard_ca::CertificateProfile, ApiError
     )
 }
 
+/// A certificate just issued: its credential record and the certificate itself.
+#[derive(Serialize, utoipa::ToSchema)]
+struct IssuedCertificate {
+    credential: Credential,
+    certificate_pem: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/certificates", tag = "credentials", params(("id" = String, Path, description = "device id")),
+    request_body = IssueCertificateRequest,
+    responses((status = 201, body = IssuedCertificate), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 /// Signs a CSR for a device under a built-in profile and records it as an Active credential.
 async fn issue_certificate<R: Repo>(
     State(s): State<AppState<R>>,
@@ -503,10 +579,7 @@ async fn issue_certificate<R: Repo>(
     let certificate_der = match &credential.kind {
         CredentialKind::Certificate { certificate_der, .. } => certificate_der.clone(),
     };
-    let body = serde_json::json!({
-        "credential": credential,
-        "certificate_pem": pem_certificate(&certificate_der),
-    });
+    let body = IssuedCertificate { credential, certificate_pem: pem_certificate(&certificate_der) };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -522,7 +595,7 @@ fn pem_certificate(der: &[u8]) -> String {
     out
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateDeviceRequest {
     kind: String,
@@ -534,6 +607,8 @@ struct CreateDeviceRequest {
     owner: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = CreateDeviceRequest,
+    responses((status = 201, body = Device), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 /// Registers a card or USB key (operators): stock without an owner, Issuing with one.
 async fn create_device<R: Repo>(
     State(s): State<AppState<R>>,
@@ -581,7 +656,8 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UserSearch {
     /// Case-insensitive substring of username, display name or e-mail.
@@ -592,6 +668,8 @@ struct UserSearch {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(UserSearch),
+    responses((status = 200, body = Vec<User>), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody)))]
 /// Operators find users.
 async fn find_users<R: Repo>(
     State(s): State<AppState<R>>,
@@ -619,7 +697,8 @@ async fn find_users<R: Repo>(
     Ok(Json(op.find_users(s.repo.as_ref(), &query).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeviceSearch {
     /// Only devices in this state (e.g. `pending`).
@@ -629,6 +708,8 @@ struct DeviceSearch {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/users/{id}/devices", tag = "users", params(("id" = String, Path, description = "user id or username"), DeviceSearch),
+    responses((status = 200, body = Vec<Device>), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
 /// Operators list the devices of any user.
 async fn user_devices<R: Repo>(
     State(s): State<AppState<R>>,
@@ -659,6 +740,8 @@ async fn user_devices<R: Repo>(
     Ok(Json(op.find_devices(s.repo.as_ref(), &query).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/groups", tag = "groups",
+    responses((status = 200, body = Vec<lanyard_core::model::Group>), (status = 403, body = crate::openapi::ErrorBody)))]
 /// Groups and their policies: administrators and operators read them.
 async fn list_groups<R: Repo>(
     State(s): State<AppState<R>>,
@@ -672,7 +755,7 @@ async fn list_groups<R: Repo>(
     Ok(Json(groups))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewGroupRequest {
     name: String,
@@ -680,6 +763,8 @@ struct NewGroupRequest {
     policy: Option<Policy>,
 }
 
+#[utoipa::path(post, path = "/api/v1/groups", tag = "groups", request_body = NewGroupRequest,
+    responses((status = 201, body = lanyard_core::model::Group), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 async fn create_group<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -691,6 +776,9 @@ async fn create_group<R: Repo>(
     Ok((StatusCode::CREATED, Json(group)))
 }
 
+#[utoipa::path(put, path = "/api/v1/groups/{id}/policy", tag = "groups", params(("id" = String, Path, description = "group id")),
+    request_body = Policy,
+    responses((status = 200, body = lanyard_core::model::Group), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
 /// Replaces a group's whole policy (administrators only).
 async fn update_policy<R: Repo>(
     State(s): State<AppState<R>>,

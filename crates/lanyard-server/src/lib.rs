@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod openapi;
 pub mod pki;
 pub mod tls;
 
@@ -203,6 +204,7 @@ async fn operation_id(mut req: Request, next: Next) -> Response {
 pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
     Router::new()
         .merge(api::routes())
+        .route("/api/v1/openapi.json", get(openapi_document))
         .merge(pki_routes())
         .layer(middleware::from_fn(operation_id))
         .with_state(state)
@@ -225,6 +227,11 @@ fn pki_routes<R: Repo + 'static>() -> Router<AppState<R>> {
             axum::routing::post(ocsp_post::<R>).layer(DefaultBodyLimit::max(MAX_OCSP_REQUEST)),
         )
         .route("/pki/ocsp/{*request}", get(ocsp_get::<R>))
+}
+
+/// The API's OpenAPI document; public, like the API's shape itself.
+async fn openapi_document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()
 }
 
 fn der_response(content_type: &'static str, der: Vec<u8>) -> Response {

@@ -884,3 +884,170 @@ async fn an_invalid_policy_is_a_precise_400_and_the_old_policy_stays() {
         r.body.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids, [app.alice_card.to_string()]);
 }
+
+/// One way to spoil a valid request body.
+#[derive(Debug, Clone)]
+enum Spoil {
+    /// Cut the JSON text short at this fraction of its length.
+    Truncate(f64),
+    /// Replace the value of the n-th field with this JSON value.
+    Replace(usize, Value),
+    /// Add a field nobody asked for.
+    Extra(String, Value),
+    /// Drop the n-th field.
+    Drop(usize),
+}
+
+fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        "[a-z0-9_ -]{0,12}".prop_map(Value::from),
+        Just(Value::from("x".repeat(5000))),
+    ];
+    leaf.prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn any_spoil() -> impl proptest::strategy::Strategy<Value = Spoil> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0.0..1.0f64).prop_map(Spoil::Truncate),
+        (0..8usize, any_json()).prop_map(|(i, v)| Spoil::Replace(i, v)),
+        ("[a-z_]{1,12}", any_json()).prop_map(|(k, v)| Spoil::Extra(k, v)),
+        (0..8usize).prop_map(Spoil::Drop),
+    ]
+}
+
+fn spoil(valid: &Value, how: &Spoil) -> String {
+    let mut v = valid.clone();
+    let fields = v.as_object_mut().unwrap();
+    let nth = |i: usize| fields.keys().nth(i % fields.len().max(1)).cloned();
+    match how {
+        Spoil::Truncate(f) => {
+            let text = valid.to_string();
+            let mut cut = ((text.len() as f64) * f) as usize;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            return text[..cut].to_owned();
+        }
+        Spoil::Replace(i, new) => {
+            if let Some(k) = nth(*i) {
+                fields.insert(k, new.clone());
+            }
+        }
+        Spoil::Extra(k, new) => {
+            if !fields.contains_key(k) {
+                fields.insert(k.clone(), new.clone());
+            }
+        }
+        Spoil::Drop(i) => {
+            if let Some(k) = nth(*i) {
+                fields.remove(&k);
+            }
+        }
+    }
+    v.to_string()
+}
+
+/// Property: whatever is done to a valid body, every route that reads one answers without a
+/// server fault, and a refusal (4xx) leaves the database exactly as it was.
+#[test]
+fn spoiled_request_bodies_never_fault_and_refusals_change_nothing() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let app = rt.block_on(setup());
+    let a = app.alice_card;
+    let g = rt.block_on(app.bearer("GET", "/api/v1/groups", &app.admin.token)).body[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let issued = rt.block_on(app.post_json(
+        &format!("/api/v1/devices/{a}/certificates"),
+        &app.operator.token,
+        &json!({"csr_pem": csr_pem(), "profile": "digital-signature", "slot": "9c"}),
+    ));
+    let c = issued.body["credential"]["id"].as_str().unwrap().to_owned();
+    let routes: Vec<(&str, String, &str, Value)> = vec![
+        ("POST", "/api/v1/login".into(), "", json!({"username": "alice", "password": PASSWORD})),
+        (
+            "POST",
+            "/api/v1/devices".into(),
+            &app.operator.token,
+            json!({"kind": "usb_key", "model": "Key", "serial": "1", "owner": "bob"}),
+        ),
+        (
+            "POST",
+            format!("/api/v1/devices/{a}/certificates"),
+            &app.operator.token,
+            json!({"csr_pem": csr_pem(), "profile": "key-management", "slot": "9d", "validity_days": 30}),
+        ),
+        (
+            "POST",
+            format!("/api/v1/credentials/{c}/revoke"),
+            &app.operator.token,
+            json!({"reason": "superseded"}),
+        ),
+        (
+            "POST",
+            "/api/v1/users".into(),
+            &app.admin.token,
+            json!({"username": "dave", "display_name": "Dave", "email": "d@example.org", "roles": ["user"], "group": "staff", "password": "a long enough password"}),
+        ),
+        ("POST", "/api/v1/tokens".into(), &app.alice.token, json!({"name": "laptop", "expires_in_days": 30})),
+        (
+            "POST",
+            "/api/v1/groups".into(),
+            &app.admin.token,
+            json!({"name": "contractors", "policy": Policy::default()}),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/groups/{g}/policy"),
+            &app.admin.token,
+            serde_json::to_value(Policy::default()).unwrap(),
+        ),
+    ];
+    let mut runner =
+        proptest::test_runner::TestRunner::new(ProptestConfig { cases: 256, ..ProptestConfig::default() });
+    runner
+        .run(&(0..routes.len(), any_spoil()), |(r, how)| {
+            let (method, uri, token, valid) = &routes[r];
+            let body = spoil(valid, &how);
+            rt.block_on(async {
+                let before = app.snapshot().await;
+                let auth = format!("Bearer {token}");
+                let headers: Vec<(&str, &str)> =
+                    if token.is_empty() { vec![] } else { vec![("authorization", auth.as_str())] };
+                let reply = app.send(method, uri, &headers, Some(&body)).await;
+                prop_assert!(!reply.status.is_server_error(), "{method} {uri} {body}: {}", reply.body);
+                prop_assert!(reply.headers.contains_key("x-operation-id"));
+                if reply.status.is_client_error() {
+                    prop_assert!(!reply.error().is_empty());
+                    // A failed login is recorded (`session.login_failed`); nothing else may change.
+                    if *uri != "/api/v1/login" {
+                        prop_assert_eq!(
+                            app.snapshot().await,
+                            before,
+                            "{} {} {} changed something",
+                            method,
+                            uri,
+                            body
+                        );
+                    }
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}

@@ -61,6 +61,7 @@ impl CertSlot {
 /// What the credential is. Certificates only for now; passkeys and OTP seeds come later.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CredentialKind {
     Certificate {
         slot: CertSlot,
@@ -73,9 +74,11 @@ pub enum CredentialKind {
         #[serde(with = "time::serde::rfc3339")]
         not_after: OffsetDateTime,
         #[serde(with = "serde_hex")]
+        #[cfg_attr(feature = "openapi", schema(value_type = String, format = "hex"))]
         certificate_der: Vec<u8>,
         /// The device's key attestation (YubiKey slot F9 chain leaf), when it had one.
         #[serde(with = "serde_hex::option")]
+        #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "hex"))]
         attestation_der: Option<Vec<u8>>,
     },
 }
@@ -83,6 +86,7 @@ pub enum CredentialKind {
 /// A credential held by a device. `state`, `held_from`, `revocation_reason` and `revoked_at`
 /// change only through [`crate::lifecycle::apply_credential`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Credential {
     pub id: CredentialId,
     pub device: DeviceId,

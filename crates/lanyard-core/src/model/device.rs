@@ -75,6 +75,7 @@ string_enum! {
 
 /// A link from this device to another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceLink {
     pub kind: LinkKind,
     pub target: DeviceId,
@@ -85,6 +86,7 @@ pub struct DeviceLink {
 /// `state`, `suspended_from` and `revocation_reason` change only through
 /// [`crate::lifecycle::apply_device`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Device {
     pub id: DeviceId,
     /// The cardholder. `None` for stock cards (Available) that nobody holds yet; set when issuance
@@ -97,6 +99,7 @@ pub struct Device {
     pub serial: Option<String>,
     /// The CHUID GUID written at personalisation.
     #[serde(with = "serde_hex::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "hex"))]
     pub card_guid: Option<[u8; 16]>,
     pub state: DeviceState,
     /// While Suspended: the state Resume returns to.

@@ -31,6 +31,7 @@ string_enum! {
 /// PIN rules. PINs are digits only; PIV allows 6–8 of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PinRules {
     /// 6..=8.
     pub min_len: u8,
@@ -49,6 +50,7 @@ impl Default for PinRules {
 /// Which certificate profile and key algorithm a slot gets, and for how long.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SlotProfile {
     /// The CA's certificate profile name, e.g. `"piv-auth"`.
     pub profile: String,
@@ -60,6 +62,7 @@ pub struct SlotProfile {
 /// A group's policy. `Policy::default()` is a sensible, valid starting point.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Policy {
     /// Whether members may add a smart card / USB key themselves.
     pub may_add_device: bool,

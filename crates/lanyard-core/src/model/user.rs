@@ -27,6 +27,8 @@ string_enum! {
 #[serde(try_from = "String", into = "String")]
 pub struct Username(String);
 
+crate::macros::string_schema!(Username, None, "A username: 1–64 of a–z, 0–9, '.', '_', '-', lowercase.");
+
 impl Username {
     /// Maximum length in characters.
     pub const MAX_LEN: usize = 64;
@@ -94,6 +96,8 @@ impl fmt::Debug for Username {
 #[serde(try_from = "String", into = "String")]
 pub struct Email(String);
 
+crate::macros::string_schema!(Email, Some(utoipa::openapi::KnownFormat::Email), "An e-mail address.");
+
 impl Email {
     /// Accepts `s` or says which rule it breaks.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
@@ -149,6 +153,7 @@ impl fmt::Debug for Email {
 
 /// A person known to Lanyard.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     pub id: UserId,
     pub username: Username,
@@ -202,6 +207,7 @@ impl User {
 
 /// A set of users sharing one policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Group {
     pub id: GroupId,
     /// 1–64 characters, unique.

@@ -1,0 +1,161 @@
+//! The OpenAPI 3.1 document of `/api/v1`, generated from the handlers' `#[utoipa::path]`
+//! annotations and the request and response types. `docs/openapi.json` is this document, checked
+//! in; a test fails when the two differ (`LANYARD_UPDATE_OPENAPI=1` rewrites the file).
+
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// Every error answer: a message safe to show and the request's operation id.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub operation_id: String,
+}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::SESSION_COOKIE,
+                "From POST /api/v1/login. Requests other than GET/HEAD/OPTIONS must also send the \
+                 x-csrf-token header with the csrf_token login returned.",
+            ))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Lanyard API",
+        description = "Credential management: users, groups and policies, devices, credentials, \
+                       certificates, revocation and the audit log. Every response carries \
+                       `x-operation-id`.",
+        license(name = "Apache-2.0"),
+    ),
+    modifiers(&Security),
+    security(("api_token" = []), ("session" = [])),
+    paths(
+        crate::api::login,
+        crate::api::logout,
+        crate::api::me,
+        crate::api::devices,
+        crate::api::create_device,
+        crate::api::device,
+        crate::api::suspend,
+        crate::api::resume,
+        crate::api::device_credentials,
+        crate::api::issue_certificate,
+        crate::api::hold_credential,
+        crate::api::release_credential,
+        crate::api::revoke_credential,
+        crate::api::find_users,
+        crate::api::create_user,
+        crate::api::user_devices,
+        crate::api::list_groups,
+        crate::api::create_group,
+        crate::api::update_policy,
+        crate::api::create_token,
+        crate::api::list_tokens,
+        crate::api::revoke_token,
+        crate::api::audit,
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "session", description = "Sign in and out"),
+        (name = "devices", description = "Smart cards, USB keys and mobiles"),
+        (name = "credentials", description = "Certificates and their revocation"),
+        (name = "users", description = "People"),
+        (name = "groups", description = "Groups and their policies"),
+        (name = "tokens", description = "API tokens for scripts"),
+        (name = "audit", description = "The hash-chained audit log"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The document as checked in: pretty JSON with a final newline.
+pub fn document() -> String {
+    let mut json = ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    json.push('\n');
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+
+    #[test]
+    fn the_checked_in_document_is_the_generated_one() {
+        let generated = super::document();
+        if std::env::var_os("LANYARD_UPDATE_OPENAPI").is_some() {
+            std::fs::write(CHECKED_IN, &generated).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "docs/openapi.json is out of date with the code; regenerate it with \
+             `LANYARD_UPDATE_OPENAPI=1 cargo test -p lanyard-server --lib openapi` and commit it"
+        );
+    }
+
+    #[test]
+    fn every_route_of_the_router_is_documented_and_nothing_else() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let mut documented: Vec<String> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object().unwrap().keys().map(move |m| format!("{} {path}", m.to_uppercase()))
+            })
+            .collect();
+        documented.sort();
+        let source = include_str!("api.rs");
+        let mut routed = Vec::new();
+        for line in source.lines().map(str::trim).filter(|l| l.starts_with(".route(\"/api/v1/")) {
+            let path = line.split('"').nth(1).unwrap();
+            for (needle, method) in
+                [("get(", "GET"), ("post(", "POST"), ("put(", "PUT"), ("delete(", "DELETE")]
+            {
+                if line.contains(&format!(" {needle}"))
+                    || line.contains(&format!("({needle}"))
+                    || line.contains(&format!(".{needle}"))
+                    || line.contains(&format!("::{needle}"))
+                {
+                    routed.push(format!("{method} {path}"));
+                }
+            }
+        }
+        routed.sort();
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn byte_fields_are_hex_strings_in_the_schemas() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let text = schemas.to_string();
+        assert!(
+            !text.contains("\"format\":\"int32\",\"minimum\":0,\"type\":\"integer\"}},\"maxItems\":16"),
+            "{text}"
+        );
+        for (schema, field) in [("Device", "card_guid"), ("AuditEvent", "hash"), ("AuditEvent", "prev_hash")]
+        {
+            let t = &schemas[schema]["properties"][field]["type"];
+            assert!(
+                t == "string" || t.as_array().is_some_and(|a| a.contains(&"string".into())),
+                "{schema}.{field}: {t}"
+            );
+        }
+    }
+}
