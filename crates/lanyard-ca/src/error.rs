@@ -182,6 +182,10 @@ pub enum CaError {
     #[error(transparent)]
     Csr(#[from] CsrError),
 
+    /// Producing or checking a CMS signature (CHUID issuer signature) failed.
+    #[error(transparent)]
+    Cms(#[from] CmsError),
+
     /// ASN.1 encoding or decoding failed.
     #[error("DER: {0}")]
     Der(#[from] der::Error),
@@ -274,4 +278,65 @@ pub enum CsrError {
     /// The same extension requested twice.
     #[error("extension {0} is requested more than once")]
     DuplicateExtension(String),
+}
+
+/// Why a CMS detached signature could not be made or did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CmsError {
+    /// Not DER, or not the structure RFC 5652 defines.
+    #[error("malformed CMS: {0}")]
+    Malformed(String),
+
+    /// The outer ContentInfo is not id-signedData.
+    #[error("the CMS ContentInfo holds {0}, not SignedData")]
+    NotSignedData(String),
+
+    /// The signed content is encapsulated; a detached signature was expected.
+    #[error("the SignedData carries eContent; expected a detached signature")]
+    NotDetached,
+
+    /// Zero or several SignerInfos; the PIV signatures have exactly one.
+    #[error("expected exactly one SignerInfo, found {0}")]
+    SignerCount(usize),
+
+    /// No certificate in `certificates` matches the SignerInfo's signer identifier.
+    #[error("the signer's certificate is not in the SignedData")]
+    SignerCertificateMissing,
+
+    /// A digest algorithm other than SHA-256/384/512.
+    #[error("unsupported digest algorithm {0}")]
+    UnsupportedDigest(String),
+
+    /// A signature algorithm or key we cannot verify with.
+    #[error("unsupported signature algorithm or key: {0}")]
+    UnsupportedSignature(String),
+
+    /// A signed attribute that must be present is absent, duplicated or malformed.
+    #[error("signed attribute {0} is missing or malformed")]
+    SignedAttribute(&'static str),
+
+    /// The contentType attribute does not match eContentType.
+    #[error("the contentType attribute does not match eContentType")]
+    ContentTypeMismatch,
+
+    /// The content's digest differs from the messageDigest attribute: the content was altered.
+    #[error("the content does not match the signed message digest")]
+    DigestMismatch,
+
+    /// pivSigner-DN is not the signer certificate's subject.
+    #[error("the pivSigner-DN attribute is not the signer certificate's subject")]
+    PivSignerDnMismatch,
+
+    /// The signature over the signed attributes does not verify with the signer's key.
+    #[error("the CMS signature does not verify")]
+    BadSignature,
+
+    /// The signer certificate does not certify the signing key.
+    #[error("the signer certificate's public key is not the signing key")]
+    KeyMismatch,
+
+    /// The signer certificate lacks the id-PIV-content-signing extended key usage.
+    #[error("the signer certificate does not assert id-PIV-content-signing")]
+    NotContentSigner,
 }

@@ -128,3 +128,16 @@ pub const FPKI_COMMON_DERIVED_PIV_AUTH_HARDWARE: Oid = Oid::new_unwrap("2.16.840
 pub const PKCS9_CHALLENGE_PASSWORD: Oid = Oid::new_unwrap("1.2.840.113549.1.9.7");
 /// PKCS#9 extensionRequest.
 pub const PKCS9_EXTENSION_REQUEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.14");
+
+// --- CMS (RFC 5652) and PIV signed objects (SP 800-73-4 Part 1) -------------------------------
+
+/// id-signedData.
+pub const CMS_SIGNED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.2");
+/// id-contentType signed attribute.
+pub const CMS_CONTENT_TYPE: Oid = Oid::new_unwrap("1.2.840.113549.1.9.3");
+/// id-messageDigest signed attribute.
+pub const CMS_MESSAGE_DIGEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.4");
+/// id-PIV-CHUIDSecurityObject: eContentType of the CHUID issuer signature.
+pub const PIV_CHUID_SECURITY_OBJECT: Oid = Oid::new_unwrap("2.16.840.1.101.3.6.1");
+/// pivSigner-DN signed attribute: the subject DN of the content signing certificate.
+pub const PIV_SIGNER_DN: Oid = Oid::new_unwrap("2.16.840.1.101.3.6.5");

@@ -13,6 +13,7 @@ use der::asn1::{Any, ObjectIdentifier, OctetString};
 use der::{Decode, Encode};
 use lanyard_ca::profile::{KeyUsageBit, Presence};
 use lanyard_ca::*;
+use lanyard_piv::objects::{Chuid, FascN};
 use proptest::prelude::*;
 use time::{Duration, OffsetDateTime, macros::datetime};
 use x509_cert::ext::Extension;
@@ -1228,6 +1229,161 @@ fn ocsp_fixture() -> &'static (Hierarchy, Vec<u8>) {
     })
 }
 
+// ------------------------------------------------------------------------------------------------
+// CHUID issuer signatures (detached CMS), judged by `openssl cms`
+
+fn sample_chuid() -> Chuid {
+    let fasc_n = FascN::with_identifier("1201", "0042", "123456").unwrap();
+    let mut chuid = Chuid::new(&fasc_n, CARD_UUID, "20301231").unwrap();
+    chuid.cardholder_uuid = Some(CARDHOLDER_UUID);
+    chuid
+}
+
+#[test]
+fn chuid_signatures_verify_with_openssl_for_p256_p384_and_rsa_signers() {
+    for (alg, digest_oid, digest_name) in [
+        (KeyAlgorithm::EcP256, oids::SHA256, "sha256"),
+        (KeyAlgorithm::EcP384, oids::SHA384, "sha384"),
+        (KeyAlgorithm::Rsa2048, oids::SHA256, "sha256"),
+    ] {
+        let h = hierarchy(alg);
+        let d = workdir(&h);
+        let dir = d.path();
+        let mut chuid = sample_chuid();
+        let content = chuid.signed_content();
+        let signature = lanyard_ca::cms::sign_chuid(&h.content_signer, &content).unwrap();
+
+        // The signature goes into tag 3E, and the card's bytes give back the signed content.
+        chuid.signature = signature.clone();
+        let object = chuid.encode();
+        assert_eq!(Chuid::signed_content_of(&object).unwrap(), content);
+        assert_eq!(Chuid::decode(&object).unwrap().signature, signature);
+
+        std::fs::write(dir.join("sig.der"), &signature).unwrap();
+        std::fs::write(dir.join("content.bin"), &content).unwrap();
+        let mut tampered = content.clone();
+        tampered[5] ^= 0x01;
+        std::fs::write(dir.join("tampered.bin"), &tampered).unwrap();
+
+        let verify = |content_file: &str| {
+            openssl(
+                &[
+                    "cms",
+                    "-verify",
+                    "-binary",
+                    "-inform",
+                    "DER",
+                    "-in",
+                    "sig.der",
+                    "-content",
+                    content_file,
+                    "-CAfile",
+                    "chain.pem",
+                    "-purpose",
+                    "any",
+                    "-out",
+                    "verified.bin",
+                ],
+                dir,
+            )
+        };
+        let ok = verify("content.bin");
+        assert!(
+            ok.ok && ok.all().contains("Verification successful"),
+            "{alg}: openssl cms -verify:\n{}",
+            ok.all()
+        );
+        assert_eq!(std::fs::read(dir.join("verified.bin")).unwrap(), content);
+        let bad = verify("tampered.bin");
+        assert!(!bad.ok, "{alg}: openssl accepted a tampered CHUID:\n{}", bad.all());
+        // OpenSSL reports the messageDigest mismatch from CMS_SignerInfo_verify_content.
+        assert!(bad.all().contains("CMS_SignerInfo_verify_content"), "{alg}: {}", bad.all());
+
+        // The structure SP 800-73-4 asks for, as openssl reads it.
+        let printed = openssl_ok(&["cms", "-cmsout", "-print", "-inform", "DER", "-in", "sig.der"], dir);
+        for want in [
+            "contentType: pkcs7-signedData",
+            "eContent: <ABSENT>",
+            "d.issuerAndSerialNumber:",
+            "object: contentType (1.2.840.113549.1.9.3)",
+            "object: messageDigest (1.2.840.113549.1.9.4)",
+            "crls:\n      <ABSENT>",
+        ] {
+            assert!(printed.contains(want), "{alg}: `{want}` missing from:\n{printed}");
+        }
+        // openssl has no names for the PIV OIDs, so match the dotted form on the right line.
+        let line_with = |prefix: &str, oid: &str| {
+            printed
+                .lines()
+                .any(|l| l.trim_start().starts_with(prefix) && l.trim_end().ends_with(&format!("({oid})")))
+        };
+        assert!(line_with("eContentType:", "2.16.840.1.101.3.6.1"), "{alg}: eContentType:\n{printed}");
+        assert!(line_with("object:", "2.16.840.1.101.3.6.5"), "{alg}: pivSigner-DN:\n{printed}");
+        assert!(printed.contains(&format!("algorithm: {digest_name}")), "{alg}: digest:\n{printed}");
+        assert!(printed.contains("version: 3"), "{alg}: SignedData v3:\n{printed}");
+        assert_eq!(
+            printed.matches("d.certificate:").count(),
+            1,
+            "{alg}: exactly one certificate:\n{printed}"
+        );
+        assert_eq!(printed.matches("version: 1").count(), 1, "{alg}: SignerInfo v1:\n{printed}");
+
+        // Our own verifier agrees and reports the signer.
+        let summary = lanyard_ca::cms::verify_detached(&signature, &content).unwrap();
+        assert_eq!(summary.econtent_type, oids::PIV_CHUID_SECURITY_OBJECT);
+        assert_eq!(summary.digest_algorithm, digest_oid);
+        assert_eq!(summary.signer_certificate_der, h.content_signer.certificate.der);
+        assert_eq!(
+            summary.piv_signer_dn.as_deref(),
+            Some(h.content_signer.certificate.certificate.tbs_certificate.subject.to_string().as_str())
+        );
+        assert_eq!(summary.signed_attributes.len(), 3);
+        assert_eq!(lanyard_ca::cms::verify_detached(&signature, &tampered), Err(CmsError::DigestMismatch));
+    }
+}
+
+#[test]
+fn chuid_signing_refuses_the_wrong_key_or_certificate() {
+    let h = cms_fixture();
+    let content = sample_chuid().signed_content();
+    // The issuing CA's certificate lacks id-PIV-content-signing.
+    let err = lanyard_ca::cms::sign_piv_object(
+        h.issuing.signer(),
+        h.issuing.certificate_der(),
+        oids::PIV_CHUID_SECURITY_OBJECT,
+        &content,
+    )
+    .unwrap_err();
+    assert!(matches!(err, CaError::Cms(CmsError::NotContentSigner)), "{err}");
+    // A key the certificate does not certify.
+    let err = lanyard_ca::cms::sign_detached(
+        h.issuing.signer(),
+        &h.content_signer.certificate.der,
+        oids::PIV_CHUID_SECURITY_OBJECT,
+        &content,
+        &[],
+    )
+    .unwrap_err();
+    assert!(matches!(err, CaError::Cms(CmsError::KeyMismatch)), "{err}");
+    // A signature over other content, and bytes that are not CMS.
+    let sig = lanyard_ca::cms::sign_chuid(&h.content_signer, &content).unwrap();
+    assert_eq!(lanyard_ca::cms::verify_detached(&sig, b"other"), Err(CmsError::DigestMismatch));
+    assert!(matches!(
+        lanyard_ca::cms::verify_detached(&sig[..sig.len() - 1], &content),
+        Err(CmsError::Malformed(_))
+    ));
+    // A flipped byte in the signature value (the last bytes of the DER) breaks the signature.
+    let mut flipped = sig.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x01;
+    assert!(lanyard_ca::cms::verify_detached(&flipped, &content).is_err());
+}
+
+fn cms_fixture() -> &'static Hierarchy {
+    static FIXTURE: OnceLock<Hierarchy> = OnceLock::new();
+    FIXTURE.get_or_init(|| hierarchy(KeyAlgorithm::EcP256))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -1276,5 +1432,23 @@ proptest! {
                 prop_assert_eq!(status, Some(OcspResponseStatus::MalformedRequest));
             }
         }
+    }
+
+    #[test]
+    fn random_bytes_are_never_a_detached_signature(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        prop_assert!(lanyard_ca::cms::verify_detached(&bytes, b"content").is_err());
+    }
+
+    #[test]
+    fn mutated_chuid_signatures_never_panic(index in any::<proptest::sample::Index>(), mask in 1u8..=255, cut in any::<proptest::sample::Index>()) {
+        let h = cms_fixture();
+        let content = sample_chuid().signed_content();
+        static SIG: OnceLock<Vec<u8>> = OnceLock::new();
+        let sig = SIG.get_or_init(|| lanyard_ca::cms::sign_chuid(&cms_fixture().content_signer, &sample_chuid().signed_content()).unwrap());
+        let _ = h;
+        let mut flipped = sig.clone();
+        flipped[index.index(sig.len())] ^= mask;
+        let _ = lanyard_ca::cms::verify_detached(&flipped, &content);
+        prop_assert!(lanyard_ca::cms::verify_detached(&sig[..cut.index(sig.len())], &content).is_err());
     }
 }
