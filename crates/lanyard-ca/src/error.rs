@@ -340,3 +340,87 @@ pub enum CmsError {
     #[error("the signer certificate does not assert id-PIV-content-signing")]
     NotContentSigner,
 }
+
+/// Why a YubiKey PIV attestation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestationError {
+    /// A certificate (or the expected key) that is not DER of the expected structure.
+    #[error("the {0} is not valid DER")]
+    MalformedDer(ChainPosition),
+
+    /// No root was configured.
+    #[error("no attestation roots are configured")]
+    NoRoots,
+
+    /// The F9 (intermediate) certificate is not signed by any configured root.
+    #[error("the attestation intermediate (F9) certificate does not chain to a configured root")]
+    UntrustedRoot,
+
+    /// The attestation certificate's issuer name is not the F9 certificate's subject.
+    #[error("the attestation certificate was not issued by the F9 certificate (issuer name differs)")]
+    IssuerMismatch,
+
+    /// The attestation certificate's signature does not verify with the F9 key.
+    #[error("the attestation certificate's signature does not verify with the F9 key")]
+    BadSignature,
+
+    /// A signature algorithm or key the verifier does not support.
+    #[error("the {position} uses an unsupported algorithm or key: {reason}")]
+    UnsupportedAlgorithm {
+        /// Which certificate.
+        position: ChainPosition,
+        /// What is unsupported.
+        reason: String,
+    },
+
+    /// A certificate of the chain has expired at `now`.
+    #[error("the {position} expired at {not_after}")]
+    Expired {
+        /// Which certificate.
+        position: ChainPosition,
+        /// notAfter (RFC 3339).
+        not_after: String,
+    },
+
+    /// A certificate of the chain is not valid yet at `now`.
+    #[error("the {position} is not valid before {not_before}")]
+    NotYetValid {
+        /// Which certificate.
+        position: ChainPosition,
+        /// notBefore (RFC 3339).
+        not_before: String,
+    },
+
+    /// The attested key is not the key the card just generated.
+    #[error("the attested public key is not the expected key")]
+    KeyMismatch,
+
+    /// A Yubico extension that is present but cannot be decoded.
+    #[error("attestation extension {0} is malformed")]
+    MalformedExtension(String),
+}
+
+/// A certificate's place in an attestation chain, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainPosition {
+    /// The per-slot attestation certificate (ATTEST's answer).
+    Attestation,
+    /// The device's attestation certificate (object 5FFF01, key in slot F9).
+    Intermediate,
+    /// A configured attestation root.
+    Root,
+    /// The expected SubjectPublicKeyInfo.
+    ExpectedKey,
+}
+
+impl std::fmt::Display for ChainPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChainPosition::Attestation => "attestation certificate",
+            ChainPosition::Intermediate => "F9 attestation intermediate certificate",
+            ChainPosition::Root => "attestation root certificate",
+            ChainPosition::ExpectedKey => "expected public key",
+        })
+    }
+}

@@ -141,3 +141,14 @@ pub const CMS_MESSAGE_DIGEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.4");
 pub const PIV_CHUID_SECURITY_OBJECT: Oid = Oid::new_unwrap("2.16.840.1.101.3.6.1");
 /// pivSigner-DN signed attribute: the subject DN of the content signing certificate.
 pub const PIV_SIGNER_DN: Oid = Oid::new_unwrap("2.16.840.1.101.3.6.5");
+
+// --- YubiKey PIV attestation certificate extensions -------------------------------------------
+
+/// Firmware version: three raw bytes (major, minor, patch).
+pub const YUBICO_FIRMWARE: Oid = Oid::new_unwrap("1.3.6.1.4.1.41482.3.3");
+/// Device serial number: a DER INTEGER.
+pub const YUBICO_SERIAL: Oid = Oid::new_unwrap("1.3.6.1.4.1.41482.3.7");
+/// PIN and touch policy: two raw bytes.
+pub const YUBICO_POLICY: Oid = Oid::new_unwrap("1.3.6.1.4.1.41482.3.8");
+/// Form factor: one raw byte.
+pub const YUBICO_FORM_FACTOR: Oid = Oid::new_unwrap("1.3.6.1.4.1.41482.3.9");

@@ -1384,6 +1384,200 @@ fn cms_fixture() -> &'static Hierarchy {
     FIXTURE.get_or_init(|| hierarchy(KeyAlgorithm::EcP256))
 }
 
+// ------------------------------------------------------------------------------------------------
+// YubiKey PIV attestation, with the software card as the YubiKey
+
+type Card = lanyard_piv::Piv<lanyard_piv::InProcess<lanyard_vcard::VirtualCard>>;
+
+/// A software card from a fresh attestation root, with the management key authenticated.
+struct AttestedCard {
+    card: Card,
+    serial: u32,
+    root_der: Vec<u8>,
+    root_pem_path: PathBuf,
+    f9_der: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+fn ec_spki_der(point: &[u8], curve: ObjectIdentifier) -> Vec<u8> {
+    SubjectPublicKeyInfoOwned {
+        algorithm: AlgorithmIdentifierOwned {
+            oid: oids::EC_PUBLIC_KEY,
+            parameters: Some(Any::encode_from(&curve).unwrap()),
+        },
+        subject_public_key: der::asn1::BitString::from_bytes(point).unwrap(),
+    }
+    .to_der()
+    .unwrap()
+}
+
+fn attested_card() -> AttestedCard {
+    use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
+    let dir = tempfile::tempdir().unwrap();
+    let root =
+        lanyard_vcard::AttestationRoot::open_or_create(dir.path(), std::time::SystemTime::now()).unwrap();
+    let img = lanyard_vcard::VirtualCard::new_image(
+        &root,
+        &lanyard_vcard::NewCard::default(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let serial = img.serial;
+    let mut card =
+        lanyard_piv::Piv::new(lanyard_piv::InProcess(lanyard_vcard::VirtualCard::from_image(img).unwrap()));
+    card.authenticate_mutual(&ManagementKey::factory(MgmAlgorithm::TripleDes)).unwrap();
+    let f9_object = card.get_data(lanyard_piv::tag::YUBICO_ATTESTATION_CERT).unwrap();
+    let f9_der = lanyard_piv::objects::CertificateObject::decode(&f9_object).unwrap().der;
+    AttestedCard {
+        card,
+        serial,
+        root_der: root.certificate().to_der().unwrap(),
+        root_pem_path: root.certificate_pem_path(),
+        f9_der,
+        _dir: dir,
+    }
+}
+
+/// Generates a key in `slot` and returns (attestation certificate, expected SPKI).
+fn generate_and_attest(c: &mut AttestedCard, slot: u8, alg: lanyard_piv::KeyAlgorithm) -> (Vec<u8>, Vec<u8>) {
+    let slot = lanyard_piv::Slot(slot);
+    let pk = c.card.generate(slot, alg, None, None).unwrap();
+    let lanyard_piv::PublicKey::Ec { point, .. } = pk else { panic!("EC key expected") };
+    let curve = if alg == lanyard_piv::KeyAlgorithm::EccP384 { oids::SECP384R1 } else { oids::SECP256R1 };
+    (c.card.attest(slot).unwrap(), ec_spki_der(&point, curve))
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
+}
+
+#[test]
+fn virtual_card_attestations_verify_and_yield_evidence() {
+    let mut c = attested_card();
+    let (att, spki) = generate_and_attest(&mut c, 0x9A, lanyard_piv::KeyAlgorithm::EccP256);
+    let roots = vec![c.root_der.clone()];
+    let ev = verify_piv_attestation(&att, &c.f9_der, &roots, &spki, now()).unwrap();
+    let v = lanyard_vcard::card::DEFAULT_VERSION;
+    assert_eq!(ev.firmware_version, Some(format!("{}.{}.{}", v[0], v[1], v[2])));
+    assert_eq!(ev.serial, Some(u64::from(c.serial)));
+    let m = c.card.get_metadata(0x9A).unwrap();
+    assert_eq!(ev.pin_policy, Some(m.pin_policy.unwrap().id()));
+    assert_eq!(ev.touch_policy, Some(m.touch_policy.unwrap().id()));
+    assert_eq!(ev.form_factor, Some(0));
+    assert_eq!(ev.attestation_sha256, sha256_hex(&att));
+    assert_eq!(ev.intermediate_sha256, sha256_hex(&c.f9_der));
+    assert_eq!(ev.root_sha256, sha256_hex(&c.root_der));
+    assert_eq!(ev.root_subject, "CN=Lanyard Virtual PIV Attestation Root,O=Lanyard");
+    // The evidence is stored as JSON with the credential.
+    let json = serde_json::to_value(&ev).unwrap();
+    assert_eq!(json["serial"], u64::from(c.serial));
+    assert_eq!(serde_json::from_value::<AttestationEvidence>(json).unwrap(), ev);
+
+    // P-384 keys with an explicit PIN policy, and the root found among several.
+    let other = attested_card();
+    let pk = c
+        .card
+        .generate(
+            lanyard_piv::Slot(0x9C),
+            lanyard_piv::KeyAlgorithm::EccP384,
+            Some(lanyard_piv::PinPolicy::Always),
+            None,
+        )
+        .unwrap();
+    let lanyard_piv::PublicKey::Ec { point, .. } = pk else { panic!() };
+    let att384 = c.card.attest(lanyard_piv::Slot(0x9C)).unwrap();
+    let roots = vec![other.root_der.clone(), c.root_der.clone()];
+    let ev = verify_piv_attestation(&att384, &c.f9_der, &roots, &ec_spki_der(&point, oids::SECP384R1), now())
+        .unwrap();
+    assert_eq!(ev.pin_policy, Some(lanyard_piv::PinPolicy::Always.id()));
+
+    // openssl, as an independent judge, builds the same chain.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("f9.der"), &c.f9_der).unwrap();
+    std::fs::write(d.path().join("att.der"), &att).unwrap();
+    openssl_ok(&["x509", "-inform", "DER", "-in", "f9.der", "-out", "f9.pem"], d.path());
+    openssl_ok(&["x509", "-inform", "DER", "-in", "att.der", "-out", "att.pem"], d.path());
+    let root_pem = c.root_pem_path.to_str().unwrap();
+    let out = openssl_ok(&["verify", "-CAfile", root_pem, "-untrusted", "f9.pem", "att.pem"], d.path());
+    assert!(out.contains("att.pem: OK"), "{out}");
+    let out = openssl(
+        &["verify", "-CAfile", other.root_pem_path.to_str().unwrap(), "-untrusted", "f9.pem", "att.pem"],
+        d.path(),
+    );
+    assert!(!out.ok, "openssl accepted the chain under another root:\n{}", out.all());
+}
+
+#[test]
+fn attestations_that_do_not_prove_the_key_are_refused() {
+    let mut c = attested_card();
+    let (att, spki) = generate_and_attest(&mut c, 0x9A, lanyard_piv::KeyAlgorithm::EccP256);
+    let (_, other_spki) = generate_and_attest(&mut c, 0x9E, lanyard_piv::KeyAlgorithm::EccP256);
+    let roots = vec![c.root_der.clone()];
+    let verify = |att: &[u8], f9: &[u8], roots: &[Vec<u8>], spki: &[u8], at: OffsetDateTime| {
+        verify_piv_attestation(att, f9, roots, spki, at).unwrap_err()
+    };
+
+    // Another installation's root (same name, other key).
+    let other = attested_card();
+    assert_eq!(
+        verify(&att, &c.f9_der, std::slice::from_ref(&other.root_der), &spki, now()),
+        AttestationError::UntrustedRoot
+    );
+    assert_eq!(verify(&att, &c.f9_der, &[], &spki, now()), AttestationError::NoRoots);
+    // Another card's F9 certificate, from another root or from the same one.
+    assert_eq!(
+        verify(&att, &other.f9_der, std::slice::from_ref(&other.root_der), &spki, now()),
+        AttestationError::IssuerMismatch
+    );
+    // The attestation certificate offered as its own intermediate.
+    assert_eq!(verify(&att, &att, &roots, &spki, now()), AttestationError::UntrustedRoot);
+    // Another key than the one attested.
+    assert_eq!(verify(&att, &c.f9_der, &roots, &other_spki, now()), AttestationError::KeyMismatch);
+    // A flipped byte in the signature.
+    let mut flipped = att.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x01;
+    assert_eq!(verify(&flipped, &c.f9_der, &roots, &spki, now()), AttestationError::BadSignature);
+    // Truncated DER anywhere.
+    assert_eq!(
+        verify(&att[..att.len() - 1], &c.f9_der, &roots, &spki, now()),
+        AttestationError::MalformedDer(ChainPosition::Attestation)
+    );
+    assert_eq!(
+        verify(&att, &c.f9_der[..40], &roots, &spki, now()),
+        AttestationError::MalformedDer(ChainPosition::Intermediate)
+    );
+    assert_eq!(
+        verify(&att, &c.f9_der, &[c.root_der[..c.root_der.len() / 2].to_vec()], &spki, now()),
+        AttestationError::MalformedDer(ChainPosition::Root)
+    );
+    assert_eq!(
+        verify(&att, &c.f9_der, &roots, &spki[1..], now()),
+        AttestationError::MalformedDer(ChainPosition::ExpectedKey)
+    );
+    // Outside the chain's validity: the F9 certificate lives 20 years, the root 30.
+    assert!(matches!(
+        verify(&att, &c.f9_der, &roots, &spki, now() + Duration::days(25 * 365)),
+        AttestationError::Expired { position: ChainPosition::Intermediate, .. }
+    ));
+    assert!(matches!(
+        verify(&att, &c.f9_der, &roots, &spki, now() - Duration::days(2)),
+        AttestationError::NotYetValid { position: ChainPosition::Root, .. }
+    ));
+}
+
+/// (attestation certificate, F9 certificate, root certificate, expected SPKI), all DER.
+type AttestationChain = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn attestation_fixture() -> &'static AttestationChain {
+    static FIXTURE: OnceLock<AttestationChain> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let mut c = attested_card();
+        let (att, spki) = generate_and_attest(&mut c, 0x9A, lanyard_piv::KeyAlgorithm::EccP256);
+        (att, c.f9_der.clone(), c.root_der.clone(), spki)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -1450,5 +1644,23 @@ proptest! {
         flipped[index.index(sig.len())] ^= mask;
         let _ = lanyard_ca::cms::verify_detached(&flipped, &content);
         prop_assert!(lanyard_ca::cms::verify_detached(&sig[..cut.index(sig.len())], &content).is_err());
+    }
+
+    #[test]
+    fn random_bytes_are_never_an_attestation(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let (att, f9, root, spki) = attestation_fixture();
+        let roots = vec![root.clone()];
+        prop_assert!(verify_piv_attestation(&bytes, f9, &roots, spki, now()).is_err());
+        prop_assert!(verify_piv_attestation(att, &bytes, &roots, spki, now()).is_err());
+        prop_assert!(verify_piv_attestation(att, f9, std::slice::from_ref(&bytes), spki, now()).is_err());
+        prop_assert!(verify_piv_attestation(att, f9, &roots, &bytes, now()).is_err());
+    }
+
+    #[test]
+    fn mutated_attestations_are_refused(index in any::<proptest::sample::Index>(), mask in 1u8..=255) {
+        let (att, f9, root, spki) = attestation_fixture();
+        let mut flipped = att.clone();
+        flipped[index.index(att.len())] ^= mask;
+        prop_assert!(verify_piv_attestation(&flipped, f9, std::slice::from_ref(root), spki, now()).is_err());
     }
 }
