@@ -1339,6 +1339,37 @@ fn chuid_signatures_verify_with_openssl_for_p256_p384_and_rsa_signers() {
         );
         assert_eq!(summary.signed_attributes.len(), 3);
         assert_eq!(lanyard_ca::cms::verify_detached(&signature, &tampered), Err(CmsError::DigestMismatch));
+
+        // The other direction: a detached signature made by openssl (id-data, signingTime, and
+        // rsaEncryption as the RSA signature algorithm) passes verify_detached.
+        std::fs::write(dir.join("cs.pem"), h.content_signer.certificate.to_pem()).unwrap();
+        std::fs::write(dir.join("cs.key"), h.content_signer.key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+        openssl_ok(
+            &[
+                "cms",
+                "-sign",
+                "-binary",
+                "-in",
+                "content.bin",
+                "-signer",
+                "cs.pem",
+                "-inkey",
+                "cs.key",
+                "-md",
+                digest_name,
+                "-outform",
+                "DER",
+                "-out",
+                "openssl.der",
+            ],
+            dir,
+        );
+        let theirs = std::fs::read(dir.join("openssl.der")).unwrap();
+        let summary = lanyard_ca::cms::verify_detached(&theirs, &content)
+            .unwrap_or_else(|e| panic!("{alg}: openssl's signature refused: {e}"));
+        assert_eq!(summary.econtent_type.to_string(), "1.2.840.113549.1.7.1");
+        assert_eq!(summary.piv_signer_dn, None);
+        assert_eq!(lanyard_ca::cms::verify_detached(&theirs, &tampered), Err(CmsError::DigestMismatch));
     }
 }
 
