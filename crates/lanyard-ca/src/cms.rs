@@ -243,6 +243,26 @@ pub fn verify_detached(cms_der: &[u8], content: &[u8]) -> Result<SignerInfoSumma
         [one] => one,
         many => return Err(CmsError::SignerCount(many.len())),
     };
+    // The version numbers RFC 5652 §5.1 and §5.3 derive from the content (attribute and "other"
+    // certificate formats, which would call for v4/v5, are not accepted here anyway).
+    let si_version = match si.sid {
+        SignerIdentifier::IssuerAndSerialNumber(_) => CmsVersion::V1,
+        SignerIdentifier::SubjectKeyIdentifier(_) => CmsVersion::V3,
+    };
+    if si.version != si_version {
+        return Err(CmsError::Malformed(format!("SignerInfo version must be {}", si_version as u8)));
+    }
+    let sd_version = if econtent_type != oids::CMS_DATA || si_version == CmsVersion::V3 {
+        CmsVersion::V3
+    } else {
+        CmsVersion::V1
+    };
+    if sd.version != sd_version {
+        return Err(CmsError::Malformed(format!("SignedData version must be {}", sd_version as u8)));
+    }
+    if !sd.digest_algorithms.iter().any(|a| a.oid == si.digest_alg.oid) {
+        return Err(CmsError::Malformed("digestAlgorithms does not list the signer's digest".into()));
+    }
     let cert = sd
         .certificates
         .as_ref()

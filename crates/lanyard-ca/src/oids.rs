@@ -131,6 +131,8 @@ pub const PKCS9_EXTENSION_REQUEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.14"
 
 // --- CMS (RFC 5652) and PIV signed objects (SP 800-73-4 Part 1) -------------------------------
 
+/// id-data.
+pub const CMS_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.1");
 /// id-signedData.
 pub const CMS_SIGNED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.2");
 /// id-contentType signed attribute.
