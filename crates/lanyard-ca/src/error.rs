@@ -182,6 +182,10 @@ pub enum CaError {
     #[error(transparent)]
     Csr(#[from] CsrError),
 
+    /// Producing or checking a CMS signature (CHUID issuer signature) failed.
+    #[error(transparent)]
+    Cms(#[from] CmsError),
+
     /// ASN.1 encoding or decoding failed.
     #[error("DER: {0}")]
     Der(#[from] der::Error),
@@ -274,4 +278,149 @@ pub enum CsrError {
     /// The same extension requested twice.
     #[error("extension {0} is requested more than once")]
     DuplicateExtension(String),
+}
+
+/// Why a CMS detached signature could not be made or did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CmsError {
+    /// Not DER, or not the structure RFC 5652 defines.
+    #[error("malformed CMS: {0}")]
+    Malformed(String),
+
+    /// The outer ContentInfo is not id-signedData.
+    #[error("the CMS ContentInfo holds {0}, not SignedData")]
+    NotSignedData(String),
+
+    /// The signed content is encapsulated; a detached signature was expected.
+    #[error("the SignedData carries eContent; expected a detached signature")]
+    NotDetached,
+
+    /// Zero or several SignerInfos; the PIV signatures have exactly one.
+    #[error("expected exactly one SignerInfo, found {0}")]
+    SignerCount(usize),
+
+    /// No certificate in `certificates` matches the SignerInfo's signer identifier.
+    #[error("the signer's certificate is not in the SignedData")]
+    SignerCertificateMissing,
+
+    /// A digest algorithm other than SHA-256/384/512.
+    #[error("unsupported digest algorithm {0}")]
+    UnsupportedDigest(String),
+
+    /// A signature algorithm or key we cannot verify with.
+    #[error("unsupported signature algorithm or key: {0}")]
+    UnsupportedSignature(String),
+
+    /// A signed attribute that must be present is absent, duplicated or malformed.
+    #[error("signed attribute {0} is missing or malformed")]
+    SignedAttribute(&'static str),
+
+    /// The contentType attribute does not match eContentType.
+    #[error("the contentType attribute does not match eContentType")]
+    ContentTypeMismatch,
+
+    /// The content's digest differs from the messageDigest attribute: the content was altered.
+    #[error("the content does not match the signed message digest")]
+    DigestMismatch,
+
+    /// pivSigner-DN is not the signer certificate's subject.
+    #[error("the pivSigner-DN attribute is not the signer certificate's subject")]
+    PivSignerDnMismatch,
+
+    /// The signature over the signed attributes does not verify with the signer's key.
+    #[error("the CMS signature does not verify")]
+    BadSignature,
+
+    /// The signer certificate does not certify the signing key.
+    #[error("the signer certificate's public key is not the signing key")]
+    KeyMismatch,
+
+    /// The signer certificate lacks the id-PIV-content-signing extended key usage.
+    #[error("the signer certificate does not assert id-PIV-content-signing")]
+    NotContentSigner,
+}
+
+/// Why a YubiKey PIV attestation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestationError {
+    /// A certificate (or the expected key) that is not DER of the expected structure.
+    #[error("the {0} is not valid DER")]
+    MalformedDer(ChainPosition),
+
+    /// No root was configured.
+    #[error("no attestation roots are configured")]
+    NoRoots,
+
+    /// The F9 (intermediate) certificate is not signed by any configured root.
+    #[error("the attestation intermediate (F9) certificate does not chain to a configured root")]
+    UntrustedRoot,
+
+    /// The attestation certificate's issuer name is not the F9 certificate's subject.
+    #[error("the attestation certificate was not issued by the F9 certificate (issuer name differs)")]
+    IssuerMismatch,
+
+    /// The attestation certificate's signature does not verify with the F9 key.
+    #[error("the attestation certificate's signature does not verify with the F9 key")]
+    BadSignature,
+
+    /// A signature algorithm or key the verifier does not support.
+    #[error("the {position} uses an unsupported algorithm or key: {reason}")]
+    UnsupportedAlgorithm {
+        /// Which certificate.
+        position: ChainPosition,
+        /// What is unsupported.
+        reason: String,
+    },
+
+    /// A certificate of the chain has expired at `now`.
+    #[error("the {position} expired at {not_after}")]
+    Expired {
+        /// Which certificate.
+        position: ChainPosition,
+        /// notAfter (RFC 3339).
+        not_after: String,
+    },
+
+    /// A certificate of the chain is not valid yet at `now`.
+    #[error("the {position} is not valid before {not_before}")]
+    NotYetValid {
+        /// Which certificate.
+        position: ChainPosition,
+        /// notBefore (RFC 3339).
+        not_before: String,
+    },
+
+    /// The attested key is not the key the card just generated.
+    #[error("the attested public key is not the expected key")]
+    KeyMismatch,
+
+    /// A Yubico extension that is present but cannot be decoded.
+    #[error("attestation extension {0} is malformed")]
+    MalformedExtension(String),
+}
+
+/// A certificate's place in an attestation chain, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainPosition {
+    /// The per-slot attestation certificate (ATTEST's answer).
+    Attestation,
+    /// The device's attestation certificate (object 5FFF01, key in slot F9).
+    Intermediate,
+    /// A configured attestation root.
+    Root,
+    /// The expected SubjectPublicKeyInfo.
+    ExpectedKey,
+}
+
+impl std::fmt::Display for ChainPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChainPosition::Attestation => "attestation certificate",
+            ChainPosition::Intermediate => "F9 attestation intermediate certificate",
+            ChainPosition::Root => "attestation root certificate",
+            ChainPosition::ExpectedKey => "expected public key",
+        })
+    }
 }

@@ -7,10 +7,14 @@
 //! - [`hierarchy`]: root, issuing CA, OCSP responder and content signer.
 //! - [`crl`]: CRL v2.
 //! - [`ocsp`]: a sans-IO RFC 6960 responder.
+//! - [`cms`]: detached CMS signatures for PIV data objects (the CHUID issuer signature).
+//! - [`attestation`]: YubiKey PIV attestation verification (proof a key was made on the card).
 //! - [`store`]: PKCS#8 key files, the crate's only I/O.
 //!
 //! Everything takes the current time as an argument; nothing here reads the clock.
 
+pub mod attestation;
+pub mod cms;
 pub mod crl;
 pub mod csr;
 pub mod error;
@@ -25,9 +29,10 @@ pub mod profile;
 pub mod store;
 mod x509time;
 
+pub use attestation::{AttestationEvidence, verify_piv_attestation};
 pub use crl::{CrlParams, RevocationReason, RevokedEntry};
 pub use csr::{ParsedCsr, build_csr, parse_csr, parse_csr_der, parse_csr_pem};
-pub use error::{CaError, CsrError};
+pub use error::{AttestationError, CaError, ChainPosition, CmsError, CsrError};
 pub use hierarchy::{Hierarchy, HierarchySpec, SignerCredential};
 pub use issue::{
     AuthorityUrls, CaUrls, CertificateAuthority, IssueRequest, IssuedCertificate, SanInput, pem,

@@ -128,3 +128,29 @@ pub const FPKI_COMMON_DERIVED_PIV_AUTH_HARDWARE: Oid = Oid::new_unwrap("2.16.840
 pub const PKCS9_CHALLENGE_PASSWORD: Oid = Oid::new_unwrap("1.2.840.113549.1.9.7");
 /// PKCS#9 extensionRequest.
 pub const PKCS9_EXTENSION_REQUEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.14");
+
+// --- CMS (RFC 5652) and PIV signed objects (SP 800-73-4 Part 1) -------------------------------
+
+/// id-data.
+pub const CMS_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.1");
+/// id-signedData.
+pub const CMS_SIGNED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.2");
+/// id-contentType signed attribute.
+pub const CMS_CONTENT_TYPE: Oid = Oid::new_unwrap("1.2.840.113549.1.9.3");
+/// id-messageDigest signed attribute.
+pub const CMS_MESSAGE_DIGEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.4");
+/// id-PIV-CHUIDSecurityObject: eContentType of the CHUID issuer signature.
+pub const PIV_CHUID_SECURITY_OBJECT: Oid = Oid::new_unwrap("2.16.840.1.101.3.6.1");
+/// pivSigner-DN signed attribute: the subject DN of the content signing certificate.
+pub const PIV_SIGNER_DN: Oid = Oid::new_unwrap("2.16.840.1.101.3.6.5");
+
+// --- YubiKey PIV attestation certificate extensions -------------------------------------------
+
+/// Firmware version: three raw bytes (major, minor, patch).
+pub const YUBICO_FIRMWARE: Oid = Oid::new_unwrap("1.3.6.1.4.1.41482.3.3");
+/// Device serial number: a DER INTEGER.
+pub const YUBICO_SERIAL: Oid = Oid::new_unwrap("1.3.6.1.4.1.41482.3.7");
+/// PIN and touch policy: two raw bytes.
+pub const YUBICO_POLICY: Oid = Oid::new_unwrap("1.3.6.1.4.1.41482.3.8");
+/// Form factor: one raw byte.
+pub const YUBICO_FORM_FACTOR: Oid = Oid::new_unwrap("1.3.6.1.4.1.41482.3.9");

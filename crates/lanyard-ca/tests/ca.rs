@@ -13,6 +13,7 @@ use der::asn1::{Any, ObjectIdentifier, OctetString};
 use der::{Decode, Encode};
 use lanyard_ca::profile::{KeyUsageBit, Presence};
 use lanyard_ca::*;
+use lanyard_piv::objects::{Chuid, FascN};
 use proptest::prelude::*;
 use time::{Duration, OffsetDateTime, macros::datetime};
 use x509_cert::ext::Extension;
@@ -1228,6 +1229,386 @@ fn ocsp_fixture() -> &'static (Hierarchy, Vec<u8>) {
     })
 }
 
+// ------------------------------------------------------------------------------------------------
+// CHUID issuer signatures (detached CMS), judged by `openssl cms`
+
+fn sample_chuid() -> Chuid {
+    let fasc_n = FascN::with_identifier("1201", "0042", "123456").unwrap();
+    let mut chuid = Chuid::new(&fasc_n, CARD_UUID, "20301231").unwrap();
+    chuid.cardholder_uuid = Some(CARDHOLDER_UUID);
+    chuid
+}
+
+#[test]
+fn chuid_signatures_verify_with_openssl_for_p256_p384_and_rsa_signers() {
+    for (alg, digest_oid, digest_name) in [
+        (KeyAlgorithm::EcP256, oids::SHA256, "sha256"),
+        (KeyAlgorithm::EcP384, oids::SHA384, "sha384"),
+        (KeyAlgorithm::Rsa2048, oids::SHA256, "sha256"),
+    ] {
+        let h = hierarchy(alg);
+        let d = workdir(&h);
+        let dir = d.path();
+        let mut chuid = sample_chuid();
+        let content = chuid.signed_content();
+        let signature = lanyard_ca::cms::sign_chuid(&h.content_signer, &content).unwrap();
+
+        // The signature goes into tag 3E, and the card's bytes give back the signed content.
+        chuid.signature = signature.clone();
+        let object = chuid.encode();
+        assert_eq!(Chuid::signed_content_of(&object).unwrap(), content);
+        assert_eq!(Chuid::decode(&object).unwrap().signature, signature);
+
+        std::fs::write(dir.join("sig.der"), &signature).unwrap();
+        std::fs::write(dir.join("content.bin"), &content).unwrap();
+        let mut tampered = content.clone();
+        tampered[5] ^= 0x01;
+        std::fs::write(dir.join("tampered.bin"), &tampered).unwrap();
+
+        let verify = |content_file: &str| {
+            openssl(
+                &[
+                    "cms",
+                    "-verify",
+                    "-binary",
+                    "-inform",
+                    "DER",
+                    "-in",
+                    "sig.der",
+                    "-content",
+                    content_file,
+                    "-CAfile",
+                    "chain.pem",
+                    "-purpose",
+                    "any",
+                    "-out",
+                    "verified.bin",
+                ],
+                dir,
+            )
+        };
+        let ok = verify("content.bin");
+        assert!(
+            ok.ok && ok.all().contains("Verification successful"),
+            "{alg}: openssl cms -verify:\n{}",
+            ok.all()
+        );
+        assert_eq!(std::fs::read(dir.join("verified.bin")).unwrap(), content);
+        let bad = verify("tampered.bin");
+        assert!(!bad.ok, "{alg}: openssl accepted a tampered CHUID:\n{}", bad.all());
+        // OpenSSL reports the messageDigest mismatch from CMS_SignerInfo_verify_content.
+        assert!(bad.all().contains("CMS_SignerInfo_verify_content"), "{alg}: {}", bad.all());
+
+        // The structure SP 800-73-4 asks for, as openssl reads it.
+        let printed = openssl_ok(&["cms", "-cmsout", "-print", "-inform", "DER", "-in", "sig.der"], dir);
+        for want in [
+            "contentType: pkcs7-signedData",
+            "eContent: <ABSENT>",
+            "d.issuerAndSerialNumber:",
+            "object: contentType (1.2.840.113549.1.9.3)",
+            "object: messageDigest (1.2.840.113549.1.9.4)",
+            "crls:\n      <ABSENT>",
+        ] {
+            assert!(printed.contains(want), "{alg}: `{want}` missing from:\n{printed}");
+        }
+        // openssl has no names for the PIV OIDs, so match the dotted form on the right line.
+        let line_with = |prefix: &str, oid: &str| {
+            printed
+                .lines()
+                .any(|l| l.trim_start().starts_with(prefix) && l.trim_end().ends_with(&format!("({oid})")))
+        };
+        assert!(line_with("eContentType:", "2.16.840.1.101.3.6.1"), "{alg}: eContentType:\n{printed}");
+        assert!(line_with("object:", "2.16.840.1.101.3.6.5"), "{alg}: pivSigner-DN:\n{printed}");
+        assert!(printed.contains(&format!("algorithm: {digest_name}")), "{alg}: digest:\n{printed}");
+        assert!(printed.contains("version: 3"), "{alg}: SignedData v3:\n{printed}");
+        assert_eq!(
+            printed.matches("d.certificate:").count(),
+            1,
+            "{alg}: exactly one certificate:\n{printed}"
+        );
+        assert_eq!(printed.matches("version: 1").count(), 1, "{alg}: SignerInfo v1:\n{printed}");
+
+        // Our own verifier agrees and reports the signer.
+        let summary = lanyard_ca::cms::verify_detached(&signature, &content).unwrap();
+        assert_eq!(summary.econtent_type, oids::PIV_CHUID_SECURITY_OBJECT);
+        assert_eq!(summary.digest_algorithm, digest_oid);
+        assert_eq!(summary.signer_certificate_der, h.content_signer.certificate.der);
+        assert_eq!(
+            summary.piv_signer_dn.as_deref(),
+            Some(h.content_signer.certificate.certificate.tbs_certificate.subject.to_string().as_str())
+        );
+        assert_eq!(summary.signed_attributes.len(), 3);
+        assert_eq!(lanyard_ca::cms::verify_detached(&signature, &tampered), Err(CmsError::DigestMismatch));
+
+        // The other direction: a detached signature made by openssl (id-data, signingTime, and
+        // rsaEncryption as the RSA signature algorithm) passes verify_detached.
+        std::fs::write(dir.join("cs.pem"), h.content_signer.certificate.to_pem()).unwrap();
+        std::fs::write(dir.join("cs.key"), h.content_signer.key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+        openssl_ok(
+            &[
+                "cms",
+                "-sign",
+                "-binary",
+                "-in",
+                "content.bin",
+                "-signer",
+                "cs.pem",
+                "-inkey",
+                "cs.key",
+                "-md",
+                digest_name,
+                "-outform",
+                "DER",
+                "-out",
+                "openssl.der",
+            ],
+            dir,
+        );
+        let theirs = std::fs::read(dir.join("openssl.der")).unwrap();
+        let summary = lanyard_ca::cms::verify_detached(&theirs, &content)
+            .unwrap_or_else(|e| panic!("{alg}: openssl's signature refused: {e}"));
+        assert_eq!(summary.econtent_type.to_string(), "1.2.840.113549.1.7.1");
+        assert_eq!(summary.piv_signer_dn, None);
+        assert_eq!(lanyard_ca::cms::verify_detached(&theirs, &tampered), Err(CmsError::DigestMismatch));
+    }
+}
+
+#[test]
+fn chuid_signing_refuses_the_wrong_key_or_certificate() {
+    let h = cms_fixture();
+    let content = sample_chuid().signed_content();
+    // The issuing CA's certificate lacks id-PIV-content-signing.
+    let err = lanyard_ca::cms::sign_piv_object(
+        h.issuing.signer(),
+        h.issuing.certificate_der(),
+        oids::PIV_CHUID_SECURITY_OBJECT,
+        &content,
+    )
+    .unwrap_err();
+    assert!(matches!(err, CaError::Cms(CmsError::NotContentSigner)), "{err}");
+    // A key the certificate does not certify.
+    let err = lanyard_ca::cms::sign_detached(
+        h.issuing.signer(),
+        &h.content_signer.certificate.der,
+        oids::PIV_CHUID_SECURITY_OBJECT,
+        &content,
+        &[],
+    )
+    .unwrap_err();
+    assert!(matches!(err, CaError::Cms(CmsError::KeyMismatch)), "{err}");
+    // A signature over other content, and bytes that are not CMS.
+    let sig = lanyard_ca::cms::sign_chuid(&h.content_signer, &content).unwrap();
+    assert_eq!(lanyard_ca::cms::verify_detached(&sig, b"other"), Err(CmsError::DigestMismatch));
+    assert!(matches!(
+        lanyard_ca::cms::verify_detached(&sig[..sig.len() - 1], &content),
+        Err(CmsError::Malformed(_))
+    ));
+    // A flipped byte in the signature value (the last bytes of the DER) breaks the signature.
+    let mut flipped = sig.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x01;
+    assert!(lanyard_ca::cms::verify_detached(&flipped, &content).is_err());
+}
+
+fn cms_fixture() -> &'static Hierarchy {
+    static FIXTURE: OnceLock<Hierarchy> = OnceLock::new();
+    FIXTURE.get_or_init(|| hierarchy(KeyAlgorithm::EcP256))
+}
+
+// ------------------------------------------------------------------------------------------------
+// YubiKey PIV attestation, with the software card as the YubiKey
+
+type Card = lanyard_piv::Piv<lanyard_piv::InProcess<lanyard_vcard::VirtualCard>>;
+
+/// A software card from a fresh attestation root, with the management key authenticated.
+struct AttestedCard {
+    card: Card,
+    serial: u32,
+    root_der: Vec<u8>,
+    root_pem_path: PathBuf,
+    f9_der: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+fn ec_spki_der(point: &[u8], curve: ObjectIdentifier) -> Vec<u8> {
+    SubjectPublicKeyInfoOwned {
+        algorithm: AlgorithmIdentifierOwned {
+            oid: oids::EC_PUBLIC_KEY,
+            parameters: Some(Any::encode_from(&curve).unwrap()),
+        },
+        subject_public_key: der::asn1::BitString::from_bytes(point).unwrap(),
+    }
+    .to_der()
+    .unwrap()
+}
+
+fn attested_card() -> AttestedCard {
+    use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
+    let dir = tempfile::tempdir().unwrap();
+    let root =
+        lanyard_vcard::AttestationRoot::open_or_create(dir.path(), std::time::SystemTime::now()).unwrap();
+    let img = lanyard_vcard::VirtualCard::new_image(
+        &root,
+        &lanyard_vcard::NewCard::default(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let serial = img.serial;
+    let mut card =
+        lanyard_piv::Piv::new(lanyard_piv::InProcess(lanyard_vcard::VirtualCard::from_image(img).unwrap()));
+    card.authenticate_mutual(&ManagementKey::factory(MgmAlgorithm::TripleDes)).unwrap();
+    let f9_object = card.get_data(lanyard_piv::tag::YUBICO_ATTESTATION_CERT).unwrap();
+    let f9_der = lanyard_piv::objects::CertificateObject::decode(&f9_object).unwrap().der;
+    AttestedCard {
+        card,
+        serial,
+        root_der: root.certificate().to_der().unwrap(),
+        root_pem_path: root.certificate_pem_path(),
+        f9_der,
+        _dir: dir,
+    }
+}
+
+/// Generates a key in `slot` and returns (attestation certificate, expected SPKI).
+fn generate_and_attest(c: &mut AttestedCard, slot: u8, alg: lanyard_piv::KeyAlgorithm) -> (Vec<u8>, Vec<u8>) {
+    let slot = lanyard_piv::Slot(slot);
+    let pk = c.card.generate(slot, alg, None, None).unwrap();
+    let lanyard_piv::PublicKey::Ec { point, .. } = pk else { panic!("EC key expected") };
+    let curve = if alg == lanyard_piv::KeyAlgorithm::EccP384 { oids::SECP384R1 } else { oids::SECP256R1 };
+    (c.card.attest(slot).unwrap(), ec_spki_der(&point, curve))
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
+}
+
+#[test]
+fn virtual_card_attestations_verify_and_yield_evidence() {
+    let mut c = attested_card();
+    let (att, spki) = generate_and_attest(&mut c, 0x9A, lanyard_piv::KeyAlgorithm::EccP256);
+    let roots = vec![c.root_der.clone()];
+    let ev = verify_piv_attestation(&att, &c.f9_der, &roots, &spki, now()).unwrap();
+    let v = lanyard_vcard::card::DEFAULT_VERSION;
+    assert_eq!(ev.firmware_version, Some(format!("{}.{}.{}", v[0], v[1], v[2])));
+    assert_eq!(ev.serial, Some(u64::from(c.serial)));
+    let m = c.card.get_metadata(0x9A).unwrap();
+    assert_eq!(ev.pin_policy, Some(m.pin_policy.unwrap().id()));
+    assert_eq!(ev.touch_policy, Some(m.touch_policy.unwrap().id()));
+    assert_eq!(ev.form_factor, Some(0));
+    assert_eq!(ev.attestation_sha256, sha256_hex(&att));
+    assert_eq!(ev.intermediate_sha256, sha256_hex(&c.f9_der));
+    assert_eq!(ev.root_sha256, sha256_hex(&c.root_der));
+    assert_eq!(ev.root_subject, "CN=Lanyard Virtual PIV Attestation Root,O=Lanyard");
+    // The evidence is stored as JSON with the credential.
+    let json = serde_json::to_value(&ev).unwrap();
+    assert_eq!(json["serial"], u64::from(c.serial));
+    assert_eq!(serde_json::from_value::<AttestationEvidence>(json).unwrap(), ev);
+
+    // P-384 keys with an explicit PIN policy, and the root found among several.
+    let other = attested_card();
+    let pk = c
+        .card
+        .generate(
+            lanyard_piv::Slot(0x9C),
+            lanyard_piv::KeyAlgorithm::EccP384,
+            Some(lanyard_piv::PinPolicy::Always),
+            None,
+        )
+        .unwrap();
+    let lanyard_piv::PublicKey::Ec { point, .. } = pk else { panic!() };
+    let att384 = c.card.attest(lanyard_piv::Slot(0x9C)).unwrap();
+    let roots = vec![other.root_der.clone(), c.root_der.clone()];
+    let ev = verify_piv_attestation(&att384, &c.f9_der, &roots, &ec_spki_der(&point, oids::SECP384R1), now())
+        .unwrap();
+    assert_eq!(ev.pin_policy, Some(lanyard_piv::PinPolicy::Always.id()));
+
+    // openssl, as an independent judge, builds the same chain.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("f9.der"), &c.f9_der).unwrap();
+    std::fs::write(d.path().join("att.der"), &att).unwrap();
+    openssl_ok(&["x509", "-inform", "DER", "-in", "f9.der", "-out", "f9.pem"], d.path());
+    openssl_ok(&["x509", "-inform", "DER", "-in", "att.der", "-out", "att.pem"], d.path());
+    let root_pem = c.root_pem_path.to_str().unwrap();
+    let out = openssl_ok(&["verify", "-CAfile", root_pem, "-untrusted", "f9.pem", "att.pem"], d.path());
+    assert!(out.contains("att.pem: OK"), "{out}");
+    let out = openssl(
+        &["verify", "-CAfile", other.root_pem_path.to_str().unwrap(), "-untrusted", "f9.pem", "att.pem"],
+        d.path(),
+    );
+    assert!(!out.ok, "openssl accepted the chain under another root:\n{}", out.all());
+}
+
+#[test]
+fn attestations_that_do_not_prove_the_key_are_refused() {
+    let mut c = attested_card();
+    let (att, spki) = generate_and_attest(&mut c, 0x9A, lanyard_piv::KeyAlgorithm::EccP256);
+    let (_, other_spki) = generate_and_attest(&mut c, 0x9E, lanyard_piv::KeyAlgorithm::EccP256);
+    let roots = vec![c.root_der.clone()];
+    let verify = |att: &[u8], f9: &[u8], roots: &[Vec<u8>], spki: &[u8], at: OffsetDateTime| {
+        verify_piv_attestation(att, f9, roots, spki, at).unwrap_err()
+    };
+
+    // Another installation's root (same name, other key).
+    let other = attested_card();
+    assert_eq!(
+        verify(&att, &c.f9_der, std::slice::from_ref(&other.root_der), &spki, now()),
+        AttestationError::UntrustedRoot
+    );
+    assert_eq!(verify(&att, &c.f9_der, &[], &spki, now()), AttestationError::NoRoots);
+    // Another card's F9 certificate, from another root or from the same one.
+    assert_eq!(
+        verify(&att, &other.f9_der, std::slice::from_ref(&other.root_der), &spki, now()),
+        AttestationError::IssuerMismatch
+    );
+    // The attestation certificate offered as its own intermediate.
+    assert_eq!(verify(&att, &att, &roots, &spki, now()), AttestationError::UntrustedRoot);
+    // Another key than the one attested.
+    assert_eq!(verify(&att, &c.f9_der, &roots, &other_spki, now()), AttestationError::KeyMismatch);
+    // A flipped byte in the signature.
+    let mut flipped = att.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x01;
+    assert_eq!(verify(&flipped, &c.f9_der, &roots, &spki, now()), AttestationError::BadSignature);
+    // Truncated DER anywhere.
+    assert_eq!(
+        verify(&att[..att.len() - 1], &c.f9_der, &roots, &spki, now()),
+        AttestationError::MalformedDer(ChainPosition::Attestation)
+    );
+    assert_eq!(
+        verify(&att, &c.f9_der[..40], &roots, &spki, now()),
+        AttestationError::MalformedDer(ChainPosition::Intermediate)
+    );
+    assert_eq!(
+        verify(&att, &c.f9_der, &[c.root_der[..c.root_der.len() / 2].to_vec()], &spki, now()),
+        AttestationError::MalformedDer(ChainPosition::Root)
+    );
+    assert_eq!(
+        verify(&att, &c.f9_der, &roots, &spki[1..], now()),
+        AttestationError::MalformedDer(ChainPosition::ExpectedKey)
+    );
+    // Outside the chain's validity: the F9 certificate lives 20 years, the root 30.
+    assert!(matches!(
+        verify(&att, &c.f9_der, &roots, &spki, now() + Duration::days(25 * 365)),
+        AttestationError::Expired { position: ChainPosition::Intermediate, .. }
+    ));
+    assert!(matches!(
+        verify(&att, &c.f9_der, &roots, &spki, now() - Duration::days(2)),
+        AttestationError::NotYetValid { position: ChainPosition::Root, .. }
+    ));
+}
+
+/// (attestation certificate, F9 certificate, root certificate, expected SPKI), all DER.
+type AttestationChain = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn attestation_fixture() -> &'static AttestationChain {
+    static FIXTURE: OnceLock<AttestationChain> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let mut c = attested_card();
+        let (att, spki) = generate_and_attest(&mut c, 0x9A, lanyard_piv::KeyAlgorithm::EccP256);
+        (att, c.f9_der.clone(), c.root_der.clone(), spki)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -1276,5 +1657,44 @@ proptest! {
                 prop_assert_eq!(status, Some(OcspResponseStatus::MalformedRequest));
             }
         }
+    }
+
+    #[test]
+    fn random_bytes_are_never_a_detached_signature(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        prop_assert!(lanyard_ca::cms::verify_detached(&bytes, b"content").is_err());
+    }
+
+    #[test]
+    fn mutated_chuid_signatures_are_refused_unless_only_the_certificate_changed(index in any::<proptest::sample::Index>(), mask in 1u8..=255, cut in any::<proptest::sample::Index>()) {
+        static SIG: OnceLock<Vec<u8>> = OnceLock::new();
+        let content = sample_chuid().signed_content();
+        let sig = SIG.get_or_init(|| lanyard_ca::cms::sign_chuid(&cms_fixture().content_signer, &sample_chuid().signed_content()).unwrap());
+        let mut flipped = sig.clone();
+        flipped[index.index(sig.len())] ^= mask;
+        // verify_detached does not validate the embedded certificate (path validation is the
+        // caller's job), so a flip inside, say, the certificate's own signature still verifies;
+        // it then reports the altered certificate, which no CA path will accept.
+        if let Ok(summary) = lanyard_ca::cms::verify_detached(&flipped, &content) {
+            prop_assert_ne!(summary.signer_certificate_der, cms_fixture().content_signer.certificate.der.clone());
+        }
+        prop_assert!(lanyard_ca::cms::verify_detached(&sig[..cut.index(sig.len())], &content).is_err());
+    }
+
+    #[test]
+    fn random_bytes_are_never_an_attestation(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let (att, f9, root, spki) = attestation_fixture();
+        let roots = vec![root.clone()];
+        prop_assert!(verify_piv_attestation(&bytes, f9, &roots, spki, now()).is_err());
+        prop_assert!(verify_piv_attestation(att, &bytes, &roots, spki, now()).is_err());
+        prop_assert!(verify_piv_attestation(att, f9, std::slice::from_ref(&bytes), spki, now()).is_err());
+        prop_assert!(verify_piv_attestation(att, f9, &roots, &bytes, now()).is_err());
+    }
+
+    #[test]
+    fn mutated_attestations_are_refused(index in any::<proptest::sample::Index>(), mask in 1u8..=255) {
+        let (att, f9, root, spki) = attestation_fixture();
+        let mut flipped = att.clone();
+        flipped[index.index(att.len())] ^= mask;
+        prop_assert!(verify_piv_attestation(&flipped, f9, std::slice::from_ref(root), spki, now()).is_err());
     }
 }
