@@ -257,6 +257,48 @@ impl PublicKey {
         out
     }
 
+    /// The DER `SubjectPublicKeyInfo` (RFC 5480 for EC with a named curve, RFC 8017 for RSA),
+    /// as a CA or CSR needs it.
+    pub fn to_spki_der(&self) -> Vec<u8> {
+        use crate::tlv::{encode, tlv};
+        const ID_EC_PUBLIC_KEY: [u8; 7] = [0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+        const PRIME256V1: [u8; 8] = [0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+        const SECP384R1: [u8; 5] = [0x2B, 0x81, 0x04, 0x00, 0x22];
+        const RSA_ENCRYPTION: [u8; 9] = [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01];
+        // A DER INTEGER of an unsigned big-endian value: minimal, with a 00 when the top bit is set.
+        fn uint(value: &[u8]) -> Vec<u8> {
+            let skip = value.iter().take(value.len().saturating_sub(1)).take_while(|b| **b == 0).count();
+            let v = &value[skip..];
+            let mut body = Vec::with_capacity(v.len() + 1);
+            if v.first().is_none_or(|b| b & 0x80 != 0) {
+                body.push(0);
+            }
+            body.extend_from_slice(v);
+            tlv(0x02, &body)
+        }
+        let (alg_id, key_bits) = match self {
+            PublicKey::Rsa { modulus, exponent } => {
+                let mut alg = tlv(0x06, &RSA_ENCRYPTION);
+                alg.extend_from_slice(&[0x05, 0x00]);
+                let mut ints = uint(modulus);
+                ints.extend_from_slice(&uint(exponent));
+                (alg, tlv(0x30, &ints))
+            }
+            PublicKey::Ec { algorithm, point } => {
+                let mut alg = tlv(0x06, &ID_EC_PUBLIC_KEY);
+                let curve: &[u8] = if *algorithm == KeyAlgorithm::EccP384 { &SECP384R1 } else { &PRIME256V1 };
+                encode(0x06, curve, &mut alg);
+                (alg, point.clone())
+            }
+        };
+        let mut bits = Vec::with_capacity(key_bits.len() + 1);
+        bits.push(0);
+        bits.extend_from_slice(&key_bits);
+        let mut inner = tlv(0x30, &alg_id);
+        encode(0x03, &bits, &mut inner);
+        tlv(0x30, &inner)
+    }
+
     /// Parses the inner TLVs for a key of `algorithm`, checking sizes.
     pub fn from_inner_tlvs(algorithm: KeyAlgorithm, inner: &[u8]) -> Result<Self, crate::PivError> {
         let tlvs = crate::tlv::parse_all(inner)?;
