@@ -234,8 +234,9 @@ impl IssuancePlan {
 // Steps, inputs, outcomes, errors
 // ---------------------------------------------------------------------------------------------
 
-/// What the engine wants next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the engine wants next. `Debug` shows each command's header and length only: the
+/// commands carry the PIN, PUK and management key.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Step {
     /// Send these in order, stop at the first non-`9000` status word, answer with
     /// [`Input::Responses`] holding every response received.
@@ -246,6 +247,26 @@ pub enum Step {
     SignChuid(Vec<u8>),
     Done(IssuanceOutcome),
     Failed(EngineError),
+}
+
+/// `CLA INS P1 P2 +len` for each command, never the data.
+fn commands_summary(commands: &[Command]) -> Vec<String> {
+    commands
+        .iter()
+        .map(|c| format!("{:02X}{:02X}{:02X}{:02X}+{}", c.cla, c.ins, c.p1, c.p2, c.data.len()))
+        .collect()
+}
+
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Transmit(c) => f.debug_tuple("Transmit").field(&commands_summary(c)).finish(),
+            Step::IssueCertificates(k) => f.debug_tuple("IssueCertificates").field(k).finish(),
+            Step::SignChuid(c) => f.debug_tuple("SignChuid").field(&hex::encode(c)).finish(),
+            Step::Done(o) => f.debug_tuple("Done").field(o).finish(),
+            Step::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
 }
 
 /// What the caller feeds the engine.
@@ -1391,7 +1412,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// What a rollback answers with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum RollbackStep {
     Transmit(Vec<Command>),
     /// The card is in factory state: reset, the factory key authenticates, the default PIN
@@ -1400,6 +1421,18 @@ pub enum RollbackStep {
         round_trips: u32,
     },
     Failed(EngineError),
+}
+
+impl fmt::Debug for RollbackStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RollbackStep::Transmit(c) => f.debug_tuple("Transmit").field(&commands_summary(c)).finish(),
+            RollbackStep::Done { round_trips } => {
+                f.debug_struct("Done").field("round_trips", round_trips).finish()
+            }
+            RollbackStep::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
 }
 
 enum RollbackState {

@@ -343,6 +343,58 @@ fn card_without_aes_gets_the_same_bytes_as_a_3des_key() {
         .unwrap();
 }
 
+/// Firmware before 5.3 has no GET METADATA: it stops the detect batch, the rest follows in
+/// one more round trip, and the factory key is found by trying.
+#[test]
+fn card_without_metadata_takes_one_more_round_trip() {
+    let key = ManagementKey::random(MgmAlgorithm::Aes192);
+    let plan = plan_with(&ec_slots(), &key);
+    let img = factory_image(&NewCard { version: [5, 2, 7], mgm_algorithm: MgmAlgorithm::TripleDes });
+    let mut card = Piv::new(InProcess(VirtualCard::from_image(img).unwrap()));
+    let mut sizes = Vec::new();
+    let mut engine = Engine::new(clone_plan(&plan), factory_keys());
+    let outcome = done(drive_with(&mut engine, &mut card, None, &mut |batch, c, r| {
+        sizes.push(c.len());
+        if batch == 0 {
+            // What a YubiKey 5.2 answers to the first GET METADATA.
+            r.truncate(4);
+            r[3] = Response::status(StatusWord::InsNotSupported);
+        }
+    }));
+    assert_eq!(sizes, vec![7, 1, 1, 1, 11, 5]);
+    assert_eq!(outcome.round_trips, Engine::minimum_round_trips(Version(5, 2, 7)));
+    assert_eq!(outcome.management_key_algorithm, MgmAlgorithm::TripleDes);
+}
+
+#[test]
+fn step_debug_shows_no_command_data() {
+    let key = ManagementKey::random(MgmAlgorithm::Aes192);
+    let plan = plan_with(&ec_slots(), &key);
+    let mut card = fresh_card();
+    let mut engine = Engine::new(clone_plan(&plan), factory_keys());
+    let mut seen = Vec::new();
+    let mut input = Input::Start;
+    loop {
+        let step = engine.next(input);
+        seen.push(format!("{step:?}"));
+        input = match step {
+            Step::Transmit(cs) => Input::Responses(cs.iter().map(|c| card.exchange(c).unwrap()).collect()),
+            Step::IssueCertificates(keys) => {
+                Input::Certificates(keys.iter().map(|k| (k.slot, certificate_for(k))).collect())
+            }
+            Step::SignChuid(_) => Input::ChuidSignature(SIGNATURE.to_vec()),
+            _ => break,
+        };
+    }
+    let all = seen.join("\n");
+    assert!(all.contains("00DBFFFF") || all.contains("00DB3FFF"), "{all}");
+    let pin_hex = hex::encode_upper(PIN);
+    let puk_hex = hex::encode_upper(PUK);
+    for secret in [pin_hex.as_str(), puk_hex.as_str(), PIN, PUK] {
+        assert!(!all.to_uppercase().contains(&secret.to_uppercase()), "{secret} in {all}");
+    }
+}
+
 #[test]
 fn already_issued_card_is_refused_untouched() {
     let mut card = fresh_card();
@@ -437,6 +489,14 @@ fn interrupted_at_every_command_resumes_to_an_issued_card() {
             let End::Pulled(checkpoint) = drive(&mut first, &mut card, Some((k, j))) else {
                 panic!("not pulled at ({k}, {j})")
             };
+            // A copy of the card resumed with the checkpoint lost: the card's metadata suffices.
+            let img = card.transport_mut().0.image().clone();
+            let mut copy = Piv::new(InProcess(VirtualCard::from_image(img).unwrap()));
+            let mut blind = Engine::resume(clone_plan(&plan), factory_keys(), &Checkpoint::default());
+            match drive(&mut blind, &mut copy, None) {
+                End::Done(o) => assert_issued(&mut copy, &plan, &o),
+                other => panic!("resume without checkpoint after a pull at ({k}, {j}): {other:?}"),
+            }
             let mut resumed = Engine::resume(clone_plan(&plan), factory_keys(), &checkpoint);
             let outcome = match drive(&mut resumed, &mut card, None) {
                 End::Done(o) => o,
