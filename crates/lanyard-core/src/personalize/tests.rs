@@ -539,7 +539,11 @@ fn rollback_from_every_command_restores_factory_state() {
                 panic!("not pulled at ({k}, {j})")
             };
             let trips = rollback(&mut card);
-            assert!((8..=16).contains(&trips), "{trips} round trips at ({k}, {j})");
+            if (k, j) == (0, 0) {
+                // A stock card: 6 + 3 PIN tries + 3 PUK tries (docs/issuance.md).
+                assert_eq!(trips, 12);
+            }
+            assert!((12..=15).contains(&trips), "{trips} round trips at ({k}, {j})");
             assert_factory(&mut card);
         }
     }
