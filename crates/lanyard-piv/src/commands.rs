@@ -307,3 +307,65 @@ pub fn reset() -> Command {
 pub fn move_key(from: Slot, to: u8) -> Command {
     Command::new(0, INS_MOVE_KEY, to, from.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_encode_the_documented_apdus() {
+        assert_eq!(hex::encode(get_data(0x5FC102).to_bytes().unwrap()), "00cb3fff055c035fc10200");
+        assert_eq!(hex::encode(put_data(0x7E, &[0x7E, 0x00]).to_bytes().unwrap()), "00db3fff027e00");
+        assert_eq!(
+            hex::encode(put_data(0x5FC10C, &[0x53, 0x00]).to_bytes().unwrap()),
+            "00db3fff075c035fc10c5300"
+        );
+        assert_eq!(
+            hex::encode(verify_pin(b"123456").unwrap().to_bytes().unwrap()),
+            "0020008008313233343536ffff"
+        );
+        assert!(verify_pin(b"123456789").is_err());
+        assert_eq!(
+            hex::encode(
+                generate(Slot::AUTHENTICATION, KeyAlgorithm::EccP256, None, None).to_bytes().unwrap()
+            ),
+            "0047009a05ac0380011100"
+        );
+        assert_eq!(hex::encode(set_pin_retries(5, 4).to_bytes().unwrap()), "00fa0504");
+        assert_eq!(hex::encode(attest(Slot::CARD_AUTHENTICATION).to_bytes().unwrap()), "00f99e0000");
+    }
+
+    #[test]
+    fn parsers_refuse_wrong_sizes() {
+        assert_eq!(parse_version(&[5, 7, 2]).unwrap(), Version(5, 7, 2));
+        assert!(parse_version(&[5, 7]).is_err());
+        assert_eq!(parse_serial(&[0, 0, 1, 2]).unwrap(), 258);
+        assert!(parse_serial(&[1, 2, 3]).is_err());
+        assert!(parse_generate(KeyAlgorithm::EccP256, &[0x7F, 0x49, 0x03, 0x86, 0x01, 0x04]).is_err());
+        let m = parse_metadata(&[0x01, 0x01, 0x03, 0x05, 0x01, 0x01, 0x06, 0x02, 0x03, 0x02]).unwrap();
+        assert_eq!((m.algorithm, m.is_default, m.retries), (Some(3), Some(true), Some((3, 2))));
+        assert!(parse_metadata(&[0x01, 0x05]).is_err());
+    }
+
+    /// Plays the card's side of SP 800-73 App. A.2 against the host builders.
+    #[test]
+    fn mutual_authentication_round_trip() {
+        let key = ManagementKey::factory(MgmAlgorithm::TripleDes);
+        let first = mutual_auth_witness(key.algorithm());
+        assert_eq!(hex::encode(first.to_bytes().unwrap()), "0087039b047c02800000");
+        let witness = [7u8; 8];
+        let witness_resp = tlv::tlv(0x7C, &tlv::tlv(0x80, &key.encrypt_block(&witness).unwrap()));
+        let challenge = [9u8; 8];
+        let second = mutual_auth_response(&key, &witness_resp, &challenge).unwrap();
+        let inner = tlv::expect_single(&second.data, 0x7C).unwrap();
+        let tlvs = tlv::parse_all(inner).unwrap();
+        assert_eq!(tlv::find(&tlvs, 0x80), Some(&witness[..]));
+        assert_eq!(tlv::find(&tlvs, 0x81), Some(&challenge[..]));
+        let good = tlv::tlv(0x7C, &tlv::tlv(0x82, &key.encrypt_block(&challenge).unwrap()));
+        check_mutual_auth(&key, &challenge, &good).unwrap();
+        let bad = tlv::tlv(0x7C, &tlv::tlv(0x82, &[0u8; 8]));
+        assert!(matches!(check_mutual_auth(&key, &challenge, &bad), Err(PivError::CardAuthenticationFailed)));
+        assert!(mutual_auth_response(&key, &witness_resp, &[0u8; 16]).is_err());
+        assert!(mutual_auth_response(&key, b"junk", &challenge).is_err());
+    }
+}

@@ -318,3 +318,31 @@ impl PublicKey {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spki_der_of_ec_and_rsa_keys() {
+        let mut point = vec![0x04];
+        point.extend_from_slice(&[0x11; 64]);
+        let ec = PublicKey::Ec { algorithm: KeyAlgorithm::EccP256, point }.to_spki_der();
+        // RFC 5480 prefix for a P-256 key: SEQUENCE, id-ecPublicKey, prime256v1, BIT STRING.
+        assert_eq!(hex::encode(&ec[..27]), "3059301306072a8648ce3d020106082a8648ce3d03010703420004");
+        assert_eq!(ec.len(), 91);
+        let mut point = vec![0x04];
+        point.extend_from_slice(&[0x22; 96]);
+        let ec384 = PublicKey::Ec { algorithm: KeyAlgorithm::EccP384, point }.to_spki_der();
+        assert_eq!(hex::encode(&ec384[..24]), "3076301006072a8648ce3d020106052b8104002203620004");
+        // RSA: a modulus with its top bit set gets a 00; the exponent is minimal.
+        let rsa = PublicKey::Rsa { modulus: vec![0x80; 256], exponent: vec![0x01, 0x00, 0x01] }.to_spki_der();
+        assert_eq!(
+            hex::encode(&rsa[..32]),
+            "30820122300d06092a864886f70d01010105000382010f003082010a02820101"
+        );
+        assert_eq!(rsa[32], 0x00);
+        assert_eq!(hex::encode(&rsa[rsa.len() - 5..]), "0203010001");
+        assert_eq!(rsa.len(), 294);
+    }
+}
