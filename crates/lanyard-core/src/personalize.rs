@@ -189,6 +189,9 @@ impl IssuancePlan {
         if !(1..=15).contains(&self.pin_retries) || !(1..=15).contains(&self.puk_retries) {
             return bad("PIN and PUK retries must be 1 to 15".into());
         }
+        if self.new_management_key.expose_bytes() == lanyard_piv::mgmkey::DEFAULT_MANAGEMENT_KEY.as_slice() {
+            return bad("the new management key is the well-known factory key".into());
+        }
         if self.new_management_key.algorithm() == MgmAlgorithm::TripleDes {
             return bad("the new management key must be AES (3DES is chosen per card when needed)".into());
         }

@@ -461,6 +461,18 @@ fn invalid_plans_fail_before_any_command() {
         (plan_with(&[(Slot(0x82), KeyAlgorithm::EccP256)], &key), "slot"),
         (plan_with(&[(Slot::AUTHENTICATION, KeyAlgorithm::Rsa1024)], &key), "RSA-1024"),
         (plan_with(&ec_slots(), &ManagementKey::random(MgmAlgorithm::TripleDes)), "AES"),
+        (plan_with(&ec_slots(), &ManagementKey::factory(MgmAlgorithm::Aes192)), "factory"),
+        (plan_with(&[], &key), "no slots"),
+        (
+            plan_with(
+                &[
+                    (Slot::AUTHENTICATION, KeyAlgorithm::EccP256),
+                    (Slot::AUTHENTICATION, KeyAlgorithm::EccP384),
+                ],
+                &key,
+            ),
+            "twice",
+        ),
     ];
     for (plan, needle) in cases {
         match Engine::new(plan, factory_keys()).next(Input::Start) {
@@ -721,8 +733,54 @@ fn plan_debug_and_checkpoint_hold_no_secret() {
     assert!(!format!("{engine:?}").contains(PIN));
 }
 
+/// An engine that has sent batch `k` to a real card and awaits its answers.
+fn engine_at_batch(k: usize) -> Engine {
+    let key = ManagementKey::random(MgmAlgorithm::Aes192);
+    let mut engine = Engine::new(plan_with(&ec_slots(), &key), factory_keys());
+    let mut card = fresh_card();
+    let mut input = Input::Start;
+    let mut batch = 0;
+    loop {
+        match engine.next(input) {
+            Step::Transmit(_) if batch == k => return engine,
+            Step::Transmit(cs) => {
+                batch += 1;
+                input = Input::Responses(cs.iter().map(|c| card.exchange(c).unwrap()).collect());
+            }
+            Step::IssueCertificates(keys) => {
+                input = Input::Certificates(keys.iter().map(|k| (k.slot, certificate_for(k))).collect());
+            }
+            Step::SignChuid(_) => input = Input::ChuidSignature(SIGNATURE.to_vec()),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn arbitrary_responses() -> impl Strategy<Value = Vec<Response>> {
+    proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..80), any::<u16>()), 0..12).prop_map(
+        |v| v.into_iter().map(|(data, sw)| Response { data, sw: StatusWord::from_u16(sw) }).collect(),
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Deeper in: a real card answers the first batches, then the relay goes mad.
+    #[test]
+    fn arbitrary_responses_mid_issuance_never_panic(
+        k in 0usize..5,
+        rounds in proptest::collection::vec(arbitrary_responses(), 1..4),
+        certs in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40)), 0..4),
+    ) {
+        let mut engine = engine_at_batch(k);
+        for responses in rounds {
+            let _ = engine.next(Input::Responses(responses));
+        }
+        let _ = engine.next(Input::Certificates(certs.into_iter().map(|(s, d)| (Slot(s), d)).collect()));
+        let _ = engine.next(Input::ChuidSignature(Vec::new()));
+        let _ = engine.checkpoint();
+        let _ = engine.progress();
+    }
 
     /// Whatever a relay answers, the engine returns a step and never panics.
     #[test]
