@@ -4,77 +4,19 @@
 
 use crate::PivError;
 use crate::apdu::{Command, Response, StatusWord};
+use crate::commands;
 use crate::mgmkey::{ManagementKey, MgmAlgorithm};
 use crate::tlv;
 use crate::transport::CardTransport;
-use crate::types::{KeyAlgorithm, PIV_AID, PinPolicy, PublicKey, Slot, TouchPolicy};
+use crate::types::{KeyAlgorithm, PinPolicy, PublicKey, Slot, TouchPolicy};
 use zeroize::Zeroizing;
 
-pub const INS_SELECT: u8 = 0xA4;
-pub const INS_GET_DATA: u8 = 0xCB;
-pub const INS_PUT_DATA: u8 = 0xDB;
-pub const INS_VERIFY: u8 = 0x20;
-pub const INS_CHANGE_REFERENCE: u8 = 0x24;
-pub const INS_RESET_RETRY: u8 = 0x2C;
-pub const INS_GENERATE: u8 = 0x47;
-pub const INS_GENERAL_AUTHENTICATE: u8 = 0x87;
-pub const INS_GET_RESPONSE: u8 = 0xC0;
-pub const INS_GET_VERSION: u8 = 0xFD;
-pub const INS_GET_SERIAL: u8 = 0xF8;
-pub const INS_GET_METADATA: u8 = 0xF7;
-pub const INS_SET_MGMKEY: u8 = 0xFF;
-pub const INS_IMPORT_KEY: u8 = 0xFE;
-pub const INS_ATTEST: u8 = 0xF9;
-pub const INS_SET_PIN_RETRIES: u8 = 0xFA;
-pub const INS_RESET: u8 = 0xFB;
-pub const INS_MOVE_KEY: u8 = 0xF6;
-
-/// Key references for VERIFY / CHANGE REFERENCE DATA.
-pub const REF_PIV_PIN: u8 = 0x80;
-pub const REF_PUK: u8 = 0x81;
-
-/// Pads a PIN or PUK to the 8-byte card format (`FF` fill), refusing what cannot fit.
-pub fn pad_pin(pin: &[u8]) -> Result<Zeroizing<[u8; 8]>, PivError> {
-    if pin.len() > 8 {
-        return Err(PivError::InvalidArgument("PIN/PUK longer than 8 bytes"));
-    }
-    let mut out = Zeroizing::new([0xFF; 8]);
-    out[..pin.len()].copy_from_slice(pin);
-    Ok(out)
-}
-
-/// The card's firmware version as GET VERSION reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version(pub u8, pub u8, pub u8);
-
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.0, self.1, self.2)
-    }
-}
-
-/// Parsed SELECT response (application property template).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApplicationProperties {
-    pub aid_or_pix: Vec<u8>,
-    pub label: Option<String>,
-    pub url: Option<String>,
-    pub algorithms: Vec<u8>,
-}
-
-/// GET METADATA for a key slot, the management key or a PIN/PUK.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Metadata {
-    pub algorithm: Option<u8>,
-    pub pin_policy: Option<PinPolicy>,
-    pub touch_policy: Option<TouchPolicy>,
-    /// 1 = generated on the card, 2 = imported.
-    pub origin: Option<u8>,
-    pub public_key: Option<Vec<u8>>,
-    pub is_default: Option<bool>,
-    /// (total, remaining) for PIN and PUK.
-    pub retries: Option<(u8, u8)>,
-}
+pub use crate::commands::{
+    ApplicationProperties, INS_ATTEST, INS_CHANGE_REFERENCE, INS_GENERAL_AUTHENTICATE, INS_GENERATE,
+    INS_GET_DATA, INS_GET_METADATA, INS_GET_RESPONSE, INS_GET_SERIAL, INS_GET_VERSION, INS_IMPORT_KEY,
+    INS_MOVE_KEY, INS_PUT_DATA, INS_RESET, INS_RESET_RETRY, INS_SELECT, INS_SET_MGMKEY, INS_SET_PIN_RETRIES,
+    INS_VERIFY, Metadata, REF_PIV_PIN, REF_PUK, Version, pad_pin,
+};
 
 /// Private key material for IMPORT KEY.
 pub enum ImportKey<'a> {
@@ -180,29 +122,13 @@ impl<T: CardTransport> Piv<T> {
 
     /// SELECT the PIV application and parse its property template.
     pub fn select(&mut self) -> Result<ApplicationProperties, PivError> {
-        let data =
-            self.call(&Command::new(0, INS_SELECT, 0x04, 0x00).with_data(PIV_AID.to_vec()).with_le(256))?;
-        let apt = tlv::expect_single(&data, 0x61)?;
-        let tlvs = tlv::parse_all(apt)?;
-        let aid_or_pix = tlv::require(&tlvs, 0x4F)?.to_vec();
-        let text = |t| tlv::find(&tlvs, t).map(|v| String::from_utf8_lossy(v).into_owned());
-        let mut algorithms = Vec::new();
-        if let Some(ac) = tlv::find(&tlvs, 0xAC) {
-            for t in tlv::parse_all(ac)? {
-                if t.tag == 0x80 && t.value.len() == 1 {
-                    algorithms.push(t.value[0]);
-                }
-            }
-        }
-        Ok(ApplicationProperties { aid_or_pix, label: text(0x50), url: text(0x5F50), algorithms })
+        commands::parse_select(&self.call(&commands::select())?)
     }
 
     /// GET DATA: returns the object's stored bytes (`53 …` wrapper included, or the raw `7E …` /
     /// `7F61 …` template for discovery and BIT).
     pub fn get_data(&mut self, tag: u32) -> Result<Vec<u8>, PivError> {
-        let mut q = Vec::new();
-        tlv::encode(0x5C, &tag_bytes(tag), &mut q);
-        self.call(&Command::new(0, INS_GET_DATA, 0x3F, 0xFF).with_data(q).with_le(256))
+        self.call(&commands::get_data(tag))
     }
 
     /// GET DATA returning `None` for an absent object (`6A82`).
@@ -217,12 +143,7 @@ impl<T: CardTransport> Piv<T> {
     /// PUT DATA of a complete object (`53 …`, or the raw discovery/BIT template). An empty
     /// `53 00` deletes the object.
     pub fn put_data(&mut self, tag: u32, object: &[u8]) -> Result<(), PivError> {
-        let mut data = Vec::with_capacity(object.len() + 6);
-        if tag != crate::types::tag::DISCOVERY && tag != crate::types::tag::BIT_GROUP_TEMPLATE {
-            tlv::encode(0x5C, &tag_bytes(tag), &mut data);
-        }
-        data.extend_from_slice(object);
-        self.call(&Command::new(0, INS_PUT_DATA, 0x3F, 0xFF).with_data(data)).map(drop)
+        self.call(&commands::put_data(tag, object)).map(drop)
     }
 
     fn verify_result(&mut self, cmd: &Command, what: &'static str) -> Result<(), PivError> {
@@ -237,13 +158,12 @@ impl<T: CardTransport> Piv<T> {
 
     /// VERIFY the PIV PIN.
     pub fn verify_pin(&mut self, pin: &[u8]) -> Result<(), PivError> {
-        let p = pad_pin(pin)?;
-        self.verify_result(&Command::new(0, INS_VERIFY, 0, REF_PIV_PIN).with_data(p.to_vec()), "PIN")
+        self.verify_result(&commands::verify_pin(pin)?, "PIN")
     }
 
     /// VERIFY with no data: `Ok(None)` when the PIN is already verified, otherwise the tries left.
     pub fn pin_status(&mut self) -> Result<Option<u8>, PivError> {
-        let resp = self.exchange(&Command::new(0, INS_VERIFY, 0, REF_PIV_PIN))?;
+        let resp = self.exchange(&commands::pin_status())?;
         match resp.sw {
             StatusWord::Success => Ok(None),
             StatusWord::WrongPin { retries } => Ok(Some(retries)),
@@ -254,58 +174,32 @@ impl<T: CardTransport> Piv<T> {
 
     /// VERIFY with P1=FF: drops PIN verification, counter unchanged.
     pub fn reset_pin_verification(&mut self) -> Result<(), PivError> {
-        self.call(&Command::new(0, INS_VERIFY, 0xFF, REF_PIV_PIN)).map(drop)
+        self.call(&commands::reset_pin_verification()).map(drop)
     }
 
     /// CHANGE REFERENCE DATA for the PIN (`puk == false`) or the PUK.
     pub fn change_reference(&mut self, puk: bool, old: &[u8], new: &[u8]) -> Result<(), PivError> {
-        let mut data = Zeroizing::new(Vec::with_capacity(16));
-        data.extend_from_slice(&*pad_pin(old)?);
-        data.extend_from_slice(&*pad_pin(new)?);
-        let (p2, what) = if puk { (REF_PUK, "PUK") } else { (REF_PIV_PIN, "PIN") };
-        self.verify_result(&Command::new(0, INS_CHANGE_REFERENCE, 0, p2).with_data(data.to_vec()), what)
+        let what = if puk { "PUK" } else { "PIN" };
+        self.verify_result(&commands::change_reference(puk, old, new)?, what)
     }
 
     /// RESET RETRY COUNTER: unblocks the PIN with the PUK and sets a new PIN.
     pub fn unblock_pin(&mut self, puk: &[u8], new_pin: &[u8]) -> Result<(), PivError> {
-        let mut data = Zeroizing::new(Vec::with_capacity(16));
-        data.extend_from_slice(&*pad_pin(puk)?);
-        data.extend_from_slice(&*pad_pin(new_pin)?);
-        self.verify_result(&Command::new(0, INS_RESET_RETRY, 0, REF_PIV_PIN).with_data(data.to_vec()), "PUK")
+        self.verify_result(&commands::unblock_pin(puk, new_pin)?, "PUK")
     }
 
     fn general_authenticate(&mut self, alg: u8, key: u8, template: &[u8]) -> Result<Vec<u8>, PivError> {
-        let data = tlv::tlv(0x7C, template);
-        let resp =
-            self.call(&Command::new(0, INS_GENERAL_AUTHENTICATE, alg, key).with_data(data).with_le(256))?;
-        Ok(tlv::expect_single(&resp, 0x7C)?.to_vec())
+        commands::parse_general_authenticate(&self.call(&commands::general_authenticate(alg, key, template))?)
     }
 
     /// Mutual authentication with the management key (SP 800-73 App. A.2): the host proves the
     /// key by decrypting the card's witness, and the card proves it by encrypting our challenge.
     pub fn authenticate_mutual(&mut self, key: &ManagementKey) -> Result<(), PivError> {
-        let alg = key.algorithm();
-        let n = alg.block_len();
-        let witness_tlvs = self.general_authenticate(alg.id(), Slot::MANAGEMENT.0, &[0x80, 0x00])?;
-        let tlvs = tlv::parse_all(&witness_tlvs)?;
-        let enc_witness = tlv::require(&tlvs, 0x80)?;
-        if enc_witness.len() != n {
-            return Err(PivError::Malformed("witness is not one cipher block"));
-        }
-        let witness = Zeroizing::new(key.decrypt_block(enc_witness)?);
-        let mut challenge = vec![0u8; n];
+        let witness = self.call(&commands::mutual_auth_witness(key.algorithm()))?;
+        let mut challenge = vec![0u8; key.algorithm().block_len()];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut challenge);
-        let mut t = Vec::new();
-        tlv::encode(0x80, &witness, &mut t);
-        tlv::encode(0x81, &challenge, &mut t);
-        tlv::encode(0x82, &[], &mut t);
-        let resp = self.general_authenticate(alg.id(), Slot::MANAGEMENT.0, &t)?;
-        let tlvs = tlv::parse_all(&resp)?;
-        let card_resp = tlv::require(&tlvs, 0x82)?;
-        if card_resp != key.encrypt_block(&challenge)?.as_slice() {
-            return Err(PivError::CardAuthenticationFailed);
-        }
-        Ok(())
+        let resp = self.call(&commands::mutual_auth_response(key, &witness, &challenge)?)?;
+        commands::check_mutual_auth(key, &challenge, &resp)
     }
 
     /// External authentication of the host with the management key (SP 800-73 App. A.1).
@@ -365,64 +259,27 @@ impl<T: CardTransport> Piv<T> {
         pin_policy: Option<PinPolicy>,
         touch_policy: Option<TouchPolicy>,
     ) -> Result<PublicKey, PivError> {
-        let mut t = Vec::new();
-        tlv::encode(0x80, &[alg.id()], &mut t);
-        if let Some(p) = pin_policy {
-            tlv::encode(0xAA, &[p.id()], &mut t);
-        }
-        if let Some(p) = touch_policy {
-            tlv::encode(0xAB, &[p.id()], &mut t);
-        }
-        let data = tlv::tlv(0xAC, &t);
-        let resp = self.call(&Command::new(0, INS_GENERATE, 0, slot.0).with_data(data).with_le(256))?;
-        let inner = tlv::expect_single(&resp, 0x7F49)?;
-        PublicKey::from_inner_tlvs(alg, inner)
+        let resp = self.call(&commands::generate(slot, alg, pin_policy, touch_policy))?;
+        commands::parse_generate(alg, &resp)
     }
 
     // ---- YubiKey extensions ----
 
     pub fn get_version(&mut self) -> Result<Version, PivError> {
-        let v = self.call(&Command::new(0, INS_GET_VERSION, 0, 0).with_le(256))?;
-        match v.as_slice() {
-            [a, b, c] => Ok(Version(*a, *b, *c)),
-            _ => Err(PivError::Malformed("GET VERSION did not return 3 bytes")),
-        }
+        commands::parse_version(&self.call(&commands::get_version())?)
     }
 
     pub fn get_serial(&mut self) -> Result<u32, PivError> {
-        let v = self.call(&Command::new(0, INS_GET_SERIAL, 0, 0).with_le(256))?;
-        let b: [u8; 4] =
-            v.as_slice().try_into().map_err(|_| PivError::Malformed("GET SERIAL did not return 4 bytes"))?;
-        Ok(u32::from_be_bytes(b))
+        commands::parse_serial(&self.call(&commands::get_serial())?)
     }
 
     pub fn get_metadata(&mut self, slot: u8) -> Result<Metadata, PivError> {
-        let v = self.call(&Command::new(0, INS_GET_METADATA, 0, slot).with_le(256))?;
-        let mut m = Metadata::default();
-        for t in tlv::parse_all(&v)? {
-            match (t.tag, t.value) {
-                (0x01, [a]) => m.algorithm = Some(*a),
-                (0x02, [p, tp]) => {
-                    m.pin_policy = PinPolicy::from_id(*p);
-                    m.touch_policy = TouchPolicy::from_id(*tp);
-                }
-                (0x03, [o]) => m.origin = Some(*o),
-                (0x04, pk) => m.public_key = Some(pk.to_vec()),
-                (0x05, [d]) => m.is_default = Some(*d != 0),
-                (0x06, [total, left]) => m.retries = Some((*total, *left)),
-                _ => {}
-            }
-        }
-        Ok(m)
+        commands::parse_metadata(&self.call(&commands::get_metadata(slot))?)
     }
 
     /// SET MANAGEMENT KEY (needs the current key authenticated).
     pub fn set_management_key(&mut self, key: &ManagementKey, require_touch: bool) -> Result<(), PivError> {
-        let mut data =
-            Zeroizing::new(vec![key.algorithm().id(), Slot::MANAGEMENT.0, key.algorithm().key_len() as u8]);
-        data.extend_from_slice(key.expose_bytes());
-        let p2 = if require_touch { 0xFE } else { 0xFF };
-        self.call(&Command::new(0, INS_SET_MGMKEY, 0xFF, p2).with_data(data.to_vec())).map(drop)
+        self.call(&commands::set_management_key(key, require_touch)).map(drop)
     }
 
     /// IMPORT KEY into a slot (needs the management key).
@@ -454,22 +311,22 @@ impl<T: CardTransport> Piv<T> {
 
     /// ATTEST: a certificate for the key in `slot`, signed by the card's attestation key (F9).
     pub fn attest(&mut self, slot: Slot) -> Result<Vec<u8>, PivError> {
-        self.call(&Command::new(0, INS_ATTEST, slot.0, 0).with_le(256))
+        self.call(&commands::attest(slot))
     }
 
     /// SET PIN RETRIES (needs the management key and the PIN); resets PIN and PUK to defaults.
     pub fn set_pin_retries(&mut self, pin_tries: u8, puk_tries: u8) -> Result<(), PivError> {
-        self.call(&Command::new(0, INS_SET_PIN_RETRIES, pin_tries, puk_tries)).map(drop)
+        self.call(&commands::set_pin_retries(pin_tries, puk_tries)).map(drop)
     }
 
     /// RESET the PIV application to factory state (the PIN and PUK must both be blocked).
     pub fn reset(&mut self) -> Result<(), PivError> {
-        self.call(&Command::new(0, INS_RESET, 0, 0)).map(drop)
+        self.call(&commands::reset()).map(drop)
     }
 
     /// MOVE KEY from one slot to another, or delete it with `to = 0xFF` (YubiKey 5.7).
     pub fn move_key(&mut self, from: Slot, to: u8) -> Result<(), PivError> {
-        self.call(&Command::new(0, INS_MOVE_KEY, to, from.0)).map(drop)
+        self.call(&commands::move_key(from, to)).map(drop)
     }
 
     /// Blocks the PIN and then the PUK with deliberately wrong values, as a RESET requires.
@@ -490,10 +347,4 @@ impl<T: CardTransport> Piv<T> {
         }
         Err(PivError::Malformed("PUK did not block after 16 wrong tries"))
     }
-}
-
-fn tag_bytes(tag: u32) -> Vec<u8> {
-    let mut v = Vec::new();
-    tlv::encode_tag(tag, &mut v);
-    v
 }

@@ -9,6 +9,7 @@
 
 pub mod apdu;
 pub mod client;
+pub mod commands;
 pub mod mgmkey;
 pub mod objects;
 pub mod tlv;

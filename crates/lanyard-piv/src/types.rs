@@ -257,6 +257,48 @@ impl PublicKey {
         out
     }
 
+    /// The DER `SubjectPublicKeyInfo` (RFC 5480 for EC with a named curve, RFC 8017 for RSA),
+    /// as a CA or CSR needs it.
+    pub fn to_spki_der(&self) -> Vec<u8> {
+        use crate::tlv::{encode, tlv};
+        const ID_EC_PUBLIC_KEY: [u8; 7] = [0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+        const PRIME256V1: [u8; 8] = [0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+        const SECP384R1: [u8; 5] = [0x2B, 0x81, 0x04, 0x00, 0x22];
+        const RSA_ENCRYPTION: [u8; 9] = [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01];
+        // A DER INTEGER of an unsigned big-endian value: minimal, with a 00 when the top bit is set.
+        fn uint(value: &[u8]) -> Vec<u8> {
+            let skip = value.iter().take(value.len().saturating_sub(1)).take_while(|b| **b == 0).count();
+            let v = &value[skip..];
+            let mut body = Vec::with_capacity(v.len() + 1);
+            if v.first().is_none_or(|b| b & 0x80 != 0) {
+                body.push(0);
+            }
+            body.extend_from_slice(v);
+            tlv(0x02, &body)
+        }
+        let (alg_id, key_bits) = match self {
+            PublicKey::Rsa { modulus, exponent } => {
+                let mut alg = tlv(0x06, &RSA_ENCRYPTION);
+                alg.extend_from_slice(&[0x05, 0x00]);
+                let mut ints = uint(modulus);
+                ints.extend_from_slice(&uint(exponent));
+                (alg, tlv(0x30, &ints))
+            }
+            PublicKey::Ec { algorithm, point } => {
+                let mut alg = tlv(0x06, &ID_EC_PUBLIC_KEY);
+                let curve: &[u8] = if *algorithm == KeyAlgorithm::EccP384 { &SECP384R1 } else { &PRIME256V1 };
+                encode(0x06, curve, &mut alg);
+                (alg, point.clone())
+            }
+        };
+        let mut bits = Vec::with_capacity(key_bits.len() + 1);
+        bits.push(0);
+        bits.extend_from_slice(&key_bits);
+        let mut inner = tlv(0x30, &alg_id);
+        encode(0x03, &bits, &mut inner);
+        tlv(0x30, &inner)
+    }
+
     /// Parses the inner TLVs for a key of `algorithm`, checking sizes.
     pub fn from_inner_tlvs(algorithm: KeyAlgorithm, inner: &[u8]) -> Result<Self, crate::PivError> {
         let tlvs = crate::tlv::parse_all(inner)?;
@@ -274,5 +316,33 @@ impl PublicKey {
             }
             Ok(PublicKey::Ec { algorithm, point: point.to_vec() })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spki_der_of_ec_and_rsa_keys() {
+        let mut point = vec![0x04];
+        point.extend_from_slice(&[0x11; 64]);
+        let ec = PublicKey::Ec { algorithm: KeyAlgorithm::EccP256, point }.to_spki_der();
+        // RFC 5480 prefix for a P-256 key: SEQUENCE, id-ecPublicKey, prime256v1, BIT STRING.
+        assert_eq!(hex::encode(&ec[..27]), "3059301306072a8648ce3d020106082a8648ce3d03010703420004");
+        assert_eq!(ec.len(), 91);
+        let mut point = vec![0x04];
+        point.extend_from_slice(&[0x22; 96]);
+        let ec384 = PublicKey::Ec { algorithm: KeyAlgorithm::EccP384, point }.to_spki_der();
+        assert_eq!(hex::encode(&ec384[..24]), "3076301006072a8648ce3d020106052b8104002203620004");
+        // RSA: a modulus with its top bit set gets a 00; the exponent is minimal.
+        let rsa = PublicKey::Rsa { modulus: vec![0x80; 256], exponent: vec![0x01, 0x00, 0x01] }.to_spki_der();
+        assert_eq!(
+            hex::encode(&rsa[..32]),
+            "30820122300d06092a864886f70d01010105000382010f003082010a02820101"
+        );
+        assert_eq!(rsa[32], 0x00);
+        assert_eq!(hex::encode(&rsa[rsa.len() - 5..]), "0203010001");
+        assert_eq!(rsa.len(), 294);
     }
 }
