@@ -12,23 +12,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::audit::{Actor, AuditEvent, ChainHead, ChainVerifier, NewAuditEvent, OperationId};
 use crate::error::{DomainError, Forbidden};
-use crate::ids::{ApiTokenId, CredentialId, DeviceId, GroupId, UserId};
+use crate::ids::{ApiTokenId, CredentialId, DeviceId, GroupId, JobId, UserId};
 use crate::lifecycle::{
     CredentialAction, DeviceAction, DeviceState, RevocationReason, apply_credential, apply_device,
     credential_action_allowed, device_target,
 };
 use crate::model::{
     ApiToken, Credential, CredentialKind, Device, DeviceClass, DeviceKind, EnrollmentCode, EnrollmentPurpose,
-    Group, Job, JobKind, LinkKind, Policy, PolicyDenied, Role, User, Username, ValidationError,
+    Group, Job, JobKind, JobState, JobStep, LinkKind, Policy, PolicyDenied, Role, StepOutcome, User,
+    Username, ValidationError,
 };
 use crate::password::UserPassword;
 use crate::repo::prelude::*;
 use crate::repo::{AuditQuery, CredentialQuery, DeviceQuery, UserQuery};
+use crate::secrets::SealedCardSecrets;
 
 /// An authenticated, enabled user acting in one request.
 #[derive(Clone, Debug)]
@@ -274,6 +277,77 @@ pub struct CardInfo {
     pub serial: Option<String>,
 }
 
+/// What a job ticket is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TicketPurpose {
+    /// Start the job, or resume it after a failure.
+    Run,
+    /// Reset the card of a failed job and fail the device.
+    Rollback,
+}
+
+/// The log step that marks a failed job for rollback.
+pub const STEP_ROLLBACK_REQUESTED: &str = "rollback_requested";
+
+/// A fresh agent ticket for job `id`, if `owner` (when given) holds its device. Created and
+/// Failed jobs take tickets; a Failed one is resumed, or rolled back with
+/// [`TicketPurpose::Rollback`].
+async fn job_ticket<R: Repo>(
+    repo: &R,
+    who: &Acting,
+    id: JobId,
+    owner: Option<UserId>,
+    purpose: TicketPurpose,
+    ttl: time::Duration,
+) -> Result<(Job, SecretString), DomainError> {
+    let mut tx = repo.begin().await?;
+    let mut job = tx.get_job(id).await?.ok_or_else(|| DomainError::not_found("job", id))?;
+    let device = tx.get_device(job.device).await?.ok_or_else(|| DomainError::not_found("job", id))?;
+    if owner.is_some() && device.owner != owner {
+        return Err(DomainError::not_found("job", id));
+    }
+    match (job.state, purpose) {
+        (JobState::Created | JobState::Failed, TicketPurpose::Run) => {}
+        (JobState::Failed, TicketPurpose::Rollback) => {
+            if job.steps.last().is_none_or(|s| s.name != STEP_ROLLBACK_REQUESTED) {
+                job.steps.push(JobStep {
+                    at: who.at,
+                    name: STEP_ROLLBACK_REQUESTED.to_owned(),
+                    outcome: StepOutcome::Started,
+                    detail: None,
+                });
+            }
+        }
+        (state, _) => {
+            return Err(DomainError::Conflict(format!(
+                "job {id} is {state}; only a created or failed job takes a ticket (and only a failed one is rolled back)"
+            )));
+        }
+    }
+    if purpose == TicketPurpose::Run && job.steps.last().is_some_and(|s| s.name == STEP_ROLLBACK_REQUESTED) {
+        return Err(DomainError::Conflict(format!("job {id} is marked for rollback; finish the rollback")));
+    }
+    let ticket = job.issue_ticket(ttl, who.at)?;
+    tx.update_job(&job).await?;
+    let event = NewAuditEvent::new(who.at, who.actor.clone(), "job.ticket", &who.operation_id)
+        .target(format!("job:{id}"))
+        .after(json!({"purpose": format!("{purpose:?}").to_lowercase(), "expires_at": job.ticket_expires_at.map(|t| t.unix_timestamp())}));
+    tx.append_audit(event).await?;
+    tx.commit().await?;
+    Ok((job, ticket))
+}
+
+/// Job `id`, if `owner` (when given) holds its device.
+async fn job_of<R: Repo>(repo: &R, id: JobId, owner: Option<UserId>) -> Result<Job, DomainError> {
+    let mut tx = repo.begin().await?;
+    let job = tx.get_job(id).await?.ok_or_else(|| DomainError::not_found("job", id))?;
+    let device = tx.get_device(job.device).await?.ok_or_else(|| DomainError::not_found("job", id))?;
+    if owner.is_some() && device.owner != owner {
+        return Err(DomainError::not_found("job", id));
+    }
+    Ok(job)
+}
+
 /// A cardholder acting on their own devices.
 #[derive(Clone, Copy, Debug)]
 pub struct SelfService<'a> {
@@ -283,6 +357,22 @@ pub struct SelfService<'a> {
 impl SelfService<'_> {
     fn me(&self) -> UserId {
         self.p.user.id
+    }
+
+    /// A ticket for the agent to run (or roll back) a job on one of my devices.
+    pub async fn job_ticket<R: Repo>(
+        &self,
+        repo: &R,
+        id: JobId,
+        purpose: TicketPurpose,
+        ttl: time::Duration,
+    ) -> Result<(Job, SecretString), DomainError> {
+        job_ticket(repo, &self.p.acting(), id, Some(self.me()), purpose, ttl).await
+    }
+
+    /// A job on one of my devices.
+    pub async fn job<R: Repo>(&self, repo: &R, id: JobId) -> Result<Job, DomainError> {
+        job_of(repo, id, Some(self.me())).await
     }
 
     /// Loads one of my devices; another user's device, or a deleted mobile, is NotFound.
@@ -471,6 +561,22 @@ impl Operator<'_> {
         Ok(tx.list_users(query).await?)
     }
 
+    /// A ticket for the agent to run (or roll back) any job.
+    pub async fn job_ticket<R: Repo>(
+        &self,
+        repo: &R,
+        id: JobId,
+        purpose: TicketPurpose,
+        ttl: time::Duration,
+    ) -> Result<(Job, SecretString), DomainError> {
+        job_ticket(repo, &self.p.acting(), id, None, purpose, ttl).await
+    }
+
+    /// Any job.
+    pub async fn job<R: Repo>(&self, repo: &R, id: JobId) -> Result<Job, DomainError> {
+        job_of(repo, id, None).await
+    }
+
     /// The user `reference` names: a user id, or else a username (case-insensitive).
     pub async fn user<R: Repo>(&self, repo: &R, reference: &str) -> Result<User, DomainError> {
         let reference = reference.trim();
@@ -547,6 +653,36 @@ impl Operator<'_> {
     /// Activates a Pending device whose holder never completed *Change PIN*.
     pub async fn activate_device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
         self.act(repo, id, DeviceAction::Activate).await
+    }
+
+    /// Activates a Pending card and reveals its initial PIN so the operator can deliver it: the
+    /// one time the API shows a card secret. Activation and the `card_secrets.reveal_initial_pin`
+    /// audit event commit together; a card without stored secrets is refused unchanged.
+    pub async fn activate_and_reveal_initial_pin<R: Repo>(
+        &self,
+        repo: &R,
+        id: DeviceId,
+        kek: &crate::secrets::Kek,
+    ) -> Result<(Device, SecretString), DomainError> {
+        let who = self.p.acting();
+        let mut tx = repo.begin().await?;
+        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+        let sealed = tx
+            .get_card_secrets(id)
+            .await?
+            .ok_or_else(|| DomainError::Conflict(format!("device {id} has no stored card secrets")))?;
+        let secrets = crate::secrets::CardSecrets::open(&sealed, kek, id)?;
+        let device = transition_with_derived(&mut tx, device, DeviceAction::Activate, &who).await?;
+        let event = NewAuditEvent::new(
+            who.at,
+            who.actor.clone(),
+            "card_secrets.reveal_initial_pin",
+            &who.operation_id,
+        )
+        .target(format!("device:{id}"));
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok((device, secrets.initial_pin().clone()))
     }
 
     /// Suspends an Active or Pending device; its certificates go on hold.
@@ -967,6 +1103,114 @@ pub struct System {
 impl System {
     pub fn new(operation_id: OperationId, at: OffsetDateTime) -> Self {
         Self { acting: Acting { actor: Actor::System, operation_id, at } }
+    }
+
+    /// `at` of this actor, for callers stamping records in the same operation.
+    pub fn at(&self) -> OffsetDateTime {
+        self.acting.at
+    }
+
+    fn audit(&self, action: &str, target: String) -> NewAuditEvent {
+        NewAuditEvent::new(self.acting.at, self.acting.actor.clone(), action, &self.acting.operation_id)
+            .target(target)
+    }
+
+    /// Stores a job whose state or checkpoint moved; a change of state is audited
+    /// (`job.<state>`, before and after).
+    pub async fn save_job<R: Repo>(&self, repo: &R, job: &Job) -> Result<(), DomainError> {
+        let mut tx = repo.begin().await?;
+        let stored = tx.get_job(job.id).await?.ok_or_else(|| DomainError::not_found("job", job.id))?;
+        tx.update_job(job).await?;
+        if stored.state != job.state {
+            let last = job.steps.last().map(|s| json!({"step": s.name, "detail": s.detail}));
+            let event = self
+                .audit(&format!("job.{}", job.state), format!("job:{}", job.id))
+                .before(json!({"state": stored.state}))
+                .after(json!({"state": job.state, "device": job.device, "last_step": last}));
+            tx.append_audit(event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Seals nothing itself: stores the device's sealed card secrets and its card UUID (CHUID
+    /// GUID) before the first command reaches the card, so a crash after the management key
+    /// rotation still leaves the key the card now expects. Audited without any secret.
+    pub async fn prepare_card<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        sealed: &SealedCardSecrets,
+        card_guid: [u8; 16],
+    ) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        let mut d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+        if d.state != DeviceState::Issuing {
+            return Err(DomainError::Conflict(format!("device {device} is {}, not issuing", d.state)));
+        }
+        tx.put_card_secrets(device, sealed).await?;
+        d.card_guid = Some(card_guid);
+        d.updated_at = self.acting.at;
+        tx.update_device(&d).await?;
+        let event = self
+            .audit("device.prepare_card", format!("device:{device}"))
+            .after(json!({"card_guid": hex::encode(card_guid), "card_secrets": "sealed"}));
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok(d)
+    }
+
+    /// Records certificates issued for a card in the middle of its personalization (Pending until
+    /// the device is activated) together with the job's new checkpoint, in one transaction.
+    pub async fn record_issued<R: Repo>(
+        &self,
+        repo: &R,
+        job: &Job,
+        credentials: &[Credential],
+    ) -> Result<(), DomainError> {
+        let mut tx = repo.begin().await?;
+        for credential in credentials {
+            tx.insert_credential(credential).await?;
+            let CredentialKind::Certificate { slot, profile, serial_hex, not_after, .. } = &credential.kind;
+            let event =
+                self.audit("credential.issue", format!("credential:{}", credential.id)).after(json!({
+                    "device": credential.device,
+                    "state": credential.state,
+                    "slot": slot,
+                    "profile": profile,
+                    "serial": serial_hex,
+                    "not_after": not_after.unix_timestamp(),
+                    "job": job.id,
+                }));
+            tx.append_audit(event).await?;
+        }
+        tx.update_job(job).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records what personalization learnt about the card (its serial) on the device.
+    pub async fn set_device_serial<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        serial: &str,
+    ) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        let mut d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+        if d.serial.as_deref() != Some(serial) {
+            let before = json!({"serial": d.serial});
+            d.serial = Some(serial.to_owned());
+            d.updated_at = self.acting.at;
+            tx.update_device(&d).await?;
+            let event = self
+                .audit("device.set_serial", format!("device:{device}"))
+                .before(before)
+                .after(json!({"serial": serial}));
+            tx.append_audit(event).await?;
+        }
+        tx.commit().await?;
+        Ok(d)
     }
 
     /// Applies a lifecycle action (e.g. `Personalized`, `IssuanceFailed`, `Enrolled`) with its

@@ -45,6 +45,10 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/users", get(find_users::<R>).post(create_user::<R>))
         .route("/api/v1/users/{id}/devices", get(user_devices::<R>))
         .route("/api/v1/groups", get(list_groups::<R>).post(create_group::<R>))
+        .route("/api/v1/issuance", post(begin_issuance::<R>))
+        .route("/api/v1/jobs/{id}", get(job::<R>))
+        .route("/api/v1/jobs/{id}/ticket", post(job_ticket::<R>))
+        .route("/api/v1/devices/{id}/activate", post(activate::<R>))
         .route("/api/v1/groups/{id}/policy", axum::routing::put(update_policy::<R>))
         .route("/api/v1/tokens", get(list_tokens::<R>).post(create_token::<R>))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token::<R>))
@@ -71,7 +75,7 @@ fn set_cookie(resp: &mut Response, value: &str) {
 }
 
 /// The request's operation id as the audit log takes it.
-fn operation(op: Option<&axum::Extension<crate::OperationId>>) -> OperationId {
+pub(crate) fn operation(op: Option<&axum::Extension<crate::OperationId>>) -> OperationId {
     op.and_then(|axum::Extension(op)| OperationId::parse(&op.0).ok()).unwrap_or_else(OperationId::random)
 }
 
@@ -790,4 +794,184 @@ async fn update_policy<R: Repo>(
     let id = id.parse::<GroupId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
     let Json(policy) = body?;
     Ok(Json(admin.update_policy(s.repo.as_ref(), id, policy).await?))
+}
+
+/// A card session as the API shows it (no ticket hash).
+#[derive(Serialize, utoipa::ToSchema)]
+struct JobView {
+    id: lanyard_core::ids::JobId,
+    device: DeviceId,
+    #[schema(value_type = String)]
+    kind: lanyard_core::model::JobKind,
+    #[schema(value_type = String)]
+    state: lanyard_core::model::JobState,
+    /// The step log, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    steps: Vec<lanyard_core::model::JobStep>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: time::OffsetDateTime,
+}
+
+impl From<lanyard_core::model::Job> for JobView {
+    fn from(j: lanyard_core::model::Job) -> Self {
+        Self {
+            id: j.id,
+            device: j.device,
+            kind: j.kind,
+            state: j.state,
+            steps: j.steps,
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct BeginIssuanceRequest {
+    /// `smart_card` or `usb_key`.
+    kind: String,
+    /// The model the agent reported; the group policy lists the accepted ones.
+    model: String,
+    #[serde(default)]
+    serial: Option<String>,
+}
+
+/// A started card session: the device, the job and the one-time ticket for the agent.
+#[derive(Serialize, utoipa::ToSchema)]
+struct StartedJob {
+    device: Device,
+    job: JobView,
+    /// Hand this to the agent (`x-lanyard-ticket`); it works once, for 10 minutes.
+    ticket: String,
+}
+
+fn job_id(raw: &str) -> Result<lanyard_core::ids::JobId, ApiError> {
+    raw.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))
+}
+
+fn issuance_enabled<R>(s: &AppState<R>) -> Result<(), ApiError> {
+    if s.issuance.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "card issuance is not configured"))
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/issuance", tag = "issuance", request_body = BeginIssuanceRequest,
+    responses((status = 201, body = StartedJob), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// A cardholder starts issuing a card they hold in a reader: the policy is checked (may add a
+/// device, how many, which models), the device and job are created, and a ticket is returned.
+async fn begin_issuance<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    body: Result<Json<BeginIssuanceRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let me = auth.principal.self_service()?;
+    issuance_enabled(&s)?;
+    let Json(req) = body?;
+    let kind = req.kind.trim().parse().map_err(|e| ApiError::bad_request(format!("kind: {e}")))?;
+    let card = lanyard_core::authz::CardInfo {
+        kind,
+        model: req.model.trim().to_owned(),
+        serial: req.serial.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+    };
+    let repo = s.repo.as_ref();
+    let (device, job) = me.begin_issuance(repo, card).await?;
+    let (job, ticket) = me
+        .job_ticket(repo, job.id, lanyard_core::authz::TicketPurpose::Run, crate::issuance::TICKET_TTL)
+        .await?;
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok((StatusCode::CREATED, Json(StartedJob { device, job: job.into(), ticket })).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "issuance", params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+/// A card session: operators see any; a holder sees those of their own devices.
+async fn job<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = job_id(&id)?;
+    let repo = s.repo.as_ref();
+    let job = match auth.principal.operator() {
+        Ok(op) => op.job(repo, id).await?,
+        Err(_) => auth.principal.self_service()?.job(repo, id).await?,
+    };
+    Ok(Json(job.into()))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TicketRequest {
+    /// `run` (start or resume; the default) or `rollback` (reset the card of a failed job).
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+/// A new agent ticket for a job.
+#[derive(Serialize, utoipa::ToSchema)]
+struct JobTicket {
+    job: JobView,
+    ticket: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/ticket", tag = "issuance", params(("id" = String, Path, description = "job id")),
+    request_body = TicketRequest,
+    responses((status = 200, body = JobTicket), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// A new one-time agent ticket to start, resume or roll back a job.
+async fn job_ticket<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<TicketRequest>, JsonRejection>,
+) -> Result<Json<JobTicket>, ApiError> {
+    use lanyard_core::authz::TicketPurpose;
+    issuance_enabled(&s)?;
+    let id = job_id(&id)?;
+    let Json(req) = body?;
+    let purpose = match req.purpose.as_deref().map(str::trim) {
+        None | Some("run") => TicketPurpose::Run,
+        Some("rollback") => TicketPurpose::Rollback,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("purpose: {other:?} (expected run or rollback)")));
+        }
+    };
+    let repo = s.repo.as_ref();
+    let ttl = crate::issuance::TICKET_TTL;
+    let (job, ticket) = match auth.principal.operator() {
+        Ok(op) => op.job_ticket(repo, id, purpose, ttl).await?,
+        Err(_) => auth.principal.self_service()?.job_ticket(repo, id, purpose, ttl).await?,
+    };
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok(Json(JobTicket { job: job.into(), ticket }))
+}
+
+/// An activated card and its initial PIN, shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Activated {
+    device: Device,
+    initial_pin: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/activate", tag = "devices", params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Activated), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Operators activate a Pending card whose holder never changed the PIN, and receive its initial
+/// PIN once (audited) to deliver it.
+async fn activate<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Activated>, ApiError> {
+    let op = auth.principal.operator()?;
+    let cfg = s
+        .issuance
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "card issuance is not configured"))?;
+    let (device, pin) =
+        op.activate_and_reveal_initial_pin(s.repo.as_ref(), device_id(&id)?, &cfg.kek).await?;
+    Ok(Json(Activated { device, initial_pin: pin.expose_secret().to_owned() }))
 }

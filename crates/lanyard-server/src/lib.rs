@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod issuance;
 pub mod openapi;
 pub mod pki;
 pub mod tls;
@@ -44,6 +45,8 @@ pub struct AppState<R> {
     pub clock: Arc<dyn Clock>,
     crl_cache: Arc<Mutex<Option<CachedCrl>>>,
     throttle: Arc<auth::LoginThrottle>,
+    /// Card issuance (key-encryption key, attestation roots); `None`: issuance routes answer 503.
+    pub issuance: Option<Arc<issuance::IssuanceConfig>>,
 }
 
 impl<R> Clone for AppState<R> {
@@ -54,6 +57,7 @@ impl<R> Clone for AppState<R> {
             clock: Arc::clone(&self.clock),
             crl_cache: Arc::clone(&self.crl_cache),
             throttle: Arc::clone(&self.throttle),
+            issuance: self.issuance.clone(),
         }
     }
 }
@@ -66,7 +70,14 @@ impl<R> AppState<R> {
             clock,
             crl_cache: Arc::new(Mutex::new(None)),
             throttle: Arc::new(auth::LoginThrottle::default()),
+            issuance: None,
         }
+    }
+
+    /// Enables card issuance.
+    pub fn with_issuance(mut self, config: issuance::IssuanceConfig) -> Self {
+        self.issuance = Some(Arc::new(config));
+        self
     }
 }
 
@@ -205,6 +216,7 @@ pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
     Router::new()
         .merge(api::routes())
         .route("/api/v1/openapi.json", get(openapi_document))
+        .route("/api/v1/agent/connect", get(issuance::connect::<R>))
         .merge(pki_routes())
         .layer(middleware::from_fn(operation_id))
         .with_state(state)

@@ -67,6 +67,10 @@ impl Modify for Security {
         crate::api::list_tokens,
         crate::api::revoke_token,
         crate::api::audit,
+        crate::api::begin_issuance,
+        crate::api::job,
+        crate::api::job_ticket,
+        crate::api::activate,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -77,6 +81,7 @@ impl Modify for Security {
         (name = "groups", description = "Groups and their policies"),
         (name = "tokens", description = "API tokens for scripts"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "issuance", description = "Card sessions: start, follow, resume, roll back"),
     ),
 )]
 pub struct ApiDoc;

@@ -2,7 +2,9 @@
 //! first start, loaded afterwards. The OCSP responder certificate is short-lived and is re-issued
 //! at start when it has less than a third of its life left.
 
-use lanyard_ca::hierarchy::{Hierarchy, HierarchySpec, issue_ocsp_signer};
+use lanyard_ca::hierarchy::{
+    Hierarchy, HierarchySpec, SignerCredential, issue_content_signer, issue_ocsp_signer,
+};
 use lanyard_ca::{
     CaError, CaUrls, CertificateAuthority, KeyAlgorithm, KeyFileStore, OcspResponder, SoftwareKey,
 };
@@ -19,11 +21,64 @@ pub enum PkiError {
     Incomplete(PathBuf),
 }
 
-/// The running CA: root and issuing CA, OCSP responder.
+/// The running CA: root and issuing CA, OCSP responder, PIV content signer (CHUID signatures).
 pub struct Pki {
     pub root: CertificateAuthority<SoftwareKey>,
     pub issuing: CertificateAuthority<SoftwareKey>,
     pub ocsp: OcspResponder<SoftwareKey>,
+    pub content_signer: SignerCredential<SoftwareKey>,
+}
+
+/// Whether a certificate valid from `not_before` to `not_after` (Unix seconds) has less than a
+/// third of its life left at `now`.
+fn in_last_third(not_before: u64, not_after: u64, now: OffsetDateTime) -> bool {
+    let remaining = i128::from(not_after) - i128::from(now.unix_timestamp());
+    remaining * 3 < i128::from(not_after.saturating_sub(not_before))
+}
+
+/// The content signer in `dir` (`content-signer.crt`, `content-signer.key.pem`): loaded, or
+/// issued by `issuing` when absent (data directories created before it existed) or in the last
+/// third of its life (for the same key, so CHUIDs signed before stay verifiable by their chain).
+fn content_signer(
+    dir: &Path,
+    keys: &KeyFileStore,
+    spec: &HierarchySpec,
+    issuing: &CertificateAuthority<SoftwareKey>,
+    now: OffsetDateTime,
+) -> Result<SignerCredential<SoftwareKey>, PkiError> {
+    let cert_path = dir.join("content-signer.crt");
+    if cert_path.exists() && keys.exists("content-signer")? {
+        let der = read(&cert_path)?;
+        let certificate: lanyard_ca::Certificate = der::Decode::from_der(&der).map_err(CaError::from)?;
+        let validity = &certificate.tbs_certificate.validity;
+        let (nb, na) = (
+            validity.not_before.to_unix_duration().as_secs(),
+            validity.not_after.to_unix_duration().as_secs(),
+        );
+        if !in_last_third(nb, na, now) {
+            let key = keys.load("content-signer")?;
+            return Ok(SignerCredential {
+                certificate: lanyard_ca::IssuedCertificate { certificate, der },
+                key,
+            });
+        }
+    }
+    let key = if keys.exists("content-signer")? {
+        keys.load("content-signer")?
+    } else {
+        SoftwareKey::generate(spec.content_signer_key)?
+    };
+    let signer = issue_content_signer(
+        issuing,
+        key,
+        spec.content_signer_subject.clone(),
+        now,
+        spec.content_signer_validity_days,
+    )?;
+    keys.save("content-signer", &signer.key)?;
+    write(&cert_path, &signer.certificate.der)?;
+    tracing::info!("issued the PIV content signer certificate");
+    Ok(signer)
 }
 
 const CERTS: [&str; 3] = ["root.crt", "issuing.crt", "ocsp.crt"];
@@ -59,6 +114,8 @@ impl Pki {
             keys.save("root", h.root.signer())?;
             keys.save("issuing", h.issuing.signer())?;
             keys.save("ocsp", h.ocsp.signer())?;
+            keys.save("content-signer", &h.content_signer.key)?;
+            write(&dir.join("content-signer.crt"), &h.content_signer.certificate.der)?;
             write(&dir.join("root.crt"), h.root.certificate_der())?;
             write(&dir.join("issuing.crt"), h.issuing.certificate_der())?;
             write(
@@ -66,7 +123,12 @@ impl Pki {
                 &der::Encode::to_der(h.ocsp.responder_certificate()).map_err(CaError::from)?,
             )?;
             tracing::info!(dir = %dir.display(), "created the CA hierarchy");
-            return Ok(Pki { root: h.root, issuing: h.issuing, ocsp: h.ocsp });
+            return Ok(Pki {
+                root: h.root,
+                issuing: h.issuing,
+                ocsp: h.ocsp,
+                content_signer: h.content_signer,
+            });
         }
         if present != CERTS.len() + KEYS.len() {
             return Err(PkiError::Incomplete(dir.to_owned()));
@@ -108,7 +170,8 @@ impl Pki {
         } else {
             ocsp
         };
-        Ok(Pki { root, issuing, ocsp })
+        let content_signer = content_signer(dir, &keys, &spec, &issuing, now)?;
+        Ok(Pki { root, issuing, ocsp, content_signer })
     }
 }
 

@@ -818,7 +818,8 @@ fn clamped_nanos(t: OffsetDateTime) -> i64 {
 
 macro_rules! job_cols {
     () => {
-        "id, kind, device_id, created_by, state, steps, agent_ticket, ticket_expires_at, created_at, updated_at"
+        "id, kind, device_id, created_by, state, steps, agent_ticket, ticket_expires_at, created_at, updated_at, \
+         checkpoint"
     };
 }
 
@@ -834,6 +835,7 @@ fn job_args(job: &Job) -> Result<Vec<Arg>, StoreError> {
         opt_nanos("jobs.ticket_expires_at", job.ticket_expires_at)?.into(),
         nanos("jobs.created_at", job.created_at)?.into(),
         nanos("jobs.updated_at", job.updated_at)?.into(),
+        job.checkpoint.as_ref().map(|c| c.to_string()).into(),
     ])
 }
 
@@ -850,6 +852,7 @@ fn decode_job(row: &dyn Cols) -> Result<Job, StoreError> {
         ticket_expires_at: r.opt_time("ticket_expires_at")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
+        checkpoint: opt_json(&r, "checkpoint")?,
     })
 }
 
@@ -881,7 +884,11 @@ impl JobRepo for StoreTx {
 
     async fn insert_job(&mut self, job: &Job) -> Result<(), StoreError> {
         let q = Query::new(
-            concat!("INSERT INTO jobs (", job_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+            concat!(
+                "INSERT INTO jobs (",
+                job_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ),
             job_args(job)?,
         );
         self.begin_call().await?;
@@ -892,7 +899,8 @@ impl JobRepo for StoreTx {
     async fn update_job(&mut self, job: &Job) -> Result<(), StoreError> {
         let q = Query::new(
             "UPDATE jobs SET kind = $2, device_id = $3, created_by = $4, state = $5, steps = $6, \
-             agent_ticket = $7, ticket_expires_at = $8, created_at = $9, updated_at = $10 WHERE id = $1",
+             agent_ticket = $7, ticket_expires_at = $8, created_at = $9, updated_at = $10, \
+             checkpoint = $11 WHERE id = $1",
             job_args(job)?,
         );
         self.begin_call().await?;

@@ -65,6 +65,7 @@ struct FileConfig {
     pki_url: Option<String>,
     database_url: Option<String>,
     kek_file: Option<PathBuf>,
+    attestation_roots: Option<Vec<PathBuf>>,
     log: Option<String>,
     ca: Option<FileCa>,
     tls: Option<FileTls>,
@@ -98,6 +99,10 @@ pub struct Config {
     /// May hold a password: never print it; see [`Config::redacted`].
     pub database_url: String,
     pub kek_file: PathBuf,
+    /// PEM files with the roots that YubiKey key attestations must chain to (Yubico's PIV
+    /// attestation CA, or `lanyard vcard`'s per-installation root). Empty: attestations are
+    /// recorded unverified.
+    pub attestation_roots: Vec<PathBuf>,
     pub log: String,
     pub ca_key_algorithm: CaKeyAlgorithm,
     pub tls_mode: TlsMode,
@@ -114,6 +119,7 @@ const ENV_KEYS: &[&str] = &[
     "PKI_URL",
     "DATABASE_URL",
     "KEK_FILE",
+    "ATTESTATION_ROOTS",
     "LOG",
     "CA_KEY_ALGORITHM",
     "TLS_MODE",
@@ -136,6 +142,7 @@ impl Config {
         Config {
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("lanyard.db").display()),
             kek_file: data_dir.join("kek"),
+            attestation_roots: Vec::new(),
             data_dir,
             listen: "127.0.0.1:8443".into(),
             // Replaced by the scheme and `listen` when not configured; see `load`.
@@ -235,6 +242,9 @@ impl Config {
         if let Some(v) = parsed.kek_file {
             c.kek_file = v;
         }
+        if let Some(v) = parsed.attestation_roots {
+            c.attestation_roots = v;
+        }
         if let Some(v) = parsed.log {
             c.log = v;
         }
@@ -253,6 +263,10 @@ impl Config {
                 "PKI_URL" => c.pki_url = v,
                 "DATABASE_URL" => c.database_url = v,
                 "KEK_FILE" => c.kek_file = v.into(),
+                // Several files separated by ':' (like PATH).
+                "ATTESTATION_ROOTS" => {
+                    c.attestation_roots = v.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect()
+                }
                 "LOG" => c.log = v,
                 "CA_KEY_ALGORITHM" => ca_alg = Some(v),
                 "TLS_MODE" => tls_mode = Some(v),
@@ -336,6 +350,10 @@ impl Config {
             ("pki_url", self.pki_url.clone()),
             ("database_url", redact_url(&self.database_url)),
             ("kek_file", self.kek_file.display().to_string()),
+            (
+                "attestation_roots",
+                self.attestation_roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
+            ),
             ("log", self.log.clone()),
             ("ca.key_algorithm", format!("{:?}", self.ca_key_algorithm).to_lowercase()),
             ("tls.mode", if self.tls_mode == TlsMode::On { "on" } else { "off" }.to_owned()),

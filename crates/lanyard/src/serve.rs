@@ -61,8 +61,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             println!("{}", announcement(&password));
         }
         // Created now so card secrets can be sealed from the first issuance on.
-        Kek::load_or_create(&cfg.kek_file)
+        let kek = Kek::load_or_create(&cfg.kek_file)
             .with_context(|| format!("key-encryption key {}", cfg.kek_file.display()))?;
+        let attestation_roots = load_attestation_roots(&cfg.attestation_roots)?;
         let pki = Pki::load_or_create(
             &cfg.data_dir.join("ca"),
             "Lanyard",
@@ -82,7 +83,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 Some(lanyard_server::tls::server_config_der(&id.chain, &id.pkcs8_key)?)
             }
         };
-        let state = AppState::new(Arc::new(db), Arc::new(pki), clock);
+        let state = AppState::new(Arc::new(db), Arc::new(pki), clock)
+            .with_issuance(lanyard_server::issuance::IssuanceConfig { kek, attestation_roots });
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("Lanyard is listening on {scheme}://{addr} (public URL {})", cfg.public_url);
@@ -120,6 +122,25 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         .context("serving")
     })
+}
+
+/// Reads every certificate from the PEM files (DER files are accepted too).
+fn load_attestation_roots(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(file).with_context(|| format!("attestation root {}", file.display()))?;
+        let before = roots.len();
+        for cert in CertificateDer::pem_slice_iter(&bytes) {
+            roots.push(cert.with_context(|| format!("attestation root {}", file.display()))?.to_vec());
+        }
+        if roots.len() == before {
+            // Not PEM: take the file as one DER certificate.
+            roots.push(bytes);
+        }
+    }
+    Ok(roots)
 }
 
 /// The names the server's own TLS certificate covers: the host of `public_url`, the listening

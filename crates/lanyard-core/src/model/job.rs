@@ -77,6 +77,9 @@ pub struct Job {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Where the card session got to, as the personalization engine's checkpoint (JSON, no
+    /// secrets); `None` before the first step.
+    pub checkpoint: Option<serde_json::Value>,
 }
 
 /// A job operation that does not fit the job's state.
@@ -108,6 +111,7 @@ impl Job {
             ticket_expires_at: None,
             created_at: at,
             updated_at: at,
+            checkpoint: None,
         }
     }
 

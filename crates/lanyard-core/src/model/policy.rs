@@ -103,9 +103,9 @@ impl Default for Policy {
             initial_pin_display: InitialPinDisplay::Hidden,
             certificates: BTreeMap::from([
                 (CertSlot::PivAuthentication, p("piv-auth", 365)),
-                (CertSlot::DigitalSignature, p("piv-sign", 365)),
-                (CertSlot::KeyManagement, p("piv-key-mgmt", 365)),
-                (CertSlot::CardAuthentication, p("piv-card-auth", 365)),
+                (CertSlot::DigitalSignature, p("digital-signature", 365)),
+                (CertSlot::KeyManagement, p("key-management", 365)),
+                (CertSlot::CardAuthentication, p("card-auth", 365)),
                 (CertSlot::DerivedPivAuthentication, p("derived-piv-auth", 365)),
                 (CertSlot::MobileDevice, p("mobile-device", 365)),
             ]),

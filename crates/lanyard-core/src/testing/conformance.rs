@@ -593,6 +593,7 @@ pub async fn jobs<R: Repo>(repo: &R) {
     if let Err(e) = first.issue_ticket(Duration::minutes(5), at) {
         panic!("Job::issue_ticket: {e}");
     }
+    first.checkpoint = Some(serde_json::json!({"completed": ["detect", "authenticate"], "round_trips": 3}));
     transition(&mut second, JobState::Running);
     transition(&mut second, JobState::Succeeded);
     let mut tx = begin(repo).await;

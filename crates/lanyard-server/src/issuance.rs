@@ -1,0 +1,712 @@
+//! Server-driven card sessions (DESIGN §4): the agent connects a WebSocket with a one-time job
+//! ticket, and the server runs the personalization engine of `lanyard-core` over it, issuing the
+//! certificates with the CA, signing the CHUID with the content signer, verifying key
+//! attestations, and recording every step so a broken session resumes or rolls back.
+//!
+//! Wire protocol (JSON text frames; `docs/agent.md` has the full description):
+//! - agent → server first: `hello {agent, reader, atr}`;
+//! - server → agent: `transmit {seq, step, done, total, apdus}` → agent `responses {seq, responses}`;
+//! - server → agent: `change_pin {seq, old_pin, rules}` → agent `pin_changed {seq, sw}` or
+//!   `pin_change_skipped {seq}` (the new PIN never reaches the server);
+//! - server → agent: `done {device, state}` or `error {message}`, then close.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use lanyard_ca::{IssueRequest, SanInput, SubjectPublicKeyInfoOwned, parse_dn};
+use lanyard_core::audit::OperationId;
+use lanyard_core::authz::{Principal, System};
+use lanyard_core::ids::{DeviceId, JobId};
+use lanyard_core::lifecycle::{DeviceAction, DeviceState};
+use lanyard_core::model::{
+    CertSlot, Credential, CredentialKind, Device, Job, JobState, KeyAlgorithm, PinRules, Policy, StepOutcome,
+};
+use lanyard_core::personalize::{
+    Checkpoint, Engine, GeneratedKey, Input, IssuancePlan, Rollback, RollbackStep, SlotPlan, Step,
+};
+use lanyard_core::repo::Repo;
+use lanyard_core::repo::prelude::*;
+use lanyard_core::secrets::{CardSecrets, Kek};
+use lanyard_piv::apdu::{Command, Response as CardResponse};
+use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
+use lanyard_piv::objects::FascN;
+use lanyard_piv::types::{KeyAlgorithm as PivAlgorithm, Slot};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use crate::{ApiError, AppState};
+
+/// The header that carries the one-time agent ticket.
+pub const TICKET_HEADER: &str = "x-lanyard-ticket";
+/// How long an agent ticket may wait to be used.
+pub const TICKET_TTL: Duration = Duration::minutes(10);
+/// How long the server waits for the agent's answer to one message.
+const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a card (its CHUID expiry and certificates) is valid at most.
+const CARD_VALIDITY_DAYS: i64 = 5 * 365;
+use lanyard_core::authz::STEP_ROLLBACK_REQUESTED;
+/// YubiKey AES-192 management key algorithm id.
+const AES192: u8 = 0x0A;
+
+/// What issuance needs beyond the CA: the key-encryption key for card secrets and the roots that
+/// vouch for key attestations.
+pub struct IssuanceConfig {
+    pub kek: Kek,
+    /// DER certificates; YubiKey attestations (slot F9 chains) must end at one of them. Empty:
+    /// attestations are recorded but not verified.
+    pub attestation_roots: Vec<Vec<u8>>,
+}
+
+/// A ticket as the portal and agent see it: `<job id>.<secret>`.
+pub fn ticket_string(job: JobId, secret: &SecretString) -> String {
+    format!("{job}.{}", secret.expose_secret())
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ToAgent {
+    Transmit { seq: u64, step: String, done: usize, total: usize, apdus: Vec<String> },
+    ChangePin { seq: u64, old_pin: String, rules: PinRules },
+    Done { device: DeviceId, state: DeviceState },
+    Error { message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum FromAgent {
+    Hello {
+        #[allow(dead_code)]
+        agent: String,
+        reader: String,
+        atr: String,
+    },
+    Responses {
+        seq: u64,
+        responses: Vec<String>,
+    },
+    PinChanged {
+        seq: u64,
+        sw: String,
+    },
+    PinChangeSkipped {
+        seq: u64,
+    },
+    Error {
+        #[serde(default)]
+        seq: Option<u64>,
+        message: String,
+    },
+}
+
+/// Why a session stopped.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("the agent went away: {0}")]
+    AgentGone(String),
+    #[error("the agent reported: {0}")]
+    AgentError(String),
+    #[error("the agent broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the card session failed: {0}")]
+    Engine(String),
+    #[error("{0}")]
+    Server(String),
+}
+
+impl From<lanyard_core::DomainError> for SessionError {
+    fn from(e: lanyard_core::DomainError) -> Self {
+        SessionError::Server(e.to_string())
+    }
+}
+
+/// `GET /api/v1/agent/connect`: the agent's WebSocket. The ticket is checked and used up before
+/// the upgrade, so a bad one is a plain 4xx.
+pub async fn connect<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    op: Option<axum::Extension<crate::OperationId>>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, _body) = request.into_parts();
+    let Some(cfg) = s.issuance.clone() else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "card issuance is not configured"));
+    };
+    let ticket = parts
+        .headers
+        .get(TICKET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, format!("missing {TICKET_HEADER}")))?
+        .to_owned();
+    let op = crate::api::operation(op.as_ref());
+    let job = redeem(&s, &ticket, &op).await?;
+    let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not a WebSocket request: {e}")))?;
+    Ok(ws
+        .on_upgrade(move |socket| async move {
+            let mut session = Session { socket, seq: 0 };
+            session.run(s, cfg, job, op).await;
+        })
+        .into_response())
+}
+
+/// Checks and uses up the ticket; the job goes Running.
+async fn redeem<R: Repo>(s: &AppState<R>, ticket: &str, op: &OperationId) -> Result<Job, ApiError> {
+    let refuse = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid or expired agent ticket");
+    let (job_id, secret) = ticket.split_once('.').ok_or_else(refuse)?;
+    let job_id: JobId = job_id.parse().map_err(|_| refuse())?;
+    let now = s.clock.now();
+    let mut tx = s.repo.begin().await?;
+    let mut job = tx.get_job(job_id).await?.ok_or_else(refuse)?;
+    job.redeem_ticket(secret, now).map_err(|_| refuse())?;
+    job.transition(JobState::Running, now).map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+    drop(tx);
+    System::new(op.clone(), now).save_job(s.repo.as_ref(), &job).await?;
+    Ok(job)
+}
+
+struct Session {
+    socket: WebSocket,
+    seq: u64,
+}
+
+impl Session {
+    async fn send(&mut self, msg: &ToAgent) -> Result<(), SessionError> {
+        let text = serde_json::to_string(msg).map_err(|e| SessionError::Server(e.to_string()))?;
+        self.socket.send(Message::Text(text.into())).await.map_err(|e| SessionError::AgentGone(e.to_string()))
+    }
+
+    async fn receive(&mut self) -> Result<FromAgent, SessionError> {
+        loop {
+            let next = tokio::time::timeout(AGENT_TIMEOUT, self.socket.recv())
+                .await
+                .map_err(|_| SessionError::AgentGone("no answer within 120 s".into()))?;
+            match next {
+                None => return Err(SessionError::AgentGone("connection closed".into())),
+                Some(Err(e)) => return Err(SessionError::AgentGone(e.to_string())),
+                Some(Ok(Message::Text(text))) => {
+                    let msg: FromAgent = serde_json::from_str(text.as_str())
+                        .map_err(|e| SessionError::Protocol(format!("unreadable message: {e}")))?;
+                    if let FromAgent::Error { message, seq } = msg {
+                        let at = seq.map(|s| format!(" (message {s})")).unwrap_or_default();
+                        return Err(SessionError::AgentError(format!("{message}{at}")));
+                    }
+                    return Ok(msg);
+                }
+                Some(Ok(Message::Close(_))) => {
+                    return Err(SessionError::AgentGone("connection closed".into()));
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(SessionError::Protocol("binary frames are not part of the protocol".into()));
+                }
+                Some(Ok(_)) => {} // ping/pong
+            }
+        }
+    }
+
+    /// Sends one batch and returns the card's answers.
+    async fn transmit(
+        &mut self,
+        step: &str,
+        (done, total): (usize, usize),
+        commands: &[Command],
+    ) -> Result<Vec<CardResponse>, SessionError> {
+        self.seq += 1;
+        let seq = self.seq;
+        let apdus = commands
+            .iter()
+            .map(|c| c.to_bytes().map(hex::encode))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SessionError::Server(format!("encoding an APDU: {e}")))?;
+        self.send(&ToAgent::Transmit { seq, step: step.to_owned(), done, total, apdus }).await?;
+        match self.receive().await? {
+            FromAgent::Responses { seq: got, responses } if got == seq => {
+                if responses.len() > commands.len() {
+                    return Err(SessionError::Protocol(format!(
+                        "{} responses to {} commands",
+                        responses.len(),
+                        commands.len()
+                    )));
+                }
+                responses
+                    .iter()
+                    .map(|r| {
+                        let bytes = hex::decode(r)
+                            .map_err(|e| SessionError::Protocol(format!("response hex: {e}")))?;
+                        CardResponse::parse(&bytes)
+                            .map_err(|e| SessionError::Protocol(format!("response: {e}")))
+                    })
+                    .collect()
+            }
+            other => {
+                Err(SessionError::Protocol(format!("expected responses to message {seq}, got {other:?}")))
+            }
+        }
+    }
+
+    async fn fail(&mut self, message: &str) {
+        let _ = self.send(&ToAgent::Error { message: message.to_owned() }).await;
+        let _ = self.socket.send(Message::Close(None)).await;
+    }
+
+    async fn run<R: Repo>(
+        &mut self,
+        s: AppState<R>,
+        cfg: Arc<IssuanceConfig>,
+        mut job: Job,
+        op: OperationId,
+    ) {
+        let result = match self.receive().await {
+            Ok(FromAgent::Hello { reader, atr, .. }) => {
+                tracing::info!(job = %job.id, %reader, %atr, "agent connected");
+                let rollback = job.steps.last().is_some_and(|s| s.name == STEP_ROLLBACK_REQUESTED);
+                if rollback {
+                    self.rollback(&s, &mut job, &op).await
+                } else {
+                    self.issue(&s, &cfg, &mut job, &op).await
+                }
+            }
+            Ok(other) => Err(SessionError::Protocol(format!("expected hello, got {other:?}"))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(job = %job.id, error = %e, "card session stopped");
+            let now = s.clock.now();
+            let system = System::new(op.clone(), now);
+            if job.state == JobState::Running {
+                let _ = job.record("session", StepOutcome::Failed, Some(e.to_string()), now);
+                let _ = job.transition(JobState::Failed, now);
+                if let Err(e) = system.save_job(s.repo.as_ref(), &job).await {
+                    tracing::error!(job = %job.id, error = %e, "could not record the failed job");
+                }
+            }
+            self.fail(&e.to_string()).await;
+        }
+    }
+
+    async fn issue<R: Repo>(
+        &mut self,
+        s: &AppState<R>,
+        cfg: &IssuanceConfig,
+        job: &mut Job,
+        op: &OperationId,
+    ) -> Result<(), SessionError> {
+        let repo = s.repo.as_ref();
+        let now = s.clock.now();
+        let system = System::new(op.clone(), now);
+        let mut tx = repo.begin().await.map_err(lanyard_core::DomainError::from)?;
+        let device = tx
+            .get_device(job.device)
+            .await
+            .map_err(lanyard_core::DomainError::from)?
+            .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?;
+        let owner_id = device.owner.ok_or_else(|| SessionError::Server("the device has no owner".into()))?;
+        let owner = tx
+            .get_user(owner_id)
+            .await
+            .map_err(lanyard_core::DomainError::from)?
+            .ok_or_else(|| SessionError::Server("the device's owner is gone".into()))?;
+        let group = tx
+            .get_group(owner.group)
+            .await
+            .map_err(lanyard_core::DomainError::from)?
+            .ok_or_else(|| SessionError::Server("the owner's group is gone".into()))?;
+        let sealed = tx.get_card_secrets(device.id).await.map_err(lanyard_core::DomainError::from)?;
+        drop(tx);
+        if device.state != DeviceState::Issuing {
+            return Err(SessionError::Server(format!(
+                "device {} is {}, not issuing",
+                device.id, device.state
+            )));
+        }
+        let policy = group.policy;
+        // Secrets and the card UUID exist before the first command, and are reused on resume.
+        let (secrets, guid) = match (&sealed, device.card_guid, &job.checkpoint) {
+            (Some(sealed), Some(guid), _) => (
+                CardSecrets::open(sealed, &cfg.kek, device.id)
+                    .map_err(|e| SessionError::Server(e.to_string()))?,
+                guid,
+            ),
+            (_, _, Some(_)) => {
+                return Err(SessionError::Server(
+                    "the job has a checkpoint but the card secrets are missing".into(),
+                ));
+            }
+            _ => {
+                let secrets = CardSecrets::generate(AES192, &policy)
+                    .map_err(|e| SessionError::Server(e.to_string()))?;
+                let guid = lanyard_piv::objects::random_uuid_v4();
+                let sealed =
+                    secrets.seal(&cfg.kek, device.id).map_err(|e| SessionError::Server(e.to_string()))?;
+                system.prepare_card(repo, device.id, &sealed, guid).await?;
+                (secrets, guid)
+            }
+        };
+        let plan = plan(&device, &policy, &secrets, guid, now)?;
+        let expires = now + Duration::days(CARD_VALIDITY_DAYS);
+        let mut engine = match job.checkpoint.as_ref() {
+            Some(c) => {
+                let checkpoint: Checkpoint = serde_json::from_value(c.clone())
+                    .map_err(|e| SessionError::Server(format!("unreadable checkpoint: {e}")))?;
+                Engine::resume(plan, factory_keys(), &checkpoint)
+            }
+            None => Engine::new(plan, factory_keys()),
+        };
+        let mut input = Input::Start;
+        let outcome = loop {
+            let step = engine.next(input);
+            let progress = engine.progress();
+            input = match step {
+                Step::Transmit(commands) => {
+                    let responses = self.transmit(progress.2, (progress.0, progress.1), &commands).await?;
+                    Input::Responses(responses)
+                }
+                Step::IssueCertificates(keys) => {
+                    let (certs, credentials) =
+                        issue_certificates(s, cfg, &device, &owner.display_name, &keys, guid, expires)
+                            .await?;
+                    // The engine takes the certificates; the checkpoint that says so is stored
+                    // with the credentials, so a resumed session never issues twice.
+                    let next = engine.next(Input::Certificates(certs));
+                    save_checkpoint(job, &engine, s.clock.now())?;
+                    system.record_issued(repo, job, &credentials).await?;
+                    match next {
+                        Step::SignChuid(content) => Input::ChuidSignature(sign_chuid(s, &content)?),
+                        Step::Failed(e) => return Err(SessionError::Engine(e.to_string())),
+                        other => {
+                            return Err(SessionError::Server(format!(
+                                "the engine asked for {other:?} after the certificates"
+                            )));
+                        }
+                    }
+                }
+                Step::SignChuid(content) => Input::ChuidSignature(sign_chuid(s, &content)?),
+                Step::Done(outcome) => break outcome,
+                Step::Failed(e) => return Err(SessionError::Engine(e.to_string())),
+            };
+            save_checkpoint(job, &engine, s.clock.now())?;
+            system.save_job(repo, job).await?;
+        };
+        // Everything is on the card: the device is Pending until the PIN is changed.
+        let now = s.clock.now();
+        let system = System::new(op.clone(), now);
+        if let Some(serial) = outcome.serial {
+            // Worth recording, not worth failing a finished card over (another device record
+            // may already claim the serial, e.g. an old one of the same card).
+            if let Err(e) = system.set_device_serial(repo, device.id, &serial.to_string()).await {
+                tracing::warn!(device = %device.id, serial, error = %e, "could not record the card's serial");
+            }
+        }
+        system.device_action(repo, device.id, DeviceAction::Personalized).await?;
+        let note = format!(
+            "{} round trips (minimum {}), management key {}",
+            outcome.round_trips, outcome.total_round_trips, outcome.management_key_algorithm
+        );
+        job.record("personalized", StepOutcome::Done, Some(note), now)
+            .map_err(|e| SessionError::Server(e.to_string()))?;
+        job.transition(JobState::Succeeded, now).map_err(|e| SessionError::Server(e.to_string()))?;
+        system.save_job(repo, job).await?;
+
+        // Change PIN: the agent sets the holder's PIN locally.
+        self.seq += 1;
+        let seq = self.seq;
+        let old_pin = secrets.initial_pin().expose_secret().to_owned();
+        self.send(&ToAgent::ChangePin { seq, old_pin, rules: policy.pin }).await?;
+        let state = match self.receive().await {
+            Ok(FromAgent::PinChanged { seq: got, sw }) if got == seq && sw.eq_ignore_ascii_case("9000") => {
+                let principal = Principal::new(owner.clone(), op.clone(), s.clock.now())
+                    .map_err(|e| SessionError::Server(e.to_string()))?;
+                let view = principal.self_service().map_err(|e| SessionError::Server(e.to_string()))?;
+                view.confirm_pin_changed(repo, device.id).await?.state
+            }
+            Ok(FromAgent::PinChanged { sw, .. }) => {
+                tracing::info!(device = %device.id, %sw, "the card refused the PIN change; the device stays pending");
+                DeviceState::Pending
+            }
+            Ok(FromAgent::PinChangeSkipped { seq: got }) if got == seq => DeviceState::Pending,
+            Ok(other) => {
+                return Err(SessionError::Protocol(format!("expected the PIN change result, got {other:?}")));
+            }
+            // Personalization is complete and recorded; a lost agent only means no PIN change.
+            Err(e) => {
+                tracing::info!(device = %device.id, error = %e, "no PIN change; the device stays pending");
+                return Ok(());
+            }
+        };
+        self.send(&ToAgent::Done { device: device.id, state }).await?;
+        let _ = self.socket.send(Message::Close(None)).await;
+        Ok(())
+    }
+
+    /// Resets the card to factory state and fails the device (its certificates are revoked by
+    /// the lifecycle cascade).
+    async fn rollback<R: Repo>(
+        &mut self,
+        s: &AppState<R>,
+        job: &mut Job,
+        op: &OperationId,
+    ) -> Result<(), SessionError> {
+        let device = {
+            let mut tx = s.repo.begin().await.map_err(lanyard_core::DomainError::from)?;
+            tx.get_device(job.device)
+                .await
+                .map_err(lanyard_core::DomainError::from)?
+                .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?
+        };
+        // Only the card this job was writing may be reset: its CHUID must carry the job's card
+        // UUID, or be absent or the factory template (a run cut short before the CHUID).
+        let Some(guid) = device.card_guid else {
+            // Nothing reached a card in this job: only the records need undoing.
+            return self.finish_rollback(s, job, op, "no card was written; nothing to reset".into()).await;
+        };
+        let check =
+            [lanyard_piv::commands::select(), lanyard_piv::commands::get_data(lanyard_piv::tag::CHUID)];
+        let answers = self.transmit("check_card", (0, 1), &check).await?;
+        if !answers.first().is_some_and(|r| r.sw.is_success()) {
+            return Err(SessionError::Engine("the card has no PIV application".into()));
+        }
+        if let Some(chuid) =
+            answers.get(1).filter(|r| r.sw.is_success() && r.data.get(1).is_some_and(|l| *l != 0))
+        {
+            match lanyard_piv::objects::Chuid::decode(&chuid.data) {
+                Ok(c) if c.guid == guid || c.fasc_n == lanyard_piv::objects::YUBICO_TEMPLATE_FASC_N => {}
+                _ => {
+                    return Err(SessionError::Engine(format!(
+                        "this is not the card job {} was issuing (its CHUID names another card); it was not touched",
+                        job.id
+                    )));
+                }
+            }
+        }
+        let mut rollback = Rollback::new(factory_keys());
+        let mut input = Input::Start;
+        loop {
+            match rollback.next(input) {
+                RollbackStep::Transmit(commands) => {
+                    input = Input::Responses(self.transmit("rollback", (0, 1), &commands).await?);
+                }
+                RollbackStep::Done { round_trips } => {
+                    let note = format!("card reset to factory state in {round_trips} round trips");
+                    return self.finish_rollback(s, job, op, note).await;
+                }
+                RollbackStep::Failed(e) => return Err(SessionError::Engine(e.to_string())),
+            }
+        }
+    }
+}
+
+impl Session {
+    /// The device fails (its certificates are revoked by the lifecycle cascade) and the job ends
+    /// RolledBack.
+    async fn finish_rollback<R: Repo>(
+        &mut self,
+        s: &AppState<R>,
+        job: &mut Job,
+        op: &OperationId,
+        note: String,
+    ) -> Result<(), SessionError> {
+        let now = s.clock.now();
+        let system = System::new(op.clone(), now);
+        let device = system.device_action(s.repo.as_ref(), job.device, DeviceAction::IssuanceFailed).await?;
+        job.record("rollback", StepOutcome::Done, Some(note), now)
+            .map_err(|e| SessionError::Server(e.to_string()))?;
+        job.transition(JobState::Failed, now).map_err(|e| SessionError::Server(e.to_string()))?;
+        job.transition(JobState::RolledBack, now).map_err(|e| SessionError::Server(e.to_string()))?;
+        system.save_job(s.repo.as_ref(), job).await?;
+        self.send(&ToAgent::Done { device: device.id, state: device.state }).await?;
+        let _ = self.socket.send(Message::Close(None)).await;
+        Ok(())
+    }
+}
+
+fn save_checkpoint(job: &mut Job, engine: &Engine, now: OffsetDateTime) -> Result<(), SessionError> {
+    job.checkpoint =
+        Some(serde_json::to_value(engine.checkpoint()).map_err(|e| SessionError::Server(e.to_string()))?);
+    job.updated_at = now;
+    Ok(())
+}
+
+/// The factory management keys the engine may find on a fresh card (3DES before YubiKey 5.7,
+/// AES-192 after).
+fn factory_keys() -> Vec<ManagementKey> {
+    vec![ManagementKey::factory(MgmAlgorithm::TripleDes), ManagementKey::factory(MgmAlgorithm::Aes192)]
+}
+
+/// The card slots the policy asks for, their algorithms and the card's identifiers.
+fn plan(
+    device: &Device,
+    policy: &Policy,
+    secrets: &CardSecrets,
+    guid: [u8; 16],
+    now: OffsetDateTime,
+) -> Result<IssuancePlan, SessionError> {
+    let mut slots = Vec::new();
+    for (slot, profile) in &policy.certificates {
+        let Some(reference) = slot.piv_key_reference() else { continue };
+        let slot = Slot(reference);
+        let algorithm = match profile.algorithm {
+            KeyAlgorithm::P256 => PivAlgorithm::EccP256,
+            KeyAlgorithm::P384 => PivAlgorithm::EccP384,
+            KeyAlgorithm::Rsa2048 => PivAlgorithm::Rsa2048,
+            KeyAlgorithm::Rsa3072 => PivAlgorithm::Rsa3072,
+        };
+        slots.push(SlotPlan { slot, algorithm, profile: profile.profile.clone() });
+    }
+    let key = secrets.management_key();
+    let alg = MgmAlgorithm::from_id(key.algorithm()).map_err(|e| SessionError::Server(e.to_string()))?;
+    let new_management_key =
+        ManagementKey::new(alg, key.key()).map_err(|e| SessionError::Server(e.to_string()))?;
+    let expiry = now + Duration::days(CARD_VALIDITY_DAYS);
+    let expiration = format!("{:04}{:02}{:02}", expiry.year(), u8::from(expiry.month()), expiry.day());
+    Ok(IssuancePlan {
+        slots,
+        new_management_key,
+        puk: secrets.puk().clone(),
+        initial_pin: secrets.initial_pin().clone(),
+        pin_retries: 3,
+        puk_retries: 3,
+        fasc_n: fasc_n(device.id)?,
+        guid,
+        expiration,
+    })
+}
+
+/// Lanyard is not a federal issuer: its FASC-Ns use agency and system code 9999 ("not a federal
+/// credential") and a credential number derived from the device id, so each card's is distinct
+/// and the card UUID remains the identifier that matters.
+fn fasc_n(device: DeviceId) -> Result<FascN, SessionError> {
+    let n = u128::from_be_bytes(*device.as_uuid().as_bytes()) % 1_000_000;
+    FascN::with_identifier("9999", "9999", &format!("{n:06}"))
+        .map_err(|e| SessionError::Server(e.to_string()))
+}
+
+fn cert_slot(slot: Slot) -> Option<CertSlot> {
+    match slot.0 {
+        0x9A => Some(CertSlot::PivAuthentication),
+        0x9C => Some(CertSlot::DigitalSignature),
+        0x9D => Some(CertSlot::KeyManagement),
+        0x9E => Some(CertSlot::CardAuthentication),
+        _ => None,
+    }
+}
+
+type Issued = (Vec<(Slot, Vec<u8>)>, Vec<Credential>);
+
+async fn issue_certificates<R: Repo>(
+    s: &AppState<R>,
+    cfg: &IssuanceConfig,
+    device: &Device,
+    holder: &str,
+    keys: &[GeneratedKey],
+    guid: [u8; 16],
+    card_expires: OffsetDateTime,
+) -> Result<Issued, SessionError> {
+    use der::Decode;
+    let now = s.clock.now();
+    let fasc_n = fasc_n(device.id)?.to_bytes();
+    let mut certs = Vec::new();
+    let mut credentials = Vec::new();
+    // Each slot's profile and validity from the holder's policy.
+    let policy_profiles: std::collections::BTreeMap<CertSlot, (String, u16)> = {
+        let mut tx = s.repo.begin().await.map_err(lanyard_core::DomainError::from)?;
+        let owner = device.owner.ok_or_else(|| SessionError::Server("no owner".into()))?;
+        let user = tx.get_user(owner).await.map_err(lanyard_core::DomainError::from)?;
+        let group = match user {
+            Some(u) => tx.get_group(u.group).await.map_err(lanyard_core::DomainError::from)?,
+            None => None,
+        };
+        group
+            .map(|g| {
+                g.policy.certificates.into_iter().map(|(k, v)| (k, (v.profile, v.validity_days))).collect()
+            })
+            .unwrap_or_default()
+    };
+    for key in keys {
+        let slot = cert_slot(key.slot)
+            .ok_or_else(|| SessionError::Server(format!("unexpected slot {:?}", key.slot)))?;
+        let attestation_der = match &key.attestation {
+            Some(a) if !cfg.attestation_roots.is_empty() => {
+                let evidence = lanyard_ca::verify_piv_attestation(
+                    &a.attestation_cert_der,
+                    &a.f9_cert_der,
+                    &cfg.attestation_roots,
+                    &key.public_key_spki_der,
+                    now,
+                )
+                .map_err(|e| {
+                    SessionError::Engine(format!("slot {slot}: the key attestation does not verify: {e}"))
+                })?;
+                tracing::info!(slot = %slot, serial = ?evidence.serial, "key attestation verified");
+                Some(a.attestation_cert_der.clone())
+            }
+            Some(a) => Some(a.attestation_cert_der.clone()),
+            None => None,
+        };
+        let (profile_id, validity_days) = policy_profiles.get(&slot).cloned().unwrap_or_default();
+        let profile = lanyard_ca::CertificateProfile::builtin(&profile_id).ok_or_else(|| {
+            SessionError::Server(format!("policy names an unknown profile {profile_id:?} for {slot}"))
+        })?;
+        let public_key = SubjectPublicKeyInfoOwned::from_der(&key.public_key_spki_der)
+            .map_err(|e| SessionError::Engine(format!("slot {slot}: public key: {e}")))?;
+        let subject = parse_dn(&format!("CN={}", dn_escape(holder)))
+            .map_err(|e| SessionError::Server(format!("subject: {e}")))?;
+        let mut san = SanInput::default();
+        if profile.san.card_uuid != lanyard_ca::Presence::Forbidden {
+            san.card_uuid = Some(guid);
+        }
+        if profile.san.fasc_n != lanyard_ca::Presence::Forbidden {
+            san.fasc_n = Some(fasc_n);
+        }
+        let issued = s
+            .pki
+            .issuing
+            .issue(&IssueRequest {
+                profile: &profile,
+                subject,
+                public_key,
+                san,
+                not_before: now,
+                // Capped by the card's own expiry as well.
+                requested_not_after: now + Duration::days(i64::from(validity_days)),
+                cap_not_after: Some(card_expires),
+            })
+            .map_err(|e| SessionError::Server(format!("the CA refused {slot}: {e}")))?;
+        let to_time = |secs: u64| {
+            OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
+                .map_err(|e| SessionError::Server(e.to_string()))
+        };
+        let v = &issued.certificate.tbs_certificate.validity;
+        let kind = CredentialKind::Certificate {
+            slot,
+            profile: profile.id.clone(),
+            serial_hex: crate::serial_hex(issued.serial().as_bytes()),
+            not_before: to_time(v.not_before.to_unix_duration().as_secs())?,
+            not_after: to_time(v.not_after.to_unix_duration().as_secs())?,
+            certificate_der: issued.der.clone(),
+            attestation_der,
+        };
+        credentials.push(Credential::new(device.id, kind, now));
+        certs.push((key.slot, issued.der));
+    }
+    Ok((certs, credentials))
+}
+
+/// Escapes a display name for use as an RDN value in `parse_dn`'s syntax.
+fn dn_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn sign_chuid<R>(s: &AppState<R>, content: &[u8]) -> Result<Vec<u8>, SessionError> {
+    lanyard_ca::cms::sign_chuid(&s.pki.content_signer, content)
+        .map_err(|e| SessionError::Server(format!("signing the CHUID: {e}")))
+}

@@ -1,0 +1,445 @@
+//! Card issuance end to end inside one process: the server on a real socket, the agent's side of
+//! the WebSocket protocol played by a small relay over the software PIV card (in process, no
+//! pcscd; the pcscd + agent run is in the `lanyard` crate's tests). Covers a full issuance,
+//! a session cut at every batch then resumed or rolled back, skipping Change PIN, operator
+//! activation with the initial-PIN reveal, and tickets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Certificates, attestations and OCSP use real time here.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures_util::{SinkExt, StreamExt};
+use lanyard_ca::KeyAlgorithm;
+use lanyard_core::clock::{Clock, SystemClock};
+use lanyard_core::ids::{DeviceId, GroupId};
+use lanyard_core::lifecycle::{CredentialState, DeviceState};
+use lanyard_core::model::{ApiToken, CertSlot, CredentialKind, Group, Policy, Role, User, Username};
+use lanyard_core::repo::Repo;
+use lanyard_core::repo::prelude::*;
+use lanyard_core::secrets::Kek;
+use lanyard_piv::apdu::Command;
+use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
+use lanyard_piv::objects::{CertificateObject, Chuid};
+use lanyard_piv::{InProcess, Piv};
+use lanyard_server::issuance::IssuanceConfig;
+use lanyard_server::{AppState, Pki, router};
+use lanyard_store::Db;
+use lanyard_vcard::{AttestationRoot, CardImage, NewCard, VirtualCard};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tower::ServiceExt;
+
+type Card = Piv<InProcess<VirtualCard>>;
+
+const NEW_PIN: &str = "975319";
+
+struct App {
+    _dir: tempfile::TempDir,
+    db: Arc<Db>,
+    state: AppState<Db>,
+    addr: std::net::SocketAddr,
+    alice: String,
+    bob: String,
+    operator: String,
+    root: AttestationRoot,
+}
+
+async fn setup() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&format!("sqlite://{}", dir.path().join("lanyard.db").display())).await.unwrap();
+    db.migrate().await.unwrap();
+    let clock = Arc::new(SystemClock);
+    let now = clock.now();
+    let pki = Pki::load_or_create(
+        &dir.path().join("ca"),
+        "Lanyard Test",
+        KeyAlgorithm::EcP256,
+        "http://127.0.0.1",
+        now,
+    )
+    .unwrap();
+    let root =
+        AttestationRoot::open_or_create(&dir.path().join("vcard"), std::time::SystemTime::now()).unwrap();
+    let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_group(&group).await.unwrap();
+    let mut token_for = async |name: &str, roles: &[Role]| {
+        let mut user = User::new(Username::parse(name).unwrap(), name, group.id, now).unwrap();
+        user.roles = roles.iter().copied().collect::<BTreeSet<_>>();
+        tx.insert_user(&user).await.unwrap();
+        let (token, secret) = ApiToken::issue(user.id, "tests", None, now).unwrap();
+        tx.insert_api_token(&token).await.unwrap();
+        secret.expose_secret().to_owned()
+    };
+    let alice = token_for("alice", &[Role::User]).await;
+    let bob = token_for("bob", &[Role::User]).await;
+    let operator = token_for("oscar", &[Role::Operator]).await;
+    tx.commit().await.unwrap();
+    let db = Arc::new(db);
+    let der = der::Encode::to_der(root.certificate()).unwrap();
+    let state = AppState::new(Arc::clone(&db), Arc::new(pki), clock as Arc<dyn Clock>)
+        .with_issuance(IssuanceConfig { kek: Kek::generate().unwrap(), attestation_roots: vec![der] });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    App { _dir: dir, db, state, addr, alice, bob, operator, root }
+}
+
+impl App {
+    async fn call(&self, method: &str, uri: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let req =
+            Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {token}"));
+        let req = match body {
+            Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = router(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap();
+        (status, if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() })
+    }
+
+    /// Alice starts issuing a card: device id, job id and ticket.
+    async fn begin(&self) -> (DeviceId, String, String) {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/v1/issuance",
+                &self.alice,
+                Some(json!({"kind": "usb_key", "model": "Lanyard virtual card"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["device"]["state"], "issuing");
+        let device = body["device"]["id"].as_str().unwrap().parse().unwrap();
+        (device, body["job"]["id"].as_str().unwrap().to_owned(), body["ticket"].as_str().unwrap().to_owned())
+    }
+
+    /// A factory-fresh card with its own serial.
+    fn card(&self) -> Card {
+        let image: CardImage =
+            VirtualCard::new_image(&self.root, &NewCard::default(), std::time::SystemTime::now()).unwrap();
+        Piv::new(InProcess(VirtualCard::from_image(image).unwrap()))
+    }
+
+    async fn device(&self, id: DeviceId) -> lanyard_core::model::Device {
+        let mut tx = self.db.begin().await.unwrap();
+        tx.get_device(id).await.unwrap().unwrap()
+    }
+
+    async fn credentials(&self, id: DeviceId) -> Vec<lanyard_core::model::Credential> {
+        let mut tx = self.db.begin().await.unwrap();
+        tx.list_credentials(&lanyard_core::repo::CredentialQuery {
+            device: Some(id),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn job_state(&self, job: &str) -> String {
+        let (status, body) = self.call("GET", &format!("/api/v1/jobs/{job}"), &self.alice, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["state"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the server has recorded the job as `state`.
+    async fn wait_job(&self, job: &str, state: &str) {
+        for _ in 0..200 {
+            if self.job_state(job).await == state {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("job {job} never became {state} (it is {})", self.job_state(job).await);
+    }
+
+    async fn ticket(&self, job: &str, purpose: &str) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/api/v1/jobs/{job}/ticket"),
+                &self.alice,
+                Some(json!({"purpose": purpose})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["ticket"].as_str().unwrap().to_owned()
+    }
+}
+
+/// How the relay ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// The server said done, with this device state.
+    Done(String),
+    /// The relay hung up on purpose after this many batches.
+    Cut,
+    /// The server said error.
+    Error(String),
+}
+
+/// Plays the agent: relays batches to `card`; `cut_after` drops the connection (and powers the
+/// card off) after that many batches; `pin` answers Change PIN (`None`: skip it).
+async fn relay(app: &App, ticket: &str, card: &mut Card, cut_after: Option<usize>, pin: Option<&str>) -> End {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/api/v1/agent/connect", app.addr).into_client_request().unwrap();
+    request.headers_mut().insert("x-lanyard-ticket", ticket.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let hello = json!({"type": "hello", "agent": "test-relay", "reader": "in-process", "atr": "3b"});
+    ws.send(Message::text(hello.to_string())).await.unwrap();
+    let mut batches = 0;
+    while let Some(msg) = ws.next().await {
+        let Message::Text(text) = msg.unwrap() else { continue };
+        let msg: Value = serde_json::from_str(text.as_str()).unwrap();
+        match msg["type"].as_str().unwrap() {
+            "transmit" => {
+                if cut_after == Some(batches) {
+                    card.transport_mut().0.reset_session();
+                    return End::Cut;
+                }
+                batches += 1;
+                let mut responses = Vec::new();
+                for apdu in msg["apdus"].as_array().unwrap() {
+                    let cmd = Command::parse(&hex::decode(apdu.as_str().unwrap()).unwrap()).unwrap();
+                    let resp = card.exchange(&cmd).unwrap();
+                    responses.push(hex::encode(resp.to_bytes()));
+                    if !resp.sw.is_success() {
+                        break;
+                    }
+                }
+                let answer = json!({"type": "responses", "seq": msg["seq"], "responses": responses});
+                ws.send(Message::text(answer.to_string())).await.unwrap();
+            }
+            "change_pin" => {
+                let answer = match pin {
+                    Some(new) => {
+                        let old = msg["old_pin"].as_str().unwrap();
+                        card.change_reference(false, old.as_bytes(), new.as_bytes()).unwrap();
+                        json!({"type": "pin_changed", "seq": msg["seq"], "sw": "9000"})
+                    }
+                    None => json!({"type": "pin_change_skipped", "seq": msg["seq"]}),
+                };
+                ws.send(Message::text(answer.to_string())).await.unwrap();
+            }
+            "done" => return End::Done(msg["state"].as_str().unwrap().to_owned()),
+            "error" => return End::Error(msg["message"].as_str().unwrap().to_owned()),
+            other => panic!("unexpected message {other}"),
+        }
+    }
+    End::Error("closed without a word".into())
+}
+
+/// What an issued card must hold, checked on the card itself and against the records.
+async fn assert_issued(app: &App, device: DeviceId, card: &mut Card, pin: &str, state: DeviceState) {
+    let d = app.device(device).await;
+    assert_eq!(d.state, state);
+    let guid = d.card_guid.expect("the card UUID is recorded");
+    card.select().unwrap();
+    card.verify_pin(pin.as_bytes()).unwrap();
+    // The factory management keys no longer open the card.
+    for alg in [MgmAlgorithm::TripleDes, MgmAlgorithm::Aes192] {
+        assert!(card.authenticate_mutual(&ManagementKey::factory(alg)).is_err(), "{alg:?}");
+    }
+    let credentials = app.credentials(device).await;
+    let slots: BTreeSet<_> = credentials
+        .iter()
+        .map(|c| match &c.kind {
+            CredentialKind::Certificate { slot, .. } => *slot,
+        })
+        .collect();
+    let want = [
+        CertSlot::PivAuthentication,
+        CertSlot::DigitalSignature,
+        CertSlot::KeyManagement,
+        CertSlot::CardAuthentication,
+    ];
+    assert_eq!(slots, want.into_iter().collect());
+    let credential_state =
+        if state == DeviceState::Active { CredentialState::Active } else { CredentialState::Pending };
+    for c in &credentials {
+        assert_eq!(c.state, credential_state);
+        let CredentialKind::Certificate { slot, certificate_der, attestation_der, .. } = &c.kind;
+        let tag = match slot {
+            CertSlot::PivAuthentication => 0x5FC105,
+            CertSlot::DigitalSignature => 0x5FC10A,
+            CertSlot::KeyManagement => 0x5FC10B,
+            _ => 0x5FC101,
+        };
+        let object = CertificateObject::decode(&card.get_data(tag).unwrap()).unwrap();
+        assert_eq!(&object.der, certificate_der, "{slot}: the card holds the recorded certificate");
+        assert!(attestation_der.is_some(), "{slot}: the verified attestation is recorded");
+    }
+    // The CHUID names the recorded card UUID and carries a valid content-signer signature.
+    let raw = card.get_data(0x5FC102).unwrap();
+    let chuid = Chuid::decode(&raw).unwrap();
+    assert_eq!(chuid.guid, guid);
+    let content = Chuid::signed_content_of(&raw).unwrap();
+    let summary = lanyard_ca::cms::verify_detached(&chuid.signature, &content).unwrap();
+    assert_eq!(summary.signer_certificate_der, app.state.pki.content_signer.certificate.der);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_is_issued_and_the_holder_sets_the_pin() {
+    let app = setup().await;
+    let (device, job, ticket) = app.begin().await;
+    let mut card = app.card();
+    assert_eq!(relay(&app, &ticket, &mut card, None, Some(NEW_PIN)).await, End::Done("active".into()));
+    assert_eq!(app.job_state(&job).await, "succeeded");
+    assert_issued(&app, device, &mut card, NEW_PIN, DeviceState::Active).await;
+
+    // The ticket worked once.
+    let reused = tokio_tungstenite::connect_async({
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut r = format!("ws://{}/api/v1/agent/connect", app.addr).into_client_request().unwrap();
+        r.headers_mut().insert("x-lanyard-ticket", ticket.parse().unwrap());
+        r
+    })
+    .await;
+    assert!(reused.is_err(), "a used ticket is refused before the upgrade");
+    // Bob cannot see or ticket Alice's job; a finished job takes no ticket.
+    let (status, _) = app.call("GET", &format!("/api/v1/jobs/{job}"), &app.bob, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) =
+        app.call("POST", &format!("/api/v1/jobs/{job}/ticket"), &app.bob, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) =
+        app.call("POST", &format!("/api/v1/jobs/{job}/ticket"), &app.alice, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // The issued card is not issued again: a second job on it fails without touching it.
+    let before = serde_json::to_string(card.transport_mut().0.image()).unwrap();
+    let (_, job2, ticket2) = app.begin().await;
+    let end = relay(&app, &ticket2, &mut card, None, Some(NEW_PIN)).await;
+    assert!(matches!(&end, End::Error(m) if m.contains("already")), "{end:?}");
+    app.wait_job(&job2, "failed").await;
+    // ... and rolling that job back leaves this card alone, as it is not the job's card.
+    let rollback = app.ticket(&job2, "rollback").await;
+    let end = relay(&app, &rollback, &mut card, None, None).await;
+    assert!(matches!(&end, End::Done(s) if s == "failed") || matches!(&end, End::Error(_)), "{end:?}");
+    card.transport_mut().0.reset_session();
+    assert_eq!(serde_json::to_string(card.transport_mut().0.image()).unwrap(), before);
+
+    // The audit log holds the story and verifies.
+    let mut tx = app.db.begin().await.unwrap();
+    let events = tx
+        .list_audit(&lanyard_core::repo::AuditQuery { after_seq: 0, target: None, limit: 1000 })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    for a in
+        ["device.prepare_card", "credential.issue", "job.succeeded", "device.personalized", "device.activate"]
+    {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    lanyard_core::audit::verify_chain(&events).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_at_any_batch_resumes_to_the_same_card() {
+    let app = setup().await;
+    for cut in 0..5 {
+        let (device, job, ticket) = app.begin().await;
+        let mut card = app.card();
+        assert_eq!(relay(&app, &ticket, &mut card, Some(cut), Some(NEW_PIN)).await, End::Cut, "cut {cut}");
+        app.wait_job(&job, "failed").await;
+        assert_eq!(app.device(device).await.state, DeviceState::Issuing, "cut {cut}");
+        let resume = app.ticket(&job, "run").await;
+        assert_eq!(relay(&app, &resume, &mut card, None, Some(NEW_PIN)).await, End::Done("active".into()));
+        assert_issued(&app, device, &mut card, NEW_PIN, DeviceState::Active).await;
+        // Free the policy's device allowance for the next round.
+        let (status, body) =
+            app.call("POST", &format!("/api/v1/devices/{device}/suspend"), &app.operator, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut tx = app.db.begin().await.unwrap();
+        let mut d = tx.get_device(device).await.unwrap().unwrap();
+        d.owner = None;
+        tx.update_device(&d).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_at_any_batch_rolls_back_to_a_factory_card() {
+    let app = setup().await;
+    for cut in 0..5 {
+        let (device, job, ticket) = app.begin().await;
+        let mut card = app.card();
+        assert_eq!(relay(&app, &ticket, &mut card, Some(cut), Some(NEW_PIN)).await, End::Cut, "cut {cut}");
+        app.wait_job(&job, "failed").await;
+        let rollback = app.ticket(&job, "rollback").await;
+        assert_eq!(
+            relay(&app, &rollback, &mut card, None, None).await,
+            End::Done("failed".into()),
+            "cut {cut}"
+        );
+        assert_eq!(app.job_state(&job).await, "rolled_back");
+        assert_eq!(app.device(device).await.state, DeviceState::Failed);
+        // Whatever was issued is revoked; the card is back to factory settings.
+        for c in app.credentials(device).await {
+            assert_eq!(c.state, CredentialState::Revoked, "cut {cut}");
+        }
+        card.transport_mut().0.reset_session();
+        card.select().unwrap();
+        card.authenticate_mutual(&ManagementKey::factory(MgmAlgorithm::TripleDes))
+            .or_else(|_| card.authenticate_mutual(&ManagementKey::factory(MgmAlgorithm::Aes192)))
+            .unwrap();
+        card.verify_pin(b"123456").unwrap();
+        assert!(card.try_get_data(0x5FC102).unwrap().is_none_or(|c| c.len() <= 2), "cut {cut}: CHUID gone");
+        assert!(card.try_get_data(0x5FC105).unwrap().is_none(), "cut {cut}: 9A certificate gone");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_change_pin_the_card_stays_pending_until_an_operator_activates_it() {
+    let app = setup().await;
+    let (device, _job, ticket) = app.begin().await;
+    let mut card = app.card();
+    assert_eq!(relay(&app, &ticket, &mut card, None, None).await, End::Done("pending".into()));
+    let d = app.device(device).await;
+    assert_eq!(d.state, DeviceState::Pending);
+
+    // The holder cannot activate it; an operator can, once, and receives the initial PIN.
+    let uri = format!("/api/v1/devices/{device}/activate");
+    let (status, _) = app.call("POST", &uri, &app.alice, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = app.call("POST", &uri, &app.operator, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["device"]["state"], "active");
+    let pin = body["initial_pin"].as_str().unwrap().to_owned();
+    assert_issued(&app, device, &mut card, &pin, DeviceState::Active).await;
+    let (status, body) = app.call("POST", &uri, &app.operator, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.get("initial_pin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tickets_are_refused_before_anything_happens() {
+    let app = setup().await;
+    let (_device, job, ticket) = app.begin().await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    for bad in ["", "nonsense", &format!("{job}.wrong"), &format!("{}.x", uuid_like())] {
+        let mut r = format!("ws://{}/api/v1/agent/connect", app.addr).into_client_request().unwrap();
+        if !bad.is_empty() {
+            r.headers_mut().insert("x-lanyard-ticket", bad.parse().unwrap());
+        }
+        let err = tokio_tungstenite::connect_async(r).await.unwrap_err();
+        assert!(err.to_string().contains("401"), "{bad:?}: {err}");
+    }
+    assert_eq!(app.job_state(&job).await, "created");
+    // The real ticket still works afterwards.
+    let mut card = app.card();
+    assert_eq!(relay(&app, &ticket, &mut card, None, Some(NEW_PIN)).await, End::Done("active".into()));
+}
+
+fn uuid_like() -> String {
+    "0b3d2c1e-6f7a-4b8c-9d0e-1f2a3b4c5d6e".into()
+}
