@@ -49,6 +49,10 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/jobs/{id}", get(job::<R>))
         .route("/api/v1/jobs/{id}/ticket", post(job_ticket::<R>))
         .route("/api/v1/devices/{id}/activate", post(activate::<R>))
+        .route("/api/v1/devices/{id}/revoke", post(revoke_device::<R>))
+        .route("/api/v1/devices/{id}/mark", post(mark_device::<R>))
+        .route("/api/v1/devices/{id}/terminate", post(terminate_device::<R>))
+        .route("/api/v1/devices/{id}/recycle", post(recycle_device::<R>))
         .route("/api/v1/groups/{id}/policy", axum::routing::put(update_policy::<R>))
         .route("/api/v1/tokens", get(list_tokens::<R>).post(create_token::<R>))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token::<R>))
@@ -974,4 +978,81 @@ async fn activate<R: Repo>(
     let (device, pin) =
         op.activate_and_reveal_initial_pin(s.repo.as_ref(), device_id(&id)?, &cfg.kek).await?;
     Ok(Json(Activated { device, initial_pin: pin.expose_secret().to_owned() }))
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", tag = "devices", params(("id" = String, Path, description = "device id")),
+    request_body = RevokeRequest,
+    responses((status = 200, body = Device), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Revokes a device with an RFC 5280 reason: every certificate on it is revoked with it, and so
+/// are the derived credentials that depend on it.
+async fn revoke_device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<RevokeRequest>, JsonRejection>,
+) -> Result<Json<Device>, ApiError> {
+    let op = auth.principal.operator()?;
+    let id = device_id(&id)?;
+    let Json(req) = body?;
+    let reason = req.reason.parse::<RevocationReason>().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(op.revoke_device(s.repo.as_ref(), id, reason).await?))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MarkRequest {
+    /// `lost`, `stolen` or `damaged`.
+    condition: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/mark", tag = "devices", params(("id" = String, Path, description = "device id")),
+    request_body = MarkRequest,
+    responses((status = 200, body = Device), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Marks a device lost, stolen or damaged: it is revoked with the matching reason.
+async fn mark_device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<MarkRequest>, JsonRejection>,
+) -> Result<Json<Device>, ApiError> {
+    let op = auth.principal.operator()?;
+    let id = device_id(&id)?;
+    let Json(req) = body?;
+    let repo = s.repo.as_ref();
+    let device = match req.condition.trim() {
+        "lost" => op.mark_device_lost(repo, id).await?,
+        "stolen" => op.mark_device_stolen(repo, id).await?,
+        "damaged" => op.mark_device_damaged(repo, id).await?,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "condition: {other:?} (expected lost, stolen or damaged)"
+            )));
+        }
+    };
+    Ok(Json(device))
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/terminate", tag = "devices", params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Device), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Retires a device (its certificates are revoked, reason cessationOfOperation); a terminated
+/// card may then be wiped and recycled.
+async fn terminate_device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    let op = auth.principal.operator()?;
+    Ok(Json(op.terminate_device(s.repo.as_ref(), device_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/recycle", tag = "devices", params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Device), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Returns a terminated or failed card to unowned stock; its stored card secrets are discarded.
+async fn recycle_device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    let op = auth.principal.operator()?;
+    Ok(Json(op.recycle_device(s.repo.as_ref(), device_id(&id)?).await?))
 }

@@ -71,6 +71,10 @@ impl Modify for Security {
         crate::api::job,
         crate::api::job_ticket,
         crate::api::activate,
+        crate::api::revoke_device,
+        crate::api::mark_device,
+        crate::api::terminate_device,
+        crate::api::recycle_device,
     ),
     components(schemas(ErrorBody)),
     tags(
