@@ -348,6 +348,43 @@ async fn job_of<R: Repo>(repo: &R, id: JobId, owner: Option<UserId>) -> Result<J
     Ok(job)
 }
 
+/// A PIN-unlock job for a card in use (Active, Pending or Suspended) that has stored secrets,
+/// and its one-time agent ticket. `owner`, when given, must hold the card.
+async fn start_unlock<R: Repo>(
+    repo: &R,
+    who: &Acting,
+    by: UserId,
+    device: DeviceId,
+    owner: Option<UserId>,
+    ttl: time::Duration,
+) -> Result<(Job, SecretString), DomainError> {
+    let mut tx = repo.begin().await?;
+    let d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+    if owner.is_some() && d.owner != owner {
+        return Err(DomainError::not_found("device", device));
+    }
+    if !matches!(d.state, DeviceState::Active | DeviceState::Pending | DeviceState::Suspended) {
+        return Err(DomainError::Conflict(format!(
+            "device {device} is {}; only a card in use is unlocked",
+            d.state
+        )));
+    }
+    if tx.get_card_secrets(device).await?.is_none() {
+        return Err(DomainError::Conflict(format!(
+            "device {device} has no stored PUK (it was not issued by Lanyard)"
+        )));
+    }
+    let mut job = Job::new(JobKind::Unlock, device, Some(by), who.at);
+    let ticket = job.issue_ticket(ttl, who.at)?;
+    tx.insert_job(&job).await?;
+    let event = NewAuditEvent::new(who.at, who.actor.clone(), "job.create", &who.operation_id)
+        .target(format!("job:{}", job.id))
+        .after(json!({"kind": job.kind, "device": device}));
+    tx.append_audit(event).await?;
+    tx.commit().await?;
+    Ok((job, ticket))
+}
+
 /// A cardholder acting on their own devices.
 #[derive(Clone, Copy, Debug)]
 pub struct SelfService<'a> {
@@ -373,6 +410,16 @@ impl SelfService<'_> {
     /// A job on one of my devices.
     pub async fn job<R: Repo>(&self, repo: &R, id: JobId) -> Result<Job, DomainError> {
         job_of(repo, id, Some(self.me())).await
+    }
+
+    /// Starts unblocking the PIN of one of my cards; the ticket goes to my agent.
+    pub async fn start_unlock<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        ttl: time::Duration,
+    ) -> Result<(Job, SecretString), DomainError> {
+        start_unlock(repo, &self.p.acting(), self.me(), device, Some(self.me()), ttl).await
     }
 
     /// Loads one of my devices; another user's device, or a deleted mobile, is NotFound.
@@ -575,6 +622,16 @@ impl Operator<'_> {
     /// Any job.
     pub async fn job<R: Repo>(&self, repo: &R, id: JobId) -> Result<Job, DomainError> {
         job_of(repo, id, None).await
+    }
+
+    /// Starts unblocking the PIN of any card in use; the ticket goes to the agent at the card.
+    pub async fn start_unlock<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        ttl: time::Duration,
+    ) -> Result<(Job, SecretString), DomainError> {
+        start_unlock(repo, &self.p.acting(), self.p.user.id, device, None, ttl).await
     }
 
     /// The user `reference` names: a user id, or else a username (case-insensitive).

@@ -53,6 +53,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/devices/{id}/mark", post(mark_device::<R>))
         .route("/api/v1/devices/{id}/terminate", post(terminate_device::<R>))
         .route("/api/v1/devices/{id}/recycle", post(recycle_device::<R>))
+        .route("/api/v1/devices/{id}/unlock", post(unlock_pin::<R>))
         .route("/api/v1/groups/{id}/policy", axum::routing::put(update_policy::<R>))
         .route("/api/v1/tokens", get(list_tokens::<R>).post(create_token::<R>))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token::<R>))
@@ -1055,4 +1056,26 @@ async fn recycle_device<R: Repo>(
 ) -> Result<Json<Device>, ApiError> {
     let op = auth.principal.operator()?;
     Ok(Json(op.recycle_device(s.repo.as_ref(), device_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/unlock", tag = "issuance", params(("id" = String, Path, description = "device id")),
+    responses((status = 201, body = JobTicket), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Starts unblocking a card's PIN (operators: any card; holders: their own). The agent at the
+/// card redeems the ticket; the server sends RESET RETRY COUNTER's PUK, the holder types the new
+/// PIN at the agent.
+async fn unlock_pin<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    issuance_enabled(&s)?;
+    let id = device_id(&id)?;
+    let repo = s.repo.as_ref();
+    let ttl = crate::issuance::TICKET_TTL;
+    let (job, ticket) = match auth.principal.operator() {
+        Ok(op) => op.start_unlock(repo, id, ttl).await?,
+        Err(_) => auth.principal.self_service()?.start_unlock(repo, id, ttl).await?,
+    };
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok((StatusCode::CREATED, Json(JobTicket { job: job.into(), ticket })).into_response())
 }

@@ -71,6 +71,7 @@ pub fn ticket_string(job: JobId, secret: &SecretString) -> String {
 enum ToAgent {
     Transmit { seq: u64, step: String, done: usize, total: usize, apdus: Vec<String> },
     ChangePin { seq: u64, old_pin: String, rules: PinRules },
+    UnblockPin { seq: u64, puk: String, rules: PinRules },
     Done { device: DeviceId, state: DeviceState },
     Error { message: String },
 }
@@ -263,7 +264,9 @@ impl Session {
             Ok(FromAgent::Hello { reader, atr, .. }) => {
                 tracing::info!(job = %job.id, %reader, %atr, "agent connected");
                 let rollback = job.steps.last().is_some_and(|s| s.name == STEP_ROLLBACK_REQUESTED);
-                if rollback {
+                if job.kind == lanyard_core::model::JobKind::Unlock {
+                    self.unlock(&s, &cfg, &mut job, &op).await
+                } else if rollback {
                     self.rollback(&s, &mut job, &op).await
                 } else {
                     self.issue(&s, &cfg, &mut job, &op).await
@@ -499,6 +502,88 @@ impl Session {
 }
 
 impl Session {
+    /// Checks that the card in the reader is the device's own: its CHUID carries the recorded
+    /// card UUID.
+    async fn check_card(&mut self, device: &Device) -> Result<(), SessionError> {
+        let check =
+            [lanyard_piv::commands::select(), lanyard_piv::commands::get_data(lanyard_piv::tag::CHUID)];
+        let answers = self.transmit("check_card", (0, 1), &check).await?;
+        let chuid = answers
+            .get(1)
+            .filter(|r| r.sw.is_success())
+            .and_then(|r| lanyard_piv::objects::Chuid::decode(&r.data).ok());
+        match (chuid, device.card_guid) {
+            (Some(c), Some(guid)) if c.guid == guid => Ok(()),
+            _ => Err(SessionError::Engine(format!(
+                "this is not card {} (its CHUID names another card)",
+                device.id
+            ))),
+        }
+    }
+
+    /// Unblocks the PIN: the agent sends RESET RETRY COUNTER with the stored PUK and the new PIN
+    /// the holder types there.
+    async fn unlock<R: Repo>(
+        &mut self,
+        s: &AppState<R>,
+        cfg: &IssuanceConfig,
+        job: &mut Job,
+        op: &OperationId,
+    ) -> Result<(), SessionError> {
+        let repo = s.repo.as_ref();
+        let (device, sealed, policy) = {
+            let mut tx = repo.begin().await.map_err(lanyard_core::DomainError::from)?;
+            let device = tx
+                .get_device(job.device)
+                .await
+                .map_err(lanyard_core::DomainError::from)?
+                .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?;
+            let sealed = tx
+                .get_card_secrets(device.id)
+                .await
+                .map_err(lanyard_core::DomainError::from)?
+                .ok_or_else(|| SessionError::Server("the card has no stored secrets".into()))?;
+            let owner = match device.owner {
+                Some(o) => tx.get_user(o).await.map_err(lanyard_core::DomainError::from)?,
+                None => None,
+            };
+            let policy = match owner {
+                Some(u) => {
+                    tx.get_group(u.group).await.map_err(lanyard_core::DomainError::from)?.map(|g| g.policy)
+                }
+                None => None,
+            };
+            (device, sealed, policy.unwrap_or_default())
+        };
+        self.check_card(&device).await?;
+        let secrets = CardSecrets::open(&sealed, &cfg.kek, device.id)
+            .map_err(|e| SessionError::Server(e.to_string()))?;
+        self.seq += 1;
+        let seq = self.seq;
+        let puk = secrets.puk().expose_secret().to_owned();
+        self.send(&ToAgent::UnblockPin { seq, puk, rules: policy.pin }).await?;
+        let sw = match self.receive().await? {
+            FromAgent::PinChanged { seq: got, sw } if got == seq => sw,
+            FromAgent::PinChangeSkipped { seq: got } if got == seq => {
+                return Err(SessionError::AgentError("the holder did not set a new PIN".into()));
+            }
+            other => {
+                return Err(SessionError::Protocol(format!("expected the unblock result, got {other:?}")));
+            }
+        };
+        if !sw.eq_ignore_ascii_case("9000") {
+            return Err(SessionError::Engine(format!("the card refused RESET RETRY COUNTER (status {sw})")));
+        }
+        let now = s.clock.now();
+        job.record("unblock_pin", StepOutcome::Done, None, now)
+            .map_err(|e| SessionError::Server(e.to_string()))?;
+        job.transition(JobState::Succeeded, now).map_err(|e| SessionError::Server(e.to_string()))?;
+        System::new(op.clone(), now).save_job(repo, job).await?;
+        self.send(&ToAgent::Done { device: device.id, state: device.state }).await?;
+        let _ = self.socket.send(Message::Close(None)).await;
+        Ok(())
+    }
+
     /// The device fails (its certificates are revoked by the lifecycle cascade) and the job ends
     /// RolledBack.
     async fn finish_rollback<R: Repo>(

@@ -75,6 +75,7 @@ impl Modify for Security {
         crate::api::mark_device,
         crate::api::terminate_device,
         crate::api::recycle_device,
+        crate::api::unlock_pin,
     ),
     components(schemas(ErrorBody)),
     tags(

@@ -230,6 +230,16 @@ async fn relay(app: &App, ticket: &str, card: &mut Card, cut_after: Option<usize
                 };
                 ws.send(Message::text(answer.to_string())).await.unwrap();
             }
+            "unblock_pin" => {
+                let new = pin.expect("a new PIN for the unblock");
+                let puk = msg["puk"].as_str().unwrap();
+                let sw = match card.unblock_pin(puk.as_bytes(), new.as_bytes()) {
+                    Ok(()) => "9000".to_owned(),
+                    Err(e) => format!("error {e}"),
+                };
+                let answer = json!({"type": "pin_changed", "seq": msg["seq"], "sw": sw});
+                ws.send(Message::text(answer.to_string())).await.unwrap();
+            }
             "done" => return End::Done(msg["state"].as_str().unwrap().to_owned()),
             "error" => return End::Error(msg["message"].as_str().unwrap().to_owned()),
             other => panic!("unexpected message {other}"),
@@ -442,4 +452,39 @@ async fn bad_tickets_are_refused_before_anything_happens() {
 
 fn uuid_like() -> String {
     "0b3d2c1e-6f7a-4b8c-9d0e-1f2a3b4c5d6e".into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_pin_is_unlocked_with_the_stored_puk_and_a_pin_typed_at_the_agent() {
+    let app = setup().await;
+    let (device, _job, ticket) = app.begin().await;
+    let mut card = app.card();
+    assert_eq!(relay(&app, &ticket, &mut card, None, Some(NEW_PIN)).await, End::Done("active".into()));
+    card.select().unwrap();
+    for _ in 0..3 {
+        assert!(card.verify_pin(b"000000").is_err());
+    }
+    assert!(card.verify_pin(NEW_PIN.as_bytes()).is_err(), "the PIN is blocked");
+
+    // Bob cannot start an unlock of Alice's card; Alice can, and so can an operator.
+    let uri = format!("/api/v1/devices/{device}/unlock");
+    let (status, _) = app.call("POST", &uri, &app.bob, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = app.call("POST", &uri, &app.alice, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["job"]["kind"], "unlock");
+    let ticket = body["ticket"].as_str().unwrap().to_owned();
+    let job = body["job"]["id"].as_str().unwrap().to_owned();
+    // The unlock only talks to this card: another one is refused untouched.
+    let mut other = app.card();
+    let end = relay(&app, &ticket, &mut other, None, Some("135792")).await;
+    assert!(matches!(&end, End::Error(m) if m.contains("not card")), "{end:?}");
+    app.wait_job(&job, "failed").await;
+    let retry = app.ticket(&job, "run").await;
+    assert_eq!(relay(&app, &retry, &mut card, None, Some("135792")).await, End::Done("active".into()));
+    assert_eq!(app.job_state(&job).await, "succeeded");
+    card.select().unwrap();
+    card.verify_pin(b"135792").unwrap();
+    let (status, body) = app.call("POST", &uri, &app.operator, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }

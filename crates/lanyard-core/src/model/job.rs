@@ -12,6 +12,8 @@ string_enum! {
     pub enum JobKind ("job kind") {
         /// Personalise a token (DESIGN §4).
         Issuance = "issuance",
+        /// Unblock a blocked PIN with the stored PUK; the holder types the new PIN at the agent.
+        Unlock = "unlock",
     }
 }
 
