@@ -94,6 +94,78 @@ pub enum DeviceCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Start issuing a card you hold (cardholder): prints the one-time ticket for
+    /// `lanyard agent issue --ticket …`.
+    Issue {
+        /// smart_card or usb_key.
+        #[arg(long, default_value = "usb_key")]
+        kind: String,
+        /// The model, as the agent reports it (`lanyard agent readers`).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        serial: Option<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// A new ticket for a created or failed issuance or unlock job: resume it, or roll it back.
+    Ticket {
+        #[arg(long)]
+        job: String,
+        /// Reset the card of a failed issuance instead of resuming it.
+        #[arg(long)]
+        rollback: bool,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Activate a Pending card and show its initial PIN once (operator; audited).
+    Activate {
+        #[arg(long)]
+        device: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Start unblocking a card's PIN: prints the ticket for the agent at the card.
+    Unlock {
+        #[arg(long)]
+        device: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Revoke a device and everything on it (operator).
+    Revoke {
+        #[arg(long)]
+        device: String,
+        /// key_compromise, affiliation_changed, superseded, cessation_of_operation, …
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Mark a device lost, stolen or damaged (operator): it is revoked.
+    Mark {
+        #[arg(long)]
+        device: String,
+        /// lost, stolen or damaged.
+        #[arg(long)]
+        condition: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Retire a device (operator).
+    Terminate {
+        #[arg(long)]
+        device: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Return a terminated or failed card to stock (operator).
+    Recycle {
+        #[arg(long)]
+        device: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -451,6 +523,59 @@ pub fn device(command: DeviceCommand) -> anyhow::Result<()> {
             }
             let device = client.post("/api/v1/devices", &body)?;
             print(out.output, &device, device_line)
+        }
+        DeviceCommand::Issue { kind, model, serial, out } => {
+            let mut body = json!({"kind": kind, "model": model});
+            if let Some(serial) = serial {
+                body["serial"] = json!(serial);
+            }
+            let started = client.post("/api/v1/issuance", &body)?;
+            print(out.output, &started, |v| {
+                format!(
+                    "{}\njob {}\nticket {}",
+                    device_line(&v["device"]),
+                    s(&v["job"], "id"),
+                    v["ticket"].as_str().unwrap_or_default()
+                )
+            })
+        }
+        DeviceCommand::Ticket { job, rollback, out } => {
+            let purpose = if rollback { "rollback" } else { "run" };
+            let t = client.post(&format!("/api/v1/jobs/{job}/ticket"), &json!({"purpose": purpose}))?;
+            print(out.output, &t, |v| format!("ticket {}", v["ticket"].as_str().unwrap_or_default()))
+        }
+        DeviceCommand::Activate { device, out } => {
+            let a = client.post(&format!("/api/v1/devices/{device}/activate"), &Value::Null)?;
+            print(out.output, &a, |v| {
+                format!(
+                    "{}\ninitial PIN {} (shown once; deliver it to the holder)",
+                    device_line(&v["device"]),
+                    v["initial_pin"].as_str().unwrap_or_default()
+                )
+            })
+        }
+        DeviceCommand::Unlock { device, out } => {
+            let t = client.post(&format!("/api/v1/devices/{device}/unlock"), &Value::Null)?;
+            print(out.output, &t, |v| {
+                format!("job {}\nticket {}", s(&v["job"], "id"), v["ticket"].as_str().unwrap_or_default())
+            })
+        }
+        DeviceCommand::Revoke { device, reason, out } => {
+            let d = client.post(&format!("/api/v1/devices/{device}/revoke"), &json!({"reason": reason}))?;
+            print(out.output, &d, device_line)
+        }
+        DeviceCommand::Mark { device, condition, out } => {
+            let d =
+                client.post(&format!("/api/v1/devices/{device}/mark"), &json!({"condition": condition}))?;
+            print(out.output, &d, device_line)
+        }
+        DeviceCommand::Terminate { device, out } => {
+            let d = client.post(&format!("/api/v1/devices/{device}/terminate"), &Value::Null)?;
+            print(out.output, &d, device_line)
+        }
+        DeviceCommand::Recycle { device, out } => {
+            let d = client.post(&format!("/api/v1/devices/{device}/recycle"), &Value::Null)?;
+            print(out.output, &d, device_line)
         }
     }
 }
