@@ -29,6 +29,8 @@ pub const SESSION_COOKIE: &str = "lanyard_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Above this many usernames with failures, stale entries are dropped on the next failure.
 const MAX_TRACKED_USERNAMES: usize = 10_000;
+/// How precisely an API token's `last_used_at` is kept.
+const LAST_USED_RESOLUTION: Duration = Duration::minutes(1);
 /// How long a portal session lasts.
 pub const SESSION_TTL: Duration = Duration::hours(8);
 /// Failed logins for one username allowed within [`THROTTLE_WINDOW`].
@@ -144,9 +146,17 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <API token>\""))?;
             let found = tx.get_api_token_by_hash(&TokenHash::of(token)).await?;
-            let token = found
+            let mut token = found
                 .filter(|t| t.is_valid(now))
                 .ok_or_else(|| unauthorized("the API token is unknown, revoked or expired"))?;
+            // When a token was last used, to the minute: enough to spot dormant tokens without a
+            // write on every request.
+            if token.last_used_at.is_none_or(|t| now - t >= LAST_USED_RESOLUTION) {
+                token.last_used_at = Some(now);
+                tx.update_api_token(&token).await?;
+                tx.commit().await?;
+                tx = state.repo.begin().await?;
+            }
             (token.user, Via::ApiToken, Some(token.id))
         } else if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
             let hash = TokenHash::of(secret);

@@ -323,7 +323,11 @@ impl App {
         let groups = tx.list_groups().await.unwrap();
         let mut tokens = Vec::new();
         for c in [&self.alice, &self.bob, &self.operator, &self.auditor, &self.admin] {
-            tokens.push(tx.list_api_tokens(c.user.id).await.unwrap());
+            // `last_used_at` records that a token authenticated, which even a refused request
+            // does; it is bookkeeping, not a change the request made.
+            let mut list = tx.list_api_tokens(c.user.id).await.unwrap();
+            list.iter_mut().for_each(|t| t.last_used_at = None);
+            tokens.push(list);
         }
         format!("{}\n{devices:?}\n{credentials:?}\n{users:?}\n{groups:?}\n{tokens:?}", audit.len())
     }
@@ -1103,4 +1107,30 @@ async fn device_actions_need_an_operator_and_follow_the_lifecycle() {
     assert_eq!(app.device(app.bob_card).await.state, DeviceState::Active);
     let actions: Vec<String> = app.audit().await.into_iter().map(|e| e.action).collect();
     assert_eq!(actions, ["device.mark_stolen", "device.terminate", "device.recycle"]);
+}
+
+#[tokio::test]
+async fn an_api_token_records_when_it_was_last_used_to_the_minute() {
+    let app = setup().await;
+    let id = app.alice.token_id;
+    let user = app.alice.user.id;
+    let db = Arc::clone(&app.db);
+    let used = move || {
+        let db = Arc::clone(&db);
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let tokens = tx.list_api_tokens(user).await.unwrap();
+            tokens.into_iter().find(|t| t.id == id).unwrap().last_used_at
+        }
+    };
+    assert_eq!(used().await, None);
+    let t0 = app.clock.now();
+    assert_eq!(app.bearer("GET", "/api/v1/me", &app.alice.token).await.status, StatusCode::OK);
+    assert_eq!(used().await, Some(t0));
+    app.clock.advance(Duration::seconds(30));
+    app.bearer("GET", "/api/v1/me", &app.alice.token).await;
+    assert_eq!(used().await, Some(t0), "not rewritten within a minute");
+    app.clock.advance(Duration::seconds(31));
+    app.bearer("GET", "/api/v1/me", &app.alice.token).await;
+    assert_eq!(used().await, Some(t0 + Duration::seconds(61)));
 }

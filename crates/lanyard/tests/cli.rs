@@ -437,3 +437,21 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn the_ca_key_algorithm_comes_from_the_configuration() {
+    for (setting, expect) in [("p384", "secp384r1"), ("rsa3072", "(3072 bit)")] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let port = free_port();
+        let (mut server, _) =
+            start_server_with_password(&data, port, &[("LANYARD_CA_KEY_ALGORITHM", setting)]);
+        server.kill().unwrap();
+        server.wait().unwrap();
+        for cert in ["root.crt", "issuing.crt"] {
+            let path = data.join("ca").join(cert);
+            let text = openssl(&["x509", "-inform", "DER", "-in", path.to_str().unwrap(), "-noout", "-text"]);
+            assert!(text.contains(expect), "{setting} {cert}: {text}");
+        }
+    }
+}
