@@ -118,6 +118,12 @@ enum SessionError {
     Server(String),
 }
 
+impl From<lanyard_core::repo::StoreError> for SessionError {
+    fn from(e: lanyard_core::repo::StoreError) -> Self {
+        SessionError::Server(e.to_string())
+    }
+}
+
 impl From<lanyard_core::DomainError> for SessionError {
     fn from(e: lanyard_core::DomainError) -> Self {
         SessionError::Server(e.to_string())
@@ -248,6 +254,13 @@ impl Session {
         }
     }
 
+    /// Tells the agent the session is over and closes.
+    async fn done(&mut self, device: DeviceId, state: DeviceState) -> Result<(), SessionError> {
+        self.send(&ToAgent::Done { device, state }).await?;
+        let _ = self.socket.send(Message::Close(None)).await;
+        Ok(())
+    }
+
     async fn fail(&mut self, message: &str) {
         let _ = self.send(&ToAgent::Error { message: message.to_owned() }).await;
         let _ = self.socket.send(Message::Close(None)).await;
@@ -300,24 +313,21 @@ impl Session {
         let repo = s.repo.as_ref();
         let now = s.clock.now();
         let system = System::new(op.clone(), now);
-        let mut tx = repo.begin().await.map_err(lanyard_core::DomainError::from)?;
+        let mut tx = repo.begin().await?;
         let device = tx
             .get_device(job.device)
-            .await
-            .map_err(lanyard_core::DomainError::from)?
+            .await?
             .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?;
         let owner_id = device.owner.ok_or_else(|| SessionError::Server("the device has no owner".into()))?;
         let owner = tx
             .get_user(owner_id)
-            .await
-            .map_err(lanyard_core::DomainError::from)?
+            .await?
             .ok_or_else(|| SessionError::Server("the device's owner is gone".into()))?;
         let group = tx
             .get_group(owner.group)
-            .await
-            .map_err(lanyard_core::DomainError::from)?
+            .await?
             .ok_or_else(|| SessionError::Server("the owner's group is gone".into()))?;
-        let sealed = tx.get_card_secrets(device.id).await.map_err(lanyard_core::DomainError::from)?;
+        let sealed = tx.get_card_secrets(device.id).await?;
         drop(tx);
         if device.state != DeviceState::Issuing {
             return Err(SessionError::Server(format!(
@@ -439,9 +449,7 @@ impl Session {
                 return Ok(());
             }
         };
-        self.send(&ToAgent::Done { device: device.id, state }).await?;
-        let _ = self.socket.send(Message::Close(None)).await;
-        Ok(())
+        self.done(device.id, state).await
     }
 
     /// Resets the card to factory state and fails the device (its certificates are revoked by
@@ -453,10 +461,9 @@ impl Session {
         op: &OperationId,
     ) -> Result<(), SessionError> {
         let device = {
-            let mut tx = s.repo.begin().await.map_err(lanyard_core::DomainError::from)?;
+            let mut tx = s.repo.begin().await?;
             tx.get_device(job.device)
-                .await
-                .map_err(lanyard_core::DomainError::from)?
+                .await?
                 .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?
         };
         // Only the card this job was writing may be reset: its CHUID must carry the job's card
@@ -532,25 +539,21 @@ impl Session {
     ) -> Result<(), SessionError> {
         let repo = s.repo.as_ref();
         let (device, sealed, policy) = {
-            let mut tx = repo.begin().await.map_err(lanyard_core::DomainError::from)?;
+            let mut tx = repo.begin().await?;
             let device = tx
                 .get_device(job.device)
-                .await
-                .map_err(lanyard_core::DomainError::from)?
+                .await?
                 .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?;
             let sealed = tx
                 .get_card_secrets(device.id)
-                .await
-                .map_err(lanyard_core::DomainError::from)?
+                .await?
                 .ok_or_else(|| SessionError::Server("the card has no stored secrets".into()))?;
             let owner = match device.owner {
-                Some(o) => tx.get_user(o).await.map_err(lanyard_core::DomainError::from)?,
+                Some(o) => tx.get_user(o).await?,
                 None => None,
             };
             let policy = match owner {
-                Some(u) => {
-                    tx.get_group(u.group).await.map_err(lanyard_core::DomainError::from)?.map(|g| g.policy)
-                }
+                Some(u) => tx.get_group(u.group).await?.map(|g| g.policy),
                 None => None,
             };
             (device, sealed, policy.unwrap_or_default())
@@ -579,9 +582,7 @@ impl Session {
             .map_err(|e| SessionError::Server(e.to_string()))?;
         job.transition(JobState::Succeeded, now).map_err(|e| SessionError::Server(e.to_string()))?;
         System::new(op.clone(), now).save_job(repo, job).await?;
-        self.send(&ToAgent::Done { device: device.id, state: device.state }).await?;
-        let _ = self.socket.send(Message::Close(None)).await;
-        Ok(())
+        self.done(device.id, device.state).await
     }
 
     /// The device fails (its certificates are revoked by the lifecycle cascade) and the job ends
@@ -601,9 +602,7 @@ impl Session {
         job.transition(JobState::Failed, now).map_err(|e| SessionError::Server(e.to_string()))?;
         job.transition(JobState::RolledBack, now).map_err(|e| SessionError::Server(e.to_string()))?;
         system.save_job(s.repo.as_ref(), job).await?;
-        self.send(&ToAgent::Done { device: device.id, state: device.state }).await?;
-        let _ = self.socket.send(Message::Close(None)).await;
-        Ok(())
+        self.done(device.id, device.state).await
     }
 }
 
@@ -696,11 +695,11 @@ async fn issue_certificates<R: Repo>(
     let mut credentials = Vec::new();
     // Each slot's profile and validity from the holder's policy.
     let policy_profiles: std::collections::BTreeMap<CertSlot, (String, u16)> = {
-        let mut tx = s.repo.begin().await.map_err(lanyard_core::DomainError::from)?;
+        let mut tx = s.repo.begin().await?;
         let owner = device.owner.ok_or_else(|| SessionError::Server("no owner".into()))?;
-        let user = tx.get_user(owner).await.map_err(lanyard_core::DomainError::from)?;
+        let user = tx.get_user(owner).await?;
         let group = match user {
-            Some(u) => tx.get_group(u.group).await.map_err(lanyard_core::DomainError::from)?,
+            Some(u) => tx.get_group(u.group).await?,
             None => None,
         };
         group
