@@ -6,9 +6,12 @@
 //!   new PIN is the one secret the agent handles itself: it goes from a [`relay::PinSource`] to
 //!   the card, never to the server.
 //!
+//! - [`portal`]: the loopback API the portal's pages call, origin-checked.
+//!
 //! The agent keeps no card secret beyond one session.
 
 pub mod cards;
+pub mod portal;
 pub mod relay;
 
 use lanyard_piv::TransportError;

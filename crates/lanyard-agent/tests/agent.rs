@@ -753,3 +753,179 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Loopback portal API
+// ---------------------------------------------------------------------------------------------
+
+mod portal_api {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use lanyard_agent::cards::ReaderInfo;
+    use lanyard_agent::portal::{Backend, PortalState, is_loopback_host, router};
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    const ORIGIN: &str = "https://portal.example";
+
+    /// Lists one reader; a session asks for the PIN and reports what it got.
+    #[derive(Default)]
+    struct Fake {
+        got: Mutex<Vec<Option<String>>>,
+    }
+
+    impl Backend for Fake {
+        fn list_cards(&self) -> Result<Vec<ReaderInfo>, AgentError> {
+            Ok(vec![ReaderInfo {
+                reader: READER.into(),
+                card_present: false,
+                atr: String::new(),
+                card: None,
+            }])
+        }
+        fn run_session(
+            &self,
+            opts: &SessionOptions,
+            pins: &mut dyn PinSource,
+            progress: &mut dyn FnMut(&Progress),
+        ) -> Result<Outcome, AgentError> {
+            assert_eq!(opts.ticket.as_str(), TICKET);
+            progress(&Progress::Step { step: "detect".into(), done: 0, total: 1 });
+            let rules = PinRules::default();
+            let mut pin = pins.new_pin(&rules, None)?;
+            if let Some(p) = &pin
+                && let Err(e) = rules.check(p)
+            {
+                pin = pins.new_pin(&rules, Some(&e))?;
+            }
+            self.got.lock().unwrap().push(pin.as_ref().map(|p| p.to_string()));
+            let state = if pin.is_some() { DeviceState::Active } else { DeviceState::Pending };
+            Ok(Outcome { device: "d".into(), state, pin: PinOutcome::NotAsked })
+        }
+    }
+
+    fn request(
+        method: &str,
+        uri: &str,
+        origin: Option<&str>,
+        host: &str,
+        body: Option<Value>,
+    ) -> Request<Body> {
+        let mut b = Request::builder().method(method).uri(uri).header("host", host);
+        if let Some(o) = origin {
+            b = b.header("origin", o);
+        }
+        match body {
+            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())).unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        }
+    }
+
+    async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn app() -> (axum::Router, Arc<Fake>) {
+        let fake = Arc::new(Fake::default());
+        (router(PortalState::new(ORIGIN, fake.clone())), fake)
+    }
+
+    #[tokio::test]
+    async fn only_the_configured_origin_on_a_loopback_host_gets_an_answer() {
+        let (app, _) = app();
+        let host = "127.0.0.1:7180";
+        let (status, headers, body) =
+            call(&app, request("GET", "/v1/readers", Some(ORIGIN), host, None)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["access-control-allow-origin"], ORIGIN);
+        assert_eq!(body[0]["reader"], READER);
+        for origin in [None, Some("https://evil.example"), Some("https://portal.example.evil"), Some("null")]
+        {
+            let (status, headers, _) = call(&app, request("GET", "/v1/readers", origin, host, None)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{origin:?}");
+            assert!(!headers.contains_key("access-control-allow-origin"));
+        }
+        // DNS rebinding: the right Origin header cannot come with a foreign Host from a browser,
+        // but a rebinding page's requests carry its own name as Host.
+        for host in ["evil.example:7180", "portal.example", ""] {
+            let (status, _, _) = call(&app, request("GET", "/v1/readers", Some(ORIGIN), host, None)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+        }
+        for host in ["localhost:1", "[::1]:7180", "127.0.0.1"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        // Preflight, including Chrome's private network access.
+        let mut pre = request("OPTIONS", "/v1/sessions", Some(ORIGIN), host, None);
+        pre.headers_mut().insert("access-control-request-private-network", "true".parse().unwrap());
+        let (status, headers, _) = call(&app, pre).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(headers["access-control-allow-origin"], ORIGIN);
+        assert_eq!(headers["access-control-allow-private-network"], "true");
+        let (status, _, _) =
+            call(&app, request("OPTIONS", "/v1/sessions", Some("https://evil.example"), host, None)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // A session cannot be started from elsewhere either.
+        let start = json!({"server": "http://127.0.0.1:1", "ticket": TICKET, "reader": READER});
+        let (status, _, _) =
+            call(&app, request("POST", "/v1/sessions", Some("https://evil.example"), host, Some(start)))
+                .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_session_takes_its_pin_from_the_page() {
+        let (app, fake) = app();
+        let host = "localhost:7180";
+        let bad = json!({"server": "http://example.com", "ticket": TICKET, "reader": READER});
+        let (status, _, _) = call(&app, request("POST", "/v1/sessions", Some(ORIGIN), host, Some(bad))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let start = json!({"server": "http://127.0.0.1:1", "ticket": TICKET, "reader": READER});
+        let (status, _, body) =
+            call(&app, request("POST", "/v1/sessions", Some(ORIGIN), host, Some(start))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let id = body["id"].as_str().unwrap().to_owned();
+        assert_eq!(id.len(), 32);
+        let poll = |app: axum::Router, id: String| async move {
+            for _ in 0..200 {
+                let (_, _, v) =
+                    call(&app, request("GET", &format!("/v1/sessions/{id}"), Some(ORIGIN), host, None)).await;
+                if v["status"] != "running" {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("session stuck");
+        };
+        let v = poll(app.clone(), id.clone()).await;
+        assert_eq!(v["status"], "pin_needed");
+        assert_eq!(v["pin_rules"]["min_len"], 6);
+        assert_eq!(v["events"][0]["step"], "detect");
+        let pin_uri = format!("/v1/sessions/{id}/pin");
+        let (status, _, _) =
+            call(&app, request("POST", &pin_uri, Some(ORIGIN), host, Some(json!({"new_pin": "123456"}))))
+                .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let v = poll(app.clone(), id.clone()).await;
+        assert_eq!(v["status"], "pin_needed");
+        assert!(v["pin_rejected"].as_str().unwrap().contains("consecutive"), "{v}");
+        let (status, _, _) =
+            call(&app, request("POST", &pin_uri, Some(ORIGIN), host, Some(json!({"new_pin": "97531864"}))))
+                .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let v = poll(app.clone(), id.clone()).await;
+        assert_eq!(v["status"], "done", "{v}");
+        assert_eq!(v["outcome"]["state"], "active");
+        assert_eq!(*fake.got.lock().unwrap(), vec![Some("97531864".to_owned())]);
+        // No PIN is wanted any more; unknown sessions are 404.
+        let (status, _, _) =
+            call(&app, request("POST", &pin_uri, Some(ORIGIN), host, Some(json!({"new_pin": "97531864"}))))
+                .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (status, _, _) = call(&app, request("GET", "/v1/sessions/nope", Some(ORIGIN), host, None)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}

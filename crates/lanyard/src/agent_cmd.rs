@@ -35,6 +35,17 @@ pub enum AgentCommand {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Serve the loopback API the portal's pages call (docs/agent.md): list cards, start a
+    /// session, follow it, pass the new PIN. Only requests whose Origin is --origin and whose Host
+    /// is a loopback name are answered.
+    Serve {
+        /// The portal's origin, e.g. https://portal.example [default: $LANYARD_AGENT_ORIGIN].
+        #[arg(long)]
+        origin: Option<String>,
+        /// Loopback address and port to listen on.
+        #[arg(long, default_value = "127.0.0.1:7180")]
+        listen: std::net::SocketAddr,
+    },
     /// Relay a server-driven issuance to the card in one reader, with a ticket the server gave
     /// for the job. The new PIN comes from --new-pin-file, $LANYARD_NEW_PIN, or a prompt; it is
     /// sent to the card only, never to the server.
@@ -71,6 +82,12 @@ pub fn run(cmd: AgentCommand) -> anyhow::Result<()> {
     match cmd {
         AgentCommand::Readers { output } => readers(output),
         AgentCommand::Status { output } => status(output),
+        AgentCommand::Serve { origin, listen } => {
+            let Some(origin) = origin.or_else(|| std::env::var(ENV_ORIGIN).ok()) else {
+                bail!("no portal origin: pass --origin or set {ENV_ORIGIN}");
+            };
+            serve(origin, listen)
+        }
         AgentCommand::Issue {
             server,
             ca_cert,
@@ -195,6 +212,29 @@ fn status(output: Output) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn serve(origin: String, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    if !listen.ip().is_loopback() {
+        bail!("--listen {listen}: the agent listens on a loopback address only");
+    }
+    if !(origin.starts_with("https://") || origin.starts_with("http://"))
+        || origin.trim_end_matches('/').matches('/').count() != 2
+    {
+        bail!("--origin {origin:?} must be a scheme and host, like https://portal.example");
+    }
+    let state = lanyard_agent::portal::PortalState::new(
+        origin.clone(),
+        std::sync::Arc::new(lanyard_agent::portal::Pcsc),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        println!("agent listening on http://{listen} for {origin}");
+        axum::serve(listener, lanyard_agent::portal::router(state)).await?;
+        Ok(())
+    })
 }
 
 fn issue(opts: &SessionOptions, pins: &mut dyn PinSource, output: Output) -> anyhow::Result<()> {
