@@ -686,6 +686,10 @@ pub fn run_session(
     pins: &mut dyn PinSource,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome, AgentError> {
+    // A bad URL or CA file is reported before the card is touched.
+    if parse_server(&opts.server)?.tls {
+        tls_config(opts.ca_pem.as_deref())?;
+    }
     let card = PcscCard::connect(&opts.reader)?;
     let atr = card.atr()?;
     run_session_with(opts, card, &atr, pins, progress)
