@@ -34,8 +34,7 @@ use lanyard_piv::apdu::{Command, Response, StatusWord};
 use lanyard_piv::commands::{self as cmd, Metadata, Version};
 use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
 use lanyard_piv::objects::{
-    Ccc, CertificateObject, Chuid, Discovery, FascN, KeyHistory, YUBICO_CARD_ID_PREFIX,
-    YUBICO_TEMPLATE_FASC_N,
+    Ccc, CertificateObject, Chuid, ChuidIssuance, Discovery, FascN, KeyHistory, YUBICO_CARD_ID_PREFIX,
 };
 use lanyard_piv::types::{KeyAlgorithm, Slot, tag};
 use secrecy::{ExposeSecret, SecretString};
@@ -1048,23 +1047,19 @@ impl Engine {
             });
         }
         let mut ours = false;
-        if let Some(object) = &self.card.chuid
-            && object.get(1).is_some_and(|len| *len != 0)
-        {
-            match Chuid::decode(object) {
-                Ok(c) if c.guid == self.plan.guid => ours = true,
-                Ok(c) if c.fasc_n == YUBICO_TEMPLATE_FASC_N => {}
-                Ok(c) => {
-                    return Err(EngineError::AlreadyIssued(format!(
-                        "the card has a CHUID with GUID {}",
-                        hex::encode(c.guid)
-                    )));
-                }
-                Err(e) => {
-                    return Err(EngineError::AlreadyIssued(format!(
-                        "the card has a CHUID that does not decode: {e}"
-                    )));
-                }
+        match ChuidIssuance::classify(self.card.chuid.as_deref()) {
+            ChuidIssuance::Template(c) | ChuidIssuance::Issued(c) if c.guid == self.plan.guid => ours = true,
+            ChuidIssuance::Absent | ChuidIssuance::Template(_) => {}
+            ChuidIssuance::Issued(c) => {
+                return Err(EngineError::AlreadyIssued(format!(
+                    "the card has a CHUID with GUID {}",
+                    hex::encode(c.guid)
+                )));
+            }
+            ChuidIssuance::Undecodable(e) => {
+                return Err(EngineError::AlreadyIssued(format!(
+                    "the card has a CHUID that does not decode: {e}"
+                )));
             }
         }
         if ours && self.mode == Mode::New {

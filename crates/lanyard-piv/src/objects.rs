@@ -635,6 +635,49 @@ impl Chuid {
     }
 }
 
+/// What a card's CHUID says about whether the card has been issued. This is the one rule for
+/// "already issued": the personalization engine refuses such a card, and the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChuidIssuance {
+    /// No CHUID, or an empty one (`53 00`): a factory-fresh or reset card.
+    Absent,
+    /// yubico-piv-tool's template CHUID (all-9s FASC-N), which `ykman piv objects generate chuid`
+    /// and the tool's `set-chuid` write with a random GUID: a card nobody has issued.
+    Template(Chuid),
+    /// Any other CHUID: someone issued this card.
+    Issued(Chuid),
+    /// A CHUID that does not decode. Counted as issued: overwriting data we cannot read is not
+    /// ours to decide.
+    Undecodable(ObjectError),
+}
+
+impl ChuidIssuance {
+    /// Classifies the bytes GET DATA 5FC102 returned (`None` when the card answered "not found").
+    pub fn classify(object: Option<&[u8]>) -> Self {
+        let Some(object) = object else { return Self::Absent };
+        if object.get(1).is_none_or(|len| *len == 0) {
+            return Self::Absent;
+        }
+        match Chuid::decode(object) {
+            Ok(c) if c.fasc_n == YUBICO_TEMPLATE_FASC_N => Self::Template(c),
+            Ok(c) => Self::Issued(c),
+            Err(e) => Self::Undecodable(e),
+        }
+    }
+
+    pub fn is_issued(&self) -> bool {
+        matches!(self, Self::Issued(_) | Self::Undecodable(_))
+    }
+
+    /// The decoded CHUID, when there is one.
+    pub fn chuid(&self) -> Option<&Chuid> {
+        match self {
+            Self::Template(c) | Self::Issued(c) => Some(c),
+            Self::Absent | Self::Undecodable(_) => None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // CCC
 // ---------------------------------------------------------------------------------------------
@@ -1367,6 +1410,23 @@ mod tests {
         v.extend_from_slice(b"20300101");
         v.extend_from_slice(&[0x3E, 0x00, 0xFE, 0x00]);
         v
+    }
+
+    #[test]
+    fn chuid_issuance_rule() {
+        assert_eq!(ChuidIssuance::classify(None), ChuidIssuance::Absent);
+        assert_eq!(ChuidIssuance::classify(Some(&h("53 00"))), ChuidIssuance::Absent);
+        assert_eq!(ChuidIssuance::classify(Some(&[])), ChuidIssuance::Absent);
+        let template = ChuidIssuance::classify(Some(&yubico_chuid_bytes()));
+        assert!(matches!(&template, ChuidIssuance::Template(c) if c.guid == GUID));
+        assert!(!template.is_issued());
+        let fasc_n = FascN::with_identifier("1234", "5678", "123456").unwrap();
+        let ours = Chuid::new(&fasc_n, GUID, "20300101").unwrap().encode();
+        let issued = ChuidIssuance::classify(Some(&ours));
+        assert!(issued.is_issued() && issued.chuid().is_some_and(|c| c.guid == GUID));
+        let garbage = ChuidIssuance::classify(Some(&h("53 03 01 02 03")));
+        assert!(matches!(garbage, ChuidIssuance::Undecodable(_)) && garbage.is_issued());
+        assert!(garbage.chuid().is_none());
     }
 
     fn chuid_from(elements: &[(u32, &[u8])]) -> Vec<u8> {

@@ -143,6 +143,22 @@ mod pcsc_impl {
             })
         }
 
+        /// Connects to the reader named exactly `name` (as [`reader_states`] and
+        /// [`list_readers`] report it).
+        pub fn connect_exact(name: &str) -> Result<Self, TransportError> {
+            let (ctx, readers) = context_and_readers()?;
+            let reader = readers
+                .into_iter()
+                .find(|r| r.to_string_lossy() == name)
+                .ok_or_else(|| TransportError::NoReader(name.to_owned()))?;
+            let card = ctx.connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY).map_err(err)?;
+            Ok(Self {
+                card,
+                reader: reader.to_string_lossy().into_owned(),
+                buf: vec![0; pcsc::MAX_BUFFER_SIZE_EXTENDED],
+            })
+        }
+
         pub fn reader(&self) -> &str {
             &self.reader
         }

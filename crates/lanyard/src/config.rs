@@ -135,6 +135,9 @@ const OTHER_ENV: &[&str] = &[
     "LANYARD_CONFIG",
     "LANYARD_CLI_CONFIG",
     "LANYARD_PASSWORD",
+    "LANYARD_AGENT_SERVER",
+    "LANYARD_AGENT_ORIGIN",
+    "LANYARD_NEW_PIN",
 ];
 
 impl Config {

@@ -1,6 +1,7 @@
 //! `lanyard`: one binary for the whole credential management system.
 
 mod admin_cmd;
+mod agent_cmd;
 mod bench;
 mod config;
 mod piv_cmd;
@@ -56,6 +57,10 @@ enum Commands {
     /// release.
     #[command(subcommand)]
     Cert(admin_cmd::CertCommand),
+    /// The workstation agent: lists cards in PC/SC readers and relays server-driven issuance
+    /// (docs/agent.md).
+    #[command(subcommand)]
+    Agent(agent_cmd::AgentCommand),
     /// Measure card operations through PC/SC (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -118,6 +123,7 @@ fn main() -> std::process::ExitCode {
         Commands::Vcard(c) => vcard_cmd::run(c),
         Commands::Piv(c) => piv_cmd::run(c),
         Commands::Bench(c) => bench::run(c),
+        Commands::Agent(c) => agent_cmd::run(c),
         Commands::Login(a) => admin_cmd::login(a),
         Commands::User(c) => admin_cmd::user(c),
         Commands::Device(c) => admin_cmd::device(c),

@@ -455,3 +455,24 @@ fn the_ca_key_algorithm_comes_from_the_configuration() {
         }
     }
 }
+
+/// The agent refuses plain WebSockets to another host, and a listener off loopback, before it
+/// touches a reader or a socket.
+#[test]
+fn agent_refuses_unsafe_settings() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lanyard")).args(args).env_remove("LANYARD_NEW_PIN").output().unwrap()
+    };
+    let out =
+        run(&["agent", "issue", "--server", "http://lanyard.example", "--ticket", "t", "--reader", "r"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("only allowed to a loopback address"), "{}", text(&out));
+    let out = run(&["agent", "serve", "--origin", "https://portal.example", "--listen", "0.0.0.0:7180"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("loopback address only"), "{}", text(&out));
+    let out = run(&["agent", "serve", "--origin", "https://portal.example/path", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("scheme and host"), "{}", text(&out));
+    let out = run(&["agent", "issue", "--server", "https://x.example", "--reader", "r"]);
+    assert!(!out.status.success(), "a ticket is required");
+}

@@ -478,3 +478,141 @@ fn restart_pcscd() {
     assert!(status.success(), "pcscd did not start");
     wait_until("pcscd socket", || Path::new("/run/pcscd/pcscd.comm").exists());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The agent through pcscd
+// ---------------------------------------------------------------------------------------------
+
+/// One WebSocket connection on 127.0.0.1 playing the server's side of the agent protocol.
+fn agent_server<R: Send + 'static>(
+    script: impl FnOnce(&mut tungstenite::WebSocket<std::net::TcpStream>) -> R + Send + 'static,
+) -> (String, std::thread::JoinHandle<R>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut ws = tungstenite::accept(tcp).unwrap();
+        let hello = ws_recv(&mut ws);
+        assert_eq!(hello["type"], "hello", "{hello}");
+        assert_eq!(hello["reader"], READER0);
+        let r = script(&mut ws);
+        while ws.read().is_ok() {}
+        r
+    });
+    (url, handle)
+}
+
+fn ws_recv(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> serde_json::Value {
+    loop {
+        match ws.read().unwrap() {
+            tungstenite::Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn ws_send(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: serde_json::Value) {
+    ws.send(tungstenite::Message::text(v.to_string())).unwrap();
+}
+
+fn apdu_hex(c: &lanyard_piv::apdu::Command) -> String {
+    hex::encode(c.to_bytes().unwrap())
+}
+
+/// `lanyard agent readers` judges a factory card compatible; `lanyard agent issue` relays a
+/// session through pcscd and sets the new PIN on the card itself.
+#[test]
+fn agent_lists_the_card_and_relays_a_session() {
+    use lanyard_piv::commands;
+    let cards = Cards::plug(1);
+    let out = Command::new(lanyard()).args(["agent", "readers", "--output", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = list.as_array().unwrap().iter().find(|r| r["reader"] == READER0).expect("reader 0 listed");
+    assert_eq!(ours["card"]["compatibility"]["verdict"], "compatible", "{ours}");
+    assert_eq!(ours["card"]["serial"], cards.serials[0]);
+    assert_eq!(ours["card"]["yubikey_version"], "5.7.2");
+
+    let (url, server) = agent_server(|ws| {
+        let batch = [apdu_hex(&commands::select()), apdu_hex(&commands::get_serial())];
+        ws_send(
+            ws,
+            serde_json::json!({"type": "transmit", "seq": 1, "step": "detect", "done": 0, "total": 2, "apdus": batch}),
+        );
+        let r = ws_recv(ws);
+        ws_send(
+            ws,
+            serde_json::json!({"type": "change_pin", "seq": 2, "old_pin": "123456",
+            "rules": {"min_len": 6, "max_len": 8, "forbid_trivial": true}}),
+        );
+        let pin = ws_recv(ws);
+        ws_send(
+            ws,
+            serde_json::json!({"type": "done", "device": "0b6f3a2e-5d4c-4e3b-9a1f-2c7d8e9f0a1b", "state": "active"}),
+        );
+        (r, pin)
+    });
+    let out = Command::new(lanyard())
+        .args(["agent", "issue", "--server", &url, "--ticket", "t1", "--reader", READER0])
+        .env("LANYARD_NEW_PIN", "97531864")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (responses, pin) = server.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[0/2] detect") && stdout.contains("PIN: changed"), "{stdout}");
+    let serial = hex::decode(responses["responses"][1].as_str().unwrap()).unwrap();
+    assert_eq!(serial[..4], cards.serials[0].to_be_bytes());
+    assert_eq!(pin, serde_json::json!({"type": "pin_changed", "seq": 2, "sw": "9000"}));
+    ypt(&["-a", "verify-pin", "-P", "97531864"]);
+    ypt_fails(&["-a", "verify-pin", "-P", "123456"]);
+}
+
+/// A card pulled between two batches: the agent sees it in the reader state, sends no APDU to
+/// the leaving card, tells the server, and ends the session.
+#[test]
+fn agent_stops_when_the_card_is_pulled() {
+    use lanyard_piv::commands;
+    let cards = Cards::plug(1);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+    let (url, server) = agent_server(move |ws| {
+        let batch = [apdu_hex(&commands::select())];
+        ws_send(
+            ws,
+            serde_json::json!({"type": "transmit", "seq": 1, "step": "detect", "done": 0, "total": 2, "apdus": batch}),
+        );
+        let first = ws_recv(ws);
+        assert_eq!(first["type"], "responses");
+        tx.send(()).unwrap();
+        back_rx.recv().unwrap();
+        ws_send(
+            ws,
+            serde_json::json!({"type": "transmit", "seq": 2, "step": "detect", "done": 1, "total": 2, "apdus": batch}),
+        );
+        ws_recv(ws)
+    });
+    let puller = std::thread::scope(|s| {
+        let cards = &cards;
+        let h = s.spawn(move || {
+            rx.recv().unwrap();
+            cards.control("remove");
+            wait_until("card 0 removed", || !card_present(READER0));
+            back_tx.send(()).unwrap();
+        });
+        let opts = lanyard_agent::relay::SessionOptions::new(url, "t2", READER0);
+        let r =
+            lanyard_agent::relay::run_session(&opts, &mut lanyard_agent::relay::SkipPinChange, &mut |_| {});
+        h.join().unwrap();
+        r
+    });
+    let answer = server.join().unwrap();
+    assert_eq!(answer, serde_json::json!({"type": "error", "seq": 2, "message": "card removed"}));
+    assert!(matches!(puller, Err(lanyard_agent::AgentError::CardRemoved)), "{puller:?}");
+    // vpcd still takes cards afterwards.
+    cards.control("insert");
+    wait_until("card 0 back", || serial_in(READER0) == Some(cards.serials[0]));
+}

@@ -1,0 +1,155 @@
+//! Which cards sit in which readers, and whether Lanyard can issue them.
+//!
+//! Identification only reads: SELECT, GET VERSION, GET SERIAL and GET DATA CHUID. It never
+//! authenticates, so listing cards costs no PIN or management-key tries.
+
+use lanyard_piv::apdu::StatusWord;
+use lanyard_piv::objects::ChuidIssuance;
+use lanyard_piv::transport::{PcscTransport, reader_states};
+use lanyard_piv::{CardTransport, Piv, PivError, TransportError};
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+
+/// Oldest YubiKey firmware the personalization engine drives: 4.x brought the PIV extensions it
+/// needs (GET SERIAL, SET PIN RETRIES, ATTEST from 4.3); the NEO's 3.x applet lacks them.
+pub const MIN_YUBIKEY_MAJOR: u8 = 4;
+
+/// One PC/SC reader and what is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderInfo {
+    pub reader: String,
+    pub card_present: bool,
+    /// The card's answer-to-reset, hex; empty without a card.
+    pub atr: String,
+    /// What identification found; `None` without a card.
+    pub card: Option<CardInfo>,
+}
+
+/// What a short, read-only session with a card found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardInfo {
+    /// The card answered SELECT PIV.
+    pub piv: bool,
+    /// YubiKey firmware (GET VERSION), e.g. `"5.7.2"`; `None` on other PIV cards.
+    pub yubikey_version: Option<String>,
+    /// YubiKey serial number (GET SERIAL), when the card tells.
+    pub serial: Option<u32>,
+    /// The CHUID's card GUID, hex, when the card has a CHUID that decodes.
+    pub chuid_guid: Option<String>,
+    /// The card carries a CHUID that is not the factory template (the engine's rule,
+    /// [`ChuidIssuance`]).
+    pub issued: bool,
+    pub compatibility: Compatibility,
+}
+
+/// Whether Lanyard can issue the card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Compatibility {
+    /// A YubiKey PIV applet the engine can personalize, not issued yet.
+    Compatible,
+    /// A compatible card that has been issued already (by Lanyard or anyone else).
+    AlreadyIssued,
+    /// The engine refuses this card.
+    Unsupported { reason: String },
+    /// The card could not be read: another program holds it, or it went away mid-session.
+    Unreadable { reason: String },
+}
+
+/// Every PC/SC reader with its card, identified. No readers is an empty list; pcscd being
+/// unreachable is [`AgentError::Pcsc`].
+pub fn list_cards() -> Result<Vec<ReaderInfo>, AgentError> {
+    let states = reader_states().map_err(AgentError::Pcsc)?;
+    let mut out = Vec::with_capacity(states.len());
+    for state in states {
+        let card = if !state.card_present {
+            None
+        } else if state.exclusive {
+            Some(unreadable("another program holds the card exclusively"))
+        } else {
+            // `card_present` already excludes a card being removed (no APDU to a card that is
+            // leaving: pcscd's reset of it would fail).
+            Some(match PcscTransport::connect_exact(&state.name) {
+                Ok(t) => identify(t),
+                Err(e) => unreadable(&e.to_string()),
+            })
+        };
+        out.push(ReaderInfo {
+            reader: state.name,
+            card_present: state.card_present,
+            atr: hex::encode_upper(&state.atr),
+            card,
+        });
+    }
+    Ok(out)
+}
+
+fn unreadable(reason: &str) -> CardInfo {
+    CardInfo {
+        piv: false,
+        yubikey_version: None,
+        serial: None,
+        chuid_guid: None,
+        issued: false,
+        compatibility: Compatibility::Unreadable { reason: reason.to_owned() },
+    }
+}
+
+fn not_yubikey(sw: Option<StatusWord>) -> bool {
+    matches!(sw, Some(StatusWord::InsNotSupported | StatusWord::FunctionNotSupported))
+}
+
+/// Identifies the card behind `transport` with read-only commands.
+pub fn identify<T: CardTransport>(transport: T) -> CardInfo {
+    let mut piv = Piv::new(transport);
+    let mut info = unreadable("");
+    let gone = |e: &PivError| matches!(e, PivError::Transport(TransportError::CardGone));
+    match piv.select() {
+        Ok(_) => info.piv = true,
+        Err(e) if gone(&e) || matches!(e, PivError::Transport(_)) => {
+            info.compatibility = Compatibility::Unreadable { reason: e.to_string() };
+            return info;
+        }
+        Err(e) => {
+            info.compatibility = Compatibility::Unsupported { reason: format!("no PIV application ({e})") };
+            return info;
+        }
+    }
+    let version = match piv.get_version() {
+        Ok(v) => Some(v),
+        Err(e) if not_yubikey(e.status()) => None,
+        Err(e) => {
+            info.compatibility = Compatibility::Unreadable { reason: format!("GET VERSION: {e}") };
+            return info;
+        }
+    };
+    info.yubikey_version = version.map(|v| v.to_string());
+    if version.is_some() {
+        info.serial = piv.get_serial().ok();
+    }
+    match piv.try_get_data(lanyard_piv::tag::CHUID) {
+        Ok(object) => {
+            let chuid = ChuidIssuance::classify(object.as_deref());
+            info.chuid_guid = chuid.chuid().map(|c| hex::encode(c.guid));
+            info.issued = chuid.is_issued();
+        }
+        Err(e) if gone(&e) => {
+            info.compatibility = Compatibility::Unreadable { reason: e.to_string() };
+            return info;
+        }
+        // A card that will not show its CHUID (an access rule someone set) counts as issued.
+        Err(_) => info.issued = true,
+    }
+    info.compatibility = match version {
+        None => Compatibility::Unsupported {
+            reason: "not a YubiKey: management key rotation on other PIV cards is not implemented".into(),
+        },
+        Some(v) if v.0 < MIN_YUBIKEY_MAJOR => Compatibility::Unsupported {
+            reason: format!("YubiKey firmware {v} lacks the PIV extensions issuance needs (4.0 or later)"),
+        },
+        Some(_) if info.issued => Compatibility::AlreadyIssued,
+        Some(_) => Compatibility::Compatible,
+    };
+    info
+}

@@ -1,0 +1,740 @@
+//! A server-driven card session (DESIGN §4, `docs/agent.md`).
+//!
+//! The agent opens a WebSocket to the server with a one-time ticket, introduces the card, then
+//! does what each frame says: send a batch of APDUs and return the answers, or change the PIN
+//! with a new PIN it obtains locally. [`Relay`] handles one frame at a time and owns the card;
+//! [`run_session_with`] is the socket loop around it.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_core::model::{PinRuleError, PinRules};
+use lanyard_piv::apdu::Command;
+use lanyard_piv::transport::{PcscTransport, reader_states};
+use lanyard_piv::{ApduHandler, CardTransport, InProcess, Piv, PivError, TransportError, commands};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::{Deserialize, Serialize};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::{AGENT_NAME, AgentError};
+
+/// Path of the agent channel below the server's base URL.
+pub const CONNECT_PATH: &str = "/api/v1/agent/connect";
+/// Header that carries the one-time ticket.
+pub const TICKET_HEADER: &str = "x-lanyard-ticket";
+/// Most commands one `transmit` frame may carry; the engine's largest batch has about 30.
+pub const MAX_BATCH: usize = 256;
+/// Largest frame accepted from the server. A batch of PUT DATA for four certificates is far
+/// below this.
+pub const MAX_FRAME: usize = 1 << 20;
+/// How many times a [`PinSource`] may offer a PIN that breaks the rules before the agent gives up.
+pub const PIN_ATTEMPTS: usize = 3;
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct SessionOptions {
+    /// The server's base URL: `https://host[:port][/prefix]` (`wss://` also accepted). `http://`
+    /// and `ws://` only to a loopback host.
+    pub server: String,
+    /// The one-time agent ticket the server gave with the job.
+    pub ticket: Zeroizing<String>,
+    /// The PC/SC reader name, exactly as [`crate::cards::list_cards`] reports it.
+    pub reader: String,
+    /// PEM trust anchors for the server's certificate (Lanyard's own root); `None` trusts the
+    /// system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    pub connect_timeout: Duration,
+    /// How long to wait for the server's next frame.
+    pub read_timeout: Duration,
+}
+
+impl SessionOptions {
+    pub fn new(server: impl Into<String>, ticket: impl Into<String>, reader: impl Into<String>) -> Self {
+        Self {
+            server: server.into(),
+            ticket: Zeroizing::new(ticket.into()),
+            reader: reader.into(),
+            ca_pem: None,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionOptions")
+            .field("server", &self.server)
+            .field("ticket", &"<redacted>")
+            .field("reader", &self.reader)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .finish()
+    }
+}
+
+/// What the session has got to, for a progress display.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Progress {
+    /// The WebSocket is open and the card introduced.
+    Connected,
+    /// A batch of APDUs for `step` is going to the card; `done` of `total` steps are complete.
+    Step {
+        step: String,
+        done: u32,
+        total: u32,
+    },
+    /// The server asks for the definitive PIN.
+    PinRequested,
+    PinChanged,
+    PinChangeSkipped,
+}
+
+/// The device's state when the server ended the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Active,
+    Pending,
+}
+
+/// What happened to the PIN during the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "pin", content = "reason", rename_all = "snake_case")]
+pub enum PinOutcome {
+    /// The server did not ask.
+    NotAsked,
+    Changed,
+    Skipped,
+    /// The change failed; the reason went to the server too.
+    Failed(String),
+}
+
+/// A session that ended with the server's `done`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub device: String,
+    pub state: DeviceState,
+    pub pin: PinOutcome,
+}
+
+/// Where the definitive PIN comes from: a prompt, a file or variable for scripts, later the
+/// portal over loopback.
+pub trait PinSource {
+    /// The new PIN, or `None` to keep the initial PIN (the device stays Pending). `rejected` says
+    /// why the previous answer broke `rules`; a source that cannot ask again returns an error.
+    fn new_pin(
+        &mut self,
+        rules: &PinRules,
+        rejected: Option<&PinRuleError>,
+    ) -> Result<Option<Zeroizing<String>>, AgentError>;
+}
+
+/// A PIN fixed in advance (from `LANYARD_NEW_PIN` or a file).
+pub struct FixedPin(pub Zeroizing<String>);
+
+impl PinSource for FixedPin {
+    fn new_pin(
+        &mut self,
+        _rules: &PinRules,
+        rejected: Option<&PinRuleError>,
+    ) -> Result<Option<Zeroizing<String>>, AgentError> {
+        match rejected {
+            Some(e) => Err(AgentError::Pin(e.to_string())),
+            None => Ok(Some(self.0.clone())),
+        }
+    }
+}
+
+/// Declines every PIN change.
+pub struct SkipPinChange;
+
+impl PinSource for SkipPinChange {
+    fn new_pin(
+        &mut self,
+        _rules: &PinRules,
+        _rejected: Option<&PinRuleError>,
+    ) -> Result<Option<Zeroizing<String>>, AgentError> {
+        Ok(None)
+    }
+}
+
+/// A card transport that can tell whether its card is still there. The relay asks before every
+/// batch: an APDU sent to a card that is being pulled makes pcscd's reset of it fail.
+pub trait SessionCard: CardTransport {
+    fn still_present(&mut self) -> bool;
+}
+
+impl<T: SessionCard + ?Sized> SessionCard for &mut T {
+    fn still_present(&mut self) -> bool {
+        (**self).still_present()
+    }
+}
+
+impl<H: ApduHandler> SessionCard for InProcess<H> {
+    fn still_present(&mut self) -> bool {
+        true
+    }
+}
+
+/// A card in a PC/SC reader whose presence is read from pcscd's reader state.
+#[derive(Debug)]
+pub struct PcscCard {
+    transport: PcscTransport,
+}
+
+impl PcscCard {
+    /// Connects to the card in the reader named exactly `reader`, if pcscd sees one there.
+    pub fn connect(reader: &str) -> Result<Self, AgentError> {
+        let fail = |source| AgentError::Reader { reader: reader.to_owned(), source };
+        let present = reader_states()
+            .map_err(AgentError::Pcsc)?
+            .into_iter()
+            .find(|s| s.name == reader)
+            .ok_or_else(|| fail(TransportError::NoReader(reader.to_owned())))?
+            .card_present;
+        if !present {
+            return Err(fail(TransportError::CardGone));
+        }
+        Ok(Self { transport: PcscTransport::connect_exact(reader).map_err(fail)? })
+    }
+
+    pub fn atr(&self) -> Result<Vec<u8>, AgentError> {
+        self.transport
+            .atr()
+            .map_err(|source| AgentError::Reader { reader: self.transport.reader().to_owned(), source })
+    }
+}
+
+impl CardTransport for PcscCard {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.transport.transmit(apdu)
+    }
+}
+
+impl SessionCard for PcscCard {
+    fn still_present(&mut self) -> bool {
+        let name = self.transport.reader();
+        reader_states().is_ok_and(|states| states.iter().any(|s| s.name == name && s.card_present))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------------------------
+
+/// Frames from the server.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerFrame {
+    Transmit { seq: u64, step: String, done: u32, total: u32, apdus: Vec<String> },
+    ChangePin { seq: u64, old_pin: Zeroizing<String>, rules: PinRules },
+    Done { device: String, state: DeviceState },
+    Error { message: String },
+}
+
+/// Frames to the server.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AgentFrame<'a> {
+    Hello {
+        agent: &'a str,
+        reader: &'a str,
+        atr: String,
+    },
+    Responses {
+        seq: u64,
+        responses: Vec<String>,
+    },
+    PinChanged {
+        seq: u64,
+        sw: String,
+    },
+    PinChangeSkipped {
+        seq: u64,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        message: String,
+    },
+}
+
+impl AgentFrame<'_> {
+    fn to_text(&self) -> String {
+        // A tagged enum of strings and integers always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn error_frame(seq: Option<u64>, message: &str) -> String {
+    AgentFrame::Error { seq, message: message.to_owned() }.to_text()
+}
+
+/// The first frame of a session.
+pub fn hello_frame(reader: &str, atr: &[u8]) -> String {
+    AgentFrame::Hello { agent: AGENT_NAME, reader, atr: hex::encode_upper(atr) }.to_text()
+}
+
+/// What the socket loop does after a frame.
+#[derive(Debug)]
+pub enum Next {
+    /// Send this frame and wait for the next one.
+    Send(String),
+    /// Send this frame (if any), close the connection and end the session with the error.
+    Fail(Option<String>, AgentError),
+    /// The server said `done`: close and return this.
+    Finish(Outcome),
+}
+
+/// The card side of a session: answers the server's frames one at a time.
+pub struct Relay<C: SessionCard> {
+    piv: Piv<C>,
+    removed: bool,
+    pin: PinOutcome,
+}
+
+impl<C: SessionCard> Relay<C> {
+    pub fn new(card: C) -> Self {
+        Self { piv: Piv::new(card), removed: false, pin: PinOutcome::NotAsked }
+    }
+
+    /// The card, for inspection after the session.
+    pub fn into_card(self) -> C {
+        self.piv.into_transport()
+    }
+
+    /// Handles one text frame from the server.
+    pub fn on_text(
+        &mut self,
+        text: &str,
+        pins: &mut dyn PinSource,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Next {
+        let frame = match serde_json::from_str::<ServerFrame>(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let seq = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64));
+                let message = format!("unintelligible frame: {e}");
+                return Next::Fail(Some(error_frame(seq, &message)), AgentError::Protocol(message));
+            }
+        };
+        match frame {
+            ServerFrame::Transmit { seq, step, done, total, apdus } => {
+                progress(&Progress::Step { step, done, total });
+                self.transmit(seq, &apdus)
+            }
+            ServerFrame::ChangePin { seq, old_pin, rules } => {
+                progress(&Progress::PinRequested);
+                self.change_pin(seq, &old_pin, &rules, pins, progress)
+            }
+            ServerFrame::Done { device, state } => {
+                Next::Finish(Outcome { device, state, pin: self.pin.clone() })
+            }
+            ServerFrame::Error { message } => Next::Fail(None, AgentError::Server(message)),
+        }
+    }
+
+    fn removed(&mut self, seq: u64) -> Next {
+        self.removed = true;
+        Next::Fail(Some(error_frame(Some(seq), "card removed")), AgentError::CardRemoved)
+    }
+
+    /// The card went away or the reader failed: nothing more goes to this card.
+    fn card_failed(&mut self, seq: u64, e: PivError) -> Next {
+        match e {
+            PivError::Transport(TransportError::CardGone) => self.removed(seq),
+            PivError::Transport(t) => {
+                self.removed = true;
+                let message = format!("reader error: {t}");
+                Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Card(message))
+            }
+            other => {
+                let message = format!("card: {other}");
+                Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Card(message))
+            }
+        }
+    }
+
+    fn ready(&mut self) -> bool {
+        !self.removed && self.piv.transport_mut().still_present()
+    }
+
+    fn transmit(&mut self, seq: u64, apdus: &[String]) -> Next {
+        if apdus.len() > MAX_BATCH {
+            let message = format!("a batch of {} commands is more than the {MAX_BATCH} allowed", apdus.len());
+            return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
+        }
+        let mut commands = Vec::with_capacity(apdus.len());
+        for (i, text) in apdus.iter().enumerate() {
+            let parsed = hex::decode(text)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| Command::parse(&raw).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(c) => commands.push(c),
+                Err(e) => {
+                    let message = format!("command {i} of batch {seq} is not an APDU: {e}");
+                    return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
+                }
+            }
+        }
+        if !self.ready() {
+            return self.removed(seq);
+        }
+        let mut responses = Vec::with_capacity(commands.len());
+        for mut command in commands {
+            let result = self.piv.exchange(&command);
+            // Commands carry PINs, PUKs and keys.
+            command.data.zeroize();
+            match result {
+                Ok(resp) => {
+                    let stop = !resp.sw.is_success();
+                    responses.push(hex::encode_upper(resp.to_bytes()));
+                    if stop {
+                        break;
+                    }
+                }
+                Err(e) => return self.card_failed(seq, e),
+            }
+        }
+        Next::Send(AgentFrame::Responses { seq, responses }.to_text())
+    }
+
+    fn change_pin(
+        &mut self,
+        seq: u64,
+        old_pin: &str,
+        rules: &PinRules,
+        pins: &mut dyn PinSource,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Next {
+        let mut rejected = None;
+        let mut new_pin = None;
+        for _ in 0..PIN_ATTEMPTS {
+            match pins.new_pin(rules, rejected.as_ref()) {
+                Ok(None) => {
+                    self.pin = PinOutcome::Skipped;
+                    progress(&Progress::PinChangeSkipped);
+                    return Next::Send(AgentFrame::PinChangeSkipped { seq }.to_text());
+                }
+                Ok(Some(pin)) => match rules.check(&pin) {
+                    Ok(()) => {
+                        new_pin = Some(pin);
+                        break;
+                    }
+                    Err(e) => rejected = Some(e),
+                },
+                Err(e) => return self.pin_failed(seq, e.to_string()),
+            }
+        }
+        let Some(new_pin) = new_pin else {
+            let reason = rejected.map(|e| e.to_string()).unwrap_or_default();
+            return self.pin_failed(seq, format!("new PIN refused: {reason}"));
+        };
+        let mut command = match commands::change_reference(false, old_pin.as_bytes(), new_pin.as_bytes()) {
+            Ok(c) => c,
+            Err(e) => return self.pin_failed(seq, format!("cannot build CHANGE REFERENCE DATA: {e}")),
+        };
+        if !self.ready() {
+            return self.removed(seq);
+        }
+        let result = self.piv.exchange(&command);
+        command.data.zeroize();
+        match result {
+            Ok(resp) if resp.sw.is_success() => {
+                self.pin = PinOutcome::Changed;
+                progress(&Progress::PinChanged);
+                Next::Send(AgentFrame::PinChanged { seq, sw: format!("{:04X}", resp.sw.to_u16()) }.to_text())
+            }
+            Ok(resp) => self.pin_failed(seq, format!("the card refused CHANGE REFERENCE DATA: {}", resp.sw)),
+            Err(e) => self.card_failed(seq, e),
+        }
+    }
+
+    /// A PIN change that did not happen; the session goes on and the server decides.
+    fn pin_failed(&mut self, seq: u64, message: String) -> Next {
+        let frame = error_frame(Some(seq), &message);
+        self.pin = PinOutcome::Failed(message);
+        Next::Send(frame)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection
+// ---------------------------------------------------------------------------------------------
+
+/// A parsed server URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub tls: bool,
+    /// Host name or IP address, without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+    /// The WebSocket URL of the agent channel.
+    pub url: String,
+}
+
+/// Parses a server base URL. Plain `http://`/`ws://` is allowed only to a loopback host, the same
+/// rule as the admin commands.
+pub fn parse_server(server: &str) -> Result<Target, AgentError> {
+    let bad = |reason: &str| AgentError::BadUrl { url: server.to_owned(), reason: reason.to_owned() };
+    let (tls, rest) =
+        if let Some(r) = server.strip_prefix("https://").or_else(|| server.strip_prefix("wss://")) {
+            (true, r)
+        } else if let Some(r) = server.strip_prefix("http://").or_else(|| server.strip_prefix("ws://")) {
+            (false, r)
+        } else {
+            return Err(bad("must start with https:// (or wss://)"));
+        };
+    if rest.contains(['?', '#']) {
+        return Err(bad("must not carry a query or fragment"));
+    }
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad("needs a host, without user information"));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed IPv6 bracket"))?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(bad("needs a host"));
+    }
+    let port = match port {
+        Some(p) => p.parse::<u16>().map_err(|_| bad("port is not a number from 0 to 65535"))?,
+        None if tls => 443,
+        None => 80,
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !tls && !loopback {
+        return Err(bad("plain http:// or ws:// is only allowed to a loopback address; use https://"));
+    }
+    let path = path.trim_end_matches('/');
+    let url = format!("{}://{authority}{path}{CONNECT_PATH}", if tls { "wss" } else { "ws" });
+    Ok(Target { tls, host: host.to_owned(), port, url })
+}
+
+/// A TCP connection, with TLS or (loopback only) without.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// TLS client settings: the given PEM anchors, or the system's roots; aws-lc-rs, like the rest
+/// of Lanyard.
+pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, AgentError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| AgentError::CaCert(format!("not PEM certificates: {e}")))?;
+                roots.add(cert).map_err(|e| AgentError::CaCert(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(AgentError::CaCert("no certificate in the PEM".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(AgentError::CaCert(
+                    "no system trust anchors found; pass the server's CA certificate".into(),
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AgentError::Tls { host: String::new(), reason: e.to_string() })?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Opens the agent channel: TCP, TLS (handshake completed here, so a certificate problem is
+/// reported as such), then the WebSocket upgrade with the ticket.
+pub fn connect(opts: &SessionOptions) -> Result<WebSocket<Stream>, AgentError> {
+    let target = parse_server(&opts.server)?;
+    let tls_config = if target.tls { Some(tls_config(opts.ca_pem.as_deref())?) } else { None };
+    let addr = format!("{}:{}", target.host, target.port);
+    let connect_err = |source| AgentError::Connect { addr: addr.clone(), source };
+    let mut last = None;
+    let mut tcp = None;
+    for sa in (target.host.as_str(), target.port).to_socket_addrs().map_err(connect_err)? {
+        match TcpStream::connect_timeout(&sa, opts.connect_timeout) {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| {
+        connect_err(last.unwrap_or_else(|| std::io::Error::other("the host name resolves to no address")))
+    })?;
+    tcp.set_read_timeout(Some(opts.read_timeout)).map_err(connect_err)?;
+    tcp.set_write_timeout(Some(opts.read_timeout)).map_err(connect_err)?;
+    let _ = tcp.set_nodelay(true);
+    let stream = if let Some(config) = tls_config {
+        let tls_err = |reason: String| AgentError::Tls { host: target.host.clone(), reason };
+        let name = ServerName::try_from(target.host.clone()).map_err(|e| tls_err(e.to_string()))?;
+        let conn =
+            rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| tls_err(e.to_string()))?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).map_err(|e| tls_err(e.to_string()))?;
+        }
+        Stream::Tls(Box::new(tls))
+    } else {
+        Stream::Plain(tcp)
+    };
+    let mut request = target
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| AgentError::BadUrl { url: opts.server.clone(), reason: e.to_string() })?;
+    let mut ticket = tungstenite::http::HeaderValue::from_str(&opts.ticket)
+        .map_err(|_| AgentError::Protocol("the ticket contains characters a header cannot carry".into()))?;
+    ticket.set_sensitive(true);
+    request.headers_mut().insert(TICKET_HEADER, ticket);
+    let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME)).max_frame_size(Some(MAX_FRAME));
+    match tungstenite::client::client_with_config(request, stream, Some(config)) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned())
+                .unwrap_or_default();
+            Err(AgentError::Server(format!(
+                "the server refused the agent channel: HTTP {} {body}",
+                resp.status()
+            )))
+        }
+        Err(e) => Err(AgentError::WebSocket(e.to_string())),
+    }
+}
+
+fn ws_error(e: tungstenite::Error) -> AgentError {
+    match e {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            AgentError::Protocol("the server closed the connection before `done`".into())
+        }
+        tungstenite::Error::Io(io)
+            if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+        {
+            AgentError::Protocol("no frame from the server in time".into())
+        }
+        other => AgentError::WebSocket(other.to_string()),
+    }
+}
+
+/// Closes politely, reading until the server acknowledges (bounded: a server that never answers
+/// costs at most the read timeout).
+fn close<S: Read + Write>(ws: &mut WebSocket<S>) {
+    let _ = ws.close(None);
+    for _ in 0..16 {
+        if ws.read().is_err() {
+            break;
+        }
+    }
+}
+
+/// Runs a session for the card in `opts.reader` through PC/SC.
+pub fn run_session(
+    opts: &SessionOptions,
+    pins: &mut dyn PinSource,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Outcome, AgentError> {
+    // A bad URL or CA file is reported before the card is touched.
+    if parse_server(&opts.server)?.tls {
+        tls_config(opts.ca_pem.as_deref())?;
+    }
+    let card = PcscCard::connect(&opts.reader)?;
+    let atr = card.atr()?;
+    run_session_with(opts, card, &atr, pins, progress)
+}
+
+/// Runs a session with any card: opens the channel, says hello, and relays until the server says
+/// `done` or `error`, or something goes wrong.
+pub fn run_session_with<C: SessionCard>(
+    opts: &SessionOptions,
+    card: C,
+    atr: &[u8],
+    pins: &mut dyn PinSource,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Outcome, AgentError> {
+    let mut ws = connect(opts)?;
+    let mut relay = Relay::new(card);
+    ws.send(Message::text(hello_frame(&opts.reader, atr))).map_err(ws_error)?;
+    progress(&Progress::Connected);
+    loop {
+        let next = match ws.read() {
+            Ok(Message::Text(text)) => relay.on_text(text.as_str(), pins, progress),
+            Ok(Message::Binary(_)) => {
+                let message = "binary frames are not part of the protocol".to_owned();
+                Next::Fail(Some(error_frame(None, &message)), AgentError::Protocol(message))
+            }
+            Ok(Message::Close(_)) => {
+                close(&mut ws);
+                return Err(AgentError::Protocol("the server closed the connection before `done`".into()));
+            }
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+            Err(e) => return Err(ws_error(e)),
+        };
+        match next {
+            Next::Send(frame) => ws.send(Message::text(frame)).map_err(ws_error)?,
+            Next::Fail(frame, error) => {
+                if let Some(frame) = frame {
+                    let _ = ws.send(Message::text(frame));
+                }
+                close(&mut ws);
+                return Err(error);
+            }
+            Next::Finish(outcome) => {
+                close(&mut ws);
+                return Ok(outcome);
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! `lanyard agent …`: the workstation agent (docs/agent.md).
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use lanyard_agent::AgentError;
+use lanyard_agent::cards::{Compatibility, ReaderInfo, list_cards};
+use lanyard_agent::relay::{
+    FixedPin, Outcome, PinOutcome, PinSource, Progress, SessionOptions, SkipPinChange, run_session,
+};
+use lanyard_core::model::{PinRuleError, PinRules};
+use zeroize::Zeroizing;
+
+use crate::piv_cmd::Output;
+
+/// Environment variables the agent reads; `lanyard serve` ignores them.
+pub const ENV_SERVER: &str = "LANYARD_AGENT_SERVER";
+pub const ENV_ORIGIN: &str = "LANYARD_AGENT_ORIGIN";
+pub const ENV_NEW_PIN: &str = "LANYARD_NEW_PIN";
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List PC/SC readers and their cards: ATR, YubiKey version and serial, CHUID, and whether
+    /// Lanyard can issue the card (`compatible`, `already_issued`, `unsupported`, `unreadable`).
+    /// Only reads: no PIN or management-key try is spent.
+    Readers {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Agent version, whether pcscd is reachable, how many readers it sees, and the configured
+    /// server ($LANYARD_AGENT_SERVER) and portal origin ($LANYARD_AGENT_ORIGIN).
+    Status {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Serve the loopback API the portal's pages call (docs/agent.md): list cards, start a
+    /// session, follow it, pass the new PIN. Only requests whose Origin is --origin and whose Host
+    /// is a loopback name are answered.
+    Serve {
+        /// The portal's origin, e.g. https://portal.example [default: $LANYARD_AGENT_ORIGIN].
+        #[arg(long)]
+        origin: Option<String>,
+        /// Loopback address and port to listen on.
+        #[arg(long, default_value = "127.0.0.1:7180")]
+        listen: std::net::SocketAddr,
+    },
+    /// Relay a server-driven issuance to the card in one reader, with a ticket the server gave
+    /// for the job. The new PIN comes from --new-pin-file, $LANYARD_NEW_PIN, or a prompt; it is
+    /// sent to the card only, never to the server.
+    Issue {
+        /// The server's base URL, e.g. https://lanyard.example [default: $LANYARD_AGENT_SERVER].
+        /// http:// only to a loopback address.
+        #[arg(long)]
+        server: Option<String>,
+        /// PEM file with the CA certificate(s) to trust for the server (Lanyard's root).
+        /// Without it, the system's trust anchors.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// The one-time agent ticket.
+        #[arg(long, conflicts_with = "ticket_file", required_unless_present = "ticket_file")]
+        ticket: Option<String>,
+        /// A file holding the ticket (keeps it out of the process list).
+        #[arg(long)]
+        ticket_file: Option<PathBuf>,
+        /// The reader's exact name, as `lanyard agent readers` prints it.
+        #[arg(long)]
+        reader: String,
+        /// A file holding the new PIN (first line).
+        #[arg(long, conflicts_with = "skip_pin_change")]
+        new_pin_file: Option<PathBuf>,
+        /// Keep the initial PIN: the device stays Pending until an operator activates it.
+        #[arg(long)]
+        skip_pin_change: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+pub fn run(cmd: AgentCommand) -> anyhow::Result<()> {
+    match cmd {
+        AgentCommand::Readers { output } => readers(output),
+        AgentCommand::Status { output } => status(output),
+        AgentCommand::Serve { origin, listen } => {
+            let Some(origin) = origin.or_else(|| std::env::var(ENV_ORIGIN).ok()) else {
+                bail!("no portal origin: pass --origin or set {ENV_ORIGIN}");
+            };
+            serve(origin, listen)
+        }
+        AgentCommand::Issue {
+            server,
+            ca_cert,
+            ticket,
+            ticket_file,
+            reader,
+            new_pin_file,
+            skip_pin_change,
+            output,
+        } => {
+            let server = match server.or_else(|| std::env::var(ENV_SERVER).ok()) {
+                Some(s) => s,
+                None => bail!("no server: pass --server or set {ENV_SERVER}"),
+            };
+            let ticket = match (ticket, ticket_file) {
+                (Some(t), _) => Zeroizing::new(t),
+                (None, Some(f)) => first_line(&f).context("reading --ticket-file")?,
+                (None, None) => bail!("pass --ticket or --ticket-file"),
+            };
+            let mut opts = SessionOptions::new(server, String::new(), reader);
+            opts.ticket = ticket;
+            if let Some(f) = ca_cert {
+                opts.ca_pem = Some(std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?);
+            }
+            let mut pins: Box<dyn PinSource> = if skip_pin_change {
+                Box::new(SkipPinChange)
+            } else if let Some(f) = new_pin_file {
+                Box::new(FixedPin(first_line(&f).context("reading --new-pin-file")?))
+            } else if let Ok(pin) = std::env::var(ENV_NEW_PIN) {
+                Box::new(FixedPin(Zeroizing::new(pin)))
+            } else {
+                Box::new(PromptPin)
+            };
+            issue(&opts, pins.as_mut(), output)
+        }
+    }
+}
+
+fn first_line(path: &std::path::Path) -> anyhow::Result<Zeroizing<String>> {
+    let text =
+        Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
+    Ok(Zeroizing::new(text.lines().next().unwrap_or_default().trim().to_owned()))
+}
+
+fn verdict(c: &Compatibility) -> String {
+    match c {
+        Compatibility::Compatible => "compatible".into(),
+        Compatibility::AlreadyIssued => "already issued".into(),
+        Compatibility::Unsupported { reason } => format!("unsupported: {reason}"),
+        Compatibility::Unreadable { reason } => format!("unreadable: {reason}"),
+    }
+}
+
+fn readers(output: Output) -> anyhow::Result<()> {
+    let list = list_cards()?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        Output::Text => {
+            if list.is_empty() {
+                println!("no readers: connect a reader or a YubiKey");
+            }
+            for r in &list {
+                print_reader(r);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_reader(r: &ReaderInfo) {
+    println!("{}", r.reader);
+    let Some(card) = &r.card else {
+        println!("  no card");
+        return;
+    };
+    println!("  ATR       {}", r.atr);
+    if let Some(v) = &card.yubikey_version {
+        println!("  YubiKey   {v}");
+    }
+    if let Some(s) = card.serial {
+        println!("  serial    {s}");
+    }
+    if let Some(g) = &card.chuid_guid {
+        println!("  GUID      {g}");
+    }
+    println!("  verdict   {}", verdict(&card.compatibility));
+}
+
+fn status(output: Output) -> anyhow::Result<()> {
+    let readers = lanyard_piv::transport::reader_states();
+    let server = std::env::var(ENV_SERVER).ok();
+    let origin = std::env::var(ENV_ORIGIN).ok();
+    match output {
+        Output::Json => {
+            let v = serde_json::json!({
+                "agent": lanyard_agent::AGENT_NAME,
+                "pcsc": readers.as_ref().map(|_| "reachable").unwrap_or("unreachable"),
+                "pcsc_error": readers.as_ref().err().map(|e| e.to_string()),
+                "install_hint": readers.as_ref().err().map(|_| lanyard_agent::PCSCD_INSTALL_HINT),
+                "readers": readers.as_ref().ok().map(Vec::len),
+                "cards": readers.as_ref().ok().map(|r| r.iter().filter(|s| s.card_present).count()),
+                "server": server,
+                "portal_origin": origin,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            println!("agent          {}", lanyard_agent::AGENT_NAME);
+            match &readers {
+                Ok(r) => {
+                    println!("PC/SC          reachable");
+                    let cards = r.iter().filter(|s| s.card_present).count();
+                    println!("readers        {} ({cards} with a card)", r.len());
+                }
+                Err(e) => {
+                    println!("PC/SC          unreachable: {e}");
+                    println!("               {}", lanyard_agent::PCSCD_INSTALL_HINT);
+                }
+            }
+            println!("server         {}", server.as_deref().unwrap_or("(not set: LANYARD_AGENT_SERVER)"));
+            println!("portal origin  {}", origin.as_deref().unwrap_or("(not set: LANYARD_AGENT_ORIGIN)"));
+        }
+    }
+    Ok(())
+}
+
+fn serve(origin: String, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    if !listen.ip().is_loopback() {
+        bail!("--listen {listen}: the agent listens on a loopback address only");
+    }
+    if !(origin.starts_with("https://") || origin.starts_with("http://"))
+        || origin.trim_end_matches('/').matches('/').count() != 2
+    {
+        bail!("--origin {origin:?} must be a scheme and host, like https://portal.example");
+    }
+    let state = lanyard_agent::portal::PortalState::new(
+        origin.clone(),
+        std::sync::Arc::new(lanyard_agent::portal::Pcsc),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        println!("agent listening on http://{listen} for {origin}");
+        axum::serve(listener, lanyard_agent::portal::router(state)).await?;
+        Ok(())
+    })
+}
+
+fn issue(opts: &SessionOptions, pins: &mut dyn PinSource, output: Output) -> anyhow::Result<()> {
+    let mut progress = |p: &Progress| match output {
+        Output::Json => {
+            if let Ok(line) = serde_json::to_string(p) {
+                println!("{line}");
+            }
+        }
+        Output::Text => match p {
+            Progress::Connected => println!("connected to the server"),
+            Progress::Step { step, done, total } => println!("[{done}/{total}] {step}"),
+            Progress::PinRequested => println!("set the new PIN"),
+            Progress::PinChanged => println!("PIN changed"),
+            Progress::PinChangeSkipped => println!("PIN change skipped: the device stays pending"),
+        },
+    };
+    let outcome: Outcome = run_session(opts, pins, &mut progress).map_err(|e| match e {
+        AgentError::Pcsc(_) => anyhow::Error::new(e),
+        other => anyhow::anyhow!("issuance failed: {other}"),
+    })?;
+    match output {
+        Output::Json => println!("{}", serde_json::json!({"event": "done", "outcome": outcome})),
+        Output::Text => {
+            let pin = match &outcome.pin {
+                PinOutcome::NotAsked => "not asked".to_owned(),
+                PinOutcome::Changed => "changed".to_owned(),
+                PinOutcome::Skipped => "initial PIN kept".to_owned(),
+                PinOutcome::Failed(why) => format!("not changed ({why})"),
+            };
+            println!("device {} is {:?}; PIN: {pin}", outcome.device, outcome.state);
+        }
+    }
+    Ok(())
+}
+
+/// Asks on the terminal, twice, without echo (through `stty`, so no unsafe code is needed).
+struct PromptPin;
+
+impl PromptPin {
+    fn read(prompt: &str) -> Result<Zeroizing<String>, AgentError> {
+        let io = |e: std::io::Error| AgentError::Pin(format!("cannot read the terminal: {e}"));
+        let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(io)?;
+        let stty = |arg: &str| {
+            std::process::Command::new("stty")
+                .arg(arg)
+                .stdin(tty.try_clone().map_err(io)?)
+                .status()
+                .map_err(io)
+        };
+        let mut out = tty.try_clone().map_err(io)?;
+        write!(out, "{prompt}").map_err(io)?;
+        out.flush().map_err(io)?;
+        let silenced = stty("-echo").is_ok_and(|s| s.success());
+        let mut line = Zeroizing::new(String::new());
+        let read = std::io::BufReader::new(tty.try_clone().map_err(io)?).read_line(&mut line);
+        if silenced {
+            let _ = stty("echo");
+            let _ = writeln!(out);
+        }
+        read.map_err(io)?;
+        Ok(Zeroizing::new(line.trim().to_owned()))
+    }
+}
+
+impl PinSource for PromptPin {
+    fn new_pin(
+        &mut self,
+        rules: &PinRules,
+        rejected: Option<&PinRuleError>,
+    ) -> Result<Option<Zeroizing<String>>, AgentError> {
+        if let Some(why) = rejected {
+            eprintln!("{why}");
+        }
+        let prompt =
+            format!("New PIN ({}-{} digits; empty to keep the initial PIN): ", rules.min_len, rules.max_len);
+        let pin = Self::read(&prompt)?;
+        if pin.is_empty() {
+            return Ok(None);
+        }
+        if *Self::read("Repeat the new PIN: ")? != *pin {
+            return Err(AgentError::Pin("the two PINs differ".into()));
+        }
+        Ok(Some(pin))
+    }
+}
