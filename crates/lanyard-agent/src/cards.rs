@@ -6,7 +6,7 @@
 use lanyard_piv::apdu::StatusWord;
 use lanyard_piv::objects::ChuidIssuance;
 use lanyard_piv::transport::{PcscTransport, reader_states};
-use lanyard_piv::{CardTransport, Piv, PivError, TransportError};
+use lanyard_piv::{CardTransport, Piv, PivError};
 use serde::{Deserialize, Serialize};
 
 use crate::AgentError;
@@ -104,10 +104,11 @@ fn not_yubikey(sw: Option<StatusWord>) -> bool {
 pub fn identify<T: CardTransport>(transport: T) -> CardInfo {
     let mut piv = Piv::new(transport);
     let mut info = unreadable("");
-    let gone = |e: &PivError| matches!(e, PivError::Transport(TransportError::CardGone));
+    // The reader or the card failed, as opposed to the card answering with an error.
+    let io_failed = |e: &PivError| matches!(e, PivError::Transport(_));
     match piv.select() {
         Ok(_) => info.piv = true,
-        Err(e) if gone(&e) || matches!(e, PivError::Transport(_)) => {
+        Err(e) if io_failed(&e) => {
             info.compatibility = Compatibility::Unreadable { reason: e.to_string() };
             return info;
         }
@@ -134,7 +135,7 @@ pub fn identify<T: CardTransport>(transport: T) -> CardInfo {
             info.chuid_guid = chuid.chuid().map(|c| hex::encode(c.guid));
             info.issued = chuid.is_issued();
         }
-        Err(e) if gone(&e) => {
+        Err(e) if io_failed(&e) => {
             info.compatibility = Compatibility::Unreadable { reason: e.to_string() };
             return info;
         }

@@ -91,6 +91,8 @@ impl PinSource for PagePin {
         rules: &PinRules,
         rejected: Option<&PinRuleError>,
     ) -> Result<Option<Zeroizing<String>>, AgentError> {
+        // A PIN posted after an earlier request timed out must not answer this one.
+        *lock(&self.0.pin) = None;
         {
             let mut v = lock(&self.0.view);
             v.status = "pin_needed";
@@ -279,9 +281,17 @@ async fn pin(
     let Some(slot) = find(&state, &id) else {
         return (StatusCode::NOT_FOUND, Json(json!({"error": "no such session"}))).into_response();
     };
-    if lock(&slot.view).status != "pin_needed" {
-        return (StatusCode::CONFLICT, Json(json!({"error": "the session is not waiting for a PIN"})))
-            .into_response();
+    {
+        // Checked and flipped in one step, so a page polling right after sees `running` and
+        // never the stale `pin_needed` of the request it just answered.
+        let mut v = lock(&slot.view);
+        if v.status != "pin_needed" {
+            return (StatusCode::CONFLICT, Json(json!({"error": "the session is not waiting for a PIN"})))
+                .into_response();
+        }
+        v.status = "running";
+        v.pin_rules = None;
+        v.pin_rejected = None;
     }
     *lock(&slot.pin) = Some(req.new_pin);
     slot.pin_ready.notify_all();
