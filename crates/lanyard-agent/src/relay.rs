@@ -102,6 +102,12 @@ pub enum Progress {
 pub enum DeviceState {
     Active,
     Pending,
+    /// A rolled-back issuance.
+    Failed,
+    Suspended,
+    /// Any other state the server names.
+    #[serde(other)]
+    Other,
 }
 
 /// What happened to the PIN during the session.
@@ -235,6 +241,7 @@ impl SessionCard for PcscCard {
 enum ServerFrame {
     Transmit { seq: u64, step: String, done: u32, total: u32, apdus: Vec<String> },
     ChangePin { seq: u64, old_pin: Zeroizing<String>, rules: PinRules },
+    UnblockPin { seq: u64, puk: Zeroizing<String>, rules: PinRules },
     Done { device: String, state: DeviceState },
     Error { message: String },
 }
@@ -334,7 +341,13 @@ impl<C: SessionCard> Relay<C> {
             }
             ServerFrame::ChangePin { seq, old_pin, rules } => {
                 progress(&Progress::PinRequested);
-                self.change_pin(seq, &old_pin, &rules, pins, progress)
+                let build = |new: &[u8]| commands::change_reference(false, old_pin.as_bytes(), new);
+                self.set_pin(seq, "CHANGE REFERENCE DATA", &build, &rules, pins, progress)
+            }
+            ServerFrame::UnblockPin { seq, puk, rules } => {
+                progress(&Progress::PinRequested);
+                let build = |new: &[u8]| commands::unblock_pin(puk.as_bytes(), new);
+                self.set_pin(seq, "RESET RETRY COUNTER", &build, &rules, pins, progress)
             }
             ServerFrame::Done { device, state } => {
                 Next::Finish(Outcome { device, state, pin: self.pin.clone() })
@@ -408,10 +421,14 @@ impl<C: SessionCard> Relay<C> {
         Next::Send(AgentFrame::Responses { seq, responses }.to_text())
     }
 
-    fn change_pin(
+    /// Asks the PIN source for the new PIN, checks it against the rules, and sends the command
+    /// `build` makes of it (CHANGE REFERENCE DATA with the initial PIN, or RESET RETRY COUNTER
+    /// with the PUK) to the card itself.
+    fn set_pin(
         &mut self,
         seq: u64,
-        old_pin: &str,
+        what: &str,
+        build: &dyn Fn(&[u8]) -> Result<Command, PivError>,
         rules: &PinRules,
         pins: &mut dyn PinSource,
         progress: &mut dyn FnMut(&Progress),
@@ -439,9 +456,9 @@ impl<C: SessionCard> Relay<C> {
             let reason = rejected.map(|e| e.to_string()).unwrap_or_default();
             return self.pin_failed(seq, format!("new PIN refused: {reason}"));
         };
-        let mut command = match commands::change_reference(false, old_pin.as_bytes(), new_pin.as_bytes()) {
+        let mut command = match build(new_pin.as_bytes()) {
             Ok(c) => c,
-            Err(e) => return self.pin_failed(seq, format!("cannot build CHANGE REFERENCE DATA: {e}")),
+            Err(e) => return self.pin_failed(seq, format!("cannot build {what}: {e}")),
         };
         if !self.ready() {
             return self.removed(seq);
@@ -454,7 +471,7 @@ impl<C: SessionCard> Relay<C> {
                 progress(&Progress::PinChanged);
                 Next::Send(AgentFrame::PinChanged { seq, sw: format!("{:04X}", resp.sw.to_u16()) }.to_text())
             }
-            Ok(resp) => self.pin_failed(seq, format!("the card refused CHANGE REFERENCE DATA: {}", resp.sw)),
+            Ok(resp) => self.pin_failed(seq, format!("the card refused {what}: {}", resp.sw)),
             Err(e) => self.card_failed(seq, e),
         }
     }

@@ -443,6 +443,12 @@ impl Session {
             Ok(other) => {
                 return Err(SessionError::Protocol(format!("expected the PIN change result, got {other:?}")));
             }
+            // The agent could not set the PIN (rules, the card refused): the card stays Pending
+            // and the agent hears so.
+            Err(SessionError::AgentError(message)) => {
+                tracing::info!(device = %device.id, %message, "no PIN change; the device stays pending");
+                DeviceState::Pending
+            }
             // Personalization is complete and recorded; a lost agent only means no PIN change.
             Err(e) => {
                 tracing::info!(device = %device.id, error = %e, "no PIN change; the device stays pending");

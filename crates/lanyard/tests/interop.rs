@@ -616,3 +616,285 @@ fn agent_stops_when_the_card_is_pulled() {
     cards.control("insert");
     wait_until("card 0 back", || serial_in(READER0) == Some(cards.serials[0]));
 }
+
+/// `lanyard serve` on a fresh data directory for one test, with HTTPS from its own CA, the PKI
+/// endpoints also on plain HTTP, and the virtual cards' attestation root trusted.
+struct Server {
+    child: Child,
+    base: String,
+    pki: String,
+    data: PathBuf,
+    cli_config: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    fn start(cards: &Cards) -> (Server, String) {
+        use std::io::{BufRead, BufReader};
+        let data = PathBuf::from(cards.file("server"));
+        let (port, pki_port) = (free_port(), free_port());
+        let mut child = Command::new(lanyard())
+            .arg("serve")
+            .env("LANYARD_DATA_DIR", &data)
+            .env("LANYARD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("LANYARD_PKI_LISTEN", format!("127.0.0.1:{pki_port}"))
+            .env("LANYARD_PKI_URL", format!("http://127.0.0.1:{pki_port}"))
+            .env("LANYARD_ATTESTATION_ROOTS", cards.root_pem())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut password = None;
+        loop {
+            let line = lines.next().expect("lanyard serve exited before listening").unwrap();
+            if let Some(rest) = line.split("Bootstrap administrator: admin / ").nth(1) {
+                password = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if line.contains("PKI endpoints also on") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let server = Server {
+            child,
+            base: format!("https://127.0.0.1:{port}"),
+            pki: format!("http://127.0.0.1:{pki_port}"),
+            cli_config: data.join("cli.json"),
+            data,
+        };
+        (server, password.expect("a bootstrap password"))
+    }
+
+    fn root(&self) -> String {
+        self.data.join("ca/root.crt").to_string_lossy().into_owned()
+    }
+
+    /// The admin CLI as the logged-in administrator; must succeed; JSON output.
+    fn cli(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(lanyard())
+            .args(args)
+            .args(["--output", "json"])
+            .env("LANYARD_CLI_CONFIG", &self.cli_config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "lanyard {args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out)))
+    }
+
+    /// `lanyard agent issue` at `reader` with `ticket`; `pin`: the new PIN, or skip the change.
+    fn agent(&self, reader: &str, ticket: &str, pin: Option<&str>) -> Output {
+        let mut cmd = Command::new(lanyard());
+        cmd.args(["agent", "issue", "--server", &self.base, "--ca-cert"])
+            .arg(self.root_pem())
+            .args(["--ticket", ticket, "--reader", reader])
+            .stdin(Stdio::null())
+            .env_remove("LANYARD_NEW_PIN");
+        match pin {
+            Some(p) => cmd.env("LANYARD_NEW_PIN", p),
+            None => cmd.arg("--skip-pin-change"),
+        };
+        cmd.output().unwrap()
+    }
+
+    /// The root as PEM (the agent and openssl take PEM).
+    fn root_pem(&self) -> String {
+        let pem = self.data.join("root.pem");
+        if !pem.exists() {
+            ok("openssl", &["x509", "-inform", "DER", "-in", &self.root(), "-out", pem.to_str().unwrap()]);
+        }
+        pem.to_string_lossy().into_owned()
+    }
+
+    /// Issuing CA + root, PEM, for openssl verify and ocsp.
+    fn chain(&self) -> String {
+        let chain = self.data.join("chain.pem");
+        let issuing = self.data.join("ca/issuing.crt");
+        let issuing = ok("openssl", &["x509", "-inform", "DER", "-in", issuing.to_str().unwrap()]);
+        let root = std::fs::read_to_string(self.root_pem()).unwrap();
+        std::fs::write(&chain, format!("{issuing}{root}")).unwrap();
+        chain.to_string_lossy().into_owned()
+    }
+
+    fn ocsp(&self, cert: &str) -> String {
+        let issuing = self.data.join("issuing.pem");
+        ok(
+            "openssl",
+            &[
+                "x509",
+                "-inform",
+                "DER",
+                "-in",
+                self.data.join("ca/issuing.crt").to_str().unwrap(),
+                "-out",
+                issuing.to_str().unwrap(),
+            ],
+        );
+        ok(
+            "openssl",
+            &[
+                "ocsp",
+                "-issuer",
+                issuing.to_str().unwrap(),
+                "-cert",
+                cert,
+                "-url",
+                &format!("{}/pki/ocsp", self.pki),
+                "-CAfile",
+                &self.chain(),
+            ],
+        )
+    }
+}
+
+fn verdicts() -> Vec<(String, String)> {
+    let out = Command::new(lanyard()).args(["agent", "readers", "--output", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reader"] == READER0 || r["reader"] == READER1)
+        .map(|r| {
+            let v = r["card"]["compatibility"]["verdict"].as_str().unwrap_or("no card").to_owned();
+            (r["reader"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
+/// The whole of flow A through real pcscd with two virtual cards, the server and the agent as
+/// separate processes, judged by OpenSC, openssl and yubico-piv-tool.
+#[test]
+fn two_cards_are_issued_end_to_end_and_judged_by_independent_tools() {
+    let cards = Cards::plug(2);
+    let (server, password) = Server::start(&cards);
+    let login = Command::new(lanyard())
+        .args(["login", "--server", &server.base, "--ca-cert", &server.root(), "--username", "admin"])
+        .env("LANYARD_CLI_CONFIG", &server.cli_config)
+        .env("LANYARD_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(login.status.success(), "{}", text(&login));
+    assert_eq!(
+        verdicts(),
+        [(READER0.to_owned(), "compatible".to_owned()), (READER1.to_owned(), "compatible".to_owned())]
+    );
+
+    // Card 1: issued through the API and the agent; the holder sets the PIN.
+    let started = server.cli(&["device", "issue", "--kind", "usb_key", "--model", "Lanyard virtual card"]);
+    let card1 = started["device"]["id"].as_str().unwrap().to_owned();
+    let out = server.agent(READER0, started["ticket"].as_str().unwrap(), Some("97531864"));
+    assert!(out.status.success(), "agent issue: {}", text(&out));
+    assert!(text(&out).contains("PIN: changed"), "{}", text(&out));
+    let list = server.cli(&["device", "list"]);
+    let d1 = list.as_array().unwrap().iter().find(|d| d["id"] == card1.as_str()).unwrap();
+    assert_eq!(d1["state"], "active");
+    assert_eq!(d1["serial"], cards.serials[0].to_string());
+
+    // Card 1 is no longer offered; card 2 still is.
+    assert_eq!(
+        verdicts(),
+        [(READER0.to_owned(), "already_issued".to_owned()), (READER1.to_owned(), "compatible".to_owned())]
+    );
+
+    // OpenSC logs in with the new PIN and signs with 9A; the signature verifies with the key in
+    // the certificate Lanyard issued.
+    let module = pkcs11_module();
+    let module = module.to_str().unwrap();
+    let data = cards.file("data.txt");
+    std::fs::write(&data, b"signed by a Lanyard-issued card").unwrap();
+    let sig = cards.file("sig.der");
+    ok(
+        "pkcs11-tool",
+        &[
+            "--module",
+            module,
+            "--slot-index",
+            "0",
+            "--login",
+            "--pin",
+            "97531864",
+            "--sign",
+            "--id",
+            "01",
+            "-m",
+            "ECDSA-SHA256",
+            "--signature-format",
+            "openssl",
+            "-i",
+            &data,
+            "-o",
+            &sig,
+        ],
+    );
+    let cert_9a = cards.file("9a.pem");
+    let cert_9e = cards.file("9e.pem");
+    ypt(&["-a", "read-certificate", "-s", "9a", "-o", &cert_9a]);
+    ypt(&["-a", "read-certificate", "-s", "9e", "-o", &cert_9e]);
+    let pubkey = cards.file("9a.pub");
+    ok("openssl", &["x509", "-in", &cert_9a, "-pubkey", "-noout", "-out", &pubkey]);
+    let out = ok("openssl", &["dgst", "-sha256", "-verify", &pubkey, "-signature", &sig, &data]);
+    assert!(out.contains("Verified OK"), "{out}");
+
+    // Both certificates chain to Lanyard's CA, and OCSP says good.
+    let chain = server.chain();
+    for cert in [&cert_9a, &cert_9e] {
+        let out = ok("openssl", &["verify", "-CAfile", &chain, cert]);
+        assert!(out.contains(": OK"), "{out}");
+        assert!(server.ocsp(cert).contains(": good"), "{cert}");
+    }
+
+    // The factory management key no longer opens the card.
+    let refused = fails("yubico-piv-tool", &["-r", READER0, "-a", "delete-certificate", "-s", "9c"]);
+    assert!(refused.to_lowercase().contains("auth"), "{refused}");
+
+    // Card 2: the holder skips Change PIN; it stays Pending until an operator activates it and
+    // receives the initial PIN, which works on the card.
+    let started = server.cli(&["device", "issue", "--kind", "usb_key", "--model", "Lanyard virtual card"]);
+    let card2 = started["device"]["id"].as_str().unwrap().to_owned();
+    let out = server.agent(READER1, started["ticket"].as_str().unwrap(), None);
+    assert!(out.status.success(), "agent issue: {}", text(&out));
+    let list = server.cli(&["device", "list"]);
+    let d2 = list.as_array().unwrap().iter().find(|d| d["id"] == card2.as_str()).unwrap();
+    assert_eq!(d2["state"], "pending");
+    let activated = server.cli(&["device", "activate", "--device", &card2]);
+    assert_eq!(activated["device"]["state"], "active");
+    let initial = activated["initial_pin"].as_str().unwrap().to_owned();
+    ok("yubico-piv-tool", &["-r", READER1, "-a", "verify-pin", "-P", &initial]);
+
+    // Revoking card 1 shows in OCSP.
+    let revoked = server.cli(&["device", "revoke", "--device", &card1, "--reason", "key_compromise"]);
+    assert_eq!(revoked["state"], "revoked");
+    let out = server.ocsp(&cert_9a);
+    assert!(out.contains(": revoked") && out.contains("keyCompromise"), "{out}");
+
+    // Card 2's PIN is blocked with wrong tries; an operator starts the unlock, the holder types
+    // a new PIN at the agent, and it works.
+    for _ in 0..3 {
+        fails("yubico-piv-tool", &["-r", READER1, "-a", "verify-pin", "-P", "00000000"]);
+    }
+    let blocked = fails("yubico-piv-tool", &["-r", READER1, "-a", "verify-pin", "-P", &initial]);
+    assert!(blocked.to_lowercase().contains("blocked"), "{blocked}");
+    let unlock = server.cli(&["device", "unlock", "--device", &card2]);
+    let out = server.agent(READER1, unlock["ticket"].as_str().unwrap(), Some("24681357"));
+    assert!(out.status.success(), "agent unlock: {}", text(&out));
+    ok("yubico-piv-tool", &["-r", READER1, "-a", "verify-pin", "-P", "24681357"]);
+
+    // And the audit log proves itself.
+    let out = Command::new(lanyard())
+        .args(["audit", "verify"])
+        .env("LANYARD_DATA_DIR", &server.data)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && text(&out).contains("audit log verified"), "{}", text(&out));
+}
