@@ -32,10 +32,36 @@ pub enum BenchCommand {
         #[arg(long)]
         i_know_this_erases_9a: bool,
     },
+    /// Full issuance of fresh virtual cards through pcscd: `lanyard serve`'s router in this
+    /// process (SQLite, software CA), the agent's relay, and a `lanyard vcard run` per card.
+    /// Splits the wall time into card, server and agent time and counts round trips.
+    Issuance {
+        /// Cards to issue (one after another, each factory-fresh).
+        #[arg(long, default_value_t = 10)]
+        cards: u32,
+        /// Key algorithm for all four slots: p-256, p-384, rsa-2048 or rsa-3072.
+        #[arg(long, default_value = "p-256")]
+        algorithm: String,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Card { reader, iterations, sequences, pin, mgm_key, i_know_this_erases_9a } = cmd;
+    match cmd {
+        BenchCommand::Card { reader, iterations, sequences, pin, mgm_key, i_know_this_erases_9a } => {
+            card(reader, iterations, sequences, pin, mgm_key, i_know_this_erases_9a)
+        }
+        BenchCommand::Issuance { cards, algorithm } => crate::bench_issuance::run(cards, &algorithm),
+    }
+}
+
+fn card(
+    reader: String,
+    iterations: u32,
+    sequences: u32,
+    pin: String,
+    mgm_key: Option<String>,
+    i_know_this_erases_9a: bool,
+) -> anyhow::Result<()> {
     if !reader.to_lowercase().contains("virtual pcd") && !i_know_this_erases_9a {
         bail!("refusing to overwrite slot 9A of {reader:?}; pass --i-know-this-erases-9a");
     }

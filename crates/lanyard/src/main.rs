@@ -3,6 +3,7 @@
 mod admin_cmd;
 mod agent_cmd;
 mod bench;
+mod bench_issuance;
 mod config;
 mod piv_cmd;
 mod serve;

@@ -1,0 +1,278 @@
+//! `lanyard bench issuance`: issues factory-fresh virtual cards end to end and splits the time.
+//!
+//! - **card**: inside PC/SC transmits (pcscd, vpcd, the software card);
+//! - **server**: from the agent's answer to the next frame arriving (the server's work plus the
+//!   loopback WebSocket);
+//! - **agent**: the rest of the wall time (JSON, hex, checks, the PIN change bookkeeping).
+//!
+//! Nothing is timed with assertions; the figures go to docs/BENCHMARKS.md.
+
+// A benchmark measures real elapsed time and stamps the server with it.
+#![allow(clippy::disallowed_methods)]
+
+use anyhow::{Context, bail};
+use lanyard_agent::relay::{FixedPin, PcscCard, Progress, SessionCard, SessionOptions, run_session_with};
+use lanyard_core::clock::{Clock, SystemClock};
+use lanyard_core::repo::Repo;
+use lanyard_core::repo::prelude::*;
+use lanyard_core::secrets::Kek;
+use lanyard_piv::transport::{CardTransport, TransportError};
+use lanyard_server::issuance::IssuanceConfig;
+use lanyard_server::{AppState, Pki, router};
+use lanyard_store::Db;
+use lanyard_vcard::{AttestationRoot, NewCard, VirtualCard};
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use zeroize::Zeroizing;
+
+const READER: &str = "Virtual PCD 00 00";
+
+/// A PC/SC card that adds up the time spent in transmits and counts them.
+struct Timed {
+    inner: PcscCard,
+    busy: Duration,
+    transmits: u32,
+    last_end: Option<Instant>,
+}
+
+impl CardTransport for Timed {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let start = Instant::now();
+        let r = self.inner.transmit(apdu);
+        let end = Instant::now();
+        self.busy += end - start;
+        self.transmits += 1;
+        self.last_end = Some(end);
+        r
+    }
+}
+
+impl SessionCard for Timed {
+    fn still_present(&mut self) -> bool {
+        self.inner.still_present()
+    }
+}
+
+struct VcardProcess(Child);
+
+impl Drop for VcardProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn card_present() -> bool {
+    lanyard_piv::transport::reader_states()
+        .map(|s| s.iter().any(|r| r.name == READER && r.card_present))
+        .unwrap_or(false)
+}
+
+fn wait(what: &str, f: impl Fn() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+struct Sample {
+    wall: Duration,
+    card: Duration,
+    server: Duration,
+    batches: u32,
+    transmits: u32,
+}
+
+pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
+    if card_present() {
+        bail!("{READER} already holds a card; stop the other `lanyard vcard run` first");
+    }
+    let algorithm: lanyard_core::model::KeyAlgorithm =
+        algorithm.parse().map_err(|e| anyhow::anyhow!("--algorithm: {e}"))?;
+    let dir = tempfile::tempdir()?;
+    let root = AttestationRoot::open_or_create(&dir.path().join("vcard-home"), SystemTime::now())?;
+    let root_der = der::Encode::to_der(root.certificate())?;
+
+    // The server, in this process, on a loopback port.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (addr, token) = rt.block_on(async {
+        let clock = Arc::new(SystemClock);
+        let db = Db::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display())).await?;
+        db.migrate().await?;
+        let password = lanyard_server::bootstrap::ensure_admin(&db, clock.as_ref())
+            .await?
+            .context("a fresh database has no administrator yet")?;
+        // Every slot gets the algorithm under test.
+        let mut tx = db.begin().await?;
+        for mut group in tx.list_groups().await? {
+            for slot in group.policy.certificates.values_mut() {
+                slot.algorithm = algorithm;
+            }
+            tx.update_group(&group).await?;
+        }
+        tx.commit().await?;
+        let pki = Pki::load_or_create(
+            &dir.path().join("ca"),
+            "Lanyard Bench",
+            lanyard_ca::KeyAlgorithm::EcP256,
+            "http://127.0.0.1",
+            clock.now(),
+        )?;
+        let state = AppState::new(Arc::new(db), Arc::new(pki), clock as Arc<dyn Clock>)
+            .with_issuance(IssuanceConfig { kek: Kek::generate()?, attestation_roots: vec![root_der] });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        anyhow::Ok((addr, secrecy::ExposeSecret::expose_secret(&password).to_owned()))
+    })?;
+    let base = format!("http://{addr}");
+    let http: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    // Sign in as the bootstrap administrator and make an API token for the requests below.
+    let mut resp = http
+        .post(format!("{base}/api/v1/login"))
+        .send_json(json!({"username": "admin", "password": token}))?;
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("login set no cookie")?
+        .to_owned();
+    let body: Value = resp.body_mut().read_json()?;
+    let csrf = body["csrf_token"].as_str().context("no CSRF token")?.to_owned();
+    let created: Value = http
+        .post(format!("{base}/api/v1/tokens"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send_json(json!({"name": "bench"}))?
+        .body_mut()
+        .read_json()?;
+    let api = format!("Bearer {}", created["token"].as_str().context("no API token")?);
+
+    let exe = std::env::current_exe()?;
+    let mut samples = Vec::new();
+    for i in 0..cards {
+        // A factory-fresh card in the reader; the setup is not timed.
+        let image = dir.path().join(format!("card{i}.json"));
+        VirtualCard::new_image(&root, &NewCard::default(), SystemTime::now())?.save(&image)?;
+        let vcard = VcardProcess(
+            Command::new(&exe)
+                .args(["vcard", "run", "--image"])
+                .arg(&image)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        wait("the card", card_present)?;
+        let started: Value = http
+            .post(format!("{base}/api/v1/issuance"))
+            .header("authorization", &api)
+            .send_json(json!({"kind": "usb_key", "model": "Lanyard virtual card"}))?
+            .body_mut()
+            .read_json()?;
+        let ticket = started["ticket"].as_str().with_context(|| format!("no ticket: {started}"))?.to_owned();
+        let device = started["device"]["id"].as_str().unwrap_or_default().to_owned();
+
+        let inner = PcscCard::connect(READER)?;
+        let atr = inner.atr()?;
+        let mut card = Timed { inner, busy: Duration::ZERO, transmits: 0, last_end: None };
+        let opts = SessionOptions::new(base.clone(), ticket, READER);
+        let mut pins = FixedPin(Zeroizing::new("97531864".to_owned()));
+        let mut server = Duration::ZERO;
+        let mut batches = 0;
+        let start = Instant::now();
+        let mut mark = start;
+        let outcome = {
+            let last_end = std::cell::Cell::new(None::<Instant>);
+            let mut progress = |p: &Progress| {
+                if let Progress::Step { .. } = p {
+                    batches += 1;
+                    let now = Instant::now();
+                    let from = last_end.get().unwrap_or(mark).max(mark);
+                    server += now - from;
+                    mark = now;
+                }
+            };
+            // The relay borrows the card; each transmit's end time reaches the progress callback
+            // through `last_end`.
+            let relay_card = TimedRef { t: &mut card, last_end: &last_end };
+            run_session_with(&opts, relay_card, &atr, &mut pins, &mut progress)?
+        };
+        let wall = start.elapsed();
+        drop(vcard);
+        wait("the card to leave", || !card_present())?;
+        if !matches!(outcome.state, lanyard_agent::relay::DeviceState::Active) {
+            bail!("card {i} ended {:?}", outcome.state);
+        }
+        samples.push(Sample { wall, card: card.busy, server, batches, transmits: card.transmits });
+        // Free the device allowance (max 2 per user) for the next card.
+        let _ = http
+            .post(format!("{base}/api/v1/devices/{device}/terminate"))
+            .header("authorization", &api)
+            .send_empty()?;
+    }
+    report(&samples, algorithm.as_str());
+    drop(rt);
+    Ok(())
+}
+
+/// Borrows the timed card for the relay and mirrors each transmit's end time into `last_end`.
+struct TimedRef<'a> {
+    t: &'a mut Timed,
+    last_end: &'a std::cell::Cell<Option<Instant>>,
+}
+
+impl CardTransport for TimedRef<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let r = self.t.transmit(apdu);
+        self.last_end.set(self.t.last_end);
+        r
+    }
+}
+
+impl SessionCard for TimedRef<'_> {
+    fn still_present(&mut self) -> bool {
+        self.t.still_present()
+    }
+}
+
+fn report(samples: &[Sample], algorithm: &str) {
+    let n = samples.len().max(1) as u32;
+    let sum = |f: fn(&Sample) -> Duration| samples.iter().map(f).sum::<Duration>() / n;
+    let (wall, card, server) = (sum(|s| s.wall), sum(|s| s.card), sum(|s| s.server));
+    let agent = wall.saturating_sub(card + server);
+    let mut walls: Vec<Duration> = samples.iter().map(|s| s.wall).collect();
+    walls.sort();
+    let median = walls.get(walls.len() / 2).copied().unwrap_or_default();
+    let batches = samples.first().map_or(0, |s| s.batches);
+    let transmits = samples.first().map_or(0, |s| s.transmits);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "issuance of {} virtual cards through pcscd, 4 slots ({algorithm}), PIN change included",
+        samples.len()
+    );
+    println!("  wall      mean {:8.1} ms   median {:8.1} ms", ms(wall), ms(median));
+    println!(
+        "  card      mean {:8.1} ms   ({:.0}%)",
+        ms(card),
+        100.0 * card.as_secs_f64() / wall.as_secs_f64()
+    );
+    println!(
+        "  server    mean {:8.1} ms   ({:.0}%)",
+        ms(server),
+        100.0 * server.as_secs_f64() / wall.as_secs_f64()
+    );
+    println!(
+        "  agent     mean {:8.1} ms   ({:.0}%)",
+        ms(agent),
+        100.0 * agent.as_secs_f64() / wall.as_secs_f64()
+    );
+    println!("  server round trips (WebSocket batches): {batches}, plus the PIN change");
+    println!("  card round trips (PC/SC transmits, incl. chaining and GET RESPONSE): {transmits}");
+}
