@@ -586,6 +586,12 @@ pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, AgentEr
                 let cert = cert.map_err(|e| AgentError::CaCert(format!("not PEM certificates: {e}")))?;
                 roots.add(cert).map_err(|e| AgentError::CaCert(e.to_string()))?;
             }
+            // Not PEM: one DER certificate, as the server keeps its own (`<data_dir>/ca/root.crt`).
+            if roots.is_empty() && pem.first() == Some(&0x30) {
+                roots
+                    .add(CertificateDer::from(pem.to_vec()))
+                    .map_err(|e| AgentError::CaCert(format!("not a PEM or DER certificate: {e}")))?;
+            }
             if roots.is_empty() {
                 return Err(AgentError::CaCert("no certificate in the PEM".into()));
             }

@@ -695,8 +695,9 @@ impl Server {
     /// `lanyard agent issue` at `reader` with `ticket`; `pin`: the new PIN, or skip the change.
     fn agent(&self, reader: &str, ticket: &str, pin: Option<&str>) -> Output {
         let mut cmd = Command::new(lanyard());
+        // The server's own root file, DER, as a newcomer would pass it.
         cmd.args(["agent", "issue", "--server", &self.base, "--ca-cert"])
-            .arg(self.root_pem())
+            .arg(self.root())
             .args(["--ticket", ticket, "--reader", reader])
             .stdin(Stdio::null())
             .env_remove("LANYARD_NEW_PIN");
