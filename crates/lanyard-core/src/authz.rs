@@ -619,6 +619,83 @@ impl Operator<'_> {
         job_ticket(repo, &self.p.acting(), id, None, purpose, ttl).await
     }
 
+    /// Starts wiping a terminated or failed card that Lanyard personalized: the agent at the card
+    /// resets it to factory state, then the device returns to stock.
+    pub async fn start_wipe<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        ttl: time::Duration,
+    ) -> Result<(Job, SecretString), DomainError> {
+        let who = self.p.acting();
+        let mut tx = repo.begin().await?;
+        let d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+        if !matches!(d.state, DeviceState::Terminated | DeviceState::Failed) {
+            return Err(DomainError::Conflict(format!(
+                "device {device} is {}; terminate it before wiping it",
+                d.state
+            )));
+        }
+        if d.card_guid.is_none() {
+            return Err(DomainError::Conflict(format!(
+                "device {device} was never personalized by Lanyard; reset it with the vendor's tool"
+            )));
+        }
+        let mut job = Job::new(JobKind::Wipe, device, Some(self.p.user.id), who.at);
+        let ticket = job.issue_ticket(ttl, who.at)?;
+        tx.insert_job(&job).await?;
+        let event = NewAuditEvent::new(who.at, who.actor.clone(), "job.create", &who.operation_id)
+            .target(format!("job:{}", job.id))
+            .after(json!({"kind": job.kind, "device": device}));
+        tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok((job, ticket))
+    }
+
+    /// Replaces a holder's card: the old one is revoked with `reason` (unless already revoked),
+    /// and a new device for the same holder starts issuance with a `replaces` link to it. Returns
+    /// the new device, its job and the agent ticket.
+    pub async fn replace_device<R: Repo>(
+        &self,
+        repo: &R,
+        old: DeviceId,
+        reason: RevocationReason,
+        card: CardInfo,
+        ttl: time::Duration,
+    ) -> Result<(Device, Job, SecretString), DomainError> {
+        if card.kind.class() != DeviceClass::Token {
+            return Err(ValidationError::new("kind", "only smart cards and USB keys replace a card").into());
+        }
+        let who = self.p.acting();
+        let mut tx = repo.begin().await?;
+        let previous = tx.get_device(old).await?.ok_or_else(|| DomainError::not_found("device", old))?;
+        if previous.class() != DeviceClass::Token {
+            return Err(DomainError::Conflict(format!("device {old} is not a card or USB key")));
+        }
+        let owner = previous
+            .owner
+            .ok_or_else(|| DomainError::Conflict(format!("device {old} has no holder to replace it for")))?;
+        if previous.state != DeviceState::Revoked {
+            transition_with_derived(&mut tx, previous, DeviceAction::Revoke(reason), &who).await?;
+        }
+        let mut device = Device::new(card.kind, card.model, who.at)?;
+        device.serial = card.serial;
+        device.links.push(crate::model::DeviceLink { kind: LinkKind::Replaces, target: old });
+        device.validate()?;
+        tx.insert_device(&device).await?;
+        let event = NewAuditEvent::new(who.at, who.actor.clone(), "device.replace", &who.operation_id)
+            .target(device_ref(device.id))
+            .after(json!({"replaces": old, "reason": reason, "owner": owner}));
+        tx.append_audit(event).await?;
+        device.owner = Some(owner);
+        let device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
+        let mut job = Job::new(JobKind::Issuance, device.id, Some(self.p.user.id), who.at);
+        let ticket = job.issue_ticket(ttl, who.at)?;
+        tx.insert_job(&job).await?;
+        tx.commit().await?;
+        Ok((device, job, ticket))
+    }
+
     /// Any job.
     pub async fn job<R: Repo>(&self, repo: &R, id: JobId) -> Result<Job, DomainError> {
         job_of(repo, id, None).await
@@ -1244,6 +1321,36 @@ impl System {
         tx.update_job(job).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// After a restart no card session is running any more: every job still marked Running is
+    /// recorded Failed, so it can be resumed or rolled back with a new ticket. Returns how many.
+    pub async fn fail_interrupted_jobs<R: Repo>(&self, repo: &R) -> Result<usize, DomainError> {
+        let mut tx = repo.begin().await?;
+        let running: Vec<Job> =
+            tx.list_unfinished_jobs().await?.into_iter().filter(|j| j.state == JobState::Running).collect();
+        drop(tx);
+        for mut job in running.iter().cloned() {
+            let at = self.acting.at;
+            let note = Some("the server stopped during the card session".to_owned());
+            job.record("session", StepOutcome::Failed, note, at)
+                .map_err(|e| DomainError::Conflict(e.to_string()))?;
+            job.transition(JobState::Failed, at).map_err(|e| DomainError::Conflict(e.to_string()))?;
+            self.save_job(repo, &job).await?;
+        }
+        Ok(running.len())
+    }
+
+    /// A wiped card goes back to stock: recycled, its stored card secrets discarded.
+    pub async fn recycle_wiped<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        let mut tx = repo.begin().await?;
+        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+        let device = transition(&mut tx, device, DeviceAction::Recycle, &self.acting).await?;
+        if tx.get_card_secrets(id).await?.is_some() {
+            tx.delete_card_secrets(id).await?;
+        }
+        tx.commit().await?;
+        Ok(device)
     }
 
     /// Records what personalization learnt about the card (its serial) on the device.

@@ -54,6 +54,8 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/devices/{id}/terminate", post(terminate_device::<R>))
         .route("/api/v1/devices/{id}/recycle", post(recycle_device::<R>))
         .route("/api/v1/devices/{id}/unlock", post(unlock_pin::<R>))
+        .route("/api/v1/devices/{id}/wipe", post(wipe_device::<R>))
+        .route("/api/v1/devices/{id}/replace", post(replace_device::<R>))
         .route("/api/v1/groups/{id}/policy", axum::routing::put(update_policy::<R>))
         .route("/api/v1/tokens", get(list_tokens::<R>).post(create_token::<R>))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token::<R>))
@@ -1078,4 +1080,61 @@ async fn unlock_pin<R: Repo>(
     };
     let ticket = crate::issuance::ticket_string(job.id, &ticket);
     Ok((StatusCode::CREATED, Json(JobTicket { job: job.into(), ticket })).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/wipe", tag = "issuance", params(("id" = String, Path, description = "device id")),
+    responses((status = 201, body = JobTicket), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Operators start wiping a terminated or failed card: the agent at the card resets it (after the
+/// server checks its CHUID is this device's) and the device returns to stock.
+async fn wipe_device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let op = auth.principal.operator()?;
+    issuance_enabled(&s)?;
+    let (job, ticket) = op.start_wipe(s.repo.as_ref(), device_id(&id)?, crate::issuance::TICKET_TTL).await?;
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok((StatusCode::CREATED, Json(JobTicket { job: job.into(), ticket })).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReplaceRequest {
+    /// Why the old card goes (an RFC 5280 reason name, e.g. `superseded`, `key_compromise`).
+    reason: String,
+    /// The new card: `smart_card` or `usb_key`.
+    kind: String,
+    model: String,
+    #[serde(default)]
+    serial: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/replace", tag = "issuance", params(("id" = String, Path, description = "the card being replaced")),
+    request_body = ReplaceRequest,
+    responses((status = 201, body = StartedJob), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Operators replace a holder's card: the old one is revoked, a new one starts issuance with a
+/// `replaces` link, and the ticket goes to the agent at the new card.
+async fn replace_device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<ReplaceRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let op = auth.principal.operator()?;
+    issuance_enabled(&s)?;
+    let old = device_id(&id)?;
+    let Json(req) = body?;
+    let reason =
+        req.reason.parse::<RevocationReason>().map_err(|e| ApiError::bad_request(format!("reason: {e}")))?;
+    let kind = req.kind.trim().parse().map_err(|e| ApiError::bad_request(format!("kind: {e}")))?;
+    let card = lanyard_core::authz::CardInfo {
+        kind,
+        model: req.model.trim().to_owned(),
+        serial: req.serial.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+    };
+    let (device, job, ticket) =
+        op.replace_device(s.repo.as_ref(), old, reason, card, crate::issuance::TICKET_TTL).await?;
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok((StatusCode::CREATED, Json(StartedJob { device, job: job.into(), ticket })).into_response())
 }

@@ -279,6 +279,8 @@ impl Session {
                 let rollback = job.steps.last().is_some_and(|s| s.name == STEP_ROLLBACK_REQUESTED);
                 if job.kind == lanyard_core::model::JobKind::Unlock {
                     self.unlock(&s, &cfg, &mut job, &op).await
+                } else if job.kind == lanyard_core::model::JobKind::Wipe {
+                    self.wipe(&s, &mut job, &op).await
                 } else if rollback {
                     self.rollback(&s, &mut job, &op).await
                 } else {
@@ -497,20 +499,9 @@ impl Session {
                 }
             }
         }
-        let mut rollback = Rollback::new(factory_keys());
-        let mut input = Input::Start;
-        loop {
-            match rollback.next(input) {
-                RollbackStep::Transmit(commands) => {
-                    input = Input::Responses(self.transmit("rollback", (0, 1), &commands).await?);
-                }
-                RollbackStep::Done { round_trips } => {
-                    let note = format!("card reset to factory state in {round_trips} round trips");
-                    return self.finish_rollback(s, job, op, note).await;
-                }
-                RollbackStep::Failed(e) => return Err(SessionError::Engine(e.to_string())),
-            }
-        }
+        let round_trips = self.reset_card().await?;
+        let note = format!("card reset to factory state in {round_trips} round trips");
+        self.finish_rollback(s, job, op, note).await
     }
 }
 
@@ -589,6 +580,47 @@ impl Session {
         job.transition(JobState::Succeeded, now).map_err(|e| SessionError::Server(e.to_string()))?;
         System::new(op.clone(), now).save_job(repo, job).await?;
         self.done(device.id, device.state).await
+    }
+
+    /// Resets a retired card (after checking it is the device's own) and returns the device to
+    /// stock.
+    async fn wipe<R: Repo>(
+        &mut self,
+        s: &AppState<R>,
+        job: &mut Job,
+        op: &OperationId,
+    ) -> Result<(), SessionError> {
+        let device = {
+            let mut tx = s.repo.begin().await?;
+            tx.get_device(job.device)
+                .await?
+                .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?
+        };
+        self.check_card(&device).await?;
+        let round_trips = self.reset_card().await?;
+        let now = s.clock.now();
+        let system = System::new(op.clone(), now);
+        let device = system.recycle_wiped(s.repo.as_ref(), device.id).await?;
+        let note = Some(format!("card reset to factory state in {round_trips} round trips"));
+        job.record("wipe", StepOutcome::Done, note, now).map_err(|e| SessionError::Server(e.to_string()))?;
+        job.transition(JobState::Succeeded, now).map_err(|e| SessionError::Server(e.to_string()))?;
+        system.save_job(s.repo.as_ref(), job).await?;
+        self.done(device.id, device.state).await
+    }
+
+    /// Runs the rollback engine (block PIN and PUK, RESET) to the end; the round trips it took.
+    async fn reset_card(&mut self) -> Result<u32, SessionError> {
+        let mut rollback = Rollback::new(factory_keys());
+        let mut input = Input::Start;
+        loop {
+            match rollback.next(input) {
+                RollbackStep::Transmit(commands) => {
+                    input = Input::Responses(self.transmit("reset", (0, 1), &commands).await?);
+                }
+                RollbackStep::Done { round_trips } => return Ok(round_trips),
+                RollbackStep::Failed(e) => return Err(SessionError::Engine(e.to_string())),
+            }
+        }
     }
 
     /// The device fails (its certificates are revoked by the lifecycle cascade) and the job ends

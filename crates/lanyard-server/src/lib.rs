@@ -265,16 +265,23 @@ fn serial_hex(bytes: &[u8]) -> String {
 
 fn crl_reason(c: &Credential) -> Option<CrlReason> {
     match c.state {
-        CredentialState::OnHold => Some(CrlReason::CertificateHold),
+        // Pending certificates are on hold until their device is activated (below).
+        CredentialState::OnHold | CredentialState::Pending => Some(CrlReason::CertificateHold),
         CredentialState::Superseded => Some(CrlReason::Superseded),
         _ => c.revocation_reason.and_then(|r| CrlReason::from_code(r.crl_reason_code())),
     }
 }
 
-/// What OCSP says about a credential of ours.
+/// What OCSP says about a credential of ours. A Pending certificate was issued for a card whose
+/// personalization has not been confirmed (an interrupted session, or a card nobody activated
+/// yet): it is reported on hold from its issue until the device becomes Active, so no certificate
+/// is good for a key that may not sit on an issued card.
 fn status_of(c: &Credential) -> CertStatus {
     match c.state {
-        CredentialState::Pending | CredentialState::Active | CredentialState::Expired => CertStatus::Good,
+        CredentialState::Active | CredentialState::Expired => CertStatus::Good,
+        CredentialState::Pending => {
+            CertStatus::Revoked { revoked_at: c.created_at, reason: Some(CrlReason::CertificateHold) }
+        }
         CredentialState::OnHold | CredentialState::Revoked | CredentialState::Superseded => {
             CertStatus::Revoked {
                 revoked_at: c.revoked_at.unwrap_or(c.updated_at),
@@ -300,7 +307,12 @@ async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError
     loop {
         let page = tx
             .list_credentials(&CredentialQuery {
-                states: vec![CredentialState::Revoked, CredentialState::OnHold, CredentialState::Superseded],
+                states: vec![
+                    CredentialState::Pending,
+                    CredentialState::Revoked,
+                    CredentialState::OnHold,
+                    CredentialState::Superseded,
+                ],
                 after,
                 limit: 1000,
                 ..CredentialQuery::default()
@@ -310,9 +322,10 @@ async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError
             let CredentialKind::Certificate { serial_hex, .. } = &c.kind;
             let bytes = hex::decode(serial_hex).map_err(|e| ApiError::internal("reading a serial", e))?;
             let serial = SerialNumber::new(&bytes).map_err(|e| ApiError::internal("reading a serial", e))?;
+            let since = if c.state == CredentialState::Pending { Some(c.created_at) } else { c.revoked_at };
             entries.push(RevokedEntry {
                 serial,
-                revocation_date: c.revoked_at.unwrap_or(c.updated_at),
+                revocation_date: since.unwrap_or(c.updated_at),
                 reason: crl_reason(c),
             });
         }

@@ -76,6 +76,8 @@ impl Modify for Security {
         crate::api::terminate_device,
         crate::api::recycle_device,
         crate::api::unlock_pin,
+        crate::api::wipe_device,
+        crate::api::replace_device,
     ),
     components(schemas(ErrorBody)),
     tags(

@@ -488,3 +488,86 @@ async fn a_blocked_pin_is_unlocked_with_the_stored_puk_and_a_pin_typed_at_the_ag
     let (status, body) = app.call("POST", &uri, &app.operator, None).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_by_a_server_restart_is_failed_at_start_and_resumes() {
+    let app = setup().await;
+    let (device, job, ticket) = app.begin().await;
+    let mut card = app.card();
+    assert_eq!(relay(&app, &ticket, &mut card, Some(3), Some(NEW_PIN)).await, End::Cut);
+    app.wait_job(&job, "failed").await;
+    // Recreate what a crash leaves: the job still Running in the database.
+    let mut tx = app.db.begin().await.unwrap();
+    let mut j = tx.get_job(job.parse().unwrap()).await.unwrap().unwrap();
+    j.state = lanyard_core::model::JobState::Running;
+    tx.update_job(&j).await.unwrap();
+    tx.commit().await.unwrap();
+    let system =
+        lanyard_core::authz::System::new(lanyard_core::audit::OperationId::random(), SystemClock.now());
+    assert_eq!(system.fail_interrupted_jobs(app.db.as_ref()).await.unwrap(), 1);
+    assert_eq!(app.job_state(&job).await, "failed");
+    // Its certificates are not good while the card is unconfirmed.
+    for c in app.credentials(device).await {
+        assert_eq!(c.state, CredentialState::Pending);
+    }
+    let resume = app.ticket(&job, "run").await;
+    assert_eq!(relay(&app, &resume, &mut card, None, Some(NEW_PIN)).await, End::Done("active".into()));
+    assert_issued(&app, device, &mut card, NEW_PIN, DeviceState::Active).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_replaces_a_card_and_wipes_the_old_one_back_to_stock() {
+    let app = setup().await;
+    let (old, _job, ticket) = app.begin().await;
+    let mut old_card = app.card();
+    assert_eq!(relay(&app, &ticket, &mut old_card, None, Some(NEW_PIN)).await, End::Done("active".into()));
+
+    // Replace: the old card is revoked (with its certificates), the new one starts issuance for
+    // the same holder, linked to the old one.
+    let body = json!({"reason": "superseded", "kind": "usb_key", "model": "Lanyard virtual card"});
+    let (status, _) =
+        app.call("POST", &format!("/api/v1/devices/{old}/replace"), &app.alice, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "holders do not replace cards themselves");
+    let (status, started) =
+        app.call("POST", &format!("/api/v1/devices/{old}/replace"), &app.operator, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert_eq!(started["device"]["links"][0], json!({"kind": "replaces", "target": old.to_string()}));
+    let new: DeviceId = started["device"]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(app.device(old).await.state, DeviceState::Revoked);
+    for c in app.credentials(old).await {
+        assert_eq!(c.state, CredentialState::Revoked);
+    }
+    let mut new_card = app.card();
+    let ticket = started["ticket"].as_str().unwrap();
+    assert_eq!(relay(&app, ticket, &mut new_card, None, Some(NEW_PIN)).await, End::Done("active".into()));
+    assert_issued(&app, new, &mut new_card, NEW_PIN, DeviceState::Active).await;
+    assert_eq!(app.device(new).await.owner, app.device(old).await.owner);
+
+    // Wipe: only a retired card, and only the right card.
+    let wipe = format!("/api/v1/devices/{old}/wipe");
+    let (status, _) = app.call("POST", &wipe, &app.operator, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a revoked card is terminated before a wipe");
+    let (status, _) =
+        app.call("POST", &format!("/api/v1/devices/{old}/terminate"), &app.operator, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app.call("POST", &wipe, &app.operator, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let end = relay(&app, body["ticket"].as_str().unwrap(), &mut new_card, None, None).await;
+    assert!(matches!(&end, End::Error(m) if m.contains("not card")), "the new card is not wiped: {end:?}");
+    new_card.transport_mut().0.reset_session();
+    new_card.select().unwrap();
+    new_card.verify_pin(NEW_PIN.as_bytes()).unwrap();
+    let job = body["job"]["id"].as_str().unwrap();
+    app.wait_job(job, "failed").await;
+    let (status, body) =
+        app.call("POST", &format!("/api/v1/jobs/{job}/ticket"), &app.operator, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let end = relay(&app, body["ticket"].as_str().unwrap(), &mut old_card, None, None).await;
+    assert_eq!(end, End::Done("available".into()));
+    let d = app.device(old).await;
+    assert_eq!((d.state, d.owner), (DeviceState::Available, None));
+    old_card.transport_mut().0.reset_session();
+    old_card.select().unwrap();
+    old_card.verify_pin(b"123456").unwrap();
+    assert!(old_card.try_get_data(0x5FC105).unwrap().is_none(), "no certificate left on the wiped card");
+}

@@ -96,6 +96,9 @@ async fn ocsp_and_crl_report_good_revoked_held_and_unknown() {
     let mut revoked = issue(&pki, d, "revoked", &device);
     let mut held = issue(&pki, d, "held", &device);
     let unknown = issue(&pki, d, "unknown", &device); // issued but never recorded
+    // Issued for a card whose personalization is not confirmed yet: still Pending.
+    let mut pending = issue(&pki, d, "pending", &device);
+    pending.credential = Credential::new(device.id, pending.credential.kind.clone(), now);
     apply_credential(&mut revoked.credential, CredentialAction::Revoke(RevocationReason::KeyCompromise), now)
         .unwrap();
     apply_credential(&mut held.credential, CredentialAction::Hold, now).unwrap();
@@ -103,7 +106,7 @@ async fn ocsp_and_crl_report_good_revoked_held_and_unknown() {
         let mut tx = db.begin().await.unwrap();
         tx.insert_group(&group).await.unwrap();
         tx.insert_device(&device).await.unwrap();
-        for c in [&good, &revoked, &held] {
+        for c in [&good, &revoked, &held, &pending] {
             tx.insert_credential(&c.credential).await.unwrap();
         }
         tx.commit().await.unwrap();
@@ -157,6 +160,9 @@ async fn ocsp_and_crl_report_good_revoked_held_and_unknown() {
     let out = ask(held.pem_path.clone()).await.unwrap();
     assert!(out.contains(&format!("{}: revoked", held.pem_path)), "{out}");
     assert!(out.contains("Reason: certificateHold"), "{out}");
+    let out = ask(pending.pem_path.clone()).await.unwrap();
+    assert!(out.contains(&format!("{}: revoked", pending.pem_path)), "{out}");
+    assert!(out.contains("Reason: certificateHold"), "a pending certificate is on hold: {out}");
     let out = ask(unknown.pem_path.clone()).await.unwrap();
     assert!(out.contains(&format!("{}: unknown", unknown.pem_path)), "{out}");
     // The nonce openssl sends by default is echoed (openssl checks it; -no_nonce is not needed).
@@ -226,6 +232,7 @@ async fn ocsp_and_crl_report_good_revoked_held_and_unknown() {
     };
     assert!(text.contains(&serial_of(&revoked)) && text.contains("KEY COMPROMISE"), "{text}");
     assert!(text.contains(&serial_of(&held)) && text.contains("CERTIFICATE HOLD"), "{text}");
+    assert!(text.contains(&serial_of(&pending)), "pending certificates are listed on hold: {text}");
     assert!(!text.contains(&serial_of(&good)), "{text}");
     assert!(text.contains("NEXT UPDATE"), "{text}");
 

@@ -152,6 +152,31 @@ pub enum DeviceCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Replace a holder's card (operator): the old one is revoked, the new one starts issuance;
+    /// prints the ticket for the agent at the new card.
+    Replace {
+        /// The card being replaced.
+        #[arg(long)]
+        device: String,
+        /// Why: superseded, key_compromise, lost, stolen, damaged, …
+        #[arg(long, default_value = "superseded")]
+        reason: String,
+        #[arg(long, default_value = "usb_key")]
+        kind: String,
+        /// The new card's model, as the agent reports it.
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Wipe a terminated or failed card back to factory state and stock (operator); prints the
+    /// ticket for the agent at the card.
+    Wipe {
+        #[arg(long)]
+        device: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Retire a device (operator).
     Terminate {
         #[arg(long)]
@@ -568,6 +593,24 @@ pub fn device(command: DeviceCommand) -> anyhow::Result<()> {
             let d =
                 client.post(&format!("/api/v1/devices/{device}/mark"), &json!({"condition": condition}))?;
             print(out.output, &d, device_line)
+        }
+        DeviceCommand::Replace { device, reason, kind, model, out } => {
+            let body = json!({"reason": reason, "kind": kind, "model": model});
+            let started = client.post(&format!("/api/v1/devices/{device}/replace"), &body)?;
+            print(out.output, &started, |v| {
+                format!(
+                    "{}\njob {}\nticket {}",
+                    device_line(&v["device"]),
+                    s(&v["job"], "id"),
+                    v["ticket"].as_str().unwrap_or_default()
+                )
+            })
+        }
+        DeviceCommand::Wipe { device, out } => {
+            let t = client.post(&format!("/api/v1/devices/{device}/wipe"), &Value::Null)?;
+            print(out.output, &t, |v| {
+                format!("job {}\nticket {}", s(&v["job"], "id"), v["ticket"].as_str().unwrap_or_default())
+            })
         }
         DeviceCommand::Terminate { device, out } => {
             let d = client.post(&format!("/api/v1/devices/{device}/terminate"), &Value::Null)?;

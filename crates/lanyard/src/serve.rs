@@ -83,6 +83,18 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 Some(lanyard_server::tls::server_config_der(&id.chain, &id.pkcs8_key)?)
             }
         };
+        // Card sessions do not survive a restart: mark them failed so they resume or roll back.
+        let op = lanyard_core::audit::OperationId::random();
+        let failed = lanyard_core::authz::System::new(op, clock.now())
+            .fail_interrupted_jobs(&db)
+            .await
+            .context("recording interrupted card sessions")?;
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "card sessions were interrupted by the restart; they can be resumed or rolled back"
+            );
+        }
         let state = AppState::new(Arc::new(db), Arc::new(pki), clock)
             .with_issuance(lanyard_server::issuance::IssuanceConfig { kek, attestation_roots });
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;

@@ -14,6 +14,8 @@ string_enum! {
         Issuance = "issuance",
         /// Unblock a blocked PIN with the stored PUK; the holder types the new PIN at the agent.
         Unlock = "unlock",
+        /// Reset a retired card to factory state and return it to stock.
+        Wipe = "wipe",
     }
 }
 
