@@ -16,6 +16,7 @@ use lanyard_core::model::{ApiToken, Device, DeviceKind, Group, Policy, Role, Use
 use lanyard_core::password::UserPassword;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::repo::{AuditQuery, Repo};
+use lanyard_core::secrets::Kek;
 use lanyard_server::{AppState, Pki, router};
 use lanyard_store::Db;
 use secrecy::{ExposeSecret, SecretString};
@@ -1133,4 +1134,71 @@ async fn an_api_token_records_when_it_was_last_used_to_the_minute() {
     app.clock.advance(Duration::seconds(31));
     app.bearer("GET", "/api/v1/me", &app.alice.token).await;
     assert_eq!(used().await, Some(t0 + Duration::seconds(61)));
+}
+
+/// The card-session and device-action routes by role: who may not act gets a refusal (401, 403
+/// naming the role, or 404 for someone else's device or job) and nothing changes. The in-process
+/// issuance flows themselves are in tests/issuance.rs.
+#[tokio::test]
+async fn card_routes_refuse_every_caller_without_the_role_and_change_nothing() {
+    let mut app = setup().await;
+    app.state = app.state.clone().with_issuance(lanyard_server::issuance::IssuanceConfig {
+        kek: Kek::generate().unwrap(),
+        attestation_roots: vec![],
+    });
+    let a = app.alice_card;
+    // A job of Alice's to aim at.
+    let r = app
+        .post_json("/api/v1/issuance", &app.alice.token, &json!({"kind": "usb_key", "model": "YubiKey 5"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let job = r.body["job"]["id"].as_str().unwrap().to_owned();
+    let before = app.snapshot().await;
+    let issuance = json!({"kind": "usb_key", "model": "YubiKey 5"});
+    let replace = json!({"reason": "superseded", "kind": "usb_key", "model": "YubiKey 5"});
+    let revoke = json!({"reason": "key_compromise"});
+    let mark = json!({"condition": "lost"});
+    let routes: Vec<(&str, String, Option<&Value>)> = vec![
+        ("GET", format!("/api/v1/jobs/{job}"), None),
+        ("POST", format!("/api/v1/jobs/{job}/ticket"), Some(&issuance)),
+        ("POST", format!("/api/v1/devices/{a}/activate"), None),
+        ("POST", format!("/api/v1/devices/{a}/unlock"), None),
+        ("POST", format!("/api/v1/devices/{a}/wipe"), None),
+        ("POST", format!("/api/v1/devices/{a}/replace"), Some(&replace)),
+        ("POST", format!("/api/v1/devices/{a}/revoke"), Some(&revoke)),
+        ("POST", format!("/api/v1/devices/{a}/mark"), Some(&mark)),
+        ("POST", format!("/api/v1/devices/{a}/terminate"), None),
+        ("POST", format!("/api/v1/devices/{a}/recycle"), None),
+        ("POST", "/api/v1/issuance".into(), Some(&issuance)),
+    ];
+    use StatusCode as S;
+    const NO: StatusCode = S::FORBIDDEN;
+    const NF: StatusCode = S::NOT_FOUND;
+    #[rustfmt::skip]
+    let expected: [(&str, Option<&str>, [StatusCode; 11]); 6] = [
+        // job, ticket, activate, unlock, wipe, replace, revoke, mark, terminate, recycle, issuance
+        ("bob", Some(&app.bob.token),           [NF, NF, NO, NF, NO, NO, NO, NO, NO, NO, S::CREATED]),
+        ("auditor", Some(&app.auditor.token),   [NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO]),
+        ("admin", Some(&app.admin.token),       [NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO]),
+        ("revoked token", Some(&app.revoked_token), [S::UNAUTHORIZED; 11]),
+        ("expired token", Some(&app.expired_token), [S::UNAUTHORIZED; 11]),
+        ("anonymous", None,                     [S::UNAUTHORIZED; 11]),
+    ];
+    for (who, token, statuses) in expected {
+        for ((method, uri, body), want) in routes.iter().zip(statuses) {
+            if want.is_success() {
+                continue; // Bob starting his own issuance is allowed; checked below.
+            }
+            // The ticket route reads a purpose, not an issuance body: send it an empty object.
+            let body = if uri.ends_with("/ticket") { Some(json!({})) } else { body.cloned() };
+            let r = app.call(method, uri, token, body.as_ref()).await;
+            assert_eq!(r.status, want, "{who} {method} {uri}: {}", r.body);
+            assert_eq!(app.snapshot().await, before, "{who} {method} {uri} changed something");
+        }
+    }
+    // Bob may start issuing a card of his own, and Alice's job stays hers.
+    let r = app.post_json("/api/v1/issuance", &app.bob.token, &issuance).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = app.bearer("GET", &format!("/api/v1/jobs/{job}"), &app.alice.token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
