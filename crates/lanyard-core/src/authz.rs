@@ -374,14 +374,27 @@ async fn start_unlock<R: Repo>(
             "device {device} has no stored PUK (it was not issued by Lanyard)"
         )));
     }
-    let mut job = Job::new(JobKind::Unlock, device, Some(by), who.at);
+    let created = create_job(&mut tx, who, JobKind::Unlock, device, by, ttl).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Inserts a new job of `kind` with a one-time agent ticket, audited as `job.create`.
+async fn create_job<T: Tx>(
+    tx: &mut T,
+    who: &Acting,
+    kind: JobKind,
+    device: DeviceId,
+    by: UserId,
+    ttl: time::Duration,
+) -> Result<(Job, SecretString), DomainError> {
+    let mut job = Job::new(kind, device, Some(by), who.at);
     let ticket = job.issue_ticket(ttl, who.at)?;
     tx.insert_job(&job).await?;
     let event = NewAuditEvent::new(who.at, who.actor.clone(), "job.create", &who.operation_id)
         .target(format!("job:{}", job.id))
         .after(json!({"kind": job.kind, "device": device}));
     tx.append_audit(event).await?;
-    tx.commit().await?;
     Ok((job, ticket))
 }
 
@@ -641,15 +654,9 @@ impl Operator<'_> {
                 "device {device} was never personalized by Lanyard; reset it with the vendor's tool"
             )));
         }
-        let mut job = Job::new(JobKind::Wipe, device, Some(self.p.user.id), who.at);
-        let ticket = job.issue_ticket(ttl, who.at)?;
-        tx.insert_job(&job).await?;
-        let event = NewAuditEvent::new(who.at, who.actor.clone(), "job.create", &who.operation_id)
-            .target(format!("job:{}", job.id))
-            .after(json!({"kind": job.kind, "device": device}));
-        tx.append_audit(event).await?;
+        let created = create_job(&mut tx, &who, JobKind::Wipe, device, self.p.user.id, ttl).await?;
         tx.commit().await?;
-        Ok((job, ticket))
+        Ok(created)
     }
 
     /// Replaces a holder's card: the old one is revoked with `reason` (unless already revoked),
@@ -689,9 +696,8 @@ impl Operator<'_> {
         tx.append_audit(event).await?;
         device.owner = Some(owner);
         let device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
-        let mut job = Job::new(JobKind::Issuance, device.id, Some(self.p.user.id), who.at);
-        let ticket = job.issue_ticket(ttl, who.at)?;
-        tx.insert_job(&job).await?;
+        let (job, ticket) =
+            create_job(&mut tx, &who, JobKind::Issuance, device.id, self.p.user.id, ttl).await?;
         tx.commit().await?;
         Ok((device, job, ticket))
     }

@@ -468,12 +468,7 @@ impl Session {
         job: &mut Job,
         op: &OperationId,
     ) -> Result<(), SessionError> {
-        let device = {
-            let mut tx = s.repo.begin().await?;
-            tx.get_device(job.device)
-                .await?
-                .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?
-        };
+        let device = job_device(s, job).await?;
         // Only the card this job was writing may be reset: its CHUID must carry the job's card
         // UUID, or be absent or the factory template (a run cut short before the CHUID).
         let Some(guid) = device.card_guid else {
@@ -590,12 +585,7 @@ impl Session {
         job: &mut Job,
         op: &OperationId,
     ) -> Result<(), SessionError> {
-        let device = {
-            let mut tx = s.repo.begin().await?;
-            tx.get_device(job.device)
-                .await?
-                .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?
-        };
+        let device = job_device(s, job).await?;
         self.check_card(&device).await?;
         let round_trips = self.reset_card().await?;
         let now = s.clock.now();
@@ -642,6 +632,12 @@ impl Session {
         system.save_job(s.repo.as_ref(), job).await?;
         self.done(device.id, device.state).await
     }
+}
+
+/// The device a job works on.
+async fn job_device<R: Repo>(s: &AppState<R>, job: &Job) -> Result<Device, SessionError> {
+    let mut tx = s.repo.begin().await?;
+    tx.get_device(job.device).await?.ok_or_else(|| SessionError::Server("the job's device is gone".into()))
 }
 
 fn save_checkpoint(job: &mut Job, engine: &Engine, now: OffsetDateTime) -> Result<(), SessionError> {
