@@ -22,7 +22,7 @@ use lanyard_core::repo::{AuditQuery, DeviceQuery, Repo, UserQuery};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Auth, SESSION_COOKIE, SESSION_TTL, Via};
+use crate::auth::{Auth, SESSION_COOKIE, SESSION_IDLE, SESSION_TTL, Via};
 use crate::{ApiError, AppState};
 
 /// Largest page of audit events one request returns.
@@ -118,7 +118,7 @@ async fn login<R: Repo>(
     };
     s.throttle.clear(&key);
     let (session, secret) =
-        Session::start(user.id, SESSION_TTL, now).map_err(lanyard_core::DomainError::from)?;
+        Session::start(user.id, SESSION_IDLE, now).map_err(lanyard_core::DomainError::from)?;
     let mut tx = s.repo.begin().await?;
     tx.insert_session(&session).await?;
     let actor = Actor::User { id: user.id, username: user.username.clone() };

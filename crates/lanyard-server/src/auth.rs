@@ -31,8 +31,11 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 const MAX_TRACKED_USERNAMES: usize = 10_000;
 /// How precisely an API token's `last_used_at` is kept.
 const LAST_USED_RESOLUTION: Duration = Duration::minutes(1);
-/// How long a portal session lasts.
+/// The longest a portal session lasts, however active.
 pub const SESSION_TTL: Duration = Duration::hours(8);
+/// A session unused for this long ends; each use (noted to the minute) extends it, up to
+/// [`SESSION_TTL`] after login.
+pub const SESSION_IDLE: Duration = Duration::minutes(30);
 /// Failed logins for one username allowed within [`THROTTLE_WINDOW`].
 pub const MAX_FAILED_LOGINS: usize = 5;
 /// The window failed logins are counted in.
@@ -160,11 +163,20 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
             (token.user, Via::ApiToken, Some(token.id))
         } else if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
             let hash = TokenHash::of(secret);
-            let session = tx
+            let mut session = tx
                 .get_session(&hash)
                 .await?
                 .filter(|s| s.is_valid(now))
                 .ok_or_else(|| unauthorized("the session has expired or ended; log in again"))?;
+            // Sliding expiry: use keeps the session alive for SESSION_IDLE more, never past
+            // SESSION_TTL after login; written at most once a minute.
+            if now - session.last_seen_at >= LAST_USED_RESOLUTION {
+                session.last_seen_at = now;
+                session.expires_at = (now + SESSION_IDLE).min(session.created_at + SESSION_TTL);
+                tx.update_session(&session).await?;
+                tx.commit().await?;
+                tx = state.repo.begin().await?;
+            }
             let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
             if !safe {
                 let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");

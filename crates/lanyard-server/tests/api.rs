@@ -1202,3 +1202,25 @@ async fn card_routes_refuse_every_caller_without_the_role_and_change_nothing() {
     let r = app.bearer("GET", &format!("/api/v1/jobs/{job}"), &app.alice.token).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
+
+#[tokio::test]
+async fn a_session_ends_after_30_idle_minutes_and_after_8_hours_however_busy() {
+    let app = setup().await;
+    let me = |cookie: &str| {
+        let cookie = cookie.to_owned();
+        let app = &app;
+        async move { app.send("GET", "/api/v1/me", &[("cookie", &cookie)], None).await.status }
+    };
+    // Idle for 31 minutes: gone.
+    let (cookie, _) = app.session("alice").await;
+    app.clock.advance(Duration::minutes(31));
+    assert_eq!(me(&cookie).await, StatusCode::UNAUTHORIZED);
+    // Used every 20 minutes: alive for 8 hours after login, not a minute more.
+    let (cookie, _) = app.session("alice").await;
+    for _ in 0..23 {
+        app.clock.advance(Duration::minutes(20));
+        assert_eq!(me(&cookie).await, StatusCode::OK);
+    }
+    app.clock.advance(Duration::minutes(20)); // 8 h after login
+    assert_eq!(me(&cookie).await, StatusCode::UNAUTHORIZED);
+}
