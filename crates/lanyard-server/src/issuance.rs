@@ -44,6 +44,8 @@ use crate::{ApiError, AppState};
 pub const TICKET_HEADER: &str = "x-lanyard-ticket";
 /// How long an agent ticket may wait to be used.
 pub const TICKET_TTL: Duration = Duration::minutes(10);
+/// The largest message the server reads from an agent (a batch of answers is a few KiB).
+const MAX_AGENT_MESSAGE: usize = 1 << 20;
 /// How long the server waits for the agent's answer to one message.
 const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// How long a card (its CHUID expiry and certificates) is valid at most.
@@ -147,12 +149,33 @@ pub async fn connect<R: Repo + 'static>(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, format!("missing {TICKET_HEADER}")))?
         .to_owned();
-    let op = crate::api::operation(op.as_ref());
-    let job = redeem(&s, &ticket, &op).await?;
+    // A request that cannot become a WebSocket is refused before the ticket is used up.
     let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not a WebSocket request: {e}")))?;
+    let op = crate::api::operation(op.as_ref());
+    let job = redeem(&s, &ticket, &op).await?;
+    // If the client never completes the upgrade, the job must not stay Running.
+    let (failed_state, failed_job, failed_op) = (s.clone(), job.clone(), op.clone());
     Ok(ws
+        .max_message_size(MAX_AGENT_MESSAGE)
+        .max_frame_size(MAX_AGENT_MESSAGE)
+        .on_failed_upgrade(move |e| {
+            tokio::spawn(async move {
+                let mut job = failed_job;
+                let now = failed_state.clock.now();
+                let _ = job.record(
+                    "session",
+                    StepOutcome::Failed,
+                    Some(format!("WebSocket upgrade failed: {e}")),
+                    now,
+                );
+                let _ = job.transition(JobState::Failed, now);
+                if let Err(e) = System::new(failed_op, now).save_job(failed_state.repo.as_ref(), &job).await {
+                    tracing::error!(job = %job.id, error = %e, "could not record the failed upgrade");
+                }
+            });
+        })
         .on_upgrade(move |socket| async move {
             let mut session = Session { socket, seq: 0 };
             session.run(s, cfg, job, op).await;

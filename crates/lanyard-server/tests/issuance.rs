@@ -445,6 +445,14 @@ async fn bad_tickets_are_refused_before_anything_happens() {
         assert!(err.to_string().contains("401"), "{bad:?}: {err}");
     }
     assert_eq!(app.job_state(&job).await, "created");
+    // A request with the right ticket that is not a WebSocket upgrade does not use it up.
+    let plain = Request::get("/api/v1/agent/connect")
+        .header("x-lanyard-ticket", &ticket)
+        .body(Body::empty())
+        .unwrap();
+    let resp = router(app.state.clone()).oneshot(plain).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(app.job_state(&job).await, "created");
     // The real ticket still works afterwards.
     let mut card = app.card();
     assert_eq!(relay(&app, &ticket, &mut card, None, Some(NEW_PIN)).await, End::Done("active".into()));
