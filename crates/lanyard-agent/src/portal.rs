@@ -115,6 +115,9 @@ impl PinSource for PagePin {
     }
 }
 
+/// Sessions the agent keeps at once (running, or finished and not yet forgotten).
+const MAX_SESSIONS: usize = 16;
+
 struct Inner {
     origin: String,
     backend: Arc<dyn Backend>,
@@ -233,7 +236,18 @@ async fn start(State(state): State<PortalState>, Json(req): Json<StartRequest>) 
     let id = session_id();
     let slot = Arc::new(Slot::default());
     lock(&slot.view).status = "running";
-    lock(&state.0.sessions).insert(id.clone(), slot.clone());
+    {
+        let mut sessions = lock(&state.0.sessions);
+        if sessions.len() >= MAX_SESSIONS {
+            // Forget finished sessions first; the page has had its chance to read them.
+            sessions.retain(|_, s| matches!(lock(&s.view).status, "running" | "pin_needed"));
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            let error = format!("{MAX_SESSIONS} card sessions are already in progress");
+            return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": error}))).into_response();
+        }
+        sessions.insert(id.clone(), slot.clone());
+    }
     let backend = state.0.backend.clone();
     std::thread::spawn(move || {
         let mut pins = PagePin(slot.clone());

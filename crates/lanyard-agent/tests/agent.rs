@@ -877,6 +877,22 @@ mod portal_api {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn at_most_sixteen_sessions_run_at_once() {
+        let (app, _fake) = app();
+        let host = "localhost:7180";
+        let start = json!({"server": "http://127.0.0.1:1", "ticket": TICKET, "reader": READER});
+        for _ in 0..16 {
+            let (status, _, _) =
+                call(&app, request("POST", "/v1/sessions", Some(ORIGIN), host, Some(start.clone()))).await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        // All sixteen wait for a PIN from the page; a seventeenth is refused.
+        let (status, _, body) =
+            call(&app, request("POST", "/v1/sessions", Some(ORIGIN), host, Some(start))).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_session_takes_its_pin_from_the_page() {
         let (app, fake) = app();
         let host = "localhost:7180";
