@@ -45,4 +45,4 @@ pub use store::KeyFileStore;
 
 // The types callers need to fill requests and read results.
 pub use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
-pub use x509_cert::{Certificate, name::Name, serial_number::SerialNumber};
+pub use x509_cert::{Certificate, name::Name, serial_number::SerialNumber, time::Validity};

@@ -860,11 +860,7 @@ fn job_id(raw: &str) -> Result<lanyard_core::ids::JobId, ApiError> {
 }
 
 fn issuance_enabled<R>(s: &AppState<R>) -> Result<(), ApiError> {
-    if s.issuance.is_some() {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "card issuance is not configured"))
-    }
+    crate::issuance::config(s).map(drop)
 }
 
 #[utoipa::path(post, path = "/api/v1/issuance", tag = "issuance", request_body = BeginIssuanceRequest,
@@ -974,10 +970,7 @@ async fn activate<R: Repo>(
     Path(id): Path<String>,
 ) -> Result<Json<Activated>, ApiError> {
     let op = auth.principal.operator()?;
-    let cfg = s
-        .issuance
-        .clone()
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "card issuance is not configured"))?;
+    let cfg = crate::issuance::config(&s)?;
     let (device, pin) =
         op.activate_and_reveal_initial_pin(s.repo.as_ref(), device_id(&id)?, &cfg.kek).await?;
     Ok(Json(Activated { device, initial_pin: pin.expose_secret().to_owned() }))

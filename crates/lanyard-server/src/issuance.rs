@@ -23,6 +23,7 @@ use lanyard_core::ids::{DeviceId, JobId};
 use lanyard_core::lifecycle::{DeviceAction, DeviceState};
 use lanyard_core::model::{
     CertSlot, Credential, CredentialKind, Device, Job, JobState, KeyAlgorithm, PinRules, Policy, StepOutcome,
+    User,
 };
 use lanyard_core::personalize::{
     Checkpoint, Engine, GeneratedKey, Input, IssuancePlan, Rollback, RollbackStep, SlotPlan, Step,
@@ -32,7 +33,7 @@ use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::{CardSecrets, Kek};
 use lanyard_piv::apdu::{Command, Response as CardResponse};
 use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
-use lanyard_piv::objects::FascN;
+use lanyard_piv::objects::{ChuidIssuance, FascN};
 use lanyard_piv::types::{KeyAlgorithm as PivAlgorithm, Slot};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -132,6 +133,13 @@ impl From<lanyard_core::DomainError> for SessionError {
     }
 }
 
+/// The issuance configuration; 503 when the server runs without one.
+pub(crate) fn config<R>(s: &AppState<R>) -> Result<Arc<IssuanceConfig>, ApiError> {
+    s.issuance
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "card issuance is not configured"))
+}
+
 /// `GET /api/v1/agent/connect`: the agent's WebSocket. The ticket is checked and used up before
 /// the upgrade, so a bad one is a plain 4xx.
 pub async fn connect<R: Repo + 'static>(
@@ -140,9 +148,7 @@ pub async fn connect<R: Repo + 'static>(
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, _body) = request.into_parts();
-    let Some(cfg) = s.issuance.clone() else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "card issuance is not configured"));
-    };
+    let cfg = config(&s)?;
     let ticket = parts
         .headers
         .get(TICKET_HEADER)
@@ -338,29 +344,15 @@ impl Session {
         let repo = s.repo.as_ref();
         let now = s.clock.now();
         let system = System::new(op.clone(), now);
-        let mut tx = repo.begin().await?;
-        let device = tx
-            .get_device(job.device)
-            .await?
-            .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?;
-        let owner_id = device.owner.ok_or_else(|| SessionError::Server("the device has no owner".into()))?;
-        let owner = tx
-            .get_user(owner_id)
-            .await?
-            .ok_or_else(|| SessionError::Server("the device's owner is gone".into()))?;
-        let group = tx
-            .get_group(owner.group)
-            .await?
-            .ok_or_else(|| SessionError::Server("the owner's group is gone".into()))?;
-        let sealed = tx.get_card_secrets(device.id).await?;
-        drop(tx);
+        let device = job_device(s, job).await?;
+        let (owner, policy) = holder(s, &device).await?;
+        let sealed = repo.begin().await?.get_card_secrets(device.id).await?;
         if device.state != DeviceState::Issuing {
             return Err(SessionError::Server(format!(
                 "device {} is {}, not issuing",
                 device.id, device.state
             )));
         }
-        let policy = group.policy;
         // Secrets and the card UUID exist before the first command, and are reused on resume.
         let (secrets, guid) = match (&sealed, device.card_guid, &job.checkpoint) {
             (Some(sealed), Some(guid), _) => (
@@ -403,9 +395,16 @@ impl Session {
                     Input::Responses(responses)
                 }
                 Step::IssueCertificates(keys) => {
-                    let (certs, credentials) =
-                        issue_certificates(s, cfg, &device, &owner.display_name, &keys, guid, expires)
-                            .await?;
+                    let (certs, credentials) = issue_certificates(
+                        s,
+                        cfg,
+                        &device,
+                        &owner.display_name,
+                        &policy,
+                        &keys,
+                        (guid, expires),
+                    )
+                    .await?;
                     // The engine takes the certificates; the checkpoint that says so is stored
                     // with the credentials, so a resumed session never issues twice.
                     let next = engine.next(Input::Certificates(certs));
@@ -498,23 +497,14 @@ impl Session {
             // Nothing reached a card in this job: only the records need undoing.
             return self.finish_rollback(s, job, op, "no card was written; nothing to reset".into()).await;
         };
-        let check =
-            [lanyard_piv::commands::select(), lanyard_piv::commands::get_data(lanyard_piv::tag::CHUID)];
-        let answers = self.transmit("check_card", (0, 1), &check).await?;
-        if !answers.first().is_some_and(|r| r.sw.is_success()) {
-            return Err(SessionError::Engine("the card has no PIV application".into()));
-        }
-        if let Some(chuid) =
-            answers.get(1).filter(|r| r.sw.is_success() && r.data.get(1).is_some_and(|l| *l != 0))
-        {
-            match lanyard_piv::objects::Chuid::decode(&chuid.data) {
-                Ok(c) if c.guid == guid || c.fasc_n == lanyard_piv::objects::YUBICO_TEMPLATE_FASC_N => {}
-                _ => {
-                    return Err(SessionError::Engine(format!(
-                        "this is not the card job {} was issuing (its CHUID names another card); it was not touched",
-                        job.id
-                    )));
-                }
+        match self.read_chuid().await? {
+            ChuidIssuance::Absent | ChuidIssuance::Template(_) => {}
+            ChuidIssuance::Issued(c) if c.guid == guid => {}
+            _ => {
+                return Err(SessionError::Engine(format!(
+                    "this is not the card job {} was issuing (its CHUID names another card); it was not touched",
+                    job.id
+                )));
             }
         }
         let round_trips = self.reset_card().await?;
@@ -527,20 +517,26 @@ impl Session {
     /// Checks that the card in the reader is the device's own: its CHUID carries the recorded
     /// card UUID.
     async fn check_card(&mut self, device: &Device) -> Result<(), SessionError> {
-        let check =
-            [lanyard_piv::commands::select(), lanyard_piv::commands::get_data(lanyard_piv::tag::CHUID)];
-        let answers = self.transmit("check_card", (0, 1), &check).await?;
-        let chuid = answers
-            .get(1)
-            .filter(|r| r.sw.is_success())
-            .and_then(|r| lanyard_piv::objects::Chuid::decode(&r.data).ok());
-        match (chuid, device.card_guid) {
+        match (self.read_chuid().await?.chuid(), device.card_guid) {
             (Some(c), Some(guid)) if c.guid == guid => Ok(()),
             _ => Err(SessionError::Engine(format!(
                 "this is not card {} (its CHUID names another card)",
                 device.id
             ))),
         }
+    }
+
+    /// Selects the PIV application and reads the card's CHUID, classified by the one rule for
+    /// "already issued".
+    async fn read_chuid(&mut self) -> Result<ChuidIssuance, SessionError> {
+        let check =
+            [lanyard_piv::commands::select(), lanyard_piv::commands::get_data(lanyard_piv::tag::CHUID)];
+        let answers = self.transmit("check_card", (0, 1), &check).await?;
+        if !answers.first().is_some_and(|r| r.sw.is_success()) {
+            return Err(SessionError::Engine("the card has no PIV application".into()));
+        }
+        let chuid = answers.get(1).filter(|r| r.sw.is_success()).map(|r| r.data.as_slice());
+        Ok(ChuidIssuance::classify(chuid))
     }
 
     /// Unblocks the PIN: the agent sends RESET RETRY COUNTER with the stored PUK and the new PIN
@@ -553,26 +549,14 @@ impl Session {
         op: &OperationId,
     ) -> Result<(), SessionError> {
         let repo = s.repo.as_ref();
-        let (device, sealed, policy) = {
-            let mut tx = repo.begin().await?;
-            let device = tx
-                .get_device(job.device)
-                .await?
-                .ok_or_else(|| SessionError::Server("the job's device is gone".into()))?;
-            let sealed = tx
-                .get_card_secrets(device.id)
-                .await?
-                .ok_or_else(|| SessionError::Server("the card has no stored secrets".into()))?;
-            let owner = match device.owner {
-                Some(o) => tx.get_user(o).await?,
-                None => None,
-            };
-            let policy = match owner {
-                Some(u) => tx.get_group(u.group).await?.map(|g| g.policy),
-                None => None,
-            };
-            (device, sealed, policy.unwrap_or_default())
-        };
+        let device = job_device(s, job).await?;
+        let (_, policy) = holder(s, &device).await?;
+        let sealed = repo
+            .begin()
+            .await?
+            .get_card_secrets(device.id)
+            .await?
+            .ok_or_else(|| SessionError::Server("the card has no stored secrets".into()))?;
         self.check_card(&device).await?;
         let secrets = CardSecrets::open(&sealed, &cfg.kek, device.id)
             .map_err(|e| SessionError::Server(e.to_string()))?;
@@ -655,6 +639,21 @@ impl Session {
         system.save_job(s.repo.as_ref(), job).await?;
         self.done(device.id, device.state).await
     }
+}
+
+/// The device's holder and the policy of the holder's group.
+async fn holder<R: Repo>(s: &AppState<R>, device: &Device) -> Result<(User, Policy), SessionError> {
+    let owner = device.owner.ok_or_else(|| SessionError::Server("the device has no holder".into()))?;
+    let mut tx = s.repo.begin().await?;
+    let user = tx
+        .get_user(owner)
+        .await?
+        .ok_or_else(|| SessionError::Server("the device's holder is gone".into()))?;
+    let group = tx
+        .get_group(user.group)
+        .await?
+        .ok_or_else(|| SessionError::Server("the holder's group is gone".into()))?;
+    Ok((user, group.policy))
 }
 
 /// The device a job works on.
@@ -741,30 +740,15 @@ async fn issue_certificates<R: Repo>(
     cfg: &IssuanceConfig,
     device: &Device,
     holder: &str,
+    policy: &Policy,
     keys: &[GeneratedKey],
-    guid: [u8; 16],
-    card_expires: OffsetDateTime,
+    (guid, card_expires): ([u8; 16], OffsetDateTime),
 ) -> Result<Issued, SessionError> {
     use der::Decode;
     let now = s.clock.now();
     let fasc_n = fasc_n(device.id)?.to_bytes();
     let mut certs = Vec::new();
     let mut credentials = Vec::new();
-    // Each slot's profile and validity from the holder's policy.
-    let policy_profiles: std::collections::BTreeMap<CertSlot, (String, u16)> = {
-        let mut tx = s.repo.begin().await?;
-        let owner = device.owner.ok_or_else(|| SessionError::Server("no owner".into()))?;
-        let user = tx.get_user(owner).await?;
-        let group = match user {
-            Some(u) => tx.get_group(u.group).await?,
-            None => None,
-        };
-        group
-            .map(|g| {
-                g.policy.certificates.into_iter().map(|(k, v)| (k, (v.profile, v.validity_days))).collect()
-            })
-            .unwrap_or_default()
-    };
     for key in keys {
         let slot = cert_slot(key.slot)
             .ok_or_else(|| SessionError::Server(format!("unexpected slot {:?}", key.slot)))?;
@@ -786,9 +770,14 @@ async fn issue_certificates<R: Repo>(
             Some(a) => Some(a.attestation_cert_der.clone()),
             None => None,
         };
-        let (profile_id, validity_days) = policy_profiles.get(&slot).cloned().unwrap_or_default();
-        let profile = lanyard_ca::CertificateProfile::builtin(&profile_id).ok_or_else(|| {
-            SessionError::Server(format!("policy names an unknown profile {profile_id:?} for {slot}"))
+        // The slot's profile and validity from the holder's policy.
+        let planned = policy
+            .certificates
+            .get(&slot)
+            .ok_or_else(|| SessionError::Server(format!("the policy has no certificate for {slot}")))?;
+        let validity_days = planned.validity_days;
+        let profile = lanyard_ca::CertificateProfile::builtin(&planned.profile).ok_or_else(|| {
+            SessionError::Server(format!("policy names an unknown profile {:?} for {slot}", planned.profile))
         })?;
         let public_key = SubjectPublicKeyInfoOwned::from_der(&key.public_key_spki_der)
             .map_err(|e| SessionError::Engine(format!("slot {slot}: public key: {e}")))?;

@@ -335,8 +335,7 @@ async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError
         after = page.last().map(|c| c.id);
     }
     drop(tx);
-    // cRLNumber must grow with every CRL: microseconds since the epoch do, one CRL at a time.
-    let number = u64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(0);
+    let number = crl_number(now);
     let der = s
         .pki
         .issuing
@@ -348,6 +347,12 @@ async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError
     Ok(der_response("application/pkix-crl", der))
 }
 
+/// cRLNumber must grow with every CRL a CA signs: microseconds since the epoch do, one CRL at a
+/// time.
+fn crl_number(now: OffsetDateTime) -> u64 {
+    u64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(0)
+}
+
 /// How long the root's CRL stays valid. The root only ever certifies the issuing CA, which
 /// Lanyard does not revoke, so the list is empty; it is re-signed on request.
 const ROOT_CRL_VALIDITY: time::Duration = time::Duration::days(7);
@@ -355,7 +360,7 @@ const ROOT_CRL_VALIDITY: time::Duration = time::Duration::days(7);
 /// The CRL the issuing CA's certificate points to: signed by the root.
 async fn root_crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
     let now = s.clock.now();
-    let number = u64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(0);
+    let number = crl_number(now);
     let der = s
         .pki
         .root

@@ -29,9 +29,11 @@ pub struct Pki {
     pub content_signer: SignerCredential<SoftwareKey>,
 }
 
-/// Whether a certificate valid from `not_before` to `not_after` (Unix seconds) has less than a
-/// third of its life left at `now`.
-fn in_last_third(not_before: u64, not_after: u64, now: OffsetDateTime) -> bool {
+/// Whether a certificate has less than a third of its life left at `now`: the server's own
+/// signer and TLS certificates are re-issued then.
+fn in_last_third(validity: &lanyard_ca::Validity, now: OffsetDateTime) -> bool {
+    let not_after = validity.not_after.to_unix_duration().as_secs();
+    let not_before = validity.not_before.to_unix_duration().as_secs();
     let remaining = i128::from(not_after) - i128::from(now.unix_timestamp());
     remaining * 3 < i128::from(not_after.saturating_sub(not_before))
 }
@@ -50,12 +52,7 @@ fn content_signer(
     if cert_path.exists() && keys.exists("content-signer")? {
         let der = read(&cert_path)?;
         let certificate: lanyard_ca::Certificate = der::Decode::from_der(&der).map_err(CaError::from)?;
-        let validity = &certificate.tbs_certificate.validity;
-        let (nb, na) = (
-            validity.not_before.to_unix_duration().as_secs(),
-            validity.not_after.to_unix_duration().as_secs(),
-        );
-        if !in_last_third(nb, na, now) {
+        if !in_last_third(&certificate.tbs_certificate.validity, now) {
             let key = keys.load("content-signer")?;
             return Ok(SignerCredential {
                 certificate: lanyard_ca::IssuedCertificate { certificate, der },
@@ -147,11 +144,7 @@ impl Pki {
             keys.load("ocsp")?,
             spec.ocsp_next_update_in,
         )?;
-        let validity = &ocsp.responder_certificate().tbs_certificate.validity;
-        let not_after = validity.not_after.to_unix_duration().as_secs();
-        let not_before = validity.not_before.to_unix_duration().as_secs();
-        let remaining = i128::from(not_after) - i128::from(now.unix_timestamp());
-        let ocsp = if remaining * 3 < i128::from(not_after.saturating_sub(not_before)) {
+        let ocsp = if in_last_third(&ocsp.responder_certificate().tbs_certificate.validity, now) {
             // Re-issue for the same key; the old certificate simply expires.
             let fresh = issue_ocsp_signer(
                 &issuing,
@@ -206,10 +199,7 @@ impl Pki {
         {
             let der = read(&cert_path)?;
             let cert: lanyard_ca::Certificate = der::Decode::from_der(&der).map_err(CaError::from)?;
-            let validity = &cert.tbs_certificate.validity;
-            let not_after = i128::from(validity.not_after.to_unix_duration().as_secs());
-            let not_before = i128::from(validity.not_before.to_unix_duration().as_secs());
-            if (not_after - i128::from(now.unix_timestamp())) * 3 >= not_after - not_before {
+            if !in_last_third(&cert.tbs_certificate.validity, now) {
                 let key = keys.load("tls")?.to_pkcs8_der()?;
                 return Ok(TlsIdentity {
                     chain: vec![der, self.issuing.certificate_der().to_vec()],

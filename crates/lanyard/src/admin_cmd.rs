@@ -287,23 +287,11 @@ fn load_config() -> anyhow::Result<CliConfig> {
 
 /// Refuses plain HTTP to anything but a loopback host: the password and token would travel in clear.
 fn check_scheme(server: &str) -> anyhow::Result<()> {
-    if server.starts_with("https://") {
-        return Ok(());
-    }
-    let Some(rest) = server.strip_prefix("http://") else {
+    if !(server.starts_with("https://") || server.starts_with("http://")) {
         bail!("--server {server:?} must be an https:// URL");
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if !loopback {
-        bail!("--server {server:?}: plain http:// is only allowed to a loopback address; use https://");
     }
-    Ok(())
+    // The same URL rules as the agent's: a host is required, plain HTTP only to loopback.
+    lanyard_agent::relay::parse_server(server).map(drop).with_context(|| format!("--server {server:?}"))
 }
 
 fn agent(ca_cert_pem: Option<&str>) -> anyhow::Result<ureq::Agent> {

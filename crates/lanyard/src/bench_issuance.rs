@@ -22,7 +22,9 @@ use lanyard_server::{AppState, Pki, router};
 use lanyard_store::Db;
 use lanyard_vcard::{AttestationRoot, NewCard, VirtualCard};
 use serde_json::{Value, json};
+use std::cell::Cell;
 use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use zeroize::Zeroizing;
@@ -37,7 +39,9 @@ struct Timed {
     /// Transmits that only continue a command: chained blocks before the last (CLA bit 0x10) and
     /// GET RESPONSE (INS C0).
     continuations: u32,
-    last_end: Option<Instant>,
+    /// When the last transmit ended; shared with the progress callback, which cannot borrow
+    /// the card while the relay holds it.
+    last_end: Rc<Cell<Option<Instant>>>,
 }
 
 impl CardTransport for Timed {
@@ -50,7 +54,7 @@ impl CardTransport for Timed {
         if apdu.first().is_some_and(|cla| cla & 0x10 != 0) || apdu.get(1) == Some(&0xC0) {
             self.continuations += 1;
         }
-        self.last_end = Some(end);
+        self.last_end.set(Some(end));
         r
     }
 }
@@ -188,7 +192,14 @@ pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
 
         let inner = PcscCard::connect(READER)?;
         let atr = inner.atr()?;
-        let mut card = Timed { inner, busy: Duration::ZERO, transmits: 0, continuations: 0, last_end: None };
+        let last_end = Rc::new(Cell::new(None));
+        let mut card = Timed {
+            inner,
+            busy: Duration::ZERO,
+            transmits: 0,
+            continuations: 0,
+            last_end: Rc::clone(&last_end),
+        };
         let opts = SessionOptions::new(base.clone(), ticket, READER);
         let mut pins = FixedPin(Zeroizing::new("97531864".to_owned()));
         let mut server = Duration::ZERO;
@@ -196,7 +207,6 @@ pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut mark = start;
         let outcome = {
-            let last_end = std::cell::Cell::new(None::<Instant>);
             let mut progress = |p: &Progress| {
                 if let Progress::Step { .. } = p {
                     batches += 1;
@@ -206,10 +216,7 @@ pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
                     mark = now;
                 }
             };
-            // The relay borrows the card; each transmit's end time reaches the progress callback
-            // through `last_end`.
-            let relay_card = TimedRef { t: &mut card, last_end: &last_end };
-            run_session_with(&opts, relay_card, &atr, &mut pins, &mut progress)?
+            run_session_with(&opts, &mut card, &atr, &mut pins, &mut progress)?
         };
         let wall = start.elapsed();
         drop(vcard);
@@ -234,26 +241,6 @@ pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
     report(&samples, algorithm.as_str());
     drop(rt);
     Ok(())
-}
-
-/// Borrows the timed card for the relay and mirrors each transmit's end time into `last_end`.
-struct TimedRef<'a> {
-    t: &'a mut Timed,
-    last_end: &'a std::cell::Cell<Option<Instant>>,
-}
-
-impl CardTransport for TimedRef<'_> {
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-        let r = self.t.transmit(apdu);
-        self.last_end.set(self.t.last_end);
-        r
-    }
-}
-
-impl SessionCard for TimedRef<'_> {
-    fn still_present(&mut self) -> bool {
-        self.t.still_present()
-    }
 }
 
 fn report(samples: &[Sample], algorithm: &str) {

@@ -160,18 +160,10 @@ fn load_attestation_roots(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Ve
 fn tls_names(public_url: &str, listen: SocketAddr) -> anyhow::Result<(Vec<String>, Vec<std::net::IpAddr>)> {
     let mut dns = Vec::new();
     let mut ip = Vec::new();
-    let authority = public_url
-        .split_once("://")
-        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
-        .context("public_url has no scheme")?;
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
+    let host = lanyard_agent::relay::parse_server(public_url).context("public_url")?.host;
     match host.parse::<std::net::IpAddr>() {
         Ok(a) => ip.push(a),
-        Err(_) if !host.is_empty() => dns.push(host.to_ascii_lowercase()),
-        Err(_) => bail!("public_url = {public_url:?} names no host"),
+        Err(_) => dns.push(host.to_ascii_lowercase()),
     }
     if !listen.ip().is_unspecified() {
         ip.push(listen.ip());
