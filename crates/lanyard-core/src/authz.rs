@@ -20,8 +20,8 @@ use crate::audit::{Actor, AuditEvent, ChainHead, ChainVerifier, NewAuditEvent, O
 use crate::error::{DomainError, Forbidden};
 use crate::ids::{ApiTokenId, CredentialId, DeviceId, GroupId, JobId, UserId};
 use crate::lifecycle::{
-    CredentialAction, DeviceAction, DeviceState, RevocationReason, apply_credential, apply_device,
-    credential_action_allowed, device_target,
+    CredentialAction, CredentialState, DeviceAction, DeviceState, RevocationReason, apply_credential,
+    apply_device, credential_action_allowed, device_target, new_certificate_state,
 };
 use crate::model::{
     ApiToken, Credential, CredentialKind, Device, DeviceClass, DeviceKind, EnrollmentCode, EnrollmentPurpose,
@@ -262,6 +262,78 @@ async fn transition_with_derived<T: Tx>(
         }
     }
     Ok(device)
+}
+
+/// Records certificates that were signed for `device` outside any unit of work (reserve → sign →
+/// record). The device is read again here: each credential starts in the state the device calls
+/// for now ([`new_certificate_state`]). A device that stopped taking certificates while the CA was
+/// signing (revoked, suspended, failed) gets them recorded Revoked (cessationOfOperation), so OCSP
+/// and the CRL know the serials; the caller commits that and reports [`CertificatesRefused`].
+/// One `credential.issue` audit event each; `job` is named in them when given. Does not commit.
+async fn record_certificates<T: Tx>(
+    tx: &mut T,
+    who: &Acting,
+    device: DeviceId,
+    credentials: &mut [Credential],
+    job: Option<JobId>,
+) -> Result<Option<CertificatesRefused>, DomainError> {
+    let d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+    let state = new_certificate_state(d.state);
+    for credential in credentials.iter_mut() {
+        credential.device = device;
+        credential.created_at = who.at;
+        credential.updated_at = who.at;
+        match state {
+            Some(CredentialState::Active) => {
+                apply_credential(credential, CredentialAction::Activate, who.at)?;
+            }
+            Some(_) => {}
+            None => {
+                apply_credential(
+                    credential,
+                    CredentialAction::Revoke(RevocationReason::CessationOfOperation),
+                    who.at,
+                )?;
+            }
+        }
+        tx.insert_credential(credential).await?;
+        let CredentialKind::Certificate { slot, profile, serial_hex, not_before, not_after, .. } =
+            &credential.kind;
+        let mut after = json!({
+            "device": credential.device,
+            "state": credential.state,
+            "slot": slot,
+            "profile": profile,
+            "serial": serial_hex,
+            "not_before": not_before.unix_timestamp(),
+            "not_after": not_after.unix_timestamp(),
+        });
+        if let (Some(job), Some(map)) = (job, after.as_object_mut()) {
+            map.insert("job".into(), json!(job));
+        }
+        let event = NewAuditEvent::new(who.at, who.actor.clone(), "credential.issue", &who.operation_id)
+            .target(format!("credential:{}", credential.id))
+            .after(after);
+        tx.append_audit(event).await?;
+    }
+    Ok(state.is_none().then_some(CertificatesRefused { device, state: d.state }))
+}
+
+/// Certificates were signed for a device that meanwhile stopped taking them; they were recorded
+/// revoked.
+#[derive(Clone, Copy, Debug)]
+pub struct CertificatesRefused {
+    pub device: DeviceId,
+    pub state: DeviceState,
+}
+
+impl From<CertificatesRefused> for DomainError {
+    fn from(r: CertificatesRefused) -> Self {
+        DomainError::Conflict(format!(
+            "device {} became {} while its certificate was being signed; the certificate was recorded revoked",
+            r.device, r.state
+        ))
+    }
 }
 
 async fn policy_of<T: Tx>(tx: &mut T, user: &User) -> Result<Policy, DomainError> {
@@ -976,50 +1048,46 @@ impl Operator<'_> {
         Ok(device)
     }
 
-    /// Records a certificate the caller has just had signed for `device`: `issue` sees the
-    /// device (for its card UUID) and returns the certificate; it becomes an Active credential
-    /// with one `credential.issue` audit event, in one unit of work. Only devices in use or
-    /// being issued (Issuing, Pending, Active) receive certificates.
-    pub async fn issue_certificate<R, E, F>(&self, repo: &R, id: DeviceId, issue: F) -> Result<Credential, E>
-    where
-        R: Repo,
-        E: From<DomainError>,
-        F: FnOnce(&Device) -> Result<CredentialKind, E>,
-    {
-        let who = self.p.acting();
-        let mut tx = repo.begin().await.map_err(DomainError::from)?;
-        let device = tx
-            .get_device(id)
-            .await
-            .map_err(DomainError::from)?
-            .ok_or_else(|| DomainError::not_found("device", id))?;
-        if !matches!(device.state, DeviceState::Issuing | DeviceState::Pending | DeviceState::Active) {
-            return Err(DomainError::Conflict(format!(
-                "the device is {}; certificates are issued only to issuing, pending or active devices",
-                device.state
+    /// What the issuance rules need to issue a certificate for device `id` (reserve): the device,
+    /// its holder and the holder's policy, read in one unit of work that writes nothing.
+    pub async fn issuance_context<R: Repo>(
+        &self,
+        repo: &R,
+        id: DeviceId,
+    ) -> Result<(Device, User, Policy), DomainError> {
+        let mut tx = repo.begin().await?;
+        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+        let owner = device.owner.ok_or_else(|| {
+            DomainError::Conflict(format!(
+                "device {id} has no holder; certificates are issued to held devices"
             ))
-            .into());
+        })?;
+        let holder = tx.get_user(owner).await?.ok_or_else(|| DomainError::not_found("user", owner))?;
+        let policy = policy_of(&mut tx, &holder).await?;
+        Ok((device, holder, policy))
+    }
+
+    /// Records a certificate signed for device `id` (record): its state follows the device as
+    /// it is now, one `credential.issue` audit event, one unit of work. See
+    /// [`record_certificates`] for a device that changed while the CA was signing.
+    pub async fn record_certificate<R: Repo>(
+        &self,
+        repo: &R,
+        id: DeviceId,
+        kind: CredentialKind,
+    ) -> Result<Credential, DomainError> {
+        let who = self.p.acting();
+        let mut tx = repo.begin().await?;
+        let mut credentials = [Credential::new(id, kind, who.at)];
+        let refused = record_certificates(&mut tx, &who, id, &mut credentials, None).await?;
+        tx.commit().await?;
+        match refused {
+            Some(r) => Err(r.into()),
+            None => {
+                let [credential] = credentials;
+                Ok(credential)
+            }
         }
-        let kind = issue(&device)?;
-        let mut credential = Credential::new(device.id, kind, who.at);
-        apply_credential(&mut credential, CredentialAction::Activate, who.at).map_err(DomainError::from)?;
-        tx.insert_credential(&credential).await.map_err(DomainError::from)?;
-        let CredentialKind::Certificate { slot, profile, serial_hex, not_before, not_after, .. } =
-            &credential.kind;
-        let event = NewAuditEvent::new(who.at, who.actor.clone(), "credential.issue", &who.operation_id)
-            .target(format!("credential:{}", credential.id))
-            .after(json!({
-                "device": credential.device,
-                "state": credential.state,
-                "slot": slot,
-                "profile": profile,
-                "serial": serial_hex,
-                "not_before": not_before.unix_timestamp(),
-                "not_after": not_after.unix_timestamp(),
-            }));
-        tx.append_audit(event).await.map_err(DomainError::from)?;
-        tx.commit().await.map_err(DomainError::from)?;
-        Ok(credential)
     }
 
     /// Turns a Terminated or Failed token back into unowned stock; its stored card secrets are
@@ -1273,8 +1341,8 @@ impl System {
         Ok(())
     }
 
-    /// Seals nothing itself: stores the device's sealed card secrets and its card UUID (CHUID
-    /// GUID) before the first command reaches the card, so a crash after the management key
+    /// Seals nothing itself: stores the device's sealed card secrets, its card UUID (CHUID GUID)
+    /// and expiry before the first command reaches the card, so a crash after the management key
     /// rotation still leaves the key the card now expects. Audited without any secret.
     pub async fn prepare_card<R: Repo>(
         &self,
@@ -1282,6 +1350,7 @@ impl System {
         device: DeviceId,
         sealed: &SealedCardSecrets,
         card_guid: [u8; 16],
+        card_expires_at: OffsetDateTime,
     ) -> Result<Device, DomainError> {
         let mut tx = repo.begin().await?;
         let mut d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
@@ -1290,43 +1359,40 @@ impl System {
         }
         tx.put_card_secrets(device, sealed).await?;
         d.card_guid = Some(card_guid);
+        d.card_expires_at = Some(card_expires_at);
         d.updated_at = self.acting.at;
         tx.update_device(&d).await?;
-        let event = self
-            .audit("device.prepare_card", format!("device:{device}"))
-            .after(json!({"card_guid": hex::encode(card_guid), "card_secrets": "sealed"}));
+        let event = self.audit("device.prepare_card", format!("device:{device}")).after(json!({
+            "card_guid": hex::encode(card_guid),
+            "card_expires_at": card_expires_at.unix_timestamp(),
+            "card_secrets": "sealed",
+        }));
         tx.append_audit(event).await?;
         tx.commit().await?;
         Ok(d)
     }
 
     /// Records certificates issued for a card in the middle of its personalization (Pending until
-    /// the device is activated) together with the job's new checkpoint, in one transaction.
+    /// the device is activated) together with the job's new checkpoint, in one transaction. The
+    /// device is re-checked ([`record_certificates`]): if it stopped being issued meanwhile, the
+    /// certificates are recorded revoked, the checkpoint is not stored, and the call fails.
     pub async fn record_issued<R: Repo>(
         &self,
         repo: &R,
         job: &Job,
-        credentials: &[Credential],
+        credentials: &mut [Credential],
     ) -> Result<(), DomainError> {
         let mut tx = repo.begin().await?;
-        for credential in credentials {
-            tx.insert_credential(credential).await?;
-            let CredentialKind::Certificate { slot, profile, serial_hex, not_after, .. } = &credential.kind;
-            let event =
-                self.audit("credential.issue", format!("credential:{}", credential.id)).after(json!({
-                    "device": credential.device,
-                    "state": credential.state,
-                    "slot": slot,
-                    "profile": profile,
-                    "serial": serial_hex,
-                    "not_after": not_after.unix_timestamp(),
-                    "job": job.id,
-                }));
-            tx.append_audit(event).await?;
+        let refused =
+            record_certificates(&mut tx, &self.acting, job.device, credentials, Some(job.id)).await?;
+        if refused.is_none() {
+            tx.update_job(job).await?;
         }
-        tx.update_job(job).await?;
         tx.commit().await?;
-        Ok(())
+        match refused {
+            Some(r) => Err(r.into()),
+            None => Ok(()),
+        }
     }
 
     /// After a restart no card session is running any more: every job still marked Running is

@@ -405,6 +405,18 @@ pub fn allowed_device_actions(
 }
 
 /// Whether `action` is legal for a credential in `state`.
+/// The state a new certificate for a device in `device` starts in, or `None` when the device
+/// takes no new certificates. Pending while the device's issuance is not confirmed (Issuing,
+/// Pending: OCSP and the CRL report such certificates on hold), Active on an Active device. Every
+/// enrolment path and every record step applies this one rule.
+pub const fn new_certificate_state(device: DeviceState) -> Option<CredentialState> {
+    match device {
+        DeviceState::Issuing | DeviceState::Pending => Some(CredentialState::Pending),
+        DeviceState::Active => Some(CredentialState::Active),
+        _ => None,
+    }
+}
+
 pub fn credential_action_allowed(state: CredentialState, action: CredentialAction) -> bool {
     credential_target(state, action.kind()).is_some()
 }
@@ -432,6 +444,7 @@ pub fn apply_device(
         DeviceAction::Recycle => {
             device.owner = None;
             device.card_guid = None;
+            device.card_expires_at = None;
             device.revocation_reason = None;
             device.links.clear();
             device.suspended_from = None;

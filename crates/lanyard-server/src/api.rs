@@ -14,7 +14,7 @@ use lanyard_core::authz::NewUser;
 use lanyard_core::ids::{ApiTokenId, CredentialId, DeviceId, GroupId};
 use lanyard_core::lifecycle::RevocationReason;
 use lanyard_core::model::{
-    ApiToken, CertSlot, Credential, CredentialKind, Device, Email, Policy, Role, Session, User, Username,
+    ApiToken, CertSlot, Credential, Device, Email, Policy, Role, Session, User, Username,
 };
 use lanyard_core::password::authenticate;
 use lanyard_core::repo::prelude::*;
@@ -22,7 +22,7 @@ use lanyard_core::repo::{AuditQuery, DeviceQuery, Repo, UserQuery};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Auth, SESSION_COOKIE, SESSION_IDLE, SESSION_TTL, Via};
+use crate::auth::{Auth, SESSION_IDLE, SESSION_TTL, Via};
 use crate::{ApiError, AppState};
 
 /// Largest page of audit events one request returns.
@@ -133,13 +133,7 @@ async fn login<R: Repo>(
     let secret = secret.expose_secret();
     let body = LoginResponse { csrf_token: Session::csrf_token(secret), user };
     let mut resp = Json(body).into_response();
-    set_cookie(
-        &mut resp,
-        &format!(
-            "{SESSION_COOKIE}={secret}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-            SESSION_TTL.whole_seconds()
-        ),
-    );
+    set_cookie(&mut resp, &crate::auth::session_cookie(secret, SESSION_TTL));
     Ok(resp)
 }
 
@@ -157,10 +151,7 @@ async fn logout<R: Repo>(State(s): State<AppState<R>>, auth: Auth) -> Result<Res
     tx.append_audit(event).await?;
     tx.commit().await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    set_cookie(
-        &mut resp,
-        &format!("{SESSION_COOKIE}=; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
+    set_cookie(&mut resp, &crate::auth::session_cookie("", time::Duration::ZERO));
     Ok(resp)
 }
 
@@ -475,31 +466,6 @@ struct IssueCertificateRequest {
     validity_days: Option<u32>,
 }
 
-/// Built-in profiles this route issues under: end-entity certificates for people's devices (not
-/// CA, OCSP-signing, content-signing or TLS server certificates).
-const ISSUABLE_PROFILES: [&str; 7] = [
-    "piv-auth",
-    "card-auth",
-    "digital-signature",
-    "key-management",
-    "derived-piv-auth",
-    "derived-piv-auth-hardware",
-    "mobile-device",
-];
-
-fn issuable_profile(id: &str) -> Result<lanyard_ca::CertificateProfile, ApiError> {
-    // The long name is accepted for the 9A profile, as clients tend to spell it out.
-    let id = if id == "piv-authentication" { "piv-auth" } else { id };
-    ISSUABLE_PROFILES.contains(&id).then(|| lanyard_ca::CertificateProfile::builtin(id)).flatten().ok_or_else(
-        || {
-            ApiError::bad_request(format!(
-                "profile: unknown or not issuable here: {id:?} (expected one of {})",
-                ISSUABLE_PROFILES.join(", ")
-            ))
-        },
-    )
-}
-
 /// A certificate just issued: its credential record and the certificate itself.
 #[derive(Serialize, utoipa::ToSchema)]
 struct IssuedCertificate {
@@ -510,100 +476,43 @@ struct IssuedCertificate {
 #[utoipa::path(post, path = "/api/v1/devices/{id}/certificates", tag = "credentials", params(("id" = String, Path, description = "device id")),
     request_body = IssueCertificateRequest,
     responses((status = 201, body = IssuedCertificate), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
-/// Signs a CSR for a device under a built-in profile and records it as an Active credential.
+/// Signs a CSR's key for a device under the issuance rules (the profile, subject, SANs and
+/// validity the holder's policy and the card call for; the CSR proves possession of the key) and
+/// records it: Pending while the device is Issuing or Pending, Active on an Active device.
 async fn issue_certificate<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
     Path(id): Path<String>,
     body: Result<Json<IssueCertificateRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    use lanyard_ca::{IssueRequest, Presence, SanInput};
     let op = auth.principal.operator()?;
     let id = device_id(&id)?;
     let Json(req) = body?;
-    let profile = issuable_profile(req.profile.trim())?;
     let slot =
         req.slot.trim().parse::<CertSlot>().map_err(|e| ApiError::bad_request(format!("slot: {e}")))?;
-    let days = req.validity_days.unwrap_or(profile.max_validity_days);
-    if days == 0 {
-        return Err(ApiError::bad_request("validity_days: must be at least 1"));
-    }
     let csr = lanyard_ca::parse_csr_pem(&req.csr_pem)
         .map_err(|e| ApiError::bad_request(format!("csr_pem: {e}")))?;
-    let now = s.clock.now();
-    let pki = std::sync::Arc::clone(&s.pki);
-    let credential = op
-        .issue_certificate(s.repo.as_ref(), id, |device: &Device| -> Result<CredentialKind, ApiError> {
-            let mut san = SanInput::default();
-            if profile.san.card_uuid != Presence::Forbidden || profile.san.fasc_n != Presence::Forbidden {
-                match device.card_guid {
-                    Some(guid) => {
-                        if profile.san.card_uuid != Presence::Forbidden {
-                            san.card_uuid = Some(guid);
-                        }
-                        if profile.san.fasc_n != Presence::Forbidden {
-                            // Lanyard is not a federal issuer: its cards carry the "no FASC-N"
-                            // value (agency 9999), and the card UUID identifies the card.
-                            san.fasc_n = Some(lanyard_piv::objects::YUBICO_TEMPLATE_FASC_N);
-                        }
-                    }
-                    None if profile.san.card_uuid == Presence::Required
-                        || profile.san.fasc_n == Presence::Required =>
-                    {
-                        return Err(ApiError::bad_request(format!(
-                            "profile {} needs the card UUID (CHUID GUID) of the device, and device {} has none \
-                             (it has not been personalised)",
-                            profile.id, device.id
-                        )));
-                    }
-                    None => {}
-                }
-            }
-            let issued = pki
-                .issuing
-                .issue(&IssueRequest {
-                    profile: &profile,
-                    subject: csr.subject.clone(),
-                    public_key: csr.public_key.clone(),
-                    san,
-                    not_before: now,
-                    requested_not_after: now + time::Duration::days(i64::from(days)),
-                    cap_not_after: None,
-                })
-                .map_err(|e| ApiError::bad_request(format!("the CA refused the request: {e}")))?;
-            let validity = &issued.certificate.tbs_certificate.validity;
-            let to_time = |secs: u64| {
-                time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
-                    .map_err(|e| ApiError::internal("reading the certificate's validity", e))
-            };
-            Ok(CredentialKind::Certificate {
-                slot,
-                profile: profile.id.clone(),
-                serial_hex: crate::serial_hex(issued.serial().as_bytes()),
-                not_before: to_time(validity.not_before.to_unix_duration().as_secs())?,
-                not_after: to_time(validity.not_after.to_unix_duration().as_secs())?,
-                certificate_der: issued.der.clone(),
-                attestation_der: None,
-            })
-        })
-        .await?;
-    let certificate_der = match &credential.kind {
-        CredentialKind::Certificate { certificate_der, .. } => certificate_der.clone(),
+    let public_key_der =
+        der::Encode::to_der(&csr.public_key).map_err(|e| ApiError::bad_request(format!("csr_pem: {e}")))?;
+    let channel = lanyard_issuance::Channel::OperatorCsr {
+        profile: Some(req.profile.trim()),
+        validity_days: req.validity_days,
     };
-    let body = IssuedCertificate { credential, certificate_pem: pem_certificate(&certificate_der) };
+    let signed = lanyard_issuance::sign_for_operator(
+        s.repo.as_ref(),
+        &op,
+        &s.pki.issuing,
+        id,
+        slot,
+        &public_key_der,
+        channel,
+        s.clock.now(),
+    )
+    .await?;
+    let credential = op.record_certificate(s.repo.as_ref(), id, signed.kind).await?;
+    let body =
+        IssuedCertificate { credential, certificate_pem: lanyard_ca::issue::pem("CERTIFICATE", &signed.der) };
     Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-fn pem_certificate(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -113,16 +113,30 @@ pub struct Auth {
     pub via: Via,
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
+/// The value of cookie `name` in the request's `Cookie` headers (RFC 6265 syntax; unparsable
+/// pairs are skipped, not fatal).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
+}
+
+/// The `Set-Cookie` value for the session cookie: `Secure`, `HttpOnly`, `SameSite=Strict`,
+/// `Path=/`, for `max_age` (zero ends it in the browser).
+pub fn session_cookie(value: &str, max_age: time::Duration) -> String {
+    cookie::Cookie::build((SESSION_COOKIE, value))
+        .secure(true)
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
+        .path("/")
+        .max_age(max_age)
+        .build()
+        .to_string()
 }
 
 fn unauthorized(message: &str) -> ApiError {
@@ -232,5 +246,16 @@ mod tests {
         h.append(header::COOKIE, "a=1; lanyard_session=abc".parse().unwrap());
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "b"), None);
+        // Malformed pairs around it are skipped; a second header is searched too.
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "=; junk; a=1".parse().unwrap());
+        h.append(header::COOKIE, "lanyard_session=def".parse().unwrap());
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("def"));
+        let set = session_cookie("xyz", time::Duration::hours(8));
+        for attr in
+            ["lanyard_session=xyz", "Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"]
+        {
+            assert!(set.split("; ").any(|a| a == attr), "{attr} in {set}");
+        }
     }
 }

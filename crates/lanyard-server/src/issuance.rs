@@ -16,14 +16,12 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use lanyard_ca::{IssueRequest, SanInput, SubjectPublicKeyInfoOwned, parse_dn};
 use lanyard_core::audit::OperationId;
 use lanyard_core::authz::{Principal, System};
 use lanyard_core::ids::{DeviceId, JobId};
 use lanyard_core::lifecycle::{DeviceAction, DeviceState};
 use lanyard_core::model::{
-    CertSlot, Credential, CredentialKind, Device, Job, JobState, KeyAlgorithm, PinRules, Policy, StepOutcome,
-    User,
+    CertSlot, Credential, Device, Job, JobState, KeyAlgorithm, PinRules, Policy, StepOutcome, User,
 };
 use lanyard_core::personalize::{
     Checkpoint, Engine, GeneratedKey, Input, IssuancePlan, Rollback, RollbackStep, SlotPlan, Step,
@@ -31,9 +29,10 @@ use lanyard_core::personalize::{
 use lanyard_core::repo::Repo;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::{CardSecrets, Kek};
+use lanyard_issuance::{Channel, Enrolment, IssuanceError};
 use lanyard_piv::apdu::{Command, Response as CardResponse};
 use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
-use lanyard_piv::objects::{ChuidIssuance, FascN};
+use lanyard_piv::objects::ChuidIssuance;
 use lanyard_piv::types::{KeyAlgorithm as PivAlgorithm, Slot};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -49,8 +48,6 @@ pub const TICKET_TTL: Duration = Duration::minutes(10);
 const MAX_AGENT_MESSAGE: usize = 1 << 20;
 /// How long the server waits for the agent's answer to one message.
 const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-/// How long a card (its CHUID expiry and certificates) is valid at most.
-const CARD_VALIDITY_DAYS: i64 = 5 * 365;
 use lanyard_core::authz::STEP_ROLLBACK_REQUESTED;
 /// YubiKey AES-192 management key algorithm id.
 const AES192: u8 = 0x0A;
@@ -353,12 +350,15 @@ impl Session {
                 device.id, device.state
             )));
         }
-        // Secrets and the card UUID exist before the first command, and are reused on resume.
-        let (secrets, guid) = match (&sealed, device.card_guid, &job.checkpoint) {
+        // Secrets, the card UUID and the card's expiry exist before the first command, and are
+        // reused on resume.
+        let (secrets, guid, expires) = match (&sealed, device.card_guid, &job.checkpoint) {
             (Some(sealed), Some(guid), _) => (
                 CardSecrets::open(sealed, &cfg.kek, device.id)
                     .map_err(|e| SessionError::Server(e.to_string()))?,
                 guid,
+                // Devices prepared before the expiry was recorded.
+                device.card_expires_at.unwrap_or_else(|| lanyard_issuance::card_expiry(now)),
             ),
             (_, _, Some(_)) => {
                 return Err(SessionError::Server(
@@ -371,12 +371,12 @@ impl Session {
                 let guid = lanyard_piv::objects::random_uuid_v4();
                 let sealed =
                     secrets.seal(&cfg.kek, device.id).map_err(|e| SessionError::Server(e.to_string()))?;
-                system.prepare_card(repo, device.id, &sealed, guid).await?;
-                (secrets, guid)
+                let expires = lanyard_issuance::card_expiry(now);
+                system.prepare_card(repo, device.id, &sealed, guid, expires).await?;
+                (secrets, guid, expires)
             }
         };
-        let plan = plan(&device, &policy, &secrets, guid, now)?;
-        let expires = now + Duration::days(CARD_VALIDITY_DAYS);
+        let plan = plan(&device, &policy, &secrets, guid, expires)?;
         let mut engine = match job.checkpoint.as_ref() {
             Some(c) => {
                 let checkpoint: Checkpoint = serde_json::from_value(c.clone())
@@ -395,21 +395,15 @@ impl Session {
                     Input::Responses(responses)
                 }
                 Step::IssueCertificates(keys) => {
-                    let (certs, credentials) = issue_certificates(
-                        s,
-                        cfg,
-                        &device,
-                        &owner.display_name,
-                        &policy,
-                        &keys,
-                        (guid, expires),
-                    )
-                    .await?;
+                    // The device as recorded now (with its card UUID and expiry).
+                    let device = job_device(s, job).await?;
+                    let (certs, mut credentials) =
+                        issue_certificates(s, cfg, &device, &owner, &policy, &keys)?;
                     // The engine takes the certificates; the checkpoint that says so is stored
                     // with the credentials, so a resumed session never issues twice.
                     let next = engine.next(Input::Certificates(certs));
                     save_checkpoint(job, &engine, s.clock.now())?;
-                    system.record_issued(repo, job, &credentials).await?;
+                    system.record_issued(repo, job, &mut credentials).await?;
                     match next {
                         Step::SignChuid(content) => Input::ChuidSignature(sign_chuid(s, &content)?),
                         Step::Failed(e) => return Err(SessionError::Engine(e.to_string())),
@@ -681,7 +675,7 @@ fn plan(
     policy: &Policy,
     secrets: &CardSecrets,
     guid: [u8; 16],
-    now: OffsetDateTime,
+    expires: OffsetDateTime,
 ) -> Result<IssuancePlan, SessionError> {
     let mut slots = Vec::new();
     for (slot, profile) in &policy.certificates {
@@ -699,8 +693,6 @@ fn plan(
     let alg = MgmAlgorithm::from_id(key.algorithm()).map_err(|e| SessionError::Server(e.to_string()))?;
     let new_management_key =
         ManagementKey::new(alg, key.key()).map_err(|e| SessionError::Server(e.to_string()))?;
-    let expiry = now + Duration::days(CARD_VALIDITY_DAYS);
-    let expiration = format!("{:04}{:02}{:02}", expiry.year(), u8::from(expiry.month()), expiry.day());
     Ok(IssuancePlan {
         slots,
         new_management_key,
@@ -708,19 +700,10 @@ fn plan(
         initial_pin: secrets.initial_pin().clone(),
         pin_retries: 3,
         puk_retries: 3,
-        fasc_n: fasc_n(device.id)?,
+        fasc_n: lanyard_issuance::fasc_n(device.id).map_err(|e| SessionError::Server(e.to_string()))?,
         guid,
-        expiration,
+        expiration: lanyard_issuance::chuid_expiration(expires),
     })
-}
-
-/// Lanyard is not a federal issuer: its FASC-Ns use agency and system code 9999 ("not a federal
-/// credential") and a credential number derived from the device id, so each card's is distinct
-/// and the card UUID remains the identifier that matters.
-fn fasc_n(device: DeviceId) -> Result<FascN, SessionError> {
-    let n = u128::from_be_bytes(*device.as_uuid().as_bytes()) % 1_000_000;
-    FascN::with_identifier("9999", "9999", &format!("{n:06}"))
-        .map_err(|e| SessionError::Server(e.to_string()))
 }
 
 fn cert_slot(slot: Slot) -> Option<CertSlot> {
@@ -735,105 +718,46 @@ fn cert_slot(slot: Slot) -> Option<CertSlot> {
 
 type Issued = (Vec<(Slot, Vec<u8>)>, Vec<Credential>);
 
-async fn issue_certificates<R: Repo>(
+/// Signs the certificates for the keys the card generated, through the issuance rules (the card
+/// session is one [`Channel`] among the enrolment paths). CPU work only: nothing is recorded here.
+fn issue_certificates<R>(
     s: &AppState<R>,
     cfg: &IssuanceConfig,
     device: &Device,
-    holder: &str,
+    holder: &User,
     policy: &Policy,
     keys: &[GeneratedKey],
-    (guid, card_expires): ([u8; 16], OffsetDateTime),
 ) -> Result<Issued, SessionError> {
-    use der::Decode;
     let now = s.clock.now();
-    let fasc_n = fasc_n(device.id)?.to_bytes();
     let mut certs = Vec::new();
     let mut credentials = Vec::new();
     for key in keys {
         let slot = cert_slot(key.slot)
             .ok_or_else(|| SessionError::Server(format!("unexpected slot {:?}", key.slot)))?;
-        let attestation_der = match &key.attestation {
-            Some(a) if !cfg.attestation_roots.is_empty() => {
-                let evidence = lanyard_ca::verify_piv_attestation(
-                    &a.attestation_cert_der,
-                    &a.f9_cert_der,
-                    &cfg.attestation_roots,
-                    &key.public_key_spki_der,
-                    now,
-                )
-                .map_err(|e| {
-                    SessionError::Engine(format!("slot {slot}: the key attestation does not verify: {e}"))
-                })?;
-                tracing::info!(slot = %slot, serial = ?evidence.serial, "key attestation verified");
-                Some(a.attestation_cert_der.clone())
-            }
-            Some(a) => Some(a.attestation_cert_der.clone()),
-            None => None,
-        };
-        // The slot's profile and validity from the holder's policy.
-        let planned = policy
-            .certificates
-            .get(&slot)
-            .ok_or_else(|| SessionError::Server(format!("the policy has no certificate for {slot}")))?;
-        let validity_days = planned.validity_days;
-        let profile = lanyard_ca::CertificateProfile::builtin(&planned.profile).ok_or_else(|| {
-            SessionError::Server(format!("policy names an unknown profile {:?} for {slot}", planned.profile))
-        })?;
-        let public_key = SubjectPublicKeyInfoOwned::from_der(&key.public_key_spki_der)
-            .map_err(|e| SessionError::Engine(format!("slot {slot}: public key: {e}")))?;
-        let subject = parse_dn(&format!("CN={}", dn_escape(holder)))
-            .map_err(|e| SessionError::Server(format!("subject: {e}")))?;
-        let mut san = SanInput::default();
-        if profile.san.card_uuid != lanyard_ca::Presence::Forbidden {
-            san.card_uuid = Some(guid);
-        }
-        if profile.san.fasc_n != lanyard_ca::Presence::Forbidden {
-            san.fasc_n = Some(fasc_n);
-        }
-        let issued = s
-            .pki
-            .issuing
-            .issue(&IssueRequest {
-                profile: &profile,
-                subject,
-                public_key,
-                san,
-                not_before: now,
-                // Capped by the card's own expiry as well.
-                requested_not_after: now + Duration::days(i64::from(validity_days)),
-                cap_not_after: Some(card_expires),
-            })
-            .map_err(|e| SessionError::Server(format!("the CA refused {slot}: {e}")))?;
-        let to_time = |secs: u64| {
-            OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
-                .map_err(|e| SessionError::Server(e.to_string()))
-        };
-        let v = &issued.certificate.tbs_certificate.validity;
-        let kind = CredentialKind::Certificate {
+        let enrolment = Enrolment {
+            device,
+            holder,
+            policy,
             slot,
-            profile: profile.id.clone(),
-            serial_hex: crate::serial_hex(issued.serial().as_bytes()),
-            not_before: to_time(v.not_before.to_unix_duration().as_secs())?,
-            not_after: to_time(v.not_after.to_unix_duration().as_secs())?,
-            certificate_der: issued.der.clone(),
-            attestation_der,
+            public_key_der: &key.public_key_spki_der,
+            channel: Channel::CardSession {
+                attestation: key.attestation.as_ref(),
+                attestation_roots: &cfg.attestation_roots,
+            },
+            now,
         };
-        credentials.push(Credential::new(device.id, kind, now));
-        certs.push((key.slot, issued.der));
+        let signed = lanyard_issuance::plan(&enrolment)
+            .and_then(|plan| lanyard_issuance::sign(&s.pki.issuing, &plan))
+            .map_err(|e| match e {
+                IssuanceError::Attestation { .. } | IssuanceError::PublicKey(_) => {
+                    SessionError::Engine(e.to_string())
+                }
+                other => SessionError::Server(format!("slot {slot}: {other}")),
+            })?;
+        credentials.push(Credential::new(device.id, signed.kind, now));
+        certs.push((key.slot, signed.der));
     }
     Ok((certs, credentials))
-}
-
-/// Escapes a display name for use as an RDN value in `parse_dn`'s syntax.
-fn dn_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn sign_chuid<R>(s: &AppState<R>, content: &[u8]) -> Result<Vec<u8>, SessionError> {

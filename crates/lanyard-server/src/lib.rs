@@ -21,12 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use base64::Engine;
-use lanyard_ca::{CertStatus, CrlParams, RevocationReason as CrlReason, RevokedEntry, SerialNumber};
+use lanyard_ca::{CertStatus, CrlParams, RevokedEntry, SerialNumber};
 use lanyard_core::clock::Clock;
 use lanyard_core::lifecycle::CredentialState;
-use lanyard_core::model::{Credential, CredentialKind};
+use lanyard_core::model::CredentialKind;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::repo::{CredentialQuery, Repo, StoreError};
+use lanyard_issuance::rules::serial_hex;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
@@ -160,6 +161,22 @@ impl From<lanyard_core::DomainError> for ApiError {
     }
 }
 
+impl From<lanyard_issuance::EnrolError> for ApiError {
+    fn from(e: lanyard_issuance::EnrolError) -> Self {
+        use lanyard_issuance::IssuanceError as I;
+        match e {
+            lanyard_issuance::EnrolError::Domain(d) => d.into(),
+            lanyard_issuance::EnrolError::Rules(r @ I::DeviceState { .. }) => {
+                Self::new(StatusCode::CONFLICT, r.to_string())
+            }
+            lanyard_issuance::EnrolError::Rules(r @ (I::FascN(_) | I::Ca(_))) => {
+                Self::internal("signing the certificate", r)
+            }
+            lanyard_issuance::EnrolError::Rules(r) => Self::bad_request(r.to_string()),
+        }
+    }
+}
+
 impl From<lanyard_core::Forbidden> for ApiError {
     fn from(e: lanyard_core::Forbidden) -> Self {
         Self::new(StatusCode::FORBIDDEN, e.to_string())
@@ -258,39 +275,6 @@ async fn issuing_certificate<R: Repo>(State(s): State<AppState<R>>) -> Response 
     der_response("application/pkix-cert", s.pki.issuing.certificate_der().to_vec())
 }
 
-fn serial_hex(bytes: &[u8]) -> String {
-    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
-    hex::encode(&bytes[start..])
-}
-
-fn crl_reason(c: &Credential) -> Option<CrlReason> {
-    match c.state {
-        // Pending certificates are on hold until their device is activated (below).
-        CredentialState::OnHold | CredentialState::Pending => Some(CrlReason::CertificateHold),
-        CredentialState::Superseded => Some(CrlReason::Superseded),
-        _ => c.revocation_reason.and_then(|r| CrlReason::from_code(r.crl_reason_code())),
-    }
-}
-
-/// What OCSP says about a credential of ours. A Pending certificate was issued for a card whose
-/// personalization has not been confirmed (an interrupted session, or a card nobody activated
-/// yet): it is reported on hold from its issue until the device becomes Active, so no certificate
-/// is good for a key that may not sit on an issued card.
-fn status_of(c: &Credential) -> CertStatus {
-    match c.state {
-        CredentialState::Active | CredentialState::Expired => CertStatus::Good,
-        CredentialState::Pending => {
-            CertStatus::Revoked { revoked_at: c.created_at, reason: Some(CrlReason::CertificateHold) }
-        }
-        CredentialState::OnHold | CredentialState::Revoked | CredentialState::Superseded => {
-            CertStatus::Revoked {
-                revoked_at: c.revoked_at.unwrap_or(c.updated_at),
-                reason: crl_reason(c).filter(|r| *r != CrlReason::Unspecified),
-            }
-        }
-    }
-}
-
 async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
     let now = s.clock.now();
     let mut tx = s.repo.begin().await?;
@@ -326,7 +310,7 @@ async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError
             entries.push(RevokedEntry {
                 serial,
                 revocation_date: since.unwrap_or(c.updated_at),
-                reason: crl_reason(c),
+                reason: lanyard_issuance::status::crl_reason(c),
             });
         }
         if page.len() < 1000 {
@@ -380,7 +364,7 @@ async fn answer_ocsp<R: Repo>(s: &AppState<R>, request: &[u8]) -> Result<Respons
         for r in req.tbs_request.request_list.iter().take(64) {
             let hex = serial_hex(r.req_cert.serial_number.as_bytes());
             if let Some(c) = tx.get_credential_by_serial(&hex).await? {
-                statuses.insert(hex, status_of(&c));
+                statuses.insert(hex, lanyard_issuance::status::ocsp_status(&c));
             }
         }
     }

@@ -579,3 +579,107 @@ async fn an_operator_replaces_a_card_and_wipes_the_old_one_back_to_stock() {
     old_card.verify_pin(b"123456").unwrap();
     assert!(old_card.try_get_data(0x5FC105).unwrap().is_none(), "no certificate left on the wiped card");
 }
+
+/// The subjectAltName extension's value of a DER certificate.
+fn san_of(der: &[u8]) -> Vec<u8> {
+    use der::Decode;
+    let cert = lanyard_ca::Certificate::from_der(der).unwrap();
+    let san = cert
+        .tbs_certificate
+        .extensions
+        .unwrap()
+        .into_iter()
+        .find(|e| e.extn_id.to_string() == "2.5.29.17")
+        .expect("a subjectAltName");
+    san.extn_value.into_bytes()
+}
+
+fn subject_of(der: &[u8]) -> String {
+    use der::Decode;
+    lanyard_ca::Certificate::from_der(der).unwrap().tbs_certificate.subject.to_string()
+}
+
+/// A certificate for a card from the operator's CSR route follows the same rules as the card
+/// session's: the card's own FASC-N and UUID, the holder's subject, capped at the card's expiry,
+/// Pending while the card is Pending (issue 8, bug 2: the route used to write the template FASC-N,
+/// take the CSR's subject, set no cap and record Active).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csr_route_and_the_card_session_give_one_answer_for_one_card() {
+    let app = setup().await;
+    let (device, _job, ticket) = app.begin().await;
+    let mut card = app.card();
+    assert_eq!(relay(&app, &ticket, &mut card, None, None).await, End::Done("pending".into()));
+    let on_card = app
+        .credentials(device)
+        .await
+        .into_iter()
+        .find_map(|c| match c.kind {
+            CredentialKind::Certificate { slot: CertSlot::PivAuthentication, certificate_der, .. } => {
+                Some(certificate_der)
+            }
+            _ => None,
+        })
+        .unwrap();
+    card.select().unwrap();
+    let chuid = Chuid::decode(&card.get_data(0x5FC102).unwrap()).unwrap();
+
+    // The card is near the end of its life: certificates must not outlive it.
+    let expires = {
+        let mut tx = app.db.begin().await.unwrap();
+        let mut d = tx.get_device(device).await.unwrap().unwrap();
+        let expires =
+            time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() + time::Duration::days(10);
+        d.card_expires_at = Some(expires);
+        tx.update_device(&d).await.unwrap();
+        tx.commit().await.unwrap();
+        expires
+    };
+    let key = lanyard_ca::SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
+    let csr =
+        lanyard_ca::build_csr(&key, lanyard_ca::parse_dn("CN=Somebody Else").unwrap(), vec![], None).unwrap();
+    let csr_pem = lanyard_ca::issue::pem("CERTIFICATE REQUEST", &csr);
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("/api/v1/devices/{device}/certificates"),
+            &app.operator,
+            Some(json!({"csr_pem": csr_pem, "profile": "piv-auth", "slot": "9a"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["credential"]["state"], "pending", "the card is Pending, so is its new certificate");
+    let (_, der) = der::pem::decode_vec(body["certificate_pem"].as_str().unwrap().as_bytes()).unwrap();
+
+    let san = san_of(&der);
+    assert!(san.windows(25).any(|w| w == chuid.fasc_n), "the card's own FASC-N, as in its CHUID");
+    assert_eq!(san, san_of(&on_card), "the same FASC-N and card UUID as the certificate on the card");
+    assert_eq!(subject_of(&der), subject_of(&on_card), "the holder's subject, not the CSR's");
+    let not_after = {
+        use der::Decode;
+        let cert = lanyard_ca::Certificate::from_der(&der).unwrap();
+        cert.tbs_certificate.validity.not_after.to_unix_duration().as_secs()
+    };
+    assert!(not_after <= expires.unix_timestamp() as u64, "capped at the card's expiry");
+
+    // A key of another algorithm than the policy's for the slot, or a profile the policy does not
+    // name for it, is refused and records nothing.
+    let before = app.credentials(device).await.len();
+    let rsa = lanyard_ca::SoftwareKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+    let rsa_csr = lanyard_ca::build_csr(&rsa, lanyard_ca::parse_dn("CN=x").unwrap(), vec![], None).unwrap();
+    for (csr, profile, want) in [
+        (lanyard_ca::issue::pem("CERTIFICATE REQUEST", &rsa_csr), "piv-auth", "takes p-256 keys"),
+        (csr_pem.clone(), "digital-signature", "is not the one the holder's policy names for slot 9a"),
+    ] {
+        let (status, body) = app
+            .call(
+                "POST",
+                &format!("/api/v1/devices/{device}/certificates"),
+                &app.operator,
+                Some(json!({"csr_pem": csr, "profile": profile, "slot": "9a"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(want), "{body}");
+    }
+    assert_eq!(app.credentials(device).await.len(), before);
+}

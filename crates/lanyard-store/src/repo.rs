@@ -215,7 +215,7 @@ impl GroupRepo for StoreTx {
 macro_rules! device_cols {
     () => {
         "id, owner_id, kind, model, serial, card_guid, state, suspended_from, revocation_reason, \
-         created_at, updated_at"
+         created_at, updated_at, card_expires_at"
     };
 }
 
@@ -236,6 +236,7 @@ fn device_args(device: &Device) -> Result<Vec<Arg>, StoreError> {
         device.revocation_reason.map(|r| r.as_str()).into(),
         nanos("devices.created_at", device.created_at)?.into(),
         nanos("devices.updated_at", device.updated_at)?.into(),
+        opt_nanos("devices.card_expires_at", device.card_expires_at)?.into(),
     ])
 }
 
@@ -249,6 +250,7 @@ fn decode_device(row: &dyn Cols) -> Result<Device, StoreError> {
         model: r.text("model")?,
         serial: r.opt_text("serial")?,
         card_guid: r.opt_array("card_guid")?,
+        card_expires_at: r.opt_time("card_expires_at")?,
         state: r.parse("state")?,
         suspended_from: r.opt_parse("suspended_from")?,
         revocation_reason: r.opt_parse("revocation_reason")?,
@@ -305,7 +307,7 @@ impl StoreTx {
             concat!(
                 "INSERT INTO devices (",
                 device_cols!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
             device_args(device)?,
         );
@@ -316,7 +318,8 @@ impl StoreTx {
     async fn update_device_rows(&mut self, device: &Device) -> Result<(), StoreError> {
         let q = Query::new(
             "UPDATE devices SET owner_id = $2, kind = $3, model = $4, serial = $5, card_guid = $6, state = $7, \
-             suspended_from = $8, revocation_reason = $9, created_at = $10, updated_at = $11 WHERE id = $1",
+             suspended_from = $8, revocation_reason = $9, created_at = $10, updated_at = $11, \
+             card_expires_at = $12 WHERE id = $1",
             device_args(device)?,
         );
         found(self.execute(q).await?)?;

@@ -680,25 +680,19 @@ fn an_operator_registers_a_card_and_records_an_issued_certificate() {
         certificate_der: vec![0x30],
         attestation_der: None,
     };
-    // Stock does not receive certificates, and a failing signer writes nothing.
+    // Stock has no holder to issue under: refused before anything is signed, nothing written.
     let before = w.repo.data();
-    let err =
-        block_on(op.issue_certificate(&w.repo, stock.id, |_| Ok::<_, DomainError>(kind(w.clock.now()))))
-            .unwrap_err();
+    let err = block_on(op.issuance_context(&w.repo, stock.id)).unwrap_err();
     assert!(matches!(err, DomainError::Conflict(_)), "{err}");
-    let err = block_on(op.issue_certificate(&w.repo, issued.id, |_| {
-        Err::<CredentialKind, _>(DomainError::Conflict("no".into()))
-    }))
-    .unwrap_err();
-    assert!(matches!(err, DomainError::Conflict(m) if m == "no"));
+    assert_eq!(w.repo.data(), before);
+    let (device, holder, _policy) = block_on(op.issuance_context(&w.repo, issued.id)).unwrap();
+    assert_eq!((device.id, holder.id), (issued.id, w.alice.id));
     assert_eq!(w.repo.data(), before);
 
-    let credential = block_on(op.issue_certificate(&w.repo, issued.id, |d| {
-        assert_eq!(d.id, issued.id);
-        Ok::<_, DomainError>(kind(w.clock.now()))
-    }))
-    .unwrap();
-    assert_eq!((credential.state, credential.device), (CredentialState::Active, issued.id));
+    // A certificate for a device still being issued is Pending (on hold in OCSP and the CRL)
+    // until the device is Active, whichever path signed it.
+    let credential = block_on(op.record_certificate(&w.repo, issued.id, kind(w.clock.now()))).unwrap();
+    assert_eq!((credential.state, credential.device), (CredentialState::Pending, issued.id));
     let data = w.repo.data();
     assert_eq!(data.credentials[&credential.id], credential);
     let event = data.audit.last().unwrap();
@@ -706,7 +700,18 @@ fn an_operator_registers_a_card_and_records_an_issued_certificate() {
     assert_eq!(event.operation_id, "op-olga");
     assert_eq!(event.target.as_deref(), Some(format!("credential:{}", credential.id).as_str()));
     assert_eq!(event.after.as_ref().unwrap()["serial"], "7f01");
+    assert_eq!(event.after.as_ref().unwrap()["state"], "pending");
     assert_eq!(verify_chain(&data.audit), Ok(4));
+
+    // A device that stopped taking certificates while the CA was signing: the certificate is
+    // recorded revoked (OCSP and the CRL know its serial) and the caller hears why.
+    let err = block_on(op.record_certificate(&w.repo, stock.id, kind(w.clock.now()))).unwrap_err();
+    assert!(matches!(&err, DomainError::Conflict(m) if m.contains("recorded revoked")), "{err}");
+    let data = w.repo.data();
+    let revoked: Vec<_> = data.credentials.values().filter(|c| c.device == stock.id).collect();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].state, CredentialState::Revoked);
+    assert_eq!(revoked[0].revocation_reason, Some(RevocationReason::CessationOfOperation));
 
     // Cardholders have no operator view.
     assert!(w.principal(&w.alice).operator().is_err());

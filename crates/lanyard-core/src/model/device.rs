@@ -101,6 +101,10 @@ pub struct Device {
     #[serde(with = "serde_hex::option")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "hex"))]
     pub card_guid: Option<[u8; 16]>,
+    /// When the card expires (its CHUID expiration date), recorded with the card UUID before the
+    /// first command reaches the card. Every certificate for the card is capped at it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub card_expires_at: Option<OffsetDateTime>,
     pub state: DeviceState,
     /// While Suspended: the state Resume returns to.
     pub suspended_from: Option<DeviceState>,
@@ -129,6 +133,7 @@ impl Device {
             model: model.into(),
             serial: None,
             card_guid: None,
+            card_expires_at: None,
             state: kind.class().initial_state(),
             suspended_from: None,
             revocation_reason: None,

@@ -246,6 +246,7 @@ fn device(owner: &User, kind: DeviceKind, serial: Option<&str>) -> Device {
         model: "YubiKey 5".into(),
         serial: serial.map(str::to_owned),
         card_guid: None,
+        card_expires_at: None,
         state: if kind == DeviceKind::Mobile { DeviceState::Enrolling } else { DeviceState::Available },
         suspended_from: None,
         revocation_reason: None,
@@ -260,6 +261,7 @@ pub async fn devices<R: Repo>(repo: &R) {
     let (_, bob) = owner(repo, "devices-b").await;
     let mut card = device(&alice, DeviceKind::SmartCard, Some("SN-1"));
     card.card_guid = Some([0xAB; 16]);
+    card.card_expires_at = Some(T0 + Duration::days(5 * 365));
     card.state = DeviceState::Suspended;
     card.suspended_from = Some(DeviceState::Pending);
     card.updated_at = T0 + Duration::seconds(5);

@@ -1,0 +1,35 @@
+//! What OCSP and the CRL say about a credential of ours: one mapping from the lifecycle state,
+//! used by both.
+
+use lanyard_ca::{CertStatus, RevocationReason as CrlReason};
+use lanyard_core::lifecycle::CredentialState;
+use lanyard_core::model::Credential;
+
+/// The reasonCode a credential's CRL entry carries (`None`: no reason code).
+pub fn crl_reason(c: &Credential) -> Option<CrlReason> {
+    match c.state {
+        // Pending certificates are on hold until their device is activated (see `ocsp_status`).
+        CredentialState::OnHold | CredentialState::Pending => Some(CrlReason::CertificateHold),
+        CredentialState::Superseded => Some(CrlReason::Superseded),
+        _ => c.revocation_reason.and_then(|r| CrlReason::from_code(r.crl_reason_code())),
+    }
+}
+
+/// What OCSP says about a credential. A Pending certificate was issued for a card whose
+/// personalization has not been confirmed (an interrupted session, or a card nobody activated
+/// yet): it is reported on hold from its issue until the device becomes Active, so no certificate
+/// is good for a key that may not sit on an issued card.
+pub fn ocsp_status(c: &Credential) -> CertStatus {
+    match c.state {
+        CredentialState::Active | CredentialState::Expired => CertStatus::Good,
+        CredentialState::Pending => {
+            CertStatus::Revoked { revoked_at: c.created_at, reason: Some(CrlReason::CertificateHold) }
+        }
+        CredentialState::OnHold | CredentialState::Revoked | CredentialState::Superseded => {
+            CertStatus::Revoked {
+                revoked_at: c.revoked_at.unwrap_or(c.updated_at),
+                reason: crl_reason(c).filter(|r| *r != CrlReason::Unspecified),
+            }
+        }
+    }
+}
