@@ -558,7 +558,7 @@ impl SelfService<'_> {
             };
             let mut device = device;
             device.owner = Some(self.me());
-            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
+            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
             let job = Job::new(JobKind::Issuance, device.id, Some(self.me()), who.at);
             tx.insert_job(&job).await?;
             tx.commit().await?;
@@ -697,7 +697,7 @@ impl Operator<'_> {
                     "device {device} was never personalized by Lanyard; reset it with the vendor's tool"
                 )));
             }
-            let created = create_job(&mut tx, &who, JobKind::Wipe, device, self.p.user.id, ttl).await?;
+            let created = create_job(&mut tx, who, JobKind::Wipe, device, self.p.user.id, ttl).await?;
             tx.commit().await?;
             Ok(created)
         })
@@ -731,7 +731,7 @@ impl Operator<'_> {
                 DomainError::Conflict(format!("device {old} has no holder to replace it for"))
             })?;
             if previous.state != DeviceState::Revoked {
-                transition_with_derived(&mut tx, previous, DeviceAction::Revoke(reason), &who).await?;
+                transition_with_derived(&mut tx, previous, DeviceAction::Revoke(reason), who).await?;
             }
             let mut device = Device::new(card.kind, card.model.clone(), who.at)?;
             device.serial = card.serial.clone();
@@ -743,9 +743,9 @@ impl Operator<'_> {
                 .after(json!({"replaces": old, "reason": reason, "owner": owner}));
             tx.append_audit(event).await?;
             device.owner = Some(owner);
-            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
+            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
             let (job, ticket) =
-                create_job(&mut tx, &who, JobKind::Issuance, device.id, self.p.user.id, ttl).await?;
+                create_job(&mut tx, who, JobKind::Issuance, device.id, self.p.user.id, ttl).await?;
             tx.commit().await?;
             Ok((device, job, ticket))
         })
@@ -867,7 +867,7 @@ impl Operator<'_> {
                 .await?
                 .ok_or_else(|| DomainError::Conflict(format!("device {id} has no stored card secrets")))?;
             let secrets = crate::secrets::CardSecrets::open(&sealed, kek, id)?;
-            let device = transition_with_derived(&mut tx, device, DeviceAction::Activate, &who).await?;
+            let device = transition_with_derived(&mut tx, device, DeviceAction::Activate, who).await?;
             let event = NewAuditEvent::new(
                 who.at,
                 who.actor.clone(),
@@ -1034,7 +1034,7 @@ impl Operator<'_> {
             if let Some(owner) = owner {
                 let user = tx.get_user(owner).await?.ok_or_else(|| DomainError::not_found("user", owner))?;
                 device.owner = Some(user.id);
-                device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
+                device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
             }
             tx.commit().await?;
             Ok(device)
@@ -1208,7 +1208,7 @@ impl Admin<'_> {
             if tx.get_user_by_username(&user.username).await?.is_some() {
                 return Err(DomainError::Conflict(format!("username {} is taken", user.username)));
             }
-            tx.insert_user(&user).await?;
+            tx.insert_user(user).await?;
             if let Some(password) = &password {
                 tx.put_password(password).await?;
             }

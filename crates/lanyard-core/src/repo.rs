@@ -115,10 +115,11 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Five runs, pauses of up to 25, 50, 100 and 200 ms: under 0.4 s of waiting in the worst
-    /// case, wide enough that a burst of writers contending for the audit log's head drains.
+    /// Five runs, pauses of up to 50, 100, 200 and 400 ms: at most 0.75 s of waiting, wide
+    /// enough that a burst of audited writers, which all contend for the audit log's head,
+    /// drains (a test runs 8 at once on PostgreSQL).
     pub const DEFAULT: Self =
-        Self { attempts: 5, base: Duration::from_millis(25), cap: Duration::from_millis(200) };
+        Self { attempts: 5, base: Duration::from_millis(50), cap: Duration::from_millis(400) };
 
     /// The pause after `failed` failed runs (1 or more), given `random`, a uniformly random
     /// number: `random / 2^64` of the ceiling.

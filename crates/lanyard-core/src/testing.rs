@@ -64,6 +64,8 @@ struct Shared {
     failing_commits: u32,
     /// Commits of write units of work attempted, failed ones included.
     commits: u32,
+    /// Write units of work started.
+    write_units: u32,
     /// Every pause [`crate::repo::retry`] asked for, in order.
     pauses: Vec<std::time::Duration>,
 }
@@ -99,6 +101,11 @@ impl MemRepo {
         self.lock().commits
     }
 
+    /// How many write units of work were started ([`Repo::begin`]).
+    pub fn write_units(&self) -> u32 {
+        self.lock().write_units
+    }
+
     /// The pauses asked for between retries, in order.
     pub fn pauses(&self) -> Vec<std::time::Duration> {
         self.lock().pauses.clone()
@@ -128,7 +135,10 @@ pub struct MemTx {
 
 impl MemRepo {
     fn start(&self, read_only: bool) -> MemTx {
-        let shared = self.lock();
+        let mut shared = self.lock();
+        if !read_only {
+            shared.write_units += 1;
+        }
         MemTx {
             shared: Arc::clone(&self.shared),
             data: shared.data.clone(),

@@ -436,3 +436,30 @@ async fn ocsp_get<R: Repo>(
     }
     answer_ocsp(&s, &der).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_core::repo::MaybeRetryable;
+
+    #[test]
+    fn a_database_busy_through_every_retry_is_503_with_retry_after() {
+        let e = ApiError::from(StoreError::Retryable("could not serialize access".into()));
+        assert!(e.is_retryable());
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        let e = ApiError::from(lanyard_core::DomainError::Store(StoreError::Retryable("x".into())));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn uniqueness_stays_409_and_a_refused_write_is_a_server_fault() {
+        let e = ApiError::from(StoreError::Conflict("users.username already exists".into()));
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(!e.is_retryable());
+        let e = ApiError::from(StoreError::ReadOnly("INSERT INTO groups …".into()));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("INSERT"), "internals are not shown");
+    }
+}
