@@ -4,7 +4,10 @@
 //! [`SelfService`] (role user), [`Operator`], [`Admin`] or [`Auditor`]. A view exists only if the
 //! principal holds the role, and the views' methods are the only way to reach domain operations,
 //! so a forgotten role check does not compile. Each method runs in one unit of work: the change,
-//! its cascades and its audit event commit together or not at all.
+//! its cascades and its audit event commit together or not at all. Methods that change something
+//! run their write unit of work through [`crate::repo::retry`], so a serialization conflict runs
+//! it again instead of failing the request; methods that only look run in a read unit of work
+//! ([`Repo::read`]).
 //!
 //! Self-service methods treat another user's device exactly like a missing one (NotFound), so
 //! nothing about other people's devices leaks. [`System`] is for Lanyard's own processes (the
