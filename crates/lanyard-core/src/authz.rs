@@ -4,7 +4,10 @@
 //! [`SelfService`] (role user), [`Operator`], [`Admin`] or [`Auditor`]. A view exists only if the
 //! principal holds the role, and the views' methods are the only way to reach domain operations,
 //! so a forgotten role check does not compile. Each method runs in one unit of work: the change,
-//! its cascades and its audit event commit together or not at all.
+//! its cascades and its audit event commit together or not at all. Methods that change something
+//! run their write unit of work through [`crate::repo::retry`], so a serialization conflict runs
+//! it again instead of failing the request; methods that only look run in a read unit of work
+//! ([`Repo::read`]).
 //!
 //! Self-service methods treat another user's device exactly like a missing one (NotFound), so
 //! nothing about other people's devices leaks. [`System`] is for Lanyard's own processes (the
@@ -112,7 +115,7 @@ impl Principal {
 
     /// My API tokens (revoked and expired ones included), ordered by creation time.
     pub async fn api_tokens<R: Repo>(&self, repo: &R) -> Result<Vec<ApiToken>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         Ok(tx.list_api_tokens(self.user.id).await?)
     }
 
@@ -136,43 +139,52 @@ impl Principal {
             }
         };
         let who = self.acting();
-        let (token, secret) = ApiToken::issue(self.user.id, name, expires_at, who.at)?;
-        let mut tx = repo.begin().await?;
-        tx.insert_api_token(&token).await?;
-        let after = json!({
-            "user": token.user,
-            "name": token.name,
-            "expires_at": token.expires_at.map(OffsetDateTime::unix_timestamp),
-        });
-        let event = NewAuditEvent::new(who.at, who.actor, "api_token.create", &who.operation_id)
-            .target(format!("api_token:{}", token.id))
-            .after(after);
-        tx.append_audit(event).await?;
-        tx.commit().await?;
-        Ok((token, secret))
+        let who = &who;
+        retry(repo, || async move {
+            // A new token for every run: nothing of a failed run is kept.
+            let (token, secret) = ApiToken::issue(self.user.id, name, expires_at, who.at)?;
+            let mut tx = repo.begin().await?;
+            tx.insert_api_token(&token).await?;
+            let after = json!({
+                "user": token.user,
+                "name": token.name,
+                "expires_at": token.expires_at.map(OffsetDateTime::unix_timestamp),
+            });
+            let event = NewAuditEvent::new(who.at, who.actor.clone(), "api_token.create", &who.operation_id)
+                .target(format!("api_token:{}", token.id))
+                .after(after);
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok((token, secret))
+        })
+        .await
     }
 
     /// Revokes one of my API tokens. Someone else's token is NotFound, like a missing one; a
     /// token already revoked is a Conflict.
     pub async fn revoke_api_token<R: Repo>(&self, repo: &R, id: ApiTokenId) -> Result<ApiToken, DomainError> {
         let who = self.acting();
-        let mut tx = repo.begin().await?;
-        let mut token = match tx.get_api_token(id).await? {
-            Some(t) if t.user == self.user.id => t,
-            _ => return Err(DomainError::not_found("api token", id)),
-        };
-        if token.revoked_at.is_some() {
-            return Err(DomainError::Conflict("this API token is already revoked".into()));
-        }
-        token.revoked_at = Some(who.at);
-        tx.update_api_token(&token).await?;
-        let event = NewAuditEvent::new(who.at, who.actor, "api_token.revoke", &who.operation_id)
-            .target(format!("api_token:{id}"))
-            .before(json!({"revoked_at": null}))
-            .after(json!({"revoked_at": who.at.unix_timestamp()}));
-        tx.append_audit(event).await?;
-        tx.commit().await?;
-        Ok(token)
+        let who = &who;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let mut token = match tx.get_api_token(id).await? {
+                Some(t) if t.user == self.user.id => t,
+                _ => return Err(DomainError::not_found("api token", id)),
+            };
+            if token.revoked_at.is_some() {
+                return Err(DomainError::Conflict("this API token is already revoked".into()));
+            }
+            token.revoked_at = Some(who.at);
+            tx.update_api_token(&token).await?;
+            let event = NewAuditEvent::new(who.at, who.actor.clone(), "api_token.revoke", &who.operation_id)
+                .target(format!("api_token:{id}"))
+                .before(json!({"revoked_at": null}))
+                .after(json!({"revoked_at": who.at.unix_timestamp()}));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok(token)
+        })
+        .await
     }
 }
 
@@ -372,6 +384,18 @@ async fn job_ticket<R: Repo>(
     purpose: TicketPurpose,
     ttl: time::Duration,
 ) -> Result<(Job, SecretString), DomainError> {
+    retry(repo, || job_ticket_once(repo, who, id, owner, purpose, ttl)).await
+}
+
+/// One run of [`job_ticket`]'s unit of work.
+async fn job_ticket_once<R: Repo>(
+    repo: &R,
+    who: &Acting,
+    id: JobId,
+    owner: Option<UserId>,
+    purpose: TicketPurpose,
+    ttl: time::Duration,
+) -> Result<(Job, SecretString), DomainError> {
     let mut tx = repo.begin().await?;
     let mut job = tx.get_job(id).await?.ok_or_else(|| DomainError::not_found("job", id))?;
     let device = tx.get_device(job.device).await?.ok_or_else(|| DomainError::not_found("job", id))?;
@@ -411,7 +435,7 @@ async fn job_ticket<R: Repo>(
 
 /// Job `id`, if `owner` (when given) holds its device.
 async fn job_of<R: Repo>(repo: &R, id: JobId, owner: Option<UserId>) -> Result<Job, DomainError> {
-    let mut tx = repo.begin().await?;
+    let mut tx = repo.read().await?;
     let job = tx.get_job(id).await?.ok_or_else(|| DomainError::not_found("job", id))?;
     let device = tx.get_device(job.device).await?.ok_or_else(|| DomainError::not_found("job", id))?;
     if owner.is_some() && device.owner != owner {
@@ -430,25 +454,28 @@ async fn start_unlock<R: Repo>(
     owner: Option<UserId>,
     ttl: time::Duration,
 ) -> Result<(Job, SecretString), DomainError> {
-    let mut tx = repo.begin().await?;
-    let d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
-    if owner.is_some() && d.owner != owner {
-        return Err(DomainError::not_found("device", device));
-    }
-    if !matches!(d.state, DeviceState::Active | DeviceState::Pending | DeviceState::Suspended) {
-        return Err(DomainError::Conflict(format!(
-            "device {device} is {}; only a card in use is unlocked",
-            d.state
-        )));
-    }
-    if tx.get_card_secrets(device).await?.is_none() {
-        return Err(DomainError::Conflict(format!(
-            "device {device} has no stored PUK (it was not issued by Lanyard)"
-        )));
-    }
-    let created = create_job(&mut tx, who, JobKind::Unlock, device, by, ttl).await?;
-    tx.commit().await?;
-    Ok(created)
+    retry(repo, || async move {
+        let mut tx = repo.begin().await?;
+        let d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+        if owner.is_some() && d.owner != owner {
+            return Err(DomainError::not_found("device", device));
+        }
+        if !matches!(d.state, DeviceState::Active | DeviceState::Pending | DeviceState::Suspended) {
+            return Err(DomainError::Conflict(format!(
+                "device {device} is {}; only a card in use is unlocked",
+                d.state
+            )));
+        }
+        if tx.get_card_secrets(device).await?.is_none() {
+            return Err(DomainError::Conflict(format!(
+                "device {device} has no stored PUK (it was not issued by Lanyard)"
+            )));
+        }
+        let created = create_job(&mut tx, who, JobKind::Unlock, device, by, ttl).await?;
+        tx.commit().await?;
+        Ok(created)
+    })
+    .await
 }
 
 /// Inserts a new job of `kind` with a one-time agent ticket, audited as `job.create`.
@@ -517,7 +544,7 @@ impl SelfService<'_> {
 
     /// My devices (deleted mobiles excluded), ordered by id.
     pub async fn devices<R: Repo>(&self, repo: &R) -> Result<Vec<Device>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         let query = DeviceQuery { owner: Some(self.me()), limit: ALL, ..Default::default() };
         let devices = tx.list_devices(&query).await?;
         Ok(devices.into_iter().filter(|d| d.state != DeviceState::Deleted).collect())
@@ -525,7 +552,7 @@ impl SelfService<'_> {
 
     /// One of my devices.
     pub async fn device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         self.mine(&mut tx, id).await
     }
 
@@ -535,7 +562,7 @@ impl SelfService<'_> {
         repo: &R,
         device: DeviceId,
     ) -> Result<Vec<Credential>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         self.mine(&mut tx, device).await?;
         credentials_of(&mut tx, device).await
     }
@@ -555,7 +582,7 @@ impl SelfService<'_> {
     /// Whether *Add Device* is available to me now (policy and device count); the error says why
     /// not.
     pub async fn may_add_device<R: Repo>(&self, repo: &R) -> Result<(), DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         let policy = policy_of(&mut tx, &self.p.user).await?;
         self.check_may_add_token(&mut tx, &policy).await
     }
@@ -575,48 +602,56 @@ impl SelfService<'_> {
             .into());
         }
         let who = self.p.acting();
-        let mut tx = repo.begin().await?;
-        let policy = policy_of(&mut tx, &self.p.user).await?;
-        self.check_may_add_token(&mut tx, &policy).await?;
-        if !policy.accepts_card_model(&card.model) {
-            return Err(PolicyDenied::CardModelNotAccepted(card.model).into());
-        }
-        let existing = match &card.serial {
-            Some(serial) => tx.get_device_by_serial(&card.model, serial).await?,
-            None => None,
-        };
-        let device = match existing {
-            Some(d) if d.state == DeviceState::Available && d.owner.is_none() => d,
-            Some(d) => {
-                return Err(DomainError::Conflict(format!(
-                    "this card is already registered and is {}; an operator must recycle it first",
-                    d.state
-                )));
+        let who = &who;
+        let card = &card;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let policy = policy_of(&mut tx, &self.p.user).await?;
+            self.check_may_add_token(&mut tx, &policy).await?;
+            if !policy.accepts_card_model(&card.model) {
+                return Err(PolicyDenied::CardModelNotAccepted(card.model.clone()).into());
             }
-            None => {
-                let mut d = Device::new(card.kind, card.model, who.at)?;
-                d.serial = card.serial;
-                d.validate()?;
-                tx.insert_device(&d).await?;
-                d
-            }
-        };
-        let mut device = device;
-        device.owner = Some(self.me());
-        let device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
-        let job = Job::new(JobKind::Issuance, device.id, Some(self.me()), who.at);
-        tx.insert_job(&job).await?;
-        tx.commit().await?;
-        Ok((device, job))
+            let existing = match &card.serial {
+                Some(serial) => tx.get_device_by_serial(&card.model, serial).await?,
+                None => None,
+            };
+            let device = match existing {
+                Some(d) if d.state == DeviceState::Available && d.owner.is_none() => d,
+                Some(d) => {
+                    return Err(DomainError::Conflict(format!(
+                        "this card is already registered and is {}; an operator must recycle it first",
+                        d.state
+                    )));
+                }
+                None => {
+                    let mut d = Device::new(card.kind, card.model.clone(), who.at)?;
+                    d.serial = card.serial.clone();
+                    d.validate()?;
+                    tx.insert_device(&d).await?;
+                    d
+                }
+            };
+            let mut device = device;
+            device.owner = Some(self.me());
+            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
+            let job = Job::new(JobKind::Issuance, device.id, Some(self.me()), who.at);
+            tx.insert_job(&job).await?;
+            tx.commit().await?;
+            Ok((device, job))
+        })
+        .await
     }
 
     /// The holder finished *Change PIN*: a Pending card of mine becomes Active.
     pub async fn confirm_pin_changed<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
-        let device = self.mine(&mut tx, id).await?;
-        let device = transition(&mut tx, device, DeviceAction::Activate, &self.p.acting()).await?;
-        tx.commit().await?;
-        Ok(device)
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = self.mine(&mut tx, id).await?;
+            let device = transition(&mut tx, device, DeviceAction::Activate, &self.p.acting()).await?;
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
     }
 
     /// Issues a one-time enrollment code (QR code / URL) for adding a mobile, valid for `ttl`.
@@ -628,55 +663,64 @@ impl SelfService<'_> {
         ttl: time::Duration,
     ) -> Result<(EnrollmentCode, secrecy::SecretString), DomainError> {
         let who = self.p.acting();
-        let mut tx = repo.begin().await?;
-        let policy = policy_of(&mut tx, &self.p.user).await?;
-        if !policy.may_add_mobile {
-            return Err(PolicyDenied::AddMobileDisabled.into());
-        }
-        if let EnrollmentPurpose::DerivedPiv { sponsor } = &purpose {
-            match sponsor {
-                Some(card) => {
-                    let card = self.mine(&mut tx, *card).await?;
-                    if card.state != DeviceState::Active || card.class() != DeviceClass::Token {
-                        return Err(DomainError::Conflict(
-                            "the sponsor card must be an active card of yours".into(),
-                        ));
-                    }
-                }
-                None if policy.derived_piv_requires_sponsor => {
-                    return Err(ValidationError::new(
-                        "sponsor",
-                        "your group's policy requires a sponsor card",
-                    )
-                    .into());
-                }
-                None => {}
+        let who = &who;
+        let purpose = &purpose;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let policy = policy_of(&mut tx, &self.p.user).await?;
+            if !policy.may_add_mobile {
+                return Err(PolicyDenied::AddMobileDisabled.into());
             }
-        }
-        let (code, secret) = EnrollmentCode::issue(self.me(), purpose, ttl, who.at)?;
-        tx.insert_enrollment_code(&code).await?;
-        let event = NewAuditEvent::new(who.at, who.actor, "enrollment_code.issue", &who.operation_id)
-            .target(format!("enrollment_code:{}", code.id))
-            .after(json!({"purpose": code.purpose, "expires_at": code.expires_at.unix_timestamp()}));
-        tx.append_audit(event).await?;
-        tx.commit().await?;
-        Ok((code, secret))
+            if let EnrollmentPurpose::DerivedPiv { sponsor } = &purpose {
+                match sponsor {
+                    Some(card) => {
+                        let card = self.mine(&mut tx, *card).await?;
+                        if card.state != DeviceState::Active || card.class() != DeviceClass::Token {
+                            return Err(DomainError::Conflict(
+                                "the sponsor card must be an active card of yours".into(),
+                            ));
+                        }
+                    }
+                    None if policy.derived_piv_requires_sponsor => {
+                        return Err(ValidationError::new(
+                            "sponsor",
+                            "your group's policy requires a sponsor card",
+                        )
+                        .into());
+                    }
+                    None => {}
+                }
+            }
+            let (code, secret) = EnrollmentCode::issue(self.me(), purpose.clone(), ttl, who.at)?;
+            tx.insert_enrollment_code(&code).await?;
+            let event =
+                NewAuditEvent::new(who.at, who.actor.clone(), "enrollment_code.issue", &who.operation_id)
+                    .target(format!("enrollment_code:{}", code.id))
+                    .after(json!({"purpose": code.purpose, "expires_at": code.expires_at.unix_timestamp()}));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok((code, secret))
+        })
+        .await
     }
 
     /// *Delete Mobile*: revokes the mobile's certificates and removes it.
     pub async fn delete_mobile<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
-        let device = self.mine(&mut tx, id).await?;
-        if device.class() != DeviceClass::Mobile {
-            return Err(ValidationError::new(
-                "device",
-                "only mobiles can be deleted; ask an operator about cards",
-            )
-            .into());
-        }
-        let device = transition(&mut tx, device, DeviceAction::Delete, &self.p.acting()).await?;
-        tx.commit().await?;
-        Ok(device)
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = self.mine(&mut tx, id).await?;
+            if device.class() != DeviceClass::Mobile {
+                return Err(ValidationError::new(
+                    "device",
+                    "only mobiles can be deleted; ask an operator about cards",
+                )
+                .into());
+            }
+            let device = transition(&mut tx, device, DeviceAction::Delete, &self.p.acting()).await?;
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
     }
 }
 
@@ -689,7 +733,7 @@ pub struct Operator<'a> {
 impl Operator<'_> {
     /// Users matching `query`.
     pub async fn find_users<R: Repo>(&self, repo: &R, query: &UserQuery) -> Result<Vec<User>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         Ok(tx.list_users(query).await?)
     }
 
@@ -713,22 +757,26 @@ impl Operator<'_> {
         ttl: time::Duration,
     ) -> Result<(Job, SecretString), DomainError> {
         let who = self.p.acting();
-        let mut tx = repo.begin().await?;
-        let d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
-        if !matches!(d.state, DeviceState::Terminated | DeviceState::Failed) {
-            return Err(DomainError::Conflict(format!(
-                "device {device} is {}; terminate it before wiping it",
-                d.state
-            )));
-        }
-        if d.card_guid.is_none() {
-            return Err(DomainError::Conflict(format!(
-                "device {device} was never personalized by Lanyard; reset it with the vendor's tool"
-            )));
-        }
-        let created = create_job(&mut tx, &who, JobKind::Wipe, device, self.p.user.id, ttl).await?;
-        tx.commit().await?;
-        Ok(created)
+        let who = &who;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+            if !matches!(d.state, DeviceState::Terminated | DeviceState::Failed) {
+                return Err(DomainError::Conflict(format!(
+                    "device {device} is {}; terminate it before wiping it",
+                    d.state
+                )));
+            }
+            if d.card_guid.is_none() {
+                return Err(DomainError::Conflict(format!(
+                    "device {device} was never personalized by Lanyard; reset it with the vendor's tool"
+                )));
+            }
+            let created = create_job(&mut tx, who, JobKind::Wipe, device, self.p.user.id, ttl).await?;
+            tx.commit().await?;
+            Ok(created)
+        })
+        .await
     }
 
     /// Replaces a holder's card: the old one is revoked with `reason` (unless already revoked),
@@ -746,32 +794,37 @@ impl Operator<'_> {
             return Err(ValidationError::new("kind", "only smart cards and USB keys replace a card").into());
         }
         let who = self.p.acting();
-        let mut tx = repo.begin().await?;
-        let previous = tx.get_device(old).await?.ok_or_else(|| DomainError::not_found("device", old))?;
-        if previous.class() != DeviceClass::Token {
-            return Err(DomainError::Conflict(format!("device {old} is not a card or USB key")));
-        }
-        let owner = previous
-            .owner
-            .ok_or_else(|| DomainError::Conflict(format!("device {old} has no holder to replace it for")))?;
-        if previous.state != DeviceState::Revoked {
-            transition_with_derived(&mut tx, previous, DeviceAction::Revoke(reason), &who).await?;
-        }
-        let mut device = Device::new(card.kind, card.model, who.at)?;
-        device.serial = card.serial;
-        device.links.push(crate::model::DeviceLink { kind: LinkKind::Replaces, target: old });
-        device.validate()?;
-        tx.insert_device(&device).await?;
-        let event = NewAuditEvent::new(who.at, who.actor.clone(), "device.replace", &who.operation_id)
-            .target(device_ref(device.id))
-            .after(json!({"replaces": old, "reason": reason, "owner": owner}));
-        tx.append_audit(event).await?;
-        device.owner = Some(owner);
-        let device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
-        let (job, ticket) =
-            create_job(&mut tx, &who, JobKind::Issuance, device.id, self.p.user.id, ttl).await?;
-        tx.commit().await?;
-        Ok((device, job, ticket))
+        let who = &who;
+        let card = &card;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let previous = tx.get_device(old).await?.ok_or_else(|| DomainError::not_found("device", old))?;
+            if previous.class() != DeviceClass::Token {
+                return Err(DomainError::Conflict(format!("device {old} is not a card or USB key")));
+            }
+            let owner = previous.owner.ok_or_else(|| {
+                DomainError::Conflict(format!("device {old} has no holder to replace it for"))
+            })?;
+            if previous.state != DeviceState::Revoked {
+                transition_with_derived(&mut tx, previous, DeviceAction::Revoke(reason), who).await?;
+            }
+            let mut device = Device::new(card.kind, card.model.clone(), who.at)?;
+            device.serial = card.serial.clone();
+            device.links.push(crate::model::DeviceLink { kind: LinkKind::Replaces, target: old });
+            device.validate()?;
+            tx.insert_device(&device).await?;
+            let event = NewAuditEvent::new(who.at, who.actor.clone(), "device.replace", &who.operation_id)
+                .target(device_ref(device.id))
+                .after(json!({"replaces": old, "reason": reason, "owner": owner}));
+            tx.append_audit(event).await?;
+            device.owner = Some(owner);
+            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
+            let (job, ticket) =
+                create_job(&mut tx, who, JobKind::Issuance, device.id, self.p.user.id, ttl).await?;
+            tx.commit().await?;
+            Ok((device, job, ticket))
+        })
+        .await
     }
 
     /// Any job.
@@ -792,7 +845,7 @@ impl Operator<'_> {
     /// The user `reference` names: a user id, or else a username (case-insensitive).
     pub async fn user<R: Repo>(&self, repo: &R, reference: &str) -> Result<User, DomainError> {
         let reference = reference.trim();
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         let found = match reference.parse::<UserId>() {
             Ok(id) => tx.get_user(id).await?,
             Err(_) => match Username::parse(&reference.to_ascii_lowercase()) {
@@ -806,7 +859,7 @@ impl Operator<'_> {
     /// Every group and its policy, ordered by name (read-only: only an administrator changes
     /// policy).
     pub async fn groups<R: Repo>(&self, repo: &R) -> Result<Vec<Group>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         Ok(tx.list_groups().await?)
     }
 
@@ -816,13 +869,13 @@ impl Operator<'_> {
         repo: &R,
         query: &DeviceQuery,
     ) -> Result<Vec<Device>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         Ok(tx.list_devices(query).await?)
     }
 
     /// Any device.
     pub async fn device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))
     }
 
@@ -832,7 +885,7 @@ impl Operator<'_> {
         repo: &R,
         device: DeviceId,
     ) -> Result<Vec<Credential>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         credentials_of(&mut tx, device).await
     }
 
@@ -844,7 +897,7 @@ impl Operator<'_> {
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         let query = AuditQuery { after_seq, target: Some(device_ref(device)), limit };
         Ok(tx.list_audit(&query).await?)
     }
@@ -855,11 +908,14 @@ impl Operator<'_> {
         id: DeviceId,
         action: DeviceAction,
     ) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
-        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
-        let device = transition_with_derived(&mut tx, device, action, &self.p.acting()).await?;
-        tx.commit().await?;
-        Ok(device)
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+            let device = transition_with_derived(&mut tx, device, action, &self.p.acting()).await?;
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
     }
 
     /// Activates a Pending device whose holder never completed *Change PIN*.
@@ -877,24 +933,28 @@ impl Operator<'_> {
         kek: &crate::secrets::Kek,
     ) -> Result<(Device, SecretString), DomainError> {
         let who = self.p.acting();
-        let mut tx = repo.begin().await?;
-        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
-        let sealed = tx
-            .get_card_secrets(id)
-            .await?
-            .ok_or_else(|| DomainError::Conflict(format!("device {id} has no stored card secrets")))?;
-        let secrets = crate::secrets::CardSecrets::open(&sealed, kek, id)?;
-        let device = transition_with_derived(&mut tx, device, DeviceAction::Activate, &who).await?;
-        let event = NewAuditEvent::new(
-            who.at,
-            who.actor.clone(),
-            "card_secrets.reveal_initial_pin",
-            &who.operation_id,
-        )
-        .target(format!("device:{id}"));
-        tx.append_audit(event).await?;
-        tx.commit().await?;
-        Ok((device, secrets.initial_pin().clone()))
+        let who = &who;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+            let sealed = tx
+                .get_card_secrets(id)
+                .await?
+                .ok_or_else(|| DomainError::Conflict(format!("device {id} has no stored card secrets")))?;
+            let secrets = crate::secrets::CardSecrets::open(&sealed, kek, id)?;
+            let device = transition_with_derived(&mut tx, device, DeviceAction::Activate, who).await?;
+            let event = NewAuditEvent::new(
+                who.at,
+                who.actor.clone(),
+                "card_secrets.reveal_initial_pin",
+                &who.operation_id,
+            )
+            .target(format!("device:{id}"));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok((device, secrets.initial_pin().clone()))
+        })
+        .await
     }
 
     /// Suspends an Active or Pending device; its certificates go on hold.
@@ -942,39 +1002,43 @@ impl Operator<'_> {
         action: CredentialAction,
     ) -> Result<Credential, DomainError> {
         let who = self.p.acting();
-        let mut tx = repo.begin().await?;
-        let mut credential =
-            tx.get_credential(id).await?.ok_or_else(|| DomainError::not_found("credential", id))?;
-        let before = credential_snapshot(&credential);
-        if action == CredentialAction::Release {
-            // A suspended (or revoked) device keeps its certificates invalid: releasing one
-            // here would make a card reported lost usable again behind the device's back.
-            let device = tx
-                .get_device(credential.device)
-                .await?
-                .ok_or_else(|| DomainError::not_found("device", credential.device))?;
-            if !matches!(device.state, DeviceState::Active | DeviceState::Pending) {
-                return Err(DomainError::Conflict(format!(
-                    "the credential's device is {}; only credentials on an active or pending device \
-                     can be released (resume the device instead)",
-                    device.state
-                )));
+        let who = &who;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let mut credential =
+                tx.get_credential(id).await?.ok_or_else(|| DomainError::not_found("credential", id))?;
+            let before = credential_snapshot(&credential);
+            if action == CredentialAction::Release {
+                // A suspended (or revoked) device keeps its certificates invalid: releasing one
+                // here would make a card reported lost usable again behind the device's back.
+                let device = tx
+                    .get_device(credential.device)
+                    .await?
+                    .ok_or_else(|| DomainError::not_found("device", credential.device))?;
+                if !matches!(device.state, DeviceState::Active | DeviceState::Pending) {
+                    return Err(DomainError::Conflict(format!(
+                        "the credential's device is {}; only credentials on an active or pending device \
+                         can be released (resume the device instead)",
+                        device.state
+                    )));
+                }
             }
-        }
-        apply_credential(&mut credential, action, who.at)?;
-        tx.update_credential(&credential).await?;
-        let event = NewAuditEvent::new(
-            who.at,
-            who.actor.clone(),
-            format!("credential.{}", action.kind()),
-            &who.operation_id,
-        )
-        .target(format!("credential:{id}"))
-        .before(before)
-        .after(credential_snapshot(&credential));
-        tx.append_audit(event).await?;
-        tx.commit().await?;
-        Ok(credential)
+            apply_credential(&mut credential, action, who.at)?;
+            tx.update_credential(&credential).await?;
+            let event = NewAuditEvent::new(
+                who.at,
+                who.actor.clone(),
+                format!("credential.{}", action.kind()),
+                &who.operation_id,
+            )
+            .target(format!("credential:{id}"))
+            .before(before)
+            .after(credential_snapshot(&credential));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok(credential)
+        })
+        .await
     }
 
     /// Revokes one credential (the CRL and OCSP report it with `reason`).
@@ -1022,30 +1086,35 @@ impl Operator<'_> {
             .into());
         }
         let who = self.p.acting();
-        let mut tx = repo.begin().await?;
-        if let Some(serial) = &card.serial
-            && tx.get_device_by_serial(&card.model, serial).await?.is_some()
-        {
-            return Err(DomainError::Conflict(format!(
-                "a {} with serial {serial} is already registered",
-                card.model
-            )));
-        }
-        let mut device = Device::new(card.kind, card.model, who.at)?;
-        device.serial = card.serial;
-        device.validate()?;
-        tx.insert_device(&device).await?;
-        let event = NewAuditEvent::new(who.at, who.actor.clone(), "device.register", &who.operation_id)
-            .target(device_ref(device.id))
-            .after(snapshot(&device, &[]));
-        tx.append_audit(event).await?;
-        if let Some(owner) = owner {
-            let user = tx.get_user(owner).await?.ok_or_else(|| DomainError::not_found("user", owner))?;
-            device.owner = Some(user.id);
-            device = transition(&mut tx, device, DeviceAction::BeginIssuance, &who).await?;
-        }
-        tx.commit().await?;
-        Ok(device)
+        let who = &who;
+        let card = &card;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            if let Some(serial) = &card.serial
+                && tx.get_device_by_serial(&card.model, serial).await?.is_some()
+            {
+                return Err(DomainError::Conflict(format!(
+                    "a {} with serial {serial} is already registered",
+                    card.model
+                )));
+            }
+            let mut device = Device::new(card.kind, card.model.clone(), who.at)?;
+            device.serial = card.serial.clone();
+            device.validate()?;
+            tx.insert_device(&device).await?;
+            let event = NewAuditEvent::new(who.at, who.actor.clone(), "device.register", &who.operation_id)
+                .target(device_ref(device.id))
+                .after(snapshot(&device, &[]));
+            tx.append_audit(event).await?;
+            if let Some(owner) = owner {
+                let user = tx.get_user(owner).await?.ok_or_else(|| DomainError::not_found("user", owner))?;
+                device.owner = Some(user.id);
+                device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
+            }
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
     }
 
     /// What the issuance rules need to issue a certificate for device `id` (reserve): the device,
@@ -1055,7 +1124,7 @@ impl Operator<'_> {
         repo: &R,
         id: DeviceId,
     ) -> Result<(Device, User, Policy), DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
         let owner = device.owner.ok_or_else(|| {
             DomainError::Conflict(format!(
@@ -1077,10 +1146,17 @@ impl Operator<'_> {
         kind: CredentialKind,
     ) -> Result<Credential, DomainError> {
         let who = self.p.acting();
-        let mut tx = repo.begin().await?;
-        let mut credentials = [Credential::new(id, kind, who.at)];
-        let refused = record_certificates(&mut tx, &who, id, &mut credentials, None).await?;
-        tx.commit().await?;
+        let (credentials, refused) = retry(repo, || {
+            let (who, kind) = (&who, kind.clone());
+            async move {
+                let mut tx = repo.begin().await?;
+                let mut credentials = [Credential::new(id, kind, who.at)];
+                let refused = record_certificates(&mut tx, who, id, &mut credentials, None).await?;
+                tx.commit().await?;
+                Ok::<_, DomainError>((credentials, refused))
+            }
+        })
+        .await?;
         match refused {
             Some(r) => Err(r.into()),
             None => {
@@ -1093,14 +1169,17 @@ impl Operator<'_> {
     /// Turns a Terminated or Failed token back into unowned stock; its stored card secrets are
     /// discarded (issuance generates new ones).
     pub async fn recycle_device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
-        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
-        let device = transition(&mut tx, device, DeviceAction::Recycle, &self.p.acting()).await?;
-        if tx.get_card_secrets(id).await?.is_some() {
-            tx.delete_card_secrets(id).await?;
-        }
-        tx.commit().await?;
-        Ok(device)
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+            let device = transition(&mut tx, device, DeviceAction::Recycle, &self.p.acting()).await?;
+            if tx.get_card_secrets(id).await?.is_some() {
+                tx.delete_card_secrets(id).await?;
+            }
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
     }
 }
 
@@ -1123,12 +1202,12 @@ pub struct NewUser {
 impl Admin<'_> {
     fn audit(&self, action: &str, target: String) -> NewAuditEvent {
         let who = self.p.acting();
-        NewAuditEvent::new(who.at, who.actor, action, &who.operation_id).target(target)
+        NewAuditEvent::new(who.at, who.actor.clone(), action, &who.operation_id).target(target)
     }
 
     /// Every group, ordered by name.
     pub async fn groups<R: Repo>(&self, repo: &R) -> Result<Vec<Group>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         Ok(tx.list_groups().await?)
     }
 
@@ -1141,12 +1220,16 @@ impl Admin<'_> {
     ) -> Result<Group, DomainError> {
         let group = Group { id: GroupId::new(), name: name.to_owned(), policy };
         group.validate()?;
-        let mut tx = repo.begin().await?;
-        tx.insert_group(&group).await?;
-        let after = json!({"name": group.name, "policy": group.policy});
-        tx.append_audit(self.audit("group.create", format!("group:{}", group.id)).after(after)).await?;
-        tx.commit().await?;
-        Ok(group)
+        let group = &group;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            tx.insert_group(group).await?;
+            let after = json!({"name": group.name, "policy": group.policy});
+            tx.append_audit(self.audit("group.create", format!("group:{}", group.id)).after(after)).await?;
+            tx.commit().await?;
+            Ok(group.clone())
+        })
+        .await
     }
 
     /// Replaces a group's policy after validating it.
@@ -1157,18 +1240,22 @@ impl Admin<'_> {
         policy: Policy,
     ) -> Result<Group, DomainError> {
         policy.validate()?;
-        let mut tx = repo.begin().await?;
-        let mut group = tx.get_group(id).await?.ok_or_else(|| DomainError::not_found("group", id))?;
-        let before = json!(group.policy);
-        group.policy = policy;
-        tx.update_group(&group).await?;
-        let event = self
-            .audit("group.update_policy", format!("group:{id}"))
-            .before(before)
-            .after(json!(group.policy));
-        tx.append_audit(event).await?;
-        tx.commit().await?;
-        Ok(group)
+        let policy = &policy;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let mut group = tx.get_group(id).await?.ok_or_else(|| DomainError::not_found("group", id))?;
+            let before = json!(group.policy);
+            group.policy = policy.clone();
+            tx.update_group(&group).await?;
+            let event = self
+                .audit("group.update_policy", format!("group:{id}"))
+                .before(before)
+                .after(json!(group.policy));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok(group)
+        })
+        .await
     }
 
     /// Creates a user in an existing group.
@@ -1189,26 +1276,31 @@ impl Admin<'_> {
         user.roles = new.roles;
         // Hash before the unit of work starts: argon2 takes a while and holds no lock.
         let password = password.map(|p| UserPassword::set(user.id, p, self.p.at)).transpose()?;
-        let mut tx = repo.begin().await?;
-        if tx.get_group(user.group).await?.is_none() {
-            return Err(DomainError::not_found("group", user.group));
-        }
-        if tx.get_user_by_username(&user.username).await?.is_some() {
-            return Err(DomainError::Conflict(format!("username {} is taken", user.username)));
-        }
-        tx.insert_user(&user).await?;
-        if let Some(password) = &password {
-            tx.put_password(password).await?;
-        }
-        let after = json!({
-            "username": user.username,
-            "group": user.group,
-            "roles": user.roles,
-            "password_set": password.is_some(),
-        });
-        tx.append_audit(self.audit("user.create", format!("user:{}", user.id)).after(after)).await?;
-        tx.commit().await?;
-        Ok(user)
+        let user = &user;
+        let password = &password;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            if tx.get_group(user.group).await?.is_none() {
+                return Err(DomainError::not_found("group", user.group));
+            }
+            if tx.get_user_by_username(&user.username).await?.is_some() {
+                return Err(DomainError::Conflict(format!("username {} is taken", user.username)));
+            }
+            tx.insert_user(user).await?;
+            if let Some(password) = &password {
+                tx.put_password(password).await?;
+            }
+            let after = json!({
+                "username": user.username,
+                "group": user.group,
+                "roles": user.roles,
+                "password_set": password.is_some(),
+            });
+            tx.append_audit(self.audit("user.create", format!("user:{}", user.id)).after(after)).await?;
+            tx.commit().await?;
+            Ok(user.clone())
+        })
+        .await
     }
 
     /// Replaces a user's roles. An administrator cannot remove their own administrator role
@@ -1222,19 +1314,23 @@ impl Admin<'_> {
         if id == self.p.user.id && !roles.contains(&Role::Administrator) {
             return Err(ValidationError::new("roles", "you cannot remove your own administrator role").into());
         }
-        let mut tx = repo.begin().await?;
-        let mut user = tx.get_user(id).await?.ok_or_else(|| DomainError::not_found("user", id))?;
-        let before = json!({"roles": user.roles});
-        user.roles = roles;
-        tx.update_user(&user).await?;
-        tx.delete_sessions_of(id).await?;
-        let event = self
-            .audit("user.set_roles", format!("user:{id}"))
-            .before(before)
-            .after(json!({"roles": user.roles}));
-        tx.append_audit(event).await?;
-        tx.commit().await?;
-        Ok(user)
+        let roles = &roles;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let mut user = tx.get_user(id).await?.ok_or_else(|| DomainError::not_found("user", id))?;
+            let before = json!({"roles": user.roles});
+            user.roles = roles.clone();
+            tx.update_user(&user).await?;
+            tx.delete_sessions_of(id).await?;
+            let event = self
+                .audit("user.set_roles", format!("user:{id}"))
+                .before(before)
+                .after(json!({"roles": user.roles}));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok(user)
+        })
+        .await
     }
 
     /// Disables or re-enables a user; disabling ends their sessions.
@@ -1247,20 +1343,23 @@ impl Admin<'_> {
         if id == self.p.user.id && disabled {
             return Err(ValidationError::new("disabled", "you cannot disable your own account").into());
         }
-        let mut tx = repo.begin().await?;
-        let mut user = tx.get_user(id).await?.ok_or_else(|| DomainError::not_found("user", id))?;
-        let before = json!({"disabled": user.disabled});
-        user.disabled = disabled;
-        tx.update_user(&user).await?;
-        if disabled {
-            tx.delete_sessions_of(id).await?;
-        }
-        let action = if disabled { "user.disable" } else { "user.enable" };
-        let event =
-            self.audit(action, format!("user:{id}")).before(before).after(json!({"disabled": disabled}));
-        tx.append_audit(event).await?;
-        tx.commit().await?;
-        Ok(user)
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let mut user = tx.get_user(id).await?.ok_or_else(|| DomainError::not_found("user", id))?;
+            let before = json!({"disabled": user.disabled});
+            user.disabled = disabled;
+            tx.update_user(&user).await?;
+            if disabled {
+                tx.delete_sessions_of(id).await?;
+            }
+            let action = if disabled { "user.disable" } else { "user.enable" };
+            let event =
+                self.audit(action, format!("user:{id}")).before(before).after(json!({"disabled": disabled}));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok(user)
+        })
+        .await
     }
 }
 
@@ -1278,7 +1377,7 @@ impl Auditor<'_> {
         repo: &R,
         query: &AuditQuery,
     ) -> Result<Vec<AuditEvent>, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         Ok(tx.list_audit(query).await?)
     }
 
@@ -1288,7 +1387,7 @@ impl Auditor<'_> {
         const PAGE: u32 = 1000;
         let mut verifier = ChainVerifier::new();
         loop {
-            let mut tx = repo.begin().await?;
+            let mut tx = repo.read().await?;
             let query = AuditQuery { after_seq: verifier.head().seq, target: None, limit: PAGE };
             let page = tx.list_audit(&query).await?;
             for event in &page {
@@ -1326,6 +1425,11 @@ impl System {
     /// Stores a job whose state or checkpoint moved; a change of state is audited
     /// (`job.<state>`, before and after).
     pub async fn save_job<R: Repo>(&self, repo: &R, job: &Job) -> Result<(), DomainError> {
+        retry(repo, || self.save_job_once(repo, job)).await
+    }
+
+    /// One run of [`System::save_job`]'s unit of work.
+    async fn save_job_once<R: Repo>(&self, repo: &R, job: &Job) -> Result<(), DomainError> {
         let mut tx = repo.begin().await?;
         let stored = tx.get_job(job.id).await?.ok_or_else(|| DomainError::not_found("job", job.id))?;
         tx.update_job(job).await?;
@@ -1352,24 +1456,28 @@ impl System {
         card_guid: [u8; 16],
         card_expires_at: OffsetDateTime,
     ) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
-        let mut d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
-        if d.state != DeviceState::Issuing {
-            return Err(DomainError::Conflict(format!("device {device} is {}, not issuing", d.state)));
-        }
-        tx.put_card_secrets(device, sealed).await?;
-        d.card_guid = Some(card_guid);
-        d.card_expires_at = Some(card_expires_at);
-        d.updated_at = self.acting.at;
-        tx.update_device(&d).await?;
-        let event = self.audit("device.prepare_card", format!("device:{device}")).after(json!({
-            "card_guid": hex::encode(card_guid),
-            "card_expires_at": card_expires_at.unix_timestamp(),
-            "card_secrets": "sealed",
-        }));
-        tx.append_audit(event).await?;
-        tx.commit().await?;
-        Ok(d)
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let mut d =
+                tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+            if d.state != DeviceState::Issuing {
+                return Err(DomainError::Conflict(format!("device {device} is {}, not issuing", d.state)));
+            }
+            tx.put_card_secrets(device, sealed).await?;
+            d.card_guid = Some(card_guid);
+            d.card_expires_at = Some(card_expires_at);
+            d.updated_at = self.acting.at;
+            tx.update_device(&d).await?;
+            let event = self.audit("device.prepare_card", format!("device:{device}")).after(json!({
+                "card_guid": hex::encode(card_guid),
+                "card_expires_at": card_expires_at.unix_timestamp(),
+                "card_secrets": "sealed",
+            }));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok(d)
+        })
+        .await
     }
 
     /// Records certificates issued for a card in the middle of its personalization (Pending until
@@ -1382,13 +1490,23 @@ impl System {
         job: &Job,
         credentials: &mut [Credential],
     ) -> Result<(), DomainError> {
-        let mut tx = repo.begin().await?;
-        let refused =
-            record_certificates(&mut tx, &self.acting, job.device, credentials, Some(job.id)).await?;
-        if refused.is_none() {
-            tx.update_job(job).await?;
-        }
-        tx.commit().await?;
+        // Each run starts from the caller's credentials: a failed run may have changed its copy.
+        let (recorded, refused) = retry(repo, || {
+            let mut attempt = credentials.to_vec();
+            async move {
+                let mut tx = repo.begin().await?;
+                let refused =
+                    record_certificates(&mut tx, &self.acting, job.device, &mut attempt, Some(job.id))
+                        .await?;
+                if refused.is_none() {
+                    tx.update_job(job).await?;
+                }
+                tx.commit().await?;
+                Ok::<_, DomainError>((attempt, refused))
+            }
+        })
+        .await?;
+        credentials.clone_from_slice(&recorded);
         match refused {
             Some(r) => Err(r.into()),
             None => Ok(()),
@@ -1398,7 +1516,7 @@ impl System {
     /// After a restart no card session is running any more: every job still marked Running is
     /// recorded Failed, so it can be resumed or rolled back with a new ticket. Returns how many.
     pub async fn fail_interrupted_jobs<R: Repo>(&self, repo: &R) -> Result<usize, DomainError> {
-        let mut tx = repo.begin().await?;
+        let mut tx = repo.read().await?;
         let running: Vec<Job> =
             tx.list_unfinished_jobs().await?.into_iter().filter(|j| j.state == JobState::Running).collect();
         drop(tx);
@@ -1415,14 +1533,17 @@ impl System {
 
     /// A wiped card goes back to stock: recycled, its stored card secrets discarded.
     pub async fn recycle_wiped<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
-        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
-        let device = transition(&mut tx, device, DeviceAction::Recycle, &self.acting).await?;
-        if tx.get_card_secrets(id).await?.is_some() {
-            tx.delete_card_secrets(id).await?;
-        }
-        tx.commit().await?;
-        Ok(device)
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+            let device = transition(&mut tx, device, DeviceAction::Recycle, &self.acting).await?;
+            if tx.get_card_secrets(id).await?.is_some() {
+                tx.delete_card_secrets(id).await?;
+            }
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
     }
 
     /// Records what personalization learnt about the card (its serial) on the device.
@@ -1432,21 +1553,25 @@ impl System {
         device: DeviceId,
         serial: &str,
     ) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
-        let mut d = tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
-        if d.serial.as_deref() != Some(serial) {
-            let before = json!({"serial": d.serial});
-            d.serial = Some(serial.to_owned());
-            d.updated_at = self.acting.at;
-            tx.update_device(&d).await?;
-            let event = self
-                .audit("device.set_serial", format!("device:{device}"))
-                .before(before)
-                .after(json!({"serial": serial}));
-            tx.append_audit(event).await?;
-        }
-        tx.commit().await?;
-        Ok(d)
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let mut d =
+                tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+            if d.serial.as_deref() != Some(serial) {
+                let before = json!({"serial": d.serial});
+                d.serial = Some(serial.to_owned());
+                d.updated_at = self.acting.at;
+                tx.update_device(&d).await?;
+                let event = self
+                    .audit("device.set_serial", format!("device:{device}"))
+                    .before(before)
+                    .after(json!({"serial": serial}));
+                tx.append_audit(event).await?;
+            }
+            tx.commit().await?;
+            Ok(d)
+        })
+        .await
     }
 
     /// Applies a lifecycle action (e.g. `Personalized`, `IssuanceFailed`, `Enrolled`) with its
@@ -1457,11 +1582,14 @@ impl System {
         id: DeviceId,
         action: DeviceAction,
     ) -> Result<Device, DomainError> {
-        let mut tx = repo.begin().await?;
-        let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
-        let device = transition_with_derived(&mut tx, device, action, &self.acting).await?;
-        tx.commit().await?;
-        Ok(device)
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+            let device = transition_with_derived(&mut tx, device, action, &self.acting).await?;
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
     }
 }
 

@@ -17,7 +17,8 @@ pub enum Forbidden {
 
 /// Everything a domain operation can fail with. The server maps these to HTTP once (NotFound →
 /// 404, Forbidden → 403, Validation/InvalidPolicy/Lifecycle/PolicyDenied → 4xx with the message,
-/// Store::Backend and Secrets → 500 with only the operation id).
+/// Store::Retryable → 503 with Retry-After, Store::Backend/ReadOnly and Secrets → 500 with only
+/// the operation id).
 #[derive(Debug, Error)]
 pub enum DomainError {
     #[error(transparent)]
@@ -46,6 +47,12 @@ pub enum DomainError {
     Job(#[from] JobError),
     #[error(transparent)]
     AuditChain(#[from] ChainError),
+}
+
+impl crate::repo::MaybeRetryable for DomainError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, DomainError::Store(StoreError::Retryable(_)))
+    }
 }
 
 impl DomainError {

@@ -112,7 +112,7 @@ pub async fn authenticate<R: Repo>(
 ) -> Result<Option<User>, DomainError> {
     let found = match Username::normalize(username) {
         Ok(name) => {
-            let mut tx = repo.begin().await?;
+            let mut tx = repo.read().await?;
             match tx.get_user_by_username(&name).await? {
                 Some(user) => {
                     let pw = tx.get_password(user.id).await?;

@@ -2,24 +2,37 @@
 //!
 //! # Shape
 //!
-//! All data access happens inside a unit of work: [`Repo::begin`] returns a [`Tx`], whose methods
-//! (from the per-aggregate traits below) read and write; [`Tx::commit`] makes the writes durable;
-//! dropping a `Tx` without committing rolls everything back. Read-only work simply drops it.
+//! All data access happens inside a unit of work. There are two kinds:
+//!
+//! - [`Repo::begin`] starts a **write** unit of work: a [`Tx`] whose methods (from the
+//!   per-aggregate traits below) read and write; [`Tx::commit`] makes the writes durable;
+//!   dropping a `Tx` without committing rolls everything back. Run it through [`retry`], which
+//!   runs the whole unit again when a concurrent one got in the way.
+//! - [`Repo::read`] starts a **read** unit of work: the same [`Tx`] type, but every write through
+//!   it is refused with [`StoreError::ReadOnly`] before it reaches the database, and the database
+//!   itself runs it read-only. It sees one consistent snapshot, never waits for writers, never
+//!   makes them wait and never fails with [`StoreError::Retryable`] because of them. Lookups,
+//!   listings and authentication use it; dropping it ends it.
 //!
 //! # Contract for implementors
 //!
-//! - **Isolation**: a `Tx` behaves as if transactions ran one after another (serializable). When
-//!   that cannot be guaranteed because another transaction changed what this one read, a write or
-//!   the commit fails with [`StoreError::Conflict`]; the caller may retry the whole operation.
-//!   (SQLite: `BEGIN IMMEDIATE`. PostgreSQL: `SERIALIZABLE`, mapping SQLSTATE 40001 and 40P01 to
-//!   `Conflict`.)
+//! - **Isolation**: a write `Tx` behaves as if write transactions ran one after another
+//!   (serializable). When that cannot be guaranteed because another transaction changed what
+//!   this one read, a call or the commit fails with [`StoreError::Retryable`], the unit of work
+//!   can only roll back, and the caller runs it again from the start ([`retry`]). (SQLite:
+//!   `BEGIN IMMEDIATE`, a busy write lock after the busy timeout is `Retryable`. PostgreSQL:
+//!   `SERIALIZABLE`, SQLSTATE 40001 and 40P01 are `Retryable`.)
+//! - **Read units of work** see a snapshot of committed data taken at their start (SQLite: at
+//!   their first read) and refuse writes with [`StoreError::ReadOnly`].
 //! - **Uniqueness**: inserting a duplicate id, username, group name, token or session hash, or a
-//!   second device with the same `(model, serial)`, is `Conflict` with a message naming the field.
+//!   second device with the same `(model, serial)`, is `Conflict` with a message naming the
+//!   field. That is final: running the unit again would fail the same way.
 //! - **Updates** of a row that does not exist are `NotFound`.
 //! - **Audit**: [`AuditRepo::append_audit`] reads the current head *inside the transaction*,
-//!   seals the event with [`NewAuditEvent::seal`] and inserts it; the unique `seq` makes a
-//!   concurrent append fail with `Conflict` rather than fork the chain. Events are never updated
-//!   or deleted. `before`/`after` are stored as text, `at` with at least microsecond precision.
+//!   seals the event with [`NewAuditEvent::seal`] and inserts it; a concurrent append makes one
+//!   of the two fail with `Retryable` (it sealed against a stale head) rather than fork the
+//!   chain. Events are never updated or deleted. `before`/`after` are stored as text, `at` with
+//!   at least microsecond precision.
 //! - **Lists** are ordered as each method says, and return at most `limit` rows (a `limit` of 0
 //!   means no rows).
 //! - Secrets arrive already encrypted ([`SealedCardSecrets`]); tokens, sessions, enrollment codes
@@ -28,6 +41,7 @@
 //!   runtime.
 
 use std::future::Future;
+use std::time::Duration;
 
 use thiserror::Error;
 use time::OffsetDateTime;
@@ -46,7 +60,7 @@ use crate::secrets::{SealedCardSecrets, TokenHash};
 pub mod prelude {
     pub use super::{
         ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo, JobRepo,
-        PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo,
+        PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo, retry,
     };
 }
 
@@ -56,9 +70,18 @@ pub enum StoreError {
     /// The row to update or delete does not exist.
     #[error("not found")]
     NotFound,
-    /// A uniqueness rule or a concurrent transaction got in the way; the message says which.
+    /// A uniqueness rule got in the way; the message names the field. Not worth retrying.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A concurrent unit of work got in the way (serialization failure, deadlock, a write lock
+    /// not obtained in time). Nothing of this unit of work is committed; running it again from
+    /// the start may succeed ([`retry`] does).
+    #[error("busy: {0}")]
+    Retryable(String),
+    /// A write through a read unit of work ([`Repo::read`]); the message names the statement.
+    /// A bug in the caller, refused before anything changed.
+    #[error("refused: {0}")]
+    ReadOnly(String),
     /// The database failed (connection, I/O, corrupt row). The message is for logs, not users.
     #[error("storage backend: {0}")]
     Backend(String),
@@ -68,8 +91,116 @@ pub enum StoreError {
 pub trait Repo: Send + Sync {
     type Tx: Tx;
 
-    /// Starts a unit of work.
+    /// Starts a write unit of work (serializable). Run it through [`retry`].
     fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
+
+    /// Starts a read unit of work: a consistent snapshot that refuses every write with
+    /// [`StoreError::ReadOnly`] and neither waits for nor blocks write units of work.
+    fn read(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
+
+    /// Waits `delay` before [`retry`] runs a unit of work again (the store sleeps on its
+    /// runtime; the domain itself has no timer).
+    fn pause(&self, delay: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// How often and how patiently a write unit of work is run again after
+/// [`StoreError::Retryable`]: at most `attempts` runs in all; before run *n + 1* a pause drawn
+/// uniformly from zero to `min(cap, base × 2^(n-1))` ("full jitter"), so units of work that
+/// collided once spread out instead of colliding again in lockstep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl RetryPolicy {
+    /// Five runs, pauses of up to 50, 100, 200 and 400 ms: at most 0.75 s of waiting, wide
+    /// enough that a burst of audited writers, which all contend for the audit log's head,
+    /// drains (a test runs 8 at once on PostgreSQL).
+    pub const DEFAULT: Self =
+        Self { attempts: 5, base: Duration::from_millis(50), cap: Duration::from_millis(400) };
+
+    /// The pause after `failed` failed runs (1 or more), given `random`, a uniformly random
+    /// number: `random / 2^64` of the ceiling.
+    pub fn pause(&self, failed: u32, random: u64) -> Duration {
+        let doubling = failed.saturating_sub(1).min(31);
+        let ceiling = self.base.saturating_mul(1 << doubling).min(self.cap);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        // The product of two u64 fits a u128; shifting by 64 brings it back below `nanos`.
+        let scaled = (u128::from(nanos) * u128::from(random)) >> 64;
+        Duration::from_nanos(u64::try_from(scaled).unwrap_or(nanos))
+    }
+}
+
+/// An error that may say "run the unit of work again".
+pub trait MaybeRetryable {
+    fn is_retryable(&self) -> bool;
+}
+
+impl MaybeRetryable for StoreError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Retryable(_))
+    }
+}
+
+/// Runs the write unit of work `unit` (everything from [`Repo::begin`] to [`Tx::commit`]) under
+/// [`RetryPolicy::DEFAULT`], with pauses drawn from the operating system's random generator.
+/// Returns the first result that is not retryable, or the last `Retryable` error once the
+/// attempts are used up. `unit` must be safe to run again: it starts its own unit of work and
+/// keeps nothing from a failed run.
+///
+/// ```ignore
+/// retry(repo, || async move {
+///     let mut tx = repo.begin().await?;
+///     // …
+///     tx.commit().await?;
+///     Ok(value)
+/// })
+/// .await
+/// ```
+pub async fn retry<R, T, E, F, Fut>(repo: &R, unit: F) -> Result<T, E>
+where
+    R: Repo + ?Sized,
+    E: MaybeRetryable,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    retry_with(repo, RetryPolicy::DEFAULT, system_random, unit).await
+}
+
+/// [`retry`] with an explicit policy and source of randomness (tests use a fixed one).
+pub async fn retry_with<R, T, E, F, Fut>(
+    repo: &R,
+    policy: RetryPolicy,
+    mut random: impl FnMut() -> u64,
+    mut unit: F,
+) -> Result<T, E>
+where
+    R: Repo + ?Sized,
+    E: MaybeRetryable,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut failed = 0;
+    loop {
+        match unit().await {
+            Err(e) if e.is_retryable() && failed + 1 < policy.attempts => {
+                failed += 1;
+                repo.pause(policy.pause(failed, random())).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn system_random() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without randomness the pause is the full ceiling: still bounded, only less spread out.
+    match aws_lc_rs::rand::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => u64::MAX,
+    }
 }
 
 /// A unit of work with access to every aggregate. Dropping it without [`Tx::commit`] rolls back.

@@ -59,6 +59,15 @@ pub struct MemData {
 struct Shared {
     data: MemData,
     version: u64,
+    /// How many more commits of write units of work fail with `Retryable` (see
+    /// [`MemRepo::fail_commits`]).
+    failing_commits: u32,
+    /// Commits of write units of work attempted, failed ones included.
+    commits: u32,
+    /// Write units of work started.
+    write_units: u32,
+    /// Every pause [`crate::repo::retry`] asked for, in order.
+    pauses: Vec<std::time::Duration>,
 }
 
 /// An in-memory repository (see the module docs).
@@ -81,6 +90,27 @@ impl MemRepo {
         self.lock().data.clone()
     }
 
+    /// Makes the next `n` commits of write units of work fail with [`StoreError::Retryable`],
+    /// as a serialization failure would.
+    pub fn fail_commits(&self, n: u32) {
+        self.lock().failing_commits = n;
+    }
+
+    /// How many commits of write units of work were attempted, failed ones included.
+    pub fn commits(&self) -> u32 {
+        self.lock().commits
+    }
+
+    /// How many write units of work were started ([`Repo::begin`]).
+    pub fn write_units(&self) -> u32 {
+        self.lock().write_units
+    }
+
+    /// The pauses asked for between retries, in order.
+    pub fn pauses(&self) -> Vec<std::time::Duration> {
+        self.lock().pauses.clone()
+    }
+
     /// Changes the committed data directly (test setup, or simulating tampering).
     pub fn with_data<T>(&self, f: impl FnOnce(&mut MemData) -> T) -> T {
         let mut shared = self.lock();
@@ -90,26 +120,50 @@ impl MemRepo {
 }
 
 /// A unit of work on a [`MemRepo`]: a private copy, swapped in on commit.
+///
+/// A read unit of work ([`Repo::read`]) lets writes change only its private copy and refuses
+/// them with [`StoreError::ReadOnly`] at commit, so nothing written through it is ever seen.
+/// (The store refuses each write as it is made; the double keeps its write methods simple.)
 #[derive(Debug)]
 pub struct MemTx {
     shared: Arc<Mutex<Shared>>,
     data: MemData,
     base_version: u64,
     dirty: bool,
+    read_only: bool,
+}
+
+impl MemRepo {
+    fn start(&self, read_only: bool) -> MemTx {
+        let mut shared = self.lock();
+        if !read_only {
+            shared.write_units += 1;
+        }
+        MemTx {
+            shared: Arc::clone(&self.shared),
+            data: shared.data.clone(),
+            base_version: shared.version,
+            dirty: false,
+            read_only,
+        }
+    }
 }
 
 impl Repo for MemRepo {
     type Tx = MemTx;
 
     fn begin(&self) -> impl Future<Output = Result<MemTx, StoreError>> + Send {
-        let shared = self.lock();
-        let tx = MemTx {
-            shared: Arc::clone(&self.shared),
-            data: shared.data.clone(),
-            base_version: shared.version,
-            dirty: false,
-        };
-        ready(Ok(tx))
+        ready(Ok(self.start(false)))
+    }
+
+    fn read(&self) -> impl Future<Output = Result<MemTx, StoreError>> + Send {
+        ready(Ok(self.start(true)))
+    }
+
+    /// Records the pause and returns at once: domain tests do not sleep.
+    fn pause(&self, delay: std::time::Duration) -> impl Future<Output = ()> + Send {
+        self.lock().pauses.push(delay);
+        ready(())
     }
 }
 
@@ -118,9 +172,17 @@ impl Tx for MemTx {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         let result = if !self.dirty {
             Ok(())
+        } else if self.read_only {
+            Err(StoreError::ReadOnly("a write through a read unit of work".into()))
+        } else if shared.failing_commits > 0 {
+            shared.commits += 1;
+            shared.failing_commits -= 1;
+            Err(StoreError::Retryable("injected serialization failure".into()))
         } else if shared.version != self.base_version {
-            Err(StoreError::Conflict("another transaction committed first; retry".into()))
+            shared.commits += 1;
+            Err(StoreError::Retryable("another transaction committed first".into()))
         } else {
+            shared.commits += 1;
             shared.data = self.data;
             shared.version += 1;
             Ok(())

@@ -111,25 +111,32 @@ async fn login<R: Repo>(
         let claimed: String = key.chars().take(lanyard_core::model::Username::MAX_LEN).collect();
         let event = NewAuditEvent::new(now, Actor::System, "session.login_failed", &op)
             .target(format!("username:{claimed}"));
-        let mut tx = s.repo.begin().await?;
-        tx.append_audit(event).await?;
-        tx.commit().await?;
+        let repo = s.repo.as_ref();
+        let event = &event;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            tx.append_audit(event.clone()).await?;
+            tx.commit().await
+        })
+        .await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid username or password"));
     };
     s.throttle.clear(&key);
     let (session, secret) =
         Session::start(user.id, SESSION_IDLE, now).map_err(lanyard_core::DomainError::from)?;
-    let mut tx = s.repo.begin().await?;
-    tx.insert_session(&session).await?;
     let actor = Actor::User { id: user.id, username: user.username.clone() };
     let expires = session.expires_at.format(&time::format_description::well_known::Rfc3339).ok();
-    tx.append_audit(
-        NewAuditEvent::new(now, actor, "session.login", &op)
-            .target(format!("user:{}", user.id))
-            .after(serde_json::json!({ "expires_at": expires })),
-    )
+    let event = NewAuditEvent::new(now, actor, "session.login", &op)
+        .target(format!("user:{}", user.id))
+        .after(serde_json::json!({ "expires_at": expires }));
+    let (repo, session, event) = (s.repo.as_ref(), &session, &event);
+    retry(repo, || async move {
+        let mut tx = repo.begin().await?;
+        tx.insert_session(session).await?;
+        tx.append_audit(event.clone()).await?;
+        tx.commit().await
+    })
     .await?;
-    tx.commit().await?;
     let secret = secret.expose_secret();
     let body = LoginResponse { csrf_token: Session::csrf_token(secret), user };
     let mut resp = Json(body).into_response();
@@ -143,13 +150,17 @@ async fn logout<R: Repo>(State(s): State<AppState<R>>, auth: Auth) -> Result<Res
     let Via::Session(hash) = auth.via else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "logout ends a session; API tokens have none"));
     };
-    let mut tx = s.repo.begin().await?;
-    tx.delete_session(&hash).await?;
     let p = &auth.principal;
     let event = NewAuditEvent::new(s.clock.now(), p.actor(), "session.logout", p.operation_id())
         .target(format!("user:{}", p.user().id));
-    tx.append_audit(event).await?;
-    tx.commit().await?;
+    let (repo, hash, event) = (s.repo.as_ref(), &hash, &event);
+    retry(repo, || async move {
+        let mut tx = repo.begin().await?;
+        tx.delete_session(hash).await?;
+        tx.append_audit(event.clone()).await?;
+        tx.commit().await
+    })
+    .await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     set_cookie(&mut resp, &crate::auth::session_cookie("", time::Duration::ZERO));
     Ok(resp)

@@ -15,6 +15,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use lanyard_core::audit::OperationId as CoreOperationId;
+use lanyard_core::ids::ApiTokenId;
 use lanyard_core::model::Session;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::TokenHash;
@@ -153,7 +154,9 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
             .get::<OperationId>()
             .and_then(|op| CoreOperationId::parse(&op.0).ok())
             .unwrap_or_else(CoreOperationId::random);
-        let mut tx = state.repo.begin().await?;
+        // Authentication only reads; the rare bookkeeping write (a token's last use, a session's
+        // sliding expiry, at most once a minute) is a separate write unit of work.
+        let mut tx = state.repo.read().await?;
         let (user_id, via, token_id) = if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let token = value
                 .to_str()
@@ -163,33 +166,30 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <API token>\""))?;
             let found = tx.get_api_token_by_hash(&TokenHash::of(token)).await?;
-            let mut token = found
+            let token = found
                 .filter(|t| t.is_valid(now))
                 .ok_or_else(|| unauthorized("the API token is unknown, revoked or expired"))?;
             // When a token was last used, to the minute: enough to spot dormant tokens without a
             // write on every request.
             if token.last_used_at.is_none_or(|t| now - t >= LAST_USED_RESOLUTION) {
-                token.last_used_at = Some(now);
-                tx.update_api_token(&token).await?;
-                tx.commit().await?;
-                tx = state.repo.begin().await?;
+                drop(tx);
+                note_token_use(state.repo.as_ref(), token.id, now).await?;
+                tx = state.repo.read().await?;
             }
             (token.user, Via::ApiToken, Some(token.id))
         } else if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
             let hash = TokenHash::of(secret);
-            let mut session = tx
+            let session = tx
                 .get_session(&hash)
                 .await?
                 .filter(|s| s.is_valid(now))
-                .ok_or_else(|| unauthorized("the session has expired or ended; log in again"))?;
+                .ok_or_else(|| unauthorized(SESSION_ENDED))?;
             // Sliding expiry: use keeps the session alive for SESSION_IDLE more, never past
             // SESSION_TTL after login; written at most once a minute.
             if now - session.last_seen_at >= LAST_USED_RESOLUTION {
-                session.last_seen_at = now;
-                session.expires_at = (now + SESSION_IDLE).min(session.created_at + SESSION_TTL);
-                tx.update_session(&session).await?;
-                tx.commit().await?;
-                tx = state.repo.begin().await?;
+                drop(tx);
+                note_session_use(state.repo.as_ref(), &hash, now).await?;
+                tx = state.repo.read().await?;
             }
             let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
             if !safe {
@@ -214,6 +214,50 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
         };
         Ok(Auth { principal, via })
     }
+}
+
+const SESSION_ENDED: &str = "the session has expired or ended; log in again";
+
+/// Records that API token `id` was used at `now`. The token is read again inside the write unit
+/// of work and only `last_used_at` changes, so a revocation that committed since the read is
+/// kept, and the request is refused.
+async fn note_token_use<R: Repo>(repo: &R, id: ApiTokenId, now: OffsetDateTime) -> Result<(), ApiError> {
+    retry(repo, || async move {
+        let mut tx = repo.begin().await?;
+        let mut token = tx
+            .get_api_token(id)
+            .await?
+            .filter(|t| t.is_valid(now))
+            .ok_or_else(|| unauthorized("the API token is unknown, revoked or expired"))?;
+        if token.last_used_at.is_none_or(|t| now - t >= LAST_USED_RESOLUTION) {
+            token.last_used_at = Some(now);
+            tx.update_api_token(&token).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Extends the session `hash` for its use at `now` (sliding expiry). Read again inside the write
+/// unit of work: a session ended since the read stays ended, and the request is refused.
+async fn note_session_use<R: Repo>(repo: &R, hash: &TokenHash, now: OffsetDateTime) -> Result<(), ApiError> {
+    retry(repo, || async move {
+        let mut tx = repo.begin().await?;
+        let mut session = tx
+            .get_session(hash)
+            .await?
+            .filter(|s| s.is_valid(now))
+            .ok_or_else(|| unauthorized(SESSION_ENDED))?;
+        if now - session.last_seen_at >= LAST_USED_RESOLUTION {
+            session.last_seen_at = now;
+            session.expires_at = (now + SESSION_IDLE).min(session.created_at + SESSION_TTL);
+            tx.update_session(&session).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]

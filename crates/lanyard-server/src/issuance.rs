@@ -192,7 +192,7 @@ async fn redeem<R: Repo>(s: &AppState<R>, ticket: &str, op: &OperationId) -> Res
     let (job_id, secret) = ticket.split_once('.').ok_or_else(refuse)?;
     let job_id: JobId = job_id.parse().map_err(|_| refuse())?;
     let now = s.clock.now();
-    let mut tx = s.repo.begin().await?;
+    let mut tx = s.repo.read().await?;
     let mut job = tx.get_job(job_id).await?.ok_or_else(refuse)?;
     job.redeem_ticket(secret, now).map_err(|_| refuse())?;
     job.transition(JobState::Running, now).map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
@@ -343,7 +343,7 @@ impl Session {
         let system = System::new(op.clone(), now);
         let device = job_device(s, job).await?;
         let (owner, policy) = holder(s, &device).await?;
-        let sealed = repo.begin().await?.get_card_secrets(device.id).await?;
+        let sealed = repo.read().await?.get_card_secrets(device.id).await?;
         if device.state != DeviceState::Issuing {
             return Err(SessionError::Server(format!(
                 "device {} is {}, not issuing",
@@ -546,7 +546,7 @@ impl Session {
         let device = job_device(s, job).await?;
         let (_, policy) = holder(s, &device).await?;
         let sealed = repo
-            .begin()
+            .read()
             .await?
             .get_card_secrets(device.id)
             .await?
@@ -638,7 +638,7 @@ impl Session {
 /// The device's holder and the policy of the holder's group.
 async fn holder<R: Repo>(s: &AppState<R>, device: &Device) -> Result<(User, Policy), SessionError> {
     let owner = device.owner.ok_or_else(|| SessionError::Server("the device has no holder".into()))?;
-    let mut tx = s.repo.begin().await?;
+    let mut tx = s.repo.read().await?;
     let user = tx
         .get_user(owner)
         .await?
@@ -652,7 +652,7 @@ async fn holder<R: Repo>(s: &AppState<R>, device: &Device) -> Result<(User, Poli
 
 /// The device a job works on.
 async fn job_device<R: Repo>(s: &AppState<R>, job: &Job) -> Result<Device, SessionError> {
-    let mut tx = s.repo.begin().await?;
+    let mut tx = s.repo.read().await?;
     tx.get_device(job.device).await?.ok_or_else(|| SessionError::Server("the job's device is gone".into()))
 }
 

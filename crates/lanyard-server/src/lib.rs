@@ -36,6 +36,8 @@ pub use pki::{Pki, PkiError};
 
 /// How long a CRL stays valid; it is re-signed when the audit head moves or half of this passed.
 const CRL_VALIDITY: time::Duration = time::Duration::days(1);
+/// Seconds a client is asked to wait after the database stayed busy through every retry.
+const BUSY_RETRY_AFTER: u64 = 1;
 /// OCSP requests larger than this are not read.
 const MAX_OCSP_REQUEST: usize = 16 * 1024;
 
@@ -108,11 +110,14 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     retry_after: Option<u64>,
+    /// Made from [`StoreError::Retryable`]: a unit of work run through
+    /// [`lanyard_core::repo::retry`] in the server may run again.
+    retryable: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), retry_after: None }
+        Self { status, message: message.into(), retry_after: None, retryable: false }
     }
 
     fn internal(what: &str, detail: impl std::fmt::Display) -> Self {
@@ -139,8 +144,27 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => Self::new(StatusCode::NOT_FOUND, "not found"),
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, format!("conflict: {m}")),
-            StoreError::Backend(_) => Self::internal("using the database", e),
+            StoreError::Retryable(_) => {
+                // Retries already ran out (`lanyard_core::repo::retry`): the database is busy,
+                // not broken, and the request changed nothing.
+                tracing::warn!(error = %e, "the database stayed busy");
+                Self {
+                    retry_after: Some(BUSY_RETRY_AFTER),
+                    retryable: true,
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the database is busy with concurrent changes; nothing was changed, try again",
+                    )
+                }
+            }
+            StoreError::ReadOnly(_) | StoreError::Backend(_) => Self::internal("using the database", e),
         }
+    }
+}
+
+impl lanyard_core::repo::MaybeRetryable for ApiError {
+    fn is_retryable(&self) -> bool {
+        self.retryable
     }
 }
 
@@ -277,7 +301,8 @@ async fn issuing_certificate<R: Repo>(State(s): State<AppState<R>>) -> Response 
 
 async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
     let now = s.clock.now();
-    let mut tx = s.repo.begin().await?;
+    // One snapshot for the head and every page, so the cached CRL matches the head it names.
+    let mut tx = s.repo.read().await?;
     let head = tx.audit_head().await?;
     let cached = s.crl_cache.lock().ok().and_then(|c| c.clone());
     if let Some(c) = cached
@@ -360,7 +385,7 @@ async fn answer_ocsp<R: Repo>(s: &AppState<R>, request: &[u8]) -> Result<Respons
     // Look the serials up first (the responder's lookup is synchronous); a request that does
     // not parse is answered malformedRequest by the responder itself.
     if let Ok(req) = x509_ocsp::OcspRequest::from_der(request) {
-        let mut tx = s.repo.begin().await?;
+        let mut tx = s.repo.read().await?;
         for r in req.tbs_request.request_list.iter().take(64) {
             let hex = serial_hex(r.req_cert.serial_number.as_bytes());
             if let Some(c) = tx.get_credential_by_serial(&hex).await? {
@@ -394,4 +419,31 @@ async fn ocsp_get<R: Repo>(
         return Err(ApiError::bad_request("OCSP request too large"));
     }
     answer_ocsp(&s, &der).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_core::repo::MaybeRetryable;
+
+    #[test]
+    fn a_database_busy_through_every_retry_is_503_with_retry_after() {
+        let e = ApiError::from(StoreError::Retryable("could not serialize access".into()));
+        assert!(e.is_retryable());
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        let e = ApiError::from(lanyard_core::DomainError::Store(StoreError::Retryable("x".into())));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn uniqueness_stays_409_and_a_refused_write_is_a_server_fault() {
+        let e = ApiError::from(StoreError::Conflict("users.username already exists".into()));
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(!e.is_retryable());
+        let e = ApiError::from(StoreError::ReadOnly("INSERT INTO groups …".into()));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("INSERT"), "internals are not shown");
+    }
 }

@@ -58,7 +58,20 @@ impl Db {
                 .foreign_keys(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+            // Read units of work switch their connection to `query_only`; every connection is
+            // switched back when it returns to the pool, after its transaction has ended
+            // (sqlx runs the queued ROLLBACK of a dropped transaction first), so a write unit
+            // of work, a migration or a test never finds a read-only connection.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA query_only = OFF").execute(&mut *conn).await?;
+                        Ok(true)
+                    })
+                })
+                .connect_with(opts)
+                .await?;
             Ok(Db::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()

@@ -133,7 +133,6 @@ impl Query {
         self
     }
 
-    #[cfg(test)]
     pub(crate) fn sql(&self) -> &str {
         &self.sql
     }

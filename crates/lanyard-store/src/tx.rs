@@ -9,11 +9,20 @@ use crate::rows::Decode;
 use crate::sql::{Arg, Query};
 use crate::{Db, Dialect};
 
-/// How a unit of work starts. SQLite takes the write lock up front, so transactions simply run one
-/// after another (a second writer waits up to the busy timeout); PostgreSQL runs them
-/// concurrently and aborts one that could not have run in some serial order.
+/// How a write unit of work starts. SQLite takes the write lock up front, so write transactions
+/// simply run one after another (a second writer waits up to the busy timeout); PostgreSQL runs
+/// them concurrently and aborts one that could not have run in some serial order.
 const SQLITE_BEGIN: &str = "BEGIN IMMEDIATE";
 const POSTGRES_BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+
+/// How a read unit of work starts. SQLite: a deferred transaction, which in WAL mode reads a
+/// snapshot beside the writer and never takes the write lock; the connection is also switched to
+/// `query_only` (the pool switches it back on release, see `Db::connect`). PostgreSQL: a
+/// repeatable-read snapshot, read-only: it takes no predicate locks, so it never aborts a writer
+/// and is never aborted itself (`docs/storage.md` explains why not SERIALIZABLE READ ONLY).
+const SQLITE_BEGIN_READ: &str = "BEGIN";
+pub(crate) const SQLITE_QUERY_ONLY: &str = "PRAGMA query_only = ON";
+const POSTGRES_BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// Every write method runs inside this savepoint, so that a failed call (a uniqueness conflict,
 /// say) changes nothing and leaves the unit of work usable, on PostgreSQL too, where an error
@@ -32,6 +41,8 @@ pub struct StoreTx {
     broken: Option<StoreError>,
     /// Inside a write method's savepoint.
     in_call: bool,
+    /// Started by [`Repo::read`]: every write is refused.
+    read_only: bool,
 }
 
 enum Conn {
@@ -41,7 +52,11 @@ enum Conn {
 
 impl std::fmt::Debug for StoreTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreTx").field("dialect", &self.dialect()).field("broken", &self.broken).finish()
+        f.debug_struct("StoreTx")
+            .field("dialect", &self.dialect())
+            .field("read_only", &self.read_only)
+            .field("broken", &self.broken)
+            .finish()
     }
 }
 
@@ -94,7 +109,33 @@ impl Repo for Db {
                 .map(Conn::Postgres)
                 .map_err(|e| classify(Dialect::Postgres, &e).error)?,
         };
-        Ok(StoreTx { conn, broken: None, in_call: false })
+        Ok(StoreTx { conn, broken: None, in_call: false, read_only: false })
+    }
+
+    async fn read(&self) -> Result<StoreTx, StoreError> {
+        let conn = match self {
+            Db::Sqlite(pool) => {
+                let mut tx = pool
+                    .begin_with(SQLITE_BEGIN_READ)
+                    .await
+                    .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
+                sqlx::query(SQLITE_QUERY_ONLY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
+                Conn::Sqlite(tx)
+            }
+            Db::Postgres(pool) => pool
+                .begin_with(POSTGRES_BEGIN_READ)
+                .await
+                .map(Conn::Postgres)
+                .map_err(|e| classify(Dialect::Postgres, &e).error)?,
+        };
+        Ok(StoreTx { conn, broken: None, in_call: false, read_only: true })
+    }
+
+    async fn pause(&self, delay: std::time::Duration) {
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -143,8 +184,8 @@ impl StoreTx {
         let failure = classify(self.dialect(), e);
         if failure.dooms || !self.in_call {
             let reason = match &failure.error {
-                StoreError::Conflict(m) => {
-                    StoreError::Conflict(format!("{m} (the unit of work must be retried from the start)"))
+                StoreError::Retryable(m) => {
+                    StoreError::Retryable(format!("{m} (the unit of work must be run again from the start)"))
                 }
                 StoreError::Backend(m) => {
                     StoreError::Backend(format!("an earlier statement of this unit of work failed: {m}"))
@@ -172,6 +213,11 @@ impl StoreTx {
             self.broken = Some(e.clone());
             return Err(e);
         }
+        if self.read_only {
+            // Nothing to undo: `execute` refuses every statement of the call.
+            self.in_call = true;
+            return Ok(());
+        }
         match self.run_simple(SAVEPOINT).await {
             Ok(()) => {
                 self.in_call = true;
@@ -184,7 +230,7 @@ impl StoreTx {
     /// Closes the savepoint: keeps the call's writes when it succeeded, undoes them when it
     /// failed. Returns `result`.
     pub(crate) async fn end_call<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if self.broken.is_some() {
+        if self.broken.is_some() || self.read_only {
             self.in_call = false;
             return result;
         }
@@ -205,9 +251,17 @@ impl StoreTx {
         }
     }
 
-    /// Runs a statement; returns how many rows it changed.
+    /// Runs a statement; returns how many rows it changed. Only write methods run statements
+    /// through here, so this is where a read unit of work refuses them, before the database
+    /// sees them (the database's own read-only mode is the second line).
     pub(crate) async fn execute(&mut self, q: Query) -> Result<u64, StoreError> {
         self.usable()?;
+        if self.read_only {
+            let what = q.sql().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+            return Err(StoreError::ReadOnly(format!(
+                "{what} …: this unit of work only reads (Repo::read); writes need Repo::begin"
+            )));
+        }
         let result = with_conn!(&mut self.conn, |c| bind_args!(q.statement(), q.args)
             .execute(&mut *c)
             .await
@@ -254,6 +308,12 @@ pub(crate) struct Failure {
 /// SQLSTATEs of PostgreSQL's serialization_failure and deadlock_detected.
 const PG_RETRY: [&str; 2] = ["40001", "40P01"];
 const PG_UNIQUE: &str = "23505";
+/// SQLSTATE read_only_sql_transaction: a write reached the database in a read unit of work.
+const PG_READ_ONLY: &str = "25006";
+/// SQLITE_READONLY: a write on a `query_only` connection.
+const SQLITE_READ_ONLY: &str = "8";
+/// Two appenders sealed against the same audit head: the later one must run again.
+const AUDIT_SEQ_CONSTRAINT: &str = "audit_events_pkey";
 /// SQLite extended result codes: SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY.
 const SQLITE_UNIQUE: [&str; 2] = ["2067", "1555"];
 /// SQLITE_BUSY (and its extended codes RECOVERY, SNAPSHOT, TIMEOUT) and SQLITE_LOCKED
@@ -295,12 +355,22 @@ pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {
     let code = code.as_ref();
     match dialect {
         Dialect::Postgres if PG_RETRY.contains(&code) => Failure {
-            error: StoreError::Conflict(format!(
+            error: StoreError::Retryable(format!(
                 "a concurrent transaction got in the way ({})",
                 db.message()
             )),
             dooms: true,
         },
+        Dialect::Postgres if code == PG_UNIQUE && db.constraint() == Some(AUDIT_SEQ_CONSTRAINT) => Failure {
+            error: StoreError::Retryable("a concurrent unit of work appended to the audit log first".into()),
+            dooms: true,
+        },
+        Dialect::Postgres if code == PG_READ_ONLY => {
+            Failure { error: StoreError::ReadOnly(db.message().to_owned()), dooms: false }
+        }
+        Dialect::Sqlite if code == SQLITE_READ_ONLY => {
+            Failure { error: StoreError::ReadOnly(db.message().to_owned()), dooms: false }
+        }
         Dialect::Postgres if code == PG_UNIQUE => {
             let field = db
                 .constraint()
@@ -314,7 +384,7 @@ pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {
             dooms: false,
         },
         Dialect::Sqlite if SQLITE_BUSY.contains(&code) => Failure {
-            error: StoreError::Conflict(format!(
+            error: StoreError::Retryable(format!(
                 "the database stayed locked by another writer ({})",
                 db.message()
             )),

@@ -185,7 +185,7 @@ on_both!(concurrent_appends_never_fork_the_chain, |db| {
                 };
                 match result {
                     Ok(()) => break,
-                    Err(StoreError::Conflict(_)) => conflicts += 1,
+                    Err(StoreError::Retryable(_)) => conflicts += 1,
                     Err(e) => panic!("append by task {task}: {e}"),
                 }
             }
@@ -421,7 +421,7 @@ on_both!(corrupt_rows_are_backend_errors, |db| {
 });
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_serialization_failures_are_conflicts() {
+async fn postgres_serialization_failures_are_retryable() {
     let t = postgres().await;
     let db = &t.db;
     let g = group("skew");
@@ -444,14 +444,14 @@ async fn postgres_serialization_failures_are_conflicts() {
     let conflicted = outcomes
         .iter()
         .filter(|(insert, commit)| {
-            if let Err(StoreError::Conflict(m)) = insert {
+            if let Err(StoreError::Retryable(m)) = insert {
                 assert!(m.contains("concurrent transaction"), "{m}");
                 // Once a unit of work hit a serialization failure, it cannot commit anything.
-                assert!(matches!(commit, Err(StoreError::Conflict(_))), "{commit:?}");
+                assert!(matches!(commit, Err(StoreError::Retryable(_))), "{commit:?}");
                 return true;
             }
             match commit {
-                Err(StoreError::Conflict(m)) => {
+                Err(StoreError::Retryable(m)) => {
                     assert!(m.contains("concurrent transaction"), "{m}");
                     true
                 }
@@ -578,3 +578,97 @@ async fn unsupported_urls_are_refused() {
     let e = Db::connect("mysql://x").await.unwrap_err();
     assert!(e.to_string().contains("neither sqlite"), "{e}");
 }
+
+on_both!(a_read_unit_of_work_refuses_writes_and_stays_usable, |db| {
+    let g = group("read-only");
+    let mut tx = db.read().await.unwrap();
+    match tx.insert_group(&g).await {
+        Err(StoreError::ReadOnly(m)) => {
+            assert!(m.starts_with("INSERT INTO groups"), "{m}");
+            assert!(m.contains("Repo::read"), "{m}");
+        }
+        other => panic!("expected ReadOnly, got {other:?}"),
+    }
+    let mut d = card(None, Some("RO-1"));
+    d.links.push(DeviceLink { kind: LinkKind::Replaces, target: DeviceId::new() });
+    assert!(matches!(tx.insert_device(&d).await, Err(StoreError::ReadOnly(_))));
+    assert!(matches!(tx.append_audit(event(1)).await, Err(StoreError::ReadOnly(_))));
+    // Refused before the database saw it: the unit of work still reads, and commits nothing.
+    assert!(tx.list_groups().await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+    assert_eq!(count(db, "groups").await, 0);
+    assert_eq!(count(db, "audit_events").await, 0);
+    // Connections that served read units of work go back to the pool writable.
+    for _ in 0..12 {
+        let mut r = db.read().await.unwrap();
+        r.list_groups().await.unwrap();
+    }
+    for n in 0..12 {
+        let mut w = db.begin().await.unwrap();
+        w.insert_group(&group(&format!("after-read-{n}"))).await.unwrap();
+        w.commit().await.unwrap();
+    }
+    assert_eq!(count(db, "groups").await, 12);
+});
+
+on_both!(a_read_unit_of_work_runs_beside_a_writer_holding_its_lock, |db| {
+    let g = group("committed");
+    let mut setup = db.begin().await.unwrap();
+    setup.insert_group(&g).await.unwrap();
+    setup.commit().await.unwrap();
+
+    let mut writer = db.begin().await.unwrap();
+    writer.insert_group(&group("uncommitted")).await.unwrap();
+    // On SQLite the writer holds the write lock now; a read must neither wait for it (the old
+    // `BEGIN IMMEDIATE` for everything waited up to the 10 s busy timeout) nor see its write.
+    let read = async {
+        let mut r = db.read().await.unwrap();
+        r.list_groups().await.unwrap()
+    };
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(3), read)
+        .await
+        .expect("a read unit of work waited for the writer");
+    assert_eq!(seen, vec![g]);
+    writer.commit().await.unwrap();
+    let mut r = db.read().await.unwrap();
+    assert_eq!(r.list_groups().await.unwrap().len(), 2);
+});
+
+on_both!(concurrent_operator_actions_on_different_devices_all_succeed, |db| {
+    use lanyard_core::authz::Principal;
+    const WRITERS: usize = 8;
+    let mut operator = someone(db, "olga").await;
+    operator.roles.insert(Role::Operator);
+    let mut tx = db.begin().await.unwrap();
+    tx.update_user(&operator).await.unwrap();
+    let mut devices = Vec::new();
+    for n in 0..WRITERS {
+        let mut d = card(Some(operator.id), Some(&format!("C-{n}")));
+        d.state = DeviceState::Active;
+        tx.insert_device(&d).await.unwrap();
+        tx.insert_credential(&certificate(d.id, &format!("c{n:02x}"))).await.unwrap();
+        devices.push(d.id);
+    }
+    tx.commit().await.unwrap();
+    let principal = Principal::new(operator, OperationId::random(), T0).unwrap();
+
+    // Every action reads the device, its credentials and the audit head, then writes all three:
+    // on PostgreSQL they collide, and only the retry gets every one of them through.
+    let tasks: Vec<_> = devices
+        .iter()
+        .map(|id| {
+            let (db, principal, id) = (db.clone(), principal.clone(), *id);
+            tokio::spawn(async move { principal.operator().unwrap().suspend_device(&db, id).await })
+        })
+        .collect();
+    for task in tasks {
+        let device = task.await.unwrap().unwrap_or_else(|e| panic!("a concurrent suspend failed: {e}"));
+        assert_eq!(device.state, DeviceState::Suspended);
+    }
+    let mut r = db.read().await.unwrap();
+    let all = r.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(verify_chain(&all), Ok(WRITERS as u64), "one event per action, one unbroken chain");
+    for id in devices {
+        assert_eq!(r.get_device(id).await.unwrap().unwrap().state, DeviceState::Suspended);
+    }
+});

@@ -3,7 +3,7 @@ use crate::audit::verify_chain;
 use crate::clock::{Clock, ManualClock};
 use crate::lifecycle::CredentialState;
 use crate::model::{CertSlot, CredentialKind, DeviceLink, PolicyErrors};
-use crate::repo::StoreError;
+use crate::repo::{RetryPolicy, StoreError};
 use crate::testing::{MemRepo, block_on};
 
 struct World {
@@ -507,7 +507,7 @@ fn a_concurrent_commit_conflicts_instead_of_losing_an_update() {
     block_on(olga.operator().unwrap().suspend_device(&w.repo, card.id)).unwrap();
     apply_device(&mut d, DeviceAction::Revoke(RevocationReason::Unspecified), w.clock.now()).unwrap();
     block_on(tx.update_device(&d)).unwrap();
-    assert!(matches!(block_on(tx.commit()), Err(StoreError::Conflict(_))));
+    assert!(matches!(block_on(tx.commit()), Err(StoreError::Retryable(_))));
     assert_eq!(w.stored(card.id).state, DeviceState::Suspended);
 }
 
@@ -715,4 +715,97 @@ fn an_operator_registers_a_card_and_records_an_issued_certificate() {
 
     // Cardholders have no operator view.
     assert!(w.principal(&w.alice).operator().is_err());
+}
+
+#[test]
+fn a_write_retries_after_a_serialization_failure_and_commits_once() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let events = w.repo.data().audit.len();
+    w.repo.fail_commits(4);
+    let olga = w.principal(&w.olga);
+    let device = block_on(olga.operator().unwrap().suspend_device(&w.repo, card.id)).unwrap();
+    assert_eq!(device.state, DeviceState::Suspended);
+    assert_eq!(w.stored(card.id).state, DeviceState::Suspended);
+    assert_eq!(w.repo.commits(), 5, "four failed runs, then the fifth committed");
+    assert_eq!(w.repo.data().audit.len(), events + 1, "one audit event, not one per run");
+    let pauses = w.repo.pauses();
+    assert_eq!(pauses.len(), 4);
+    for (n, pause) in pauses.iter().enumerate() {
+        let ceiling = RetryPolicy::DEFAULT.base * (1 << n);
+        assert!(*pause <= ceiling.min(RetryPolicy::DEFAULT.cap), "pause {n}: {pause:?}");
+    }
+}
+
+#[test]
+fn a_write_gives_up_after_five_runs_with_the_retryable_error() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let before = w.repo.data();
+    w.repo.fail_commits(u32::MAX);
+    let olga = w.principal(&w.olga);
+    let err = block_on(olga.operator().unwrap().suspend_device(&w.repo, card.id)).unwrap_err();
+    assert!(matches!(err, DomainError::Store(StoreError::Retryable(_))), "{err}");
+    assert_eq!(w.repo.commits(), RetryPolicy::DEFAULT.attempts);
+    assert_eq!(w.repo.pauses().len(), 4);
+    assert_eq!(w.repo.data(), before, "nothing changed");
+}
+
+#[test]
+fn final_errors_are_not_retried() {
+    let w = world();
+    let olga = w.principal(&w.olga);
+    // A uniqueness conflict, a missing row and a refused transition fail on the first run.
+    let err = block_on(olga.operator().unwrap().suspend_device(&w.repo, DeviceId::new())).unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Revoked);
+    let err = block_on(olga.operator().unwrap().suspend_device(&w.repo, card.id)).unwrap_err();
+    assert!(matches!(err, DomainError::Lifecycle(_)), "{err}");
+    assert!(w.repo.pauses().is_empty());
+    assert_eq!(w.repo.commits(), 0);
+}
+
+#[test]
+fn retry_pauses_are_full_jitter_below_a_doubling_capped_ceiling() {
+    let p = RetryPolicy::DEFAULT;
+    let ms = std::time::Duration::from_millis;
+    assert_eq!(p.pause(1, 0), ms(0));
+    assert_eq!(p.pause(1, u64::MAX / 2 + 1), ms(50) / 2);
+    assert!(p.pause(1, u64::MAX) < ms(50) && p.pause(1, u64::MAX) > ms(49));
+    assert!(p.pause(2, u64::MAX) < ms(100) && p.pause(2, u64::MAX) > ms(99));
+    assert!(p.pause(4, u64::MAX) < ms(400) && p.pause(4, u64::MAX) > ms(399));
+    assert!(p.pause(40, u64::MAX) <= ms(400), "capped, and no overflow");
+}
+
+#[test]
+fn reads_go_through_read_units_of_work() {
+    // A read unit of work of the double refuses at commit whatever was written through it.
+    let w = world();
+    let mut tx = block_on(w.repo.read()).unwrap();
+    block_on(tx.insert_group(&Group { id: GroupId::new(), name: "x".into(), policy: Policy::default() }))
+        .unwrap();
+    assert!(matches!(block_on(tx.commit()), Err(StoreError::ReadOnly(_))));
+    assert_eq!(w.repo.data().groups.len(), 1);
+    // Listings and lookups start no write unit of work.
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let olga = w.principal(&w.olga);
+    let op = olga.operator().unwrap();
+    block_on(op.device(&w.repo, card.id)).unwrap();
+    block_on(op.credentials(&w.repo, card.id)).unwrap();
+    block_on(op.find_devices(&w.repo, &DeviceQuery { limit: 10, ..Default::default() })).unwrap();
+    block_on(op.find_users(&w.repo, &UserQuery { limit: 10, ..Default::default() })).unwrap();
+    block_on(op.groups(&w.repo)).unwrap();
+    block_on(op.device_history(&w.repo, card.id, 0, 10)).unwrap();
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    block_on(me.devices(&w.repo)).unwrap();
+    block_on(me.device(&w.repo, card.id)).unwrap();
+    block_on(me.credentials(&w.repo, card.id)).unwrap();
+    block_on(alice.api_tokens(&w.repo)).unwrap();
+    let audrey = w.principal(&w.audrey);
+    block_on(audrey.auditor().unwrap().events(&w.repo, &AuditQuery { limit: 10, ..Default::default() }))
+        .unwrap();
+    block_on(audrey.auditor().unwrap().verify(&w.repo)).unwrap();
+    block_on(crate::password::authenticate(&w.repo, "alice", "not her password")).unwrap();
+    assert_eq!(w.repo.write_units(), 0);
 }
