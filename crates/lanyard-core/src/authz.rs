@@ -21,20 +21,20 @@ use time::OffsetDateTime;
 
 use crate::audit::{Actor, AuditEvent, ChainHead, ChainVerifier, NewAuditEvent, OperationId};
 use crate::error::{DomainError, Forbidden};
-use crate::ids::{ApiTokenId, CredentialId, DeviceId, GroupId, JobId, UserId};
+use crate::ids::{ApiTokenId, CredentialId, DeviceId, GroupId, InstanceId, JobId, UserId};
 use crate::lifecycle::{
     CredentialAction, CredentialState, DeviceAction, DeviceState, RevocationReason, apply_credential,
     apply_device, credential_action_allowed, device_target, new_certificate_state,
 };
 use crate::model::{
     ApiToken, Credential, CredentialKind, Device, DeviceClass, DeviceKind, EnrollmentCode, EnrollmentPurpose,
-    Group, Job, JobKind, JobState, JobStep, LinkKind, Policy, PolicyDenied, Role, StepOutcome, User,
-    Username, ValidationError,
+    Group, JOB_LEASE, Job, JobKind, JobLease, JobState, JobStep, LinkKind, Policy, PolicyDenied, Role,
+    StepOutcome, User, Username, ValidationError,
 };
 use crate::password::UserPassword;
 use crate::repo::prelude::*;
 use crate::repo::{AuditQuery, CredentialQuery, DeviceQuery, UserQuery};
-use crate::secrets::SealedCardSecrets;
+use crate::secrets::{SealedCardSecrets, TokenHash};
 
 /// An authenticated, enabled user acting in one request.
 #[derive(Clone, Debug)]
@@ -430,6 +430,7 @@ async fn job_ticket_once<R: Repo>(
         .after(json!({"purpose": format!("{purpose:?}").to_lowercase(), "expires_at": job.ticket_expires_at.map(|t| t.unix_timestamp())}));
     tx.append_audit(event).await?;
     tx.commit().await?;
+    job.version += 1;
     Ok((job, ticket))
 }
 
@@ -1422,27 +1423,90 @@ impl System {
             .target(target)
     }
 
-    /// Stores a job whose state or checkpoint moved; a change of state is audited
-    /// (`job.<state>`, before and after).
-    pub async fn save_job<R: Repo>(&self, repo: &R, job: &Job) -> Result<(), DomainError> {
-        retry(repo, || self.save_job_once(repo, job)).await
+    /// Stores a job whose state or checkpoint moved, over the version it was read at; a change
+    /// of state is audited (`job.<state>`, before and after). A Running job's lease is extended
+    /// to [`JOB_LEASE`] after this actor's time (never shortened) with the write. On success
+    /// `job.version` follows the stored row. If anyone else wrote the job since (a rollback request, another server's sweeper), nothing is stored and the
+    /// answer is `Store(Stale)`: the caller's copy is out of date and must not be written.
+    pub async fn save_job<R: Repo>(&self, repo: &R, job: &mut Job) -> Result<(), DomainError> {
+        if job.state == JobState::Running
+            && let Some(lease) = job.lease.as_mut()
+        {
+            lease.expires_at = lease.expires_at.max(self.acting.at + JOB_LEASE);
+        }
+        let written: &Job = job;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let stored =
+                tx.get_job(written.id).await?.ok_or_else(|| DomainError::not_found("job", written.id))?;
+            tx.update_job(written).await?;
+            if stored.state != written.state {
+                tx.append_audit(self.job_event(&stored, written, json!({}))).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, DomainError>(())
+        })
+        .await?;
+        job.version += 1;
+        Ok(())
     }
 
-    /// One run of [`System::save_job`]'s unit of work.
-    async fn save_job_once<R: Repo>(&self, repo: &R, job: &Job) -> Result<(), DomainError> {
-        let mut tx = repo.begin().await?;
-        let stored = tx.get_job(job.id).await?.ok_or_else(|| DomainError::not_found("job", job.id))?;
-        tx.update_job(job).await?;
-        if stored.state != job.state {
-            let last = job.steps.last().map(|s| json!({"step": s.name, "detail": s.detail}));
-            let event = self
-                .audit(&format!("job.{}", job.state), format!("job:{}", job.id))
-                .before(json!({"state": stored.state}))
-                .after(json!({"state": job.state, "device": job.device, "last_step": last}));
-            tx.append_audit(event).await?;
+    /// The audit event of a job's change of state from `stored` to `job`; `extra` joins `after`.
+    fn job_event(&self, stored: &Job, job: &Job, extra: Value) -> NewAuditEvent {
+        let last = job.steps.last().map(|s| json!({"step": s.name, "detail": s.detail}));
+        let mut after = json!({"state": job.state, "device": job.device, "last_step": last});
+        if let (Value::Object(after), Value::Object(extra)) = (&mut after, extra) {
+            after.extend(extra);
         }
-        tx.commit().await?;
-        Ok(())
+        self.audit(&format!("job.{}", job.state), format!("job:{}", job.id))
+            .before(json!({"state": stored.state}))
+            .after(after)
+    }
+
+    /// Redeems an agent ticket (`<secret>` of `<job id>.<secret>`): one conditional update in the
+    /// store decides, so of two agents racing with the same ticket exactly one gets the job, now
+    /// Running under a lease of server instance `instance`. Audited `job.running` like any
+    /// change of state. `None`: the ticket is wrong, used or expired, or the job may not run.
+    pub async fn redeem_ticket<R: Repo>(
+        &self,
+        repo: &R,
+        id: JobId,
+        presented: &str,
+        instance: InstanceId,
+    ) -> Result<Option<Job>, DomainError> {
+        let at = self.acting.at;
+        let hash = TokenHash::of(presented);
+        let lease = JobLease::new(instance, at);
+        let (hash, lease) = (&hash, &lease);
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let Some(stored) = tx.get_job(id).await? else { return Ok(None) };
+            let Some(job) = tx.redeem_job_ticket(id, hash, lease, at).await? else { return Ok(None) };
+            let extra =
+                json!({"lease_owner": instance, "lease_expires_at": lease.expires_at.unix_timestamp()});
+            tx.append_audit(self.job_event(&stored, &job, extra)).await?;
+            tx.commit().await?;
+            Ok::<_, DomainError>(Some(job))
+        })
+        .await
+    }
+
+    /// Extends the lease of a job this instance runs, to [`JOB_LEASE`] from now. `false`: the job
+    /// is no longer Running under this instance's lease, so its session must stop.
+    pub async fn renew_lease<R: Repo>(
+        &self,
+        repo: &R,
+        id: JobId,
+        instance: InstanceId,
+    ) -> Result<bool, DomainError> {
+        let until = self.acting.at + JOB_LEASE;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let renewed = tx.renew_job_lease(id, instance, until).await?;
+            tx.commit().await?;
+            Ok::<_, DomainError>(renewed)
+        })
+        .await
     }
 
     /// Seals nothing itself: stores the device's sealed card secrets, its card UUID (CHUID GUID)
@@ -1487,19 +1551,28 @@ impl System {
     pub async fn record_issued<R: Repo>(
         &self,
         repo: &R,
-        job: &Job,
+        job: &mut Job,
         credentials: &mut [Credential],
     ) -> Result<(), DomainError> {
+        if let Some(lease) = job.lease.as_mut() {
+            lease.expires_at = lease.expires_at.max(self.acting.at + JOB_LEASE);
+        }
+        let written: &Job = job;
         // Each run starts from the caller's credentials: a failed run may have changed its copy.
         let (recorded, refused) = retry(repo, || {
             let mut attempt = credentials.to_vec();
             async move {
                 let mut tx = repo.begin().await?;
-                let refused =
-                    record_certificates(&mut tx, &self.acting, job.device, &mut attempt, Some(job.id))
-                        .await?;
+                let refused = record_certificates(
+                    &mut tx,
+                    &self.acting,
+                    written.device,
+                    &mut attempt,
+                    Some(written.id),
+                )
+                .await?;
                 if refused.is_none() {
-                    tx.update_job(job).await?;
+                    tx.update_job(written).await?;
                 }
                 tx.commit().await?;
                 Ok::<_, DomainError>((attempt, refused))
@@ -1509,26 +1582,61 @@ impl System {
         credentials.clone_from_slice(&recorded);
         match refused {
             Some(r) => Err(r.into()),
-            None => Ok(()),
+            None => {
+                job.version += 1;
+                Ok(())
+            }
         }
     }
 
-    /// After a restart no card session is running any more: every job still marked Running is
-    /// recorded Failed, so it can be resumed or rolled back with a new ticket. Returns how many.
+    /// Records Failed every Running job whose lease has expired: its server stopped (a restart
+    /// gives the process a new instance id, so its old leases simply run out) or lost the
+    /// database for longer than [`JOB_LEASE`]. Sessions of live servers, which keep renewing
+    /// their leases, are left alone, also on a database shared by several servers. Each job is
+    /// re-read and decided in its own unit of work, so a lease renewed meanwhile wins. Failed
+    /// jobs can be resumed or rolled back with a new ticket. Returns how many were failed.
     pub async fn fail_interrupted_jobs<R: Repo>(&self, repo: &R) -> Result<usize, DomainError> {
-        let mut tx = repo.read().await?;
-        let running: Vec<Job> =
-            tx.list_unfinished_jobs().await?.into_iter().filter(|j| j.state == JobState::Running).collect();
-        drop(tx);
-        for mut job in running.iter().cloned() {
-            let at = self.acting.at;
-            let note = Some("the server stopped during the card session".to_owned());
-            job.record("session", StepOutcome::Failed, note, at)
-                .map_err(|e| DomainError::Conflict(e.to_string()))?;
-            job.transition(JobState::Failed, at).map_err(|e| DomainError::Conflict(e.to_string()))?;
-            self.save_job(repo, &job).await?;
+        let at = self.acting.at;
+        let candidates: Vec<JobId> = {
+            let mut tx = repo.read().await?;
+            tx.list_unfinished_jobs()
+                .await?
+                .into_iter()
+                .filter(|j| j.lease_expired(at))
+                .map(|j| j.id)
+                .collect()
+        };
+        let mut failed = 0;
+        for id in candidates {
+            let done = retry(repo, || async move {
+                let mut tx = repo.begin().await?;
+                let Some(mut job) = tx.get_job(id).await? else { return Ok(false) };
+                if !job.lease_expired(at) {
+                    return Ok(false);
+                }
+                let stored = job.clone();
+                let note = match stored.lease {
+                    Some(l) => format!(
+                        "the server running the card session stopped (its lease ran out at {})",
+                        l.expires_at
+                    ),
+                    None => "the server stopped during the card session".to_owned(),
+                };
+                job.record("session", StepOutcome::Failed, Some(note), at)?;
+                job.transition(JobState::Failed, at)?;
+                tx.update_job(&job).await?;
+                let extra = json!({
+                    "lease_owner": stored.lease.map(|l| l.owner),
+                    "lease_expired_at": stored.lease.map(|l| l.expires_at.unix_timestamp()),
+                });
+                tx.append_audit(self.job_event(&stored, &job, extra)).await?;
+                tx.commit().await?;
+                Ok::<_, DomainError>(true)
+            })
+            .await?;
+            failed += usize::from(done);
         }
-        Ok(running.len())
+        Ok(failed)
     }
 
     /// A wiped card goes back to stock: recycled, its stored card secrets discarded.

@@ -142,6 +142,13 @@ id_type!(
     ApiTokenId,
     "API token id"
 );
+id_type!(
+    /// One run of a server process: random at each start, it names the holder of card-session
+    /// leases (a restarted process is a new instance, so it never mistakes a lease of its
+    /// previous life for its own).
+    InstanceId,
+    "server instance id"
+);
 
 #[cfg(test)]
 mod tests {

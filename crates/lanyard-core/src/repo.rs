@@ -28,6 +28,10 @@
 //!   second device with the same `(model, serial)`, is `Conflict` with a message naming the
 //!   field. That is final: running the unit again would fail the same way.
 //! - **Updates** of a row that does not exist are `NotFound`.
+//! - **Jobs are versioned**: [`JobRepo::update_job`] writes only over the version the caller read
+//!   and answers [`StoreError::Stale`] otherwise, so a session holding an old copy cannot undo a
+//!   concurrent change; [`JobRepo::redeem_job_ticket`] is one conditional update whose success
+//!   the database decides.
 //! - **Audit**: [`AuditRepo::append_audit`] reads the current head *inside the transaction*,
 //!   seals the event with [`NewAuditEvent::seal`] and inserts it; a concurrent append makes one
 //!   of the two fail with `Retryable` (it sealed against a stale head) rather than fork the
@@ -47,10 +51,11 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, ChainHead, NewAuditEvent};
-use crate::ids::{ApiTokenId, CredentialId, DeviceId, GroupId, JobId, UserId};
+use crate::ids::{ApiTokenId, CredentialId, DeviceId, GroupId, InstanceId, JobId, UserId};
 use crate::lifecycle::{CredentialState, DeviceState};
 use crate::model::{
-    ApiToken, Credential, Device, DeviceKind, EnrollmentCode, Group, Job, Role, Session, User, Username,
+    ApiToken, Credential, Device, DeviceKind, EnrollmentCode, Group, Job, JobLease, Role, Session, User,
+    Username,
 };
 use crate::password::UserPassword;
 use crate::secrets::{SealedCardSecrets, TokenHash};
@@ -82,6 +87,10 @@ pub enum StoreError {
     /// A bug in the caller, refused before anything changed.
     #[error("refused: {0}")]
     ReadOnly(String),
+    /// The row changed since the caller read it (a job's `version` moved on). Retrying the same
+    /// write cannot help: the caller must re-read and decide again, or stop.
+    #[error("changed concurrently: {0}")]
+    Stale(String),
     /// The database failed (connection, I/O, corrupt row). The message is for logs, not users.
     #[error("storage backend: {0}")]
     Backend(String),
@@ -409,9 +418,35 @@ pub trait JobRepo: Send {
     /// Jobs in Created, Running or Failed state (to resume or roll back after a restart),
     /// oldest first.
     fn list_unfinished_jobs(&mut self) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
+    /// Stores `job` with the version it carries (0 for a new job).
     fn insert_job(&mut self, job: &Job) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Replaces every field (the step log included).
+    /// Replaces every field (the step log and lease included) of the row whose version is still
+    /// `job.version`, and stores `job.version + 1`; the caller's copy is then one behind, so
+    /// after a commit it bumps its own `version`. A row with another version is
+    /// [`StoreError::Stale`]; no row at all is `NotFound`.
     fn update_job(&mut self, job: &Job) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Redeems an agent ticket in ONE conditional update: only if job `id` holds exactly this
+    /// ticket hash, the ticket has not expired at `at`, and the job is Created or Failed (the rule
+    /// of [`Job::check_ticket`]), the job becomes Running under `lease`, its ticket is cleared,
+    /// `updated_at` is `at` and its version moves on. Returns the job as stored afterwards, or
+    /// `None` when the update matched no row (wrong, used or expired ticket, or a job that may not
+    /// run): of two concurrent redemptions at most one gets `Some`.
+    fn redeem_job_ticket(
+        &mut self,
+        id: JobId,
+        ticket: &TokenHash,
+        lease: &JobLease,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
+    /// Extends the lease of job `id` to `expires_at` if the job is still Running under a lease of
+    /// `owner`; `false` otherwise (the session lost the job: someone else changed its state).
+    /// Leaves the version alone, so the session's own copy stays current.
+    fn renew_job_lease(
+        &mut self,
+        id: JobId,
+        owner: InstanceId,
+        expires_at: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// API tokens (hashes only).

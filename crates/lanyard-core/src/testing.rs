@@ -18,9 +18,9 @@ use std::task::{Context, Poll, Waker};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, ChainHead, NewAuditEvent};
-use crate::ids::{ApiTokenId, CredentialId, DeviceId, EnrollmentCodeId, GroupId, JobId, UserId};
+use crate::ids::{ApiTokenId, CredentialId, DeviceId, EnrollmentCodeId, GroupId, InstanceId, JobId, UserId};
 use crate::model::{
-    ApiToken, Credential, Device, EnrollmentCode, Group, Job, JobState, Session, User, Username,
+    ApiToken, Credential, Device, EnrollmentCode, Group, Job, JobLease, JobState, Session, User, Username,
 };
 use crate::password::UserPassword;
 use crate::repo::*;
@@ -459,7 +459,51 @@ impl JobRepo for MemTx {
     }
 
     fn update_job(&mut self, job: &Job) -> Fut<()> {
-        ready(update(&mut self.write().jobs, job.id, job.clone()))
+        let result = match self.data.jobs.get(&job.id) {
+            None => Err(StoreError::NotFound),
+            Some(stored) if stored.version != job.version => Err(StoreError::Stale(format!(
+                "job {} is at version {}, not {}",
+                job.id, stored.version, job.version
+            ))),
+            Some(_) => {
+                let mut next = job.clone();
+                next.version += 1;
+                update(&mut self.write().jobs, job.id, next)
+            }
+        };
+        ready(result)
+    }
+
+    fn redeem_job_ticket(
+        &mut self,
+        id: JobId,
+        ticket: &TokenHash,
+        lease: &JobLease,
+        at: OffsetDateTime,
+    ) -> Fut<Option<Job>> {
+        let Some(stored) = self.data.jobs.get(&id) else { return ready(Ok(None)) };
+        if stored.check_ticket(ticket, at).is_err() {
+            return ready(Ok(None));
+        }
+        let mut job = stored.clone();
+        if job.start_under(*lease, at).is_err() {
+            return ready(Ok(None));
+        }
+        job.version += 1;
+        self.write().jobs.insert(id, job.clone());
+        ready(Ok(Some(job)))
+    }
+
+    fn renew_job_lease(&mut self, id: JobId, owner: InstanceId, expires_at: OffsetDateTime) -> Fut<bool> {
+        let ours = self
+            .data
+            .jobs
+            .get(&id)
+            .is_some_and(|j| j.state == JobState::Running && j.lease.is_some_and(|l| l.owner == owner));
+        if ours && let Some(lease) = self.write().jobs.get_mut(&id).and_then(|j| j.lease.as_mut()) {
+            lease.expires_at = expires_at;
+        }
+        ready(Ok(ours))
     }
 }
 

@@ -48,6 +48,11 @@ pub const TICKET_TTL: Duration = Duration::minutes(10);
 const MAX_AGENT_MESSAGE: usize = 1 << 20;
 /// How long the server waits for the agent's answer to one message.
 const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often a running session renews its job's lease (`JOB_LEASE`, 2 minutes): four chances
+/// before it runs out, so a slow database round does not cost a live session.
+const LEASE_RENEWAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the sweeper looks for running jobs whose lease ran out.
+pub const LEASE_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 use lanyard_core::authz::STEP_ROLLBACK_REQUESTED;
 /// YubiKey AES-192 management key algorithm id.
 const AES192: u8 = 0x0A;
@@ -116,17 +121,28 @@ enum SessionError {
     Engine(String),
     #[error("{0}")]
     Server(String),
+    /// Someone else changed the job (its lease ran out and another server failed it, an
+    /// operator asked for a rollback): this session's copy is out of date and it stops without
+    /// writing anything more.
+    #[error("the job was changed elsewhere, so this session stops: {0}")]
+    Superseded(String),
 }
 
 impl From<lanyard_core::repo::StoreError> for SessionError {
     fn from(e: lanyard_core::repo::StoreError) -> Self {
-        SessionError::Server(e.to_string())
+        match e {
+            lanyard_core::repo::StoreError::Stale(m) => SessionError::Superseded(m),
+            e => SessionError::Server(e.to_string()),
+        }
     }
 }
 
 impl From<lanyard_core::DomainError> for SessionError {
     fn from(e: lanyard_core::DomainError) -> Self {
-        SessionError::Server(e.to_string())
+        match e {
+            lanyard_core::DomainError::Store(e) => e.into(),
+            e => SessionError::Server(e.to_string()),
+        }
     }
 }
 
@@ -174,7 +190,9 @@ pub async fn connect<R: Repo + 'static>(
                     now,
                 );
                 let _ = job.transition(JobState::Failed, now);
-                if let Err(e) = System::new(failed_op, now).save_job(failed_state.repo.as_ref(), &job).await {
+                if let Err(e) =
+                    System::new(failed_op, now).save_job(failed_state.repo.as_ref(), &mut job).await
+                {
                     tracing::error!(job = %job.id, error = %e, "could not record the failed upgrade");
                 }
             });
@@ -186,19 +204,63 @@ pub async fn connect<R: Repo + 'static>(
         .into_response())
 }
 
-/// Checks and uses up the ticket; the job goes Running.
+/// Checks and uses up the ticket in one conditional update: the job goes Running under this
+/// server's lease, and of two connections racing with one ticket only one gets here.
 async fn redeem<R: Repo>(s: &AppState<R>, ticket: &str, op: &OperationId) -> Result<Job, ApiError> {
     let refuse = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid or expired agent ticket");
     let (job_id, secret) = ticket.split_once('.').ok_or_else(refuse)?;
     let job_id: JobId = job_id.parse().map_err(|_| refuse())?;
-    let now = s.clock.now();
-    let mut tx = s.repo.read().await?;
-    let mut job = tx.get_job(job_id).await?.ok_or_else(refuse)?;
-    job.redeem_ticket(secret, now).map_err(|_| refuse())?;
-    job.transition(JobState::Running, now).map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
-    drop(tx);
-    System::new(op.clone(), now).save_job(s.repo.as_ref(), &job).await?;
-    Ok(job)
+    let system = System::new(op.clone(), s.clock.now());
+    system.redeem_ticket(s.repo.as_ref(), job_id, secret, s.instance).await?.ok_or_else(refuse)
+}
+
+/// Renews the lease of the job this session runs every [`LEASE_RENEWAL`], so a holder may take
+/// minutes over a PIN without another server taking the job for abandoned. Returns only when
+/// the job is no longer this server's to run; a failed renewal is retried at the next tick.
+async fn keep_lease<R: Repo>(s: &AppState<R>, job: JobId, op: &OperationId) -> SessionError {
+    let mut ticker = tokio::time::interval(LEASE_RENEWAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; redemption has just taken the lease.
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let system = System::new(op.clone(), s.clock.now());
+        match system.renew_lease(s.repo.as_ref(), job, s.instance).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // The session's own last write (Succeeded, RolledBack) releases the lease while it
+                // may still wait for the holder's PIN change; only a job taken away stops it.
+                let finished = match s.repo.read().await {
+                    Ok(mut tx) => tx.get_job(job).await.ok().flatten().is_some_and(|j| j.state.is_finished()),
+                    Err(_) => false,
+                };
+                if finished {
+                    return std::future::pending().await;
+                }
+                return SessionError::Superseded(
+                    "the job is no longer running under this server's lease".into(),
+                );
+            }
+            Err(e) => tracing::warn!(job = %job, error = %e, "could not renew the card session's lease"),
+        }
+    }
+}
+
+/// Fails, every [`LEASE_SWEEP`], the running jobs whose lease ran out: sessions of a server that
+/// stopped or lost the database. Live sessions of this and other servers renew their leases and
+/// are left alone. Runs until the task is dropped.
+pub async fn sweep_abandoned_jobs<R: Repo>(s: AppState<R>) {
+    let mut ticker = tokio::time::interval(LEASE_SWEEP);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let system = System::new(OperationId::random(), s.clock.now());
+        match system.fail_interrupted_jobs(s.repo.as_ref()).await {
+            Ok(0) => {}
+            Ok(failed) => tracing::warn!(failed, "card sessions whose server stopped were recorded failed"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep abandoned card sessions"),
+        }
+    }
 }
 
 struct Session {
@@ -299,31 +361,40 @@ impl Session {
         mut job: Job,
         op: OperationId,
     ) {
-        let result = match self.receive().await {
-            Ok(FromAgent::Hello { reader, atr, .. }) => {
-                tracing::info!(job = %job.id, %reader, %atr, "agent connected");
-                let rollback = job.steps.last().is_some_and(|s| s.name == STEP_ROLLBACK_REQUESTED);
-                if job.kind == lanyard_core::model::JobKind::Unlock {
-                    self.unlock(&s, &cfg, &mut job, &op).await
-                } else if job.kind == lanyard_core::model::JobKind::Wipe {
-                    self.wipe(&s, &mut job, &op).await
-                } else if rollback {
-                    self.rollback(&s, &mut job, &op).await
-                } else {
-                    self.issue(&s, &cfg, &mut job, &op).await
+        let job_id = job.id;
+        let session = async {
+            match self.receive().await {
+                Ok(FromAgent::Hello { reader, atr, .. }) => {
+                    tracing::info!(job = %job.id, %reader, %atr, "agent connected");
+                    let rollback = job.steps.last().is_some_and(|s| s.name == STEP_ROLLBACK_REQUESTED);
+                    if job.kind == lanyard_core::model::JobKind::Unlock {
+                        self.unlock(&s, &cfg, &mut job, &op).await
+                    } else if job.kind == lanyard_core::model::JobKind::Wipe {
+                        self.wipe(&s, &mut job, &op).await
+                    } else if rollback {
+                        self.rollback(&s, &mut job, &op).await
+                    } else {
+                        self.issue(&s, &cfg, &mut job, &op).await
+                    }
                 }
+                Ok(other) => Err(SessionError::Protocol(format!("expected hello, got {other:?}"))),
+                Err(e) => Err(e),
             }
-            Ok(other) => Err(SessionError::Protocol(format!("expected hello, got {other:?}"))),
-            Err(e) => Err(e),
+        };
+        // A lost lease ends the session at once (dropping it sends the card nothing more).
+        let result = tokio::select! {
+            result = session => result,
+            lost = keep_lease(&s, job_id, &op) => Err(lost),
         };
         if let Err(e) = result {
             tracing::warn!(job = %job.id, error = %e, "card session stopped");
             let now = s.clock.now();
             let system = System::new(op.clone(), now);
-            if job.state == JobState::Running {
+            // A superseded session's copy is out of date: writing it would be refused anyway.
+            if job.state == JobState::Running && !matches!(e, SessionError::Superseded(_)) {
                 let _ = job.record("session", StepOutcome::Failed, Some(e.to_string()), now);
                 let _ = job.transition(JobState::Failed, now);
-                if let Err(e) = system.save_job(s.repo.as_ref(), &job).await {
+                if let Err(e) = system.save_job(s.repo.as_ref(), &mut job).await {
                     tracing::error!(job = %job.id, error = %e, "could not record the failed job");
                 }
             }

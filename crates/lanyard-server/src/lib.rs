@@ -23,6 +23,7 @@ use axum::{Extension, Router};
 use base64::Engine;
 use lanyard_ca::{CertStatus, CrlParams, RevokedEntry, SerialNumber};
 use lanyard_core::clock::Clock;
+use lanyard_core::ids::InstanceId;
 use lanyard_core::lifecycle::CredentialState;
 use lanyard_core::model::CredentialKind;
 use lanyard_core::repo::prelude::*;
@@ -50,6 +51,9 @@ pub struct AppState<R> {
     throttle: Arc<auth::LoginThrottle>,
     /// Card issuance (key-encryption key, attestation roots); `None`: issuance routes answer 503.
     pub issuance: Option<Arc<issuance::IssuanceConfig>>,
+    /// This server process, as the owner of the card-session leases it takes: random for each
+    /// `AppState::new`, so a restarted server never claims its previous life's sessions.
+    pub instance: InstanceId,
 }
 
 impl<R> Clone for AppState<R> {
@@ -61,6 +65,7 @@ impl<R> Clone for AppState<R> {
             crl_cache: Arc::clone(&self.crl_cache),
             throttle: Arc::clone(&self.throttle),
             issuance: self.issuance.clone(),
+            instance: self.instance,
         }
     }
 }
@@ -74,7 +79,14 @@ impl<R> AppState<R> {
             crl_cache: Arc::new(Mutex::new(None)),
             throttle: Arc::new(auth::LoginThrottle::default()),
             issuance: None,
+            instance: InstanceId::new(),
         }
+    }
+
+    /// The same server under another instance id (tests play several servers on one database).
+    pub fn with_instance(mut self, instance: InstanceId) -> Self {
+        self.instance = instance;
+        self
     }
 
     /// Enables card issuance.
@@ -144,6 +156,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => Self::new(StatusCode::NOT_FOUND, "not found"),
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, format!("conflict: {m}")),
+            StoreError::Stale(_) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict: the record changed meanwhile; reload and try again",
+            ),
             StoreError::Retryable(_) => {
                 // Retries already ran out (`lanyard_core::repo::retry`): the database is busy,
                 // not broken, and the request changed nothing.

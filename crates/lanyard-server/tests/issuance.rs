@@ -458,6 +458,35 @@ async fn bad_tickets_are_refused_before_anything_happens() {
     assert_eq!(relay(&app, &ticket, &mut card, None, Some(NEW_PIN)).await, End::Done("active".into()));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_racing_with_one_ticket_get_one_session() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = setup().await;
+    let (_device, job, mut ticket) = app.begin().await;
+    let connect = |ticket: String| {
+        let addr = app.addr;
+        tokio::spawn(async move {
+            let mut r = format!("ws://{addr}/api/v1/agent/connect").into_client_request().unwrap();
+            r.headers_mut().insert("x-lanyard-ticket", ticket.parse().unwrap());
+            tokio_tungstenite::connect_async(r).await
+        })
+    };
+    for round in 0..10 {
+        let (a, b) = tokio::join!(connect(ticket.clone()), connect(ticket.clone()));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let loser = match (&a, &b) {
+            (Ok(_), Err(e)) | (Err(e), Ok(_)) => e.to_string(),
+            _ => panic!("round {round}: exactly one connection must get the session, got {a:?} / {b:?}"),
+        };
+        assert!(loser.contains("401"), "round {round}: {loser}");
+        assert_eq!(app.job_state(&job).await, "running");
+        // The winner hangs up without a hello: the job fails and takes a new ticket.
+        drop((a, b));
+        app.wait_job(&job, "failed").await;
+        ticket = app.ticket(&job, "run").await;
+    }
+}
+
 fn uuid_like() -> String {
     "0b3d2c1e-6f7a-4b8c-9d0e-1f2a3b4c5d6e".into()
 }

@@ -6,17 +6,20 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use lanyard_core::DomainError;
 use lanyard_core::audit::{Actor, BrokenReason, ChainError, NewAuditEvent, OperationId, verify_chain};
-use lanyard_core::ids::{DeviceId, GroupId, UserId};
+use lanyard_core::authz::{Principal, STEP_ROLLBACK_REQUESTED, System, TicketPurpose};
+use lanyard_core::ids::{DeviceId, GroupId, InstanceId, JobId, UserId};
 use lanyard_core::lifecycle::{CredentialState, DeviceState};
 use lanyard_core::model::{
-    CertSlot, Credential, CredentialKind, Device, DeviceKind, DeviceLink, Group, LinkKind, Policy, Role,
-    Session, User, Username,
+    CertSlot, Credential, CredentialKind, Device, DeviceKind, DeviceLink, Group, JOB_LEASE, Job, JobKind,
+    JobState, LinkKind, Policy, Role, Session, StepOutcome, User, Username,
 };
 use lanyard_core::repo::prelude::*;
 use lanyard_core::repo::{AuditQuery, DeviceQuery, StoreError, UserQuery};
 use lanyard_core::secrets::SealedCardSecrets;
 use lanyard_store::{Db, Dialect, POSTGRES_MIGRATIONS, POSTGRES_UNIQUE_FIELDS, SQLITE_MIGRATIONS};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime, UtcOffset};
@@ -671,4 +674,146 @@ on_both!(concurrent_operator_actions_on_different_devices_all_succeed, |db| {
     for id in devices {
         assert_eq!(r.get_device(id).await.unwrap().unwrap().state, DeviceState::Suspended);
     }
+});
+
+/// A device of `owner` with a job that has an outstanding agent ticket (issued at `T0`, valid
+/// 10 minutes); the job and the ticket's secret.
+async fn job_with_ticket(db: &Db, owner: &User) -> (Job, String) {
+    let device = card(Some(owner.id), None);
+    let mut job = Job::new(JobKind::Issuance, device.id, Some(owner.id), T0);
+    let secret = job.issue_ticket(Duration::minutes(10), T0).unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_device(&device).await.unwrap();
+    tx.insert_job(&job).await.unwrap();
+    tx.commit().await.unwrap();
+    (job, secret.expose_secret().to_owned())
+}
+
+async fn stored_job(db: &Db, id: JobId) -> Job {
+    let mut tx = db.begin().await.unwrap();
+    tx.get_job(id).await.unwrap().unwrap()
+}
+
+fn system(at: OffsetDateTime) -> System {
+    System::new(OperationId::random(), at)
+}
+
+on_both!(two_agents_racing_with_one_ticket_start_the_job_once, |db| {
+    let owner = someone(db, "racer").await;
+    let at = T0 + Duration::minutes(1);
+    for round in 0..8 {
+        let (job, secret) = job_with_ticket(db, &owner).await;
+        let redeem = |instance: InstanceId| {
+            let (db, secret) = (db.clone(), secret.clone());
+            tokio::spawn(async move { system(at).redeem_ticket(&db, job.id, &secret, instance).await })
+        };
+        let (a, b) = (InstanceId::new(), InstanceId::new());
+        let (first, second) = tokio::join!(redeem(a), redeem(b));
+        let winners: Vec<Job> =
+            [first.unwrap().unwrap(), second.unwrap().unwrap()].into_iter().flatten().collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one redemption wins");
+        let winner = &winners[0];
+        assert_eq!(winner.state, JobState::Running);
+        assert_eq!(winner.agent_ticket, None);
+        assert!(winner.lease.is_some_and(|l| [a, b].contains(&l.owner) && l.expires_at == at + JOB_LEASE));
+        assert_eq!(&stored_job(db, job.id).await, winner);
+        // The used ticket opens nothing any more.
+        assert_eq!(system(at).redeem_ticket(db, job.id, &secret, a).await.unwrap(), None);
+    }
+    // One `job.running` event per job, naming the lease owner.
+    let mut tx = db.begin().await.unwrap();
+    let events = tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap();
+    let running: Vec<_> = events.iter().filter(|e| e.action == "job.running").collect();
+    assert_eq!(running.len(), 8);
+    assert!(running.iter().all(|e| e.after.as_ref().is_some_and(|a| a["lease_owner"].is_string())));
+});
+
+on_both!(a_step_write_never_undoes_a_concurrent_rollback_request, |db| {
+    let owner = someone(db, "holder").await;
+    let g = group("operators");
+    let mut operator = user("oscar", g.id);
+    operator.roles = BTreeSet::from([Role::Operator]);
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_group(&g).await.unwrap();
+    tx.insert_user(&operator).await.unwrap();
+    tx.commit().await.unwrap();
+    let (job, secret) = job_with_ticket(db, &owner).await;
+    let at = T0 + Duration::minutes(1);
+    let server = InstanceId::new();
+    // The session's own copy, as redemption handed it over.
+    let mut session = system(at).redeem_ticket(db, job.id, &secret, server).await.unwrap().unwrap();
+    session.record("rotate_management_key", StepOutcome::Done, None, at).unwrap();
+    system(at).save_job(db, &mut session).await.unwrap();
+    assert_eq!(stored_job(db, job.id).await, session, "the session's writes keep its copy current");
+
+    // Meanwhile (say its server stalled past the lease) another server fails the job and an
+    // operator asks for a rollback ticket.
+    let later = at + JOB_LEASE + Duration::seconds(1);
+    assert_eq!(system(later).fail_interrupted_jobs(db).await.unwrap(), 1);
+    let principal = Principal::new(operator, OperationId::random(), later).unwrap();
+    principal
+        .operator()
+        .unwrap()
+        .job_ticket(db, job.id, TicketPurpose::Rollback, Duration::minutes(10))
+        .await
+        .unwrap();
+    let requested = stored_job(db, job.id).await;
+    assert_eq!(requested.state, JobState::Failed);
+    assert_eq!(requested.steps.last().map(|s| s.name.as_str()), Some(STEP_ROLLBACK_REQUESTED));
+
+    // The session wakes up and writes its next step from its old copy: refused, nothing undone.
+    session.record("generate_9a", StepOutcome::Done, None, later).unwrap();
+    match system(later).save_job(db, &mut session).await {
+        Err(DomainError::Store(StoreError::Stale(_))) => {}
+        other => panic!("expected a stale write, got {other:?}"),
+    }
+    session.transition(JobState::Succeeded, later).unwrap();
+    assert!(matches!(
+        system(later).save_job(db, &mut session).await,
+        Err(DomainError::Store(StoreError::Stale(_)))
+    ));
+    assert_eq!(stored_job(db, job.id).await, requested, "the rollback request survives");
+    // Nor can the session keep its lease alive.
+    assert!(!system(later).renew_lease(db, job.id, server).await.unwrap());
+});
+
+on_both!(a_restarting_server_fails_only_sessions_whose_lease_ran_out, |db| {
+    let owner = someone(db, "two-servers").await;
+    let (live, live_secret) = job_with_ticket(db, &owner).await;
+    let (dead, dead_secret) = job_with_ticket(db, &owner).await;
+    let (server_a, server_b) = (InstanceId::new(), InstanceId::new());
+    let start = T0 + Duration::minutes(1);
+    // Server A runs one session, server B another; B then stops.
+    system(start).redeem_ticket(db, live.id, &live_secret, server_a).await.unwrap().unwrap();
+    system(start).redeem_ticket(db, dead.id, &dead_secret, server_b).await.unwrap().unwrap();
+
+    // B restarts 90 s later (a new instance): both leases still run, nothing is failed.
+    let mut now = start + Duration::seconds(90);
+    assert_eq!(system(now).fail_interrupted_jobs(db).await.unwrap(), 0);
+    // A keeps renewing every 30 s; B's old session does not.
+    for _ in 0..4 {
+        assert!(system(now).renew_lease(db, live.id, server_a).await.unwrap());
+        now += Duration::seconds(30);
+    }
+    // Now B's lease has run out and A's has not.
+    assert!(now > start + JOB_LEASE);
+    assert_eq!(system(now).fail_interrupted_jobs(db).await.unwrap(), 1);
+    let live = stored_job(db, live.id).await;
+    assert_eq!(live.state, JobState::Running);
+    assert_eq!(live.lease.map(|l| l.owner), Some(server_a));
+    let dead = stored_job(db, dead.id).await;
+    assert_eq!(dead.state, JobState::Failed);
+    assert_eq!(dead.lease, None);
+    let last = dead.steps.last().unwrap();
+    assert_eq!((last.name.as_str(), last.outcome), ("session", StepOutcome::Failed));
+    assert!(last.detail.as_deref().unwrap().contains("lease ran out"), "{last:?}");
+    // B's old instance cannot revive it.
+    assert!(!system(now).renew_lease(db, dead.id, server_b).await.unwrap());
+    let mut tx = db.begin().await.unwrap();
+    let events = tx
+        .list_audit(&AuditQuery { after_seq: 0, target: Some(format!("job:{}", dead.id)), limit: 10 })
+        .await
+        .unwrap();
+    let failed = events.iter().find(|e| e.action == "job.failed").unwrap();
+    assert_eq!(failed.after.as_ref().unwrap()["lease_owner"], json!(server_b.to_string()));
 });

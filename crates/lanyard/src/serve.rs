@@ -83,7 +83,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 Some(lanyard_server::tls::server_config_der(&id.chain, &id.pkcs8_key)?)
             }
         };
-        // Card sessions do not survive a restart: mark them failed so they resume or roll back.
+        // Card sessions whose server stopped (this one before the restart, or another sharing the
+        // database) are failed once their lease has run out, so they can be resumed or rolled
+        // back; live sessions of other servers keep renewing theirs and are left alone.
         let op = lanyard_core::audit::OperationId::random();
         let failed = lanyard_core::authz::System::new(op, clock.now())
             .fail_interrupted_jobs(&db)
@@ -92,11 +94,14 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         if failed > 0 {
             tracing::warn!(
                 failed,
-                "card sessions were interrupted by the restart; they can be resumed or rolled back"
+                "card sessions whose server stopped were recorded failed; they can be resumed or rolled back"
             );
         }
         let state = AppState::new(Arc::new(db), Arc::new(pki), clock)
             .with_issuance(lanyard_server::issuance::IssuanceConfig { kek, attestation_roots });
+        // Sessions this process ran before a restart still hold leases that are running out:
+        // the sweeper fails them (and any another server abandons) a few minutes later.
+        tokio::spawn(lanyard_server::issuance::sweep_abandoned_jobs(state.clone()));
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("Lanyard is listening on {scheme}://{addr} (public URL {})", cfg.public_url);

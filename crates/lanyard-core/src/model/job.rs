@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
-use crate::ids::{DeviceId, JobId, UserId};
+use crate::ids::{DeviceId, InstanceId, JobId, UserId};
 use crate::macros::string_enum;
 use crate::secrets::{SecretsError, TokenHash, generate_token};
 
@@ -62,6 +62,27 @@ pub struct JobStep {
     pub detail: Option<String>,
 }
 
+/// How long a running job stays with its server without a renewal. The server renews far more
+/// often (every 30 s, on a timer beside the session), so only a server that stopped, or lost its
+/// database, for this long loses its sessions to the sweeper.
+pub const JOB_LEASE: Duration = Duration::minutes(2);
+
+/// Which server instance runs a job's card session, and until when it vouches for it. Another
+/// server fails the job only once the lease has expired (`docs/issuance.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLease {
+    pub owner: InstanceId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl JobLease {
+    /// A lease for `owner` from `at`, [`JOB_LEASE`] long.
+    pub fn new(owner: InstanceId, at: OffsetDateTime) -> Self {
+        Self { owner, expires_at: at + JOB_LEASE }
+    }
+}
+
 /// A server-driven card session (issuance now; PIN unlock and reset later), recorded step by step
 /// so that a crash or a pulled card leaves something to resume or roll back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +105,15 @@ pub struct Job {
     /// Where the card session got to, as the personalization engine's checkpoint (JSON, no
     /// secrets); `None` before the first step.
     pub checkpoint: Option<serde_json::Value>,
+    /// How many times the stored row has been written. Every update is conditional on it, so a
+    /// writer holding an older copy is refused (`StoreError::Stale`) instead of undoing a newer
+    /// change (a rollback request, a sweeper's verdict).
+    #[serde(default)]
+    pub version: u64,
+    /// While Running: the server instance running the session and when its claim lapses.
+    /// `None` in every other state.
+    #[serde(default)]
+    pub lease: Option<JobLease>,
 }
 
 /// A job operation that does not fit the job's state.
@@ -116,11 +146,14 @@ impl Job {
             created_at: at,
             updated_at: at,
             checkpoint: None,
+            version: 0,
+            lease: None,
         }
     }
 
     /// Moves the job to `to`. Allowed: Created→Running, Created→Failed, Running→Succeeded,
-    /// Running→Failed, Failed→Running (resume), Failed→RolledBack.
+    /// Running→Failed, Failed→Running (resume), Failed→RolledBack. Leaving Running releases the
+    /// lease.
     pub fn transition(&mut self, to: JobState, at: OffsetDateTime) -> Result<(), JobError> {
         use JobState::*;
         let ok = matches!(
@@ -136,8 +169,18 @@ impl Job {
             return Err(JobError::IllegalTransition { from: self.state, to });
         }
         self.state = to;
+        if to != Running {
+            self.lease = None;
+        }
         self.updated_at = at;
         Ok(())
+    }
+
+    /// Whether the job is Running with no live lease: its server stopped (or lost the database)
+    /// for longer than [`JOB_LEASE`]. A Running job without any lease (written before leases
+    /// existed) counts as abandoned too.
+    pub fn lease_expired(&self, at: OffsetDateTime) -> bool {
+        self.state == JobState::Running && self.lease.is_none_or(|l| at >= l.expires_at)
     }
 
     /// Appends a step to the log (only while Running).
@@ -166,20 +209,32 @@ impl Job {
         Ok(ticket)
     }
 
-    /// Uses the agent ticket up; changes nothing when it fails.
-    pub fn redeem_ticket(&mut self, presented: &str, at: OffsetDateTime) -> Result<(), JobError> {
+    /// Whether the presented ticket (as its hash) may start the job at `at`: it is the
+    /// outstanding one, unexpired, and the job is Created or Failed. The store evaluates the same
+    /// rule inside one conditional update (`JobRepo::redeem_job_ticket`); this is its reference.
+    pub fn check_ticket(&self, presented: &TokenHash, at: OffsetDateTime) -> Result<(), JobError> {
         let (Some(hash), Some(expires)) = (&self.agent_ticket, self.ticket_expires_at) else {
             return Err(JobError::NoTicket);
         };
-        if !hash.matches(presented) {
+        // Hashes of 256-bit random tokens: comparing them leaks nothing about a ticket.
+        if hash != presented {
             return Err(JobError::WrongTicket);
         }
         if at >= expires {
             return Err(JobError::TicketExpired(expires));
         }
+        if !matches!(self.state, JobState::Created | JobState::Failed) {
+            return Err(JobError::IllegalTransition { from: self.state, to: JobState::Running });
+        }
+        Ok(())
+    }
+
+    /// What redeeming a ticket does: the ticket is used up, the job Running under `lease`.
+    pub fn start_under(&mut self, lease: JobLease, at: OffsetDateTime) -> Result<(), JobError> {
+        self.transition(JobState::Running, at)?;
         self.agent_ticket = None;
         self.ticket_expires_at = None;
-        self.updated_at = at;
+        self.lease = Some(lease);
         Ok(())
     }
 }
@@ -212,14 +267,26 @@ mod tests {
     fn agent_ticket_is_one_time() {
         let t = datetime!(2025-01-01 0:00 UTC);
         let mut job = Job::new(JobKind::Issuance, DeviceId::new(), None, t);
-        assert_eq!(job.redeem_ticket("x", t), Err(JobError::NoTicket));
+        let hash = |s: &str| TokenHash::of(s);
+        assert_eq!(job.check_ticket(&hash("x"), t), Err(JobError::NoTicket));
         let ticket = job.issue_ticket(Duration::minutes(5), t).unwrap();
-        assert_eq!(job.redeem_ticket("wrong", t), Err(JobError::WrongTicket));
+        let good = hash(ticket.expose_secret());
+        assert_eq!(job.check_ticket(&hash("wrong"), t), Err(JobError::WrongTicket));
         assert_eq!(
-            job.redeem_ticket(ticket.expose_secret(), t + Duration::minutes(5)),
+            job.check_ticket(&good, t + Duration::minutes(5)),
             Err(JobError::TicketExpired(t + Duration::minutes(5)))
         );
-        job.redeem_ticket(ticket.expose_secret(), t + Duration::minutes(1)).unwrap();
-        assert_eq!(job.redeem_ticket(ticket.expose_secret(), t), Err(JobError::NoTicket));
+        let at = t + Duration::minutes(1);
+        job.check_ticket(&good, at).unwrap();
+        let lease = JobLease::new(InstanceId::new(), at);
+        job.start_under(lease, at).unwrap();
+        assert_eq!((job.state, job.lease), (JobState::Running, Some(lease)));
+        assert_eq!(job.check_ticket(&good, t), Err(JobError::NoTicket));
+        assert!(!job.lease_expired(lease.expires_at - Duration::nanoseconds(1)));
+        assert!(job.lease_expired(lease.expires_at));
+        // Leaving Running releases the lease.
+        job.transition(JobState::Failed, at).unwrap();
+        assert_eq!(job.lease, None);
+        assert!(!job.lease_expired(lease.expires_at));
     }
 }

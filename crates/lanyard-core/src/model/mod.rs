@@ -14,7 +14,7 @@ pub use access::{ApiToken, Session};
 pub use credential::{CertSlot, Credential, CredentialKind, KeyAlgorithm};
 pub use device::{Device, DeviceClass, DeviceKind, DeviceLink, LinkKind};
 pub use enrollment::{EnrollmentCode, EnrollmentError, EnrollmentPurpose};
-pub use job::{Job, JobError, JobKind, JobState, JobStep, StepOutcome};
+pub use job::{JOB_LEASE, Job, JobError, JobKind, JobLease, JobState, JobStep, StepOutcome};
 pub use policy::{
     FidoPinMode, InitialPinDisplay, PinRuleError, PinRules, Policy, PolicyDenied, PolicyError, PolicyErrors,
     SlotProfile,

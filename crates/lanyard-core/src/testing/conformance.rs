@@ -19,12 +19,12 @@ use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
 use crate::audit::{Actor, AuditEvent, ChainHead, NewAuditEvent, OperationId, verify_chain};
-use crate::ids::{DeviceId, GroupId, UserId};
+use crate::ids::{DeviceId, GroupId, InstanceId, JobId, UserId};
 use crate::lifecycle::{CredentialState, DeviceState, RevocationReason};
 use crate::model::{
     ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, DeviceLink, Email, EnrollmentCode,
-    EnrollmentPurpose, Group, Job, JobKind, JobState, LinkKind, Policy, Role, Session, StepOutcome, User,
-    Username,
+    EnrollmentPurpose, Group, Job, JobKind, JobLease, JobState, LinkKind, Policy, Role, Session, StepOutcome,
+    User, Username,
 };
 use crate::password::UserPassword;
 use crate::repo::*;
@@ -610,12 +610,14 @@ pub async fn jobs<R: Repo>(repo: &R) {
     ok(tx.update_job(&first).await, "update_job");
     ok(tx.update_job(&second).await, "update_job");
     commit(tx).await;
+    first.version += 1;
+    second.version += 1;
 
     let mut tx = begin(repo).await;
     assert_eq!(
         ok(tx.get_job(first.id).await, "get_job"),
         Some(first.clone()),
-        "job round-trips with its step log"
+        "job round-trips with its step log and its new version"
     );
     let ids = |v: Vec<Job>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
     assert_eq!(
@@ -624,6 +626,85 @@ pub async fn jobs<R: Repo>(repo: &R) {
     );
     let unfinished = ids(ok(tx.list_unfinished_jobs().await, "list_unfinished_jobs"));
     assert!(unfinished.contains(&first.id) && !unfinished.contains(&second.id), "unfinished jobs only");
+    drop(tx);
+
+    // A write based on an older version is refused and changes nothing.
+    let mut old = first.clone();
+    old.version -= 1;
+    old.checkpoint = None;
+    let mut tx = begin(repo).await;
+    match tx.update_job(&old).await {
+        Err(StoreError::Stale(_)) => {}
+        other => panic!("update_job over an older version: expected Stale, got {other:?}"),
+    }
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_job(first.id).await, "get_job"),
+        Some(first.clone()),
+        "a stale write changes nothing"
+    );
+    drop(tx);
+
+    job_tickets_and_leases(repo, card.id, alice.id).await;
+}
+
+/// Redemption is one conditional update; leases are renewed only by their owner.
+async fn job_tickets_and_leases<R: Repo>(repo: &R, card: DeviceId, alice: UserId) {
+    let mut job = Job::new(JobKind::Unlock, card, Some(alice), T0);
+    let ticket = match job.issue_ticket(Duration::minutes(10), T0) {
+        Ok(t) => TokenHash::of(secrecy::ExposeSecret::expose_secret(&t)),
+        Err(e) => panic!("Job::issue_ticket: {e}"),
+    };
+    let mut tx = begin(repo).await;
+    ok(tx.insert_job(&job).await, "insert_job");
+    commit(tx).await;
+    let (us, them) = (InstanceId::new(), InstanceId::new());
+    let at = T0 + Duration::minutes(1);
+    let lease = JobLease::new(us, at);
+
+    let mut tx = begin(repo).await;
+    for (what, id, hash, when) in [
+        ("a wrong ticket", job.id, TokenHash::of("wrong"), at),
+        ("an expired ticket", job.id, ticket, T0 + Duration::minutes(10)),
+        ("another job's id", JobId::new(), ticket, at),
+    ] {
+        assert_eq!(
+            ok(tx.redeem_job_ticket(id, &hash, &lease, when).await, what),
+            None,
+            "{what} redeems nothing"
+        );
+    }
+    let redeemed = ok(tx.redeem_job_ticket(job.id, &ticket, &lease, at).await, "redeem_job_ticket");
+    let Some(redeemed) = redeemed else { panic!("redeem_job_ticket: the good ticket was refused") };
+    assert_eq!(
+        ok(tx.redeem_job_ticket(job.id, &ticket, &lease, at).await, "redeem twice"),
+        None,
+        "a used ticket"
+    );
+    commit(tx).await;
+    if let Err(e) = job.check_ticket(&ticket, at).and_then(|()| job.start_under(lease, at)) {
+        panic!("the reference rule refused what the store accepted: {e}");
+    }
+    job.version += 1;
+    assert_eq!(redeemed, job, "redemption: Running, ticket used up, the lease taken, version moved on");
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_job(job.id).await, "get_job"), Some(job.clone()));
+
+    let later = at + Duration::minutes(5);
+    assert!(!ok(tx.renew_job_lease(job.id, them, later).await, "renew by a stranger"), "not their lease");
+    assert!(ok(tx.renew_job_lease(job.id, us, later).await, "renew_job_lease"), "our lease");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    let stored = ok(tx.get_job(job.id).await, "get_job");
+    assert_eq!(stored.as_ref().and_then(|j| j.lease), Some(JobLease { owner: us, expires_at: later }));
+    assert_eq!(stored.map(|j| j.version), Some(job.version), "a renewal leaves the version alone");
+    if let Err(e) = job.transition(JobState::Failed, later) {
+        panic!("Job::transition: {e}");
+    }
+    ok(tx.update_job(&job).await, "update_job");
+    assert!(!ok(tx.renew_job_lease(job.id, us, later).await, "renew a failed job"), "no lease after Running");
+    commit(tx).await;
 }
 
 pub async fn api_tokens_and_sessions<R: Repo>(repo: &R) {
