@@ -15,6 +15,7 @@
 //! - [`password`]: argon2id password hashes for local accounts and login checks.
 //! - [`secrets`]: [`secrets::CardSecrets`], [`secrets::Kek`], token hashes.
 //! - [`audit`]: events, canonical encoding, chain sealing and verification.
+//! - [`installation`]: the installation record (root CA fingerprint, KEK id).
 //! - [`repo`]: the storage traits and [`repo::StoreError`].
 //! - [`authz`]: `Principal` → `SelfService` / `Operator` / `Admin` / `Auditor` views.
 //!
@@ -27,6 +28,7 @@ pub mod authz;
 pub mod clock;
 mod error;
 pub mod ids;
+pub mod installation;
 pub mod lifecycle;
 pub mod model;
 pub mod password;

@@ -64,8 +64,8 @@ use crate::secrets::{SealedCardSecrets, TokenHash};
 /// `R::Tx` are only callable with their traits in scope).
 pub mod prelude {
     pub use super::{
-        ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo, JobRepo,
-        PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo, retry,
+        ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo, InstallationRepo,
+        JobRepo, PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo, retry,
     };
 }
 
@@ -225,6 +225,7 @@ pub trait Tx:
     + ApiTokenRepo
     + SessionRepo
     + PasswordRepo
+    + InstallationRepo
     + Send
 {
     /// Makes every write of this unit durable, atomically.
@@ -499,5 +500,21 @@ pub trait PasswordRepo: Send {
     fn put_password(
         &mut self,
         password: &UserPassword,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The installation record
+
+/// The installation record (see [`crate::installation`]): at most one per database, written once
+/// by `lanyard init` and never changed.
+pub trait InstallationRepo: Send {
+    fn get_installation(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<crate::installation::Installation>, StoreError>> + Send;
+    /// Records the installation; `Conflict` when the database has one already.
+    fn insert_installation(
+        &mut self,
+        installation: &crate::installation::Installation,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

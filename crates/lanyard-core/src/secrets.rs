@@ -2,10 +2,13 @@
 //!
 //! - [`CardSecrets`]: a card's management key, PUK and initial PIN, in zeroising containers whose
 //!   `Debug` prints no secret byte.
-//! - [`Kek`]: 32 bytes, AES-256-GCM from aws-lc-rs. Ciphertext layout:
-//!   `version (0x01) ‖ nonce (12 random bytes) ‖ ciphertext ‖ tag (16)`. The AEAD's associated
-//!   data is `version ‖ caller AAD`; [`CardSecrets::seal`] uses the device id as caller AAD, so a
-//!   blob copied onto another device's row does not decrypt.
+//! - [`Kek`]: 32 bytes, AES-256-GCM from aws-lc-rs, known by a non-secret [`KekId`]. Ciphertext
+//!   layout: `version (0x02) ‖ KEK id (16) ‖ nonce (12 random bytes) ‖ ciphertext ‖ tag (16)`.
+//!   The AEAD's associated data is `version ‖ KEK id ‖ caller AAD`; [`CardSecrets::seal`] uses
+//!   the device id as caller AAD, so a blob copied onto another device's row does not decrypt.
+//!   Opening a blob with another KEK fails naming both ids. Version 1 (`0x01 ‖ nonce ‖ ciphertext
+//!   ‖ tag`, associated data `0x01 ‖ caller AAD`), written before blobs carried the id, is still
+//!   read.
 //! - [`TokenHash`] / [`generate_token`]: random tokens (enrollment codes, agent tickets, API
 //!   tokens, session cookies) of which only a SHA-256 hash is ever stored.
 
@@ -39,12 +42,20 @@ pub enum SecretsError {
     InsecurePermissions { path: PathBuf, mode: u32 },
     #[error("{path} is not a key-encryption key file: {reason}")]
     BadKeyFile { path: PathBuf, reason: String },
-    #[error("ciphertext is {len} bytes, shorter than the {min} bytes of version, nonce and tag")]
+    #[error("{path} exists already; a key-encryption key is never overwritten")]
+    KekFileExists { path: PathBuf },
+    #[error("ciphertext is {len} bytes, shorter than the {min} bytes of its version's header and tag")]
     Truncated { len: usize, min: usize },
-    #[error("ciphertext has format version {0}, this build reads version 1")]
+    #[error("ciphertext has format version {0}, this build reads versions 1 and 2")]
     UnknownVersion(u8),
     #[error(
-        "decryption failed: wrong key-encryption key, wrong binding (another device's record?) or tampered ciphertext"
+        "sealed under the key-encryption key with id {sealed_with}, but the key-encryption key \
+         given has id {given}"
+    )]
+    WrongKek { sealed_with: KekId, given: KekId },
+    #[error(
+        "decryption failed: wrong binding (another device's record?), tampered ciphertext, or, for a \
+         version 1 blob, which names no key, the wrong key-encryption key"
     )]
     DecryptFailed,
     #[error("malformed card secrets: {0}")]
@@ -179,6 +190,12 @@ impl SealedCardSecrets {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The id of the KEK these secrets were sealed under (`None` for a version 1 blob, written
+    /// before blobs carried it).
+    pub fn kek_id(&self) -> Result<Option<KekId>, SecretsError> {
+        Kek::sealed_with(&self.0)
+    }
 }
 
 impl fmt::Debug for SealedCardSecrets {
@@ -312,6 +329,54 @@ pub fn card_secrets_aad(device: DeviceId) -> Vec<u8> {
     aad
 }
 
+/// The identifier of a key-encryption key: the first 16 bytes of a SHA-256 over a
+/// domain-separated label and the key.
+///
+/// Derived rather than stored beside the key, so it cannot drift from the key it names: a copy of
+/// the key file (or the same 64 hex digits restored from a vault) has the same id, and the key
+/// file stays 64 hex digits. It reveals nothing usable about the key (recovering a 256-bit key
+/// from its hash is out of reach), so it is printed, logged, stored in the database's
+/// installation record and written in front of every sealed blob. 128 bits make two keys of one
+/// installation sharing an id a non-event.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KekId([u8; KekId::LEN]);
+
+impl KekId {
+    pub const LEN: usize = 16;
+
+    pub const fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
+        Self(bytes)
+    }
+
+    pub const fn as_bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Display for KekId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KekId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KekId({self})")
+    }
+}
+
+impl std::str::FromStr for KekId {
+    type Err = String;
+
+    /// 32 hex digits, as [`KekId`]'s `Display` writes them.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; Self::LEN];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|e| format!("a key-encryption key id is {} hex digits: {e}", 2 * Self::LEN))?;
+        Ok(Self(out))
+    }
+}
+
 /// The key-encryption key.
 pub struct Kek {
     key: Zeroizing<[u8; 32]>,
@@ -319,12 +384,17 @@ pub struct Kek {
 
 impl fmt::Debug for Kek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Kek {{ fingerprint: {} }}", self.fingerprint())
+        write!(f, "Kek {{ id: {} }}", self.id())
     }
 }
 
-const KEK_FORMAT: u8 = 1;
+/// The format [`Kek::encrypt`] writes: the KEK id travels with the ciphertext.
+const KEK_FORMAT: u8 = 2;
+/// The format written before blobs carried the KEK id; still read.
+const KEK_FORMAT_V1: u8 = 1;
 const TAG_LEN: usize = 16;
+/// Version and KEK id.
+const HEADER_LEN: usize = 1 + KekId::LEN;
 
 impl Kek {
     /// A fresh random key.
@@ -339,29 +409,19 @@ impl Kek {
         Self { key }
     }
 
-    /// A short, non-secret identifier of the key (first 8 bytes of a domain-separated SHA-256),
-    /// to tell which KEK encrypted what without revealing it.
-    pub fn fingerprint(&self) -> String {
+    /// This key's non-secret identifier (see [`KekId`]).
+    pub fn id(&self) -> KekId {
         let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(b"lanyard kek fingerprint\0");
+        ctx.update(b"lanyard kek id\0");
         ctx.update(self.key.as_ref());
-        hex::encode(&ctx.finish().as_ref()[..8])
+        let mut id = [0u8; KekId::LEN];
+        id.copy_from_slice(&ctx.finish().as_ref()[..KekId::LEN]);
+        KekId(id)
     }
 
-    /// Reads the key from `path` (64 hex digits, optionally followed by a newline), or creates
-    /// the file with a fresh key when it does not exist. On Unix the file is created with mode
-    /// 0600, and an existing file that group or others can access is refused.
-    pub fn load_or_create(path: &Path) -> Result<Self, SecretsError> {
-        match Self::create(path) {
-            Ok(kek) => Ok(kek),
-            Err(SecretsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-                Self::load(path)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Reads an existing key file (see [`Kek::load_or_create`]).
+    /// Reads an existing key file: 64 hex digits, optionally followed by a newline. A missing
+    /// file is an error (`Io` with `NotFound`): loading never creates a key; [`Kek::create`] does.
+    /// On Unix a file that group or others can access is refused.
     pub fn load(path: &Path) -> Result<Self, SecretsError> {
         let io = |source| SecretsError::Io { path: path.to_owned(), source };
         let meta = std::fs::metadata(path).map_err(io)?;
@@ -392,7 +452,9 @@ impl Kek {
         Ok(Self { key })
     }
 
-    fn create(path: &Path) -> Result<Self, SecretsError> {
+    /// Creates the key file at `path` with a fresh key (mode 0600 on Unix). An existing file is
+    /// never overwritten: that is [`SecretsError::KekFileExists`], and the file is left as it was.
+    pub fn create(path: &Path) -> Result<Self, SecretsError> {
         let io = |source| SecretsError::Io { path: path.to_owned(), source };
         let kek = Self::generate()?;
         let mut options = std::fs::OpenOptions::new();
@@ -402,7 +464,13 @@ impl Kek {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options.open(path).map_err(io)?;
+        let mut file = options.open(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                SecretsError::KekFileExists { path: path.to_owned() }
+            } else {
+                io(source)
+            }
+        })?;
         let mut text = Zeroizing::new(Vec::with_capacity(65));
         text.extend_from_slice(hex::encode(kek.key.as_ref()).as_bytes());
         text.push(b'\n');
@@ -426,36 +494,66 @@ impl Kek {
     pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SecretsError> {
         let mut nonce = [0u8; NONCE_LEN];
         random_fill(&mut nonce)?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
+        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.push(KEK_FORMAT);
+        out.extend_from_slice(self.id().as_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let full_aad = [&[KEK_FORMAT][..], aad].concat();
+        // The header is authenticated too, so a blob whose id was rewritten does not decrypt.
+        let full_aad = [&out[..HEADER_LEN], aad].concat();
         let tag = self
             .aead_key()?
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&full_aad[..]),
-                &mut out[1 + NONCE_LEN..],
+                &mut out[HEADER_LEN + NONCE_LEN..],
             )
             .map_err(|_| SecretsError::EncryptFailed)?;
         out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
-    /// Decrypts what [`Kek::encrypt`] produced with the same `aad`.
+    /// The KEK id a ciphertext from [`Kek::encrypt`] names, without decrypting it; `None` for a
+    /// version 1 blob, which carries none.
+    pub fn sealed_with(ciphertext: &[u8]) -> Result<Option<KekId>, SecretsError> {
+        match ciphertext.first() {
+            Some(&KEK_FORMAT) => {
+                let min = HEADER_LEN + NONCE_LEN + TAG_LEN;
+                let id = ciphertext
+                    .get(1..HEADER_LEN)
+                    .filter(|_| ciphertext.len() >= min)
+                    .ok_or(SecretsError::Truncated { len: ciphertext.len(), min })?;
+                let mut out = [0u8; KekId::LEN];
+                out.copy_from_slice(id);
+                Ok(Some(KekId(out)))
+            }
+            Some(&KEK_FORMAT_V1) => Ok(None),
+            Some(&other) => Err(SecretsError::UnknownVersion(other)),
+            None => Err(SecretsError::Truncated { len: 0, min: HEADER_LEN + NONCE_LEN + TAG_LEN }),
+        }
+    }
+
+    /// Decrypts what [`Kek::encrypt`] produced with the same `aad`. A blob sealed under another
+    /// KEK is [`SecretsError::WrongKek`], naming both ids.
     pub fn decrypt(&self, ciphertext: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
-        let min = 1 + NONCE_LEN + TAG_LEN;
+        let header_len = match Self::sealed_with(ciphertext)? {
+            Some(sealed_with) => {
+                let given = self.id();
+                if sealed_with != given {
+                    return Err(SecretsError::WrongKek { sealed_with, given });
+                }
+                HEADER_LEN
+            }
+            None => 1,
+        };
+        let min = header_len + NONCE_LEN + TAG_LEN;
         if ciphertext.len() < min {
             return Err(SecretsError::Truncated { len: ciphertext.len(), min });
         }
-        if ciphertext[0] != KEK_FORMAT {
-            return Err(SecretsError::UnknownVersion(ciphertext[0]));
-        }
         let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&ciphertext[1..1 + NONCE_LEN]);
-        let mut buf = Zeroizing::new(ciphertext[1 + NONCE_LEN..].to_vec());
-        let full_aad = [&[KEK_FORMAT][..], aad].concat();
+        nonce.copy_from_slice(&ciphertext[header_len..header_len + NONCE_LEN]);
+        let mut buf = Zeroizing::new(ciphertext[header_len + NONCE_LEN..].to_vec());
+        let full_aad = [&ciphertext[..header_len], aad].concat();
         let len = self
             .aead_key()?
             .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&full_aad[..]), &mut buf)
@@ -536,6 +634,8 @@ pub fn generate_token(bytes: usize) -> Result<(SecretString, TokenHash), Secrets
 mod tests {
     use super::*;
 
+    const KNOWN_ID: &str = "79742dcb5f04fe6bd1c13e399de89828";
+
     fn sample() -> CardSecrets {
         let key = Zeroizing::new((0xA0..0xC0).collect::<Vec<u8>>());
         CardSecrets::new(
@@ -568,8 +668,10 @@ mod tests {
         let device = DeviceId::new();
         let secrets = sample();
         let sealed = secrets.seal(&kek, device).unwrap();
-        assert_eq!(sealed.as_bytes()[0], 1);
-        assert_eq!(sealed.as_bytes().len(), 1 + 12 + secrets.to_bytes().len() + 16);
+        assert_eq!(sealed.as_bytes()[0], 2);
+        assert_eq!(&sealed.as_bytes()[1..17], kek.id().as_bytes(), "the KEK id follows the version");
+        assert_eq!(sealed.kek_id().unwrap(), Some(kek.id()));
+        assert_eq!(sealed.as_bytes().len(), 1 + 16 + 12 + secrets.to_bytes().len() + 16);
         assert_same(&CardSecrets::open(&sealed, &kek, device).unwrap(), &secrets);
         // A fresh nonce each time.
         assert_ne!(secrets.seal(&kek, device).unwrap(), sealed);
@@ -586,11 +688,68 @@ mod tests {
     }
 
     #[test]
-    fn wrong_kek_does_not_decrypt() {
+    fn opening_with_another_kek_names_both_ids() {
         let device = DeviceId::new();
-        let sealed = sample().seal(&Kek::generate().unwrap(), device).unwrap();
-        let err = CardSecrets::open(&sealed, &Kek::generate().unwrap(), device).unwrap_err();
-        assert!(matches!(err, SecretsError::DecryptFailed));
+        let (a, b) = (Kek::generate().unwrap(), Kek::generate().unwrap());
+        let sealed = sample().seal(&a, device).unwrap();
+        let err = CardSecrets::open(&sealed, &b, device).unwrap_err();
+        assert!(
+            matches!(err, SecretsError::WrongKek { sealed_with, given } if sealed_with == a.id() && given == b.id()),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "sealed under the key-encryption key with id {}, but the key-encryption key given has id {}",
+                a.id(),
+                b.id()
+            )
+        );
+    }
+
+    /// The version 1 layout, written before blobs carried the KEK id: `01 ‖ nonce ‖ ciphertext ‖
+    /// tag`, associated data `01 ‖ caller AAD`. Built here independently of `Kek::encrypt`.
+    fn seal_v1(kek: &Kek, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        let nonce = [7u8; NONCE_LEN];
+        let mut out = vec![1u8];
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = kek
+            .aead_key()
+            .unwrap()
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&[&[1u8][..], aad].concat()[..]),
+                &mut out[1 + NONCE_LEN..],
+            )
+            .unwrap();
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    #[test]
+    fn version_1_blobs_stay_readable() {
+        let kek = Kek::generate().unwrap();
+        let device = DeviceId::new();
+        let v1 =
+            SealedCardSecrets::from_bytes(seal_v1(&kek, &sample().to_bytes(), &card_secrets_aad(device)));
+        assert_eq!(v1.kek_id().unwrap(), None, "a version 1 blob names no KEK");
+        assert_same(&CardSecrets::open(&v1, &kek, device).unwrap(), &sample());
+        // Without an id in the blob, a wrong KEK can only show as a failed decryption.
+        let err = CardSecrets::open(&v1, &Kek::generate().unwrap(), device).unwrap_err();
+        assert!(matches!(err, SecretsError::DecryptFailed), "{err:?}");
+    }
+
+    #[test]
+    fn kek_ids_are_stable_derived_and_parse() {
+        let key = Kek::from_bytes(Zeroizing::new([0x5A; 32]));
+        // python3 -c "import hashlib;print(hashlib.sha256(b'lanyard kek id\\0'+b'\\x5a'*32).hexdigest()[:32])"
+        assert_eq!(key.id().to_string(), KNOWN_ID);
+        assert_eq!(Kek::from_bytes(Zeroizing::new([0x5A; 32])).id(), key.id(), "same key, same id");
+        assert_ne!(Kek::generate().unwrap().id(), key.id());
+        assert_eq!(KNOWN_ID.parse::<KekId>().unwrap(), key.id());
+        assert!("abcd".parse::<KekId>().unwrap_err().contains("32 hex digits"));
+        assert_eq!(format!("{key:?}"), format!("Kek {{ id: {KNOWN_ID} }}"));
     }
 
     #[test]
@@ -602,13 +761,17 @@ mod tests {
             let mut bytes = sealed.as_bytes().to_vec();
             bytes[i] ^= 0x01;
             let err = CardSecrets::open(&SealedCardSecrets::from_bytes(bytes), &kek, device).unwrap_err();
-            let expected = if i == 0 { "UnknownVersion" } else { "DecryptFailed" };
+            let expected = match i {
+                0 => "UnknownVersion",
+                1..17 => "WrongKek",
+                _ => "DecryptFailed",
+            };
             assert!(format!("{err:?}").starts_with(expected), "byte {i}: {err:?}");
         }
-        let short = SealedCardSecrets::from_bytes(sealed.as_bytes()[..28].to_vec());
+        let short = SealedCardSecrets::from_bytes(sealed.as_bytes()[..44].to_vec());
         assert_eq!(
             CardSecrets::open(&short, &kek, device).unwrap_err().to_string(),
-            "ciphertext is 28 bytes, shorter than the 29 bytes of version, nonce and tag"
+            "ciphertext is 44 bytes, shorter than the 45 bytes of its version's header and tag"
         );
     }
 
@@ -675,11 +838,24 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kek");
-        let kek = Kek::load_or_create(&path).unwrap();
+        assert!(
+            matches!(Kek::load(&path), Err(SecretsError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
+            "loading never creates a key"
+        );
+        assert!(!path.exists());
+        let kek = Kek::create(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let again = Kek::load_or_create(&path).unwrap();
-        assert_eq!(kek.fingerprint(), again.fingerprint());
+        let before = std::fs::read(&path).unwrap();
+        let err = Kek::create(&path).unwrap_err();
+        assert!(matches!(err, SecretsError::KekFileExists { .. }), "{err:?}");
+        assert!(
+            err.to_string().ends_with("exists already; a key-encryption key is never overwritten"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "an existing key file is left as it was");
+        let again = Kek::load(&path).unwrap();
+        assert_eq!(kek.id(), again.id());
         let device = DeviceId::new();
         let sealed = sample().seal(&kek, device).unwrap();
         assert_same(&CardSecrets::open(&sealed, &again, device).unwrap(), &sample());
@@ -691,9 +867,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kek");
-        Kek::load_or_create(&path).unwrap();
+        Kek::create(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let err = Kek::load_or_create(&path).unwrap_err();
+        let err = Kek::load(&path).unwrap_err();
         assert!(matches!(err, SecretsError::InsecurePermissions { mode: 0o640, .. }), "{err:?}");
         assert!(err.to_string().contains("(mode 640)"), "{err}");
         assert!(err.to_string().contains("chmod 600"), "{err}");
@@ -723,7 +899,7 @@ mod tests {
         write(format!("{}\n", "0f".repeat(32)).as_bytes());
         Kek::load(&path).unwrap();
         let missing = dir.path().join("nowhere/kek");
-        assert!(matches!(Kek::load_or_create(&missing), Err(SecretsError::Io { .. })));
+        assert!(matches!(Kek::create(&missing), Err(SecretsError::Io { .. })));
     }
 
     #[test]

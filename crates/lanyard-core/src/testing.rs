@@ -53,6 +53,7 @@ pub struct MemData {
     pub api_tokens: BTreeMap<ApiTokenId, ApiToken>,
     pub sessions: Vec<Session>,
     pub passwords: BTreeMap<UserId, UserPassword>,
+    pub installation: Option<crate::installation::Installation>,
 }
 
 #[derive(Debug, Default)]
@@ -591,6 +592,20 @@ impl PasswordRepo for MemTx {
             return ready(Err(StoreError::Backend("foreign key: no such user".into())));
         }
         self.write().passwords.insert(password.user, password.clone());
+        ready(Ok(()))
+    }
+}
+
+impl InstallationRepo for MemTx {
+    fn get_installation(&mut self) -> Fut<Option<crate::installation::Installation>> {
+        ready(Ok(self.data.installation.clone()))
+    }
+
+    fn insert_installation(&mut self, installation: &crate::installation::Installation) -> Fut<()> {
+        if self.data.installation.is_some() {
+            return ready(Err(StoreError::Conflict("installation.id already exists".into())));
+        }
+        self.write().installation = Some(installation.clone());
         ready(Ok(()))
     }
 }

@@ -13,6 +13,7 @@ use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::random_password;
 use secrecy::SecretString;
 use serde_json::json;
+use time::OffsetDateTime;
 
 /// The bootstrap administrator's username.
 pub const ADMIN_USERNAME: &str = "admin";
@@ -28,11 +29,23 @@ pub const PASSWORD_LEN: usize = 20;
 /// nothing and returns `None`.
 pub async fn ensure_admin<R: Repo>(repo: &R, clock: &dyn Clock) -> Result<Option<SecretString>, DomainError> {
     let mut tx = repo.begin().await?;
+    let password = ensure_admin_in(&mut tx, clock.now(), &OperationId::random()).await?;
+    if password.is_some() {
+        tx.commit().await?;
+    }
+    Ok(password)
+}
+
+/// [`ensure_admin`] inside the caller's unit of work (`lanyard init` commits the administrator
+/// together with the installation record), under the caller's operation id.
+pub async fn ensure_admin_in<T: Tx>(
+    tx: &mut T,
+    at: OffsetDateTime,
+    op: &OperationId,
+) -> Result<Option<SecretString>, DomainError> {
     if !tx.list_users(&UserQuery { limit: 1, ..UserQuery::default() }).await?.is_empty() {
         return Ok(None);
     }
-    let at = clock.now();
-    let op = OperationId::random();
     // A group named "default" may exist already (made by hand before any user): reuse it.
     let existing = tx.list_groups().await?.into_iter().find(|g| g.name == DEFAULT_GROUP);
     let created = existing.is_none();
@@ -51,7 +64,7 @@ pub async fn ensure_admin<R: Repo>(repo: &R, clock: &dyn Clock) -> Result<Option
     let password = random_password(PASSWORD_LEN)?;
     tx.put_password(&UserPassword::set(user.id, &password, at)?).await?;
     let event =
-        |action: &str, target: String| NewAuditEvent::new(at, Actor::System, action, &op).target(target);
+        |action: &str, target: String| NewAuditEvent::new(at, Actor::System, action, op).target(target);
     if created {
         tx.append_audit(
             event("group.create", format!("group:{}", group.id))
@@ -64,11 +77,10 @@ pub async fn ensure_admin<R: Repo>(repo: &R, clock: &dyn Clock) -> Result<Option
             .after(json!({"username": user.username, "group": user.group, "roles": user.roles})),
     )
     .await?;
-    tx.commit().await?;
     Ok(Some(password))
 }
 
-/// The line `lanyard serve` prints once for a new administrator.
+/// The line `lanyard init` (and `lanyard serve` when it initialises) prints once for a new administrator.
 pub fn announcement(password: &SecretString) -> String {
     use secrecy::ExposeSecret;
     format!(

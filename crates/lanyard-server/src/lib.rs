@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod install;
 pub mod issuance;
 pub mod openapi;
 pub mod pki;

@@ -1,6 +1,7 @@
-//! The CA hierarchy as the server keeps it: keys and certificates in `<data_dir>/ca`, created on
-//! first start, loaded afterwards. The OCSP responder certificate is short-lived and is re-issued
-//! at start when it has less than a third of its life left.
+//! The CA hierarchy as the server keeps it: keys and certificates in `<data_dir>/ca`, created by
+//! [`Pki::create`] (only `lanyard init` calls it, through [`crate::install`]) and loaded by
+//! [`Pki::load`], which never creates a root or an issuing CA. The OCSP responder certificate is
+//! short-lived and is re-issued at start when it has less than a third of its life left.
 
 use lanyard_ca::hierarchy::{
     Hierarchy, HierarchySpec, SignerCredential, issue_content_signer, issue_ocsp_signer,
@@ -17,8 +18,26 @@ pub enum PkiError {
     Ca(#[from] CaError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{0} is incomplete: some CA files exist and others are missing; restore them from backup")]
-    Incomplete(PathBuf),
+    #[error(
+        "{dir} is incomplete: {} missing while other CA files exist; restore them from backup",
+        missing.join(", ")
+    )]
+    Incomplete { dir: PathBuf, missing: Vec<String> },
+    #[error("{0} holds no CA (no root.crt, root.key.pem, issuing.crt, …)")]
+    Missing(PathBuf),
+    #[error("{0} exists already; a CA is never overwritten")]
+    Exists(PathBuf),
+}
+
+/// What a CA directory holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaFiles {
+    /// None of the CA's files (the directory may not exist).
+    Absent,
+    /// Every certificate and key of root, issuing CA and OCSP responder.
+    Complete,
+    /// Some, but not these.
+    Incomplete(Vec<String>),
 }
 
 /// The running CA: root and issuing CA, OCSP responder, PIV content signer (CHUID signatures).
@@ -90,46 +109,99 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
 }
 
 impl Pki {
-    /// Loads the hierarchy from `dir`, or creates it there when `dir` holds none.
-    pub fn load_or_create(
+    /// What `dir` holds, without reading or changing any of it.
+    pub fn files(dir: &Path) -> Result<CaFiles, PkiError> {
+        let keys = KeyFileStore::new(dir);
+        let mut missing = Vec::new();
+        for cert in CERTS {
+            if !dir.join(cert).exists() {
+                missing.push(cert.to_owned());
+            }
+        }
+        for k in KEYS {
+            if !keys.exists(k)? {
+                missing.push(format!("{k}.key.pem"));
+            }
+        }
+        Ok(if missing.is_empty() {
+            CaFiles::Complete
+        } else if missing.len() == CERTS.len() + KEYS.len() {
+            CaFiles::Absent
+        } else {
+            CaFiles::Incomplete(missing)
+        })
+    }
+
+    /// The DER of the root certificate in `dir`, to compare before anything else is loaded.
+    pub fn read_root_der(dir: &Path) -> Result<Vec<u8>, PkiError> {
+        read(&dir.join("root.crt"))
+    }
+
+    /// Creates a new hierarchy (root, issuing CA, OCSP responder, PIV content signer) in `dir`.
+    /// Refuses, writing nothing, when `dir` holds any of a CA's files.
+    pub fn create(
         dir: &Path,
         organization: &str,
         key: KeyAlgorithm,
         public_url: &str,
         now: OffsetDateTime,
     ) -> Result<Self, PkiError> {
+        let urls = CaUrls::new(public_url)?;
+        let spec = HierarchySpec::new(organization, key, urls)?;
+        let keys = KeyFileStore::new(dir);
+        let existing = CERTS
+            .iter()
+            .chain(["content-signer.crt"].iter())
+            .map(|f| dir.join(f))
+            .chain(
+                KEYS.iter()
+                    .chain(["content-signer"].iter())
+                    .map(|k| keys.path(k))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+            .find(|p| p.exists());
+        if let Some(path) = existing {
+            return Err(PkiError::Exists(path));
+        }
         std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
+        let h = Hierarchy::generate(&spec, now)?;
+        // Keys first: `save` refuses to replace a key, so a concurrent `create` in the same
+        // directory fails here instead of mixing two hierarchies.
+        keys.save("root", h.root.signer())?;
+        keys.save("issuing", h.issuing.signer())?;
+        keys.save("ocsp", h.ocsp.signer())?;
+        keys.save("content-signer", &h.content_signer.key)?;
+        write(&dir.join("content-signer.crt"), &h.content_signer.certificate.der)?;
+        write(&dir.join("root.crt"), h.root.certificate_der())?;
+        write(&dir.join("issuing.crt"), h.issuing.certificate_der())?;
+        write(
+            &dir.join("ocsp.crt"),
+            &der::Encode::to_der(h.ocsp.responder_certificate()).map_err(CaError::from)?,
+        )?;
+        tracing::info!(dir = %dir.display(), "created the CA hierarchy");
+        Ok(Pki { root: h.root, issuing: h.issuing, ocsp: h.ocsp, content_signer: h.content_signer })
+    }
+
+    /// Loads the hierarchy from `dir`. Never creates a root or issuing CA: a directory without
+    /// one is [`PkiError::Missing`], a partial one [`PkiError::Incomplete`]. It does renew the
+    /// server's own short-lived certificates (OCSP responder, content signer) as they age.
+    pub fn load(
+        dir: &Path,
+        organization: &str,
+        key: KeyAlgorithm,
+        public_url: &str,
+        now: OffsetDateTime,
+    ) -> Result<Self, PkiError> {
+        match Self::files(dir)? {
+            CaFiles::Complete => {}
+            CaFiles::Absent => return Err(PkiError::Missing(dir.to_owned())),
+            CaFiles::Incomplete(missing) => {
+                return Err(PkiError::Incomplete { dir: dir.to_owned(), missing });
+            }
+        }
         let urls = CaUrls::new(public_url)?;
         let spec = HierarchySpec::new(organization, key, urls.clone())?;
         let keys = KeyFileStore::new(dir);
-        let mut present = CERTS.iter().filter(|f| dir.join(f).exists()).count();
-        for k in KEYS {
-            present += usize::from(keys.exists(k)?);
-        }
-        if present == 0 {
-            let h = Hierarchy::generate(&spec, now)?;
-            keys.save("root", h.root.signer())?;
-            keys.save("issuing", h.issuing.signer())?;
-            keys.save("ocsp", h.ocsp.signer())?;
-            keys.save("content-signer", &h.content_signer.key)?;
-            write(&dir.join("content-signer.crt"), &h.content_signer.certificate.der)?;
-            write(&dir.join("root.crt"), h.root.certificate_der())?;
-            write(&dir.join("issuing.crt"), h.issuing.certificate_der())?;
-            write(
-                &dir.join("ocsp.crt"),
-                &der::Encode::to_der(h.ocsp.responder_certificate()).map_err(CaError::from)?,
-            )?;
-            tracing::info!(dir = %dir.display(), "created the CA hierarchy");
-            return Ok(Pki {
-                root: h.root,
-                issuing: h.issuing,
-                ocsp: h.ocsp,
-                content_signer: h.content_signer,
-            });
-        }
-        if present != CERTS.len() + KEYS.len() {
-            return Err(PkiError::Incomplete(dir.to_owned()));
-        }
         let root =
             CertificateAuthority::new(&read(&dir.join("root.crt"))?, keys.load("root")?, urls.for_root_ca())?;
         let issuing = CertificateAuthority::new(
@@ -165,6 +237,11 @@ impl Pki {
         };
         let content_signer = content_signer(dir, &keys, &spec, &issuing, now)?;
         Ok(Pki { root, issuing, ocsp, content_signer })
+    }
+
+    /// The root certificate's SHA-256 fingerprint, as the installation record keeps it.
+    pub fn root_fingerprint(&self) -> lanyard_core::installation::CertFingerprint {
+        lanyard_core::installation::CertFingerprint::of_der(self.root.certificate_der())
     }
 }
 
@@ -225,5 +302,59 @@ impl Pki {
             chain: vec![issued.der, self.issuing.certificate_der().to_vec()],
             pkcs8_key: key.to_pkcs8_der()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: OffsetDateTime = time::macros::datetime!(2025-03-04 05:06:07 UTC);
+    const URL: &str = "http://127.0.0.1:1";
+
+    fn create(dir: &Path) -> Result<Pki, PkiError> {
+        Pki::create(dir, "Lanyard Test", KeyAlgorithm::EcP256, URL, T0)
+    }
+
+    fn load(dir: &Path) -> Result<Pki, PkiError> {
+        Pki::load(dir, "Lanyard Test", KeyAlgorithm::EcP256, URL, T0)
+    }
+
+    #[test]
+    fn load_never_creates_and_create_never_overwrites() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        assert_eq!(Pki::files(&dir).unwrap(), CaFiles::Absent);
+        assert!(matches!(load(&dir), Err(PkiError::Missing(ref d)) if *d == dir));
+        assert!(!dir.exists(), "load created the CA directory");
+
+        let created = create(&dir).unwrap();
+        assert_eq!(Pki::files(&dir).unwrap(), CaFiles::Complete);
+        let root_der = std::fs::read(dir.join("root.crt")).unwrap();
+        assert_eq!(
+            created.root_fingerprint(),
+            lanyard_core::installation::CertFingerprint::of_der(&root_der)
+        );
+        assert_eq!(load(&dir).unwrap().root_fingerprint(), created.root_fingerprint());
+
+        let err = create(&dir).err().unwrap();
+        assert!(matches!(err, PkiError::Exists(_)), "{err:?}");
+        assert!(err.to_string().ends_with("exists already; a CA is never overwritten"), "{err}");
+        assert_eq!(std::fs::read(dir.join("root.crt")).unwrap(), root_der, "create replaced the root");
+    }
+
+    #[test]
+    fn a_partial_ca_directory_names_the_missing_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        create(&dir).unwrap();
+        std::fs::remove_file(dir.join("ocsp.crt")).unwrap();
+        std::fs::remove_file(dir.join("root.key.pem")).unwrap();
+        let missing = vec!["ocsp.crt".to_owned(), "root.key.pem".to_owned()];
+        assert_eq!(Pki::files(&dir).unwrap(), CaFiles::Incomplete(missing.clone()));
+        let err = load(&dir).err().unwrap();
+        assert!(matches!(&err, PkiError::Incomplete { missing: m, .. } if *m == missing), "{err:?}");
+        assert!(err.to_string().contains("ocsp.crt, root.key.pem missing"), "{err}");
+        assert!(matches!(create(&dir), Err(PkiError::Exists(_))));
     }
 }

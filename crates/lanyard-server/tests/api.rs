@@ -66,14 +66,9 @@ async fn setup() -> App {
     db.migrate().await.unwrap();
     let clock = Arc::new(ManualClock::default());
     let now = clock.now();
-    let pki = Pki::load_or_create(
-        &dir.path().join("ca"),
-        "Lanyard Test",
-        KeyAlgorithm::EcP256,
-        "http://127.0.0.1",
-        now,
-    )
-    .unwrap();
+    let pki =
+        Pki::create(&dir.path().join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, "http://127.0.0.1", now)
+            .unwrap();
     let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };
     let mut tx = db.begin().await.unwrap();
     tx.insert_group(&group).await.unwrap();

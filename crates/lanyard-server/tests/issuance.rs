@@ -55,14 +55,9 @@ async fn setup() -> App {
     db.migrate().await.unwrap();
     let clock = Arc::new(SystemClock);
     let now = clock.now();
-    let pki = Pki::load_or_create(
-        &dir.path().join("ca"),
-        "Lanyard Test",
-        KeyAlgorithm::EcP256,
-        "http://127.0.0.1",
-        now,
-    )
-    .unwrap();
+    let pki =
+        Pki::create(&dir.path().join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, "http://127.0.0.1", now)
+            .unwrap();
     let root =
         AttestationRoot::open_or_create(&dir.path().join("vcard"), std::time::SystemTime::now()).unwrap();
     let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };

@@ -86,8 +86,7 @@ async fn ocsp_and_crl_report_good_revoked_held_and_unknown() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let pki =
-        Pki::load_or_create(&d.join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, &base, SystemClock.now())
-            .unwrap();
+        Pki::create(&d.join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, &base, SystemClock.now()).unwrap();
 
     let now = SystemClock.now();
     let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };
@@ -350,8 +349,7 @@ async fn setup() -> Setup {
     let addr = listener.local_addr().unwrap().to_string();
     let base = format!("http://{addr}");
     let pki =
-        Pki::load_or_create(&d.join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, &base, SystemClock.now())
-            .unwrap();
+        Pki::create(&d.join("ca"), "Lanyard Test", KeyAlgorithm::EcP256, &base, SystemClock.now()).unwrap();
     let now = SystemClock.now();
     let group = Group { id: GroupId::new(), name: "staff".into(), policy: Policy::default() };
     let (alice, oscar) =

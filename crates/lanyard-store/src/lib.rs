@@ -7,6 +7,7 @@
 //! migration list with the same ids; a test fails when the two drift apart. `docs/storage.md`
 //! explains the schema, isolation and time handling.
 
+mod installation;
 mod repo;
 mod rows;
 mod sql;

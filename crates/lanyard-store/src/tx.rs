@@ -342,6 +342,7 @@ pub const POSTGRES_UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("api_tokens_token_hash_key", "api_tokens.token_hash"),
     ("sessions_pkey", "sessions.token_hash"),
     ("user_passwords_pkey", "user_passwords.user_id"),
+    ("installation_pkey", "installation.id"),
 ];
 
 pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {

@@ -128,7 +128,8 @@ pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
             tx.update_group(&group).await?;
         }
         tx.commit().await?;
-        let pki = Pki::load_or_create(
+        // A throwaway CA in the temporary directory; the bench never touches an installation.
+        let pki = Pki::create(
             &dir.path().join("ca"),
             "Lanyard Bench",
             lanyard_ca::KeyAlgorithm::EcP256,

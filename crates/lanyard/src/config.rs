@@ -343,6 +343,36 @@ impl Config {
         errors
     }
 
+    /// The CA directory: `<data_dir>/ca`.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.data_dir.join("ca")
+    }
+
+    /// Why this is not the embedded default installation, or `None` when it is: the database is
+    /// the SQLite file `lanyard.db` in `data_dir` and the key-encryption key is `<data_dir>/kek`,
+    /// as they are when neither `database_url` nor `kek_file` is set. Only then does everything
+    /// an installation keeps live in the data directory, so that `serve` on a fresh data directory
+    /// (a new one, or a mistyped one) makes a new, separate installation rather than a second CA
+    /// for a database that already has one.
+    pub fn not_embedded_default(&self) -> Option<String> {
+        let db = self.data_dir.join("lanyard.db");
+        if sqlite_file(&self.database_url).as_deref() != Some(db.as_path()) {
+            return Some(format!(
+                "database_url is not the SQLite file {} in the data directory",
+                db.display()
+            ));
+        }
+        let kek = self.data_dir.join("kek");
+        if self.kek_file != kek {
+            return Some(format!(
+                "kek_file {} is not {} in the data directory",
+                self.kek_file.display(),
+                kek.display()
+            ));
+        }
+        None
+    }
+
     /// The configuration for display, with the database password hidden.
     pub fn redacted(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -370,6 +400,18 @@ impl Config {
             ),
         ]
     }
+}
+
+/// The file of a `sqlite:` URL (`sqlite://<path>`, `sqlite:<path>`, query options removed), or
+/// `None` for another database or an in-memory one.
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(path))
 }
 
 fn redact_url(url: &str) -> String {
@@ -458,6 +500,29 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn the_embedded_default_is_sqlite_and_kek_in_the_data_directory() {
+        let c = Config::load(None, env(&[("LANYARD_DATA_DIR", "/d")])).unwrap();
+        assert_eq!(c.not_embedded_default(), None);
+        let c = Config::load(
+            None,
+            env(&[("LANYARD_DATA_DIR", "/d"), ("LANYARD_DATABASE_URL", "sqlite:///d/lanyard.db")]),
+        )
+        .unwrap();
+        assert_eq!(c.not_embedded_default(), None, "the same file, spelled without options");
+        for (key, value, why) in [
+            ("LANYARD_DATABASE_URL", "sqlite:///elsewhere/lanyard.db?mode=rwc", "database_url is not"),
+            ("LANYARD_DATABASE_URL", "postgres://u@db/lanyard", "database_url is not"),
+            ("LANYARD_DATABASE_URL", "sqlite::memory:", "database_url is not"),
+            ("LANYARD_KEK_FILE", "/run/secrets/kek", "kek_file /run/secrets/kek is not /d/kek"),
+        ] {
+            let c = Config::load(None, env(&[("LANYARD_DATA_DIR", "/d"), (key, value)])).unwrap();
+            let reason = c.not_embedded_default().unwrap_or_default();
+            assert!(reason.contains(why), "{key}={value}: {reason}");
+        }
+        assert_eq!(sqlite_file("sqlite:rel/x.db?mode=rwc"), Some(PathBuf::from("rel/x.db")));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod agent_cmd;
 mod bench;
 mod bench_issuance;
 mod config;
+mod init_cmd;
 mod piv_cmd;
 mod serve;
 mod vcard_cmd;
@@ -30,8 +31,20 @@ enum Commands {
     /// Talk to a PIV card in a PC/SC reader (a YubiKey, a PIV card, or a virtual card).
     #[command(subcommand)]
     Piv(piv_cmd::PivCommand),
-    /// Run the server (PKI endpoints so far: CA certificates, CRL, OCSP). Creates the data
-    /// directory, database, key-encryption key and CA on first start.
+    /// Make a new installation: the data directory, the database schema, the key-encryption key,
+    /// the CA hierarchy and the administrator `admin` (its password is printed once), and record
+    /// the root CA's fingerprint and the key-encryption key's id in the database. Refuses a
+    /// database that is initialised already; never overwrites a key-encryption key or a CA (an
+    /// intact existing one is kept and recorded).
+    Init {
+        /// Configuration file [default: $LANYARD_CONFIG, else ./lanyard.toml if present].
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Run the server (JSON API, PKI endpoints). Refuses to start unless the CA and the
+    /// key-encryption key are the ones recorded by `lanyard init`, naming what differs. With the
+    /// embedded defaults (SQLite and the key-encryption key in the data directory) on a fresh data
+    /// directory, it runs `lanyard init` itself first.
     Serve {
         /// Configuration file [default: $LANYARD_CONFIG, else ./lanyard.toml if present].
         #[arg(long)]
@@ -130,6 +143,7 @@ fn main() -> std::process::ExitCode {
         Commands::Device(c) => admin_cmd::device(c),
         Commands::Cert(c) => admin_cmd::cert(c),
         Commands::Config(ConfigCommand::Check { config }) => config_check(config.as_deref()),
+        Commands::Init { config } => load_config(config.as_deref()).and_then(init_cmd::init),
         Commands::Serve { config } => load_config(config.as_deref()).and_then(serve::serve),
         Commands::Audit(AuditCommand::Verify { config }) => {
             load_config(config.as_deref()).and_then(serve::audit_verify)

@@ -1,38 +1,30 @@
 //! `lanyard serve` and `lanyard audit verify`.
 
-use crate::config::{CaKeyAlgorithm, Config, TlsMode};
+use crate::config::{Config, TlsMode, sqlite_file};
+use crate::init_cmd::{initialize_and_report, material};
 use anyhow::{Context, bail};
 use lanyard_core::audit::ChainVerifier;
 use lanyard_core::clock::{Clock, SystemClock};
 use lanyard_core::repo::prelude::*;
 use lanyard_core::repo::{AuditQuery, Repo};
 use lanyard_core::secrets::Kek;
-use lanyard_server::bootstrap::{announcement, ensure_admin};
+use lanyard_server::install::{self, InstallError};
 use lanyard_server::{AppState, Pki, router};
 use lanyard_store::Db;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn ca_algorithm(a: CaKeyAlgorithm) -> lanyard_ca::KeyAlgorithm {
-    match a {
-        CaKeyAlgorithm::P256 => lanyard_ca::KeyAlgorithm::EcP256,
-        CaKeyAlgorithm::P384 => lanyard_ca::KeyAlgorithm::EcP384,
-        CaKeyAlgorithm::Rsa2048 => lanyard_ca::KeyAlgorithm::Rsa2048,
-        CaKeyAlgorithm::Rsa3072 => lanyard_ca::KeyAlgorithm::Rsa3072,
-    }
-}
-
-async fn open_db(cfg: &Config) -> anyhow::Result<Db> {
+pub(crate) async fn open_db(cfg: &Config) -> anyhow::Result<Db> {
     let db = Db::connect(&cfg.database_url).await.context("connecting to the database")?;
     db.migrate().await.context("migrating the database")?;
     Ok(db)
 }
 
-fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     #[cfg(unix)]
     {
@@ -43,35 +35,68 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the server: data directory, database, key-encryption key and CA are created on first
-/// start and reused afterwards.
+/// The CA and key-encryption key to serve with: those of an initialised installation, checked
+/// against the database's installation record, or, for the embedded default on a fresh data
+/// directory only, a new installation made by the same code as `lanyard init`.
+async fn installation(cfg: &Config, db: &Db, now: time::OffsetDateTime) -> anyhow::Result<(Pki, Kek)> {
+    let ca_dir = cfg.ca_dir();
+    let material = material(cfg, &ca_dir);
+    match install::open(db, &material, now).await {
+        Ok((pki, kek, _)) => Ok((pki, kek)),
+        Err(InstallError::NotInitialized) => {
+            let ca_files = Pki::files(&ca_dir).context("looking for a CA")?;
+            let why_not = match cfg.not_embedded_default() {
+                Some(reason) => Some(reason),
+                None if ca_files != lanyard_server::pki::CaFiles::Absent => {
+                    Some(format!("{} holds CA files", ca_dir.display()))
+                }
+                None if cfg.kek_file.exists() => {
+                    Some(format!("the key-encryption key {} exists", cfg.kek_file.display()))
+                }
+                None => None,
+            };
+            if let Some(why_not) = why_not {
+                bail!(
+                    "the database has no installation record: run `lanyard init` with this configuration \
+                     first ({why_not}, so `serve` does not initialise by itself; it only does so for the \
+                     embedded default on a fresh data directory)"
+                );
+            }
+            let init = initialize_and_report(cfg, db, now).await?;
+            Ok((init.pki, init.kek))
+        }
+        Err(e) => Err(e).context("refusing to start"),
+    }
+}
+
+/// Opens the database for `serve`. In the embedded default the database lives in the data
+/// directory, which is created (private) when missing; any other SQLite file must exist already,
+/// so that a mistyped path is an error rather than a new, empty database.
+async fn open_db_for_serve(cfg: &Config) -> anyhow::Result<Db> {
+    if cfg.not_embedded_default().is_none() {
+        create_private_dir(&cfg.data_dir)?;
+    } else if let Some(file) = sqlite_file(&cfg.database_url)
+        && !file.exists()
+    {
+        bail!(
+            "the database {} does not exist: run `lanyard init` with this configuration first",
+            file.display()
+        );
+    }
+    open_db(cfg).await
+}
+
+/// Starts the server on an initialised installation (see [`installation`]).
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let addr: SocketAddr = cfg.listen.parse().context("listen address")?;
     if cfg.tls_mode == TlsMode::Off && !addr.ip().is_loopback() {
         bail!("listen = {addr}: plain HTTP is only served on a loopback address; set tls.mode = on");
     }
-    create_private_dir(&cfg.data_dir)?;
     runtime()?.block_on(async {
         let clock = Arc::new(SystemClock);
-        let db = open_db(&cfg).await?;
-        if let Some(password) =
-            ensure_admin(&db, &clock).await.context("creating the bootstrap administrator")?
-        {
-            // The only copy of the password: it is stored hashed and never logged.
-            println!("{}", announcement(&password));
-        }
-        // Created now so card secrets can be sealed from the first issuance on.
-        let kek = Kek::load_or_create(&cfg.kek_file)
-            .with_context(|| format!("key-encryption key {}", cfg.kek_file.display()))?;
+        let db = open_db_for_serve(&cfg).await?;
+        let (pki, kek) = installation(&cfg, &db, clock.now()).await?;
         let attestation_roots = load_attestation_roots(&cfg.attestation_roots)?;
-        let pki = Pki::load_or_create(
-            &cfg.data_dir.join("ca"),
-            "Lanyard",
-            ca_algorithm(cfg.ca_key_algorithm),
-            &cfg.pki_url,
-            clock.now(),
-        )
-        .context("loading the CA")?;
         let tls = match (cfg.tls_mode, &cfg.tls_cert_file, &cfg.tls_key_file) {
             (TlsMode::Off, _, _) => None,
             (TlsMode::On, Some(cert), Some(key)) => {

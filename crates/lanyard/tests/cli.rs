@@ -1,5 +1,6 @@
-//! The `lanyard` binary end to end: `serve` on a fresh data directory, `audit verify` on an
-//! intact and on a tampered log, `config check` on bad settings.
+//! The `lanyard` binary end to end: `init`, and `serve` on a fresh data directory or refusing
+//! material other than the recorded one, `audit verify` on an intact and on a tampered log,
+//! `config check` on bad settings.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // The test plays the operator's clock when it writes audit events directly.
 #![allow(clippy::disallowed_methods)]
@@ -389,7 +390,9 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
             "json",
         ],
     );
-    assert_eq!(issued["credential"]["state"], "active");
+    // The card is still being issued (Issuing): its certificate is Pending, reported on hold until
+    // the device is activated, as on the card-session route.
+    assert_eq!(issued["credential"]["state"], "pending");
     let shown = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-text"]);
     assert!(shown.contains(&format!("OCSP - URI:{pki_base}/pki/ocsp")), "{shown}");
     assert!(shown.contains(&format!("URI:{pki_base}/pki/crl")), "{shown}");
@@ -420,7 +423,7 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
         ])
     };
     let out = ocsp();
-    assert!(out.contains(": good"), "{out}");
+    assert!(out.contains(": revoked") && out.contains("certificateHold"), "{out}");
 
     let o = admin(&config, &["cert", "revoke", "--credential", &credential, "--reason", "key_compromise"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -475,4 +478,214 @@ fn agent_refuses_unsafe_settings() {
     assert!(text(&out).contains("scheme and host"), "{}", text(&out));
     let out = run(&["agent", "issue", "--server", "https://x.example", "--reader", "r"]);
     assert!(!out.status.success(), "a ticket is required");
+}
+
+/// Runs `lanyard <args>` with `env`, expecting it to exit by itself within a minute (a refusing
+/// `serve` exits; one that starts would run forever and fails the test).
+fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("LANYARD_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("lanyard {args:?} did not exit (a server started?): {}", text(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn init(data: &Path, env: &[(&str, &str)]) -> String {
+    let data = data.to_str().unwrap();
+    let out = run_to_exit(&["init"], &[env, &[("LANYARD_DATA_DIR", data)]].concat());
+    assert!(out.status.success(), "lanyard init: {}", text(&out));
+    text(&out)
+}
+
+fn refused_serve(env: &[(&str, &str)]) -> String {
+    let out = run_to_exit(&["serve"], env);
+    assert!(!out.status.success(), "serve succeeded: {}", text(&out));
+    text(&out)
+}
+
+fn root_fingerprint(data: &Path) -> String {
+    lanyard_core::installation::CertFingerprint::of_der(&std::fs::read(data.join("ca/root.crt")).unwrap())
+        .to_string()
+}
+
+fn kek_id(path: &Path) -> String {
+    lanyard_core::secrets::Kek::load(path).unwrap().id().to_string()
+}
+
+fn sqlite_url(data: &Path) -> String {
+    format!("sqlite://{}", data.join("lanyard.db").display())
+}
+
+/// Every file under `dir` with its contents, to show that a refusal changed nothing.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if !p.to_string_lossy().contains("lanyard.db") {
+                // The SQLite files change on every open (WAL); what matters is the key material.
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn init_runs_once_per_database_and_serve_initialises_only_a_fresh_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let out = init(&a, &[]);
+    assert!(out.contains("Bootstrap administrator: admin / "), "{out}");
+    assert!(out.contains(&root_fingerprint(&a)) && out.contains(&kek_id(&a.join("kek"))), "{out}");
+    let before = snapshot(&a);
+
+    let again = run_to_exit(&["init"], &[("LANYARD_DATA_DIR", a.to_str().unwrap())]);
+    assert!(!again.status.success());
+    let t = text(&again);
+    assert!(t.contains("the database is initialised already"), "{t}");
+    assert!(t.contains(&root_fingerprint(&a)) && t.contains(&kek_id(&a.join("kek"))), "{t}");
+    assert!(!t.contains("Bootstrap administrator"), "{t}");
+    assert_eq!(snapshot(&a), before, "a refused init changed files");
+
+    // The embedded default on an empty directory initialises itself, through the same code.
+    let b = dir.path().join("b");
+    let port = free_port();
+    let (mut server, password) = start_server_with_password(&b, port, &[]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(password.is_some(), "serve on a fresh data directory made no administrator");
+    let t = text(&run_to_exit(&["init"], &[("LANYARD_DATA_DIR", b.to_str().unwrap())]));
+    assert!(t.contains("initialised already") && t.contains(&root_fingerprint(&b)), "{t}");
+
+    // Not the embedded default (a SQLite file named explicitly elsewhere): no initialisation.
+    let c = dir.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    let elsewhere = dir.path().join("elsewhere.db");
+    std::fs::write(&elsewhere, b"").unwrap();
+    let t = refused_serve(&[
+        ("LANYARD_DATA_DIR", c.to_str().unwrap()),
+        ("LANYARD_DATABASE_URL", &format!("sqlite://{}", elsewhere.display())),
+    ]);
+    assert!(t.contains("run `lanyard init`") && t.contains("database_url is not"), "{t}");
+    assert!(!c.join("ca").exists() && !c.join("kek").exists(), "{t}");
+    // A mistyped SQLite path is not created.
+    let t = refused_serve(&[
+        ("LANYARD_DATA_DIR", c.to_str().unwrap()),
+        ("LANYARD_DATABASE_URL", &format!("sqlite://{}", dir.path().join("typo.db").display())),
+    ]);
+    assert!(t.contains("typo.db does not exist"), "{t}");
+    assert!(!dir.path().join("typo.db").exists());
+}
+
+#[test]
+fn serve_refuses_another_root_or_kek_and_a_data_directory_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    init(&a, &[]);
+    init(&b, &[]);
+    let db_a = sqlite_url(&a);
+    let (root_a, root_b) = (root_fingerprint(&a), root_fingerprint(&b));
+    let (kek_a, kek_b) = (kek_id(&a.join("kek")), kek_id(&b.join("kek")));
+    let b_files = snapshot(&b);
+
+    // B's CA with A's database and A's key: the root differs, and both fingerprints are named.
+    let t = refused_serve(&[
+        ("LANYARD_DATA_DIR", b.to_str().unwrap()),
+        ("LANYARD_DATABASE_URL", &db_a),
+        ("LANYARD_KEK_FILE", a.join("kek").to_str().unwrap()),
+    ]);
+    assert!(t.contains("root CA certificate") && t.contains(&root_a) && t.contains(&root_b), "{t}");
+    assert!(!t.contains("key-encryption key"), "only the root differs: {t}");
+
+    // A's CA and database with B's key: the KEK ids are named.
+    let t = refused_serve(&[
+        ("LANYARD_DATA_DIR", a.to_str().unwrap()),
+        ("LANYARD_KEK_FILE", b.join("kek").to_str().unwrap()),
+    ]);
+    assert!(t.contains("key-encryption key") && t.contains(&kek_a) && t.contains(&kek_b), "{t}");
+    assert!(!t.contains("root CA certificate"), "only the KEK differs: {t}");
+    assert_eq!(snapshot(&b), b_files, "the refused starts changed B's files");
+
+    // A second server on an empty directory against A's SQLite file: told to copy, creates nothing.
+    let c = dir.path().join("c");
+    let t = refused_serve(&[("LANYARD_DATA_DIR", c.to_str().unwrap()), ("LANYARD_DATABASE_URL", &db_a)]);
+    assert!(t.contains(&root_a) && t.contains(&kek_a) && t.contains("copy"), "{t}");
+    assert!(!c.join("ca").exists() && !c.join("kek").exists(), "serve created material: {t}");
+}
+
+/// A fresh PostgreSQL database of its own (LANYARD_TEST_POSTGRES_URL, as the store's tests use).
+async fn postgres_database() -> String {
+    let admin_url = std::env::var("LANYARD_TEST_POSTGRES_URL").expect(
+        "LANYARD_TEST_POSTGRES_URL is not set: run scripts/test, which installs and starts PostgreSQL \
+         and creates the lanyard_test role",
+    );
+    let name = format!("lanyard_cli_{}", std::process::id());
+    let admin = Db::connect(&admin_url).await.expect("cannot reach PostgreSQL at LANYARD_TEST_POSTGRES_URL");
+    let Db::Postgres(pool) = &admin else { unreachable!() };
+    // The name is made of a literal and a number, so it is safe to splice in.
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(pool).await.unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_postgres_must_bring_the_first_servers_ca_and_kek() {
+    let url = postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let second_s = second.to_str().unwrap().to_owned();
+
+    // Before `lanyard init`, serve refuses on PostgreSQL and creates nothing.
+    let u = url.clone();
+    let s = second_s.clone();
+    let t = tokio::task::spawn_blocking(move || {
+        refused_serve(&[("LANYARD_DATA_DIR", &s), ("LANYARD_DATABASE_URL", &u)])
+    })
+    .await
+    .unwrap();
+    assert!(t.contains("run `lanyard init`"), "{t}");
+    assert!(!second.join("ca").exists() && !second.join("kek").exists());
+
+    let u = url.clone();
+    let f = first.clone();
+    tokio::task::spawn_blocking(move || init(&f, &[("LANYARD_DATABASE_URL", &u)])).await.unwrap();
+    let (root, kek) = (root_fingerprint(&first), kek_id(&first.join("kek")));
+
+    let u = url.clone();
+    let s = second_s.clone();
+    let t = tokio::task::spawn_blocking(move || {
+        refused_serve(&[("LANYARD_DATA_DIR", &s), ("LANYARD_DATABASE_URL", &u)])
+    })
+    .await
+    .unwrap();
+    assert!(t.contains(&root) && t.contains(&kek) && t.contains("copy"), "{t}");
+    assert!(!second.join("ca").exists() && !second.join("kek").exists(), "serve created material: {t}");
+
+    // `lanyard init` from the second server is refused too.
+    let u = url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_to_exit(&["init"], &[("LANYARD_DATA_DIR", &second_s), ("LANYARD_DATABASE_URL", &u)])
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success() && text(&out).contains("initialised already"), "{}", text(&out));
 }

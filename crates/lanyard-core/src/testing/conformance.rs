@@ -104,6 +104,7 @@ pub async fn run<R: Repo>(repo: &R) {
     jobs(repo).await;
     api_tokens_and_sessions(repo).await;
     passwords(repo).await;
+    installation(repo).await;
 }
 
 /// Commit makes writes visible; dropping a unit of work discards them.
@@ -812,4 +813,42 @@ pub async fn passwords<R: Repo>(repo: &R) {
     let mut tx = begin(repo).await;
     let orphan = UserPassword { user: UserId::new(), ..first };
     assert!(tx.put_password(&orphan).await.is_err(), "put_password for a missing user must fail");
+}
+
+/// The installation record: none at first, written once and read back exactly (time to the
+/// nanosecond), a second one refused with `Conflict` leaving the first as it was, and a dropped
+/// unit of work keeps nothing.
+pub async fn installation<R: Repo>(repo: &R) {
+    use crate::installation::{CertFingerprint, Installation};
+    use crate::secrets::KekId;
+    let first = Installation {
+        root_fingerprint: CertFingerprint::from_bytes([0xA5; 32]),
+        kek_id: KekId::from_bytes([0x3C; 16]),
+        initialized_at: T0 + Duration::nanoseconds(987_654_321),
+    };
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_installation().await, "get_installation"), None, "a fresh database has no record");
+    ok(tx.insert_installation(&first).await, "insert_installation");
+    drop(tx);
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_installation().await, "get_installation"),
+        None,
+        "a dropped unit of work kept the record"
+    );
+    ok(tx.insert_installation(&first).await, "insert_installation");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_installation().await, "get_installation"), Some(first.clone()));
+    let second = Installation {
+        root_fingerprint: CertFingerprint::from_bytes([0x11; 32]),
+        kek_id: KekId::from_bytes([0x22; 16]),
+        initialized_at: T0,
+    };
+    conflict(tx.insert_installation(&second).await, "a second insert_installation");
+    assert_eq!(
+        ok(tx.get_installation().await, "get_installation"),
+        Some(first),
+        "the refused second record changed nothing"
+    );
 }
