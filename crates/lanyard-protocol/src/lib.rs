@@ -121,10 +121,7 @@ impl VersionMismatch {
             Some(v) => format!("the {them} speaks agent protocol version {v}"),
             None => format!("the {them} names no agent protocol version (it predates version 1)"),
         };
-        format!(
-            "{theirs} and the {us} version {}: use the agent release that matches the server",
-            self.ours
-        )
+        format!("{theirs} and the {us} version {}: use the agent release that matches the server", self.ours)
     }
 }
 

@@ -41,8 +41,9 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         (
             "server_error",
             ServerFrame::Error {
-                message: "this is not card 7d1c6d39-1b0e-4f57-9c1e-0d4b1f8e2a11 (its CHUID names another card)"
-                    .into(),
+                message:
+                    "this is not card 7d1c6d39-1b0e-4f57-9c1e-0d4b1f8e2a11 (its CHUID names another card)"
+                        .into(),
             },
         ),
     ]
