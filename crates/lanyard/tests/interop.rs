@@ -485,6 +485,7 @@ fn restart_pcscd() {
 // ---------------------------------------------------------------------------------------------
 
 /// One WebSocket connection on 127.0.0.1 playing the server's side of the agent protocol.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
 fn agent_server<R: Send + 'static>(
     script: impl FnOnce(&mut tungstenite::WebSocket<std::net::TcpStream>) -> R + Send + 'static,
 ) -> (String, std::thread::JoinHandle<R>) {
