@@ -484,14 +484,15 @@ impl<C: SessionCard> Relay<C> {
         // Checked right before the card is touched: past the deadline the server may already
         // have recorded the device with its initial PIN, and a PIN written now would make the
         // card and the record disagree.
-        let now = Instant::now();
-        if now >= deadline {
+        let late = |now: Instant| {
             let late = now.duration_since(deadline).as_secs();
-            let reason = format!(
+            format!(
                 "the new PIN came {late} s after the server's deadline of {within_secs} s; \
                  the card keeps its initial PIN"
-            );
-            return self.too_late(seq, reason, link, progress);
+            )
+        };
+        if Instant::now() >= deadline {
+            return self.too_late(seq, late(Instant::now()), link, progress);
         }
         let Some(new_pin) = new_pin else {
             let reason = rejected.map(|e| e.to_string()).unwrap_or_default();
@@ -510,6 +511,11 @@ impl<C: SessionCard> Relay<C> {
         if !self.ready() {
             command.data.zeroize();
             return self.removed(seq);
+        }
+        // Once more, as the presence and connection checks take time of their own.
+        if Instant::now() >= deadline {
+            command.data.zeroize();
+            return self.too_late(seq, late(Instant::now()), link, progress);
         }
         let result = self.piv.exchange(&command);
         command.data.zeroize();
