@@ -2,9 +2,10 @@
 //!
 //! - [`cards`]: which PC/SC readers hold which cards, and whether Lanyard can issue them.
 //! - [`relay`]: a server-driven card session. The server's personalization engine sends APDU
-//!   batches over a WebSocket; the agent sends them to the card and returns the answers. The
-//!   new PIN is the one secret the agent handles itself: it goes from a [`relay::PinSource`] to
-//!   the card, never to the server.
+//!   batches over a WebSocket (frames, version and deadlines in `lanyard-protocol`); the agent
+//!   sends them to the card and returns the answers. The new PIN is the one secret the agent
+//!   handles itself: it goes from a [`relay::PinSource`] to the card, never to the server, and
+//!   only before the server's deadline.
 //!
 //! - [`portal`]: the loopback API the portal's pages call, origin-checked.
 //!
@@ -53,4 +54,17 @@ pub enum AgentError {
     Card(String),
     #[error("new PIN: {0}")]
     Pin(String),
+    /// The agent and the server speak different versions of the agent protocol.
+    #[error("{0}")]
+    ProtocolVersion(lanyard_protocol::VersionMismatch),
+    /// The new PIN came after the server's deadline and was not written; the server ended the
+    /// session without saying more. The card keeps its initial PIN; the device stays Pending.
+    #[error("new PIN not written: {0}")]
+    PinTooLate(String),
+}
+
+impl From<lanyard_protocol::url::UrlError> for AgentError {
+    fn from(e: lanyard_protocol::url::UrlError) -> Self {
+        AgentError::BadUrl { url: e.url, reason: e.reason }
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
@@ -17,17 +17,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use lanyard_core::model::{PinRuleError, PinRules};
+use lanyard_core::model::PinRules;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::AgentError;
 use crate::cards::ReaderInfo;
-use crate::relay::{Outcome, PinSource, Progress, SessionOptions};
-
-/// How long a session waits for the PIN from the page before it keeps the initial PIN.
-pub const PIN_WAIT: Duration = Duration::from_secs(600);
+use crate::relay::{Outcome, PinPrompt, PinSource, Progress, SessionOptions};
 
 /// What the portal API drives: the real PC/SC agent, or a stand-in in tests.
 pub trait Backend: Send + Sync + 'static {
@@ -63,9 +60,14 @@ pub struct SessionView {
     /// `running`, `pin_needed`, `done` or `failed`.
     pub status: &'static str,
     pub events: Vec<Progress>,
-    /// While `pin_needed`: the rules, and why the last PIN was refused.
+    /// While `pin_needed`: the rules, why the last PIN was refused, and how many seconds are
+    /// left before the server's deadline (after it the card keeps its initial PIN).
     pub pin_rules: Option<PinRules>,
     pub pin_rejected: Option<String>,
+    pub pin_seconds_left: Option<u64>,
+    /// When the server's deadline for the PIN passes; `pin_seconds_left` is computed from it.
+    #[serde(skip)]
+    pin_deadline: Option<Instant>,
     pub outcome: Option<Outcome>,
     pub error: Option<String>,
 }
@@ -86,28 +88,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct PagePin(Arc<Slot>);
 
 impl PinSource for PagePin {
-    fn new_pin(
-        &mut self,
-        rules: &PinRules,
-        rejected: Option<&PinRuleError>,
-    ) -> Result<Option<Zeroizing<String>>, AgentError> {
+    /// Waits for the page until the server's deadline; past it the relay keeps the initial PIN.
+    fn new_pin(&mut self, prompt: &PinPrompt<'_>) -> Result<Option<Zeroizing<String>>, AgentError> {
         // A PIN posted after an earlier request timed out must not answer this one.
         *lock(&self.0.pin) = None;
         {
             let mut v = lock(&self.0.view);
             v.status = "pin_needed";
-            v.pin_rules = Some(*rules);
-            v.pin_rejected = rejected.map(ToString::to_string);
+            v.pin_rules = Some(*prompt.rules);
+            v.pin_rejected = prompt.rejected.map(ToString::to_string);
+            v.pin_deadline = Some(prompt.deadline);
         }
         let guard = lock(&self.0.pin);
         let (mut answer, timeout) = self
             .0
             .pin_ready
-            .wait_timeout_while(guard, PIN_WAIT, |a| a.is_none())
+            .wait_timeout_while(guard, prompt.time_left(), |a| a.is_none())
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut v = lock(&self.0.view);
         v.status = "running";
         v.pin_rules = None;
+        v.pin_deadline = None;
         if timeout.timed_out() {
             return Ok(None);
         }
@@ -230,7 +231,7 @@ async fn start(State(state): State<PortalState>, Json(req): Json<StartRequest>) 
     let mut opts = SessionOptions::new(req.server, String::new(), req.reader);
     opts.ticket = req.ticket;
     opts.ca_pem = req.ca_pem.map(String::into_bytes);
-    if let Err(e) = crate::relay::parse_server(&opts.server) {
+    if let Err(e) = lanyard_protocol::url::parse_server(&opts.server) {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": e.to_string()}))).into_response();
     }
     let id = session_id();
@@ -275,7 +276,12 @@ fn find(state: &PortalState, id: &str) -> Option<Arc<Slot>> {
 
 async fn view(State(state): State<PortalState>, Path(id): Path<String>) -> Response {
     match find(&state, &id) {
-        Some(slot) => Json(lock(&slot.view).clone()).into_response(),
+        Some(slot) => {
+            let mut view = lock(&slot.view).clone();
+            view.pin_seconds_left =
+                view.pin_deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs());
+            Json(view).into_response()
+        }
         None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such session"}))).into_response(),
     }
 }
@@ -306,6 +312,7 @@ async fn pin(
         v.status = "running";
         v.pin_rules = None;
         v.pin_rejected = None;
+        v.pin_deadline = None;
     }
     *lock(&slot.pin) = Some(req.new_pin);
     slot.pin_ready.notify_all();

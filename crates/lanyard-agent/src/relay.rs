@@ -5,15 +5,23 @@
 //! with a new PIN it obtains locally. [`Relay`] handles one frame at a time and owns the card;
 //! [`run_session_with`] is the socket loop around it.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+pub use lanyard_core::ids::DeviceId;
+pub use lanyard_core::lifecycle::DeviceState;
 use lanyard_core::model::{PinRuleError, PinRules};
 use lanyard_piv::apdu::Command;
 use lanyard_piv::transport::{PcscTransport, reader_states};
 use lanyard_piv::{ApduHandler, CardTransport, InProcess, Piv, PivError, TransportError, commands};
+use lanyard_protocol::url::parse_server;
+use lanyard_protocol::{
+    AgentFrame, MAX_BATCH, MAX_FRAME, PROTOCOL_VERSION, ServerFrame, Side, TICKET_HEADER, VERSION_HEADER,
+    check_version,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
@@ -24,15 +32,6 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::{AGENT_NAME, AgentError};
 
-/// Path of the agent channel below the server's base URL.
-pub const CONNECT_PATH: &str = "/api/v1/agent/connect";
-/// Header that carries the one-time ticket.
-pub const TICKET_HEADER: &str = "x-lanyard-ticket";
-/// Most commands one `transmit` frame may carry; the engine's largest batch has about 30.
-pub const MAX_BATCH: usize = 256;
-/// Largest frame accepted from the server. A batch of PUT DATA for four certificates is far
-/// below this.
-pub const MAX_FRAME: usize = 1 << 20;
 /// How many times a [`PinSource`] may offer a PIN that breaks the rules before the agent gives up.
 pub const PIN_ATTEMPTS: usize = 3;
 
@@ -94,20 +93,9 @@ pub enum Progress {
     PinRequested,
     PinChanged,
     PinChangeSkipped,
-}
-
-/// The device's state when the server ended the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceState {
-    Active,
-    Pending,
-    /// A rolled-back issuance.
-    Failed,
-    Suspended,
-    /// Any other state the server names.
-    #[serde(other)]
-    Other,
+    /// The new PIN came after the server's deadline and was not written; the card keeps its
+    /// initial PIN.
+    PinTooLate,
 }
 
 /// What happened to the PIN during the session.
@@ -120,38 +108,52 @@ pub enum PinOutcome {
     Skipped,
     /// The change failed; the reason went to the server too.
     Failed(String),
+    /// The new PIN was ready only after the server's deadline (or after the server ended the
+    /// session), so it was not written: the card keeps its initial PIN.
+    TooLate(String),
 }
 
 /// A session that ended with the server's `done`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
-    pub device: String,
+    pub device: DeviceId,
     pub state: DeviceState,
     pub pin: PinOutcome,
 }
 
-/// Where the definitive PIN comes from: a prompt, a file or variable for scripts, later the
-/// portal over loopback.
+/// What a [`PinSource`] is asked.
+#[derive(Debug, Clone, Copy)]
+pub struct PinPrompt<'a> {
+    pub rules: &'a PinRules,
+    /// Why the previous answer broke `rules`.
+    pub rejected: Option<&'a PinRuleError>,
+    /// The server's deadline for the new PIN (from the frame's `answer_within_secs`, counted
+    /// from its arrival). A PIN given later is not written to the card.
+    pub deadline: Instant,
+}
+
+impl PinPrompt<'_> {
+    /// How long the holder still has.
+    pub fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// Where the definitive PIN comes from: a prompt, a file or variable for scripts, the portal
+/// over loopback.
 pub trait PinSource {
-    /// The new PIN, or `None` to keep the initial PIN (the device stays Pending). `rejected` says
-    /// why the previous answer broke `rules`; a source that cannot ask again returns an error.
-    fn new_pin(
-        &mut self,
-        rules: &PinRules,
-        rejected: Option<&PinRuleError>,
-    ) -> Result<Option<Zeroizing<String>>, AgentError>;
+    /// The new PIN, or `None` to keep the initial PIN (the device stays Pending). A source that
+    /// cannot ask again after `prompt.rejected` returns an error; one that waits for a person
+    /// should give up at `prompt.deadline`.
+    fn new_pin(&mut self, prompt: &PinPrompt<'_>) -> Result<Option<Zeroizing<String>>, AgentError>;
 }
 
 /// A PIN fixed in advance (from `LANYARD_NEW_PIN` or a file).
 pub struct FixedPin(pub Zeroizing<String>);
 
 impl PinSource for FixedPin {
-    fn new_pin(
-        &mut self,
-        _rules: &PinRules,
-        rejected: Option<&PinRuleError>,
-    ) -> Result<Option<Zeroizing<String>>, AgentError> {
-        match rejected {
+    fn new_pin(&mut self, prompt: &PinPrompt<'_>) -> Result<Option<Zeroizing<String>>, AgentError> {
+        match prompt.rejected {
             Some(e) => Err(AgentError::Pin(e.to_string())),
             None => Ok(Some(self.0.clone())),
         }
@@ -162,11 +164,7 @@ impl PinSource for FixedPin {
 pub struct SkipPinChange;
 
 impl PinSource for SkipPinChange {
-    fn new_pin(
-        &mut self,
-        _rules: &PinRules,
-        _rejected: Option<&PinRuleError>,
-    ) -> Result<Option<Zeroizing<String>>, AgentError> {
+    fn new_pin(&mut self, _prompt: &PinPrompt<'_>) -> Result<Option<Zeroizing<String>>, AgentError> {
         Ok(None)
     }
 }
@@ -231,54 +229,25 @@ impl SessionCard for PcscCard {
     }
 }
 
+/// What the relay may ask of the connection while it works on a frame.
+pub trait ServerLink {
+    /// Whether the server has already ended the session (closed, or sent its last frame while
+    /// the agent was busy). Must not block.
+    fn server_ended(&mut self) -> bool;
+}
+
+/// A relay without a live connection (tests that feed frames by hand): the server never ends.
+pub struct Unlinked;
+
+impl ServerLink for Unlinked {
+    fn server_ended(&mut self) -> bool {
+        false
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Frames
 // ---------------------------------------------------------------------------------------------
-
-/// Frames from the server.
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ServerFrame {
-    Transmit { seq: u64, step: String, done: u32, total: u32, apdus: Vec<String> },
-    ChangePin { seq: u64, old_pin: Zeroizing<String>, rules: PinRules },
-    UnblockPin { seq: u64, puk: Zeroizing<String>, rules: PinRules },
-    Done { device: String, state: DeviceState },
-    Error { message: String },
-}
-
-/// Frames to the server.
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum AgentFrame<'a> {
-    Hello {
-        agent: &'a str,
-        reader: &'a str,
-        atr: String,
-    },
-    Responses {
-        seq: u64,
-        responses: Vec<String>,
-    },
-    PinChanged {
-        seq: u64,
-        sw: String,
-    },
-    PinChangeSkipped {
-        seq: u64,
-    },
-    Error {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        seq: Option<u64>,
-        message: String,
-    },
-}
-
-impl AgentFrame<'_> {
-    fn to_text(&self) -> String {
-        // A tagged enum of strings and integers always serialises.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
 
 fn error_frame(seq: Option<u64>, message: &str) -> String {
     AgentFrame::Error { seq, message: message.to_owned() }.to_text()
@@ -286,7 +255,14 @@ fn error_frame(seq: Option<u64>, message: &str) -> String {
 
 /// The first frame of a session.
 pub fn hello_frame(reader: &str, atr: &[u8]) -> String {
-    AgentFrame::Hello { agent: AGENT_NAME, reader, atr: hex::encode_upper(atr) }.to_text()
+    AgentFrame::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: AGENT_NAME.to_owned(),
+        reader: reader.to_owned(),
+        atr: hex::encode_upper(atr),
+        features: Vec::new(),
+    }
+    .to_text()
 }
 
 /// What the socket loop does after a frame.
@@ -294,10 +270,37 @@ pub fn hello_frame(reader: &str, atr: &[u8]) -> String {
 pub enum Next {
     /// Send this frame and wait for the next one.
     Send(String),
+    /// Send nothing and read on: the server has already ended the session, and its last frame
+    /// says how.
+    Read,
     /// Send this frame (if any), close the connection and end the session with the error.
     Fail(Option<String>, AgentError),
     /// The server said `done`: close and return this.
     Finish(Outcome),
+}
+
+/// The two PIN-setting requests: CHANGE REFERENCE DATA from the initial PIN, RESET RETRY COUNTER
+/// from the PUK.
+#[derive(Clone, Copy)]
+enum PinCommand<'a> {
+    Change { old_pin: &'a str },
+    Unblock { puk: &'a str },
+}
+
+impl PinCommand<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            PinCommand::Change { .. } => "CHANGE REFERENCE DATA",
+            PinCommand::Unblock { .. } => "RESET RETRY COUNTER",
+        }
+    }
+
+    fn build(self, new_pin: &[u8]) -> Result<Command, PivError> {
+        match self {
+            PinCommand::Change { old_pin } => commands::change_reference(false, old_pin.as_bytes(), new_pin),
+            PinCommand::Unblock { puk } => commands::unblock_pin(puk.as_bytes(), new_pin),
+        }
+    }
 }
 
 /// The card side of a session: answers the server's frames one at a time.
@@ -317,14 +320,21 @@ impl<C: SessionCard> Relay<C> {
         self.piv.into_transport()
     }
 
-    /// Handles one text frame from the server.
+    /// What happened to the PIN so far.
+    pub fn pin_outcome(&self) -> &PinOutcome {
+        &self.pin
+    }
+
+    /// Handles one text frame from the server. The frame's deadline counts from now.
     pub fn on_text(
         &mut self,
         text: &str,
         pins: &mut dyn PinSource,
+        link: &mut dyn ServerLink,
         progress: &mut dyn FnMut(&Progress),
     ) -> Next {
-        let frame = match serde_json::from_str::<ServerFrame>(text) {
+        let arrived = Instant::now();
+        let frame = match ServerFrame::parse(text) {
             Ok(f) => f,
             Err(e) => {
                 let seq = serde_json::from_str::<serde_json::Value>(text)
@@ -334,20 +344,23 @@ impl<C: SessionCard> Relay<C> {
                 return Next::Fail(Some(error_frame(seq, &message)), AgentError::Protocol(message));
             }
         };
+        let within = frame.answer_within().unwrap_or_default();
+        // A deadline too far away to represent is no deadline at all.
+        let deadline = arrived.checked_add(within).unwrap_or(arrived + Duration::from_secs(u32::MAX.into()));
         match frame {
-            ServerFrame::Transmit { seq, step, done, total, apdus } => {
+            ServerFrame::Transmit { seq, step, done, total, apdus, .. } => {
                 progress(&Progress::Step { step, done, total });
-                self.transmit(seq, &apdus)
+                self.transmit(seq, &apdus, deadline)
             }
-            ServerFrame::ChangePin { seq, old_pin, rules } => {
+            ServerFrame::ChangePin { seq, old_pin, rules, answer_within_secs } => {
                 progress(&Progress::PinRequested);
-                let build = |new: &[u8]| commands::change_reference(false, old_pin.as_bytes(), new);
-                self.set_pin(seq, "CHANGE REFERENCE DATA", &build, &rules, pins, progress)
+                let command = PinCommand::Change { old_pin: old_pin.expose() };
+                self.set_pin(seq, command, &rules, (deadline, answer_within_secs), pins, link, progress)
             }
-            ServerFrame::UnblockPin { seq, puk, rules } => {
+            ServerFrame::UnblockPin { seq, puk, rules, answer_within_secs } => {
                 progress(&Progress::PinRequested);
-                let build = |new: &[u8]| commands::unblock_pin(puk.as_bytes(), new);
-                self.set_pin(seq, "RESET RETRY COUNTER", &build, &rules, pins, progress)
+                let command = PinCommand::Unblock { puk: puk.expose() };
+                self.set_pin(seq, command, &rules, (deadline, answer_within_secs), pins, link, progress)
             }
             ServerFrame::Done { device, state } => {
                 Next::Finish(Outcome { device, state, pin: self.pin.clone() })
@@ -381,7 +394,7 @@ impl<C: SessionCard> Relay<C> {
         !self.removed && self.piv.transport_mut().still_present()
     }
 
-    fn transmit(&mut self, seq: u64, apdus: &[String]) -> Next {
+    fn transmit(&mut self, seq: u64, apdus: &[String], deadline: Instant) -> Next {
         if apdus.len() > MAX_BATCH {
             let message = format!("a batch of {} commands is more than the {MAX_BATCH} allowed", apdus.len());
             return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
@@ -403,7 +416,14 @@ impl<C: SessionCard> Relay<C> {
             return self.removed(seq);
         }
         let mut responses = Vec::with_capacity(commands.len());
-        for mut command in commands {
+        for (i, mut command) in commands.into_iter().enumerate() {
+            // The server no longer waits for this batch; the rest of it would change a card
+            // whose record the server has stopped following.
+            if Instant::now() >= deadline {
+                command.data.zeroize();
+                let message = format!("batch {seq} ran past its deadline after {i} commands");
+                return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
+            }
             let result = self.piv.exchange(&command);
             // Commands carry PINs, PUKs and keys.
             command.data.zeroize();
@@ -422,21 +442,30 @@ impl<C: SessionCard> Relay<C> {
     }
 
     /// Asks the PIN source for the new PIN, checks it against the rules, and sends the command
-    /// `build` makes of it (CHANGE REFERENCE DATA with the initial PIN, or RESET RETRY COUNTER
-    /// with the PUK) to the card itself.
+    /// `command` makes of it to the card itself, unless the server's deadline has passed or the
+    /// server has ended the session meanwhile.
+    #[allow(clippy::too_many_arguments)]
     fn set_pin(
         &mut self,
         seq: u64,
-        what: &str,
-        build: &dyn Fn(&[u8]) -> Result<Command, PivError>,
+        command: PinCommand<'_>,
         rules: &PinRules,
+        (deadline, within_secs): (Instant, u32),
         pins: &mut dyn PinSource,
+        link: &mut dyn ServerLink,
         progress: &mut dyn FnMut(&Progress),
     ) -> Next {
+        let what = command.name();
         let mut rejected = None;
         let mut new_pin = None;
         for _ in 0..PIN_ATTEMPTS {
-            match pins.new_pin(rules, rejected.as_ref()) {
+            if Instant::now() >= deadline {
+                break;
+            }
+            match pins.new_pin(&PinPrompt { rules, rejected: rejected.as_ref(), deadline }) {
+                // A source that gave up at the deadline (the portal's page) is not a decision
+                // to keep the initial PIN.
+                Ok(None) if Instant::now() >= deadline => break,
                 Ok(None) => {
                     self.pin = PinOutcome::Skipped;
                     progress(&Progress::PinChangeSkipped);
@@ -452,16 +481,41 @@ impl<C: SessionCard> Relay<C> {
                 Err(e) => return self.pin_failed(seq, e.to_string()),
             }
         }
+        // Checked right before the card is touched: past the deadline the server may already
+        // have recorded the device with its initial PIN, and a PIN written now would make the
+        // card and the record disagree.
+        let late = |now: Instant| {
+            let late = now.duration_since(deadline).as_secs();
+            format!(
+                "the new PIN came {late} s after the server's deadline of {within_secs} s; \
+                 the card keeps its initial PIN"
+            )
+        };
+        if Instant::now() >= deadline {
+            return self.too_late(seq, late(Instant::now()), link, progress);
+        }
         let Some(new_pin) = new_pin else {
             let reason = rejected.map(|e| e.to_string()).unwrap_or_default();
             return self.pin_failed(seq, format!("new PIN refused: {reason}"));
         };
-        let mut command = match build(new_pin.as_bytes()) {
+        if link.server_ended() {
+            let reason = "the server ended the session before the new PIN was ready; \
+                          the card keeps its initial PIN"
+                .to_owned();
+            return self.too_late(seq, reason, link, progress);
+        }
+        let mut command = match command.build(new_pin.as_bytes()) {
             Ok(c) => c,
             Err(e) => return self.pin_failed(seq, format!("cannot build {what}: {e}")),
         };
         if !self.ready() {
+            command.data.zeroize();
             return self.removed(seq);
+        }
+        // Once more, as the presence and connection checks take time of their own.
+        if Instant::now() >= deadline {
+            command.data.zeroize();
+            return self.too_late(seq, late(Instant::now()), link, progress);
         }
         let result = self.piv.exchange(&command);
         command.data.zeroize();
@@ -476,75 +530,42 @@ impl<C: SessionCard> Relay<C> {
         }
     }
 
+    /// The PIN was not written because it came too late. A server still listening hears why
+    /// (and records the device Pending); one that has ended the session has said so in a frame
+    /// the socket loop reads next.
+    fn too_late(
+        &mut self,
+        seq: u64,
+        reason: String,
+        link: &mut dyn ServerLink,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Next {
+        progress(&Progress::PinTooLate);
+        let frame = error_frame(Some(seq), &reason);
+        self.pin = PinOutcome::TooLate(reason);
+        if link.server_ended() { Next::Read } else { Next::Send(frame) }
+    }
+
     /// A PIN change that did not happen; the session goes on and the server decides.
     fn pin_failed(&mut self, seq: u64, message: String) -> Next {
         let frame = error_frame(Some(seq), &message);
         self.pin = PinOutcome::Failed(message);
         Next::Send(frame)
     }
+
+    /// The error that ends a session whose connection broke: a PIN that came too late explains
+    /// more than the lost connection does.
+    fn lost(&self, error: AgentError) -> AgentError {
+        match &self.pin {
+            PinOutcome::TooLate(reason) => AgentError::PinTooLate(reason.clone()),
+            _ => error,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Connection
 // ---------------------------------------------------------------------------------------------
-
-/// A parsed server URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub tls: bool,
-    /// Host name or IP address, without IPv6 brackets.
-    pub host: String,
-    pub port: u16,
-    /// The WebSocket URL of the agent channel.
-    pub url: String,
-}
-
-/// Parses a server base URL. Plain `http://`/`ws://` is allowed only to a loopback host, the same
-/// rule as the admin commands.
-pub fn parse_server(server: &str) -> Result<Target, AgentError> {
-    let bad = |reason: &str| AgentError::BadUrl { url: server.to_owned(), reason: reason.to_owned() };
-    let (tls, rest) =
-        if let Some(r) = server.strip_prefix("https://").or_else(|| server.strip_prefix("wss://")) {
-            (true, r)
-        } else if let Some(r) = server.strip_prefix("http://").or_else(|| server.strip_prefix("ws://")) {
-            (false, r)
-        } else {
-            return Err(bad("must start with https:// (or wss://)"));
-        };
-    if rest.contains(['?', '#']) {
-        return Err(bad("must not carry a query or fragment"));
-    }
-    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-    if authority.is_empty() || authority.contains('@') {
-        return Err(bad("needs a host, without user information"));
-    }
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed IPv6 bracket"))?;
-            (h, after.strip_prefix(':'))
-        }
-        None => match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        },
-    };
-    if host.is_empty() {
-        return Err(bad("needs a host"));
-    }
-    let port = match port {
-        Some(p) => p.parse::<u16>().map_err(|_| bad("port is not a number from 0 to 65535"))?,
-        None if tls => 443,
-        None => 80,
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if !tls && !loopback {
-        return Err(bad("plain http:// or ws:// is only allowed to a loopback address; use https://"));
-    }
-    let path = path.trim_end_matches('/');
-    let url = format!("{}://{authority}{path}{CONNECT_PATH}", if tls { "wss" } else { "ws" });
-    Ok(Target { tls, host: host.to_owned(), port, url })
-}
 
 /// A TCP connection, with TLS or (loopback only) without.
 pub enum Stream {
@@ -572,6 +593,15 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.flush(),
             Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Stream {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.set_nonblocking(on),
+            Stream::Tls(s) => s.sock.set_nonblocking(on),
         }
     }
 }
@@ -660,10 +690,28 @@ pub fn connect(opts: &SessionOptions) -> Result<WebSocket<Stream>, AgentError> {
         .map_err(|_| AgentError::Protocol("the ticket contains characters a header cannot carry".into()))?;
     ticket.set_sensitive(true);
     request.headers_mut().insert(TICKET_HEADER, ticket);
+    request.headers_mut().insert(VERSION_HEADER, tungstenite::http::HeaderValue::from(PROTOCOL_VERSION));
     let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME)).max_frame_size(Some(MAX_FRAME));
+    let version = |headers: &tungstenite::http::HeaderMap| {
+        check_version(Side::Agent, headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()))
+    };
     match tungstenite::client::client_with_config(request, stream, Some(config)) {
-        Ok((ws, _)) => Ok(ws),
+        Ok((mut ws, resp)) => match version(resp.headers()) {
+            Ok(()) => Ok(ws),
+            Err(e) => {
+                // The server has used the ticket up by now; tell it why the job goes no further.
+                let _ = ws.send(Message::text(error_frame(None, &e.to_string())));
+                close(&mut ws);
+                Err(AgentError::ProtocolVersion(e))
+            }
+        },
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            // A server of another version refuses this agent, and names its own version.
+            if resp.headers().contains_key(VERSION_HEADER)
+                && let Err(e) = version(resp.headers())
+            {
+                return Err(AgentError::ProtocolVersion(e));
+            }
             let body = resp
                 .body()
                 .as_deref()
@@ -731,22 +779,34 @@ pub fn run_session_with<C: SessionCard>(
     let mut relay = Relay::new(card);
     ws.send(Message::text(hello_frame(&opts.reader, atr))).map_err(ws_error)?;
     progress(&Progress::Connected);
+    // Frames the server sent while the relay waited for a PIN, read by `Peek`.
+    let mut queued = VecDeque::new();
     loop {
-        let next = match ws.read() {
-            Ok(Message::Text(text)) => relay.on_text(text.as_str(), pins, progress),
+        let message = match queued.pop_front() {
+            Some(m) => Ok(m),
+            None => ws.read(),
+        };
+        let next = match message {
+            Ok(Message::Text(text)) => {
+                let mut link = Peek { ws: &mut ws, queued: &mut queued, ended: false };
+                relay.on_text(text.as_str(), pins, &mut link, progress)
+            }
             Ok(Message::Binary(_)) => {
                 let message = "binary frames are not part of the protocol".to_owned();
                 Next::Fail(Some(error_frame(None, &message)), AgentError::Protocol(message))
             }
             Ok(Message::Close(_)) => {
                 close(&mut ws);
-                return Err(AgentError::Protocol("the server closed the connection before `done`".into()));
+                return Err(
+                    relay.lost(AgentError::Protocol("the server closed the connection before `done`".into()))
+                );
             }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
-            Err(e) => return Err(ws_error(e)),
+            Err(e) => return Err(relay.lost(ws_error(e))),
         };
         match next {
-            Next::Send(frame) => ws.send(Message::text(frame)).map_err(ws_error)?,
+            Next::Send(frame) => ws.send(Message::text(frame)).map_err(|e| relay.lost(ws_error(e)))?,
+            Next::Read => {}
             Next::Fail(frame, error) => {
                 if let Some(frame) = frame {
                     let _ = ws.send(Message::text(frame));
@@ -759,5 +819,46 @@ pub fn run_session_with<C: SessionCard>(
                 return Ok(outcome);
             }
         }
+    }
+}
+
+/// The connection as the relay sees it while it works on a frame: a look at the socket that
+/// does not block, keeping whatever the server sent for the loop to read next.
+struct Peek<'a> {
+    ws: &'a mut WebSocket<Stream>,
+    queued: &'a mut VecDeque<Message>,
+    ended: bool,
+}
+
+impl ServerLink for Peek<'_> {
+    fn server_ended(&mut self) -> bool {
+        // The server sends nothing while it waits for an answer, so any frame means it is done.
+        if self.ended || !self.queued.is_empty() {
+            return true;
+        }
+        if self.ws.get_ref().set_nonblocking(true).is_err() {
+            return false;
+        }
+        // Bounded, so a server that floods pings cannot hold the relay here.
+        for _ in 0..64 {
+            match self.ws.read() {
+                Ok(m @ (Message::Text(_) | Message::Binary(_) | Message::Close(_))) => {
+                    self.queued.push_back(m);
+                    self.ended = true;
+                }
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.ended = true;
+                    break;
+                }
+            }
+        }
+        // Without blocking mode the loop's next read would fail at once; a socket that cannot
+        // go back is as good as gone.
+        if self.ws.get_ref().set_nonblocking(false).is_err() {
+            self.ended = true;
+        }
+        self.ended
     }
 }

@@ -7,19 +7,20 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use lanyard_agent::AgentError;
 use lanyard_agent::cards::{Compatibility, identify};
 use lanyard_agent::relay::{
-    DeviceState, FixedPin, Next, Outcome, PinOutcome, PinSource, Progress, Relay, SessionCard,
-    SessionOptions, SkipPinChange, parse_server, run_session_with,
+    DeviceId, DeviceState, FixedPin, Next, Outcome, PinOutcome, PinPrompt, PinSource, Progress, Relay,
+    SessionCard, SessionOptions, SkipPinChange, Unlinked, run_session_with,
 };
 use lanyard_core::model::{PinRuleError, PinRules};
 use lanyard_piv::apdu::Command;
 use lanyard_piv::mgmkey::{DEFAULT_MANAGEMENT_KEY, ManagementKey, MgmAlgorithm};
 use lanyard_piv::objects::{Chuid, FascN};
 use lanyard_piv::{ApduHandler, CardTransport, InProcess, Piv, TransportError, commands, tag};
+use lanyard_protocol::{AgentFrame, PROTOCOL_VERSION, Secret, ServerFrame, VERSION_HEADER};
 use lanyard_vcard::{AttestationRoot, CardImage, NewCard, VirtualCard};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -63,17 +64,19 @@ struct Peer<S: Read + Write> {
     ws: WebSocket<S>,
     ticket: Option<String>,
     path: String,
+    /// The agent's protocol version header.
+    version: Option<String>,
 }
 
 impl<S: Read + Write> Peer<S> {
-    fn send(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).unwrap();
+    fn send(&mut self, frame: ServerFrame) {
+        self.ws.send(Message::text(frame.to_text())).unwrap();
     }
 
-    fn recv(&mut self) -> Value {
+    fn recv(&mut self) -> AgentFrame {
         loop {
             match self.ws.read().unwrap() {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Text(t) => return AgentFrame::parse(t.as_str()).unwrap(),
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("unexpected message {other:?}"),
             }
@@ -83,18 +86,14 @@ impl<S: Read + Write> Peer<S> {
     /// Sends one batch; returns the raw answers.
     fn transmit(&mut self, seq: u64, step: &str, apdus: &[Vec<u8>]) -> Vec<Vec<u8>> {
         let apdus: Vec<String> = apdus.iter().map(|a| hexs(a)).collect();
-        self.send(
-            json!({"type": "transmit", "seq": seq, "step": step, "done": seq, "total": 9, "apdus": apdus}),
-        );
-        let answer = self.recv();
-        assert_eq!(answer["type"], "responses", "{answer}");
-        assert_eq!(answer["seq"], seq);
-        answer["responses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| hex::decode(r.as_str().unwrap()).unwrap())
-            .collect()
+        self.send(transmit_frame(seq, step, apdus));
+        match self.recv() {
+            AgentFrame::Responses { seq: got, responses } => {
+                assert_eq!(got, seq);
+                responses.iter().map(|r| hex::decode(r).unwrap()).collect()
+            }
+            other => panic!("expected responses, got {other:?}"),
+        }
     }
 
     /// Waits for the agent to close.
@@ -103,21 +102,56 @@ impl<S: Read + Write> Peer<S> {
     }
 }
 
+fn transmit_frame(seq: u64, step: &str, apdus: Vec<String>) -> ServerFrame {
+    let done = u32::try_from(seq).unwrap();
+    ServerFrame::Transmit { seq, step: step.into(), done, total: 9, apdus, answer_within_secs: 60 }
+}
+
+/// `change_pin` from `old`, with a minute to answer.
+fn change_pin(seq: u64, old: &str) -> ServerFrame {
+    ServerFrame::ChangePin {
+        seq,
+        old_pin: Secret::new(old),
+        rules: PinRules::default(),
+        answer_within_secs: 60,
+    }
+}
+
+fn device_id() -> DeviceId {
+    "7d1c6d39-1b0e-4f57-9c1e-0d4b1f8e2a11".parse().unwrap()
+}
+
 fn sw(resp: &[u8]) -> u16 {
     u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]])
 }
 
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
 fn accept<S: Read + Write>(stream: S) -> Peer<S> {
+    accept_as(stream, Some(&PROTOCOL_VERSION.to_string()))
+}
+
+/// Accepts the upgrade naming `version` (none: a server from before versioning).
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+fn accept_as<S: Read + Write>(stream: S, version: Option<&str>) -> Peer<S> {
     let mut ticket = None;
     let mut path = String::new();
-    let ws = tungstenite::accept_hdr(stream, |req: &tungstenite::handshake::server::Request, resp| {
-        ticket = req.headers().get("x-lanyard-ticket").map(|v| v.to_str().unwrap().to_owned());
-        path = req.uri().path().to_owned();
-        Ok(resp)
-    })
+    let mut agent_version = None;
+    let ws = tungstenite::accept_hdr(
+        stream,
+        |req: &tungstenite::handshake::server::Request,
+         mut resp: tungstenite::handshake::server::Response| {
+            let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+            ticket = header("x-lanyard-ticket");
+            agent_version = header(VERSION_HEADER);
+            path = req.uri().path().to_owned();
+            if let Some(v) = version {
+                resp.headers_mut().insert(VERSION_HEADER, v.parse().unwrap());
+            }
+            Ok(resp)
+        },
+    )
     .unwrap();
-    Peer { ws, ticket, path }
+    Peer { ws, ticket, path, version: agent_version }
 }
 
 /// A plain-WebSocket server on 127.0.0.1 for one connection; checks the handshake and the hello.
@@ -140,11 +174,16 @@ fn serve<R: Send + 'static>(
 fn check_hello<S: Read + Write>(peer: &mut Peer<S>) {
     assert_eq!(peer.ticket.as_deref(), Some(TICKET));
     assert_eq!(peer.path, "/lanyard/api/v1/agent/connect");
+    assert_eq!(peer.version, Some(PROTOCOL_VERSION.to_string()));
     let hello = peer.recv();
-    assert_eq!(hello["type"], "hello");
-    assert_eq!(hello["agent"], lanyard_agent::AGENT_NAME);
-    assert_eq!(hello["reader"], READER);
-    assert_eq!(hello["atr"], hexs(&lanyard_vcard::atr()));
+    let want = AgentFrame::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: lanyard_agent::AGENT_NAME.into(),
+        reader: READER.into(),
+        atr: hexs(&lanyard_vcard::atr()),
+        features: vec![],
+    };
+    assert_eq!(hello, want);
 }
 
 fn opts(url: &str) -> SessionOptions {
@@ -159,8 +198,8 @@ fn run(url: &str, card: &mut Card, pins: &mut dyn PinSource) -> (Result<Outcome,
     (r, events)
 }
 
-fn done(peer: &mut Peer<TcpStream>, state: &str) {
-    peer.send(json!({"type": "done", "device": "7d1c6d39-1b0e-4f57-9c1e-0d4b1f8e2a11", "state": state}));
+fn done<S: Read + Write>(peer: &mut Peer<S>, state: DeviceState) {
+    peer.send(ServerFrame::Done { device: device_id(), state });
 }
 
 /// Authenticates with the factory management key through the relay, as the engine would.
@@ -214,7 +253,7 @@ fn batches_run_in_order_and_stop_at_the_first_failure() {
         assert_eq!(sw(&r[0]), 0x6A82);
         // An empty batch answers an empty list.
         assert!(peer.transmit(3, "noop", &[]).is_empty());
-        done(peer, "pending");
+        done(peer, DeviceState::Pending);
     });
     let mut card = fresh_card();
     let (r, events) = run(&url, &mut card, &mut SkipPinChange);
@@ -243,7 +282,7 @@ fn long_put_data_is_chained_and_long_answers_are_collected() {
         assert!(put.data.len() > 255);
         let r = peer.transmit(seq + 1, "write", &[bytes(&put)]);
         assert_eq!(r, vec![vec![0x90, 0x00]]);
-        done(peer, "active");
+        done(peer, DeviceState::Active);
     });
     let mut card = fresh_card();
     let (r, _) = run(&url, &mut card, &mut SkipPinChange);
@@ -260,19 +299,18 @@ fn long_put_data_is_chained_and_long_answers_are_collected() {
 fn change_pin_sets_the_new_pin_on_the_card() {
     let (url, server) = serve(|peer| {
         peer.transmit(1, "select", &[bytes(&commands::select())]);
-        peer.send(json!({"type": "change_pin", "seq": 2, "old_pin": "123456",
-                         "rules": {"min_len": 6, "max_len": 8, "forbid_trivial": true}}));
+        peer.send(change_pin(2, "123456"));
         let answer = peer.recv();
-        done(peer, "active");
+        done(peer, DeviceState::Active);
         answer
     });
     let mut card = fresh_card();
     let mut pins = FixedPin(Zeroizing::new("27182818".into()));
     let (r, events) = run(&url, &mut card, &mut pins);
     let answer = server.join().unwrap();
-    assert_eq!(answer, json!({"type": "pin_changed", "seq": 2, "sw": "9000"}));
+    assert_eq!(answer, AgentFrame::PinChanged { seq: 2, sw: "9000".into() });
     // The new PIN went nowhere but the card.
-    assert!(!answer.to_string().contains("27182818"));
+    assert!(!answer.to_text().contains("27182818"));
     let outcome = r.unwrap();
     assert_eq!(outcome.pin, PinOutcome::Changed);
     assert!(events.contains(&Progress::PinRequested) && events.contains(&Progress::PinChanged));
@@ -287,12 +325,8 @@ struct Stubborn {
 }
 
 impl PinSource for Stubborn {
-    fn new_pin(
-        &mut self,
-        _rules: &PinRules,
-        rejected: Option<&PinRuleError>,
-    ) -> Result<Option<Zeroizing<String>>, AgentError> {
-        self.told.push(rejected.cloned());
+    fn new_pin(&mut self, prompt: &PinPrompt<'_>) -> Result<Option<Zeroizing<String>>, AgentError> {
+        self.told.push(prompt.rejected.cloned());
         Ok(Some(Zeroizing::new(self.offers.remove(0).to_owned())))
     }
 }
@@ -300,16 +334,15 @@ impl PinSource for Stubborn {
 #[test]
 fn a_rule_breaking_pin_is_refused_locally_and_asked_again() {
     let (url, server) = serve(|peer| {
-        peer.send(json!({"type": "change_pin", "seq": 1, "old_pin": "123456",
-                         "rules": {"min_len": 6, "max_len": 8, "forbid_trivial": true}}));
+        peer.send(change_pin(1, "123456"));
         let answer = peer.recv();
-        done(peer, "active");
+        done(peer, DeviceState::Active);
         answer
     });
     let mut card = fresh_card();
     let mut pins = Stubborn { offers: vec!["654321", "1111111", "97531864"], told: Vec::new() };
     let (r, _) = run(&url, &mut card, &mut pins);
-    assert_eq!(server.join().unwrap()["type"], "pin_changed");
+    assert!(matches!(server.join().unwrap(), AgentFrame::PinChanged { seq: 1, .. }));
     assert_eq!(pins.told, vec![None, Some(PinRuleError::Sequential), Some(PinRuleError::AllSame)]);
     assert_eq!(r.unwrap().pin, PinOutcome::Changed);
     assert_eq!(verify_sw(&mut card, "97531864"), 0x9000);
@@ -318,19 +351,19 @@ fn a_rule_breaking_pin_is_refused_locally_and_asked_again() {
 #[test]
 fn a_fixed_pin_that_breaks_the_rules_sends_nothing_to_the_card() {
     let (url, server) = serve(|peer| {
-        peer.send(json!({"type": "change_pin", "seq": 4, "old_pin": "123456",
-                         "rules": {"min_len": 6, "max_len": 8, "forbid_trivial": true}}));
+        peer.send(change_pin(4, "123456"));
         let answer = peer.recv();
-        done(peer, "pending");
+        done(peer, DeviceState::Pending);
         answer
     });
     let mut card = fresh_card();
     let mut pins = FixedPin(Zeroizing::new("123456".into()));
     let (r, _) = run(&url, &mut card, &mut pins);
     let answer = server.join().unwrap();
-    assert_eq!(answer["type"], "error");
-    assert_eq!(answer["seq"], 4);
-    assert!(answer["message"].as_str().unwrap().contains("consecutive"), "{answer}");
+    assert!(
+        matches!(&answer, AgentFrame::Error { seq: Some(4), message } if message.contains("consecutive")),
+        "{answer:?}"
+    );
     let outcome = r.unwrap();
     assert_eq!(outcome.state, DeviceState::Pending);
     assert!(matches!(outcome.pin, PinOutcome::Failed(m) if m.contains("consecutive")));
@@ -342,42 +375,249 @@ fn a_fixed_pin_that_breaks_the_rules_sends_nothing_to_the_card() {
 #[test]
 fn a_wrong_old_pin_is_reported_not_fatal() {
     let (url, server) = serve(|peer| {
-        peer.send(json!({"type": "change_pin", "seq": 1, "old_pin": "000000",
-                         "rules": {"min_len": 6, "max_len": 8, "forbid_trivial": true}}));
+        peer.send(change_pin(1, "000000"));
         let answer = peer.recv();
-        done(peer, "pending");
+        done(peer, DeviceState::Pending);
         answer
     });
     let mut card = fresh_card();
     let (r, _) = run(&url, &mut card, &mut FixedPin(Zeroizing::new("27182818".into())));
     let answer = server.join().unwrap();
-    assert_eq!(answer["type"], "error");
-    assert!(answer["message"].as_str().unwrap().contains("CHANGE REFERENCE"), "{answer}");
+    assert!(
+        matches!(&answer, AgentFrame::Error { seq: Some(1), message } if message.contains("CHANGE REFERENCE")),
+        "{answer:?}"
+    );
     assert!(matches!(r.unwrap().pin, PinOutcome::Failed(_)));
 }
 
 #[test]
 fn a_declined_pin_change_is_skipped() {
     let (url, server) = serve(|peer| {
-        peer.send(json!({"type": "change_pin", "seq": 7, "old_pin": "123456",
-                         "rules": {"min_len": 6, "max_len": 8, "forbid_trivial": true}}));
+        peer.send(change_pin(7, "123456"));
         let answer = peer.recv();
-        done(peer, "pending");
+        done(peer, DeviceState::Pending);
         answer
     });
     let mut card = fresh_card();
     let (r, events) = run(&url, &mut card, &mut SkipPinChange);
-    assert_eq!(server.join().unwrap(), json!({"type": "pin_change_skipped", "seq": 7}));
+    assert_eq!(server.join().unwrap(), AgentFrame::PinChangeSkipped { seq: 7 });
     let outcome = r.unwrap();
     assert_eq!((outcome.state, outcome.pin), (DeviceState::Pending, PinOutcome::Skipped));
     assert!(events.contains(&Progress::PinChangeSkipped));
     assert_eq!(verify_sw(&mut card, "123456"), 0x9000);
 }
 
+/// A holder who answers after `delay`.
+struct Slow {
+    delay: Duration,
+    pin: &'static str,
+}
+
+impl PinSource for Slow {
+    fn new_pin(&mut self, _prompt: &PinPrompt<'_>) -> Result<Option<Zeroizing<String>>, AgentError> {
+        std::thread::sleep(self.delay);
+        Ok(Some(Zeroizing::new(self.pin.into())))
+    }
+}
+
+/// The issue-8 bug, agent side: a PIN typed after the server's deadline is not written, and the
+/// server, still listening within its grace, hears why.
+#[test]
+fn a_pin_given_after_the_deadline_is_not_written() {
+    let (url, server) = serve(|peer| {
+        peer.send(ServerFrame::ChangePin {
+            seq: 5,
+            old_pin: Secret::new("123456"),
+            rules: PinRules::default(),
+            answer_within_secs: 1,
+        });
+        let answer = peer.recv();
+        done(peer, DeviceState::Pending);
+        answer
+    });
+    let mut card = fresh_card();
+    let mut events = Vec::new();
+    let mut pins = Slow { delay: Duration::from_millis(1300), pin: "27182818" };
+    let r = run_session_with(&opts(&url), &mut card, &lanyard_vcard::atr(), &mut pins, &mut |p| {
+        events.push(p.clone());
+    });
+    let answer = server.join().unwrap();
+    assert!(
+        matches!(&answer, AgentFrame::Error { seq: Some(5), message } if message.contains("deadline of 1 s")),
+        "{answer:?}"
+    );
+    let outcome = r.unwrap();
+    assert_eq!(outcome.state, DeviceState::Pending);
+    assert!(matches!(&outcome.pin, PinOutcome::TooLate(m) if m.contains("initial PIN")), "{outcome:?}");
+    assert!(events.contains(&Progress::PinTooLate));
+    // Nothing reached the card: the initial PIN works, with all three tries.
+    assert_eq!(pin_tries(&mut card), 0x63C3);
+    assert_eq!(verify_sw(&mut card, "123456"), 0x9000);
+    assert_eq!(verify_sw(&mut card, "27182818"), 0x63C2);
+}
+
+/// The server ended the session (here: recorded the device Pending and closed) while the holder
+/// was still typing, before the deadline the agent knows of: the PIN is not written either, and
+/// nothing more is sent to a server that is gone.
+#[test]
+fn a_pin_is_not_written_once_the_server_has_ended_the_session() {
+    let (url, server) = serve(|peer| {
+        peer.send(change_pin(2, "123456"));
+        std::thread::sleep(Duration::from_millis(100));
+        done(peer, DeviceState::Pending);
+        peer.ws.close(None).unwrap();
+        let mut after = Vec::new();
+        while let Ok(m) = peer.ws.read() {
+            if let Message::Text(t) = m {
+                after.push(t.to_string());
+            }
+        }
+        after
+    });
+    let mut card = fresh_card();
+    let mut pins = Slow { delay: Duration::from_millis(600), pin: "27182818" };
+    let (r, _) = run(&url, &mut card, &mut pins);
+    assert_eq!(server.join().unwrap(), Vec::<String>::new(), "no frame after the server's `done`");
+    let outcome = r.unwrap();
+    assert_eq!(outcome.state, DeviceState::Pending);
+    assert!(matches!(&outcome.pin, PinOutcome::TooLate(m) if m.contains("ended the session")), "{outcome:?}");
+    assert_eq!(pin_tries(&mut card), 0x63C3);
+    assert_eq!(verify_sw(&mut card, "123456"), 0x9000);
+}
+
+/// Without even a `done`, the session's error says why the PIN was not set.
+#[test]
+fn a_late_pin_and_a_vanished_server_report_the_late_pin() {
+    let (url, server) = serve(|peer| {
+        peer.send(change_pin(2, "123456"));
+        peer.ws.close(None).unwrap();
+    });
+    let mut card = fresh_card();
+    let mut pins = Slow { delay: Duration::from_millis(300), pin: "27182818" };
+    let (r, _) = run(&url, &mut card, &mut pins);
+    server.join().unwrap();
+    assert!(matches!(&r, Err(AgentError::PinTooLate(m)) if m.contains("initial PIN")), "{r:?}");
+    assert_eq!(verify_sw(&mut card, "123456"), 0x9000);
+}
+
+/// A card that takes `delay` for every command.
+struct Sluggish {
+    card: Card,
+    delay: Duration,
+    sent: usize,
+}
+
+impl CardTransport for Sluggish {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        std::thread::sleep(self.delay);
+        self.sent += 1;
+        self.card.transmit(apdu)
+    }
+}
+
+impl SessionCard for Sluggish {
+    fn still_present(&mut self) -> bool {
+        true
+    }
+}
+
+/// A batch stops once its deadline has passed: the server has stopped waiting for it.
+#[test]
+fn a_batch_stops_at_its_deadline() {
+    let mut relay = Relay::new(Sluggish { card: fresh_card(), delay: Duration::from_millis(600), sent: 0 });
+    let select = hexs(&bytes(&commands::select()));
+    let frame = ServerFrame::Transmit {
+        seq: 4,
+        step: "s".into(),
+        done: 0,
+        total: 1,
+        apdus: vec![select; 4],
+        answer_within_secs: 1,
+    };
+    let next = relay.on_text(&frame.to_text(), &mut SkipPinChange, &mut Unlinked, &mut |_| {});
+    match next {
+        Next::Fail(Some(f), AgentError::Protocol(m)) => {
+            assert!(m.contains("deadline after 2 commands"), "{m}");
+            assert!(matches!(AgentFrame::parse(&f).unwrap(), AgentFrame::Error { seq: Some(4), .. }));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(relay.into_card().sent, 2);
+}
+
+/// One connection from an agent to a server that answers the upgrade naming `version`.
+fn versioned_server(version: Option<&'static str>) -> (String, JoinHandle<Vec<AgentFrame>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/lanyard", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let mut peer = accept_as(tcp, version);
+        let mut frames = Vec::new();
+        while let Ok(m) = peer.ws.read() {
+            if let Message::Text(t) = m {
+                frames.push(AgentFrame::parse(t.as_str()).unwrap());
+            }
+        }
+        frames
+    });
+    (url, handle)
+}
+
+#[test]
+fn a_server_of_another_protocol_version_is_refused_by_name() {
+    for (version, words) in
+        [(Some("2"), "the server speaks agent protocol version 2"), (None, "names no agent protocol version")]
+    {
+        let (url, server) = versioned_server(version);
+        let mut card = fresh_card();
+        let (r, _) = run(&url, &mut card, &mut SkipPinChange);
+        let frames = server.join().unwrap();
+        let Err(AgentError::ProtocolVersion(e)) = &r else { panic!("{r:?}") };
+        let message = e.to_string();
+        assert!(message.contains(words) && message.contains("agent version 1"), "{message}");
+        // No hello and no card work: only the reason, for the server's job record.
+        assert!(
+            matches!(frames.as_slice(), [AgentFrame::Error { seq: None, message: m }] if *m == message),
+            "{frames:?}"
+        );
+    }
+}
+
+/// A server that refuses the upgrade because of the agent's version says so in its header.
+#[test]
+fn a_refusal_for_the_version_names_both_versions() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.ends_with(b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).unwrap();
+            assert!(n > 0);
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body = r#"{"error":"the agent speaks agent protocol version 1 and the server version 3"}"#;
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\n{VERSION_HEADER}: 3\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(answer.as_bytes()).unwrap();
+        String::from_utf8(request).unwrap()
+    });
+    let (r, _) = run(&url, &mut fresh_card(), &mut SkipPinChange);
+    let request = server.join().unwrap().to_ascii_lowercase();
+    assert!(request.contains(&format!("{VERSION_HEADER}: {PROTOCOL_VERSION}\r\n")), "{request}");
+    let Err(AgentError::ProtocolVersion(e)) = &r else { panic!("{r:?}") };
+    assert_eq!(e.theirs.as_deref(), Some("3"));
+    assert!(e.to_string().contains("version 3") && e.to_string().contains("version 1"), "{e}");
+}
+
 #[test]
 fn a_server_error_frame_ends_the_session() {
     let (url, server) = serve(|peer| {
-        peer.send(json!({"type": "error", "message": "job cancelled by an operator"}));
+        peer.send(ServerFrame::Error { message: "job cancelled by an operator".into() });
     });
     let mut card = fresh_card();
     let (r, _) = run(&url, &mut card, &mut SkipPinChange);
@@ -427,15 +667,13 @@ fn a_card_pulled_mid_batch_ends_the_session_and_gets_no_more_apdus() {
             .iter()
             .map(|c| hexs(&bytes(c)))
             .collect();
-        peer.send(
-            json!({"type": "transmit", "seq": 3, "step": "detect", "done": 0, "total": 5, "apdus": apdus}),
-        );
+        peer.send(transmit_frame(3, "detect", apdus));
         peer.recv()
     });
     let mut card = Pulled { card: fresh_card(), left: 2, after: 0 };
     let r = run_session_with(&opts(&url), &mut card, &lanyard_vcard::atr(), &mut SkipPinChange, &mut |_| {});
     let answer = server.join().unwrap();
-    assert_eq!(answer, json!({"type": "error", "seq": 3, "message": "card removed"}));
+    assert_eq!(answer, AgentFrame::Error { seq: Some(3), message: "card removed".into() });
     assert!(matches!(r, Err(AgentError::CardRemoved)));
     assert_eq!(card.after, 1, "one APDU found the card gone; nothing followed");
 }
@@ -443,13 +681,14 @@ fn a_card_pulled_mid_batch_ends_the_session_and_gets_no_more_apdus() {
 #[test]
 fn a_card_already_gone_gets_no_apdu_at_all() {
     let mut relay = Relay::new(Pulled { card: fresh_card(), left: 0, after: 0 });
-    let frame = json!({"type": "transmit", "seq": 1, "step": "s", "done": 0, "total": 1,
-                       "apdus": [hexs(&bytes(&commands::select()))]});
-    let next = relay.on_text(&frame.to_string(), &mut SkipPinChange, &mut |_| {});
+    let frame = transmit_frame(1, "s", vec![hexs(&bytes(&commands::select()))]);
+    let next = relay.on_text(&frame.to_text(), &mut SkipPinChange, &mut Unlinked, &mut |_| {});
     assert!(matches!(next, Next::Fail(Some(f), AgentError::CardRemoved) if f.contains("card removed")));
     assert_eq!(relay.into_card().after, 0);
 }
 
+/// The URL rules themselves are tested in `lanyard-protocol`; here, that a session refuses a bad
+/// URL before it connects anywhere.
 #[test]
 fn plain_websocket_only_to_loopback() {
     for bad in [
@@ -458,22 +697,12 @@ fn plain_websocket_only_to_loopback() {
         "http://[2001:db8::1]/x",
         "ftp://localhost",
         "example.com",
+        "https://user@lanyard.example",
     ] {
-        assert!(matches!(parse_server(bad), Err(AgentError::BadUrl { .. })), "{bad}");
         let mut card = fresh_card();
         let r = run_session_with(&opts(bad), &mut card, &[], &mut SkipPinChange, &mut |_| {});
-        assert!(matches!(r, Err(AgentError::BadUrl { .. })), "{bad}");
+        assert!(matches!(&r, Err(AgentError::BadUrl { url, .. }) if url == bad), "{bad}: {r:?}");
     }
-    for (good, url) in [
-        ("http://127.0.0.1:8080", "ws://127.0.0.1:8080/api/v1/agent/connect"),
-        ("http://localhost/", "ws://localhost/api/v1/agent/connect"),
-        ("ws://[::1]:9/base", "ws://[::1]:9/base/api/v1/agent/connect"),
-        ("https://lanyard.example", "wss://lanyard.example/api/v1/agent/connect"),
-        ("wss://lanyard.example:8443/l/", "wss://lanyard.example:8443/l/api/v1/agent/connect"),
-    ] {
-        assert_eq!(parse_server(good).unwrap().url, url, "{good}");
-    }
-    assert_eq!(parse_server("https://[::1]:444").unwrap().host, "::1");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -563,7 +792,7 @@ fn tls_with_lanyards_own_root() {
     let (url, server) = serve_tls(&ca, |peer| {
         let r = peer.transmit(1, "detect", &[bytes(&commands::select())]);
         assert_eq!(sw(&r[0]), 0x9000);
-        peer.send(json!({"type": "done", "device": "d", "state": "active"}));
+        done(peer, DeviceState::Active);
     });
     let mut o = opts(&url);
     o.ca_pem = Some(ca.root_pem.clone().into_bytes());
@@ -682,13 +911,10 @@ fn old_yubikeys_and_other_cards_are_unsupported() {
 fn valid_frames() -> Vec<String> {
     let select = hexs(&bytes(&commands::select()));
     vec![
-        json!({"type": "transmit", "seq": 1, "step": "s", "done": 0, "total": 1, "apdus": [select]})
-            .to_string(),
-        json!({"type": "change_pin", "seq": 2, "old_pin": "123456",
-               "rules": {"min_len": 6, "max_len": 8, "forbid_trivial": true}})
-        .to_string(),
-        json!({"type": "done", "device": "x", "state": "active"}).to_string(),
-        json!({"type": "error", "message": "m"}).to_string(),
+        transmit_frame(1, "s", vec![select]).to_text(),
+        change_pin(2, "123456").to_text(),
+        ServerFrame::Done { device: device_id(), state: DeviceState::Active }.to_text(),
+        ServerFrame::Error { message: "m".into() }.to_text(),
     ]
 }
 
@@ -715,7 +941,7 @@ proptest! {
         };
         let mut relay = Relay::new(fresh_card());
         let mut pins = FixedPin(Zeroizing::new("97531864".into()));
-        match relay.on_text(&text, &mut pins, &mut |_| {}) {
+        match relay.on_text(&text, &mut pins, &mut Unlinked, &mut |_| {}) {
             Next::Send(frame) => {
                 let v: Value = serde_json::from_str(&frame).unwrap();
                 prop_assert!(["responses", "pin_changed", "pin_change_skipped", "error"].contains(&v["type"].as_str().unwrap()));
@@ -729,6 +955,7 @@ proptest! {
                 }
             }
             Next::Finish(_) => {}
+            Next::Read => prop_assert!(false, "without a connection the server never ends early"),
         }
     }
 
@@ -736,9 +963,9 @@ proptest! {
     #[test]
     fn arbitrary_apdus_are_parsed_or_refused(apdus in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..4)) {
         let hexes: Vec<String> = apdus.iter().map(|a| hexs(a)).collect();
-        let frame = json!({"type": "transmit", "seq": 9, "step": "s", "done": 0, "total": 1, "apdus": hexes});
+        let frame = transmit_frame(9, "s", hexes);
         let mut relay = Relay::new(fresh_card());
-        match relay.on_text(&frame.to_string(), &mut SkipPinChange, &mut |_| {}) {
+        match relay.on_text(&frame.to_text(), &mut SkipPinChange, &mut Unlinked, &mut |_| {}) {
             Next::Send(f) => {
                 let v: Value = serde_json::from_str(&f).unwrap();
                 prop_assert_eq!(&v["seq"], 9);
@@ -749,7 +976,7 @@ proptest! {
                 prop_assert!(f.contains("\"seq\":9"));
             }
             Next::Fail(f, e) => prop_assert!(matches!(e, AgentError::Card(_)), "{:?} {}", f, e),
-            Next::Finish(_) => prop_assert!(false, "a transmit frame cannot finish"),
+            Next::Finish(_) | Next::Read => prop_assert!(false, "a transmit frame is answered"),
         }
     }
 }
@@ -769,10 +996,17 @@ mod portal_api {
 
     const ORIGIN: &str = "https://portal.example";
 
-    /// Lists one reader; a session asks for the PIN and reports what it got.
-    #[derive(Default)]
+    /// Lists one reader; a session asks for the PIN (with `deadline` to answer, as a server's
+    /// `change_pin` would give) and reports what it got.
     struct Fake {
         got: Mutex<Vec<Option<String>>>,
+        deadline: Duration,
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Self { got: Mutex::default(), deadline: Duration::from_secs(60) }
+        }
     }
 
     impl Backend for Fake {
@@ -793,15 +1027,16 @@ mod portal_api {
             assert_eq!(opts.ticket.as_str(), TICKET);
             progress(&Progress::Step { step: "detect".into(), done: 0, total: 1 });
             let rules = PinRules::default();
-            let mut pin = pins.new_pin(&rules, None)?;
+            let deadline = Instant::now() + self.deadline;
+            let mut pin = pins.new_pin(&PinPrompt { rules: &rules, rejected: None, deadline })?;
             if let Some(p) = &pin
                 && let Err(e) = rules.check(p)
             {
-                pin = pins.new_pin(&rules, Some(&e))?;
+                pin = pins.new_pin(&PinPrompt { rules: &rules, rejected: Some(&e), deadline })?;
             }
             self.got.lock().unwrap().push(pin.as_ref().map(|p| p.to_string()));
             let state = if pin.is_some() { DeviceState::Active } else { DeviceState::Pending };
-            Ok(Outcome { device: "d".into(), state, pin: PinOutcome::NotAsked })
+            Ok(Outcome { device: device_id(), state, pin: PinOutcome::NotAsked })
         }
     }
 
@@ -830,8 +1065,43 @@ mod portal_api {
     }
 
     fn app() -> (axum::Router, Arc<Fake>) {
-        let fake = Arc::new(Fake::default());
+        app_with(Fake::default())
+    }
+
+    fn app_with(fake: Fake) -> (axum::Router, Arc<Fake>) {
+        let fake = Arc::new(fake);
         (router(PortalState::new(ORIGIN, fake.clone())), fake)
+    }
+
+    /// The page has until the server's deadline, not a deadline of the agent's own: it sees the
+    /// time left, and once it is over the session goes on without a PIN.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_page_has_until_the_servers_deadline() {
+        let (app, fake) = app_with(Fake { deadline: Duration::from_millis(1500), ..Fake::default() });
+        let host = "localhost:7180";
+        let start = json!({"server": "http://127.0.0.1:1", "ticket": TICKET, "reader": READER});
+        let (status, _, body) =
+            call(&app, request("POST", "/v1/sessions", Some(ORIGIN), host, Some(start))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let uri = format!("/v1/sessions/{}", body["id"].as_str().unwrap());
+        let mut seen_waiting = false;
+        let started = Instant::now();
+        let v = loop {
+            let (_, _, v) = call(&app, request("GET", &uri, Some(ORIGIN), host, None)).await;
+            if v["status"] == "pin_needed" {
+                seen_waiting = true;
+                assert!(v["pin_seconds_left"].as_u64().unwrap() <= 1, "{v}");
+            } else if v["status"] != "running" {
+                break v;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the session outlived its deadline: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(seen_waiting);
+        assert_eq!(v["status"], "done", "{v}");
+        assert!(v["pin_seconds_left"].is_null(), "{v}");
+        assert_eq!(*fake.got.lock().unwrap(), vec![None]);
+        assert!(started.elapsed() >= Duration::from_millis(1400));
     }
 
     #[tokio::test]

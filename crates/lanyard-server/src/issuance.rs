@@ -3,12 +3,10 @@
 //! certificates with the CA, signing the CHUID with the content signer, verifying key
 //! attestations, and recording every step so a broken session resumes or rolls back.
 //!
-//! Wire protocol (JSON text frames; `docs/agent.md` has the full description):
-//! - agent → server first: `hello {agent, reader, atr}`;
-//! - server → agent: `transmit {seq, step, done, total, apdus}` → agent `responses {seq, responses}`;
-//! - server → agent: `change_pin {seq, old_pin, rules}` → agent `pin_changed {seq, sw}` or
-//!   `pin_change_skipped {seq}` (the new PIN never reaches the server);
-//! - server → agent: `done {device, state}` or `error {message}`, then close.
+//! The frames, the protocol version and the deadlines are `lanyard-protocol`'s (`docs/agent.md`
+//! describes them): the agent says `hello`, the server sends `transmit` batches and
+//! `change_pin`/`unblock_pin`, each with the time the agent has to act on it, and waits that long
+//! plus [`lanyard_protocol::ANSWER_GRACE_SECS`]; `done` or `error` ends the session.
 
 use std::sync::Arc;
 
@@ -21,7 +19,7 @@ use lanyard_core::authz::{Principal, System};
 use lanyard_core::ids::{DeviceId, JobId};
 use lanyard_core::lifecycle::{DeviceAction, DeviceState};
 use lanyard_core::model::{
-    CertSlot, Credential, Device, Job, JobState, KeyAlgorithm, PinRules, Policy, StepOutcome, User,
+    CertSlot, Credential, Device, Job, JobState, KeyAlgorithm, Policy, StepOutcome, User,
 };
 use lanyard_core::personalize::{
     Checkpoint, Engine, GeneratedKey, Input, IssuancePlan, Rollback, RollbackStep, SlotPlan, Step,
@@ -34,20 +32,18 @@ use lanyard_piv::apdu::{Command, Response as CardResponse};
 use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
 use lanyard_piv::objects::ChuidIssuance;
 use lanyard_piv::types::{KeyAlgorithm as PivAlgorithm, Slot};
+use lanyard_protocol::{
+    AgentFrame, MAX_BATCH, MAX_FRAME, PROTOCOL_VERSION, Secret, ServerFrame, Side, VERSION_HEADER,
+    check_version, server_wait,
+};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::{ApiError, AppState};
 
-/// The header that carries the one-time agent ticket.
-pub const TICKET_HEADER: &str = "x-lanyard-ticket";
+pub use lanyard_protocol::TICKET_HEADER;
 /// How long an agent ticket may wait to be used.
 pub const TICKET_TTL: Duration = Duration::minutes(10);
-/// The largest message the server reads from an agent (a batch of answers is a few KiB).
-const MAX_AGENT_MESSAGE: usize = 1 << 20;
-/// How long the server waits for the agent's answer to one message.
-const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// How often a running session renews its job's lease (`JOB_LEASE`, 2 minutes): four chances
 /// before it runs out, so a slow database round does not cost a live session.
 const LEASE_RENEWAL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -57,55 +53,46 @@ use lanyard_core::authz::STEP_ROLLBACK_REQUESTED;
 /// YubiKey AES-192 management key algorithm id.
 const AES192: u8 = 0x0A;
 
-/// What issuance needs beyond the CA: the key-encryption key for card secrets and the roots that
-/// vouch for key attestations.
+/// What issuance needs beyond the CA: the key-encryption key for card secrets, the roots that
+/// vouch for key attestations, and the agent's deadlines.
 pub struct IssuanceConfig {
     pub kek: Kek,
     /// DER certificates; YubiKey attestations (slot F9 chains) must end at one of them. Empty:
     /// attestations are recorded but not verified.
     pub attestation_roots: Vec<Vec<u8>>,
+    /// How long the agent has to answer a batch of APDUs (`answer_within_secs` of `transmit`).
+    pub answer_timeout: std::time::Duration,
+    /// How long the holder has to set the new PIN at the agent (`answer_within_secs` of
+    /// `change_pin` and `unblock_pin`). After it the agent writes no PIN, and the card keeps
+    /// its initial PIN.
+    pub pin_timeout: std::time::Duration,
+}
+
+impl IssuanceConfig {
+    /// Two minutes for a batch (RSA key generation on a card takes tens of seconds), five for
+    /// the holder to choose and type a PIN.
+    pub const DEFAULT_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+    pub const DEFAULT_PIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+    pub fn new(kek: Kek, attestation_roots: Vec<Vec<u8>>) -> Self {
+        Self {
+            kek,
+            attestation_roots,
+            answer_timeout: Self::DEFAULT_ANSWER_TIMEOUT,
+            pin_timeout: Self::DEFAULT_PIN_TIMEOUT,
+        }
+    }
+}
+
+/// A deadline in whole seconds for a frame: at least one, so an agent is never asked for the
+/// impossible.
+fn frame_secs(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)
 }
 
 /// A ticket as the portal and agent see it: `<job id>.<secret>`.
 pub fn ticket_string(job: JobId, secret: &SecretString) -> String {
     format!("{job}.{}", secret.expose_secret())
-}
-
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ToAgent {
-    Transmit { seq: u64, step: String, done: usize, total: usize, apdus: Vec<String> },
-    ChangePin { seq: u64, old_pin: String, rules: PinRules },
-    UnblockPin { seq: u64, puk: String, rules: PinRules },
-    Done { device: DeviceId, state: DeviceState },
-    Error { message: String },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum FromAgent {
-    Hello {
-        #[allow(dead_code)]
-        agent: String,
-        reader: String,
-        atr: String,
-    },
-    Responses {
-        seq: u64,
-        responses: Vec<String>,
-    },
-    PinChanged {
-        seq: u64,
-        sw: String,
-    },
-    PinChangeSkipped {
-        seq: u64,
-    },
-    Error {
-        #[serde(default)]
-        seq: Option<u64>,
-        message: String,
-    },
 }
 
 /// Why a session stopped.
@@ -153,15 +140,30 @@ pub(crate) fn config<R>(s: &AppState<R>) -> Result<Arc<IssuanceConfig>, ApiError
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "card issuance is not configured"))
 }
 
-/// `GET /api/v1/agent/connect`: the agent's WebSocket. The ticket is checked and used up before
-/// the upgrade, so a bad one is a plain 4xx.
+/// `GET /api/v1/agent/connect`: the agent's WebSocket. The agent's protocol version and then the
+/// ticket are checked, and the ticket used up, before the upgrade, so a bad one is a plain 4xx.
+/// Every answer names the server's protocol version, so an agent can tell a refusal for its
+/// version from any other.
 pub async fn connect<R: Repo + 'static>(
     State(s): State<AppState<R>>,
+    op: Option<axum::Extension<crate::OperationId>>,
+    request: axum::extract::Request,
+) -> Response {
+    let mut response = accept(s, op, request).await.unwrap_or_else(IntoResponse::into_response);
+    response.headers_mut().insert(VERSION_HEADER, axum::http::HeaderValue::from(PROTOCOL_VERSION));
+    response
+}
+
+async fn accept<R: Repo + 'static>(
+    s: AppState<R>,
     op: Option<axum::Extension<crate::OperationId>>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, _body) = request.into_parts();
     let cfg = config(&s)?;
+    // Before the ticket: an agent of another version must not use up its ticket.
+    check_version(Side::Server, parts.headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let ticket = parts
         .headers
         .get(TICKET_HEADER)
@@ -177,8 +179,8 @@ pub async fn connect<R: Repo + 'static>(
     // If the client never completes the upgrade, the job must not stay Running.
     let (failed_state, failed_job, failed_op) = (s.clone(), job.clone(), op.clone());
     Ok(ws
-        .max_message_size(MAX_AGENT_MESSAGE)
-        .max_frame_size(MAX_AGENT_MESSAGE)
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
         .on_failed_upgrade(move |e| {
             tokio::spawn(async move {
                 let mut job = failed_job;
@@ -198,7 +200,12 @@ pub async fn connect<R: Repo + 'static>(
             });
         })
         .on_upgrade(move |socket| async move {
-            let mut session = Session { socket, seq: 0 };
+            let mut session = Session {
+                socket,
+                seq: 0,
+                answer_within_secs: frame_secs(cfg.answer_timeout),
+                pin_within_secs: frame_secs(cfg.pin_timeout),
+            };
             session.run(s, cfg, job, op).await;
         })
         .into_response())
@@ -266,26 +273,31 @@ pub async fn sweep_abandoned_jobs<R: Repo>(s: AppState<R>) {
 struct Session {
     socket: WebSocket,
     seq: u64,
+    /// The deadlines sent to the agent, from [`IssuanceConfig`].
+    answer_within_secs: u32,
+    pin_within_secs: u32,
 }
 
 impl Session {
-    async fn send(&mut self, msg: &ToAgent) -> Result<(), SessionError> {
-        let text = serde_json::to_string(msg).map_err(|e| SessionError::Server(e.to_string()))?;
+    async fn send(&mut self, msg: &ServerFrame) -> Result<(), SessionError> {
+        let text = msg.to_text();
         self.socket.send(Message::Text(text.into())).await.map_err(|e| SessionError::AgentGone(e.to_string()))
     }
 
-    async fn receive(&mut self) -> Result<FromAgent, SessionError> {
+    /// The agent's next frame, waiting what a frame allowing `within_secs` deserves.
+    async fn receive(&mut self, within_secs: u32) -> Result<AgentFrame, SessionError> {
+        let wait = server_wait(within_secs);
         loop {
-            let next = tokio::time::timeout(AGENT_TIMEOUT, self.socket.recv())
+            let next = tokio::time::timeout(wait, self.socket.recv())
                 .await
-                .map_err(|_| SessionError::AgentGone("no answer within 120 s".into()))?;
+                .map_err(|_| SessionError::AgentGone(format!("no answer within {} s", wait.as_secs())))?;
             match next {
                 None => return Err(SessionError::AgentGone("connection closed".into())),
                 Some(Err(e)) => return Err(SessionError::AgentGone(e.to_string())),
                 Some(Ok(Message::Text(text))) => {
-                    let msg: FromAgent = serde_json::from_str(text.as_str())
+                    let msg = AgentFrame::parse(text.as_str())
                         .map_err(|e| SessionError::Protocol(format!("unreadable message: {e}")))?;
-                    if let FromAgent::Error { message, seq } = msg {
+                    if let AgentFrame::Error { message, seq } = msg {
                         let at = seq.map(|s| format!(" (message {s})")).unwrap_or_default();
                         return Err(SessionError::AgentError(format!("{message}{at}")));
                     }
@@ -309,16 +321,32 @@ impl Session {
         (done, total): (usize, usize),
         commands: &[Command],
     ) -> Result<Vec<CardResponse>, SessionError> {
+        if commands.len() > MAX_BATCH {
+            return Err(SessionError::Server(format!(
+                "a batch of {} commands is more than the {MAX_BATCH} the protocol allows",
+                commands.len()
+            )));
+        }
         self.seq += 1;
         let seq = self.seq;
         let apdus = commands
             .iter()
-            .map(|c| c.to_bytes().map(hex::encode))
+            .map(|c| c.to_bytes().map(hex::encode_upper))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SessionError::Server(format!("encoding an APDU: {e}")))?;
-        self.send(&ToAgent::Transmit { seq, step: step.to_owned(), done, total, apdus }).await?;
-        match self.receive().await? {
-            FromAgent::Responses { seq: got, responses } if got == seq => {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let answer_within_secs = self.answer_within_secs;
+        let frame = ServerFrame::Transmit {
+            seq,
+            step: step.to_owned(),
+            done: count(done),
+            total: count(total),
+            apdus,
+            answer_within_secs,
+        };
+        self.send(&frame).await?;
+        match self.receive(answer_within_secs).await? {
+            AgentFrame::Responses { seq: got, responses } if got == seq => {
                 if responses.len() > commands.len() {
                     return Err(SessionError::Protocol(format!(
                         "{} responses to {} commands",
@@ -344,13 +372,13 @@ impl Session {
 
     /// Tells the agent the session is over and closes.
     async fn done(&mut self, device: DeviceId, state: DeviceState) -> Result<(), SessionError> {
-        self.send(&ToAgent::Done { device, state }).await?;
+        self.send(&ServerFrame::Done { device, state }).await?;
         let _ = self.socket.send(Message::Close(None)).await;
         Ok(())
     }
 
     async fn fail(&mut self, message: &str) {
-        let _ = self.send(&ToAgent::Error { message: message.to_owned() }).await;
+        let _ = self.send(&ServerFrame::Error { message: message.to_owned() }).await;
         let _ = self.socket.send(Message::Close(None)).await;
     }
 
@@ -363,9 +391,14 @@ impl Session {
     ) {
         let job_id = job.id;
         let session = async {
-            match self.receive().await {
-                Ok(FromAgent::Hello { reader, atr, .. }) => {
-                    tracing::info!(job = %job.id, %reader, %atr, "agent connected");
+            match self.receive(self.answer_within_secs).await {
+                Ok(AgentFrame::Hello { protocol, .. }) if protocol != PROTOCOL_VERSION => {
+                    Err(SessionError::Protocol(format!(
+                        "the agent's hello names protocol version {protocol}, not {PROTOCOL_VERSION}"
+                    )))
+                }
+                Ok(AgentFrame::Hello { agent, reader, atr, .. }) => {
+                    tracing::info!(job = %job.id, %agent, %reader, %atr, "agent connected");
                     let rollback = job.steps.last().is_some_and(|s| s.name == STEP_ROLLBACK_REQUESTED);
                     if job.kind == lanyard_core::model::JobKind::Unlock {
                         self.unlock(&s, &cfg, &mut job, &op).await
@@ -512,35 +545,39 @@ impl Session {
         job.transition(JobState::Succeeded, now).map_err(|e| SessionError::Server(e.to_string()))?;
         system.save_job(repo, job).await?;
 
-        // Change PIN: the agent sets the holder's PIN locally.
+        // Change PIN: the agent sets the holder's PIN locally, before the deadline or not at all.
         self.seq += 1;
         let seq = self.seq;
-        let old_pin = secrets.initial_pin().expose_secret().to_owned();
-        self.send(&ToAgent::ChangePin { seq, old_pin, rules: policy.pin }).await?;
-        let state = match self.receive().await {
-            Ok(FromAgent::PinChanged { seq: got, sw }) if got == seq && sw.eq_ignore_ascii_case("9000") => {
+        let old_pin = Secret::new(secrets.initial_pin().expose_secret());
+        let answer_within_secs = self.pin_within_secs;
+        self.send(&ServerFrame::ChangePin { seq, old_pin, rules: policy.pin, answer_within_secs }).await?;
+        let state = match self.receive(answer_within_secs).await {
+            Ok(AgentFrame::PinChanged { seq: got, sw }) if got == seq && sw.eq_ignore_ascii_case("9000") => {
                 let principal = Principal::new(owner.clone(), op.clone(), s.clock.now())
                     .map_err(|e| SessionError::Server(e.to_string()))?;
                 let view = principal.self_service().map_err(|e| SessionError::Server(e.to_string()))?;
                 view.confirm_pin_changed(repo, device.id).await?.state
             }
-            Ok(FromAgent::PinChanged { sw, .. }) => {
+            Ok(AgentFrame::PinChanged { sw, .. }) => {
                 tracing::info!(device = %device.id, %sw, "the card refused the PIN change; the device stays pending");
                 DeviceState::Pending
             }
-            Ok(FromAgent::PinChangeSkipped { seq: got }) if got == seq => DeviceState::Pending,
+            Ok(AgentFrame::PinChangeSkipped { seq: got }) if got == seq => DeviceState::Pending,
             Ok(other) => {
                 return Err(SessionError::Protocol(format!("expected the PIN change result, got {other:?}")));
             }
-            // The agent could not set the PIN (rules, the card refused): the card stays Pending
-            // and the agent hears so.
+            // The agent could not set the PIN (rules, the card refused, the deadline passed):
+            // the card stays Pending and the agent hears so.
             Err(SessionError::AgentError(message)) => {
                 tracing::info!(device = %device.id, %message, "no PIN change; the device stays pending");
                 DeviceState::Pending
             }
-            // Personalization is complete and recorded; a lost agent only means no PIN change.
+            // Personalization is complete and recorded; a lost or late agent only means no PIN
+            // change. Past the deadline the agent writes no PIN, so the card keeps the initial
+            // PIN the record holds; an agent still listening hears that the device is Pending.
             Err(e) => {
                 tracing::info!(device = %device.id, error = %e, "no PIN change; the device stays pending");
+                let _ = self.done(device.id, DeviceState::Pending).await;
                 return Ok(());
             }
         };
@@ -627,11 +664,12 @@ impl Session {
             .map_err(|e| SessionError::Server(e.to_string()))?;
         self.seq += 1;
         let seq = self.seq;
-        let puk = secrets.puk().expose_secret().to_owned();
-        self.send(&ToAgent::UnblockPin { seq, puk, rules: policy.pin }).await?;
-        let sw = match self.receive().await? {
-            FromAgent::PinChanged { seq: got, sw } if got == seq => sw,
-            FromAgent::PinChangeSkipped { seq: got } if got == seq => {
+        let puk = Secret::new(secrets.puk().expose_secret());
+        let answer_within_secs = self.pin_within_secs;
+        self.send(&ServerFrame::UnblockPin { seq, puk, rules: policy.pin, answer_within_secs }).await?;
+        let sw = match self.receive(answer_within_secs).await? {
+            AgentFrame::PinChanged { seq: got, sw } if got == seq => sw,
+            AgentFrame::PinChangeSkipped { seq: got } if got == seq => {
                 return Err(SessionError::AgentError("the holder did not set a new PIN".into()));
             }
             other => {

@@ -274,7 +274,7 @@ pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
     Router::new()
         .merge(api::routes())
         .route("/api/v1/openapi.json", get(openapi_document))
-        .route("/api/v1/agent/connect", get(issuance::connect::<R>))
+        .route(lanyard_protocol::CONNECT_PATH, get(issuance::connect::<R>))
         .merge(pki_routes())
         .layer(middleware::from_fn(operation_id))
         .with_state(state)

@@ -1137,10 +1137,10 @@ async fn an_api_token_records_when_it_was_last_used_to_the_minute() {
 #[tokio::test]
 async fn card_routes_refuse_every_caller_without_the_role_and_change_nothing() {
     let mut app = setup().await;
-    app.state = app.state.clone().with_issuance(lanyard_server::issuance::IssuanceConfig {
-        kek: Kek::generate().unwrap(),
-        attestation_roots: vec![],
-    });
+    app.state = app
+        .state
+        .clone()
+        .with_issuance(lanyard_server::issuance::IssuanceConfig::new(Kek::generate().unwrap(), vec![]));
     let a = app.alice_card;
     // A job of Alice's to aim at.
     let r = app

@@ -1,8 +1,9 @@
 //! Card issuance end to end inside one process: the server on a real socket, the agent's side of
 //! the WebSocket protocol played by a small relay over the software PIV card (in process, no
-//! pcscd; the pcscd + agent run is in the `lanyard` crate's tests). Covers a full issuance,
-//! a session cut at every batch then resumed or rolled back, skipping Change PIN, operator
-//! activation with the initial-PIN reveal, and tickets.
+//! pcscd; the pcscd + agent run is in the `lanyard` crate's tests), or by the agent's own relay
+//! where its behaviour is the point (the PIN deadline). Covers a full issuance, a session cut at
+//! every batch then resumed or rolled back, skipping Change PIN, operator activation with the
+//! initial-PIN reveal, a PIN typed after the deadline, protocol versions, and tickets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // Certificates, attestations and OCSP use real time here.
 #![allow(clippy::disallowed_methods)]
@@ -25,6 +26,9 @@ use lanyard_piv::apdu::Command;
 use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
 use lanyard_piv::objects::{CertificateObject, Chuid};
 use lanyard_piv::{InProcess, Piv};
+use lanyard_protocol::{
+    AgentFrame, CONNECT_PATH, PROTOCOL_VERSION, ServerFrame, TICKET_HEADER, VERSION_HEADER,
+};
 use lanyard_server::issuance::IssuanceConfig;
 use lanyard_server::{AppState, Pki, router};
 use lanyard_store::Db;
@@ -32,6 +36,7 @@ use lanyard_vcard::{AttestationRoot, CardImage, NewCard, VirtualCard};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tower::ServiceExt;
 
 type Card = Piv<InProcess<VirtualCard>>;
@@ -50,6 +55,11 @@ struct App {
 }
 
 async fn setup() -> App {
+    setup_with(IssuanceConfig::DEFAULT_PIN_TIMEOUT).await
+}
+
+/// A server whose holders have `pin_timeout` to set their PIN.
+async fn setup_with(pin_timeout: std::time::Duration) -> App {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect(&format!("sqlite://{}", dir.path().join("lanyard.db").display())).await.unwrap();
     db.migrate().await.unwrap();
@@ -77,8 +87,10 @@ async fn setup() -> App {
     tx.commit().await.unwrap();
     let db = Arc::new(db);
     let der = der::Encode::to_der(root.certificate()).unwrap();
-    let state = AppState::new(Arc::clone(&db), Arc::new(pki), clock as Arc<dyn Clock>)
-        .with_issuance(IssuanceConfig { kek: Kek::generate().unwrap(), attestation_roots: vec![der] });
+    let mut issuance = IssuanceConfig::new(Kek::generate().unwrap(), vec![der]);
+    issuance.pin_timeout = pin_timeout;
+    let state =
+        AppState::new(Arc::clone(&db), Arc::new(pki), clock as Arc<dyn Clock>).with_issuance(issuance);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(state.clone());
@@ -182,63 +194,82 @@ enum End {
     Error(String),
 }
 
+/// The upgrade request of an agent speaking `version` (none: an agent from before versioning).
+fn agent_request(
+    app: &App,
+    ticket: Option<&str>,
+    version: Option<&str>,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = format!("ws://{}{CONNECT_PATH}", app.addr).into_client_request().unwrap();
+    if let Some(t) = ticket {
+        request.headers_mut().insert(TICKET_HEADER, t.parse().unwrap());
+    }
+    if let Some(v) = version {
+        request.headers_mut().insert(VERSION_HEADER, v.parse().unwrap());
+    }
+    request
+}
+
 /// Plays the agent: relays batches to `card`; `cut_after` drops the connection (and powers the
 /// card off) after that many batches; `pin` answers Change PIN (`None`: skip it).
 async fn relay(app: &App, ticket: &str, card: &mut Card, cut_after: Option<usize>, pin: Option<&str>) -> End {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{}/api/v1/agent/connect", app.addr).into_client_request().unwrap();
-    request.headers_mut().insert("x-lanyard-ticket", ticket.parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let hello = json!({"type": "hello", "agent": "test-relay", "reader": "in-process", "atr": "3b"});
-    ws.send(Message::text(hello.to_string())).await.unwrap();
+    let version = PROTOCOL_VERSION.to_string();
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(agent_request(app, Some(ticket), Some(&version))).await.unwrap();
+    assert_eq!(response.headers()[VERSION_HEADER], version.as_str(), "the server names its version");
+    let hello = AgentFrame::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: "test-relay".into(),
+        reader: "in-process".into(),
+        atr: "3B".into(),
+        features: vec![],
+    };
+    ws.send(Message::text(hello.to_text())).await.unwrap();
     let mut batches = 0;
     while let Some(msg) = ws.next().await {
         let Message::Text(text) = msg.unwrap() else { continue };
-        let msg: Value = serde_json::from_str(text.as_str()).unwrap();
-        match msg["type"].as_str().unwrap() {
-            "transmit" => {
+        let answer = match ServerFrame::parse(text.as_str()).unwrap() {
+            ServerFrame::Transmit { seq, apdus, answer_within_secs, .. } => {
+                assert_eq!(answer_within_secs, 120, "the default batch deadline");
                 if cut_after == Some(batches) {
                     card.transport_mut().0.reset_session();
                     return End::Cut;
                 }
                 batches += 1;
                 let mut responses = Vec::new();
-                for apdu in msg["apdus"].as_array().unwrap() {
-                    let cmd = Command::parse(&hex::decode(apdu.as_str().unwrap()).unwrap()).unwrap();
+                for apdu in apdus {
+                    let cmd = Command::parse(&hex::decode(apdu).unwrap()).unwrap();
                     let resp = card.exchange(&cmd).unwrap();
-                    responses.push(hex::encode(resp.to_bytes()));
+                    responses.push(hex::encode_upper(resp.to_bytes()));
                     if !resp.sw.is_success() {
                         break;
                     }
                 }
-                let answer = json!({"type": "responses", "seq": msg["seq"], "responses": responses});
-                ws.send(Message::text(answer.to_string())).await.unwrap();
+                AgentFrame::Responses { seq, responses }
             }
-            "change_pin" => {
-                let answer = match pin {
+            ServerFrame::ChangePin { seq, old_pin, answer_within_secs, .. } => {
+                assert_eq!(answer_within_secs, 300, "the default PIN deadline");
+                match pin {
                     Some(new) => {
-                        let old = msg["old_pin"].as_str().unwrap();
-                        card.change_reference(false, old.as_bytes(), new.as_bytes()).unwrap();
-                        json!({"type": "pin_changed", "seq": msg["seq"], "sw": "9000"})
+                        card.change_reference(false, old_pin.expose().as_bytes(), new.as_bytes()).unwrap();
+                        AgentFrame::PinChanged { seq, sw: "9000".into() }
                     }
-                    None => json!({"type": "pin_change_skipped", "seq": msg["seq"]}),
-                };
-                ws.send(Message::text(answer.to_string())).await.unwrap();
+                    None => AgentFrame::PinChangeSkipped { seq },
+                }
             }
-            "unblock_pin" => {
+            ServerFrame::UnblockPin { seq, puk, answer_within_secs, .. } => {
+                assert_eq!(answer_within_secs, 300, "the default PIN deadline");
                 let new = pin.expect("a new PIN for the unblock");
-                let puk = msg["puk"].as_str().unwrap();
-                let sw = match card.unblock_pin(puk.as_bytes(), new.as_bytes()) {
+                let sw = match card.unblock_pin(puk.expose().as_bytes(), new.as_bytes()) {
                     Ok(()) => "9000".to_owned(),
                     Err(e) => format!("error {e}"),
                 };
-                let answer = json!({"type": "pin_changed", "seq": msg["seq"], "sw": sw});
-                ws.send(Message::text(answer.to_string())).await.unwrap();
+                AgentFrame::PinChanged { seq, sw }
             }
-            "done" => return End::Done(msg["state"].as_str().unwrap().to_owned()),
-            "error" => return End::Error(msg["message"].as_str().unwrap().to_owned()),
-            other => panic!("unexpected message {other}"),
-        }
+            ServerFrame::Done { state, .. } => return End::Done(state.to_string()),
+            ServerFrame::Error { message } => return End::Error(message),
+        };
+        ws.send(Message::text(answer.to_text())).await.unwrap();
     }
     End::Error("closed without a word".into())
 }
@@ -302,13 +333,8 @@ async fn a_card_is_issued_and_the_holder_sets_the_pin() {
     assert_issued(&app, device, &mut card, NEW_PIN, DeviceState::Active).await;
 
     // The ticket worked once.
-    let reused = tokio_tungstenite::connect_async({
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut r = format!("ws://{}/api/v1/agent/connect", app.addr).into_client_request().unwrap();
-        r.headers_mut().insert("x-lanyard-ticket", ticket.parse().unwrap());
-        r
-    })
-    .await;
+    let version = PROTOCOL_VERSION.to_string();
+    let reused = tokio_tungstenite::connect_async(agent_request(&app, Some(&ticket), Some(&version))).await;
     assert!(reused.is_err(), "a used ticket is refused before the upgrade");
     // Bob cannot see or ticket Alice's job; a finished job takes no ticket.
     let (status, _) = app.call("GET", &format!("/api/v1/jobs/{job}"), &app.bob, None).await;
@@ -430,19 +456,17 @@ async fn without_change_pin_the_card_stays_pending_until_an_operator_activates_i
 async fn bad_tickets_are_refused_before_anything_happens() {
     let app = setup().await;
     let (_device, job, ticket) = app.begin().await;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let version = PROTOCOL_VERSION.to_string();
     for bad in ["", "nonsense", &format!("{job}.wrong"), &format!("{}.x", uuid_like())] {
-        let mut r = format!("ws://{}/api/v1/agent/connect", app.addr).into_client_request().unwrap();
-        if !bad.is_empty() {
-            r.headers_mut().insert("x-lanyard-ticket", bad.parse().unwrap());
-        }
+        let r = agent_request(&app, Some(bad).filter(|b| !b.is_empty()), Some(&version));
         let err = tokio_tungstenite::connect_async(r).await.unwrap_err();
         assert!(err.to_string().contains("401"), "{bad:?}: {err}");
     }
     assert_eq!(app.job_state(&job).await, "created");
     // A request with the right ticket that is not a WebSocket upgrade does not use it up.
-    let plain = Request::get("/api/v1/agent/connect")
-        .header("x-lanyard-ticket", &ticket)
+    let plain = Request::get(CONNECT_PATH)
+        .header(TICKET_HEADER, &ticket)
+        .header(VERSION_HEADER, &version)
         .body(Body::empty())
         .unwrap();
     let resp = router(app.state.clone()).oneshot(plain).await.unwrap();
@@ -455,16 +479,12 @@ async fn bad_tickets_are_refused_before_anything_happens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_racing_with_one_ticket_get_one_session() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let app = setup().await;
     let (_device, job, mut ticket) = app.begin().await;
+    let version = PROTOCOL_VERSION.to_string();
     let connect = |ticket: String| {
-        let addr = app.addr;
-        tokio::spawn(async move {
-            let mut r = format!("ws://{addr}/api/v1/agent/connect").into_client_request().unwrap();
-            r.headers_mut().insert("x-lanyard-ticket", ticket.parse().unwrap());
-            tokio_tungstenite::connect_async(r).await
-        })
+        let r = agent_request(&app, Some(&ticket), Some(&version));
+        tokio::spawn(async move { tokio_tungstenite::connect_async(r).await })
     };
     for round in 0..10 {
         let (a, b) = tokio::join!(connect(ticket.clone()), connect(ticket.clone()));
@@ -706,4 +726,103 @@ async fn the_csr_route_and_the_card_session_give_one_answer_for_one_card() {
         assert!(body["error"].as_str().unwrap().contains(want), "{body}");
     }
     assert_eq!(app.credentials(device).await.len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_another_protocol_version_is_refused_before_its_ticket_is_used() {
+    let app = setup().await;
+    let (_device, job, ticket) = app.begin().await;
+    for (version, words) in [
+        (Some("2"), "the agent speaks agent protocol version 2 and the server version 1"),
+        (Some("one"), "the agent speaks agent protocol version one and the server version 1"),
+        (None, "the agent names no agent protocol version (it predates version 1) and the server version 1"),
+    ] {
+        let request = agent_request(&app, Some(&ticket), version);
+        let Err(tokio_tungstenite::tungstenite::Error::Http(response)) =
+            tokio_tungstenite::connect_async(request).await
+        else {
+            panic!("{version:?}: the upgrade must be refused");
+        };
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{version:?}");
+        assert_eq!(response.headers()[VERSION_HEADER], "1", "the refusal names the server's version");
+        let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+        assert!(body["error"].as_str().unwrap().contains(words), "{body}");
+    }
+    assert_eq!(app.job_state(&job).await, "created", "the ticket was not used up");
+    let mut card = app.card();
+    assert_eq!(relay(&app, &ticket, &mut card, None, Some(NEW_PIN)).await, End::Done("active".into()));
+}
+
+/// A holder who types the PIN after `delay`.
+struct SlowHolder(std::time::Duration);
+
+impl lanyard_agent::relay::PinSource for SlowHolder {
+    fn new_pin(
+        &mut self,
+        _prompt: &lanyard_agent::relay::PinPrompt<'_>,
+    ) -> Result<Option<zeroize::Zeroizing<String>>, lanyard_agent::AgentError> {
+        std::thread::sleep(self.0);
+        Ok(Some(zeroize::Zeroizing::new(NEW_PIN.into())))
+    }
+}
+
+/// Issue 8: the server gives the holder a deadline for the PIN in the `change_pin` frame and
+/// records the device Pending once it passes. The agent's relay (the real one, over the software
+/// card) must then not write the late PIN, or the initial PIN an operator's activation reveals
+/// would no longer open the card. Both timings: the PIN comes while the server still waits (its
+/// grace), and after the server has given up and ended the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_typed_after_the_deadline_never_reaches_the_card() {
+    use lanyard_agent::relay::{PinOutcome, Progress, SessionOptions, run_session_with};
+    let pin_timeout = std::time::Duration::from_secs(1);
+    let app = setup_with(pin_timeout).await;
+    let grace = std::time::Duration::from_secs(lanyard_protocol::ANSWER_GRACE_SECS.into());
+    let ms = std::time::Duration::from_millis;
+    for (delay, words) in [
+        (pin_timeout + ms(500), "after the server's deadline of 1 s"),
+        (pin_timeout + grace + ms(700), "after the server's deadline of 1 s"),
+    ] {
+        let (device, job, ticket) = app.begin().await;
+        let mut card = app.card().into_transport();
+        let opts = SessionOptions::new(format!("http://{}", app.addr), ticket, "in-process");
+        let (result, events, card) = tokio::task::spawn_blocking(move || {
+            let mut events = Vec::new();
+            let result =
+                run_session_with(&opts, &mut card, &lanyard_vcard::atr(), &mut SlowHolder(delay), &mut |p| {
+                    events.push(p.clone())
+                });
+            (result, events, card)
+        })
+        .await
+        .unwrap();
+        // The agent says what happened and why.
+        let outcome = result.unwrap_or_else(|e| panic!("{delay:?}: {e}"));
+        assert_eq!(outcome.state, DeviceState::Pending, "{delay:?}");
+        assert!(
+            matches!(&outcome.pin, PinOutcome::TooLate(m) if m.contains(words)),
+            "{delay:?}: {outcome:?}"
+        );
+        assert!(events.contains(&Progress::PinTooLate), "{delay:?}");
+        // The server recorded what the card is: personalised, with its initial PIN.
+        assert_eq!(app.job_state(&job).await, "succeeded");
+        assert_eq!(app.device(device).await.state, DeviceState::Pending, "{delay:?}");
+        let mut card: Card = Piv::new(card);
+        card.select().unwrap();
+        assert!(card.verify_pin(NEW_PIN.as_bytes()).is_err(), "{delay:?}: the late PIN was written");
+        // The operator's activation reveals an initial PIN that opens the card.
+        let (status, body) =
+            app.call("POST", &format!("/api/v1/devices/{device}/activate"), &app.operator, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let initial = body["initial_pin"].as_str().unwrap();
+        assert_issued(&app, device, &mut card, initial, DeviceState::Active).await;
+        // Free the policy's device allowance for the next round.
+        let (status, body) =
+            app.call("POST", &format!("/api/v1/devices/{device}/suspend"), &app.operator, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut tx = app.db.begin().await.unwrap();
+        let mut d = tx.get_device(device).await.unwrap().unwrap();
+        d.owner = None;
+        tx.update_device(&d).await.unwrap();
+        tx.commit().await.unwrap();
+    }
 }

@@ -291,7 +291,7 @@ fn check_scheme(server: &str) -> anyhow::Result<()> {
         bail!("--server {server:?} must be an https:// URL");
     }
     // The same URL rules as the agent's: a host is required, plain HTTP only to loopback.
-    lanyard_agent::relay::parse_server(server).map(drop).with_context(|| format!("--server {server:?}"))
+    lanyard_protocol::url::parse_server(server).map(drop).with_context(|| format!("--server {server:?}"))
 }
 
 fn agent(ca_cert_pem: Option<&str>) -> anyhow::Result<ureq::Agent> {

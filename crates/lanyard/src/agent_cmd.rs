@@ -8,9 +8,8 @@ use clap::Subcommand;
 use lanyard_agent::AgentError;
 use lanyard_agent::cards::{Compatibility, ReaderInfo, list_cards};
 use lanyard_agent::relay::{
-    FixedPin, Outcome, PinOutcome, PinSource, Progress, SessionOptions, SkipPinChange, run_session,
+    FixedPin, Outcome, PinOutcome, PinPrompt, PinSource, Progress, SessionOptions, SkipPinChange, run_session,
 };
-use lanyard_core::model::{PinRuleError, PinRules};
 use zeroize::Zeroizing;
 
 use crate::piv_cmd::Output;
@@ -250,6 +249,7 @@ fn issue(opts: &SessionOptions, pins: &mut dyn PinSource, output: Output) -> any
             Progress::PinRequested => println!("set the new PIN"),
             Progress::PinChanged => println!("PIN changed"),
             Progress::PinChangeSkipped => println!("PIN change skipped: the device stays pending"),
+            Progress::PinTooLate => println!("the new PIN came too late and was not written"),
         },
     };
     let outcome: Outcome = run_session(opts, pins, &mut progress).map_err(|e| match e {
@@ -264,6 +264,7 @@ fn issue(opts: &SessionOptions, pins: &mut dyn PinSource, output: Output) -> any
                 PinOutcome::Changed => "changed".to_owned(),
                 PinOutcome::Skipped => "initial PIN kept".to_owned(),
                 PinOutcome::Failed(why) => format!("not changed ({why})"),
+                PinOutcome::TooLate(why) => format!("not changed ({why})"),
             };
             println!("device {} is {:?}; PIN: {pin}", outcome.device, outcome.state);
         }
@@ -301,16 +302,19 @@ impl PromptPin {
 }
 
 impl PinSource for PromptPin {
-    fn new_pin(
-        &mut self,
-        rules: &PinRules,
-        rejected: Option<&PinRuleError>,
-    ) -> Result<Option<Zeroizing<String>>, AgentError> {
-        if let Some(why) = rejected {
+    /// The terminal cannot be interrupted at the deadline; the relay refuses a PIN typed after it.
+    fn new_pin(&mut self, ask: &PinPrompt<'_>) -> Result<Option<Zeroizing<String>>, AgentError> {
+        if let Some(why) = ask.rejected {
             eprintln!("{why}");
         }
-        let prompt =
-            format!("New PIN ({}-{} digits; empty to keep the initial PIN): ", rules.min_len, rules.max_len);
+        let (rules, left) = (ask.rules, ask.time_left().as_secs());
+        let prompt = format!(
+            "New PIN ({}-{} digits; empty to keep the initial PIN; within {}:{:02}): ",
+            rules.min_len,
+            rules.max_len,
+            left / 60,
+            left % 60
+        );
         let pin = Self::read(&prompt)?;
         if pin.is_empty() {
             return Ok(None);

@@ -137,7 +137,7 @@ pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
             clock.now(),
         )?;
         let state = AppState::new(Arc::new(db), Arc::new(pki), clock as Arc<dyn Clock>)
-            .with_issuance(IssuanceConfig { kek: Kek::generate()?, attestation_roots: vec![root_der] });
+            .with_issuance(IssuanceConfig::new(Kek::generate()?, vec![root_der]));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, router(state)).await });

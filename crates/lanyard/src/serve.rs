@@ -123,7 +123,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             );
         }
         let state = AppState::new(Arc::new(db), Arc::new(pki), clock)
-            .with_issuance(lanyard_server::issuance::IssuanceConfig { kek, attestation_roots });
+            .with_issuance(lanyard_server::issuance::IssuanceConfig::new(kek, attestation_roots));
         // Sessions this process ran before a restart still hold leases that are running out:
         // the sweeper fails them (and any another server abandons) a few minutes later.
         tokio::spawn(lanyard_server::issuance::sweep_abandoned_jobs(state.clone()));
@@ -190,7 +190,7 @@ fn load_attestation_roots(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Ve
 fn tls_names(public_url: &str, listen: SocketAddr) -> anyhow::Result<(Vec<String>, Vec<std::net::IpAddr>)> {
     let mut dns = Vec::new();
     let mut ip = Vec::new();
-    let host = lanyard_agent::relay::parse_server(public_url).context("public_url")?.host;
+    let host = lanyard_protocol::url::parse_server(public_url).context("public_url")?.host;
     match host.parse::<std::net::IpAddr>() {
         Ok(a) => ip.push(a),
         Err(_) => dns.push(host.to_ascii_lowercase()),

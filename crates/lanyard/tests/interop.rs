@@ -9,6 +9,7 @@
 
 use lanyard_piv::transport::PcscTransport;
 use lanyard_piv::{Piv, PivError, StatusWord};
+use lanyard_protocol::{AgentFrame, ServerFrame};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -484,18 +485,32 @@ fn restart_pcscd() {
 // ---------------------------------------------------------------------------------------------
 
 /// One WebSocket connection on 127.0.0.1 playing the server's side of the agent protocol.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
 fn agent_server<R: Send + 'static>(
     script: impl FnOnce(&mut tungstenite::WebSocket<std::net::TcpStream>) -> R + Send + 'static,
 ) -> (String, std::thread::JoinHandle<R>) {
+    use lanyard_protocol::{PROTOCOL_VERSION, VERSION_HEADER};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let handle = std::thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut ws = tungstenite::accept(tcp).unwrap();
-        let hello = ws_recv(&mut ws);
-        assert_eq!(hello["type"], "hello", "{hello}");
-        assert_eq!(hello["reader"], READER0);
+        let mut ws = tungstenite::accept_hdr(
+            tcp,
+            |req: &tungstenite::handshake::server::Request,
+             mut resp: tungstenite::handshake::server::Response| {
+                assert_eq!(req.headers()[VERSION_HEADER], PROTOCOL_VERSION.to_string().as_str());
+                resp.headers_mut().insert(VERSION_HEADER, PROTOCOL_VERSION.into());
+                Ok(resp)
+            },
+        )
+        .unwrap();
+        match ws_recv(&mut ws) {
+            AgentFrame::Hello { reader, protocol, .. } => {
+                assert_eq!((reader.as_str(), protocol), (READER0, PROTOCOL_VERSION));
+            }
+            other => panic!("expected hello, got {other:?}"),
+        }
         let r = script(&mut ws);
         while ws.read().is_ok() {}
         r
@@ -503,22 +518,27 @@ fn agent_server<R: Send + 'static>(
     (url, handle)
 }
 
-fn ws_recv(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> serde_json::Value {
+fn ws_recv(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> AgentFrame {
     loop {
         match ws.read().unwrap() {
-            tungstenite::Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            tungstenite::Message::Text(t) => return AgentFrame::parse(t.as_str()).unwrap(),
             tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
             other => panic!("unexpected {other:?}"),
         }
     }
 }
 
-fn ws_send(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, v: serde_json::Value) {
-    ws.send(tungstenite::Message::text(v.to_string())).unwrap();
+fn ws_send(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, frame: ServerFrame) {
+    ws.send(tungstenite::Message::text(frame.to_text())).unwrap();
 }
 
 fn apdu_hex(c: &lanyard_piv::apdu::Command) -> String {
-    hex::encode(c.to_bytes().unwrap())
+    hex::encode_upper(c.to_bytes().unwrap())
+}
+
+fn transmit(seq: u64, done: u32, apdus: &[String]) -> ServerFrame {
+    let step = "detect".into();
+    ServerFrame::Transmit { seq, step, done, total: 2, apdus: apdus.to_vec(), answer_within_secs: 60 }
 }
 
 /// `lanyard agent readers` judges a factory card compatible; `lanyard agent issue` relays a
@@ -537,21 +557,20 @@ fn agent_lists_the_card_and_relays_a_session() {
 
     let (url, server) = agent_server(|ws| {
         let batch = [apdu_hex(&commands::select()), apdu_hex(&commands::get_serial())];
-        ws_send(
-            ws,
-            serde_json::json!({"type": "transmit", "seq": 1, "step": "detect", "done": 0, "total": 2, "apdus": batch}),
-        );
+        ws_send(ws, transmit(1, 0, &batch));
         let r = ws_recv(ws);
         ws_send(
             ws,
-            serde_json::json!({"type": "change_pin", "seq": 2, "old_pin": "123456",
-            "rules": {"min_len": 6, "max_len": 8, "forbid_trivial": true}}),
+            ServerFrame::ChangePin {
+                seq: 2,
+                old_pin: lanyard_protocol::Secret::new("123456"),
+                rules: lanyard_core::model::PinRules::default(),
+                answer_within_secs: 60,
+            },
         );
         let pin = ws_recv(ws);
-        ws_send(
-            ws,
-            serde_json::json!({"type": "done", "device": "0b6f3a2e-5d4c-4e3b-9a1f-2c7d8e9f0a1b", "state": "active"}),
-        );
+        let device = "0b6f3a2e-5d4c-4e3b-9a1f-2c7d8e9f0a1b".parse().unwrap();
+        ws_send(ws, ServerFrame::Done { device, state: lanyard_core::lifecycle::DeviceState::Active });
         (r, pin)
     });
     let out = Command::new(lanyard())
@@ -564,9 +583,10 @@ fn agent_lists_the_card_and_relays_a_session() {
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("[0/2] detect") && stdout.contains("PIN: changed"), "{stdout}");
-    let serial = hex::decode(responses["responses"][1].as_str().unwrap()).unwrap();
+    let AgentFrame::Responses { seq: 1, responses } = responses else { panic!("{responses:?}") };
+    let serial = hex::decode(&responses[1]).unwrap();
     assert_eq!(serial[..4], cards.serials[0].to_be_bytes());
-    assert_eq!(pin, serde_json::json!({"type": "pin_changed", "seq": 2, "sw": "9000"}));
+    assert_eq!(pin, AgentFrame::PinChanged { seq: 2, sw: "9000".into() });
     ypt(&["-a", "verify-pin", "-P", "97531864"]);
     ypt_fails(&["-a", "verify-pin", "-P", "123456"]);
 }
@@ -581,18 +601,12 @@ fn agent_stops_when_the_card_is_pulled() {
     let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
     let (url, server) = agent_server(move |ws| {
         let batch = [apdu_hex(&commands::select())];
-        ws_send(
-            ws,
-            serde_json::json!({"type": "transmit", "seq": 1, "step": "detect", "done": 0, "total": 2, "apdus": batch}),
-        );
+        ws_send(ws, transmit(1, 0, &batch));
         let first = ws_recv(ws);
-        assert_eq!(first["type"], "responses");
+        assert!(matches!(first, AgentFrame::Responses { seq: 1, .. }), "{first:?}");
         tx.send(()).unwrap();
         back_rx.recv().unwrap();
-        ws_send(
-            ws,
-            serde_json::json!({"type": "transmit", "seq": 2, "step": "detect", "done": 1, "total": 2, "apdus": batch}),
-        );
+        ws_send(ws, transmit(2, 1, &batch));
         ws_recv(ws)
     });
     let puller = std::thread::scope(|s| {
@@ -610,7 +624,7 @@ fn agent_stops_when_the_card_is_pulled() {
         r
     });
     let answer = server.join().unwrap();
-    assert_eq!(answer, serde_json::json!({"type": "error", "seq": 2, "message": "card removed"}));
+    assert_eq!(answer, AgentFrame::Error { seq: Some(2), message: "card removed".into() });
     assert!(matches!(puller, Err(lanyard_agent::AgentError::CardRemoved)), "{puller:?}");
     // vpcd still takes cards afterwards.
     cards.control("insert");

@@ -1,0 +1,165 @@
+//! The wire format, pinned: every frame's exact JSON is a file in `tests/golden/`, and each is
+//! checked both ways (the value serialises to the file, the file parses to the value). A change
+//! to a frame that breaks one of these breaks deployed agents: raise `PROTOCOL_VERSION` or make
+//! the change additive (see the crate docs).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use lanyard_core::ids::DeviceId;
+use lanyard_core::lifecycle::DeviceState;
+use lanyard_core::model::PinRules;
+use lanyard_protocol::{AgentFrame, Secret, ServerFrame};
+
+fn device() -> DeviceId {
+    "7d1c6d39-1b0e-4f57-9c1e-0d4b1f8e2a11".parse().unwrap()
+}
+
+fn server_frames() -> Vec<(&'static str, ServerFrame)> {
+    let rules = PinRules { min_len: 6, max_len: 8, forbid_trivial: true };
+    vec![
+        (
+            "server_transmit",
+            ServerFrame::Transmit {
+                seq: 3,
+                step: "generate_keys".into(),
+                done: 2,
+                total: 9,
+                apdus: vec!["00A4040009A0000003080000100000".into(), "00470096055C03AC010700".into()],
+                answer_within_secs: 120,
+            },
+        ),
+        (
+            "server_change_pin",
+            ServerFrame::ChangePin { seq: 7, old_pin: Secret::new("123456"), rules, answer_within_secs: 300 },
+        ),
+        (
+            "server_unblock_pin",
+            ServerFrame::UnblockPin { seq: 4, puk: Secret::new("12345678"), rules, answer_within_secs: 300 },
+        ),
+        ("server_done", ServerFrame::Done { device: device(), state: DeviceState::Pending }),
+        (
+            "server_error",
+            ServerFrame::Error {
+                message:
+                    "this is not card 7d1c6d39-1b0e-4f57-9c1e-0d4b1f8e2a11 (its CHUID names another card)"
+                        .into(),
+            },
+        ),
+    ]
+}
+
+fn agent_frames() -> Vec<(&'static str, AgentFrame)> {
+    vec![
+        (
+            "agent_hello",
+            AgentFrame::Hello {
+                protocol: 1,
+                agent: "lanyard-agent/0.1.0".into(),
+                reader: "Yubico YubiKey OTP+FIDO+CCID 00 00".into(),
+                atr: "3BFD1300008131FE158073C021C057597562694B657940".into(),
+                features: vec![],
+            },
+        ),
+        (
+            "agent_hello_with_features",
+            AgentFrame::Hello {
+                protocol: 1,
+                agent: "lanyard-agent/0.2.0".into(),
+                reader: "Virtual PCD 00 00".into(),
+                atr: "3B".into(),
+                features: vec!["readers".into(), "multi_job".into()],
+            },
+        ),
+        (
+            "agent_responses",
+            AgentFrame::Responses {
+                seq: 3,
+                responses: vec!["61114F0600001000010079074F05A000000308".into(), "6A82".into()],
+            },
+        ),
+        ("agent_pin_changed", AgentFrame::PinChanged { seq: 7, sw: "9000".into() }),
+        ("agent_pin_change_skipped", AgentFrame::PinChangeSkipped { seq: 7 }),
+        (
+            "agent_error",
+            AgentFrame::Error {
+                seq: Some(7),
+                message: "the new PIN came 12 s after the deadline of 300 s; the card keeps its initial PIN"
+                    .into(),
+            },
+        ),
+        (
+            "agent_error_without_seq",
+            AgentFrame::Error {
+                seq: None,
+                message: "unintelligible frame: expected value at line 1 column 1".into(),
+            },
+        ),
+    ]
+}
+
+fn golden(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.json"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim_end().to_owned()
+}
+
+/// Exhaustive, so a new frame cannot be added without deciding its golden file.
+fn server_kind(f: &ServerFrame) -> &'static str {
+    match f {
+        ServerFrame::Transmit { .. } => "transmit",
+        ServerFrame::ChangePin { .. } => "change_pin",
+        ServerFrame::UnblockPin { .. } => "unblock_pin",
+        ServerFrame::Done { .. } => "done",
+        ServerFrame::Error { .. } => "error",
+    }
+}
+
+fn agent_kind(f: &AgentFrame) -> &'static str {
+    match f {
+        AgentFrame::Hello { .. } => "hello",
+        AgentFrame::Responses { .. } => "responses",
+        AgentFrame::PinChanged { .. } => "pin_changed",
+        AgentFrame::PinChangeSkipped { .. } => "pin_change_skipped",
+        AgentFrame::Error { .. } => "error",
+    }
+}
+
+#[test]
+fn server_frames_match_their_golden_json_both_ways() {
+    let frames = server_frames();
+    for (name, frame) in &frames {
+        let json = golden(name);
+        assert_eq!(frame.to_text(), json, "{name}: serialising");
+        assert_eq!(&ServerFrame::parse(&json).unwrap(), frame, "{name}: parsing");
+        let tag: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(tag["type"], server_kind(frame), "{name}");
+    }
+    let kinds: std::collections::BTreeSet<_> = frames.iter().map(|(_, f)| server_kind(f)).collect();
+    assert_eq!(kinds.len(), 5, "every server frame has a golden file");
+}
+
+#[test]
+fn agent_frames_match_their_golden_json_both_ways() {
+    let frames = agent_frames();
+    for (name, frame) in &frames {
+        let json = golden(name);
+        assert_eq!(frame.to_text(), json, "{name}: serialising");
+        assert_eq!(&AgentFrame::parse(&json).unwrap(), frame, "{name}: parsing");
+        let tag: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(tag["type"], agent_kind(frame), "{name}");
+    }
+    let kinds: std::collections::BTreeSet<_> = frames.iter().map(|(_, f)| agent_kind(f)).collect();
+    assert_eq!(kinds.len(), 5, "every agent frame has a golden file");
+}
+
+/// Fields a later feature adds are ignored by this version; frames it does not know are not.
+#[test]
+fn unknown_fields_are_ignored_and_unknown_frames_refused() {
+    let with_job = r#"{"type":"pin_change_skipped","seq":7,"job":"b1"}"#;
+    assert_eq!(AgentFrame::parse(with_job).unwrap(), AgentFrame::PinChangeSkipped { seq: 7 });
+    assert!(AgentFrame::parse(r#"{"type":"readers","readers":[]}"#).is_err());
+    assert!(ServerFrame::parse(r#"{"type":"pair","code":"x"}"#).is_err());
+    // A deadline is not optional: an agent without one would not know when to stop.
+    let no_deadline = r#"{"type":"change_pin","seq":7,"old_pin":"123456","rules":{"min_len":6,"max_len":8,"forbid_trivial":true}}"#;
+    assert!(ServerFrame::parse(no_deadline).unwrap_err().to_string().contains("answer_within_secs"));
+}
