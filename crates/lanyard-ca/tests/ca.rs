@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use der::asn1::{Any, ObjectIdentifier, OctetString};
@@ -14,6 +13,7 @@ use der::{Decode, Encode};
 use lanyard_ca::profile::{KeyUsageBit, Presence};
 use lanyard_ca::*;
 use lanyard_piv::objects::{Chuid, FascN};
+use lanyard_testkit::tools::{self, Ran, pkilint};
 use proptest::prelude::*;
 use time::{Duration, OffsetDateTime, macros::datetime};
 use x509_cert::ext::Extension;
@@ -22,111 +22,13 @@ use x509_ocsp::{CertId, OcspRequest, OcspResponseStatus, Request, TbsRequest};
 // ------------------------------------------------------------------------------------------------
 // Tools
 
-struct Tools {
-    lint_cert: PathBuf,
-    lint_crl: PathBuf,
-    lint_ocsp: PathBuf,
-    lint_chain: PathBuf,
-}
-
-fn tools() -> &'static Tools {
-    static TOOLS: OnceLock<Tools> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let workspace_bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv/bin");
-        let candidates: Vec<PathBuf> = match std::env::var_os("LANYARD_TEST_VENV") {
-            // Accept either the venv itself or its bin directory.
-            Some(v) => vec![PathBuf::from(&v).join("bin"), PathBuf::from(v)],
-            None => vec![workspace_bin],
-        };
-        let bin = candidates.iter().find(|d| d.join("lint_pkix_cert").is_file()).unwrap_or_else(|| {
-            panic!(
-                "pkilint's lint_pkix_cert was not found in {candidates:?}. Run scripts/test once: it installs \
-                 pkilint into target/test-venv (or set LANYARD_TEST_VENV to a venv that has it)."
-            )
-        });
-        let found = |name: &str| {
-            let p = bin.join(name);
-            assert!(p.is_file(), "{} missing from {}; re-run scripts/test to reinstall pkilint", name, bin.display());
-            p
-        };
-        let openssl = Command::new("openssl").arg("version").output();
-        assert!(
-            openssl.as_ref().is_ok_and(|o| o.status.success()),
-            "openssl is not installed; scripts/test installs it (apt-get install openssl)"
-        );
-        Tools { lint_cert: found("lint_pkix_cert"), lint_crl: found("lint_crl"), lint_ocsp: found("lint_ocsp_response"),
-            lint_chain: found("lint_pkix_signer_signee_cert_chain"),
-        }
-    })
-}
-
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    fn all(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-}
-
-fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str], dir: &Path) -> Output {
-    let out = Command::new(program.as_ref()).args(args).current_dir(dir).output().unwrap_or_else(|e| {
-        panic!("cannot run {:?}: {e}", program.as_ref());
-    });
-    Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn openssl(args: &[&str], dir: &Path) -> Output {
-    run("openssl", args, dir)
+// The kit's runners; a missing tool or venv fails with its install step.
+fn openssl(args: &[&str], dir: &Path) -> Ran {
+    tools::command("openssl", args, Some(dir))
 }
 
 fn openssl_ok(args: &[&str], dir: &Path) -> String {
-    let out = openssl(args, dir);
-    assert!(out.ok, "openssl {args:?} failed:\n{}", out.all());
-    out.all()
-}
-
-/// pkilint findings at ERROR or FATAL, minus the documented false positive: pkilint's URI parser
-/// rejects the `urn:uuid:` URIs FIPS 201 requires in PIV SANs (pkix.invalid_uri_syntax).
-fn pkilint_errors(program: &Path, extra: &[&str], files: &[&Path]) -> Vec<String> {
-    let mut args = vec!["lint"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["-s", "ERROR", "-f", "JSON"]);
-    args.extend(files.iter().map(|f| f.to_str().unwrap()));
-    let out = run(program, &args, files[0].parent().unwrap());
-    let json: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{} printed no JSON ({e}):\n{}", program.display(), out.all()));
-    let mut errors = Vec::new();
-    for result in json["results"].as_array().unwrap() {
-        for finding in result["finding_descriptions"].as_array().unwrap() {
-            let code = finding["code"].as_str().unwrap();
-            let message = finding["message"].as_str().unwrap_or("");
-            let severity = finding["severity"].as_str().unwrap();
-            if code == "pkix.invalid_uri_syntax" && message.contains("\"urn:uuid:") {
-                continue;
-            }
-            errors.push(format!("{severity} {code} at {}: {message}", result["node_path"]));
-        }
-    }
-    errors
-}
-
-fn assert_pkilint_cert(file: &Path) {
-    let errors = pkilint_errors(&tools().lint_cert, &[], &[file]);
-    assert!(errors.is_empty(), "pkilint findings for {}:\n{}", file.display(), errors.join("\n"));
-}
-
-/// pkilint's issuer/subject pair checks (name chaining, AKI/SKI, validity nesting).
-fn assert_pkilint_pair(issuer: &Path, subject: &Path) {
-    let errors = pkilint_errors(&tools().lint_chain, &[], &[issuer, subject]);
-    assert!(errors.is_empty(), "pkilint chain findings for {}:\n{}", subject.display(), errors.join("\n"));
+    tools::openssl_in(Some(dir), args)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -445,8 +347,8 @@ fn check_end_entity(dir: &Path, h: &Hierarchy, profile: &CertificateProfile, lea
     } else {
         assert!(text.contains("Subject: C = US, O = Lanyard Test, OU = People, CN = Jane Doe"), "{ctx}");
     }
-    assert_pkilint_cert(&path);
-    assert_pkilint_pair(&dir.join("issuing.pem"), &path);
+    pkilint::assert_cert(&path);
+    pkilint::assert_pair(&dir.join("issuing.pem"), &path);
 }
 
 #[test]
@@ -470,15 +372,15 @@ fn every_builtin_profile_under_a_p256_issuing_ca() {
     let (_, aia) = extension(&issuing, "Authority Information Access").unwrap();
     assert_eq!(aia, "CA Issuers - URI:http://pki.lanyard.test/pki/root.crt");
     assert!(issuing.contains("URI:http://pki.lanyard.test/pki/root.crl"), "{issuing}");
-    assert_pkilint_cert(&d.join("root.pem"));
-    assert_pkilint_cert(&d.join("issuing.pem"));
-    assert_pkilint_pair(&d.join("root.pem"), &d.join("issuing.pem"));
+    pkilint::assert_cert(&d.join("root.pem"));
+    pkilint::assert_cert(&d.join("issuing.pem"));
+    pkilint::assert_pair(&d.join("root.pem"), &d.join("issuing.pem"));
 
     // The hierarchy's own OCSP and content-signer certificates.
     let ocsp = d.join("ocsp.pem");
     std::fs::write(&ocsp, pem("CERTIFICATE", &h.ocsp.responder_certificate().to_der().unwrap())).unwrap();
     assert_chain_verifies(d, "ocsp.pem");
-    assert_pkilint_cert(&ocsp);
+    pkilint::assert_cert(&ocsp);
     write_cert(d, "content-signer.pem", &h.content_signer.certificate);
     assert_chain_verifies(d, "content-signer.pem");
 
@@ -511,9 +413,9 @@ fn hierarchies_with_p384_rsa2048_and_rsa3072_ca_keys() {
         let dir = workdir(&h);
         let d = dir.path();
         assert_chain_verifies(d, "issuing.pem");
-        assert_pkilint_cert(&d.join("root.pem"));
-        assert_pkilint_cert(&d.join("issuing.pem"));
-        assert_pkilint_pair(&d.join("root.pem"), &d.join("issuing.pem"));
+        pkilint::assert_cert(&d.join("root.pem"));
+        pkilint::assert_cert(&d.join("issuing.pem"));
+        pkilint::assert_pair(&d.join("root.pem"), &d.join("issuing.pem"));
         let root = x509_text(d, "root.pem");
         assert!(root.contains(&format!("Signature Algorithm: {sig_name}")), "{alg}: {root}");
         // A leaf of the CA's own algorithm, and the key-type-dependent 9D profile.
@@ -817,7 +719,7 @@ fn crl_verifies_and_lists_reasons() {
     let entry = &entry[..entry.find("Signature Algorithm").unwrap()];
     assert!(!entry.contains("CRL Reason Code"), "no reason code for an unspecified revocation:\n{entry}");
 
-    let errors = pkilint_errors(&tools().lint_crl, &["-t", "CRL", "-p", "PKIX"], &[&d.join("crl.der")]);
+    let errors = pkilint::errors("lint_crl", &["-t", "CRL", "-p", "PKIX"], &[&d.join("crl.der")]);
     assert!(errors.is_empty(), "lint_crl:\n{}", errors.join("\n"));
 
     // An empty CRL omits revokedCertificates and still verifies and lints.
@@ -826,9 +728,7 @@ fn crl_verifies_and_lists_reasons() {
     let out =
         openssl_ok(&["crl", "-in", "empty.pem", "-CAfile", "chain.pem", "-verify", "-noout", "-text"], d);
     assert!(out.contains("No Revoked Certificates"), "{out}");
-    assert!(
-        pkilint_errors(&tools().lint_crl, &["-t", "CRL", "-p", "PKIX"], &[&d.join("empty.pem")]).is_empty()
-    );
+    assert!(pkilint::errors("lint_crl", &["-t", "CRL", "-p", "PKIX"], &[&d.join("empty.pem")]).is_empty());
 
     // The root's CRL (an ARL, covering the issuing CA) verifies against the root alone.
     let arl = h.root.build_crl(&[], &params).unwrap();
@@ -862,8 +762,8 @@ struct OcspCase {
 
 fn ocsp_text(dir: &Path, args: &[&str]) -> String {
     let out = openssl(args, dir);
-    assert!(out.ok, "openssl {args:?}:\n{}", out.all());
-    out.all()
+    assert!(out.success, "openssl {args:?}:\n{}", out.text());
+    out.text()
 }
 
 #[test]
@@ -979,7 +879,7 @@ fn ocsp_responses_are_accepted_by_openssl() {
                 assert!(!out.contains("OCSP Nonce:"), "no nonce was sent: {out}");
             }
 
-            let errors = pkilint_errors(&tools().lint_ocsp, &[], &[&d.join(&resp_file)]);
+            let errors = pkilint::errors("lint_ocsp_response", &[], &[&d.join(&resp_file)]);
             assert!(errors.is_empty(), "lint_ocsp_response {resp_file}:\n{}", errors.join("\n"));
         }
     }
@@ -989,7 +889,7 @@ fn ocsp_responses_are_accepted_by_openssl() {
         &["ocsp", "-reqin", "good-sha1-true.req", "-respin", "held-sha1-true.resp", "-CAfile", "chain.pem"],
         d,
     );
-    assert!(out.all().contains("Nonce Verify error"), "{}", out.all());
+    assert!(out.text().contains("Nonce Verify error"), "{}", out.text());
 
     // A CertID naming another issuer (the root, asked about the issuing CA) is not ours: unknown,
     // and the lookup is not even consulted.
@@ -1041,7 +941,7 @@ fn ocsp_responses_are_accepted_by_openssl() {
     assert_eq!(lanyard_ca::ocsp::response_status(&response), Some(OcspResponseStatus::MalformedRequest));
     std::fs::write(d.join("garbage.resp"), response).unwrap();
     let out = openssl(&["ocsp", "-respin", "garbage.resp", "-resp_text", "-noverify"], d);
-    assert!(out.all().contains("Responder Error: malformedrequest (1)"), "{}", out.all());
+    assert!(out.text().contains("Responder Error: malformedrequest (1)"), "{}", out.text());
 }
 
 /// A valid SHA-256 CertID request for `serial` under `issuer`, built without openssl.
@@ -1289,15 +1189,15 @@ fn chuid_signatures_verify_with_openssl_for_p256_p384_and_rsa_signers() {
         };
         let ok = verify("content.bin");
         assert!(
-            ok.ok && ok.all().contains("Verification successful"),
+            ok.success && ok.text().contains("Verification successful"),
             "{alg}: openssl cms -verify:\n{}",
-            ok.all()
+            ok.text()
         );
         assert_eq!(std::fs::read(dir.join("verified.bin")).unwrap(), content);
         let bad = verify("tampered.bin");
-        assert!(!bad.ok, "{alg}: openssl accepted a tampered CHUID:\n{}", bad.all());
+        assert!(!bad.success, "{alg}: openssl accepted a tampered CHUID:\n{}", bad.text());
         // OpenSSL reports the messageDigest mismatch from CMS_SignerInfo_verify_content.
-        assert!(bad.all().contains("CMS_SignerInfo_verify_content"), "{alg}: {}", bad.all());
+        assert!(bad.text().contains("CMS_SignerInfo_verify_content"), "{alg}: {}", bad.text());
 
         // The structure SP 800-73-4 asks for, as openssl reads it.
         let printed = openssl_ok(&["cms", "-cmsout", "-print", "-inform", "DER", "-in", "sig.der"], dir);
@@ -1535,7 +1435,7 @@ fn virtual_card_attestations_verify_and_yield_evidence() {
         &["verify", "-CAfile", other.root_pem_path.to_str().unwrap(), "-untrusted", "f9.pem", "att.pem"],
         d.path(),
     );
-    assert!(!out.ok, "openssl accepted the chain under another root:\n{}", out.all());
+    assert!(!out.success, "openssl accepted the chain under another root:\n{}", out.text());
 }
 
 #[test]

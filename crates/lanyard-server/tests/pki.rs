@@ -13,25 +13,10 @@ use lanyard_core::repo::Repo;
 use lanyard_core::repo::prelude::*;
 use lanyard_server::{AppState, Pki, router};
 use lanyard_store::Db;
+use lanyard_testkit::tools::{command, openssl, pem};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use tower::ServiceExt;
-
-fn openssl(args: &[&str]) -> String {
-    let out =
-        Command::new("openssl").args(args).output().expect("openssl is not installed: run scripts/test");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "openssl {args:?} failed:\n{text}");
-    text
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
-}
 
 struct Issued {
     pem_path: String,
@@ -251,12 +236,9 @@ async fn ocsp_and_crl_report_good_revoked_held_and_unknown() {
     let crl_pem = |p: &str| openssl(&["crl", "-inform", "DER", "-in", p]);
     std::fs::write(&crls, format!("{}{}", crl_pem(crl), crl_pem(root_crl))).unwrap();
     let check = |c: &Issued| {
-        let o = std::process::Command::new("openssl")
-            .args(["verify", "-crl_check_all", "-CRLfile", crls.to_str().unwrap(), "-CAfile", chain])
-            .arg(&c.pem_path)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        let args =
+            ["verify", "-crl_check_all", "-CRLfile", crls.to_str().unwrap(), "-CAfile", chain, &c.pem_path];
+        command("openssl", &args, None).text()
     };
     assert!(check(&good).contains(": OK"), "{}", check(&good));
     assert!(check(&revoked).contains("certificate revoked"), "{}", check(&revoked));

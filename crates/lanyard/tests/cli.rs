@@ -9,7 +9,8 @@ use lanyard_core::audit::{Actor, NewAuditEvent, OperationId};
 use lanyard_core::repo::Repo;
 use lanyard_core::repo::prelude::*;
 use lanyard_store::Db;
-use std::io::{BufRead, BufReader};
+use lanyard_testkit::tools::{command_ok, openssl, write_pem};
+use lanyard_testkit::{ServeProcess, free_port};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -26,74 +27,23 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Downloads `url` over HTTPS, trusting only the server's own root (DER at `<data>/ca/root.crt`).
 fn fetch(data: &Path, url: &str, out: &Path) {
-    let root_pem = data.join("root-for-curl.pem");
-    openssl(&[
-        "x509",
-        "-inform",
-        "DER",
-        "-in",
-        data.join("ca/root.crt").to_str().unwrap(),
-        "-out",
-        root_pem.to_str().unwrap(),
-    ]);
-    let o = Command::new("curl")
-        .args(["-sf", "--cacert"])
-        .arg(&root_pem)
-        .arg("-o")
-        .arg(out)
-        .arg(url)
-        .output()
-        .expect("curl is missing: run scripts/test");
-    assert!(o.status.success(), "curl {url}: {}", text(&o));
+    let root_pem = write_pem(
+        &data.join("root-for-curl.pem"),
+        "CERTIFICATE",
+        &std::fs::read(data.join("ca/root.crt")).unwrap(),
+    );
+    command_ok("curl", &["-sf", "--cacert", &root_pem, "-o", out.to_str().unwrap(), url], None);
 }
 
-fn openssl(args: &[&str]) -> String {
-    let o = Command::new("openssl").args(args).output().expect("openssl is missing: run scripts/test");
-    assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
-    text(&o)
+/// Starts `lanyard serve` on `data` and waits until it listens.
+fn start_server(data: &Path, port: u16) -> ServeProcess {
+    start_server_with(data, port, &[])
 }
 
-/// Starts `lanyard serve` and waits for its "listening" line.
-fn start_server(data: &Path, port: u16) -> std::process::Child {
-    start_server_with_password(data, port, &[]).0
-}
-
-/// [`start_server`], also answering the bootstrap administrator's password when it printed one.
-fn start_server_with_password(
-    data: &Path,
-    port: u16,
-    env: &[(&str, &str)],
-) -> (std::process::Child, Option<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .arg("serve")
-        .envs(env.iter().copied())
-        .env("LANYARD_DATA_DIR", data)
-        .env("LANYARD_LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut password = None;
-    loop {
-        let line = lines.next().expect("lanyard serve exited before listening").unwrap();
-        if let Some(rest) = line.split("Bootstrap administrator: admin / ").nth(1) {
-            password = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if line.contains("Lanyard is listening") {
-            break;
-        }
-    }
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, password)
+fn start_server_with(data: &Path, port: u16, env: &[(&str, &str)]) -> ServeProcess {
+    ServeProcess::start(Path::new(env!("CARGO_BIN_EXE_lanyard")), data, port, env)
 }
 
 #[test]
@@ -101,21 +51,16 @@ fn serve_publishes_a_working_ca_and_keeps_it_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port();
-    let mut server = start_server(&data, port);
+    let server = start_server(&data, port);
     let base = format!("https://127.0.0.1:{port}");
     let (root, issuing, crl) =
         (dir.path().join("root.der"), dir.path().join("ca.der"), dir.path().join("crl.der"));
     fetch(&data, &format!("{base}/pki/root.crt"), &root);
     fetch(&data, &format!("{base}/pki/ca.crt"), &issuing);
     fetch(&data, &format!("{base}/pki/crl"), &crl);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.stop();
 
-    let pem = |der: &Path| {
-        let out = dir.path().join(format!("{}.pem", der.file_stem().unwrap().to_string_lossy()));
-        openssl(&["x509", "-inform", "DER", "-in", der.to_str().unwrap(), "-out", out.to_str().unwrap()]);
-        out.to_string_lossy().into_owned()
-    };
+    let pem = |der: &Path| write_pem(&der.with_extension("pem"), "CERTIFICATE", &std::fs::read(der).unwrap());
     let (root_pem, issuing_pem) = (pem(&root), pem(&issuing));
     let verified = openssl(&["verify", "-CAfile", &root_pem, &issuing_pem]);
     assert!(verified.contains(": OK"), "{verified}");
@@ -154,16 +99,11 @@ fn serve_publishes_a_working_ca_and_keeps_it_across_restarts() {
     }
     // The HTTPS certificate chains to the root and names the loopback addresses (curl checked the
     // IP address against it already).
-    let tls_pem = dir.path().join("tls.pem");
-    openssl(&[
-        "x509",
-        "-inform",
-        "DER",
-        "-in",
-        data.join("ca/tls.crt").to_str().unwrap(),
-        "-out",
-        tls_pem.to_str().unwrap(),
-    ]);
+    let tls_pem = write_pem(
+        &dir.path().join("tls.pem"),
+        "CERTIFICATE",
+        &std::fs::read(data.join("ca/tls.crt")).unwrap(),
+    );
     let verified = openssl(&[
         "verify",
         "-purpose",
@@ -172,17 +112,16 @@ fn serve_publishes_a_working_ca_and_keeps_it_across_restarts() {
         "127.0.0.1",
         "-CAfile",
         chain.to_str().unwrap(),
-        tls_pem.to_str().unwrap(),
+        &tls_pem,
     ]);
     assert!(verified.contains(": OK"), "{verified}");
     let tls_before = std::fs::read(data.join("ca/tls.crt")).unwrap();
 
     // A restart reuses the CA and the still-young TLS certificate.
-    let mut server = start_server(&data, port);
+    let server = start_server(&data, port);
     let again = dir.path().join("ca2.der");
     fetch(&data, &format!("{base}/pki/ca.crt"), &again);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.stop();
     assert_eq!(std::fs::read(&issuing).unwrap(), std::fs::read(&again).unwrap());
     assert_eq!(std::fs::read(data.join("ca/tls.crt")).unwrap(), tls_before);
 }
@@ -262,12 +201,12 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
     // The PKI endpoints also on plain HTTP, as relying parties expect, and named in certificates.
     let pki_port = free_port();
     let pki_base = format!("http://127.0.0.1:{pki_port}");
-    let (mut server, password) = start_server_with_password(
+    let server = start_server_with(
         &data,
         port,
         &[("LANYARD_PKI_LISTEN", &format!("127.0.0.1:{pki_port}")), ("LANYARD_PKI_URL", &pki_base)],
     );
-    let password = password.expect("no bootstrap password on the first start");
+    let password = server.bootstrap_password.clone().expect("no bootstrap password on the first start");
     let base = format!("https://127.0.0.1:{port}");
     let config = d.join("cli/cli.json");
 
@@ -403,9 +342,8 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
     fetch(&data, &format!("{base}/pki/root.crt"), &root);
     fetch(&data, &format!("{base}/pki/ca.crt"), &issuing);
     let pem = |der: &Path| {
-        let out = der.with_extension("pem");
-        openssl(&["x509", "-inform", "DER", "-in", der.to_str().unwrap(), "-out", out.to_str().unwrap()]);
-        std::fs::read_to_string(out).unwrap()
+        write_pem(&der.with_extension("pem"), "CERTIFICATE", &std::fs::read(der).unwrap());
+        lanyard_testkit::pem("CERTIFICATE", &std::fs::read(der).unwrap())
     };
     let chain = d.join("chain.pem");
     std::fs::write(&chain, format!("{}{}", pem(&issuing), pem(&root))).unwrap();
@@ -437,8 +375,7 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
     let t = text(&o);
     assert!(t.contains("server answered 409") && t.contains("(operation id "), "{t}");
 
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.stop();
 }
 
 #[test]
@@ -447,10 +384,7 @@ fn the_ca_key_algorithm_comes_from_the_configuration() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let port = free_port();
-        let (mut server, _) =
-            start_server_with_password(&data, port, &[("LANYARD_CA_KEY_ALGORITHM", setting)]);
-        server.kill().unwrap();
-        server.wait().unwrap();
+        start_server_with(&data, port, &[("LANYARD_CA_KEY_ALGORITHM", setting)]).stop();
         for cert in ["root.crt", "issuing.crt"] {
             let path = data.join("ca").join(cert);
             let text = openssl(&["x509", "-inform", "DER", "-in", path.to_str().unwrap(), "-noout", "-text"]);
@@ -568,9 +502,9 @@ fn init_runs_once_per_database_and_serve_initialises_only_a_fresh_embedded_defau
     // The embedded default on an empty directory initialises itself, through the same code.
     let b = dir.path().join("b");
     let port = free_port();
-    let (mut server, password) = start_server_with_password(&b, port, &[]);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    let server = start_server(&b, port);
+    let password = server.bootstrap_password.clone();
+    server.stop();
     assert!(password.is_some(), "serve on a fresh data directory made no administrator");
     let t = text(&run_to_exit(&["init"], &[("LANYARD_DATA_DIR", b.to_str().unwrap())]));
     assert!(t.contains("initialised already") && t.contains(&root_fingerprint(&b)), "{t}");
