@@ -10,13 +10,19 @@
 //! transaction; the caller records the result in a unit of work that re-checks the device (see
 //! `Operator::record_certificate` and `System::record_issued` in `lanyard-core`).
 //!
+//! [`session`] drives a card session over an [`AgentLink`]: personalization (whose certificates
+//! come from the same rules), rollback, wipe and PIN unblock, each step recorded so a broken
+//! session resumes or rolls back.
+//!
 //! [`status`] maps a credential's lifecycle state to what OCSP and the CRL say about it.
 
 pub mod card;
 pub mod rules;
 pub mod service;
+pub mod session;
 pub mod status;
 
 pub use card::{CARD_VALIDITY_DAYS, card_expiry, chuid_expiration, fasc_n};
 pub use rules::{Channel, Enrolment, IssuanceError, Plan, Signed, plan, sign};
 pub use service::{EnrolError, sign_for_operator};
+pub use session::{AgentLink, Authority, CardSession, PinAnswer, SessionError};
