@@ -99,6 +99,19 @@ async fn setup_with(pin_timeout: std::time::Duration) -> App {
 }
 
 impl App {
+    /// Frees the policy's device allowance for another round: the device is suspended and
+    /// loses its holder.
+    async fn free_allowance(&self, device: DeviceId) {
+        let (status, body) =
+            self.call("POST", &format!("/api/v1/devices/{device}/suspend"), &self.operator, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut tx = self.db.begin().await.unwrap();
+        let mut d = tx.get_device(device).await.unwrap().unwrap();
+        d.owner = None;
+        tx.update_device(&d).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
     async fn call(&self, method: &str, uri: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
         let req =
             Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {token}"));
@@ -386,15 +399,7 @@ async fn a_session_cut_at_any_batch_resumes_to_the_same_card() {
         let resume = app.ticket(&job, "run").await;
         assert_eq!(relay(&app, &resume, &mut card, None, Some(NEW_PIN)).await, End::Done("active".into()));
         assert_issued(&app, device, &mut card, NEW_PIN, DeviceState::Active).await;
-        // Free the policy's device allowance for the next round.
-        let (status, body) =
-            app.call("POST", &format!("/api/v1/devices/{device}/suspend"), &app.operator, None).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let mut tx = app.db.begin().await.unwrap();
-        let mut d = tx.get_device(device).await.unwrap().unwrap();
-        d.owner = None;
-        tx.update_device(&d).await.unwrap();
-        tx.commit().await.unwrap();
+        app.free_allowance(device).await;
     }
 }
 
@@ -815,14 +820,6 @@ async fn a_pin_typed_after_the_deadline_never_reaches_the_card() {
         assert_eq!(status, StatusCode::OK, "{body}");
         let initial = body["initial_pin"].as_str().unwrap();
         assert_issued(&app, device, &mut card, initial, DeviceState::Active).await;
-        // Free the policy's device allowance for the next round.
-        let (status, body) =
-            app.call("POST", &format!("/api/v1/devices/{device}/suspend"), &app.operator, None).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let mut tx = app.db.begin().await.unwrap();
-        let mut d = tx.get_device(device).await.unwrap().unwrap();
-        d.owner = None;
-        tx.update_device(&d).await.unwrap();
-        tx.commit().await.unwrap();
+        app.free_allowance(device).await;
     }
 }
