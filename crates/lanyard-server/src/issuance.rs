@@ -21,13 +21,13 @@ use lanyard_core::lifecycle::{DeviceAction, DeviceState};
 use lanyard_core::model::{
     CertSlot, Credential, Device, Job, JobState, KeyAlgorithm, Policy, StepOutcome, User,
 };
-use lanyard_core::personalize::{
-    Checkpoint, Engine, GeneratedKey, Input, IssuancePlan, Rollback, RollbackStep, SlotPlan, Step,
-};
 use lanyard_core::repo::Repo;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::{CardSecrets, Kek};
 use lanyard_issuance::{Channel, Enrolment, IssuanceError};
+use lanyard_personalize::{
+    Checkpoint, Engine, GeneratedKey, Input, IssuancePlan, Rollback, RollbackStep, SlotPlan, Step,
+};
 use lanyard_piv::apdu::{Command, Response as CardResponse};
 use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
 use lanyard_piv::objects::ChuidIssuance;
