@@ -11,7 +11,6 @@
 //!   tokens.
 //! - [`lifecycle`]: the transition tables and [`lifecycle::apply_device`] /
 //!   [`lifecycle::apply_credential`].
-//! - [`personalize`]: the sans-IO issuance engine ([`personalize::Engine`]) and card rollback.
 //! - [`password`]: argon2id password hashes for local accounts and login checks.
 //! - [`secrets`]: [`secrets::CardSecrets`], [`secrets::Kek`], token hashes.
 //! - [`audit`]: events, canonical encoding, chain sealing and verification.
@@ -32,7 +31,6 @@ pub mod installation;
 pub mod lifecycle;
 pub mod model;
 pub mod password;
-pub mod personalize;
 pub mod repo;
 pub mod secrets;
 #[cfg(any(test, feature = "testing"))]

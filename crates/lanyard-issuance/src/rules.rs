@@ -8,7 +8,7 @@ use lanyard_ca::{
 };
 use lanyard_core::lifecycle::{CredentialState, DeviceState};
 use lanyard_core::model::{CertSlot, CredentialKind, Device, KeyAlgorithm, Policy, User};
-use lanyard_core::personalize::Attestation;
+use lanyard_personalize::Attestation;
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 

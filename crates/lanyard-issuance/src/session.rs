@@ -16,12 +16,12 @@ use lanyard_core::lifecycle::{DeviceAction, DeviceState};
 use lanyard_core::model::{
     CertSlot, Credential, Device, Job, JobKind, JobState, KeyAlgorithm, PinRules, Policy, StepOutcome, User,
 };
-use lanyard_core::personalize::{
-    Checkpoint, Engine, GeneratedKey, Input, IssuancePlan, Rollback, RollbackStep, SlotPlan, Step,
-};
 use lanyard_core::repo::Repo;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::{CardSecrets, Kek};
+use lanyard_personalize::{
+    Checkpoint, Engine, GeneratedKey, Input, IssuancePlan, Rollback, RollbackStep, SlotPlan, Step,
+};
 use lanyard_piv::apdu::{Command, Response};
 use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
 use lanyard_piv::objects::ChuidIssuance;

@@ -102,8 +102,8 @@ pub struct Job {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
-    /// Where the card session got to, as the personalization engine's checkpoint (JSON, no
-    /// secrets); `None` before the first step.
+    /// Where the card session got to, as the personalization engine's checkpoint
+    /// (`lanyard_personalize::Checkpoint` as JSON, no secrets); `None` before the first step.
     pub checkpoint: Option<serde_json::Value>,
     /// How many times the stored row has been written. Every update is conditional on it, so a
     /// writer holding an older copy is refused (`StoreError::Stale`) instead of undoing a newer

@@ -41,8 +41,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::macros::serde_hex;
-
 /// The factory PIN and PUK of PIV applets that have them (YubiKey, the software card).
 const FACTORY_PIN: &[u8] = b"123456";
 const FACTORY_PUK: &[u8] = b"12345678";
@@ -297,10 +295,10 @@ impl Input {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attestation {
     /// The certificate ATTEST returned, signed by the card's F9 key.
-    #[serde(with = "serde_hex")]
+    #[serde(with = "hex::serde")]
     pub attestation_cert_der: Vec<u8>,
     /// The F9 certificate (5FFF01), signed by the vendor's attestation CA.
-    #[serde(with = "serde_hex")]
+    #[serde(with = "hex::serde")]
     pub f9_cert_der: Vec<u8>,
 }
 
@@ -375,7 +373,7 @@ pub enum EngineError {
 pub struct CheckpointKey {
     pub slot: u8,
     pub algorithm: u8,
-    #[serde(with = "serde_hex")]
+    #[serde(with = "hex::serde")]
     pub spki_der: Vec<u8>,
     pub attestation: Option<Attestation>,
 }
@@ -384,7 +382,7 @@ pub struct CheckpointKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointCertificate {
     pub slot: u8,
-    #[serde(with = "serde_hex")]
+    #[serde(with = "hex::serde")]
     pub der: Vec<u8>,
 }
 
