@@ -1,0 +1,246 @@
+//! Card sessions (jobs): starting issuance, following a job, agent tickets, and the sessions
+//! started on an existing card (unlock, wipe, replace).
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use lanyard_core::ids::DeviceId;
+use lanyard_core::lifecycle::RevocationReason;
+use lanyard_core::model::Device;
+use lanyard_core::repo::Repo;
+use serde::{Deserialize, Serialize};
+
+use super::device_id;
+use crate::auth::Auth;
+use crate::{ApiError, AppState};
+
+/// A card session as the API shows it (no ticket hash).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct JobView {
+    id: lanyard_core::ids::JobId,
+    device: DeviceId,
+    #[schema(value_type = String)]
+    kind: lanyard_core::model::JobKind,
+    #[schema(value_type = String)]
+    state: lanyard_core::model::JobState,
+    /// The step log, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    steps: Vec<lanyard_core::model::JobStep>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: time::OffsetDateTime,
+}
+
+impl From<lanyard_core::model::Job> for JobView {
+    fn from(j: lanyard_core::model::Job) -> Self {
+        Self {
+            id: j.id,
+            device: j.device,
+            kind: j.kind,
+            state: j.state,
+            steps: j.steps,
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BeginIssuanceRequest {
+    /// `smart_card` or `usb_key`.
+    kind: String,
+    /// The model the agent reported; the group policy lists the accepted ones.
+    model: String,
+    #[serde(default)]
+    serial: Option<String>,
+}
+
+/// A started card session: the device, the job and the one-time ticket for the agent.
+#[derive(Serialize, utoipa::ToSchema)]
+struct StartedJob {
+    device: Device,
+    job: JobView,
+    /// Hand this to the agent (`x-lanyard-ticket`); it works once, for 10 minutes.
+    ticket: String,
+}
+
+fn job_id(raw: &str) -> Result<lanyard_core::ids::JobId, ApiError> {
+    raw.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))
+}
+
+fn issuance_enabled<R>(s: &AppState<R>) -> Result<(), ApiError> {
+    crate::issuance::config(s).map(drop)
+}
+
+#[utoipa::path(post, path = "/api/v1/issuance", tag = "issuance", request_body = BeginIssuanceRequest,
+    responses((status = 201, body = StartedJob), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// A cardholder starts issuing a card they hold in a reader: the policy is checked (may add a
+/// device, how many, which models), the device and job are created, and a ticket is returned.
+pub(super) async fn begin_issuance<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    body: Result<Json<BeginIssuanceRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let me = auth.principal.self_service()?;
+    issuance_enabled(&s)?;
+    let Json(req) = body?;
+    let kind = req.kind.trim().parse().map_err(|e| ApiError::bad_request(format!("kind: {e}")))?;
+    let card = lanyard_core::authz::CardInfo {
+        kind,
+        model: req.model.trim().to_owned(),
+        serial: req.serial.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+    };
+    let repo = s.repo.as_ref();
+    let (device, job) = me.begin_issuance(repo, card).await?;
+    let (job, ticket) = me
+        .job_ticket(repo, job.id, lanyard_core::authz::TicketPurpose::Run, crate::issuance::TICKET_TTL)
+        .await?;
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok((StatusCode::CREATED, Json(StartedJob { device, job: job.into(), ticket })).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "issuance", params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+/// A card session: operators see any; a holder sees those of their own devices.
+pub(super) async fn job<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = job_id(&id)?;
+    let repo = s.repo.as_ref();
+    let job = match auth.principal.operator() {
+        Ok(op) => op.job(repo, id).await?,
+        Err(_) => auth.principal.self_service()?.job(repo, id).await?,
+    };
+    Ok(Json(job.into()))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TicketRequest {
+    /// `run` (start or resume; the default) or `rollback` (reset the card of a failed job).
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+/// A new agent ticket for a job.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct JobTicket {
+    job: JobView,
+    ticket: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/ticket", tag = "issuance", params(("id" = String, Path, description = "job id")),
+    request_body = TicketRequest,
+    responses((status = 200, body = JobTicket), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// A new one-time agent ticket to start, resume or roll back a job.
+pub(super) async fn job_ticket<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<TicketRequest>, JsonRejection>,
+) -> Result<Json<JobTicket>, ApiError> {
+    use lanyard_core::authz::TicketPurpose;
+    issuance_enabled(&s)?;
+    let id = job_id(&id)?;
+    let Json(req) = body?;
+    let purpose = match req.purpose.as_deref().map(str::trim) {
+        None | Some("run") => TicketPurpose::Run,
+        Some("rollback") => TicketPurpose::Rollback,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("purpose: {other:?} (expected run or rollback)")));
+        }
+    };
+    let repo = s.repo.as_ref();
+    let ttl = crate::issuance::TICKET_TTL;
+    let (job, ticket) = match auth.principal.operator() {
+        Ok(op) => op.job_ticket(repo, id, purpose, ttl).await?,
+        Err(_) => auth.principal.self_service()?.job_ticket(repo, id, purpose, ttl).await?,
+    };
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok(Json(JobTicket { job: job.into(), ticket }))
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/unlock", tag = "issuance", params(("id" = String, Path, description = "device id")),
+    responses((status = 201, body = JobTicket), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Starts unblocking a card's PIN (operators: any card; holders: their own). The agent at the
+/// card redeems the ticket; the server sends RESET RETRY COUNTER's PUK, the holder types the new
+/// PIN at the agent.
+pub(super) async fn unlock_pin<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    issuance_enabled(&s)?;
+    let id = device_id(&id)?;
+    let repo = s.repo.as_ref();
+    let ttl = crate::issuance::TICKET_TTL;
+    let (job, ticket) = match auth.principal.operator() {
+        Ok(op) => op.start_unlock(repo, id, ttl).await?,
+        Err(_) => auth.principal.self_service()?.start_unlock(repo, id, ttl).await?,
+    };
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok((StatusCode::CREATED, Json(JobTicket { job: job.into(), ticket })).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/wipe", tag = "issuance", params(("id" = String, Path, description = "device id")),
+    responses((status = 201, body = JobTicket), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Operators start wiping a terminated or failed card: the agent at the card resets it (after the
+/// server checks its CHUID is this device's) and the device returns to stock.
+pub(super) async fn wipe_device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let op = auth.principal.operator()?;
+    issuance_enabled(&s)?;
+    let (job, ticket) = op.start_wipe(s.repo.as_ref(), device_id(&id)?, crate::issuance::TICKET_TTL).await?;
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok((StatusCode::CREATED, Json(JobTicket { job: job.into(), ticket })).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplaceRequest {
+    /// Why the old card goes (an RFC 5280 reason name, e.g. `superseded`, `key_compromise`).
+    reason: String,
+    /// The new card: `smart_card` or `usb_key`.
+    kind: String,
+    model: String,
+    #[serde(default)]
+    serial: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/replace", tag = "issuance", params(("id" = String, Path, description = "the card being replaced")),
+    request_body = ReplaceRequest,
+    responses((status = 201, body = StartedJob), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Operators replace a holder's card: the old one is revoked, a new one starts issuance with a
+/// `replaces` link, and the ticket goes to the agent at the new card.
+pub(super) async fn replace_device<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<ReplaceRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let op = auth.principal.operator()?;
+    issuance_enabled(&s)?;
+    let old = device_id(&id)?;
+    let Json(req) = body?;
+    let reason =
+        req.reason.parse::<RevocationReason>().map_err(|e| ApiError::bad_request(format!("reason: {e}")))?;
+    let kind = req.kind.trim().parse().map_err(|e| ApiError::bad_request(format!("kind: {e}")))?;
+    let card = lanyard_core::authz::CardInfo {
+        kind,
+        model: req.model.trim().to_owned(),
+        serial: req.serial.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+    };
+    let (device, job, ticket) =
+        op.replace_device(s.repo.as_ref(), old, reason, card, crate::issuance::TICKET_TTL).await?;
+    let ticket = crate::issuance::ticket_string(job.id, &ticket);
+    Ok((StatusCode::CREATED, Json(StartedJob { device, job: job.into(), ticket })).into_response())
+}
