@@ -1,9 +1,14 @@
+use std::collections::BTreeSet;
+
 use super::*;
 use crate::audit::verify_chain;
 use crate::clock::{Clock, ManualClock};
+use crate::ids::{CredentialId, GroupId};
 use crate::lifecycle::CredentialState;
-use crate::model::{CertSlot, CredentialKind, DeviceLink, PolicyErrors};
-use crate::repo::{RetryPolicy, StoreError};
+use crate::model::{
+    CertSlot, CredentialKind, DeviceLink, EnrollmentPurpose, Group, PolicyDenied, PolicyErrors, Username,
+};
+use crate::repo::{AuditQuery, RetryPolicy, StoreError, UserQuery};
 use crate::testing::{MemRepo, block_on};
 
 struct World {

@@ -1,0 +1,247 @@
+//! [`SelfService`]: a cardholder acting on their own devices.
+
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::audit::NewAuditEvent;
+use crate::error::DomainError;
+use crate::ids::{DeviceId, JobId, UserId};
+use crate::lifecycle::{DeviceAction, DeviceState};
+use crate::model::{
+    Credential, Device, DeviceClass, EnrollmentCode, EnrollmentPurpose, Job, JobKind, Policy, PolicyDenied,
+    ValidationError,
+};
+use crate::repo::DeviceQuery;
+use crate::repo::prelude::*;
+
+use super::{
+    ALL, CardInfo, Principal, TicketPurpose, credentials_of, job_of, job_ticket, policy_of, start_unlock,
+    transition,
+};
+
+/// A cardholder acting on their own devices.
+#[derive(Clone, Copy, Debug)]
+pub struct SelfService<'a> {
+    pub(super) p: &'a Principal,
+}
+
+impl SelfService<'_> {
+    fn me(&self) -> UserId {
+        self.p.user.id
+    }
+
+    /// A ticket for the agent to run (or roll back) a job on one of my devices.
+    pub async fn job_ticket<R: Repo>(
+        &self,
+        repo: &R,
+        id: JobId,
+        purpose: TicketPurpose,
+        ttl: time::Duration,
+    ) -> Result<(Job, SecretString), DomainError> {
+        job_ticket(repo, &self.p.acting(), id, Some(self.me()), purpose, ttl).await
+    }
+
+    /// A job on one of my devices.
+    pub async fn job<R: Repo>(&self, repo: &R, id: JobId) -> Result<Job, DomainError> {
+        job_of(repo, id, Some(self.me())).await
+    }
+
+    /// Starts unblocking the PIN of one of my cards; the ticket goes to my agent.
+    pub async fn start_unlock<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        ttl: time::Duration,
+    ) -> Result<(Job, SecretString), DomainError> {
+        start_unlock(repo, &self.p.acting(), self.me(), device, Some(self.me()), ttl).await
+    }
+
+    /// Loads one of my devices; another user's device, or a deleted mobile, is NotFound.
+    async fn mine<T: Tx>(&self, tx: &mut T, id: DeviceId) -> Result<Device, DomainError> {
+        match tx.get_device(id).await? {
+            Some(d) if d.owner == Some(self.me()) && d.state != DeviceState::Deleted => Ok(d),
+            _ => Err(DomainError::not_found("device", id)),
+        }
+    }
+
+    /// My devices (deleted mobiles excluded), ordered by id.
+    pub async fn devices<R: Repo>(&self, repo: &R) -> Result<Vec<Device>, DomainError> {
+        let mut tx = repo.read().await?;
+        let query = DeviceQuery { owner: Some(self.me()), limit: ALL, ..Default::default() };
+        let devices = tx.list_devices(&query).await?;
+        Ok(devices.into_iter().filter(|d| d.state != DeviceState::Deleted).collect())
+    }
+
+    /// One of my devices.
+    pub async fn device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        let mut tx = repo.read().await?;
+        self.mine(&mut tx, id).await
+    }
+
+    /// The credentials on one of my devices.
+    pub async fn credentials<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+    ) -> Result<Vec<Credential>, DomainError> {
+        let mut tx = repo.read().await?;
+        self.mine(&mut tx, device).await?;
+        credentials_of(&mut tx, device).await
+    }
+
+    async fn check_may_add_token<T: Tx>(&self, tx: &mut T, policy: &Policy) -> Result<(), DomainError> {
+        if !policy.may_add_device {
+            return Err(PolicyDenied::AddDeviceDisabled.into());
+        }
+        let query = DeviceQuery { owner: Some(self.me()), limit: ALL, ..Default::default() };
+        let current = tx.list_devices(&query).await?.iter().filter(|d| d.counts_toward_limit()).count();
+        if current >= usize::from(policy.max_devices) {
+            return Err(PolicyDenied::DeviceLimitReached { max: policy.max_devices, current }.into());
+        }
+        Ok(())
+    }
+
+    /// Whether *Add Device* is available to me now (policy and device count); the error says why
+    /// not.
+    pub async fn may_add_device<R: Repo>(&self, repo: &R) -> Result<(), DomainError> {
+        let mut tx = repo.read().await?;
+        let policy = policy_of(&mut tx, &self.p.user).await?;
+        self.check_may_add_token(&mut tx, &policy).await
+    }
+
+    /// Starts issuing a card or USB key to me: checks the policy, claims the stock device for this
+    /// serial (or registers the card), moves it to Issuing and creates the issuance job.
+    pub async fn begin_issuance<R: Repo>(
+        &self,
+        repo: &R,
+        card: CardInfo,
+    ) -> Result<(Device, Job), DomainError> {
+        if card.kind.class() != DeviceClass::Token {
+            return Err(ValidationError::new(
+                "kind",
+                "only smart cards and USB keys are issued through a reader",
+            )
+            .into());
+        }
+        let who = self.p.acting();
+        let who = &who;
+        let card = &card;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let policy = policy_of(&mut tx, &self.p.user).await?;
+            self.check_may_add_token(&mut tx, &policy).await?;
+            if !policy.accepts_card_model(&card.model) {
+                return Err(PolicyDenied::CardModelNotAccepted(card.model.clone()).into());
+            }
+            let existing = match &card.serial {
+                Some(serial) => tx.get_device_by_serial(&card.model, serial).await?,
+                None => None,
+            };
+            let device = match existing {
+                Some(d) if d.state == DeviceState::Available && d.owner.is_none() => d,
+                Some(d) => {
+                    return Err(DomainError::Conflict(format!(
+                        "this card is already registered and is {}; an operator must recycle it first",
+                        d.state
+                    )));
+                }
+                None => {
+                    let mut d = Device::new(card.kind, card.model.clone(), who.at)?;
+                    d.serial = card.serial.clone();
+                    d.validate()?;
+                    tx.insert_device(&d).await?;
+                    d
+                }
+            };
+            let mut device = device;
+            device.owner = Some(self.me());
+            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
+            let job = Job::new(JobKind::Issuance, device.id, Some(self.me()), who.at);
+            tx.insert_job(&job).await?;
+            tx.commit().await?;
+            Ok((device, job))
+        })
+        .await
+    }
+
+    /// The holder finished *Change PIN*: a Pending card of mine becomes Active.
+    pub async fn confirm_pin_changed<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = self.mine(&mut tx, id).await?;
+            let device = transition(&mut tx, device, DeviceAction::Activate, &self.p.acting()).await?;
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
+    }
+
+    /// Issues a one-time enrollment code (QR code / URL) for adding a mobile, valid for `ttl`.
+    /// Returns the code to show once.
+    pub async fn start_mobile_enrollment<R: Repo>(
+        &self,
+        repo: &R,
+        purpose: EnrollmentPurpose,
+        ttl: time::Duration,
+    ) -> Result<(EnrollmentCode, secrecy::SecretString), DomainError> {
+        let who = self.p.acting();
+        let who = &who;
+        let purpose = &purpose;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let policy = policy_of(&mut tx, &self.p.user).await?;
+            if !policy.may_add_mobile {
+                return Err(PolicyDenied::AddMobileDisabled.into());
+            }
+            if let EnrollmentPurpose::DerivedPiv { sponsor } = &purpose {
+                match sponsor {
+                    Some(card) => {
+                        let card = self.mine(&mut tx, *card).await?;
+                        if card.state != DeviceState::Active || card.class() != DeviceClass::Token {
+                            return Err(DomainError::Conflict(
+                                "the sponsor card must be an active card of yours".into(),
+                            ));
+                        }
+                    }
+                    None if policy.derived_piv_requires_sponsor => {
+                        return Err(ValidationError::new(
+                            "sponsor",
+                            "your group's policy requires a sponsor card",
+                        )
+                        .into());
+                    }
+                    None => {}
+                }
+            }
+            let (code, secret) = EnrollmentCode::issue(self.me(), purpose.clone(), ttl, who.at)?;
+            tx.insert_enrollment_code(&code).await?;
+            let event =
+                NewAuditEvent::new(who.at, who.actor.clone(), "enrollment_code.issue", &who.operation_id)
+                    .target(format!("enrollment_code:{}", code.id))
+                    .after(json!({"purpose": code.purpose, "expires_at": code.expires_at.unix_timestamp()}));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok((code, secret))
+        })
+        .await
+    }
+
+    /// *Delete Mobile*: revokes the mobile's certificates and removes it.
+    pub async fn delete_mobile<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = self.mine(&mut tx, id).await?;
+            if device.class() != DeviceClass::Mobile {
+                return Err(ValidationError::new(
+                    "device",
+                    "only mobiles can be deleted; ask an operator about cards",
+                )
+                .into());
+            }
+            let device = transition(&mut tx, device, DeviceAction::Delete, &self.p.acting()).await?;
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
+    }
+}

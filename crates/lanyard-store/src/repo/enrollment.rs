@@ -1,0 +1,101 @@
+//! One-time enrollment codes for mobiles.
+
+use lanyard_core::ids::DeviceId;
+use lanyard_core::model::{EnrollmentCode, EnrollmentPurpose};
+use lanyard_core::repo::{EnrollmentCodeRepo, StoreError};
+use lanyard_core::secrets::TokenHash;
+use time::OffsetDateTime;
+
+use super::{clamped_nanos, found, id, opt_id};
+use crate::rows::{Cols, Reader};
+use crate::sql::{Query, nanos, opt_nanos};
+use crate::tx::StoreTx;
+
+macro_rules! code_cols {
+    () => {
+        "id, user_id, purpose, sponsor_id, code_hash, created_at, expires_at, used_at"
+    };
+}
+
+const MOBILE_PROFILE: &str = "mobile_profile";
+const DERIVED_PIV: &str = "derived_piv";
+
+fn decode_code(row: &dyn Cols) -> Result<EnrollmentCode, StoreError> {
+    let r = Reader::new(row, "enrollment_codes", "id");
+    let sponsor: Option<DeviceId> = r.opt_parse("sponsor_id")?;
+    let purpose = match r.text("purpose")?.as_str() {
+        MOBILE_PROFILE if sponsor.is_none() => EnrollmentPurpose::MobileProfile,
+        MOBILE_PROFILE => return Err(r.corrupt("sponsor_id", "set on a mobile_profile code")),
+        DERIVED_PIV => EnrollmentPurpose::DerivedPiv { sponsor },
+        other => return Err(r.corrupt("purpose", format!("unknown enrollment purpose {other:?}"))),
+    };
+    Ok(EnrollmentCode {
+        id: r.parse("id")?,
+        user: r.parse("user_id")?,
+        purpose,
+        code_hash: TokenHash::from_bytes(r.array("code_hash")?),
+        created_at: r.time("created_at")?,
+        expires_at: r.time("expires_at")?,
+        used_at: r.opt_time("used_at")?,
+    })
+}
+
+impl EnrollmentCodeRepo for StoreTx {
+    async fn insert_enrollment_code(&mut self, code: &EnrollmentCode) -> Result<(), StoreError> {
+        let (purpose, sponsor) = match &code.purpose {
+            EnrollmentPurpose::MobileProfile => (MOBILE_PROFILE, None),
+            EnrollmentPurpose::DerivedPiv { sponsor } => (DERIVED_PIV, *sponsor),
+        };
+        let q = Query::new(
+            concat!(
+                "INSERT INTO enrollment_codes (",
+                code_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+            vec![
+                id(code.id),
+                id(code.user),
+                purpose.into(),
+                opt_id(sponsor),
+                code.code_hash.as_bytes().as_slice().into(),
+                nanos("enrollment_codes.created_at", code.created_at)?.into(),
+                nanos("enrollment_codes.expires_at", code.expires_at)?.into(),
+                opt_nanos("enrollment_codes.used_at", code.used_at)?.into(),
+            ],
+        );
+        self.begin_call().await?;
+        let result = self.execute(q).await.map(drop);
+        self.end_call(result).await
+    }
+
+    async fn get_enrollment_code_by_hash(
+        &mut self,
+        hash: &TokenHash,
+    ) -> Result<Option<EnrollmentCode>, StoreError> {
+        let q = Query::new(
+            concat!("SELECT ", code_cols!(), " FROM enrollment_codes WHERE code_hash = $1"),
+            vec![hash.as_bytes().as_slice().into()],
+        );
+        self.fetch_optional(q, decode_code).await
+    }
+
+    async fn update_enrollment_code(&mut self, code: &EnrollmentCode) -> Result<(), StoreError> {
+        let q = Query::new(
+            "UPDATE enrollment_codes SET used_at = $2 WHERE id = $1",
+            vec![id(code.id), opt_nanos("enrollment_codes.used_at", code.used_at)?.into()],
+        );
+        self.begin_call().await?;
+        let result = self.execute(q).await.and_then(found);
+        self.end_call(result).await
+    }
+
+    async fn delete_expired_enrollment_codes(&mut self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let q = Query::new(
+            "DELETE FROM enrollment_codes WHERE expires_at < $1",
+            vec![clamped_nanos(before).into()],
+        );
+        self.begin_call().await?;
+        let result = self.execute(q).await;
+        self.end_call(result).await
+    }
+}
