@@ -19,12 +19,17 @@ pub fn chuid_expiration(expires: OffsetDateTime) -> String {
     format!("{:04}{:02}{:02}", expires.year(), u8::from(expires.month()), expires.day())
 }
 
-/// The card's FASC-N. Lanyard is not a federal issuer: agency and system code 9999 ("not a
-/// federal credential") and a credential number derived from the device id, so each card's is
-/// distinct while the card UUID remains the identifier that matters.
+/// The card's FASC-N. Lanyard is not a federal issuer: agency code 9999 ("not a federal
+/// credential"), and system code and credential number — the rest of the 14-digit FASC-N
+/// identifier — are ten digits derived from the device id. Two cards share them only by chance
+/// (about 1 in 20 000 among 1 000 cards, even odds near 120 000 cards): the card UUID
+/// remains the identifier that matters; a FASC-N a relying party must find unique needs a number
+/// allocated by the database.
 pub fn fasc_n(device: DeviceId) -> Result<FascN, ObjectError> {
-    let n = u128::from_be_bytes(*device.as_uuid().as_bytes()) % 1_000_000;
-    FascN::with_identifier("9999", "9999", &format!("{n:06}"))
+    let n = u128::from_be_bytes(*device.as_uuid().as_bytes()) % 10_000_000_000;
+    let digits = format!("{n:010}");
+    let (system, credential) = digits.split_at(4);
+    FascN::with_identifier("9999", system, credential)
 }
 
 #[cfg(test)]
