@@ -631,6 +631,9 @@ pub fn generate_token(bytes: usize) -> Result<(SecretString, TokenHash), Secrets
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
