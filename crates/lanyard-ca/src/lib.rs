@@ -38,7 +38,7 @@ pub use issue::{
     AuthorityUrls, CaUrls, CertificateAuthority, IssueRequest, IssuedCertificate, SanInput, pem,
 };
 pub use keys::{CaSigner, KeyAlgorithm, SoftwareKey};
-pub use name::parse_dn;
+pub use name::{common_name, parse_dn};
 pub use ocsp::{CertStatus, OcspResponder};
 pub use profile::{CertificateProfile, Presence, SanPart};
 pub use store::KeyFileStore;

@@ -58,6 +58,17 @@ pub fn parse_dn(input: &str) -> Result<Name, CaError> {
     Ok(RdnSequence(rdns))
 }
 
+/// The name `CN=<value>` for a value taken verbatim (a person's display name), without going
+/// through RFC 4514 escaping: every character (a backslash, `,`, `+`, a leading `#`) is part
+/// of the value. Encoded and bounded like [`parse_dn`]'s values.
+pub fn common_name(value: &str) -> Result<Name, CaError> {
+    let invalid = |reason: String| CaError::InvalidName { input: format!("CN={value}"), reason };
+    let raw = Any::new(Tag::Utf8String, value.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    let atv = normalise(&AttributeTypeAndValue { oid: CN, value: raw }).map_err(&invalid)?;
+    let rdn = RelativeDistinguishedName::try_from(vec![atv]).map_err(|e| invalid(e.to_string()))?;
+    Ok(RdnSequence(vec![rdn]))
+}
+
 fn normalise(atv: &AttributeTypeAndValue) -> Result<AttributeTypeAndValue, String> {
     let text: &str = match atv.value.tag() {
         Tag::Utf8String => Utf8StringRef::try_from(&atv.value).map_err(|e| e.to_string())?.as_str(),
@@ -98,6 +109,25 @@ fn normalise(atv: &AttributeTypeAndValue) -> Result<AttributeTypeAndValue, Strin
 mod tests {
     use super::*;
     use der::Encode;
+
+    #[test]
+    fn a_common_name_is_taken_verbatim() {
+        for value in [r"O'Brien, Pat", r"#1 \ fan+co", "Zoë Ünal"] {
+            let n = common_name(value).unwrap();
+            let atv = n.0[0].0.iter().next().unwrap();
+            assert_eq!(atv.oid, CN);
+            let text = match atv.value.tag() {
+                Tag::PrintableString => PrintableStringRef::try_from(&atv.value).unwrap().as_str(),
+                _ => Utf8StringRef::try_from(&atv.value).unwrap().as_str(),
+            };
+            assert_eq!(text, value);
+        }
+        assert_eq!(
+            common_name("Jane Doe").unwrap().0[0].0.iter().next().unwrap().value.tag(),
+            Tag::PrintableString
+        );
+        assert!(common_name(&"x".repeat(65)).unwrap_err().to_string().contains("longer than 64"));
+    }
 
     #[test]
     fn printable_where_possible() {

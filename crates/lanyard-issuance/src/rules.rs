@@ -4,7 +4,7 @@
 use der::Decode;
 use lanyard_ca::{
     CertificateAuthority, CertificateProfile, IssueRequest, Name, Presence, SanInput, SoftwareKey,
-    SubjectPublicKeyInfoOwned, parse_dn,
+    SubjectPublicKeyInfoOwned, common_name,
 };
 use lanyard_core::lifecycle::{CredentialState, DeviceState};
 use lanyard_core::model::{CertSlot, CredentialKind, Device, KeyAlgorithm, Policy, User};
@@ -129,18 +129,6 @@ fn key_algorithm(spki: &SubjectPublicKeyInfoOwned) -> Result<KeyAlgorithm, Strin
     })
 }
 
-/// Escapes a display name for use as an RDN value in `parse_dn`'s syntax.
-fn dn_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// Applies the rules. Pure: reads nothing, signs nothing.
 pub fn plan(e: &Enrolment<'_>) -> Result<Plan, IssuanceError> {
     let device = e.device;
@@ -201,8 +189,8 @@ pub fn plan(e: &Enrolment<'_>) -> Result<Plan, IssuanceError> {
         _ => None,
     };
 
-    let subject = parse_dn(&format!("CN={}", dn_escape(&e.holder.display_name)))
-        .map_err(|err| IssuanceError::Subject(err.to_string()))?;
+    let subject =
+        common_name(&e.holder.display_name).map_err(|err| IssuanceError::Subject(err.to_string()))?;
 
     let mut san = SanInput::default();
     let card_uuid_rule = profile.san.card_uuid;
@@ -422,5 +410,39 @@ mod tests {
             "derived-piv-auth".into();
         let p = plan(&enrolment(&w, CertSlot::DerivedPivAuthentication, CSR)).unwrap();
         assert_eq!(p.cap_not_after, None);
+    }
+
+    /// The value of the subject's only attribute, decoded.
+    fn common_name(name: &Name) -> String {
+        let rdns = &name.0;
+        assert_eq!(rdns.len(), 1, "{name}");
+        let atvs: Vec<_> = rdns[0].0.iter().collect();
+        assert_eq!(atvs.len(), 1, "{name}");
+        assert_eq!(atvs[0].oid.to_string(), "2.5.4.3");
+        let value = &atvs[0].value;
+        match der::asn1::Utf8StringRef::try_from(value) {
+            Ok(v) => v.as_str().to_owned(),
+            Err(_) => der::asn1::PrintableStringRef::try_from(value).unwrap().as_str().to_owned(),
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a valid display name holds (DN specials, a leading `#`, inner spaces,
+        /// non-ASCII), the subject's CN is exactly that name, or the plan says why not.
+        #[test]
+        fn the_subject_is_the_display_name_verbatim(
+            name in r#"[#a-zA-Z0-9 ,+"\\<>;=éß漢-]{1,80}"#
+        ) {
+            let mut w = world(DeviceState::Active);
+            w.holder.display_name = name.clone();
+            proptest::prop_assume!(w.holder.validate().is_ok());
+            match plan(&enrolment(&w, CertSlot::PivAuthentication, CSR)) {
+                Ok(p) => proptest::prop_assert_eq!(common_name(&p.subject), name),
+                Err(IssuanceError::Subject(reason)) => {
+                    proptest::prop_assert!(name.chars().count() > 64, "{name:?}: {reason}")
+                }
+                Err(other) => proptest::prop_assert!(false, "{name:?}: {other}"),
+            }
+        }
     }
 }
