@@ -143,6 +143,16 @@ id_type!(
     "API token id"
 );
 id_type!(
+    /// A one-time code that pairs a workstation agent with its user.
+    PairingCodeId,
+    "pairing code id"
+);
+id_type!(
+    /// A workstation agent paired with a user.
+    AgentId,
+    "agent id"
+);
+id_type!(
     /// One run of a server process: random at each start, it names the holder of card-session
     /// leases (a restarted process is a new instance, so it never mistakes a lease of its
     /// previous life for its own).

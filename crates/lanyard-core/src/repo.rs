@@ -31,7 +31,7 @@
 //! - **Jobs are versioned**: [`JobRepo::update_job`] writes only over the version the caller read
 //!   and answers [`StoreError::Stale`] otherwise, so a session holding an old copy cannot undo a
 //!   concurrent change; [`JobRepo::redeem_job_ticket`] is one conditional update whose success
-//!   the database decides.
+//!   the database decides. [`AgentRepo::redeem_pairing_code`] likewise.
 //! - **Audit**: [`AuditRepo::append_audit`] reads the current head *inside the transaction*,
 //!   seals the event with [`NewAuditEvent::seal`] and inserts it; a concurrent append makes one
 //!   of the two fail with `Retryable` (it sealed against a stale head) rather than fork the
@@ -39,8 +39,8 @@
 //!   at least microsecond precision.
 //! - **Lists** are ordered as each method says, and return at most `limit` rows (a `limit` of 0
 //!   means no rows).
-//! - Secrets arrive already encrypted ([`SealedCardSecrets`]); tokens, sessions, enrollment codes
-//!   and agent tickets arrive as hashes. The store never sees a plaintext secret.
+//! - Secrets arrive already encrypted ([`SealedCardSecrets`]); tokens, sessions, enrollment codes,
+//!   agent tickets, pairing codes and agent credentials arrive as hashes. The store never sees a plaintext secret.
 //! - Every future returned is `Send`, so the server can run operations on a multi-threaded
 //!   runtime.
 
@@ -51,11 +51,11 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, ChainHead, NewAuditEvent};
-use crate::ids::{ApiTokenId, CredentialId, DeviceId, GroupId, InstanceId, JobId, UserId};
+use crate::ids::{AgentId, ApiTokenId, CredentialId, DeviceId, GroupId, InstanceId, JobId, UserId};
 use crate::lifecycle::{CredentialState, DeviceState};
 use crate::model::{
-    ApiToken, Credential, Device, DeviceKind, EnrollmentCode, Group, Job, JobLease, Role, Session, User,
-    Username,
+    Agent, ApiToken, Credential, Device, DeviceKind, EnrollmentCode, Group, Job, JobLease, PairingCode, Role,
+    Session, User, Username,
 };
 use crate::password::UserPassword;
 use crate::secrets::{SealedCardSecrets, TokenHash};
@@ -64,8 +64,8 @@ use crate::secrets::{SealedCardSecrets, TokenHash};
 /// `R::Tx` are only callable with their traits in scope).
 pub mod prelude {
     pub use super::{
-        ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo, InstallationRepo,
-        JobRepo, PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo, retry,
+        AgentRepo, ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo,
+        InstallationRepo, JobRepo, PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo, retry,
     };
 }
 
@@ -226,6 +226,7 @@ pub trait Tx:
     + SessionRepo
     + PasswordRepo
     + InstallationRepo
+    + AgentRepo
     + Send
 {
     /// Makes every write of this unit durable, atomically.
@@ -517,4 +518,40 @@ pub trait InstallationRepo: Send {
         &mut self,
         installation: &crate::installation::Installation,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Workstation agents and the one-time codes that pair them (hashes only).
+pub trait AgentRepo: Send {
+    fn insert_pairing_code(
+        &mut self,
+        code: &PairingCode,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_pairing_code(
+        &mut self,
+        id: crate::ids::PairingCodeId,
+    ) -> impl Future<Output = Result<Option<PairingCode>, StoreError>> + Send;
+    /// Uses a pairing code up in ONE conditional update: only if a code with this hash exists,
+    /// has not been used and has not expired at `at`, its `used_at` becomes `at`. Returns the code
+    /// as stored afterwards, or `None` when the update matched no row: of two concurrent
+    /// redemptions at most one gets `Some`.
+    fn redeem_pairing_code(
+        &mut self,
+        hash: &TokenHash,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<PairingCode>, StoreError>> + Send;
+    /// Removes codes that expired before `before` (used or not); returns how many.
+    fn delete_expired_pairing_codes(
+        &mut self,
+        before: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn insert_agent(&mut self, agent: &Agent) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_agent(&mut self, id: AgentId) -> impl Future<Output = Result<Option<Agent>, StoreError>> + Send;
+    fn get_agent_by_credential(
+        &mut self,
+        hash: &TokenHash,
+    ) -> impl Future<Output = Result<Option<Agent>, StoreError>> + Send;
+    /// A user's agents (revoked ones included), ordered by creation time, then id.
+    fn list_agents(&mut self, user: UserId) -> impl Future<Output = Result<Vec<Agent>, StoreError>> + Send;
+    /// Stores `last_seen_at` and `revoked_at` (the only fields that change).
+    fn update_agent(&mut self, agent: &Agent) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

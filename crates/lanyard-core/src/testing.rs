@@ -18,9 +18,12 @@ use std::task::{Context, Poll, Waker};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, ChainHead, NewAuditEvent};
-use crate::ids::{ApiTokenId, CredentialId, DeviceId, EnrollmentCodeId, GroupId, InstanceId, JobId, UserId};
+use crate::ids::{
+    AgentId, ApiTokenId, CredentialId, DeviceId, EnrollmentCodeId, GroupId, InstanceId, JobId, UserId,
+};
 use crate::model::{
-    ApiToken, Credential, Device, EnrollmentCode, Group, Job, JobLease, JobState, Session, User, Username,
+    Agent, ApiToken, Credential, Device, EnrollmentCode, Group, Job, JobLease, JobState, PairingCode,
+    Session, User, Username,
 };
 use crate::password::UserPassword;
 use crate::repo::*;
@@ -54,6 +57,8 @@ pub struct MemData {
     pub sessions: Vec<Session>,
     pub passwords: BTreeMap<UserId, UserPassword>,
     pub installation: Option<crate::installation::Installation>,
+    pub pairing_codes: BTreeMap<crate::ids::PairingCodeId, PairingCode>,
+    pub agents: BTreeMap<AgentId, Agent>,
 }
 
 #[derive(Debug, Default)]
@@ -607,6 +612,68 @@ impl InstallationRepo for MemTx {
         }
         self.write().installation = Some(installation.clone());
         ready(Ok(()))
+    }
+}
+
+impl AgentRepo for MemTx {
+    fn insert_pairing_code(&mut self, code: &PairingCode) -> Fut<()> {
+        if self.data.pairing_codes.values().any(|c| c.code_hash == code.code_hash) {
+            return ready(Err(StoreError::Conflict("pairing_codes.code_hash already exists".into())));
+        }
+        ready(insert(&mut self.write().pairing_codes, code.id, code.clone(), "pairing code"))
+    }
+
+    fn get_pairing_code(&mut self, id: crate::ids::PairingCodeId) -> Fut<Option<PairingCode>> {
+        ready(Ok(self.data.pairing_codes.get(&id).cloned()))
+    }
+
+    fn redeem_pairing_code(&mut self, hash: &TokenHash, at: OffsetDateTime) -> Fut<Option<PairingCode>> {
+        let found = self
+            .data
+            .pairing_codes
+            .values()
+            .find(|c| &c.code_hash == hash && c.used_at.is_none() && at < c.expires_at)
+            .cloned();
+        let Some(mut code) = found else { return ready(Ok(None)) };
+        code.used_at = Some(at);
+        self.write().pairing_codes.insert(code.id, code.clone());
+        ready(Ok(Some(code)))
+    }
+
+    fn delete_expired_pairing_codes(&mut self, before: OffsetDateTime) -> Fut<u64> {
+        let n = self.data.pairing_codes.values().filter(|c| c.expires_at < before).count();
+        if n > 0 {
+            self.write().pairing_codes.retain(|_, c| c.expires_at >= before);
+        }
+        ready(Ok(n as u64))
+    }
+
+    fn insert_agent(&mut self, agent: &Agent) -> Fut<()> {
+        if self.data.agents.values().any(|a| a.credential_hash == agent.credential_hash) {
+            return ready(Err(StoreError::Conflict("agents.credential_hash already exists".into())));
+        }
+        ready(insert(&mut self.write().agents, agent.id, agent.clone(), "agent"))
+    }
+
+    fn get_agent(&mut self, id: AgentId) -> Fut<Option<Agent>> {
+        ready(Ok(self.data.agents.get(&id).cloned()))
+    }
+
+    fn get_agent_by_credential(&mut self, hash: &TokenHash) -> Fut<Option<Agent>> {
+        ready(Ok(self.data.agents.values().find(|a| &a.credential_hash == hash).cloned()))
+    }
+
+    fn list_agents(&mut self, user: UserId) -> Fut<Vec<Agent>> {
+        let mut agents: Vec<Agent> = self.data.agents.values().filter(|a| a.user == user).cloned().collect();
+        agents.sort_by_key(|a| (a.created_at, a.id));
+        ready(Ok(agents))
+    }
+
+    fn update_agent(&mut self, agent: &Agent) -> Fut<()> {
+        let Some(stored) = self.data.agents.get(&agent.id) else { return ready(Err(StoreError::NotFound)) };
+        let updated =
+            Agent { last_seen_at: agent.last_seen_at, revoked_at: agent.revoked_at, ..stored.clone() };
+        ready(update(&mut self.write().agents, agent.id, updated))
     }
 }
 

@@ -42,6 +42,7 @@
 //!   removed frame) raises [`PROTOCOL_VERSION`], and both sides refuse a peer of another version
 //!   with an error naming both.
 
+pub mod pairing;
 pub mod url;
 
 use std::time::Duration;

@@ -55,6 +55,9 @@ pub struct AppState<R> {
     /// This server process, as the owner of the card-session leases it takes: random for each
     /// `AppState::new`, so a restarted server never claims its previous life's sessions.
     pub instance: InstanceId,
+    /// The server's public base URL, for links it hands out (`lanyard://pair?server=…`); `None`:
+    /// such links are left out.
+    pub public_url: Option<Arc<str>>,
 }
 
 impl<R> Clone for AppState<R> {
@@ -67,6 +70,7 @@ impl<R> Clone for AppState<R> {
             throttle: Arc::clone(&self.throttle),
             issuance: self.issuance.clone(),
             instance: self.instance,
+            public_url: self.public_url.clone(),
         }
     }
 }
@@ -81,7 +85,14 @@ impl<R> AppState<R> {
             throttle: Arc::new(auth::LoginThrottle::default()),
             issuance: None,
             instance: InstanceId::new(),
+            public_url: None,
         }
+    }
+
+    /// Names the server's public base URL (as clients reach it) for the links it hands out.
+    pub fn with_public_url(mut self, url: &str) -> Self {
+        self.public_url = Some(Arc::from(url.trim_end_matches('/')));
+        self
     }
 
     /// The same server under another instance id (tests play several servers on one database).

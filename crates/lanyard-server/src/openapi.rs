@@ -78,6 +78,10 @@ impl Modify for Security {
         crate::api::jobs::unlock_pin,
         crate::api::jobs::wipe_device,
         crate::api::jobs::replace_device,
+        crate::api::agents::start_pairing,
+        crate::api::agents::pair,
+        crate::api::agents::list_agents,
+        crate::api::agents::revoke_agent,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -89,6 +93,7 @@ impl Modify for Security {
         (name = "tokens", description = "API tokens for scripts"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "issuance", description = "Card sessions: start, follow, resume, roll back"),
+        (name = "agents", description = "Workstation agents paired with their user"),
     ),
 )]
 pub struct ApiDoc;

@@ -1219,3 +1219,136 @@ async fn a_session_ends_after_30_idle_minutes_and_after_8_hours_however_busy() {
     app.clock.advance(Duration::minutes(20)); // 8 h after login
     assert_eq!(me(&cookie).await, StatusCode::UNAUTHORIZED);
 }
+
+impl App {
+    /// Every agent of the test callers, for "nothing changed" checks.
+    async fn agents(&self) -> Vec<lanyard_core::model::Agent> {
+        let mut tx = self.db.read().await.unwrap();
+        let mut all = Vec::new();
+        for c in [&self.alice, &self.bob, &self.operator, &self.auditor, &self.admin] {
+            all.extend(tx.list_agents(c.user.id).await.unwrap());
+        }
+        all
+    }
+}
+
+#[tokio::test]
+async fn a_user_pairs_an_agent_by_code_once_and_only_they_see_and_revoke_it() {
+    let mut app = setup().await;
+    app.state = app.state.clone().with_public_url("https://lanyard.example.org/");
+    let r = app.post_json("/api/v1/agents/pairing", &app.alice.token, &json!({})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let code = r.body["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 11, "{code}");
+    assert_eq!(
+        r.body["link"],
+        format!("lanyard://pair?server=https%3A%2F%2Flanyard.example.org&code={code}")
+    );
+    let expires = time::OffsetDateTime::parse(
+        r.body["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(expires, app.clock.now() + Duration::minutes(2));
+
+    // Unauthenticated: the code is the proof. Typed in lower case with a space, it still pairs.
+    let typed = code.to_lowercase().replace('-', " ");
+    let body = json!({"code": typed, "host_name": "ws-0042.example.org"}).to_string();
+    let r = app.send("POST", "/api/v1/agents/pair", &[], Some(&body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let credential = r.body["credential"].as_str().unwrap().to_owned();
+    assert_eq!(credential.len(), 64);
+    let agent = r.body["agent"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["agent"]["user"], json!(app.alice.user.id));
+    assert_eq!(r.body["agent"]["host_name"], "ws-0042.example.org");
+    assert_eq!(r.body["agent"]["last_seen_at"], Value::Null);
+
+    // Used, wrong and expired codes get one answer that does not say which.
+    let (_, late) = {
+        let r = app.post_json("/api/v1/agents/pairing", &app.alice.token, &json!({})).await;
+        (r.status, r.body["code"].as_str().unwrap().to_owned())
+    };
+    let agents_before = app.agents().await;
+    let mut messages = BTreeSet::new();
+    for (code, advance) in [(code.as_str(), 0), ("ABCDE-FGHJK", 0), (late.as_str(), 120)] {
+        app.clock.advance(Duration::seconds(advance));
+        let body = json!({"code": code, "host_name": "ws-2"}).to_string();
+        let r = app.send("POST", "/api/v1/agents/pair", &[], Some(&body)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{code}: {}", r.body);
+        messages.insert(r.error().to_owned());
+    }
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(app.agents().await, agents_before, "a refused code pairs nothing");
+
+    // Listing: alice sees her agent (no hash); bob sees none and cannot revoke hers.
+    let r = app.bearer("GET", "/api/v1/agents", &app.alice.token).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.as_array().unwrap().len(), 1);
+    assert_eq!(r.body[0]["id"], agent.as_str());
+    assert!(r.body[0].get("credential_hash").is_none(), "{}", r.body);
+    let r = app.bearer("GET", "/api/v1/agents", &app.bob.token).await;
+    assert_eq!((r.status, r.body.clone()), (StatusCode::OK, json!([])));
+    let before = (app.snapshot().await, app.agents().await);
+    let r = app.bearer("DELETE", &format!("/api/v1/agents/{agent}"), &app.bob.token).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = app
+        .bearer("DELETE", &format!("/api/v1/agents/{}", lanyard_core::ids::AgentId::new()), &app.bob.token)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert_eq!((app.snapshot().await, app.agents().await), before, "bob changed nothing");
+    // Only cardholders pair agents: an operator without the user role is refused.
+    let r = app.post_json("/api/v1/agents/pairing", &app.operator.token, &json!({})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    let r = app.bearer("DELETE", &format!("/api/v1/agents/{agent}"), &app.alice.token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body["revoked_at"].is_string());
+    let r = app.bearer("DELETE", &format!("/api/v1/agents/{agent}"), &app.alice.token).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let system =
+        lanyard_core::authz::System::new(lanyard_core::audit::OperationId::random(), app.clock.now());
+    assert!(system.authenticate_agent(app.db.as_ref(), &credential).await.unwrap().is_none(), "revoked");
+
+    let events = app.audit().await;
+    let actions: Vec<&str> =
+        events.iter().map(|e| e.action.as_str()).filter(|a| a.starts_with("agent.")).collect();
+    assert_eq!(actions, ["agent.pairing_start", "agent.pair", "agent.pairing_start", "agent.revoke"]);
+    let pair = events.iter().find(|e| e.action == "agent.pair").unwrap();
+    assert_eq!(pair.actor, Actor::System);
+    assert_eq!(pair.target.as_deref(), Some(format!("agent:{agent}").as_str()));
+    let text = serde_json::to_string(&events).unwrap();
+    for secret in [&code, &code.replace('-', ""), &late, &late.replace('-', ""), &credential] {
+        assert!(!text.contains(secret.as_str()), "the audit log holds a secret");
+    }
+}
+
+#[tokio::test]
+async fn bad_pairing_bodies_are_precise_400s_that_use_nothing_up() {
+    let app = setup().await;
+    let r = app.post_json("/api/v1/agents/pairing", &app.alice.token, &json!({})).await;
+    let code = r.body["code"].as_str().unwrap().to_owned();
+    let before = (app.snapshot().await, app.agents().await);
+    for (body, needle) in [
+        ("{}".to_owned(), "code"),
+        (json!({"code": code}).to_string(), "host_name"),
+        (json!({"code": code, "host_name": "ws", "extra": 1}).to_string(), "extra"),
+        (json!({"code": 12, "host_name": "ws"}).to_string(), "code"),
+        (json!({"code": code, "host_name": ""}).to_string(), "host_name"),
+        (json!({"code": code, "host_name": "ws\u{7}"}).to_string(), "host_name"),
+        (json!({"code": "ABCDE", "host_name": "ws"}).to_string(), "code"),
+        (json!({"code": "ABCDE-FGHJU", "host_name": "ws"}).to_string(), "code"),
+        ("not json".to_owned(), ""),
+    ] {
+        let r = app.send("POST", "/api/v1/agents/pair", &[], Some(&body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
+        assert!(r.error().contains(needle), "{body}: {}", r.error());
+    }
+    let r = app.bearer("DELETE", "/api/v1/agents/not-an-id", &app.alice.token).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.error().contains("agent id"), "{}", r.error());
+    assert_eq!((app.snapshot().await, app.agents().await), before, "nothing changed");
+    // The code was not used up by any of them.
+    let body = json!({"code": code, "host_name": "ws"}).to_string();
+    let r = app.send("POST", "/api/v1/agents/pair", &[], Some(&body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}

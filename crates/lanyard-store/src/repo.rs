@@ -4,7 +4,7 @@
 //! Write methods run inside a savepoint ([`StoreTx::begin_call`] / [`StoreTx::end_call`]): a call
 //! that fails changes nothing, and the unit of work stays usable.
 //!
-//! One submodule per aggregate (users and groups, devices, credentials, audit, card secrets,
+//! One submodule per aggregate (workstation agents and pairing codes, users and groups, devices, credentials, audit, card secrets,
 //! enrollment codes, jobs, API tokens and sessions, passwords); the argument and decoding helpers
 //! they share are here.
 //!
@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use crate::rows::Reader;
 use crate::sql::Arg;
 
+mod agents;
 mod audit;
 mod credentials;
 mod devices;

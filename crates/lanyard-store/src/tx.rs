@@ -343,6 +343,10 @@ pub const POSTGRES_UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("sessions_pkey", "sessions.token_hash"),
     ("user_passwords_pkey", "user_passwords.user_id"),
     ("installation_pkey", "installation.id"),
+    ("pairing_codes_pkey", "pairing_codes.id"),
+    ("pairing_codes_code_hash_key", "pairing_codes.code_hash"),
+    ("agents_pkey", "agents.id"),
+    ("agents_credential_hash_key", "agents.credential_hash"),
 ];
 
 pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {

@@ -17,7 +17,7 @@ use lanyard_core::model::{
 };
 use lanyard_core::repo::prelude::*;
 use lanyard_core::repo::{AuditQuery, DeviceQuery, StoreError, UserQuery};
-use lanyard_core::secrets::SealedCardSecrets;
+use lanyard_core::secrets::{SealedCardSecrets, TokenHash};
 use lanyard_store::{Db, Dialect, POSTGRES_MIGRATIONS, POSTGRES_UNIQUE_FIELDS, SQLITE_MIGRATIONS};
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -816,4 +816,68 @@ on_both!(a_restarting_server_fails_only_sessions_whose_lease_ran_out, |db| {
         .unwrap();
     let failed = events.iter().find(|e| e.action == "job.failed").unwrap();
     assert_eq!(failed.after.as_ref().unwrap()["lease_owner"], json!(server_b.to_string()));
+});
+
+/// The single value of a one-column, one-row query written in this file.
+async fn bytes(db: &Db, sql: &'static str) -> Vec<u8> {
+    match db {
+        Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+on_both!(two_agents_racing_with_one_pairing_code_pair_once_and_only_hashes_are_stored, |db| {
+    let owner = someone(db, "pairer").await;
+    let principal = Principal::new(owner.clone(), OperationId::random(), T0).unwrap();
+    let me = principal.self_service().unwrap();
+    let at = T0 + Duration::seconds(30);
+    for round in 0..8 {
+        let (_, code) = me.start_pairing(db).await.unwrap();
+        let code = code.expose_secret().to_owned();
+        let pair = |host: &'static str| {
+            let (db, code) = (db.clone(), code.clone());
+            tokio::spawn(async move { system(at).pair_agent(&db, &code, host).await })
+        };
+        let (first, second) = tokio::join!(pair("ws-a"), pair("ws-b"));
+        let winners: Vec<_> =
+            [first.unwrap().unwrap(), second.unwrap().unwrap()].into_iter().flatten().collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one redemption wins");
+        assert!(system(at).pair_agent(db, &code, "ws-c").await.unwrap().is_none(), "a used code");
+    }
+    assert_eq!(count(db, "agents").await, 8);
+
+    // What is stored: hashes of the normalized code and of the credential, nothing else secret.
+    raw(db, "DELETE FROM pairing_codes").await;
+    let (code, secret) = me.start_pairing(db).await.unwrap();
+    let stored = bytes(db, "SELECT code_hash FROM pairing_codes").await;
+    assert_eq!(stored, code.code_hash.as_bytes());
+    assert_eq!(stored, TokenHash::of(&secret.expose_secret().replace('-', "")).as_bytes());
+    raw(db, "DELETE FROM agents").await;
+    let (agent, credential) =
+        system(at).pair_agent(db, secret.expose_secret(), "ws-h").await.unwrap().unwrap();
+    assert_eq!(
+        bytes(db, "SELECT credential_hash FROM agents").await,
+        TokenHash::of(credential.expose_secret()).as_bytes()
+    );
+    let mut tx = db.read().await.unwrap();
+    let events = tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap();
+    drop(tx);
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(
+        !text.contains(secret.expose_secret()) && !text.contains(&secret.expose_secret().replace('-', ""))
+    );
+    assert!(!text.contains(credential.expose_secret()));
+
+    // The credential authenticates until the agent is revoked; then never again.
+    let later = at + Duration::minutes(10);
+    let (found, user) =
+        system(later).authenticate_agent(db, credential.expose_secret()).await.unwrap().unwrap();
+    assert_eq!((found.id, found.last_seen_at, user.id), (agent.id, Some(later), owner.id));
+    me.revoke_agent(db, agent.id).await.unwrap();
+    assert!(system(later).authenticate_agent(db, credential.expose_secret()).await.unwrap().is_none());
+    // An expired code pairs nothing.
+    let (_, late) = me.start_pairing(db).await.unwrap();
+    let expired = T0 + lanyard_core::model::PAIRING_CODE_TTL;
+    assert!(system(expired).pair_agent(db, late.expose_secret(), "ws-x").await.unwrap().is_none());
 });

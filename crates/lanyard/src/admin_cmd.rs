@@ -260,8 +260,15 @@ fn config_path() -> anyhow::Result<PathBuf> {
 }
 
 fn save_config(config: &CliConfig) -> anyhow::Result<PathBuf> {
-    use std::io::Write;
     let path = config_path()?;
+    write_private(&path, config)?;
+    Ok(path)
+}
+
+/// Writes `value` as pretty JSON to `path`, readable by its owner only (mode 0600 from the
+/// start, never wider), replacing the file atomically.
+fn write_private(path: &std::path::Path, value: &impl Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -272,10 +279,10 @@ fn save_config(config: &CliConfig) -> anyhow::Result<PathBuf> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(serde_json::to_string_pretty(config)?.as_bytes())?;
+    file.write_all(serde_json::to_string_pretty(value)?.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn load_config() -> anyhow::Result<CliConfig> {
@@ -451,20 +458,21 @@ fn read_password() -> anyhow::Result<String> {
     Ok(password)
 }
 
+/// The trust anchors in `path`, as PEM. The server keeps its CA certificates as DER; accept
+/// those as well as PEM.
+fn read_ca_cert(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let Some(path) = path else { return Ok(None) };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(match String::from_utf8(bytes) {
+        Ok(text) if text.contains("-----BEGIN") => text,
+        Ok(text) => lanyard_ca::pem("CERTIFICATE", text.as_bytes()),
+        Err(e) => lanyard_ca::pem("CERTIFICATE", e.as_bytes()),
+    }))
+}
+
 pub fn login(args: LoginArgs) -> anyhow::Result<()> {
     check_scheme(&args.server)?;
-    let ca_cert_pem = match &args.ca_cert {
-        Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            // The server keeps its CA certificates as DER; accept those as well as PEM.
-            Some(match String::from_utf8(bytes) {
-                Ok(text) if text.contains("-----BEGIN") => text,
-                Ok(text) => lanyard_ca::pem("CERTIFICATE", text.as_bytes()),
-                Err(e) => lanyard_ca::pem("CERTIFICATE", e.as_bytes()),
-            })
-        }
-        None => None,
-    };
+    let ca_cert_pem = read_ca_cert(args.ca_cert.as_deref())?;
     let agent = agent(ca_cert_pem.as_deref())?;
     let password = read_password()?;
     let u = url(&args.server, "/api/v1/login");
@@ -647,4 +655,79 @@ pub fn cert(command: CertCommand) -> anyhow::Result<()> {
             print(out.output, &c, credential_line)
         }
     }
+}
+
+/// What `lanyard agent pair` keeps: the agent's credential for its user on this workstation.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentConfig {
+    pub server: String,
+    pub agent_id: String,
+    pub user: String,
+    pub host_name: String,
+    pub credential: String,
+    /// PEM trust anchors for the server's TLS certificate; `None`: the system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_pem: Option<String>,
+}
+
+/// Where the agent's configuration lives: `$LANYARD_AGENT_CONFIG`, or
+/// `~/.config/lanyard/agent.json`.
+pub fn agent_config_path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(crate::agent_cmd::ENV_AGENT_CONFIG) {
+        return Ok(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")
+        .with_context(|| format!("HOME is not set; set {}", crate::agent_cmd::ENV_AGENT_CONFIG))?;
+    Ok(PathBuf::from(home).join(".config/lanyard/agent.json"))
+}
+
+/// Redeems a pairing code (typed, or in a `lanyard://pair` link, which names the server) for an
+/// agent credential and keeps it in the agent configuration file (mode 0600). `server` is needed
+/// for a typed code; with a link it must agree with the link's, if given.
+pub fn pair_agent(
+    input: &str,
+    server: Option<&str>,
+    ca_cert: Option<&std::path::Path>,
+    host_name: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    let (server, code) = if lanyard_protocol::pairing::is_link(input) {
+        let link = lanyard_protocol::pairing::parse(input)?;
+        match server {
+            Some(s) if s.trim_end_matches('/') != link.server.trim_end_matches('/') => {
+                bail!("the link names the server {} but --server is {s}; pass one or the other", link.server)
+            }
+            _ => (link.server, link.code),
+        }
+    } else {
+        let server = server.context("a typed code needs --server (a lanyard://pair link names it)")?;
+        (server.to_owned(), input.to_owned())
+    };
+    check_scheme(&server)?;
+    let server = server.trim_end_matches('/').to_owned();
+    let path = agent_config_path()?;
+    let ca_cert_pem = read_ca_cert(ca_cert)?;
+    let agent = agent(ca_cert_pem.as_deref())?;
+    let u = url(&server, "/api/v1/agents/pair");
+    let body = check(reply(agent.post(&u).send_json(json!({"code": code, "host_name": host_name})), &u)?)?;
+    let credential = body["credential"].as_str().context("the server answered no credential")?.to_owned();
+    let config = AgentConfig {
+        server,
+        agent_id: s(&body["agent"], "id"),
+        user: s(&body["agent"], "user"),
+        host_name: s(&body["agent"], "host_name"),
+        credential,
+        ca_cert_pem,
+    };
+    write_private(&path, &config)?;
+    // The credential stays in the file: printed output may end up in logs.
+    let shown = json!({"agent": body["agent"], "config": path.display().to_string()});
+    print(output, &shown, |v| {
+        format!(
+            "paired agent {} for {} (credential kept in {})",
+            s(&v["agent"], "id"),
+            s(&v["agent"], "host_name"),
+            path.display()
+        )
+    })
 }

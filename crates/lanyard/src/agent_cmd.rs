@@ -18,6 +18,8 @@ use crate::piv_cmd::Output;
 pub const ENV_SERVER: &str = "LANYARD_AGENT_SERVER";
 pub const ENV_ORIGIN: &str = "LANYARD_AGENT_ORIGIN";
 pub const ENV_NEW_PIN: &str = "LANYARD_NEW_PIN";
+/// Where `agent pair` keeps the agent's credential [default: ~/.config/lanyard/agent.json].
+pub const ENV_AGENT_CONFIG: &str = "LANYARD_AGENT_CONFIG";
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
@@ -31,6 +33,28 @@ pub enum AgentCommand {
     /// Agent version, whether pcscd is reachable, how many readers it sees, and the configured
     /// server ($LANYARD_AGENT_SERVER) and portal origin ($LANYARD_AGENT_ORIGIN).
     Status {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Pair this workstation's agent with your account, using the one-time code (or the
+    /// `lanyard://pair?…` link) the portal shows. The agent's credential is kept in
+    /// $LANYARD_AGENT_CONFIG (default ~/.config/lanyard/agent.json, mode 0600); the code works once
+    /// and only for two minutes.
+    Pair {
+        /// The code as shown (e.g. ABCDE-FGHJK; case, hyphens and spaces do not matter), or the
+        /// whole lanyard://pair link.
+        code: String,
+        /// The server's base URL, e.g. https://lanyard.example (a link names it already).
+        /// http:// only to a loopback address.
+        #[arg(long)]
+        server: Option<String>,
+        /// PEM (or DER) file with the CA certificate(s) to trust for the server (Lanyard's root).
+        /// Without it, the system's trust anchors. Kept with the credential.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// The name the portal shows for this workstation [default: the system's host name].
+        #[arg(long)]
+        host_name: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -80,6 +104,17 @@ pub enum AgentCommand {
 pub fn run(cmd: AgentCommand) -> anyhow::Result<()> {
     match cmd {
         AgentCommand::Readers { output } => readers(output),
+        AgentCommand::Pair { code, server, ca_cert, host_name, output } => {
+            let host_name = match host_name {
+                Some(h) => h,
+                None => system_host_name()?,
+            };
+            let output = match output {
+                Output::Text => crate::admin_cmd::Output::Text,
+                Output::Json => crate::admin_cmd::Output::Json,
+            };
+            crate::admin_cmd::pair_agent(&code, server.as_deref(), ca_cert.as_deref(), &host_name, output)
+        }
         AgentCommand::Status { output } => status(output),
         AgentCommand::Serve { origin, listen } => {
             let Some(origin) = origin.or_else(|| std::env::var(ENV_ORIGIN).ok()) else {
@@ -123,6 +158,17 @@ pub fn run(cmd: AgentCommand) -> anyhow::Result<()> {
             issue(&opts, pins.as_mut(), output)
         }
     }
+}
+
+/// This machine's host name: the kernel's on Linux, `/etc/hostname` elsewhere on Unix,
+/// `%COMPUTERNAME%` on Windows.
+fn system_host_name() -> anyhow::Result<String> {
+    let from_file = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    from_file("/proc/sys/kernel/hostname")
+        .or_else(|| from_file("/etc/hostname"))
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .filter(|h| !h.is_empty())
+        .context("cannot tell this machine's host name; pass --host-name")
 }
 
 fn first_line(path: &std::path::Path) -> anyhow::Result<Zeroizing<String>> {

@@ -138,6 +138,7 @@ const OTHER_ENV: &[&str] = &[
     "LANYARD_AGENT_SERVER",
     "LANYARD_AGENT_ORIGIN",
     "LANYARD_NEW_PIN",
+    "LANYARD_AGENT_CONFIG",
 ];
 
 impl Config {

@@ -623,3 +623,119 @@ async fn a_second_server_on_postgres_must_bring_the_first_servers_ca_and_kek() {
     .unwrap();
     assert!(!out.status.success() && text(&out).contains("initialised already"), "{}", text(&out));
 }
+
+/// `lanyard agent pair` with the environment of a fresh desktop session: the agent configuration
+/// file in `config`, the server's root in `root_pem`.
+fn agent_pair(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["agent", "pair"])
+        .args(args)
+        .env("LANYARD_AGENT_CONFIG", config)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn agent_pair_keeps_a_private_credential_and_a_code_works_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let port = free_port();
+    let server = start_server(&data, port);
+    let password = server.bootstrap_password.clone().expect("no bootstrap password on the first start");
+    let base = format!("https://127.0.0.1:{port}");
+    let cli = d.join("cli.json");
+    let root_pem =
+        write_pem(&d.join("root.pem"), "CERTIFICATE", &std::fs::read(data.join("ca/root.crt")).unwrap());
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["login", "--server", &base, "--ca-cert", &root_pem, "--username", "admin"])
+        .env("LANYARD_CLI_CONFIG", &cli)
+        .env("LANYARD_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let token = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&cli).unwrap()).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What the portal does for the signed-in user.
+    let start_pairing = || {
+        let out = command_ok(
+            "curl",
+            &[
+                "-sf",
+                "--cacert",
+                &root_pem,
+                "-X",
+                "POST",
+                "-H",
+                &format!("authorization: Bearer {token}"),
+                &format!("{base}/api/v1/agents/pairing"),
+            ],
+            None,
+        );
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+
+    // A typed code, with --server.
+    let pairing = start_pairing();
+    let code = pairing["code"].as_str().unwrap().to_owned();
+    let config = d.join("agent/agent.json");
+    let o = agent_pair(
+        &config,
+        &[&code.to_lowercase(), "--server", &base, "--ca-cert", &root_pem, "--host-name", "ws-1"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let agent_id = saved["agent_id"].as_str().unwrap().to_owned();
+    assert!(text(&o).contains(&format!("paired agent {agent_id} for ws-1")), "{}", text(&o));
+    assert_eq!(saved["server"], base.as_str());
+    assert_eq!(saved["host_name"], "ws-1");
+    assert_eq!(saved["credential"].as_str().unwrap().len(), 64);
+    assert!(!text(&o).contains(saved["credential"].as_str().unwrap()), "the credential is not printed");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    // The same code again: refused, and the saved credential is left alone.
+    let again = d.join("agent/again.json");
+    let o = agent_pair(&again, &[&code, "--server", &base, "--ca-cert", &root_pem, "--host-name", "ws-2"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("server answered 401: the pairing code is wrong, already used or expired"),
+        "{}",
+        text(&o)
+    );
+    assert!(!again.exists());
+
+    // The link the portal offers names the server; the host name defaults to the system's.
+    let pairing = start_pairing();
+    let link = pairing["link"].as_str().unwrap().to_owned();
+    assert!(link.starts_with("lanyard://pair?server=https%3A%2F%2F127.0.0.1%3A"), "{link}");
+    let second = d.join("agent/second.json");
+    let o = agent_pair(&second, &[&link, "--ca-cert", &root_pem, "--output", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(shown["agent"]["host_name"].as_str().is_some_and(|h| !h.is_empty()), "{shown}");
+    assert!(shown.get("credential").is_none(), "{shown}");
+
+    // Both agents are listed for the user, none with a secret.
+    let out = command_ok(
+        "curl",
+        &[
+            "-sf",
+            "--cacert",
+            &root_pem,
+            "-H",
+            &format!("authorization: Bearer {token}"),
+            &format!("{base}/api/v1/agents"),
+        ],
+        None,
+    );
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed[0]["id"], agent_id.as_str());
+    drop(server);
+}

@@ -5,11 +5,11 @@ use serde_json::json;
 
 use crate::audit::NewAuditEvent;
 use crate::error::DomainError;
-use crate::ids::{DeviceId, JobId, UserId};
+use crate::ids::{AgentId, DeviceId, JobId, UserId};
 use crate::lifecycle::{DeviceAction, DeviceState};
 use crate::model::{
-    Credential, Device, DeviceClass, EnrollmentCode, EnrollmentPurpose, Job, JobKind, Policy, PolicyDenied,
-    ValidationError,
+    Agent, Credential, Device, DeviceClass, EnrollmentCode, EnrollmentPurpose, Job, JobKind, PairingCode,
+    Policy, PolicyDenied, ValidationError,
 };
 use crate::repo::DeviceQuery;
 use crate::repo::prelude::*;
@@ -241,6 +241,64 @@ impl SelfService<'_> {
             let device = transition(&mut tx, device, DeviceAction::Delete, &self.p.acting()).await?;
             tx.commit().await?;
             Ok(device)
+        })
+        .await
+    }
+
+    /// Starts pairing a workstation agent with me: a one-time code, valid for
+    /// [`crate::model::PAIRING_CODE_TTL`], to type into `lanyard agent pair` or to carry in a
+    /// `lanyard://pair` link. Returns the code to show once (`ABCDE-FGHJK`); only its hash is
+    /// stored. Codes that expired are cleared out in the same unit of work, so the table holds
+    /// only the last two minutes' codes.
+    pub async fn start_pairing<R: Repo>(&self, repo: &R) -> Result<(PairingCode, SecretString), DomainError> {
+        let who = self.p.acting();
+        let who = &who;
+        retry(repo, || async move {
+            // A new code for every run: nothing of a failed run is kept.
+            let (code, secret) = PairingCode::issue(self.me(), who.at)?;
+            let mut tx = repo.begin().await?;
+            tx.delete_expired_pairing_codes(who.at).await?;
+            tx.insert_pairing_code(&code).await?;
+            let event =
+                NewAuditEvent::new(who.at, who.actor.clone(), "agent.pairing_start", &who.operation_id)
+                    .target(format!("pairing_code:{}", code.id))
+                    .after(json!({"user": code.user, "expires_at": code.expires_at.unix_timestamp()}));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok((code, secret))
+        })
+        .await
+    }
+
+    /// My paired agents (revoked ones included), oldest first.
+    pub async fn agents<R: Repo>(&self, repo: &R) -> Result<Vec<Agent>, DomainError> {
+        let mut tx = repo.read().await?;
+        Ok(tx.list_agents(self.me()).await?)
+    }
+
+    /// Revokes one of my agents: its credential stops working at once. Another user's agent is
+    /// NotFound, like a missing one; an agent already revoked is a Conflict.
+    pub async fn revoke_agent<R: Repo>(&self, repo: &R, id: AgentId) -> Result<Agent, DomainError> {
+        let who = self.p.acting();
+        let who = &who;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let mut agent = match tx.get_agent(id).await? {
+                Some(a) if a.user == self.me() => a,
+                _ => return Err(DomainError::not_found("agent", id)),
+            };
+            if agent.revoked_at.is_some() {
+                return Err(DomainError::Conflict("this agent is already revoked".into()));
+            }
+            agent.revoked_at = Some(who.at);
+            tx.update_agent(&agent).await?;
+            let event = NewAuditEvent::new(who.at, who.actor.clone(), "agent.revoke", &who.operation_id)
+                .target(format!("agent:{id}"))
+                .before(json!({"revoked_at": null}))
+                .after(json!({"user": agent.user, "host_name": agent.host_name, "revoked_at": who.at.unix_timestamp()}));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok(agent)
         })
         .await
     }

@@ -1,5 +1,6 @@
 //! [`System`]: Lanyard acting on its own behalf.
 
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -7,7 +8,10 @@ use crate::audit::{Actor, NewAuditEvent, OperationId};
 use crate::error::DomainError;
 use crate::ids::{DeviceId, InstanceId, JobId};
 use crate::lifecycle::{DeviceAction, DeviceState};
-use crate::model::{Credential, Device, JOB_LEASE, Job, JobLease, JobState, StepOutcome};
+use crate::model::{
+    AGENT_SEEN_RESOLUTION, Agent, Credential, Device, JOB_LEASE, Job, JobLease, JobState, PairingCode,
+    StepOutcome, User,
+};
 use crate::repo::prelude::*;
 use crate::secrets::{SealedCardSecrets, TokenHash};
 
@@ -310,5 +314,87 @@ impl System {
             Ok(device)
         })
         .await
+    }
+
+    /// Redeems a pairing code (as typed, or from a `lanyard://pair` link) for the workstation
+    /// `host_name`: one conditional update in the store uses the code up, so of two agents racing
+    /// with the same code exactly one is paired. The new agent belongs to the user who asked for
+    /// the code; its credential is returned once (only its hash is stored). Audited `agent.pair`
+    /// without any secret.
+    ///
+    /// A malformed code or host name is a validation error and uses nothing up. `None`: the code
+    /// is wrong, used or expired, or its user has been disabled meanwhile — deliberately one
+    /// answer, so a caller cannot tell which.
+    pub async fn pair_agent<R: Repo>(
+        &self,
+        repo: &R,
+        presented: &str,
+        host_name: &str,
+    ) -> Result<Option<(Agent, SecretString)>, DomainError> {
+        let hash = PairingCode::hash_of(presented)?;
+        Agent::check_host_name(host_name)?;
+        let at = self.acting.at;
+        let hash = &hash;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let Some(code) = tx.redeem_pairing_code(hash, at).await? else { return Ok(None) };
+            // Dropping the unit of work keeps the code unused for a user who is enabled again.
+            match tx.get_user(code.user).await? {
+                Some(user) if !user.disabled => {}
+                _ => return Ok(None),
+            }
+            let (agent, secret) = Agent::pair(code.user, host_name, at)?;
+            tx.insert_agent(&agent).await?;
+            let event = self.audit("agent.pair", format!("agent:{}", agent.id)).after(json!({
+                "user": agent.user,
+                "host_name": agent.host_name,
+                "pairing_code": code.id,
+            }));
+            tx.append_audit(event).await?;
+            tx.commit().await?;
+            Ok::<_, DomainError>(Some((agent, secret)))
+        })
+        .await
+    }
+
+    /// The agent whose credential is `presented`, and its user, if the agent is not revoked and
+    /// the user exists and is enabled. Notes the use in `last_seen_at` (at most once per
+    /// [`AGENT_SEEN_RESOLUTION`]; bookkeeping, not audited, like an API token's last use).
+    pub async fn authenticate_agent<R: Repo>(
+        &self,
+        repo: &R,
+        presented: &str,
+    ) -> Result<Option<(Agent, User)>, DomainError> {
+        let at = self.acting.at;
+        let hash = TokenHash::of(presented);
+        let found = {
+            let mut tx = repo.read().await?;
+            match tx.get_agent_by_credential(&hash).await? {
+                Some(agent) if agent.revoked_at.is_none() => {
+                    tx.get_user(agent.user).await?.filter(|u| !u.disabled).map(|user| (agent, user))
+                }
+                _ => None,
+            }
+        };
+        let Some((agent, user)) = found else { return Ok(None) };
+        if agent.last_seen_at.is_some_and(|t| at - t < AGENT_SEEN_RESOLUTION) {
+            return Ok(Some((agent, user)));
+        }
+        // Read again inside the write: a revocation that committed since the read wins.
+        let id = agent.id;
+        let agent = retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let Some(mut agent) = tx.get_agent(id).await?.filter(|a| a.revoked_at.is_none()) else {
+                return Ok(None);
+            };
+            if agent.last_seen_at.is_none_or(|t| at - t >= AGENT_SEEN_RESOLUTION) {
+                agent.last_seen_at = Some(at);
+                tx.update_agent(&agent).await?;
+                tx.commit().await?;
+            }
+            Ok::<_, DomainError>(Some(agent))
+        })
+        .await?;
+        Ok(agent.map(|a| (a, user)))
     }
 }

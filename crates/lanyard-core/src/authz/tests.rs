@@ -814,3 +814,77 @@ fn reads_go_through_read_units_of_work() {
     block_on(crate::password::authenticate(&w.repo, "alice", "not her password")).unwrap();
     assert_eq!(w.repo.write_units(), 0);
 }
+
+#[test]
+fn a_pairing_code_pairs_one_agent_with_its_user_once_within_two_minutes() {
+    use secrecy::ExposeSecret;
+    let w = world();
+    let alice = w.principal(&w.alice);
+    let bob = w.principal(&w.bob);
+    let system = |at| System::new(OperationId::parse("op-agent").unwrap(), at);
+    let (code, secret) = block_on(alice.self_service().unwrap().start_pairing(&w.repo)).unwrap();
+    let stored = w.repo.data().pairing_codes[&code.id].clone();
+    assert_eq!(stored.user, w.alice.id);
+    assert_eq!(stored.code_hash, crate::model::PairingCode::hash_of(secret.expose_secret()).unwrap());
+
+    // A bad host name is refused before the code is used up.
+    let err = block_on(system(w.clock.now()).pair_agent(&w.repo, secret.expose_secret(), " ")).unwrap_err();
+    assert!(matches!(err, DomainError::Validation(ref v) if v.field == "host_name"), "{err}");
+    let at = w.clock.now() + time::Duration::seconds(119);
+    let (agent, credential) =
+        block_on(system(at).pair_agent(&w.repo, &secret.expose_secret().to_lowercase(), "ws-1"))
+            .unwrap()
+            .expect("a fresh code pairs");
+    assert_eq!((agent.user, agent.host_name.as_str(), agent.created_at), (w.alice.id, "ws-1", at));
+    assert!(block_on(system(at).pair_agent(&w.repo, secret.expose_secret(), "ws-2")).unwrap().is_none());
+    assert_eq!(w.repo.data().agents.len(), 1, "a used code pairs nothing");
+
+    // Expired: two minutes after issue.
+    let (_, late) = block_on(alice.self_service().unwrap().start_pairing(&w.repo)).unwrap();
+    let expired = w.clock.now() + time::Duration::minutes(2);
+    assert!(block_on(system(expired).pair_agent(&w.repo, late.expose_secret(), "ws-3")).unwrap().is_none());
+
+    // The credential authenticates and notes the use; bob sees and revokes nothing of alice's.
+    let seen = at + time::Duration::minutes(5);
+    let (a, u) =
+        block_on(system(seen).authenticate_agent(&w.repo, credential.expose_secret())).unwrap().unwrap();
+    assert_eq!((a.id, a.last_seen_at, u.id), (agent.id, Some(seen), w.alice.id));
+    assert!(block_on(system(seen).authenticate_agent(&w.repo, "nope")).unwrap().is_none());
+    assert_eq!(block_on(bob.self_service().unwrap().agents(&w.repo)).unwrap(), []);
+    let err = block_on(bob.self_service().unwrap().revoke_agent(&w.repo, agent.id)).unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { kind: "agent", .. }), "{err}");
+    let revoked = block_on(alice.self_service().unwrap().revoke_agent(&w.repo, agent.id)).unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(matches!(
+        block_on(alice.self_service().unwrap().revoke_agent(&w.repo, agent.id)),
+        Err(DomainError::Conflict(_))
+    ));
+    assert!(
+        block_on(system(seen).authenticate_agent(&w.repo, credential.expose_secret())).unwrap().is_none()
+    );
+    assert_eq!(block_on(alice.self_service().unwrap().agents(&w.repo)).unwrap(), [revoked]);
+
+    let events = w.repo.data().audit;
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["agent.pairing_start", "agent.pair", "agent.pairing_start", "agent.revoke"]);
+    let text = serde_json::to_string(&events).unwrap();
+    let normal = crate::model::PairingCode::normalize(secret.expose_secret()).unwrap();
+    for s in [secret.expose_secret(), normal.as_str(), credential.expose_secret()] {
+        assert!(!text.contains(s), "the audit log holds a secret");
+    }
+}
+
+#[test]
+fn a_disabled_user_pairs_no_agent_and_their_agents_stop_authenticating() {
+    use secrecy::ExposeSecret;
+    let w = world();
+    let alice = w.principal(&w.alice);
+    let system = System::new(OperationId::parse("op-agent").unwrap(), w.clock.now());
+    let (_, first) = block_on(alice.self_service().unwrap().start_pairing(&w.repo)).unwrap();
+    let (_, second) = block_on(alice.self_service().unwrap().start_pairing(&w.repo)).unwrap();
+    let (_, credential) = block_on(system.pair_agent(&w.repo, first.expose_secret(), "ws")).unwrap().unwrap();
+    w.repo.with_data(|d| d.users.get_mut(&w.alice.id).unwrap().disabled = true);
+    assert!(block_on(system.pair_agent(&w.repo, second.expose_secret(), "ws")).unwrap().is_none());
+    assert!(block_on(system.authenticate_agent(&w.repo, credential.expose_secret())).unwrap().is_none());
+    assert_eq!(w.repo.data().agents.len(), 1);
+}

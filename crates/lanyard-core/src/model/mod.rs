@@ -3,6 +3,7 @@
 //! through [`crate::lifecycle`], authorisation through [`crate::authz`].
 
 mod access;
+mod agent;
 mod credential;
 mod device;
 mod enrollment;
@@ -11,6 +12,9 @@ mod policy;
 mod user;
 
 pub use access::{ApiToken, Session};
+pub use agent::{
+    AGENT_SEEN_RESOLUTION, Agent, PAIRING_CODE_ALPHABET, PAIRING_CODE_LEN, PAIRING_CODE_TTL, PairingCode,
+};
 pub use credential::{CertSlot, Credential, CredentialKind, KeyAlgorithm};
 pub use device::{Device, DeviceClass, DeviceKind, DeviceLink, LinkKind};
 pub use enrollment::{EnrollmentCode, EnrollmentError, EnrollmentPurpose};

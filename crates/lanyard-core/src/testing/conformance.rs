@@ -22,9 +22,9 @@ use crate::audit::{Actor, AuditEvent, ChainHead, NewAuditEvent, OperationId, ver
 use crate::ids::{DeviceId, GroupId, InstanceId, JobId, UserId};
 use crate::lifecycle::{CredentialState, DeviceState, RevocationReason};
 use crate::model::{
-    ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, DeviceLink, Email, EnrollmentCode,
-    EnrollmentPurpose, Group, Job, JobKind, JobLease, JobState, LinkKind, Policy, Role, Session, StepOutcome,
-    User, Username,
+    Agent, ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, DeviceLink, Email,
+    EnrollmentCode, EnrollmentPurpose, Group, Job, JobKind, JobLease, JobState, LinkKind, PairingCode,
+    Policy, Role, Session, StepOutcome, User, Username,
 };
 use crate::password::UserPassword;
 use crate::repo::*;
@@ -105,6 +105,7 @@ pub async fn run<R: Repo>(repo: &R) {
     api_tokens_and_sessions(repo).await;
     passwords(repo).await;
     installation(repo).await;
+    agents_and_pairing(repo).await;
 }
 
 /// Commit makes writes visible; dropping a unit of work discards them.
@@ -851,4 +852,97 @@ pub async fn installation<R: Repo>(repo: &R) {
         Some(first),
         "the refused second record changed nothing"
     );
+}
+
+/// Pairing codes: round trip, single use decided by one conditional update, expiry, sweeping;
+/// agents: round trip, lookup by credential hash, listing per user, revocation stored.
+pub async fn agents_and_pairing<R: Repo>(repo: &R) {
+    let (_, alice) = owner(repo, "agents").await;
+    let (_, bob) = owner(repo, "agents-b").await;
+    let issue = |user: UserId, at| match PairingCode::issue(user, at) {
+        Ok((c, s)) => (c, secrecy::ExposeSecret::expose_secret(&s).to_owned()),
+        Err(e) => panic!("PairingCode::issue: {e}"),
+    };
+    let (code, secret) = issue(alice.id, T0);
+    let (old, _) = issue(bob.id, T0 - Duration::minutes(10));
+    let mut tx = begin(repo).await;
+    ok(tx.insert_pairing_code(&code).await, "insert_pairing_code");
+    ok(tx.insert_pairing_code(&old).await, "insert_pairing_code");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    conflict(
+        tx.insert_pairing_code(&PairingCode { id: crate::ids::PairingCodeId::new(), ..code.clone() }).await,
+        "insert_pairing_code with a taken hash",
+    );
+    drop(tx);
+    let hash = match PairingCode::hash_of(&secret) {
+        Ok(h) => h,
+        Err(e) => panic!("PairingCode::hash_of: {e}"),
+    };
+    assert_eq!(hash, code.code_hash);
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_pairing_code(code.id).await, "get_pairing_code"), Some(code.clone()));
+    for (what, hash, at) in [
+        ("a wrong code", TokenHash::of("wrong"), T0),
+        ("an expired code", hash, T0 + Duration::minutes(2)),
+        ("an old code", old.code_hash, T0),
+    ] {
+        assert_eq!(ok(tx.redeem_pairing_code(&hash, at).await, what), None, "{what} redeems nothing");
+    }
+    let at = T0 + Duration::seconds(30);
+    let redeemed = ok(tx.redeem_pairing_code(&hash, at).await, "redeem_pairing_code");
+    assert_eq!(redeemed, Some(PairingCode { used_at: Some(at), ..code.clone() }));
+    assert_eq!(ok(tx.redeem_pairing_code(&hash, at).await, "redeem twice"), None, "a used code");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(
+        ok(tx.get_pairing_code(code.id).await, "get_pairing_code").and_then(|c| c.used_at),
+        Some(at),
+        "the redemption is stored"
+    );
+    assert_eq!(ok(tx.delete_expired_pairing_codes(T0).await, "delete_expired_pairing_codes"), 1);
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_pairing_code(old.id).await, "get_pairing_code"), None, "the expired code is gone");
+    assert!(ok(tx.get_pairing_code(code.id).await, "get_pairing_code").is_some(), "a live code stays");
+    drop(tx);
+
+    let pair = |user: UserId, host: &str, at| match Agent::pair(user, host, at) {
+        Ok((a, s)) => (a, secrecy::ExposeSecret::expose_secret(&s).to_owned()),
+        Err(e) => panic!("Agent::pair: {e}"),
+    };
+    let (newer, credential) = pair(alice.id, "ws-2.example.org", T0 + Duration::seconds(1));
+    let (older, _) = pair(alice.id, "ws-1", T0);
+    let (bobs, _) = pair(bob.id, "ws-b", T0);
+    let mut tx = begin(repo).await;
+    for a in [&newer, &older, &bobs] {
+        ok(tx.insert_agent(a).await, "insert_agent");
+    }
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    conflict(
+        tx.insert_agent(&Agent { id: crate::ids::AgentId::new(), ..older.clone() }).await,
+        "insert_agent with a taken credential hash",
+    );
+    drop(tx);
+    let mut seen = newer.clone();
+    seen.last_seen_at = Some(T0 + Duration::minutes(3));
+    seen.revoked_at = Some(T0 + Duration::minutes(4));
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_agent(older.id).await, "get_agent"), Some(older.clone()));
+    assert_eq!(
+        ok(tx.get_agent_by_credential(&TokenHash::of(&credential)).await, "get_agent_by_credential"),
+        Some(newer.clone())
+    );
+    let listed: Vec<_> =
+        ok(tx.list_agents(alice.id).await, "list_agents").into_iter().map(|a| a.id).collect();
+    assert_eq!(listed, [older.id, newer.id], "ordered by creation time");
+    ok(tx.update_agent(&seen).await, "update_agent");
+    not_found(
+        tx.update_agent(&Agent { id: crate::ids::AgentId::new(), ..seen.clone() }).await,
+        "update_agent",
+    );
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_agent(newer.id).await, "get_agent"), Some(seen));
 }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::{ApiError, AppState};
 
+pub(crate) mod agents;
 pub(crate) mod audit;
 pub(crate) mod credentials;
 pub(crate) mod devices;
@@ -27,6 +28,7 @@ pub(crate) mod users;
 pub use audit::MAX_AUDIT_PAGE;
 pub use users::MAX_SEARCH_PAGE;
 
+use agents::{list_agents, pair, revoke_agent, start_pairing};
 use audit::audit;
 use credentials::{
     device_credentials, hold_credential, issue_certificate, release_credential, revoke_credential,
@@ -73,6 +75,10 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/tokens", get(list_tokens::<R>).post(create_token::<R>))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token::<R>))
         .route("/api/v1/audit", get(audit::<R>))
+        .route("/api/v1/agents", get(list_agents::<R>))
+        .route("/api/v1/agents/pairing", post(start_pairing::<R>))
+        .route("/api/v1/agents/pair", post(pair::<R>))
+        .route("/api/v1/agents/{id}", axum::routing::delete(revoke_agent::<R>))
 }
 
 /// The request's operation id as the audit log takes it.
