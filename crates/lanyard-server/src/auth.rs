@@ -1,9 +1,11 @@
 //! Who is calling: session cookies (portal), bearer API tokens (scripts), login throttling, and
 //! the [`Auth`] extractor that turns either into a [`Principal`].
 //!
-//! - A session is a random 256-bit cookie value (`lanyard_session`); only its hash is stored.
-//!   Requests that change state with a session must send `x-csrf-token`, the value login
-//!   returned. It is derived from the cookie with HMAC ([`Session::csrf_token`]), not stored.
+//! - A session is a random 256-bit cookie value (`__Host-lanyard_session`); only its hash is
+//!   stored. API requests that change state with a session must send `x-csrf-token`, the value
+//!   login returned. It is derived from the cookie with HMAC ([`Session::csrf_token`]), not
+//!   stored. The portal (`crate::portal`) authenticates the same sessions through
+//!   [`session_auth`] and takes the token from a form field as well.
 //! - `Authorization: Bearer <token>` authenticates with an API token (not revoked, not
 //!   expired). Bearer requests need no CSRF token: a browser never attaches one on its own.
 //! - When both are present, the bearer token is used and the cookie ignored.
@@ -24,8 +26,9 @@ use time::{Duration, OffsetDateTime};
 
 use crate::{ApiError, AppState, OperationId};
 
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "lanyard_session";
+/// The session cookie's name. The `__Host-` prefix makes browsers keep it only when it is
+/// `Secure`, has `Path=/` and no `Domain`, so a sibling host cannot plant or widen it.
+pub const SESSION_COOKIE: &str = "__Host-lanyard_session";
 /// The header carrying the CSRF token on state-changing session requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Above this many usernames with failures, stale entries are dropped on the next failure.
@@ -178,19 +181,9 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
             }
             (token.user, Via::ApiToken, Some(token.id))
         } else if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
-            let hash = TokenHash::of(secret);
-            let session = tx
-                .get_session(&hash)
-                .await?
-                .filter(|s| s.is_valid(now))
-                .ok_or_else(|| unauthorized(SESSION_ENDED))?;
-            // Sliding expiry: use keeps the session alive for SESSION_IDLE more, never past
-            // SESSION_TTL after login; written at most once a minute.
-            if now - session.last_seen_at >= LAST_USED_RESOLUTION {
-                drop(tx);
-                note_session_use(state.repo.as_ref(), &hash, now).await?;
-                tx = state.repo.read().await?;
-            }
+            drop(tx);
+            let session = valid_session(state, secret, now).await?;
+            tx = state.repo.read().await?;
             let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
             if !safe {
                 let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -201,7 +194,7 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
                     ));
                 }
             }
-            (session.user, Via::Session(hash), None)
+            (session.user, Via::Session(TokenHash::of(secret)), None)
         } else {
             return Err(unauthorized("authentication required: log in or send an API token"));
         };
@@ -214,6 +207,68 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
         };
         Ok(Auth { principal, via })
     }
+}
+
+/// The valid session whose cookie value is `secret`, its sliding expiry extended for this use.
+async fn valid_session<R: Repo + 'static>(
+    state: &AppState<R>,
+    secret: &str,
+    now: OffsetDateTime,
+) -> Result<Session, ApiError> {
+    let hash = TokenHash::of(secret);
+    let session = {
+        let mut tx = state.repo.read().await?;
+        tx.get_session(&hash).await?.filter(|s| s.is_valid(now)).ok_or_else(|| unauthorized(SESSION_ENDED))?
+    };
+    // Sliding expiry: use keeps the session alive for SESSION_IDLE more, never past SESSION_TTL
+    // after login; written at most once a minute.
+    if now - session.last_seen_at >= LAST_USED_RESOLUTION {
+        note_session_use(state.repo.as_ref(), &hash, now).await?;
+    }
+    Ok(session)
+}
+
+/// A portal caller: the session's [`Auth`] and the CSRF token its forms must carry. (No `Debug`:
+/// it holds the cookie value.)
+pub struct SessionAuth {
+    pub auth: Auth,
+    /// [`Session::csrf_token`] of this session's cookie.
+    pub csrf_token: String,
+    secret: String,
+}
+
+impl SessionAuth {
+    /// Whether `presented` is this session's CSRF token (compared in constant time).
+    pub fn csrf_matches(&self, presented: &str) -> bool {
+        Session::csrf_matches(&self.secret, presented)
+    }
+}
+
+/// Authenticates the request's session cookie alone (bearer tokens are for scripts, not the
+/// portal): `Ok(None)` when there is no cookie, `Err` (401) when it names no valid session or its
+/// user is gone. CSRF is left to the caller, which finds the token in a form or a header.
+pub async fn session_auth<R: Repo + 'static>(
+    parts: &Parts,
+    state: &AppState<R>,
+) -> Result<Option<SessionAuth>, ApiError> {
+    let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) else { return Ok(None) };
+    let now = state.clock.now();
+    let op = parts
+        .extensions
+        .get::<OperationId>()
+        .and_then(|op| CoreOperationId::parse(&op.0).ok())
+        .unwrap_or_else(CoreOperationId::random);
+    let session = valid_session(state, secret, now).await?;
+    let user = {
+        let mut tx = state.repo.read().await?;
+        tx.get_user(session.user).await?.ok_or_else(|| unauthorized("the account no longer exists"))?
+    };
+    let principal = Principal::new(user, op, now).map_err(DomainError::from)?;
+    Ok(Some(SessionAuth {
+        auth: Auth { principal, via: Via::Session(TokenHash::of(secret)) },
+        csrf_token: Session::csrf_token(secret),
+        secret: secret.to_owned(),
+    }))
 }
 
 const SESSION_ENDED: &str = "the session has expired or ended; log in again";
@@ -287,17 +342,17 @@ mod tests {
     #[test]
     fn finds_the_session_cookie() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, "a=1; lanyard_session=abc".parse().unwrap());
+        h.append(header::COOKIE, "a=1; __Host-lanyard_session=abc".parse().unwrap());
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "b"), None);
         // Malformed pairs around it are skipped; a second header is searched too.
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, "=; junk; a=1".parse().unwrap());
-        h.append(header::COOKIE, "lanyard_session=def".parse().unwrap());
+        h.append(header::COOKIE, "__Host-lanyard_session=def".parse().unwrap());
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("def"));
         let set = session_cookie("xyz", time::Duration::hours(8));
         for attr in
-            ["lanyard_session=xyz", "Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"]
+            ["__Host-lanyard_session=xyz", "Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"]
         {
             assert!(set.split("; ").any(|a| a == attr), "{attr} in {set}");
         }

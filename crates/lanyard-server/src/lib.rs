@@ -3,7 +3,7 @@
 //! responses once, without leaking internals (a generic message and the operation id).
 //!
 //! It serves the JSON API under `/api/v1` (login, sessions and API tokens in [`auth`], the
-//! routes in [`api`]) and the PKI endpoints: CA certificates, the CRL and the OCSP responder.
+//! routes in [`api`]), the web portal under `/portal` ([`portal`]) and the PKI endpoints: CA certificates, the CRL and the OCSP responder.
 
 pub mod api;
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod install;
 pub mod issuance;
 pub mod openapi;
 pub mod pki;
+pub mod portal;
 pub mod tls;
 
 use axum::body::Bytes;
@@ -287,6 +288,7 @@ pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
         .route("/api/v1/openapi.json", get(openapi_document))
         .route(lanyard_protocol::CONNECT_PATH, get(issuance::connect::<R>))
         .merge(pki_routes())
+        .merge(portal::routes())
         .layer(middleware::from_fn(operation_id))
         .with_state(state)
 }

@@ -182,7 +182,7 @@ async fn login_sets_a_secure_session_cookie_and_logout_ends_it() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["user"]["username"], "alice");
     let set = r.headers[header::SET_COOKIE].to_str().unwrap();
-    assert!(set.starts_with("lanyard_session="), "{set}");
+    assert!(set.starts_with("__Host-lanyard_session="), "{set}");
     for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(set.split("; ").any(|a| a == attr), "{attr} missing from {set}");
     }
@@ -229,7 +229,8 @@ async fn a_wrong_password_and_an_unknown_user_get_the_same_401() {
     }
     let none = app.send("GET", "/api/v1/me", &[], None).await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
-    let bad_cookie = app.send("GET", "/api/v1/me", &[("cookie", "lanyard_session=forged")], None).await;
+    let bad_cookie =
+        app.send("GET", "/api/v1/me", &[("cookie", "__Host-lanyard_session=forged")], None).await;
     assert_eq!(bad_cookie.status, StatusCode::UNAUTHORIZED);
     let basic = app.send("GET", "/api/v1/me", &[("authorization", "Basic YWxpY2U6eA==")], None).await;
     assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
@@ -1351,4 +1352,259 @@ async fn bad_pairing_bodies_are_precise_400s_that_use_nothing_up() {
     let body = json!({"code": code, "host_name": "ws"}).to_string();
     let r = app.send("POST", "/api/v1/agents/pair", &[], Some(&body)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+// The web portal (`/portal`): the same sessions, seen through HTML pages and forms.
+
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl App {
+    /// A portal request; `form` is sent as `application/x-www-form-urlencoded`.
+    async fn page(&self, method: &str, uri: &str, headers: &[(&str, &str)], form: Option<&str>) -> Page {
+        let mut req = Request::builder().method(method).uri(uri).header(header::HOST, "lanyard.test");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = match form {
+            Some(f) => req
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(f.to_owned())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = router(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        Page { status, headers, text: String::from_utf8(bytes.to_vec()).unwrap() }
+    }
+
+    /// Signs in through the portal's form: the cookie pair and the CSRF token the pages carry.
+    async fn portal_session(&self, username: &str) -> (String, String) {
+        let form = format!("username={username}&password=correct+horse+battery+staple");
+        let p = self.page("POST", "/portal/login", &[("origin", "https://lanyard.test")], Some(&form)).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+        assert_eq!(p.headers[header::LOCATION], "/portal/devices");
+        let set = p.headers[header::SET_COOKIE].to_str().unwrap();
+        let pair = set.split(';').next().unwrap().to_owned();
+        let devices = self.page("GET", "/portal/devices", &[("cookie", &pair)], None).await;
+        let token = devices
+            .text
+            .split("name=\"csrf_token\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_owned();
+        (pair, token)
+    }
+}
+
+#[tokio::test]
+async fn every_portal_response_carries_the_security_headers() {
+    let app = setup().await;
+    let (cookie, _) = app.portal_session("alice").await;
+    for (uri, cookie, status) in [
+        ("/", "", StatusCode::SEE_OTHER),
+        ("/portal/login", "", StatusCode::OK),
+        ("/portal/help", "", StatusCode::OK),
+        ("/portal/devices", "", StatusCode::SEE_OTHER),
+        ("/portal/devices", cookie.as_str(), StatusCode::OK),
+        ("/portal/nothing-here", cookie.as_str(), StatusCode::NOT_FOUND),
+    ] {
+        let p = app.page("GET", uri, &[("cookie", cookie)], None).await;
+        assert_eq!(p.status, status, "{uri}");
+        assert_eq!(
+            p.headers[header::CONTENT_SECURITY_POLICY],
+            lanyard_server::portal::CONTENT_SECURITY_POLICY
+        );
+        assert_eq!(p.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(p.headers[header::REFERRER_POLICY], "same-origin");
+        assert_eq!(p.headers[header::CACHE_CONTROL], "no-store", "{uri}");
+        assert_eq!(p.headers[header::X_FRAME_OPTIONS], "DENY");
+    }
+    // The pages link only to assets the binary serves, which are cached for good.
+    let login = app.page("GET", "/portal/login", &[], None).await;
+    assert!(!login.text.contains("style=") && !login.text.contains("<script>"), "no inline code");
+    for asset in login.text.split(['"', '\'']).filter(|s| s.starts_with("/portal/assets/")) {
+        let a = app.page("GET", asset, &[], None).await;
+        assert_eq!(a.status, StatusCode::OK, "{asset}");
+        assert_eq!(a.headers[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
+        assert_eq!(
+            a.headers[header::CONTENT_SECURITY_POLICY],
+            lanyard_server::portal::CONTENT_SECURITY_POLICY
+        );
+    }
+    let stale = app.page("GET", "/portal/assets/lanyard-0000000000000000.css", &[], None).await;
+    assert_eq!(stale.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn portal_sign_in_shares_the_api_throttle_and_one_message_for_both_mistakes() {
+    let app = setup().await;
+    let origin = [("origin", "https://lanyard.test")];
+    let wrong_user = app.page("POST", "/portal/login", &origin, Some("username=nobody&password=x")).await;
+    let wrong_password = app.page("POST", "/portal/login", &origin, Some("username=alice&password=x")).await;
+    for p in [&wrong_user, &wrong_password] {
+        assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+        assert!(p.text.contains("That username and password do not match an account."), "{}", p.text);
+        assert!(!p.headers.contains_key(header::SET_COOKIE));
+    }
+    let empty = app.page("POST", "/portal/login", &origin, Some("username=alice&password=")).await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    assert!(empty.text.contains("Enter both your username and your password."));
+    for _ in 0..4 {
+        app.page("POST", "/portal/login", &origin, Some("username=alice&password=x")).await;
+    }
+    // Five failures through the portal: the API refuses the right password too, and vice versa.
+    let api = app.login("alice", PASSWORD).await;
+    assert_eq!(api.status, StatusCode::TOO_MANY_REQUESTS);
+    let form = "username=alice&password=correct+horse+battery+staple";
+    let portal = app.page("POST", "/portal/login", &origin, Some(form)).await;
+    assert_eq!(portal.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(portal.text.contains("try again in 900 s"), "{}", portal.text);
+    let failed = app.all_audit().await.iter().filter(|e| e.action == "session.login_failed").count();
+    assert_eq!(failed, 6);
+}
+
+#[tokio::test]
+async fn portal_posts_need_this_sites_origin_and_the_sessions_token() {
+    let app = setup().await;
+    let (cookie, token) = app.portal_session("alice").await;
+    let c = ("cookie", cookie.as_str());
+    let with_token = format!("csrf_token={token}");
+    let cross = app
+        .page("POST", "/portal/login", &[("origin", "https://evil.test")], Some("username=alice&password=x"))
+        .await;
+    assert_eq!(cross.status, StatusCode::FORBIDDEN);
+    assert!(cross.text.contains("Request from another site refused"));
+    for (headers, form) in [
+        (vec![c], ""),
+        (vec![c], "csrf_token=0000"),
+        (vec![c, ("sec-fetch-site", "cross-site")], with_token.as_str()),
+        (vec![c, ("origin", "https://evil.test")], with_token.as_str()),
+        (vec![c, ("origin", "null")], with_token.as_str()),
+    ] {
+        for uri in ["/portal/logout", "/portal/workstations/pairing"] {
+            let p = app.page("POST", uri, &headers, Some(form)).await;
+            assert_eq!(p.status, StatusCode::FORBIDDEN, "{uri} {headers:?} {form}");
+            assert_eq!(p.headers[header::CACHE_CONTROL], "no-store");
+        }
+    }
+    assert!(app.audit().await.iter().all(|e| e.action != "agent.pairing_start"), "nothing changed");
+    // htmx sends the token in a header instead of the form.
+    let htmx = app
+        .page(
+            "POST",
+            "/portal/workstations/pairing",
+            &[c, ("hx-request", "true"), ("x-csrf-token", &token), ("sec-fetch-site", "same-origin")],
+            Some(""),
+        )
+        .await;
+    assert_eq!(htmx.status, StatusCode::OK, "{}", htmx.text);
+    assert!(htmx.text.starts_with("<div id=\"pairing\""), "a fragment: {}", htmx.text);
+    let out =
+        app.page("POST", "/portal/logout", &[c, ("origin", "https://lanyard.test")], Some(&with_token)).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(out.headers[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+    let after = app.page("GET", "/portal/devices", &[c], None).await;
+    assert_eq!(after.status, StatusCode::SEE_OTHER, "the session ended");
+}
+
+#[tokio::test]
+async fn portal_pages_show_only_the_users_own_devices_and_workstations() {
+    let app = setup().await;
+    let (alice, alice_token) = app.portal_session("alice").await;
+    let (bob, _) = app.portal_session("bob").await;
+    let mine =
+        app.page("GET", &format!("/portal/devices/{}", app.alice_card), &[("cookie", &alice)], None).await;
+    assert_eq!(mine.status, StatusCode::OK);
+    assert!(mine.text.contains(&app.alice_card.to_string()));
+    let theirs =
+        app.page("GET", &format!("/portal/devices/{}", app.alice_card), &[("cookie", &bob)], None).await;
+    let missing =
+        app.page("GET", &format!("/portal/devices/{}", DeviceId::new()), &[("cookie", &bob)], None).await;
+    let garbage = app.page("GET", "/portal/devices/not-an-id", &[("cookie", &bob)], None).await;
+    for p in [&theirs, &missing, &garbage] {
+        assert_eq!(p.status, StatusCode::NOT_FOUND);
+        assert!(p.text.contains("Page not found"));
+        assert!(!p.text.contains(&app.alice_card.to_string()));
+    }
+    let list = app.page("GET", "/portal/devices", &[("cookie", &bob)], None).await;
+    assert!(
+        list.text.contains(&app.bob_card.to_string()) && !list.text.contains(&app.alice_card.to_string())
+    );
+
+    // Alice pairs an agent; Bob can neither see nor revoke it.
+    let code = app
+        .page(
+            "POST",
+            "/portal/workstations/pairing",
+            &[("cookie", &alice), ("origin", "https://lanyard.test")],
+            Some(&format!("csrf_token={alice_token}")),
+        )
+        .await;
+    let code =
+        code.text.split("class=\"code\">").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
+    let body = json!({"code": code, "host_name": "alice-pc"}).to_string();
+    let paired = app.send("POST", "/api/v1/agents/pair", &[], Some(&body)).await;
+    assert_eq!(paired.status, StatusCode::CREATED, "{}", paired.body);
+    let agent = paired.body["agent"]["id"].as_str().unwrap().to_owned();
+    let bobs = app.page("GET", "/portal/workstations", &[("cookie", &bob)], None).await;
+    assert!(!bobs.text.contains("alice-pc"));
+    let bob_token =
+        bobs.text.split("name=\"csrf_token\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+    let confirm =
+        app.page("GET", &format!("/portal/workstations/{agent}/revoke"), &[("cookie", &bob)], None).await;
+    assert_eq!(confirm.status, StatusCode::NOT_FOUND);
+    let form = format!("csrf_token={bob_token}");
+    let revoke = app
+        .page("POST", &format!("/portal/workstations/{agent}/revoke"), &[("cookie", &bob)], Some(&form))
+        .await;
+    assert_eq!(revoke.status, StatusCode::NOT_FOUND);
+    let alices = app.page("GET", "/portal/workstations", &[("cookie", &alice)], None).await;
+    assert!(alices.text.contains("alice-pc") && alices.text.contains("Paired"));
+
+    let form = format!("csrf_token={alice_token}");
+    let revoked = app
+        .page("POST", &format!("/portal/workstations/{agent}/revoke"), &[("cookie", &alice)], Some(&form))
+        .await;
+    assert_eq!(revoked.status, StatusCode::SEE_OTHER);
+    assert_eq!(revoked.headers[header::LOCATION], format!("/portal/workstations?revoked={agent}").as_str());
+    let events: Vec<_> = app.audit().await.into_iter().filter(|e| e.action == "agent.revoke").collect();
+    assert_eq!(events.len(), 1);
+    let again = app
+        .page("POST", &format!("/portal/workstations/{agent}/revoke"), &[("cookie", &alice)], Some(&form))
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.text.contains("already revoked"));
+}
+
+#[tokio::test]
+async fn add_device_follows_the_policy_check_issuance_makes() {
+    let app = setup().await;
+    let (alice, _) = app.portal_session("alice").await;
+    let open = app.page("GET", "/portal/devices", &[("cookie", &alice)], None).await;
+    assert!(open.text.contains("href=\"/portal/devices/new\""));
+    let add = app.page("GET", "/portal/devices/new", &[("cookie", &alice)], None).await;
+    assert!(add.text.contains("Lanyard virtual card") && add.text.contains("Show a pairing code"));
+
+    // The same group, now closed to new cards.
+    let mut tx = app.db.begin().await.unwrap();
+    let mut group = tx.get_group(app.alice.user.group).await.unwrap().unwrap();
+    group.policy.may_add_device = false;
+    tx.update_group(&group).await.unwrap();
+    tx.commit().await.unwrap();
+    let closed = app.page("GET", "/portal/devices", &[("cookie", &alice)], None).await;
+    assert!(
+        closed.text.contains(
+            "<button type=\"button\" disabled aria-describedby=\"add-refused\">Add Device</button>"
+        )
+    );
+    assert!(closed.text.contains("does not allow adding a smart card or USB key"));
+    let add = app.page("GET", "/portal/devices/new", &[("cookie", &alice)], None).await;
+    assert!(!add.text.contains("Show a pairing code"));
 }

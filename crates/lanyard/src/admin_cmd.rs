@@ -481,7 +481,10 @@ pub fn login(args: LoginArgs) -> anyhow::Result<()> {
         .set_cookies
         .iter()
         .filter_map(|c| c.split(';').next().map(str::to_owned))
-        .filter(|c| c.starts_with("lanyard_session="))
+        .filter(|c| {
+            c.starts_with(lanyard_server::auth::SESSION_COOKIE)
+                && c[lanyard_server::auth::SESSION_COOKIE.len()..].starts_with("=")
+        })
         .collect();
     let body = check(r)?;
     let csrf = body["csrf_token"].as_str().context("the login answer has no csrf_token")?.to_owned();

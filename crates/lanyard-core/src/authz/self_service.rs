@@ -109,6 +109,12 @@ impl SelfService<'_> {
         self.check_may_add_token(&mut tx, &policy).await
     }
 
+    /// My group's policy, for showing what I may do (the checks themselves stay in the actions).
+    pub async fn policy<R: Repo>(&self, repo: &R) -> Result<Policy, DomainError> {
+        let mut tx = repo.read().await?;
+        policy_of(&mut tx, &self.p.user).await
+    }
+
     /// Starts issuing a card or USB key to me: checks the policy, claims the stock device for this
     /// serial (or registers the card), moves it to Issuing and creates the issuance job.
     pub async fn begin_issuance<R: Repo>(

@@ -265,6 +265,7 @@ fn policy_device_limit_is_enforced() {
     let alice = w.principal(&w.alice);
     let me = alice.self_service().unwrap();
     let card = CardInfo { kind: DeviceKind::UsbKey, model: "YubiKey 5".into(), serial: Some("4242".into()) };
+    assert_eq!(block_on(me.policy(&w.repo)).unwrap(), Policy { max_devices: 1, ..Policy::default() });
     let before = w.repo.data();
 
     let denied = PolicyDenied::DeviceLimitReached { max: 1, current: 1 };

@@ -44,16 +44,31 @@ pub(super) async fn login<R: Repo>(
     body: Result<Json<LoginRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
+    let (user, secret) = start_session(&s, operation(op.as_ref()), &req.username, &req.password).await?;
+    let secret = secret.expose_secret();
+    let body = LoginResponse { csrf_token: Session::csrf_token(secret), user };
+    let mut resp = Json(body).into_response();
+    set_cookie(&mut resp, &crate::auth::session_cookie(secret, SESSION_TTL));
+    Ok(resp)
+}
+
+/// Checks a username and password (throttled per username; a failure is audited) and starts a
+/// session: the user and the new cookie value. The one sign-in path for the API and the portal.
+pub(crate) async fn start_session<R: Repo>(
+    s: &AppState<R>,
+    op: lanyard_core::audit::OperationId,
+    username: &str,
+    password: &str,
+) -> Result<(User, secrecy::SecretString), ApiError> {
     let now = s.clock.now();
-    let key = req.username.trim().to_ascii_lowercase();
+    let key = username.trim().to_ascii_lowercase();
     if let Err(seconds) = s.throttle.check(&key, now) {
         return Err(ApiError::too_many_requests(
             format!("too many failed logins for this username; try again in {seconds} s"),
             seconds,
         ));
     }
-    let op = operation(op.as_ref());
-    let Some(user) = authenticate(s.repo.as_ref(), &req.username, &req.password).await? else {
+    let Some(user) = authenticate(s.repo.as_ref(), username, password).await? else {
         s.throttle.record_failure(&key, now);
         // Recorded by Lanyard itself: nobody is authenticated. The name is cut short so that
         // garbage input cannot bloat the log.
@@ -86,11 +101,26 @@ pub(super) async fn login<R: Repo>(
         tx.commit().await
     })
     .await?;
-    let secret = secret.expose_secret();
-    let body = LoginResponse { csrf_token: Session::csrf_token(secret), user };
-    let mut resp = Json(body).into_response();
-    set_cookie(&mut resp, &crate::auth::session_cookie(secret, SESSION_TTL));
-    Ok(resp)
+    Ok((user, secret))
+}
+
+/// Ends the session `hash` (audited) for the signed-in principal `p`.
+pub(crate) async fn end_session<R: Repo>(
+    s: &AppState<R>,
+    p: &lanyard_core::authz::Principal,
+    hash: &lanyard_core::secrets::TokenHash,
+) -> Result<(), ApiError> {
+    let event = NewAuditEvent::new(s.clock.now(), p.actor(), "session.logout", p.operation_id())
+        .target(format!("user:{}", p.user().id));
+    let (repo, event) = (s.repo.as_ref(), &event);
+    retry(repo, || async move {
+        let mut tx = repo.begin().await?;
+        tx.delete_session(hash).await?;
+        tx.append_audit(event.clone()).await?;
+        tx.commit().await
+    })
+    .await?;
+    Ok(())
 }
 
 #[utoipa::path(post, path = "/api/v1/logout", tag = "session",
@@ -99,17 +129,7 @@ pub(super) async fn logout<R: Repo>(State(s): State<AppState<R>>, auth: Auth) ->
     let Via::Session(hash) = auth.via else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "logout ends a session; API tokens have none"));
     };
-    let p = &auth.principal;
-    let event = NewAuditEvent::new(s.clock.now(), p.actor(), "session.logout", p.operation_id())
-        .target(format!("user:{}", p.user().id));
-    let (repo, hash, event) = (s.repo.as_ref(), &hash, &event);
-    retry(repo, || async move {
-        let mut tx = repo.begin().await?;
-        tx.delete_session(hash).await?;
-        tx.append_audit(event.clone()).await?;
-        tx.commit().await
-    })
-    .await?;
+    end_session(&s, &auth.principal, &hash).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     set_cookie(&mut resp, &crate::auth::session_cookie("", time::Duration::ZERO));
     Ok(resp)

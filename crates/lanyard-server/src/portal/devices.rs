@@ -1,0 +1,249 @@
+//! *My Devices*, one device, and *Add Device*. Every read goes through the signed-in user's
+//! [`SelfService`](lanyard_core::authz::SelfService) view, so another user's device is the same
+//! 404 as a device that does not exist.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use lanyard_core::DomainError;
+use lanyard_core::authz::SelfService;
+use lanyard_core::ids::DeviceId;
+use lanyard_core::lifecycle::{CredentialState, DeviceState};
+use lanyard_core::model::{CertSlot, Credential, CredentialKind, Device, DeviceKind};
+use lanyard_core::repo::Repo;
+
+use super::{Nav, PortalError, SignedIn, render, when};
+use crate::AppState;
+
+/// A state as the page shows it: the word, and the badge style that repeats it.
+pub(crate) struct Badge {
+    pub label: &'static str,
+    pub tone: &'static str,
+}
+
+pub(crate) fn device_badge(state: DeviceState) -> Badge {
+    let (label, tone) = match state {
+        DeviceState::Active => ("Active", "ok"),
+        DeviceState::Pending => ("Pending", "wait"),
+        DeviceState::Issuing => ("Issuing", "wait"),
+        DeviceState::Enrolling => ("Enrolling", "wait"),
+        DeviceState::Suspended => ("Suspended", "stop"),
+        DeviceState::Revoked => ("Revoked", "stop"),
+        DeviceState::Failed => ("Failed", "stop"),
+        DeviceState::Terminated => ("Terminated", "idle"),
+        DeviceState::Available => ("Available", "idle"),
+        DeviceState::Deleted => ("Deleted", "idle"),
+    };
+    Badge { label, tone }
+}
+
+fn credential_badge(state: CredentialState) -> Badge {
+    let (label, tone) = match state {
+        CredentialState::Active => ("Valid", "ok"),
+        CredentialState::Pending => ("Not yet active", "wait"),
+        CredentialState::OnHold => ("On hold", "stop"),
+        CredentialState::Revoked => ("Revoked", "stop"),
+        CredentialState::Expired => ("Expired", "idle"),
+        CredentialState::Superseded => ("Replaced", "idle"),
+    };
+    Badge { label, tone }
+}
+
+/// What a device's state means for its holder, in a sentence.
+fn state_explained(state: DeviceState) -> &'static str {
+    match state {
+        DeviceState::Active => "Ready to use.",
+        DeviceState::Pending => {
+            "Issued, but the initial PIN has not been changed yet; an operator can activate it."
+        }
+        DeviceState::Issuing => {
+            "Being personalised. If the session stopped, it can be resumed or rolled back."
+        }
+        DeviceState::Enrolling => "The phone is enrolling itself.",
+        DeviceState::Suspended => "Temporarily blocked by an operator; its certificates are on hold.",
+        DeviceState::Revoked => "Permanently blocked; its certificates are revoked.",
+        DeviceState::Failed => "Issuance failed and was rolled back. An operator can wipe or recycle it.",
+        DeviceState::Terminated => "Retired.",
+        DeviceState::Available => "In stock.",
+        DeviceState::Deleted => "Removed.",
+    }
+}
+
+fn kind_label(kind: DeviceKind) -> &'static str {
+    match kind {
+        DeviceKind::SmartCard => "Smart card",
+        DeviceKind::UsbKey => "USB key",
+        DeviceKind::Mobile => "Mobile",
+    }
+}
+
+fn slot_label(slot: CertSlot) -> &'static str {
+    match slot {
+        CertSlot::PivAuthentication => "9A PIV Authentication",
+        CertSlot::DigitalSignature => "9C Digital Signature",
+        CertSlot::KeyManagement => "9D Key Management",
+        CertSlot::CardAuthentication => "9E Card Authentication",
+        CertSlot::DerivedPivAuthentication => "Derived PIV Authentication",
+        CertSlot::MobileDevice => "Mobile device",
+    }
+}
+
+/// One certificate row.
+pub(crate) struct CertRow {
+    pub slot: &'static str,
+    pub profile: String,
+    pub expires: String,
+    pub serial: String,
+    pub badge: Badge,
+}
+
+/// One device as the pages show it.
+pub(crate) struct DeviceView {
+    pub id: String,
+    pub kind: &'static str,
+    pub model: String,
+    pub serial: String,
+    pub badge: Badge,
+    pub explained: &'static str,
+    pub added: String,
+    pub card_expires: Option<String>,
+    pub certificates: Vec<CertRow>,
+}
+
+impl DeviceView {
+    fn new(d: &Device, credentials: &[Credential]) -> Self {
+        let certificates = credentials
+            .iter()
+            .map(|c| {
+                let CredentialKind::Certificate { slot, profile, serial_hex, not_after, .. } = &c.kind;
+                CertRow {
+                    slot: slot_label(*slot),
+                    profile: profile.clone(),
+                    expires: when(*not_after),
+                    serial: serial_hex.clone(),
+                    badge: credential_badge(c.state),
+                }
+            })
+            .collect();
+        Self {
+            id: d.id.to_string(),
+            kind: kind_label(d.kind),
+            model: d.model.clone(),
+            serial: d.serial.clone().unwrap_or_else(|| "—".into()),
+            badge: device_badge(d.state),
+            explained: state_explained(d.state),
+            added: when(d.created_at),
+            card_expires: d.card_expires_at.map(when),
+            certificates,
+        }
+    }
+}
+
+/// Whether *Add Device* is open to the user, and why not: the policy check the issuance route
+/// makes ([`SelfService::may_add_device`]), asked ahead.
+pub(crate) async fn add_device_refusal<R: Repo>(
+    me: &SelfService<'_>,
+    repo: &R,
+) -> Result<Option<String>, PortalError> {
+    match me.may_add_device(repo).await {
+        Ok(()) => Ok(None),
+        Err(DomainError::PolicyDenied(why)) => Ok(Some(why.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "portal/devices.html")]
+struct DevicesPage {
+    nav: Option<Nav>,
+    section: &'static str,
+    devices: Vec<DeviceView>,
+    add_refused: Option<String>,
+}
+
+pub(crate) async fn list<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    signed: SignedIn,
+) -> Result<Response, PortalError> {
+    let nav = signed.nav();
+    let inner = async {
+        let me = signed.principal().self_service()?;
+        let repo = s.repo.as_ref();
+        let mut devices = Vec::new();
+        for d in me.devices(repo).await? {
+            let credentials = me.credentials(repo, d.id).await?;
+            devices.push(DeviceView::new(&d, &credentials));
+        }
+        let add_refused = add_device_refusal(&me, repo).await?;
+        Ok::<_, PortalError>(DevicesPage { nav: signed.nav(), section: "devices", devices, add_refused })
+    };
+    let page = inner.await.map_err(|e| e.with_nav(nav))?;
+    Ok(render(StatusCode::OK, &page))
+}
+
+#[derive(Template)]
+#[template(path = "portal/device.html")]
+struct DevicePage {
+    nav: Option<Nav>,
+    section: &'static str,
+    device: DeviceView,
+}
+
+pub(crate) async fn detail<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+) -> Result<Response, PortalError> {
+    let nav = signed.nav();
+    let inner = async {
+        // A malformed id names no device of anyone's: the same 404.
+        let id = id.parse::<DeviceId>().map_err(|_| PortalError::not_found())?;
+        let me = signed.principal().self_service()?;
+        let repo = s.repo.as_ref();
+        let device = me.device(repo, id).await?;
+        let credentials = me.credentials(repo, id).await?;
+        Ok::<_, PortalError>(DevicePage {
+            nav: signed.nav(),
+            section: "devices",
+            device: DeviceView::new(&device, &credentials),
+        })
+    };
+    let page = inner.await.map_err(|e| e.with_nav(nav))?;
+    Ok(render(StatusCode::OK, &page))
+}
+
+#[derive(Template)]
+#[template(path = "portal/add_device.html")]
+struct AddDevicePage {
+    nav: Option<Nav>,
+    section: &'static str,
+    refused: Option<String>,
+    accepted_models: Vec<String>,
+    csrf_token: String,
+}
+
+/// *Add Device*: what is needed and the next step (pairing a workstation), or why the policy
+/// does not allow it now.
+pub(crate) async fn add<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    signed: SignedIn,
+) -> Result<Response, PortalError> {
+    let nav = signed.nav();
+    let inner = async {
+        let me = signed.principal().self_service()?;
+        let repo = s.repo.as_ref();
+        let refused = add_device_refusal(&me, repo).await?;
+        let accepted_models = me.policy(repo).await?.accepted_card_models;
+        Ok::<_, PortalError>(AddDevicePage {
+            nav: signed.nav(),
+            section: "devices",
+            refused,
+            accepted_models,
+            csrf_token: signed.session.csrf_token.clone(),
+        })
+    };
+    let page = inner.await.map_err(|e| e.with_nav(nav))?;
+    // A refusal is explained on the page itself (what the policy says), not an error.
+    Ok(render(StatusCode::OK, &page))
+}
