@@ -1608,3 +1608,27 @@ async fn add_device_follows_the_policy_check_issuance_makes() {
     let add = app.page("GET", "/portal/devices/new", &[("cookie", &alice)], None).await;
     assert!(!add.text.contains("Show a pairing code"));
 }
+
+#[tokio::test]
+async fn htmx_requests_get_full_navigations_for_redirects_and_errors_in_place_of_main() {
+    let app = setup().await;
+    let (cookie, token) = app.portal_session("alice").await;
+    let hx = ("hx-request", "true");
+    // The session is gone: htmx is told to navigate to the sign-in page, not to swap it in.
+    let ended = app.page("POST", "/portal/workstations/pairing", &[hx], Some("")).await;
+    assert_eq!(ended.status, StatusCode::OK);
+    assert_eq!(ended.headers["hx-redirect"], "/portal/login");
+    // A refused token: the error page replaces <main>, so its explanation is seen.
+    let refused =
+        app.page("POST", "/portal/workstations/pairing", &[hx, ("cookie", &cookie)], Some("")).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.headers["hx-retarget"], "main");
+    assert_eq!(refused.headers["hx-reselect"], "main");
+    assert_eq!(refused.headers["hx-reswap"], "outerHTML");
+    assert!(refused.text.contains("<main id=\"main\""));
+    // Sign-out through htmx still clears the cookie.
+    let form = format!("csrf_token={token}");
+    let out = app.page("POST", "/portal/logout", &[hx, ("cookie", &cookie)], Some(&form)).await;
+    assert_eq!(out.headers["hx-redirect"], "/portal/login?signed_out=1");
+    assert!(out.headers[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+}

@@ -46,3 +46,23 @@ test('posts without the token, with a wrong one, or from another origin change n
   await page.goto('/portal/devices');
   await expect(page).toHaveURL(/\/portal\/login$/);
 });
+
+test('htmx shows a refused request as the error page, and an ended session as the sign-in page', async ({ page, context, allowConsole }) => {
+  allowConsole(/status of 403/);
+  allowConsole(/^Response Status Error Code 403 from \/portal\/workstations\/pairing/); // htmx's own note
+  await signIn(page, 'alice');
+  await page.goto('/portal/workstations');
+  // Without the token in the header and the form, htmx's request is refused: the error page
+  // takes the place of the content.
+  await page.locator('body').evaluate((b) => b.removeAttribute('hx-headers'));
+  await page.locator('#pairing input[name="csrf_token"]').evaluate((el) => el.remove());
+  await page.getByRole('button', { name: 'Show a pairing code' }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText('This form could not be accepted');
+  await expect(page.getByText('Signed in as')).toBeVisible();
+  // With the session gone, htmx navigates to sign in instead of swapping it into the page.
+  await page.goto('/portal/workstations');
+  await context.clearCookies();
+  await page.getByRole('button', { name: 'Show a pairing code' }).click();
+  await expect(page).toHaveURL(/\/portal\/login$/);
+});
+

@@ -75,13 +75,22 @@ async fn not_found(viewer: Viewer) -> PortalError {
 }
 
 /// Adds the portal's security headers, and refuses state-changing requests from other sites.
+///
+/// For htmx requests it also adapts what htmx would otherwise mishandle: a redirect (the session
+/// ended, or a form's Post/Redirect/Get) becomes `HX-Redirect`, a full navigation, rather than a
+/// page swapped into a fragment; an error page replaces the page's `<main>` (`HX-Retarget`,
+/// `HX-Reselect`), so the user reads what happened and what to do.
 async fn security_headers(req: Request, next: Next) -> Response {
     let cacheable = req.uri().path().starts_with("/portal/assets/");
+    let htmx = is_htmx(req.headers());
     let mut resp = if is_safe(req.method()) || same_site_request(req.headers()) {
         next.run(req).await
     } else {
         PortalError::cross_site().into_response()
     };
+    if htmx {
+        resp = for_htmx(resp);
+    }
     let no_store = !cacheable || !resp.status().is_success();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
@@ -91,6 +100,29 @@ async fn security_headers(req: Request, next: Next) -> Response {
     h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     if no_store {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+fn for_htmx(resp: Response) -> Response {
+    let status = resp.status();
+    if status.is_redirection() {
+        let location = resp.headers().get(header::LOCATION).cloned();
+        let mut out = StatusCode::OK.into_response();
+        if let Some(l) = location {
+            out.headers_mut().insert("hx-redirect", l);
+        }
+        for cookie in resp.headers().get_all(header::SET_COOKIE) {
+            out.headers_mut().append(header::SET_COOKIE, cookie.clone());
+        }
+        return out;
+    }
+    let mut resp = resp;
+    if status.is_client_error() || status.is_server_error() {
+        let h = resp.headers_mut();
+        h.insert("hx-retarget", HeaderValue::from_static("main"));
+        h.insert("hx-reselect", HeaderValue::from_static("main"));
+        h.insert("hx-reswap", HeaderValue::from_static("outerHTML"));
     }
     resp
 }
