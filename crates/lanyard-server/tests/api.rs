@@ -1465,7 +1465,8 @@ async fn portal_sign_in_shares_the_api_throttle_and_one_message_for_both_mistake
     let form = "username=alice&password=correct+horse+battery+staple";
     let portal = app.page("POST", "/portal/login", &origin, Some(form)).await;
     assert_eq!(portal.status, StatusCode::TOO_MANY_REQUESTS);
-    assert!(portal.text.contains("try again in 900 s"), "{}", portal.text);
+    assert!(portal.text.contains("Try again in 15 minutes."), "{}", portal.text);
+    assert_eq!(portal.headers[header::RETRY_AFTER], "900");
     let failed = app.all_audit().await.iter().filter(|e| e.action == "session.login_failed").count();
     assert_eq!(failed, 6);
 }

@@ -37,12 +37,14 @@ test('Add Device is disabled at the device limit, naming the limit', async ({ pa
   await expect(page.getByText("your group's policy allows at most 1 smart cards or USB keys, and you have 1")).toBeVisible();
 });
 
-test('Add Device explains the next step and the accepted models when allowed', async ({ page, check }) => {
+test('Add Device explains the next step and the accepted models when allowed', async ({ page, lanyard, check }) => {
   await signIn(page, 'alice');
   await page.getByRole('link', { name: 'Add Device' }).click();
   await expect(page).toHaveURL(/\/portal\/devices\/new$/);
   await expect(page.getByRole('heading', { level: 1 })).toHaveText('Add Device');
   await expect(page.getByText('A card or key of a model your group accepts')).toContainText('YubiKey 5, Lanyard virtual card');
   await expect(page.getByRole('heading', { name: 'Step 1: pair this workstation' })).toBeVisible();
+  await expect(page.getByRole('heading', { name: 'Step 2: insert the card and issue it' })).toBeVisible();
+  await expect(page.getByText(`lanyard login --server ${lanyard.baseURL} --username alice`)).toBeVisible();
   await check('add-device');
 });

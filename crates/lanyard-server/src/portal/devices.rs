@@ -4,7 +4,7 @@
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use lanyard_core::DomainError;
 use lanyard_core::authz::SelfService;
@@ -13,7 +13,7 @@ use lanyard_core::lifecycle::{CredentialState, DeviceState};
 use lanyard_core::model::{CertSlot, Credential, CredentialKind, Device, DeviceKind};
 use lanyard_core::repo::Repo;
 
-use super::{Nav, PortalError, SignedIn, render, when};
+use super::{Nav, PortalError, SignedIn, render, server_url, when};
 use crate::AppState;
 
 /// A state as the page shows it: the word, and the badge style that repeats it.
@@ -221,6 +221,8 @@ struct AddDevicePage {
     refused: Option<String>,
     accepted_models: Vec<String>,
     csrf_token: String,
+    server: String,
+    username: String,
 }
 
 /// *Add Device*: what is needed and the next step (pairing a workstation), or why the policy
@@ -228,6 +230,7 @@ struct AddDevicePage {
 pub(crate) async fn add<R: Repo + 'static>(
     State(s): State<AppState<R>>,
     signed: SignedIn,
+    headers: HeaderMap,
 ) -> Result<Response, PortalError> {
     let nav = signed.nav();
     let inner = async {
@@ -241,6 +244,8 @@ pub(crate) async fn add<R: Repo + 'static>(
             refused,
             accepted_models,
             csrf_token: signed.session.csrf_token.clone(),
+            server: server_url(&s, &headers),
+            username: signed.principal().user().username.to_string(),
         })
     };
     let page = inner.await.map_err(|e| e.with_nav(nav))?;

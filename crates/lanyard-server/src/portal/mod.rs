@@ -392,6 +392,18 @@ impl IntoResponse for PortalError {
     }
 }
 
+/// The server's base URL as clients should use it: the configured public URL, or else the
+/// address this request reached.
+pub(crate) fn server_url<R>(s: &AppState<R>, headers: &HeaderMap) -> String {
+    match s.public_url.as_deref() {
+        Some(url) => url.to_owned(),
+        None => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("<server>");
+            format!("https://{host}")
+        }
+    }
+}
+
 /// A human-readable time, UTC, to the minute.
 pub(crate) fn when(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);

@@ -97,8 +97,15 @@ pub(crate) async fn login<R: Repo + 'static>(
             Ok(again(StatusCode::UNAUTHORIZED, INVALID_LOGIN_TEXT.to_owned(), false))
         }
         Err(e) if e.status() == StatusCode::TOO_MANY_REQUESTS => {
-            let message = format!("Too many failed attempts for this username: {}.", e.message);
-            Ok(again(StatusCode::TOO_MANY_REQUESTS, message, true))
+            let minutes = e.retry_after.unwrap_or(60).div_ceil(60);
+            let unit = if minutes == 1 { "minute" } else { "minutes" };
+            let message =
+                format!("Too many failed sign-ins for this username. Try again in {minutes} {unit}.");
+            let mut resp = again(StatusCode::TOO_MANY_REQUESTS, message, true);
+            if let Some(seconds) = e.retry_after {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            Ok(resp)
         }
         Err(e) => Err(e.into()),
     }

@@ -5,7 +5,7 @@
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::ids::AgentId;
 use lanyard_core::model::Agent;
@@ -14,7 +14,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::session::CsrfForm;
-use super::{Nav, PortalError, SignedIn, is_htmx, render, when};
+use super::{Nav, PortalError, SignedIn, is_htmx, render, server_url, when};
 use crate::AppState;
 
 /// One paired agent as the page shows it.
@@ -110,13 +110,7 @@ pub(crate) async fn start_pairing<R: Repo + 'static>(
     let inner = async {
         let me = signed.principal().self_service()?;
         let (code, secret) = me.start_pairing(s.repo.as_ref()).await?;
-        let server = match s.public_url.as_deref() {
-            Some(url) => url.to_owned(),
-            None => {
-                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("<server>");
-                format!("https://{host}")
-            }
-        };
+        let server = server_url(&s, &headers);
         Ok::<_, PortalError>(PairingCode {
             code: secret.expose_secret().to_owned(),
             link: s
