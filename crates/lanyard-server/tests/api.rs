@@ -634,6 +634,13 @@ async fn a_disabled_account_cannot_log_in_or_use_its_session_or_token() {
     assert_eq!(by_token.error(), "forbidden: the account is disabled");
     let by_session = app.send("GET", "/api/v1/devices", &[("cookie", &cookie)], None).await;
     assert_eq!(by_session.status, StatusCode::FORBIDDEN);
+    // The portal says why, and still shows the sign-in page to that cookie.
+    let portal = app.page("GET", "/portal/devices", &[("cookie", &cookie)], None).await;
+    assert_eq!(portal.status, StatusCode::FORBIDDEN);
+    assert!(portal.text.contains("the account is disabled"), "{}", portal.text);
+    let sign_in = app.page("GET", "/portal/login", &[("cookie", &cookie)], None).await;
+    assert_eq!(sign_in.status, StatusCode::OK);
+    assert!(sign_in.text.contains("Sign in to Lanyard"));
 }
 
 impl App {

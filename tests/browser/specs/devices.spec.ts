@@ -29,7 +29,14 @@ test('My Devices shows the card an operator registered, with its state and certi
 test('at 375 px the pages fit the screen without sideways scrolling', async ({ page, lanyard, check }) => {
   await page.setViewportSize({ width: 375, height: 740 });
   await signIn(page, 'alice');
-  for (const [url, name] of [['/portal/devices', 'my-devices-375'], [`/portal/devices/${lanyard.aliceCard}`, 'device-375'], ['/portal/devices/new', 'add-device-375']]) {
+  const pages = [
+    ['/portal/devices', 'my-devices-375'],
+    [`/portal/devices/${lanyard.aliceCard}`, 'device-375'],
+    ['/portal/devices/new', 'add-device-375'],
+    ['/portal/workstations', 'workstations-375'],
+    ['/portal/help', 'troubleshooting-375'],
+  ];
+  for (const [url, name] of pages) {
     await page.goto(url);
     const width = await page.evaluate(() => document.documentElement.scrollWidth);
     expect(width, `${url} is ${width} px wide`).toBeLessThanOrEqual(375);

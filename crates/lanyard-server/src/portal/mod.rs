@@ -203,8 +203,11 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Viewer {
     async fn from_request_parts(parts: &mut Parts, state: &AppState<R>) -> Result<Self, PortalError> {
         match session_auth(parts, state).await {
             Ok(s) => Ok(Viewer(s)),
-            // An ended or unknown session is simply nobody signed in.
-            Err(e) if e.status() == StatusCode::UNAUTHORIZED => Ok(Viewer(None)),
+            // An ended or unknown session, or one whose account was disabled since, is simply
+            // nobody signed in: the sign-in and help pages must stay reachable.
+            Err(e) if matches!(e.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                Ok(Viewer(None))
+            }
             Err(e) => Err(e.into()),
         }
     }
