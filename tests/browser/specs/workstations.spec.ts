@@ -51,3 +51,26 @@ test('a workstation paired with the code the page shows is listed, and can be re
   expect(theirs!.status()).toBe(404);
   expect(await page.locator('main').innerText()).not.toContain('alice-laptop');
 });
+
+test.describe('without JavaScript', () => {
+  test.use({ javaScriptEnabled: false });
+
+  test('the pairing form still works, as a page of its own', async ({ page }) => {
+    await signIn(page, 'bob');
+    await expect(page).toHaveURL(/\/portal\/devices$/);
+    await page.goto('/portal/workstations');
+    await page.getByRole('button', { name: 'Show a pairing code' }).click();
+    await expect(page).toHaveURL(/\/portal\/workstations\/pairing$/);
+    await expect(page.getByRole('heading', { level: 1 })).toHaveText('Pair a workstation');
+    await expect(page.locator('.code')).toHaveText(/^[0-9A-Z]{5}-[0-9A-Z]{5}$/);
+  });
+});
+
+test('the pairing page that plain forms get passes the accessibility check', async ({ page, check }) => {
+  await signIn(page, 'bob');
+  await page.goto('/portal/devices/new');
+  // form.submit() skips htmx's submit handler: the browser posts the form itself.
+  await Promise.all([page.waitForURL(/\/portal\/workstations\/pairing$/), page.locator('#pairing form').evaluate((f: HTMLFormElement) => f.submit())]);
+  await expect(page.locator('.code')).toHaveText(/^[0-9A-Z]{5}-[0-9A-Z]{5}$/);
+  await check('pairing-page');
+});
