@@ -67,6 +67,10 @@ pub enum UserCommand {
         /// Group id or name.
         #[arg(long, default_value = "default")]
         group: String,
+        /// Give the user an initial password (for portal sign-in), read like `lanyard login`'s:
+        /// from $LANYARD_PASSWORD or standard input.
+        #[arg(long)]
+        with_password: bool,
         #[command(flatten)]
         out: OutputArg,
     },
@@ -514,11 +518,14 @@ pub fn login(args: LoginArgs) -> anyhow::Result<()> {
 pub fn user(command: UserCommand) -> anyhow::Result<()> {
     let client = Client::new()?;
     match command {
-        UserCommand::Add { username, display_name, email, roles, group, out } => {
+        UserCommand::Add { username, display_name, email, roles, group, with_password, out } => {
             let mut body =
                 json!({"username": username, "display_name": display_name, "roles": roles, "group": group});
             if let Some(e) = email {
                 body["email"] = json!(e);
+            }
+            if with_password {
+                body["password"] = json!(read_password()?);
             }
             let user = client.post("/api/v1/users", &body)?;
             print(out.output, &user, |u| format!("user {}  {}", s(u, "id"), s(u, "username")))

@@ -273,6 +273,22 @@ fn the_admin_cli_issues_and_revokes_a_certificate() {
         ],
     );
     assert_eq!(user["username"], "carol");
+    // A user with an initial password (read from LANYARD_PASSWORD) can sign in with it.
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["user", "add", "--username", "dave", "--display-name", "Dave", "--with-password"])
+        .env("LANYARD_CLI_CONFIG", &config)
+        .env("LANYARD_PASSWORD", "dave's own passphrase")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let dave_config = d.join("dave.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["login", "--server", &base, "--ca-cert", root, "--username", "dave"])
+        .env("LANYARD_CLI_CONFIG", &dave_config)
+        .env("LANYARD_PASSWORD", "dave's own passphrase")
+        .output()
+        .unwrap();
+    assert!(o.status.success() && text(&o).contains("logged in as dave"), "{}", text(&o));
     let device = admin_json(
         &config,
         &[

@@ -1,6 +1,6 @@
 // Starts a real `lanyard serve` on a fresh data directory and prepares what the specs need,
-// through Lanyard's own CLI (`lanyard login`) and API: groups, users with passwords, devices and
-// a certificate. The server runs for the whole run; the returned function stops it.
+// through Lanyard's own CLI (`lanyard login`, `lanyard user add`) and, where the CLI has no
+// command (groups and policies, certificates from a CSR), its API. The server runs for the whole run; the returned function stops it.
 
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
@@ -46,12 +46,17 @@ export default async function globalSetup() {
   if (!base) throw new Error(`no default group in ${JSON.stringify(groups)}`);
   await api.ok('POST', '/api/v1/groups', { name: 'no-cards', policy: { ...base.policy, may_add_device: false } });
   await api.ok('POST', '/api/v1/groups', { name: 'one-card', policy: { ...base.policy, max_devices: 1 } });
-  const user = (username: string, display_name: string, group: string) =>
-    api.ok('POST', '/api/v1/users', { username, display_name, roles: ['user'], group, password: PASSWORD });
-  await user('alice', 'Alice Archer', 'default');
-  await user('bob', 'Bob Baker', 'default');
-  await user('carol', 'Carol Cole', 'no-cards');
-  await user('dana', 'Dana Dale', 'one-card');
+  // Cardholders, made with the admin CLI, each with an initial password for the portal.
+  const user = (username: string, displayName: string, group: string) =>
+    execFileSync(bin, ['user', 'add', '--username', username, '--display-name', displayName, '--role', 'user',
+      '--group', group, '--with-password'], {
+      env: lanyardEnv({ LANYARD_CLI_CONFIG: cliConfig, LANYARD_PASSWORD: PASSWORD }),
+      stdio: 'pipe',
+    });
+  user('alice', 'Alice Archer', 'default');
+  user('bob', 'Bob Baker', 'default');
+  user('carol', 'Carol Cole', 'no-cards');
+  user('dana', 'Dana Dale', 'one-card');
 
   // Alice's card, registered by an operator (issuance to her begins), with a Digital Signature
   // certificate issued from a CSR made by openssl.
