@@ -114,6 +114,7 @@ fn change_pin(seq: u64, old: &str) -> ServerFrame {
         old_pin: Secret::new(old),
         rules: PinRules::default(),
         answer_within_secs: 60,
+        new_pin: None,
     }
 }
 
@@ -181,7 +182,7 @@ fn check_hello<S: Read + Write>(peer: &mut Peer<S>) {
         agent: lanyard_agent::AGENT_NAME.into(),
         reader: READER.into(),
         atr: hexs(&lanyard_vcard::atr()),
-        features: vec![],
+        features: vec![lanyard_protocol::link::FEATURE_SERVER_PIN.into()],
     };
     assert_eq!(hello, want);
 }
@@ -318,6 +319,48 @@ fn change_pin_sets_the_new_pin_on_the_card() {
     assert_eq!(verify_sw(&mut card, "27182818"), 0x9000);
 }
 
+/// A PIN the holder typed in the portal comes with `change_pin` (feature `server_pin`): the agent
+/// writes it without asking its own PIN source, and a rule-breaking one is refused locally.
+#[test]
+fn a_pin_sent_by_the_server_is_used_instead_of_asking() {
+    let (url, server) = serve(|peer| {
+        peer.transmit(1, "select", &[bytes(&commands::select())]);
+        let mut frame = change_pin(2, "123456");
+        if let ServerFrame::ChangePin { new_pin, .. } = &mut frame {
+            *new_pin = Some(Secret::new("1111111"));
+        }
+        peer.send(frame);
+        let refused = peer.recv();
+        let mut frame = change_pin(3, "123456");
+        if let ServerFrame::ChangePin { new_pin, .. } = &mut frame {
+            *new_pin = Some(Secret::new("27182818"));
+        }
+        peer.send(frame);
+        let answer = peer.recv();
+        done(peer, DeviceState::Active);
+        (refused, answer)
+    });
+    let mut card = fresh_card();
+    // A source that would fail the test if the agent asked it.
+    struct NeverAsked;
+    impl PinSource for NeverAsked {
+        fn new_pin(&mut self, _: &PinPrompt<'_>) -> Result<Option<Zeroizing<String>>, AgentError> {
+            panic!("the agent asked locally although the server sent the PIN")
+        }
+    }
+    let (r, _) = run(&url, &mut card, &mut NeverAsked);
+    let (refused, answer) = server.join().unwrap();
+    match refused {
+        AgentFrame::Error { seq: Some(2), message } => {
+            assert!(message.contains("must not repeat one digit"), "{message}")
+        }
+        other => panic!("expected the trivial PIN to be refused, got {other:?}"),
+    }
+    assert_eq!(answer, AgentFrame::PinChanged { seq: 3, sw: "9000".into() });
+    assert_eq!(r.unwrap().pin, PinOutcome::Changed);
+    assert_eq!(verify_sw(&mut card, "27182818"), 0x9000);
+}
+
 /// Offers a trivial PIN first, then a good one; records what it was told.
 struct Stubborn {
     offers: Vec<&'static str>,
@@ -430,6 +473,7 @@ fn a_pin_given_after_the_deadline_is_not_written() {
             old_pin: Secret::new("123456"),
             rules: PinRules::default(),
             answer_within_secs: 1,
+            new_pin: None,
         });
         let answer = peer.recv();
         done(peer, DeviceState::Pending);

@@ -126,6 +126,7 @@ async fn accept<R: Repo + 'static>(
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not a WebSocket request: {e}")))?;
     let op = crate::api::operation(op.as_ref());
+    check_binding(&s, &parts.headers, &ticket, &op).await?;
     let job = redeem(&s, &ticket, &op).await?;
     // If the client never completes the upgrade, the job must not stay Running.
     let (failed_state, failed_job, failed_op) = (s.clone(), job.clone(), op.clone());
@@ -160,6 +161,39 @@ async fn accept<R: Repo + 'static>(
             session.run(s, cfg, job, op).await;
         })
         .into_response())
+}
+
+/// What a ticket alone is told when its job was sent to a paired agent.
+pub const AGENT_BOUND: &str =
+    "this job was sent to a paired agent: its ticket works only together with that agent's credential";
+
+/// A job whose ticket was sent to a paired agent over its link ([`lanyard_core::model::Job::agent`])
+/// is run only by that agent: the request must carry its credential too. Checked before the
+/// ticket is used up, so a refusal costs nothing. Reading the binding before the redemption is
+/// safe: the binding only changes together with the ticket, and the redemption is conditional
+/// on the ticket.
+async fn check_binding<R: Repo>(
+    s: &AppState<R>,
+    headers: &axum::http::HeaderMap,
+    ticket: &str,
+    op: &OperationId,
+) -> Result<(), ApiError> {
+    let Some(job_id) = ticket.split_once('.').and_then(|(id, _)| id.parse::<JobId>().ok()) else {
+        // Not a ticket at all; the redemption refuses it with the usual answer.
+        return Ok(());
+    };
+    let bound = {
+        let mut tx = s.repo.read().await?;
+        tx.get_job(job_id).await?.and_then(|j| j.agent)
+    };
+    let Some(bound) = bound else { return Ok(()) };
+    let refuse = || ApiError::new(StatusCode::UNAUTHORIZED, AGENT_BOUND);
+    let credential = crate::link::bearer(headers).ok_or_else(refuse)?;
+    let system = System::new(op.clone(), s.clock.now());
+    match system.authenticate_agent(s.repo.as_ref(), credential).await? {
+        Some((agent, _)) if agent.id == bound => Ok(()),
+        _ => Err(refuse()),
+    }
 }
 
 /// Checks and uses up the ticket in one conditional update: the job goes Running under this
@@ -397,7 +431,8 @@ impl AgentLink for Session {
         let seq = self.seq;
         let old_pin = Secret::new(old_pin.expose_secret());
         let answer_within_secs = self.pin_within_secs;
-        self.send(&ServerFrame::ChangePin { seq, old_pin, rules: *rules, answer_within_secs }).await?;
+        self.send(&ServerFrame::ChangePin { seq, old_pin, rules: *rules, answer_within_secs, new_pin: None })
+            .await?;
         pin_answer(self.receive(answer_within_secs).await?, seq, "the PIN change result")
     }
 
@@ -406,7 +441,8 @@ impl AgentLink for Session {
         let seq = self.seq;
         let puk = Secret::new(puk.expose_secret());
         let answer_within_secs = self.pin_within_secs;
-        self.send(&ServerFrame::UnblockPin { seq, puk, rules: *rules, answer_within_secs }).await?;
+        self.send(&ServerFrame::UnblockPin { seq, puk, rules: *rules, answer_within_secs, new_pin: None })
+            .await?;
         pin_answer(self.receive(answer_within_secs).await?, seq, "the unblock result")
     }
 

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod install;
 pub mod issuance;
+pub mod link;
 pub mod openapi;
 pub mod pki;
 pub mod tls;
@@ -58,6 +59,8 @@ pub struct AppState<R> {
     /// The server's public base URL, for links it hands out (`lanyard://pair?server=…`); `None`:
     /// such links are left out.
     pub public_url: Option<Arc<str>>,
+    /// The agents whose link is connected to this process.
+    pub links: Arc<link::AgentLinks>,
 }
 
 impl<R> Clone for AppState<R> {
@@ -71,6 +74,7 @@ impl<R> Clone for AppState<R> {
             issuance: self.issuance.clone(),
             instance: self.instance,
             public_url: self.public_url.clone(),
+            links: Arc::clone(&self.links),
         }
     }
 }
@@ -86,6 +90,7 @@ impl<R> AppState<R> {
             issuance: None,
             instance: InstanceId::new(),
             public_url: None,
+            links: Arc::new(link::AgentLinks::default()),
         }
     }
 
@@ -286,6 +291,7 @@ pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
         .merge(api::routes())
         .route("/api/v1/openapi.json", get(openapi_document))
         .route(lanyard_protocol::CONNECT_PATH, get(issuance::connect::<R>))
+        .route(lanyard_protocol::link::LINK_PATH, get(link::connect::<R>))
         .merge(pki_routes())
         .layer(middleware::from_fn(operation_id))
         .with_state(state)

@@ -82,6 +82,7 @@ impl Modify for Security {
         crate::api::agents::pair,
         crate::api::agents::list_agents,
         crate::api::agents::revoke_agent,
+        crate::api::agents::start_session,
     ),
     components(schemas(ErrorBody)),
     tags(

@@ -28,7 +28,7 @@ pub(crate) mod users;
 pub use audit::MAX_AUDIT_PAGE;
 pub use users::MAX_SEARCH_PAGE;
 
-use agents::{list_agents, pair, revoke_agent, start_pairing};
+use agents::{list_agents, pair, revoke_agent, start_pairing, start_session};
 use audit::audit;
 use credentials::{
     device_credentials, hold_credential, issue_certificate, release_credential, revoke_credential,
@@ -79,6 +79,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/agents/pairing", post(start_pairing::<R>))
         .route("/api/v1/agents/pair", post(pair::<R>))
         .route("/api/v1/agents/{id}", axum::routing::delete(revoke_agent::<R>))
+        .route("/api/v1/agents/{id}/sessions", post(start_session::<R>))
 }
 
 /// The request's operation id as the audit log takes it.
