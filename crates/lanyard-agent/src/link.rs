@@ -160,10 +160,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn send(&self, frame: &AgentLinkFrame) {
-        if let Some(tx) = lock(&self.outbox).as_ref() {
-            let _ = tx.send(frame.to_text());
-        }
+    /// Queues `frame` on the current connection; `false` while disconnected.
+    fn send(&self, frame: &AgentLinkFrame) -> bool {
+        lock(&self.outbox).as_ref().is_some_and(|tx| tx.send(frame.to_text()).is_ok())
     }
 }
 
@@ -298,7 +297,11 @@ impl<W: Workstation> Agent<W> {
         }
         // The server forgets reports with the connection; the last one goes again at once.
         if let Some(readers) = lock(&self.shared.latest).clone() {
-            let _ = tx.send(AgentLinkFrame::Readers { readers }.to_text());
+            let cards = readers.iter().filter(|r| r.card_present).count();
+            let count = readers.len();
+            if tx.send(AgentLinkFrame::Readers { readers }.to_text()).is_ok() {
+                (self.events)(LinkEvent::Reported { readers: count, cards });
+            }
         }
         *lock(&self.shared.outbox) = Some(tx);
         let mut last_ping = Instant::now();
@@ -418,34 +421,49 @@ impl<W: Workstation> Agent<W> {
             let error = result.err().map(|e| e.to_string());
             lock(&shared.busy).remove(&reader);
             shared.report_due.store(true, Ordering::Relaxed);
-            shared.send(&AgentLinkFrame::SessionEnded { job, error: error.clone() });
+            // A link that is down meanwhile misses this; the job's own record says how it ended.
+            let _ = shared.send(&AgentLinkFrame::SessionEnded { job, error: error.clone() });
             events(LinkEvent::SessionEnded { job, reader, error });
         });
         Ok(())
     }
 }
 
-/// The watcher: reports the readers whenever they change or a report is due, until `stop`.
+/// How often the watcher reads the readers when it cannot wait for changes (pcscd unreachable).
+const POLL_WITHOUT_EVENTS: Duration = Duration::from_secs(5);
+
+/// The watcher: reports the readers whenever they change or a report is due, until `stop`. When
+/// waiting for changes fails it falls back to reading the readers every few seconds, and sends a
+/// report only when it differs from the last.
 fn watch<W: Workstation>(
     shared: &Shared,
     ws: &W,
     stop: &AtomicBool,
     events: &(dyn Fn(LinkEvent) + Send + Sync),
 ) {
-    let mut failing = false;
+    let mut failing: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
         let changed = match ws.wait_for_change(WATCH) {
-            Ok(c) => c,
+            Ok(c) => {
+                failing = None;
+                c
+            }
             Err(e) => {
-                if !failing {
-                    events(LinkEvent::ReadersFailed(e.to_string()));
+                let why = e.to_string();
+                if failing.as_deref() != Some(why.as_str()) {
+                    events(LinkEvent::ReadersFailed(why.clone()));
                 }
-                failing = true;
-                std::thread::sleep(WATCH);
-                continue;
+                failing = Some(why);
+                let until = Instant::now() + POLL_WITHOUT_EVENTS;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(WATCH);
+                }
+                // Polling: the comparison below decides whether anything changed.
+                true
             }
         };
-        if !(changed || failing || shared.report_due.swap(false, Ordering::Relaxed)) {
+        let due = shared.report_due.swap(false, Ordering::Relaxed);
+        if !(changed || due) {
             continue;
         }
         let busy = lock(&shared.busy).clone();
@@ -454,26 +472,31 @@ fn watch<W: Workstation>(
             let _identifying = lock(&shared.identifying);
             ws.readers(&busy_names)
         };
-        match report {
-            Ok(mut readers) => {
-                failing = false;
-                let previous = lock(&shared.latest).clone().unwrap_or_default();
-                for r in readers.iter_mut().filter(|r| busy.contains_key(&r.name)) {
-                    let before = previous.iter().find(|p| p.name == r.name).and_then(|p| p.card.clone());
-                    r.card = before.map(|c| lanyard_protocol::link::CardReport { busy: true, ..c });
-                }
-                let cards = readers.iter().filter(|r| r.card_present).count();
-                *lock(&shared.latest) = Some(readers.clone());
-                let count = readers.len();
-                shared.send(&AgentLinkFrame::Readers { readers });
-                events(LinkEvent::Reported { readers: count, cards });
-            }
+        let mut readers = match report {
+            Ok(r) => r,
             Err(e) => {
-                if !failing {
-                    events(LinkEvent::ReadersFailed(e.to_string()));
+                let why = e.to_string();
+                if failing.as_deref() != Some(why.as_str()) {
+                    events(LinkEvent::ReadersFailed(why.clone()));
                 }
-                failing = true;
+                failing = Some(why);
+                continue;
             }
+        };
+        let previous = lock(&shared.latest).clone();
+        for r in readers.iter_mut().filter(|r| busy.contains_key(&r.name)) {
+            let before = previous.iter().flatten().find(|p| p.name == r.name).and_then(|p| p.card.clone());
+            r.card = before.map(|c| lanyard_protocol::link::CardReport { busy: true, ..c });
+        }
+        if !due && previous.as_ref() == Some(&readers) {
+            continue;
+        }
+        let cards = readers.iter().filter(|r| r.card_present).count();
+        let count = readers.len();
+        *lock(&shared.latest) = Some(readers.clone());
+        // While disconnected the report waits in `latest` for the next connection.
+        if shared.send(&AgentLinkFrame::Readers { readers }) {
+            events(LinkEvent::Reported { readers: count, cards });
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct LinkSnapshot {
     pub connected_at: OffsetDateTime,
     /// The latest `readers` report; `None` until the first.
     pub readers: Option<Vec<ReaderReport>>,
+    /// When the latest report arrived.
+    pub reported_at: Option<OffsetDateTime>,
 }
 
 /// Why a request could not go to an agent.
@@ -105,9 +107,10 @@ impl AgentLinks {
         }
     }
 
-    fn set_readers(&self, id: AgentId, conn: u64, readers: Vec<ReaderReport>) {
+    fn set_readers(&self, id: AgentId, conn: u64, readers: Vec<ReaderReport>, at: OffsetDateTime) {
         if let Some(l) = self.lock().get_mut(&id).filter(|l| l.conn == conn) {
             l.snapshot.readers = Some(readers);
+            l.snapshot.reported_at = Some(at);
         }
     }
 
@@ -131,11 +134,6 @@ impl AgentLinks {
         if let Some(link) = self.lock().remove(&id) {
             let _ = link.tx.try_send(Command::Close(why.to_owned()));
         }
-    }
-
-    /// How many agents are connected.
-    pub fn count(&self) -> usize {
-        self.lock().len()
     }
 }
 
@@ -253,7 +251,14 @@ impl Link {
                     );
                     return self.close(&why).await;
                 }
-                LinkSnapshot { agent, host, features, connected_at: s.clock.now(), readers: None }
+                LinkSnapshot {
+                    agent,
+                    host,
+                    features,
+                    connected_at: s.clock.now(),
+                    readers: None,
+                    reported_at: None,
+                }
             }
             Ok(Heard::Frame(other)) => {
                 return self.close(&format!("expected hello, got {}", kind(&other))).await;
@@ -324,7 +329,7 @@ impl Link {
                 readers.len()
             )),
             AgentLinkFrame::Readers { readers } => {
-                s.links.set_readers(self.agent, conn, readers);
+                s.links.set_readers(self.agent, conn, readers, s.clock.now());
                 None
             }
             AgentLinkFrame::SessionEnded { job, error } => {

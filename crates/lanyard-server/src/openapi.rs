@@ -83,6 +83,7 @@ impl Modify for Security {
         crate::api::agents::list_agents,
         crate::api::agents::revoke_agent,
         crate::api::agents::start_session,
+        crate::api::agents::refresh_agent,
     ),
     components(schemas(ErrorBody)),
     tags(

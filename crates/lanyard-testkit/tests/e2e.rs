@@ -132,6 +132,18 @@ mod link {
             assert_eq!(reader(&seen, READER)["card_present"], true);
             assert_eq!(reader(&seen, EMPTY)["card_present"], false);
 
+            // A refresh makes the agent report again although nothing changed.
+            let first = seen["readers_reported_at"].as_str().expect("when the report came").to_owned();
+            let refresh = format!("/api/v1/agents/{id}/refresh");
+            let (status, _) = server.call(&server.alice, "POST", &refresh, None).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+            let again = server
+                .wait_for_agent(&server.alice, id, |a| a["readers_reported_at"].as_str() != Some(first.as_str()))
+                .await;
+            assert_eq!(again["readers"], seen["readers"], "the same readers, reported again");
+            let (status, _) = server.call(&server.bob, "POST", &refresh, None).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "bob cannot refresh alice's agent");
+
             // Bob sees nothing of it and can use nothing of it, not even for his own job.
             let bobs = server.get(&server.bob, "/api/v1/agents").await;
             assert_eq!(bobs, json!([]), "bob has no agents and sees none of alice's");
@@ -187,6 +199,31 @@ mod link {
             assert_eq!(started["after"]["reader"], READER, "{started}");
         }
     );
+
+    /// An operator issuing in person runs the holder's job on an agent paired to the operator;
+    /// another operator cannot use that agent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_operator_runs_a_holders_job_on_the_operators_own_agent() {
+        let server = TestServer::sqlite().await;
+        let (id, credential) = server.pair_agent(&server.admin, "help-desk").await;
+        let ws = SoftWorkstation::new();
+        ws.insert(READER, server.plug_card());
+        let _agent = server.run_linked_agent(id, &credential, ws, Some(NEW_PIN));
+        server.wait_for_agent(&server.admin, id, |a| a["readers"].is_array()).await;
+        let issuance = server.begin_issuance(&server.alice).await;
+        let sessions = format!("/api/v1/agents/{id}/sessions");
+        let body = json!({"job": issuance.job.to_string(), "reader": READER});
+        let (status, answer) = server.call(&server.operator, "POST", &sessions, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "another operator's agent: {answer}");
+        let (status, answer) = server.call(&server.alice, "POST", &sessions, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "the holder cannot use the operator's agent: {answer}");
+        let (status, answer) = server.call(&server.admin, "POST", &sessions, Some(body)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        let job = server.wait_for_job(&server.admin, issuance.job).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let device = server.device(issuance.device).await;
+        assert_eq!((device.state, device.owner), (DeviceState::Active, Some(server.alice.id)));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agent_bound_ticket_needs_that_agents_credential() {

@@ -12,7 +12,7 @@ use lanyard_core::ids::{AgentId, JobId, UserId};
 use lanyard_core::model::Agent;
 use lanyard_core::repo::Repo;
 use lanyard_protocol::Secret;
-use lanyard_protocol::link::{ReaderReport, ServerLinkFrame};
+use lanyard_protocol::link::{FEATURE_SESSIONS, ReaderReport, ServerLinkFrame};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +53,9 @@ pub(super) struct AgentView {
     /// `busy`); null when offline or before its first report.
     #[schema(value_type = Option<Vec<Object>>)]
     readers: Option<Vec<ReaderReport>>,
+    /// While online: when the latest reader report arrived.
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    readers_reported_at: Option<time::OffsetDateTime>,
 }
 
 impl AgentView {
@@ -69,6 +72,7 @@ impl AgentView {
             agent_version: None,
             connected_at: None,
             readers: None,
+            readers_reported_at: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl AgentView {
             view.agent_version = Some(snapshot.agent);
             view.connected_at = Some(snapshot.connected_at);
             view.readers = snapshot.readers;
+            view.readers_reported_at = snapshot.reported_at;
         }
         view
     }
@@ -239,6 +244,12 @@ pub(super) async fn start_session<R: Repo>(
     let Some((_, snapshot)) = s.links.status(agent.id) else {
         return Err(conflict(format!("agent {} ({}) is not connected", agent.id, agent.host_name)));
     };
+    if !snapshot.features.iter().any(|f| f == FEATURE_SESSIONS) {
+        return Err(conflict(format!(
+            "agent {} ({}) does not run card sessions over its link; update it",
+            agent.id, snapshot.agent
+        )));
+    }
     let Some(readers) = snapshot.readers else {
         return Err(conflict(format!("agent {} has not reported its readers yet", agent.id)));
     };
@@ -271,4 +282,21 @@ pub(super) async fn start_session<R: Repo>(
     })?;
     let body = SessionStarted { job: job.into(), agent: agent.id, reader };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/agents/{id}/refresh", tag = "agents", params(("id" = String, Path, description = "Agent id")),
+    responses((status = 202), (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Asks one of the caller's connected agents to report its readers again now (a page's reload
+/// button); the new report shows in `GET /api/v1/agents` once it arrives.
+pub(super) async fn refresh_agent<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = id.parse::<AgentId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    let agent = auth.principal.self_service()?.agent(s.repo.as_ref(), id).await?;
+    s.links
+        .send(agent.id, ServerLinkFrame::Refresh)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("agent {}: {e}", agent.id)))?;
+    Ok(StatusCode::ACCEPTED)
 }

@@ -28,7 +28,7 @@ pub(crate) mod users;
 pub use audit::MAX_AUDIT_PAGE;
 pub use users::MAX_SEARCH_PAGE;
 
-use agents::{list_agents, pair, revoke_agent, start_pairing, start_session};
+use agents::{list_agents, pair, refresh_agent, revoke_agent, start_pairing, start_session};
 use audit::audit;
 use credentials::{
     device_credentials, hold_credential, issue_certificate, release_credential, revoke_credential,
@@ -80,6 +80,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/agents/pair", post(pair::<R>))
         .route("/api/v1/agents/{id}", axum::routing::delete(revoke_agent::<R>))
         .route("/api/v1/agents/{id}/sessions", post(start_session::<R>))
+        .route("/api/v1/agents/{id}/refresh", post(refresh_agent::<R>))
 }
 
 /// The request's operation id as the audit log takes it.
