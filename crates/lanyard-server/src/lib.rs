@@ -13,6 +13,7 @@ pub mod issuance;
 pub mod link;
 pub mod openapi;
 pub mod pki;
+pub mod portal_pin;
 pub mod tls;
 
 use axum::body::Bytes;
@@ -61,6 +62,8 @@ pub struct AppState<R> {
     pub public_url: Option<Arc<str>>,
     /// The agents whose link is connected to this process.
     pub links: Arc<link::AgentLinks>,
+    /// New PINs typed in the portal, on their way to card sessions.
+    pub pins: Arc<portal_pin::PinDesk>,
 }
 
 impl<R> Clone for AppState<R> {
@@ -75,6 +78,7 @@ impl<R> Clone for AppState<R> {
             instance: self.instance,
             public_url: self.public_url.clone(),
             links: Arc::clone(&self.links),
+            pins: Arc::clone(&self.pins),
         }
     }
 }
@@ -91,6 +95,7 @@ impl<R> AppState<R> {
             instance: InstanceId::new(),
             public_url: None,
             links: Arc::new(link::AgentLinks::default()),
+            pins: Arc::new(portal_pin::PinDesk::default()),
         }
     }
 

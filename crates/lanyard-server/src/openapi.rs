@@ -70,6 +70,7 @@ impl Modify for Security {
         crate::api::jobs::begin_issuance,
         crate::api::jobs::job,
         crate::api::jobs::job_ticket,
+        crate::api::jobs::submit_pin,
         crate::api::devices::activate,
         crate::api::devices::revoke_device,
         crate::api::devices::mark_device,

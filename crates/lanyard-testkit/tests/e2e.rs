@@ -208,7 +208,7 @@ mod link {
         let (id, credential) = server.pair_agent(&server.admin, "help-desk").await;
         let ws = SoftWorkstation::new();
         ws.insert(READER, server.plug_card());
-        let _agent = server.run_linked_agent(id, &credential, ws, Some(NEW_PIN));
+        let mut agent = server.run_linked_agent(id, &credential, ws, Some(NEW_PIN));
         server.wait_for_agent(&server.admin, id, |a| a["readers"].is_array()).await;
         let issuance = server.begin_issuance(&server.alice).await;
         let sessions = format!("/api/v1/agents/{id}/sessions");
@@ -219,11 +219,96 @@ mod link {
         assert_eq!(status, StatusCode::NOT_FOUND, "the holder cannot use the operator's agent: {answer}");
         let (status, answer) = server.call(&server.admin, "POST", &sessions, Some(body)).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        let ended =
+            agent.wait_for("the end of the session", |e| matches!(e, LinkEvent::SessionEnded { .. })).await;
+        assert_eq!(ended, LinkEvent::SessionEnded { job: issuance.job, reader: READER.into(), error: None });
         let job = server.wait_for_job(&server.admin, issuance.job).await;
         assert_eq!(job["state"], "succeeded", "{job}");
         let device = server.device(issuance.device).await;
         assert_eq!((device.state, device.owner), (DeviceState::Active, Some(server.alice.id)));
     }
+
+    /// Asks `GET /api/v1/jobs/{id}` until the session waits for the portal's PIN.
+    async fn pin_wanted(
+        server: &TestServer,
+        caller: &lanyard_testkit::Caller,
+        job: lanyard_core::ids::JobId,
+    ) -> Value {
+        let path = format!("/api/v1/jobs/{job}");
+        tokio::time::timeout(lanyard_testkit::link::HANG_GUARD, async {
+            loop {
+                let view = server.get(caller, &path).await;
+                if view["pin_wanted"].is_object() {
+                    return view["pin_wanted"].clone();
+                }
+                assert!(
+                    matches!(view["state"].as_str(), Some("created" | "running")),
+                    "the job ended without asking for a PIN: {view}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the session asks for the PIN")
+    }
+
+    on_both_databases!(
+        /// The holder types the new PIN in the portal: the server checks it against the rules
+        /// and passes it to the agent, which writes it without asking anyone at the workstation
+        /// (whose own source here would keep the initial PIN).
+        async fn a_pin_typed_in_the_portal_reaches_the_card_through_the_agent(backend) {
+            let server = TestServer::start(backend).await;
+            let (id, credential) = server.pair_agent(&server.alice, "alice-ws").await;
+            let ws = SoftWorkstation::new();
+            ws.insert(READER, server.plug_card());
+            ws.insert(EMPTY, server.plug_card());
+            let mut agent = server.run_linked_agent(id, &credential, ws.clone(), None);
+            server.wait_for_agent(&server.alice, id, |a| a["readers"].is_array()).await;
+            let sessions = format!("/api/v1/agents/{id}/sessions");
+            // The session is over when the agent has heard `done` (the job succeeds before the
+            // PIN step, which only decides between Active and Pending).
+            let ended = |job| move |e: &LinkEvent| matches!(e, LinkEvent::SessionEnded { job: j, error: None, .. } if *j == job);
+
+            let issuance = server.begin_issuance(&server.alice).await;
+            let body = json!({"job": issuance.job.to_string(), "reader": READER, "new_pin_from": "portal"});
+            let (status, answer) = server.call(&server.alice, "POST", &sessions, Some(body)).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+            let wanted = pin_wanted(&server, &server.alice, issuance.job).await;
+            assert_eq!(wanted["rules"], json!({"min_len": 6, "max_len": 8, "forbid_trivial": true}));
+            assert!(wanted["seconds_left"].as_u64().is_some_and(|s| s > 0), "{wanted}");
+            let pin_path = format!("/api/v1/jobs/{}/pin", issuance.job);
+            let (status, _) = server.call(&server.bob, "POST", &pin_path, Some(json!({"new_pin": NEW_PIN}))).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "bob cannot set alice's PIN");
+            let (status, answer) = server.call(&server.alice, "POST", &pin_path, Some(json!({"new_pin": "123456"}))).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+            assert!(answer["error"].as_str().is_some_and(|e| e.starts_with("new_pin: ")), "{answer}");
+            let (status, answer) = server.call(&server.alice, "POST", &pin_path, Some(json!({"new_pin": NEW_PIN}))).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+            agent.wait_for("the end of the session", ended(issuance.job)).await;
+            let job = server.wait_for_job(&server.alice, issuance.job).await;
+            assert_eq!(job["state"], "succeeded", "{job}");
+            assert_eq!(server.device(issuance.device).await.state, DeviceState::Active);
+            let (status, _) = server.call(&server.alice, "POST", &pin_path, Some(json!({"new_pin": NEW_PIN}))).await;
+            assert_eq!(status, StatusCode::CONFLICT, "the session no longer waits");
+            let mut card = ws.remove(READER).expect("the card is back");
+            lanyard_testkit::power_cycle(&mut card);
+            card.verify_pin(NEW_PIN.as_bytes()).expect("the PIN typed in the portal opens the card");
+
+            // Declining in the portal keeps the initial PIN: the device stays pending.
+            let second = server.begin_issuance(&server.alice).await;
+            let body = json!({"job": second.job.to_string(), "reader": EMPTY, "new_pin_from": "portal"});
+            let (status, answer) = server.call(&server.alice, "POST", &sessions, Some(body)).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+            pin_wanted(&server, &server.alice, second.job).await;
+            let second_pin = format!("/api/v1/jobs/{}/pin", second.job);
+            let (status, _) = server.call(&server.alice, "POST", &second_pin, Some(json!({"new_pin": null}))).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+            agent.wait_for("the end of the second session", ended(second.job)).await;
+            let job = server.wait_for_job(&server.alice, second.job).await;
+            assert_eq!(job["state"], "succeeded", "{job}");
+            assert_eq!(server.device(second.device).await.state, DeviceState::Pending);
+        }
+    );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agent_bound_ticket_needs_that_agents_credential() {

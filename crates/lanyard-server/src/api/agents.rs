@@ -12,7 +12,7 @@ use lanyard_core::ids::{AgentId, JobId, UserId};
 use lanyard_core::model::Agent;
 use lanyard_core::repo::Repo;
 use lanyard_protocol::Secret;
-use lanyard_protocol::link::{FEATURE_SESSIONS, ReaderReport, ServerLinkFrame};
+use lanyard_protocol::link::{FEATURE_SERVER_PIN, FEATURE_SESSIONS, ReaderReport, ServerLinkFrame};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
@@ -190,6 +190,11 @@ pub(super) struct StartSessionRequest {
     /// `run` (start or resume; the default) or `rollback` (reset the card of a failed job).
     #[serde(default)]
     purpose: Option<String>,
+    /// Who types the new PIN: `agent` (at the workstation; the default) or `portal` (in the
+    /// browser, handed in with `POST /api/v1/jobs/{id}/pin`; the agent must take PINs from the
+    /// server).
+    #[serde(default)]
+    new_pin_from: Option<String>,
 }
 
 /// A card session sent to an agent.
@@ -233,6 +238,16 @@ pub(super) async fn start_session<R: Repo>(
             ));
         }
     };
+    let from_portal = match req.new_pin_from.as_deref().map(str::trim) {
+        None | Some("agent") => false,
+        Some("portal") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("new_pin_from: {other:?} (expected agent or portal)"),
+            ));
+        }
+    };
     let repo = s.repo.as_ref();
     let operator = auth.principal.operator().ok();
     // The caller's own agent, whatever their role; nobody learns about another user's.
@@ -247,6 +262,12 @@ pub(super) async fn start_session<R: Repo>(
     if !snapshot.features.iter().any(|f| f == FEATURE_SESSIONS) {
         return Err(conflict(format!(
             "agent {} ({}) does not run card sessions over its link; update it",
+            agent.id, snapshot.agent
+        )));
+    }
+    if from_portal && !snapshot.features.iter().any(|f| f == FEATURE_SERVER_PIN) {
+        return Err(conflict(format!(
+            "agent {} ({}) cannot take a PIN typed in the portal; update it",
             agent.id, snapshot.agent
         )));
     }
@@ -271,6 +292,11 @@ pub(super) async fn start_session<R: Repo>(
         TicketPurpose::Run => job.kind.as_str().to_owned(),
         TicketPurpose::Rollback => "rollback".to_owned(),
     };
+    if from_portal {
+        s.pins.expect(job.id);
+    } else {
+        s.pins.forget(job.id);
+    }
     let frame = ServerLinkFrame::StartSession {
         job: job.id,
         ticket: Secret::new(crate::issuance::ticket_string(job.id, &ticket)),

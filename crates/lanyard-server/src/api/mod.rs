@@ -38,7 +38,7 @@ use devices::{
     terminate_device,
 };
 use groups::{create_group, list_groups, update_policy};
-use jobs::{begin_issuance, job, job_ticket, replace_device, unlock_pin, wipe_device};
+use jobs::{begin_issuance, job, job_ticket, replace_device, submit_pin, unlock_pin, wipe_device};
 use session::{login, logout, me};
 use tokens::{create_token, list_tokens, revoke_token};
 use users::{create_user, find_users, user_devices};
@@ -63,6 +63,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/issuance", post(begin_issuance::<R>))
         .route("/api/v1/jobs/{id}", get(job::<R>))
         .route("/api/v1/jobs/{id}/ticket", post(job_ticket::<R>))
+        .route("/api/v1/jobs/{id}/pin", post(submit_pin::<R>))
         .route("/api/v1/devices/{id}/activate", post(activate::<R>))
         .route("/api/v1/devices/{id}/revoke", post(revoke_device::<R>))
         .route("/api/v1/devices/{id}/mark", post(mark_device::<R>))
