@@ -164,6 +164,27 @@ impl Shared {
     fn send(&self, frame: &AgentLinkFrame) -> bool {
         lock(&self.outbox).as_ref().is_some_and(|tx| tx.send(frame.to_text()).is_ok())
     }
+
+    /// Keeps `readers` as the latest report and sends it; `false` while disconnected. Under the
+    /// outbox's lock, like a new connection's resending of the latest report, so a report goes
+    /// out once, by one of them. (Locks are always taken outbox first, then latest.)
+    fn publish(&self, readers: Vec<ReaderReport>) -> bool {
+        let outbox = lock(&self.outbox);
+        *lock(&self.latest) = Some(readers.clone());
+        outbox.as_ref().is_some_and(|tx| tx.send(AgentLinkFrame::Readers { readers }.to_text()).is_ok())
+    }
+
+    /// Makes `tx` the outbox of a new connection and queues the latest report on it; whether
+    /// there was one to send.
+    fn connected(&self, tx: mpsc::Sender<String>) -> Option<Vec<ReaderReport>> {
+        let mut outbox = lock(&self.outbox);
+        let latest = lock(&self.latest).clone();
+        if let Some(readers) = &latest {
+            let _ = tx.send(AgentLinkFrame::Readers { readers: readers.clone() }.to_text());
+        }
+        *outbox = Some(tx);
+        latest
+    }
 }
 
 /// A paired agent: its link, its watcher and its sessions.
@@ -296,14 +317,10 @@ impl<W: Workstation> Agent<W> {
             return format!("saying hello: {e}");
         }
         // The server forgets reports with the connection; the last one goes again at once.
-        if let Some(readers) = lock(&self.shared.latest).clone() {
+        if let Some(readers) = self.shared.connected(tx) {
             let cards = readers.iter().filter(|r| r.card_present).count();
-            let count = readers.len();
-            if tx.send(AgentLinkFrame::Readers { readers }.to_text()).is_ok() {
-                (self.events)(LinkEvent::Reported { readers: count, cards });
-            }
+            (self.events)(LinkEvent::Reported { readers: readers.len(), cards });
         }
-        *lock(&self.shared.outbox) = Some(tx);
         let mut last_ping = Instant::now();
         let reason = loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -493,9 +510,8 @@ fn watch<W: Workstation>(
         }
         let cards = readers.iter().filter(|r| r.card_present).count();
         let count = readers.len();
-        *lock(&shared.latest) = Some(readers.clone());
         // While disconnected the report waits in `latest` for the next connection.
-        if shared.send(&AgentLinkFrame::Readers { readers }) {
+        if shared.publish(readers) {
             events(LinkEvent::Reported { readers: count, cards });
         }
     }
@@ -580,6 +596,8 @@ impl Workstation for Pcsc {
             }
             match watch.ctx.get_status_change(timeout, &mut watch.states) {
                 Ok(()) | Err(pcsc::Error::Timeout) => {}
+                // A reader went away between listing and waiting: the next round lists again.
+                Err(pcsc::Error::UnknownReader) => return Ok(true),
                 Err(e) => return Err(pcsc_error(e)),
             }
             let now = watch.snapshot();

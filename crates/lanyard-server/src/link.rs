@@ -356,3 +356,46 @@ fn kind(frame: &AgentLinkFrame) -> &'static str {
         AgentLinkFrame::Error { .. } => "error",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(agent: &str) -> LinkSnapshot {
+        LinkSnapshot {
+            agent: agent.into(),
+            host: "ws".into(),
+            features: vec![],
+            connected_at: OffsetDateTime::UNIX_EPOCH,
+            readers: None,
+            reported_at: None,
+        }
+    }
+
+    #[test]
+    fn a_reconnecting_agent_replaces_its_old_link_and_the_old_one_cannot_remove_it() {
+        let links = AgentLinks::default();
+        let (id, user) = (AgentId::new(), UserId::new());
+        assert_eq!(links.send(id, ServerLinkFrame::Refresh), Err(LinkError::Offline));
+        let (old, mut old_rx) = links.register(id, user, snapshot("first"));
+        let (new, mut new_rx) = links.register(id, user, snapshot("second"));
+        assert!(matches!(old_rx.try_recv(), Ok(Command::Close(m)) if m.contains("replaced")));
+        // The old link's task ends and unregisters: the new link stays.
+        links.unregister(id, old);
+        links.set_readers(id, old, vec![], OffsetDateTime::UNIX_EPOCH);
+        let (owner, seen) = links.status(id).expect("still online");
+        assert_eq!((owner, seen.agent.as_str(), seen.readers), (user, "second", None));
+        links.set_readers(id, new, vec![], OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(links.status(id).and_then(|(_, s)| s.readers), Some(vec![]));
+        links.send(id, ServerLinkFrame::Refresh).unwrap();
+        assert!(matches!(new_rx.try_recv(), Ok(Command::Send(ServerLinkFrame::Refresh))));
+        // A full queue is "busy", not a silent drop.
+        for _ in 0..LINK_QUEUE {
+            links.send(id, ServerLinkFrame::Refresh).unwrap();
+        }
+        assert_eq!(links.send(id, ServerLinkFrame::Refresh), Err(LinkError::Busy));
+        links.disconnect(id, "revoked");
+        assert!(links.status(id).is_none());
+        assert_eq!(links.send(id, ServerLinkFrame::Refresh), Err(LinkError::Offline));
+    }
+}
