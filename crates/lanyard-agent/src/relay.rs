@@ -724,19 +724,6 @@ pub(crate) struct Opened {
     pub version: Option<String>,
 }
 
-impl std::ops::Deref for Opened {
-    type Target = WebSocket<Stream>;
-    fn deref(&self) -> &Self::Target {
-        &self.ws
-    }
-}
-
-impl std::ops::DerefMut for Opened {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.ws
-    }
-}
-
 impl Dial<'_> {
     fn check_version(&self, opened: &Opened) -> Result<(), AgentError> {
         check_version(Side::Agent, opened.version.as_deref()).map_err(AgentError::ProtocolVersion)
