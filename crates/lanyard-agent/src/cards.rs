@@ -7,6 +7,7 @@ use lanyard_piv::apdu::StatusWord;
 use lanyard_piv::objects::ChuidIssuance;
 use lanyard_piv::transport::{PcscTransport, reader_states};
 use lanyard_piv::{CardTransport, Piv, PivError};
+use lanyard_protocol::link::{CardReport, ReaderReport, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::AgentError;
@@ -60,29 +61,70 @@ pub enum Compatibility {
 /// Every PC/SC reader with its card, identified. No readers is an empty list; pcscd being
 /// unreachable is [`AgentError::Pcsc`].
 pub fn list_cards() -> Result<Vec<ReaderInfo>, AgentError> {
-    let states = reader_states().map_err(AgentError::Pcsc)?;
-    let mut out = Vec::with_capacity(states.len());
-    for state in states {
-        let card = if !state.card_present {
-            None
-        } else if state.exclusive {
-            Some(unreadable("another program holds the card exclusively"))
-        } else {
-            // `card_present` already excludes a card being removed (no APDU to a card that is
-            // leaving: pcscd's reset of it would fail).
-            Some(match PcscTransport::connect_exact(&state.name) {
-                Ok(t) => identify(t),
-                Err(e) => unreadable(&e.to_string()),
-            })
-        };
-        out.push(ReaderInfo {
-            reader: state.name,
-            card_present: state.card_present,
-            atr: hex::encode_upper(&state.atr),
-            card,
+    // `card_present` already excludes a card being removed (no APDU to a card that is leaving:
+    // pcscd's reset of it would fail).
+    list_cards_except(&std::collections::BTreeSet::new())
+}
+
+/// The model name issuance policies use for a card (`accepted_card_models`): `YubiKey <major>`
+/// from the firmware version; `None` for other cards.
+pub fn model_name(card: &CardInfo) -> Option<String> {
+    let major = card.yubikey_version.as_deref()?.split('.').next()?;
+    Some(format!("YubiKey {major}"))
+}
+
+impl ReaderInfo {
+    /// The reader as the agent link reports it.
+    pub fn to_report(&self) -> ReaderReport {
+        let card = self.card.as_ref().map(|c| {
+            let (verdict, reason) = match &c.compatibility {
+                Compatibility::Compatible => (Verdict::Compatible, None),
+                Compatibility::AlreadyIssued => (Verdict::AlreadyIssued, None),
+                Compatibility::Unsupported { reason } => (Verdict::Unsupported, Some(reason.clone())),
+                Compatibility::Unreadable { reason } => (Verdict::Unreadable, Some(reason.clone())),
+            };
+            CardReport {
+                model: model_name(c),
+                serial: c.serial.map(|s| s.to_string()),
+                verdict,
+                reason,
+                busy: false,
+            }
         });
+        ReaderReport {
+            name: self.reader.clone(),
+            card_present: self.card_present,
+            atr: self.atr.clone(),
+            card,
+        }
     }
-    Ok(out)
+}
+
+/// Every PC/SC reader, with the cards of all but the readers in `skip` identified: those run a
+/// card session, and identification's SELECT would reset the session's security state.
+pub fn list_cards_except(skip: &std::collections::BTreeSet<String>) -> Result<Vec<ReaderInfo>, AgentError> {
+    let states = reader_states().map_err(AgentError::Pcsc)?;
+    Ok(states
+        .into_iter()
+        .map(|state| {
+            let card = if !state.card_present || skip.contains(&state.name) {
+                None
+            } else if state.exclusive {
+                Some(unreadable("another program holds the card exclusively"))
+            } else {
+                Some(match PcscTransport::connect_exact(&state.name) {
+                    Ok(t) => identify(t),
+                    Err(e) => unreadable(&e.to_string()),
+                })
+            };
+            ReaderInfo {
+                atr: hex::encode_upper(&state.atr),
+                reader: state.name,
+                card_present: state.card_present,
+                card,
+            }
+        })
+        .collect())
 }
 
 fn unreadable(reason: &str) -> CardInfo {

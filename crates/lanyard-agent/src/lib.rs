@@ -12,6 +12,7 @@
 //! The agent keeps no card secret beyond one session.
 
 pub mod cards;
+pub mod link;
 pub mod portal;
 pub mod relay;
 
@@ -40,6 +41,9 @@ pub enum AgentError {
     Connect { addr: String, source: std::io::Error },
     #[error("TLS with {host}: {reason}")]
     Tls { host: String, reason: String },
+    /// The server answered the WebSocket upgrade with an HTTP error (a bad ticket or credential).
+    #[error("the server refused the agent channel: HTTP {status} {body}")]
+    Refused { status: u16, body: String },
     #[error("WebSocket: {0}")]
     WebSocket(String),
     /// The server sent something outside the wire protocol; the agent told it and closed.

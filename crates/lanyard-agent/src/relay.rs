@@ -17,6 +17,7 @@ use lanyard_core::model::{PinRuleError, PinRules};
 use lanyard_piv::apdu::Command;
 use lanyard_piv::transport::{PcscTransport, reader_states};
 use lanyard_piv::{ApduHandler, CardTransport, InProcess, Piv, PivError, TransportError, commands};
+use lanyard_protocol::link::FEATURE_SERVER_PIN;
 use lanyard_protocol::url::parse_server;
 use lanyard_protocol::{
     AgentFrame, MAX_BATCH, MAX_FRAME, PROTOCOL_VERSION, ServerFrame, Side, TICKET_HEADER, VERSION_HEADER,
@@ -51,6 +52,9 @@ pub struct SessionOptions {
     pub connect_timeout: Duration,
     /// How long to wait for the server's next frame.
     pub read_timeout: Duration,
+    /// The paired agent's credential, sent beside the ticket (`Authorization: Bearer`): a job the
+    /// server sent over the agent link runs only with it. `None` for a ticket typed by hand.
+    pub credential: Option<Zeroizing<String>>,
 }
 
 impl SessionOptions {
@@ -62,6 +66,7 @@ impl SessionOptions {
             ca_pem: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
+            credential: None,
         }
     }
 }
@@ -73,6 +78,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("ticket", &"<redacted>")
             .field("reader", &self.reader)
             .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -260,7 +266,7 @@ pub fn hello_frame(reader: &str, atr: &[u8]) -> String {
         agent: AGENT_NAME.to_owned(),
         reader: reader.to_owned(),
         atr: hex::encode_upper(atr),
-        features: Vec::new(),
+        features: vec![FEATURE_SERVER_PIN.to_owned()],
     }
     .to_text()
 }
@@ -352,14 +358,25 @@ impl<C: SessionCard> Relay<C> {
                 progress(&Progress::Step { step, done, total });
                 self.transmit(seq, &apdus, deadline)
             }
-            ServerFrame::ChangePin { seq, old_pin, rules, answer_within_secs } => {
+            ServerFrame::ChangePin { seq, old_pin, rules, answer_within_secs, new_pin } => {
                 progress(&Progress::PinRequested);
                 let command = PinCommand::Change { old_pin: old_pin.expose() };
+                // A PIN the holder typed in the portal (feature `server_pin`) answers for them.
+                let mut typed = new_pin.map(|p| FixedPin(Zeroizing::new(p.expose().to_owned())));
+                let pins: &mut dyn PinSource = match typed.as_mut() {
+                    Some(t) => t,
+                    None => pins,
+                };
                 self.set_pin(seq, command, &rules, (deadline, answer_within_secs), pins, link, progress)
             }
-            ServerFrame::UnblockPin { seq, puk, rules, answer_within_secs } => {
+            ServerFrame::UnblockPin { seq, puk, rules, answer_within_secs, new_pin } => {
                 progress(&Progress::PinRequested);
                 let command = PinCommand::Unblock { puk: puk.expose() };
+                let mut typed = new_pin.map(|p| FixedPin(Zeroizing::new(p.expose().to_owned())));
+                let pins: &mut dyn PinSource = match typed.as_mut() {
+                    Some(t) => t,
+                    None => pins,
+                };
                 self.set_pin(seq, command, &rules, (deadline, answer_within_secs), pins, link, progress)
             }
             ServerFrame::Done { device, state } => {
@@ -598,6 +615,14 @@ impl Write for Stream {
 }
 
 impl Stream {
+    /// How long a read may block; `None` blocks until data comes.
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.set_read_timeout(timeout),
+            Stream::Tls(s) => s.sock.set_read_timeout(timeout),
+        }
+    }
+
     fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
         match self {
             Stream::Plain(s) => s.set_nonblocking(on),
@@ -647,82 +672,140 @@ pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, AgentEr
 /// Opens the agent channel: TCP, TLS (handshake completed here, so a certificate problem is
 /// reported as such), then the WebSocket upgrade with the ticket.
 pub fn connect(opts: &SessionOptions) -> Result<WebSocket<Stream>, AgentError> {
-    let target = parse_server(&opts.server)?;
-    let tls_config = if target.tls { Some(tls_config(opts.ca_pem.as_deref())?) } else { None };
-    let addr = format!("{}:{}", target.host, target.port);
-    let connect_err = |source| AgentError::Connect { addr: addr.clone(), source };
-    let mut last = None;
-    let mut tcp = None;
-    for sa in (target.host.as_str(), target.port).to_socket_addrs().map_err(connect_err)? {
-        match TcpStream::connect_timeout(&sa, opts.connect_timeout) {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let tcp = tcp.ok_or_else(|| {
-        connect_err(last.unwrap_or_else(|| std::io::Error::other("the host name resolves to no address")))
-    })?;
-    tcp.set_read_timeout(Some(opts.read_timeout)).map_err(connect_err)?;
-    tcp.set_write_timeout(Some(opts.read_timeout)).map_err(connect_err)?;
-    let _ = tcp.set_nodelay(true);
-    let stream = if let Some(config) = tls_config {
-        let tls_err = |reason: String| AgentError::Tls { host: target.host.clone(), reason };
-        let name = ServerName::try_from(target.host.clone()).map_err(|e| tls_err(e.to_string()))?;
-        let conn =
-            rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| tls_err(e.to_string()))?;
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).map_err(|e| tls_err(e.to_string()))?;
-        }
-        Stream::Tls(Box::new(tls))
-    } else {
-        Stream::Plain(tcp)
-    };
-    let mut request = target
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| AgentError::BadUrl { url: opts.server.clone(), reason: e.to_string() })?;
     let mut ticket = tungstenite::http::HeaderValue::from_str(&opts.ticket)
         .map_err(|_| AgentError::Protocol("the ticket contains characters a header cannot carry".into()))?;
     ticket.set_sensitive(true);
-    request.headers_mut().insert(TICKET_HEADER, ticket);
-    request.headers_mut().insert(VERSION_HEADER, tungstenite::http::HeaderValue::from(PROTOCOL_VERSION));
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME)).max_frame_size(Some(MAX_FRAME));
-    let version = |headers: &tungstenite::http::HeaderMap| {
-        check_version(Side::Agent, headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()))
+    let mut headers = vec![(TICKET_HEADER, ticket)];
+    if let Some(credential) = &opts.credential {
+        headers.push(("authorization", bearer(credential)?));
+    }
+    let dial = Dial {
+        server: &opts.server,
+        ca_pem: opts.ca_pem.as_deref(),
+        connect_timeout: opts.connect_timeout,
+        read_timeout: opts.read_timeout,
     };
-    match tungstenite::client::client_with_config(request, stream, Some(config)) {
-        Ok((mut ws, resp)) => match version(resp.headers()) {
-            Ok(()) => Ok(ws),
+    let url = parse_server(&opts.server)?.url;
+    match dial.open(&url, headers) {
+        Ok(mut opened) => match dial.check_version(&opened) {
+            Ok(()) => Ok(opened.ws),
             Err(e) => {
                 // The server has used the ticket up by now; tell it why the job goes no further.
-                let _ = ws.send(Message::text(error_frame(None, &e.to_string())));
-                close(&mut ws);
-                Err(AgentError::ProtocolVersion(e))
+                let _ = opened.ws.send(Message::text(error_frame(None, &e.to_string())));
+                close(&mut opened.ws);
+                Err(e)
             }
         },
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-            // A server of another version refuses this agent, and names its own version.
-            if resp.headers().contains_key(VERSION_HEADER)
-                && let Err(e) = version(resp.headers())
-            {
-                return Err(AgentError::ProtocolVersion(e));
+        Err(e) => Err(e),
+    }
+}
+
+/// `Bearer <credential>` as a header value marked sensitive.
+pub(crate) fn bearer(credential: &str) -> Result<tungstenite::http::HeaderValue, AgentError> {
+    let mut value =
+        tungstenite::http::HeaderValue::from_str(&format!("Bearer {credential}")).map_err(|_| {
+            AgentError::Protocol("the agent credential contains characters a header cannot carry".into())
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Where and how to open a WebSocket to the server: the session channel or the agent link.
+pub(crate) struct Dial<'a> {
+    pub server: &'a str,
+    pub ca_pem: Option<&'a [u8]>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// An open WebSocket and the server's protocol version from its upgrade answer.
+pub(crate) struct Opened {
+    pub ws: WebSocket<Stream>,
+    pub version: Option<String>,
+}
+
+impl Dial<'_> {
+    fn check_version(&self, opened: &Opened) -> Result<(), AgentError> {
+        check_version(Side::Agent, opened.version.as_deref()).map_err(AgentError::ProtocolVersion)
+    }
+
+    /// TCP, TLS (handshake completed here, so a certificate problem is reported as such), then
+    /// the WebSocket upgrade to `url` with `headers` and the agent's protocol version. A refusal
+    /// is [`AgentError::Server`] with the server's message, or [`AgentError::ProtocolVersion`]
+    /// when the server names another version.
+    pub fn open(
+        &self,
+        url: &str,
+        headers: Vec<(&'static str, tungstenite::http::HeaderValue)>,
+    ) -> Result<Opened, AgentError> {
+        let opts = self;
+        let target = parse_server(opts.server)?;
+        let tls_config = if target.tls { Some(tls_config(opts.ca_pem)?) } else { None };
+        let addr = format!("{}:{}", target.host, target.port);
+        let connect_err = |source| AgentError::Connect { addr: addr.clone(), source };
+        let mut last = None;
+        let mut tcp = None;
+        for sa in (target.host.as_str(), target.port).to_socket_addrs().map_err(connect_err)? {
+            match TcpStream::connect_timeout(&sa, opts.connect_timeout) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
             }
-            let body = resp
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned())
-                .unwrap_or_default();
-            Err(AgentError::Server(format!(
-                "the server refused the agent channel: HTTP {} {body}",
-                resp.status()
-            )))
         }
-        Err(e) => Err(AgentError::WebSocket(e.to_string())),
+        let tcp = tcp.ok_or_else(|| {
+            connect_err(last.unwrap_or_else(|| std::io::Error::other("the host name resolves to no address")))
+        })?;
+        tcp.set_read_timeout(Some(opts.read_timeout)).map_err(connect_err)?;
+        tcp.set_write_timeout(Some(opts.read_timeout)).map_err(connect_err)?;
+        let _ = tcp.set_nodelay(true);
+        let stream = if let Some(config) = tls_config {
+            let tls_err = |reason: String| AgentError::Tls { host: target.host.clone(), reason };
+            let name = ServerName::try_from(target.host.clone()).map_err(|e| tls_err(e.to_string()))?;
+            let conn =
+                rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| tls_err(e.to_string()))?;
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            while tls.conn.is_handshaking() {
+                tls.conn.complete_io(&mut tls.sock).map_err(|e| tls_err(e.to_string()))?;
+            }
+            Stream::Tls(Box::new(tls))
+        } else {
+            Stream::Plain(tcp)
+        };
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| AgentError::BadUrl { url: opts.server.to_owned(), reason: e.to_string() })?;
+        for (name, value) in headers {
+            request.headers_mut().insert(name, value);
+        }
+        request.headers_mut().insert(VERSION_HEADER, tungstenite::http::HeaderValue::from(PROTOCOL_VERSION));
+        let config =
+            WebSocketConfig::default().max_message_size(Some(MAX_FRAME)).max_frame_size(Some(MAX_FRAME));
+        let version = |headers: &tungstenite::http::HeaderMap| {
+            check_version(Side::Agent, headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()))
+        };
+        match tungstenite::client::client_with_config(request, stream, Some(config)) {
+            Ok((ws, resp)) => Ok(Opened {
+                ws,
+                version: resp.headers().get(VERSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            }),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                // A server of another version refuses this agent, and names its own version.
+                if resp.headers().contains_key(VERSION_HEADER)
+                    && let Err(e) = version(resp.headers())
+                {
+                    return Err(AgentError::ProtocolVersion(e));
+                }
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned())
+                    .unwrap_or_default();
+                Err(AgentError::Refused { status: resp.status().as_u16(), body })
+            }
+            Err(e) => Err(AgentError::WebSocket(e.to_string())),
+        }
     }
 }
 
@@ -742,7 +825,7 @@ fn ws_error(e: tungstenite::Error) -> AgentError {
 
 /// Closes politely, reading until the server acknowledges (bounded: a server that never answers
 /// costs at most the read timeout).
-fn close<S: Read + Write>(ws: &mut WebSocket<S>) {
+pub(crate) fn close<S: Read + Write>(ws: &mut WebSocket<S>) {
     let _ = ws.close(None);
     for _ in 0..16 {
         if ws.read().is_err() {

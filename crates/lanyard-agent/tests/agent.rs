@@ -114,6 +114,7 @@ fn change_pin(seq: u64, old: &str) -> ServerFrame {
         old_pin: Secret::new(old),
         rules: PinRules::default(),
         answer_within_secs: 60,
+        new_pin: None,
     }
 }
 
@@ -181,7 +182,7 @@ fn check_hello<S: Read + Write>(peer: &mut Peer<S>) {
         agent: lanyard_agent::AGENT_NAME.into(),
         reader: READER.into(),
         atr: hexs(&lanyard_vcard::atr()),
-        features: vec![],
+        features: vec![lanyard_protocol::link::FEATURE_SERVER_PIN.into()],
     };
     assert_eq!(hello, want);
 }
@@ -318,6 +319,48 @@ fn change_pin_sets_the_new_pin_on_the_card() {
     assert_eq!(verify_sw(&mut card, "27182818"), 0x9000);
 }
 
+/// A PIN the holder typed in the portal comes with `change_pin` (feature `server_pin`): the agent
+/// writes it without asking its own PIN source, and a rule-breaking one is refused locally.
+#[test]
+fn a_pin_sent_by_the_server_is_used_instead_of_asking() {
+    let (url, server) = serve(|peer| {
+        peer.transmit(1, "select", &[bytes(&commands::select())]);
+        let mut frame = change_pin(2, "123456");
+        if let ServerFrame::ChangePin { new_pin, .. } = &mut frame {
+            *new_pin = Some(Secret::new("1111111"));
+        }
+        peer.send(frame);
+        let refused = peer.recv();
+        let mut frame = change_pin(3, "123456");
+        if let ServerFrame::ChangePin { new_pin, .. } = &mut frame {
+            *new_pin = Some(Secret::new("27182818"));
+        }
+        peer.send(frame);
+        let answer = peer.recv();
+        done(peer, DeviceState::Active);
+        (refused, answer)
+    });
+    let mut card = fresh_card();
+    // A source that would fail the test if the agent asked it.
+    struct NeverAsked;
+    impl PinSource for NeverAsked {
+        fn new_pin(&mut self, _: &PinPrompt<'_>) -> Result<Option<Zeroizing<String>>, AgentError> {
+            panic!("the agent asked locally although the server sent the PIN")
+        }
+    }
+    let (r, _) = run(&url, &mut card, &mut NeverAsked);
+    let (refused, answer) = server.join().unwrap();
+    match refused {
+        AgentFrame::Error { seq: Some(2), message } => {
+            assert!(message.contains("must not repeat one digit"), "{message}")
+        }
+        other => panic!("expected the trivial PIN to be refused, got {other:?}"),
+    }
+    assert_eq!(answer, AgentFrame::PinChanged { seq: 3, sw: "9000".into() });
+    assert_eq!(r.unwrap().pin, PinOutcome::Changed);
+    assert_eq!(verify_sw(&mut card, "27182818"), 0x9000);
+}
+
 /// Offers a trivial PIN first, then a good one; records what it was told.
 struct Stubborn {
     offers: Vec<&'static str>,
@@ -430,6 +473,7 @@ fn a_pin_given_after_the_deadline_is_not_written() {
             old_pin: Secret::new("123456"),
             rules: PinRules::default(),
             answer_within_secs: 1,
+            new_pin: None,
         });
         let answer = peer.recv();
         done(peer, DeviceState::Pending);
@@ -1213,5 +1257,187 @@ mod portal_api {
         assert_eq!(status, StatusCode::CONFLICT);
         let (status, _, _) = call(&app, request("GET", "/v1/sessions/nope", Some(ORIGIN), host, None)).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent link, against a scripted server
+// ---------------------------------------------------------------------------------------------
+
+mod link {
+    use std::collections::BTreeSet;
+    use std::net::TcpListener;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex, mpsc};
+    use std::time::Duration;
+
+    use lanyard_agent::AgentError;
+    use lanyard_agent::link::{Agent, LinkEvent, LinkOptions, PinSources, Workstation};
+    use lanyard_agent::relay::{Outcome, PinSource, Progress, SessionOptions, SkipPinChange};
+    use lanyard_core::ids::JobId;
+    use lanyard_protocol::link::{AgentLinkFrame, ReaderReport, ServerLinkFrame};
+    use lanyard_protocol::{Secret, VERSION_HEADER};
+    use tungstenite::Message;
+
+    /// One reader with no card; a session on it waits until the test lets it fail.
+    struct OneReader {
+        release: Mutex<mpsc::Receiver<()>>,
+        sessions: Mutex<Vec<(String, Option<String>)>>,
+    }
+
+    impl Workstation for OneReader {
+        fn readers(&self, _busy: &BTreeSet<String>) -> Result<Vec<ReaderReport>, AgentError> {
+            Ok(vec![ReaderReport { name: "R".into(), card_present: false, atr: String::new(), card: None }])
+        }
+
+        fn wait_for_change(&self, timeout: Duration) -> Result<bool, AgentError> {
+            std::thread::sleep(timeout);
+            Ok(false)
+        }
+
+        fn run_session(
+            &self,
+            opts: &SessionOptions,
+            _pins: &mut dyn PinSource,
+            _progress: &mut dyn FnMut(&Progress),
+        ) -> Result<Outcome, AgentError> {
+            let credential = opts.credential.as_ref().map(|c| c.to_string());
+            self.sessions.lock().unwrap().push((opts.ticket.to_string(), credential));
+            let _ = self.release.lock().unwrap().recv();
+            Err(AgentError::Card("the test ends the session".into()))
+        }
+    }
+
+    fn next(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> AgentLinkFrame {
+        loop {
+            match ws.read().unwrap() {
+                Message::Text(t) => return AgentLinkFrame::parse(t.as_str()).unwrap(),
+                Message::Close(_) => panic!("the agent closed"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
+    fn the_agent_says_hello_reports_readers_and_answers_the_server_precisely() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (release_tx, release_rx) = mpsc::channel();
+        let ws = Arc::new(OneReader { release: Mutex::new(release_rx), sessions: Mutex::new(Vec::new()) });
+        let pins: PinSources = Arc::new(|| -> Box<dyn PinSource + Send> { Box::new(SkipPinChange) });
+        let (events_tx, events) = mpsc::channel();
+        let events_tx = Mutex::new(events_tx);
+        let agent = Agent::new(
+            LinkOptions::new(url, "the-credential", "ws-test"),
+            Arc::clone(&ws),
+            pins,
+            Arc::new(move |e| drop(events_tx.lock().unwrap().send(e))),
+        );
+        let stop = agent.stop_flag();
+        let running = std::thread::spawn(move || agent.run());
+
+        let (tcp, _) = listener.accept().unwrap();
+        let mut seen = (String::new(), String::new(), String::new());
+        let mut peer = tungstenite::accept_hdr(
+            tcp,
+            |req: &tungstenite::handshake::server::Request,
+             mut resp: tungstenite::handshake::server::Response| {
+                let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+                seen = (
+                    req.uri().path().to_owned(),
+                    header("authorization").unwrap_or_default(),
+                    header(VERSION_HEADER).unwrap_or_default(),
+                );
+                resp.headers_mut().insert(VERSION_HEADER, "1".parse().unwrap());
+                Ok(resp)
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, ("/api/v1/agent/link".into(), "Bearer the-credential".into(), "1".into()));
+        match next(&mut peer) {
+            AgentLinkFrame::Hello { protocol: 1, host, features, .. } => {
+                assert_eq!(host, "ws-test");
+                assert_eq!(features, vec!["sessions".to_owned(), "server_pin".to_owned()]);
+            }
+            other => panic!("expected hello, got {other:?}"),
+        }
+        let report = AgentLinkFrame::Readers {
+            readers: vec![ReaderReport {
+                name: "R".into(),
+                card_present: false,
+                atr: String::new(),
+                card: None,
+            }],
+        };
+        assert_eq!(next(&mut peer), report);
+
+        // Garbage and unknown frames get a precise error; the link goes on.
+        peer.send(Message::text("{\"type\":\"start_session\",\"job\":\"x\"")).unwrap();
+        match next(&mut peer) {
+            AgentLinkFrame::Error { message } => {
+                assert!(message.starts_with("unintelligible frame: "), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        peer.send(Message::text(r#"{"type":"self_destruct"}"#)).unwrap();
+        match next(&mut peer) {
+            AgentLinkFrame::Error { message } => {
+                assert!(message.contains("unknown variant `self_destruct`"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A refresh is answered with the readers, though nothing changed.
+        peer.send(Message::text(ServerLinkFrame::Refresh.to_text())).unwrap();
+        assert_eq!(next(&mut peer), report);
+
+        // A session runs with the ticket and the agent's credential; a second one on the same
+        // reader meanwhile is refused with the reason.
+        let (first, second) = (JobId::new(), JobId::new());
+        let start = |job: JobId| ServerLinkFrame::StartSession {
+            job,
+            ticket: Secret::new(format!("{job}.secret")),
+            reader: "R".into(),
+            purpose: "issuance".into(),
+        };
+        peer.send(Message::text(start(first).to_text())).unwrap();
+        // The busy reader is reported (its card, had it one, marked busy).
+        assert_eq!(next(&mut peer), report);
+        peer.send(Message::text(start(second).to_text())).unwrap();
+        match next(&mut peer) {
+            AgentLinkFrame::SessionEnded { job, error: Some(e) } => {
+                assert_eq!(job, second);
+                assert!(e.contains(&format!("reader \"R\" is already running job {first}")), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        release_tx.send(()).unwrap();
+        loop {
+            match next(&mut peer) {
+                AgentLinkFrame::SessionEnded { job, error } => {
+                    assert_eq!((job, error.as_deref()), (first, Some("card: the test ends the session")));
+                    break;
+                }
+                AgentLinkFrame::Readers { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            ws.sessions.lock().unwrap().clone(),
+            vec![(format!("{first}.secret"), Some("the-credential".to_owned()))]
+        );
+
+        // The server ends the link: the agent says so and reconnects.
+        peer.send(Message::text(ServerLinkFrame::Error { message: "bye".into() }.to_text())).unwrap();
+        peer.close(None).unwrap();
+        let mut got = Vec::new();
+        while !got.iter().any(|e| matches!(e, LinkEvent::Disconnected { .. })) {
+            got.push(events.recv_timeout(Duration::from_secs(60)).expect("the agent reports the loss"));
+        }
+        assert!(got.contains(&LinkEvent::ServerError("bye".into())), "{got:?}");
+        let (again, _) = listener.accept().unwrap();
+        drop(again);
+        stop.store(true, Ordering::Relaxed);
+        running.join().unwrap().unwrap();
     }
 }

@@ -21,14 +21,14 @@ use time::OffsetDateTime;
 
 use crate::audit::{Actor, NewAuditEvent, OperationId};
 use crate::error::{DomainError, Forbidden};
-use crate::ids::{ApiTokenId, DeviceId, JobId, UserId};
+use crate::ids::{AgentId, ApiTokenId, DeviceId, JobId, UserId};
 use crate::lifecycle::{
     CredentialAction, CredentialState, DeviceAction, DeviceState, RevocationReason, apply_credential,
     apply_device, credential_action_allowed, device_target, new_certificate_state,
 };
 use crate::model::{
-    ApiToken, Credential, CredentialKind, Device, DeviceKind, Job, JobKind, JobState, JobStep, LinkKind,
-    Policy, Role, StepOutcome, User, ValidationError,
+    Agent, ApiToken, Credential, CredentialKind, Device, DeviceKind, Job, JobKind, JobState, JobStep,
+    LinkKind, Policy, Role, StepOutcome, User, ValidationError,
 };
 use crate::repo::prelude::*;
 use crate::repo::{CredentialQuery, DeviceQuery};
@@ -392,8 +392,27 @@ async fn job_ticket<R: Repo>(
     owner: Option<UserId>,
     purpose: TicketPurpose,
     ttl: time::Duration,
+    bound: Option<&AgentBinding>,
 ) -> Result<(Job, SecretString), DomainError> {
-    retry(repo, || job_ticket_once(repo, who, id, owner, purpose, ttl)).await
+    retry(repo, || job_ticket_once(repo, who, id, owner, purpose, ttl, bound)).await
+}
+
+/// Where a ticket goes when the server sends it to a paired agent over its link: the agent (its
+/// credential must accompany the ticket) and the reader the session is for (audited).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentBinding {
+    pub agent: AgentId,
+    pub reader: String,
+}
+
+/// Agent `id` if it belongs to `owner` and is not revoked; anything else is NotFound, so nobody
+/// learns whether another user's agent exists.
+async fn own_agent<R: Repo>(repo: &R, id: AgentId, owner: UserId) -> Result<Agent, DomainError> {
+    let mut tx = repo.read().await?;
+    match tx.get_agent(id).await? {
+        Some(a) if a.user == owner && a.revoked_at.is_none() => Ok(a),
+        _ => Err(DomainError::not_found("agent", id)),
+    }
 }
 
 /// One run of [`job_ticket`]'s unit of work.
@@ -404,6 +423,7 @@ async fn job_ticket_once<R: Repo>(
     owner: Option<UserId>,
     purpose: TicketPurpose,
     ttl: time::Duration,
+    bound: Option<&AgentBinding>,
 ) -> Result<(Job, SecretString), DomainError> {
     let mut tx = repo.begin().await?;
     let mut job = tx.get_job(id).await?.ok_or_else(|| DomainError::not_found("job", id))?;
@@ -433,10 +453,16 @@ async fn job_ticket_once<R: Repo>(
         return Err(DomainError::Conflict(format!("job {id} is marked for rollback; finish the rollback")));
     }
     let ticket = job.issue_ticket(ttl, who.at)?;
+    job.agent = bound.map(|b| b.agent);
     tx.update_job(&job).await?;
+    let mut after = json!({"purpose": format!("{purpose:?}").to_lowercase(), "expires_at": job.ticket_expires_at.map(|t| t.unix_timestamp())});
+    if let (Some(b), Value::Object(after)) = (bound, &mut after) {
+        after.insert("agent".into(), json!(b.agent));
+        after.insert("reader".into(), json!(b.reader));
+    }
     let event = NewAuditEvent::new(who.at, who.actor.clone(), "job.ticket", &who.operation_id)
         .target(format!("job:{id}"))
-        .after(json!({"purpose": format!("{purpose:?}").to_lowercase(), "expires_at": job.ticket_expires_at.map(|t| t.unix_timestamp())}));
+        .after(after);
     tx.append_audit(event).await?;
     tx.commit().await?;
     job.version += 1;

@@ -38,10 +38,18 @@
 //!   Several jobs on one connection add an optional `job` to the session frames (absent: the job
 //!   of the connection's ticket, the only one in version 1), and `seq` stays unique per
 //!   connection;
+//! - the agent link ([`link`], [`link::LINK_PATH`]) is such a growth: a paired agent's one
+//!   long-lived connection, authenticated by its pairing credential, over which it reports
+//!   readers and is asked to run sessions; each session still runs on its own [`CONNECT_PATH`]
+//!   socket with the relay of version 1, the agent's credential beside the ticket;
+//! - feature `server_pin` ([`link::FEATURE_SERVER_PIN`]): an agent that lists it in a session's
+//!   `hello` takes the new PIN from `change_pin`/`unblock_pin`'s optional `new_pin` when the
+//!   server sends one (a PIN the holder typed in the portal), and asks locally otherwise;
 //! - a change that an older peer would misread (a field whose absence changes the meaning, a
 //!   removed frame) raises [`PROTOCOL_VERSION`], and both sides refuse a peer of another version
 //!   with an error naming both.
 
+pub mod link;
 pub mod pairing;
 pub mod url;
 
@@ -178,10 +186,26 @@ pub enum ServerFrame {
     Transmit { seq: u64, step: String, done: u32, total: u32, apdus: Vec<String>, answer_within_secs: u32 },
     /// Set the holder's PIN with CHANGE REFERENCE DATA from `old_pin`, within the deadline;
     /// answer `pin_changed`, `pin_change_skipped` or `error`.
-    ChangePin { seq: u64, old_pin: Secret, rules: PinRules, answer_within_secs: u32 },
+    /// `new_pin` (feature `server_pin` only) is the new PIN the holder typed in the portal; the
+    /// agent then asks nobody.
+    ChangePin {
+        seq: u64,
+        old_pin: Secret,
+        rules: PinRules,
+        answer_within_secs: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_pin: Option<Secret>,
+    },
     /// Unblock the PIN with RESET RETRY COUNTER from `puk` and a new PIN, within the deadline;
     /// answer like `change_pin`.
-    UnblockPin { seq: u64, puk: Secret, rules: PinRules, answer_within_secs: u32 },
+    UnblockPin {
+        seq: u64,
+        puk: Secret,
+        rules: PinRules,
+        answer_within_secs: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_pin: Option<Secret>,
+    },
     /// The session is over; the device is now in `state`.
     Done { device: DeviceId, state: DeviceState },
     /// The session is over, failed.
@@ -261,7 +285,7 @@ impl AgentFrame {
     }
 }
 
-fn to_text<T: Serialize>(frame: &T) -> String {
+pub(crate) fn to_text<T: Serialize>(frame: &T) -> String {
     // Cannot fail: the frames are strings, integers, booleans and lists of them; no map has a
     // key that is not a string.
     serde_json::to_string(frame).unwrap_or_default()
@@ -300,8 +324,10 @@ mod tests {
             old_pin: Secret::new("123456"),
             rules: PinRules::default(),
             answer_within_secs: 300,
+            new_pin: Some(Secret::new("975319")),
         };
         assert!(!format!("{frame:?}").contains("123456"));
+        assert!(!format!("{frame:?}").contains("975319"));
         assert_eq!(Secret::new("123456"), Secret::new("123456"));
         assert_ne!(Secret::new("123456"), Secret::new("123457"));
         assert_ne!(Secret::new("123456"), Secret::new("1234567"));

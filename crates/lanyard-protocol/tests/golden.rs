@@ -9,6 +9,7 @@ use std::path::Path;
 use lanyard_core::ids::DeviceId;
 use lanyard_core::lifecycle::DeviceState;
 use lanyard_core::model::PinRules;
+use lanyard_protocol::link::{AgentLinkFrame, CardReport, ReaderReport, ServerLinkFrame, Verdict};
 use lanyard_protocol::{AgentFrame, Secret, ServerFrame};
 
 fn device() -> DeviceId {
@@ -31,11 +32,33 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         ),
         (
             "server_change_pin",
-            ServerFrame::ChangePin { seq: 7, old_pin: Secret::new("123456"), rules, answer_within_secs: 300 },
+            ServerFrame::ChangePin {
+                seq: 7,
+                old_pin: Secret::new("123456"),
+                rules,
+                answer_within_secs: 300,
+                new_pin: None,
+            },
+        ),
+        (
+            "server_change_pin_with_new_pin",
+            ServerFrame::ChangePin {
+                seq: 7,
+                old_pin: Secret::new("123456"),
+                rules,
+                answer_within_secs: 300,
+                new_pin: Some(Secret::new("975319")),
+            },
         ),
         (
             "server_unblock_pin",
-            ServerFrame::UnblockPin { seq: 4, puk: Secret::new("12345678"), rules, answer_within_secs: 300 },
+            ServerFrame::UnblockPin {
+                seq: 4,
+                puk: Secret::new("12345678"),
+                rules,
+                answer_within_secs: 300,
+                new_pin: None,
+            },
         ),
         ("server_done", ServerFrame::Done { device: device(), state: DeviceState::Pending }),
         (
@@ -136,6 +159,7 @@ fn server_frames_match_their_golden_json_both_ways() {
     }
     let kinds: std::collections::BTreeSet<_> = frames.iter().map(|(_, f)| server_kind(f)).collect();
     assert_eq!(kinds.len(), 5, "every server frame has a golden file");
+    assert!(frames.len() > kinds.len(), "change_pin with and without new_pin");
 }
 
 #[test]
@@ -162,4 +186,144 @@ fn unknown_fields_are_ignored_and_unknown_frames_refused() {
     // A deadline is not optional: an agent without one would not know when to stop.
     let no_deadline = r#"{"type":"change_pin","seq":7,"old_pin":"123456","rules":{"min_len":6,"max_len":8,"forbid_trivial":true}}"#;
     assert!(ServerFrame::parse(no_deadline).unwrap_err().to_string().contains("answer_within_secs"));
+}
+
+fn job() -> lanyard_core::ids::JobId {
+    "0c8b5e57-3f6e-4d2a-9a51-6f1d2e7c4b90".parse().unwrap()
+}
+
+fn agent_link_frames() -> Vec<(&'static str, AgentLinkFrame)> {
+    vec![
+        (
+            "link_agent_hello",
+            AgentLinkFrame::Hello {
+                protocol: 1,
+                agent: "lanyard-agent/0.1.0".into(),
+                host: "ws-0042.example.org".into(),
+                features: vec!["sessions".into(), "server_pin".into()],
+            },
+        ),
+        (
+            "link_agent_readers",
+            AgentLinkFrame::Readers {
+                readers: vec![
+                    ReaderReport {
+                        name: "Yubico YubiKey OTP+FIDO+CCID 00 00".into(),
+                        card_present: true,
+                        atr: "3BFD1300008131FE158073C021C057597562694B657940".into(),
+                        card: Some(CardReport {
+                            model: Some("YubiKey 5.7.2".into()),
+                            serial: Some("31415926".into()),
+                            verdict: Verdict::Compatible,
+                            reason: None,
+                            busy: false,
+                        }),
+                    },
+                    ReaderReport {
+                        name: "Virtual PCD 00 01".into(),
+                        card_present: true,
+                        atr: "3B80800101".into(),
+                        card: Some(CardReport {
+                            model: None,
+                            serial: None,
+                            verdict: Verdict::Unsupported,
+                            reason: Some("not a YubiKey: management key rotation on other PIV cards is not implemented".into()),
+                            busy: false,
+                        }),
+                    },
+                    ReaderReport { name: "Empty reader 00 00".into(), card_present: false, atr: String::new(), card: None },
+                ],
+            },
+        ),
+        ("link_agent_session_ended", AgentLinkFrame::SessionEnded { job: job(), error: None }),
+        (
+            "link_agent_session_failed",
+            AgentLinkFrame::SessionEnded { job: job(), error: Some("reader \"Virtual PCD 00 00\": no card".into()) },
+        ),
+        ("link_agent_error", AgentLinkFrame::Error { message: "unintelligible frame: expected value at line 1 column 1".into() }),
+    ]
+}
+
+fn server_link_frames() -> Vec<(&'static str, ServerLinkFrame)> {
+    vec![
+        (
+            "link_server_start_session",
+            ServerLinkFrame::StartSession {
+                job: job(),
+                ticket: Secret::new("0c8b5e57-3f6e-4d2a-9a51-6f1d2e7c4b90.q8S0aH1c5n1rXbq9m6zK2w"),
+                reader: "Yubico YubiKey OTP+FIDO+CCID 00 00".into(),
+                purpose: "issuance".into(),
+            },
+        ),
+        ("link_server_refresh", ServerLinkFrame::Refresh),
+        ("link_server_error", ServerLinkFrame::Error { message: "this agent has been revoked".into() }),
+    ]
+}
+
+fn agent_link_kind(f: &AgentLinkFrame) -> &'static str {
+    match f {
+        AgentLinkFrame::Hello { .. } => "hello",
+        AgentLinkFrame::Readers { .. } => "readers",
+        AgentLinkFrame::SessionEnded { .. } => "session_ended",
+        AgentLinkFrame::Error { .. } => "error",
+    }
+}
+
+fn server_link_kind(f: &ServerLinkFrame) -> &'static str {
+    match f {
+        ServerLinkFrame::StartSession { .. } => "start_session",
+        ServerLinkFrame::Refresh => "refresh",
+        ServerLinkFrame::Error { .. } => "error",
+    }
+}
+
+#[test]
+fn link_frames_match_their_golden_json_both_ways() {
+    let agent = agent_link_frames();
+    for (name, frame) in &agent {
+        let json = golden(name);
+        assert_eq!(frame.to_text(), json, "{name}: serialising");
+        assert_eq!(&AgentLinkFrame::parse(&json).unwrap(), frame, "{name}: parsing");
+        let tag: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(tag["type"], agent_link_kind(frame), "{name}");
+    }
+    let kinds: std::collections::BTreeSet<_> = agent.iter().map(|(_, f)| agent_link_kind(f)).collect();
+    assert_eq!(kinds.len(), 4, "every agent link frame has a golden file");
+    let server = server_link_frames();
+    for (name, frame) in &server {
+        let json = golden(name);
+        assert_eq!(frame.to_text(), json, "{name}: serialising");
+        assert_eq!(&ServerLinkFrame::parse(&json).unwrap(), frame, "{name}: parsing");
+        let tag: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(tag["type"], server_link_kind(frame), "{name}");
+    }
+    let kinds: std::collections::BTreeSet<_> = server.iter().map(|(_, f)| server_link_kind(f)).collect();
+    assert_eq!(kinds.len(), 3, "every server link frame has a golden file");
+}
+
+/// A reader report from a later agent may carry more; a session's frames never parse as link
+/// frames, nor the other way round.
+#[test]
+fn link_frames_ignore_unknown_fields_and_stay_apart_from_session_frames() {
+    let later =
+        r#"{"type":"readers","readers":[{"name":"r","card_present":false,"atr":"","slot":3}],"battery":80}"#;
+    assert_eq!(
+        AgentLinkFrame::parse(later).unwrap(),
+        AgentLinkFrame::Readers {
+            readers: vec![ReaderReport {
+                name: "r".into(),
+                card_present: false,
+                atr: String::new(),
+                card: None
+            }]
+        }
+    );
+    assert!(AgentLinkFrame::parse(&golden("agent_responses")).is_err());
+    assert!(ServerLinkFrame::parse(&golden("server_transmit")).is_err());
+    assert!(ServerFrame::parse(&golden("link_server_start_session")).is_err());
+    let bad_job = r#"{"type":"session_ended","job":"not-a-job"}"#;
+    assert!(AgentLinkFrame::parse(bad_job).is_err());
+    let bad_verdict =
+        r#"{"type":"readers","readers":[{"name":"r","card_present":true,"card":{"verdict":"maybe"}}]}"#;
+    assert!(AgentLinkFrame::parse(bad_verdict).unwrap_err().to_string().contains("maybe"));
 }

@@ -3,8 +3,9 @@
 //! and what one side writes the other side reads back unchanged.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use lanyard_protocol::link::{AgentLinkFrame, CardReport, ReaderReport, ServerLinkFrame, Verdict, link_url};
 use lanyard_protocol::url::parse_server;
-use lanyard_protocol::{AgentFrame, PROTOCOL_VERSION, ServerFrame, Side, check_version};
+use lanyard_protocol::{AgentFrame, PROTOCOL_VERSION, Secret, ServerFrame, Side, check_version};
 use proptest::prelude::*;
 
 fn hex() -> impl Strategy<Value = String> {
@@ -52,11 +53,106 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
     ]
 }
 
+fn verdict() -> impl Strategy<Value = Verdict> {
+    prop_oneof![
+        Just(Verdict::Compatible),
+        Just(Verdict::AlreadyIssued),
+        Just(Verdict::Unsupported),
+        Just(Verdict::Unreadable)
+    ]
+}
+
+fn reader() -> impl Strategy<Value = ReaderReport> {
+    let card = (
+        proptest::option::of(".{0,20}"),
+        proptest::option::of("[0-9]{0,10}"),
+        verdict(),
+        proptest::option::of(".{0,40}"),
+        any::<bool>(),
+    )
+        .prop_map(|(model, serial, verdict, reason, busy)| CardReport {
+            model,
+            serial,
+            verdict,
+            reason,
+            busy,
+        });
+    (".{0,40}", any::<bool>(), hex(), proptest::option::of(card))
+        .prop_map(|(name, card_present, atr, card)| ReaderReport { name, card_present, atr, card })
+}
+
+fn job_id() -> impl Strategy<Value = lanyard_core::ids::JobId> {
+    any::<u128>().prop_map(|n| uuid_text(n).parse().unwrap())
+}
+
+/// A version-4-shaped UUID text from any 128 bits.
+fn uuid_text(n: u128) -> String {
+    let h = format!("{n:032x}");
+    format!("{}-{}-4{}-8{}-{}", &h[..8], &h[8..12], &h[13..16], &h[17..20], &h[20..])
+}
+
+fn agent_link_frame() -> impl Strategy<Value = AgentLinkFrame> {
+    prop_oneof![
+        (any::<u32>(), ".{0,40}", ".{0,40}", proptest::collection::vec("[a-z_]{1,12}", 0..3)).prop_map(
+            |(protocol, agent, host, features)| AgentLinkFrame::Hello { protocol, agent, host, features }
+        ),
+        proptest::collection::vec(reader(), 0..5).prop_map(|readers| AgentLinkFrame::Readers { readers }),
+        (job_id(), proptest::option::of(".{0,40}"))
+            .prop_map(|(job, error)| AgentLinkFrame::SessionEnded { job, error }),
+        ".{0,80}".prop_map(|message| AgentLinkFrame::Error { message }),
+    ]
+}
+
+fn server_link_frame() -> impl Strategy<Value = ServerLinkFrame> {
+    prop_oneof![
+        (job_id(), ".{0,60}", ".{0,40}", "[a-z]{1,10}").prop_map(|(job, ticket, reader, purpose)| {
+            ServerLinkFrame::StartSession { job, ticket: Secret::new(ticket), reader, purpose }
+        }),
+        Just(ServerLinkFrame::Refresh),
+        ".{0,80}".prop_map(|message| ServerLinkFrame::Error { message }),
+    ]
+}
+
 proptest! {
     #[test]
     fn arbitrary_text_is_never_a_panic(text in ".{0,200}") {
         let _ = AgentFrame::parse(&text);
         let _ = ServerFrame::parse(&text);
+        let _ = AgentLinkFrame::parse(&text);
+        let _ = ServerLinkFrame::parse(&text);
+    }
+
+    #[test]
+    fn link_frames_round_trip(agent in agent_link_frame(), server in server_link_frame()) {
+        prop_assert_eq!(AgentLinkFrame::parse(&agent.to_text()).unwrap(), agent);
+        prop_assert_eq!(ServerLinkFrame::parse(&server.to_text()).unwrap(), server);
+    }
+
+    #[test]
+    fn json_shaped_link_garbage_is_an_error_or_a_frame(
+        kind in prop_oneof![Just("hello"), Just("readers"), Just("session_ended"), Just("start_session"), Just("refresh"), Just("error"), Just("x")],
+        value in prop_oneof![Just("1".to_owned()), Just("null".to_owned()), Just("[]".to_owned()), Just("{}".to_owned()), Just("\"j\"".to_owned()), ".{0,20}".prop_map(|s| format!("{s:?}"))],
+        field in prop_oneof![Just("readers"), Just("job"), Just("message"), Just("ticket"), Just("card_present")],
+    ) {
+        let text = format!(r#"{{"type":"{kind}","{field}":{value}}}"#);
+        if let Ok(frame) = AgentLinkFrame::parse(&text) {
+            prop_assert_eq!(AgentLinkFrame::parse(&frame.to_text()).unwrap(), frame);
+        }
+        if let Ok(frame) = ServerLinkFrame::parse(&text) {
+            prop_assert_eq!(ServerLinkFrame::parse(&frame.to_text()).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn link_urls_follow_the_server_url_rules(text in ".{0,80}") {
+        match (link_url(&text), parse_server(&text)) {
+            (Ok(url), Ok(target)) => {
+                prop_assert!(url.ends_with(lanyard_protocol::link::LINK_PATH));
+                prop_assert_eq!(url.starts_with("wss://"), target.tls);
+            }
+            (Err(_), Err(_)) => {}
+            (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::Kek;
 use lanyard_issuance::{AgentLink, Authority, CardSession, PinAnswer, SessionError};
 use lanyard_piv::apdu::{Command, Response as CardResponse};
+use lanyard_protocol::link::FEATURE_SERVER_PIN;
 use lanyard_protocol::{
     AgentFrame, MAX_BATCH, MAX_FRAME, PROTOCOL_VERSION, Secret, ServerFrame, Side, VERSION_HEADER,
     check_version, server_wait,
@@ -31,6 +32,7 @@ use lanyard_protocol::{
 use secrecy::{ExposeSecret, SecretString};
 use time::Duration;
 
+use crate::portal_pin::{PinDesk, PortalPin};
 use crate::{ApiError, AppState};
 
 pub use lanyard_protocol::TICKET_HEADER;
@@ -126,6 +128,7 @@ async fn accept<R: Repo + 'static>(
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not a WebSocket request: {e}")))?;
     let op = crate::api::operation(op.as_ref());
+    check_binding(&s, &parts.headers, &ticket, &op).await?;
     let job = redeem(&s, &ticket, &op).await?;
     // If the client never completes the upgrade, the job must not stay Running.
     let (failed_state, failed_job, failed_op) = (s.clone(), job.clone(), op.clone());
@@ -156,10 +159,46 @@ async fn accept<R: Repo + 'static>(
                 seq: 0,
                 answer_within_secs: frame_secs(cfg.answer_timeout),
                 pin_within_secs: frame_secs(cfg.pin_timeout),
+                job: job.id,
+                pins: std::sync::Arc::clone(&s.pins),
+                server_pin: false,
             };
             session.run(s, cfg, job, op).await;
         })
         .into_response())
+}
+
+/// What a ticket alone is told when its job was sent to a paired agent.
+pub const AGENT_BOUND: &str =
+    "this job was sent to a paired agent: its ticket works only together with that agent's credential";
+
+/// A job whose ticket was sent to a paired agent over its link ([`lanyard_core::model::Job::agent`])
+/// is run only by that agent: the request must carry its credential too. Checked before the
+/// ticket is used up, so a refusal costs nothing. Reading the binding before the redemption is
+/// safe: the binding only changes together with the ticket, and the redemption is conditional
+/// on the ticket.
+async fn check_binding<R: Repo>(
+    s: &AppState<R>,
+    headers: &axum::http::HeaderMap,
+    ticket: &str,
+    op: &OperationId,
+) -> Result<(), ApiError> {
+    let Some(job_id) = ticket.split_once('.').and_then(|(id, _)| id.parse::<JobId>().ok()) else {
+        // Not a ticket at all; the redemption refuses it with the usual answer.
+        return Ok(());
+    };
+    let bound = {
+        let mut tx = s.repo.read().await?;
+        tx.get_job(job_id).await?.and_then(|j| j.agent)
+    };
+    let Some(bound) = bound else { return Ok(()) };
+    let refuse = || ApiError::new(StatusCode::UNAUTHORIZED, AGENT_BOUND);
+    let credential = crate::link::bearer(headers).ok_or_else(refuse)?;
+    let system = System::new(op.clone(), s.clock.now());
+    match system.authenticate_agent(s.repo.as_ref(), credential).await? {
+        Some((agent, _)) if agent.id == bound => Ok(()),
+        _ => Err(refuse()),
+    }
 }
 
 /// Checks and uses up the ticket in one conditional update: the job goes Running under this
@@ -227,6 +266,11 @@ struct Session {
     /// The deadlines sent to the agent, from [`IssuanceConfig`].
     answer_within_secs: u32,
     pin_within_secs: u32,
+    job: JobId,
+    /// Where a PIN typed in the portal waits ([`crate::portal_pin`]).
+    pins: Arc<PinDesk>,
+    /// The agent takes a new PIN from the server (feature `server_pin` in its hello).
+    server_pin: bool,
 }
 
 impl Session {
@@ -321,6 +365,32 @@ impl Session {
         }
     }
 
+    /// The new PIN for a `change_pin`/`unblock_pin` frame and the agent's deadline for it. For a
+    /// session whose PIN comes from the portal (and an agent that takes it), waits for the
+    /// holder's answer there: `None` when they kept the initial PIN or gave none in time, so no
+    /// frame is sent at all; with a PIN, the agent only has to write it. Otherwise no PIN, and
+    /// the agent's holder has the PIN deadline.
+    fn portal_pin(
+        &self,
+        rules: &PinRules,
+    ) -> impl Future<Output = Option<(Option<Secret>, u32)>> + Send + use<> {
+        // Owned copies: the socket in `self` is not `Sync`, so `self` cannot be held across the wait.
+        let (pins, job, rules) = (Arc::clone(&self.pins), self.job, *rules);
+        let (server_pin, pin_secs, answer_secs) =
+            (self.server_pin, self.pin_within_secs, self.answer_within_secs);
+        async move {
+            if !server_pin {
+                return Some((None, pin_secs));
+            }
+            let within = std::time::Duration::from_secs(u64::from(pin_secs));
+            match pins.wait(job, rules, within).await {
+                PortalPin::NotUsed => Some((None, pin_secs)),
+                PortalPin::Given(pin) => Some((Some(pin), answer_secs)),
+                PortalPin::Declined => None,
+            }
+        }
+    }
+
     /// Tells the agent the session is over and closes.
     async fn done(&mut self, device: DeviceId, state: DeviceState) -> Result<(), SessionError> {
         self.send(&ServerFrame::Done { device, state }).await?;
@@ -342,8 +412,9 @@ impl Session {
                     "the agent's hello names protocol version {protocol}, not {PROTOCOL_VERSION}"
                 )))
             }
-            Ok(AgentFrame::Hello { agent, reader, atr, .. }) => {
+            Ok(AgentFrame::Hello { agent, reader, atr, features, .. }) => {
                 tracing::info!(job = %job.id, %agent, %reader, %atr, "agent connected");
+                self.server_pin = features.iter().any(|f| f == FEATURE_SERVER_PIN);
                 Ok(())
             }
             Ok(other) => Err(SessionError::Protocol(format!("expected hello, got {other:?}"))),
@@ -393,20 +464,25 @@ impl AgentLink for Session {
         old_pin: &SecretString,
         rules: &PinRules,
     ) -> Result<PinAnswer, SessionError> {
+        let Some((new_pin, answer_within_secs)) = self.portal_pin(rules).await else {
+            return Ok(PinAnswer::Skipped);
+        };
         self.seq += 1;
         let seq = self.seq;
         let old_pin = Secret::new(old_pin.expose_secret());
-        let answer_within_secs = self.pin_within_secs;
-        self.send(&ServerFrame::ChangePin { seq, old_pin, rules: *rules, answer_within_secs }).await?;
+        self.send(&ServerFrame::ChangePin { seq, old_pin, rules: *rules, answer_within_secs, new_pin })
+            .await?;
         pin_answer(self.receive(answer_within_secs).await?, seq, "the PIN change result")
     }
 
     async fn unblock_pin(&mut self, puk: &SecretString, rules: &PinRules) -> Result<PinAnswer, SessionError> {
+        let Some((new_pin, answer_within_secs)) = self.portal_pin(rules).await else {
+            return Ok(PinAnswer::Skipped);
+        };
         self.seq += 1;
         let seq = self.seq;
         let puk = Secret::new(puk.expose_secret());
-        let answer_within_secs = self.pin_within_secs;
-        self.send(&ServerFrame::UnblockPin { seq, puk, rules: *rules, answer_within_secs }).await?;
+        self.send(&ServerFrame::UnblockPin { seq, puk, rules: *rules, answer_within_secs, new_pin }).await?;
         pin_answer(self.receive(answer_within_secs).await?, seq, "the unblock result")
     }
 

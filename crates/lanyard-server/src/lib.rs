@@ -10,9 +10,11 @@ pub mod auth;
 pub mod bootstrap;
 pub mod install;
 pub mod issuance;
+pub mod link;
 pub mod openapi;
 pub mod pki;
 pub mod portal;
+pub mod portal_pin;
 pub mod tls;
 
 use axum::body::Bytes;
@@ -59,6 +61,10 @@ pub struct AppState<R> {
     /// The server's public base URL, for links it hands out (`lanyard://pair?server=…`); `None`:
     /// such links are left out.
     pub public_url: Option<Arc<str>>,
+    /// The agents whose link is connected to this process.
+    pub links: Arc<link::AgentLinks>,
+    /// New PINs typed in the portal, on their way to card sessions.
+    pub pins: Arc<portal_pin::PinDesk>,
 }
 
 impl<R> Clone for AppState<R> {
@@ -72,6 +78,8 @@ impl<R> Clone for AppState<R> {
             issuance: self.issuance.clone(),
             instance: self.instance,
             public_url: self.public_url.clone(),
+            links: Arc::clone(&self.links),
+            pins: Arc::clone(&self.pins),
         }
     }
 }
@@ -87,6 +95,8 @@ impl<R> AppState<R> {
             issuance: None,
             instance: InstanceId::new(),
             public_url: None,
+            links: Arc::new(link::AgentLinks::default()),
+            pins: Arc::new(portal_pin::PinDesk::default()),
         }
     }
 
@@ -287,6 +297,7 @@ pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
         .merge(api::routes())
         .route("/api/v1/openapi.json", get(openapi_document))
         .route(lanyard_protocol::CONNECT_PATH, get(issuance::connect::<R>))
+        .route(lanyard_protocol::link::LINK_PATH, get(link::connect::<R>))
         .merge(pki_routes())
         .merge(portal::routes())
         .layer(middleware::from_fn(operation_id))

@@ -70,6 +70,7 @@ impl Modify for Security {
         crate::api::jobs::begin_issuance,
         crate::api::jobs::job,
         crate::api::jobs::job_ticket,
+        crate::api::jobs::submit_pin,
         crate::api::devices::activate,
         crate::api::devices::revoke_device,
         crate::api::devices::mark_device,
@@ -82,6 +83,8 @@ impl Modify for Security {
         crate::api::agents::pair,
         crate::api::agents::list_agents,
         crate::api::agents::revoke_agent,
+        crate::api::agents::start_session,
+        crate::api::agents::refresh_agent,
     ),
     components(schemas(ErrorBody)),
     tags(

@@ -7,6 +7,8 @@
 //!   issuance enabled for the software card's attestation root, and callers with API tokens.
 //! - [`VCard`], [`TestServer::plug_card`]: factory-fresh software cards the server accepts.
 //! - [`TestServer::issue_with_agent`]: the real agent relay between such a card and the server.
+//! - [`SoftWorkstation`], [`TestServer::run_linked_agent`]: the real linked agent (`lanyard agent
+//!   run`'s code) with software cards in readers of its own.
 //! - [`ServeProcess`]: `lanyard serve` as a child process.
 //!
 //! See `docs/testing.md` for a worked example.
@@ -21,6 +23,8 @@ pub mod agent;
 pub mod card;
 #[cfg(feature = "server")]
 pub mod db;
+#[cfg(feature = "server")]
+pub mod link;
 pub mod process;
 #[cfg(feature = "server")]
 pub mod server;
@@ -31,6 +35,8 @@ pub use agent::AgentRun;
 pub use card::{VCard, card_certificates, power_cycle, recorded_certificates};
 #[cfg(feature = "server")]
 pub use db::{Backend, TestDb};
+#[cfg(feature = "server")]
+pub use link::{LinkedAgent, SoftWorkstation};
 pub use process::{ServeProcess, free_port};
 #[cfg(feature = "server")]
 pub use server::{Caller, Issuance, TestServer};

@@ -2,11 +2,13 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use lanyard_agent::AgentError;
 use lanyard_agent::cards::{Compatibility, ReaderInfo, list_cards};
+use lanyard_agent::link::{Agent, LinkEvent, LinkOptions, Pcsc, PinSources};
 use lanyard_agent::relay::{
     FixedPin, Outcome, PinOutcome, PinPrompt, PinSource, Progress, SessionOptions, SkipPinChange, run_session,
 };
@@ -57,6 +59,25 @@ pub enum AgentCommand {
         host_name: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+    },
+    /// Run the paired agent (after `lanyard agent pair`): keep one outbound, authenticated
+    /// connection to the server, report this workstation's readers and cards whenever they
+    /// change, and run the card sessions the server asks for (started in the portal or with
+    /// POST /api/v1/agents/{id}/sessions). Listens on no port; reconnects with a growing pause
+    /// after any loss, and stops when the server refuses the credential (the agent was revoked).
+    /// The new PIN comes from the server when the holder typed it in the portal, otherwise from
+    /// --new-pin-file, $LANYARD_NEW_PIN, or a prompt on this terminal.
+    Run {
+        /// Most card sessions at once (each on its own reader).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        max_sessions: u16,
+        /// A file holding the new PIN (first line), for unattended agents.
+        #[arg(long, conflicts_with = "skip_pin_change")]
+        new_pin_file: Option<PathBuf>,
+        /// Keep the initial PIN unless the server sends one: the device stays Pending until an
+        /// operator activates it.
+        #[arg(long)]
+        skip_pin_change: bool,
     },
     /// Serve the loopback API the portal's pages call (docs/agent.md): list cards, start a
     /// session, follow it, pass the new PIN. Only requests whose Origin is --origin and whose Host
@@ -116,6 +137,22 @@ pub fn run(cmd: AgentCommand) -> anyhow::Result<()> {
             crate::admin_cmd::pair_agent(&code, server.as_deref(), ca_cert.as_deref(), &host_name, output)
         }
         AgentCommand::Status { output } => status(output),
+        AgentCommand::Run { max_sessions, new_pin_file, skip_pin_change } => {
+            let fixed = match new_pin_file {
+                Some(f) => Some(first_line(&f).context("reading --new-pin-file")?),
+                None => std::env::var(ENV_NEW_PIN).ok().map(Zeroizing::new),
+            };
+            let pins: PinSources = Arc::new(move || -> Box<dyn PinSource + Send> {
+                if skip_pin_change {
+                    Box::new(SkipPinChange)
+                } else if let Some(pin) = &fixed {
+                    Box::new(FixedPin(pin.clone()))
+                } else {
+                    Box::new(PromptPin)
+                }
+            });
+            run_linked(usize::from(max_sessions), pins)
+        }
         AgentCommand::Serve { origin, listen } => {
             let Some(origin) = origin.or_else(|| std::env::var(ENV_ORIGIN).ok()) else {
                 bail!("no portal origin: pass --origin or set {ENV_ORIGIN}");
@@ -279,6 +316,44 @@ fn serve(origin: String, listen: std::net::SocketAddr) -> anyhow::Result<()> {
         println!("agent listening on http://{listen} for {origin}");
         axum::serve(listener, lanyard_agent::portal::router(state)).await?;
         Ok(())
+    })
+}
+
+/// `lanyard agent run`: the paired agent's link, until the server refuses it.
+fn run_linked(max_sessions: usize, pins: PinSources) -> anyhow::Result<()> {
+    let path = crate::admin_cmd::agent_config_path()?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (pair the agent first: lanyard agent pair)", path.display()))?;
+    let config: crate::admin_cmd::AgentConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an agent configuration", path.display()))?;
+    let host = system_host_name().unwrap_or_else(|_| config.host_name.clone());
+    let mut opts = LinkOptions::new(config.server.clone(), config.credential.as_str(), host);
+    opts.ca_pem = config.ca_cert_pem.as_ref().map(|p| p.as_bytes().to_vec());
+    opts.max_sessions = max_sessions;
+    println!("agent {} linking to {} as {}", config.agent_id, config.server, opts.host);
+    let events = Arc::new(|e: LinkEvent| match e {
+        LinkEvent::Connected => println!("connected"),
+        LinkEvent::Disconnected { reason, retry_in } => {
+            println!("disconnected ({reason}); trying again in {} s", retry_in.as_secs())
+        }
+        LinkEvent::Reported { readers, cards } => println!("reported {readers} readers, {cards} with a card"),
+        LinkEvent::ReadersFailed(why) => println!("cannot read the readers: {why}"),
+        LinkEvent::SessionStarted { job, reader, purpose } => println!("job {job}: {purpose} on {reader}"),
+        LinkEvent::SessionEnded { job, reader, error: None } => println!("job {job} on {reader}: done"),
+        LinkEvent::SessionEnded { job, reader, error: Some(e) } => {
+            println!("job {job} on {reader}: failed: {e}")
+        }
+        LinkEvent::SessionRefused { job, reason } => println!("job {job} refused: {reason}"),
+        LinkEvent::ServerError(message) => println!("server: {message}"),
+    });
+    let agent = Agent::new(opts, Arc::new(Pcsc::default()), pins, events);
+    agent.run().map_err(|e| match e {
+        AgentError::Refused { status: 401, .. } => {
+            anyhow::anyhow!(
+                "{e}\nthe server no longer accepts this agent: pair it again (lanyard agent pair)"
+            )
+        }
+        other => anyhow::Error::new(other),
     })
 }
 

@@ -652,7 +652,7 @@ fn agent_pair(config: &Path, args: &[&str]) -> Output {
 }
 
 #[test]
-fn agent_pair_keeps_a_private_credential_and_a_code_works_once() {
+fn agent_pair_keeps_a_private_credential_a_code_works_once_and_agent_run_links_until_revoked() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let data = d.join("data");
@@ -753,5 +753,68 @@ fn agent_pair_keeps_a_private_credential_and_a_code_works_once() {
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
     assert_eq!(listed[0]["id"], agent_id.as_str());
+    assert_eq!(listed[0]["online"], false);
+
+    // `lanyard agent run` links the first agent over TLS, trusting the root kept at pairing.
+    let curl = |args: &[&str]| {
+        let mut all = vec!["-sf", "--cacert", &root_pem, "-H"];
+        let auth = format!("authorization: Bearer {token}");
+        all.push(&auth);
+        all.extend_from_slice(args);
+        command_ok("curl", &all, None)
+    };
+    let mut agent = Running(
+        Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["agent", "run", "--skip-pin-change"])
+            .env("LANYARD_AGENT_CONFIG", &config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let online = wait_for("the agent to be online", || {
+        let listed: serde_json::Value =
+            serde_json::from_str(&curl(&[&format!("{base}/api/v1/agents")])).unwrap();
+        let entry =
+            listed.as_array().unwrap().iter().find(|a| a["id"] == agent_id.as_str()).cloned().unwrap();
+        (entry["online"] == true).then_some(entry)
+    });
+    assert!(online["agent_version"].as_str().is_some_and(|v| v.starts_with("lanyard-agent/")), "{online}");
+    assert!(online["last_seen_at"].is_string(), "{online}");
+
+    // Revoking it closes the link; the agent is refused on reconnecting and stops, saying why.
+    curl(&["-X", "DELETE", &format!("{base}/api/v1/agents/{agent_id}")]);
+    let status = wait_for("the agent to stop", || agent.0.try_wait().unwrap());
+    assert!(!status.success());
+    let mut out = String::new();
+    let mut err = String::new();
+    std::io::Read::read_to_string(agent.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_string(agent.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(out.contains("connected") && out.contains("server: this agent has been revoked"), "{out}");
+    assert!(err.contains("HTTP 401") && err.contains("pair it again (lanyard agent pair)"), "{err}");
     drop(server);
+}
+
+/// A child process killed (by its own id) if the test ends before it does.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Asks `f` until it answers something; a minute is a guard against hanging, not a measure.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no {what} within a minute");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -566,6 +566,7 @@ fn agent_lists_the_card_and_relays_a_session() {
                 old_pin: lanyard_protocol::Secret::new("123456"),
                 rules: lanyard_core::model::PinRules::default(),
                 answer_within_secs: 60,
+                new_pin: None,
             },
         );
         let pin = ws_recv(ws);

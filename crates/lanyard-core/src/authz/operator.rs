@@ -5,18 +5,19 @@ use serde_json::json;
 
 use crate::audit::{AuditEvent, NewAuditEvent};
 use crate::error::DomainError;
-use crate::ids::{CredentialId, DeviceId, JobId, UserId};
+use crate::ids::{AgentId, CredentialId, DeviceId, JobId, UserId};
 use crate::lifecycle::{CredentialAction, DeviceAction, DeviceState, RevocationReason, apply_credential};
 use crate::model::{
-    Credential, CredentialKind, Device, DeviceClass, Group, Job, JobKind, LinkKind, Policy, User, Username,
-    ValidationError,
+    Agent, Credential, CredentialKind, Device, DeviceClass, Group, Job, JobKind, LinkKind, Policy, User,
+    Username, ValidationError,
 };
 use crate::repo::prelude::*;
 use crate::repo::{AuditQuery, DeviceQuery, UserQuery};
 
 use super::{
-    CardInfo, Principal, TicketPurpose, create_job, credential_snapshot, credentials_of, device_ref, job_of,
-    job_ticket, policy_of, record_certificates, snapshot, start_unlock, transition, transition_with_derived,
+    AgentBinding, CardInfo, Principal, TicketPurpose, create_job, credential_snapshot, credentials_of,
+    device_ref, job_of, job_ticket, own_agent, policy_of, record_certificates, snapshot, start_unlock,
+    transition, transition_with_derived,
 };
 
 /// The help desk: finds users and devices, and moves devices through their lifecycle.
@@ -40,7 +41,26 @@ impl Operator<'_> {
         purpose: TicketPurpose,
         ttl: time::Duration,
     ) -> Result<(Job, SecretString), DomainError> {
-        job_ticket(repo, &self.p.acting(), id, None, purpose, ttl).await
+        job_ticket(repo, &self.p.acting(), id, None, purpose, ttl, None).await
+    }
+
+    /// A ticket for any job, bound to one of the operator's own paired agents (`bound`), for a
+    /// card issued in person at the operator's desk. Another user's agent is NotFound.
+    pub async fn agent_job_ticket<R: Repo>(
+        &self,
+        repo: &R,
+        id: JobId,
+        purpose: TicketPurpose,
+        ttl: time::Duration,
+        bound: &AgentBinding,
+    ) -> Result<(Job, SecretString), DomainError> {
+        own_agent(repo, bound.agent, self.p.user.id).await?;
+        job_ticket(repo, &self.p.acting(), id, None, purpose, ttl, Some(bound)).await
+    }
+
+    /// One of the operator's own agents, not revoked.
+    pub async fn own_agent<R: Repo>(&self, repo: &R, id: AgentId) -> Result<Agent, DomainError> {
+        own_agent(repo, id, self.p.user.id).await
     }
 
     /// Starts wiping a terminated or failed card that Lanyard personalized: the agent at the card

@@ -15,8 +15,8 @@ use crate::repo::DeviceQuery;
 use crate::repo::prelude::*;
 
 use super::{
-    ALL, CardInfo, Principal, TicketPurpose, credentials_of, job_of, job_ticket, policy_of, start_unlock,
-    transition,
+    ALL, AgentBinding, CardInfo, Principal, TicketPurpose, credentials_of, job_of, job_ticket, own_agent,
+    policy_of, start_unlock, transition,
 };
 
 /// A cardholder acting on their own devices.
@@ -38,7 +38,27 @@ impl SelfService<'_> {
         purpose: TicketPurpose,
         ttl: time::Duration,
     ) -> Result<(Job, SecretString), DomainError> {
-        job_ticket(repo, &self.p.acting(), id, Some(self.me()), purpose, ttl).await
+        job_ticket(repo, &self.p.acting(), id, Some(self.me()), purpose, ttl, None).await
+    }
+
+    /// A ticket for a job on one of my devices, bound to one of my paired agents (`bound`): the
+    /// server sends it over that agent's link, and only that agent's credential makes it work.
+    /// Audited `job.ticket` with the agent and the reader.
+    pub async fn agent_job_ticket<R: Repo>(
+        &self,
+        repo: &R,
+        id: JobId,
+        purpose: TicketPurpose,
+        ttl: time::Duration,
+        bound: &AgentBinding,
+    ) -> Result<(Job, SecretString), DomainError> {
+        own_agent(repo, bound.agent, self.me()).await?;
+        job_ticket(repo, &self.p.acting(), id, Some(self.me()), purpose, ttl, Some(bound)).await
+    }
+
+    /// One of my agents, not revoked; another user's is NotFound, like a missing one.
+    pub async fn agent<R: Repo>(&self, repo: &R, id: AgentId) -> Result<Agent, DomainError> {
+        own_agent(repo, id, self.me()).await
     }
 
     /// A job on one of my devices.

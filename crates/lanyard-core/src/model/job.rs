@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
-use crate::ids::{DeviceId, InstanceId, JobId, UserId};
+use crate::ids::{AgentId, DeviceId, InstanceId, JobId, UserId};
 use crate::macros::string_enum;
 use crate::secrets::{SecretsError, TokenHash, generate_token};
 
@@ -114,6 +114,11 @@ pub struct Job {
     /// `None` in every other state.
     #[serde(default)]
     pub lease: Option<JobLease>,
+    /// The paired agent the outstanding ticket is bound to: the session socket must then present
+    /// that agent's credential besides the ticket. Set when a ticket is sent to an agent over its
+    /// link, cleared when a plain ticket replaces it; `None` for a ticket handed out as text.
+    #[serde(default)]
+    pub agent: Option<AgentId>,
 }
 
 /// A job operation that does not fit the job's state.
@@ -148,6 +153,7 @@ impl Job {
             checkpoint: None,
             version: 0,
             lease: None,
+            agent: None,
         }
     }
 

@@ -945,4 +945,22 @@ pub async fn agents_and_pairing<R: Repo>(repo: &R) {
     commit(tx).await;
     let mut tx = begin(repo).await;
     assert_eq!(ok(tx.get_agent(newer.id).await, "get_agent"), Some(seen));
+    drop(tx);
+
+    // A job whose ticket is bound to an agent keeps the binding; a plain ticket clears it.
+    let card = device(&alice, DeviceKind::SmartCard, None);
+    let mut job = Job::new(JobKind::Issuance, card.id, Some(alice.id), T0);
+    job.agent = Some(older.id);
+    let mut tx = begin(repo).await;
+    ok(tx.insert_device(&card).await, "insert_device");
+    ok(tx.insert_job(&job).await, "insert_job");
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_job(job.id).await, "get_job"), Some(job.clone()), "the binding is stored");
+    job.agent = None;
+    ok(tx.update_job(&job).await, "update_job");
+    commit(tx).await;
+    job.version += 1;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_job(job.id).await, "get_job"), Some(job), "the binding is cleared");
 }

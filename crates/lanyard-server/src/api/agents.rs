@@ -7,15 +7,18 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use lanyard_core::authz::System;
-use lanyard_core::ids::{AgentId, UserId};
+use lanyard_core::authz::{AgentBinding, System, TicketPurpose};
+use lanyard_core::ids::{AgentId, JobId, UserId};
 use lanyard_core::model::Agent;
 use lanyard_core::repo::Repo;
+use lanyard_protocol::Secret;
+use lanyard_protocol::link::{FEATURE_SERVER_PIN, FEATURE_SESSIONS, ReaderReport, ServerLinkFrame};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::operation;
 use crate::auth::Auth;
+use crate::link::AgentLinks;
 use crate::{ApiError, AppState};
 
 /// What a client is told for a code that pairs nothing: one message whether the code is wrong,
@@ -37,10 +40,27 @@ pub(super) struct AgentView {
     last_seen_at: Option<time::OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     revoked_at: Option<time::OffsetDateTime>,
+    /// Whether the agent's link is connected to this server now.
+    online: bool,
+    /// While online: the agent's version (`lanyard-agent/<version>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_version: Option<String>,
+    /// While online: when the link was opened.
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    connected_at: Option<time::OffsetDateTime>,
+    /// While online: the agent's latest reader report, as `lanyard_protocol::link::ReaderReport`
+    /// (`name`, `card_present`, `atr`, and `card` with `model`, `serial`, `verdict`, `reason`,
+    /// `busy`); null when offline or before its first report.
+    #[schema(value_type = Option<Vec<Object>>)]
+    readers: Option<Vec<ReaderReport>>,
+    /// While online: when the latest reader report arrived.
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    readers_reported_at: Option<time::OffsetDateTime>,
 }
 
-impl From<&Agent> for AgentView {
-    fn from(a: &Agent) -> Self {
+impl AgentView {
+    /// The agent as stored, without its link (a freshly paired or revoked agent).
+    fn stored(a: &Agent) -> Self {
         Self {
             id: a.id,
             user: a.user,
@@ -48,7 +68,27 @@ impl From<&Agent> for AgentView {
             created_at: a.created_at,
             last_seen_at: a.last_seen_at,
             revoked_at: a.revoked_at,
+            online: false,
+            agent_version: None,
+            connected_at: None,
+            readers: None,
+            readers_reported_at: None,
         }
+    }
+
+    /// The agent with what its link, if connected to this server, says now.
+    fn with_link(a: &Agent, links: &AgentLinks) -> Self {
+        let mut view = Self::stored(a);
+        if let Some((user, snapshot)) = links.status(a.id).filter(|_| a.revoked_at.is_none())
+            && user == a.user
+        {
+            view.online = true;
+            view.agent_version = Some(snapshot.agent);
+            view.connected_at = Some(snapshot.connected_at);
+            view.readers = snapshot.readers;
+            view.readers_reported_at = snapshot.reported_at;
+        }
+        view
     }
 }
 
@@ -111,7 +151,7 @@ pub(super) async fn pair<R: Repo>(
     else {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, BAD_PAIRING_CODE));
     };
-    let body = Paired { credential: credential.expose_secret().to_owned(), agent: AgentView::from(&agent) };
+    let body = Paired { credential: credential.expose_secret().to_owned(), agent: AgentView::stored(&agent) };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -123,7 +163,7 @@ pub(super) async fn list_agents<R: Repo>(
 ) -> Result<Json<Vec<AgentView>>, ApiError> {
     let me = auth.principal.self_service()?;
     let agents = me.agents(s.repo.as_ref()).await?;
-    Ok(Json(agents.iter().map(AgentView::from).collect()))
+    Ok(Json(agents.iter().map(|a| AgentView::with_link(a, &s.links)).collect()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = String, Path, description = "Agent id")),
@@ -136,5 +176,153 @@ pub(super) async fn revoke_agent<R: Repo>(
     let id = id.parse::<AgentId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
     let me = auth.principal.self_service()?;
     let agent = me.revoke_agent(s.repo.as_ref(), id).await?;
-    Ok(Json(AgentView::from(&agent)))
+    s.links.disconnect(agent.id, "this agent has been revoked");
+    Ok(Json(AgentView::stored(&agent)))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StartSessionRequest {
+    /// The job to run: one of the caller's own (a cardholder) or any (an operator).
+    job: String,
+    /// The reader, exactly as the agent's latest report names it; it must hold a card.
+    reader: String,
+    /// `run` (start or resume; the default) or `rollback` (reset the card of a failed job).
+    #[serde(default)]
+    purpose: Option<String>,
+    /// Who types the new PIN: `agent` (at the workstation; the default) or `portal` (in the
+    /// browser, handed in with `POST /api/v1/jobs/{id}/pin`; the agent must take PINs from the
+    /// server).
+    #[serde(default)]
+    new_pin_from: Option<String>,
+}
+
+/// A card session sent to an agent.
+#[derive(Serialize, utoipa::ToSchema)]
+struct SessionStarted {
+    /// The job, as it stands now; follow it with `GET /api/v1/jobs/{id}`.
+    job: super::jobs::JobView,
+    agent: AgentId,
+    reader: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/agents/{id}/sessions", tag = "agents", params(("id" = String, Path, description = "Agent id")),
+    request_body = StartSessionRequest,
+    responses((status = 202, body = SessionStarted), (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
+/// Runs a job's card session on one of the caller's own agents: a fresh ticket, bound to that
+/// agent, goes over its link with the reader to use; the agent opens the session channel with
+/// the ticket and its credential. The agent must be the caller's (another user's is 404, even
+/// for an operator), connected, and must have reported the reader with a card in it.
+pub(super) async fn start_session<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<StartSessionRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let id = id.parse::<AgentId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    let Json(req) = body?;
+    crate::issuance::config(&s)?;
+    let job_id: JobId =
+        req.job.trim().parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("job: {e}")))?;
+    let reader = req.reader;
+    if reader.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "reader: must name a reader of the agent"));
+    }
+    let purpose = match req.purpose.as_deref().map(str::trim) {
+        None | Some("run") => TicketPurpose::Run,
+        Some("rollback") => TicketPurpose::Rollback,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("purpose: {other:?} (expected run or rollback)"),
+            ));
+        }
+    };
+    let from_portal = match req.new_pin_from.as_deref().map(str::trim) {
+        None | Some("agent") => false,
+        Some("portal") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("new_pin_from: {other:?} (expected agent or portal)"),
+            ));
+        }
+    };
+    let repo = s.repo.as_ref();
+    let operator = auth.principal.operator().ok();
+    // The caller's own agent, whatever their role; nobody learns about another user's.
+    let agent = match &operator {
+        Some(op) => op.own_agent(repo, id).await?,
+        None => auth.principal.self_service()?.agent(repo, id).await?,
+    };
+    let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, m);
+    let Some((_, snapshot)) = s.links.status(agent.id) else {
+        return Err(conflict(format!("agent {} ({}) is not connected", agent.id, agent.host_name)));
+    };
+    if !snapshot.features.iter().any(|f| f == FEATURE_SESSIONS) {
+        return Err(conflict(format!(
+            "agent {} ({}) does not run card sessions over its link; update it",
+            agent.id, snapshot.agent
+        )));
+    }
+    if from_portal && !snapshot.features.iter().any(|f| f == FEATURE_SERVER_PIN) {
+        return Err(conflict(format!(
+            "agent {} ({}) cannot take a PIN typed in the portal; update it",
+            agent.id, snapshot.agent
+        )));
+    }
+    let Some(readers) = snapshot.readers else {
+        return Err(conflict(format!("agent {} has not reported its readers yet", agent.id)));
+    };
+    match readers.iter().find(|r| r.name == reader) {
+        None => return Err(conflict(format!("agent {} reports no reader {reader:?}", agent.id))),
+        Some(r) if !r.card_present => return Err(conflict(format!("reader {reader:?} holds no card"))),
+        Some(r) if r.card.as_ref().is_some_and(|c| c.busy) => {
+            return Err(conflict(format!("a card session is already running on reader {reader:?}")));
+        }
+        Some(_) => {}
+    }
+    let bound = AgentBinding { agent: agent.id, reader: reader.clone() };
+    let ttl = crate::issuance::TICKET_TTL;
+    let (job, ticket) = match &operator {
+        Some(op) => op.agent_job_ticket(repo, job_id, purpose, ttl, &bound).await?,
+        None => auth.principal.self_service()?.agent_job_ticket(repo, job_id, purpose, ttl, &bound).await?,
+    };
+    let purpose = match purpose {
+        TicketPurpose::Run => job.kind.as_str().to_owned(),
+        TicketPurpose::Rollback => "rollback".to_owned(),
+    };
+    if from_portal {
+        s.pins.expect(job.id);
+    } else {
+        s.pins.forget(job.id);
+    }
+    let frame = ServerLinkFrame::StartSession {
+        job: job.id,
+        ticket: Secret::new(crate::issuance::ticket_string(job.id, &ticket)),
+        reader: reader.clone(),
+        purpose,
+    };
+    s.links.send(agent.id, frame).map_err(|e| {
+        conflict(format!("{e}: the session was not started (its ticket stays unused and expires)"))
+    })?;
+    let body = SessionStarted { job: job.into(), agent: agent.id, reader };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/agents/{id}/refresh", tag = "agents", params(("id" = String, Path, description = "Agent id")),
+    responses((status = 202), (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Asks one of the caller's connected agents to report its readers again now (a page's reload
+/// button); the new report shows in `GET /api/v1/agents` once it arrives.
+pub(super) async fn refresh_agent<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = id.parse::<AgentId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    let agent = auth.principal.self_service()?.agent(s.repo.as_ref(), id).await?;
+    s.links
+        .send(agent.id, ServerLinkFrame::Refresh)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("agent {}: {e}", agent.id)))?;
+    Ok(StatusCode::ACCEPTED)
 }

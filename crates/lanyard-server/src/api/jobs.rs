@@ -32,6 +32,18 @@ pub(super) struct JobView {
     created_at: time::OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     updated_at: time::OffsetDateTime,
+    /// Present while the session waits for the new PIN to be typed in the portal
+    /// (`POST /api/v1/jobs/{id}/pin`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pin_wanted: Option<PinWanted>,
+}
+
+/// A session waiting for the holder's new PIN from the portal.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct PinWanted {
+    rules: lanyard_core::model::PinRules,
+    /// How long the holder still has; after it the card keeps its initial PIN.
+    seconds_left: u64,
 }
 
 impl From<lanyard_core::model::Job> for JobView {
@@ -44,6 +56,7 @@ impl From<lanyard_core::model::Job> for JobView {
             steps: j.steps,
             created_at: j.created_at,
             updated_at: j.updated_at,
+            pin_wanted: None,
         }
     }
 }
@@ -117,7 +130,46 @@ pub(super) async fn job<R: Repo>(
         Ok(op) => op.job(repo, id).await?,
         Err(_) => auth.principal.self_service()?.job(repo, id).await?,
     };
-    Ok(Json(job.into()))
+    let mut view = JobView::from(job);
+    view.pin_wanted = s.pins.wanted(id).map(|(rules, seconds_left)| PinWanted { rules, seconds_left });
+    Ok(Json(view))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PinRequest {
+    /// The holder's new PIN, or null to keep the initial PIN (the device stays pending).
+    #[schema(value_type = Option<String>)]
+    new_pin: Option<lanyard_protocol::Secret>,
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/pin", tag = "issuance", params(("id" = String, Path, description = "job id")),
+    request_body = PinRequest,
+    responses((status = 202), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+/// Hands the new PIN typed in the portal to a session waiting for it (`pin_wanted` on the job):
+/// checked against the group's PIN rules here (a PIN that breaks one is `400` and the session
+/// waits on), then passed to the agent, which writes it to the card. Never stored, logged or
+/// audited. The holder sees only their own jobs; operators (issuing in person) any.
+pub(super) async fn submit_pin<R: Repo>(
+    State(s): State<AppState<R>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<PinRequest>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = job_id(&id)?;
+    let repo = s.repo.as_ref();
+    match auth.principal.operator() {
+        Ok(op) => op.job(repo, id).await?,
+        Err(_) => auth.principal.self_service()?.job(repo, id).await?,
+    };
+    let Json(req) = body?;
+    s.pins.give(id, req.new_pin).map_err(|e| match e {
+        crate::portal_pin::GiveError::NotWaiting => {
+            ApiError::new(StatusCode::CONFLICT, format!("job {id}: {e}"))
+        }
+        crate::portal_pin::GiveError::Rules(_) => ApiError::bad_request(e.to_string()),
+    })?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -162,6 +214,8 @@ pub(super) async fn job_ticket<R: Repo>(
         Ok(op) => op.job_ticket(repo, id, purpose, ttl).await?,
         Err(_) => auth.principal.self_service()?.job_ticket(repo, id, purpose, ttl).await?,
     };
+    // A ticket handed out as text runs at an agent whose holder types the PIN there.
+    s.pins.forget(job.id);
     let ticket = crate::issuance::ticket_string(job.id, &ticket);
     Ok(Json(JobTicket { job: job.into(), ticket }))
 }

@@ -28,7 +28,7 @@ pub(crate) mod users;
 pub use audit::MAX_AUDIT_PAGE;
 pub use users::MAX_SEARCH_PAGE;
 
-use agents::{list_agents, pair, revoke_agent, start_pairing};
+use agents::{list_agents, pair, refresh_agent, revoke_agent, start_pairing, start_session};
 use audit::audit;
 use credentials::{
     device_credentials, hold_credential, issue_certificate, release_credential, revoke_credential,
@@ -38,7 +38,7 @@ use devices::{
     terminate_device,
 };
 use groups::{create_group, list_groups, update_policy};
-use jobs::{begin_issuance, job, job_ticket, replace_device, unlock_pin, wipe_device};
+use jobs::{begin_issuance, job, job_ticket, replace_device, submit_pin, unlock_pin, wipe_device};
 use session::{login, logout, me};
 use tokens::{create_token, list_tokens, revoke_token};
 use users::{create_user, find_users, user_devices};
@@ -63,6 +63,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/issuance", post(begin_issuance::<R>))
         .route("/api/v1/jobs/{id}", get(job::<R>))
         .route("/api/v1/jobs/{id}/ticket", post(job_ticket::<R>))
+        .route("/api/v1/jobs/{id}/pin", post(submit_pin::<R>))
         .route("/api/v1/devices/{id}/activate", post(activate::<R>))
         .route("/api/v1/devices/{id}/revoke", post(revoke_device::<R>))
         .route("/api/v1/devices/{id}/mark", post(mark_device::<R>))
@@ -79,6 +80,8 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/agents/pairing", post(start_pairing::<R>))
         .route("/api/v1/agents/pair", post(pair::<R>))
         .route("/api/v1/agents/{id}", axum::routing::delete(revoke_agent::<R>))
+        .route("/api/v1/agents/{id}/sessions", post(start_session::<R>))
+        .route("/api/v1/agents/{id}/refresh", post(refresh_agent::<R>))
 }
 
 /// The request's operation id as the audit log takes it.

@@ -14,7 +14,7 @@ use crate::tx::StoreTx;
 macro_rules! job_cols {
     () => {
         "id, kind, device_id, created_by, state, steps, agent_ticket, ticket_expires_at, created_at, updated_at, \
-         checkpoint, lease_owner, lease_expires_at, version"
+         checkpoint, lease_owner, lease_expires_at, version, agent_id"
     };
 }
 
@@ -40,6 +40,7 @@ fn job_args(job: &Job) -> Result<Vec<Arg>, StoreError> {
         opt_id(job.lease.map(|l| l.owner)),
         opt_nanos("jobs.lease_expires_at", job.lease.map(|l| l.expires_at))?.into(),
         version_arg(job)?,
+        opt_id(job.agent),
     ])
 }
 
@@ -66,6 +67,7 @@ fn decode_job(row: &dyn Cols) -> Result<Job, StoreError> {
         version: u64::try_from(version)
             .map_err(|_| r.corrupt("version", format!("{version} is negative")))?,
         lease,
+        agent: r.opt_parse("agent_id")?,
     })
 }
 
@@ -100,7 +102,7 @@ impl JobRepo for StoreTx {
             concat!(
                 "INSERT INTO jobs (",
                 job_cols!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
             ),
             job_args(job)?,
         );
@@ -113,8 +115,8 @@ impl JobRepo for StoreTx {
         let q = Query::new(
             "UPDATE jobs SET kind = $2, device_id = $3, created_by = $4, state = $5, steps = $6, \
              agent_ticket = $7, ticket_expires_at = $8, created_at = $9, updated_at = $10, \
-             checkpoint = $11, lease_owner = $12, lease_expires_at = $13, version = $14 + 1 \
-             WHERE id = $1 AND version = $14",
+             checkpoint = $11, lease_owner = $12, lease_expires_at = $13, version = $14 + 1, \
+             agent_id = $15 WHERE id = $1 AND version = $14",
             job_args(job)?,
         );
         self.begin_call().await?;

@@ -1,0 +1,401 @@
+//! The agent link, server side (DESIGN §4, `lanyard_protocol::link`): each paired agent keeps
+//! one authenticated WebSocket open to the server; the server remembers, in memory, which agents
+//! are connected, what readers and cards they last reported, and a way to send them requests
+//! (`start_session`, `refresh`).
+//!
+//! The registry is this process's: with several servers behind a load balancer an agent is
+//! online on the one its link reached, and only that one can start sessions on it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lanyard_core::authz::System;
+use lanyard_core::ids::{AgentId, UserId};
+use lanyard_core::model::AGENT_SEEN_RESOLUTION;
+use lanyard_core::repo::Repo;
+use lanyard_protocol::link::{AgentLinkFrame, LINK_IDLE_SECS, MAX_READERS, ReaderReport, ServerLinkFrame};
+use lanyard_protocol::{MAX_FRAME, PROTOCOL_VERSION, Side, VERSION_HEADER, check_version};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::{ApiError, AppState};
+
+/// Requests waiting to go out on one link; a link this far behind is not keeping up.
+const LINK_QUEUE: usize = 32;
+/// How long the agent has to say `hello` after the upgrade.
+const HELLO_WITHIN: Duration = Duration::from_secs(30);
+
+/// What the rest of the server tells a link's task.
+#[derive(Debug)]
+enum Command {
+    Send(ServerLinkFrame),
+    /// Say `error` with this message and close.
+    Close(String),
+}
+
+/// A connected agent as the registry knows it.
+struct Live {
+    /// Which connection of the agent this is: a reconnecting agent replaces its old link, and the
+    /// old link's task must not unregister the new one.
+    conn: u64,
+    user: UserId,
+    snapshot: LinkSnapshot,
+    tx: mpsc::Sender<Command>,
+}
+
+/// What a connected agent said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSnapshot {
+    /// `lanyard-agent/<version>` from its `hello`.
+    pub agent: String,
+    /// The host name from its `hello`.
+    pub host: String,
+    pub features: Vec<String>,
+    pub connected_at: OffsetDateTime,
+    /// The latest `readers` report; `None` until the first.
+    pub readers: Option<Vec<ReaderReport>>,
+    /// When the latest report arrived.
+    pub reported_at: Option<OffsetDateTime>,
+}
+
+/// Why a request could not go to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("the agent is not connected")]
+    Offline,
+    #[error("the agent's link is not keeping up with requests; try again")]
+    Busy,
+}
+
+/// Which agents are connected to this server.
+#[derive(Default)]
+pub struct AgentLinks {
+    live: Mutex<HashMap<AgentId, Live>>,
+    next_conn: AtomicU64,
+}
+
+impl AgentLinks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, Live>> {
+        // A panic while holding the lock leaves a map that is still consistent (every update is
+        // one insert or remove), so a poisoned lock is used as it is.
+        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records agent `id` as connected; an older link of the same agent is told to close.
+    fn register(&self, id: AgentId, user: UserId, snapshot: LinkSnapshot) -> (u64, mpsc::Receiver<Command>) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let old = self.lock().insert(id, Live { conn, user, snapshot, tx });
+        if let Some(old) = old {
+            let _ =
+                old.tx.try_send(Command::Close("the agent connected again; this link is replaced".into()));
+        }
+        (conn, rx)
+    }
+
+    fn unregister(&self, id: AgentId, conn: u64) {
+        let mut live = self.lock();
+        if live.get(&id).is_some_and(|l| l.conn == conn) {
+            live.remove(&id);
+        }
+    }
+
+    fn set_readers(&self, id: AgentId, conn: u64, readers: Vec<ReaderReport>, at: OffsetDateTime) {
+        if let Some(l) = self.lock().get_mut(&id).filter(|l| l.conn == conn) {
+            l.snapshot.readers = Some(readers);
+            l.snapshot.reported_at = Some(at);
+        }
+    }
+
+    /// What agent `id` last said, if it is connected, and whose it is.
+    pub fn status(&self, id: AgentId) -> Option<(UserId, LinkSnapshot)> {
+        self.lock().get(&id).map(|l| (l.user, l.snapshot.clone()))
+    }
+
+    /// Queues `frame` for agent `id`.
+    pub fn send(&self, id: AgentId, frame: ServerLinkFrame) -> Result<(), LinkError> {
+        let live = self.lock();
+        let link = live.get(&id).ok_or(LinkError::Offline)?;
+        link.tx.try_send(Command::Send(frame)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LinkError::Busy,
+            mpsc::error::TrySendError::Closed(_) => LinkError::Offline,
+        })
+    }
+
+    /// Closes agent `id`'s link, if it has one, telling it `why`.
+    pub fn disconnect(&self, id: AgentId, why: &str) {
+        if let Some(link) = self.lock().remove(&id) {
+            let _ = link.tx.try_send(Command::Close(why.to_owned()));
+        }
+    }
+}
+
+/// The agent's credential from `Authorization: Bearer <credential>`.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// What an agent is told for a credential that authenticates nothing: one message for unknown,
+/// revoked, and a disabled user's.
+pub const BAD_AGENT_CREDENTIAL: &str =
+    "the agent credential is unknown or revoked; pair the agent again (lanyard agent pair)";
+
+/// `GET /api/v1/agent/link`: a paired agent's link. The protocol version and then the credential
+/// are checked before the upgrade, so a refusal is a plain 4xx that names the server's version.
+pub async fn connect<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    op: Option<axum::Extension<crate::OperationId>>,
+    request: axum::extract::Request,
+) -> Response {
+    let mut response = accept(s, op, request).await.unwrap_or_else(IntoResponse::into_response);
+    response.headers_mut().insert(VERSION_HEADER, axum::http::HeaderValue::from(PROTOCOL_VERSION));
+    response
+}
+
+async fn accept<R: Repo + 'static>(
+    s: AppState<R>,
+    op: Option<axum::Extension<crate::OperationId>>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, _body) = request.into_parts();
+    check_version(Side::Server, parts.headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let credential = Zeroizing::new(
+        bearer(&parts.headers)
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <agent credential>")
+            })?
+            .to_owned(),
+    );
+    let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not a WebSocket request: {e}")))?;
+    let op = crate::api::operation(op.as_ref());
+    let system = System::new(op, s.clock.now());
+    let (agent, user) = system
+        .authenticate_agent(s.repo.as_ref(), &credential)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, BAD_AGENT_CREDENTIAL))?;
+    Ok(ws
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| async move {
+            let link = Link { socket, agent: agent.id, user: user.id };
+            link.run(s, credential).await;
+        })
+        .into_response())
+}
+
+struct Link {
+    socket: WebSocket,
+    agent: AgentId,
+    user: UserId,
+}
+
+/// How a link's receive ended.
+enum Heard {
+    Frame(AgentLinkFrame),
+    /// Something arrived that is not a frame this side reads; the agent is told, the link stays.
+    Unreadable(String),
+    /// A control frame: the agent is alive.
+    Alive,
+    Gone,
+}
+
+impl Link {
+    async fn send(&mut self, frame: &ServerLinkFrame) -> bool {
+        self.socket.send(Message::Text(frame.to_text().into())).await.is_ok()
+    }
+
+    async fn close(&mut self, why: &str) {
+        let _ = self.send(&ServerLinkFrame::Error { message: why.to_owned() }).await;
+        let _ = self.socket.send(Message::Close(None)).await;
+    }
+
+    async fn receive(&mut self) -> Heard {
+        let idle = Duration::from_secs(LINK_IDLE_SECS);
+        match tokio::time::timeout(idle, self.socket.recv()).await {
+            Err(_) | Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => Heard::Gone,
+            Ok(Some(Ok(Message::Text(text)))) => match AgentLinkFrame::parse(text.as_str()) {
+                Ok(frame) => Heard::Frame(frame),
+                Err(e) => Heard::Unreadable(format!("unintelligible frame: {e}")),
+            },
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                Heard::Unreadable("binary frames are not part of the protocol".into())
+            }
+            Ok(Some(Ok(_))) => Heard::Alive,
+        }
+    }
+
+    /// Waits for `hello`, registers the agent, then serves the link until either side ends it,
+    /// the agent falls silent, or its credential stops working.
+    async fn run<R: Repo>(mut self, s: AppState<R>, credential: Zeroizing<String>) {
+        let hello = tokio::time::timeout(HELLO_WITHIN, self.receive()).await;
+        let snapshot = match hello {
+            Ok(Heard::Frame(AgentLinkFrame::Hello { protocol, agent, host, features })) => {
+                if protocol != PROTOCOL_VERSION {
+                    let why = format!(
+                        "the agent's hello names protocol version {protocol}, not {PROTOCOL_VERSION}"
+                    );
+                    return self.close(&why).await;
+                }
+                LinkSnapshot {
+                    agent,
+                    host,
+                    features,
+                    connected_at: s.clock.now(),
+                    readers: None,
+                    reported_at: None,
+                }
+            }
+            Ok(Heard::Frame(other)) => {
+                return self.close(&format!("expected hello, got {}", kind(&other))).await;
+            }
+            Ok(Heard::Unreadable(why)) => return self.close(&format!("expected hello: {why}")).await,
+            Ok(Heard::Alive | Heard::Gone) | Err(_) => return self.close("expected hello").await,
+        };
+        tracing::info!(agent = %self.agent, host = %snapshot.host, version = %snapshot.agent, "agent linked");
+        let (conn, mut rx) = s.links.register(self.agent, self.user, snapshot);
+        let mut recheck = tokio::time::interval(
+            Duration::try_from(AGENT_SEEN_RESOLUTION).unwrap_or(Duration::from_secs(60)),
+        );
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; authentication has just happened.
+        recheck.tick().await;
+        loop {
+            tokio::select! {
+                heard = self.receive() => match heard {
+                    Heard::Gone => break,
+                    Heard::Alive => {}
+                    Heard::Unreadable(why) => {
+                        if !self.send(&ServerLinkFrame::Error { message: why }).await {
+                            break;
+                        }
+                    }
+                    Heard::Frame(frame) => {
+                        if let Some(why) = self.on_frame(&s, conn, frame) && !self.send(&ServerLinkFrame::Error { message: why }).await {
+                            break;
+                        }
+                    }
+                },
+                command = rx.recv() => match command {
+                    Some(Command::Send(frame)) => {
+                        if !self.send(&frame).await {
+                            break;
+                        }
+                    }
+                    Some(Command::Close(why)) => {
+                        self.close(&why).await;
+                        break;
+                    }
+                    None => break,
+                },
+                _ = recheck.tick() => {
+                    // Notes `last_seen_at`, and ends a link whose agent was revoked, or whose user
+                    // was disabled, on any server sharing the database.
+                    let system = System::new(lanyard_core::audit::OperationId::random(), s.clock.now());
+                    match system.authenticate_agent(s.repo.as_ref(), &credential).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            self.close(BAD_AGENT_CREDENTIAL).await;
+                            break;
+                        }
+                        Err(e) => tracing::warn!(agent = %self.agent, error = %e, "could not re-check an agent's credential"),
+                    }
+                }
+            }
+        }
+        s.links.unregister(self.agent, conn);
+        tracing::info!(agent = %self.agent, "agent link closed");
+    }
+
+    /// Acts on one frame after `hello`; `Some` is the error to tell the agent.
+    fn on_frame<R>(&self, s: &AppState<R>, conn: u64, frame: AgentLinkFrame) -> Option<String> {
+        match frame {
+            AgentLinkFrame::Readers { readers } if readers.len() > MAX_READERS => Some(format!(
+                "a readers report lists {} readers, more than the {MAX_READERS} allowed",
+                readers.len()
+            )),
+            AgentLinkFrame::Readers { readers } => {
+                s.links.set_readers(self.agent, conn, readers, s.clock.now());
+                None
+            }
+            AgentLinkFrame::SessionEnded { job, error } => {
+                match error {
+                    None => tracing::info!(agent = %self.agent, %job, "agent session ended"),
+                    Some(e) => tracing::warn!(agent = %self.agent, %job, error = %e, "agent session failed"),
+                }
+                None
+            }
+            AgentLinkFrame::Error { message } => {
+                tracing::warn!(agent = %self.agent, %message, "the agent could not act on a frame");
+                None
+            }
+            AgentLinkFrame::Hello { .. } => Some("hello was already said on this link".into()),
+        }
+    }
+}
+
+fn kind(frame: &AgentLinkFrame) -> &'static str {
+    match frame {
+        AgentLinkFrame::Hello { .. } => "hello",
+        AgentLinkFrame::Readers { .. } => "readers",
+        AgentLinkFrame::SessionEnded { .. } => "session_ended",
+        AgentLinkFrame::Error { .. } => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(agent: &str) -> LinkSnapshot {
+        LinkSnapshot {
+            agent: agent.into(),
+            host: "ws".into(),
+            features: vec![],
+            connected_at: OffsetDateTime::UNIX_EPOCH,
+            readers: None,
+            reported_at: None,
+        }
+    }
+
+    #[test]
+    fn a_reconnecting_agent_replaces_its_old_link_and_the_old_one_cannot_remove_it() {
+        let links = AgentLinks::default();
+        let (id, user) = (AgentId::new(), UserId::new());
+        assert_eq!(links.send(id, ServerLinkFrame::Refresh), Err(LinkError::Offline));
+        let (old, mut old_rx) = links.register(id, user, snapshot("first"));
+        let (new, mut new_rx) = links.register(id, user, snapshot("second"));
+        assert!(matches!(old_rx.try_recv(), Ok(Command::Close(m)) if m.contains("replaced")));
+        // The old link's task ends and unregisters: the new link stays.
+        links.unregister(id, old);
+        links.set_readers(id, old, vec![], OffsetDateTime::UNIX_EPOCH);
+        let (owner, seen) = links.status(id).expect("still online");
+        assert_eq!((owner, seen.agent.as_str(), seen.readers), (user, "second", None));
+        links.set_readers(id, new, vec![], OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(links.status(id).and_then(|(_, s)| s.readers), Some(vec![]));
+        links.send(id, ServerLinkFrame::Refresh).unwrap();
+        assert!(matches!(new_rx.try_recv(), Ok(Command::Send(ServerLinkFrame::Refresh))));
+        // A full queue is "busy", not a silent drop.
+        for _ in 0..LINK_QUEUE {
+            links.send(id, ServerLinkFrame::Refresh).unwrap();
+        }
+        assert_eq!(links.send(id, ServerLinkFrame::Refresh), Err(LinkError::Busy));
+        links.disconnect(id, "revoked");
+        assert!(links.status(id).is_none());
+        assert_eq!(links.send(id, ServerLinkFrame::Refresh), Err(LinkError::Offline));
+    }
+}
