@@ -1,5 +1,30 @@
 //! `lanyard`: one binary for the whole credential management system.
 
+// Standard output is often a pipe whose reader stops early (`lanyard piv info | head`). Rust
+// ignores SIGPIPE, so the next write fails with EPIPE, and std's `println!` panics on that. The
+// macros below shadow std's print macros in every module of this binary (the modules are
+// declared after them, and a `macro_rules!` in scope wins over the prelude's): once the reader
+// has gone, the rest of the output is dropped and the command finishes its work and exits with
+// its own status, without a message. Restoring SIGPIPE's default action instead would be shorter
+// but is not safe here: the signal would kill `serve`, `agent serve`, `agent issue` or `vcard run`
+// when a peer of one of their other descriptors goes away (not every write in them, libpcsclite's
+// included, passes MSG_NOSIGNAL), possibly in the middle of writing a card.
+#[allow(unused_macros)] // no `print!` today; this keeps a later one covered
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::output::stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::stderr(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod admin_cmd;
 mod agent_cmd;
 mod bench;
@@ -11,6 +36,29 @@ mod serve;
 mod vcard_cmd;
 
 use clap::{Parser, Subcommand};
+
+/// Where the print macros above write.
+mod output {
+    use std::io::{ErrorKind, Write};
+
+    /// Writes to standard output. A reader that went away (EPIPE) is not an error: the output
+    /// is dropped. Any other failure (a full disk under a redirection) ends the process with a
+    /// message, as std's `println!` would, but without a panic.
+    pub fn stdout(args: std::fmt::Arguments<'_>) {
+        let result = std::io::stdout().lock().write_fmt(args);
+        if let Err(e) = result
+            && e.kind() != ErrorKind::BrokenPipe
+        {
+            stderr(format_args!("error: writing to standard output: {e}\n"));
+            std::process::exit(1);
+        }
+    }
+
+    /// Writes to standard error; a failure there has nowhere to be reported, so it is ignored.
+    pub fn stderr(args: std::fmt::Arguments<'_>) {
+        let _ = std::io::stderr().lock().write_fmt(args);
+    }
+}
 
 /// Lanyard: issue and manage PIV smart cards, USB keys and mobile credentials.
 #[derive(Debug, Parser)]

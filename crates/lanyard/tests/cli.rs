@@ -739,3 +739,40 @@ fn agent_pair_keeps_a_private_credential_and_a_code_works_once() {
     assert_eq!(listed[0]["id"], agent_id.as_str());
     drop(server);
 }
+
+/// Runs `lanyard <args>` with its standard output on a pipe whose reader is closed before the
+/// process starts, so every write it makes there fails with EPIPE.
+fn run_into_closed_pipe(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // `config check` prints a line per setting; `vcard info` a card image's contents.
+    let config = run_into_closed_pipe(&["config", "check"], &[("LANYARD_DATA_DIR", data)]);
+    let image = dir.path().join("card.json");
+    let vcard_home = dir.path().join("vcard-home");
+    let made = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["vcard", "new", "--image", image.to_str().unwrap()])
+        .args(["--home", vcard_home.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let info = run_into_closed_pipe(&["vcard", "info", "--image", image.to_str().unwrap()], &[]);
+    for (what, o) in [("config check", config), ("vcard info", info)] {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "lanyard {what} into a closed pipe: {:?} {stderr}", o.status);
+        assert!(stderr.is_empty(), "lanyard {what} into a closed pipe wrote to stderr: {stderr}");
+    }
+}
