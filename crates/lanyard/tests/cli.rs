@@ -27,14 +27,15 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// Downloads `url` over HTTPS, trusting only the server's own root (DER at `<data>/ca/root.crt`).
+/// Downloads `url` over HTTPS with curl, trusting only the server's own root, in the PEM copy
+/// the server keeps for such clients (`<data>/ca/root.pem`).
 fn fetch(data: &Path, url: &str, out: &Path) {
-    let root_pem = write_pem(
-        &data.join("root-for-curl.pem"),
-        "CERTIFICATE",
-        &std::fs::read(data.join("ca/root.crt")).unwrap(),
+    let root_pem = data.join("ca/root.pem");
+    command_ok(
+        "curl",
+        &["-sf", "--cacert", root_pem.to_str().unwrap(), "-o", out.to_str().unwrap(), url],
+        None,
     );
-    command_ok("curl", &["-sf", "--cacert", &root_pem, "-o", out.to_str().unwrap(), url], None);
 }
 
 /// Starts `lanyard serve` on `data` and waits until it listens.
@@ -117,13 +118,17 @@ fn serve_publishes_a_working_ca_and_keeps_it_across_restarts() {
     assert!(verified.contains(": OK"), "{verified}");
     let tls_before = std::fs::read(data.join("ca/tls.crt")).unwrap();
 
-    // A restart reuses the CA and the still-young TLS certificate.
+    // A restart reuses the CA and the still-young TLS certificate. It also writes the root's PEM
+    // copy again when it is missing, as in a data directory from before that copy existed.
+    let root_pem = std::fs::read(data.join("ca/root.pem")).unwrap();
+    std::fs::remove_file(data.join("ca/root.pem")).unwrap();
     let server = start_server(&data, port);
     let again = dir.path().join("ca2.der");
     fetch(&data, &format!("{base}/pki/ca.crt"), &again);
     server.stop();
     assert_eq!(std::fs::read(&issuing).unwrap(), std::fs::read(&again).unwrap());
     assert_eq!(std::fs::read(data.join("ca/tls.crt")).unwrap(), tls_before);
+    assert_eq!(std::fs::read(data.join("ca/root.pem")).unwrap(), root_pem);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
