@@ -781,3 +781,57 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(stderr.is_empty(), "lanyard {what} into a closed pipe wrote to stderr: {stderr}");
     }
 }
+
+/// `lanyard <args>`, which must succeed; its standard output.
+fn help_text(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard")).args(args).output().unwrap();
+    assert!(o.status.success(), "lanyard {args:?}: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn help_describes_what_the_program_does_now() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["serve"],
+        &["init"],
+        &["login"],
+        &["user"],
+        &["device"],
+        &["device", "ticket"],
+        &["cert"],
+        &["agent"],
+        &["agent", "issue"],
+        &["agent", "pair"],
+        &["vcard"],
+        &["piv"],
+        &["bench"],
+    ];
+    let mut all = String::new();
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = help_text(&args);
+        // Phrases of earlier stages that no longer hold: the server speaks HTTPS, the CLI logs
+        // in over it, and the CA's root for clients is a PEM file.
+        for stale in ["Plain HTTP only", "for now", "so far", "not yet", "ca/root.crt"] {
+            assert!(!help.contains(stale), "lanyard {args:?} still says {stale:?}:\n{help}");
+        }
+        all.push_str(&help);
+    }
+    let top = help_text(&["--help"]);
+    assert!(top.contains("server (API") && top.contains("workstation agent"), "{top}");
+    let serve = help_text(&["serve", "--help"]);
+    for claim in ["/api/v1", "WebSocket", "/pki/", "HTTPS", "OCSP", "pki_listen"] {
+        assert!(serve.contains(claim), "serve's help does not mention {claim:?}:\n{serve}");
+    }
+    let login = help_text(&["login", "--help"]);
+    assert!(login.contains("HTTPS") && login.contains("<data_dir>/ca/root.pem"), "{login}");
+    let agent = help_text(&["agent", "--help"]);
+    for claim in ["pairs", "issuance, PIN unlock, wipe, rollback", "loopback API"] {
+        assert!(agent.contains(claim), "agent's help does not mention {claim:?}:\n{agent}");
+    }
+    let ticket = help_text(&["device", "ticket", "--help"]);
+    assert!(ticket.contains("--rollback"), "{ticket}");
+    assert!(all.len() > 5000, "the help texts are shorter than expected:\n{all}");
+}
