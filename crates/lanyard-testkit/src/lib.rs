@@ -8,6 +8,7 @@
 //! - [`VCard`], [`TestServer::plug_card`]: factory-fresh software cards the server accepts.
 //! - [`TestServer::issue_with_agent`]: the real agent relay between such a card and the server.
 //! - [`ServeProcess`]: `lanyard serve` as a child process.
+//! - [`PrivatePcscd`]: a pcscd of the test's own, with its own vpcd readers, that it may restart.
 //!
 //! See `docs/testing.md` for a worked example.
 // A test kit fails the test that uses it by panicking, with a message that says what went wrong.
@@ -21,6 +22,8 @@ pub mod agent;
 pub mod card;
 #[cfg(feature = "server")]
 pub mod db;
+#[cfg(feature = "server")]
+pub mod pcscd;
 pub mod process;
 #[cfg(feature = "server")]
 pub mod server;
@@ -31,6 +34,8 @@ pub use agent::AgentRun;
 pub use card::{VCard, card_certificates, power_cycle, recorded_certificates};
 #[cfg(feature = "server")]
 pub use db::{Backend, TestDb};
+#[cfg(feature = "server")]
+pub use pcscd::PrivatePcscd;
 pub use process::{ServeProcess, free_port};
 #[cfg(feature = "server")]
 pub use server::{Caller, Issuance, TestServer};
