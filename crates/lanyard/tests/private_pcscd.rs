@@ -21,10 +21,16 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+/// Polls `f` until it holds; after 30 s fails the test with what the card and pcscd logged.
+fn wait_until(cards: &Cards, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}\nvcard log:\n{}\npcscd's errors:\n{}",
+            cards.vcard_log(),
+            cards.pcscd.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -81,7 +87,7 @@ impl Cards {
         self.vcard = Some(cmd.env("RUST_LOG", "debug").stdout(Stdio::null()).stderr(log).spawn().unwrap());
         for slot in 0..n {
             let want = self.serials[slot];
-            wait_until(&format!("card {want} in reader {slot}"), || self.serial(slot) == Some(want));
+            wait_until(self, &format!("card {want} in reader {slot}"), || self.serial(slot) == Some(want));
         }
     }
 
@@ -89,7 +95,7 @@ impl Cards {
         if let Some(mut child) = self.vcard.take() {
             let _ = child.kill();
             let _ = child.wait();
-            wait_until("readers empty", || !self.present(0) && !self.present(1));
+            wait_until(self, "readers empty", || !self.present(0) && !self.present(1));
         }
     }
 
@@ -165,25 +171,25 @@ fn two_cards_removal_insertion_and_pcscd_restart() {
     assert_ne!(cards.serials[0], cards.serials[1]);
 
     cards.control("remove", 0);
-    wait_until("card 0 removed", || !cards.present(0));
+    wait_until(&cards, "card 0 removed", || !cards.present(0));
     let gone = cards.tool("yubico-piv-tool", &["-r", &cards.reader(0), "-a", "status"]);
     assert!(!gone.status.success() && !text(&gone).contains("Serial Number"), "{}", text(&gone));
     assert_eq!(cards.serial(1), Some(cards.serials[1]), "the other card stays");
     cards.control("insert", 0);
-    wait_until("card 0 back", || cards.serial(0) == Some(cards.serials[0]));
+    wait_until(&cards, "card 0 back", || cards.serial(0) == Some(cards.serials[0]));
 
     // State persists through removal: change the PIN, remove, insert, the new PIN holds.
     cards.ypt_ok(0, &["-a", "change-pin", "-P", "123456", "-N", "445566"]);
     cards.control("remove", 0);
-    wait_until("card 0 removed", || !cards.present(0));
+    wait_until(&cards, "card 0 removed", || !cards.present(0));
     cards.control("insert", 0);
-    wait_until("card 0 back", || cards.serial(0) == Some(cards.serials[0]));
+    wait_until(&cards, "card 0 back", || cards.serial(0) == Some(cards.serials[0]));
     cards.ypt_ok(0, &["-a", "verify-pin", "-P", "445566"]);
 
     // pcscd restarts: the cards reconnect by themselves.
     cards.pcscd.restart();
-    wait_until("card 0 after pcscd restart", || cards.serial(0) == Some(cards.serials[0]));
-    wait_until("card 1 after pcscd restart", || cards.serial(1) == Some(cards.serials[1]));
+    wait_until(&cards, "card 0 after pcscd restart", || cards.serial(0) == Some(cards.serials[0]));
+    wait_until(&cards, "card 1 after pcscd restart", || cards.serial(1) == Some(cards.serials[1]));
     cards.ypt_ok(0, &["-a", "verify-pin", "-P", "445566"]);
 }
 
@@ -367,7 +373,7 @@ fn a_pulled_card_resumes_or_rolls_back_on_the_first_try() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        wait_until("the job recorded failed", || server.job_state(&job) == "failed");
+        wait_until(&cards, "the job recorded failed", || server.job_state(&job) == "failed");
         let mut args = vec!["device", "ticket", "--job", &job];
         if rollback {
             args.push("--rollback");
