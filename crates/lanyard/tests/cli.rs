@@ -494,6 +494,16 @@ fn init_runs_once_per_database_and_serve_initialises_only_a_fresh_embedded_defau
     let out = init(&a, &[]);
     assert!(out.contains("Bootstrap administrator: admin / "), "{out}");
     assert!(out.contains(&root_fingerprint(&a)) && out.contains(&kek_id(&a.join("kek"))), "{out}");
+    // init names the PEM copy of the root, which holds the same certificate as root.crt.
+    let root_pem = a.join("ca/root.pem");
+    assert!(out.contains(root_pem.to_str().unwrap()), "{out}");
+    let fingerprint =
+        openssl(&["x509", "-in", root_pem.to_str().unwrap(), "-noout", "-fingerprint", "-sha256"]);
+    assert!(
+        fingerprint.replace(':', "").to_lowercase().contains(&root_fingerprint(&a)),
+        "{fingerprint} vs {}",
+        root_fingerprint(&a)
+    );
     let before = snapshot(&a);
 
     let again = run_to_exit(&["init"], &[("LANYARD_DATA_DIR", a.to_str().unwrap())]);
