@@ -179,11 +179,22 @@ impl PinSource for SkipPinChange {
 /// batch: an APDU sent to a card that is being pulled makes pcscd's reset of it fail.
 pub trait SessionCard: CardTransport {
     fn still_present(&mut self) -> bool;
+
+    /// Drops the connection and makes a new one to the card in the same reader, waiting a
+    /// little for the reader to show a card. Whether that worked; cards that cannot do it say
+    /// no.
+    fn reopen(&mut self) -> bool {
+        false
+    }
 }
 
 impl<T: SessionCard + ?Sized> SessionCard for &mut T {
     fn still_present(&mut self) -> bool {
         (**self).still_present()
+    }
+
+    fn reopen(&mut self) -> bool {
+        (**self).reopen()
     }
 }
 
@@ -215,7 +226,7 @@ impl PcscCard {
         Ok(Self { transport: PcscTransport::connect_exact(reader).map_err(fail)? })
     }
 
-    pub fn atr(&self) -> Result<Vec<u8>, AgentError> {
+    pub fn atr(&mut self) -> Result<Vec<u8>, AgentError> {
         self.transport
             .atr()
             .map_err(|source| AgentError::Reader { reader: self.transport.reader().to_owned(), source })
@@ -233,7 +244,31 @@ impl SessionCard for PcscCard {
         let name = self.transport.reader();
         reader_states().is_ok_and(|states| states.iter().any(|s| s.name == name && s.card_present))
     }
+
+    fn reopen(&mut self) -> bool {
+        // A card that was pulled and put back can take a few of pcscd's polls to show again (and
+        // to stop showing as the card that left).
+        for _ in 0..REOPEN_POLLS {
+            std::thread::sleep(REOPEN_POLL);
+            if self.still_present()
+                && let Ok(transport) = PcscTransport::connect_exact(self.transport.reader())
+            {
+                self.transport = transport;
+                return true;
+            }
+        }
+        false
+    }
 }
+
+/// How long [`PcscCard::reopen`] waits for the card: 50 polls of 100 ms.
+const REOPEN_POLLS: usize = 50;
+const REOPEN_POLL: Duration = Duration::from_millis(100);
+
+/// SELECT's instruction byte.
+const SELECT_INS: u8 = 0xA4;
+/// How many new connections the session's first SELECT may take.
+const FIRST_SELECT_TRIES: usize = 10;
 
 /// What the relay may ask of the connection while it works on a frame.
 pub trait ServerLink {
@@ -313,12 +348,14 @@ impl PinCommand<'_> {
 pub struct Relay<C: SessionCard> {
     piv: Piv<C>,
     removed: bool,
+    /// The card has answered a command of this session.
+    answered: bool,
     pin: PinOutcome,
 }
 
 impl<C: SessionCard> Relay<C> {
     pub fn new(card: C) -> Self {
-        Self { piv: Piv::new(card), removed: false, pin: PinOutcome::NotAsked }
+        Self { piv: Piv::new(card), removed: false, answered: false, pin: PinOutcome::NotAsked }
     }
 
     /// The card, for inspection after the session.
@@ -393,8 +430,22 @@ impl<C: SessionCard> Relay<C> {
 
     /// The card went away or the reader failed: nothing more goes to this card.
     fn card_failed(&mut self, seq: u64, e: PivError) -> Next {
+        // A card pulled in the middle of a command shows as whatever the reader made of it (no
+        // answer, a cut answer, a failed transaction); the reader state says what happened.
+        if !matches!(e, PivError::Transport(TransportError::CardReset))
+            && !self.piv.transport_mut().still_present()
+        {
+            return self.removed(seq);
+        }
         match e {
             PivError::Transport(TransportError::CardGone) => self.removed(seq),
+            // Still in the reader, but what this session had set up on it is lost; the job can
+            // be resumed, and the resumed session authenticates again.
+            PivError::Transport(TransportError::CardReset) => {
+                self.removed = true;
+                let message = TransportError::CardReset.to_string();
+                Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Card(message))
+            }
             PivError::Transport(t) => {
                 self.removed = true;
                 let message = format!("reader error: {t}");
@@ -441,9 +492,28 @@ impl<C: SessionCard> Relay<C> {
                 let message = format!("batch {seq} ran past its deadline after {i} commands");
                 return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
             }
-            let result = self.piv.exchange(&command);
+            let mut result = self.piv.exchange(&command);
+            // The connection can be stale before the session's first answer: the card was reset,
+            // or pulled and put back, since it was opened (a vpcd reader shows a card that came
+            // back as never gone until a command fails). Nothing of this session is on the card
+            // yet, and a SELECT changes nothing on it, so a new connection may send it again.
+            // After the first answer a failed command ends the session; the job can be resumed.
+            // pcscd may need a few polls to notice, so a few tries.
+            let mut tries = 0;
+            while !self.answered
+                && command.ins == SELECT_INS
+                && matches!(result, Err(PivError::Transport(_)))
+                && tries < FIRST_SELECT_TRIES
+                && self.piv.transport_mut().reopen()
+            {
+                tries += 1;
+                result = self.piv.exchange(&command);
+            }
             // Commands carry PINs, PUKs and keys.
             command.data.zeroize();
+            if result.is_ok() {
+                self.answered = true;
+            }
             match result {
                 Ok(resp) => {
                     let stop = !resp.sw.is_success();
@@ -844,7 +914,7 @@ pub fn run_session(
     if parse_server(&opts.server)?.tls {
         tls_config(opts.ca_pem.as_deref())?;
     }
-    let card = PcscCard::connect(&opts.reader)?;
+    let mut card = PcscCard::connect(&opts.reader)?;
     let atr = card.atr()?;
     run_session_with(opts, card, &atr, pins, progress)
 }

@@ -10,8 +10,15 @@ pub enum TransportError {
     Pcsc(String),
     #[error("no reader matches {0:?}")]
     NoReader(String),
-    #[error("card removed or reset during the exchange")]
+    /// The card left the reader (or there is no card in it).
+    #[error("card removed during the exchange")]
     CardGone,
+    /// The card is still in the reader but was reset (by another program, or by the reader)
+    /// after this connection had exchanged commands with it, so whatever those established
+    /// (selected application, verified PIN, authenticated management key) is gone. The
+    /// connection has been re-established; the command was not sent.
+    #[error("card reset by another program or the reader during the session (its security state is lost)")]
+    CardReset,
     #[error("transport: {0}")]
     Other(String),
 }
@@ -56,11 +63,11 @@ pub use self::pcsc_impl::{PcscTransport, ReaderState, list_readers, reader_state
 mod pcsc_impl {
     use super::{CardTransport, TransportError};
 
+    /// PC/SC's "the card was reset" is not in this list: a reset card is still there, and
+    /// [`PcscTransport`] reconnects to it instead.
     fn err(e: pcsc::Error) -> TransportError {
         match e {
-            pcsc::Error::RemovedCard | pcsc::Error::ResetCard | pcsc::Error::NoSmartcard => {
-                TransportError::CardGone
-            }
+            pcsc::Error::RemovedCard | pcsc::Error::NoSmartcard => TransportError::CardGone,
             other => TransportError::Pcsc(other.to_string()),
         }
     }
@@ -113,10 +120,40 @@ mod pcsc_impl {
     }
 
     /// A card in a PC/SC reader, held with a shared connection over T=1 (or T=0).
+    ///
+    /// A shared card can be reset under this connection: by another program that leaves it with
+    /// SCARD_RESET_CARD (most do, this one included), or by pcscd itself around an insertion.
+    /// PC/SC then answers the next call with SCARD_W_RESET_CARD until the connection is
+    /// re-established. That is not a pulled card: the transport reconnects (SCardReconnect,
+    /// leaving the card as it is). If the connection had not exchanged a command yet, nothing
+    /// was lost and the call is made again; otherwise it answers [`TransportError::CardReset`],
+    /// because the caller's selected application and verified PIN or key are gone. Only a card
+    /// that left the reader is [`TransportError::CardGone`].
     pub struct PcscTransport {
-        card: pcsc::Card,
+        card: Option<pcsc::Card>,
         reader: String,
         buf: Vec<u8>,
+        /// A command got an answer on the current connection.
+        exchanged: bool,
+        /// The last call failed; the card is gone or unreliable.
+        failed: bool,
+    }
+
+    impl Drop for PcscTransport {
+        fn drop(&mut self) {
+            let Some(card) = self.card.take() else { return };
+            // Normally the card is reset on leaving, so the next program does not inherit a
+            // verified PIN or management key. After a failure it is left alone: resetting a card
+            // that is being pulled fails, and vsmartcard's vpcd reader then stops taking cards
+            // until pcscd restarts.
+            let disposition =
+                if self.failed { pcsc::Disposition::LeaveCard } else { pcsc::Disposition::ResetCard };
+            // Dropping the card on error would reset it after all; forget the handle instead
+            // (pcscd frees it with this process's context).
+            if let Err((card, _)) = card.disconnect(disposition) {
+                std::mem::forget(card);
+            }
+        }
     }
 
     impl std::fmt::Debug for PcscTransport {
@@ -135,11 +172,17 @@ mod pcsc_impl {
                 .into_iter()
                 .find(|r| r.to_string_lossy().to_lowercase().contains(&wanted))
                 .ok_or_else(|| TransportError::NoReader(filter.to_owned()))?;
-            let card = ctx.connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY).map_err(err)?;
+            Self::open(&ctx, &reader)
+        }
+
+        fn open(ctx: &pcsc::Context, reader: &std::ffi::CStr) -> Result<Self, TransportError> {
+            let card = ctx.connect(reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY).map_err(err)?;
             Ok(Self {
-                card,
+                card: Some(card),
                 reader: reader.to_string_lossy().into_owned(),
                 buf: vec![0; pcsc::MAX_BUFFER_SIZE_EXTENDED],
+                exchanged: false,
+                failed: false,
             })
         }
 
@@ -151,12 +194,7 @@ mod pcsc_impl {
                 .into_iter()
                 .find(|r| r.to_string_lossy() == name)
                 .ok_or_else(|| TransportError::NoReader(name.to_owned()))?;
-            let card = ctx.connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY).map_err(err)?;
-            Ok(Self {
-                card,
-                reader: reader.to_string_lossy().into_owned(),
-                buf: vec![0; pcsc::MAX_BUFFER_SIZE_EXTENDED],
-            })
+            Self::open(&ctx, &reader)
         }
 
         pub fn reader(&self) -> &str {
@@ -164,16 +202,55 @@ mod pcsc_impl {
         }
 
         /// The card's answer-to-reset.
-        pub fn atr(&self) -> Result<Vec<u8>, TransportError> {
+        pub fn atr(&mut self) -> Result<Vec<u8>, TransportError> {
             // SCardStatus rather than the ATR attribute, which some readers (vpcd) don't offer.
-            Ok(self.card.status2_owned().map_err(err)?.atr().to_vec())
+            // Reading the ATR depends on no state, so a reset is never worth an error here.
+            self.call(true, |card, _| Ok(card.status2_owned()?.atr().to_vec()))
+        }
+
+        /// Makes `f` on the card; after a reset, reconnects and makes it again when `repeatable`
+        /// or nothing had been exchanged on the connection yet.
+        fn call<T>(
+            &mut self,
+            repeatable: bool,
+            mut f: impl FnMut(&mut pcsc::Card, &mut [u8]) -> Result<T, pcsc::Error>,
+        ) -> Result<T, TransportError> {
+            let card = self.card.as_mut().ok_or(TransportError::CardGone)?;
+            let result = match f(card, &mut self.buf) {
+                Err(pcsc::Error::ResetCard) => {
+                    match card.reconnect(
+                        pcsc::ShareMode::Shared,
+                        pcsc::Protocols::ANY,
+                        pcsc::Disposition::LeaveCard,
+                    ) {
+                        Ok(()) if repeatable || !self.exchanged => f(card, &mut self.buf).map_err(err),
+                        Ok(()) => {
+                            self.exchanged = false;
+                            Err(TransportError::CardReset)
+                        }
+                        Err(e) => Err(err(e)),
+                    }
+                }
+                other => other.map_err(err),
+            };
+            self.failed = matches!(result, Err(ref e) if !matches!(e, TransportError::CardReset));
+            result
         }
     }
 
     impl CardTransport for PcscTransport {
         fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-            let resp = self.card.transmit(apdu, &mut self.buf).map_err(err)?;
-            Ok(resp.to_vec())
+            let resp = self.call(false, |card, buf| Ok(card.transmit(apdu, buf)?.to_vec()))?;
+            if resp.len() < 2 {
+                // vpcd answers so when its card went away mid-command; no card does.
+                self.failed = true;
+                return Err(TransportError::Pcsc(format!(
+                    "the reader returned {} bytes, not even a status word",
+                    resp.len()
+                )));
+            }
+            self.exchanged = true;
+            Ok(resp)
         }
     }
 }

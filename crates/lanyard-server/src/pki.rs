@@ -108,6 +108,21 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     std::fs::write(path, bytes).map_err(|source| PkiError::Io { path: path.to_owned(), source })
 }
 
+/// The root certificate as PEM, for clients that take PEM only (`curl --cacert`, browsers,
+/// system trust stores); `root.crt` stays DER, as the CA reads it and `/pki/root.crt` serves it.
+pub const ROOT_PEM: &str = "root.pem";
+
+/// Writes `root.pem` in `dir` from the root's DER unless it already holds exactly that.
+fn write_root_pem(dir: &Path, root_der: &[u8]) -> Result<(), PkiError> {
+    let path = dir.join(ROOT_PEM);
+    let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, root_der)
+        .map_err(|e| CaError::from(der::Error::from(e)))?;
+    if std::fs::read(&path).is_ok_and(|existing| existing == pem.as_bytes()) {
+        return Ok(());
+    }
+    write(&path, pem.as_bytes())
+}
+
 impl Pki {
     /// What `dir` holds, without reading or changing any of it.
     pub fn files(dir: &Path) -> Result<CaFiles, PkiError> {
@@ -173,6 +188,7 @@ impl Pki {
         keys.save("content-signer", &h.content_signer.key)?;
         write(&dir.join("content-signer.crt"), &h.content_signer.certificate.der)?;
         write(&dir.join("root.crt"), h.root.certificate_der())?;
+        write_root_pem(dir, h.root.certificate_der())?;
         write(&dir.join("issuing.crt"), h.issuing.certificate_der())?;
         write(
             &dir.join("ocsp.crt"),
@@ -236,6 +252,8 @@ impl Pki {
             ocsp
         };
         let content_signer = content_signer(dir, &keys, &spec, &issuing, now)?;
+        // Data directories made before the PEM copy existed get it now.
+        write_root_pem(dir, root.certificate_der())?;
         Ok(Pki { root, issuing, ocsp, content_signer })
     }
 
@@ -318,6 +336,26 @@ mod tests {
 
     fn load(dir: &Path) -> Result<Pki, PkiError> {
         Pki::load(dir, "Lanyard Test", KeyAlgorithm::EcP256, URL, T0)
+    }
+
+    #[test]
+    fn the_root_has_a_pem_copy_and_load_restores_a_missing_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        create(&dir).unwrap();
+        let root_der = std::fs::read(dir.join("root.crt")).unwrap();
+        let pem = std::fs::read_to_string(dir.join(ROOT_PEM)).unwrap();
+        let (label, der) = der::pem::decode_vec(pem.as_bytes()).unwrap();
+        assert_eq!((label, der), ("CERTIFICATE", root_der.clone()));
+
+        // A data directory from before the copy existed, and one whose copy was spoiled.
+        std::fs::remove_file(dir.join(ROOT_PEM)).unwrap();
+        load(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join(ROOT_PEM)).unwrap(), pem);
+        std::fs::write(dir.join(ROOT_PEM), "not a certificate").unwrap();
+        load(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join(ROOT_PEM)).unwrap(), pem);
+        assert_eq!(std::fs::read(dir.join("root.crt")).unwrap(), root_der, "root.crt changed");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`SoftWorkstation`], [`TestServer::run_linked_agent`]: the real linked agent (`lanyard agent
 //!   run`'s code) with software cards in readers of its own.
 //! - [`ServeProcess`]: `lanyard serve` as a child process.
+//! - [`PrivatePcscd`]: a pcscd of the test's own, with its own vpcd readers, that it may restart.
 //!
 //! See `docs/testing.md` for a worked example.
 // A test kit fails the test that uses it by panicking, with a message that says what went wrong.
@@ -25,6 +26,7 @@ pub mod card;
 pub mod db;
 #[cfg(feature = "server")]
 pub mod link;
+pub mod pcscd;
 pub mod process;
 #[cfg(feature = "server")]
 pub mod server;
@@ -37,6 +39,7 @@ pub use card::{VCard, card_certificates, power_cycle, recorded_certificates};
 pub use db::{Backend, TestDb};
 #[cfg(feature = "server")]
 pub use link::{LinkedAgent, SoftWorkstation};
+pub use pcscd::PrivatePcscd;
 pub use process::{ServeProcess, free_port};
 #[cfg(feature = "server")]
 pub use server::{Caller, Issuance, TestServer};

@@ -35,7 +35,7 @@ pub struct LoginArgs {
     #[arg(long)]
     server: String,
     /// PEM file with the CA certificate(s) that the server's TLS certificate must chain to, e.g.
-    /// `<data_dir>/ca/root.crt` for a server using its own CA [default: the system's trust store].
+    /// `<data_dir>/ca/root.pem` for a server using its own CA [default: the system's trust store].
     /// Kept in the CLI configuration for later commands.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
@@ -112,7 +112,8 @@ pub enum DeviceCommand {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// A new ticket for a created or failed issuance or unlock job: resume it, or roll it back.
+    /// A new one-time agent ticket for a job that was created or failed (issuance, unlock, wipe):
+    /// run or resume it, or with --rollback reset the card of a failed issuance.
     Ticket {
         #[arg(long)]
         job: String,

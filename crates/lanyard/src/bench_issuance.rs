@@ -191,7 +191,7 @@ pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
         let ticket = started["ticket"].as_str().with_context(|| format!("no ticket: {started}"))?.to_owned();
         let device = started["device"]["id"].as_str().unwrap_or_default().to_owned();
 
-        let inner = PcscCard::connect(READER)?;
+        let mut inner = PcscCard::connect(READER)?;
         let atr = inner.atr()?;
         let last_end = Rc::new(Cell::new(None));
         let mut card = Timed {

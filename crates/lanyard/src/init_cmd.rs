@@ -57,6 +57,10 @@ pub async fn initialize_and_report(
         init.installation.root_fingerprint
     );
     println!(
+        "  the root certificate for clients (curl --cacert, lanyard login --ca-cert): {}",
+        ca_dir.join(lanyard_server::pki::ROOT_PEM).display()
+    );
+    println!(
         "  both recorded in the database; every server sharing it needs copies of both, so back them up"
     );
     if let Some(password) = &init.admin_password {

@@ -1,5 +1,30 @@
 //! `lanyard`: one binary for the whole credential management system.
 
+// Standard output is often a pipe whose reader stops early (`lanyard piv info | head`). Rust
+// ignores SIGPIPE, so the next write fails with EPIPE, and std's `println!` panics on that. The
+// macros below shadow std's print macros in every module of this binary (the modules are
+// declared after them, and a `macro_rules!` in scope wins over the prelude's): once the reader
+// has gone, the rest of the output is dropped and the command finishes its work and exits with
+// its own status, without a message. Restoring SIGPIPE's default action instead would be shorter
+// but is not safe here: the signal would kill `serve`, `agent serve`, `agent issue` or `vcard run`
+// when a peer of one of their other descriptors goes away (not every write in them, libpcsclite's
+// included, passes MSG_NOSIGNAL), possibly in the middle of writing a card.
+#[allow(unused_macros)] // no `print!` today; this keeps a later one covered
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::output::stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::stderr(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod admin_cmd;
 mod agent_cmd;
 mod bench;
@@ -12,9 +37,38 @@ mod vcard_cmd;
 
 use clap::{Parser, Subcommand};
 
-/// Lanyard: issue and manage PIV smart cards, USB keys and mobile credentials.
+/// Where the print macros above write.
+mod output {
+    use std::io::{ErrorKind, Write};
+
+    /// Writes to standard output. A reader that went away (EPIPE) is not an error: the output
+    /// is dropped. Any other failure (a full disk under a redirection) ends the process with a
+    /// message, as std's `println!` would, but without a panic.
+    pub fn stdout(args: std::fmt::Arguments<'_>) {
+        let result = std::io::stdout().lock().write_fmt(args);
+        if let Err(e) = result
+            && e.kind() != ErrorKind::BrokenPipe
+        {
+            stderr(format_args!("error: writing to standard output: {e}\n"));
+            std::process::exit(1);
+        }
+    }
+
+    /// Writes to standard error; a failure there has nowhere to be reported, so it is ignored.
+    pub fn stderr(args: std::fmt::Arguments<'_>) {
+        let _ = std::io::stderr().lock().write_fmt(args);
+    }
+}
+
+/// Lanyard: issue and manage PIV smart cards and USB keys.
+///
+/// One binary holds the server (API, built-in CA, card issuance), the workstation agent that
+/// relays issuance to a card, the administration commands, and a software PIV card for trying it
+/// all without hardware.
+// No bare `about` here: it would take Cargo's one-line package description instead of the text
+// above.
 #[derive(Debug, Parser)]
-#[command(name = "lanyard", version, about, long_about = None)]
+#[command(name = "lanyard", version)]
 struct Cli {
     /// Log filter (also `RUST_LOG`), e.g. `info` or `lanyard_vcard=trace` to see every APDU.
     #[arg(long, global = true, default_value = "info")]
@@ -31,8 +85,10 @@ enum Commands {
     /// Talk to a PIV card in a PC/SC reader (a YubiKey, a PIV card, or a virtual card).
     #[command(subcommand)]
     Piv(piv_cmd::PivCommand),
-    /// Make a new installation: the data directory, the database schema, the key-encryption key,
-    /// the CA hierarchy and the administrator `admin` (its password is printed once), and record
+    /// Make a new installation: database, key-encryption key, CA, and the administrator `admin`.
+    ///
+    /// Creates the data directory, the database schema, the key-encryption key,
+    /// the CA hierarchy and the administrator `admin` (its password is printed once), and records
     /// the root CA's fingerprint and the key-encryption key's id in the database. Refuses a
     /// database that is initialised already; never overwrites a key-encryption key or a CA (an
     /// intact existing one is kept and recorded).
@@ -41,10 +97,17 @@ enum Commands {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
     },
-    /// Run the server (JSON API, PKI endpoints). Refuses to start unless the CA and the
-    /// key-encryption key are the ones recorded by `lanyard init`, naming what differs. With the
-    /// embedded defaults (SQLite and the key-encryption key in the data directory) on a fresh data
-    /// directory, it runs `lanyard init` itself first.
+    /// Run the server: the JSON API, the agents' card sessions and the CA's CRLs and OCSP, over
+    /// HTTPS.
+    ///
+    /// It serves the JSON API under /api/v1 (with its OpenAPI document), the WebSocket agents
+    /// connect to for issuance, unlock and wipe sessions, and the CA's publication points (/pki/:
+    /// CA certificates, CRLs, OCSP), over HTTPS with a certificate from Lanyard's own CA unless
+    /// configured otherwise; optionally a second, plain-HTTP listener for /pki/ only
+    /// (pki_listen). Refuses to start unless the CA and the key-encryption key are the ones
+    /// recorded by `lanyard init`, naming what differs. With the embedded defaults (SQLite and the
+    /// key-encryption key in the data directory) on a fresh data directory, it runs `lanyard init`
+    /// itself first.
     Serve {
         /// Configuration file [default: $LANYARD_CONFIG, else ./lanyard.toml if present].
         #[arg(long)]
@@ -56,23 +119,27 @@ enum Commands {
     /// Inspect the server configuration (defaults → lanyard.toml → LANYARD_* variables).
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Log in to a server's API and keep an API token for the commands below
-    /// (in ~/.config/lanyard/cli.json, or $LANYARD_CLI_CONFIG). The password comes from
-    /// $LANYARD_PASSWORD or standard input. Plain HTTP only: the server serves loopback HTTP for
-    /// now, so use an http://127.0.0.1 URL.
+    /// Log in to a server's API and keep an API token for the commands below.
+    ///
+    /// The token is kept in ~/.config/lanyard/cli.json, or $LANYARD_CLI_CONFIG. The password comes from
+    /// $LANYARD_PASSWORD or standard input. HTTPS, trusting --ca-cert (for a server with its own
+    /// CA, `<data_dir>/ca/root.pem`) or the system's trust store; plain http:// only to a loopback
+    /// address.
     Login(admin_cmd::LoginArgs),
-    /// Users, through the API (after `lanyard login`).
+    /// Users, through the API (after `lanyard login`): create one.
     #[command(subcommand)]
     User(admin_cmd::UserCommand),
-    /// Devices, through the API (after `lanyard login`).
+    /// Devices, through the API (after `lanyard login`): register, start issuance, get tickets to
+    /// resume or roll back a card session, activate, unlock, revoke, replace, wipe, retire.
     #[command(subcommand)]
     Device(admin_cmd::DeviceCommand),
     /// Certificates, through the API (after `lanyard login`): issue from a CSR, revoke, hold,
     /// release.
     #[command(subcommand)]
     Cert(admin_cmd::CertCommand),
-    /// The workstation agent: lists cards in PC/SC readers and relays server-driven issuance
-    /// (docs/agent.md).
+    /// The workstation agent: lists cards in PC/SC readers, pairs with a user's account, relays
+    /// server-driven card sessions (issuance, PIN unlock, wipe, rollback) to a card, and serves
+    /// the loopback API the portal's pages call (docs/agent.md).
     #[command(subcommand)]
     Agent(agent_cmd::AgentCommand),
     /// Measure card operations through PC/SC (see docs/BENCHMARKS.md).

@@ -38,7 +38,7 @@ pub fn run(cmd: PivCommand) -> anyhow::Result<()> {
 }
 
 fn info(reader: &str, output: Output) -> anyhow::Result<()> {
-    let transport = PcscTransport::connect(reader).context("connecting to the card")?;
+    let mut transport = PcscTransport::connect(reader).context("connecting to the card")?;
     let name = transport.reader().to_owned();
     let atr = transport.atr().unwrap_or_default();
     let mut piv = Piv::new(transport);

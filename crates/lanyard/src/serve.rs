@@ -149,8 +149,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         if tls.is_some() && cfg.tls_cert_file.is_none() {
             println!(
-                "  TLS certificate from Lanyard's own CA; clients trust {}",
-                cfg.data_dir.join("ca").join("root.crt").display()
+                "  TLS certificate from Lanyard's own CA; clients trust {} (PEM)",
+                cfg.ca_dir().join(lanyard_server::pki::ROOT_PEM).display()
             );
         }
         let shutdown = async {

@@ -35,7 +35,8 @@ impl From<MgmAlg> for MgmAlgorithm {
 #[derive(Debug, Subcommand)]
 pub enum VcardCommand {
     /// Create a factory-new card image: default PIN 123456, PUK 12345678 and management key,
-    /// a fresh serial, and an attestation key certified by this installation's attestation root.
+    /// a fresh serial, and an attestation key certified by the attestation root in --home (made
+    /// on first use; a server trusts it through `attestation_roots`).
     New {
         /// Card image file to create.
         #[arg(long)]

@@ -27,14 +27,15 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// Downloads `url` over HTTPS, trusting only the server's own root (DER at `<data>/ca/root.crt`).
+/// Downloads `url` over HTTPS with curl, trusting only the server's own root, in the PEM copy
+/// the server keeps for such clients (`<data>/ca/root.pem`).
 fn fetch(data: &Path, url: &str, out: &Path) {
-    let root_pem = write_pem(
-        &data.join("root-for-curl.pem"),
-        "CERTIFICATE",
-        &std::fs::read(data.join("ca/root.crt")).unwrap(),
+    let root_pem = data.join("ca/root.pem");
+    command_ok(
+        "curl",
+        &["-sf", "--cacert", root_pem.to_str().unwrap(), "-o", out.to_str().unwrap(), url],
+        None,
     );
-    command_ok("curl", &["-sf", "--cacert", &root_pem, "-o", out.to_str().unwrap(), url], None);
 }
 
 /// Starts `lanyard serve` on `data` and waits until it listens.
@@ -117,13 +118,17 @@ fn serve_publishes_a_working_ca_and_keeps_it_across_restarts() {
     assert!(verified.contains(": OK"), "{verified}");
     let tls_before = std::fs::read(data.join("ca/tls.crt")).unwrap();
 
-    // A restart reuses the CA and the still-young TLS certificate.
+    // A restart reuses the CA and the still-young TLS certificate. It also writes the root's PEM
+    // copy again when it is missing, as in a data directory from before that copy existed.
+    let root_pem = std::fs::read(data.join("ca/root.pem")).unwrap();
+    std::fs::remove_file(data.join("ca/root.pem")).unwrap();
     let server = start_server(&data, port);
     let again = dir.path().join("ca2.der");
     fetch(&data, &format!("{base}/pki/ca.crt"), &again);
     server.stop();
     assert_eq!(std::fs::read(&issuing).unwrap(), std::fs::read(&again).unwrap());
     assert_eq!(std::fs::read(data.join("ca/tls.crt")).unwrap(), tls_before);
+    assert_eq!(std::fs::read(data.join("ca/root.pem")).unwrap(), root_pem);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,6 +510,16 @@ fn init_runs_once_per_database_and_serve_initialises_only_a_fresh_embedded_defau
     let out = init(&a, &[]);
     assert!(out.contains("Bootstrap administrator: admin / "), "{out}");
     assert!(out.contains(&root_fingerprint(&a)) && out.contains(&kek_id(&a.join("kek"))), "{out}");
+    // init names the PEM copy of the root, which holds the same certificate as root.crt.
+    let root_pem = a.join("ca/root.pem");
+    assert!(out.contains(root_pem.to_str().unwrap()), "{out}");
+    let fingerprint =
+        openssl(&["x509", "-in", root_pem.to_str().unwrap(), "-noout", "-fingerprint", "-sha256"]);
+    assert!(
+        fingerprint.replace(':', "").to_lowercase().contains(&root_fingerprint(&a)),
+        "{fingerprint} vs {}",
+        root_fingerprint(&a)
+    );
     let before = snapshot(&a);
 
     let again = run_to_exit(&["init"], &[("LANYARD_DATA_DIR", a.to_str().unwrap())]);
@@ -817,4 +832,95 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(start.elapsed() < std::time::Duration::from_secs(60), "no {what} within a minute");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Runs `lanyard <args>` with its standard output on a pipe whose reader is closed before the
+/// process starts, so every write it makes there fails with EPIPE.
+fn run_into_closed_pipe(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // `config check` prints a line per setting; `vcard info` a card image's contents.
+    let config = run_into_closed_pipe(&["config", "check"], &[("LANYARD_DATA_DIR", data)]);
+    let image = dir.path().join("card.json");
+    let vcard_home = dir.path().join("vcard-home");
+    let made = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["vcard", "new", "--image", image.to_str().unwrap()])
+        .args(["--home", vcard_home.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let info = run_into_closed_pipe(&["vcard", "info", "--image", image.to_str().unwrap()], &[]);
+    for (what, o) in [("config check", config), ("vcard info", info)] {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "lanyard {what} into a closed pipe: {:?} {stderr}", o.status);
+        assert!(stderr.is_empty(), "lanyard {what} into a closed pipe wrote to stderr: {stderr}");
+    }
+}
+
+/// `lanyard <args>`, which must succeed; its standard output.
+fn help_text(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_lanyard")).args(args).output().unwrap();
+    assert!(o.status.success(), "lanyard {args:?}: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn help_describes_what_the_program_does_now() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["serve"],
+        &["init"],
+        &["login"],
+        &["user"],
+        &["device"],
+        &["device", "ticket"],
+        &["cert"],
+        &["agent"],
+        &["agent", "issue"],
+        &["agent", "pair"],
+        &["vcard"],
+        &["piv"],
+        &["bench"],
+    ];
+    let mut all = String::new();
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = help_text(&args);
+        // Phrases of earlier stages that no longer hold: the server speaks HTTPS, the CLI logs
+        // in over it, and the CA's root for clients is a PEM file.
+        for stale in ["Plain HTTP only", "for now", "so far", "not yet", "ca/root.crt"] {
+            assert!(!help.contains(stale), "lanyard {args:?} still says {stale:?}:\n{help}");
+        }
+        all.push_str(&help);
+    }
+    let top = help_text(&["--help"]);
+    assert!(top.contains("server (API") && top.contains("workstation agent"), "{top}");
+    let serve = help_text(&["serve", "--help"]);
+    for claim in ["/api/v1", "WebSocket", "/pki/", "HTTPS", "OCSP", "pki_listen"] {
+        assert!(serve.contains(claim), "serve's help does not mention {claim:?}:\n{serve}");
+    }
+    let login = help_text(&["login", "--help"]);
+    assert!(login.contains("HTTPS") && login.contains("<data_dir>/ca/root.pem"), "{login}");
+    let agent = help_text(&["agent", "--help"]);
+    for claim in ["pairs", "issuance, PIN unlock, wipe, rollback", "loopback API"] {
+        assert!(agent.contains(claim), "agent's help does not mention {claim:?}:\n{agent}");
+    }
+    let ticket = help_text(&["device", "ticket", "--help"]);
+    assert!(ticket.contains("--rollback"), "{ticket}");
+    assert!(all.len() > 5000, "the help texts are shorter than expected:\n{all}");
 }

@@ -438,48 +438,6 @@ fn wrong_pin_counts_down_blocks_and_puk_unblocks() {
     assert!(out.contains("authentication"), "{out}");
 }
 
-/// Two cards in two readers, removal and insertion through the control socket, and the
-/// card coming back after pcscd restarts.
-#[test]
-fn two_cards_removal_insertion_and_pcscd_restart() {
-    let cards = Cards::plug(2);
-    assert_ne!(cards.serials[0], cards.serials[1]);
-    let s1 = ok("yubico-piv-tool", &["-r", READER1, "-a", "status"]);
-    assert!(s1.contains(&format!("Serial Number:\t{}", cards.serials[1])), "{s1}");
-
-    cards.control("remove");
-    wait_until("card 0 removed", || !card_present(READER0));
-    let gone = fails("yubico-piv-tool", &["-r", READER0, "-a", "status"]);
-    assert!(!gone.contains("Serial Number"), "{gone}");
-    assert_eq!(serial_in(READER1), Some(cards.serials[1]), "the other card stays");
-    cards.control("insert");
-    wait_until("card 0 back", || serial_in(READER0) == Some(cards.serials[0]));
-
-    // State persists through removal: change the PIN, remove, insert, the new PIN holds.
-    ypt(&["-a", "change-pin", "-P", "123456", "-N", "445566"]);
-    cards.control("remove");
-    wait_until("card 0 removed", || !card_present(READER0));
-    cards.control("insert");
-    wait_until("card 0 back", || serial_in(READER0) == Some(cards.serials[0]));
-    ypt(&["-a", "verify-pin", "-P", "445566"]);
-
-    // pcscd restarts: the card reconnects by itself.
-    restart_pcscd();
-    wait_until("card 0 after pcscd restart", || serial_in(READER0) == Some(cards.serials[0]));
-    wait_until("card 1 after pcscd restart", || serial_in(READER1) == Some(cards.serials[1]));
-}
-
-fn restart_pcscd() {
-    let _ = Command::new("pkill").args(["-x", "pcscd"]).status();
-    wait_until("pcscd to stop", || {
-        Command::new("pgrep").args(["-x", "pcscd"]).output().map(|o| !o.status.success()).unwrap_or(true)
-    });
-    let _ = std::fs::remove_file("/run/pcscd/pcscd.comm");
-    let status = Command::new("pcscd").status().expect("pcscd");
-    assert!(status.success(), "pcscd did not start");
-    wait_until("pcscd socket", || Path::new("/run/pcscd/pcscd.comm").exists());
-}
-
 // ---------------------------------------------------------------------------------------------
 // The agent through pcscd
 // ---------------------------------------------------------------------------------------------
