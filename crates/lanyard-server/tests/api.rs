@@ -1664,7 +1664,7 @@ impl App {
 
 /// The audit table's cell for an event with `action`.
 fn row(action: &str) -> String {
-    format!("data-label=\"Action\" class=\"mono\">{action}<")
+    format!("data-label=\"Action\" class=\"mono action\">{action}<")
 }
 
 /// What a confirmation page or action form posts for `action`, with the token.
@@ -1913,4 +1913,75 @@ async fn the_audit_log_page_filters_events_and_shows_the_chain_verified() {
             p.text
         );
     }
+}
+
+/// The policy form as the page sends it, with `max_devices` and `pin_max_len` as given.
+fn policy_form(token: &str, max_devices: &str, pin_max_len: &str) -> String {
+    format!(
+        "csrf_token={token}&may_add_device=on&max_devices={max_devices}&may_add_mobile=on&\
+         derived_piv_requires_sponsor=on&fido_pin_mode=independent&pin_min_len=6&pin_max_len={pin_max_len}&\
+         pin_forbid_trivial=on&initial_pin_display=hidden&accepted_card_models=YubiKey+5%0D%0ALanyard+virtual+card&\
+         derived_recheck_days=7"
+    )
+}
+
+#[tokio::test]
+async fn an_administrator_edits_a_policy_and_a_refused_value_names_its_field() {
+    let app = setup().await;
+    let group = app.db.begin().await.unwrap().list_groups().await.unwrap().remove(0);
+    let uri = format!("/portal/admin/groups/{}", group.id);
+    let origin = ("origin", "https://lanyard.test");
+
+    // Everyone else: the 404 page, and nothing changes.
+    for who in ["alice", "oscar", "audrey"] {
+        let (cookie, token) = app.portal_session(who).await;
+        let c = ("cookie", cookie.as_str());
+        for get in ["/portal/admin", uri.as_str()] {
+            assert_eq!(app.page("GET", get, &[c], None).await.status, StatusCode::NOT_FOUND, "{who} {get}");
+        }
+        let p = app.page("POST", &uri, &[c, origin], Some(&policy_form(&token, "5", "8"))).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} POST");
+    }
+
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    let list = app.page("GET", "/portal/admin", &[c], None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(list.text.contains(&uri) && list.text.contains(">Administration</a>"));
+    let form = app.page("GET", &uri, &[c], None).await;
+    assert!(form.text.contains("id=\"max_devices\" name=\"max_devices\" value=\"2\""));
+
+    // No token, or another site: 403.
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form("", "5", "8"))).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let p = app
+        .page("POST", &uri, &[c, ("origin", "https://evil.test")], Some(&policy_form(&token, "5", "8")))
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+
+    // The domain's validation, each problem next to its field.
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form(&token, "0", "7x"))).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(
+        p.text.contains("Longest PIN: enter a whole number, &#34;7x&#34; is not one in range."),
+        "{}",
+        p.text
+    );
+    assert!(p.text.contains("id=\"pin_max_len-error\""));
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form(&token, "0", "9"))).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.text.contains("max_devices must be between 1 and 20, got 0"));
+    assert!(p.text.contains("id=\"max_devices-error\"") && p.text.contains("id=\"pin_max_len-error\""));
+    assert!(p.text.contains("value=\"0\""), "the form comes back as sent");
+    let unchanged = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.policy, group.policy);
+    assert!(app.audit().await.iter().all(|e| e.action != "group.update_policy"));
+
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form(&token, "5", "8"))).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let saved = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(saved.policy, Policy { max_devices: 5, ..group.policy.clone() });
+    let events: Vec<_> =
+        app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").collect();
+    assert_eq!(events.len(), 1);
 }

@@ -16,6 +16,7 @@
 //! One module per group of pages: [`session`] (sign-in, sign-out), [`devices`] (My Devices, a
 //! device, Add Device), [`workstations`] (paired agents, pairing), [`help`] (troubleshooting).
 
+mod admin;
 mod assets;
 mod audit;
 mod devices;
@@ -59,6 +60,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         )
         .merge(operator::routes::<R>())
         .merge(audit::routes::<R>())
+        .merge(admin::routes::<R>())
         .route("/portal/help", get(help::troubleshooting))
         .route(assets::HTMX_PATH, get(assets::htmx))
         .route("/portal/assets/{name}", get(assets::by_name))
@@ -71,6 +73,7 @@ async fn home(viewer: Viewer) -> Redirect {
     match viewer.nav() {
         Some(n) if !n.cardholder && n.operator => Redirect::to("/portal/operator"),
         Some(n) if !n.cardholder && n.auditor => Redirect::to("/portal/audit"),
+        Some(n) if !n.cardholder && n.admin => Redirect::to("/portal/admin"),
         Some(_) => Redirect::to("/portal/devices"),
         None => Redirect::to("/portal/login"),
     }
@@ -193,6 +196,7 @@ pub(crate) struct Nav {
     pub cardholder: bool,
     pub operator: bool,
     pub auditor: bool,
+    pub admin: bool,
 }
 
 /// Whoever is asking: signed in or not. For pages anyone may see (sign-in, help, errors).
@@ -213,6 +217,7 @@ fn nav_of(s: &SessionAuth) -> Nav {
         cardholder: user.has_role(Role::User),
         operator: user.has_role(Role::Operator),
         auditor: user.has_role(Role::Auditor),
+        admin: user.has_role(Role::Administrator),
     }
 }
 

@@ -1,0 +1,38 @@
+import { test, expect, signIn } from '../support/lanyard';
+
+test('an administrator edits a policy; an invalid value is refused naming the field, and nothing is saved', async ({ page, check, allowConsole }) => {
+  allowConsole(/status of 400/);
+  await signIn(page, 'ada');
+  await expect(page).toHaveURL(/\/portal\/admin$/);
+  await expect(page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Administration' })).toHaveAttribute('aria-current', 'page');
+  await check('admin-groups');
+
+  await page.getByRole('link', { name: 'default', exact: true }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText('Policy of group default');
+  const most = page.getByLabel('Most cards or keys per member');
+  await expect(most).toHaveValue('2');
+  await check('admin-policy');
+
+  await most.fill('0');
+  await page.getByRole('button', { name: 'Save policy' }).click();
+  await expect(page.getByRole('alert')).toContainText('max_devices must be between 1 and 20, got 0');
+  await expect(most).toHaveAttribute('aria-invalid', 'true');
+  await expect(most).toHaveAccessibleDescription(/max_devices must be between 1 and 20/);
+  await check('admin-policy-refused');
+  // The error summary links to the field.
+  await page.getByRole('alert').getByRole('link', { name: /max_devices/ }).click();
+  await expect(most).toBeFocused();
+
+  // Opened afresh, the stored policy is unchanged.
+  await page.goto(page.url().split('#')[0]);
+  await expect(most).toHaveValue('2');
+
+  await most.fill('3');
+  await page.getByRole('button', { name: 'Save policy' }).click();
+  await expect(page.getByRole('status')).toContainText('The policy is saved');
+  await expect(most).toHaveValue('3');
+  // Back as it was, for the other specs.
+  await most.fill('2');
+  await page.getByRole('button', { name: 'Save policy' }).click();
+  await expect(page.getByRole('status')).toContainText('The policy is saved');
+});
