@@ -1985,3 +1985,138 @@ async fn an_administrator_edits_a_policy_and_a_refused_value_names_its_field() {
         app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").collect();
     assert_eq!(events.len(), 1);
 }
+
+#[tokio::test]
+async fn an_administrator_creates_users_sets_roles_and_disables_accounts_and_no_one_else_can() {
+    let app = setup().await;
+    let group = app.db.begin().await.unwrap().list_groups().await.unwrap().remove(0);
+    let origin = ("origin", "https://lanyard.test");
+    let alice_page = format!("/portal/admin/users/{}", app.alice.user.id);
+    let new_user = |token: &str, username: &str, display: &str| {
+        format!(
+            "csrf_token={token}&username={username}&display_name={display}&email=&group={}&role_user=on&\
+             role_operator=on&password=",
+            group.id
+        )
+    };
+    for who in ["alice", "oscar", "audrey"] {
+        let (cookie, token) = app.portal_session(who).await;
+        let c = ("cookie", cookie.as_str());
+        for get in ["/portal/admin/users", "/portal/admin/users/new", alice_page.as_str()] {
+            assert_eq!(app.page("GET", get, &[c], None).await.status, StatusCode::NOT_FOUND, "{who} {get}");
+        }
+        let form = new_user(&token, "newbie", "New+Bie");
+        let p = app.page("POST", "/portal/admin/users", &[c, origin], Some(&form)).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} creates no user");
+        let form = format!("csrf_token={token}&account=disable");
+        let p = app.page("POST", &format!("{alice_page}/account"), &[c, origin], Some(&form)).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} disables no one");
+        let form = format!("csrf_token={token}&role_administrator=on");
+        let p = app.page("POST", &format!("{alice_page}/roles"), &[c, origin], Some(&form)).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} grants no role");
+    }
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    // Without the token: 403 for every form.
+    for (uri, form) in [
+        ("/portal/admin/users".to_owned(), new_user("", "newbie", "New+Bie")),
+        (format!("{alice_page}/account"), "account=disable".to_owned()),
+        (format!("{alice_page}/roles"), "role_auditor=on".to_owned()),
+    ] {
+        assert_eq!(
+            app.page("POST", &uri, &[c, origin], Some(&form)).await.status,
+            StatusCode::FORBIDDEN,
+            "{uri}"
+        );
+    }
+    let list = app.page("GET", "/portal/admin/users?q=ali", &[c], None).await;
+    assert!(list.text.contains(&alice_page) && !list.text.contains("bob"));
+    let new = app.page("GET", "/portal/admin/users/new", &[c], None).await;
+    assert_eq!(new.status, StatusCode::OK);
+
+    for (form, message) in [
+        (new_user(&token, "Bad+Name%21", "New+Bie"), "Username: "),
+        (new_user(&token, "newbie", ""), "Display name: "),
+        (new_user(&token, "alice", "Another+Alice"), "Username: username alice is taken."),
+        (new_user(&token, "newbie", "New+Bie").replace("email=", "email=not-an-address"), "E-mail: "),
+        (
+            new_user(&token, "newbie", "New+Bie").replace(&group.id.to_string(), "nope"),
+            "Group: choose one of the listed groups.",
+        ),
+    ] {
+        let p = app.page("POST", "/portal/admin/users", &[c, origin], Some(&form)).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{form}");
+        assert!(p.text.contains(message), "{message}: {}", p.text);
+        assert!(p.text.contains("aria-invalid=\"true\""));
+    }
+    let none = app
+        .db
+        .begin()
+        .await
+        .unwrap()
+        .get_user_by_username(&Username::parse("newbie").unwrap())
+        .await
+        .unwrap();
+    assert!(none.is_none(), "no refused form created a user");
+
+    let p = app
+        .page("POST", "/portal/admin/users", &[c, origin], Some(&new_user(&token, "newbie", "New+Bie")))
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let newbie = app
+        .db
+        .begin()
+        .await
+        .unwrap()
+        .get_user_by_username(&Username::parse("newbie").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(newbie.roles, BTreeSet::from([Role::User, Role::Operator]));
+    assert_eq!(newbie.group, group.id);
+
+    let uri = format!("/portal/admin/users/{}", newbie.id);
+    let p = app
+        .page(
+            "POST",
+            &format!("{uri}/roles"),
+            &[c, origin],
+            Some(&format!("csrf_token={token}&role_auditor=on")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let p = app
+        .page(
+            "POST",
+            &format!("{uri}/account"),
+            &[c, origin],
+            Some(&format!("csrf_token={token}&account=disable")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let stored = app.db.begin().await.unwrap().get_user(newbie.id).await.unwrap().unwrap();
+    assert_eq!((stored.roles, stored.disabled), (BTreeSet::from([Role::Auditor]), true));
+    let page = app.page("GET", &uri, &[c], None).await;
+    assert!(page.text.contains("Enable newbie"));
+
+    // An administrator cannot lock themselves out.
+    let me = format!("/portal/admin/users/{}", app.admin.user.id);
+    let p = app
+        .page(
+            "POST",
+            &format!("{me}/account"),
+            &[c, origin],
+            Some(&format!("csrf_token={token}&account=disable")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.text.contains("Account: you cannot disable your own account."));
+    let p = app
+        .page("POST", &format!("{me}/roles"), &[c, origin], Some(&format!("csrf_token={token}&role_user=on")))
+        .await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.text.contains("Roles: you cannot remove your own administrator role."));
+    let actions: Vec<String> =
+        app.audit().await.into_iter().map(|e| e.action).filter(|a| a.starts_with("user.")).collect();
+    assert_eq!(actions, ["user.create", "user.set_roles", "user.disable"]);
+}

@@ -36,3 +36,28 @@ test('an administrator edits a policy; an invalid value is refused naming the fi
   await page.getByRole('button', { name: 'Save policy' }).click();
   await expect(page.getByRole('status')).toContainText('The policy is saved');
 });
+
+test('an administrator creates a user, refused first for a bad username, then gives them a role', async ({ page, check, allowConsole }) => {
+  allowConsole(/status of 400/);
+  await signIn(page, 'ada');
+  await page.getByRole('link', { name: 'Users' }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText('Users');
+  await check('admin-users');
+  await page.getByRole('link', { name: 'New user' }).click();
+  await page.getByLabel('Username').fill('Frank Fern!');
+  await page.getByLabel('Display name').fill('Frank Fern');
+  await page.getByRole('button', { name: 'Create user' }).click();
+  await expect(page.getByRole('alert')).toContainText('Username:');
+  await expect(page.getByLabel('Username')).toHaveAttribute('aria-invalid', 'true');
+  await expect(page.getByLabel('Display name')).toHaveValue('Frank Fern');
+  await check('admin-user-refused');
+  await page.getByLabel('Username').fill('frank');
+  await page.getByRole('button', { name: 'Create user' }).click();
+  await expect(page.getByRole('status')).toContainText('The user is created.');
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText('Frank Fern');
+  await page.getByRole('checkbox', { name: /Auditor/ }).check();
+  await page.getByRole('button', { name: 'Save roles' }).click();
+  await expect(page.getByRole('status')).toContainText('Saved.');
+  await expect(page.getByRole('checkbox', { name: /Auditor/ })).toBeChecked();
+  await check('admin-user');
+});

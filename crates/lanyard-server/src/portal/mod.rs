@@ -17,6 +17,7 @@
 //! device, Add Device), [`workstations`] (paired agents, pairing), [`help`] (troubleshooting).
 
 mod admin;
+mod admin_users;
 mod assets;
 mod audit;
 mod devices;
@@ -61,6 +62,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .merge(operator::routes::<R>())
         .merge(audit::routes::<R>())
         .merge(admin::routes::<R>())
+        .merge(admin_users::routes::<R>())
         .route("/portal/help", get(help::troubleshooting))
         .route(assets::HTMX_PATH, get(assets::htmx))
         .route("/portal/assets/{name}", get(assets::by_name))
