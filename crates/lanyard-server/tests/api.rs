@@ -2120,3 +2120,110 @@ async fn an_administrator_creates_users_sets_roles_and_disables_accounts_and_no_
         app.audit().await.into_iter().map(|e| e.action).filter(|a| a.starts_with("user.")).collect();
     assert_eq!(actions, ["user.create", "user.set_roles", "user.disable"]);
 }
+
+#[tokio::test]
+async fn an_administrators_tokens_page_shows_a_new_token_once_and_revokes_it() {
+    let app = setup().await;
+    let origin = ("origin", "https://lanyard.test");
+    let (alice, alice_token) = app.portal_session("alice").await;
+    assert_eq!(
+        app.page("GET", "/portal/admin/tokens", &[("cookie", &alice)], None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let p = app
+        .page(
+            "POST",
+            "/portal/admin/tokens",
+            &[("cookie", &alice), origin],
+            Some(&format!("csrf_token={alice_token}&name=x&days=")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    let p = app.page("POST", "/portal/admin/tokens", &[c, origin], Some("name=backup&days=30")).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "no CSRF token");
+    for (form, message) in [
+        ("name=backup&days=abc", "Expires in: &#34;abc&#34; is not a number of days."),
+        ("name=backup&days=999", "Expires in: must be 1 to 365, got 999."),
+        ("name=&days=30", "Name: "),
+    ] {
+        let p = app
+            .page("POST", "/portal/admin/tokens", &[c, origin], Some(&format!("csrf_token={token}&{form}")))
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{form}");
+        assert!(p.text.contains(message), "{message}: {}", p.text);
+    }
+    let made = app
+        .page(
+            "POST",
+            "/portal/admin/tokens",
+            &[c, origin],
+            Some(&format!("csrf_token={token}&name=backup&days=30")),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::OK);
+    let secret =
+        made.text.split("id=\"new-token\">").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
+    assert_eq!(
+        app.bearer("GET", "/api/v1/me", &secret).await.status,
+        StatusCode::OK,
+        "the shown value works"
+    );
+    let listed = app.page("GET", "/portal/admin/tokens", &[c], None).await;
+    assert!(listed.text.contains("backup") && !listed.text.contains(&secret), "shown once only");
+    let id = app
+        .db
+        .begin()
+        .await
+        .unwrap()
+        .list_api_tokens(app.admin.user.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "backup")
+        .unwrap()
+        .id;
+    // Another user's token is not this page's to revoke.
+    let theirs = format!("/portal/admin/tokens/{}/revoke", app.alice.token_id);
+    let p = app.page("POST", &theirs, &[c, origin], Some(&format!("csrf_token={token}"))).await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.bearer("GET", "/api/v1/me", &app.alice.token).await.status, StatusCode::OK);
+    let p = app
+        .page(
+            "POST",
+            &format!("/portal/admin/tokens/{id}/revoke"),
+            &[c, origin],
+            Some(&format!("csrf_token={token}")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(app.bearer("GET", "/api/v1/me", &secret).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn administrators_see_the_certificate_profiles_and_trust_anchors_and_no_one_else_does() {
+    let app = setup().await;
+    for who in ["alice", "oscar", "audrey"] {
+        let (cookie, _) = app.portal_session(who).await;
+        for uri in ["/portal/admin/profiles", "/portal/admin/trust"] {
+            assert_eq!(
+                app.page("GET", uri, &[("cookie", &cookie)], None).await.status,
+                StatusCode::NOT_FOUND,
+                "{who} {uri}"
+            );
+        }
+    }
+    let (cookie, _) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    let profiles = app.page("GET", "/portal/admin/profiles", &[c], None).await;
+    assert_eq!(profiles.status, StatusCode::OK);
+    assert!(profiles.text.contains("piv-auth") && profiles.text.contains("staff (9a)"), "{}", profiles.text);
+    let trust = app.page("GET", "/portal/admin/trust", &[c], None).await;
+    assert_eq!(trust.status, StatusCode::OK);
+    use sha2::Digest as _;
+    let root = hex::encode(sha2::Sha256::digest(app.state.pki.root.certificate_der()));
+    assert!(trust.text.contains(&root), "the root's SHA-256");
+    assert!(trust.text.contains("CN=Lanyard Test") || trust.text.contains("Lanyard Test"));
+}

@@ -61,3 +61,32 @@ test('an administrator creates a user, refused first for a bad username, then gi
   await expect(page.getByRole('checkbox', { name: /Auditor/ })).toBeChecked();
   await check('admin-user');
 });
+
+test('an administrator makes an API token, sees it once, and revokes it', async ({ page, check }) => {
+  await signIn(page, 'ada');
+  await page.getByRole('link', { name: 'My API tokens' }).click();
+  await page.getByLabel('Name').fill('nightly export');
+  await page.getByLabel('Expires in (days)').fill('30');
+  await page.getByRole('button', { name: 'Create token' }).click();
+  await expect(page.getByRole('alert')).toContainText('it is shown this once');
+  const value = (await page.locator('#new-token').innerText()).trim();
+  expect(value.length).toBeGreaterThan(20);
+  await check('admin-token-created');
+  await page.goto('/portal/admin/tokens');
+  await expect(page.locator('main')).not.toContainText(value);
+  const row = page.getByRole('row', { name: /nightly export/ });
+  await row.getByRole('button', { name: 'Revoke token nightly export' }).click();
+  await expect(page.getByRole('row', { name: /nightly export/ })).toContainText('Revoked');
+  await check('admin-tokens');
+});
+
+test('an administrator reads the certificate profiles and the trust anchors', async ({ page, check }) => {
+  await signIn(page, 'ada');
+  await page.getByRole('link', { name: 'Certificate profiles' }).click();
+  await expect(page.getByRole('row', { name: /^PIV Authentication \(9A\) piv-auth / })).toContainText('default (9a)');
+  await check('admin-profiles');
+  await page.goto('/portal/admin');
+  await page.getByRole('link', { name: 'Trust anchors' }).click();
+  await expect(page.getByRole('heading', { name: 'Lanyard root CA' })).toBeVisible();
+  await check('admin-trust');
+});

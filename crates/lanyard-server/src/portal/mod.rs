@@ -17,6 +17,8 @@
 //! device, Add Device), [`workstations`] (paired agents, pairing), [`help`] (troubleshooting).
 
 mod admin;
+mod admin_pki;
+mod admin_tokens;
 mod admin_users;
 mod assets;
 mod audit;
@@ -63,6 +65,8 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .merge(audit::routes::<R>())
         .merge(admin::routes::<R>())
         .merge(admin_users::routes::<R>())
+        .merge(admin_tokens::routes::<R>())
+        .merge(admin_pki::routes::<R>())
         .route("/portal/help", get(help::troubleshooting))
         .route(assets::HTMX_PATH, get(assets::htmx))
         .route("/portal/assets/{name}", get(assets::by_name))
