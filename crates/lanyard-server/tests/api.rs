@@ -2227,3 +2227,49 @@ async fn administrators_see_the_certificate_profiles_and_trust_anchors_and_no_on
     assert!(trust.text.contains(&root), "the root's SHA-256");
     assert!(trust.text.contains("CN=Lanyard Test") || trust.text.contains("Lanyard Test"));
 }
+
+#[tokio::test]
+async fn an_operator_activates_a_pending_card_and_sees_its_initial_pin_once_with_the_note_audited() {
+    let mut app = setup().await;
+    app.state = app
+        .state
+        .clone()
+        .with_issuance(lanyard_server::issuance::IssuanceConfig::new(Kek::generate().unwrap(), vec![]));
+    let kek = &app.state.issuance.as_ref().unwrap().kek;
+    let mut card = Device::new(DeviceKind::SmartCard, "YubiKey 5", app.clock.now()).unwrap();
+    card.owner = Some(app.bob.user.id);
+    card.state = DeviceState::Pending;
+    card.serial = Some("27182818".into());
+    let secrets = lanyard_core::secrets::CardSecrets::generate(
+        lanyard_core::secrets::mgm_algorithm::AES192,
+        &Policy::default(),
+    )
+    .unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    tx.insert_device(&card).await.unwrap();
+    tx.put_card_secrets(card.id, &secrets.seal(kek, card.id).unwrap()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (cookie, token) = app.portal_session("oscar").await;
+    let c = ("cookie", cookie.as_str());
+    let page = app.page("GET", &format!("/portal/operator/devices/{}", card.id), &[c], None).await;
+    assert!(page.text.contains(&format!("/portal/operator/devices/{}/activate", card.id)));
+    let confirm =
+        app.page("GET", &format!("/portal/operator/devices/{}/activate", card.id), &[c], None).await;
+    assert!(confirm.text.contains("shown to you once"));
+    let form = action_form(&token, "&note=PIN+handed+over+at+the+desk");
+    let uri = format!("/portal/operator/devices/{}/activate", card.id);
+    let done = app.page("POST", &uri, &[c, ("origin", "https://lanyard.test")], Some(&form)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    let pin = secrets.initial_pin().expose_secret();
+    assert!(done.text.contains(&format!("id=\"initial-pin\">{pin}<")), "the PIN, once");
+    assert!(done.text.contains("This initial PIN is shown this once"));
+    assert_eq!(app.device(card.id).await.state, DeviceState::Active);
+    let events = app.audit().await;
+    let activated = events.iter().rfind(|e| e.action == "device.activate").unwrap();
+    assert_eq!(activated.after.as_ref().unwrap()["note"], "PIN handed over at the desk");
+    assert!(events.iter().any(|e| e.action == "card_secrets.reveal_initial_pin"));
+    // The device page afterwards does not show it again.
+    let after = app.page("GET", &format!("/portal/operator/devices/{}", card.id), &[c], None).await;
+    assert!(!after.text.contains("initial-pin"), "no PIN on the device page");
+}

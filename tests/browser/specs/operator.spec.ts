@@ -81,3 +81,28 @@ test('the audit log shows the events with the chain verified, and filters by act
   await page.getByRole('button', { name: 'Filter' }).click();
   await expect(page.getByRole('alert')).toContainText('To: must not be before From.');
 });
+
+test('at 375 px the help desk, audit log and administration pages fit the screen', async ({ page, lanyard, check }) => {
+  await page.setViewportSize({ width: 375, height: 740 });
+  const pages: Array<[string, string, string]> = [
+    ['oscar', '/portal/operator?q=1618+0339', 'operator-search-375'],
+    ['oscar', `/portal/operator/devices/${lanyard.erinKey}`, 'operator-device-375'],
+    ['oscar', `/portal/operator/devices/${lanyard.erinKey}/revoke`, 'operator-confirm-revoke-375'],
+    ['audrey', '/portal/audit', 'audit-log-375'],
+    ['ada', '/portal/admin', 'admin-375'],
+    ['ada', '/portal/admin/users', 'admin-users-375'],
+    ['ada', '/portal/admin/profiles', 'admin-profiles-375'],
+  ];
+  let who = '';
+  for (const [user, url, name] of pages) {
+    if (user !== who) {
+      if (who) await page.getByRole('button', { name: 'Sign out' }).click();
+      await signIn(page, user);
+      who = user;
+    }
+    await page.goto(url);
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    expect(width, `${url} is ${width} px wide`).toBeLessThanOrEqual(375);
+    await check(name);
+  }
+});
