@@ -52,15 +52,21 @@ pub struct Principal {
     operation_id: OperationId,
     at: OffsetDateTime,
     via_token: Option<ApiTokenId>,
+    note: Option<String>,
 }
 
-/// Who, when and under which operation id: what every change records.
+/// Who, when and under which operation id: what every change records; and the note the person
+/// gave for it, if any.
 #[derive(Clone, Debug)]
 struct Acting {
     actor: Actor,
     operation_id: OperationId,
     at: OffsetDateTime,
+    note: Option<String>,
 }
+
+/// Longest note an operator may attach to an action, in characters.
+pub const MAX_NOTE_CHARS: usize = 500;
 
 impl Principal {
     /// `user` acting in the request `operation_id` that started at `at` (from the server's
@@ -69,7 +75,25 @@ impl Principal {
         if user.disabled {
             return Err(Forbidden::Disabled);
         }
-        Ok(Self { user, operation_id, at, via_token: None })
+        Ok(Self { user, operation_id, at, via_token: None, note: None })
+    }
+
+    /// Attaches the reason a person gave for this request's device actions: the `device.<action>`
+    /// audit events it makes carry it as `after.note`. Surrounding white space is dropped and an
+    /// empty note is none; a note over [`MAX_NOTE_CHARS`] characters or with control characters
+    /// other than line breaks is refused.
+    pub fn with_note(mut self, note: Option<&str>) -> Result<Self, ValidationError> {
+        let note = note.map(str::trim).filter(|n| !n.is_empty());
+        if let Some(n) = note {
+            if n.chars().count() > MAX_NOTE_CHARS {
+                return Err(ValidationError::new("note", format!("at most {MAX_NOTE_CHARS} characters")));
+            }
+            if n.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+                return Err(ValidationError::new("note", "contains control characters"));
+            }
+        }
+        self.note = note.map(str::to_owned);
+        Ok(self)
     }
 
     /// Marks the request as made with an API token: audit events name the token.
@@ -95,7 +119,12 @@ impl Principal {
     }
 
     fn acting(&self) -> Acting {
-        Acting { actor: self.actor(), operation_id: self.operation_id.clone(), at: self.at }
+        Acting {
+            actor: self.actor(),
+            operation_id: self.operation_id.clone(),
+            at: self.at,
+            note: self.note.clone(),
+        }
     }
 
     fn require(&self, role: Role) -> Result<(), Forbidden> {
@@ -253,7 +282,10 @@ async fn transition<T: Tx>(
             tx.update_credential(credential).await?;
         }
     }
-    let after = snapshot(&device, &credentials);
+    let mut after = snapshot(&device, &credentials);
+    if let (Some(note), Some(fields)) = (&who.note, after.as_object_mut()) {
+        fields.insert("note".into(), Value::String(note.clone()));
+    }
     let event =
         NewAuditEvent::new(who.at, who.actor.clone(), format!("device.{}", action.kind()), &who.operation_id)
             .target(device_ref(device.id))

@@ -33,6 +33,7 @@ pub mod model;
 pub mod password;
 pub mod repo;
 pub mod secrets;
+pub mod serial;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -277,6 +277,9 @@ pub struct DeviceQuery {
     pub states: Vec<DeviceState>,
     /// Devices with a link (of any kind) to this device.
     pub linked_to: Option<DeviceId>,
+    /// A manufacturer serial equal to any of these, ignoring ASCII case (empty: any serial).
+    /// [`crate::serial::SerialSearch`] turns what an operator typed into these spellings.
+    pub serials: Vec<String>,
     /// Keyset pagination: only ids after this one.
     pub after: Option<DeviceId>,
     pub limit: u32,
@@ -348,6 +351,15 @@ pub struct AuditQuery {
     pub after_seq: u64,
     /// Only events with exactly this target.
     pub target: Option<String>,
+    /// Only events with exactly this action (`device.suspend`), or, for a name without a dot,
+    /// any action in that family (`device` matches `device.suspend`).
+    pub action: Option<String>,
+    /// Only events by this actor: a user's username, or the id of a user or API token.
+    pub actor: Option<String>,
+    /// Only events at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// Only events before this instant.
+    pub until: Option<OffsetDateTime>,
     pub limit: u32,
 }
 

@@ -316,6 +316,10 @@ impl DeviceRepo for MemTx {
             .filter(|d| q.kind.is_none_or(|k| d.kind == k))
             .filter(|d| q.states.is_empty() || q.states.contains(&d.state))
             .filter(|d| q.linked_to.is_none_or(|t| d.links.iter().any(|l| l.target == t)))
+            .filter(|d| {
+                q.serials.is_empty()
+                    || d.serial.as_ref().is_some_and(|s| q.serials.iter().any(|w| w.eq_ignore_ascii_case(s)))
+            })
             .filter(|d| q.after.is_none_or(|a| d.id > a))
             .cloned();
         ready(Ok(take(iter, q.limit)))
@@ -396,6 +400,10 @@ impl AuditRepo for MemTx {
             .iter()
             .filter(|e| e.seq > q.after_seq)
             .filter(|e| q.target.is_none() || e.target == q.target)
+            .filter(|e| q.action.as_deref().is_none_or(|a| action_matches(&e.action, a)))
+            .filter(|e| q.actor.as_deref().is_none_or(|a| actor_matches(&e.actor, a)))
+            .filter(|e| q.since.is_none_or(|t| e.at >= t))
+            .filter(|e| q.until.is_none_or(|t| e.at < t))
             .cloned();
         ready(Ok(take(iter, q.limit)))
     }
@@ -674,6 +682,21 @@ impl AgentRepo for MemTx {
         let updated =
             Agent { last_seen_at: agent.last_seen_at, revoked_at: agent.revoked_at, ..stored.clone() };
         ready(update(&mut self.write().agents, agent.id, updated))
+    }
+}
+
+/// [`AuditQuery::action`]: the exact action, or for a name without a dot, its family.
+fn action_matches(action: &str, wanted: &str) -> bool {
+    action == wanted
+        || (!wanted.contains('.') && action.strip_prefix(wanted).is_some_and(|rest| rest.starts_with('.')))
+}
+
+/// [`AuditQuery::actor`]: a user's username, or a user's or token's id.
+fn actor_matches(actor: &crate::audit::Actor, wanted: &str) -> bool {
+    match actor {
+        crate::audit::Actor::System => false,
+        crate::audit::Actor::User { id, username } => id.to_string() == wanted || username.as_str() == wanted,
+        crate::audit::Actor::ApiToken { id } => id.to_string() == wanted,
     }
 }
 

@@ -11,7 +11,7 @@ use lanyard_ca::KeyAlgorithm;
 use lanyard_core::audit::{Actor, AuditEvent};
 use lanyard_core::clock::{Clock, ManualClock};
 use lanyard_core::ids::{DeviceId, GroupId};
-use lanyard_core::lifecycle::DeviceState;
+use lanyard_core::lifecycle::{DeviceState, RevocationReason};
 use lanyard_core::model::{ApiToken, Device, DeviceKind, Group, Policy, Role, User, Username};
 use lanyard_core::password::UserPassword;
 use lanyard_core::repo::prelude::*;
@@ -171,7 +171,9 @@ impl App {
 
     async fn all_audit(&self) -> Vec<AuditEvent> {
         let mut tx = self.db.begin().await.unwrap();
-        tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap()
+        tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000, ..Default::default() })
+            .await
+            .unwrap()
     }
 }
 
@@ -312,7 +314,10 @@ impl App {
     async fn snapshot(&self) -> String {
         use lanyard_core::repo::{CredentialQuery, DeviceQuery, UserQuery};
         let mut tx = self.db.begin().await.unwrap();
-        let audit = tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap();
+        let audit = tx
+            .list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000, ..Default::default() })
+            .await
+            .unwrap();
         let devices = tx.list_devices(&DeviceQuery { limit: 1000, ..Default::default() }).await.unwrap();
         let credentials =
             tx.list_credentials(&CredentialQuery { limit: 1000, ..Default::default() }).await.unwrap();
@@ -1395,7 +1400,7 @@ impl App {
         let form = format!("username={username}&password=correct+horse+battery+staple");
         let p = self.page("POST", "/portal/login", &[("origin", "https://lanyard.test")], Some(&form)).await;
         assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
-        assert_eq!(p.headers[header::LOCATION], "/portal/devices");
+        assert_eq!(p.headers[header::LOCATION], "/");
         let set = p.headers[header::SET_COOKIE].to_str().unwrap();
         let pair = set.split(';').next().unwrap().to_owned();
         let devices = self.page("GET", "/portal/devices", &[("cookie", &pair)], None).await;
@@ -1639,4 +1644,632 @@ async fn htmx_requests_get_full_navigations_for_redirects_and_errors_in_place_of
     let out = app.page("POST", "/portal/logout", &[hx, ("cookie", &cookie)], Some(&form)).await;
     assert_eq!(out.headers["hx-redirect"], "/portal/login?signed_out=1");
     assert!(out.headers[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+}
+
+// The help desk, audit log and their role checks.
+
+impl App {
+    /// A card for alice with a manufacturer serial, as a help-desk search would find it.
+    async fn serial_card(&self, serial: &str) -> DeviceId {
+        let mut d = Device::new(DeviceKind::UsbKey, "YubiKey 5 NFC", self.clock.now()).unwrap();
+        d.owner = Some(self.alice.user.id);
+        d.state = DeviceState::Active;
+        d.serial = Some(serial.into());
+        let mut tx = self.db.begin().await.unwrap();
+        tx.insert_device(&d).await.unwrap();
+        tx.commit().await.unwrap();
+        d.id
+    }
+}
+
+/// The audit table's cell for an event with `action`.
+fn row(action: &str) -> String {
+    format!("data-label=\"Action\" class=\"mono action\">{action}<")
+}
+
+/// What a confirmation page or action form posts for `action`, with the token.
+fn action_form(token: &str, extra: &str) -> String {
+    format!("csrf_token={token}{extra}")
+}
+
+const ACTION_SLUGS: [&str; 9] =
+    ["activate", "suspend", "resume", "revoke", "lost", "stolen", "damaged", "terminate", "recycle"];
+
+#[tokio::test]
+async fn help_desk_and_audit_pages_are_a_404_to_everyone_without_the_role_and_change_nothing() {
+    let app = setup().await;
+    let card = app.alice_card;
+    let before = app.device(card).await;
+    let events_before = app.all_audit().await.len();
+    let operator_gets = [
+        "/portal/operator".to_owned(),
+        "/portal/operator?q=alice".to_owned(),
+        format!("/portal/operator/users/{}", app.alice.user.id),
+        format!("/portal/operator/devices/{card}"),
+        format!(
+            "/portal/operator/devices/{card}/certificates/{}.pem",
+            lanyard_core::ids::CredentialId::new()
+        ),
+    ];
+    for who in ["alice", "audrey", "root"] {
+        let (cookie, token) = app.portal_session(who).await;
+        let c = ("cookie", cookie.as_str());
+        let mut gets = operator_gets.to_vec();
+        gets.extend(ACTION_SLUGS.iter().map(|a| format!("/portal/operator/devices/{card}/{a}")));
+        for uri in &gets {
+            let p = app.page("GET", uri, &[c], None).await;
+            assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} {uri}");
+            assert!(p.text.contains("Page not found"), "{who} {uri}");
+            assert!(!p.text.contains("Help Desk"), "{who} sees no help-desk link");
+        }
+        for action in ACTION_SLUGS {
+            let form = action_form(&token, "&note=x&reason=unspecified");
+            let uri = format!("/portal/operator/devices/{card}/{action}");
+            let p = app.page("POST", &uri, &[c, ("origin", "https://lanyard.test")], Some(&form)).await;
+            assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} POST {action}");
+        }
+    }
+    for who in ["alice", "oscar", "root"] {
+        let (cookie, _) = app.portal_session(who).await;
+        let p = app.page("GET", "/portal/audit", &[("cookie", &cookie)], None).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} and the audit log");
+        assert!(!p.text.contains("Audit Log"), "{who} sees no audit link");
+    }
+    assert_eq!(app.device(card).await, before, "nothing changed");
+    let after: Vec<_> = app
+        .all_audit()
+        .await
+        .into_iter()
+        .skip(events_before)
+        .filter(|e| !e.action.starts_with("session."))
+        .collect();
+    assert!(after.is_empty(), "no event but sign-ins: {after:?}");
+}
+
+#[tokio::test]
+async fn help_desk_posts_need_this_sites_origin_and_the_sessions_token() {
+    let app = setup().await;
+    let (cookie, token) = app.portal_session("oscar").await;
+    let c = ("cookie", cookie.as_str());
+    let card = app.alice_card;
+    let before = app.device(card).await;
+    let good = action_form(&token, "&reason=unspecified&note=ticket+7");
+    for action in ACTION_SLUGS {
+        let uri = format!("/portal/operator/devices/{card}/{action}");
+        for (headers, form) in [
+            (vec![c], "note=ticket+7&reason=unspecified".to_owned()),
+            (vec![c], "csrf_token=0000&note=ticket+7&reason=unspecified".to_owned()),
+            (vec![c, ("origin", "https://evil.test")], good.clone()),
+            (vec![c, ("sec-fetch-site", "cross-site")], good.clone()),
+        ] {
+            let p = app.page("POST", &uri, &headers, Some(&form)).await;
+            assert_eq!(p.status, StatusCode::FORBIDDEN, "{action} {headers:?} {form}");
+        }
+    }
+    assert_eq!(app.device(card).await, before);
+    assert!(app.audit().await.iter().all(|e| !e.action.starts_with("device.")), "nothing changed");
+}
+
+#[tokio::test]
+async fn an_operator_finds_a_device_by_serial_and_suspends_it_with_a_note_in_the_audit_event() {
+    let app = setup().await;
+    let key = app.serial_card("12345678").await;
+    let (cookie, token) = app.portal_session("oscar").await;
+    let c = ("cookie", cookie.as_str());
+    let origin = ("origin", "https://lanyard.test");
+
+    // Oscar's navigation shows the help desk and not the cardholder's pages.
+    let home = app.page("GET", "/", &[c], None).await;
+    assert_eq!(home.headers[header::LOCATION], "/portal/operator");
+    let desk = app.page("GET", "/portal/operator", &[c], None).await;
+    assert_eq!(desk.status, StatusCode::OK);
+    assert!(desk.text.contains("href=\"/portal/operator\" aria-current=\"page\">Help Desk"));
+    assert!(!desk.text.contains(">My Devices<") && !desk.text.contains(">Audit Log<"));
+
+    for q in ["1234+5678", "%20BC614E", "0x00bc614e"] {
+        let found = app.page("GET", &format!("/portal/operator?q={q}"), &[c], None).await;
+        assert_eq!(found.status, StatusCode::OK, "{q}");
+        assert!(found.text.contains(&format!("/portal/operator/devices/{key}")), "{q} finds the key");
+        assert!(!found.text.contains(&app.bob_card.to_string()));
+    }
+    let users = app.page("GET", "/portal/operator?q=ALI", &[c], None).await;
+    assert!(users.text.contains(&format!("/portal/operator/users/{}", app.alice.user.id)));
+    let long = app.page("GET", &format!("/portal/operator?q={}", "x".repeat(129)), &[c], None).await;
+    assert_eq!(long.status, StatusCode::BAD_REQUEST);
+    assert!(long.text.contains("Search: at most 128 characters"));
+
+    let user = app.page("GET", &format!("/portal/operator/users/{}", app.alice.user.id), &[c], None).await;
+    assert!(user.text.contains(&key.to_string()) && user.text.contains(&app.alice_card.to_string()));
+    assert!(user.text.contains("staff"), "the group by name");
+
+    let page = app.page("GET", &format!("/portal/operator/devices/{key}"), &[c], None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains("id=\"state-badge\">Active<"));
+    assert!(page.text.contains(&format!("/portal/operator/devices/{key}/suspend")));
+    assert!(!page.text.contains(&format!("/portal/operator/devices/{key}/resume")), "only legal actions");
+
+    let confirm = app.page("GET", &format!("/portal/operator/devices/{key}/suspend"), &[c], None).await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    assert!(confirm.text.contains("YubiKey 5 NFC") && confirm.text.contains("12345678"));
+    assert!(confirm.text.contains("alice"), "names the holder");
+
+    // A note too long is refused with the field named, and nothing changes.
+    let form = action_form(&token, &format!("&note={}", "n".repeat(501)));
+    let refused =
+        app.page("POST", &format!("/portal/operator/devices/{key}/suspend"), &[c, origin], Some(&form)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.text.contains("Note: at most 500 characters"));
+    assert!(refused.text.contains("aria-invalid=\"true\""));
+    assert_eq!(app.device(key).await.state, DeviceState::Active);
+
+    let form = action_form(&token, "&note=Holder+called%3A+ticket+42");
+    let done =
+        app.page("POST", &format!("/portal/operator/devices/{key}/suspend"), &[c, origin], Some(&form)).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
+    assert_eq!(
+        done.headers[header::LOCATION],
+        format!("/portal/operator/devices/{key}?done=suspend").as_str()
+    );
+    assert_eq!(app.device(key).await.state, DeviceState::Suspended);
+    let event = app.audit().await.into_iter().rfind(|e| e.action == "device.suspend").unwrap();
+    assert_eq!(event.target.as_deref(), Some(format!("device:{key}").as_str()));
+    assert_eq!(event.after.as_ref().unwrap()["note"], "Holder called: ticket 42");
+    assert!(
+        matches!(&event.actor, lanyard_core::audit::Actor::User { username, .. } if username.as_str() == "oscar")
+    );
+    let shown = app.page("GET", &format!("/portal/operator/devices/{key}?done=suspend"), &[c], None).await;
+    assert!(shown.text.contains("id=\"state-badge\">Suspended<"));
+    assert!(shown.text.contains("Holder called: ticket 42"), "the trail shows the note");
+
+    // An action the state does not allow is the conflict page, and changes nothing.
+    let again =
+        app.page("POST", &format!("/portal/operator/devices/{key}/suspend"), &[c, origin], Some(&form)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let resumed = app
+        .page(
+            "POST",
+            &format!("/portal/operator/devices/{key}/resume"),
+            &[c, origin],
+            Some(&action_form(&token, "")),
+        )
+        .await;
+    assert_eq!(resumed.status, StatusCode::SEE_OTHER);
+    assert_eq!(app.device(key).await.state, DeviceState::Active);
+    let event = app.audit().await.into_iter().rfind(|e| e.action == "device.resume").unwrap();
+    assert!(event.after.as_ref().unwrap().get("note").is_none(), "no note given, none recorded");
+
+    // Revoking needs one of the listed reasons; the refusal names the field.
+    for bad in ["", "&reason=parent_revoked", "&reason=bogus"] {
+        let form = action_form(&token, bad);
+        let p = app
+            .page("POST", &format!("/portal/operator/devices/{key}/revoke"), &[c, origin], Some(&form))
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(p.text.contains("Reason: choose one of the listed reasons"));
+    }
+    assert_eq!(app.device(key).await.state, DeviceState::Active);
+    let form = action_form(&token, "&reason=affiliation_changed&note=left+the+company");
+    let p =
+        app.page("POST", &format!("/portal/operator/devices/{key}/revoke"), &[c, origin], Some(&form)).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let d = app.device(key).await;
+    assert_eq!(
+        (d.state, d.revocation_reason),
+        (DeviceState::Revoked, Some(RevocationReason::AffiliationChanged))
+    );
+
+    for missing in [
+        format!("/portal/operator/devices/{}", DeviceId::new()),
+        "/portal/operator/devices/nope".into(),
+        format!("/portal/operator/devices/{key}/explode"),
+        format!("/portal/operator/users/{}", DeviceId::new()),
+    ] {
+        assert_eq!(app.page("GET", &missing, &[c], None).await.status, StatusCode::NOT_FOUND, "{missing}");
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_page_filters_events_and_shows_the_chain_verified() {
+    let app = setup().await;
+    let (oscar, token) = app.portal_session("oscar").await;
+    let form = action_form(&token, "&note=for+the+auditor");
+    let uri = format!("/portal/operator/devices/{}/suspend", app.bob_card);
+    let p =
+        app.page("POST", &uri, &[("cookie", &oscar), ("origin", "https://lanyard.test")], Some(&form)).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let (audrey, _) = app.portal_session("audrey").await;
+    let c = ("cookie", audrey.as_str());
+    assert_eq!(app.page("GET", "/", &[c], None).await.headers[header::LOCATION], "/portal/audit");
+    let all = app.page("GET", "/portal/audit", &[c], None).await;
+    assert_eq!(all.status, StatusCode::OK);
+    let total = app.all_audit().await.len();
+    assert!(all.text.contains(&format!("Chain verified</span> All {total} events")), "{}", all.text);
+    assert!(all.text.contains(&row("session.login")) && all.text.contains(&row("device.suspend")));
+    assert!(all.text.contains("for the auditor"));
+    let only = app.page("GET", "/portal/audit?action=device.suspend&actor=OSCAR", &[c], None).await;
+    assert!(only.text.contains(&row("device.suspend")) && !only.text.contains(&row("session.login")));
+    let target = format!("/portal/audit?target=device%3A{}", app.alice_card);
+    assert!(!app.page("GET", &target, &[c], None).await.text.contains(&row("device.suspend")));
+    let target = format!("/portal/audit?target=device%3A{}", app.bob_card);
+    assert!(app.page("GET", &target, &[c], None).await.text.contains(&row("device.suspend")));
+    let today = app.clock.now().date();
+    let dated =
+        app.page("GET", &format!("/portal/audit?from={today}&to={today}&action=device"), &[c], None).await;
+    assert!(dated.text.contains(&row("device.suspend")), "today's events");
+    let tomorrow = today.next_day().unwrap();
+    let later = app.page("GET", &format!("/portal/audit?from={tomorrow}"), &[c], None).await;
+    assert!(later.text.contains("No events."));
+    for (query, message) in [
+        ("from=2026-13-01", "From: \"2026-13-01\" is not a date"),
+        ("to=yesterday", "To: \"yesterday\" is not a date"),
+        (&format!("from={tomorrow}&to={today}") as &str, "To: must not be before From."),
+        ("after=-1", "Page: not an event number."),
+    ] {
+        let p = app.page("GET", &format!("/portal/audit?{query}"), &[c], None).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(
+            p.text.contains(&message.replace('"', "&#34;")) || p.text.contains(message),
+            "{query}: {}",
+            p.text
+        );
+    }
+}
+
+/// The policy form as the page sends it, with `max_devices` and `pin_max_len` as given.
+fn policy_form(token: &str, max_devices: &str, pin_max_len: &str) -> String {
+    format!(
+        "csrf_token={token}&may_add_device=on&max_devices={max_devices}&may_add_mobile=on&\
+         derived_piv_requires_sponsor=on&fido_pin_mode=independent&pin_min_len=6&pin_max_len={pin_max_len}&\
+         pin_forbid_trivial=on&initial_pin_display=hidden&accepted_card_models=YubiKey+5%0D%0ALanyard+virtual+card&\
+         derived_recheck_days=7"
+    )
+}
+
+#[tokio::test]
+async fn an_administrator_edits_a_policy_and_a_refused_value_names_its_field() {
+    let app = setup().await;
+    let group = app.db.begin().await.unwrap().list_groups().await.unwrap().remove(0);
+    let uri = format!("/portal/admin/groups/{}", group.id);
+    let origin = ("origin", "https://lanyard.test");
+
+    // Everyone else: the 404 page, and nothing changes.
+    for who in ["alice", "oscar", "audrey"] {
+        let (cookie, token) = app.portal_session(who).await;
+        let c = ("cookie", cookie.as_str());
+        for get in ["/portal/admin", uri.as_str()] {
+            assert_eq!(app.page("GET", get, &[c], None).await.status, StatusCode::NOT_FOUND, "{who} {get}");
+        }
+        let p = app.page("POST", &uri, &[c, origin], Some(&policy_form(&token, "5", "8"))).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} POST");
+    }
+
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    let list = app.page("GET", "/portal/admin", &[c], None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(list.text.contains(&uri) && list.text.contains(">Administration</a>"));
+    let form = app.page("GET", &uri, &[c], None).await;
+    assert!(form.text.contains("id=\"max_devices\" name=\"max_devices\" value=\"2\""));
+
+    // No token, or another site: 403.
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form("", "5", "8"))).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let p = app
+        .page("POST", &uri, &[c, ("origin", "https://evil.test")], Some(&policy_form(&token, "5", "8")))
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+
+    // The domain's validation, each problem next to its field.
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form(&token, "0", "7x"))).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(
+        p.text.contains("Longest PIN: enter a whole number, &#34;7x&#34; is not one in range."),
+        "{}",
+        p.text
+    );
+    assert!(p.text.contains("id=\"pin_max_len-error\""));
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form(&token, "0", "9"))).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.text.contains("max_devices must be between 1 and 20, got 0"));
+    assert!(p.text.contains("id=\"max_devices-error\"") && p.text.contains("id=\"pin_max_len-error\""));
+    assert!(p.text.contains("value=\"0\""), "the form comes back as sent");
+    let unchanged = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.policy, group.policy);
+    assert!(app.audit().await.iter().all(|e| e.action != "group.update_policy"));
+
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form(&token, "5", "8"))).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let saved = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(saved.policy, Policy { max_devices: 5, ..group.policy.clone() });
+    let events: Vec<_> =
+        app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").collect();
+    assert_eq!(events.len(), 1);
+}
+
+#[tokio::test]
+async fn an_administrator_creates_users_sets_roles_and_disables_accounts_and_no_one_else_can() {
+    let app = setup().await;
+    let group = app.db.begin().await.unwrap().list_groups().await.unwrap().remove(0);
+    let origin = ("origin", "https://lanyard.test");
+    let alice_page = format!("/portal/admin/users/{}", app.alice.user.id);
+    let new_user = |token: &str, username: &str, display: &str| {
+        format!(
+            "csrf_token={token}&username={username}&display_name={display}&email=&group={}&role_user=on&\
+             role_operator=on&password=",
+            group.id
+        )
+    };
+    for who in ["alice", "oscar", "audrey"] {
+        let (cookie, token) = app.portal_session(who).await;
+        let c = ("cookie", cookie.as_str());
+        for get in ["/portal/admin/users", "/portal/admin/users/new", alice_page.as_str()] {
+            assert_eq!(app.page("GET", get, &[c], None).await.status, StatusCode::NOT_FOUND, "{who} {get}");
+        }
+        let form = new_user(&token, "newbie", "New+Bie");
+        let p = app.page("POST", "/portal/admin/users", &[c, origin], Some(&form)).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} creates no user");
+        let form = format!("csrf_token={token}&account=disable");
+        let p = app.page("POST", &format!("{alice_page}/account"), &[c, origin], Some(&form)).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} disables no one");
+        let form = format!("csrf_token={token}&role_administrator=on");
+        let p = app.page("POST", &format!("{alice_page}/roles"), &[c, origin], Some(&form)).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "{who} grants no role");
+    }
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    // Without the token: 403 for every form.
+    for (uri, form) in [
+        ("/portal/admin/users".to_owned(), new_user("", "newbie", "New+Bie")),
+        (format!("{alice_page}/account"), "account=disable".to_owned()),
+        (format!("{alice_page}/roles"), "role_auditor=on".to_owned()),
+    ] {
+        assert_eq!(
+            app.page("POST", &uri, &[c, origin], Some(&form)).await.status,
+            StatusCode::FORBIDDEN,
+            "{uri}"
+        );
+    }
+    let list = app.page("GET", "/portal/admin/users?q=ali", &[c], None).await;
+    assert!(list.text.contains(&alice_page) && !list.text.contains("bob"));
+    let new = app.page("GET", "/portal/admin/users/new", &[c], None).await;
+    assert_eq!(new.status, StatusCode::OK);
+
+    for (form, message) in [
+        (new_user(&token, "Bad+Name%21", "New+Bie"), "Username: "),
+        (new_user(&token, "newbie", ""), "Display name: "),
+        (new_user(&token, "alice", "Another+Alice"), "Username: username alice is taken."),
+        (new_user(&token, "newbie", "New+Bie").replace("email=", "email=not-an-address"), "E-mail: "),
+        (
+            new_user(&token, "newbie", "New+Bie").replace(&group.id.to_string(), "nope"),
+            "Group: choose one of the listed groups.",
+        ),
+    ] {
+        let p = app.page("POST", "/portal/admin/users", &[c, origin], Some(&form)).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{form}");
+        assert!(p.text.contains(message), "{message}: {}", p.text);
+        assert!(p.text.contains("aria-invalid=\"true\""));
+    }
+    let none = app
+        .db
+        .begin()
+        .await
+        .unwrap()
+        .get_user_by_username(&Username::parse("newbie").unwrap())
+        .await
+        .unwrap();
+    assert!(none.is_none(), "no refused form created a user");
+
+    let p = app
+        .page("POST", "/portal/admin/users", &[c, origin], Some(&new_user(&token, "newbie", "New+Bie")))
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let newbie = app
+        .db
+        .begin()
+        .await
+        .unwrap()
+        .get_user_by_username(&Username::parse("newbie").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(newbie.roles, BTreeSet::from([Role::User, Role::Operator]));
+    assert_eq!(newbie.group, group.id);
+
+    let uri = format!("/portal/admin/users/{}", newbie.id);
+    let p = app
+        .page(
+            "POST",
+            &format!("{uri}/roles"),
+            &[c, origin],
+            Some(&format!("csrf_token={token}&role_auditor=on")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let p = app
+        .page(
+            "POST",
+            &format!("{uri}/account"),
+            &[c, origin],
+            Some(&format!("csrf_token={token}&account=disable")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let stored = app.db.begin().await.unwrap().get_user(newbie.id).await.unwrap().unwrap();
+    assert_eq!((stored.roles, stored.disabled), (BTreeSet::from([Role::Auditor]), true));
+    let page = app.page("GET", &uri, &[c], None).await;
+    assert!(page.text.contains("Enable newbie"));
+
+    // An administrator cannot lock themselves out.
+    let me = format!("/portal/admin/users/{}", app.admin.user.id);
+    let p = app
+        .page(
+            "POST",
+            &format!("{me}/account"),
+            &[c, origin],
+            Some(&format!("csrf_token={token}&account=disable")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.text.contains("Account: you cannot disable your own account."));
+    let p = app
+        .page("POST", &format!("{me}/roles"), &[c, origin], Some(&format!("csrf_token={token}&role_user=on")))
+        .await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.text.contains("Roles: you cannot remove your own administrator role."));
+    let actions: Vec<String> =
+        app.audit().await.into_iter().map(|e| e.action).filter(|a| a.starts_with("user.")).collect();
+    assert_eq!(actions, ["user.create", "user.set_roles", "user.disable"]);
+}
+
+#[tokio::test]
+async fn an_administrators_tokens_page_shows_a_new_token_once_and_revokes_it() {
+    let app = setup().await;
+    let origin = ("origin", "https://lanyard.test");
+    let (alice, alice_token) = app.portal_session("alice").await;
+    assert_eq!(
+        app.page("GET", "/portal/admin/tokens", &[("cookie", &alice)], None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let p = app
+        .page(
+            "POST",
+            "/portal/admin/tokens",
+            &[("cookie", &alice), origin],
+            Some(&format!("csrf_token={alice_token}&name=x&days=")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    let p = app.page("POST", "/portal/admin/tokens", &[c, origin], Some("name=backup&days=30")).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "no CSRF token");
+    for (form, message) in [
+        ("name=backup&days=abc", "Expires in: &#34;abc&#34; is not a number of days."),
+        ("name=backup&days=999", "Expires in: must be 1 to 365, got 999."),
+        ("name=&days=30", "Name: "),
+    ] {
+        let p = app
+            .page("POST", "/portal/admin/tokens", &[c, origin], Some(&format!("csrf_token={token}&{form}")))
+            .await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{form}");
+        assert!(p.text.contains(message), "{message}: {}", p.text);
+    }
+    let made = app
+        .page(
+            "POST",
+            "/portal/admin/tokens",
+            &[c, origin],
+            Some(&format!("csrf_token={token}&name=backup&days=30")),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::OK);
+    let secret =
+        made.text.split("id=\"new-token\">").nth(1).and_then(|r| r.split('<').next()).unwrap().to_owned();
+    assert_eq!(
+        app.bearer("GET", "/api/v1/me", &secret).await.status,
+        StatusCode::OK,
+        "the shown value works"
+    );
+    let listed = app.page("GET", "/portal/admin/tokens", &[c], None).await;
+    assert!(listed.text.contains("backup") && !listed.text.contains(&secret), "shown once only");
+    let id = app
+        .db
+        .begin()
+        .await
+        .unwrap()
+        .list_api_tokens(app.admin.user.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "backup")
+        .unwrap()
+        .id;
+    // Another user's token is not this page's to revoke.
+    let theirs = format!("/portal/admin/tokens/{}/revoke", app.alice.token_id);
+    let p = app.page("POST", &theirs, &[c, origin], Some(&format!("csrf_token={token}"))).await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.bearer("GET", "/api/v1/me", &app.alice.token).await.status, StatusCode::OK);
+    let p = app
+        .page(
+            "POST",
+            &format!("/portal/admin/tokens/{id}/revoke"),
+            &[c, origin],
+            Some(&format!("csrf_token={token}")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(app.bearer("GET", "/api/v1/me", &secret).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn administrators_see_the_certificate_profiles_and_trust_anchors_and_no_one_else_does() {
+    let app = setup().await;
+    for who in ["alice", "oscar", "audrey"] {
+        let (cookie, _) = app.portal_session(who).await;
+        for uri in ["/portal/admin/profiles", "/portal/admin/trust"] {
+            assert_eq!(
+                app.page("GET", uri, &[("cookie", &cookie)], None).await.status,
+                StatusCode::NOT_FOUND,
+                "{who} {uri}"
+            );
+        }
+    }
+    let (cookie, _) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    let profiles = app.page("GET", "/portal/admin/profiles", &[c], None).await;
+    assert_eq!(profiles.status, StatusCode::OK);
+    assert!(profiles.text.contains("piv-auth") && profiles.text.contains("staff (9a)"), "{}", profiles.text);
+    let trust = app.page("GET", "/portal/admin/trust", &[c], None).await;
+    assert_eq!(trust.status, StatusCode::OK);
+    use sha2::Digest as _;
+    let root = hex::encode(sha2::Sha256::digest(app.state.pki.root.certificate_der()));
+    assert!(trust.text.contains(&root), "the root's SHA-256");
+    assert!(trust.text.contains("CN=Lanyard Test") || trust.text.contains("Lanyard Test"));
+}
+
+#[tokio::test]
+async fn an_operator_activates_a_pending_card_and_sees_its_initial_pin_once_with_the_note_audited() {
+    let mut app = setup().await;
+    app.state = app
+        .state
+        .clone()
+        .with_issuance(lanyard_server::issuance::IssuanceConfig::new(Kek::generate().unwrap(), vec![]));
+    let kek = &app.state.issuance.as_ref().unwrap().kek;
+    let mut card = Device::new(DeviceKind::SmartCard, "YubiKey 5", app.clock.now()).unwrap();
+    card.owner = Some(app.bob.user.id);
+    card.state = DeviceState::Pending;
+    card.serial = Some("27182818".into());
+    let secrets = lanyard_core::secrets::CardSecrets::generate(
+        lanyard_core::secrets::mgm_algorithm::AES192,
+        &Policy::default(),
+    )
+    .unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    tx.insert_device(&card).await.unwrap();
+    tx.put_card_secrets(card.id, &secrets.seal(kek, card.id).unwrap()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (cookie, token) = app.portal_session("oscar").await;
+    let c = ("cookie", cookie.as_str());
+    let page = app.page("GET", &format!("/portal/operator/devices/{}", card.id), &[c], None).await;
+    assert!(page.text.contains(&format!("/portal/operator/devices/{}/activate", card.id)));
+    let confirm =
+        app.page("GET", &format!("/portal/operator/devices/{}/activate", card.id), &[c], None).await;
+    assert!(confirm.text.contains("shown to you once"));
+    let form = action_form(&token, "&note=PIN+handed+over+at+the+desk");
+    let uri = format!("/portal/operator/devices/{}/activate", card.id);
+    let done = app.page("POST", &uri, &[c, ("origin", "https://lanyard.test")], Some(&form)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    let pin = secrets.initial_pin().expose_secret();
+    assert!(done.text.contains(&format!("id=\"initial-pin\">{pin}<")), "the PIN, once");
+    assert!(done.text.contains("This initial PIN is shown this once"));
+    assert_eq!(app.device(card.id).await.state, DeviceState::Active);
+    let events = app.audit().await;
+    let activated = events.iter().rfind(|e| e.action == "device.activate").unwrap();
+    assert_eq!(activated.after.as_ref().unwrap()["note"], "PIN handed over at the desk");
+    assert!(events.iter().any(|e| e.action == "card_secrets.reveal_initial_pin"));
+    // The device page afterwards does not show it again.
+    let after = app.page("GET", &format!("/portal/operator/devices/{}", card.id), &[c], None).await;
+    assert!(!after.text.contains("initial-pin"), "no PIN on the device page");
 }

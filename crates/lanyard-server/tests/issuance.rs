@@ -375,7 +375,12 @@ async fn a_card_is_issued_and_the_holder_sets_the_pin() {
     // The audit log holds the story and verifies.
     let mut tx = app.db.begin().await.unwrap();
     let events = tx
-        .list_audit(&lanyard_core::repo::AuditQuery { after_seq: 0, target: None, limit: 1000 })
+        .list_audit(&lanyard_core::repo::AuditQuery {
+            after_seq: 0,
+            target: None,
+            limit: 1000,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();

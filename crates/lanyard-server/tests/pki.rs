@@ -433,7 +433,9 @@ async fn operator_holds_releases_and_revokes_a_credential_and_ocsp_and_the_crl_f
     };
     let events = async |db: &Db| -> Vec<AuditEvent> {
         let mut tx = db.begin().await.unwrap();
-        tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap()
+        tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000, ..Default::default() })
+            .await
+            .unwrap()
     };
     let id = cert.credential.id;
     let good = format!("{}: good", cert.pem_path);
@@ -687,7 +689,10 @@ async fn operator_issues_a_certificate_from_a_csr() {
         let mut tx = db.begin().await.unwrap();
         let creds =
             tx.list_credentials(&CredentialQuery { limit: 1000, ..Default::default() }).await.unwrap();
-        let events = tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap();
+        let events = tx
+            .list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000, ..Default::default() })
+            .await
+            .unwrap();
         (creds.len(), events)
     };
     let path = format!("/api/v1/devices/{}/certificates", card.id);

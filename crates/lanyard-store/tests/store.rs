@@ -722,7 +722,10 @@ on_both!(two_agents_racing_with_one_ticket_start_the_job_once, |db| {
     }
     // One `job.running` event per job, naming the lease owner.
     let mut tx = db.begin().await.unwrap();
-    let events = tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap();
+    let events = tx
+        .list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000, ..Default::default() })
+        .await
+        .unwrap();
     let running: Vec<_> = events.iter().filter(|e| e.action == "job.running").collect();
     assert_eq!(running.len(), 8);
     assert!(running.iter().all(|e| e.after.as_ref().is_some_and(|a| a["lease_owner"].is_string())));
@@ -811,7 +814,12 @@ on_both!(a_restarting_server_fails_only_sessions_whose_lease_ran_out, |db| {
     assert!(!system(now).renew_lease(db, dead.id, server_b).await.unwrap());
     let mut tx = db.begin().await.unwrap();
     let events = tx
-        .list_audit(&AuditQuery { after_seq: 0, target: Some(format!("job:{}", dead.id)), limit: 10 })
+        .list_audit(&AuditQuery {
+            after_seq: 0,
+            target: Some(format!("job:{}", dead.id)),
+            limit: 10,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let failed = events.iter().find(|e| e.action == "job.failed").unwrap();
@@ -861,7 +869,10 @@ on_both!(two_agents_racing_with_one_pairing_code_pair_once_and_only_hashes_are_s
         TokenHash::of(credential.expose_secret()).as_bytes()
     );
     let mut tx = db.read().await.unwrap();
-    let events = tx.list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000 }).await.unwrap();
+    let events = tx
+        .list_audit(&AuditQuery { after_seq: 0, target: None, limit: 1000, ..Default::default() })
+        .await
+        .unwrap();
     drop(tx);
     let text = serde_json::to_string(&events).unwrap();
     assert!(

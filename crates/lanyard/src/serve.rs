@@ -222,7 +222,9 @@ pub fn audit_verify(cfg: Config) -> anyhow::Result<()> {
         let mut verifier = ChainVerifier::new();
         let mut after_seq = 0;
         loop {
-            let page = tx.list_audit(&AuditQuery { after_seq, target: None, limit: 1000 }).await?;
+            let page = tx
+                .list_audit(&AuditQuery { after_seq, target: None, limit: 1000, ..Default::default() })
+                .await?;
             for event in &page {
                 if let Err(e) = verifier.push(event) {
                     bail!("audit log verification FAILED: {e}");

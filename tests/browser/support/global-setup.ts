@@ -57,6 +57,7 @@ export default async function globalSetup() {
   user('bob', 'Bob Baker', 'default');
   user('carol', 'Carol Cole', 'no-cards');
   user('dana', 'Dana Dale', 'one-card');
+  user('erin', 'Erin Ellis', 'default');
 
   // Alice's card, registered by an operator (issuance to her begins), with a Digital Signature
   // certificate issued from a CSR made by openssl.
@@ -72,6 +73,26 @@ export default async function globalSetup() {
     kind: 'usb_key', model: 'YubiKey 5', serial: '27182818', owner: 'dana',
   });
 
+  // Staff: an operator, an auditor and an administrator, none a cardholder.
+  const staff = (username: string, displayName: string, role: string) =>
+    execFileSync(bin, ['user', 'add', '--username', username, '--display-name', displayName, '--role', role,
+      '--group', 'default', '--with-password'], {
+      env: lanyardEnv({ LANYARD_CLI_CONFIG: cliConfig, LANYARD_PASSWORD: PASSWORD }),
+      stdio: 'pipe',
+    });
+  staff('oscar', 'Oscar Ortiz', 'operator');
+  staff('audrey', 'Audrey Auditor', 'auditor');
+  staff('ada', 'Ada Admin', 'administrator');
+  // Erin's key in use. Making a key Active takes a card session through an agent, which these
+  // tests do not run (issuance has its own tests); so the key is registered through the API and
+  // then marked active in the database directly, as a finished issuance would leave it. The
+  // Rust portal tests insert their Active cards the same way.
+  const erinKey = await api.ok('POST', '/api/v1/devices', {
+    kind: 'usb_key', model: 'YubiKey 5 NFC', serial: '16180339', owner: 'erin',
+  });
+  execFileSync('sqlite3', [path.join(data, 'lanyard.db'),
+    `UPDATE devices SET state = 'active' WHERE id = '${erinKey.id}' AND state = 'issuing'`], { stdio: 'pipe' });
+
   const state: State = {
     baseURL,
     spki: spkiHash(data),
@@ -81,6 +102,7 @@ export default async function globalSetup() {
     aliceCard: card.id,
     aliceCertSerial: issued.credential.kind.serial_hex,
     danaCard: dana.id,
+    erinKey: erinKey.id,
   };
   const file = path.join(dir, 'state.json');
   fs.writeFileSync(file, JSON.stringify(state, null, 2));

@@ -21,6 +21,8 @@ export interface State {
   aliceCard: string;
   aliceCertSerial: string;
   danaCard: string;
+  /** Erin's Active USB key, serial 16180339. */
+  erinKey: string;
 }
 
 export function state(): State {

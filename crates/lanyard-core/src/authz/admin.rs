@@ -88,6 +88,22 @@ impl Admin<'_> {
         .await
     }
 
+    /// Users matching `query`, ordered by username (to pick whom to change).
+    pub async fn users<R: Repo>(
+        &self,
+        repo: &R,
+        query: &crate::repo::UserQuery,
+    ) -> Result<Vec<User>, DomainError> {
+        let mut tx = repo.read().await?;
+        Ok(tx.list_users(query).await?)
+    }
+
+    /// One user by id.
+    pub async fn user<R: Repo>(&self, repo: &R, id: UserId) -> Result<User, DomainError> {
+        let mut tx = repo.read().await?;
+        tx.get_user(id).await?.ok_or_else(|| DomainError::not_found("user", id))
+    }
+
     /// Creates a user in an existing group.
     pub async fn create_user<R: Repo>(&self, repo: &R, new: NewUser) -> Result<User, DomainError> {
         self.create_user_with_password(repo, new, None).await

@@ -32,7 +32,12 @@ impl Auditor<'_> {
         let mut verifier = ChainVerifier::new();
         loop {
             let mut tx = repo.read().await?;
-            let query = AuditQuery { after_seq: verifier.head().seq, target: None, limit: PAGE };
+            let query = AuditQuery {
+                after_seq: verifier.head().seq,
+                target: None,
+                limit: PAGE,
+                ..Default::default()
+            };
             let page = tx.list_audit(&query).await?;
             for event in &page {
                 verifier.push(event)?;

@@ -13,6 +13,7 @@ use crate::model::{
 };
 use crate::repo::prelude::*;
 use crate::repo::{AuditQuery, DeviceQuery, UserQuery};
+use crate::serial::SerialSearch;
 
 use super::{
     AgentBinding, CardInfo, Principal, TicketPurpose, create_job, credential_snapshot, credentials_of,
@@ -142,6 +143,13 @@ impl Operator<'_> {
         .await
     }
 
+    /// A device's jobs (issuance, unlock, wipe…) with their step logs, oldest first.
+    pub async fn device_jobs<R: Repo>(&self, repo: &R, device: DeviceId) -> Result<Vec<Job>, DomainError> {
+        let mut tx = repo.read().await?;
+        tx.get_device(device).await?.ok_or_else(|| DomainError::not_found("device", device))?;
+        Ok(tx.list_jobs_for_device(device).await?)
+    }
+
     /// Any job.
     pub async fn job<R: Repo>(&self, repo: &R, id: JobId) -> Result<Job, DomainError> {
         job_of(repo, id, None).await
@@ -188,6 +196,30 @@ impl Operator<'_> {
         Ok(tx.list_devices(query).await?)
     }
 
+    /// The devices a typed serial names (see [`SerialSearch`]): by manufacturer serial, and the
+    /// devices holding a certificate with that serial; each once, ordered by id, at most `limit`.
+    pub async fn find_by_serial<R: Repo>(
+        &self,
+        repo: &R,
+        search: &SerialSearch,
+        limit: u32,
+    ) -> Result<Vec<Device>, DomainError> {
+        let mut tx = repo.read().await?;
+        let query = DeviceQuery { serials: search.device_serials.clone(), limit, ..DeviceQuery::default() };
+        let mut found = tx.list_devices(&query).await?;
+        for serial in &search.certificate_serials {
+            if let Some(credential) = tx.get_credential_by_serial(serial).await?
+                && !found.iter().any(|d| d.id == credential.device)
+                && let Some(device) = tx.get_device(credential.device).await?
+            {
+                found.push(device);
+            }
+        }
+        found.sort_by_key(|d| d.id);
+        found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(found)
+    }
+
     /// Any device.
     pub async fn device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
         let mut tx = repo.read().await?;
@@ -213,7 +245,7 @@ impl Operator<'_> {
         limit: u32,
     ) -> Result<Vec<AuditEvent>, DomainError> {
         let mut tx = repo.read().await?;
-        let query = AuditQuery { after_seq, target: Some(device_ref(device)), limit };
+        let query = AuditQuery { after_seq, target: Some(device_ref(device)), limit, ..Default::default() };
         Ok(tx.list_audit(&query).await?)
     }
 

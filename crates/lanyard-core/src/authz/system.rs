@@ -26,7 +26,7 @@ pub struct System {
 
 impl System {
     pub fn new(operation_id: OperationId, at: OffsetDateTime) -> Self {
-        Self { acting: Acting { actor: Actor::System, operation_id, at } }
+        Self { acting: Acting { actor: Actor::System, operation_id, at, note: None } }
     }
 
     /// `at` of this actor, for callers stamping records in the same operation.

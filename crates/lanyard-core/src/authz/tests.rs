@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 
+use super::MAX_NOTE_CHARS;
 use super::*;
 use crate::audit::verify_chain;
 use crate::clock::{Clock, ManualClock};
@@ -888,4 +889,62 @@ fn a_disabled_user_pairs_no_agent_and_their_agents_stop_authenticating() {
     assert!(block_on(system.pair_agent(&w.repo, second.expose_secret(), "ws")).unwrap().is_none());
     assert!(block_on(system.authenticate_agent(&w.repo, credential.expose_secret())).unwrap().is_none());
     assert_eq!(w.repo.data().agents.len(), 1);
+}
+
+#[test]
+fn a_note_given_with_an_action_is_in_its_audit_event() {
+    let w = world();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let olga = w.principal(&w.olga).with_note(Some("  holder called: left it on the train \n")).unwrap();
+    block_on(olga.operator().unwrap().suspend_device(&w.repo, card.id)).unwrap();
+    let plain = w.principal(&w.olga).with_note(Some("   ")).unwrap();
+    block_on(plain.operator().unwrap().resume_device(&w.repo, card.id)).unwrap();
+    let data = w.repo.data();
+    assert_eq!(data.audit.len(), 2);
+    let after = data.audit[0].after.as_ref().unwrap();
+    assert_eq!(after["note"], "holder called: left it on the train");
+    assert_eq!(after["state"], "suspended");
+    assert!(data.audit[1].after.as_ref().unwrap().get("note").is_none(), "a blank note is no note");
+    assert_eq!(verify_chain(&data.audit), Ok(2));
+
+    let long = "x".repeat(MAX_NOTE_CHARS + 1);
+    let err = w.principal(&w.olga).with_note(Some(&long)).unwrap_err();
+    assert_eq!(err.field, "note");
+    let err = w.principal(&w.olga).with_note(Some("a\u{0}b")).unwrap_err();
+    assert_eq!(err.field, "note");
+    assert!(w.principal(&w.olga).with_note(Some(&"é".repeat(MAX_NOTE_CHARS))).is_ok());
+}
+
+#[test]
+fn an_operator_finds_devices_by_device_or_certificate_serial() {
+    use crate::serial::SerialSearch;
+    let w = world();
+    let mut key = w.device(&w.alice, DeviceKind::UsbKey, DeviceState::Active);
+    key.serial = Some("12345678".into());
+    w.repo.with_data(|d| {
+        d.devices.insert(key.id, key.clone());
+    });
+    let card = w.device(&w.bob, DeviceKind::SmartCard, DeviceState::Active);
+    let op_principal = w.principal(&w.olga);
+    let op = op_principal.operator().unwrap();
+    let find = |text: &str| {
+        let search = SerialSearch::parse(text).unwrap();
+        block_on(op.find_by_serial(&w.repo, &search, 10))
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(find("1234 5678"), [key.id], "decimal with a pasted space");
+    assert_eq!(find("0x bc 61 4e"), [key.id], "the same number in hex");
+    let cert_serial = format!("{}01", card.id.as_uuid().simple());
+    let spaced: String = cert_serial
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| if i % 2 == 1 { vec![c, ' '] } else { vec![c] })
+        .collect();
+    assert_eq!(find(&spaced.to_uppercase()), [card.id], "a certificate serial, spaced and upper case");
+    assert!(find("99999").is_empty());
+    // A user without the operator role has no such search.
+    assert!(w.principal(&w.alice).operator().is_err());
 }

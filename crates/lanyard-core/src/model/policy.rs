@@ -146,6 +146,28 @@ pub enum PolicyError {
     RecheckDaysOutOfRange(u16),
 }
 
+impl PolicyError {
+    /// The policy field at fault, as the JSON (and the portal's form) names it: `max_devices`,
+    /// `pin.min_len`, `certificates.9c`, `accepted_card_models`…
+    pub fn field(&self) -> String {
+        match self {
+            Self::MaxDevicesOutOfRange(_) => "max_devices".into(),
+            Self::PinMinLenOutOfRange(_) => "pin.min_len".into(),
+            Self::PinMaxLenOutOfRange(_) | Self::PinMaxBelowMin { .. } => "pin.max_len".into(),
+            Self::MissingPivAuthentication(slot) | Self::MissingMobileProfile(slot) => {
+                format!("certificates.{slot}")
+            }
+            Self::BadProfileName { slot } => format!("certificates.{slot}.profile"),
+            Self::ValidityOutOfRange { slot, .. } => format!("certificates.{slot}.validity_days"),
+            Self::AlgorithmNotAllowed { slot, .. } => format!("certificates.{slot}.algorithm"),
+            Self::NoCardModels | Self::BadCardModel { .. } | Self::DuplicateCardModel(_) => {
+                "accepted_card_models".into()
+            }
+            Self::RecheckDaysOutOfRange(_) => "derived_recheck_days".into(),
+        }
+    }
+}
+
 /// Every broken rule of a policy, in a stable order. Displays one per line.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub struct PolicyErrors(pub Vec<PolicyError>);
@@ -298,6 +320,22 @@ mod tests {
     #[test]
     fn default_policy_is_valid() {
         Policy::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_names_the_field_its_message_starts_with() {
+        let mut p = Policy { max_devices: 0, derived_recheck_days: 0, ..Policy::default() };
+        p.pin = PinRules { min_len: 5, max_len: 9, forbid_trivial: true };
+        if let Some(sig) = p.certificates.get_mut(&CertSlot::DigitalSignature) {
+            sig.validity_days = 0;
+            sig.profile = "has space".into();
+        }
+        p.accepted_card_models = vec!["".into()];
+        for e in p.validate().unwrap_err().0 {
+            assert!(e.to_string().starts_with(&e.field()), "{e} names {}", e.field());
+        }
+        let e = PolicyError::PinMaxBelowMin { min: 8, max: 7 };
+        assert_eq!(e.field(), "pin.max_len");
     }
 
     #[test]

@@ -325,6 +325,21 @@ pub async fn devices<R: Repo>(repo: &R) {
     assert_eq!(ids(ok(tx.list_devices(&q).await, "list_devices")), [sorted[1]], "keyset pagination");
     let q = DeviceQuery { limit: 1, ..mine };
     assert_eq!(ok(tx.list_devices(&q).await, "list_devices").len(), 1, "limit");
+    let q = DeviceQuery { serials: vec!["sn-2".into()], limit: 10, ..Default::default() };
+    assert_eq!(ids(ok(tx.list_devices(&q).await, "list_devices")), [key.id], "serial, ignoring case");
+    let q = DeviceQuery {
+        serials: vec!["sn-9".into(), "SN-3".into(), "sn-1".into()],
+        limit: 10,
+        ..Default::default()
+    };
+    let mut any_of = vec![card.id, stock.id];
+    any_of.sort();
+    assert_eq!(ids(ok(tx.list_devices(&q).await, "list_devices")), any_of, "any of several serials");
+    let q = DeviceQuery { serials: vec!["sn-".into(), "sn-%".into()], limit: 10, ..Default::default() };
+    assert!(ok(tx.list_devices(&q).await, "list_devices").is_empty(), "serials match whole, not as patterns");
+    let q =
+        DeviceQuery { serials: vec!["sn-1".into()], owner: Some(bob.id), limit: 10, ..Default::default() };
+    assert!(ok(tx.list_devices(&q).await, "list_devices").is_empty(), "serial and owner both apply");
     drop(tx);
 
     let mut updated = card.clone();
@@ -494,9 +509,45 @@ pub async fn audit<R: Repo>(repo: &R) {
     );
     assert_eq!(verify_chain(&all), Ok(3), "the stored chain verifies");
     let q = AuditQuery { after_seq: 1, limit: 1, ..Default::default() };
-    assert_eq!(ok(tx.list_audit(&q).await, "list_audit"), [second], "after_seq and limit");
+    assert_eq!(
+        ok(tx.list_audit(&q).await, "list_audit"),
+        std::slice::from_ref(&second),
+        "after_seq and limit"
+    );
     let q = AuditQuery { target: Some("device:a".into()), limit: 100, ..Default::default() };
-    assert_eq!(ok(tx.list_audit(&q).await, "list_audit"), [first], "target filter");
+    assert_eq!(ok(tx.list_audit(&q).await, "list_audit"), std::slice::from_ref(&first), "target filter");
+    let seqs = |v: Vec<AuditEvent>| v.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+    let q = AuditQuery { action: Some("device.suspend".into()), limit: 100, ..Default::default() };
+    assert_eq!(seqs(ok(tx.list_audit(&q).await, "list_audit")), [1, 2], "exact action");
+    let q = AuditQuery { action: Some("device".into()), limit: 100, ..Default::default() };
+    assert_eq!(seqs(ok(tx.list_audit(&q).await, "list_audit")), [1, 2], "an action family");
+    for none in ["devic", "device.susp", "d_vice", "%", "system.tick.x"] {
+        let q = AuditQuery { action: Some(none.into()), limit: 100, ..Default::default() };
+        assert!(ok(tx.list_audit(&q).await, "list_audit").is_empty(), "action {none:?} matches nothing");
+    }
+    let q = AuditQuery { actor: Some(someone.username.as_str().into()), limit: 100, ..Default::default() };
+    assert_eq!(seqs(ok(tx.list_audit(&q).await, "list_audit")), [1, 2], "actor by username");
+    let q = AuditQuery { actor: Some(someone.id.to_string()), limit: 100, ..Default::default() };
+    assert_eq!(seqs(ok(tx.list_audit(&q).await, "list_audit")), [1, 2], "actor by id");
+    let q = AuditQuery { actor: Some("nobody".into()), limit: 100, ..Default::default() };
+    assert!(ok(tx.list_audit(&q).await, "list_audit").is_empty(), "an unknown actor");
+    let q = AuditQuery { since: Some(first.at), until: Some(second.at), limit: 100, ..Default::default() };
+    assert_eq!(seqs(ok(tx.list_audit(&q).await, "list_audit")), [1], "since is inclusive, until exclusive");
+    let q = AuditQuery { since: Some(T0 + Duration::seconds(2)), limit: 100, ..Default::default() };
+    assert_eq!(seqs(ok(tx.list_audit(&q).await, "list_audit")), [2], "since");
+    let q = AuditQuery { until: Some(first.at), limit: 100, ..Default::default() };
+    assert_eq!(
+        seqs(ok(tx.list_audit(&q).await, "list_audit")),
+        [3],
+        "until (the third event is the earliest)"
+    );
+    let q = AuditQuery {
+        action: Some("device".into()),
+        target: Some("device:b".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(seqs(ok(tx.list_audit(&q).await, "list_audit")), [2], "filters combine");
     let stored: Vec<AuditEvent> = all;
     assert!(stored.iter().all(|e| e.compute_hash() == e.hash));
 }

@@ -38,6 +38,6 @@ pub(super) async fn audit<R: Repo>(
             format!("limit must be 1 to {MAX_AUDIT_PAGE}, got {limit}"),
         ));
     }
-    let query = AuditQuery { after_seq: p.after_seq, target: None, limit };
+    let query = AuditQuery { after_seq: p.after_seq, target: None, limit, ..Default::default() };
     Ok(Json(auditor.events(s.repo.as_ref(), &query).await?))
 }

@@ -112,7 +112,7 @@ pub(crate) struct DeviceView {
 }
 
 impl DeviceView {
-    fn new(d: &Device, credentials: &[Credential]) -> Self {
+    pub(crate) fn new(d: &Device, credentials: &[Credential]) -> Self {
         let certificates = credentials
             .iter()
             .map(|c| {

@@ -16,9 +16,15 @@
 //! One module per group of pages: [`session`] (sign-in, sign-out), [`devices`] (My Devices, a
 //! device, Add Device), [`workstations`] (paired agents, pairing), [`help`] (troubleshooting).
 
+mod admin;
+mod admin_pki;
+mod admin_tokens;
+mod admin_users;
 mod assets;
+mod audit;
 mod devices;
 mod help;
+mod operator;
 mod session;
 mod workstations;
 
@@ -55,6 +61,12 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
             "/portal/workstations/{id}/revoke",
             get(workstations::confirm_revoke::<R>).post(workstations::revoke::<R>),
         )
+        .merge(operator::routes::<R>())
+        .merge(audit::routes::<R>())
+        .merge(admin::routes::<R>())
+        .merge(admin_users::routes::<R>())
+        .merge(admin_tokens::routes::<R>())
+        .merge(admin_pki::routes::<R>())
         .route("/portal/help", get(help::troubleshooting))
         .route(assets::HTMX_PATH, get(assets::htmx))
         .route("/portal/assets/{name}", get(assets::by_name))
@@ -64,7 +76,10 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
 
 /// `/`: the devices when signed in, else the sign-in page.
 async fn home(viewer: Viewer) -> Redirect {
-    match viewer.0 {
+    match viewer.nav() {
+        Some(n) if !n.cardholder && n.operator => Redirect::to("/portal/operator"),
+        Some(n) if !n.cardholder && n.auditor => Redirect::to("/portal/audit"),
+        Some(n) if !n.cardholder && n.admin => Redirect::to("/portal/admin"),
         Some(_) => Redirect::to("/portal/devices"),
         None => Redirect::to("/portal/login"),
     }
@@ -178,10 +193,16 @@ pub fn origin_authority(origin: &str) -> Option<&str> {
     }
 }
 
-/// The signed-in user as the header shows them, and the token for the sign-out form.
+/// The signed-in user as the header shows them, the token for the sign-out form, and the
+/// sections their roles open.
+#[derive(Clone, Debug)]
 pub(crate) struct Nav {
     pub username: String,
     pub csrf_token: String,
+    pub cardholder: bool,
+    pub operator: bool,
+    pub auditor: bool,
+    pub admin: bool,
 }
 
 /// Whoever is asking: signed in or not. For pages anyone may see (sign-in, help, errors).
@@ -194,7 +215,16 @@ impl Viewer {
 }
 
 fn nav_of(s: &SessionAuth) -> Nav {
-    Nav { username: s.auth.principal.user().username.to_string(), csrf_token: s.csrf_token.clone() }
+    use lanyard_core::model::Role;
+    let user = s.auth.principal.user();
+    Nav {
+        username: user.username.to_string(),
+        csrf_token: s.csrf_token.clone(),
+        cardholder: user.has_role(Role::User),
+        operator: user.has_role(Role::Operator),
+        auditor: user.has_role(Role::Auditor),
+        admin: user.has_role(Role::Administrator),
+    }
 }
 
 impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Viewer {
@@ -295,17 +325,17 @@ pub(crate) struct PortalError {
     title: &'static str,
     message: String,
     next: &'static str,
-    nav_user: Option<(String, String)>,
+    nav: Option<Nav>,
 }
 
 impl PortalError {
     fn new(status: StatusCode, title: &'static str, message: impl Into<String>, next: &'static str) -> Self {
-        Self { status, title, message: message.into(), next, nav_user: None }
+        Self { status, title, message: message.into(), next, nav: None }
     }
 
     /// Keeps the header's user menu on the error page.
     pub fn with_nav(mut self, nav: Option<Nav>) -> Self {
-        self.nav_user = nav.map(|n| (n.username, n.csrf_token));
+        self.nav = nav;
         self
     }
 
@@ -382,9 +412,8 @@ impl IntoResponse for PortalError {
         if self.status == StatusCode::SEE_OTHER {
             return Redirect::to("/portal/login").into_response();
         }
-        let nav = self.nav_user.map(|(username, csrf_token)| Nav { username, csrf_token });
         let page = ErrorPage {
-            nav,
+            nav: self.nav,
             section: "",
             title: self.title,
             message: &self.message,

@@ -38,7 +38,7 @@ pub(crate) struct LoginQuery {
 
 pub(crate) async fn login_page(viewer: Viewer, Query(q): Query<LoginQuery>) -> Response {
     if viewer.0.is_some() {
-        return Redirect::to("/portal/devices").into_response();
+        return Redirect::to("/").into_response();
     }
     let page = LoginPage {
         nav: None,
@@ -59,7 +59,8 @@ pub(crate) struct LoginForm {
     password: String,
 }
 
-/// Signs in and goes to My Devices; a wrong username or password shows the form again with one
+/// Signs in and goes to `/` (My Devices, or the help desk or audit log for staff without
+/// devices); a wrong username or password shows the form again with one
 /// message for both.
 pub(crate) async fn login<R: Repo + 'static>(
     State(s): State<AppState<R>>,
@@ -87,7 +88,8 @@ pub(crate) async fn login<R: Repo + 'static>(
     let op = crate::api::operation(op.as_ref());
     match start_session(&s, op, &form.username, &form.password).await {
         Ok((_user, secret)) => {
-            let mut resp = Redirect::to("/portal/devices").into_response();
+            // `/` leads each user to their first section (My Devices for cardholders).
+            let mut resp = Redirect::to("/").into_response();
             if let Ok(v) = HeaderValue::from_str(&session_cookie(secret.expose_secret(), SESSION_TTL)) {
                 resp.headers_mut().append(header::SET_COOKIE, v);
             }

@@ -28,6 +28,19 @@ fn canonical_text(value: &Option<serde_json::Value>) -> Result<Option<String>, S
         .transpose()
 }
 
+/// A `LIKE` pattern matching text that starts with `prefix`, with `\\` as the escape character.
+fn prefix_pattern(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 2);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 fn decode_audit(row: &dyn Cols) -> Result<AuditEvent, StoreError> {
     let r = Reader::new(row, "audit_events", "seq");
     let seq = r.int("seq")?;
@@ -126,6 +139,25 @@ impl AuditRepo for StoreTx {
         q.arg(i64::try_from(query.after_seq).unwrap_or(i64::MAX));
         if let Some(target) = &query.target {
             q.push(" AND target = ").arg(target.as_str());
+        }
+        if let Some(action) = &query.action {
+            q.push(" AND (action = ").arg(action.as_str());
+            if !action.contains('.') {
+                // The family: `device` matches `device.suspend`; `_` and `%` in the name are
+                // escaped, so they mean themselves.
+                q.push(" OR action LIKE ").arg(prefix_pattern(&format!("{action}."))).push(" ESCAPE '\\'");
+            }
+            q.push(")");
+        }
+        if let Some(actor) = &query.actor {
+            q.push(" AND (actor_username = ").arg(actor.as_str()).push(" OR actor_id = ").arg(actor.as_str());
+            q.push(")");
+        }
+        if let Some(since) = query.since {
+            q.push(" AND at >= ").arg(nanos("audit.since", since)?);
+        }
+        if let Some(until) = query.until {
+            q.push(" AND at < ").arg(nanos("audit.until", until)?);
         }
         q.push(" ORDER BY seq LIMIT ").arg(limit(query.limit));
         self.fetch_all(q, decode_audit).await

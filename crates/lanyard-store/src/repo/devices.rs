@@ -182,6 +182,18 @@ impl DeviceRepo for StoreTx {
             .arg(id(target))
             .push(")");
         }
+        if !query.serials.is_empty() {
+            // Serials are ASCII (what the operator typed was checked by `SerialSearch`), so
+            // LOWER means the same on both databases.
+            q.push(" AND LOWER(serial) IN (");
+            for (i, serial) in query.serials.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.arg(serial.to_ascii_lowercase());
+            }
+            q.push(")");
+        }
         if let Some(after) = query.after {
             q.push(" AND id > ").arg(id(after));
         }
