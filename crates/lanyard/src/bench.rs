@@ -43,6 +43,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "p-256")]
         algorithm: String,
     },
+    /// Portal pages under load: My Devices and the operator search, each with many signed-in
+    /// sessions asking at once (`lanyard serve`'s router in this process, SQLite). Prints
+    /// latency percentiles and throughput.
+    Portal {
+        /// Signed-in sessions asking at once (cardholders for My Devices, operators for search).
+        #[arg(long, default_value_t = 200)]
+        sessions: u32,
+        /// Requests each session makes.
+        #[arg(long, default_value_t = 50)]
+        requests: u32,
+        /// Other users in the directory, so that searches run over a realistic population.
+        #[arg(long, default_value_t = 5000)]
+        population: u32,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -51,6 +65,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             card(reader, iterations, sequences, pin, mgm_key, i_know_this_erases_9a)
         }
         BenchCommand::Issuance { cards, algorithm } => crate::bench_issuance::run(cards, &algorithm),
+        BenchCommand::Portal { sessions, requests, population } => {
+            crate::bench_portal::run(crate::bench_portal::Options { sessions, requests, population })
+        }
     }
 }
 

@@ -29,6 +29,7 @@ mod admin_cmd;
 mod agent_cmd;
 mod bench;
 mod bench_issuance;
+mod bench_portal;
 mod config;
 mod init_cmd;
 mod piv_cmd;
