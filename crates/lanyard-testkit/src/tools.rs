@@ -33,6 +33,8 @@ pub fn install_hint(program: &str) -> &'static str {
             "apt-get install opensc opensc-pkcs11 (./scripts/test installs them)"
         }
         "yubico-piv-tool" => "apt-get install yubico-piv-tool (./scripts/test installs it)",
+        "desktop-file-validate" => "apt-get install desktop-file-utils (./scripts/test installs it)",
+        "xdg-mime" => "apt-get install xdg-utils (./scripts/test installs it)",
         "ykman" => "run ./scripts/test, which installs yubikey-manager 5 into target/test-venv",
         p if p.starts_with("lint_") => "run ./scripts/test, which installs pkilint into target/test-venv",
         _ => "./scripts/test installs every tool the tests use",

@@ -79,6 +79,18 @@ pub enum AgentCommand {
         #[arg(long)]
         skip_pin_change: bool,
     },
+    /// Make this desktop open `lanyard://pair` links from the portal with `lanyard agent pair`,
+    /// and start `lanyard agent run` when you log in. Per user, no root: on Linux a freedesktop
+    /// desktop entry for x-scheme-handler/lanyard (made the default in mimeapps.list) and an
+    /// autostart entry, below $XDG_DATA_HOME and $XDG_CONFIG_HOME.
+    Install {
+        /// Remove what install wrote.
+        #[arg(long)]
+        uninstall: bool,
+        /// Only the link handler: do not start the agent at log-in.
+        #[arg(long)]
+        no_autostart: bool,
+    },
     /// Serve the loopback API the portal's pages call (docs/agent.md): list cards, start a
     /// session, follow it, pass the new PIN. Only requests whose Origin is --origin and whose Host
     /// is a loopback name are answered.
@@ -152,6 +164,15 @@ pub fn run(cmd: AgentCommand) -> anyhow::Result<()> {
                 }
             });
             run_linked(usize::from(max_sessions), pins)
+        }
+        AgentCommand::Install { uninstall, no_autostart } => {
+            let places = crate::agent_install::Places::from_env()?;
+            let program = std::env::current_exe().context("finding this program's path")?;
+            let program = program.canonicalize().unwrap_or(program);
+            for line in crate::agent_install::install(&places, &program, !no_autostart, uninstall)? {
+                println!("{line}");
+            }
+            Ok(())
         }
         AgentCommand::Serve { origin, listen } => {
             let Some(origin) = origin.or_else(|| std::env::var(ENV_ORIGIN).ok()) else {

@@ -27,6 +27,7 @@ macro_rules! eprintln {
 
 mod admin_cmd;
 mod agent_cmd;
+mod agent_install;
 mod bench;
 mod bench_issuance;
 mod bench_portal;

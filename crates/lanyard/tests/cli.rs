@@ -924,3 +924,70 @@ fn help_describes_what_the_program_does_now() {
     assert!(ticket.contains("--rollback"), "{ticket}");
     assert!(all.len() > 5000, "the help texts are shorter than expected:\n{all}");
 }
+
+/// Runs `program` with the XDG base directories of `home`; panics naming the install step when
+/// the program is missing.
+fn xdg_tool(program: &str, args: &[&str], home: &Path) -> Output {
+    Command::new(program)
+        .args(args)
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_DIRS", home.join("data"))
+        .env_remove("XDG_CURRENT_DESKTOP")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e}. Install it: {}", lanyard_testkit::tools::install_hint(program))
+        })
+}
+
+/// `lanyard agent install` registers the lanyard:// link handler and the log-in entry as the
+/// freedesktop tools understand them (judged by desktop-file-validate and xdg-mime), keeps the
+/// user's other defaults, and --uninstall takes back exactly what it wrote.
+#[test]
+fn agent_install_registers_the_link_handler_for_the_desktop_user() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let config = home.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let others = "[Default Applications]\ntext/html=firefox.desktop;\n";
+    std::fs::write(config.join("mimeapps.list"), others).unwrap();
+    let install = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["agent", "install"])
+            .args(extra)
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_CONFIG_HOME", &config)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let said = install(&[]);
+    assert!(said.contains("lanyard:// links open `lanyard agent pair`"), "{said}");
+    let handler = home.join("data/applications/lanyard-pair.desktop");
+    let autostart = config.join("autostart/lanyard-agent.desktop");
+    for entry in [&handler, &autostart] {
+        let o = xdg_tool("desktop-file-validate", &[entry.to_str().unwrap()], home);
+        assert!(o.status.success() && o.stdout.is_empty(), "{}: {}", entry.display(), text(&o));
+    }
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_lanyard")).unwrap();
+    let entry = std::fs::read_to_string(&handler).unwrap();
+    assert!(entry.contains(&format!("Exec={} agent pair %u\n", exe.display())), "{entry}");
+    assert!(entry.contains("MimeType=x-scheme-handler/lanyard;\n"), "{entry}");
+    let started = std::fs::read_to_string(&autostart).unwrap();
+    assert!(started.contains(&format!("Exec={} agent run --skip-pin-change\n", exe.display())), "{started}");
+    let query = || {
+        let o = xdg_tool("xdg-mime", &["query", "default", "x-scheme-handler/lanyard"], home);
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    assert_eq!(query(), "lanyard-pair.desktop");
+    install(&[]);
+    let list = std::fs::read_to_string(config.join("mimeapps.list")).unwrap();
+    assert_eq!(list.matches("x-scheme-handler/lanyard=").count(), 1, "installed twice:\n{list}");
+    assert!(list.contains("text/html=firefox.desktop;"), "{list}");
+
+    install(&["--uninstall"]);
+    assert!(!handler.exists() && !autostart.exists());
+    assert_eq!(query(), "");
+    assert_eq!(std::fs::read_to_string(config.join("mimeapps.list")).unwrap(), others);
+}
