@@ -91,8 +91,9 @@ pub enum AgentCommand {
         #[arg(long)]
         no_autostart: bool,
     },
-    /// Serve the loopback API the portal's pages call (docs/agent.md): list cards, start a
-    /// session, follow it, pass the new PIN. Only requests whose Origin is --origin and whose Host
+    /// Opt-in, for pages whose browser policy allows loopback access (Lanyard's portal does not
+    /// use it; it reaches the agent through the server): serve a loopback API (docs/agent.md) to
+    /// list cards, start a session, follow it, pass the new PIN. Only requests whose Origin is --origin and whose Host
     /// is a loopback name are answered.
     Serve {
         /// The portal's origin, e.g. https://portal.example [default: $LANYARD_AGENT_ORIGIN].

@@ -139,9 +139,10 @@ enum Commands {
     /// release.
     #[command(subcommand)]
     Cert(admin_cmd::CertCommand),
-    /// The workstation agent: lists cards in PC/SC readers, pairs with a user's account, relays
-    /// server-driven card sessions (issuance, PIN unlock, wipe, rollback) to a card, and serves
-    /// the loopback API the portal's pages call (docs/agent.md).
+    /// The workstation agent: lists cards in PC/SC readers, pairs with a user's account, keeps an
+    /// outbound link to the server and relays server-driven card sessions (issuance, PIN unlock,
+    /// wipe, rollback) to a card; an opt-in loopback API for pages allowed to call it
+    /// (docs/agent.md).
     #[command(subcommand)]
     Agent(agent_cmd::AgentCommand),
     /// Measure card operations through PC/SC (see docs/BENCHMARKS.md).
