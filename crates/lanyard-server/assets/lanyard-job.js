@@ -110,6 +110,7 @@
     }
     pin.setAttribute("aria-invalid", problem ? "true" : "false");
     out.textContent = problem || "This PIN meets the rules.";
+    out.className = problem ? "hint bad" : "hint good";
     return problem;
   }
 

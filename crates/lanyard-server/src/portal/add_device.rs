@@ -103,13 +103,13 @@ fn cards(online: &[(Agent, LinkSnapshot)]) -> (Vec<Candidate>, Vec<Unusable>) {
             match (why_unusable(r), r.card.as_ref()) {
                 (None, Some(card)) => candidates.push(Candidate {
                     agent: agent.id.to_string(),
-                    host: snapshot.host.clone(),
+                    host: agent.host_name.clone(),
                     reader: r.name.clone(),
                     model: card.model.clone().unwrap_or_default(),
                     serial: card.serial.clone().unwrap_or_else(|| "—".into()),
                 }),
                 (why, _) => unusable.push(Unusable {
-                    host: snapshot.host.clone(),
+                    host: agent.host_name.clone(),
                     reader: r.name.clone(),
                     why: why.unwrap_or_else(|| "the agent has not identified the card yet".into()),
                 }),
@@ -172,7 +172,9 @@ pub(crate) async fn add<R: Repo + 'static>(
             accepted_models,
             candidates,
             unusable,
-            online_hosts: seen.online.iter().map(|(_, snap)| snap.host.clone()).collect(),
+            // The names the user knows them by (My Workstations), not what the machines call
+            // themselves now.
+            online_hosts: seen.online.iter().map(|(a, _)| a.host_name.clone()).collect(),
             csrf_token: signed.session.csrf_token.clone(),
         })
     };
