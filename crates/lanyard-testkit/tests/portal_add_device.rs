@@ -360,3 +360,87 @@ async fn skipping_the_pin_leaves_the_device_pending_and_says_why() {
     let add = page(&server, "GET", "/portal/devices/new", Some(&alice), None).await;
     assert!(add.text.contains(READER), "{}", add.text);
 }
+
+/// Waits until the job has failed `attempt` times and its page shows it stopped.
+async fn stopped(server: &TestServer, browser: &Browser, job: JobId, attempt: usize) -> Page {
+    let path = format!("/portal/jobs/{job}");
+    tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let steps = server.job(job).await.steps;
+            let failures =
+                steps.iter().filter(|s| s.outcome == lanyard_core::model::StepOutcome::Failed).count();
+            let p = page(server, "GET", &path, Some(browser), None).await;
+            if failures >= attempt && p.text.contains("The session stopped") {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the page shows the stopped session")
+}
+
+/// A session that fails (the card's attestation is not one the server trusts) is shown as
+/// stopped, with what happened, **Resume** and **Start over**; resuming runs a new session on
+/// the same job (which stops again at the same step), starting over resets the card and undoes
+/// the job. Bob can do neither, and neither works without the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_session_is_explained_and_can_be_resumed_or_rolled_back_from_its_page() {
+    let server = TestServer::sqlite().await;
+    let alice = sign_in(&server, &server.alice).await;
+    let bob = sign_in(&server, &server.bob).await;
+    let (id, credential) = server.pair_agent(&server.alice, "alice-ws").await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let foreign =
+        lanyard_vcard::AttestationRoot::open_or_create(elsewhere.path(), server.state.clock.now().into())
+            .unwrap();
+    let ws = SoftWorkstation::new();
+    ws.insert(READER, lanyard_testkit::card::factory_card(&foreign));
+    let _agent = server.run_linked_agent(id, &credential, ws.clone(), None);
+    server.wait_for_agent(&server.alice, id, |a| a["readers"][0]["card"]["verdict"] == "compatible").await;
+    let job = start_issuing(&server, &alice, READER).await;
+    let path = format!("/portal/jobs/{job}");
+    let failed = stopped(&server, &alice, job, 1).await;
+    assert!(failed.text.contains("What happened: ") && failed.text.contains("attest"), "{}", failed.text);
+    assert!(
+        failed.text.contains(">Resume</button>") && failed.text.contains(">Start over</button>"),
+        "{}",
+        failed.text
+    );
+    let device = server.job(job).await.device;
+    assert_ne!(server.device(device).await.state, DeviceState::Active, "a stopped card never looks finished");
+
+    for action in ["resume", "rollback"] {
+        let to = format!("{path}/{action}");
+        let p = page(&server, "POST", &to, Some(&alice), Some("csrf_token=nope")).await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "{action} without the token");
+        let p = page(&server, "POST", &to, Some(&bob), Some(&form(&bob, &[]))).await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND, "bob, {action}");
+    }
+    let resumed =
+        page(&server, "POST", &format!("{path}/resume"), Some(&alice), Some(&form(&alice, &[]))).await;
+    assert_eq!(
+        (resumed.status, resumed.location.as_deref()),
+        (StatusCode::SEE_OTHER, Some(path.as_str())),
+        "{}",
+        resumed.text
+    );
+    stopped(&server, &alice, job, 2).await;
+
+    let undo =
+        page(&server, "POST", &format!("{path}/rollback"), Some(&alice), Some(&form(&alice, &[]))).await;
+    assert_eq!(undo.status, StatusCode::SEE_OTHER, "{}", undo.text);
+    let undone = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let p = page(&server, "GET", &path, Some(&alice), None).await;
+            if p.text.contains("Undone") {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the page shows the rollback");
+    assert!(undone.text.contains("nothing was issued"), "{}", undone.text);
+    assert_eq!(server.job(job).await.state, lanyard_core::model::JobState::RolledBack);
+}
