@@ -409,6 +409,16 @@ async fn a_failed_session_is_explained_and_can_be_resumed_or_rolled_back_from_it
     );
     let device = server.job(job).await.device;
     assert_ne!(server.device(device).await.state, DeviceState::Active, "a stopped card never looks finished");
+    // My Devices shows it as Issuing, with the way back to this page.
+    let mine = page(&server, "GET", "/portal/devices", Some(&alice), None).await;
+    assert!(
+        mine.text.contains("Issuing")
+            && mine.text.contains(&format!("<a href=\"{path}\">Open its issuance</a>")),
+        "{}",
+        mine.text
+    );
+    let one = page(&server, "GET", &format!("/portal/devices/{device}"), Some(&alice), None).await;
+    assert!(one.text.contains(&format!("<a href=\"{path}\">")), "{}", one.text);
 
     for action in ["resume", "rollback"] {
         let to = format!("{path}/{action}");

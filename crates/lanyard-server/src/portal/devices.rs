@@ -109,6 +109,8 @@ pub(crate) struct DeviceView {
     pub added: String,
     pub card_expires: Option<String>,
     pub certificates: Vec<CertRow>,
+    /// While the device is being issued: its issuance session's page, to follow, resume or undo.
+    pub session: Option<String>,
 }
 
 impl DeviceView {
@@ -136,8 +138,26 @@ impl DeviceView {
             added: when(d.created_at),
             card_expires: d.card_expires_at.map(when),
             certificates,
+            session: None,
         }
     }
+}
+
+/// The page of the issuance session a device in *Issuing* is in (the latest unfinished one).
+async fn issuing_session<R: Repo>(
+    me: &SelfService<'_>,
+    repo: &R,
+    d: &Device,
+) -> Result<Option<String>, PortalError> {
+    if d.state != DeviceState::Issuing {
+        return Ok(None);
+    }
+    let jobs = me.device_jobs(repo, d.id).await?;
+    Ok(jobs
+        .iter()
+        .filter(|j| j.kind == lanyard_core::model::JobKind::Issuance && !j.state.is_finished())
+        .max_by_key(|j| j.created_at)
+        .map(|j| format!("/portal/jobs/{}", j.id)))
 }
 
 /// Whether *Add Device* is open to the user, and why not: the policy check the issuance route
@@ -173,7 +193,9 @@ pub(crate) async fn list<R: Repo + 'static>(
         let mut devices = Vec::new();
         for d in me.devices(repo).await? {
             let credentials = me.credentials(repo, d.id).await?;
-            devices.push(DeviceView::new(&d, &credentials));
+            let mut view = DeviceView::new(&d, &credentials);
+            view.session = issuing_session(&me, repo, &d).await?;
+            devices.push(view);
         }
         let add_refused = add_device_refusal(&me, repo).await?;
         Ok::<_, PortalError>(DevicesPage { nav: signed.nav(), section: "devices", devices, add_refused })
@@ -203,11 +225,9 @@ pub(crate) async fn detail<R: Repo + 'static>(
         let repo = s.repo.as_ref();
         let device = me.device(repo, id).await?;
         let credentials = me.credentials(repo, id).await?;
-        Ok::<_, PortalError>(DevicePage {
-            nav: signed.nav(),
-            section: "devices",
-            device: DeviceView::new(&device, &credentials),
-        })
+        let mut view = DeviceView::new(&device, &credentials);
+        view.session = issuing_session(&me, repo, &device).await?;
+        Ok::<_, PortalError>(DevicePage { nav: signed.nav(), section: "devices", device: view })
     };
     let page = inner.await.map_err(|e| e.with_nav(nav))?;
     Ok(render(StatusCode::OK, &page))
