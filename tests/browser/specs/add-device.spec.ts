@@ -14,6 +14,7 @@ import { test, expect, PASSWORD, screenshotDir } from '../support/lanyard';
 import { lanyardEnv, startServe, stopServe, Served } from '../support/serve';
 
 const READER = 'Lanyard Browser PCD 00 00';
+const SECOND = 'Lanyard Browser PCD 00 01';
 const NEW_PIN = '97531864';
 const VPCD_DRIVER = '/usr/lib/pcsc/drivers/serial/libifdvpcd.so';
 
@@ -21,6 +22,7 @@ let served: Served;
 let work: string;
 let socket: string;
 let bin: string;
+let control: string;
 const children: ChildProcess[] = [];
 
 function portFree(port: number): Promise<boolean> {
@@ -62,6 +64,17 @@ function pkcs11Module(): string {
   throw new Error('OpenSC PKCS#11 module missing (package opensc-pkcs11)');
 }
 
+// The second test uses the agent the first one paired and started.
+test.describe.configure({ mode: 'serial' });
+
+async function signInErin(page: import('@playwright/test').Page) {
+  await page.goto(`${served.baseURL}/portal/login`);
+  await page.getByLabel('Username').fill('erin');
+  await page.getByLabel('Password').fill(PASSWORD);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page).toHaveURL(`${served.baseURL}/portal/devices`);
+}
+
 test.beforeAll(async ({ lanyard }) => {
   bin = lanyard.bin;
   if (!fs.existsSync(VPCD_DRIVER)) throw new Error('the vpcd driver is missing (package vsmartcard-vpcd)');
@@ -82,9 +95,16 @@ test.beforeAll(async ({ lanyard }) => {
 
   // A factory-fresh virtual card, and a server that trusts its attestation root.
   const home = path.join(work, 'vcard-home');
-  const image = path.join(work, 'card.json');
-  execFileSync(bin, ['vcard', 'new', '--image', image, '--home', home], { env: lanyardEnv({}), stdio: 'pipe' });
-  started(bin, ['vcard', 'run', '--image', image, '--port', String(port)], lanyardEnv({}), 'vcard.log');
+  const images = [path.join(work, 'card.json'), path.join(work, 'card2.json')];
+  for (const image of images) {
+    execFileSync(bin, ['vcard', 'new', '--image', image, '--home', home], { env: lanyardEnv({}), stdio: 'pipe' });
+  }
+  control = path.join(work, 'vcard.sock');
+  started(bin, ['vcard', 'run', '--image', images[0], '--image', images[1], '--port', String(port), '--control', control],
+    lanyardEnv({}), 'vcard.log');
+  await until('the virtual cards', () => fs.existsSync(control));
+  // The second card waits outside its reader for the second test.
+  execFileSync(bin, ['vcard', 'remove', '--control', control, '--card', '1'], { env: lanyardEnv({}), stdio: 'pipe' });
   served = await startServe(bin, {
     LANYARD_TLS_MODE: 'off',
     LANYARD_ATTESTATION_ROOTS: path.join(home, 'attestation-root.pem'),
@@ -112,11 +132,7 @@ test('Add Device: the card is detected, issued with live progress, and the PIN t
   test.setTimeout(240_000);
   allowConsole(/status of 400/);
   const base = served.baseURL;
-  await page.goto(`${base}/portal/login`);
-  await page.getByLabel('Username').fill('erin');
-  await page.getByLabel('Password').fill(PASSWORD);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await expect(page).toHaveURL(`${base}/portal/devices`);
+  await signInErin(page);
   await page.getByRole('link', { name: 'Add Device' }).click();
   await expect(page.getByRole('heading', { name: 'Step 1: pair your workstation' })).toBeVisible();
 
@@ -202,4 +218,26 @@ test('Add Device: the card is detected, issued with live progress, and the PIN t
     '-signature', path.join(work, 'sig.der'), data], { stdio: 'pipe' }).toString();
   expect(verified).toContain('Verified OK');
   expect(() => pkcs11(['--login', '--pin', '000000', '-O'])).toThrow();
+});
+
+test('Skip keeps the initial PIN: the device is Pending, and the page says what happens next', async ({ page, check }) => {
+  test.setTimeout(240_000);
+  execFileSync(bin, ['vcard', 'insert', '--control', control, '--card', '1'], { env: lanyardEnv({}), stdio: 'pipe' });
+  await signInErin(page);
+  await page.goto(`${served.baseURL}/portal/devices/new`);
+  await expect(async () => {
+    await page.getByRole('button', { name: 'Refresh' }).click();
+    await expect(page.getByRole('button', { name: 'Issue this device' })).toBeVisible({ timeout: 1000 });
+  }).toPass({ timeout: 60_000 });
+  // The first card is issued now: listed with the reason, not offered.
+  await expect(page.locator('main dl.facts')).toContainText(`${SECOND} on erin-desk`);
+  await expect(page.getByText(`${READER} on erin-desk: this card has been issued already.`)).toBeVisible();
+  await page.getByRole('button', { name: 'Issue this device' }).click();
+  await expect(page.getByRole('heading', { name: 'Choose your new PIN' })).toBeVisible({ timeout: 120_000 });
+  await page.getByRole('button', { name: 'Skip' }).click();
+  await expect(page.getByRole('heading', { name: 'Issued, with the initial PIN' })).toBeVisible({ timeout: 60_000 });
+  await expect(page.locator('main')).toContainText('An operator activates it');
+  await check('add-device-pending');
+  await page.getByRole('link', { name: 'See the device' }).click();
+  await expect(page.locator('main .badge').first()).toHaveText('Pending');
 });
