@@ -15,11 +15,16 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use lanyard_core::authz::System;
-use lanyard_core::ids::{AgentId, UserId};
+use lanyard_core::authz::{AgentBinding, Principal, System, TicketPurpose};
+use lanyard_core::ids::{AgentId, JobId, UserId};
 use lanyard_core::model::AGENT_SEEN_RESOLUTION;
+use lanyard_core::model::Job;
 use lanyard_core::repo::Repo;
-use lanyard_protocol::link::{AgentLinkFrame, LINK_IDLE_SECS, MAX_READERS, ReaderReport, ServerLinkFrame};
+use lanyard_protocol::Secret;
+use lanyard_protocol::link::{
+    AgentLinkFrame, FEATURE_SERVER_PIN, FEATURE_SESSIONS, LINK_IDLE_SECS, MAX_READERS, ReaderReport,
+    ServerLinkFrame,
+};
 use lanyard_protocol::{MAX_FRAME, PROTOCOL_VERSION, Side, VERSION_HEADER, check_version};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -135,6 +140,83 @@ impl AgentLinks {
             let _ = link.tx.try_send(Command::Close(why.to_owned()));
         }
     }
+}
+
+/// Runs job `job`'s card session on the caller's own agent `agent`, at `reader`: the route
+/// `POST /api/v1/agents/{id}/sessions` and the portal's *Add Device* share it. The agent must be
+/// the caller's (another user's is 404, even for an operator), connected, able to run sessions
+/// (and to take the portal's PIN when `from_portal`), and must have reported `reader` holding a
+/// card that no session is using. A fresh ticket bound to the agent and reader goes over the
+/// link; the job as it stands and the agent's id are returned.
+pub(crate) async fn start_session<R: Repo>(
+    s: &AppState<R>,
+    principal: &Principal,
+    agent: AgentId,
+    job_id: JobId,
+    reader: &str,
+    purpose: TicketPurpose,
+    from_portal: bool,
+) -> Result<(Job, AgentId), ApiError> {
+    let reader = reader.to_owned();
+    let repo = s.repo.as_ref();
+    let operator = principal.operator().ok();
+    // The caller's own agent, whatever their role; nobody learns about another user's.
+    let agent = match &operator {
+        Some(op) => op.own_agent(repo, agent).await?,
+        None => principal.self_service()?.agent(repo, agent).await?,
+    };
+    let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, m);
+    let Some((_, snapshot)) = s.links.status(agent.id) else {
+        return Err(conflict(format!("agent {} ({}) is not connected", agent.id, agent.host_name)));
+    };
+    if !snapshot.features.iter().any(|f| f == FEATURE_SESSIONS) {
+        return Err(conflict(format!(
+            "agent {} ({}) does not run card sessions over its link; update it",
+            agent.id, snapshot.agent
+        )));
+    }
+    if from_portal && !snapshot.features.iter().any(|f| f == FEATURE_SERVER_PIN) {
+        return Err(conflict(format!(
+            "agent {} ({}) cannot take a PIN typed in the portal; update it",
+            agent.id, snapshot.agent
+        )));
+    }
+    let Some(readers) = snapshot.readers else {
+        return Err(conflict(format!("agent {} has not reported its readers yet", agent.id)));
+    };
+    match readers.iter().find(|r| r.name == reader) {
+        None => return Err(conflict(format!("agent {} reports no reader {reader:?}", agent.id))),
+        Some(r) if !r.card_present => return Err(conflict(format!("reader {reader:?} holds no card"))),
+        Some(r) if r.card.as_ref().is_some_and(|c| c.busy) => {
+            return Err(conflict(format!("a card session is already running on reader {reader:?}")));
+        }
+        Some(_) => {}
+    }
+    let bound = AgentBinding { agent: agent.id, reader: reader.clone() };
+    let ttl = crate::issuance::TICKET_TTL;
+    let (job, ticket) = match &operator {
+        Some(op) => op.agent_job_ticket(repo, job_id, purpose, ttl, &bound).await?,
+        None => principal.self_service()?.agent_job_ticket(repo, job_id, purpose, ttl, &bound).await?,
+    };
+    let purpose = match purpose {
+        TicketPurpose::Run => job.kind.as_str().to_owned(),
+        TicketPurpose::Rollback => "rollback".to_owned(),
+    };
+    if from_portal {
+        s.pins.expect(job.id);
+    } else {
+        s.pins.forget(job.id);
+    }
+    let frame = ServerLinkFrame::StartSession {
+        job: job.id,
+        ticket: Secret::new(crate::issuance::ticket_string(job.id, &ticket)),
+        reader: reader.clone(),
+        purpose,
+    };
+    s.links.send(agent.id, frame).map_err(|e| {
+        conflict(format!("{e}: the session was not started (its ticket stays unused and expires)"))
+    })?;
+    Ok((job, agent.id))
 }
 
 /// The agent's credential from `Authorization: Bearer <credential>`.

@@ -85,6 +85,12 @@ impl PinDesk {
         }
     }
 
+    /// Whether `job`'s new PIN is to come from the portal and has not been answered yet (asked
+    /// now, or to be asked once the session reaches that step).
+    pub fn expects(&self, job: JobId) -> bool {
+        self.lock().contains_key(&job)
+    }
+
     /// The rules and the seconds left, while `job` waits for the portal's PIN.
     pub fn wanted(&self, job: JobId) -> Option<(PinRules, u64)> {
         let jobs = self.lock();

@@ -37,14 +37,16 @@ test('Add Device is disabled at the device limit, naming the limit', async ({ pa
   await expect(page.getByText("your group's policy allows at most 1 smart cards or USB keys, and you have 1")).toBeVisible();
 });
 
-test('Add Device explains the next step and the accepted models when allowed', async ({ page, lanyard, check }) => {
+test('Add Device explains the next step and the accepted models when allowed', async ({ page, check }) => {
   await signIn(page, 'alice');
   await page.getByRole('link', { name: 'Add Device' }).click();
   await expect(page).toHaveURL(/\/portal\/devices\/new$/);
   await expect(page.getByRole('heading', { level: 1 })).toHaveText('Add Device');
   await expect(page.getByText('A card or key of a model your group accepts')).toContainText('YubiKey 5, Lanyard virtual card');
-  await expect(page.getByRole('heading', { name: 'Step 1: pair this workstation' })).toBeVisible();
-  await expect(page.getByRole('heading', { name: 'Step 2: insert the card and issue it' })).toBeVisible();
-  await expect(page.getByText(`lanyard login --server ${lanyard.baseURL} --username alice`)).toBeVisible();
+  // alice has no workstation paired: the first step is pairing one, with Refresh and Cancel.
+  await expect(page.getByRole('heading', { name: 'Step 1: pair your workstation' })).toBeVisible();
+  await expect(page.getByRole('button', { name: 'Show a pairing code' })).toBeVisible();
+  await expect(page.getByRole('button', { name: 'Refresh' })).toBeVisible();
+  await expect(page.getByRole('link', { name: 'Cancel' })).toHaveAttribute('href', '/portal/devices');
   await check('add-device');
 });

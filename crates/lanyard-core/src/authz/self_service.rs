@@ -92,6 +92,13 @@ impl SelfService<'_> {
         Ok(devices.into_iter().filter(|d| d.state != DeviceState::Deleted).collect())
     }
 
+    /// The card sessions (jobs) of one of my devices, as the store lists them.
+    pub async fn device_jobs<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Vec<Job>, DomainError> {
+        let mut tx = repo.read().await?;
+        self.mine(&mut tx, id).await?;
+        Ok(tx.list_jobs_for_device(id).await?)
+    }
+
     /// One of my devices.
     pub async fn device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
         let mut tx = repo.read().await?;

@@ -7,12 +7,11 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use lanyard_core::authz::{AgentBinding, System, TicketPurpose};
+use lanyard_core::authz::{System, TicketPurpose};
 use lanyard_core::ids::{AgentId, JobId, UserId};
 use lanyard_core::model::Agent;
 use lanyard_core::repo::Repo;
-use lanyard_protocol::Secret;
-use lanyard_protocol::link::{FEATURE_SERVER_PIN, FEATURE_SESSIONS, ReaderReport, ServerLinkFrame};
+use lanyard_protocol::link::{ReaderReport, ServerLinkFrame};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
@@ -248,65 +247,9 @@ pub(super) async fn start_session<R: Repo>(
             ));
         }
     };
-    let repo = s.repo.as_ref();
-    let operator = auth.principal.operator().ok();
-    // The caller's own agent, whatever their role; nobody learns about another user's.
-    let agent = match &operator {
-        Some(op) => op.own_agent(repo, id).await?,
-        None => auth.principal.self_service()?.agent(repo, id).await?,
-    };
-    let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, m);
-    let Some((_, snapshot)) = s.links.status(agent.id) else {
-        return Err(conflict(format!("agent {} ({}) is not connected", agent.id, agent.host_name)));
-    };
-    if !snapshot.features.iter().any(|f| f == FEATURE_SESSIONS) {
-        return Err(conflict(format!(
-            "agent {} ({}) does not run card sessions over its link; update it",
-            agent.id, snapshot.agent
-        )));
-    }
-    if from_portal && !snapshot.features.iter().any(|f| f == FEATURE_SERVER_PIN) {
-        return Err(conflict(format!(
-            "agent {} ({}) cannot take a PIN typed in the portal; update it",
-            agent.id, snapshot.agent
-        )));
-    }
-    let Some(readers) = snapshot.readers else {
-        return Err(conflict(format!("agent {} has not reported its readers yet", agent.id)));
-    };
-    match readers.iter().find(|r| r.name == reader) {
-        None => return Err(conflict(format!("agent {} reports no reader {reader:?}", agent.id))),
-        Some(r) if !r.card_present => return Err(conflict(format!("reader {reader:?} holds no card"))),
-        Some(r) if r.card.as_ref().is_some_and(|c| c.busy) => {
-            return Err(conflict(format!("a card session is already running on reader {reader:?}")));
-        }
-        Some(_) => {}
-    }
-    let bound = AgentBinding { agent: agent.id, reader: reader.clone() };
-    let ttl = crate::issuance::TICKET_TTL;
-    let (job, ticket) = match &operator {
-        Some(op) => op.agent_job_ticket(repo, job_id, purpose, ttl, &bound).await?,
-        None => auth.principal.self_service()?.agent_job_ticket(repo, job_id, purpose, ttl, &bound).await?,
-    };
-    let purpose = match purpose {
-        TicketPurpose::Run => job.kind.as_str().to_owned(),
-        TicketPurpose::Rollback => "rollback".to_owned(),
-    };
-    if from_portal {
-        s.pins.expect(job.id);
-    } else {
-        s.pins.forget(job.id);
-    }
-    let frame = ServerLinkFrame::StartSession {
-        job: job.id,
-        ticket: Secret::new(crate::issuance::ticket_string(job.id, &ticket)),
-        reader: reader.clone(),
-        purpose,
-    };
-    s.links.send(agent.id, frame).map_err(|e| {
-        conflict(format!("{e}: the session was not started (its ticket stays unused and expires)"))
-    })?;
-    let body = SessionStarted { job: job.into(), agent: agent.id, reader };
+    let (job, agent) =
+        crate::link::start_session(&s, &auth.principal, id, job_id, &reader, purpose, from_portal).await?;
+    let body = SessionStarted { job: job.into(), agent, reader };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 

@@ -16,6 +16,7 @@ pub(crate) const HTMX_PATH: &str = "/portal/assets/htmx-2.0.11.min.js";
 const HTMX: &[u8] = include_bytes!("../../assets/htmx-2.0.11.min.js");
 const CSS: &[u8] = include_bytes!("../../assets/lanyard.css");
 const ICON: &[u8] = include_bytes!("../../assets/lanyard-icon.svg");
+const JOB_JS: &[u8] = include_bytes!("../../assets/lanyard-job.js");
 const FOREVER: &str = "public, max-age=31536000, immutable";
 
 /// `<stem>-<first 16 hex digits of the content's SHA-256>.<extension>`.
@@ -26,6 +27,7 @@ fn hashed(stem: &str, content: &[u8], extension: &str) -> String {
 
 static CSS_NAME: LazyLock<String> = LazyLock::new(|| hashed("lanyard", CSS, "css"));
 static ICON_NAME: LazyLock<String> = LazyLock::new(|| hashed("lanyard-icon", ICON, "svg"));
+static JOB_JS_NAME: LazyLock<String> = LazyLock::new(|| hashed("lanyard-job", JOB_JS, "js"));
 
 /// The stylesheet's current URL, for the pages' `<link>`.
 pub(crate) fn stylesheet_path() -> String {
@@ -35,6 +37,11 @@ pub(crate) fn stylesheet_path() -> String {
 /// The icon's current URL (without one, browsers ask for `/favicon.ico` and log its 404).
 pub(crate) fn icon_path() -> String {
     format!("/portal/assets/{}", *ICON_NAME)
+}
+
+/// The card session page's script (progress over server-sent events, the PIN rules).
+pub(crate) fn job_script_path() -> String {
+    format!("/portal/assets/{}", *JOB_JS_NAME)
 }
 
 fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
@@ -53,6 +60,8 @@ pub(crate) async fn by_name(Path(name): Path<String>) -> Response {
         asset("text/css; charset=utf-8", CSS)
     } else if name == *ICON_NAME {
         asset("image/svg+xml", ICON)
+    } else if name == *JOB_JS_NAME {
+        asset("text/javascript; charset=utf-8", JOB_JS)
     } else {
         PortalError::not_found().into_response()
     }

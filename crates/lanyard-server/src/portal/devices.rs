@@ -1,10 +1,10 @@
-//! *My Devices*, one device, and *Add Device*. Every read goes through the signed-in user's
+//! *My Devices* and one device (*Add Device* is [`super::add_device`]). Every read goes through the signed-in user's
 //! [`SelfService`](lanyard_core::authz::SelfService) view, so another user's device is the same
 //! 404 as a device that does not exist.
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use lanyard_core::DomainError;
 use lanyard_core::authz::SelfService;
@@ -13,7 +13,7 @@ use lanyard_core::lifecycle::{CredentialState, DeviceState};
 use lanyard_core::model::{CertSlot, Credential, CredentialKind, Device, DeviceKind};
 use lanyard_core::repo::Repo;
 
-use super::{Nav, PortalError, SignedIn, render, server_url, when};
+use super::{Nav, PortalError, SignedIn, render, when};
 use crate::AppState;
 
 /// A state as the page shows it: the word, and the badge style that repeats it.
@@ -109,6 +109,8 @@ pub(crate) struct DeviceView {
     pub added: String,
     pub card_expires: Option<String>,
     pub certificates: Vec<CertRow>,
+    /// While the device is being issued: its issuance session's page, to follow, resume or undo.
+    pub session: Option<String>,
 }
 
 impl DeviceView {
@@ -136,8 +138,26 @@ impl DeviceView {
             added: when(d.created_at),
             card_expires: d.card_expires_at.map(when),
             certificates,
+            session: None,
         }
     }
+}
+
+/// The page of the issuance session a device in *Issuing* is in (the latest unfinished one).
+async fn issuing_session<R: Repo>(
+    me: &SelfService<'_>,
+    repo: &R,
+    d: &Device,
+) -> Result<Option<String>, PortalError> {
+    if d.state != DeviceState::Issuing {
+        return Ok(None);
+    }
+    let jobs = me.device_jobs(repo, d.id).await?;
+    Ok(jobs
+        .iter()
+        .filter(|j| j.kind == lanyard_core::model::JobKind::Issuance && !j.state.is_finished())
+        .max_by_key(|j| j.created_at)
+        .map(|j| format!("/portal/jobs/{}", j.id)))
 }
 
 /// Whether *Add Device* is open to the user, and why not: the policy check the issuance route
@@ -173,7 +193,9 @@ pub(crate) async fn list<R: Repo + 'static>(
         let mut devices = Vec::new();
         for d in me.devices(repo).await? {
             let credentials = me.credentials(repo, d.id).await?;
-            devices.push(DeviceView::new(&d, &credentials));
+            let mut view = DeviceView::new(&d, &credentials);
+            view.session = issuing_session(&me, repo, &d).await?;
+            devices.push(view);
         }
         let add_refused = add_device_refusal(&me, repo).await?;
         Ok::<_, PortalError>(DevicesPage { nav: signed.nav(), section: "devices", devices, add_refused })
@@ -203,52 +225,10 @@ pub(crate) async fn detail<R: Repo + 'static>(
         let repo = s.repo.as_ref();
         let device = me.device(repo, id).await?;
         let credentials = me.credentials(repo, id).await?;
-        Ok::<_, PortalError>(DevicePage {
-            nav: signed.nav(),
-            section: "devices",
-            device: DeviceView::new(&device, &credentials),
-        })
+        let mut view = DeviceView::new(&device, &credentials);
+        view.session = issuing_session(&me, repo, &device).await?;
+        Ok::<_, PortalError>(DevicePage { nav: signed.nav(), section: "devices", device: view })
     };
     let page = inner.await.map_err(|e| e.with_nav(nav))?;
-    Ok(render(StatusCode::OK, &page))
-}
-
-#[derive(Template)]
-#[template(path = "portal/add_device.html")]
-struct AddDevicePage {
-    nav: Option<Nav>,
-    section: &'static str,
-    refused: Option<String>,
-    accepted_models: Vec<String>,
-    csrf_token: String,
-    server: String,
-    username: String,
-}
-
-/// *Add Device*: what is needed and the next step (pairing a workstation), or why the policy
-/// does not allow it now.
-pub(crate) async fn add<R: Repo + 'static>(
-    State(s): State<AppState<R>>,
-    signed: SignedIn,
-    headers: HeaderMap,
-) -> Result<Response, PortalError> {
-    let nav = signed.nav();
-    let inner = async {
-        let me = signed.principal().self_service()?;
-        let repo = s.repo.as_ref();
-        let refused = add_device_refusal(&me, repo).await?;
-        let accepted_models = me.policy(repo).await?.accepted_card_models;
-        Ok::<_, PortalError>(AddDevicePage {
-            nav: signed.nav(),
-            section: "devices",
-            refused,
-            accepted_models,
-            csrf_token: signed.session.csrf_token.clone(),
-            server: server_url(&s, &headers),
-            username: signed.principal().user().username.to_string(),
-        })
-    };
-    let page = inner.await.map_err(|e| e.with_nav(nav))?;
-    // A refusal is explained on the page itself (what the policy says), not an error.
     Ok(render(StatusCode::OK, &page))
 }

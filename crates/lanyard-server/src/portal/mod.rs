@@ -14,8 +14,9 @@
 //! `x-csrf-token` header.
 //!
 //! One module per group of pages: [`session`] (sign-in, sign-out), [`devices`] (My Devices, a
-//! device, Add Device), [`workstations`] (paired agents, pairing), [`help`] (troubleshooting).
+//! device), [`add_device`] (Add Device through the agent link, a card session's page), [`workstations`] (paired agents, pairing), [`help`] (troubleshooting).
 
+mod add_device;
 mod admin;
 mod admin_pki;
 mod admin_tokens;
@@ -53,7 +54,14 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/portal/login", get(session::login_page).post(session::login::<R>))
         .route("/portal/logout", post(session::logout::<R>))
         .route("/portal/devices", get(devices::list::<R>))
-        .route("/portal/devices/new", get(devices::add::<R>))
+        .route("/portal/devices/new", get(add_device::add::<R>))
+        .route("/portal/devices/new/refresh", post(add_device::refresh::<R>))
+        .route("/portal/devices/new/start", post(add_device::start::<R>))
+        .route("/portal/jobs/{id}", get(add_device::job::<R>))
+        .route("/portal/jobs/{id}/events", get(add_device::events::<R>))
+        .route("/portal/jobs/{id}/pin", post(add_device::pin::<R>))
+        .route("/portal/jobs/{id}/resume", post(add_device::resume::<R>))
+        .route("/portal/jobs/{id}/rollback", post(add_device::rollback::<R>))
         .route("/portal/devices/{id}", get(devices::detail::<R>))
         .route("/portal/workstations", get(workstations::list::<R>))
         .route("/portal/workstations/pairing", post(workstations::start_pairing::<R>))

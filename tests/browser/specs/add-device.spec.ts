@@ -1,0 +1,243 @@
+// Add Device end to end with real processes: a `lanyard serve` of this spec's own (trusting the
+// virtual card's attestation root), a pcscd of its own with vpcd's readers on free ports (so the
+// system pcscd's readers stay free for the interop tests), `lanyard vcard run` plugging a
+// factory-fresh virtual card into it, and `lanyard agent pair` + `lanyard agent run`. In the
+// browser: sign in, Add Device, the card detected, live progress, the new PIN typed in the page,
+// Active; then OpenSC signs with slot 9A using that PIN.
+
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { test, expect, PASSWORD, screenshotDir } from '../support/lanyard';
+import { lanyardEnv, startServe, stopServe, Served } from '../support/serve';
+
+const READER = 'Lanyard Browser PCD 00 00';
+const SECOND = 'Lanyard Browser PCD 00 01';
+const NEW_PIN = '97531864';
+const VPCD_DRIVER = '/usr/lib/pcsc/drivers/serial/libifdvpcd.so';
+
+let served: Served;
+let work: string;
+let socket: string;
+let bin: string;
+let control: string;
+const children: ChildProcess[] = [];
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+/** A port p with p and p+1 free (vpcd's two slots). */
+async function twoFreePorts(): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const p = 20000 + Math.floor(Math.random() * 40000);
+    if ((await portFree(p)) && (await portFree(p + 1))) return p;
+  }
+  throw new Error('no two consecutive free ports');
+}
+
+function started(cmd: string, args: string[], env: NodeJS.ProcessEnv, log: string): ChildProcess {
+  const out = fs.openSync(path.join(work, log), 'a');
+  const child = spawn(cmd, args, { env, stdio: ['ignore', out, out] });
+  children.push(child);
+  return child;
+}
+
+async function until(what: string, ok: () => boolean) {
+  const end = Date.now() + 20_000;
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function pkcs11Module(): string {
+  for (const p of ['/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so', '/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so', '/usr/lib/opensc-pkcs11.so']) {
+    if (fs.existsSync(p)) return p;
+  }
+  throw new Error('OpenSC PKCS#11 module missing (package opensc-pkcs11)');
+}
+
+// The second test uses the agent the first one paired and started.
+test.describe.configure({ mode: 'serial' });
+
+async function signInErin(page: import('@playwright/test').Page) {
+  await page.goto(`${served.baseURL}/portal/login`);
+  await page.getByLabel('Username').fill('erin');
+  await page.getByLabel('Password').fill(PASSWORD);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page).toHaveURL(`${served.baseURL}/portal/devices`);
+}
+
+test.beforeAll(async ({ lanyard }) => {
+  bin = lanyard.bin;
+  if (!fs.existsSync(VPCD_DRIVER)) throw new Error('the vpcd driver is missing (package vsmartcard-vpcd)');
+  work = fs.mkdtempSync(path.join(os.tmpdir(), 'lanyard-browser-card-'));
+  // A pcscd of our own in a mount namespace, with its socket under `run/`.
+  const port = await twoFreePorts();
+  const conf = path.join(work, 'reader.conf.d');
+  fs.mkdirSync(conf);
+  fs.mkdirSync(path.join(work, 'run', 'pcscd'), { recursive: true });
+  const hex = port.toString(16).toUpperCase();
+  fs.writeFileSync(path.join(conf, 'vpcd'),
+    `FRIENDLYNAME "Lanyard Browser PCD"\nDEVICENAME   /dev/null:0x${hex}\nLIBPATH      ${VPCD_DRIVER}\nCHANNELID    0x${hex}\n`);
+  const root = process.getuid ? process.getuid() === 0 : false;
+  started('unshare', [...(root ? [] : ['--map-root-user']), '--mount', 'sh', '-c',
+    'mount --bind "$0" /run && exec pcscd --foreground -c "$1"', path.join(work, 'run'), conf], process.env, 'pcscd.log');
+  socket = path.join(work, 'run', 'pcscd', 'pcscd.comm');
+  await until('the private pcscd socket', () => fs.existsSync(socket));
+
+  // A factory-fresh virtual card, and a server that trusts its attestation root.
+  const home = path.join(work, 'vcard-home');
+  const images = [path.join(work, 'card.json'), path.join(work, 'card2.json')];
+  for (const image of images) {
+    execFileSync(bin, ['vcard', 'new', '--image', image, '--home', home], { env: lanyardEnv({}), stdio: 'pipe' });
+  }
+  control = path.join(work, 'vcard.sock');
+  started(bin, ['vcard', 'run', '--image', images[0], '--image', images[1], '--port', String(port), '--control', control],
+    lanyardEnv({}), 'vcard.log');
+  await until('the virtual cards', () => fs.existsSync(control));
+  // The second card waits outside its reader for the second test.
+  execFileSync(bin, ['vcard', 'remove', '--control', control, '--card', '1'], { env: lanyardEnv({}), stdio: 'pipe' });
+  served = await startServe(bin, {
+    LANYARD_TLS_MODE: 'off',
+    LANYARD_ATTESTATION_ROOTS: path.join(home, 'attestation-root.pem'),
+  });
+  const cli = path.join(work, 'cli.json');
+  execFileSync(bin, ['login', '--server', served.baseURL, '--username', 'admin'],
+    { env: lanyardEnv({ LANYARD_CLI_CONFIG: cli, LANYARD_PASSWORD: served.adminPassword }), stdio: 'pipe' });
+  execFileSync(bin, ['user', 'add', '--username', 'erin', '--display-name', 'Erin Ellis', '--role', 'user',
+    '--group', 'default', '--with-password'], { env: lanyardEnv({ LANYARD_CLI_CONFIG: cli, LANYARD_PASSWORD: PASSWORD }), stdio: 'pipe' });
+});
+
+test.afterAll(async () => {
+  for (const c of children.reverse()) {
+    if (c.exitCode === null && c.signalCode === null) {
+      const gone = new Promise((r) => c.once('exit', r));
+      c.kill('SIGTERM');
+      await gone;
+    }
+  }
+  if (served) await stopServe(served.child, served.dir);
+  if (work && !process.env.LANYARD_KEEP_BROWSER_TMP) fs.rmSync(work, { recursive: true, force: true });
+});
+
+test('Add Device: the card is detected, issued with live progress, and the PIN typed in the page opens it', async ({ page, check, allowConsole }) => {
+  test.setTimeout(240_000);
+  allowConsole(/status of 400/);
+  const base = served.baseURL;
+  await signInErin(page);
+  await page.getByRole('link', { name: 'Add Device' }).click();
+  await expect(page.getByRole('heading', { name: 'Step 1: pair your workstation' })).toBeVisible();
+
+  // Pair with the code the page shows, and start the agent on the private pcscd.
+  await page.getByRole('button', { name: 'Show a pairing code' }).click();
+  const code = (await page.locator('#pairing .code').innerText()).trim();
+  const agentEnv = lanyardEnv({ LANYARD_AGENT_CONFIG: path.join(work, 'agent.json'), PCSCLITE_CSOCK_NAME: socket });
+  execFileSync(bin, ['agent', 'pair', '--server', base, '--host-name', 'erin-desk', code], { env: agentEnv, stdio: 'pipe' });
+  started(bin, ['agent', 'run', '--skip-pin-change'], agentEnv, 'agent.log');
+
+  // Refresh until the agent has connected and reported the card.
+  await expect(async () => {
+    await page.getByRole('button', { name: 'Refresh' }).click();
+    await expect(page.getByRole('button', { name: 'Issue this device' })).toBeVisible({ timeout: 1000 });
+  }).toPass({ timeout: 60_000 });
+  await expect(page.locator('main dl.facts')).toContainText(`${READER} on erin-desk`);
+  await check('add-device-card');
+
+  await page.getByRole('button', { name: 'Issue this device' }).click();
+  await expect(page).toHaveURL(/\/portal\/jobs\/[0-9a-f-]+$/);
+  await expect(page.getByRole('status')).not.toBeEmpty();
+  // The page reloads when the phase changes, so no axe run here: a screenshot only, taken once
+  // the events have named an engine step and moved the bar (if the card is quicker than that,
+  // of the page as it is).
+  fs.mkdirSync(screenshotDir, { recursive: true });
+  for (let i = 0; i < 100; i++) {
+    const shown = await page.evaluate(() => ({
+      status: document.getElementById('job-status')?.textContent ?? '',
+      value: (document.getElementById('job-progress') as HTMLProgressElement | null)?.value ?? 0,
+      asking: document.getElementById('pin-form') !== null,
+    })).catch(() => null);
+    if (shown && (shown.asking || (shown.value > 20 && shown.status.endsWith('…')))) break;
+    await page.waitForTimeout(50);
+  }
+  await page.screenshot({ path: path.join(screenshotDir, 'add-device-progress.png'), fullPage: true });
+
+  // The server's events move the page on to the PIN step.
+  await expect(page.getByRole('heading', { name: 'Choose your new PIN' })).toBeVisible({ timeout: 120_000 });
+  const jobUrl = page.url();
+  // The page checks the rules as the PIN is typed, and does not send a PIN that breaks one.
+  await page.getByLabel('New PIN', { exact: true }).fill('111111');
+  await page.getByLabel('New PIN again').fill('111111');
+  await expect(page.locator('#pin-check')).toHaveText('The PIN must not repeat one digit (like 111111).');
+  await check('add-device-pin');
+  await page.getByRole('button', { name: 'Set PIN' }).click();
+  await expect(page).toHaveURL(jobUrl);
+  await expect(page.getByRole('heading', { name: 'Choose your new PIN' })).toBeVisible();
+  // The server checks again: the same PIN posted past the script is refused with the rule.
+  await Promise.all([
+    page.waitForURL(`${jobUrl}/pin`),
+    page.locator('#pin-form').evaluate((f: HTMLFormElement) => {
+      const a = document.createElement('input');
+      a.type = 'hidden'; a.name = 'action'; a.value = 'set';
+      f.appendChild(a);
+      f.submit();
+    }),
+  ]);
+  await expect(page.getByRole('alert')).toContainText('PIN must not repeat one digit');
+  await expect(page.getByLabel('New PIN', { exact: true })).toHaveValue('');
+
+  await page.getByLabel('New PIN', { exact: true }).fill(NEW_PIN);
+  await page.getByLabel('New PIN again').fill(NEW_PIN);
+  await expect(page.locator('#pin-check')).toHaveText('This PIN meets the rules.');
+  await page.getByRole('button', { name: 'Set PIN' }).click();
+  await expect(page.getByRole('heading', { name: 'Your device is ready' })).toBeVisible({ timeout: 60_000 });
+  await expect(page.locator('main')).toContainText('Active');
+  await check('add-device-done');
+  await page.getByRole('link', { name: 'See the device' }).click();
+  await expect(page.locator('main .badge').first()).toHaveText('Active');
+
+  // OpenSC logs in with the PIN typed in the browser and signs with the 9A key.
+  const data = path.join(work, 'data.txt');
+  fs.writeFileSync(data, 'signed by a card issued from the portal');
+  const pkcs11 = (args: string[]) => execFileSync('pkcs11-tool', ['--module', pkcs11Module(), ...args],
+    { env: { ...process.env, PCSCLITE_CSOCK_NAME: socket }, stdio: 'pipe' }).toString();
+  pkcs11(['--login', '--pin', NEW_PIN, '--sign', '--id', '01', '-m', 'ECDSA-SHA256',
+    '--signature-format', 'openssl', '-i', data, '-o', path.join(work, 'sig.der')]);
+  // The signature verifies with the key of the certificate Lanyard wrote to slot 9A.
+  pkcs11(['--read-object', '--type', 'cert', '--id', '01', '-o', path.join(work, '9a.der')]);
+  execFileSync('openssl', ['x509', '-inform', 'DER', '-in', path.join(work, '9a.der'), '-pubkey', '-noout',
+    '-out', path.join(work, '9a.pub')], { stdio: 'pipe' });
+  const verified = execFileSync('openssl', ['dgst', '-sha256', '-verify', path.join(work, '9a.pub'),
+    '-signature', path.join(work, 'sig.der'), data], { stdio: 'pipe' }).toString();
+  expect(verified).toContain('Verified OK');
+  expect(() => pkcs11(['--login', '--pin', '000000', '-O'])).toThrow();
+});
+
+test('Skip keeps the initial PIN: the device is Pending, and the page says what happens next', async ({ page, check }) => {
+  test.setTimeout(240_000);
+  execFileSync(bin, ['vcard', 'insert', '--control', control, '--card', '1'], { env: lanyardEnv({}), stdio: 'pipe' });
+  await signInErin(page);
+  await page.goto(`${served.baseURL}/portal/devices/new`);
+  await expect(async () => {
+    await page.getByRole('button', { name: 'Refresh' }).click();
+    await expect(page.getByRole('button', { name: 'Issue this device' })).toBeVisible({ timeout: 1000 });
+  }).toPass({ timeout: 60_000 });
+  // The first card is issued now: listed with the reason, not offered.
+  await expect(page.locator('main dl.facts')).toContainText(`${SECOND} on erin-desk`);
+  await expect(page.getByText(`${READER} on erin-desk: this card has been issued already.`)).toBeVisible();
+  await page.getByRole('button', { name: 'Issue this device' }).click();
+  await expect(page.getByRole('heading', { name: 'Choose your new PIN' })).toBeVisible({ timeout: 120_000 });
+  await page.getByRole('button', { name: 'Skip' }).click();
+  await expect(page.getByRole('heading', { name: 'Issued, with the initial PIN' })).toBeVisible({ timeout: 60_000 });
+  await expect(page.locator('main')).toContainText('An operator activates it');
+  await check('add-device-pending');
+  await page.getByRole('link', { name: 'See the device' }).click();
+  await expect(page.locator('main .badge').first()).toHaveText('Pending');
+});
