@@ -56,6 +56,10 @@ pub enum BenchCommand {
         /// Other users in the directory, so that searches run over a realistic population.
         #[arg(long, default_value_t = 5000)]
         population: u32,
+        /// Mean pause of each session between its requests, in milliseconds (0: none, the
+        /// server saturated).
+        #[arg(long, default_value_t = 1000)]
+        think_ms: u64,
     },
 }
 
@@ -65,8 +69,13 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             card(reader, iterations, sequences, pin, mgm_key, i_know_this_erases_9a)
         }
         BenchCommand::Issuance { cards, algorithm } => crate::bench_issuance::run(cards, &algorithm),
-        BenchCommand::Portal { sessions, requests, population } => {
-            crate::bench_portal::run(crate::bench_portal::Options { sessions, requests, population })
+        BenchCommand::Portal { sessions, requests, population, think_ms } => {
+            crate::bench_portal::run(crate::bench_portal::Options {
+                sessions,
+                requests,
+                population,
+                think: Duration::from_millis(think_ms),
+            })
         }
     }
 }

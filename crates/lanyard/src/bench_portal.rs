@@ -3,7 +3,9 @@
 //! `lanyard serve`'s router runs in this process on SQLite with a throwaway CA. The setup (not
 //! timed) makes a population of users, cardholders with devices and certificates, and operators,
 //! and signs every session in. Then each session gets a thread of its own that asks for its page
-//! over its own keep-alive connection as fast as the server answers, all starting together:
+//! over its own keep-alive connection, all starting together, either as fast as the server
+//! answers (`--think-ms 0`: the server saturated, where latency is mostly queueing) or after a
+//! pause between requests like a person reading the page (latency near the service time):
 //! - **My Devices**: `GET /portal/devices` for cardholder sessions (their devices and
 //!   certificates, the policy's Add Device verdict);
 //! - **operator search**: the operator search page for operator sessions, cycling through
@@ -38,6 +40,9 @@ pub struct Options {
     pub requests: u32,
     /// Users beyond the signed-in ones, so searches run over a realistic directory.
     pub population: u32,
+    /// Mean pause of a session between its requests (uniform from half to one and a half of
+    /// it); 0 asks again at once, which measures the server saturated.
+    pub think: Duration,
 }
 
 /// A signed-in session: its cookie header value.
@@ -128,6 +133,7 @@ fn hammer(
     base: &str,
     sessions: Vec<SignedIn>,
     requests: u32,
+    think: Duration,
     expect: &'static str,
     path_of: impl Fn(usize, u32) -> String + Send + Sync + 'static,
 ) -> anyhow::Result<Figures> {
@@ -142,6 +148,11 @@ fn hammer(
             let mut failures = 0u32;
             start.wait();
             for i in 0..requests {
+                if !think.is_zero() {
+                    std::thread::sleep(
+                        think.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..1.5)),
+                    );
+                }
                 let t = Instant::now();
                 let ok = match http
                     .get(format!("{base}{}", path_of(n, i)))
@@ -293,11 +304,17 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     );
     let rss_before = resident_mib();
 
-    let devices = hammer(&base, holders, o.requests, "YubiKey 5", |_, _| "/portal/devices".to_owned())?;
-    devices.print(&format!("My Devices, {} sessions at once", o.sessions));
+    let devices =
+        hammer(&base, holders, o.requests, o.think, "YubiKey 5", |_, _| "/portal/devices".to_owned())?;
+    let load = if o.think.is_zero() {
+        "no pause between requests".to_owned()
+    } else {
+        format!("a pause of {} ms on average between requests", o.think.as_millis())
+    };
+    devices.print(&format!("My Devices, {} sessions, {load}", o.sessions));
 
     let population = o.population.max(1);
-    let search = hammer(&base, operators, o.requests, "<main", move |n, i| {
+    let search = hammer(&base, operators, o.requests, o.think, "<main", move |n, i| {
         let k = (n as u32 * 7919 + i * 104_729) % population;
         let q = match i % 4 {
             0 => format!("person{:03}", k / 100),
@@ -307,7 +324,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         };
         format!("{SEARCH_PATH}?q={q}")
     })?;
-    search.print(&format!("operator search, {} sessions at once", o.sessions));
+    search.print(&format!("operator search, {} sessions, {load}", o.sessions));
     if let (Some(before), Some(after)) = (rss_before, resident_mib()) {
         println!(
             "resident memory of this process (server and clients): {before:.0} MiB before, {after:.0} MiB after"
