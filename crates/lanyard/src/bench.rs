@@ -226,3 +226,89 @@ struct RsaPub<'a> {
     n: der::asn1::UintRef<'a>,
     e: der::asn1::UintRef<'a>,
 }
+
+/// What the in-process benchmarks share: `lanyard serve`'s router on a loopback port, over a
+/// SQLite file and a throwaway CA in `dir` (a benchmark never touches an installation).
+pub(crate) mod in_process {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use anyhow::Context;
+    use lanyard_core::clock::{Clock, SystemClock};
+    use lanyard_core::secrets::Kek;
+    use lanyard_server::issuance::IssuanceConfig;
+    use lanyard_server::{AppState, Pki, router};
+    use lanyard_store::Db;
+    use serde_json::{Value, json};
+
+    /// A migrated SQLite database in `dir` with its bootstrap administrator, and that
+    /// administrator's password.
+    pub async fn database(dir: &Path) -> anyhow::Result<(Db, String)> {
+        let db = Db::connect(&format!("sqlite://{}?mode=rwc", dir.join("bench.db").display())).await?;
+        db.migrate().await?;
+        let password = lanyard_server::bootstrap::ensure_admin(&db, &SystemClock)
+            .await?
+            .context("a fresh database has no administrator yet")?;
+        Ok((db, secrecy::ExposeSecret::expose_secret(&password).to_owned()))
+    }
+
+    /// Serves `db` on a loopback port from this runtime, trusting `attestation_roots` (DER).
+    pub async fn serve(
+        db: Db,
+        dir: &Path,
+        attestation_roots: Vec<Vec<u8>>,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let clock = Arc::new(SystemClock);
+        let pki = Pki::create(
+            &dir.join("ca"),
+            "Lanyard Bench",
+            lanyard_ca::KeyAlgorithm::EcP256,
+            "http://127.0.0.1",
+            clock.now(),
+        )?;
+        let state = AppState::new(Arc::new(db), Arc::new(pki), clock as Arc<dyn Clock>)
+            .with_issuance(IssuanceConfig::new(Kek::generate()?, attestation_roots));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        Ok(addr)
+    }
+
+    /// Signs in as `username`: the session cookie (`name=value`) and its CSRF token.
+    pub fn sign_in(
+        http: &ureq::Agent,
+        base: &str,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let mut resp = http
+            .post(format!("{base}/api/v1/login"))
+            .send_json(json!({"username": username, "password": password}))?;
+        if resp.status() != 200 {
+            anyhow::bail!("signing in as {username}: HTTP {}", resp.status());
+        }
+        let cookie = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .context("login set no cookie")?
+            .to_owned();
+        let body: Value = resp.body_mut().read_json()?;
+        let csrf = body["csrf_token"].as_str().context("no CSRF token")?.to_owned();
+        Ok((cookie, csrf))
+    }
+
+    /// Signs in as the administrator and makes an API token: the `Authorization` header value.
+    pub fn admin_token(http: &ureq::Agent, base: &str, password: &str) -> anyhow::Result<String> {
+        let (cookie, csrf) = sign_in(http, base, "admin", password)?;
+        let created: Value = http
+            .post(format!("{base}/api/v1/tokens"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .send_json(json!({"name": "bench"}))?
+            .body_mut()
+            .read_json()?;
+        Ok(format!("Bearer {}", created["token"].as_str().context("no API token")?))
+    }
+}

@@ -10,22 +10,17 @@
 // A benchmark measures real elapsed time and stamps the server with it.
 #![allow(clippy::disallowed_methods)]
 
+use crate::bench::in_process;
 use anyhow::{Context, bail};
 use lanyard_agent::relay::{FixedPin, PcscCard, Progress, SessionCard, SessionOptions, run_session_with};
-use lanyard_core::clock::{Clock, SystemClock};
 use lanyard_core::repo::Repo;
 use lanyard_core::repo::prelude::*;
-use lanyard_core::secrets::Kek;
 use lanyard_piv::transport::{CardTransport, TransportError};
-use lanyard_server::issuance::IssuanceConfig;
-use lanyard_server::{AppState, Pki, router};
-use lanyard_store::Db;
 use lanyard_vcard::{AttestationRoot, NewCard, VirtualCard};
 use serde_json::{Value, json};
 use std::cell::Cell;
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use zeroize::Zeroizing;
 
@@ -112,13 +107,8 @@ pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
 
     // The server, in this process, on a loopback port.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let (addr, token) = rt.block_on(async {
-        let clock = Arc::new(SystemClock);
-        let db = Db::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display())).await?;
-        db.migrate().await?;
-        let password = lanyard_server::bootstrap::ensure_admin(&db, clock.as_ref())
-            .await?
-            .context("a fresh database has no administrator yet")?;
+    let (addr, password) = rt.block_on(async {
+        let (db, password) = in_process::database(dir.path()).await?;
         // Every slot gets the algorithm under test.
         let mut tx = db.begin().await?;
         for mut group in tx.list_groups().await? {
@@ -128,44 +118,11 @@ pub fn run(cards: u32, algorithm: &str) -> anyhow::Result<()> {
             tx.update_group(&group).await?;
         }
         tx.commit().await?;
-        // A throwaway CA in the temporary directory; the bench never touches an installation.
-        let pki = Pki::create(
-            &dir.path().join("ca"),
-            "Lanyard Bench",
-            lanyard_ca::KeyAlgorithm::EcP256,
-            "http://127.0.0.1",
-            clock.now(),
-        )?;
-        let state = AppState::new(Arc::new(db), Arc::new(pki), clock as Arc<dyn Clock>)
-            .with_issuance(IssuanceConfig::new(Kek::generate()?, vec![root_der]));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, router(state)).await });
-        anyhow::Ok((addr, secrecy::ExposeSecret::expose_secret(&password).to_owned()))
+        anyhow::Ok((in_process::serve(db, dir.path(), vec![root_der]).await?, password))
     })?;
     let base = format!("http://{addr}");
     let http: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    // Sign in as the bootstrap administrator and make an API token for the requests below.
-    let mut resp = http
-        .post(format!("{base}/api/v1/login"))
-        .send_json(json!({"username": "admin", "password": token}))?;
-    let cookie = resp
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .context("login set no cookie")?
-        .to_owned();
-    let body: Value = resp.body_mut().read_json()?;
-    let csrf = body["csrf_token"].as_str().context("no CSRF token")?.to_owned();
-    let created: Value = http
-        .post(format!("{base}/api/v1/tokens"))
-        .header("cookie", &cookie)
-        .header("x-csrf-token", &csrf)
-        .send_json(json!({"name": "bench"}))?
-        .body_mut()
-        .read_json()?;
-    let api = format!("Bearer {}", created["token"].as_str().context("no API token")?);
+    let api = in_process::admin_token(&http, &base, &password)?;
 
     let exe = std::env::current_exe()?;
     let mut samples = Vec::new();

@@ -22,12 +22,8 @@
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use crate::bench::in_process;
 use anyhow::{Context, bail};
-use lanyard_core::clock::{Clock, SystemClock};
-use lanyard_core::secrets::Kek;
-use lanyard_server::issuance::IssuanceConfig;
-use lanyard_server::{AppState, Pki, router};
-use lanyard_store::Db;
 use serde_json::{Value, json};
 
 /// The operator search page, with the query in `q`.
@@ -54,28 +50,8 @@ fn http() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).max_idle_connections_per_host(1).build().into()
 }
 
-fn login(
-    http: &ureq::Agent,
-    base: &str,
-    username: &str,
-    password: &str,
-) -> anyhow::Result<(SignedIn, String)> {
-    let mut resp = http
-        .post(format!("{base}/api/v1/login"))
-        .send_json(json!({"username": username, "password": password}))?;
-    if resp.status() != 200 {
-        bail!("login as {username}: HTTP {}", resp.status());
-    }
-    let cookie = resp
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .context("login set no cookie")?
-        .to_owned();
-    let body: Value = resp.body_mut().read_json()?;
-    let csrf = body["csrf_token"].as_str().context("no CSRF token")?.to_owned();
-    Ok((SignedIn { cookie }, csrf))
+fn login(http: &ureq::Agent, base: &str, username: &str, password: &str) -> anyhow::Result<SignedIn> {
+    Ok(SignedIn { cookie: in_process::sign_in(http, base, username, password)?.0 })
 }
 
 /// POSTs `body` as the administrator's API token; the JSON answer, which must be 201.
@@ -200,38 +176,12 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (addr, admin_password) = rt.block_on(async {
-        let clock = Arc::new(SystemClock);
-        let db = Db::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display())).await?;
-        db.migrate().await?;
-        let password = lanyard_server::bootstrap::ensure_admin(&db, clock.as_ref())
-            .await?
-            .context("a fresh database has no administrator yet")?;
-        // A throwaway CA in the temporary directory; the bench never touches an installation.
-        let pki = Pki::create(
-            &dir.path().join("ca"),
-            "Lanyard Bench",
-            lanyard_ca::KeyAlgorithm::EcP256,
-            "http://127.0.0.1",
-            clock.now(),
-        )?;
-        let state = AppState::new(Arc::new(db), Arc::new(pki), clock as Arc<dyn Clock>)
-            .with_issuance(IssuanceConfig::new(Kek::generate()?, Vec::new()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, router(state)).await });
-        anyhow::Ok((addr, secrecy::ExposeSecret::expose_secret(&password).to_owned()))
+        let (db, password) = in_process::database(dir.path()).await?;
+        anyhow::Ok((in_process::serve(db, dir.path(), Vec::new()).await?, password))
     })?;
     let base = format!("http://{addr}");
     let http = http();
-    let (admin, csrf) = login(&http, &base, "admin", &admin_password)?;
-    let token: Value = http
-        .post(format!("{base}/api/v1/tokens"))
-        .header("cookie", &admin.cookie)
-        .header("x-csrf-token", &csrf)
-        .send_json(json!({"name": "bench"}))?
-        .body_mut()
-        .read_json()?;
-    let api = format!("Bearer {}", token["token"].as_str().context("no API token")?);
+    let api = in_process::admin_token(&http, &base, &admin_password)?;
 
     let setup = Instant::now();
     for i in 0..o.population {
@@ -291,8 +241,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let mut holders = Vec::new();
     let mut operators = Vec::new();
     for i in 0..o.sessions {
-        holders.push(login(&http, &base, &format!("holder{i:04}"), password)?.0);
-        operators.push(login(&http, &base, &format!("operator{i:04}"), password)?.0);
+        holders.push(login(&http, &base, &format!("holder{i:04}"), password)?);
+        operators.push(login(&http, &base, &format!("operator{i:04}"), password)?);
     }
     println!(
         "setup: {} users ({} cardholders with 2 devices and 1 certificate each, {} operators), {} sessions signed in, in {:.1} s",
