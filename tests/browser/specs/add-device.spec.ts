@@ -3,7 +3,9 @@
 // system pcscd's readers stay free for the interop tests), `lanyard vcard run` plugging a
 // factory-fresh virtual card into it, and `lanyard agent pair` + `lanyard agent run`. In the
 // browser: sign in, Add Device, the card detected, live progress, the new PIN typed in the page,
-// Active; then OpenSC signs with slot 9A using that PIN.
+// Active; then OpenSC signs with slot 9A using that PIN. Last, neither that PIN nor a Pending
+// card's initial PIN is found in the server's data directory, the server's and agent's logs or the
+// audit log.
 
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -23,6 +25,9 @@ let work: string;
 let socket: string;
 let bin: string;
 let control: string;
+let cli: string;
+/** The device the Skip test leaves Pending. */
+let pendingDevice = '';
 const children: ChildProcess[] = [];
 
 function portFree(port: number): Promise<boolean> {
@@ -109,7 +114,7 @@ test.beforeAll(async ({ lanyard }) => {
     LANYARD_TLS_MODE: 'off',
     LANYARD_ATTESTATION_ROOTS: path.join(home, 'attestation-root.pem'),
   });
-  const cli = path.join(work, 'cli.json');
+  cli = path.join(work, 'cli.json');
   execFileSync(bin, ['login', '--server', served.baseURL, '--username', 'admin'],
     { env: lanyardEnv({ LANYARD_CLI_CONFIG: cli, LANYARD_PASSWORD: served.adminPassword }), stdio: 'pipe' });
   execFileSync(bin, ['user', 'add', '--username', 'erin', '--display-name', 'Erin Ellis', '--role', 'user',
@@ -240,4 +245,53 @@ test('Skip keeps the initial PIN: the device is Pending, and the page says what 
   await check('add-device-pending');
   await page.getByRole('link', { name: 'See the device' }).click();
   await expect(page.locator('main .badge').first()).toHaveText('Pending');
+  pendingDevice = page.url().split('/').pop() ?? '';
+});
+
+/** Every regular file below `dir`. */
+function filesBelow(dir: string): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const p = path.join(dir, e.name);
+    return e.isDirectory() ? filesBelow(p) : e.isFile() ? [p] : [];
+  });
+}
+
+test('no PIN is kept anywhere: database, server and agent logs, audit log', async () => {
+  expect(pendingDevice, 'the Skip test leaves a Pending device').not.toBe('');
+  // The operator's activation reveals the Pending card's initial PIN (once); the holder's PIN is
+  // the one typed in the browser in the first test.
+  const activated = JSON.parse(execFileSync(bin, ['device', 'activate', '--device', pendingDevice, '--output', 'json'],
+    { env: lanyardEnv({ LANYARD_CLI_CONFIG: cli }), stdio: 'pipe' }).toString());
+  const initialPin: string = activated.initial_pin;
+  expect(initialPin).toMatch(/^[0-9]{6,8}$/);
+  const login = await fetch(`${served.baseURL}/api/v1/login`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ username: 'admin', password: served.adminPassword }),
+  });
+  expect(login.status).toBe(200);
+  const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0];
+  const audit = await fetch(`${served.baseURL}/api/v1/audit?limit=1000`, { headers: { cookie } });
+  expect(audit.status).toBe(200);
+  const auditText = await audit.text();
+  expect(auditText).toContain('device.activate');
+  // The server's whole data directory (database and its WAL, CA, KEK), its log, and the agent's.
+  const places: [string, Buffer][] = [
+    ...filesBelow(served.data).map((f): [string, Buffer] => [f, fs.readFileSync(f)]),
+    [path.join(served.dir, 'serve.log'), fs.readFileSync(path.join(served.dir, 'serve.log'))],
+    [path.join(work, 'agent.log'), fs.readFileSync(path.join(work, 'agent.log'))],
+    ['GET /api/v1/audit', Buffer.from(auditText)],
+  ];
+  expect(places.some(([f]) => f.endsWith('lanyard.db'))).toBe(true);
+  // Not a search of empty files: the logs hold the sessions the tests ran.
+  expect(fs.readFileSync(path.join(work, 'agent.log'), 'utf8')).toContain('connected');
+  expect(fs.readFileSync(path.join(served.dir, 'serve.log'), 'utf8').length).toBeGreaterThan(100);
+  for (const [name, pin] of [['the PIN typed in the browser', NEW_PIN], ['the initial PIN', initialPin]]) {
+    // As text, and as the hex of its ASCII digits (how an APDU would show in a log).
+    const forms = [pin, Buffer.from(pin).toString('hex'), Buffer.from(pin).toString('hex').toUpperCase()];
+    for (const [where, bytes] of places) {
+      for (const form of forms) {
+        expect(bytes.includes(Buffer.from(form)), `${name} (${form}) found in ${where}`).toBe(false);
+      }
+    }
+  }
 });
