@@ -28,6 +28,8 @@ let control: string;
 let cli: string;
 /** The device the Skip test leaves Pending. */
 let pendingDevice = '';
+/** The device the first test issues and leaves Active. */
+let activeDevice = '';
 const children: ChildProcess[] = [];
 
 function portFree(port: number): Promise<boolean> {
@@ -207,6 +209,7 @@ test('Add Device: the card is detected, issued with live progress, and the PIN t
   await check('add-device-done');
   await page.getByRole('link', { name: 'See the device' }).click();
   await expect(page.locator('main .badge').first()).toHaveText('Active');
+  activeDevice = page.url().split('/').pop() ?? '';
 
   // OpenSC logs in with the PIN typed in the browser and signs with the 9A key.
   const data = path.join(work, 'data.txt');
@@ -223,6 +226,48 @@ test('Add Device: the card is detected, issued with live progress, and the PIN t
     '-signature', path.join(work, 'sig.der'), data], { stdio: 'pipe' }).toString();
   expect(verified).toContain('Verified OK');
   expect(() => pkcs11(['--login', '--pin', '000000', '-O'])).toThrow();
+});
+
+/** `openssl ocsp` for the 9A certificate read from the card, against the server's responder. */
+async function ocspOf9a(): Promise<string> {
+  const fetchPem = async (url: string, file: string) => {
+    const der = Buffer.from(await (await fetch(url)).arrayBuffer());
+    fs.writeFileSync(`${file}.der`, der);
+    execFileSync('openssl', ['x509', '-inform', 'DER', '-in', `${file}.der`, '-out', file], { stdio: 'pipe' });
+  };
+  await fetchPem(`${served.baseURL}/pki/root.crt`, path.join(work, 'root.pem'));
+  await fetchPem(`${served.baseURL}/pki/ca.crt`, path.join(work, 'ca.pem'));
+  execFileSync('openssl', ['x509', '-inform', 'DER', '-in', path.join(work, '9a.der'), '-out', path.join(work, '9a.pem')],
+    { stdio: 'pipe' });
+  return execFileSync('openssl', ['ocsp', '-issuer', path.join(work, 'ca.pem'), '-cert', path.join(work, '9a.pem'),
+    '-CAfile', path.join(work, 'root.pem'), '-url', `${served.baseURL}/pki/ocsp`],
+  { stdio: 'pipe' }).toString() + '';
+}
+
+test('an operator suspends and resumes the issued card in the operator portal, and openssl ocsp follows', async ({ page, check }) => {
+  test.setTimeout(120_000);
+  expect(activeDevice, 'the first test leaves an Active device').not.toBe('');
+  expect(await ocspOf9a()).toMatch(/9a\.pem: good/);
+  await page.goto(`${served.baseURL}/portal/login`);
+  await page.getByLabel('Username').fill('admin');
+  await page.getByLabel('Password').fill(served.adminPassword);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.goto(`${served.baseURL}/portal/operator/devices/${activeDevice}`);
+  await expect(page.locator('#state-badge')).toHaveText('Active');
+  await page.getByRole('link', { name: 'Suspend' }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText('Suspend this YubiKey 5?');
+  await expect(page.locator('main')).toContainText('Erin Ellis');
+  await page.getByLabel(/Note for the audit log/).fill('card left in a meeting room');
+  await page.getByRole('button', { name: 'Suspend YubiKey 5' }).click();
+  await expect(page.locator('#state-badge')).toHaveText('Suspended');
+  await check('operator-suspended-issued-card');
+  const held = await ocspOf9a();
+  expect(held).toMatch(/9a\.pem: revoked/);
+  expect(held).toContain('certificateHold');
+  await page.getByRole('link', { name: 'Resume' }).click();
+  await page.getByRole('button', { name: 'Resume YubiKey 5' }).click();
+  await expect(page.locator('#state-badge')).toHaveText('Active');
+  expect(await ocspOf9a()).toMatch(/9a\.pem: good/);
 });
 
 test('Skip keeps the initial PIN: the device is Pending, and the page says what happens next', async ({ page, check }) => {
