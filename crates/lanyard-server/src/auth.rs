@@ -160,13 +160,8 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Auth {
         // Authentication only reads; the rare bookkeeping write (a token's last use, a session's
         // sliding expiry, at most once a minute) is a separate write unit of work.
         let mut tx = state.repo.read().await?;
-        let (user_id, via, token_id) = if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
+        let (user_id, via, token_id) = if parts.headers.contains_key(header::AUTHORIZATION) {
+            let token = bearer(&parts.headers)
                 .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <API token>\""))?;
             let found = tx.get_api_token_by_hash(&TokenHash::of(token)).await?;
             let token = found
@@ -313,6 +308,17 @@ async fn note_session_use<R: Repo>(repo: &R, hash: &TokenHash, now: OffsetDateTi
         Ok(())
     })
     .await
+}
+
+/// The value of `Authorization: Bearer <value>` (an API token, an agent credential), if the
+/// header has that form and a value.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

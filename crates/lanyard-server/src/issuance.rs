@@ -102,9 +102,21 @@ pub async fn connect<R: Repo + 'static>(
     op: Option<axum::Extension<crate::OperationId>>,
     request: axum::extract::Request,
 ) -> Response {
-    let mut response = accept(s, op, request).await.unwrap_or_else(IntoResponse::into_response);
+    naming_our_version(accept(s, op, request).await)
+}
+
+/// An answer to an agent (upgrade or refusal) with the server's protocol version in
+/// [`VERSION_HEADER`], so an agent can tell a refusal for its version from any other.
+pub(crate) fn naming_our_version(answer: Result<Response, ApiError>) -> Response {
+    let mut response = answer.unwrap_or_else(IntoResponse::into_response);
     response.headers_mut().insert(VERSION_HEADER, axum::http::HeaderValue::from(PROTOCOL_VERSION));
     response
+}
+
+/// The agent's [`VERSION_HEADER`] must name our protocol version: a 400 naming both otherwise.
+pub(crate) fn check_agent_version(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    check_version(Side::Server, headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 async fn accept<R: Repo + 'static>(
@@ -115,8 +127,7 @@ async fn accept<R: Repo + 'static>(
     let (mut parts, _body) = request.into_parts();
     let cfg = config(&s)?;
     // Before the ticket: an agent of another version must not use up its ticket.
-    check_version(Side::Server, parts.headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()))
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    check_agent_version(&parts.headers)?;
     let ticket = parts
         .headers
         .get(TICKET_HEADER)
@@ -193,7 +204,7 @@ async fn check_binding<R: Repo>(
     };
     let Some(bound) = bound else { return Ok(()) };
     let refuse = || ApiError::new(StatusCode::UNAUTHORIZED, AGENT_BOUND);
-    let credential = crate::link::bearer(headers).ok_or_else(refuse)?;
+    let credential = crate::auth::bearer(headers).ok_or_else(refuse)?;
     let system = System::new(op.clone(), s.clock.now());
     match system.authenticate_agent(s.repo.as_ref(), credential).await? {
         Some((agent, _)) if agent.id == bound => Ok(()),

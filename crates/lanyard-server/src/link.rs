@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use lanyard_core::authz::{AgentBinding, Principal, System, TicketPurpose};
 use lanyard_core::ids::{AgentId, JobId, UserId};
@@ -25,7 +25,7 @@ use lanyard_protocol::link::{
     AgentLinkFrame, FEATURE_SERVER_PIN, FEATURE_SESSIONS, LINK_IDLE_SECS, MAX_READERS, ReaderReport,
     ServerLinkFrame,
 };
-use lanyard_protocol::{MAX_FRAME, PROTOCOL_VERSION, Side, VERSION_HEADER, check_version};
+use lanyard_protocol::{MAX_FRAME, PROTOCOL_VERSION};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
@@ -219,16 +219,6 @@ pub(crate) async fn start_session<R: Repo>(
     Ok((job, agent.id))
 }
 
-/// The agent's credential from `Authorization: Bearer <credential>`.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-}
-
 /// What an agent is told for a credential that authenticates nothing: one message for unknown,
 /// revoked, and a disabled user's.
 pub const BAD_AGENT_CREDENTIAL: &str =
@@ -241,9 +231,7 @@ pub async fn connect<R: Repo + 'static>(
     op: Option<axum::Extension<crate::OperationId>>,
     request: axum::extract::Request,
 ) -> Response {
-    let mut response = accept(s, op, request).await.unwrap_or_else(IntoResponse::into_response);
-    response.headers_mut().insert(VERSION_HEADER, axum::http::HeaderValue::from(PROTOCOL_VERSION));
-    response
+    crate::issuance::naming_our_version(accept(s, op, request).await)
 }
 
 async fn accept<R: Repo + 'static>(
@@ -252,10 +240,9 @@ async fn accept<R: Repo + 'static>(
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, _body) = request.into_parts();
-    check_version(Side::Server, parts.headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()))
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    crate::issuance::check_agent_version(&parts.headers)?;
     let credential = Zeroizing::new(
-        bearer(&parts.headers)
+        crate::auth::bearer(&parts.headers)
             .ok_or_else(|| {
                 ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <agent credential>")
             })?
