@@ -1455,6 +1455,42 @@ async fn every_portal_response_carries_the_security_headers() {
 }
 
 #[tokio::test]
+async fn a_form_the_portal_cannot_read_gets_a_portal_page_and_changes_nothing() {
+    let app = setup().await;
+    let origin = [("origin", "https://lanyard.test")];
+    // A repeated field, and a body that is not a form at all. (A missing field is the sign-in
+    // page's own message, tested with the sign-in.)
+    for (body, content_type) in [
+        ("username=alice&username=bob&password=x", "application/x-www-form-urlencoded"),
+        ("{\"username\":\"alice\"}", "application/json"),
+    ] {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/portal/login")
+            .header(header::HOST, "lanyard.test")
+            .header("origin", origin[0].1)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let resp = router(app.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        assert!(status.is_client_error(), "{body}: {status}");
+        let h = resp.headers().clone();
+        assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"), "{body}");
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], lanyard_server::portal::CONTENT_SECURITY_POLICY);
+        assert!(h.get(header::SET_COOKIE).is_none(), "no session from an unreadable form");
+        let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec())
+            .unwrap();
+        assert!(text.contains("That request could not be read"), "{text}");
+        assert!(text.contains("Nothing was changed"), "{text}");
+    }
+    // The API keeps its own JSON errors.
+    let api = app.page("POST", "/api/v1/login", &origin, Some("username=alice")).await;
+    assert!(api.status.is_client_error());
+    assert!(!api.text.contains("That request could not be read"));
+}
+
+#[tokio::test]
 async fn portal_sign_in_shares_the_api_throttle_and_one_message_for_both_mistakes() {
     let app = setup().await;
     let origin = [("origin", "https://lanyard.test")];

@@ -107,7 +107,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
     let cacheable = req.uri().path().starts_with("/portal/assets/");
     let htmx = is_htmx(req.headers());
     let mut resp = if is_safe(req.method()) || same_site_request(req.headers()) {
-        next.run(req).await
+        unreadable_request_as_page(next.run(req).await).await
     } else {
         PortalError::cross_site().into_response()
     };
@@ -125,6 +125,29 @@ async fn security_headers(req: Request, next: Next) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
+}
+
+/// The longest extractor message kept for the error page (axum's are a line or two).
+const REJECTION_TEXT_LIMIT: usize = 4096;
+
+/// A request the portal's handlers could not even read — a form body with a missing, repeated or
+/// malformed field, the wrong content type, a path id that is not one — is refused by axum's
+/// extractors with a short plain-text answer. The portal shows it as its own error page instead,
+/// with the extractor's reason and what to do, keeping the status. Handlers' own answers are HTML
+/// and pass through untouched.
+async fn unreadable_request_as_page(resp: Response) -> Response {
+    let status = resp.status();
+    let plain_text = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !status.is_client_error() || !plain_text {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), REJECTION_TEXT_LIMIT).await.unwrap_or_default();
+    let reason = String::from_utf8_lossy(&body).trim().to_owned();
+    PortalError::unreadable(status, reason).into_response()
 }
 
 fn for_htmx(resp: Response) -> Response {
@@ -367,6 +390,17 @@ impl PortalError {
             "The form did not carry this session's security token. This happens when a page was \
              open from before you last signed in, or when the form came from another site.",
             "Go back, reload the page, and submit it again.",
+        )
+    }
+
+    /// A request the handlers could not read (see [`unreadable_request_as_page`]).
+    fn unreadable(status: StatusCode, reason: String) -> Self {
+        let reason = if reason.is_empty() { "The request could not be read.".to_owned() } else { reason };
+        Self::new(
+            status,
+            "That request could not be read",
+            reason,
+            "Nothing was changed. Go back, reload the page, and fill in the form again.",
         )
     }
 
