@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
-use lanyard_core::authz::{CardInfo, SelfService, TicketPurpose};
+use lanyard_core::authz::{CardInfo, Principal, SelfService, TicketPurpose};
 use lanyard_core::ids::{AgentId, JobId};
 use lanyard_core::lifecycle::DeviceState;
 use lanyard_core::model::{Agent, CertSlot, DeviceKind, Job, JobState, PinRules};
@@ -60,14 +60,15 @@ pub(crate) struct Unusable {
     pub why: String,
 }
 
-/// The user's agents as their links report them now.
-struct Seen {
-    paired: usize,
-    online: Vec<(Agent, LinkSnapshot)>,
+/// The signed-in person's agents as their links report them now.
+pub(crate) struct Seen {
+    pub paired: usize,
+    pub online: Vec<(Agent, LinkSnapshot)>,
 }
 
-async fn seen<R: Repo>(s: &AppState<R>, me: &SelfService<'_>) -> Result<Seen, PortalError> {
-    let agents = me.agents(s.repo.as_ref()).await?;
+/// `who`'s own agents (never anyone else's, whatever their roles) and which are online.
+pub(crate) async fn seen<R: Repo>(s: &AppState<R>, who: &Principal) -> Result<Seen, PortalError> {
+    let agents = who.workstations()?.agents(s.repo.as_ref()).await?;
     let agents: Vec<Agent> = agents.into_iter().filter(|a| a.revoked_at.is_none()).collect();
     let paired = agents.len();
     let online = agents
@@ -80,7 +81,7 @@ async fn seen<R: Repo>(s: &AppState<R>, me: &SelfService<'_>) -> Result<Seen, Po
     Ok(Seen { paired, online })
 }
 
-fn why_unusable(r: &ReaderReport) -> Option<String> {
+pub(crate) fn why_unusable(r: &ReaderReport) -> Option<String> {
     let card = r.card.as_ref()?;
     if card.busy {
         return Some("a card session is running on this card".into());
@@ -95,7 +96,7 @@ fn why_unusable(r: &ReaderReport) -> Option<String> {
     }
 }
 
-fn cards(online: &[(Agent, LinkSnapshot)]) -> (Vec<Candidate>, Vec<Unusable>) {
+pub(crate) fn cards(online: &[(Agent, LinkSnapshot)]) -> (Vec<Candidate>, Vec<Unusable>) {
     let mut candidates = Vec::new();
     let mut unusable = Vec::new();
     for (agent, snapshot) in online {
@@ -156,7 +157,7 @@ pub(crate) async fn add<R: Repo + 'static>(
         let me = signed.principal().self_service()?;
         let repo = s.repo.as_ref();
         let accepted_models = me.policy(repo).await?.accepted_card_models;
-        let seen = seen(&s, &me).await?;
+        let seen = seen(&s, signed.principal()).await?;
         let (candidates, unusable) = cards(&seen.online);
         let stage = match add_device_refusal(&me, repo).await? {
             Some(why) => Stage::Refused(why),
@@ -191,10 +192,18 @@ pub(crate) async fn refresh<R: Repo + 'static>(
 ) -> Result<Response, PortalError> {
     signed.check_csrf(form.csrf_token.as_deref())?;
     let nav = signed.nav();
-    let me = signed.principal().self_service().map_err(|e| PortalError::from(e).with_nav(nav))?;
-    let seen = seen(&s, &me).await.map_err(|e| e.with_nav(signed.nav()))?;
+    // Add Device is the cardholder's: the role is checked even though only agents are asked.
+    signed.principal().self_service().map_err(|e| PortalError::from(e).with_nav(nav))?;
+    let seen = seen(&s, signed.principal()).await.map_err(|e| e.with_nav(signed.nav()))?;
+    ask_to_report(&s, &seen.online).await;
+    Ok(Redirect::to("/portal/devices/new").into_response())
+}
+
+/// Asks each of `online` to report its readers again and waits (at most [`REFRESH_WAIT`]) until
+/// every one that is still connected has.
+pub(crate) async fn ask_to_report<R>(s: &AppState<R>, online: &[(Agent, LinkSnapshot)]) {
     let mut asked = Vec::new();
-    for (agent, snapshot) in &seen.online {
+    for (agent, snapshot) in online {
         // An agent that went away since is simply not waited for.
         if s.links.send(agent.id, ServerLinkFrame::Refresh).is_ok() {
             asked.push((agent.id, snapshot.reported_at));
@@ -211,7 +220,6 @@ pub(crate) async fn refresh<R: Repo + 'static>(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(Redirect::to("/portal/devices/new").into_response())
 }
 
 #[derive(Deserialize)]
@@ -223,7 +231,7 @@ pub(crate) struct StartForm {
 }
 
 /// The card is named `<agent id>|<reader>` in the form (one radio button per card).
-fn parse_card(raw: &str) -> Option<(AgentId, &str)> {
+pub(crate) fn parse_card(raw: &str) -> Option<(AgentId, &str)> {
     let (agent, reader) = raw.split_once('|')?;
     let agent = agent.parse().ok()?;
     (!reader.is_empty()).then_some((agent, reader))
@@ -231,7 +239,7 @@ fn parse_card(raw: &str) -> Option<(AgentId, &str)> {
 
 /// The device kind a card model is recorded as. The engine personalises YubiKeys (and the
 /// software card, which answers as one), and every one of them is a USB key.
-fn kind_of(_model: &str) -> DeviceKind {
+pub(crate) fn kind_of(_model: &str) -> DeviceKind {
     DeviceKind::UsbKey
 }
 
@@ -253,7 +261,7 @@ pub(crate) async fn start<R: Repo + 'static>(
         let me = signed.principal().self_service()?;
         let repo = s.repo.as_ref();
         // Another user's agent is the same 404 as a missing one.
-        let agent = me.agent(repo, agent_id).await?;
+        let agent = signed.principal().workstations()?.agent(repo, agent_id).await?;
         let gone = || {
             PortalError::from(ApiError::new(
                 StatusCode::CONFLICT,
@@ -746,7 +754,7 @@ async fn continue_job<R: Repo + 'static>(
     let repo = s.repo.as_ref();
     let job = me.job(repo, id).await?;
     let device = me.device(repo, job.device).await?;
-    let seen = seen(s, &me).await?;
+    let seen = seen(s, signed.principal()).await?;
     let (agent, reader) = match find_card(&seen.online, device.serial.as_deref()) {
         Ok(found) => found,
         Err(message) => return job_page(s, signed, id, Some(message), StatusCode::CONFLICT).await,

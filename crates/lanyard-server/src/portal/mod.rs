@@ -208,6 +208,8 @@ pub(crate) struct Nav {
     pub username: String,
     pub csrf_token: String,
     pub cardholder: bool,
+    /// My Workstations: cardholders, operators and administrators pair agents.
+    pub workstations: bool,
     pub operator: bool,
     pub auditor: bool,
     pub admin: bool,
@@ -229,6 +231,7 @@ fn nav_of(s: &SessionAuth) -> Nav {
         username: user.username.to_string(),
         csrf_token: s.csrf_token.clone(),
         cardholder: user.has_role(Role::User),
+        workstations: s.auth.principal.workstations().is_ok(),
         operator: user.has_role(Role::Operator),
         auditor: user.has_role(Role::Auditor),
         admin: user.has_role(Role::Administrator),
