@@ -26,7 +26,6 @@ pub mod card;
 pub mod db;
 #[cfg(feature = "server")]
 pub mod link;
-#[cfg(feature = "server")]
 pub mod pcscd;
 pub mod process;
 #[cfg(feature = "server")]
@@ -40,7 +39,6 @@ pub use card::{VCard, card_certificates, power_cycle, recorded_certificates};
 pub use db::{Backend, TestDb};
 #[cfg(feature = "server")]
 pub use link::{LinkedAgent, SoftWorkstation};
-#[cfg(feature = "server")]
 pub use pcscd::PrivatePcscd;
 pub use process::{ServeProcess, free_port};
 #[cfg(feature = "server")]

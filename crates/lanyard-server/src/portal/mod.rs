@@ -25,6 +25,7 @@ mod assets;
 mod audit;
 mod devices;
 mod help;
+mod job;
 mod operator;
 mod session;
 mod workstations;
@@ -57,11 +58,11 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/portal/devices/new", get(add_device::add::<R>))
         .route("/portal/devices/new/refresh", post(add_device::refresh::<R>))
         .route("/portal/devices/new/start", post(add_device::start::<R>))
-        .route("/portal/jobs/{id}", get(add_device::job::<R>))
-        .route("/portal/jobs/{id}/events", get(add_device::events::<R>))
-        .route("/portal/jobs/{id}/pin", post(add_device::pin::<R>))
-        .route("/portal/jobs/{id}/resume", post(add_device::resume::<R>))
-        .route("/portal/jobs/{id}/rollback", post(add_device::rollback::<R>))
+        .route("/portal/jobs/{id}", get(job::job::<R>))
+        .route("/portal/jobs/{id}/events", get(job::events::<R>))
+        .route("/portal/jobs/{id}/pin", post(job::pin::<R>))
+        .route("/portal/jobs/{id}/resume", post(job::resume::<R>))
+        .route("/portal/jobs/{id}/rollback", post(job::rollback::<R>))
         .route("/portal/devices/{id}", get(devices::detail::<R>))
         .route("/portal/workstations", get(workstations::list::<R>))
         .route("/portal/workstations/pairing", post(workstations::start_pairing::<R>))
