@@ -11,10 +11,10 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
-use lanyard_core::authz::{SelfService, TicketPurpose};
+use lanyard_core::authz::{Principal, TicketPurpose};
 use lanyard_core::ids::{AgentId, JobId};
 use lanyard_core::lifecycle::DeviceState;
-use lanyard_core::model::{Agent, CertSlot, Device, Job, JobState, PinRules};
+use lanyard_core::model::{Agent, CertSlot, Device, Job, JobState, PinRules, Policy};
 use lanyard_core::repo::Repo;
 use lanyard_protocol::Secret;
 use serde::{Deserialize, Serialize};
@@ -33,18 +33,67 @@ const EVENT_TICK: Duration = Duration::from_millis(400);
 /// the session again (an ended session is then a 401 the page explains).
 const EVENT_STREAM_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Who may see job `id` on this page and act on it: the holder of its device. Another user's
-/// job is the same 404 as a missing one. Every handler here reads the job through this one
-/// function, so widening the rule (operators, say) is a change in one place.
+/// A job as the signed-in person may see it on this page.
+pub(crate) struct Visible {
+    pub job: Job,
+    pub device: Device,
+    /// The device holder's group policy: the card's planned steps and PIN rules.
+    pub policy: Policy,
+    /// Whether the viewer holds the device (their own card, self-service).
+    pub holder_views: bool,
+    /// Whether the viewer may act on the session (PIN, resume, start over), not only follow it.
+    pub may_act: bool,
+    /// The holder's name, for an operator's page.
+    pub holder: Option<String>,
+}
+
+/// Who may see job `id` on this page, and act on it. Every handler here reads the job through
+/// this one function.
+///
+/// - The device's holder (role `user`) sees their own jobs and acts on them, as in *Add Device*.
+///   Anyone else without the operator role gets the same 404 as for a job that does not exist.
+/// - Operators see every job, as the API (`GET /api/v1/jobs/{id}`) and a device's help-desk
+///   page already show them, so a help desk can follow a session a colleague started. Only the
+///   operator who started the job acts on it: the session runs on the agent at that operator's
+///   desk, where the holder types the PIN. Another operator's page shows progress only, and a
+///   PIN, resume or start-over from them is refused (403), so nobody sets a PIN from a desk that
+///   is not where the card is.
 pub(crate) async fn visible_job<R: Repo>(
     s: &AppState<R>,
-    me: &SelfService<'_>,
+    who: &Principal,
     id: JobId,
-) -> Result<(Job, Device), PortalError> {
+) -> Result<Visible, PortalError> {
     let repo = s.repo.as_ref();
-    let job = me.job(repo, id).await?;
-    let device = me.device(repo, job.device).await?;
-    Ok((job, device))
+    if let Ok(me) = who.self_service()
+        && let Ok(job) = me.job(repo, id).await
+    {
+        let device = me.device(repo, job.device).await?;
+        let policy = me.policy(repo).await?;
+        return Ok(Visible { job, device, policy, holder_views: true, may_act: true, holder: None });
+    }
+    // Not the holder's: only an operator sees it, and anyone else learns nothing.
+    let op = who.operator().map_err(|_| PortalError::not_found())?;
+    let job = op.job(repo, id).await?;
+    let (device, holder, policy) = op.issuance_context(repo, job.device).await?;
+    let may_act = job.created_by == Some(who.user().id);
+    let holder = Some(format!("{} ({})", holder.display_name, holder.username));
+    Ok(Visible { job, device, policy, holder_views: false, may_act, holder })
+}
+
+/// [`visible_job`], for a request that acts on the session.
+async fn actionable_job<R: Repo>(
+    s: &AppState<R>,
+    who: &Principal,
+    id: JobId,
+) -> Result<Visible, PortalError> {
+    let v = visible_job(s, who, id).await?;
+    if !v.may_act {
+        return Err(PortalError::from(crate::ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the operator who started this card session acts on it: the card is at their workstation",
+        )));
+    }
+    Ok(v)
 }
 
 /// What the job's page shows, decided by the job, its device and the PIN desk.
@@ -163,6 +212,9 @@ pub(crate) struct Progress {
 
 struct Snapshot {
     job: Job,
+    holder_views: bool,
+    may_act: bool,
+    holder: Option<String>,
     device_state: DeviceState,
     device_id: String,
     rules: Option<(PinRules, u64)>,
@@ -172,16 +224,11 @@ struct Snapshot {
     failure: Option<String>,
 }
 
-async fn snapshot<R: Repo>(
-    s: &AppState<R>,
-    me: &SelfService<'_>,
-    id: JobId,
-) -> Result<Snapshot, PortalError> {
-    let repo = s.repo.as_ref();
-    let (job, device) = visible_job(s, me, id).await?;
+async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Result<Snapshot, PortalError> {
+    let Visible { job, device, policy, holder_views, may_act, holder } = visible_job(s, who, id).await?;
     let rules = s.pins.wanted(id);
     let phase = phase(&job, device.state, rules.is_some(), s.pins.expects(id));
-    let names = planned_steps(me.policy(repo).await?.certificates.keys().copied());
+    let names = planned_steps(policy.certificates.keys().copied());
     let completed: Vec<String> = job
         .checkpoint
         .as_ref()
@@ -219,6 +266,9 @@ async fn snapshot<R: Repo>(
         Phase::RolledBack => (0, "Undone: the card was reset and nothing was issued".to_owned()),
     };
     Ok(Snapshot {
+        holder_views,
+        may_act,
+        holder,
         device_id: device.id.to_string(),
         device_state: device.state,
         job,
@@ -247,6 +297,12 @@ struct JobPage {
     failure: Option<String>,
     notice: Option<String>,
     pin_error: Option<String>,
+    /// The viewer holds the device (links go to My Devices) rather than being an operator.
+    holder_views: bool,
+    /// The PIN form and Resume / Start over are shown.
+    may_act: bool,
+    /// For an operator: whose card this is.
+    holder: Option<String>,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -281,11 +337,13 @@ async fn job_page_with<R: Repo + 'static>(
     pin_error: Option<String>,
     status: StatusCode,
 ) -> Result<Response, PortalError> {
-    let me = signed.principal().self_service()?;
-    let snap = snapshot(s, &me, id).await?;
+    let snap = snapshot(s, signed.principal(), id).await?;
     let page = JobPage {
         nav: signed.nav(),
-        section: "devices",
+        section: if snap.holder_views { "devices" } else { "operator" },
+        holder_views: snap.holder_views,
+        may_act: snap.may_act,
+        holder: snap.holder,
         csrf_token: signed.session.csrf_token.clone(),
         job_id: snap.job.id.to_string(),
         device_id: snap.device_id,
@@ -336,11 +394,7 @@ pub(crate) async fn events<R: Repo + 'static>(
     };
     let principal = session.auth.principal.clone();
     let Ok(id) = id.parse::<JobId>() else { return PortalError::not_found().into_response() };
-    let first = match principal.self_service() {
-        Ok(me) => snapshot(&s, &me, id).await,
-        Err(e) => Err(e.into()),
-    };
-    let first = match first {
+    let first = match snapshot(&s, &principal, id).await {
         Ok(snap) => snap.progress,
         Err(e) => return e.into_response(),
     };
@@ -369,10 +423,9 @@ pub(crate) async fn events<R: Repo + 'static>(
                         return None;
                     }
                     tokio::time::sleep(EVENT_TICK).await;
-                    let me = principal.self_service().ok()?;
                     // The job may have become unreadable (a database hiccup): end the stream and
                     // let the browser reconnect.
-                    next = Some(snapshot(&s, &me, id).await.ok()?.progress);
+                    next = Some(snapshot(&s, &principal, id).await.ok()?.progress);
                 }
             }
         });
@@ -407,8 +460,7 @@ pub(crate) async fn pin<R: Repo + 'static>(
     let nav = signed.nav();
     let inner = async {
         let id = job_id(&id)?;
-        let me = signed.principal().self_service()?;
-        let (job, _) = visible_job(&s, &me, id).await?;
+        actionable_job(&s, signed.principal(), id).await?;
         let bad = |m: &str| Some(m.to_owned());
         let answer = match form.action.as_deref() {
             Some("skip") => Ok(None),
@@ -447,7 +499,8 @@ pub(crate) async fn pin<R: Repo + 'static>(
             // page shows the result rather than the moment in between.
             let deadline = tokio::time::Instant::now() + PIN_CONFIRM_WAIT;
             while tokio::time::Instant::now() < deadline {
-                if me.device(s.repo.as_ref(), job.device).await?.state != DeviceState::Pending {
+                let now = visible_job(&s, signed.principal(), id).await?.device.state;
+                if now != DeviceState::Pending {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -494,8 +547,7 @@ async fn continue_job<R: Repo + 'static>(
     purpose: TicketPurpose,
 ) -> Result<Response, PortalError> {
     let id = job_id(id)?;
-    let me = signed.principal().self_service()?;
-    let (_, device) = visible_job(s, &me, id).await?;
+    let Visible { device, .. } = actionable_job(s, signed.principal(), id).await?;
     let seen = seen(s, signed.principal()).await?;
     let (agent, reader) = match find_card(&seen.online, device.serial.as_deref()) {
         Ok(found) => found,

@@ -27,6 +27,7 @@ mod devices;
 mod help;
 mod job;
 mod operator;
+mod operator_cards;
 mod session;
 mod workstations;
 
@@ -71,6 +72,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
             get(workstations::confirm_revoke::<R>).post(workstations::revoke::<R>),
         )
         .merge(operator::routes::<R>())
+        .merge(operator_cards::routes::<R>())
         .merge(audit::routes::<R>())
         .merge(admin::routes::<R>())
         .merge(admin_users::routes::<R>())
