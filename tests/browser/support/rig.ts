@@ -208,7 +208,7 @@ export class CardRig {
 
   /** Card k's serial number, as its image records it. */
   cardSerial(k: number): number {
-    const shown = JSON.parse(execFileSync(this.bin, ['vcard', 'show', '--image', this.images[k], '--format', 'json'],
+    const shown = JSON.parse(execFileSync(this.bin, ['vcard', 'info', '--image', this.images[k], '--output', 'json'],
       { env: lanyardEnv({}), stdio: 'pipe' }).toString());
     return shown.serial;
   }
