@@ -28,7 +28,7 @@ use crate::lifecycle::{
 };
 use crate::model::{
     Agent, ApiToken, Credential, CredentialKind, Device, DeviceKind, Job, JobKind, JobState, JobStep,
-    LinkKind, Policy, Role, StepOutcome, User, ValidationError,
+    LinkKind, Policy, PolicyDenied, Role, StepOutcome, User, ValidationError,
 };
 use crate::repo::prelude::*;
 use crate::repo::{CredentialQuery, DeviceQuery};
@@ -38,12 +38,14 @@ mod auditor;
 mod operator;
 mod self_service;
 mod system;
+mod workstations;
 
 pub use admin::{Admin, NewUser};
 pub use auditor::Auditor;
 pub use operator::Operator;
 pub use self_service::SelfService;
 pub use system::System;
+pub use workstations::Workstations;
 
 /// An authenticated, enabled user acting in one request.
 #[derive(Clone, Debug)]
@@ -139,6 +141,15 @@ impl Principal {
     /// The help desk's view of every user's devices.
     pub fn operator(&self) -> Result<Operator<'_>, Forbidden> {
         self.require(Role::Operator).map(|()| Operator { p: self })
+    }
+
+    /// My own workstation agents: pairing, listing and revoking them. Cardholders pair the agent
+    /// they issue their cards with; operators the one at their desk for issuing in person; and
+    /// administrators theirs. Whoever pairs an agent, it stays bound to their account alone.
+    pub fn workstations(&self) -> Result<Workstations<'_>, Forbidden> {
+        let may =
+            [Role::User, Role::Operator, Role::Administrator].into_iter().any(|r| self.user.has_role(r));
+        if may { Ok(Workstations { p: self }) } else { Err(Forbidden::NoWorkstationRole) }
     }
 
     /// Groups, policies, users and roles.
@@ -394,6 +405,84 @@ async fn policy_of<T: Tx>(tx: &mut T, user: &User) -> Result<Policy, DomainError
     Ok(group.policy)
 }
 
+/// Whose card an issuance is for, as its refusals name them: the holder themselves (self-service,
+/// "your group's policy"), or a holder an operator issues to in person (named).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IssuingTo {
+    Myself,
+    InPerson,
+}
+
+/// Whether `holder`'s policy lets them receive another smart card or USB key now.
+async fn check_may_add_token<T: Tx>(
+    tx: &mut T,
+    holder: &User,
+    policy: &Policy,
+    to: IssuingTo,
+) -> Result<(), DomainError> {
+    let name = || holder.username.to_string();
+    if !policy.may_add_device {
+        return Err(match to {
+            IssuingTo::Myself => PolicyDenied::AddDeviceDisabled,
+            IssuingTo::InPerson => PolicyDenied::HolderAddDeviceDisabled { holder: name() },
+        }
+        .into());
+    }
+    let query = DeviceQuery { owner: Some(holder.id), limit: ALL, ..Default::default() };
+    let current = tx.list_devices(&query).await?.iter().filter(|d| d.counts_toward_limit()).count();
+    if current >= usize::from(policy.max_devices) {
+        let max = policy.max_devices;
+        return Err(match to {
+            IssuingTo::Myself => PolicyDenied::DeviceLimitReached { max, current },
+            IssuingTo::InPerson => PolicyDenied::HolderDeviceLimitReached { holder: name(), max, current },
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// `holder`'s policy must accept the card's model.
+fn check_card_model(holder: &User, policy: &Policy, model: &str, to: IssuingTo) -> Result<(), DomainError> {
+    if policy.accepts_card_model(model) {
+        return Ok(());
+    }
+    Err(match to {
+        IssuingTo::Myself => PolicyDenied::CardModelNotAccepted(model.to_owned()),
+        IssuingTo::InPerson => PolicyDenied::HolderCardModelNotAccepted {
+            holder: holder.username.to_string(),
+            model: model.to_owned(),
+        },
+    }
+    .into())
+}
+
+/// The device record for a card about to be issued: the stock device of that model and serial
+/// when there is one (it must be unowned stock), or a new one registered now. Does not commit.
+async fn claim_or_register<T: Tx>(
+    tx: &mut T,
+    card: &CardInfo,
+    at: OffsetDateTime,
+) -> Result<Device, DomainError> {
+    let existing = match &card.serial {
+        Some(serial) => tx.get_device_by_serial(&card.model, serial).await?,
+        None => None,
+    };
+    match existing {
+        Some(d) if d.state == DeviceState::Available && d.owner.is_none() => Ok(d),
+        Some(d) => Err(DomainError::Conflict(format!(
+            "this card is already registered and is {}; an operator must recycle it first",
+            d.state
+        ))),
+        None => {
+            let mut d = Device::new(card.kind, card.model.clone(), at)?;
+            d.serial = card.serial.clone();
+            d.validate()?;
+            tx.insert_device(&d).await?;
+            Ok(d)
+        }
+    }
+}
+
 /// What the agent reports about a card the user wants to issue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CardInfo {
@@ -539,28 +628,34 @@ async fn start_unlock<R: Repo>(
                 "device {device} has no stored PUK (it was not issued by Lanyard)"
             )));
         }
-        let created = create_job(&mut tx, who, JobKind::Unlock, device, by, ttl).await?;
+        let created = create_job(&mut tx, who, JobKind::Unlock, &d, by, ttl).await?;
         tx.commit().await?;
         Ok(created)
     })
     .await
 }
 
-/// Inserts a new job of `kind` with a one-time agent ticket, audited as `job.create`.
+/// Inserts a new job of `kind` on `device` with a one-time agent ticket, audited as `job.create`
+/// naming the device, its holder (the subject, when the actor acts on someone else's card) and
+/// the note the actor gave.
 async fn create_job<T: Tx>(
     tx: &mut T,
     who: &Acting,
     kind: JobKind,
-    device: DeviceId,
+    device: &Device,
     by: UserId,
     ttl: time::Duration,
 ) -> Result<(Job, SecretString), DomainError> {
-    let mut job = Job::new(kind, device, Some(by), who.at);
+    let mut job = Job::new(kind, device.id, Some(by), who.at);
     let ticket = job.issue_ticket(ttl, who.at)?;
     tx.insert_job(&job).await?;
+    let mut after = json!({"kind": job.kind, "device": device.id, "holder": device.owner});
+    if let (Some(note), Value::Object(fields)) = (&who.note, &mut after) {
+        fields.insert("note".into(), Value::String(note.clone()));
+    }
     let event = NewAuditEvent::new(who.at, who.actor.clone(), "job.create", &who.operation_id)
         .target(format!("job:{}", job.id))
-        .after(json!({"kind": job.kind, "device": device}));
+        .after(after);
     tx.append_audit(event).await?;
     Ok((job, ticket))
 }

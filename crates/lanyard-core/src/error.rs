@@ -13,6 +13,10 @@ pub enum Forbidden {
     MissingRole(Role),
     #[error("forbidden: the account is disabled")]
     Disabled,
+    /// Workstation agents are paired by cardholders, operators (issuing in person at their own
+    /// desk) and administrators; an auditor alone has no use for one.
+    #[error("forbidden: pairing a workstation requires the user, operator or administrator role")]
+    NoWorkstationRole,
 }
 
 /// Everything a domain operation can fail with. The server maps these to HTTP once (NotFound →

@@ -161,10 +161,7 @@ pub(crate) async fn start_session<R: Repo>(
     let repo = s.repo.as_ref();
     let operator = principal.operator().ok();
     // The caller's own agent, whatever their role; nobody learns about another user's.
-    let agent = match &operator {
-        Some(op) => op.own_agent(repo, agent).await?,
-        None => principal.self_service()?.agent(repo, agent).await?,
-    };
+    let agent = principal.workstations()?.agent(repo, agent).await?;
     let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, m);
     let Some((_, snapshot)) = s.links.status(agent.id) else {
         return Err(conflict(format!("agent {} ({}) is not connected", agent.id, agent.host_name)));

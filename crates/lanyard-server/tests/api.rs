@@ -1309,9 +1309,10 @@ async fn a_user_pairs_an_agent_by_code_once_and_only_they_see_and_revoke_it() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
     assert_eq!((app.snapshot().await, app.agents().await), before, "bob changed nothing");
-    // Only cardholders pair agents: an operator without the user role is refused.
-    let r = app.post_json("/api/v1/agents/pairing", &app.operator.token, &json!({})).await;
+    // An auditor alone has no workstation to pair.
+    let r = app.post_json("/api/v1/agents/pairing", &app.auditor.token, &json!({})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(r.error().contains("user, operator or administrator role"), "{}", r.body);
 
     let r = app.bearer("DELETE", &format!("/api/v1/agents/{agent}"), &app.alice.token).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -1333,6 +1334,70 @@ async fn a_user_pairs_an_agent_by_code_once_and_only_they_see_and_revoke_it() {
     for secret in [&code, &code.replace('-', ""), &late, &late.replace('-', ""), &credential] {
         assert!(!text.contains(secret.as_str()), "the audit log holds a secret");
     }
+}
+
+/// Pairs an agent for `token`'s account through the API: its id.
+async fn pair_for(app: &App, token: &str, host: &str) -> String {
+    let r = app.post_json("/api/v1/agents/pairing", token, &json!({})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let body = json!({"code": r.body["code"], "host_name": host}).to_string();
+    let r = app.send("POST", "/api/v1/agents/pair", &[], Some(&body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    r.body["agent"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Operators pair the agent at their desk (to issue in person) and administrators theirs, without
+/// the cardholder role; each agent stays bound to the account that paired it, and no one, an
+/// operator included, lists, refreshes, revokes or runs sessions on another account's agent.
+#[tokio::test]
+async fn operators_and_administrators_pair_their_own_agents_and_reach_no_one_elses() {
+    let app = setup().await;
+    let oscars = pair_for(&app, &app.operator.token, "help-desk-1").await;
+    let roots = pair_for(&app, &app.admin.token, "admin-ws").await;
+    let alices = pair_for(&app, &app.alice.token, "alice-ws").await;
+    for (who, token, own) in [
+        ("oscar", &app.operator.token, &oscars),
+        ("root", &app.admin.token, &roots),
+        ("alice", &app.alice.token, &alices),
+    ] {
+        let r = app.bearer("GET", "/api/v1/agents", token).await;
+        assert_eq!(r.status, StatusCode::OK, "{who}: {}", r.body);
+        let ids: Vec<&str> = r.body.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, [own.as_str()], "{who} lists exactly their own agent");
+    }
+    let stored = app.agents().await;
+    let owner = |id: &str| stored.iter().find(|a| a.id.to_string() == id).unwrap().user;
+    assert_eq!(
+        (owner(&oscars), owner(&roots), owner(&alices)),
+        (app.operator.user.id, app.admin.user.id, app.alice.user.id)
+    );
+
+    // Another account's agent is a 404 for every route, whatever the caller's roles.
+    let before = (app.snapshot().await, app.agents().await);
+    for (token, theirs) in
+        [(&app.operator.token, &alices), (&app.alice.token, &oscars), (&app.admin.token, &oscars)]
+    {
+        let r = app.bearer("DELETE", &format!("/api/v1/agents/{theirs}"), token).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+        let r = app.post_json(&format!("/api/v1/agents/{theirs}/refresh"), token, &json!({})).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    }
+    assert_eq!((app.snapshot().await, app.agents().await), before, "nothing changed");
+
+    // Each revokes their own.
+    for (token, own) in [(&app.operator.token, &oscars), (&app.admin.token, &roots)] {
+        let r = app.bearer("DELETE", &format!("/api/v1/agents/{own}"), token).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let actors: Vec<Actor> = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "agent.pairing_start")
+        .map(|e| e.actor)
+        .collect();
+    let by_token = |c: &Caller| Actor::ApiToken { id: c.token_id };
+    assert_eq!(actors, [by_token(&app.operator), by_token(&app.admin), by_token(&app.alice)]);
 }
 
 #[tokio::test]

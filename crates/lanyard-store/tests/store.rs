@@ -838,7 +838,7 @@ async fn bytes(db: &Db, sql: &'static str) -> Vec<u8> {
 on_both!(two_agents_racing_with_one_pairing_code_pair_once_and_only_hashes_are_stored, |db| {
     let owner = someone(db, "pairer").await;
     let principal = Principal::new(owner.clone(), OperationId::random(), T0).unwrap();
-    let me = principal.self_service().unwrap();
+    let me = principal.workstations().unwrap();
     let at = T0 + Duration::seconds(30);
     for round in 0..8 {
         let (_, code) = me.start_pairing(db).await.unwrap();

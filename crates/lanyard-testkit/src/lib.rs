@@ -9,6 +9,7 @@
 //! - [`TestServer::issue_with_agent`]: the real agent relay between such a card and the server.
 //! - [`SoftWorkstation`], [`TestServer::run_linked_agent`]: the real linked agent (`lanyard agent
 //!   run`'s code) with software cards in readers of its own.
+//! - [`portal`]: the portal as a signed-in browser uses it (pages, forms with the CSRF token).
 //! - [`ServeProcess`]: `lanyard serve` as a child process.
 //! - [`PrivatePcscd`]: a pcscd of the test's own, with its own vpcd readers, that it may restart.
 //!
@@ -28,6 +29,8 @@ pub mod db;
 pub mod link;
 #[cfg(feature = "server")]
 pub mod pcscd;
+#[cfg(feature = "server")]
+pub mod portal;
 pub mod process;
 #[cfg(feature = "server")]
 pub mod server;

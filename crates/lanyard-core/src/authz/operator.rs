@@ -5,10 +5,10 @@ use serde_json::json;
 
 use crate::audit::{AuditEvent, NewAuditEvent};
 use crate::error::DomainError;
-use crate::ids::{AgentId, CredentialId, DeviceId, JobId, UserId};
+use crate::ids::{CredentialId, DeviceId, JobId, UserId};
 use crate::lifecycle::{CredentialAction, DeviceAction, DeviceState, RevocationReason, apply_credential};
 use crate::model::{
-    Agent, Credential, CredentialKind, Device, DeviceClass, Group, Job, JobKind, LinkKind, Policy, User,
+    Credential, CredentialKind, Device, DeviceClass, Group, Job, JobKind, LinkKind, Policy, Role, User,
     Username, ValidationError,
 };
 use crate::repo::prelude::*;
@@ -16,10 +16,14 @@ use crate::repo::{AuditQuery, DeviceQuery, UserQuery};
 use crate::serial::SerialSearch;
 
 use super::{
-    AgentBinding, CardInfo, Principal, TicketPurpose, create_job, credential_snapshot, credentials_of,
-    device_ref, job_of, job_ticket, own_agent, policy_of, record_certificates, snapshot, start_unlock,
-    transition, transition_with_derived,
+    AgentBinding, CardInfo, IssuingTo, Principal, TicketPurpose, check_card_model, check_may_add_token,
+    claim_or_register, create_job, credential_snapshot, credentials_of, device_ref, job_of, job_ticket,
+    own_agent, policy_of, record_certificates, snapshot, start_unlock, transition, transition_with_derived,
 };
+
+/// The life of the ticket a job is created with when it is never handed out (the session gets a
+/// fresh one, bound to an agent): it lapses at once.
+const TICKET_UNUSED: time::Duration = time::Duration::ZERO;
 
 /// The help desk: finds users and devices, and moves devices through their lifecycle.
 #[derive(Clone, Copy, Debug)]
@@ -59,11 +63,6 @@ impl Operator<'_> {
         job_ticket(repo, &self.p.acting(), id, None, purpose, ttl, Some(bound)).await
     }
 
-    /// One of the operator's own agents, not revoked.
-    pub async fn own_agent<R: Repo>(&self, repo: &R, id: AgentId) -> Result<Agent, DomainError> {
-        own_agent(repo, id, self.p.user.id).await
-    }
-
     /// Starts wiping a terminated or failed card that Lanyard personalized: the agent at the card
     /// resets it to factory state, then the device returns to stock.
     pub async fn start_wipe<R: Repo>(
@@ -88,7 +87,7 @@ impl Operator<'_> {
                     "device {device} was never personalized by Lanyard; reset it with the vendor's tool"
                 )));
             }
-            let created = create_job(&mut tx, who, JobKind::Wipe, device, self.p.user.id, ttl).await?;
+            let created = create_job(&mut tx, who, JobKind::Wipe, &d, self.p.user.id, ttl).await?;
             tx.commit().await?;
             Ok(created)
         })
@@ -121,24 +120,106 @@ impl Operator<'_> {
             let owner = previous.owner.ok_or_else(|| {
                 DomainError::Conflict(format!("device {old} has no holder to replace it for"))
             })?;
+            let holder = tx.get_user(owner).await?.ok_or_else(|| DomainError::not_found("user", owner))?;
+            let policy = policy_of(&mut tx, &holder).await?;
+            check_card_model(&holder, &policy, &card.model, IssuingTo::InPerson)?;
             if previous.state != DeviceState::Revoked {
                 transition_with_derived(&mut tx, previous, DeviceAction::Revoke(reason), who).await?;
             }
-            let mut device = Device::new(card.kind, card.model.clone(), who.at)?;
-            device.serial = card.serial.clone();
+            let mut device = claim_or_register(&mut tx, card, who.at).await?;
             device.links.push(crate::model::DeviceLink { kind: LinkKind::Replaces, target: old });
             device.validate()?;
-            tx.insert_device(&device).await?;
+            let mut after = json!({"replaces": old, "reason": reason, "owner": owner});
+            if let (Some(note), Some(fields)) = (&who.note, after.as_object_mut()) {
+                fields.insert("note".into(), serde_json::Value::String(note.clone()));
+            }
             let event = NewAuditEvent::new(who.at, who.actor.clone(), "device.replace", &who.operation_id)
                 .target(device_ref(device.id))
-                .after(json!({"replaces": old, "reason": reason, "owner": owner}));
+                .after(after);
             tx.append_audit(event).await?;
             device.owner = Some(owner);
             let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
             let (job, ticket) =
-                create_job(&mut tx, who, JobKind::Issuance, device.id, self.p.user.id, ttl).await?;
+                create_job(&mut tx, who, JobKind::Issuance, &device, self.p.user.id, ttl).await?;
             tx.commit().await?;
             Ok((device, job, ticket))
+        })
+        .await
+    }
+
+    /// The cardholder `holder` and their group's policy, if an operator may issue them a smart
+    /// card or USB key in person now: they hold the `user` role, their account is enabled, and
+    /// their policy allows another device. The error says why not, naming the holder.
+    pub async fn may_issue_to<R: Repo>(
+        &self,
+        repo: &R,
+        holder: UserId,
+    ) -> Result<(User, Policy), DomainError> {
+        let mut tx = repo.read().await?;
+        let holder = tx.get_user(holder).await?.ok_or_else(|| DomainError::not_found("user", holder))?;
+        Self::check_cardholder(&holder)?;
+        let policy = policy_of(&mut tx, &holder).await?;
+        check_may_add_token(&mut tx, &holder, &policy, IssuingTo::InPerson).await?;
+        Ok((holder, policy))
+    }
+
+    fn check_cardholder(holder: &User) -> Result<(), DomainError> {
+        if holder.disabled {
+            return Err(
+                ValidationError::new("holder", format!("{}'s account is disabled", holder.username)).into()
+            );
+        }
+        if !holder.has_role(Role::User) {
+            return Err(ValidationError::new(
+                "holder",
+                format!(
+                    "{} is not a cardholder (the user role); an administrator grants it",
+                    holder.username
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Starts issuing a card or USB key, in a reader at the operator's desk, to the cardholder
+    /// `holder` (in person): the holder's group policy decides, exactly as when they add a device
+    /// themselves (may add, how many, which models), and its refusals name the holder. Claims the
+    /// stock device for this serial or registers the card, moves it to Issuing for the holder,
+    /// and creates the issuance job. Audited with the operator as actor: `device.begin_issuance`
+    /// (the holder as owner) and `job.create` (device, holder, and the operator's note).
+    pub async fn begin_issuance_for<R: Repo>(
+        &self,
+        repo: &R,
+        holder: UserId,
+        card: CardInfo,
+    ) -> Result<(Device, Job), DomainError> {
+        if card.kind.class() != DeviceClass::Token {
+            return Err(ValidationError::new(
+                "kind",
+                "only smart cards and USB keys are issued through a reader",
+            )
+            .into());
+        }
+        let who = self.p.acting();
+        let who = &who;
+        let card = &card;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let holder = tx.get_user(holder).await?.ok_or_else(|| DomainError::not_found("user", holder))?;
+            Self::check_cardholder(&holder)?;
+            let policy = policy_of(&mut tx, &holder).await?;
+            check_may_add_token(&mut tx, &holder, &policy, IssuingTo::InPerson).await?;
+            check_card_model(&holder, &policy, &card.model, IssuingTo::InPerson)?;
+            let mut device = claim_or_register(&mut tx, card, who.at).await?;
+            device.owner = Some(holder.id);
+            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
+            // The ticket is never handed out: the session starts with a fresh one bound to the
+            // operator's agent.
+            let (job, _unused) =
+                create_job(&mut tx, who, JobKind::Issuance, &device, self.p.user.id, TICKET_UNUSED).await?;
+            tx.commit().await?;
+            Ok((device, job))
         })
         .await
     }

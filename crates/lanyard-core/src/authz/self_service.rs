@@ -5,18 +5,18 @@ use serde_json::json;
 
 use crate::audit::NewAuditEvent;
 use crate::error::DomainError;
-use crate::ids::{AgentId, DeviceId, JobId, UserId};
+use crate::ids::{DeviceId, JobId, UserId};
 use crate::lifecycle::{DeviceAction, DeviceState};
 use crate::model::{
-    Agent, Credential, Device, DeviceClass, EnrollmentCode, EnrollmentPurpose, Job, JobKind, PairingCode,
-    Policy, PolicyDenied, ValidationError,
+    Credential, Device, DeviceClass, EnrollmentCode, EnrollmentPurpose, Job, JobKind, Policy, PolicyDenied,
+    ValidationError,
 };
 use crate::repo::DeviceQuery;
 use crate::repo::prelude::*;
 
 use super::{
-    ALL, AgentBinding, CardInfo, Principal, TicketPurpose, credentials_of, job_of, job_ticket, own_agent,
-    policy_of, start_unlock, transition,
+    ALL, AgentBinding, CardInfo, IssuingTo, Principal, TicketPurpose, check_card_model, check_may_add_token,
+    claim_or_register, credentials_of, job_of, job_ticket, own_agent, policy_of, start_unlock, transition,
 };
 
 /// A cardholder acting on their own devices.
@@ -54,11 +54,6 @@ impl SelfService<'_> {
     ) -> Result<(Job, SecretString), DomainError> {
         own_agent(repo, bound.agent, self.me()).await?;
         job_ticket(repo, &self.p.acting(), id, Some(self.me()), purpose, ttl, Some(bound)).await
-    }
-
-    /// One of my agents, not revoked; another user's is NotFound, like a missing one.
-    pub async fn agent<R: Repo>(&self, repo: &R, id: AgentId) -> Result<Agent, DomainError> {
-        own_agent(repo, id, self.me()).await
     }
 
     /// A job on one of my devices.
@@ -116,24 +111,12 @@ impl SelfService<'_> {
         credentials_of(&mut tx, device).await
     }
 
-    async fn check_may_add_token<T: Tx>(&self, tx: &mut T, policy: &Policy) -> Result<(), DomainError> {
-        if !policy.may_add_device {
-            return Err(PolicyDenied::AddDeviceDisabled.into());
-        }
-        let query = DeviceQuery { owner: Some(self.me()), limit: ALL, ..Default::default() };
-        let current = tx.list_devices(&query).await?.iter().filter(|d| d.counts_toward_limit()).count();
-        if current >= usize::from(policy.max_devices) {
-            return Err(PolicyDenied::DeviceLimitReached { max: policy.max_devices, current }.into());
-        }
-        Ok(())
-    }
-
     /// Whether *Add Device* is available to me now (policy and device count); the error says why
     /// not.
     pub async fn may_add_device<R: Repo>(&self, repo: &R) -> Result<(), DomainError> {
         let mut tx = repo.read().await?;
         let policy = policy_of(&mut tx, &self.p.user).await?;
-        self.check_may_add_token(&mut tx, &policy).await
+        check_may_add_token(&mut tx, &self.p.user, &policy, IssuingTo::Myself).await
     }
 
     /// My group's policy, for showing what I may do (the checks themselves stay in the actions).
@@ -162,30 +145,9 @@ impl SelfService<'_> {
         retry(repo, || async move {
             let mut tx = repo.begin().await?;
             let policy = policy_of(&mut tx, &self.p.user).await?;
-            self.check_may_add_token(&mut tx, &policy).await?;
-            if !policy.accepts_card_model(&card.model) {
-                return Err(PolicyDenied::CardModelNotAccepted(card.model.clone()).into());
-            }
-            let existing = match &card.serial {
-                Some(serial) => tx.get_device_by_serial(&card.model, serial).await?,
-                None => None,
-            };
-            let device = match existing {
-                Some(d) if d.state == DeviceState::Available && d.owner.is_none() => d,
-                Some(d) => {
-                    return Err(DomainError::Conflict(format!(
-                        "this card is already registered and is {}; an operator must recycle it first",
-                        d.state
-                    )));
-                }
-                None => {
-                    let mut d = Device::new(card.kind, card.model.clone(), who.at)?;
-                    d.serial = card.serial.clone();
-                    d.validate()?;
-                    tx.insert_device(&d).await?;
-                    d
-                }
-            };
+            check_may_add_token(&mut tx, &self.p.user, &policy, IssuingTo::Myself).await?;
+            check_card_model(&self.p.user, &policy, &card.model, IssuingTo::Myself)?;
+            let device = claim_or_register(&mut tx, card, who.at).await?;
             let mut device = device;
             device.owner = Some(self.me());
             let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
@@ -274,64 +236,6 @@ impl SelfService<'_> {
             let device = transition(&mut tx, device, DeviceAction::Delete, &self.p.acting()).await?;
             tx.commit().await?;
             Ok(device)
-        })
-        .await
-    }
-
-    /// Starts pairing a workstation agent with me: a one-time code, valid for
-    /// [`crate::model::PAIRING_CODE_TTL`], to type into `lanyard agent pair` or to carry in a
-    /// `lanyard://pair` link. Returns the code to show once (`ABCDE-FGHJK`); only its hash is
-    /// stored. Codes that expired are cleared out in the same unit of work, so the table holds
-    /// only the last two minutes' codes.
-    pub async fn start_pairing<R: Repo>(&self, repo: &R) -> Result<(PairingCode, SecretString), DomainError> {
-        let who = self.p.acting();
-        let who = &who;
-        retry(repo, || async move {
-            // A new code for every run: nothing of a failed run is kept.
-            let (code, secret) = PairingCode::issue(self.me(), who.at)?;
-            let mut tx = repo.begin().await?;
-            tx.delete_expired_pairing_codes(who.at).await?;
-            tx.insert_pairing_code(&code).await?;
-            let event =
-                NewAuditEvent::new(who.at, who.actor.clone(), "agent.pairing_start", &who.operation_id)
-                    .target(format!("pairing_code:{}", code.id))
-                    .after(json!({"user": code.user, "expires_at": code.expires_at.unix_timestamp()}));
-            tx.append_audit(event).await?;
-            tx.commit().await?;
-            Ok((code, secret))
-        })
-        .await
-    }
-
-    /// My paired agents (revoked ones included), oldest first.
-    pub async fn agents<R: Repo>(&self, repo: &R) -> Result<Vec<Agent>, DomainError> {
-        let mut tx = repo.read().await?;
-        Ok(tx.list_agents(self.me()).await?)
-    }
-
-    /// Revokes one of my agents: its credential stops working at once. Another user's agent is
-    /// NotFound, like a missing one; an agent already revoked is a Conflict.
-    pub async fn revoke_agent<R: Repo>(&self, repo: &R, id: AgentId) -> Result<Agent, DomainError> {
-        let who = self.p.acting();
-        let who = &who;
-        retry(repo, || async move {
-            let mut tx = repo.begin().await?;
-            let mut agent = match tx.get_agent(id).await? {
-                Some(a) if a.user == self.me() => a,
-                _ => return Err(DomainError::not_found("agent", id)),
-            };
-            if agent.revoked_at.is_some() {
-                return Err(DomainError::Conflict("this agent is already revoked".into()));
-            }
-            agent.revoked_at = Some(who.at);
-            tx.update_agent(&agent).await?;
-            let event = NewAuditEvent::new(who.at, who.actor.clone(), "agent.revoke", &who.operation_id)
-                .target(format!("agent:{id}"))
-                .before(json!({"revoked_at": null}))
-                .after(json!({"user": agent.user, "host_name": agent.host_name, "revoked_at": who.at.unix_timestamp()}));
-            tx.append_audit(event).await?;
-            tx.commit().await?;
-            Ok(agent)
         })
         .await
     }

@@ -824,7 +824,7 @@ fn a_pairing_code_pairs_one_agent_with_its_user_once_within_two_minutes() {
     let alice = w.principal(&w.alice);
     let bob = w.principal(&w.bob);
     let system = |at| System::new(OperationId::parse("op-agent").unwrap(), at);
-    let (code, secret) = block_on(alice.self_service().unwrap().start_pairing(&w.repo)).unwrap();
+    let (code, secret) = block_on(alice.workstations().unwrap().start_pairing(&w.repo)).unwrap();
     let stored = w.repo.data().pairing_codes[&code.id].clone();
     assert_eq!(stored.user, w.alice.id);
     assert_eq!(stored.code_hash, crate::model::PairingCode::hash_of(secret.expose_secret()).unwrap());
@@ -842,7 +842,7 @@ fn a_pairing_code_pairs_one_agent_with_its_user_once_within_two_minutes() {
     assert_eq!(w.repo.data().agents.len(), 1, "a used code pairs nothing");
 
     // Expired: two minutes after issue.
-    let (_, late) = block_on(alice.self_service().unwrap().start_pairing(&w.repo)).unwrap();
+    let (_, late) = block_on(alice.workstations().unwrap().start_pairing(&w.repo)).unwrap();
     let expired = w.clock.now() + time::Duration::minutes(2);
     assert!(block_on(system(expired).pair_agent(&w.repo, late.expose_secret(), "ws-3")).unwrap().is_none());
 
@@ -852,19 +852,19 @@ fn a_pairing_code_pairs_one_agent_with_its_user_once_within_two_minutes() {
         block_on(system(seen).authenticate_agent(&w.repo, credential.expose_secret())).unwrap().unwrap();
     assert_eq!((a.id, a.last_seen_at, u.id), (agent.id, Some(seen), w.alice.id));
     assert!(block_on(system(seen).authenticate_agent(&w.repo, "nope")).unwrap().is_none());
-    assert_eq!(block_on(bob.self_service().unwrap().agents(&w.repo)).unwrap(), []);
-    let err = block_on(bob.self_service().unwrap().revoke_agent(&w.repo, agent.id)).unwrap_err();
+    assert_eq!(block_on(bob.workstations().unwrap().agents(&w.repo)).unwrap(), []);
+    let err = block_on(bob.workstations().unwrap().revoke_agent(&w.repo, agent.id)).unwrap_err();
     assert!(matches!(err, DomainError::NotFound { kind: "agent", .. }), "{err}");
-    let revoked = block_on(alice.self_service().unwrap().revoke_agent(&w.repo, agent.id)).unwrap();
+    let revoked = block_on(alice.workstations().unwrap().revoke_agent(&w.repo, agent.id)).unwrap();
     assert!(revoked.revoked_at.is_some());
     assert!(matches!(
-        block_on(alice.self_service().unwrap().revoke_agent(&w.repo, agent.id)),
+        block_on(alice.workstations().unwrap().revoke_agent(&w.repo, agent.id)),
         Err(DomainError::Conflict(_))
     ));
     assert!(
         block_on(system(seen).authenticate_agent(&w.repo, credential.expose_secret())).unwrap().is_none()
     );
-    assert_eq!(block_on(alice.self_service().unwrap().agents(&w.repo)).unwrap(), [revoked]);
+    assert_eq!(block_on(alice.workstations().unwrap().agents(&w.repo)).unwrap(), [revoked]);
 
     let events = w.repo.data().audit;
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
@@ -882,8 +882,8 @@ fn a_disabled_user_pairs_no_agent_and_their_agents_stop_authenticating() {
     let w = world();
     let alice = w.principal(&w.alice);
     let system = System::new(OperationId::parse("op-agent").unwrap(), w.clock.now());
-    let (_, first) = block_on(alice.self_service().unwrap().start_pairing(&w.repo)).unwrap();
-    let (_, second) = block_on(alice.self_service().unwrap().start_pairing(&w.repo)).unwrap();
+    let (_, first) = block_on(alice.workstations().unwrap().start_pairing(&w.repo)).unwrap();
+    let (_, second) = block_on(alice.workstations().unwrap().start_pairing(&w.repo)).unwrap();
     let (_, credential) = block_on(system.pair_agent(&w.repo, first.expose_secret(), "ws")).unwrap().unwrap();
     w.repo.with_data(|d| d.users.get_mut(&w.alice.id).unwrap().disabled = true);
     assert!(block_on(system.pair_agent(&w.repo, second.expose_secret(), "ws")).unwrap().is_none());
@@ -947,4 +947,166 @@ fn an_operator_finds_devices_by_device_or_certificate_serial() {
     assert!(find("99999").is_empty());
     // A user without the operator role has no such search.
     assert!(w.principal(&w.alice).operator().is_err());
+}
+
+#[test]
+fn cardholders_operators_and_administrators_pair_their_own_agents_and_auditors_none() {
+    use secrecy::ExposeSecret;
+    let w = world();
+    let mut oscar = user("oscar", w.group.id, &[Role::Operator], w.clock.now());
+    oscar.display_name = "Oscar".into();
+    w.repo.with_data(|d| {
+        d.users.insert(oscar.id, oscar.clone());
+    });
+    let system = System::new(OperationId::parse("op-agent").unwrap(), w.clock.now());
+    let mut paired = Vec::new();
+    for u in [&w.alice, &oscar, &w.adam] {
+        let p = w.principal(u);
+        let (_, code) = block_on(p.workstations().unwrap().start_pairing(&w.repo)).unwrap();
+        let (agent, _) = block_on(system.pair_agent(&w.repo, code.expose_secret(), "ws")).unwrap().unwrap();
+        assert_eq!(agent.user, u.id, "the agent is bound to the account that paired it");
+        paired.push((u, agent));
+    }
+    assert_eq!(w.principal(&w.audrey).workstations().unwrap_err(), Forbidden::NoWorkstationRole);
+    // Each sees and reaches only their own.
+    for (u, own) in &paired {
+        let p = w.principal(u);
+        let view = p.workstations().unwrap();
+        assert_eq!(block_on(view.agents(&w.repo)).unwrap(), std::slice::from_ref(own));
+        for (other, theirs) in &paired {
+            if other.id != u.id {
+                let err = block_on(view.agent(&w.repo, theirs.id)).unwrap_err();
+                assert!(matches!(err, DomainError::NotFound { kind: "agent", .. }), "{err}");
+                let err = block_on(view.revoke_agent(&w.repo, theirs.id)).unwrap_err();
+                assert!(matches!(err, DomainError::NotFound { kind: "agent", .. }), "{err}");
+            }
+        }
+    }
+    // An operator's ticket binds only to the operator's own agent, never a holder's.
+    let card = w.device(&w.alice, DeviceKind::UsbKey, DeviceState::Active);
+    w.repo.with_data(|d| {
+        d.secrets.insert(card.id, crate::secrets::SealedCardSecrets::from_bytes(vec![1, 2, 3]));
+    });
+    let op_principal = w.principal(&oscar);
+    let op = op_principal.operator().unwrap();
+    let (job, _) = block_on(op.start_unlock(&w.repo, card.id, time::Duration::minutes(10))).unwrap();
+    let bind = |agent: AgentId| AgentBinding { agent, reader: "Reader 0".into() };
+    let err = block_on(op.agent_job_ticket(
+        &w.repo,
+        job.id,
+        TicketPurpose::Run,
+        time::Duration::minutes(10),
+        &bind(paired[0].1.id),
+    ))
+    .unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { kind: "agent", .. }), "{err}");
+    block_on(op.agent_job_ticket(
+        &w.repo,
+        job.id,
+        TicketPurpose::Run,
+        time::Duration::minutes(10),
+        &bind(paired[1].1.id),
+    ))
+    .unwrap();
+}
+
+#[test]
+fn an_operator_issues_in_person_under_the_holders_policy_with_the_holder_and_note_audited() {
+    let w = world_with(Policy { max_devices: 1, ..Policy::default() });
+    let olga = w.principal(&w.olga).with_note(Some("ticket 4711, ID checked")).unwrap();
+    let op = olga.operator().unwrap();
+    let card = CardInfo { kind: DeviceKind::UsbKey, model: "YubiKey 5".into(), serial: Some("777".into()) };
+
+    // Only cardholders, enabled ones, under their own policy.
+    let err = block_on(op.begin_issuance_for(&w.repo, w.audrey.id, card.clone())).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid input: holder: audrey is not a cardholder (the user role); an administrator grants it"
+    );
+    let odd = CardInfo { model: "Acme Card".into(), ..card.clone() };
+    let err = block_on(op.begin_issuance_for(&w.repo, w.alice.id, odd)).unwrap_err();
+    assert_eq!(err.to_string(), "policy: card model \"Acme Card\" is not accepted by alice's group policy");
+    assert!(w.repo.data().devices.is_empty() && w.repo.data().audit.is_empty(), "refusals change nothing");
+
+    block_on(op.may_issue_to(&w.repo, w.alice.id)).unwrap();
+    let (device, job) = block_on(op.begin_issuance_for(&w.repo, w.alice.id, card.clone())).unwrap();
+    assert_eq!((device.state, device.owner), (DeviceState::Issuing, Some(w.alice.id)));
+    assert_eq!((job.device, job.created_by), (device.id, Some(w.olga.id)));
+    let data = w.repo.data();
+    let olga_actor = Actor::User { id: w.olga.id, username: w.olga.username.clone() };
+    let actions: Vec<_> = data.audit.iter().map(|e| (e.action.as_str(), &e.actor)).collect();
+    assert_eq!(actions, [("device.begin_issuance", &olga_actor), ("job.create", &olga_actor)]);
+    let begin = data.audit[0].after.as_ref().unwrap();
+    assert_eq!(
+        (begin["owner"].clone(), begin["note"].clone()),
+        (json!(w.alice.id), json!("ticket 4711, ID checked"))
+    );
+    let created = data.audit[1].after.as_ref().unwrap();
+    assert_eq!(created["holder"], json!(w.alice.id));
+    assert_eq!(created["device"], json!(device.id));
+    assert_eq!(created["note"], "ticket 4711, ID checked");
+
+    // Alice is now at her limit: the refusal names her.
+    let denied = PolicyDenied::HolderDeviceLimitReached { holder: "alice".into(), max: 1, current: 1 };
+    let more = CardInfo { serial: Some("778".into()), ..card };
+    let err = block_on(op.begin_issuance_for(&w.repo, w.alice.id, more)).unwrap_err();
+    assert!(matches!(&err, DomainError::PolicyDenied(d) if *d == denied), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "policy: alice's group policy allows at most 1 smart cards or USB keys, and alice has 1"
+    );
+    assert!(
+        matches!(block_on(op.may_issue_to(&w.repo, w.alice.id)), Err(DomainError::PolicyDenied(d)) if d == denied)
+    );
+    // A cardholder has no such call.
+    assert!(w.principal(&w.alice).operator().is_err());
+}
+
+#[test]
+fn unlock_wipe_and_replace_jobs_name_the_holder_and_the_note_and_replace_follows_the_holders_models() {
+    let w = world();
+    let olga = w.principal(&w.olga).with_note(Some("desk visit")).unwrap();
+    let op = olga.operator().unwrap();
+    let ttl = time::Duration::minutes(10);
+    let card = w.device(&w.alice, DeviceKind::UsbKey, DeviceState::Active);
+    w.repo.with_data(|d| {
+        d.secrets.insert(card.id, crate::secrets::SealedCardSecrets::from_bytes(vec![1, 2, 3]));
+    });
+    let (unlock, _) = block_on(op.start_unlock(&w.repo, card.id, ttl)).unwrap();
+    let event = w.repo.data().audit.last().unwrap().clone();
+    assert_eq!(
+        (event.action.as_str(), event.target.clone()),
+        ("job.create", Some(format!("job:{}", unlock.id)))
+    );
+    let after = event.after.unwrap();
+    assert_eq!((after["kind"].clone(), after["device"].clone()), (json!("unlock"), json!(card.id)));
+    assert_eq!((after["holder"].clone(), after["note"].clone()), (json!(w.alice.id), json!("desk visit")));
+
+    // Wipe is refused, with the reason, for a card in use.
+    let before = w.repo.data();
+    let err = block_on(op.start_wipe(&w.repo, card.id, ttl)).unwrap_err();
+    assert!(err.to_string().contains("is active; terminate it before wiping it"), "{err}");
+    assert_eq!(w.repo.data(), before);
+
+    // The new card must be a model alice's policy accepts; then the old one is revoked.
+    let odd = CardInfo { kind: DeviceKind::UsbKey, model: "Acme Card".into(), serial: None };
+    let err =
+        block_on(op.replace_device(&w.repo, card.id, RevocationReason::Superseded, odd, ttl)).unwrap_err();
+    assert!(
+        matches!(err, DomainError::PolicyDenied(PolicyDenied::HolderCardModelNotAccepted { .. })),
+        "{err}"
+    );
+    assert_eq!(w.repo.data(), before, "a refused replacement revokes nothing");
+    let new = CardInfo { kind: DeviceKind::UsbKey, model: "YubiKey 5".into(), serial: Some("9001".into()) };
+    let (device, job, _) =
+        block_on(op.replace_device(&w.repo, card.id, RevocationReason::Superseded, new, ttl)).unwrap();
+    assert_eq!(w.stored(card.id).state, DeviceState::Revoked);
+    assert_eq!((device.owner, device.state), (Some(w.alice.id), DeviceState::Issuing));
+    let data = w.repo.data();
+    let replace = data.audit.iter().find(|e| e.action == "device.replace").unwrap();
+    assert_eq!(replace.after.as_ref().unwrap()["note"], "desk visit");
+    let created = data.audit.iter().rev().find(|e| e.action == "job.create").unwrap();
+    assert_eq!(created.target, Some(format!("job:{}", job.id)));
+    assert_eq!(created.after.as_ref().unwrap()["holder"], json!(w.alice.id));
+    assert_eq!(verify_chain(&data.audit), Ok(data.audit.len() as u64));
 }

@@ -209,6 +209,15 @@ pub enum PolicyDenied {
     AddMobileDisabled,
     #[error("card model {0:?} is not accepted by your group's policy")]
     CardModelNotAccepted(String),
+    /// The same refusals, told to an operator issuing a card to `holder` in person.
+    #[error("{holder}'s group policy does not allow adding a smart card or USB key")]
+    HolderAddDeviceDisabled { holder: String },
+    #[error(
+        "{holder}'s group policy allows at most {max} smart cards or USB keys, and {holder} has {current}"
+    )]
+    HolderDeviceLimitReached { holder: String, max: u8, current: usize },
+    #[error("card model {model:?} is not accepted by {holder}'s group policy")]
+    HolderCardModelNotAccepted { holder: String, model: String },
 }
 
 impl Policy {

@@ -1,6 +1,8 @@
 //! Workstation agents paired with their user (DESIGN §4): a signed-in user asks for a one-time
 //! pairing code, the agent redeems it (unauthenticated, the code is the proof) for a long-lived
-//! credential, and the user lists and revokes their own agents.
+//! credential, and the user lists and revokes their own agents. Cardholders, operators (for the
+//! agent at their desk, issuing in person) and administrators pair agents
+//! ([`lanyard_core::authz::Workstations`]); each reaches only their own.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -110,7 +112,7 @@ pub(super) async fn start_pairing<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
 ) -> Result<Response, ApiError> {
-    let me = auth.principal.self_service()?;
+    let me = auth.principal.workstations()?;
     let (code, secret) = me.start_pairing(s.repo.as_ref()).await?;
     let body = PairingStarted {
         code: secret.expose_secret().to_owned(),
@@ -160,7 +162,7 @@ pub(super) async fn list_agents<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
 ) -> Result<Json<Vec<AgentView>>, ApiError> {
-    let me = auth.principal.self_service()?;
+    let me = auth.principal.workstations()?;
     let agents = me.agents(s.repo.as_ref()).await?;
     Ok(Json(agents.iter().map(|a| AgentView::with_link(a, &s.links)).collect()))
 }
@@ -173,7 +175,7 @@ pub(super) async fn revoke_agent<R: Repo>(
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
     let id = id.parse::<AgentId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
-    let me = auth.principal.self_service()?;
+    let me = auth.principal.workstations()?;
     let agent = me.revoke_agent(s.repo.as_ref(), id).await?;
     s.links.disconnect(agent.id, "this agent has been revoked");
     Ok(Json(AgentView::stored(&agent)))
@@ -263,7 +265,7 @@ pub(super) async fn refresh_agent<R: Repo>(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = id.parse::<AgentId>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}")))?;
-    let agent = auth.principal.self_service()?.agent(s.repo.as_ref(), id).await?;
+    let agent = auth.principal.workstations()?.agent(s.repo.as_ref(), id).await?;
     s.links
         .send(agent.id, ServerLinkFrame::Refresh)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("agent {}: {e}", agent.id)))?;

@@ -70,6 +70,10 @@ pub(super) struct BeginIssuanceRequest {
     model: String,
     #[serde(default)]
     serial: Option<String>,
+    /// Operators only: the cardholder (user id or username) the card is issued to in person;
+    /// their group policy decides. Absent: the caller's own card.
+    #[serde(default)]
+    holder: Option<String>,
 }
 
 /// A started card session: the device, the job and the one-time ticket for the agent.
@@ -93,12 +97,20 @@ fn issuance_enabled<R>(s: &AppState<R>) -> Result<(), ApiError> {
     responses((status = 201, body = StartedJob), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 /// A cardholder starts issuing a card they hold in a reader: the policy is checked (may add a
 /// device, how many, which models), the device and job are created, and a ticket is returned.
+/// With `holder`, an operator starts issuing a card at their desk to that cardholder, under the
+/// holder's policy.
 pub(super) async fn begin_issuance<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
     body: Result<Json<BeginIssuanceRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let me = auth.principal.self_service()?;
+    // The role is checked before the body is read: an operator may name a holder, so either
+    // role passes here, and the body decides which is needed.
+    if let Err(not_a_cardholder) = auth.principal.self_service()
+        && auth.principal.operator().is_err()
+    {
+        return Err(not_a_cardholder.into());
+    }
     issuance_enabled(&s)?;
     let Json(req) = body?;
     let kind = req.kind.trim().parse().map_err(|e| ApiError::bad_request(format!("kind: {e}")))?;
@@ -108,10 +120,27 @@ pub(super) async fn begin_issuance<R: Repo>(
         serial: req.serial.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
     };
     let repo = s.repo.as_ref();
-    let (device, job) = me.begin_issuance(repo, card).await?;
-    let (job, ticket) = me
-        .job_ticket(repo, job.id, lanyard_core::authz::TicketPurpose::Run, crate::issuance::TICKET_TTL)
-        .await?;
+    let (run, ttl) = (lanyard_core::authz::TicketPurpose::Run, crate::issuance::TICKET_TTL);
+    let (device, job, ticket) = match req.holder.as_deref().map(str::trim) {
+        Some(holder) => {
+            let op = auth.principal.operator()?;
+            let holder = op.user(repo, holder).await.map_err(|e| match e {
+                lanyard_core::DomainError::NotFound { .. } => {
+                    ApiError::bad_request(format!("holder: no user {holder:?}"))
+                }
+                other => other.into(),
+            })?;
+            let (device, job) = op.begin_issuance_for(repo, holder.id, card).await?;
+            let (job, ticket) = op.job_ticket(repo, job.id, run, ttl).await?;
+            (device, job, ticket)
+        }
+        None => {
+            let me = auth.principal.self_service()?;
+            let (device, job) = me.begin_issuance(repo, card).await?;
+            let (job, ticket) = me.job_ticket(repo, job.id, run, ttl).await?;
+            (device, job, ticket)
+        }
+    };
     let ticket = crate::issuance::ticket_string(job.id, &ticket);
     Ok((StatusCode::CREATED, Json(StartedJob { device, job: job.into(), ticket })).into_response())
 }

@@ -25,7 +25,9 @@ mod assets;
 mod audit;
 mod devices;
 mod help;
+mod job;
 mod operator;
+mod operator_cards;
 mod session;
 mod workstations;
 
@@ -57,11 +59,11 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/portal/devices/new", get(add_device::add::<R>))
         .route("/portal/devices/new/refresh", post(add_device::refresh::<R>))
         .route("/portal/devices/new/start", post(add_device::start::<R>))
-        .route("/portal/jobs/{id}", get(add_device::job::<R>))
-        .route("/portal/jobs/{id}/events", get(add_device::events::<R>))
-        .route("/portal/jobs/{id}/pin", post(add_device::pin::<R>))
-        .route("/portal/jobs/{id}/resume", post(add_device::resume::<R>))
-        .route("/portal/jobs/{id}/rollback", post(add_device::rollback::<R>))
+        .route("/portal/jobs/{id}", get(job::job::<R>))
+        .route("/portal/jobs/{id}/events", get(job::events::<R>))
+        .route("/portal/jobs/{id}/pin", post(job::pin::<R>))
+        .route("/portal/jobs/{id}/resume", post(job::resume::<R>))
+        .route("/portal/jobs/{id}/rollback", post(job::rollback::<R>))
         .route("/portal/devices/{id}", get(devices::detail::<R>))
         .route("/portal/workstations", get(workstations::list::<R>))
         .route("/portal/workstations/pairing", post(workstations::start_pairing::<R>))
@@ -70,6 +72,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
             get(workstations::confirm_revoke::<R>).post(workstations::revoke::<R>),
         )
         .merge(operator::routes::<R>())
+        .merge(operator_cards::routes::<R>())
         .merge(audit::routes::<R>())
         .merge(admin::routes::<R>())
         .merge(admin_users::routes::<R>())
@@ -231,6 +234,8 @@ pub(crate) struct Nav {
     pub username: String,
     pub csrf_token: String,
     pub cardholder: bool,
+    /// My Workstations: cardholders, operators and administrators pair agents.
+    pub workstations: bool,
     pub operator: bool,
     pub auditor: bool,
     pub admin: bool,
@@ -252,6 +257,7 @@ fn nav_of(s: &SessionAuth) -> Nav {
         username: user.username.to_string(),
         csrf_token: s.csrf_token.clone(),
         cardholder: user.has_role(Role::User),
+        workstations: s.auth.principal.workstations().is_ok(),
         operator: user.has_role(Role::Operator),
         auditor: user.has_role(Role::Auditor),
         admin: user.has_role(Role::Administrator),

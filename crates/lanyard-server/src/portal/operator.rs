@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use super::audit::EventRow;
 use super::devices::{DeviceView, device_badge};
+use super::operator_cards::{self, CardAction, CardActionRow, card_actions_for};
 use super::{Nav, PortalError, SignedIn, render, when};
 use crate::AppState;
 
@@ -43,21 +44,21 @@ const SEARCH_LIMIT: u32 = 50;
 const TRAIL_LIMIT: usize = 100;
 
 /// The operator view, or the portal's 404 for anyone without the role.
-fn operator_of(signed: &SignedIn) -> Result<Operator<'_>, PortalError> {
+pub(super) fn operator_of(signed: &SignedIn) -> Result<Operator<'_>, PortalError> {
     signed.principal().operator().map_err(|_| PortalError::not_found())
 }
 
 /// A device id from the address; a malformed one is the same 404 as a missing device.
-fn parse_device(id: &str) -> Result<DeviceId, PortalError> {
+pub(super) fn parse_device(id: &str) -> Result<DeviceId, PortalError> {
     id.parse::<DeviceId>().map_err(|_| PortalError::not_found())
 }
 
-struct UserRow {
-    id: String,
-    username: String,
-    display_name: String,
-    email: String,
-    disabled: bool,
+pub(super) struct UserRow {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub email: String,
+    pub disabled: bool,
 }
 
 impl From<&User> for UserRow {
@@ -180,6 +181,8 @@ struct UserPage {
     group: String,
     roles: String,
     devices: Vec<DeviceRow>,
+    /// Why a card cannot be issued to this user in person now, if it cannot.
+    issue_refused: Option<String>,
 }
 
 /// One user: who they are, their group and roles, and their devices.
@@ -204,9 +207,16 @@ pub(crate) async fn user<R: Repo + 'static>(
         let devices = op
             .find_devices(repo, &DeviceQuery { owner: Some(user.id), limit: 500, ..DeviceQuery::default() })
             .await?;
+        let issue_refused = match op.may_issue_to(repo, user.id).await {
+            Ok(_) => None,
+            Err(lanyard_core::DomainError::PolicyDenied(why)) => Some(why.to_string()),
+            Err(lanyard_core::DomainError::Validation(why)) => Some(why.reason),
+            Err(e) => return Err(e.into()),
+        };
         Ok::<_, PortalError>(UserPage {
             nav: signed.nav(),
             section: "operator",
+            issue_refused,
             roles: user.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
             group,
             devices: device_rows(&op, repo, &devices).await?,
@@ -416,7 +426,7 @@ struct DevicePage {
     trail: Vec<EventRow>,
     trail_truncated: bool,
     done: Option<String>,
-    left_for_agent: bool,
+    card_actions: Vec<CardActionRow>,
 }
 
 #[derive(Deserialize)]
@@ -426,7 +436,11 @@ pub(crate) struct DoneQuery {
 }
 
 /// Reads what a device page and its confirmation pages show about the holder.
-async fn holder_of<R: Repo>(op: &Operator<'_>, repo: &R, d: &Device) -> Result<Option<User>, PortalError> {
+pub(super) async fn holder_of<R: Repo>(
+    op: &Operator<'_>,
+    repo: &R,
+    d: &Device,
+) -> Result<Option<User>, PortalError> {
     match d.owner {
         Some(owner) => Ok(Some(op.user(repo, &owner.to_string()).await?)),
         None => Ok(None),
@@ -469,7 +483,7 @@ pub(crate) async fn device<R: Repo + 'static>(
             nav: signed.nav(),
             section: "operator",
             actions: actions_for(&d),
-            left_for_agent: matches!(d.class(), lanyard_core::model::DeviceClass::Token),
+            card_actions: card_actions_for(&d),
             pem_links: credentials
                 .iter()
                 .map(|c| CertLink { id: c.id.to_string(), serial: c.serial_hex().to_owned() })
@@ -598,6 +612,9 @@ pub(crate) async fn confirm<R: Repo + 'static>(
     signed: SignedIn,
     Path((id, slug)): Path<(String, String)>,
 ) -> Result<Response, PortalError> {
+    if let Some(action) = CardAction::parse(&slug) {
+        return operator_cards::confirm(&s, &signed, &id, action).await.map_err(|e| e.with_nav(signed.nav()));
+    }
     let page = confirm_page(&s, &signed, &id, &slug).await.map_err(|e| e.with_nav(signed.nav()))?;
     Ok(render(StatusCode::OK, &page))
 }
@@ -610,6 +627,9 @@ pub(crate) struct ActionForm {
     note: Option<String>,
     #[serde(default)]
     reason: Option<String>,
+    /// Replace: the blank card that takes the device's place.
+    #[serde(default)]
+    card: Option<String>,
 }
 
 #[derive(Template)]
@@ -634,6 +654,10 @@ pub(crate) async fn act<R: Repo + 'static>(
     signed.check_csrf(form.csrf_token.as_deref())?;
     let nav = signed.nav();
     operator_of(&signed).map_err(|e| e.with_nav(nav.clone()))?;
+    if let Some(card_action) = CardAction::parse(&slug) {
+        let form = operator_cards::CardActionForm { note: form.note, reason: form.reason, card: form.card };
+        return operator_cards::act(&s, &signed, &id, card_action, form).await.map_err(|e| e.with_nav(nav));
+    }
     let action = PortalAction::parse(&slug).ok_or_else(|| PortalError::not_found().with_nav(nav.clone()))?;
     let device = parse_device(&id).map_err(|e| e.with_nav(nav.clone()))?;
     let checked = (|| {

@@ -1,6 +1,8 @@
-//! *My Workstations*: the user's paired agents, pairing a new one, and revoking one. The domain's
-//! [`SelfService`](lanyard_core::authz::SelfService) does the work, as for the API's
-//! `/api/v1/agents` routes; another user's agent is a 404 like a missing one.
+//! *My Workstations*: the signed-in person's paired agents, pairing a new one, and revoking one.
+//! The domain's [`Workstations`](lanyard_core::authz::Workstations) view does the work, as for the
+//! API's `/api/v1/agents` routes: cardholders, operators (the agent at their desk, for issuing in
+//! person) and administrators have the page; another account's agent is a 404 like a missing
+//! one, whatever the viewer's roles.
 
 use askama::Template;
 use axum::Form;
@@ -62,7 +64,7 @@ pub(crate) async fn list<R: Repo + 'static>(
 ) -> Result<Response, PortalError> {
     let nav = signed.nav();
     let inner = async {
-        let me = signed.principal().self_service()?;
+        let me = signed.principal().workstations()?;
         let agents = me.agents(s.repo.as_ref()).await?;
         // Only a name from the user's own list is echoed back.
         let revoked_now = q
@@ -108,7 +110,7 @@ pub(crate) async fn start_pairing<R: Repo + 'static>(
     signed.check_csrf(form.csrf_token.as_deref())?;
     let nav = signed.nav();
     let inner = async {
-        let me = signed.principal().self_service()?;
+        let me = signed.principal().workstations()?;
         let (code, secret) = me.start_pairing(s.repo.as_ref()).await?;
         let server = server_url(&s, &headers);
         Ok::<_, PortalError>(PairingCode {
@@ -140,7 +142,7 @@ struct ConfirmRevokePage {
 /// One of the user's agents; anyone else's, or a malformed id, is a 404.
 async fn my_agent<R: Repo>(s: &AppState<R>, signed: &SignedIn, id: &str) -> Result<Agent, PortalError> {
     let id = id.parse::<AgentId>().map_err(|_| PortalError::not_found())?;
-    let me = signed.principal().self_service()?;
+    let me = signed.principal().workstations()?;
     me.agents(s.repo.as_ref()).await?.into_iter().find(|a| a.id == id).ok_or_else(PortalError::not_found)
 }
 
@@ -171,7 +173,7 @@ pub(crate) async fn revoke<R: Repo + 'static>(
     let nav = signed.nav();
     let inner = async {
         let id = id.parse::<AgentId>().map_err(|_| PortalError::not_found())?;
-        let me = signed.principal().self_service()?;
+        let me = signed.principal().workstations()?;
         me.revoke_agent(s.repo.as_ref(), id).await?;
         Ok::<_, PortalError>(id)
     };

@@ -1,0 +1,599 @@
+//! A card session's page, `/portal/jobs/{id}`: follows the session live through server-sent
+//! events, asks for the new PIN when the session waits for it ([`crate::portal_pin`]), shows the
+//! result, and offers resume or rollback after a failure. *Add Device* leads here.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use lanyard_core::authz::{Principal, TicketPurpose};
+use lanyard_core::ids::{AgentId, JobId};
+use lanyard_core::lifecycle::DeviceState;
+use lanyard_core::model::{Agent, CertSlot, Device, Job, JobState, PinRules, Policy};
+use lanyard_core::repo::Repo;
+use lanyard_protocol::Secret;
+use serde::{Deserialize, Serialize};
+
+use super::add_device::seen;
+use super::session::CsrfForm;
+use super::{Nav, PortalError, SignedIn, Viewer, render};
+use crate::AppState;
+use crate::link::LinkSnapshot;
+
+/// How long the PIN form waits for the card to confirm the new PIN before showing the result.
+const PIN_CONFIRM_WAIT: Duration = Duration::from_secs(30);
+/// How often the event stream looks at the job.
+const EVENT_TICK: Duration = Duration::from_millis(400);
+/// An event stream ends after this long; the browser reconnects, and the reconnection checks
+/// the session again (an ended session is then a 401 the page explains).
+const EVENT_STREAM_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A job as the signed-in person may see it on this page.
+pub(crate) struct Visible {
+    pub job: Job,
+    pub device: Device,
+    /// The device holder's group policy: the card's planned steps and PIN rules.
+    pub policy: Policy,
+    /// Whether the viewer holds the device (their own card, self-service).
+    pub holder_views: bool,
+    /// Whether the viewer may act on the session (PIN, resume, start over), not only follow it.
+    pub may_act: bool,
+    /// The holder's name, for an operator's page.
+    pub holder: Option<String>,
+}
+
+/// Who may see job `id` on this page, and act on it. Every handler here reads the job through
+/// this one function.
+///
+/// - The device's holder (role `user`) sees their own jobs and acts on them, as in *Add Device*.
+///   Anyone else without the operator role gets the same 404 as for a job that does not exist.
+/// - Operators see every job, as the API (`GET /api/v1/jobs/{id}`) and a device's help-desk
+///   page already show them, so a help desk can follow a session a colleague started. Only the
+///   operator who started the job acts on it: the session runs on the agent at that operator's
+///   desk, where the holder types the PIN. Another operator's page shows progress only, and a
+///   PIN, resume or start-over from them is refused (403), so nobody sets a PIN from a desk that
+///   is not where the card is.
+pub(crate) async fn visible_job<R: Repo>(
+    s: &AppState<R>,
+    who: &Principal,
+    id: JobId,
+) -> Result<Visible, PortalError> {
+    let repo = s.repo.as_ref();
+    if let Ok(me) = who.self_service()
+        && let Ok(job) = me.job(repo, id).await
+    {
+        let device = me.device(repo, job.device).await?;
+        let policy = me.policy(repo).await?;
+        return Ok(Visible { job, device, policy, holder_views: true, may_act: true, holder: None });
+    }
+    // Not the holder's: only an operator sees it, and anyone else learns nothing.
+    let op = who.operator().map_err(|_| PortalError::not_found())?;
+    let job = op.job(repo, id).await?;
+    let (device, holder, policy) = op.issuance_context(repo, job.device).await?;
+    let may_act = job.created_by == Some(who.user().id);
+    let holder = Some(format!("{} ({})", holder.display_name, holder.username));
+    Ok(Visible { job, device, policy, holder_views: false, may_act, holder })
+}
+
+/// [`visible_job`], for a request that acts on the session.
+async fn actionable_job<R: Repo>(
+    s: &AppState<R>,
+    who: &Principal,
+    id: JobId,
+) -> Result<Visible, PortalError> {
+    let v = visible_job(s, who, id).await?;
+    if !v.may_act {
+        return Err(PortalError::from(crate::ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the operator who started this card session acts on it: the card is at their workstation",
+        )));
+    }
+    Ok(v)
+}
+
+/// What the job's page shows, decided by the job, its device and the PIN desk.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Phase {
+    /// The ticket went to the agent; the session has not begun.
+    Starting,
+    Running,
+    /// The card is personalised and the session waits for the new PIN from this page.
+    PinWanted,
+    /// Personalised; the new PIN is being written or is about to be asked for.
+    Finishing,
+    /// Issued, the PIN changed.
+    Active,
+    /// Issued with the initial PIN kept.
+    Pending,
+    /// Any other finished session (unlock, wipe).
+    Finished,
+    Failed,
+    RolledBack,
+}
+
+impl Phase {
+    fn ends(self) -> bool {
+        matches!(self, Phase::Active | Phase::Pending | Phase::Finished | Phase::Failed | Phase::RolledBack)
+    }
+}
+
+fn phase(job: &Job, device: DeviceState, pin_wanted: bool, pin_expected: bool) -> Phase {
+    match job.state {
+        JobState::Created => Phase::Starting,
+        JobState::Running => Phase::Running,
+        JobState::Failed => Phase::Failed,
+        JobState::RolledBack => Phase::RolledBack,
+        JobState::Succeeded if pin_wanted => Phase::PinWanted,
+        JobState::Succeeded => match device {
+            DeviceState::Active => Phase::Active,
+            DeviceState::Pending if pin_expected => Phase::Finishing,
+            DeviceState::Pending => Phase::Pending,
+            DeviceState::Issuing => Phase::Finishing,
+            _ => Phase::Finished,
+        },
+    }
+}
+
+/// The engine's step names in order (`lanyard_personalize`'s stable names) and what the page
+/// calls them. The key generation steps are those of the slots the policy plans.
+fn step_label(name: &str) -> &'static str {
+    match name {
+        "detect" => "Identifying the card",
+        "authenticate" => "Authenticating to the card",
+        "rotate_management_key" => "Setting a new management key",
+        "set_retries" => "Setting the PIN and PUK retry counters",
+        "set_puk" => "Setting the PUK",
+        "set_pin" => "Setting the initial PIN",
+        "generate_9a" => "Generating the authentication key (slot 9A)",
+        "generate_9c" => "Generating the signature key (slot 9C)",
+        "generate_9d" => "Generating the key management key (slot 9D)",
+        "generate_9e" => "Generating the card authentication key (slot 9E)",
+        "attest" => "Checking the keys' attestation",
+        "issue_certificates" => "Issuing the certificates",
+        "sign_chuid" => "Signing the card holder identifier",
+        "write_certificates" => "Writing the certificates",
+        "write_chuid" => "Writing the card holder identifier",
+        "write_ccc" => "Writing the card capability container",
+        "write_discovery" => "Writing the discovery object",
+        "write_key_history" => "Writing the key history",
+        _ => "Working",
+    }
+}
+
+fn planned_steps(slots: impl Iterator<Item = CertSlot>) -> Vec<&'static str> {
+    let mut generate: Vec<&'static str> = slots
+        .filter_map(|s| match s {
+            CertSlot::PivAuthentication => Some("generate_9a"),
+            CertSlot::DigitalSignature => Some("generate_9c"),
+            CertSlot::KeyManagement => Some("generate_9d"),
+            CertSlot::CardAuthentication => Some("generate_9e"),
+            _ => None,
+        })
+        .collect();
+    generate.sort_unstable();
+    generate.dedup();
+    let mut v = vec!["detect", "authenticate", "rotate_management_key", "set_retries", "set_puk", "set_pin"];
+    v.extend(generate);
+    v.extend([
+        "attest",
+        "issue_certificates",
+        "sign_chuid",
+        "write_certificates",
+        "write_chuid",
+        "write_ccc",
+        "write_discovery",
+        "write_key_history",
+    ]);
+    v
+}
+
+/// One step as the page lists it.
+pub(crate) struct StepRow {
+    pub label: &'static str,
+    pub done: bool,
+    pub current: bool,
+}
+
+/// The job's progress: what the event stream sends and the page shows.
+#[derive(Clone, PartialEq, Serialize)]
+pub(crate) struct Progress {
+    pub phase: Phase,
+    /// 0–100.
+    pub percent: u8,
+    /// The step under way, or the result, in words; the live region announces it.
+    pub status: String,
+}
+
+struct Snapshot {
+    job: Job,
+    holder_views: bool,
+    may_act: bool,
+    holder: Option<String>,
+    device_state: DeviceState,
+    device_id: String,
+    rules: Option<(PinRules, u64)>,
+    phase: Phase,
+    steps: Vec<StepRow>,
+    progress: Progress,
+    failure: Option<String>,
+}
+
+async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Result<Snapshot, PortalError> {
+    let Visible { job, device, policy, holder_views, may_act, holder } = visible_job(s, who, id).await?;
+    let rules = s.pins.wanted(id);
+    let phase = phase(&job, device.state, rules.is_some(), s.pins.expects(id));
+    let names = planned_steps(policy.certificates.keys().copied());
+    let completed: Vec<String> = job
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.get("completed"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let is_done = |n: &str| completed.iter().any(|c| c == n);
+    let current = names.iter().copied().find(|n| !is_done(n));
+    let steps: Vec<StepRow> = names
+        .iter()
+        .map(|n| StepRow {
+            label: step_label(n),
+            done: is_done(n),
+            current: phase == Phase::Running && Some(*n) == current,
+        })
+        .collect();
+    let done = steps.iter().filter(|s| s.done).count();
+    // The card's own steps are 90 %; the PIN and the activation the rest.
+    let running = u8::try_from(done * 90 / names.len().max(1)).unwrap_or(90);
+    let failure = job
+        .steps
+        .iter()
+        .rev()
+        .find(|s| s.outcome == lanyard_core::model::StepOutcome::Failed)
+        .and_then(|s| s.detail.clone());
+    let (percent, status) = match phase {
+        Phase::Starting => (0, "Waiting for the workstation to start the session".to_owned()),
+        Phase::Running => (running, format!("{}…", current.map_or("Finishing", step_label))),
+        Phase::PinWanted => (92, "The card is ready: choose your new PIN".to_owned()),
+        Phase::Finishing => (95, "Setting your PIN on the card".to_owned()),
+        Phase::Active => (100, "Done: your device is active".to_owned()),
+        Phase::Pending => (100, "Issued; the initial PIN was kept, so the device is pending".to_owned()),
+        Phase::Finished => (100, "The session has finished".to_owned()),
+        Phase::Failed => (running, "The session stopped before the card was finished".to_owned()),
+        Phase::RolledBack => (0, "Undone: the card was reset and nothing was issued".to_owned()),
+    };
+    Ok(Snapshot {
+        holder_views,
+        may_act,
+        holder,
+        device_id: device.id.to_string(),
+        device_state: device.state,
+        job,
+        rules,
+        phase,
+        steps,
+        progress: Progress { phase, percent, status },
+        failure,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "portal/job.html")]
+struct JobPage {
+    nav: Option<Nav>,
+    section: &'static str,
+    csrf_token: String,
+    job_id: String,
+    device_id: String,
+    device_state: &'static str,
+    phase: &'static str,
+    progress: Progress,
+    steps: Vec<StepRow>,
+    rules: Option<PinRules>,
+    seconds_left: u64,
+    failure: Option<String>,
+    notice: Option<String>,
+    pin_error: Option<String>,
+    /// The viewer holds the device (links go to My Devices) rather than being an operator.
+    holder_views: bool,
+    /// The PIN form and Resume / Start over are shown.
+    may_act: bool,
+    /// For an operator: whose card this is.
+    holder: Option<String>,
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Starting => "starting",
+        Phase::Running => "running",
+        Phase::PinWanted => "pin_wanted",
+        Phase::Finishing => "finishing",
+        Phase::Active => "active",
+        Phase::Pending => "pending",
+        Phase::Finished => "finished",
+        Phase::Failed => "failed",
+        Phase::RolledBack => "rolled_back",
+    }
+}
+
+pub(crate) async fn job_page<R: Repo + 'static>(
+    s: &AppState<R>,
+    signed: &SignedIn,
+    id: JobId,
+    notice: Option<String>,
+    status: StatusCode,
+) -> Result<Response, PortalError> {
+    job_page_with(s, signed, id, notice, None, status).await
+}
+
+async fn job_page_with<R: Repo + 'static>(
+    s: &AppState<R>,
+    signed: &SignedIn,
+    id: JobId,
+    notice: Option<String>,
+    pin_error: Option<String>,
+    status: StatusCode,
+) -> Result<Response, PortalError> {
+    let snap = snapshot(s, signed.principal(), id).await?;
+    let page = JobPage {
+        nav: signed.nav(),
+        section: if snap.holder_views { "devices" } else { "operator" },
+        holder_views: snap.holder_views,
+        may_act: snap.may_act,
+        holder: snap.holder,
+        csrf_token: signed.session.csrf_token.clone(),
+        job_id: snap.job.id.to_string(),
+        device_id: snap.device_id,
+        device_state: super::devices::device_badge(snap.device_state).label,
+        phase: phase_name(snap.phase),
+        progress: snap.progress,
+        steps: snap.steps,
+        rules: snap.rules.map(|(r, _)| r),
+        seconds_left: snap.rules.map_or(0, |(_, left)| left),
+        failure: snap.failure,
+        notice,
+        pin_error,
+    };
+    Ok(render(status, &page))
+}
+
+fn job_id(raw: &str) -> Result<JobId, PortalError> {
+    // A malformed id names no job of anyone's: the same 404.
+    raw.parse().map_err(|_| PortalError::not_found())
+}
+
+/// `GET /portal/jobs/{id}`: the session's progress, the PIN form, or the result.
+pub(crate) async fn job<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+) -> Result<Response, PortalError> {
+    let nav = signed.nav();
+    let inner = async { job_page(&s, &signed, job_id(&id)?, None, StatusCode::OK).await };
+    inner.await.map_err(|e| e.with_nav(nav))
+}
+
+/// `GET /portal/jobs/{id}/events`: the job's progress as server-sent events (`progress`, JSON
+/// [`Progress`]), one whenever it changes. Without a session it is a 401, which the page
+/// explains (the card session itself goes on: it is not tied to the portal's session).
+pub(crate) async fn events<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(session) = viewer.0 else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "Your portal session has ended; sign in again to follow the card session.",
+        )
+            .into_response();
+    };
+    let principal = session.auth.principal.clone();
+    let Ok(id) = id.parse::<JobId>() else { return PortalError::not_found().into_response() };
+    let first = match snapshot(&s, &principal, id).await {
+        Ok(snap) => snap.progress,
+        Err(e) => return e.into_response(),
+    };
+    let until = tokio::time::Instant::now() + EVENT_STREAM_LIFETIME;
+    let stream =
+        futures_util::stream::unfold((Some(first), None::<Progress>, false), move |(next, last, ended)| {
+            let s = s.clone();
+            let principal = principal.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                let mut next = next;
+                loop {
+                    if let Some(p) = next.take()
+                        && last.as_ref() != Some(&p)
+                    {
+                        let ends = p.phase.ends() || tokio::time::Instant::now() >= until;
+                        let event = Event::default()
+                            .event("progress")
+                            .json_data(&p)
+                            .unwrap_or_else(|_| Event::default().comment("unserialisable"));
+                        return Some((Ok::<_, Infallible>(event), (None, Some(p), ends)));
+                    }
+                    if tokio::time::Instant::now() >= until {
+                        return None;
+                    }
+                    tokio::time::sleep(EVENT_TICK).await;
+                    // The job may have become unreadable (a database hiccup): end the stream and
+                    // let the browser reconnect.
+                    next = Some(snapshot(&s, &principal, id).await.ok()?.progress);
+                }
+            }
+        });
+    let mut resp = Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PinForm {
+    #[serde(default)]
+    csrf_token: Option<String>,
+    /// `set` or `skip`.
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    new_pin: Option<Secret>,
+    #[serde(default)]
+    confirm_pin: Option<Secret>,
+}
+
+/// `POST /portal/jobs/{id}/pin`: the new PIN (typed twice) or *Skip*, handed to the waiting
+/// session ([`crate::portal_pin`]): checked here against the group's rules, never stored, logged
+/// or shown again.
+pub(crate) async fn pin<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+    Form(form): Form<PinForm>,
+) -> Result<Response, PortalError> {
+    signed.check_csrf(form.csrf_token.as_deref())?;
+    let nav = signed.nav();
+    let inner = async {
+        let id = job_id(&id)?;
+        actionable_job(&s, signed.principal(), id).await?;
+        let bad = |m: &str| Some(m.to_owned());
+        let answer = match form.action.as_deref() {
+            Some("skip") => Ok(None),
+            Some("set") => match (form.new_pin, form.confirm_pin) {
+                (None, _) => Err(bad("Type your new PIN.")),
+                (Some(p), _) if p.expose().is_empty() => Err(bad("Type your new PIN.")),
+                (Some(p), c) if c.as_ref().map(Secret::expose) != Some(p.expose()) => {
+                    Err(bad("The two PINs differ: type the same new PIN in both fields."))
+                }
+                (Some(p), _) => Ok(Some(p)),
+            },
+            _ => Err(bad("Choose Set PIN or Skip.")),
+        };
+        let pin = match answer {
+            Ok(pin) => pin,
+            Err(message) => {
+                return job_page_with(&s, &signed, id, None, message, StatusCode::BAD_REQUEST).await;
+            }
+        };
+        let setting = pin.is_some();
+        match s.pins.give(id, pin) {
+            Ok(()) => {}
+            Err(crate::portal_pin::GiveError::Rules(e)) => {
+                let message = format!("{e}. Choose another PIN.");
+                return job_page_with(&s, &signed, id, None, Some(message), StatusCode::BAD_REQUEST).await;
+            }
+            Err(crate::portal_pin::GiveError::NotWaiting) => {
+                let message = "The card session is no longer waiting for a PIN: the time for it ran out, \
+                               or it was already answered. The page shows where the device is now."
+                    .to_owned();
+                return job_page(&s, &signed, id, Some(message), StatusCode::CONFLICT).await;
+            }
+        }
+        if setting {
+            // The agent writes the PIN and the server activates the device; wait for that so the
+            // page shows the result rather than the moment in between.
+            let deadline = tokio::time::Instant::now() + PIN_CONFIRM_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                let now = visible_job(&s, signed.principal(), id).await?.device.state;
+                if now != DeviceState::Pending {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(Redirect::to(&format!("/portal/jobs/{id}")).into_response())
+    };
+    inner.await.map_err(|e: PortalError| e.with_nav(nav))
+}
+
+/// The reader of one of the user's online agents that holds the job's card: matched by the
+/// card's serial (recorded when issuance began), or, for a card without one, the only card in
+/// the user's readers.
+fn find_card(online: &[(Agent, LinkSnapshot)], serial: Option<&str>) -> Result<(AgentId, String), String> {
+    let mut found = Vec::new();
+    for (agent, snapshot) in online {
+        for r in snapshot.readers.iter().flatten().filter(|r| r.card_present) {
+            let card_serial = r.card.as_ref().and_then(|c| c.serial.as_deref());
+            let busy = r.card.as_ref().is_some_and(|c| c.busy);
+            if !busy && (serial.is_none() || card_serial == serial) {
+                found.push((agent.id, r.name.clone()));
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(match serial {
+            Some(sn) => format!(
+                "The card (serial {sn}) is not in a reader of a workstation whose agent is running. \
+                 Insert it, wait a moment, and try again."
+            ),
+            None => "No card is in a reader of a workstation whose agent is running. Insert it, \
+                     wait a moment, and try again."
+                .to_owned(),
+        }),
+        _ => Err("Several cards are inserted; leave only this device in a reader and try again.".to_owned()),
+    }
+}
+
+async fn continue_job<R: Repo + 'static>(
+    s: &AppState<R>,
+    signed: &SignedIn,
+    id: &str,
+    purpose: TicketPurpose,
+) -> Result<Response, PortalError> {
+    let id = job_id(id)?;
+    let Visible { device, .. } = actionable_job(s, signed.principal(), id).await?;
+    let seen = seen(s, signed.principal()).await?;
+    let (agent, reader) = match find_card(&seen.online, device.serial.as_deref()) {
+        Ok(found) => found,
+        Err(message) => return job_page(s, signed, id, Some(message), StatusCode::CONFLICT).await,
+    };
+    // A resumed issuance asks for the PIN here again; a rollback sets none.
+    let from_portal = purpose == TicketPurpose::Run;
+    match crate::link::start_session(s, signed.principal(), agent, id, &reader, purpose, from_portal).await {
+        Ok(_) => Ok(Redirect::to(&format!("/portal/jobs/{id}")).into_response()),
+        Err(e) => job_page(s, signed, id, Some(e.message().to_owned()), StatusCode::CONFLICT).await,
+    }
+}
+
+/// `POST /portal/jobs/{id}/resume`: a new session on the same job, from its checkpoint.
+pub(crate) async fn resume<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PortalError> {
+    signed.check_csrf(form.csrf_token.as_deref())?;
+    let nav = signed.nav();
+    continue_job(&s, &signed, &id, TicketPurpose::Run).await.map_err(|e| e.with_nav(nav))
+}
+
+/// `POST /portal/jobs/{id}/rollback`: *Start over*: the card is reset and the job undone.
+pub(crate) async fn rollback<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PortalError> {
+    signed.check_csrf(form.csrf_token.as_deref())?;
+    let nav = signed.nav();
+    continue_job(&s, &signed, &id, TicketPurpose::Rollback).await.map_err(|e| e.with_nav(nav))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_lists_a_generation_per_card_slot_once() {
+        let steps = planned_steps([CertSlot::DigitalSignature, CertSlot::PivAuthentication].into_iter());
+        assert_eq!(steps.len(), 16);
+        assert_eq!(&steps[6..8], &["generate_9a", "generate_9c"]);
+        assert!(steps.iter().all(|s| step_label(s) != "Working"), "every planned step has a label");
+    }
+}
