@@ -182,6 +182,13 @@ pub(crate) async fn refresh<R: Repo + 'static>(
     let nav = signed.nav();
     let me = signed.principal().self_service().map_err(|e| PortalError::from(e).with_nav(nav))?;
     let seen = seen(&s, &me).await.map_err(|e| e.with_nav(signed.nav()))?;
+    ask_for_reports(&s, &seen).await;
+    Ok(Redirect::to("/portal/devices/new").into_response())
+}
+
+/// Asks every online agent in `seen` to report its readers again, and waits (at most
+/// [`REFRESH_WAIT`]) until each has answered or gone.
+pub(crate) async fn ask_for_reports<R>(s: &AppState<R>, seen: &Seen) {
     let mut asked = Vec::new();
     for (agent, snapshot) in &seen.online {
         // An agent that went away since is simply not waited for.
@@ -200,7 +207,6 @@ pub(crate) async fn refresh<R: Repo + 'static>(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(Redirect::to("/portal/devices/new").into_response())
 }
 
 #[derive(Deserialize)]
