@@ -1,144 +1,53 @@
-// Add Device end to end with real processes: a `lanyard serve` of this spec's own (trusting the
-// virtual card's attestation root), a pcscd of its own with vpcd's readers on free ports (so the
-// system pcscd's readers stay free for the interop tests), `lanyard vcard run` plugging a
-// factory-fresh virtual card into it, and `lanyard agent pair` + `lanyard agent run`. In the
+// Add Device end to end with real processes, from the card rig (support/rig.ts): a `lanyard
+// serve` of this spec's own (trusting the virtual cards' attestation root), a pcscd of its own,
+// `lanyard vcard run` plugging factory-fresh virtual cards into it, and `lanyard agent pair` +
+// `lanyard agent run` with the code the portal shows. In the
 // browser: sign in, Add Device, the card detected, live progress, the new PIN typed in the page,
 // Active; then OpenSC signs with slot 9A using that PIN. Last, neither that PIN nor a Pending
 // card's initial PIN is found in the server's data directory, the server's and agent's logs or the
 // audit log.
 
-import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { test, expect, PASSWORD, screenshotDir } from '../support/lanyard';
-import { lanyardEnv, startServe, stopServe, Served } from '../support/serve';
+import { test, expect, screenshotDir } from '../support/lanyard';
+import { CardRig } from '../support/rig';
 
-const READER = 'Lanyard Browser PCD 00 00';
-const SECOND = 'Lanyard Browser PCD 00 01';
 const NEW_PIN = '97531864';
-const VPCD_DRIVER = '/usr/lib/pcsc/drivers/serial/libifdvpcd.so';
 
-let served: Served;
+let rig: CardRig;
+/** The rig's work directory (logs, files made here). */
 let work: string;
-let socket: string;
-let bin: string;
-let control: string;
-let cli: string;
 /** The device the Skip test leaves Pending. */
 let pendingDevice = '';
 /** The device the first test issues and leaves Active. */
 let activeDevice = '';
-const children: ChildProcess[] = [];
-
-function portFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-  });
-}
-
-/** A port p with p and p+1 free (vpcd's two slots). */
-async function twoFreePorts(): Promise<number> {
-  for (let i = 0; i < 200; i++) {
-    const p = 20000 + Math.floor(Math.random() * 40000);
-    if ((await portFree(p)) && (await portFree(p + 1))) return p;
-  }
-  throw new Error('no two consecutive free ports');
-}
-
-function started(cmd: string, args: string[], env: NodeJS.ProcessEnv, log: string): ChildProcess {
-  const out = fs.openSync(path.join(work, log), 'a');
-  const child = spawn(cmd, args, { env, stdio: ['ignore', out, out] });
-  children.push(child);
-  return child;
-}
-
-async function until(what: string, ok: () => boolean) {
-  const end = Date.now() + 20_000;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function pkcs11Module(): string {
-  for (const p of ['/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so', '/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so', '/usr/lib/opensc-pkcs11.so']) {
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error('OpenSC PKCS#11 module missing (package opensc-pkcs11)');
-}
+/** Erin's agent's log, written by `agent run`. */
+let agentLog = '';
 
 // The second test uses the agent the first one paired and started.
 test.describe.configure({ mode: 'serial' });
 
 async function signInErin(page: import('@playwright/test').Page) {
-  await page.goto(`${served.baseURL}/portal/login`);
-  await page.getByLabel('Username').fill('erin');
-  await page.getByLabel('Password').fill(PASSWORD);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await expect(page).toHaveURL(`${served.baseURL}/portal/devices`);
+  await rig.signIn(page, 'erin');
+  await expect(page).toHaveURL(`${rig.baseURL}/portal/devices`);
 }
 
 test.beforeAll(async ({ lanyard }) => {
-  bin = lanyard.bin;
-  if (!fs.existsSync(VPCD_DRIVER)) throw new Error('the vpcd driver is missing (package vsmartcard-vpcd)');
-  work = fs.mkdtempSync(path.join(os.tmpdir(), 'lanyard-browser-card-'));
-  // A pcscd of our own in a mount namespace, with its socket under `run/`.
-  const port = await twoFreePorts();
-  const conf = path.join(work, 'reader.conf.d');
-  fs.mkdirSync(conf);
-  fs.mkdirSync(path.join(work, 'run', 'pcscd'), { recursive: true });
-  const hex = port.toString(16).toUpperCase();
-  fs.writeFileSync(path.join(conf, 'vpcd'),
-    `FRIENDLYNAME "Lanyard Browser PCD"\nDEVICENAME   /dev/null:0x${hex}\nLIBPATH      ${VPCD_DRIVER}\nCHANNELID    0x${hex}\n`);
-  const root = process.getuid ? process.getuid() === 0 : false;
-  started('unshare', [...(root ? [] : ['--map-root-user']), '--mount', 'sh', '-c',
-    'mount --bind "$0" /run && exec pcscd --foreground -c "$1"', path.join(work, 'run'), conf], process.env, 'pcscd.log');
-  socket = path.join(work, 'run', 'pcscd', 'pcscd.comm');
-  await until('the private pcscd socket', () => fs.existsSync(socket));
-
-  // A factory-fresh virtual card, and a server that trusts its attestation root.
-  const home = path.join(work, 'vcard-home');
-  const images = [path.join(work, 'card.json'), path.join(work, 'card2.json')];
-  for (const image of images) {
-    execFileSync(bin, ['vcard', 'new', '--image', image, '--home', home], { env: lanyardEnv({}), stdio: 'pipe' });
-  }
-  control = path.join(work, 'vcard.sock');
-  started(bin, ['vcard', 'run', '--image', images[0], '--image', images[1], '--port', String(port), '--control', control],
-    lanyardEnv({}), 'vcard.log');
-  await until('the virtual cards', () => fs.existsSync(control));
-  // The second card waits outside its reader for the second test.
-  execFileSync(bin, ['vcard', 'remove', '--control', control, '--card', '1'], { env: lanyardEnv({}), stdio: 'pipe' });
-  served = await startServe(bin, {
-    LANYARD_TLS_MODE: 'off',
-    LANYARD_ATTESTATION_ROOTS: path.join(home, 'attestation-root.pem'),
-  });
-  cli = path.join(work, 'cli.json');
-  execFileSync(bin, ['login', '--server', served.baseURL, '--username', 'admin'],
-    { env: lanyardEnv({ LANYARD_CLI_CONFIG: cli, LANYARD_PASSWORD: served.adminPassword }), stdio: 'pipe' });
-  execFileSync(bin, ['user', 'add', '--username', 'erin', '--display-name', 'Erin Ellis', '--role', 'user',
-    '--group', 'default', '--with-password'], { env: lanyardEnv({ LANYARD_CLI_CONFIG: cli, LANYARD_PASSWORD: PASSWORD }), stdio: 'pipe' });
+  // Two factory-fresh cards; the second waits outside its reader for the Skip test.
+  rig = await CardRig.start(lanyard.bin, { cards: 2, inserted: [0] });
+  work = rig.work;
+  rig.addUser({ username: 'erin', displayName: 'Erin Ellis' });
 });
 
 test.afterAll(async () => {
-  for (const c of children.reverse()) {
-    if (c.exitCode === null && c.signalCode === null) {
-      const gone = new Promise((r) => c.once('exit', r));
-      c.kill('SIGTERM');
-      await gone;
-    }
-  }
-  if (served) await stopServe(served.child, served.dir);
-  if (work && !process.env.LANYARD_KEEP_BROWSER_TMP) fs.rmSync(work, { recursive: true, force: true });
+  if (rig) await rig.stop();
 });
 
 test('Add Device: the card is detected, issued with live progress, and the PIN typed in the page opens it', async ({ page, check, allowConsole }) => {
   test.setTimeout(240_000);
   allowConsole(/status of 400/);
-  const base = served.baseURL;
+  const READER = rig.readerName(0);
   await signInErin(page);
   await page.getByRole('link', { name: 'Add Device' }).click();
   await expect(page.getByRole('heading', { name: 'Step 1: pair your workstation' })).toBeVisible();
@@ -146,9 +55,7 @@ test('Add Device: the card is detected, issued with live progress, and the PIN t
   // Pair with the code the page shows, and start the agent on the private pcscd.
   await page.getByRole('button', { name: 'Show a pairing code' }).click();
   const code = (await page.locator('#pairing .code').innerText()).trim();
-  const agentEnv = lanyardEnv({ LANYARD_AGENT_CONFIG: path.join(work, 'agent.json'), PCSCLITE_CSOCK_NAME: socket });
-  execFileSync(bin, ['agent', 'pair', '--server', base, '--host-name', 'erin-desk', code], { env: agentEnv, stdio: 'pipe' });
-  started(bin, ['agent', 'run', '--skip-pin-change'], agentEnv, 'agent.log');
+  agentLog = rig.runAgent(rig.pairAgent(code, 'erin-desk')).log;
 
   // Refresh until the agent has connected and reported the card.
   await expect(async () => {
@@ -214,8 +121,7 @@ test('Add Device: the card is detected, issued with live progress, and the PIN t
   // OpenSC logs in with the PIN typed in the browser and signs with the 9A key.
   const data = path.join(work, 'data.txt');
   fs.writeFileSync(data, 'signed by a card issued from the portal');
-  const pkcs11 = (args: string[]) => execFileSync('pkcs11-tool', ['--module', pkcs11Module(), ...args],
-    { env: { ...process.env, PCSCLITE_CSOCK_NAME: socket }, stdio: 'pipe' }).toString();
+  const pkcs11 = (args: string[]) => rig.pkcs11(args);
   pkcs11(['--login', '--pin', NEW_PIN, '--sign', '--id', '01', '-m', 'ECDSA-SHA256',
     '--signature-format', 'openssl', '-i', data, '-o', path.join(work, 'sig.der')]);
   // The signature verifies with the key of the certificate Lanyard wrote to slot 9A.
@@ -235,12 +141,12 @@ async function ocspOf9a(): Promise<string> {
     fs.writeFileSync(`${file}.der`, der);
     execFileSync('openssl', ['x509', '-inform', 'DER', '-in', `${file}.der`, '-out', file], { stdio: 'pipe' });
   };
-  await fetchPem(`${served.baseURL}/pki/root.crt`, path.join(work, 'root.pem'));
-  await fetchPem(`${served.baseURL}/pki/ca.crt`, path.join(work, 'ca.pem'));
+  await fetchPem(`${rig.baseURL}/pki/root.crt`, path.join(work, 'root.pem'));
+  await fetchPem(`${rig.baseURL}/pki/ca.crt`, path.join(work, 'ca.pem'));
   execFileSync('openssl', ['x509', '-inform', 'DER', '-in', path.join(work, '9a.der'), '-out', path.join(work, '9a.pem')],
     { stdio: 'pipe' });
   return execFileSync('openssl', ['ocsp', '-issuer', path.join(work, 'ca.pem'), '-cert', path.join(work, '9a.pem'),
-    '-CAfile', path.join(work, 'root.pem'), '-url', `${served.baseURL}/pki/ocsp`],
+    '-CAfile', path.join(work, 'root.pem'), '-url', `${rig.baseURL}/pki/ocsp`],
   { stdio: 'pipe' }).toString() + '';
 }
 
@@ -248,11 +154,8 @@ test('an operator suspends and resumes the issued card in the operator portal, a
   test.setTimeout(120_000);
   expect(activeDevice, 'the first test leaves an Active device').not.toBe('');
   expect(await ocspOf9a()).toMatch(/9a\.pem: good/);
-  await page.goto(`${served.baseURL}/portal/login`);
-  await page.getByLabel('Username').fill('admin');
-  await page.getByLabel('Password').fill(served.adminPassword);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.goto(`${served.baseURL}/portal/operator/devices/${activeDevice}`);
+  await rig.signIn(page, 'admin', rig.adminPassword);
+  await page.goto(`${rig.baseURL}/portal/operator/devices/${activeDevice}`);
   await expect(page.locator('#state-badge')).toHaveText('Active');
   await page.getByRole('link', { name: 'Suspend' }).click();
   await expect(page.getByRole('heading', { level: 1 })).toHaveText('Suspend this YubiKey 5?');
@@ -272,9 +175,11 @@ test('an operator suspends and resumes the issued card in the operator portal, a
 
 test('Skip keeps the initial PIN: the device is Pending, and the page says what happens next', async ({ page, check }) => {
   test.setTimeout(240_000);
-  execFileSync(bin, ['vcard', 'insert', '--control', control, '--card', '1'], { env: lanyardEnv({}), stdio: 'pipe' });
+  const READER = rig.readerName(0);
+  const SECOND = rig.readerName(1);
+  rig.insert(1);
   await signInErin(page);
-  await page.goto(`${served.baseURL}/portal/devices/new`);
+  await page.goto(`${rig.baseURL}/portal/devices/new`);
   await expect(async () => {
     await page.getByRole('button', { name: 'Refresh' }).click();
     await expect(page.getByRole('button', { name: 'Issue this device' })).toBeVisible({ timeout: 1000 });
@@ -305,31 +210,25 @@ test('no PIN is kept anywhere: database, server and agent logs, audit log', asyn
   expect(pendingDevice, 'the Skip test leaves a Pending device').not.toBe('');
   // The operator's activation reveals the Pending card's initial PIN (once); the holder's PIN is
   // the one typed in the browser in the first test.
-  const activated = JSON.parse(execFileSync(bin, ['device', 'activate', '--device', pendingDevice, '--output', 'json'],
-    { env: lanyardEnv({ LANYARD_CLI_CONFIG: cli }), stdio: 'pipe' }).toString());
+  const activated = JSON.parse(rig.cli(['device', 'activate', '--device', pendingDevice, '--output', 'json']));
   const initialPin: string = activated.initial_pin;
   expect(initialPin).toMatch(/^[0-9]{6,8}$/);
-  const login = await fetch(`${served.baseURL}/api/v1/login`, {
-    method: 'POST', headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ username: 'admin', password: served.adminPassword }),
-  });
-  expect(login.status).toBe(200);
-  const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0];
-  const audit = await fetch(`${served.baseURL}/api/v1/audit?limit=1000`, { headers: { cookie } });
+  const admin = await rig.login('admin', rig.adminPassword);
+  const audit = await fetch(`${rig.baseURL}/api/v1/audit?limit=1000`, { headers: { cookie: admin.cookie } });
   expect(audit.status).toBe(200);
   const auditText = await audit.text();
   expect(auditText).toContain('device.activate');
   // The server's whole data directory (database and its WAL, CA, KEK), its log, and the agent's.
   const places: [string, Buffer][] = [
-    ...filesBelow(served.data).map((f): [string, Buffer] => [f, fs.readFileSync(f)]),
-    [path.join(served.dir, 'serve.log'), fs.readFileSync(path.join(served.dir, 'serve.log'))],
-    [path.join(work, 'agent.log'), fs.readFileSync(path.join(work, 'agent.log'))],
+    ...filesBelow(rig.served.data).map((f): [string, Buffer] => [f, fs.readFileSync(f)]),
+    [path.join(rig.served.dir, 'serve.log'), fs.readFileSync(path.join(rig.served.dir, 'serve.log'))],
+    [agentLog, fs.readFileSync(agentLog)],
     ['GET /api/v1/audit', Buffer.from(auditText)],
   ];
   expect(places.some(([f]) => f.endsWith('lanyard.db'))).toBe(true);
   // Not a search of empty files: the logs hold the sessions the tests ran.
-  expect(fs.readFileSync(path.join(work, 'agent.log'), 'utf8')).toContain('connected');
-  expect(fs.readFileSync(path.join(served.dir, 'serve.log'), 'utf8').length).toBeGreaterThan(100);
+  expect(fs.readFileSync(agentLog, 'utf8')).toContain('connected');
+  expect(fs.readFileSync(path.join(rig.served.dir, 'serve.log'), 'utf8').length).toBeGreaterThan(100);
   for (const [name, pin] of [['the PIN typed in the browser', NEW_PIN], ['the initial PIN', initialPin]]) {
     // As text, and as the hex of its ASCII digits (how an APDU would show in a log).
     const forms = [pin, Buffer.from(pin).toString('hex'), Buffer.from(pin).toString('hex').toUpperCase()];
