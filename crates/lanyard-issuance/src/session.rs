@@ -22,7 +22,7 @@ use lanyard_core::secrets::{CardSecrets, Kek};
 use lanyard_personalize::{
     Checkpoint, Engine, GeneratedKey, Input, IssuancePlan, Rollback, RollbackStep, SlotPlan, Step,
 };
-use lanyard_piv::apdu::{Command, Response};
+use lanyard_piv::apdu::{Command, Response, StatusWord};
 use lanyard_piv::mgmkey::{ManagementKey, MgmAlgorithm};
 use lanyard_piv::objects::ChuidIssuance;
 use lanyard_piv::types::{KeyAlgorithm as PivAlgorithm, Slot};
@@ -103,6 +103,14 @@ pub trait AgentLink: Send {
         rules: &PinRules,
     ) -> impl Future<Output = Result<PinAnswer, SessionError>> + Send;
 
+    /// Asks the agent to change the PIN from the holder's current PIN to a new one under
+    /// `rules`, both typed by the holder where the session was started (the portal): a card
+    /// session of kind `change_pin`. The server knows neither PIN beforehand.
+    fn change_holder_pin(
+        &mut self,
+        rules: &PinRules,
+    ) -> impl Future<Output = Result<PinAnswer, SessionError>> + Send;
+
     /// Asks the agent to unblock the PIN with `puk` and a new PIN the holder types under `rules`.
     fn unblock_pin(
         &mut self,
@@ -149,6 +157,7 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
         match job.kind {
             JobKind::Unlock => self.unlock(job).await,
             JobKind::Wipe => self.wipe(job).await,
+            JobKind::ChangePin => self.change_pin(job).await,
             _ if rollback => self.rollback(job).await,
             _ => self.issue(job).await,
         }
@@ -387,6 +396,103 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
         self.link.done(device.id, device.state).await
     }
 
+    /// Changes the PIN of an issued card from the holder's current PIN to a new one, both typed
+    /// by the holder: the card must be the device's own, and its PIN not blocked. The outcome
+    /// is recorded as a step the job's page names: `change_pin` done; or, when the card refused
+    /// the current PIN, `pin_wrong` (tries left) or `pin_blocked`, the job then Failed with
+    /// nothing changed but the card's retry counter. Neither PIN is recorded anywhere.
+    async fn change_pin(&mut self, job: &mut Job) -> Result<(), SessionError> {
+        let device = job_device(self.repo, job).await?;
+        let (_, policy) = holder(self.repo, &device).await?;
+        if device.state != DeviceState::Active {
+            return Err(SessionError::Server(format!(
+                "device {} is {}; only an active card's PIN is changed",
+                device.id, device.state
+            )));
+        }
+        self.check_card(&device).await?;
+        let before = self.pin_tries().await?;
+        let now = self.clock.now();
+        let system = System::new(self.op.clone(), now);
+        let note = match before {
+            PinTries::Left(n) => format!("{n} PIN tries left"),
+            PinTries::Verified => "the PIN was verified already".to_owned(),
+            PinTries::Blocked => {
+                return self.pin_refused(job, STEP_PIN_BLOCKED, PIN_BLOCKED.to_owned()).await;
+            }
+        };
+        job.record("check_card", StepOutcome::Done, Some(note), now)
+            .map_err(|e| SessionError::Server(e.to_string()))?;
+        system.save_job(self.repo, job).await?;
+        let refused = match self.link.change_holder_pin(&policy.pin).await {
+            Ok(PinAnswer::Sent { sw }) if sw.eq_ignore_ascii_case("9000") => None,
+            Ok(PinAnswer::Sent { sw }) => {
+                Some(SessionError::Engine(format!("the card refused CHANGE REFERENCE DATA (status {sw})")))
+            }
+            Ok(PinAnswer::Skipped) => {
+                return Err(SessionError::AgentError(
+                    "no PIN was given (cancelled, or the time ran out); nothing changed".into(),
+                ));
+            }
+            // The agent reports a card's refusal as an error; the card's counter tells why.
+            Err(SessionError::AgentError(message)) => Some(SessionError::AgentError(message)),
+            Err(e) => return Err(e),
+        };
+        if let Some(error) = refused {
+            return match (before, self.pin_tries().await?) {
+                (_, PinTries::Blocked) => {
+                    let why = format!("the current PIN is wrong, and that was the last try: {PIN_BLOCKED}");
+                    self.pin_refused(job, STEP_PIN_BLOCKED, why).await
+                }
+                // A card that had the PIN verified (from an earlier session on the same power-up)
+                // shows no counter before; a refused current PIN drops the verification, and
+                // the counter then shows.
+                (PinTries::Verified, PinTries::Left(n)) | (PinTries::Left(_), PinTries::Left(n))
+                    if before.fewer_than(n) =>
+                {
+                    let why = format!(
+                        "the current PIN is wrong: {n} {} left",
+                        if n == 1 { "try" } else { "tries" }
+                    );
+                    self.pin_refused(job, STEP_PIN_WRONG, why).await
+                }
+                _ => Err(error),
+            };
+        }
+        let now = self.clock.now();
+        job.record("change_pin", StepOutcome::Done, None, now)
+            .map_err(|e| SessionError::Server(e.to_string()))?;
+        job.transition(JobState::Succeeded, now).map_err(|e| SessionError::Server(e.to_string()))?;
+        System::new(self.op.clone(), now).save_job(self.repo, job).await?;
+        self.link.done(device.id, device.state).await
+    }
+
+    /// Records that the card refused the PIN (`step` names why for the job's page) and stops
+    /// the session with `why`.
+    async fn pin_refused(&mut self, job: &mut Job, step: &str, why: String) -> Result<(), SessionError> {
+        let now = self.clock.now();
+        job.record(step, StepOutcome::Failed, Some(why.clone()), now)
+            .map_err(|e| SessionError::Server(e.to_string()))?;
+        System::new(self.op.clone(), now).save_job(self.repo, job).await?;
+        Err(SessionError::Engine(why))
+    }
+
+    /// The card's PIN retry counter (VERIFY without data).
+    async fn pin_tries(&mut self) -> Result<PinTries, SessionError> {
+        let answers =
+            self.link.transmit("pin_status", (0, 1), &[lanyard_piv::commands::pin_status()]).await?;
+        let sw = answers
+            .first()
+            .map(|r| r.sw)
+            .ok_or_else(|| SessionError::Protocol("no answer to the PIN status query".into()))?;
+        match sw {
+            StatusWord::WrongPin { retries: 0 } | StatusWord::AuthenticationBlocked => Ok(PinTries::Blocked),
+            StatusWord::WrongPin { retries } => Ok(PinTries::Left(retries)),
+            s if s.is_success() => Ok(PinTries::Verified),
+            other => Err(SessionError::Engine(format!("the card did not tell its PIN status ({other})"))),
+        }
+    }
+
     /// Resets a retired card (after checking it is the device's own) and returns the device to
     /// stock.
     async fn wipe(&mut self, job: &mut Job) -> Result<(), SessionError> {
@@ -477,6 +583,34 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
     fn sign_chuid(&self, content: &[u8]) -> Result<Vec<u8>, SessionError> {
         lanyard_ca::cms::sign_chuid(self.authority.content_signer, content)
             .map_err(|e| SessionError::Server(format!("signing the CHUID: {e}")))
+    }
+}
+
+/// The step a *Change PIN* job fails with when the current PIN was wrong (its detail says how
+/// many tries are left).
+pub const STEP_PIN_WRONG: &str = "pin_wrong";
+/// The step a *Change PIN* job fails with when the card's PIN is blocked.
+pub const STEP_PIN_BLOCKED: &str = "pin_blocked";
+const PIN_BLOCKED: &str = "the PIN is blocked; unlock it with a new PIN (Unlock PIN)";
+
+/// What the card says of its PIN retry counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PinTries {
+    Left(u8),
+    /// Verified already (no counter shown).
+    Verified,
+    Blocked,
+}
+
+impl PinTries {
+    /// Whether `n` tries left afterwards means a try was used since `self` (a verified PIN
+    /// shows no counter, so any counter afterwards does).
+    fn fewer_than(self, n: u8) -> bool {
+        match self {
+            PinTries::Left(was) => n < was,
+            PinTries::Verified => true,
+            PinTries::Blocked => false,
+        }
     }
 }
 

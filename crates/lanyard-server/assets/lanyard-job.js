@@ -4,7 +4,10 @@
 // checks it again. No PIN is kept, logged or sent anywhere but in the form's POST.
 (function () {
   "use strict";
-  var ENDED = ["active", "pending", "finished", "rolled_back", "failed"];
+  var ENDED = [
+    "active", "pending", "finished", "rolled_back", "failed",
+    "pin_changed", "unlocked", "pin_wrong", "pin_blocked"
+  ];
 
   function follow(job) {
     var url = job.getAttribute("data-events");
@@ -101,33 +104,47 @@
     var min = Number(form.getAttribute("data-min"));
     var max = Number(form.getAttribute("data-max"));
     var trivial = form.getAttribute("data-trivial") === "true";
+    var current = document.getElementById("current-pin");
     var pin = document.getElementById("new-pin");
     var again = document.getElementById("confirm-pin");
     var out = document.getElementById("pin-check");
-    var problem = pinProblem(pin.value, min, max, trivial);
+    var problem = null;
+    var culprit = pin;
+    if (current && current.value.length === 0) {
+      problem = "Type your current PIN.";
+      culprit = current;
+    }
+    if (!problem) {
+      problem = pinProblem(pin.value, min, max, trivial);
+    }
     if (!problem && again.value !== pin.value) {
       problem = "The two PINs differ: type the same new PIN in both fields.";
     }
-    pin.setAttribute("aria-invalid", problem ? "true" : "false");
+    if (!problem && current && current.value === pin.value) {
+      problem = "The new PIN is the same as the current one: choose another.";
+    }
+    if (current) {
+      current.setAttribute("aria-invalid", culprit === current ? "true" : "false");
+    }
+    pin.setAttribute("aria-invalid", problem && culprit === pin ? "true" : "false");
+    form.setAttribute("data-culprit", culprit.id);
     out.textContent = problem || "This PIN meets the rules.";
     out.className = problem ? "hint bad" : "hint good";
     return problem;
   }
 
   function guard(form) {
-    var touched = false;
     form.addEventListener("input", function () {
-      touched = true;
       checkPins(form);
     });
     form.addEventListener("submit", function (e) {
       var by = e.submitter;
-      if (by && by.value === "skip") {
+      if (by && (by.value === "skip" || by.value === "cancel")) {
         return;
       }
       if (checkPins(form)) {
         e.preventDefault();
-        document.getElementById(touched ? "new-pin" : "new-pin").focus();
+        document.getElementById(form.getAttribute("data-culprit") || "new-pin").focus();
       }
     });
   }

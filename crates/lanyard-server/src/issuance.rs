@@ -32,7 +32,7 @@ use lanyard_protocol::{
 use secrecy::{ExposeSecret, SecretString};
 use time::Duration;
 
-use crate::portal_pin::{PinDesk, PortalPin};
+use crate::portal_pin::{PinDesk, PortalChange, PortalPin};
 use crate::{ApiError, AppState};
 
 pub use lanyard_protocol::TICKET_HEADER;
@@ -483,6 +483,41 @@ impl AgentLink for Session {
         let old_pin = Secret::new(old_pin.expose_secret());
         self.send(&ServerFrame::ChangePin { seq, old_pin, rules: *rules, answer_within_secs, new_pin })
             .await?;
+        pin_answer(self.receive(answer_within_secs).await?, seq, "the PIN change result")
+    }
+
+    async fn change_holder_pin(&mut self, rules: &PinRules) -> Result<PinAnswer, SessionError> {
+        if !self.server_pin {
+            return Err(SessionError::AgentError(format!(
+                "this agent cannot take PINs typed in the portal (feature {FEATURE_SERVER_PIN}); update it"
+            )));
+        }
+        let (pins, job, rules_copy, pin_secs) =
+            (Arc::clone(&self.pins), self.job, *rules, self.pin_within_secs);
+        let within = std::time::Duration::from_secs(u64::from(pin_secs));
+        let (current, new) = match pins.wait_change(job, rules_copy, within).await {
+            PortalChange::Given { current, new } => (current, new),
+            PortalChange::Declined => return Ok(PinAnswer::Skipped),
+            PortalChange::NotUsed => {
+                return Err(SessionError::Server(
+                    "a PIN change takes both PINs from the portal; start it from the device's page there"
+                        .into(),
+                ));
+            }
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        let answer_within_secs = self.answer_within_secs;
+        let frame = ServerFrame::ChangePin {
+            seq,
+            old_pin: current,
+            rules: *rules,
+            answer_within_secs,
+            new_pin: Some(new),
+        };
+        self.send(&frame).await?;
+        // The frame and both PINs are wiped here, before the answer is awaited.
+        drop(frame);
         pin_answer(self.receive(answer_within_secs).await?, seq, "the PIN change result")
     }
 

@@ -4,6 +4,10 @@
 //! wait (`pin_wanted`), `POST /api/v1/jobs/{id}/pin` hands the PIN in, and it goes to the agent
 //! in the frame's `new_pin` (feature `server_pin`), which writes it to the card.
 //!
+//! A *Change PIN* session (job kind `change_pin`) waits for two PINs instead: the card's current
+//! PIN and the new one, both typed by the holder; they go to the agent as the `change_pin`
+//! frame's `old_pin` and `new_pin`.
+//!
 //! The PIN is held only in memory, in a [`Secret`] (wiped on drop), for as long as the session
 //! waits for it; it is never stored, logged or audited. Like the link registry this is the
 //! process's own: the PIN must reach the server that runs the session.
@@ -29,6 +33,20 @@ pub enum PortalPin {
     Declined,
 }
 
+/// What the portal answered for a *Change PIN* session waiting on it.
+#[derive(Debug)]
+pub enum PortalChange {
+    /// The session's PINs do not come from the portal.
+    NotUsed,
+    /// The card's current PIN and the new PIN (checked against the rules).
+    Given { current: Secret, new: Secret },
+    /// The holder cancelled, or gave nothing before the deadline.
+    Declined,
+}
+
+/// The longest PIN a PIV card holds (SP 800-73-4: 8 bytes, padded with `FF`).
+pub const MAX_CARD_PIN: usize = 8;
+
 /// Why a PIN was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GiveError {
@@ -36,12 +54,36 @@ pub enum GiveError {
     NotWaiting,
     #[error("new_pin: {0}")]
     Rules(PinRuleError),
+    #[error("current_pin: type the card's current PIN as well")]
+    CurrentMissing,
+    #[error("current_pin: a card's PIN has at most {MAX_CARD_PIN} characters, so this cannot be it")]
+    CurrentTooLong,
+    #[error("current_pin: this job asks only for a new PIN")]
+    CurrentNotAsked,
+    #[error("new_pin: the new PIN is the same as the current one")]
+    Unchanged,
+}
+
+/// What a waiting session asks the holder for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asking {
+    pub rules: PinRules,
+    pub seconds_left: u64,
+    /// The card's current PIN is asked for too (*Change PIN*).
+    pub current: bool,
+}
+
+/// The holder's answer as it travels to the session: `None` declines.
+struct Typed {
+    current: Option<Secret>,
+    new: Secret,
 }
 
 struct Waiting {
     rules: PinRules,
     until: Instant,
-    tx: oneshot::Sender<Option<Secret>>,
+    current: bool,
+    tx: oneshot::Sender<Option<Typed>>,
 }
 
 /// Jobs whose PIN comes from the portal, and those waiting for it now.
@@ -69,20 +111,42 @@ impl PinDesk {
 
     /// Waits up to `within` for the portal's PIN for `job`, if its PIN comes from the portal.
     pub async fn wait(&self, job: JobId, rules: PinRules, within: Duration) -> PortalPin {
+        match self.wait_for(job, rules, within, false).await {
+            None => PortalPin::NotUsed,
+            Some(Some(typed)) => PortalPin::Given(typed.new),
+            Some(None) => PortalPin::Declined,
+        }
+    }
+
+    /// Waits up to `within` for the card's current PIN and the new one for `job` (*Change PIN*),
+    /// if its PINs come from the portal.
+    pub async fn wait_change(&self, job: JobId, rules: PinRules, within: Duration) -> PortalChange {
+        match self.wait_for(job, rules, within, true).await {
+            None => PortalChange::NotUsed,
+            Some(Some(Typed { current: Some(current), new })) => PortalChange::Given { current, new },
+            Some(_) => PortalChange::Declined,
+        }
+    }
+
+    /// `None`: the job's PIN does not come from the portal; `Some(None)`: declined or too late.
+    async fn wait_for(
+        &self,
+        job: JobId,
+        rules: PinRules,
+        within: Duration,
+        current: bool,
+    ) -> Option<Option<Typed>> {
         let rx = {
             let mut jobs = self.lock();
-            let Some(slot) = jobs.get_mut(&job) else { return PortalPin::NotUsed };
+            let slot = jobs.get_mut(&job)?;
             let (tx, rx) = oneshot::channel();
-            *slot = Some(Waiting { rules, until: Instant::now() + within, tx });
+            *slot = Some(Waiting { rules, until: Instant::now() + within, current, tx });
             rx
         };
         let answer = tokio::time::timeout(within, rx).await;
         // Asked once per session: whatever came, the job no longer waits.
         self.lock().remove(&job);
-        match answer {
-            Ok(Ok(Some(pin))) => PortalPin::Given(pin),
-            _ => PortalPin::Declined,
-        }
+        Some(answer.ok().and_then(Result::ok).flatten())
     }
 
     /// Whether `job`'s new PIN is to come from the portal and has not been answered yet (asked
@@ -91,24 +155,46 @@ impl PinDesk {
         self.lock().contains_key(&job)
     }
 
-    /// The rules and the seconds left, while `job` waits for the portal's PIN.
-    pub fn wanted(&self, job: JobId) -> Option<(PinRules, u64)> {
+    /// What `job` asks for, while it waits for the portal's PIN.
+    pub fn wanted(&self, job: JobId) -> Option<Asking> {
         let jobs = self.lock();
         let waiting = jobs.get(&job)?.as_ref()?;
-        Some((waiting.rules, waiting.until.saturating_duration_since(Instant::now()).as_secs()))
+        Some(Asking {
+            rules: waiting.rules,
+            seconds_left: waiting.until.saturating_duration_since(Instant::now()).as_secs(),
+            current: waiting.current,
+        })
     }
 
-    /// Hands the holder's answer to a waiting session: a PIN that meets the rules, or `None` to
-    /// keep the initial PIN. A PIN that breaks a rule is refused here and the session waits on.
-    pub fn give(&self, job: JobId, pin: Option<Secret>) -> Result<(), GiveError> {
+    /// Hands the holder's answer to a waiting session: a new PIN that meets the rules (with the
+    /// card's current PIN when the session asks for it, *Change PIN*), or no new PIN to decline
+    /// (keep the initial PIN; cancel a PIN change). A PIN that breaks a rule, or a missing or
+    /// impossible current PIN, is refused here and the session waits on.
+    pub fn give(&self, job: JobId, current: Option<Secret>, new: Option<Secret>) -> Result<(), GiveError> {
         let mut jobs = self.lock();
         let Some(Some(waiting)) = jobs.get(&job) else { return Err(GiveError::NotWaiting) };
-        if let Some(pin) = &pin {
-            waiting.rules.check(pin.expose()).map_err(GiveError::Rules)?;
-        }
+        let typed = match new {
+            None => None,
+            Some(new) => {
+                match (&current, waiting.current) {
+                    (Some(_), false) => return Err(GiveError::CurrentNotAsked),
+                    (None, true) => return Err(GiveError::CurrentMissing),
+                    (Some(c), true) if c.expose().is_empty() => return Err(GiveError::CurrentMissing),
+                    (Some(c), true) if c.expose().len() > MAX_CARD_PIN => {
+                        return Err(GiveError::CurrentTooLong);
+                    }
+                    _ => {}
+                }
+                waiting.rules.check(new.expose()).map_err(GiveError::Rules)?;
+                if current.as_ref() == Some(&new) {
+                    return Err(GiveError::Unchanged);
+                }
+                Some(Typed { current, new })
+            }
+        };
         let Some(Some(waiting)) = jobs.remove(&job) else { return Err(GiveError::NotWaiting) };
-        // The session may have given up this instant; then the PIN is dropped (and wiped).
-        waiting.tx.send(pin).map_err(|_| GiveError::NotWaiting)
+        // The session may have given up this instant; then the PINs are dropped (and wiped).
+        waiting.tx.send(typed).map_err(|_| GiveError::NotWaiting)
     }
 }
 
@@ -124,7 +210,7 @@ mod tests {
             desk.wait(JobId::new(), PinRules::default(), Duration::from_secs(1)).await,
             PortalPin::NotUsed
         ));
-        assert_eq!(desk.give(job, None), Err(GiveError::NotWaiting));
+        assert_eq!(desk.give(job, None, None), Err(GiveError::NotWaiting));
         desk.expect(job);
         assert_eq!(desk.wanted(job), None, "expected, not yet asked");
         let waiter = {
@@ -134,13 +220,70 @@ mod tests {
         while desk.wanted(job).is_none() {
             tokio::task::yield_now().await;
         }
-        assert!(matches!(desk.give(job, Some(Secret::new("111111"))), Err(GiveError::Rules(_))));
-        assert!(desk.wanted(job).is_some(), "a refused PIN leaves the session waiting");
-        desk.give(job, Some(Secret::new("975319"))).unwrap();
+        assert!(matches!(desk.give(job, None, Some(Secret::new("111111"))), Err(GiveError::Rules(_))));
+        assert_eq!(
+            desk.give(job, Some(Secret::new("123456")), Some(Secret::new("975319"))),
+            Err(GiveError::CurrentNotAsked)
+        );
+        assert!(desk.wanted(job).is_some_and(|a| !a.current), "a refused PIN leaves the session waiting");
+        desk.give(job, None, Some(Secret::new("975319"))).unwrap();
         match waiter.await.unwrap() {
             PortalPin::Given(pin) => assert_eq!(pin.expose(), "975319"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(desk.give(job, None), Err(GiveError::NotWaiting), "asked once");
+        assert_eq!(desk.give(job, None, None), Err(GiveError::NotWaiting), "asked once");
+    }
+
+    #[tokio::test]
+    async fn a_pin_change_takes_the_current_pin_and_a_new_one_that_meets_the_rules() {
+        let desk = std::sync::Arc::new(PinDesk::default());
+        let job = JobId::new();
+        desk.expect(job);
+        let waiter = {
+            let desk = std::sync::Arc::clone(&desk);
+            tokio::spawn(
+                async move { desk.wait_change(job, PinRules::default(), Duration::from_secs(600)).await },
+            )
+        };
+        while desk.wanted(job).is_none() {
+            tokio::task::yield_now().await;
+        }
+        assert!(desk.wanted(job).is_some_and(|a| a.current), "the current PIN is asked for");
+        let new = || Some(Secret::new("975319"));
+        let refusals = [
+            (None, new(), GiveError::CurrentMissing),
+            (Some(Secret::new("")), new(), GiveError::CurrentMissing),
+            (Some(Secret::new("123456789")), new(), GiveError::CurrentTooLong),
+            (Some(Secret::new("975319")), new(), GiveError::Unchanged),
+        ];
+        for (current, new, expected) in refusals {
+            assert_eq!(desk.give(job, current, new), Err(expected));
+        }
+        assert!(matches!(
+            desk.give(job, Some(Secret::new("246801")), Some(Secret::new("123456"))),
+            Err(GiveError::Rules(_))
+        ));
+        assert!(desk.wanted(job).is_some(), "every refusal leaves the session waiting");
+        desk.give(job, Some(Secret::new("246801")), new()).unwrap();
+        match waiter.await.unwrap() {
+            PortalChange::Given { current, new } => {
+                assert_eq!((current.expose(), new.expose()), ("246801", "975319"));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Cancelled: no new PIN declines the change.
+        desk.expect(job);
+        let waiter = {
+            let desk = std::sync::Arc::clone(&desk);
+            tokio::spawn(
+                async move { desk.wait_change(job, PinRules::default(), Duration::from_secs(600)).await },
+            )
+        };
+        while desk.wanted(job).is_none() {
+            tokio::task::yield_now().await;
+        }
+        desk.give(job, None, None).unwrap();
+        assert!(matches!(waiter.await.unwrap(), PortalChange::Declined));
     }
 }

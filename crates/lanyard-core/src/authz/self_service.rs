@@ -16,7 +16,8 @@ use crate::repo::prelude::*;
 
 use super::{
     ALL, AgentBinding, CardInfo, IssuingTo, Principal, TicketPurpose, check_card_model, check_may_add_token,
-    claim_or_register, credentials_of, job_of, job_ticket, own_agent, policy_of, start_unlock, transition,
+    claim_or_register, create_job, credentials_of, job_of, job_ticket, own_agent, policy_of, start_unlock,
+    transition,
 };
 
 /// A cardholder acting on their own devices.
@@ -69,6 +70,38 @@ impl SelfService<'_> {
         ttl: time::Duration,
     ) -> Result<(Job, SecretString), DomainError> {
         start_unlock(repo, &self.p.acting(), self.me(), device, Some(self.me()), ttl).await
+    }
+
+    /// Starts changing the PIN of one of my cards: an Active card issued by Lanyard (one whose
+    /// card UUID is recorded, so the session can tell it from any other card). The current and
+    /// the new PIN are typed in the portal; the job and its ticket are audited, the PINs never.
+    pub async fn start_change_pin<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        ttl: time::Duration,
+    ) -> Result<(Job, SecretString), DomainError> {
+        let who = self.p.acting();
+        let who = &who;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let d = self.mine(&mut tx, device).await?;
+            if d.state != DeviceState::Active {
+                return Err(DomainError::Conflict(format!(
+                    "device {device} is {}; only an active card's PIN is changed",
+                    d.state
+                )));
+            }
+            if d.card_guid.is_none() {
+                return Err(DomainError::Conflict(format!(
+                    "device {device} was not issued by Lanyard, so its card cannot be recognised"
+                )));
+            }
+            let created = create_job(&mut tx, who, JobKind::ChangePin, &d, self.me(), ttl).await?;
+            tx.commit().await?;
+            Ok(created)
+        })
+        .await
     }
 
     /// Loads one of my devices; another user's device, or a deleted mobile, is NotFound.

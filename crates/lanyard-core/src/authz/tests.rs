@@ -435,6 +435,45 @@ fn a_pending_card_is_activated_by_its_holder_or_an_operator() {
 }
 
 #[test]
+fn a_holder_starts_a_pin_change_only_on_their_own_active_lanyard_card() {
+    let w = world();
+    let ttl = time::Duration::minutes(10);
+    let issued = |owner: &User, state: DeviceState| {
+        let mut d = w.device(owner, DeviceKind::UsbKey, state);
+        d.card_guid = Some([7; 16]);
+        w.repo.with_data(|data| {
+            data.devices.insert(d.id, d.clone());
+        });
+        d
+    };
+    let mine = issued(&w.alice, DeviceState::Active);
+    let pending = issued(&w.alice, DeviceState::Pending);
+    let suspended = issued(&w.alice, DeviceState::Suspended);
+    let foreign = w.device(&w.alice, DeviceKind::UsbKey, DeviceState::Active);
+    let bobs = issued(&w.bob, DeviceState::Active);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let before = w.repo.data();
+    assert!(is_not_found(&block_on(me.start_change_pin(&w.repo, bobs.id, ttl)).unwrap_err(), bobs.id));
+    for (d, why) in [
+        (&pending, "is pending; only an active card's PIN is changed"),
+        (&suspended, "is suspended; only an active card's PIN is changed"),
+        (&foreign, "was not issued by Lanyard"),
+    ] {
+        let e = block_on(me.start_change_pin(&w.repo, d.id, ttl)).unwrap_err();
+        assert!(matches!(&e, DomainError::Conflict(m) if m.contains(why)), "{e}");
+    }
+    assert_eq!(w.repo.data(), before, "refusals write nothing");
+
+    let (job, _ticket) = block_on(me.start_change_pin(&w.repo, mine.id, ttl)).unwrap();
+    assert_eq!((job.kind, job.device, job.state), (JobKind::ChangePin, mine.id, JobState::Created));
+    let data = w.repo.data();
+    let audited = data.audit.iter().filter(|e| e.action == "job.create").collect::<Vec<_>>();
+    assert_eq!(audited.len(), 1);
+    assert_eq!(audited[0].after.as_ref().unwrap()["kind"], "change_pin");
+}
+
+#[test]
 fn recycling_discards_card_secrets() {
     let w = world();
     let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Terminated);

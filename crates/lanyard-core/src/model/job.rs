@@ -12,10 +12,14 @@ string_enum! {
     pub enum JobKind ("job kind") {
         /// Personalise a token (DESIGN §4).
         Issuance = "issuance",
-        /// Unblock a blocked PIN with the stored PUK; the holder types the new PIN at the agent.
+        /// Unblock a blocked PIN with the stored PUK; the holder types the new PIN at the agent, or in
+        /// the portal.
         Unlock = "unlock",
         /// Reset a retired card to factory state and return it to stock.
         Wipe = "wipe",
+        /// Change the PIN of an issued card from the holder's current PIN to a new one, both
+        /// typed by the holder in the portal.
+        ChangePin = "change_pin",
     }
 }
 

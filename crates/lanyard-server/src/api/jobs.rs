@@ -42,8 +42,11 @@ pub(super) struct JobView {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct PinWanted {
     rules: lanyard_core::model::PinRules,
-    /// How long the holder still has; after it the card keeps its initial PIN.
+    /// How long the holder still has; after it the card keeps its initial PIN (a PIN change
+    /// or unlock ends with nothing changed).
     seconds_left: u64,
+    /// The card's current PIN is wanted too (`current_pin`): a `change_pin` job.
+    current_pin: bool,
 }
 
 impl From<lanyard_core::model::Job> for JobView {
@@ -160,24 +163,35 @@ pub(super) async fn job<R: Repo>(
         Err(_) => auth.principal.self_service()?.job(repo, id).await?,
     };
     let mut view = JobView::from(job);
-    view.pin_wanted = s.pins.wanted(id).map(|(rules, seconds_left)| PinWanted { rules, seconds_left });
+    view.pin_wanted = s.pins.wanted(id).map(|a| PinWanted {
+        rules: a.rules,
+        seconds_left: a.seconds_left,
+        current_pin: a.current,
+    });
     Ok(Json(view))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PinRequest {
-    /// The holder's new PIN, or null to keep the initial PIN (the device stays pending).
+    /// The holder's new PIN, or null to keep the initial PIN (the device stays pending) or to
+    /// cancel a PIN change.
     #[schema(value_type = Option<String>)]
     new_pin: Option<lanyard_protocol::Secret>,
+    /// The card's current PIN, for a job that asks for it (`pin_wanted.current_pin`, a
+    /// `change_pin` job) and only then.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    current_pin: Option<lanyard_protocol::Secret>,
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/pin", tag = "issuance", params(("id" = String, Path, description = "job id")),
     request_body = PinRequest,
     responses((status = 202), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
-/// Hands the new PIN typed in the portal to a session waiting for it (`pin_wanted` on the job):
-/// checked against the group's PIN rules here (a PIN that breaks one is `400` and the session
-/// waits on), then passed to the agent, which writes it to the card. Never stored, logged or
+/// Hands the new PIN typed in the portal to a session waiting for it (`pin_wanted` on the job),
+/// with the card's current PIN for a `change_pin` job: checked against the group's PIN rules
+/// here (a PIN that breaks one, or a missing or impossible current PIN, is `400` and the session
+/// waits on), then passed to the agent, which sends them to the card. Never stored, logged or
 /// audited. The holder sees only their own jobs; operators (issuing in person) any.
 pub(super) async fn submit_pin<R: Repo>(
     State(s): State<AppState<R>>,
@@ -192,11 +206,11 @@ pub(super) async fn submit_pin<R: Repo>(
         Err(_) => auth.principal.self_service()?.job(repo, id).await?,
     };
     let Json(req) = body?;
-    s.pins.give(id, req.new_pin).map_err(|e| match e {
+    s.pins.give(id, req.current_pin, req.new_pin).map_err(|e| match e {
         crate::portal_pin::GiveError::NotWaiting => {
             ApiError::new(StatusCode::CONFLICT, format!("job {id}: {e}"))
         }
-        crate::portal_pin::GiveError::Rules(_) => ApiError::bad_request(e.to_string()),
+        _ => ApiError::bad_request(e.to_string()),
     })?;
     Ok(StatusCode::ACCEPTED)
 }

@@ -204,12 +204,21 @@ pub(crate) async fn list<R: Repo + 'static>(
     Ok(render(StatusCode::OK, &page))
 }
 
+/// A PIN action on a device's page: its link, or why it is not open now.
+pub(crate) struct PinActionView {
+    pub title: &'static str,
+    pub href: String,
+    pub refused: Option<String>,
+}
+
 #[derive(Template)]
 #[template(path = "portal/device.html")]
 struct DevicePage {
     nav: Option<Nav>,
     section: &'static str,
     device: DeviceView,
+    /// *Change PIN* and *Unlock PIN*; none for a mobile.
+    pin_actions: Vec<PinActionView>,
 }
 
 pub(crate) async fn detail<R: Repo + 'static>(
@@ -227,7 +236,19 @@ pub(crate) async fn detail<R: Repo + 'static>(
         let credentials = me.credentials(repo, id).await?;
         let mut view = DeviceView::new(&device, &credentials);
         view.session = issuing_session(&me, repo, &device).await?;
-        Ok::<_, PortalError>(DevicePage { nav: signed.nav(), section: "devices", device: view })
+        let pin_actions = if device.class() == lanyard_core::model::DeviceClass::Token {
+            [super::pin::PinAction::Change, super::pin::PinAction::Unlock]
+                .into_iter()
+                .map(|a| PinActionView {
+                    title: a.title(),
+                    href: format!("/portal/devices/{}/{}", device.id, a.slug()),
+                    refused: super::pin::refusal(&device, a),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok::<_, PortalError>(DevicePage { nav: signed.nav(), section: "devices", device: view, pin_actions })
     };
     let page = inner.await.map_err(|e| e.with_nav(nav))?;
     Ok(render(StatusCode::OK, &page))

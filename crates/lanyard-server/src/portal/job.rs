@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::authz::{Principal, TicketPurpose};
 use lanyard_core::ids::{AgentId, JobId};
 use lanyard_core::lifecycle::DeviceState;
-use lanyard_core::model::{Agent, CertSlot, Device, Job, JobState, PinRules, Policy};
+use lanyard_core::model::{Agent, CertSlot, Device, Job, JobKind, JobState, PinRules, Policy};
 use lanyard_core::repo::Repo;
+use lanyard_issuance::{STEP_PIN_BLOCKED, STEP_PIN_WRONG};
 use lanyard_protocol::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,7 @@ use super::session::CsrfForm;
 use super::{Nav, PortalError, SignedIn, Viewer, render};
 use crate::AppState;
 use crate::link::LinkSnapshot;
+use crate::portal_pin::{Asking, GiveError};
 
 /// How long the PIN form waits for the card to confirm the new PIN before showing the result.
 const PIN_CONFIRM_WAIT: Duration = Duration::from_secs(30);
@@ -111,24 +113,58 @@ pub(crate) enum Phase {
     Active,
     /// Issued with the initial PIN kept.
     Pending,
-    /// Any other finished session (unlock, wipe).
+    /// Any other finished session (a wipe).
     Finished,
     Failed,
     RolledBack,
+    /// *Change PIN* done: the card takes the new PIN.
+    PinChanged,
+    /// *Unlock PIN* done: the PIN is unblocked and set to the new one.
+    Unlocked,
+    /// *Change PIN*: the card refused the current PIN; nothing changed but its retry counter.
+    PinWrong,
+    /// *Change PIN*: the card's PIN is blocked.
+    PinBlocked,
 }
 
 impl Phase {
     fn ends(self) -> bool {
-        matches!(self, Phase::Active | Phase::Pending | Phase::Finished | Phase::Failed | Phase::RolledBack)
+        matches!(
+            self,
+            Phase::Active
+                | Phase::Pending
+                | Phase::Finished
+                | Phase::Failed
+                | Phase::RolledBack
+                | Phase::PinChanged
+                | Phase::Unlocked
+                | Phase::PinWrong
+                | Phase::PinBlocked
+        )
     }
 }
 
+/// Whether `kind` is a PIN job (*Change PIN*, *Unlock PIN*): its page asks for PINs and has
+/// a short progress of its own.
+fn is_pin_job(kind: JobKind) -> bool {
+    matches!(kind, JobKind::ChangePin | JobKind::Unlock)
+}
+
 fn phase(job: &Job, device: DeviceState, pin_wanted: bool, pin_expected: bool) -> Phase {
+    let refused = |step: &str| {
+        job.steps.iter().any(|s| s.name == step && s.outcome == lanyard_core::model::StepOutcome::Failed)
+    };
     match job.state {
         JobState::Created => Phase::Starting,
+        JobState::Running if pin_wanted && is_pin_job(job.kind) => Phase::PinWanted,
+        JobState::Running if is_pin_job(job.kind) && !pin_expected => Phase::Finishing,
         JobState::Running => Phase::Running,
+        JobState::Failed if job.kind == JobKind::ChangePin && refused(STEP_PIN_BLOCKED) => Phase::PinBlocked,
+        JobState::Failed if job.kind == JobKind::ChangePin && refused(STEP_PIN_WRONG) => Phase::PinWrong,
         JobState::Failed => Phase::Failed,
         JobState::RolledBack => Phase::RolledBack,
+        JobState::Succeeded if job.kind == JobKind::ChangePin => Phase::PinChanged,
+        JobState::Succeeded if job.kind == JobKind::Unlock => Phase::Unlocked,
         JobState::Succeeded if pin_wanted => Phase::PinWanted,
         JobState::Succeeded => match device {
             DeviceState::Active => Phase::Active,
@@ -217,7 +253,7 @@ struct Snapshot {
     holder: Option<String>,
     device_state: DeviceState,
     device_id: String,
-    rules: Option<(PinRules, u64)>,
+    rules: Option<Asking>,
     phase: Phase,
     steps: Vec<StepRow>,
     progress: Progress,
@@ -228,6 +264,37 @@ async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Resul
     let Visible { job, device, policy, holder_views, may_act, holder } = visible_job(s, who, id).await?;
     let rules = s.pins.wanted(id);
     let phase = phase(&job, device.state, rules.is_some(), s.pins.expects(id));
+    let failure = job
+        .steps
+        .iter()
+        .rev()
+        .find(|s| s.outcome == lanyard_core::model::StepOutcome::Failed)
+        .and_then(|s| s.detail.clone());
+    let (steps, percent, status) = if is_pin_job(job.kind) {
+        let (percent, status) = pin_progress(job.kind, phase, failure.as_deref());
+        (Vec::new(), percent, status)
+    } else {
+        issuance_progress(&policy, &job, phase)
+    };
+    // A PIN job's own refusals are its result, not a failure to explain again.
+    let failure = if matches!(phase, Phase::PinWrong | Phase::PinBlocked) { None } else { failure };
+    Ok(Snapshot {
+        holder_views,
+        may_act,
+        holder,
+        device_id: device.id.to_string(),
+        device_state: device.state,
+        job,
+        rules,
+        phase,
+        steps,
+        progress: Progress { phase, percent, status },
+        failure,
+    })
+}
+
+/// An issuance's steps on the card (from its checkpoint), its percentage and status line.
+fn issuance_progress(policy: &Policy, job: &Job, phase: Phase) -> (Vec<StepRow>, u8, String) {
     let names = planned_steps(policy.certificates.keys().copied());
     let completed: Vec<String> = job
         .checkpoint
@@ -248,12 +315,6 @@ async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Resul
     let done = steps.iter().filter(|s| s.done).count();
     // The card's own steps are 90 %; the PIN and the activation the rest.
     let running = u8::try_from(done * 90 / names.len().max(1)).unwrap_or(90);
-    let failure = job
-        .steps
-        .iter()
-        .rev()
-        .find(|s| s.outcome == lanyard_core::model::StepOutcome::Failed)
-        .and_then(|s| s.detail.clone());
     let (percent, status) = match phase {
         Phase::Starting => (0, "Waiting for the workstation to start the session".to_owned()),
         Phase::Running => (running, format!("{}…", current.map_or("Finishing", step_label))),
@@ -262,22 +323,32 @@ async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Resul
         Phase::Active => (100, "Done: your device is active".to_owned()),
         Phase::Pending => (100, "Issued; the initial PIN was kept, so the device is pending".to_owned()),
         Phase::Finished => (100, "The session has finished".to_owned()),
-        Phase::Failed => (running, "The session stopped before the card was finished".to_owned()),
         Phase::RolledBack => (0, "Undone: the card was reset and nothing was issued".to_owned()),
+        _ => (running, "The session stopped before the card was finished".to_owned()),
     };
-    Ok(Snapshot {
-        holder_views,
-        may_act,
-        holder,
-        device_id: device.id.to_string(),
-        device_state: device.state,
-        job,
-        rules,
-        phase,
-        steps,
-        progress: Progress { phase, percent, status },
-        failure,
-    })
+    (steps, percent, status)
+}
+
+/// A PIN job's percentage and status line: it checks the card, waits for the PINs from this
+/// page, and has the agent send them to the card.
+fn pin_progress(kind: JobKind, phase: Phase, failure: Option<&str>) -> (u8, String) {
+    let change = kind == JobKind::ChangePin;
+    match phase {
+        Phase::Starting => (0, "Waiting for the workstation to start the session".to_owned()),
+        Phase::Running => (30, "Checking that the card in the reader is this device…".to_owned()),
+        Phase::PinWanted if change => {
+            (50, "The card is ready: type your current PIN and a new one".to_owned())
+        }
+        Phase::PinWanted => (50, "The card is ready: choose your new PIN".to_owned()),
+        Phase::Finishing if change => (80, "Changing the PIN on the card…".to_owned()),
+        Phase::Finishing => (80, "Unlocking the PIN on the card…".to_owned()),
+        Phase::PinChanged => (100, "Done: your PIN is changed".to_owned()),
+        Phase::Unlocked => (100, "Done: your PIN is unlocked and set to the new one".to_owned()),
+        Phase::PinWrong => (100, format!("Not changed: {}", failure.unwrap_or("the current PIN is wrong"))),
+        Phase::PinBlocked => (100, "Not changed: the PIN is blocked".to_owned()),
+        _ if change => (100, "The session stopped; the PIN was not changed".to_owned()),
+        _ => (100, "The session stopped; the PIN was not unlocked".to_owned()),
+    }
 }
 
 #[derive(Template)]
@@ -290,10 +361,14 @@ struct JobPage {
     device_id: String,
     device_state: &'static str,
     phase: &'static str,
+    /// `issuance`, `change_pin`, `unlock` or `wipe`.
+    kind: &'static str,
     progress: Progress,
     steps: Vec<StepRow>,
     rules: Option<PinRules>,
     seconds_left: u64,
+    /// The form asks for the card's current PIN too.
+    ask_current: bool,
     failure: Option<String>,
     notice: Option<String>,
     pin_error: Option<String>,
@@ -316,6 +391,10 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::Finished => "finished",
         Phase::Failed => "failed",
         Phase::RolledBack => "rolled_back",
+        Phase::PinChanged => "pin_changed",
+        Phase::Unlocked => "unlocked",
+        Phase::PinWrong => "pin_wrong",
+        Phase::PinBlocked => "pin_blocked",
     }
 }
 
@@ -349,10 +428,12 @@ async fn job_page_with<R: Repo + 'static>(
         device_id: snap.device_id,
         device_state: super::devices::device_badge(snap.device_state).label,
         phase: phase_name(snap.phase),
+        kind: snap.job.kind.as_str(),
         progress: snap.progress,
         steps: snap.steps,
-        rules: snap.rules.map(|(r, _)| r),
-        seconds_left: snap.rules.map_or(0, |(_, left)| left),
+        rules: snap.rules.map(|a| a.rules),
+        seconds_left: snap.rules.map_or(0, |a| a.seconds_left),
+        ask_current: snap.rules.is_some_and(|a| a.current),
         failure: snap.failure,
         notice,
         pin_error,
@@ -438,18 +519,51 @@ pub(crate) async fn events<R: Repo + 'static>(
 pub(crate) struct PinForm {
     #[serde(default)]
     csrf_token: Option<String>,
-    /// `set` or `skip`.
+    /// `set`; or `skip` (issuance: keep the initial PIN); or `cancel` (a PIN job: change
+    /// nothing).
     #[serde(default)]
     action: Option<String>,
+    /// The card's current PIN (*Change PIN* only).
+    #[serde(default)]
+    current_pin: Option<Secret>,
     #[serde(default)]
     new_pin: Option<Secret>,
     #[serde(default)]
     confirm_pin: Option<Secret>,
 }
 
-/// `POST /portal/jobs/{id}/pin`: the new PIN (typed twice) or *Skip*, handed to the waiting
-/// session ([`crate::portal_pin`]): checked here against the group's rules, never stored, logged
-/// or shown again.
+/// What the holder answered on the PIN form, checked for what the page itself can tell.
+fn read_pin_form(form: PinForm, kind: JobKind) -> Result<(Option<Secret>, Option<Secret>), String> {
+    let pin_job = is_pin_job(kind);
+    match form.action.as_deref() {
+        Some("skip") if !pin_job => Ok((None, None)),
+        Some("cancel") if pin_job => Ok((None, None)),
+        Some("set") => {
+            let current = if kind == JobKind::ChangePin {
+                match form.current_pin {
+                    Some(c) if !c.expose().is_empty() => Some(c),
+                    _ => return Err("Type your current PIN.".into()),
+                }
+            } else {
+                None
+            };
+            match (form.new_pin, form.confirm_pin) {
+                (None, _) => Err("Type your new PIN.".into()),
+                (Some(p), _) if p.expose().is_empty() => Err("Type your new PIN.".into()),
+                (Some(p), c) if c.as_ref().map(Secret::expose) != Some(p.expose()) => {
+                    Err("The two PINs differ: type the same new PIN in both fields.".into())
+                }
+                (Some(p), _) => Ok((current, Some(p))),
+            }
+        }
+        _ if pin_job => Err("Choose Change PIN or Cancel.".into()),
+        _ => Err("Choose Set PIN or Skip.".into()),
+    }
+}
+
+/// `POST /portal/jobs/{id}/pin`: the new PIN (typed twice, with the card's current PIN for
+/// *Change PIN*), *Skip* or *Cancel*, handed to the waiting session ([`crate::portal_pin`]):
+/// checked here against the group's rules, never stored, logged or shown again.
 pub(crate) async fn pin<R: Repo + 'static>(
     State(s): State<AppState<R>>,
     signed: SignedIn,
@@ -460,51 +574,51 @@ pub(crate) async fn pin<R: Repo + 'static>(
     let nav = signed.nav();
     let inner = async {
         let id = job_id(&id)?;
-        actionable_job(&s, signed.principal(), id).await?;
-        let bad = |m: &str| Some(m.to_owned());
-        let answer = match form.action.as_deref() {
-            Some("skip") => Ok(None),
-            Some("set") => match (form.new_pin, form.confirm_pin) {
-                (None, _) => Err(bad("Type your new PIN.")),
-                (Some(p), _) if p.expose().is_empty() => Err(bad("Type your new PIN.")),
-                (Some(p), c) if c.as_ref().map(Secret::expose) != Some(p.expose()) => {
-                    Err(bad("The two PINs differ: type the same new PIN in both fields."))
-                }
-                (Some(p), _) => Ok(Some(p)),
-            },
-            _ => Err(bad("Choose Set PIN or Skip.")),
-        };
-        let pin = match answer {
-            Ok(pin) => pin,
+        let Visible { job, .. } = actionable_job(&s, signed.principal(), id).await?;
+        let (current, new) = match read_pin_form(form, job.kind) {
+            Ok(answer) => answer,
             Err(message) => {
-                return job_page_with(&s, &signed, id, None, message, StatusCode::BAD_REQUEST).await;
-            }
-        };
-        let setting = pin.is_some();
-        match s.pins.give(id, pin) {
-            Ok(()) => {}
-            Err(crate::portal_pin::GiveError::Rules(e)) => {
-                let message = format!("{e}. Choose another PIN.");
                 return job_page_with(&s, &signed, id, None, Some(message), StatusCode::BAD_REQUEST).await;
             }
-            Err(crate::portal_pin::GiveError::NotWaiting) => {
-                let message = "The card session is no longer waiting for a PIN: the time for it ran out, \
-                               or it was already answered. The page shows where the device is now."
-                    .to_owned();
-                return job_page(&s, &signed, id, Some(message), StatusCode::CONFLICT).await;
-            }
-        }
-        if setting {
-            // The agent writes the PIN and the server activates the device; wait for that so the
-            // page shows the result rather than the moment in between.
-            let deadline = tokio::time::Instant::now() + PIN_CONFIRM_WAIT;
-            while tokio::time::Instant::now() < deadline {
-                let now = visible_job(&s, signed.principal(), id).await?.device.state;
-                if now != DeviceState::Pending {
-                    break;
+        };
+        let setting = new.is_some();
+        if let Err(e) = s.pins.give(id, current, new) {
+            let message = match e {
+                GiveError::NotWaiting => {
+                    let message =
+                        "The card session is no longer waiting for a PIN: the time for it ran out, \
+                                   or it was already answered. The page shows where the device is now."
+                            .to_owned();
+                    return job_page(&s, &signed, id, Some(message), StatusCode::CONFLICT).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                GiveError::Rules(e) => format!("{e}. Choose another PIN."),
+                GiveError::CurrentMissing => "Type your current PIN.".to_owned(),
+                GiveError::CurrentTooLong => format!(
+                    "The current PIN you typed is longer than a card's PIN can be ({} characters at most); \
+                     nothing was sent to the card.",
+                    crate::portal_pin::MAX_CARD_PIN
+                ),
+                GiveError::CurrentNotAsked => "This session asks only for a new PIN.".to_owned(),
+                GiveError::Unchanged => {
+                    "The new PIN is the same as the current one: choose another.".to_owned()
+                }
+            };
+            return job_page_with(&s, &signed, id, None, Some(message), StatusCode::BAD_REQUEST).await;
+        }
+        // Wait for the card's answer, so the page shows the result rather than the moment in
+        // between: the device activated (issuance), or the PIN job ended.
+        let deadline = tokio::time::Instant::now() + PIN_CONFIRM_WAIT;
+        while setting && tokio::time::Instant::now() < deadline {
+            let Visible { job, device, .. } = visible_job(&s, signed.principal(), id).await?;
+            let settled = if is_pin_job(job.kind) {
+                job.state != JobState::Running
+            } else {
+                device.state != DeviceState::Pending
+            };
+            if settled {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(Redirect::to(&format!("/portal/jobs/{id}")).into_response())
     };
@@ -547,7 +661,15 @@ async fn continue_job<R: Repo + 'static>(
     purpose: TicketPurpose,
 ) -> Result<Response, PortalError> {
     let id = job_id(id)?;
-    let Visible { device, .. } = actionable_job(s, signed.principal(), id).await?;
+    let Visible { job, device, .. } = actionable_job(s, signed.principal(), id).await?;
+    if job.kind != JobKind::Issuance {
+        let message = format!(
+            "Only an issuance is resumed or undone here. To try again, start a new session from \
+             the device's page: /portal/devices/{}.",
+            device.id
+        );
+        return job_page(s, signed, id, Some(message), StatusCode::CONFLICT).await;
+    }
     let seen = seen(s, signed.principal()).await?;
     let (agent, reader) = match find_card(&seen.online, device.serial.as_deref()) {
         Ok(found) => found,

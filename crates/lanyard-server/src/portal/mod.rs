@@ -28,6 +28,7 @@ mod help;
 mod job;
 mod operator;
 mod operator_cards;
+mod pin;
 mod session;
 mod workstations;
 
@@ -65,6 +66,12 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/portal/jobs/{id}/resume", post(job::resume::<R>))
         .route("/portal/jobs/{id}/rollback", post(job::rollback::<R>))
         .route("/portal/devices/{id}", get(devices::detail::<R>))
+        .route("/portal/devices/{id}/change-pin", get(pin::change::<R>))
+        .route("/portal/devices/{id}/change-pin/refresh", post(pin::change_refresh::<R>))
+        .route("/portal/devices/{id}/change-pin/start", post(pin::change_start::<R>))
+        .route("/portal/devices/{id}/unlock-pin", get(pin::unlock::<R>))
+        .route("/portal/devices/{id}/unlock-pin/refresh", post(pin::unlock_refresh::<R>))
+        .route("/portal/devices/{id}/unlock-pin/start", post(pin::unlock_start::<R>))
         .route("/portal/workstations", get(workstations::list::<R>))
         .route("/portal/workstations/pairing", post(workstations::start_pairing::<R>))
         .route(
