@@ -105,10 +105,17 @@ impl Rig {
         let path = format!("/portal/jobs/{job}");
         tokio::time::timeout(HANG_GUARD, async {
             loop {
-                if self.server.job(job).await.state != lanyard_core::model::JobState::Running
-                    && self.server.job(job).await.state != lanyard_core::model::JobState::Created
+                let seen = self.server.job(job).await;
+                if seen.state != lanyard_core::model::JobState::Running
+                    && seen.state != lanyard_core::model::JobState::Created
                 {
-                    return page(&self.server, "GET", &path, Some(&self.alice), None).await;
+                    let p = page(&self.server, "GET", &path, Some(&self.alice), None).await;
+                    let now = self.server.job(job).await;
+                    eprintln!(
+                        "ended: saw {} {:?}; page read after: {} {:?}",
+                        seen.state, seen.steps, now.state, now.steps
+                    );
+                    return p;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
