@@ -321,10 +321,22 @@ impl Phase {
     }
 }
 
-fn phase(job: &Job, device: DeviceState, pin_wanted: bool, pin_expected: bool) -> Phase {
+fn phase(
+    job: &Job,
+    device: DeviceState,
+    pin_wanted: bool,
+    pin_expected: bool,
+    now: time::OffsetDateTime,
+) -> Phase {
     match job.state {
         JobState::Created => Phase::Starting,
         JobState::Running => Phase::Running,
+        // Resume or Start over sent a new ticket after the failure and its session has not begun:
+        // the page waits for it as for a first session. Shown as Failed, the page would end its
+        // event stream and never move on when the session starts.
+        JobState::Failed if job.agent_ticket.is_some() && job.ticket_expires_at.is_some_and(|t| t > now) => {
+            Phase::Starting
+        }
         JobState::Failed => Phase::Failed,
         JobState::RolledBack => Phase::RolledBack,
         JobState::Succeeded if pin_wanted => Phase::PinWanted,
@@ -428,7 +440,7 @@ async fn snapshot<R: Repo>(
     let job = me.job(repo, id).await?;
     let device = me.device(repo, job.device).await?;
     let rules = s.pins.wanted(id);
-    let phase = phase(&job, device.state, rules.is_some(), s.pins.expects(id));
+    let phase = phase(&job, device.state, rules.is_some(), s.pins.expects(id), s.clock.now());
     let names = planned_steps(me.policy(repo).await?.certificates.keys().copied());
     let completed: Vec<String> = job
         .checkpoint
@@ -797,6 +809,28 @@ mod tests {
         for bad in ["", "|", "not-an-id|reader", &format!("{id}|"), &format!("{id}")] {
             assert_eq!(parse_card(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_failed_job_with_a_fresh_ticket_waits_for_its_new_session() {
+        let now = time::macros::datetime!(2026-01-05 10:00 UTC);
+        let mut job =
+            Job::new(lanyard_core::model::JobKind::Issuance, lanyard_core::ids::DeviceId::new(), None, now);
+        job.transition(JobState::Failed, now).unwrap();
+        assert!(
+            phase(&job, DeviceState::Issuing, false, false, now) == Phase::Failed,
+            "no ticket: the failure"
+        );
+        job.issue_ticket(time::Duration::minutes(10), now).unwrap();
+        assert!(
+            phase(&job, DeviceState::Issuing, false, true, now) == Phase::Starting,
+            "Resume sent a ticket"
+        );
+        job.issue_ticket(time::Duration::minutes(10), now - time::Duration::minutes(11)).unwrap();
+        assert!(
+            phase(&job, DeviceState::Issuing, false, true, now) == Phase::Failed,
+            "the ticket lapsed unused"
+        );
     }
 
     #[test]
