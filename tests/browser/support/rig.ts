@@ -17,6 +17,8 @@
  *    `pairingCode(session)`, i.e. `POST /api/v1/agents/pairing` with that user's session) with
  *    `lanyard agent pair`, and `runAgent` starts `lanyard agent run` on the private pcscd, logging
  *    to a file of its own; `agentFor(user, host)` does all three;
+ *  - `removeAfterApdu(k, cmd)`: pull card k the moment a card has answered a given command (with
+ *    `traceApdus`), to cut a card session at a known point;
  *  - `pkcs11(...)`: OpenSC's pkcs11-tool against the private pcscd;
  *  - `until(...)` to wait for a condition (a deadline only against hanging, never an assertion).
  *
@@ -43,6 +45,9 @@ export interface RigOptions {
   inserted?: number[];
   /** Extra settings for `lanyard serve` (LANYARD_* variables). */
   serveEnv?: Record<string, string>;
+  /** Log every APDU the cards answer to `vcard.log` (needed by `removeAfterApdu`). The log then
+   *  holds what the cards were sent, PINs included: for test rigs only. */
+  traceApdus?: boolean;
 }
 
 export interface NewUser {
@@ -171,7 +176,7 @@ export class CardRig {
     }
     this.control = path.join(this.work, 'vcard.sock');
     this.spawnLogged(this.bin, ['vcard', 'run', ...this.images.flatMap((i) => ['--image', i]), '--port', String(port),
-      '--control', this.control], lanyardEnv({}), 'vcard.log');
+      '--control', this.control], lanyardEnv(opts.traceApdus ? { RUST_LOG: 'info,lanyard_vcard=trace' } : {}), 'vcard.log');
     await until('the virtual cards', () => fs.existsSync(this.control));
     const inserted = opts.inserted ?? this.images.map((_, k) => k);
     for (let k = 0; k < cards; k++) if (!inserted.includes(k)) this.remove(k);
@@ -204,6 +209,52 @@ export class CardRig {
   remove(k: number) {
     execFileSync(this.bin, ['vcard', 'remove', '--control', this.control, '--card', String(k)],
       { env: lanyardEnv({}), stdio: 'pipe' });
+  }
+
+  /** Sends one line to `vcard run`'s control socket and answers its reply (as `lanyard vcard
+   *  remove|insert` do, without starting a process). */
+  private controlLine(line: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const conn = net.createConnection(this.control, () => conn.write(line + '\n'));
+      let reply = '';
+      conn.on('data', (d) => (reply += d));
+      conn.on('end', () => (reply.startsWith('error') ? reject(new Error(reply.trim())) : resolve(reply.trim())));
+      conn.on('error', reject);
+    });
+  }
+
+  /**
+   * Pulls card k out as soon as a card has answered an APDU whose hex starts with `cmdHex`
+   * (e.g. `0047009a`, GENERATE ASYMMETRIC KEY PAIR in slot 9A), as `vcard.log` records it; needs
+   * `traceApdus`. Call it before starting what sends the APDU; the promise resolves once the card
+   * is out. `vcard run` acts on the removal between two APDUs, so the card answers at most the
+   * one it is working on when the removal arrives. `ms` bounds the wait against hanging.
+   */
+  async removeAfterApdu(k: number, cmdHex: string, ms = 120_000): Promise<void> {
+    const log = path.join(this.work, 'vcard.log');
+    let offset = fs.statSync(log).size;
+    let seen = '';
+    const wanted = `cmd=${cmdHex.toLowerCase()}`;
+    const end = Date.now() + ms;
+    const fd = fs.openSync(log, 'r');
+    try {
+      for (;;) {
+        const size = fs.fstatSync(fd).size;
+        if (size > offset) {
+          const buf = Buffer.alloc(size - offset);
+          fs.readSync(fd, buf, 0, buf.length, offset);
+          offset = size;
+          // Without the colours tracing puts around field names.
+          seen = (seen + buf.toString('utf8')).replace(/\x1b\[[0-9;]*m/g, '').slice(-4096);
+          if (seen.includes(wanted)) break;
+        }
+        if (Date.now() > end) throw new Error(`timed out waiting for an APDU ${cmdHex} in ${log}`);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    await this.controlLine(`remove ${k}`);
   }
 
   /** Card k's serial number, as its image records it. */
@@ -249,6 +300,29 @@ export class CardRig {
     const r = await this.request(method, route, body, auth);
     if (r.status >= 300) throw new Error(`${method} ${route}: ${r.status} ${JSON.stringify(r.body)}`);
     return r.body;
+  }
+
+  /** A JSON request as the administrator, with the admin CLI's API token; throws unless 2xx. */
+  async admin(method: string, route: string, body?: unknown): Promise<any> {
+    const token = JSON.parse(fs.readFileSync(this.cliConfig, 'utf8')).token as string;
+    const res = await fetch(new URL(route, this.baseURL), {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    if (res.status >= 300) throw new Error(`${method} ${route}: ${res.status} ${text}`);
+    return text ? JSON.parse(text) : null;
+  }
+
+  /** Adds a group whose policy is the default group's with `change` applied; answers the group. */
+  async addGroup(name: string, change: (policy: any) => void): Promise<any> {
+    const groups = (await this.admin('GET', '/api/v1/groups')) as Array<{ name: string; policy: any }>;
+    const base = groups.find((g) => g.name === 'default');
+    if (!base) throw new Error(`no default group in ${JSON.stringify(groups)}`);
+    const policy = structuredClone(base.policy);
+    change(policy);
+    return this.admin('POST', '/api/v1/groups', { name, policy });
   }
 
   /** Signs a user in through `POST /api/v1/login`. */
