@@ -10,24 +10,26 @@ test('an operator finds a key by its serial pasted with spaces, suspends it with
   await expect(nav.getByRole('link', { name: 'Audit Log' })).toHaveCount(0);
   await check('operator-search-empty');
 
-  await page.getByLabel('Find a user or device').fill(' 1618 0339 ');
+  const serial = lanyard.erinKeySerial;
+  const model = lanyard.erinKeyModel;
+  await page.getByLabel('Find a user or device').fill(` ${serial.slice(0, 4)} ${serial.slice(4)} `);
   await page.getByRole('button', { name: 'Search' }).click();
-  const row = page.getByRole('row', { name: /16180339/ });
+  const row = page.getByRole('row', { name: new RegExp(serial) });
   await expect(row).toContainText('Active');
   await expect(row).toContainText('erin');
   await check('operator-search-serial');
 
-  await row.getByRole('link', { name: /YubiKey 5 NFC/ }).click();
+  await row.getByRole('link', { name: model }).click();
   await expect(page).toHaveURL(new RegExp(`/portal/operator/devices/${lanyard.erinKey}$`));
   await expect(page.locator('#state-badge')).toHaveText('Active');
   await check('operator-device-active');
 
   await page.getByRole('link', { name: 'Suspend' }).click();
-  await expect(page.getByRole('heading', { level: 1 })).toHaveText('Suspend this YubiKey 5 NFC?');
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText(`Suspend this ${model}?`);
   await expect(page.getByText('Erin Ellis (erin)')).toBeVisible();
   await check('operator-confirm-suspend');
   await page.getByLabel(/Note for the audit log/).fill('Erin called: key left at home, ticket 1234');
-  await page.getByRole('button', { name: 'Suspend YubiKey 5 NFC' }).click();
+  await page.getByRole('button', { name: `Suspend ${model}` }).click();
 
   await expect(page.locator('#state-badge')).toHaveText('Suspended');
   await expect(page.getByRole('status')).toContainText('Done: Suspend');
@@ -36,8 +38,8 @@ test('an operator finds a key by its serial pasted with spaces, suspends it with
   await check('operator-device-suspended');
 
   await page.getByRole('link', { name: 'Resume' }).click();
-  await expect(page.getByRole('heading', { level: 1 })).toHaveText('Resume this YubiKey 5 NFC?');
-  await page.getByRole('button', { name: 'Resume YubiKey 5 NFC' }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText(`Resume this ${model}?`);
+  await page.getByRole('button', { name: `Resume ${model}` }).click();
   await expect(page.locator('#state-badge')).toHaveText('Active');
 });
 

@@ -1,13 +1,16 @@
 // Starts a real `lanyard serve` on a fresh data directory and prepares what the specs need,
-// through Lanyard's own CLI (`lanyard login`, `lanyard user add`) and, where the CLI has no
-// command (groups and policies, certificates from a CSR), its API. The server runs for the whole run; the returned function stops it.
+// through Lanyard's own CLI (`lanyard login`, `lanyard user add`), its API where the CLI has no
+// command (groups and policies, certificates from a CSR), and a real card session for the one
+// Active key (a virtual card in a pcscd of the setup's own, `lanyard agent issue`). The server
+// runs for the whole run; the returned function stops it.
 
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Api, PASSWORD, State, STATE_ENV } from './lanyard';
-import { lanyardEnv, startServe, stopServe } from './serve';
+import { VirtualCards } from './rig';
+import { lanyardEnv, Served, startServe, stopServe } from './serve';
 
 const repo = path.resolve(__dirname, '..', '..', '..');
 /** base64(SHA-256(SubjectPublicKeyInfo)) of the server's TLS certificate, which must chain to
@@ -28,7 +31,24 @@ export default async function globalSetup() {
   if (!fs.existsSync(bin)) {
     throw new Error(`${bin} is missing: build it first (cargo build -p lanyard --bin lanyard), or set LANYARD_BIN`);
   }
-  const { child, dir, data, baseURL, adminPassword } = await startServe(bin, {});
+  // A virtual card in a pcscd of the setup's own, for Erin's key (below); the server trusts its
+  // attestation root.
+  const cards = await VirtualCards.startCards(bin, { cards: 1 });
+  let served: Served | undefined;
+  try {
+    served = await startServe(bin, { LANYARD_ATTESTATION_ROOTS: cards.attestationRoot });
+    return await prepare(bin, served, cards);
+  } catch (e) {
+    if (served) await stopServe(served.child, served.dir);
+    throw e;
+  } finally {
+    await cards.stop();
+  }
+}
+
+/** Users, groups and devices; answers the function that stops the server. */
+async function prepare(bin: string, served: Served, cards: VirtualCards) {
+  const { child, dir, data, baseURL, adminPassword } = served;
   const rootCert = path.join(data, 'ca', 'root.crt');
 
   // The administrator signs in through the CLI, which keeps an API token.
@@ -83,15 +103,20 @@ export default async function globalSetup() {
   staff('oscar', 'Oscar Ortiz', 'operator');
   staff('audrey', 'Audrey Auditor', 'auditor');
   staff('ada', 'Ada Admin', 'administrator');
-  // Erin's key in use. Making a key Active takes a card session through an agent, which these
-  // tests do not run (issuance has its own tests); so the key is registered through the API and
-  // then marked active in the database directly, as a finished issuance would leave it. The
-  // Rust portal tests insert their Active cards the same way.
-  const erinKey = await api.ok('POST', '/api/v1/devices', {
-    kind: 'usb_key', model: 'YubiKey 5 NFC', serial: '16180339', owner: 'erin',
+  // Erin's key in use, issued for real: with her session she starts issuing the virtual card
+  // (`POST /api/v1/issuance`), and `lanyard agent issue` runs the card session with the ticket on
+  // the setup's pcscd, setting a new PIN, so the key ends Active as any issued key does.
+  const erin = await api.signedIn('erin', PASSWORD);
+  const erinKeySerial = String(cards.cardSerial(0));
+  const erinKeyModel = 'YubiKey 5';
+  const started = await erin.ok('POST', '/api/v1/issuance', { kind: 'usb_key', model: erinKeyModel, serial: erinKeySerial });
+  execFileSync(bin, ['agent', 'issue', '--server', baseURL, '--ca-cert', rootCert, '--ticket', started.ticket,
+    '--reader', cards.readerName(0)], {
+    env: lanyardEnv({ PCSCLITE_CSOCK_NAME: cards.socket, LANYARD_NEW_PIN: '24681357' }),
+    stdio: 'pipe',
   });
-  execFileSync('sqlite3', [path.join(data, 'lanyard.db'),
-    `UPDATE devices SET state = 'active' WHERE id = '${erinKey.id}' AND state = 'issuing'`], { stdio: 'pipe' });
+  const erinKey = await api.ok('GET', `/api/v1/devices/${started.device.id}`);
+  if (erinKey.state !== 'active') throw new Error(`Erin's key is ${erinKey.state} after its card session`);
 
   const state: State = {
     baseURL,
@@ -103,6 +128,8 @@ export default async function globalSetup() {
     aliceCertSerial: issued.credential.kind.serial_hex,
     danaCard: dana.id,
     erinKey: erinKey.id,
+    erinKeySerial,
+    erinKeyModel,
   };
   const file = path.join(dir, 'state.json');
   fs.writeFileSync(file, JSON.stringify(state, null, 2));

@@ -21,8 +21,11 @@ export interface State {
   aliceCard: string;
   aliceCertSerial: string;
   danaCard: string;
-  /** Erin's Active USB key, serial 16180339. */
+  /** Erin's Active USB key, a virtual card issued through a real card session. */
   erinKey: string;
+  /** Its serial (the virtual card's) and model, as the device records them. */
+  erinKeySerial: string;
+  erinKeyModel: string;
 }
 
 export function state(): State {
@@ -31,11 +34,22 @@ export function state(): State {
   return JSON.parse(fs.readFileSync(file, 'utf8'));
 }
 
-/** A JSON client for Lanyard's API over HTTPS that trusts only the server's root. */
+/** A JSON client for Lanyard's API over HTTPS that trusts only the server's root, with an API
+ *  token or a user's session (cookie and CSRF token, from `signedIn`). */
 export class Api {
-  constructor(private baseURL: string, private caPem: string, private token?: string) {}
+  constructor(private baseURL: string, private caPem: string, private token?: string,
+    private session?: { cookie: string; csrf: string }) {}
 
-  call(method: string, route: string, body?: unknown): Promise<{ status: number; body: any }> {
+  /** `POST /api/v1/login` as `username`: a client acting with that user's session. */
+  async signedIn(username: string, password: string): Promise<Api> {
+    const r = await this.raw('POST', '/api/v1/login', { username, password });
+    if (r.status !== 200) throw new Error(`login of ${username}: ${r.status} ${r.text}`);
+    const cookie = String(r.headers['set-cookie']?.[0] ?? '').split(';')[0];
+    return new Api(this.baseURL, this.caPem, undefined, { cookie, csrf: JSON.parse(r.text).csrf_token });
+  }
+
+  private raw(method: string, route: string, body?: unknown):
+    Promise<{ status: number; text: string; headers: import('node:http').IncomingHttpHeaders }> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise((resolve, reject) => {
       const req = https.request(new URL(route, this.baseURL), {
@@ -43,17 +57,23 @@ export class Api {
         ca: this.caPem,
         headers: {
           ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+          ...(this.session ? { cookie: this.session.cookie, 'x-csrf-token': this.session.csrf } : {}),
           ...(payload ? { 'content-type': 'application/json' } : {}),
         },
       }, (res) => {
         let text = '';
         res.on('data', (c) => (text += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : null }));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text, headers: res.headers }));
       });
       req.on('error', reject);
       if (payload) req.write(payload);
       req.end();
     });
+  }
+
+  async call(method: string, route: string, body?: unknown): Promise<{ status: number; body: any }> {
+    const r = await this.raw(method, route, body);
+    return { status: r.status, body: r.text ? JSON.parse(r.text) : null };
   }
 
   async ok(method: string, route: string, body?: unknown): Promise<any> {

@@ -17,8 +17,13 @@
  *    `pairingCode(session)`, i.e. `POST /api/v1/agents/pairing` with that user's session) with
  *    `lanyard agent pair`, and `runAgent` starts `lanyard agent run` on the private pcscd, logging
  *    to a file of its own; `agentFor(user, host)` does all three;
+ *  - `removeAfterApdu(k, cmd)`: pull card k the moment a card has answered a given command (with
+ *    `traceApdus`), to cut a card session at a known point;
  *  - `pkcs11(...)`: OpenSC's pkcs11-tool against the private pcscd;
  *  - `until(...)` to wait for a condition (a deadline only against hanging, never an assertion).
+ *
+ * The card half alone (pcscd, cards, insert/remove, pkcs11, an agent's environment) is
+ * `VirtualCards.startCards(bin, opts)`, for a server started elsewhere.
  *
  * Usage: `const rig = await CardRig.start(bin, { cards: 2 })` in `beforeAll`, `await rig.stop()` in
  * `afterAll`. Set LANYARD_KEEP_BROWSER_TMP=1 to keep the rig's directory (logs) after the run.
@@ -36,11 +41,7 @@ import { lanyardEnv, Served, startServe, stopServe } from './serve';
 const VPCD_DRIVER = '/usr/lib/pcsc/drivers/serial/libifdvpcd.so';
 const FRIENDLY = 'Lanyard Browser PCD';
 
-export interface RigOptions {
-  /** Virtual cards to make (vpcd offers two slots per port pair): 1 or 2. Default 1. */
-  cards?: number;
-  /** Which cards start in their reader (by index); the others wait outside. Default: all. */
-  inserted?: number[];
+export interface RigOptions extends CardOptions {
   /** Extra settings for `lanyard serve` (LANYARD_* variables). */
   serveEnv?: Record<string, string>;
 }
@@ -106,8 +107,23 @@ export function pkcs11Module(): string {
   throw new Error('OpenSC PKCS#11 module missing (package opensc-pkcs11)');
 }
 
-export class CardRig {
-  /** The rig's temporary directory: logs, card images, agent configs. */
+export interface CardOptions {
+  /** Virtual cards to make (vpcd offers two slots per port pair): 1 or 2. Default 1. */
+  cards?: number;
+  /** Which cards start in their reader (by index); the others wait outside. Default: all. */
+  inserted?: number[];
+  /** Log every APDU the cards answer to `vcard.log` (needed by `removeAfterApdu`). The log then
+   *  holds what the cards were sent, PINs included: for test rigs only. */
+  traceApdus?: boolean;
+}
+
+/**
+ * The card half of a rig, usable alone (global setup issues a card with it to its own server): a
+ * private pcscd and `lanyard vcard run` with 1 or 2 factory-fresh cards, made with an attestation
+ * root of their own (`attestationRoot`, for a server's LANYARD_ATTESTATION_ROOTS).
+ */
+export class VirtualCards {
+  /** The temporary directory: logs, card images, agent configs. */
   readonly work: string;
   /** The private pcscd's socket (PCSCLITE_CSOCK_NAME for its clients). */
   socket = '';
@@ -115,36 +131,30 @@ export class CardRig {
   control = '';
   /** The card images, by index. */
   images: string[] = [];
-  /** The rig's server. */
-  served!: Served;
-  /** The admin CLI's config (token), for LANYARD_CLI_CONFIG. */
-  cliConfig = '';
-  private children: ChildProcess[] = [];
+  /** The PEM file of the attestation root that certifies the cards' attestation keys. */
+  attestationRoot = '';
+  protected children: ChildProcess[] = [];
 
-  private constructor(readonly bin: string) {
+  protected constructor(readonly bin: string) {
     this.work = fs.mkdtempSync(path.join(os.tmpdir(), 'lanyard-browser-rig-'));
   }
 
-  /** Starts pcscd, the cards and the server, and signs the administrator in with the CLI. On
-   *  failure, stops what it started before throwing. */
-  static async start(bin: string, opts: RigOptions = {}): Promise<CardRig> {
-    const rig = new CardRig(bin);
+  /** Starts pcscd and the cards. On failure, stops what it started before throwing. */
+  static async startCards(bin: string, opts: CardOptions = {}): Promise<VirtualCards> {
+    const cards = new VirtualCards(bin);
     try {
-      await rig.boot(opts);
+      await cards.bootCards(opts);
     } catch (e) {
-      await rig.stop();
+      await cards.stop();
       throw e;
     }
-    return rig;
+    return cards;
   }
-
-  get baseURL(): string { return this.served.baseURL; }
-  get adminPassword(): string { return this.served.adminPassword; }
 
   /** The PC/SC name of card k's reader. */
   readerName(k: number): string { return `${FRIENDLY} 00 0${k}`; }
 
-  private async boot(opts: RigOptions) {
+  protected async bootCards(opts: CardOptions) {
     const cards = opts.cards ?? 1;
     if (cards < 1 || cards > 2) throw new Error('a rig has 1 or 2 cards (one vpcd port pair)');
     if (!fs.existsSync(VPCD_DRIVER)) throw new Error('the vpcd driver is missing (package vsmartcard-vpcd)');
@@ -169,24 +179,16 @@ export class CardRig {
       execFileSync(this.bin, ['vcard', 'new', '--image', image, '--home', home], { env: lanyardEnv({}), stdio: 'pipe' });
       this.images.push(image);
     }
+    this.attestationRoot = path.join(home, 'attestation-root.pem');
     this.control = path.join(this.work, 'vcard.sock');
     this.spawnLogged(this.bin, ['vcard', 'run', ...this.images.flatMap((i) => ['--image', i]), '--port', String(port),
-      '--control', this.control], lanyardEnv({}), 'vcard.log');
+      '--control', this.control], lanyardEnv(opts.traceApdus ? { RUST_LOG: 'info,lanyard_vcard=trace' } : {}), 'vcard.log');
     await until('the virtual cards', () => fs.existsSync(this.control));
     const inserted = opts.inserted ?? this.images.map((_, k) => k);
     for (let k = 0; k < cards; k++) if (!inserted.includes(k)) this.remove(k);
-
-    this.served = await startServe(this.bin, {
-      LANYARD_TLS_MODE: 'off',
-      LANYARD_ATTESTATION_ROOTS: path.join(home, 'attestation-root.pem'),
-      ...(opts.serveEnv ?? {}),
-    });
-    this.cliConfig = path.join(this.work, 'cli.json');
-    execFileSync(this.bin, ['login', '--server', this.baseURL, '--username', 'admin'],
-      { env: lanyardEnv({ LANYARD_CLI_CONFIG: this.cliConfig, LANYARD_PASSWORD: this.adminPassword }), stdio: 'pipe' });
   }
 
-  private spawnLogged(cmd: string, args: string[], env: NodeJS.ProcessEnv, log: string): ChildProcess {
+  protected spawnLogged(cmd: string, args: string[], env: NodeJS.ProcessEnv, log: string): ChildProcess {
     const out = fs.openSync(path.join(this.work, log), 'a');
     const child = spawn(cmd, args, { env, stdio: ['ignore', out, out] });
     fs.closeSync(out);
@@ -206,11 +208,122 @@ export class CardRig {
       { env: lanyardEnv({}), stdio: 'pipe' });
   }
 
+  /** Sends one line to `vcard run`'s control socket and answers its reply (as `lanyard vcard
+   *  remove|insert` do, without starting a process). */
+  private controlLine(line: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const conn = net.createConnection(this.control, () => conn.write(line + '\n'));
+      let reply = '';
+      conn.on('data', (d) => (reply += d));
+      conn.on('end', () => (reply.startsWith('error') ? reject(new Error(reply.trim())) : resolve(reply.trim())));
+      conn.on('error', reject);
+    });
+  }
+
+  /**
+   * Pulls card k out as soon as a card has answered an APDU whose hex starts with `cmdHex`
+   * (e.g. `0047009a`, GENERATE ASYMMETRIC KEY PAIR in slot 9A), as `vcard.log` records it; needs
+   * `traceApdus`. Call it before starting what sends the APDU; the promise resolves once the card
+   * is out. `vcard run` acts on the removal between two APDUs, so the card answers at most the
+   * one it is working on when the removal arrives. `ms` bounds the wait against hanging.
+   */
+  async removeAfterApdu(k: number, cmdHex: string, ms = 120_000): Promise<void> {
+    const log = path.join(this.work, 'vcard.log');
+    let offset = fs.statSync(log).size;
+    let seen = '';
+    const wanted = `cmd=${cmdHex.toLowerCase()}`;
+    const end = Date.now() + ms;
+    const fd = fs.openSync(log, 'r');
+    try {
+      for (;;) {
+        const size = fs.fstatSync(fd).size;
+        if (size > offset) {
+          const buf = Buffer.alloc(size - offset);
+          fs.readSync(fd, buf, 0, buf.length, offset);
+          offset = size;
+          // Without the colours tracing puts around field names.
+          seen = (seen + buf.toString('utf8')).replace(/\x1b\[[0-9;]*m/g, '').slice(-4096);
+          if (seen.includes(wanted)) break;
+        }
+        if (Date.now() > end) throw new Error(`timed out waiting for an APDU ${cmdHex} in ${log}`);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    await this.controlLine(`remove ${k}`);
+  }
+
   /** Card k's serial number, as its image records it. */
   cardSerial(k: number): number {
     const shown = JSON.parse(execFileSync(this.bin, ['vcard', 'info', '--image', this.images[k], '--output', 'json'],
       { env: lanyardEnv({}), stdio: 'pipe' }).toString());
     return shown.serial;
+  }
+
+  /** OpenSC's pkcs11-tool against the private pcscd; answers stdout. */
+  pkcs11(args: string[]): string {
+    return execFileSync('pkcs11-tool', ['--module', pkcs11Module(), ...args],
+      { env: { ...process.env, PCSCLITE_CSOCK_NAME: this.socket }, stdio: 'pipe' }).toString();
+  }
+
+  /** The environment of an agent process using `config` on the private pcscd. */
+  agentEnv(config: string): NodeJS.ProcessEnv {
+    return lanyardEnv({ LANYARD_AGENT_CONFIG: config, PCSCLITE_CSOCK_NAME: this.socket });
+  }
+
+  /** Stops the processes started here, newest first, waiting for each to exit. */
+  protected async stopChildren() {
+    for (const c of this.children.reverse()) {
+      if (c.exitCode === null && c.signalCode === null) {
+        const gone = new Promise((r) => c.once('exit', r));
+        c.kill('SIGTERM');
+        await gone;
+      }
+    }
+    this.children = [];
+  }
+
+  /** Stops pcscd and the cards (and any agent started here), and removes the directory unless
+   *  LANYARD_KEEP_BROWSER_TMP is set. */
+  async stop() {
+    await this.stopChildren();
+    if (!process.env.LANYARD_KEEP_BROWSER_TMP) fs.rmSync(this.work, { recursive: true, force: true });
+  }
+}
+
+export class CardRig extends VirtualCards {
+  /** The rig's server. */
+  served!: Served;
+  /** The admin CLI's config (token), for LANYARD_CLI_CONFIG. */
+  cliConfig = '';
+
+  /** Starts pcscd, the cards and the server, and signs the administrator in with the CLI. On
+   *  failure, stops what it started before throwing. */
+  static async start(bin: string, opts: RigOptions = {}): Promise<CardRig> {
+    const rig = new CardRig(bin);
+    try {
+      await rig.bootCards(opts);
+      await rig.bootServer(opts);
+    } catch (e) {
+      await rig.stop();
+      throw e;
+    }
+    return rig;
+  }
+
+  get baseURL(): string { return this.served.baseURL; }
+  get adminPassword(): string { return this.served.adminPassword; }
+
+  private async bootServer(opts: RigOptions) {
+    this.served = await startServe(this.bin, {
+      LANYARD_TLS_MODE: 'off',
+      LANYARD_ATTESTATION_ROOTS: this.attestationRoot,
+      ...(opts.serveEnv ?? {}),
+    });
+    this.cliConfig = path.join(this.work, 'cli.json');
+    execFileSync(this.bin, ['login', '--server', this.baseURL, '--username', 'admin'],
+      { env: lanyardEnv({ LANYARD_CLI_CONFIG: this.cliConfig, LANYARD_PASSWORD: this.adminPassword }), stdio: 'pipe' });
   }
 
   /** Runs an admin CLI command (`lanyard <args>`) as the signed-in administrator; answers stdout. */
@@ -249,6 +362,29 @@ export class CardRig {
     const r = await this.request(method, route, body, auth);
     if (r.status >= 300) throw new Error(`${method} ${route}: ${r.status} ${JSON.stringify(r.body)}`);
     return r.body;
+  }
+
+  /** A JSON request as the administrator, with the admin CLI's API token; throws unless 2xx. */
+  async admin(method: string, route: string, body?: unknown): Promise<any> {
+    const token = JSON.parse(fs.readFileSync(this.cliConfig, 'utf8')).token as string;
+    const res = await fetch(new URL(route, this.baseURL), {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    if (res.status >= 300) throw new Error(`${method} ${route}: ${res.status} ${text}`);
+    return text ? JSON.parse(text) : null;
+  }
+
+  /** Adds a group whose policy is the default group's with `change` applied; answers the group. */
+  async addGroup(name: string, change: (policy: any) => void): Promise<any> {
+    const groups = (await this.admin('GET', '/api/v1/groups')) as Array<{ name: string; policy: any }>;
+    const base = groups.find((g) => g.name === 'default');
+    if (!base) throw new Error(`no default group in ${JSON.stringify(groups)}`);
+    const policy = structuredClone(base.policy);
+    change(policy);
+    return this.admin('POST', '/api/v1/groups', { name, policy });
   }
 
   /** Signs a user in through `POST /api/v1/login`. */
@@ -313,27 +449,11 @@ export class CardRig {
     }, ms);
   }
 
-  private agentEnv(config: string): NodeJS.ProcessEnv {
-    return lanyardEnv({ LANYARD_AGENT_CONFIG: config, PCSCLITE_CSOCK_NAME: this.socket });
-  }
 
-  /** OpenSC's pkcs11-tool against the private pcscd; answers stdout. */
-  pkcs11(args: string[]): string {
-    return execFileSync('pkcs11-tool', ['--module', pkcs11Module(), ...args],
-      { env: { ...process.env, PCSCLITE_CSOCK_NAME: this.socket }, stdio: 'pipe' }).toString();
-  }
-
-  /** Stops what the rig started (newest first, waiting for each to exit), then the server, and
-   *  removes the rig's directory unless LANYARD_KEEP_BROWSER_TMP is set. */
+  /** Stops the agents, cards and pcscd, then the server, and removes the rig's directory unless
+   *  LANYARD_KEEP_BROWSER_TMP is set. */
   async stop() {
-    for (const c of this.children.reverse()) {
-      if (c.exitCode === null && c.signalCode === null) {
-        const gone = new Promise((r) => c.once('exit', r));
-        c.kill('SIGTERM');
-        await gone;
-      }
-    }
-    this.children = [];
+    await this.stopChildren();
     if (this.served) await stopServe(this.served.child, this.served.dir);
     if (!process.env.LANYARD_KEEP_BROWSER_TMP) fs.rmSync(this.work, { recursive: true, force: true });
   }

@@ -150,7 +150,13 @@ fn is_pin_job(kind: JobKind) -> bool {
     matches!(kind, JobKind::ChangePin | JobKind::Unlock)
 }
 
-fn phase(job: &Job, device: DeviceState, pin_wanted: bool, pin_expected: bool) -> Phase {
+fn phase(
+    job: &Job,
+    device: DeviceState,
+    pin_wanted: bool,
+    pin_expected: bool,
+    now: time::OffsetDateTime,
+) -> Phase {
     let refused = |step: &str| {
         job.steps.iter().any(|s| s.name == step && s.outcome == lanyard_core::model::StepOutcome::Failed)
     };
@@ -161,6 +167,12 @@ fn phase(job: &Job, device: DeviceState, pin_wanted: bool, pin_expected: bool) -
         JobState::Running => Phase::Running,
         JobState::Failed if job.kind == JobKind::ChangePin && refused(STEP_PIN_BLOCKED) => Phase::PinBlocked,
         JobState::Failed if job.kind == JobKind::ChangePin && refused(STEP_PIN_WRONG) => Phase::PinWrong,
+        // Resume or Start over sent a new ticket after the failure and its session has not begun:
+        // the page waits for it as for a first session. Shown as Failed, the page would end its
+        // event stream and never move on when the session starts.
+        JobState::Failed if job.agent_ticket.is_some() && job.ticket_expires_at.is_some_and(|t| t > now) => {
+            Phase::Starting
+        }
         JobState::Failed => Phase::Failed,
         JobState::RolledBack => Phase::RolledBack,
         JobState::Succeeded if job.kind == JobKind::ChangePin => Phase::PinChanged,
@@ -263,7 +275,7 @@ struct Snapshot {
 async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Result<Snapshot, PortalError> {
     let Visible { job, device, policy, holder_views, may_act, holder } = visible_job(s, who, id).await?;
     let rules = s.pins.wanted(id);
-    let phase = phase(&job, device.state, rules.is_some(), s.pins.expects(id));
+    let phase = phase(&job, device.state, rules.is_some(), s.pins.expects(id), s.clock.now());
     let failure = job
         .steps
         .iter()
@@ -710,6 +722,28 @@ pub(crate) async fn rollback<R: Repo + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_job_with_a_fresh_ticket_waits_for_its_new_session() {
+        let now = time::macros::datetime!(2026-01-05 10:00 UTC);
+        let mut job =
+            Job::new(lanyard_core::model::JobKind::Issuance, lanyard_core::ids::DeviceId::new(), None, now);
+        job.transition(JobState::Failed, now).unwrap();
+        assert!(
+            phase(&job, DeviceState::Issuing, false, false, now) == Phase::Failed,
+            "no ticket: the failure"
+        );
+        job.issue_ticket(time::Duration::minutes(10), now).unwrap();
+        assert!(
+            phase(&job, DeviceState::Issuing, false, true, now) == Phase::Starting,
+            "Resume sent a ticket"
+        );
+        job.issue_ticket(time::Duration::minutes(10), now - time::Duration::minutes(11)).unwrap();
+        assert!(
+            phase(&job, DeviceState::Issuing, false, true, now) == Phase::Failed,
+            "the ticket lapsed unused"
+        );
+    }
 
     #[test]
     fn the_plan_lists_a_generation_per_card_slot_once() {
