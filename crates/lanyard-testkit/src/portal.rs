@@ -14,7 +14,8 @@ use tower::ServiceExt;
 use crate::link::HANG_GUARD;
 use crate::server::{Caller, TestServer};
 
-/// One answer: status, redirect target, content type and body (the first event of a stream).
+/// One answer: status, redirect target, content type and body (for an event stream, its first
+/// event).
 pub struct Page {
     pub status: StatusCode,
     pub location: Option<String>,
@@ -71,12 +72,28 @@ impl TestServer {
             .get(header::CONTENT_TYPE)
             .map(|c| c.to_str().expect("ASCII").to_owned())
             .unwrap_or_default();
-        // A stream is read up to its first event only.
-        let limit = if content_type.starts_with("text/event-stream") { 0 } else { 1 << 22 };
-        let text = if limit == 0 {
-            String::new()
+        let text = if content_type.starts_with("text/event-stream") {
+            // A stream is read up to its first event, then dropped.
+            let mut body = resp.into_body();
+            let mut text = String::new();
+            while !text.contains("\n\n") {
+                let frame = tokio::time::timeout(
+                    HANG_GUARD,
+                    std::future::poll_fn(|cx| {
+                        axum::body::HttpBody::poll_frame(std::pin::Pin::new(&mut body), cx)
+                    }),
+                )
+                .await
+                .expect("an event within the hang guard")
+                .expect("the stream goes on until its first event")
+                .expect("a readable frame");
+                if let Ok(data) = frame.into_data() {
+                    text.push_str(std::str::from_utf8(&data).expect("UTF-8"));
+                }
+            }
+            text
         } else {
-            let bytes = axum::body::to_bytes(resp.into_body(), limit).await.expect("the body");
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22).await.expect("the body");
             String::from_utf8(bytes.to_vec()).expect("UTF-8")
         };
         Page { status, location, content_type, text }

@@ -640,19 +640,28 @@ pub(crate) async fn pin<R: Repo + 'static>(
 /// The reader of one of the user's online agents that holds the job's card: matched by the
 /// card's serial (recorded when issuance began), or, for a card without one, the only card in
 /// the user's readers.
+/// How long Resume and Start over look for the device's card to be free in a reader.
+const CARD_WAIT: Duration = Duration::from_secs(5);
+
 fn find_card(online: &[(Agent, LinkSnapshot)], serial: Option<&str>) -> Result<(AgentId, String), String> {
     let mut found = Vec::new();
+    let mut busy_match = false;
     for (agent, snapshot) in online {
         for r in snapshot.readers.iter().flatten().filter(|r| r.card_present) {
             let card_serial = r.card.as_ref().and_then(|c| c.serial.as_deref());
             let busy = r.card.as_ref().is_some_and(|c| c.busy);
-            if !busy && (serial.is_none() || card_serial == serial) {
+            let matches = serial.is_none() || card_serial == serial;
+            busy_match |= busy && matches;
+            if !busy && matches {
                 found.push((agent.id, r.name.clone()));
             }
         }
     }
     match found.len() {
         1 => Ok(found.remove(0)),
+        0 if busy_match => Err("A card session is still running on this card (its workstation has not \
+                                reported it finished). Wait a moment and try again."
+            .to_owned()),
         0 => Err(match serial {
             Some(sn) => format!(
                 "The card (serial {sn}) is not in a reader of a workstation whose agent is running. \
@@ -682,8 +691,25 @@ async fn continue_job<R: Repo + 'static>(
         );
         return job_page(s, signed, id, Some(message), StatusCode::CONFLICT).await;
     }
-    let seen = seen(s, signed.principal()).await?;
-    let (agent, reader) = match find_card(&seen.online, device.serial.as_deref()) {
+    // The agents' reports may predate the end of the session that just failed (the card still
+    // marked busy until the agent says the session ended) or the card's reinsertion: ask for
+    // fresh reports, and look again for a little while before refusing.
+    let deadline = tokio::time::Instant::now() + CARD_WAIT;
+    let mut asked = false;
+    let found = loop {
+        let online = seen(s, signed.principal()).await?.online;
+        let found = find_card(&online, device.serial.as_deref());
+        if found.is_ok() || tokio::time::Instant::now() >= deadline {
+            break found;
+        }
+        if !asked {
+            super::add_device::ask_to_report(s, &online).await;
+            asked = true;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (agent, reader) = match found {
         Ok(found) => found,
         Err(message) => return job_page(s, signed, id, Some(message), StatusCode::CONFLICT).await,
     };
