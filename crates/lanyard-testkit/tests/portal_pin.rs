@@ -222,6 +222,15 @@ async fn change_pin(backend: Backend) {
         "{}",
         asking.text
     );
+    // While it waits, the device page and the card page lead back to this session, so a holder
+    // who left its page is not stuck with a busy card.
+    let open = format!("<a href=\"/portal/jobs/{job}\">");
+    let device = page(&r.server, "GET", &device_page, Some(&r.alice), None).await;
+    assert!(
+        device.text.contains("A PIN session on this card has not ended yet") && device.text.contains(&open)
+    );
+    let again = page(&r.server, "GET", &format!("{device_page}/change-pin"), Some(&r.alice), None).await;
+    assert!(again.text.contains("but busy") && again.text.contains(&open), "{}", again.text);
     let full = |current: &'static str, new: &'static str, again: &'static str| {
         vec![("action", "set"), ("current_pin", current), ("new_pin", new), ("confirm_pin", again)]
     };
@@ -259,7 +268,8 @@ async fn change_pin(backend: Backend) {
     let result = r.ended(job).await;
     assert!(
         result.text.contains("The current PIN is wrong")
-            && result.text.contains("the current PIN is wrong: 2 tries left")
+            && result.text.contains("Not changed: the current PIN is wrong: 2 tries left")
+            && !result.text.contains("the card session failed")
             && result.text.contains(&format!("href=\"{device_page}/change-pin\">Try again</a>"))
             && result.text.contains(&format!("href=\"{device_page}/unlock-pin\">unlock it")),
         "{}",

@@ -10,7 +10,7 @@ use lanyard_core::DomainError;
 use lanyard_core::authz::SelfService;
 use lanyard_core::ids::DeviceId;
 use lanyard_core::lifecycle::{CredentialState, DeviceState};
-use lanyard_core::model::{CertSlot, Credential, CredentialKind, Device, DeviceKind};
+use lanyard_core::model::{CertSlot, Credential, CredentialKind, Device, DeviceKind, JobKind, JobState};
 use lanyard_core::repo::Repo;
 
 use super::{Nav, PortalError, SignedIn, render, when};
@@ -155,7 +155,28 @@ async fn issuing_session<R: Repo>(
     let jobs = me.device_jobs(repo, d.id).await?;
     Ok(jobs
         .iter()
-        .filter(|j| j.kind == lanyard_core::model::JobKind::Issuance && !j.state.is_finished())
+        .filter(|j| j.kind == JobKind::Issuance && !j.state.is_finished())
+        .max_by_key(|j| j.created_at)
+        .map(|j| format!("/portal/jobs/{}", j.id)))
+}
+
+/// The page of the device's latest PIN session that has not ended: running, or created with a
+/// ticket that can still start it. (A failed PIN session has ended: it is not resumed.)
+pub(crate) async fn open_pin_session<R: Repo>(
+    me: &SelfService<'_>,
+    repo: &R,
+    d: &Device,
+    now: time::OffsetDateTime,
+) -> Result<Option<String>, PortalError> {
+    let jobs = me.device_jobs(repo, d.id).await?;
+    Ok(jobs
+        .iter()
+        .filter(|j| matches!(j.kind, JobKind::ChangePin | JobKind::Unlock))
+        .filter(|j| match j.state {
+            JobState::Running => true,
+            JobState::Created => j.ticket_expires_at.is_some_and(|t| t > now),
+            _ => false,
+        })
         .max_by_key(|j| j.created_at)
         .map(|j| format!("/portal/jobs/{}", j.id)))
 }
@@ -219,6 +240,8 @@ struct DevicePage {
     device: DeviceView,
     /// *Change PIN* and *Unlock PIN*; none for a mobile.
     pin_actions: Vec<PinActionView>,
+    /// A PIN session on this device that has not ended (its page, to finish or cancel it).
+    pin_session: Option<String>,
 }
 
 pub(crate) async fn detail<R: Repo + 'static>(
@@ -248,7 +271,14 @@ pub(crate) async fn detail<R: Repo + 'static>(
         } else {
             Vec::new()
         };
-        Ok::<_, PortalError>(DevicePage { nav: signed.nav(), section: "devices", device: view, pin_actions })
+        let pin_session = open_pin_session(&me, repo, &device, s.clock.now()).await?;
+        Ok::<_, PortalError>(DevicePage {
+            nav: signed.nav(),
+            section: "devices",
+            device: view,
+            pin_actions,
+            pin_session,
+        })
     };
     let page = inner.await.map_err(|e| e.with_nav(nav))?;
     Ok(render(StatusCode::OK, &page))

@@ -283,7 +283,16 @@ async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Resul
         .find(|s| s.outcome == lanyard_core::model::StepOutcome::Failed)
         .and_then(|s| s.detail.clone());
     let (steps, percent, status) = if is_pin_job(job.kind) {
-        let (percent, status) = pin_progress(job.kind, phase, failure.as_deref());
+        // The card's refusal in its own words (the session's failure wraps it).
+        let refused_step = match phase {
+            Phase::PinWrong => Some(STEP_PIN_WRONG),
+            Phase::PinBlocked => Some(STEP_PIN_BLOCKED),
+            _ => None,
+        };
+        let refusal = refused_step
+            .and_then(|name| job.steps.iter().rev().find(|s| s.name == name))
+            .and_then(|s| s.detail.clone());
+        let (percent, status) = pin_progress(job.kind, phase, refusal.as_deref().or(failure.as_deref()));
         (Vec::new(), percent, status)
     } else {
         issuance_progress(&policy, &job, phase)

@@ -162,6 +162,8 @@ struct PinCardPage {
     online_hosts: Vec<String>,
     csrf_token: String,
     notice: Option<String>,
+    /// A PIN session on this device that has not ended, which keeps the card busy.
+    open_session: Option<String>,
 }
 
 fn device_id(raw: &str) -> Result<DeviceId, PortalError> {
@@ -194,6 +196,7 @@ async fn card_page<R: Repo + 'static>(
         online_hosts: seen.online.iter().map(|(a, _)| a.host_name.clone()).collect(),
         csrf_token: signed.session.csrf_token.clone(),
         notice,
+        open_session: super::devices::open_pin_session(&me, s.repo.as_ref(), &device, s.clock.now()).await?,
     };
     Ok(render(status, &page))
 }
