@@ -20,6 +20,8 @@ let rig: CardRig;
 let work: string;
 /** The device the Skip test leaves Pending. */
 let pendingDevice = '';
+/** The initial PIN the operator portal showed when it activated the Pending card. */
+let initialPin = '';
 /** The device the first test issues and leaves Active. */
 let activeDevice = '';
 /** Erin's agent's log, written by `agent run`. */
@@ -198,6 +200,32 @@ test('Skip keeps the initial PIN: the device is Pending, and the page says what 
   pendingDevice = page.url().split('/').pop() ?? '';
 });
 
+test('an operator activates the Pending card in the operator portal; the initial PIN shown once opens it', async ({ page, check }) => {
+  test.setTimeout(120_000);
+  expect(pendingDevice, 'the Skip test leaves a Pending device').not.toBe('');
+  await rig.signIn(page, 'admin', rig.adminPassword);
+  await page.goto(`${rig.baseURL}/portal/operator/devices/${pendingDevice}`);
+  await expect(page.locator('#state-badge')).toHaveText('Pending');
+  await page.getByRole('link', { name: 'Activate' }).click();
+  await expect(page.locator('main')).toContainText('Erin Ellis');
+  await page.getByLabel(/Note for the audit log/).fill('holder at the desk, ID checked');
+  await page.getByRole('button', { name: /^Activate/ }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText(/is active$/);
+  await expect(page.getByRole('alert')).toContainText('shown this once');
+  initialPin = (await page.locator('#initial-pin').innerText()).trim();
+  expect(initialPin).toMatch(/^[0-9]{6,8}$/);
+  await check('operator-activated');
+  // Back on the device's page it is Active, and the PIN is not shown again.
+  await page.getByRole('link', { name: /back to the device/ }).click();
+  await expect(page.locator('#state-badge')).toHaveText('Active');
+  expect(await page.content()).not.toContain(initialPin);
+  // OpenSC opens the card with that PIN (the first card leaves its reader, so only this one is
+  // there to choose).
+  rig.remove(0);
+  const objects = rig.pkcs11(['--login', '--pin', initialPin, '-O']);
+  expect(objects).toContain('Certificate Object');
+});
+
 /** Every regular file below `dir`. */
 function filesBelow(dir: string): string[] {
   return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
@@ -208,11 +236,9 @@ function filesBelow(dir: string): string[] {
 
 test('no PIN is kept anywhere: database, server and agent logs, audit log', async () => {
   expect(pendingDevice, 'the Skip test leaves a Pending device').not.toBe('');
-  // The operator's activation reveals the Pending card's initial PIN (once); the holder's PIN is
-  // the one typed in the browser in the first test.
-  const activated = JSON.parse(rig.cli(['device', 'activate', '--device', pendingDevice, '--output', 'json']));
-  const initialPin: string = activated.initial_pin;
-  expect(initialPin).toMatch(/^[0-9]{6,8}$/);
+  // The operator portal revealed the Pending card's initial PIN (once, in the test before); the
+  // holder's PIN is the one typed in the browser in the first test.
+  expect(initialPin, 'the activation test read the initial PIN').toMatch(/^[0-9]{6,8}$/);
   const admin = await rig.login('admin', rig.adminPassword);
   const audit = await fetch(`${rig.baseURL}/api/v1/audit?limit=1000`, { headers: { cookie: admin.cookie } });
   expect(audit.status).toBe(200);
