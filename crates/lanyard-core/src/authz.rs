@@ -27,8 +27,8 @@ use crate::lifecycle::{
     apply_device, credential_action_allowed, device_target, new_certificate_state,
 };
 use crate::model::{
-    Agent, ApiToken, Credential, CredentialKind, Device, DeviceKind, Job, JobKind, JobState, JobStep,
-    LinkKind, Policy, PolicyDenied, Role, StepOutcome, User, ValidationError,
+    Agent, ApiToken, Credential, CredentialKind, Device, DeviceClass, DeviceKind, Job, JobKind, JobState,
+    JobStep, LinkKind, Policy, PolicyDenied, Role, StepOutcome, User, ValidationError,
 };
 use crate::repo::prelude::*;
 use crate::repo::{CredentialQuery, DeviceQuery};
@@ -454,6 +454,37 @@ fn check_card_model(holder: &User, policy: &Policy, model: &str, to: IssuingTo) 
         },
     }
     .into())
+}
+
+/// Only smart cards and USB keys are issued through a reader.
+fn check_token(card: &CardInfo) -> Result<(), DomainError> {
+    if card.kind.class() != DeviceClass::Token {
+        return Err(ValidationError::new(
+            "kind",
+            "only smart cards and USB keys are issued through a reader",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The part of beginning a token's issuance that is the same for a holder adding it and an
+/// operator issuing it in person: `holder`'s policy decides (may add, how many, which models),
+/// the stock device is claimed or the card registered, and it moves to Issuing owned by
+/// `holder`. Does not commit; the caller creates the job.
+async fn begin_token_issuance<T: Tx>(
+    tx: &mut T,
+    holder: &User,
+    card: &CardInfo,
+    to: IssuingTo,
+    who: &Acting,
+) -> Result<Device, DomainError> {
+    let policy = policy_of(tx, holder).await?;
+    check_may_add_token(tx, holder, &policy, to).await?;
+    check_card_model(holder, &policy, &card.model, to)?;
+    let mut device = claim_or_register(tx, card, who.at).await?;
+    device.owner = Some(holder.id);
+    transition(tx, device, DeviceAction::BeginIssuance, who).await
 }
 
 /// The device record for a card about to be issued: the stock device of that model and serial

@@ -16,9 +16,10 @@ use crate::repo::{AuditQuery, DeviceQuery, UserQuery};
 use crate::serial::SerialSearch;
 
 use super::{
-    AgentBinding, CardInfo, IssuingTo, Principal, TicketPurpose, check_card_model, check_may_add_token,
-    claim_or_register, create_job, credential_snapshot, credentials_of, device_ref, job_of, job_ticket,
-    own_agent, policy_of, record_certificates, snapshot, start_unlock, transition, transition_with_derived,
+    AgentBinding, CardInfo, IssuingTo, Principal, TicketPurpose, begin_token_issuance, check_card_model,
+    check_may_add_token, check_token, claim_or_register, create_job, credential_snapshot, credentials_of,
+    device_ref, job_of, job_ticket, own_agent, policy_of, record_certificates, snapshot, start_unlock,
+    transition, transition_with_derived,
 };
 
 /// The life of the ticket a job is created with when it is never handed out (the session gets a
@@ -194,13 +195,7 @@ impl Operator<'_> {
         holder: UserId,
         card: CardInfo,
     ) -> Result<(Device, Job), DomainError> {
-        if card.kind.class() != DeviceClass::Token {
-            return Err(ValidationError::new(
-                "kind",
-                "only smart cards and USB keys are issued through a reader",
-            )
-            .into());
-        }
+        check_token(&card)?;
         let who = self.p.acting();
         let who = &who;
         let card = &card;
@@ -208,12 +203,7 @@ impl Operator<'_> {
             let mut tx = repo.begin().await?;
             let holder = tx.get_user(holder).await?.ok_or_else(|| DomainError::not_found("user", holder))?;
             Self::check_cardholder(&holder)?;
-            let policy = policy_of(&mut tx, &holder).await?;
-            check_may_add_token(&mut tx, &holder, &policy, IssuingTo::InPerson).await?;
-            check_card_model(&holder, &policy, &card.model, IssuingTo::InPerson)?;
-            let mut device = claim_or_register(&mut tx, card, who.at).await?;
-            device.owner = Some(holder.id);
-            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
+            let device = begin_token_issuance(&mut tx, &holder, card, IssuingTo::InPerson, who).await?;
             // The ticket is never handed out: the session starts with a fresh one bound to the
             // operator's agent.
             let (job, _unused) =

@@ -15,9 +15,9 @@ use crate::repo::DeviceQuery;
 use crate::repo::prelude::*;
 
 use super::{
-    ALL, AgentBinding, CardInfo, IssuingTo, Principal, TicketPurpose, check_card_model, check_may_add_token,
-    claim_or_register, create_job, credentials_of, job_of, job_ticket, own_agent, policy_of, start_unlock,
-    transition,
+    ALL, AgentBinding, CardInfo, IssuingTo, Principal, TicketPurpose, begin_token_issuance,
+    check_may_add_token, check_token, create_job, credentials_of, job_of, job_ticket, own_agent, policy_of,
+    start_unlock, transition,
 };
 
 /// A cardholder acting on their own devices.
@@ -165,25 +165,13 @@ impl SelfService<'_> {
         repo: &R,
         card: CardInfo,
     ) -> Result<(Device, Job), DomainError> {
-        if card.kind.class() != DeviceClass::Token {
-            return Err(ValidationError::new(
-                "kind",
-                "only smart cards and USB keys are issued through a reader",
-            )
-            .into());
-        }
+        check_token(&card)?;
         let who = self.p.acting();
         let who = &who;
         let card = &card;
         retry(repo, || async move {
             let mut tx = repo.begin().await?;
-            let policy = policy_of(&mut tx, &self.p.user).await?;
-            check_may_add_token(&mut tx, &self.p.user, &policy, IssuingTo::Myself).await?;
-            check_card_model(&self.p.user, &policy, &card.model, IssuingTo::Myself)?;
-            let device = claim_or_register(&mut tx, card, who.at).await?;
-            let mut device = device;
-            device.owner = Some(self.me());
-            let device = transition(&mut tx, device, DeviceAction::BeginIssuance, who).await?;
+            let device = begin_token_issuance(&mut tx, &self.p.user, card, IssuingTo::Myself, who).await?;
             let job = Job::new(JobKind::Issuance, device.id, Some(self.me()), who.at);
             tx.insert_job(&job).await?;
             tx.commit().await?;
