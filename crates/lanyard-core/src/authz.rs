@@ -27,8 +27,8 @@ use crate::lifecycle::{
     apply_device, credential_action_allowed, device_target, new_certificate_state,
 };
 use crate::model::{
-    Agent, ApiToken, Credential, CredentialKind, Device, DeviceClass, DeviceKind, Job, JobKind, JobState,
-    JobStep, LinkKind, Policy, PolicyDenied, Role, StepOutcome, User, ValidationError,
+    Agent, ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceClass, DeviceKind, Job, JobKind,
+    JobState, JobStep, LinkKind, Policy, PolicyDenied, Role, StepOutcome, User, ValidationError,
 };
 use crate::repo::prelude::*;
 use crate::repo::{CredentialQuery, DeviceQuery};
@@ -308,8 +308,11 @@ async fn transition<T: Tx>(
     Ok(device)
 }
 
-/// [`transition`], then revokes the devices derived from this one when the action calls for it
-/// (one audit event each, same operation id).
+/// [`transition`], then, when the action says the card may be in someone else's hands
+/// ([`DeviceAction::revokes_recent_derived`]) and the holder's policy asks for it, revokes the
+/// devices derived from this card within the policy's `derived_recheck_days` before now (one audit
+/// event each, same operation id). Older derived credentials, and every one on other actions
+/// (damage, retirement, replacement), stay: they follow the identity account (SP 800-157r1).
 async fn transition_with_derived<T: Tx>(
     tx: &mut T,
     device: Device,
@@ -317,17 +320,52 @@ async fn transition_with_derived<T: Tx>(
     who: &Acting,
 ) -> Result<Device, DomainError> {
     let device = transition(tx, device, action, who).await?;
-    if action.revokes_derived() {
-        let query = DeviceQuery { linked_to: Some(device.id), limit: ALL, ..Default::default() };
-        for derived in tx.list_devices(&query).await? {
-            let is_derived = derived.linked(LinkKind::DerivedFrom).any(|t| t == device.id);
-            let revoke = DeviceAction::Revoke(RevocationReason::ParentRevoked);
-            if is_derived && device_target(derived.class(), derived.state, revoke.kind()).is_some() {
-                transition(tx, derived, revoke, who).await?;
-            }
+    if !action.revokes_recent_derived() {
+        return Ok(device);
+    }
+    let Some(owner) = device.owner else { return Ok(device) };
+    let Some(holder) = tx.get_user(owner).await? else { return Ok(device) };
+    let policy = policy_of(tx, &holder).await?;
+    if !policy.derived_revoke_on_card_loss {
+        return Ok(device);
+    }
+    let since = who.at - time::Duration::days(i64::from(policy.derived_recheck_days));
+    let query = DeviceQuery { linked_to: Some(device.id), limit: ALL, ..Default::default() };
+    for derived in tx.list_devices(&query).await? {
+        let is_derived = derived.linked(LinkKind::DerivedFrom).any(|t| t == device.id);
+        let revoke = DeviceAction::Revoke(RevocationReason::ParentRevoked);
+        if is_derived
+            && derived.created_at >= since
+            && device_target(derived.class(), derived.state, revoke.kind()).is_some()
+        {
+            transition(tx, derived, revoke, who).await?;
         }
     }
     Ok(device)
+}
+
+/// Revokes every derived credential (mobiles linked `derived_from` a card) of `holder`, whose
+/// identity account ended or was disabled: derived credentials follow the account (SP
+/// 800-157r1 §2.4). One audit event each, in the caller's unit of work.
+async fn revoke_derived_of<T: Tx>(tx: &mut T, holder: UserId, who: &Acting) -> Result<usize, DomainError> {
+    let query =
+        DeviceQuery { owner: Some(holder), kind: Some(DeviceKind::Mobile), limit: ALL, ..Default::default() };
+    let revoke = DeviceAction::Revoke(RevocationReason::PrivilegeWithdrawn);
+    let mut n = 0;
+    for mobile in tx.list_devices(&query).await? {
+        let derived = mobile.linked(LinkKind::DerivedFrom).next().is_some()
+            || credentials_of(tx, mobile.id).await?.iter().any(|c| {
+                matches!(
+                    &c.kind,
+                    CredentialKind::Certificate { slot: CertSlot::DerivedPivAuthentication, .. }
+                )
+            });
+        if derived && device_target(mobile.class(), mobile.state, revoke.kind()).is_some() {
+            transition(tx, mobile, revoke, who).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Records certificates that were signed for `device` outside any unit of work (reserve → sign →

@@ -76,7 +76,8 @@ string_enum! {
         Stolen = "stolen",
         /// The device is broken.
         Damaged = "damaged",
-        /// The card a derived credential was derived from was revoked or terminated.
+        /// The card a derived credential was derived from was reported lost, stolen or
+        /// compromised shortly after it sponsored the credential.
         ParentRevoked = "parent_revoked",
     }
 }
@@ -203,15 +204,19 @@ impl DeviceAction {
         }
     }
 
-    /// Whether devices derived from this one (`DerivedFrom` links) must be revoked with it.
-    pub const fn revokes_derived(self) -> bool {
+    /// Whether the action says the card may be in someone else's hands (lost, stolen, key
+    /// compromise). Derived credentials follow the identity account, not the card (SP 800-157r1
+    /// §2.3, §2.4), so only then are the ones it sponsored recently revoked: a thief could have
+    /// used the card to obtain one. Damage, retirement, replacement or another revocation reason
+    /// leave them alone.
+    pub const fn revokes_recent_derived(self) -> bool {
         matches!(
             self,
-            DeviceAction::Revoke(_)
-                | DeviceAction::MarkLost
+            DeviceAction::MarkLost
                 | DeviceAction::MarkStolen
-                | DeviceAction::MarkDamaged
-                | DeviceAction::Terminate
+                | DeviceAction::Revoke(RevocationReason::KeyCompromise)
+                | DeviceAction::Revoke(RevocationReason::Lost)
+                | DeviceAction::Revoke(RevocationReason::Stolen)
         )
     }
 }

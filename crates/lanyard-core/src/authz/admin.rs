@@ -179,7 +179,8 @@ impl Admin<'_> {
         .await
     }
 
-    /// Disables or re-enables a user; disabling ends their sessions.
+    /// Disables or re-enables a user; disabling ends their sessions and revokes their derived PIV
+    /// credentials.
     pub async fn set_disabled<R: Repo>(
         &self,
         repo: &R,
@@ -202,6 +203,11 @@ impl Admin<'_> {
             let event =
                 self.audit(action, format!("user:{id}")).before(before).after(json!({"disabled": disabled}));
             tx.append_audit(event).await?;
+            // Derived credentials follow the identity account: disabling it revokes them (for
+            // good; enabling the account again does not bring them back).
+            if disabled {
+                super::revoke_derived_of(&mut tx, id, &self.p.acting()).await?;
+            }
             tx.commit().await?;
             Ok(user)
         })

@@ -376,14 +376,18 @@ fn issuance_claims_stock_but_not_issued_cards() {
 }
 
 #[test]
-fn revoking_a_card_revokes_its_derived_mobiles() {
+fn a_stolen_card_revokes_the_mobiles_it_sponsored_in_the_last_seven_days() {
     let w = world();
     let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
     let phone = w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
     let unrelated = w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
+    let older = w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
     w.repo.with_data(|d| {
-        if let Some(p) = d.devices.get_mut(&phone.id) {
-            p.links.push(DeviceLink { kind: LinkKind::DerivedFrom, target: card.id });
+        for (id, age) in [(phone.id, 6), (older.id, 8)] {
+            if let Some(p) = d.devices.get_mut(&id) {
+                p.links.push(DeviceLink { kind: LinkKind::DerivedFrom, target: card.id });
+                p.created_at -= time::Duration::days(age);
+            }
         }
     });
     let olga = w.principal(&w.olga);
@@ -398,6 +402,7 @@ fn revoking_a_card_revokes_its_derived_mobiles() {
     );
     assert_eq!(w.credential_states(phone.id), [CredentialState::Revoked, CredentialState::Expired]);
     assert_eq!(w.stored(unrelated.id).state, DeviceState::Active);
+    assert_eq!(w.stored(older.id).state, DeviceState::Active, "sponsored 8 days ago: it stays");
     let revoked: Vec<_> =
         w.repo.data().credentials.into_values().filter(|c| c.state == CredentialState::Revoked).collect();
     assert!(revoked.iter().all(|c| c.revoked_at == Some(w.clock.now())));
@@ -1249,12 +1254,7 @@ fn codes_die_with_their_session_expire_and_respect_the_mobile_limit() {
     let me = alice.self_service().unwrap();
     let ten = time::Duration::minutes(10);
     let start = || {
-        block_on(me.start_mobile_enrollment(
-            &w.repo,
-            EnrollmentPurpose::MobileProfile,
-            ten,
-            Some(session),
-        ))
+        block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, Some(session)))
     };
     let system = |w: &World| System::new(OperationId::parse("op-scep").unwrap(), w.clock.now());
 
@@ -1370,4 +1370,55 @@ fn a_derived_code_needs_my_active_sponsor_card_and_links_the_mobile_to_it() {
     ))
     .unwrap();
     assert_eq!(redeemed.device.linked(LinkKind::DerivedFrom).collect::<Vec<_>>(), [card.id]);
+}
+
+#[test]
+fn derived_mobiles_follow_the_account_not_the_card() {
+    let w = world();
+    let olga = w.principal(&w.olga);
+    let op = olga.operator().unwrap();
+    let link = |phone: DeviceId, card: DeviceId| {
+        w.repo.with_data(|d| {
+            if let Some(p) = d.devices.get_mut(&phone) {
+                p.links.push(DeviceLink { kind: LinkKind::DerivedFrom, target: card });
+            }
+        })
+    };
+    // A damaged card (routine replacement) keeps what it sponsored, even yesterday.
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let phone = w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
+    link(phone.id, card.id);
+    block_on(op.mark_device_damaged(&w.repo, card.id)).unwrap();
+    assert_eq!(w.stored(phone.id).state, DeviceState::Active);
+
+    // A policy without the loss rule keeps them when the card is lost.
+    let lost = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let kept = w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
+    link(kept.id, lost.id);
+    w.repo.with_data(|d| {
+        if let Some(g) = d.groups.get_mut(&w.group.id) {
+            g.policy.derived_revoke_on_card_loss = false;
+        }
+    });
+    block_on(op.mark_device_lost(&w.repo, lost.id)).unwrap();
+    assert_eq!(w.stored(kept.id).state, DeviceState::Active);
+
+    // Disabling the account revokes every derived mobile, and nothing else of it.
+    let profile_phone = w.device(&w.alice, DeviceKind::Mobile, DeviceState::Active);
+    let bobs = w.device(&w.bob, DeviceKind::Mobile, DeviceState::Active);
+    link(bobs.id, card.id);
+    let adam = w.principal(&w.adam);
+    block_on(adam.admin().unwrap().set_disabled(&w.repo, w.alice.id, true)).unwrap();
+    for id in [phone.id, kept.id] {
+        let d = w.stored(id);
+        assert_eq!(
+            (d.state, d.revocation_reason),
+            (DeviceState::Revoked, Some(RevocationReason::PrivilegeWithdrawn))
+        );
+    }
+    assert_eq!(w.stored(profile_phone.id).state, DeviceState::Active, "not a derived credential");
+    assert_eq!(w.stored(bobs.id).state, DeviceState::Active, "bob's account is fine");
+    let audit = w.repo.data().audit;
+    let disable = audit.iter().position(|e| e.action == "user.disable").unwrap();
+    assert_eq!(audit[disable + 1..].iter().filter(|e| e.action == "device.revoke").count(), 2);
 }

@@ -253,7 +253,7 @@ fn lost_stolen_damaged_revoke_with_their_reason() {
         assert_eq!((d.state, d.revocation_reason), (DeviceState::Revoked, Some(reason)));
         assert_eq!(reason.crl_reason_code(), crl);
         assert_eq!(action.credential_effect(), Some(CredentialAction::Revoke(reason)));
-        assert!(action.revokes_derived());
+        assert_eq!(action.revokes_recent_derived(), action != DeviceAction::MarkDamaged);
     }
 }
 
@@ -374,7 +374,10 @@ fn device_actions_map_to_credential_actions() {
         Some(C::Revoke(RevocationReason::AffiliationChanged))
     );
     assert_eq!(D::Personalized.credential_effect(), None);
-    assert!(!D::Suspend.revokes_derived());
+    assert!(!D::Suspend.revokes_recent_derived());
+    assert!(!D::Terminate.revokes_recent_derived());
+    assert!(!D::Revoke(RevocationReason::Superseded).revokes_recent_derived());
+    assert!(D::Revoke(RevocationReason::KeyCompromise).revokes_recent_derived());
 }
 
 #[test]

@@ -91,8 +91,15 @@ pub struct Policy {
     /// Card models that may be issued, compared exactly with what the agent reports.
     pub accepted_card_models: Vec<String>,
     /// Days after remote (derived PIV) issuance when the parent card's status is checked again,
-    /// 1..=365.
+    /// 1..=365: a sponsor card reported lost, stolen or compromised within this window revokes
+    /// the derived credentials it sponsored in it (when `derived_revoke_on_card_loss`).
     pub derived_recheck_days: u16,
+    /// Whether a sponsor card reported lost, stolen or compromised revokes the derived credentials
+    /// it sponsored in the preceding `derived_recheck_days` (SP 800-157r1's default review
+    /// outcome). Older ones, and all of them on a routine replacement, stay: they follow the
+    /// identity account, not the card.
+    #[serde(default = "yes")]
+    pub derived_revoke_on_card_loss: bool,
 }
 
 fn yes() -> bool {
@@ -134,6 +141,7 @@ impl Default for Policy {
             ]),
             accepted_card_models: vec!["YubiKey 5".to_owned(), "Lanyard virtual card".to_owned()],
             derived_recheck_days: 7,
+            derived_revoke_on_card_loss: true,
         }
     }
 }
