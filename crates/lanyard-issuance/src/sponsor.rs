@@ -356,7 +356,9 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
         {
             Ok(c) => c.der,
             Err(e) => {
-                return self.refuse(job, format!("the card's 9A certificate object is unreadable: {e}")).await;
+                return self
+                    .refuse(job, format!("the card's 9A certificate object is unreadable: {e}"))
+                    .await;
             }
         };
 
