@@ -9,11 +9,14 @@
 //! - [`ocsp`]: a sans-IO RFC 6960 responder.
 //! - [`cms`]: detached CMS signatures for PIV data objects (the CHUID issuer signature).
 //! - [`attestation`]: YubiKey PIV attestation verification (proof a key was made on the card).
+//! - [`card_check`]: a presented PIV card's certificate as a relying party checks it: path to the
+//!   configured anchors, OCSP or CRL status, the card's signature over a challenge.
 //! - [`store`]: PKCS#8 key files, the crate's only I/O.
 //!
 //! Everything takes the current time as an argument; nothing here reads the clock.
 
 pub mod attestation;
+pub mod card_check;
 pub mod cms;
 pub mod crl;
 pub mod csr;

@@ -14,12 +14,16 @@
 //! come from the same rules), rollback, wipe and PIN unblock, each step recorded so a broken
 //! session resumes or rolls back.
 //!
+//! [`sponsor`] drives the sponsor proof of a derived PIV enrolment (the holder's card verifies
+//! its PIN and signs a challenge) and checks the card's certificate: path, revocation, owner.
+//!
 //! [`status`] maps a credential's lifecycle state to what OCSP and the CRL say about it.
 
 pub mod card;
 pub mod rules;
 pub mod service;
 pub mod session;
+pub mod sponsor;
 pub mod status;
 
 pub use card::{CARD_VALIDITY_DAYS, card_expiry, chuid_expiration, fasc_n};

@@ -118,6 +118,11 @@ pub trait AgentLink: Send {
         rules: &PinRules,
     ) -> impl Future<Output = Result<PinAnswer, SessionError>> + Send;
 
+    /// Waits for the card's PIN the holder types in the portal, for a sponsor proof (job kind
+    /// `sponsor_proof`): the server sends it to the card itself, inside a VERIFY command.
+    /// `None` when the holder cancelled or let the time run out.
+    fn holder_pin(&mut self) -> impl Future<Output = Result<Option<SecretString>, SessionError>> + Send;
+
     /// Tells the agent the session is over and the device is now in `state`.
     fn done(
         &mut self,
@@ -137,6 +142,8 @@ pub struct Authority<'a> {
     /// DER certificates; YubiKey attestations (slot F9 chains) must end at one of them. Empty:
     /// attestations are recorded but not verified.
     pub attestation_roots: &'a [Vec<u8>],
+    /// What sponsor cards are checked against (derived PIV); `None` where not configured.
+    pub sponsor: Option<&'a crate::sponsor::SponsorTrust>,
 }
 
 /// One card session: a job run over one agent link, under one operation id.
@@ -158,6 +165,7 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
             JobKind::Unlock => self.unlock(job).await,
             JobKind::Wipe => self.wipe(job).await,
             JobKind::ChangePin => self.change_pin(job).await,
+            JobKind::SponsorProof => self.sponsor_proof(job).await,
             _ if rollback => self.rollback(job).await,
             _ => self.issue(job).await,
         }
@@ -469,7 +477,12 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
 
     /// Records that the card refused the PIN (`step` names why for the job's page) and stops
     /// the session with `why`.
-    async fn pin_refused(&mut self, job: &mut Job, step: &str, why: String) -> Result<(), SessionError> {
+    pub(crate) async fn pin_refused(
+        &mut self,
+        job: &mut Job,
+        step: &str,
+        why: String,
+    ) -> Result<(), SessionError> {
         let now = self.clock.now();
         job.record(step, StepOutcome::Failed, Some(why.clone()), now)
             .map_err(|e| SessionError::Server(e.to_string()))?;
@@ -478,7 +491,7 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
     }
 
     /// The card's PIN retry counter (VERIFY without data).
-    async fn pin_tries(&mut self) -> Result<PinTries, SessionError> {
+    pub(crate) async fn pin_tries(&mut self) -> Result<PinTries, SessionError> {
         let answers =
             self.link.transmit("pin_status", (0, 1), &[lanyard_piv::commands::pin_status()]).await?;
         let sw = answers
@@ -595,7 +608,7 @@ const PIN_BLOCKED: &str = "the PIN is blocked; unlock it with a new PIN (Unlock 
 
 /// What the card says of its PIN retry counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PinTries {
+pub(crate) enum PinTries {
     Left(u8),
     /// Verified already (no counter shown).
     Verified,
@@ -630,7 +643,7 @@ async fn holder<R: Repo>(repo: &R, device: &Device) -> Result<(User, Policy), Se
 }
 
 /// The device a job works on.
-async fn job_device<R: Repo>(repo: &R, job: &Job) -> Result<Device, SessionError> {
+pub(crate) async fn job_device<R: Repo>(repo: &R, job: &Job) -> Result<Device, SessionError> {
     let mut tx = repo.read().await?;
     tx.get_device(job.device).await?.ok_or_else(|| SessionError::Server("the job's device is gone".into()))
 }

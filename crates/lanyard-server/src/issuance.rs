@@ -22,6 +22,7 @@ use lanyard_core::model::{Job, JobState, PinRules, StepOutcome};
 use lanyard_core::repo::Repo;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::Kek;
+use lanyard_issuance::sponsor::{FetchResult, RevocationFetch, SponsorTrust};
 use lanyard_issuance::{AgentLink, Authority, CardSession, PinAnswer, SessionError};
 use lanyard_piv::apdu::{Command, Response as CardResponse};
 use lanyard_protocol::link::FEATURE_SERVER_PIN;
@@ -35,6 +36,7 @@ use time::Duration;
 use crate::portal_pin::{PinDesk, PortalChange, PortalPin};
 use crate::{ApiError, AppState};
 
+pub use lanyard_issuance::sponsor::UserMatch;
 pub use lanyard_protocol::TICKET_HEADER;
 /// How long an agent ticket may wait to be used.
 pub const TICKET_TTL: Duration = Duration::minutes(10);
@@ -57,6 +59,12 @@ pub struct IssuanceConfig {
     /// `change_pin` and `unblock_pin`). After it the agent writes no PIN, and the card keeps
     /// its initial PIN.
     pub pin_timeout: std::time::Duration,
+    /// PEM bundles of imported PIV trust anchors (and their intermediates) that sponsor cards of
+    /// a derived PIV enrolment may chain to, besides Lanyard's own CA (`piv_trust_anchors`).
+    pub piv_trust_anchors: Vec<Vec<u8>>,
+    /// How a sponsor card of an imported root is matched to the signed-in holder
+    /// (`piv_user_match`).
+    pub piv_user_match: lanyard_issuance::sponsor::UserMatch,
 }
 
 impl IssuanceConfig {
@@ -71,7 +79,73 @@ impl IssuanceConfig {
             attestation_roots,
             answer_timeout: Self::DEFAULT_ANSWER_TIMEOUT,
             pin_timeout: Self::DEFAULT_PIN_TIMEOUT,
+            piv_trust_anchors: Vec::new(),
+            piv_user_match: lanyard_issuance::sponsor::UserMatch::default(),
         }
+    }
+
+    /// What sponsor cards are checked against: Lanyard's root and issuing CA, then the
+    /// imported bundles. A bundle that is not PEM certificates is an error naming its position.
+    pub fn sponsor_trust(&self, pki: &crate::pki::Pki) -> Result<SponsorTrust, String> {
+        let mut store = lanyard_ca::card_check::TrustStore::new(
+            &[pki.root.certificate_der().to_vec()],
+            &[pki.issuing.certificate_der().to_vec()],
+        )
+        .map_err(|e| format!("Lanyard's own CA certificates: {e}"))?;
+        for (i, bundle) in self.piv_trust_anchors.iter().enumerate() {
+            store.add_pem_bundle(bundle).map_err(|e| format!("piv_trust_anchors[{i}]: {e}"))?;
+        }
+        Ok(SponsorTrust {
+            store,
+            lanyard_issuer: pki.issuing.certificate().clone(),
+            user_match: self.piv_user_match,
+            fetch: Box::new(HttpRevocation),
+        })
+    }
+}
+
+/// OCSP and CRLs over HTTP for sponsor cards of imported roots: 5 s per request, answers of at
+/// most 1 MiB (OCSP) or 16 MiB (CRL).
+struct HttpRevocation;
+
+const REVOCATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn http_fetch(url: String, body: Option<Vec<u8>>, limit: u64) -> Result<Vec<u8>, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(REVOCATION_TIMEOUT))
+        .http_status_as_error(true)
+        .build()
+        .into();
+    let response = match body {
+        Some(body) => agent.post(&url).header("content-type", "application/ocsp-request").send(&body[..]),
+        None => agent.get(&url).call(),
+    };
+    response
+        .map_err(|e| e.to_string())?
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|e| e.to_string())
+}
+
+impl RevocationFetch for HttpRevocation {
+    fn ocsp<'a>(&'a self, url: &'a str, request: Vec<u8>) -> FetchResult<'a> {
+        let url = url.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || http_fetch(url, Some(request), 1 << 20))
+                .await
+                .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn crl<'a>(&'a self, url: &'a str) -> FetchResult<'a> {
+        let url = url.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || http_fetch(url, None, 16 << 20))
+                .await
+                .map_err(|e| e.to_string())?
+        })
     }
 }
 
@@ -438,6 +512,13 @@ impl Session {
             Err(e) => Err(e),
         };
         let job_id = job.id;
+        let sponsor = match cfg.sponsor_trust(&s.pki) {
+            Ok(trust) => Some(trust),
+            Err(e) => {
+                tracing::error!(error = %e, "sponsor cards cannot be checked");
+                None
+            }
+        };
         let mut session = CardSession {
             repo: s.repo.as_ref(),
             clock: s.clock.as_ref(),
@@ -446,6 +527,7 @@ impl Session {
                 content_signer: &s.pki.content_signer,
                 kek: &cfg.kek,
                 attestation_roots: &cfg.attestation_roots,
+                sponsor: sponsor.as_ref(),
             },
             op: op.clone(),
             link: &mut self,
@@ -536,6 +618,18 @@ impl AgentLink for Session {
         let puk = Secret::new(puk.expose_secret());
         self.send(&ServerFrame::UnblockPin { seq, puk, rules: *rules, answer_within_secs, new_pin }).await?;
         pin_answer(self.receive(answer_within_secs).await?, seq, "the unblock result")
+    }
+
+    async fn holder_pin(&mut self) -> Result<Option<SecretString>, SessionError> {
+        let (pins, job) = (Arc::clone(&self.pins), self.job);
+        let within = std::time::Duration::from_secs(u64::from(self.pin_within_secs));
+        match pins.wait_verify(job, within).await {
+            PortalPin::Given(pin) => Ok(Some(SecretString::from(pin.expose().to_owned()))),
+            PortalPin::Declined => Ok(None),
+            PortalPin::NotUsed => Err(SessionError::Server(
+                "a sponsor proof takes the card's PIN from the portal; start it there".into(),
+            )),
+        }
     }
 
     async fn done(&mut self, device: DeviceId, state: DeviceState) -> Result<(), SessionError> {

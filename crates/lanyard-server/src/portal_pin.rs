@@ -62,6 +62,10 @@ pub enum GiveError {
     CurrentNotAsked,
     #[error("new_pin: the new PIN is the same as the current one")]
     Unchanged,
+    #[error("pin: type the card's PIN")]
+    PinMissing,
+    #[error("pin: a card's PIN has at most {MAX_CARD_PIN} characters, so this cannot be it")]
+    PinTooLong,
 }
 
 /// What a waiting session asks the holder for.
@@ -71,6 +75,8 @@ pub struct Asking {
     pub seconds_left: u64,
     /// The card's current PIN is asked for too (*Change PIN*).
     pub current: bool,
+    /// Only the card's PIN is asked for, to be verified (a sponsor proof); no new PIN.
+    pub verify: bool,
 }
 
 /// The holder's answer as it travels to the session: `None` declines.
@@ -83,6 +89,7 @@ struct Waiting {
     rules: PinRules,
     until: Instant,
     current: bool,
+    verify: bool,
     tx: oneshot::Sender<Option<Typed>>,
 }
 
@@ -111,7 +118,7 @@ impl PinDesk {
 
     /// Waits up to `within` for the portal's PIN for `job`, if its PIN comes from the portal.
     pub async fn wait(&self, job: JobId, rules: PinRules, within: Duration) -> PortalPin {
-        match self.wait_for(job, rules, within, false).await {
+        match self.wait_for(job, rules, within, false, false).await {
             None => PortalPin::NotUsed,
             Some(Some(typed)) => PortalPin::Given(typed.new),
             Some(None) => PortalPin::Declined,
@@ -121,10 +128,20 @@ impl PinDesk {
     /// Waits up to `within` for the card's current PIN and the new one for `job` (*Change PIN*),
     /// if its PINs come from the portal.
     pub async fn wait_change(&self, job: JobId, rules: PinRules, within: Duration) -> PortalChange {
-        match self.wait_for(job, rules, within, true).await {
+        match self.wait_for(job, rules, within, true, false).await {
             None => PortalChange::NotUsed,
             Some(Some(Typed { current: Some(current), new })) => PortalChange::Given { current, new },
             Some(_) => PortalChange::Declined,
+        }
+    }
+
+    /// Waits up to `within` for the card's PIN for `job`, to be verified on the card (a sponsor
+    /// proof), if it comes from the portal. The PIN is [`Typed::new`]'s place.
+    pub async fn wait_verify(&self, job: JobId, within: Duration) -> PortalPin {
+        match self.wait_for(job, PinRules::default(), within, false, true).await {
+            None => PortalPin::NotUsed,
+            Some(Some(typed)) => PortalPin::Given(typed.new),
+            Some(None) => PortalPin::Declined,
         }
     }
 
@@ -135,12 +152,13 @@ impl PinDesk {
         rules: PinRules,
         within: Duration,
         current: bool,
+        verify: bool,
     ) -> Option<Option<Typed>> {
         let rx = {
             let mut jobs = self.lock();
             let slot = jobs.get_mut(&job)?;
             let (tx, rx) = oneshot::channel();
-            *slot = Some(Waiting { rules, until: Instant::now() + within, current, tx });
+            *slot = Some(Waiting { rules, until: Instant::now() + within, current, verify, tx });
             rx
         };
         let answer = tokio::time::timeout(within, rx).await;
@@ -163,6 +181,7 @@ impl PinDesk {
             rules: waiting.rules,
             seconds_left: waiting.until.saturating_duration_since(Instant::now()).as_secs(),
             current: waiting.current,
+            verify: waiting.verify,
         })
     }
 
@@ -175,6 +194,20 @@ impl PinDesk {
         let Some(Some(waiting)) = jobs.get(&job) else { return Err(GiveError::NotWaiting) };
         let typed = match new {
             None => None,
+            Some(pin) if waiting.verify => {
+                // The card's own PIN, to be verified: the card judges it; only what cannot be a
+                // card PIN is refused here, and costs no try.
+                if current.is_some() {
+                    return Err(GiveError::CurrentNotAsked);
+                }
+                if pin.expose().is_empty() {
+                    return Err(GiveError::PinMissing);
+                }
+                if pin.expose().len() > MAX_CARD_PIN {
+                    return Err(GiveError::PinTooLong);
+                }
+                Some(Typed { current: None, new: pin })
+            }
             Some(new) => {
                 match (&current, waiting.current) {
                     (Some(_), false) => return Err(GiveError::CurrentNotAsked),

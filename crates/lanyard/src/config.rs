@@ -66,6 +66,8 @@ struct FileConfig {
     database_url: Option<String>,
     kek_file: Option<PathBuf>,
     attestation_roots: Option<Vec<PathBuf>>,
+    piv_trust_anchors: Option<Vec<PathBuf>>,
+    piv_user_match: Option<String>,
     log: Option<String>,
     ca: Option<FileCa>,
     tls: Option<FileTls>,
@@ -103,6 +105,11 @@ pub struct Config {
     /// attestation CA, or `lanyard vcard`'s per-installation root). Empty: attestations are
     /// recorded unverified.
     pub attestation_roots: Vec<PathBuf>,
+    /// PEM files of imported PIV roots (self-signed) and their intermediates, which sponsor cards
+    /// of a derived PIV enrolment may chain to besides Lanyard's own CA (`docs/derived-piv.md`).
+    pub piv_trust_anchors: Vec<PathBuf>,
+    /// How a sponsor card of an imported root is matched to the signed-in user.
+    pub piv_user_match: lanyard_server::issuance::UserMatch,
     pub log: String,
     pub ca_key_algorithm: CaKeyAlgorithm,
     pub tls_mode: TlsMode,
@@ -120,6 +127,8 @@ const ENV_KEYS: &[&str] = &[
     "DATABASE_URL",
     "KEK_FILE",
     "ATTESTATION_ROOTS",
+    "PIV_TRUST_ANCHORS",
+    "PIV_USER_MATCH",
     "LOG",
     "CA_KEY_ALGORITHM",
     "TLS_MODE",
@@ -147,6 +156,8 @@ impl Config {
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("lanyard.db").display()),
             kek_file: data_dir.join("kek"),
             attestation_roots: Vec::new(),
+            piv_trust_anchors: Vec::new(),
+            piv_user_match: lanyard_server::issuance::UserMatch::default(),
             data_dir,
             listen: "127.0.0.1:8443".into(),
             // Replaced by the scheme and `listen` when not configured; see `load`.
@@ -249,6 +260,15 @@ impl Config {
         if let Some(v) = parsed.attestation_roots {
             c.attestation_roots = v;
         }
+        if let Some(v) = parsed.piv_trust_anchors {
+            c.piv_trust_anchors = v;
+        }
+        if let Some(v) = parsed.piv_user_match {
+            match v.parse() {
+                Ok(m) => c.piv_user_match = m,
+                Err(e) => errors.push(format!("piv_user_match: {e}")),
+            }
+        }
         if let Some(v) = parsed.log {
             c.log = v;
         }
@@ -271,6 +291,13 @@ impl Config {
                 "ATTESTATION_ROOTS" => {
                     c.attestation_roots = v.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect()
                 }
+                "PIV_TRUST_ANCHORS" => {
+                    c.piv_trust_anchors = v.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect()
+                }
+                "PIV_USER_MATCH" => match v.parse() {
+                    Ok(m) => c.piv_user_match = m,
+                    Err(e) => errors.push(format!("LANYARD_PIV_USER_MATCH: {e}")),
+                },
                 "LOG" => c.log = v,
                 "CA_KEY_ALGORITHM" => ca_alg = Some(v),
                 "TLS_MODE" => tls_mode = Some(v),
@@ -388,6 +415,11 @@ impl Config {
                 "attestation_roots",
                 self.attestation_roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
             ),
+            (
+                "piv_trust_anchors",
+                self.piv_trust_anchors.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
+            ),
+            ("piv_user_match", self.piv_user_match.as_str().to_owned()),
             ("log", self.log.clone()),
             ("ca.key_algorithm", format!("{:?}", self.ca_key_algorithm).to_lowercase()),
             ("tls.mode", if self.tls_mode == TlsMode::On { "on" } else { "off" }.to_owned()),

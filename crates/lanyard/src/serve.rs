@@ -97,6 +97,16 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         let db = open_db_for_serve(&cfg).await?;
         let (pki, kek) = installation(&cfg, &db, clock.now()).await?;
         let attestation_roots = load_attestation_roots(&cfg.attestation_roots)?;
+        let mut piv_trust_anchors = Vec::new();
+        for file in &cfg.piv_trust_anchors {
+            let pem =
+                std::fs::read(file).with_context(|| format!("piv_trust_anchors: {}", file.display()))?;
+            // Checked now, so a bad file stops the start instead of every sponsor proof.
+            lanyard_ca::card_check::TrustStore::default().add_pem_bundle(&pem).with_context(|| {
+                format!("piv_trust_anchors: {} holds no PEM certificates", file.display())
+            })?;
+            piv_trust_anchors.push(pem);
+        }
         let tls = match (cfg.tls_mode, &cfg.tls_cert_file, &cfg.tls_key_file) {
             (TlsMode::Off, _, _) => None,
             (TlsMode::On, Some(cert), Some(key)) => {
@@ -123,7 +133,11 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             );
         }
         let state = AppState::new(Arc::new(db), Arc::new(pki), clock)
-            .with_issuance(lanyard_server::issuance::IssuanceConfig::new(kek, attestation_roots))
+            .with_issuance(lanyard_server::issuance::IssuanceConfig {
+                piv_trust_anchors,
+                piv_user_match: cfg.piv_user_match,
+                ..lanyard_server::issuance::IssuanceConfig::new(kek, attestation_roots)
+            })
             .with_public_url(&cfg.public_url);
         // Sessions this process ran before a restart still hold leases that are running out:
         // the sweeper fails them (and any another server abandons) a few minutes later.

@@ -104,6 +104,39 @@ impl SelfService<'_> {
         .await
     }
 
+    /// Starts a sponsor proof with one of my cards (derived PIV, DESIGN §2 C): an Active card
+    /// issued by Lanyard. The session verifies the PIN typed in the portal on the card and has
+    /// it sign a fresh challenge; it changes nothing on the card. The job and its ticket are
+    /// audited, the PIN never.
+    pub async fn start_sponsor_proof<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        ttl: time::Duration,
+    ) -> Result<(Job, SecretString), DomainError> {
+        let who = self.p.acting();
+        let who = &who;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let d = self.mine(&mut tx, device).await?;
+            if d.class() != DeviceClass::Token || d.card_guid.is_none() {
+                return Err(DomainError::Conflict(format!(
+                    "device {device} is not a card issued by Lanyard, so it cannot sponsor a derived credential"
+                )));
+            }
+            if d.state != DeviceState::Active {
+                return Err(DomainError::Conflict(format!(
+                    "device {device} is {}; only an active card sponsors a derived credential",
+                    d.state
+                )));
+            }
+            let created = create_job(&mut tx, who, JobKind::SponsorProof, &d, self.me(), ttl).await?;
+            tx.commit().await?;
+            Ok(created)
+        })
+        .await
+    }
+
     /// Loads one of my devices; another user's device, or a deleted mobile, is NotFound.
     async fn mine<T: Tx>(&self, tx: &mut T, id: DeviceId) -> Result<Device, DomainError> {
         match tx.get_device(id).await? {

@@ -20,6 +20,11 @@ string_enum! {
         /// Change the PIN of an issued card from the holder's current PIN to a new one, both
         /// typed by the holder in the portal.
         ChangePin = "change_pin",
+        /// Have the holder's own PIV card prove itself before a derived PIV credential is
+        /// enrolled (DESIGN §2 C): the PIN typed in the portal is verified on the card, its 9A
+        /// certificate read and checked, and a fresh challenge signed with the 9A key. Nothing
+        /// on the card changes; the job's device is the card the holder means to present.
+        SponsorProof = "sponsor_proof",
     }
 }
 

@@ -623,6 +623,11 @@ pub(crate) async fn pin<R: Repo + 'static>(
                 GiveError::Unchanged => {
                     "The new PIN is the same as the current one: choose another.".to_owned()
                 }
+                GiveError::PinMissing => "Type your card's PIN.".to_owned(),
+                GiveError::PinTooLong => format!(
+                    "A card's PIN has at most {} characters; nothing was sent to the card.",
+                    crate::portal_pin::MAX_CARD_PIN
+                ),
             };
             return job_page_with(&s, &signed, id, None, Some(message), StatusCode::BAD_REQUEST).await;
         }

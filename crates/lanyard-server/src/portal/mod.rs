@@ -23,12 +23,14 @@ mod admin_tokens;
 mod admin_users;
 mod assets;
 mod audit;
+mod derived;
 mod devices;
 mod help;
 mod job;
 mod operator;
 mod operator_cards;
 mod pin;
+mod qr;
 mod session;
 mod workstations;
 
@@ -57,6 +59,11 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/portal/login", get(session::login_page).post(session::login::<R>))
         .route("/portal/logout", post(session::logout::<R>))
         .route("/portal/devices", get(devices::list::<R>))
+        .route("/portal/identities/derived", get(derived::add::<R>))
+        .route("/portal/identities/derived/start", post(derived::start::<R>))
+        .route("/portal/identities/derived/{id}", get(derived::session::<R>))
+        .route("/portal/identities/derived/{id}/pin", post(derived::pin::<R>))
+        .route("/portal/identities/derived/{id}/code", post(derived::code::<R>))
         .route("/portal/devices/new", get(add_device::add::<R>))
         .route("/portal/devices/new/refresh", post(add_device::refresh::<R>))
         .route("/portal/devices/new/start", post(add_device::start::<R>))
