@@ -35,6 +35,7 @@ use crate::repo::{CredentialQuery, DeviceQuery};
 
 mod admin;
 mod auditor;
+mod enrollment;
 mod operator;
 mod self_service;
 mod system;
@@ -42,6 +43,7 @@ mod workstations;
 
 pub use admin::{Admin, NewUser};
 pub use auditor::Auditor;
+pub use enrollment::{EnrollmentKind, Redeemed};
 pub use operator::Operator;
 pub use self_service::SelfService;
 pub use system::System;
