@@ -1,6 +1,8 @@
-//! Detached CMS signatures (RFC 5652) for PIV signed data objects, above all the CHUID issuer
-//! signature (tag `3E`, SP 800-73-4 Part 1 §3.1.2.1).
+//! CMS signatures (RFC 5652): detached ones for PIV signed data objects, above all the CHUID
+//! issuer signature (tag `3E`, SP 800-73-4 Part 1 §3.1.2.1), and attached ones (content inside)
+//! for Apple configuration profiles ([`sign_attached`]).
 //!
+//! For the PIV signatures:
 //! The shape follows SP 800-73-4 rather than whatever a generic CMS library would pick:
 //! SignedData v3 (the eContentType is not id-data), `eContent` absent, exactly one certificate and
 //! one SignerInfo, the signer named by issuerAndSerialNumber (so SignerInfo v1), and the signed
@@ -97,6 +99,37 @@ pub fn sign_detached<K: CaSigner + ?Sized>(
     content: &[u8],
     extra_signed_attrs: &[Attribute],
 ) -> Result<Vec<u8>, CaError> {
+    let der = signed_data(signer, signer_cert_der, &[], econtent_type, content, false, extra_signed_attrs)?;
+    verify_detached(&der, content).map_err(|_| CaError::SelfCheckFailed("CMS signature"))?;
+    Ok(der)
+}
+
+/// Signs `content` as CMS SignedData of type id-data with the content inside (`eContent`), as
+/// Apple configuration profiles are signed. The certificates are `signer_cert_der` followed by
+/// `chain` (the issuing CA, so that a verifier holding only the root can build the path). The
+/// signed attributes are contentType and messageDigest. Verified before it is returned.
+pub fn sign_attached<K: CaSigner + ?Sized>(
+    signer: &K,
+    signer_cert_der: &[u8],
+    chain: &[&[u8]],
+    content: &[u8],
+) -> Result<Vec<u8>, CaError> {
+    let der = signed_data(signer, signer_cert_der, chain, oids::CMS_DATA, content, true, &[])?;
+    match verify_attached(&der) {
+        Ok((inner, _)) if inner == content => Ok(der),
+        _ => Err(CaError::SelfCheckFailed("CMS signature")),
+    }
+}
+
+fn signed_data<K: CaSigner + ?Sized>(
+    signer: &K,
+    signer_cert_der: &[u8],
+    chain: &[&[u8]],
+    econtent_type: ObjectIdentifier,
+    content: &[u8],
+    attached: bool,
+    extra_signed_attrs: &[Attribute],
+) -> Result<Vec<u8>, CaError> {
     let cert = Certificate::from_der(signer_cert_der)?;
     if cert.tbs_certificate.subject_public_key_info.to_der()? != signer.public_key().to_der()? {
         return Err(CmsError::KeyMismatch.into());
@@ -138,20 +171,24 @@ pub fn sign_detached<K: CaSigner + ?Sized>(
     digest_algorithms.insert(digest_algorithm)?;
     let mut certificates = SetOfVec::new();
     certificates.insert(CertificateChoices::Certificate(cert))?;
+    for extra in chain {
+        certificates.insert(CertificateChoices::Certificate(Certificate::from_der(extra)?))?;
+    }
     let mut signer_infos = SetOfVec::new();
     signer_infos.insert(signer_info)?;
+    // RFC 5652 §5.1: version 1 for id-data with issuerAndSerialNumber signers, 3 otherwise.
+    let version = if econtent_type == oids::CMS_DATA { CmsVersion::V1 } else { CmsVersion::V3 };
+    let econtent = if attached { Some(Any::encode_from(&OctetString::new(content)?)?) } else { None };
     let signed_data = SignedData {
-        version: CmsVersion::V3,
+        version,
         digest_algorithms,
-        encap_content_info: EncapsulatedContentInfo { econtent_type, econtent: None },
+        encap_content_info: EncapsulatedContentInfo { econtent_type, econtent },
         certificates: Some(CertificateSet(certificates)),
         crls: None,
         signer_infos: SignerInfos(signer_infos),
     };
-    let der = ContentInfo { content_type: oids::CMS_SIGNED_DATA, content: Any::encode_from(&signed_data)? }
-        .to_der()?;
-    verify_detached(&der, content).map_err(|_| CaError::SelfCheckFailed("CMS signature"))?;
-    Ok(der)
+    Ok(ContentInfo { content_type: oids::CMS_SIGNED_DATA, content: Any::encode_from(&signed_data)? }
+        .to_der()?)
 }
 
 /// Signs a PIV data object's content with the pivSigner-DN attribute SP 800-73-4 requires, after
@@ -230,14 +267,38 @@ fn signer_matches(cert: &Certificate, sid: &SignerIdentifier) -> bool {
 /// It does not decide whether the certificate is trusted; the summary returns it for the caller's
 /// path validation.
 pub fn verify_detached(cms_der: &[u8], content: &[u8]) -> Result<SignerInfoSummary, CmsError> {
+    let sd = signed_data_of(cms_der)?;
+    if sd.encap_content_info.econtent.is_some() {
+        return Err(CmsError::NotDetached);
+    }
+    verify_signed_data(&sd, content)
+}
+
+/// Parses a CMS SignedData that carries its content (`eContent`, as in a signed configuration
+/// profile) and verifies it as [`verify_detached`] does; returns the content and the summary.
+/// Whether the signer's certificate is trusted is, again, the caller's decision.
+pub fn verify_attached(cms_der: &[u8]) -> Result<(Vec<u8>, SignerInfoSummary), CmsError> {
+    let sd = signed_data_of(cms_der)?;
+    let content: OctetString = sd
+        .encap_content_info
+        .econtent
+        .as_ref()
+        .ok_or_else(|| CmsError::Malformed("the SignedData carries no eContent".into()))?
+        .decode_as()
+        .map_err(malformed)?;
+    let summary = verify_signed_data(&sd, content.as_bytes())?;
+    Ok((content.into_bytes(), summary))
+}
+
+fn signed_data_of(cms_der: &[u8]) -> Result<SignedData, CmsError> {
     let info = ContentInfo::from_der(cms_der).map_err(malformed)?;
     if info.content_type != oids::CMS_SIGNED_DATA {
         return Err(CmsError::NotSignedData(info.content_type.to_string()));
     }
-    let sd: SignedData = info.content.decode_as().map_err(malformed)?;
-    if sd.encap_content_info.econtent.is_some() {
-        return Err(CmsError::NotDetached);
-    }
+    info.content.decode_as().map_err(malformed)
+}
+
+fn verify_signed_data(sd: &SignedData, content: &[u8]) -> Result<SignerInfoSummary, CmsError> {
     let econtent_type = sd.encap_content_info.econtent_type;
     let si = match sd.signer_infos.0.as_slice() {
         [one] => one,

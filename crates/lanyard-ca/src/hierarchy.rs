@@ -124,6 +124,30 @@ pub fn issue_content_signer<S: CaSigner, K: CaSigner>(
     Ok(SignerCredential { certificate, key })
 }
 
+/// Issues the configuration-profile signer certificate for `key` (profile `profile-signer`).
+pub fn issue_profile_signer<S: CaSigner, K: CaSigner>(
+    issuing: &CertificateAuthority<S>,
+    key: K,
+    subject: Name,
+    not_before: OffsetDateTime,
+    validity_days: u32,
+) -> Result<SignerCredential<K>, CaError> {
+    let certificate = issue_signer_certificate(
+        issuing,
+        &CertificateProfile::profile_signer(),
+        &key,
+        subject,
+        not_before,
+        validity_days,
+    )?;
+    Ok(SignerCredential { certificate, key })
+}
+
+/// The profile signer's subject for `organization`: `CN=<organization> Profile Signer,O=<organization>`.
+pub fn profile_signer_subject(organization: &str) -> Result<Name, CaError> {
+    parse_dn(&format!("CN={organization} Profile Signer,O={organization}"))
+}
+
 /// What [`Hierarchy::generate`] creates.
 #[derive(Debug, Clone)]
 pub struct HierarchySpec {

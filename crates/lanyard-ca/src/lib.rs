@@ -4,10 +4,12 @@
 //! - [`profile`]: certificate profiles as serde data, with FIPS 201-3 / FPKI built-ins.
 //! - [`issue`]: [`CertificateAuthority`] issuing X.509 v3 certificates from an [`IssueRequest`].
 //! - [`csr`]: PKCS#10 parsing with signature verification.
-//! - [`hierarchy`]: root, issuing CA, OCSP responder and content signer.
+//! - [`hierarchy`]: root, issuing CA, OCSP responder, content signer and profile signer.
 //! - [`crl`]: CRL v2.
 //! - [`ocsp`]: a sans-IO RFC 6960 responder.
-//! - [`cms`]: detached CMS signatures for PIV data objects (the CHUID issuer signature).
+//! - [`cms`]: CMS signatures: detached for PIV data objects (the CHUID issuer signature),
+//!   attached for configuration profiles.
+//! - [`mobileconfig`]: signed Apple configuration profiles that enrol a device over SCEP.
 //! - [`attestation`]: YubiKey PIV attestation verification (proof a key was made on the card).
 //! - [`card_check`]: a presented PIV card's certificate as a relying party checks it: path to the
 //!   configured anchors, OCSP or CRL status, the card's signature over a challenge.
@@ -25,6 +27,7 @@ mod ext;
 pub mod hierarchy;
 pub mod issue;
 pub mod keys;
+pub mod mobileconfig;
 pub mod name;
 pub mod ocsp;
 pub mod oids;

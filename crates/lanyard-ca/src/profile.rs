@@ -328,6 +328,7 @@ impl CertificateProfile {
             Self::derived_piv_authentication_hardware(),
             Self::mobile_device(),
             Self::content_signer(),
+            Self::profile_signer(),
             Self::ocsp_signer(),
             Self::tls_server(),
             Self::root_ca(),
@@ -495,6 +496,20 @@ impl CertificateProfile {
         p.max_validity_days = 6 * 365 + 2;
         p.extended_key_usage = Self::eku(true, &[oids::KP_PIV_CONTENT_SIGNING]);
         p.policies = vec![Oid(oids::FPKI_COMMON_PIV_CONTENT_SIGNING)];
+        p
+    }
+
+    /// Signs Apple configuration profiles (`.mobileconfig`) so that devices show them as verified.
+    /// Re-issued by the server as it ages, like the OCSP responder. No extKeyUsage: no purpose
+    /// names profile signing, and a CMS verifier's default (S/MIME signing, as `openssl cms
+    /// -verify` checks) refuses a certificate whose EKU lists other purposes only.
+    pub fn profile_signer() -> Self {
+        let mut p = Self::end_entity(
+            "profile-signer",
+            "Configuration Profile Signer",
+            KeyUsageRule::same(true, &[KeyUsageBit::DigitalSignature]),
+        );
+        p.max_validity_days = 2 * 365;
         p
     }
 

@@ -250,6 +250,15 @@ const EXPECTED: &[Expect] = &[
         san_critical: false,
     },
     Expect {
+        id: "profile-signer",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature",
+        eku: None,
+        policy: None,
+        san: &[],
+        san_critical: false,
+    },
+    Expect {
         id: "ocsp-signer",
         ku_ec: "Digital Signature",
         ku_rsa: "Digital Signature",
@@ -1581,6 +1590,30 @@ proptest! {
     }
 
     #[test]
+    fn random_bytes_are_never_a_signed_profile(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        prop_assert!(lanyard_ca::cms::verify_attached(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_mutated_signed_profile_never_verifies_with_other_content(index in any::<proptest::sample::Index>(), mask in 1u8..=255, cut in any::<proptest::sample::Index>()) {
+        static SIGNED: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+        let (xml, signed) = SIGNED.get_or_init(|| {
+            let h = cms_fixture();
+            let xml = b"<plist version=\"1.0\"><dict/></plist>".to_vec();
+            let signed = lanyard_ca::cms::sign_attached(&h.content_signer.key, &h.content_signer.certificate.der, &[h.issuing.certificate_der()], &xml).unwrap();
+            (xml, signed)
+        });
+        let mut flipped = signed.clone();
+        flipped[index.index(signed.len())] ^= mask;
+        // As for the CHUID: a flip inside an embedded certificate may still verify (trusting the
+        // certificate is the caller's path validation), but the content can never change.
+        if let Ok((content, _)) = lanyard_ca::cms::verify_attached(&flipped) {
+            prop_assert_eq!(&content, xml);
+        }
+        prop_assert!(lanyard_ca::cms::verify_attached(&signed[..cut.index(signed.len())]).is_err());
+    }
+
+    #[test]
     fn random_bytes_are_never_an_attestation(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let (att, f9, root, spki) = attestation_fixture();
         let roots = vec![root.clone()];
@@ -1596,5 +1629,139 @@ proptest! {
         let mut flipped = att.clone();
         flipped[index.index(att.len())] ^= mask;
         prop_assert!(verify_piv_attestation(&flipped, f9, std::slice::from_ref(root), spki, now()).is_err());
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Apple configuration profiles
+
+/// Reads a signed profile the way a device and an administrator would: `openssl cms -verify`
+/// against the root alone (the signer and the issuing CA come from the profile), then Python's
+/// `plistlib` on what it extracted; prints the fields as JSON.
+const PLISTLIB: &str = r#"
+import json, plistlib, sys
+p = plistlib.load(open(sys.argv[1], "rb"))
+root, scep = p["PayloadContent"]
+c = scep["PayloadContent"]
+print(json.dumps({
+  "type": p["PayloadType"], "id": p["PayloadIdentifier"], "uuid": p["PayloadUUID"],
+  "version": p["PayloadVersion"], "org": p["PayloadOrganization"], "name": p["PayloadDisplayName"],
+  "removal": p["RemovalDate"].isoformat(),
+  "root_type": root["PayloadType"], "root_der": root["PayloadContent"].hex(),
+  "scep_type": scep["PayloadType"], "scep_id": scep["PayloadIdentifier"],
+  "url": c["URL"], "name_ca": c["Name"], "challenge": c["Challenge"], "keysize": c["Keysize"],
+  "keytype": c["Key Type"], "keyusage": c["Key Usage"], "fingerprint": c["CAFingerprint"].hex(),
+  "subject": c["Subject"], "retries": c["Retries"], "delay": c["RetryDelay"],
+}))
+"#;
+
+#[test]
+fn a_signed_profile_verifies_against_the_root_and_plistlib_reads_it() {
+    use lanyard_ca::mobileconfig::{ScepProfileSpec, build_scep_profile, sign_profile};
+    for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::Rsa2048] {
+        let h = hierarchy(alg);
+        let dir = workdir(&h);
+        let d = dir.path();
+        let signer = lanyard_ca::hierarchy::issue_profile_signer(
+            &h.issuing,
+            SoftwareKey::generate(alg).unwrap(),
+            lanyard_ca::hierarchy::profile_signer_subject("Lanyard Test").unwrap(),
+            now() - Duration::minutes(1),
+            CertificateProfile::profile_signer().max_validity_days,
+        )
+        .unwrap();
+        write_cert(d, "signer.pem", &signer.certificate);
+        assert_chain_verifies(d, "signer.pem");
+        let removal = datetime!(2031-05-06 07:08:09 UTC);
+        let xml = build_scep_profile(&ScepProfileSpec {
+            host: "lanyard.example.org",
+            organization: "Lanyard Test",
+            username: "jdoe",
+            scep_url: "https://lanyard.example.org/scep",
+            ca_ident: "lanyard",
+            challenge: "one-time-code",
+            subject: vec![("CN".into(), "jdoe mobile".into()), ("O".into(), "Lanyard Test".into())],
+            root_der: h.root.certificate_der(),
+            scep_ca_der: h.issuing.certificate_der(),
+            removal_date: removal,
+        })
+        .unwrap();
+        let signed = sign_profile(&signer, &[h.issuing.certificate_der()], &xml).unwrap();
+        std::fs::write(d.join("p.mobileconfig"), &signed).unwrap();
+        // The library's own reading agrees with what it signed.
+        let (content, summary) = lanyard_ca::cms::verify_attached(&signed).unwrap();
+        assert_eq!(content, xml);
+        assert_eq!(summary.econtent_type, lanyard_ca::oids::CMS_DATA);
+        assert_eq!(summary.signer_certificate_der, signer.certificate.der);
+
+        let out = openssl(
+            &[
+                "cms",
+                "-verify",
+                "-inform",
+                "DER",
+                "-in",
+                "p.mobileconfig",
+                "-CAfile",
+                "root.pem",
+                "-out",
+                "p.plist",
+            ],
+            d,
+        );
+        assert!(out.success && out.text().contains("Verification successful"), "{alg}: {}", out.text());
+        assert_eq!(std::fs::read(d.join("p.plist")).unwrap(), xml);
+        // Both certificates travel in the profile.
+        let certs =
+            openssl_ok(&["pkcs7", "-inform", "DER", "-in", "p.mobileconfig", "-print_certs", "-noout"], d);
+        assert!(certs.contains("CN = Lanyard Test Profile Signer"), "{certs}");
+        assert!(certs.contains("CN = Lanyard Test Issuing CA"), "{certs}");
+        // Another root does not verify it.
+        let other = hierarchy(alg);
+        std::fs::write(d.join("other.pem"), other.root.certificate_pem()).unwrap();
+        let bad = openssl(
+            &[
+                "cms",
+                "-verify",
+                "-inform",
+                "DER",
+                "-in",
+                "p.mobileconfig",
+                "-CAfile",
+                "other.pem",
+                "-out",
+                "x",
+            ],
+            d,
+        );
+        assert!(!bad.success, "verified against a foreign root: {}", bad.text());
+
+        std::fs::write(d.join("read.py"), PLISTLIB).unwrap();
+        let json = tools::command_ok("python3", &["read.py", "p.plist"], Some(d));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let id = "org.example.lanyard.lanyard.mobile.jdoe";
+        assert_eq!(v["type"], "Configuration");
+        assert_eq!(v["id"], id);
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["org"], "Lanyard Test");
+        assert_eq!(v["removal"], "2031-05-06T07:08:09");
+        assert_eq!(v["root_type"], "com.apple.security.root");
+        assert_eq!(v["root_der"], hex::encode(h.root.certificate_der()));
+        assert_eq!(v["scep_type"], "com.apple.security.scep");
+        assert_eq!(v["scep_id"], format!("{id}.scep"));
+        assert_eq!(v["url"], "https://lanyard.example.org/scep");
+        assert_eq!(v["name_ca"], "lanyard");
+        assert_eq!(v["challenge"], "one-time-code");
+        assert_eq!(v["keysize"], 2048);
+        assert_eq!(v["keytype"], "RSA");
+        assert_eq!(v["keyusage"], 5);
+        assert_eq!(v["retries"], 3);
+        assert_eq!(v["delay"], 10);
+        assert_eq!(v["subject"], serde_json::json!([[["CN", "jdoe mobile"]], [["O", "Lanyard Test"]]]));
+        // The SHA-1 fingerprint of the issuing CA, as openssl computes it.
+        let fp = openssl_ok(&["x509", "-in", "issuing.pem", "-noout", "-fingerprint", "-sha1"], d);
+        let fp = fp.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+        assert_eq!(v["fingerprint"], fp);
+        assert_eq!(v["uuid"].as_str().unwrap().len(), 36);
     }
 }

@@ -5,6 +5,7 @@
 
 use lanyard_ca::hierarchy::{
     Hierarchy, HierarchySpec, SignerCredential, issue_content_signer, issue_ocsp_signer,
+    issue_profile_signer, profile_signer_subject,
 };
 use lanyard_ca::{
     CaError, CaUrls, CertificateAuthority, KeyAlgorithm, KeyFileStore, OcspResponder, SoftwareKey,
@@ -40,12 +41,16 @@ pub enum CaFiles {
     Incomplete(Vec<String>),
 }
 
-/// The running CA: root and issuing CA, OCSP responder, PIV content signer (CHUID signatures).
+/// The running CA: root and issuing CA, OCSP responder, PIV content signer (CHUID signatures),
+/// configuration-profile signer (`.mobileconfig`).
 pub struct Pki {
     pub root: CertificateAuthority<SoftwareKey>,
     pub issuing: CertificateAuthority<SoftwareKey>,
     pub ocsp: OcspResponder<SoftwareKey>,
     pub content_signer: SignerCredential<SoftwareKey>,
+    pub profile_signer: SignerCredential<SoftwareKey>,
+    /// The organisation named in the CA's certificates (profiles name it too).
+    pub organization: String,
 }
 
 /// Whether a certificate has less than a third of its life left at `now`: the server's own
@@ -57,9 +62,40 @@ fn in_last_third(validity: &lanyard_ca::Validity, now: OffsetDateTime) -> bool {
     remaining * 3 < i128::from(not_after.saturating_sub(not_before))
 }
 
-/// The content signer in `dir` (`content-signer.crt`, `content-signer.key.pem`): loaded, or
-/// issued by `issuing` when absent (data directories created before it existed) or in the last
-/// third of its life (for the same key, so CHUIDs signed before stay verifiable by their chain).
+/// A signer of the server's own in `dir` (`<name>.crt`, `<name>.key.pem`): loaded, or issued by
+/// `issue` when absent (data directories created before it existed) or in the last third of its
+/// life (for the same key, so what it signed before stays verifiable by its chain).
+fn own_signer(
+    dir: &Path,
+    keys: &KeyFileStore,
+    name: &str,
+    algorithm: KeyAlgorithm,
+    now: OffsetDateTime,
+    issue: impl FnOnce(SoftwareKey) -> Result<SignerCredential<SoftwareKey>, CaError>,
+) -> Result<SignerCredential<SoftwareKey>, PkiError> {
+    let cert_path = dir.join(format!("{name}.crt"));
+    if cert_path.exists() && keys.exists(name)? {
+        let der = read(&cert_path)?;
+        let certificate: lanyard_ca::Certificate = der::Decode::from_der(&der).map_err(CaError::from)?;
+        if !in_last_third(&certificate.tbs_certificate.validity, now) {
+            let key = keys.load(name)?;
+            return Ok(SignerCredential {
+                certificate: lanyard_ca::IssuedCertificate { certificate, der },
+                key,
+            });
+        }
+    }
+    let key = if keys.exists(name)? { keys.load(name)? } else { SoftwareKey::generate(algorithm)? };
+    let signer = issue(key)?;
+    if !keys.exists(name)? {
+        keys.save(name, &signer.key)?;
+    }
+    write(&cert_path, &signer.certificate.der)?;
+    tracing::info!(signer = name, "issued a signer certificate");
+    Ok(signer)
+}
+
+/// The PIV content signer (CHUID signatures), see [`own_signer`].
 fn content_signer(
     dir: &Path,
     keys: &KeyFileStore,
@@ -67,34 +103,36 @@ fn content_signer(
     issuing: &CertificateAuthority<SoftwareKey>,
     now: OffsetDateTime,
 ) -> Result<SignerCredential<SoftwareKey>, PkiError> {
-    let cert_path = dir.join("content-signer.crt");
-    if cert_path.exists() && keys.exists("content-signer")? {
-        let der = read(&cert_path)?;
-        let certificate: lanyard_ca::Certificate = der::Decode::from_der(&der).map_err(CaError::from)?;
-        if !in_last_third(&certificate.tbs_certificate.validity, now) {
-            let key = keys.load("content-signer")?;
-            return Ok(SignerCredential {
-                certificate: lanyard_ca::IssuedCertificate { certificate, der },
-                key,
-            });
-        }
-    }
-    let key = if keys.exists("content-signer")? {
-        keys.load("content-signer")?
-    } else {
-        SoftwareKey::generate(spec.content_signer_key)?
-    };
-    let signer = issue_content_signer(
-        issuing,
-        key,
-        spec.content_signer_subject.clone(),
-        now,
-        spec.content_signer_validity_days,
-    )?;
-    keys.save("content-signer", &signer.key)?;
-    write(&cert_path, &signer.certificate.der)?;
-    tracing::info!("issued the PIV content signer certificate");
-    Ok(signer)
+    own_signer(dir, keys, "content-signer", spec.content_signer_key, now, |key| {
+        issue_content_signer(
+            issuing,
+            key,
+            spec.content_signer_subject.clone(),
+            now,
+            spec.content_signer_validity_days,
+        )
+    })
+}
+
+/// The configuration-profile signer (`profile-signer.crt`), see [`own_signer`]; of the issuing
+/// CA's key algorithm.
+fn profile_signer(
+    dir: &Path,
+    keys: &KeyFileStore,
+    organization: &str,
+    spec: &HierarchySpec,
+    issuing: &CertificateAuthority<SoftwareKey>,
+    now: OffsetDateTime,
+) -> Result<SignerCredential<SoftwareKey>, PkiError> {
+    own_signer(dir, keys, "profile-signer", spec.issuing_key, now, |key| {
+        issue_profile_signer(
+            issuing,
+            key,
+            profile_signer_subject(organization)?,
+            now,
+            lanyard_ca::CertificateProfile::profile_signer().max_validity_days,
+        )
+    })
 }
 
 const CERTS: [&str; 3] = ["root.crt", "issuing.crt", "ocsp.crt"];
@@ -166,11 +204,11 @@ impl Pki {
         let keys = KeyFileStore::new(dir);
         let existing = CERTS
             .iter()
-            .chain(["content-signer.crt"].iter())
+            .chain(["content-signer.crt", "profile-signer.crt"].iter())
             .map(|f| dir.join(f))
             .chain(
                 KEYS.iter()
-                    .chain(["content-signer"].iter())
+                    .chain(["content-signer", "profile-signer"].iter())
                     .map(|k| keys.path(k))
                     .collect::<Result<Vec<_>, _>>()?,
             )
@@ -194,8 +232,16 @@ impl Pki {
             &dir.join("ocsp.crt"),
             &der::Encode::to_der(h.ocsp.responder_certificate()).map_err(CaError::from)?,
         )?;
+        let profile_signer = profile_signer(dir, &keys, organization, &spec, &h.issuing, now)?;
         tracing::info!(dir = %dir.display(), "created the CA hierarchy");
-        Ok(Pki { root: h.root, issuing: h.issuing, ocsp: h.ocsp, content_signer: h.content_signer })
+        Ok(Pki {
+            root: h.root,
+            issuing: h.issuing,
+            ocsp: h.ocsp,
+            content_signer: h.content_signer,
+            profile_signer,
+            organization: organization.to_owned(),
+        })
     }
 
     /// Loads the hierarchy from `dir`. Never creates a root or issuing CA: a directory without
@@ -252,9 +298,10 @@ impl Pki {
             ocsp
         };
         let content_signer = content_signer(dir, &keys, &spec, &issuing, now)?;
+        let profile_signer = profile_signer(dir, &keys, organization, &spec, &issuing, now)?;
         // Data directories made before the PEM copy existed get it now.
         write_root_pem(dir, root.certificate_der())?;
-        Ok(Pki { root, issuing, ocsp, content_signer })
+        Ok(Pki { root, issuing, ocsp, content_signer, profile_signer, organization: organization.to_owned() })
     }
 
     /// The root certificate's SHA-256 fingerprint, as the installation record keeps it.
@@ -379,6 +426,34 @@ mod tests {
         assert!(matches!(err, PkiError::Exists(_)), "{err:?}");
         assert!(err.to_string().ends_with("exists already; a CA is never overwritten"), "{err}");
         assert_eq!(std::fs::read(dir.join("root.crt")).unwrap(), root_der, "create replaced the root");
+    }
+
+    #[test]
+    fn the_profile_signer_is_created_kept_and_renewed_for_the_same_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let created = create(&dir).unwrap();
+        let der = std::fs::read(dir.join("profile-signer.crt")).unwrap();
+        assert_eq!(created.profile_signer.certificate.der, der);
+        let subject = created.profile_signer.certificate.certificate.tbs_certificate.subject.to_string();
+        assert_eq!(subject, "CN=Lanyard Test Profile Signer,O=Lanyard Test");
+        assert_eq!(load(&dir).unwrap().profile_signer.certificate.der, der, "re-issued while fresh");
+
+        // A data directory from before profile signing existed gets one on load.
+        std::fs::remove_file(dir.join("profile-signer.crt")).unwrap();
+        std::fs::remove_file(KeyFileStore::new(&dir).path("profile-signer").unwrap()).unwrap();
+        let fresh = load(&dir).unwrap().profile_signer;
+        assert_ne!(fresh.certificate.der, der);
+
+        // In the last third of its life it is re-issued for the same key.
+        let late = T0 + time::Duration::days(2 * 365 * 2 / 3 + 2);
+        let renewed =
+            Pki::load(&dir, "Lanyard Test", KeyAlgorithm::EcP256, URL, late).unwrap().profile_signer;
+        assert_ne!(renewed.certificate.der, fresh.certificate.der);
+        let spki = |s: &SignerCredential<SoftwareKey>| {
+            s.certificate.certificate.tbs_certificate.subject_public_key_info.clone()
+        };
+        assert_eq!(spki(&renewed), spki(&fresh));
     }
 
     #[test]

@@ -7,15 +7,18 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
+use base64::Engine;
 use lanyard_ca::KeyAlgorithm;
 use lanyard_core::audit::{Actor, AuditEvent};
 use lanyard_core::clock::{Clock, ManualClock};
 use lanyard_core::ids::{DeviceId, GroupId};
-use lanyard_core::lifecycle::{DeviceState, RevocationReason};
-use lanyard_core::model::{ApiToken, Device, DeviceKind, Group, Policy, Role, User, Username};
+use lanyard_core::lifecycle::{CredentialState, DeviceState, RevocationReason};
+use lanyard_core::model::{
+    ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, Group, Policy, Role, User, Username,
+};
 use lanyard_core::password::UserPassword;
 use lanyard_core::repo::prelude::*;
-use lanyard_core::repo::{AuditQuery, Repo};
+use lanyard_core::repo::{AuditQuery, DeviceQuery, Repo};
 use lanyard_core::secrets::Kek;
 use lanyard_server::{AppState, Pki, router};
 use lanyard_store::Db;
@@ -2018,11 +2021,16 @@ async fn the_audit_log_page_filters_events_and_shows_the_chain_verified() {
 
 /// The policy form as the page sends it, with `max_devices` and `pin_max_len` as given.
 fn policy_form(token: &str, max_devices: &str, pin_max_len: &str) -> String {
+    policy_form_minutes(token, max_devices, pin_max_len, "10")
+}
+
+/// [`policy_form`] with the enrolment links' lifetime as given.
+fn policy_form_minutes(token: &str, max_devices: &str, pin_max_len: &str, code_minutes: &str) -> String {
     format!(
         "csrf_token={token}&may_add_device=on&max_devices={max_devices}&may_add_mobile=on&\
          derived_piv_requires_sponsor=on&fido_pin_mode=independent&pin_min_len=6&pin_max_len={pin_max_len}&\
          pin_forbid_trivial=on&initial_pin_display=hidden&accepted_card_models=YubiKey+5%0D%0ALanyard+virtual+card&\
-         derived_recheck_days=7"
+         derived_recheck_days=7&enrollment_code_minutes={code_minutes}"
     )
 }
 
@@ -2074,14 +2082,18 @@ async fn an_administrator_edits_a_policy_and_a_refused_value_names_its_field() {
     assert!(p.text.contains("max_devices must be between 1 and 20, got 0"));
     assert!(p.text.contains("id=\"max_devices-error\"") && p.text.contains("id=\"pin_max_len-error\""));
     assert!(p.text.contains("value=\"0\""), "the form comes back as sent");
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form_minutes(&token, "5", "8", "11"))).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.text.contains("enrollment_code_minutes must be between 1 and 10"), "{}", p.text);
+    assert!(p.text.contains("id=\"enrollment_code_minutes-error\""));
     let unchanged = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
     assert_eq!(unchanged.policy, group.policy);
     assert!(app.audit().await.iter().all(|e| e.action != "group.update_policy"));
 
-    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form(&token, "5", "8"))).await;
+    let p = app.page("POST", &uri, &[c, origin], Some(&policy_form_minutes(&token, "5", "8", "4"))).await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
     let saved = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
-    assert_eq!(saved.policy, Policy { max_devices: 5, ..group.policy.clone() });
+    assert_eq!(saved.policy, Policy { max_devices: 5, enrollment_code_minutes: 4, ..group.policy.clone() });
     let events: Vec<_> =
         app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").collect();
     assert_eq!(events.len(), 1);
@@ -2373,4 +2385,251 @@ async fn an_operator_activates_a_pending_card_and_sees_its_initial_pin_once_with
     // The device page afterwards does not show it again.
     let after = app.page("GET", &format!("/portal/operator/devices/{}", card.id), &[c], None).await;
     assert!(!after.text.contains("initial-pin"), "no PIN on the device page");
+}
+
+/// The profile link on Add Mobile's page (`https://lanyard.test/enroll/profile/<code>`): the code.
+fn profile_code(page: &str) -> String {
+    let start = page.find("https://lanyard.test/enroll/profile/").expect("the link on the page");
+    let rest = &page[start + "https://lanyard.test/enroll/profile/".len()..];
+    rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).next().unwrap().to_owned()
+}
+
+/// `GET path` without a session: status, headers and the body as bytes (a profile is DER).
+async fn fetch(app: &App, path: &str) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let req = Request::builder().uri(path).header(header::HOST, "lanyard.test").body(Body::empty()).unwrap();
+    let resp = router(app.state.clone()).oneshot(req).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    (status, headers, axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec())
+}
+
+async fn mobiles_of(app: &App, user: &User) -> Vec<Device> {
+    let mut tx = app.db.begin().await.unwrap();
+    let query = DeviceQuery { owner: Some(user.id), limit: 100, ..Default::default() };
+    let all = tx.list_devices(&query).await.unwrap();
+    all.into_iter().filter(|d| d.kind == DeviceKind::Mobile).collect()
+}
+
+#[tokio::test]
+async fn add_mobile_shows_a_one_time_link_whose_signed_profile_downloads_once() {
+    let app = setup().await;
+    let origin = ("origin", "https://lanyard.test");
+    let (cookie, token) = app.portal_session("alice").await;
+    let c = ("cookie", cookie.as_str());
+    let devices = app.page("GET", "/portal/devices", &[c], None).await;
+    assert!(devices.text.contains("href=\"/portal/devices/mobile\""), "{}", devices.text);
+    let pre = app.page("GET", "/portal/devices/mobile", &[c], None).await;
+    assert_eq!(pre.status, StatusCode::OK);
+    assert!(pre.text.contains("What you need") && pre.text.contains("valid for 10 minutes"), "{}", pre.text);
+
+    // Continue needs the session's token.
+    let p = app.page("POST", "/portal/devices/mobile", &[c, origin], Some("csrf_token=")).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    assert!(app.audit().await.iter().all(|e| e.action != "enrollment_code.issue"));
+    let form = format!("csrf_token={token}");
+    let p = app.page("POST", "/portal/devices/mobile", &[c, origin], Some(&form)).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    let code = profile_code(&p.text);
+    assert_eq!(code.len(), 40, "{code}");
+    let svg = p.text.split("src=\"data:image/svg+xml;base64,").nth(1).unwrap().split('"').next().unwrap();
+    let svg = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(svg).unwrap()).unwrap();
+    assert!(svg.contains("<svg") && !svg.contains("style"), "{svg}");
+    assert!(p.text.contains("hx-get=\"/portal/devices/mobile/status?since="));
+    assert!(p.text.contains("Waiting for the phone to download the profile"));
+    let since = p.text.split("status?since=").nth(1).unwrap().split('"').next().unwrap().to_owned();
+
+    // A malformed or unknown code: 404, nothing made.
+    for bad in ["not-a-code", "x%2Fy", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        let (status, _, body) = fetch(&app, &format!("/enroll/profile/{bad}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+        assert!(String::from_utf8_lossy(&body).contains("Unknown enrolment link"), "{bad}");
+    }
+    assert!(mobiles_of(&app, &app.alice.user).await.is_empty());
+
+    // The profile: signed, content type and file name, Challenge = the code.
+    let (status, headers, body) = fetch(&app, &format!("/enroll/profile/{code}")).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(headers[header::CONTENT_TYPE], "application/x-apple-aspen-config");
+    assert_eq!(headers[header::CONTENT_DISPOSITION], "attachment; filename=\"lanyard-alice.mobileconfig\"");
+    let (xml, summary) = lanyard_ca::cms::verify_attached(&body).unwrap();
+    assert_eq!(summary.signer_certificate_der, app.state.pki.profile_signer.certificate.der);
+    let xml = String::from_utf8(xml).unwrap();
+    for want in [
+        &format!("<string>{code}</string>"),
+        "<string>https://lanyard.test/scep</string>",
+        "<string>alice mobile</string>",
+        "<string>test.lanyard.lanyard.mobile.alice</string>",
+    ] {
+        assert!(xml.contains(want), "{want} missing:\n{xml}");
+    }
+    let mobiles = mobiles_of(&app, &app.alice.user).await;
+    assert_eq!(mobiles.len(), 1);
+    assert_eq!(mobiles[0].state, DeviceState::Enrolling);
+    let actions: Vec<String> = app.audit().await.into_iter().map(|e| e.action).collect();
+    assert!(
+        actions.contains(&"enrollment_code.redeem".into()) && actions.contains(&"device.register".into())
+    );
+
+    // Once only: 410, nothing more made.
+    let (status, _, body) = fetch(&app, &format!("/enroll/profile/{code}")).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert!(String::from_utf8_lossy(&body).contains("was already used"));
+    assert_eq!(mobiles_of(&app, &app.alice.user).await.len(), 1);
+
+    // The page's status shows the new mobile to alice, and nothing of hers to bob.
+    let status = app.page("GET", &format!("/portal/devices/mobile/status?since={since}"), &[c], None).await;
+    assert!(
+        status.text.contains(&mobiles[0].id.to_string()) && status.text.contains("Enrolling"),
+        "{}",
+        status.text
+    );
+    let (bob_cookie, _) = app.portal_session("bob").await;
+    let b = ("cookie", bob_cookie.as_str());
+    let status = app.page("GET", &format!("/portal/devices/mobile/status?since={since}"), &[b], None).await;
+    assert!(!status.text.contains(&mobiles[0].id.to_string()));
+
+    // An expired code: 410, nothing made.
+    let p = app.page("POST", "/portal/devices/mobile", &[c, origin], Some(&form)).await;
+    let late = profile_code(&p.text);
+    app.clock.advance(Duration::minutes(10));
+    let (status, _, body) = fetch(&app, &format!("/enroll/profile/{late}")).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert!(String::from_utf8_lossy(&body).contains("The link expired at"));
+    assert_eq!(mobiles_of(&app, &app.alice.user).await.len(), 1);
+}
+
+#[tokio::test]
+async fn add_mobile_follows_the_policy_and_codes_of_a_changed_policy_are_refused() {
+    let app = setup().await;
+    let origin = ("origin", "https://lanyard.test");
+    let (cookie, token) = app.portal_session("alice").await;
+    let c = ("cookie", cookie.as_str());
+    let form = format!("csrf_token={token}");
+    let p = app.page("POST", "/portal/devices/mobile", &[c, origin], Some(&form)).await;
+    let code = profile_code(&p.text);
+
+    let mut tx = app.db.begin().await.unwrap();
+    let mut group = tx.list_groups().await.unwrap().remove(0);
+    group.policy.may_add_mobile = false;
+    tx.update_group(&group).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let devices = app.page("GET", "/portal/devices", &[c], None).await;
+    assert!(
+        devices.text.contains("aria-describedby=\"mobile-refused\">Add Mobile</button>"),
+        "{}",
+        devices.text
+    );
+    assert!(devices.text.contains("does not allow adding a mobile device"));
+    let pre = app.page("GET", "/portal/devices/mobile", &[c], None).await;
+    assert!(pre.text.contains("You cannot add a mobile now") && !pre.text.contains(">Continue<"));
+    let p = app.page("POST", "/portal/devices/mobile", &[c, origin], Some(&form)).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.text);
+    // A code issued before the change no longer installs anything, and stays unused.
+    let (status, _, _) = fetch(&app, &format!("/enroll/profile/{code}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(mobiles_of(&app, &app.alice.user).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_holder_and_an_operator_delete_mobiles_and_no_one_else_reaches_them() {
+    let app = setup().await;
+    let now = app.clock.now();
+    let mut tx = app.db.begin().await.unwrap();
+    let mut phones = Vec::new();
+    for _ in 0..2 {
+        let mut phone = Device::new(DeviceKind::Mobile, "Apple device (configuration profile)", now).unwrap();
+        phone.owner = Some(app.alice.user.id);
+        phone.state = DeviceState::Active;
+        tx.insert_device(&phone).await.unwrap();
+        let mut cred = Credential::new(
+            phone.id,
+            CredentialKind::Certificate {
+                slot: CertSlot::MobileDevice,
+                profile: "mobile-device".into(),
+                serial_hex: format!("0{}", phones.len() + 1),
+                not_before: now,
+                not_after: now + Duration::days(365),
+                certificate_der: Vec::new(),
+                attestation_der: None,
+            },
+            now,
+        );
+        cred.state = CredentialState::Active;
+        tx.insert_credential(&cred).await.unwrap();
+        phones.push((phone.id, cred.id));
+    }
+    tx.commit().await.unwrap();
+    let origin = ("origin", "https://lanyard.test");
+    let (held, operated) = (phones[0], phones[1]);
+
+    // Bob sees neither the confirmation nor can he delete; alice's card is not a mobile.
+    let (bob_cookie, bob_token) = app.portal_session("bob").await;
+    let b = ("cookie", bob_cookie.as_str());
+    let uri = format!("/portal/devices/{}/delete", held.0);
+    assert_eq!(app.page("GET", &uri, &[b], None).await.status, StatusCode::NOT_FOUND);
+    let p = app.page("POST", &uri, &[b, origin], Some(&format!("csrf_token={bob_token}"))).await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    let (cookie, token) = app.portal_session("alice").await;
+    let c = ("cookie", cookie.as_str());
+    let card = format!("/portal/devices/{}/delete", app.alice_card);
+    assert_eq!(app.page("GET", &card, &[c], None).await.status, StatusCode::NOT_FOUND);
+    let db = Arc::clone(&app.db);
+    let state = |id: DeviceId| {
+        let db = Arc::clone(&db);
+        async move { db.begin().await.unwrap().get_device(id).await.unwrap().unwrap().state }
+    };
+    assert_eq!(state(held.0).await, DeviceState::Active);
+
+    // The holder: the device page offers it, a confirmation, then the phone's own steps.
+    let page = app.page("GET", &format!("/portal/devices/{}", held.0), &[c], None).await;
+    assert!(page.text.contains(&format!("href=\"/portal/devices/{}/delete\"", held.0)));
+    let confirm = app.page("GET", &uri, &[c], None).await;
+    assert!(confirm.text.contains("Delete this mobile?"));
+    let p = app.page("POST", &uri, &[c, origin], Some("csrf_token=wrong")).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let p = app.page("POST", &uri, &[c, origin], Some(&format!("csrf_token={token}"))).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    assert!(p.text.contains("Its certificate is revoked"), "{}", p.text);
+    assert!(p.text.contains("VPN &amp; Device Management") && p.text.contains("Remove Profile"));
+    assert!(p.text.contains("href=\"/portal/devices/mobile\""), "may enrol again");
+    assert_eq!(state(held.0).await, DeviceState::Deleted);
+    let cred = app.db.begin().await.unwrap().get_credential(held.1).await.unwrap().unwrap();
+    assert_eq!(cred.state, CredentialState::Revoked);
+    assert_eq!(
+        app.page("GET", &format!("/portal/devices/{}", held.0), &[c], None).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The operator, from the device page's actions.
+    let (op_cookie, op_token) = app.portal_session("oscar").await;
+    let o = ("cookie", op_cookie.as_str());
+    let dev = app.page("GET", &format!("/portal/operator/devices/{}", operated.0), &[o], None).await;
+    assert!(dev.text.contains(&format!("/portal/operator/devices/{}/delete", operated.0)), "{}", dev.text);
+    let op_uri = format!("/portal/operator/devices/{}/delete", operated.0);
+    let confirm = app.page("GET", &op_uri, &[o], None).await;
+    assert!(confirm.text.contains("Device Management"), "{}", confirm.text);
+    // Alice is no operator.
+    let p = app.page("POST", &op_uri, &[c, origin], Some(&format!("csrf_token={token}"))).await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    assert_eq!(state(operated.0).await, DeviceState::Active);
+    let p = app
+        .page("POST", &op_uri, &[o, origin], Some(&format!("csrf_token={op_token}&note=phone+replaced")))
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    assert_eq!(state(operated.0).await, DeviceState::Deleted);
+    let cred = app.db.begin().await.unwrap().get_credential(operated.1).await.unwrap().unwrap();
+    assert_eq!(cred.state, CredentialState::Revoked);
+    let deletes: Vec<_> = app.audit().await.into_iter().filter(|e| e.action == "device.delete").collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    // A card cannot be deleted by the operator either.
+    let p = app
+        .page(
+            "POST",
+            &format!("/portal/operator/devices/{}/delete", app.alice_card),
+            &[o, origin],
+            Some(&format!("csrf_token={op_token}")),
+        )
+        .await;
+    assert_ne!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(state(app.alice_card).await, DeviceState::Active);
 }

@@ -407,6 +407,27 @@ impl Operator<'_> {
         self.act(repo, id, DeviceAction::MarkDamaged).await
     }
 
+    /// *Delete Mobile* on a holder's behalf: the mobile's certificates are revoked and it is
+    /// Deleted (audited `device.delete`). Only mobiles; cards are revoked or terminated instead.
+    pub async fn delete_mobile<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let device = tx.get_device(id).await?.ok_or_else(|| DomainError::not_found("device", id))?;
+            if device.class() != crate::model::DeviceClass::Mobile {
+                return Err(crate::model::ValidationError::new(
+                    "device",
+                    "only mobiles can be deleted; revoke or terminate a card instead",
+                )
+                .into());
+            }
+            let device =
+                transition_with_derived(&mut tx, device, DeviceAction::Delete, &self.p.acting()).await?;
+            tx.commit().await?;
+            Ok(device)
+        })
+        .await
+    }
+
     /// Retires a device for good (its certificates and derived devices are revoked).
     pub async fn terminate_device<R: Repo>(&self, repo: &R, id: DeviceId) -> Result<Device, DomainError> {
         self.act(repo, id, DeviceAction::Terminate).await

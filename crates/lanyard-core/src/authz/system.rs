@@ -38,7 +38,7 @@ impl System {
         self.acting.at
     }
 
-    fn audit(&self, action: &str, target: String) -> NewAuditEvent {
+    pub(super) fn audit(&self, action: &str, target: String) -> NewAuditEvent {
         NewAuditEvent::new(self.acting.at, self.acting.actor.clone(), action, &self.acting.operation_id)
             .target(target)
     }

@@ -100,6 +100,10 @@ pub struct Policy {
     /// identity account, not the card.
     #[serde(default = "yes")]
     pub derived_revoke_on_card_loss: bool,
+    /// How long a one-time mobile enrolment code (QR code / link) stays valid, in minutes, 1..=10:
+    /// iOS discards a downloaded configuration profile that is not installed after about eight.
+    #[serde(default = "default_enrollment_code_minutes")]
+    pub enrollment_code_minutes: u8,
 }
 
 fn yes() -> bool {
@@ -108,6 +112,11 @@ fn yes() -> bool {
 
 fn default_max_mobiles() -> u8 {
     3
+}
+
+/// Policies stored before `enrollment_code_minutes` existed get this.
+const fn default_enrollment_code_minutes() -> u8 {
+    10
 }
 
 impl Default for Policy {
@@ -142,6 +151,7 @@ impl Default for Policy {
             accepted_card_models: vec!["YubiKey 5".to_owned(), "Lanyard virtual card".to_owned()],
             derived_recheck_days: 7,
             derived_revoke_on_card_loss: true,
+            enrollment_code_minutes: default_enrollment_code_minutes(),
         }
     }
 }
@@ -177,6 +187,10 @@ pub enum PolicyError {
     DuplicateCardModel(String),
     #[error("derived_recheck_days must be between 1 and 365, got {0}")]
     RecheckDaysOutOfRange(u16),
+    #[error(
+        "enrollment_code_minutes must be between 1 and 10 (iOS drops a downloaded profile after about 8), got {0}"
+    )]
+    EnrollmentCodeMinutesOutOfRange(u8),
 }
 
 impl PolicyError {
@@ -198,6 +212,7 @@ impl PolicyError {
                 "accepted_card_models".into()
             }
             Self::RecheckDaysOutOfRange(_) => "derived_recheck_days".into(),
+            Self::EnrollmentCodeMinutesOutOfRange(_) => "enrollment_code_minutes".into(),
         }
     }
 }
@@ -328,6 +343,9 @@ impl Policy {
         if !(1..=365).contains(&self.derived_recheck_days) {
             errors.push(PolicyError::RecheckDaysOutOfRange(self.derived_recheck_days));
         }
+        if !(1..=10).contains(&self.enrollment_code_minutes) {
+            errors.push(PolicyError::EnrollmentCodeMinutesOutOfRange(self.enrollment_code_minutes));
+        }
         if errors.is_empty() { Ok(()) } else { Err(PolicyErrors(errors)) }
     }
 
@@ -335,6 +353,11 @@ impl Policy {
     /// more (or one less) than the one before, wrapping 9→0 (so `890123` is trivial too).
     pub fn check_pin(&self, pin: &str) -> Result<(), PinRuleError> {
         self.pin.check(pin)
+    }
+
+    /// How long a new mobile enrolment code stays valid.
+    pub fn enrollment_code_ttl(&self) -> time::Duration {
+        time::Duration::minutes(i64::from(self.enrollment_code_minutes))
     }
 
     /// Whether a card of `model` may be issued.
@@ -439,6 +462,27 @@ mod tests {
             ]
         );
         assert!(errors.to_string().starts_with("invalid policy (11 problems):\n- max_devices"));
+    }
+
+    #[test]
+    fn enrollment_codes_live_one_to_ten_minutes_and_old_policies_get_ten() {
+        for (minutes, ok) in [(0, false), (1, true), (10, true), (11, false)] {
+            let p = Policy { enrollment_code_minutes: minutes, ..Policy::default() };
+            match p.validate() {
+                Ok(()) => assert!(ok, "{minutes} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{minutes} refused: {e}");
+                    assert_eq!(e.0, [PolicyError::EnrollmentCodeMinutesOutOfRange(minutes)]);
+                    assert_eq!(e.0[0].field(), "enrollment_code_minutes");
+                }
+            }
+        }
+        assert_eq!(Policy::default().enrollment_code_ttl(), time::Duration::minutes(10));
+        // A policy stored before the field existed.
+        let mut json = serde_json::to_value(Policy::default()).unwrap();
+        json.as_object_mut().unwrap().remove("enrollment_code_minutes");
+        let read: Policy = serde_json::from_value(json).unwrap();
+        assert_eq!(read.enrollment_code_minutes, 10);
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub(crate) struct PolicyForm {
     accepted_card_models: String,
     #[serde(default)]
     derived_recheck_days: String,
+    #[serde(default)]
+    enrollment_code_minutes: String,
 }
 
 impl PolicyForm {
@@ -120,6 +122,7 @@ impl PolicyForm {
             initial_pin_display: p.initial_pin_display.as_str().to_owned(),
             accepted_card_models: p.accepted_card_models.join("\n"),
             derived_recheck_days: p.derived_recheck_days.to_string(),
+            enrollment_code_minutes: p.enrollment_code_minutes.to_string(),
         }
     }
 
@@ -148,6 +151,12 @@ impl PolicyForm {
             &self.derived_recheck_days,
             65535,
         );
+        let code_minutes = number(
+            "enrollment_code_minutes",
+            "Minutes a mobile enrolment link stays valid",
+            &self.enrollment_code_minutes,
+            255,
+        );
         let fido = self.fido_pin_mode.parse::<FidoPinMode>().map_err(|_| {
             ("fido_pin_mode".to_owned(), "FIDO PIN: choose one of the listed modes.".to_owned())
         });
@@ -168,6 +177,7 @@ impl PolicyForm {
         p.pin.min_len = u8::try_from(pin_min).unwrap_or(u8::MAX);
         p.pin.max_len = u8::try_from(pin_max).unwrap_or(u8::MAX);
         p.derived_recheck_days = u16::try_from(recheck).unwrap_or(u16::MAX);
+        p.enrollment_code_minutes = u8::try_from(code_minutes).unwrap_or(u8::MAX);
         p.may_add_device = self.may_add_device.is_some();
         p.may_add_mobile = self.may_add_mobile.is_some();
         p.derived_piv_requires_sponsor = self.derived_piv_requires_sponsor.is_some();
@@ -214,6 +224,7 @@ struct GroupPage {
     pin_min_len: NumberField,
     pin_max_len: NumberField,
     derived_recheck_days: NumberField,
+    enrollment_code_minutes: NumberField,
     slots: Vec<SlotRow>,
     /// (element id, message) for each problem, in the policy's order.
     errors: Vec<(String, String)>,
@@ -274,6 +285,12 @@ fn group_page(
             "Days before a derived PIV credential's card is checked again",
             "1 to 365.",
             &form.derived_recheck_days,
+        ),
+        enrollment_code_minutes: number(
+            "enrollment_code_minutes",
+            "Minutes a mobile enrolment link stays valid",
+            "1 to 10: a phone drops a downloaded profile after about 8 minutes.",
+            &form.enrollment_code_minutes,
         ),
         form,
         slots: g

@@ -478,11 +478,12 @@ pub(crate) async fn code<R: Repo + 'static>(
             Via::ApiToken => None,
         };
         let me = signed.principal().self_service()?;
+        let ttl = me.policy(s.repo.as_ref()).await?.enrollment_code_ttl();
         let (record, secret) = me
             .start_mobile_enrollment(
                 s.repo.as_ref(),
                 EnrollmentPurpose::DerivedPiv { sponsor: Some(sponsor) },
-                lanyard_core::authz::MAX_CODE_LIFETIME,
+                ttl,
                 session,
             )
             .await?;

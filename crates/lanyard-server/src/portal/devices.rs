@@ -201,6 +201,7 @@ struct DevicesPage {
     section: &'static str,
     devices: Vec<DeviceView>,
     add_refused: Option<String>,
+    mobile_refused: Option<String>,
 }
 
 pub(crate) async fn list<R: Repo + 'static>(
@@ -219,7 +220,14 @@ pub(crate) async fn list<R: Repo + 'static>(
             devices.push(view);
         }
         let add_refused = add_device_refusal(&me, repo).await?;
-        Ok::<_, PortalError>(DevicesPage { nav: signed.nav(), section: "devices", devices, add_refused })
+        let mobile_refused = super::mobile::add_mobile_refusal(&me, repo).await?;
+        Ok::<_, PortalError>(DevicesPage {
+            nav: signed.nav(),
+            section: "devices",
+            devices,
+            add_refused,
+            mobile_refused,
+        })
     };
     let page = inner.await.map_err(|e| e.with_nav(nav))?;
     Ok(render(StatusCode::OK, &page))
@@ -242,6 +250,8 @@ struct DevicePage {
     pin_actions: Vec<PinActionView>,
     /// A PIN session on this device that has not ended (its page, to finish or cancel it).
     pin_session: Option<String>,
+    /// A mobile the holder may delete (its page asks first).
+    deletable: bool,
 }
 
 pub(crate) async fn detail<R: Repo + 'static>(
@@ -272,7 +282,9 @@ pub(crate) async fn detail<R: Repo + 'static>(
             Vec::new()
         };
         let pin_session = open_pin_session(&me, repo, &device, s.clock.now()).await?;
+        let deletable = device.class() == lanyard_core::model::DeviceClass::Mobile;
         Ok::<_, PortalError>(DevicePage {
+            deletable,
             nav: signed.nav(),
             section: "devices",
             device: view,

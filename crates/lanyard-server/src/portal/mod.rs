@@ -14,7 +14,7 @@
 //! `x-csrf-token` header.
 //!
 //! One module per group of pages: [`session`] (sign-in, sign-out), [`devices`] (My Devices, a
-//! device), [`add_device`] (Add Device through the agent link, a card session's page), [`workstations`] (paired agents, pairing), [`help`] (troubleshooting).
+//! device), [`add_device`] (Add Device through the agent link, a card session's page), [`mobile`] (Add Mobile, the one-time profile link, Delete Mobile), [`workstations`] (paired agents, pairing), [`help`] (troubleshooting).
 
 mod add_device;
 mod admin;
@@ -27,6 +27,7 @@ mod derived;
 mod devices;
 mod help;
 mod job;
+mod mobile;
 mod operator;
 mod operator_cards;
 mod pin;
@@ -67,6 +68,10 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/portal/devices/new", get(add_device::add::<R>))
         .route("/portal/devices/new/refresh", post(add_device::refresh::<R>))
         .route("/portal/devices/new/start", post(add_device::start::<R>))
+        .route("/portal/devices/mobile", get(mobile::add::<R>).post(mobile::start::<R>))
+        .route("/portal/devices/mobile/status", get(mobile::status::<R>))
+        .route("/portal/devices/{id}/delete", get(mobile::confirm_delete::<R>).post(mobile::delete::<R>))
+        .route(&format!("{}/{{code}}", mobile::PROFILE_PATH), get(mobile::profile::<R>))
         .route("/portal/jobs/{id}", get(job::job::<R>))
         .route("/portal/jobs/{id}/events", get(job::events::<R>))
         .route("/portal/jobs/{id}/pin", post(job::pin::<R>))

@@ -239,9 +239,11 @@ enum PortalAction {
     Damaged,
     Terminate,
     Recycle,
+    /// *Delete Mobile* (mobiles only).
+    Delete,
 }
 
-const ACTIONS: [PortalAction; 9] = [
+const ACTIONS: [PortalAction; 10] = [
     PortalAction::Activate,
     PortalAction::Suspend,
     PortalAction::Resume,
@@ -251,6 +253,7 @@ const ACTIONS: [PortalAction; 9] = [
     PortalAction::Damaged,
     PortalAction::Terminate,
     PortalAction::Recycle,
+    PortalAction::Delete,
 ];
 
 impl PortalAction {
@@ -265,6 +268,7 @@ impl PortalAction {
             Self::Damaged => "damaged",
             Self::Terminate => "terminate",
             Self::Recycle => "recycle",
+            Self::Delete => "delete",
         }
     }
 
@@ -283,6 +287,7 @@ impl PortalAction {
             Self::Damaged => "Mark damaged",
             Self::Terminate => "Terminate",
             Self::Recycle => "Recycle",
+            Self::Delete => "Delete mobile",
         }
     }
 
@@ -297,6 +302,7 @@ impl PortalAction {
             Self::Damaged => DeviceActionKind::MarkDamaged,
             Self::Terminate => DeviceActionKind::Terminate,
             Self::Recycle => DeviceActionKind::Recycle,
+            Self::Delete => DeviceActionKind::Delete,
         }
     }
 
@@ -336,6 +342,12 @@ impl PortalAction {
             Self::Recycle => {
                 "The device goes back to stock without a holder, and its stored card secrets are discarded; \
                  issuing it again generates new ones."
+            }
+            Self::Delete => {
+                "The mobile's certificates are revoked at once (OCSP and the revocation list report them) and \
+                 the mobile is removed from the holder's devices. Lanyard cannot reach into the phone: tell the \
+                 holder to remove the profile in Settings → General → VPN & Device Management. The holder \
+                 may enrol the phone again afterwards."
             }
         }
     }
@@ -724,6 +736,7 @@ pub(crate) async fn act<R: Repo + 'static>(
             PortalAction::Damaged => op.mark_device_damaged(repo, device).await?,
             PortalAction::Terminate => op.terminate_device(repo, device).await?,
             PortalAction::Recycle => op.recycle_device(repo, device).await?,
+            PortalAction::Delete => op.delete_mobile(repo, device).await?,
         };
         Ok(Redirect::to(&format!("/portal/operator/devices/{device}?done={}", action.slug())).into_response())
     };
