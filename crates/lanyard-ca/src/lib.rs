@@ -9,6 +9,7 @@
 //! - [`ocsp`]: a sans-IO RFC 6960 responder.
 //! - [`cms`]: detached CMS signatures for PIV data objects (the CHUID issuer signature).
 //! - [`attestation`]: YubiKey PIV attestation verification (proof a key was made on the card).
+//! - [`scep`]: SCEP (RFC 8894) messages: BER normalisation, PKIMessage parsing, CertRep.
 //! - [`store`]: PKCS#8 key files, the crate's only I/O.
 //!
 //! Everything takes the current time as an argument; nothing here reads the clock.
@@ -26,6 +27,7 @@ pub mod name;
 pub mod ocsp;
 pub mod oids;
 pub mod profile;
+pub mod scep;
 pub mod store;
 mod x509time;
 
