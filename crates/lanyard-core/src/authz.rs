@@ -35,6 +35,7 @@ use crate::repo::{CredentialQuery, DeviceQuery};
 
 mod admin;
 mod auditor;
+mod enrolment;
 mod operator;
 mod self_service;
 mod system;
@@ -42,6 +43,7 @@ mod workstations;
 
 pub use admin::{Admin, NewUser};
 pub use auditor::Auditor;
+pub use enrolment::{MAX_CODE_LIFETIME, Redeemed, STALE_ENROLMENT_GRACE};
 pub use operator::Operator;
 pub use self_service::SelfService;
 pub use system::System;

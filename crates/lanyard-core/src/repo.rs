@@ -409,7 +409,7 @@ pub trait EnrollmentCodeRepo: Send {
         &mut self,
         hash: &TokenHash,
     ) -> impl Future<Output = Result<Option<EnrollmentCode>, StoreError>> + Send;
-    /// Stores `used_at` (the only field that changes).
+    /// Stores the fields that change as the enrolment goes on: `used_at`, `device`, `completed_at`.
     fn update_enrollment_code(
         &mut self,
         code: &EnrollmentCode,

@@ -24,7 +24,7 @@ pub mod status;
 
 pub use card::{CARD_VALIDITY_DAYS, card_expiry, chuid_expiration, fasc_n};
 pub use rules::{Channel, Enrolment, IssuanceError, Plan, Signed, plan, sign};
-pub use service::{EnrolError, sign_for_operator};
+pub use service::{EnrolError, sign_for_mobile, sign_for_operator};
 pub use session::{
     AgentLink, Authority, CardSession, PinAnswer, STEP_PIN_BLOCKED, STEP_PIN_WRONG, SessionError,
 };

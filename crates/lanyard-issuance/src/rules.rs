@@ -26,6 +26,11 @@ pub enum Channel<'a> {
     /// used. `profile`, when given, must be the one the holder's policy names for the slot;
     /// `validity_days` may shorten the policy's validity, never lengthen it.
     OperatorCsr { profile: Option<&'a str>, validity_days: Option<u32> },
+    /// A key a phone generated while enrolling with a one-time code (SCEP, or the app protocol).
+    /// The mobile is Enrolling; the certificate is recorded Active as the enrolment completes.
+    /// `hardware_attested`: a key attestation verified against the configured roots proved the
+    /// key lives in hardware, which alone earns a derived credential the AAL3 (hardware) profile.
+    Mobile { hardware_attested: bool },
 }
 
 /// Everything the rules look at.
@@ -56,6 +61,8 @@ pub enum IssuanceError {
     ProfileMismatch { slot: CertSlot, requested: String, policy: String },
     #[error("the policy names profile {profile:?} for slot {slot}, which the CA does not know")]
     UnknownProfile { slot: CertSlot, profile: String },
+    #[error("slot {slot} is not a mobile credential; a phone enrols only derived_piv or mobile")]
+    NotAMobileSlot { slot: CertSlot },
     #[error("validity_days must be at least 1")]
     ZeroValidity,
     #[error("the public key is not a DER SubjectPublicKeyInfo: {0}")]
@@ -135,9 +142,31 @@ pub fn plan(e: &Enrolment<'_>) -> Result<Plan, IssuanceError> {
     if device.owner != Some(e.holder.id) {
         return Err(IssuanceError::NoHolder { device: device.id.to_string() });
     }
-    let initial_state = initial_state(device)?;
     let slot = e.slot;
+    let initial_state = match e.channel {
+        Channel::Mobile { .. } => {
+            if !slot.is_mobile() || device.kind != lanyard_core::model::DeviceKind::Mobile {
+                return Err(IssuanceError::NotAMobileSlot { slot });
+            }
+            if device.state != DeviceState::Enrolling {
+                return Err(IssuanceError::DeviceState {
+                    device: device.id.to_string(),
+                    state: device.state,
+                });
+            }
+            CredentialState::Active
+        }
+        _ => initial_state(device)?,
+    };
     let planned = e.policy.certificates.get(&slot).ok_or(IssuanceError::SlotNotInPolicy { slot })?;
+    // A derived credential whose key attestation proved hardware takes the AAL3 profile; without
+    // that proof it never does (the hardware profile then asks for an attestation below).
+    let planned_profile = match e.channel {
+        Channel::Mobile { hardware_attested: true } if slot == CertSlot::DerivedPivAuthentication => {
+            "derived-piv-auth-hardware"
+        }
+        _ => planned.profile.as_str(),
+    };
     if let Channel::OperatorCsr { profile: Some(requested), .. } = e.channel {
         // The long name is accepted for the 9A profile, as clients tend to spell it out.
         let requested = if requested == "piv-authentication" { "piv-auth" } else { requested };
@@ -149,9 +178,9 @@ pub fn plan(e: &Enrolment<'_>) -> Result<Plan, IssuanceError> {
             });
         }
     }
-    let profile = CertificateProfile::builtin(&planned.profile)
+    let profile = CertificateProfile::builtin(planned_profile)
         .filter(|p| p.ca.is_none())
-        .ok_or_else(|| IssuanceError::UnknownProfile { slot, profile: planned.profile.clone() })?;
+        .ok_or_else(|| IssuanceError::UnknownProfile { slot, profile: planned_profile.to_owned() })?;
 
     let public_key = SubjectPublicKeyInfoOwned::from_der(e.public_key_der)
         .map_err(|err| IssuanceError::PublicKey(err.to_string()))?;
@@ -183,6 +212,7 @@ pub fn plan(e: &Enrolment<'_>) -> Result<Plan, IssuanceError> {
             }
             Some(a.attestation_cert_der.clone())
         }
+        Channel::Mobile { hardware_attested: true } => None,
         _ if needs_attestation(&profile) => {
             return Err(IssuanceError::AttestationRequired { profile: profile.id });
         }
@@ -424,6 +454,41 @@ mod tests {
             Ok(v) => v.as_str().to_owned(),
             Err(_) => der::asn1::PrintableStringRef::try_from(value).unwrap().as_str().to_owned(),
         }
+    }
+
+    #[test]
+    fn phones_get_mobile_slots_only_and_the_hardware_profile_only_with_proof() {
+        let mut w = world(DeviceState::Enrolling);
+        w.device.kind = DeviceKind::Mobile;
+        w.device.card_guid = None;
+        let mobile = |hardware_attested| Channel::Mobile { hardware_attested };
+        let p = plan(&enrolment(&w, CertSlot::DerivedPivAuthentication, mobile(false))).unwrap();
+        assert_eq!((p.profile.id.as_str(), p.initial_state), ("derived-piv-auth", CredentialState::Active));
+        assert_eq!(p.san.card_uuid, None);
+        let p = plan(&enrolment(&w, CertSlot::DerivedPivAuthentication, mobile(true))).unwrap();
+        assert_eq!(p.profile.id, "derived-piv-auth-hardware");
+        // A policy naming the hardware profile still needs the proof.
+        if let Some(slot) = w.policy.certificates.get_mut(&CertSlot::DerivedPivAuthentication) {
+            slot.profile = "derived-piv-auth-hardware".into();
+        }
+        assert!(matches!(
+            plan(&enrolment(&w, CertSlot::DerivedPivAuthentication, mobile(false))),
+            Err(IssuanceError::AttestationRequired { .. })
+        ));
+        assert!(matches!(
+            plan(&enrolment(&w, CertSlot::PivAuthentication, mobile(false))),
+            Err(IssuanceError::NotAMobileSlot { slot: CertSlot::PivAuthentication })
+        ));
+        // The mobile slot takes RSA-2048 (SCEP), so this P-256 key does not fit.
+        assert!(matches!(
+            plan(&enrolment(&w, CertSlot::MobileDevice, mobile(false))),
+            Err(IssuanceError::KeyAlgorithm { expected: KeyAlgorithm::Rsa2048, .. })
+        ));
+        w.device.state = DeviceState::Active;
+        assert!(matches!(
+            plan(&enrolment(&w, CertSlot::DerivedPivAuthentication, mobile(false))),
+            Err(IssuanceError::DeviceState { state: DeviceState::Active, .. })
+        ));
     }
 
     proptest::proptest! {

@@ -4,7 +4,7 @@
 
 use lanyard_ca::{CertificateAuthority, SoftwareKey};
 use lanyard_core::DomainError;
-use lanyard_core::authz::Operator;
+use lanyard_core::authz::{Operator, Redeemed};
 use lanyard_core::ids::DeviceId;
 use lanyard_core::model::CertSlot;
 use lanyard_core::repo::Repo;
@@ -41,4 +41,27 @@ pub async fn sign_for_operator<R: Repo>(
         Enrolment { device: &device, holder: &holder, policy: &policy, slot, public_key_der, channel, now };
     let plan = plan(&enrolment)?;
     Ok(sign(ca, &plan)?)
+}
+
+/// Plans and signs the certificate for a phone enrolling with a one-time code (`redeemed`, from
+/// `System::redeem_enrollment` or `System::enrollment_in_progress`). CPU work only; the caller
+/// records the result with `System::complete_enrollment`.
+pub fn sign_for_mobile(
+    ca: &CertificateAuthority<SoftwareKey>,
+    redeemed: &Redeemed,
+    slot: CertSlot,
+    public_key_der: &[u8],
+    hardware_attested: bool,
+    now: OffsetDateTime,
+) -> Result<Signed, IssuanceError> {
+    let enrolment = Enrolment {
+        device: &redeemed.device,
+        holder: &redeemed.holder,
+        policy: &redeemed.policy,
+        slot,
+        public_key_der,
+        channel: Channel::Mobile { hardware_attested },
+        now,
+    };
+    sign(ca, &plan(&enrolment)?)
 }

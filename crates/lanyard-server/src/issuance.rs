@@ -256,7 +256,7 @@ async fn keep_lease<R: Repo>(s: &AppState<R>, job: JobId, op: &OperationId) -> S
 
 /// Fails, every [`LEASE_SWEEP`], the running jobs whose lease ran out: sessions of a server that
 /// stopped or lost the database. Live sessions of this and other servers renew their leases and
-/// are left alone. Runs until the task is dropped.
+/// are left alone. Deletes mobiles whose enrolment was abandoned. Runs until the task is dropped.
 pub async fn sweep_abandoned_jobs<R: Repo>(s: AppState<R>) {
     let mut ticker = tokio::time::interval(LEASE_SWEEP);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,6 +267,12 @@ pub async fn sweep_abandoned_jobs<R: Repo>(s: AppState<R>) {
             Ok(0) => {}
             Ok(failed) => tracing::warn!(failed, "card sessions whose server stopped were recorded failed"),
             Err(e) => tracing::warn!(error = %e, "could not sweep abandoned card sessions"),
+        }
+        // Phones that redeemed a code and never finished stop counting against max_mobiles.
+        match system.abandon_stale_enrolments(s.repo.as_ref()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "mobiles that never finished enrolling were deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep abandoned mobile enrolments"),
         }
     }
 }

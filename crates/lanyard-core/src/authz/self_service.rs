@@ -8,11 +8,11 @@ use crate::error::DomainError;
 use crate::ids::{DeviceId, JobId, UserId};
 use crate::lifecycle::{DeviceAction, DeviceState};
 use crate::model::{
-    Credential, Device, DeviceClass, EnrollmentCode, EnrollmentPurpose, Job, JobKind, Policy, PolicyDenied,
-    ValidationError,
+    Credential, Device, DeviceClass, EnrollmentCode, EnrollmentPurpose, Job, JobKind, Policy, ValidationError,
 };
 use crate::repo::DeviceQuery;
 use crate::repo::prelude::*;
+use crate::secrets::TokenHash;
 
 use super::{
     ALL, AgentBinding, CardInfo, IssuingTo, Principal, TicketPurpose, begin_token_issuance,
@@ -192,23 +192,37 @@ impl SelfService<'_> {
         .await
     }
 
-    /// Issues a one-time enrollment code (QR code / URL) for adding a mobile, valid for `ttl`.
-    /// Returns the code to show once.
+    /// Issues a one-time enrollment code (QR code / URL) for adding a mobile, valid for `ttl` (at
+    /// most [`super::MAX_CODE_LIFETIME`]) and bound to the portal session `session` when given
+    /// (the code dies with it). Refused under the policy (the kind is off, or `max_mobiles`
+    /// reached); for a derived credential the sponsor card must be an Active card of mine, and a
+    /// code without a sponsor needs a policy without the sponsor step. Returns the code to show
+    /// once.
     pub async fn start_mobile_enrollment<R: Repo>(
         &self,
         repo: &R,
         purpose: EnrollmentPurpose,
         ttl: time::Duration,
+        session: Option<TokenHash>,
     ) -> Result<(EnrollmentCode, secrecy::SecretString), DomainError> {
+        if ttl <= time::Duration::ZERO || ttl > super::MAX_CODE_LIFETIME {
+            return Err(ValidationError::new(
+                "ttl",
+                format!(
+                    "enrolment codes live 1 second to {} minutes",
+                    super::MAX_CODE_LIFETIME.whole_minutes()
+                ),
+            )
+            .into());
+        }
         let who = self.p.acting();
         let who = &who;
         let purpose = &purpose;
+        let session = &session;
         retry(repo, || async move {
             let mut tx = repo.begin().await?;
             let policy = policy_of(&mut tx, &self.p.user).await?;
-            if !policy.may_add_mobile {
-                return Err(PolicyDenied::AddMobileDisabled.into());
-            }
+            super::enrolment::check_may_add_mobile(&mut tx, &self.p.user, &policy, purpose.kind()).await?;
             if let EnrollmentPurpose::DerivedPiv { sponsor } = &purpose {
                 match sponsor {
                     Some(card) => {
@@ -229,7 +243,8 @@ impl SelfService<'_> {
                     None => {}
                 }
             }
-            let (code, secret) = EnrollmentCode::issue(self.me(), purpose.clone(), ttl, who.at)?;
+            let (mut code, secret) = EnrollmentCode::issue(self.me(), purpose.clone(), ttl, who.at)?;
+            code.session = *session;
             tx.insert_enrollment_code(&code).await?;
             let event =
                 NewAuditEvent::new(who.at, who.actor.clone(), "enrollment_code.issue", &who.operation_id)

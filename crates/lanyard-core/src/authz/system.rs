@@ -29,6 +29,10 @@ impl System {
         Self { acting: Acting { actor: Actor::System, operation_id, at, note: None } }
     }
 
+    pub(super) fn acting(&self) -> &Acting {
+        &self.acting
+    }
+
     /// `at` of this actor, for callers stamping records in the same operation.
     pub fn at(&self) -> OffsetDateTime {
         self.acting.at

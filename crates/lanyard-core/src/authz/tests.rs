@@ -7,7 +7,8 @@ use crate::clock::{Clock, ManualClock};
 use crate::ids::{CredentialId, GroupId};
 use crate::lifecycle::CredentialState;
 use crate::model::{
-    CertSlot, CredentialKind, DeviceLink, EnrollmentPurpose, Group, PolicyDenied, PolicyErrors, Username,
+    CertSlot, CredentialKind, DeviceLink, EnrollmentError, EnrollmentKind, EnrollmentPurpose, Group,
+    PolicyDenied, PolicyErrors, Session, Username,
 };
 use crate::repo::{AuditQuery, RetryPolicy, StoreError, UserQuery};
 use crate::testing::{MemRepo, block_on};
@@ -305,7 +306,8 @@ fn policy_switches_and_card_models_are_enforced() {
         block_on(me.start_mobile_enrollment(
             &w.repo,
             EnrollmentPurpose::MobileProfile,
-            time::Duration::minutes(10)
+            time::Duration::minutes(10),
+            None
         )),
         Err(DomainError::PolicyDenied(PolicyDenied::AddMobileDisabled))
     ));
@@ -327,6 +329,7 @@ fn policy_switches_and_card_models_are_enforced() {
         &w.repo,
         EnrollmentPurpose::DerivedPiv { sponsor: None },
         time::Duration::minutes(10),
+        None,
     ))
     .unwrap_err();
     assert_eq!(err.to_string(), "invalid input: sponsor: your group's policy requires a sponsor card");
@@ -334,6 +337,7 @@ fn policy_switches_and_card_models_are_enforced() {
         &w.repo,
         EnrollmentPurpose::MobileProfile,
         time::Duration::minutes(10),
+        None,
     ))
     .unwrap();
     assert_eq!(w.repo.data().enrollment_codes[&code.id], code);
@@ -1148,4 +1152,222 @@ fn unlock_wipe_and_replace_jobs_name_the_holder_and_the_note_and_replace_follows
     assert_eq!(created.target, Some(format!("job:{}", job.id)));
     assert_eq!(created.after.as_ref().unwrap()["holder"], json!(w.alice.id));
     assert_eq!(verify_chain(&data.audit), Ok(data.audit.len() as u64));
+}
+
+/// A certificate credential as the CA would sign it for an enrolling phone.
+fn phone_certificate(at: OffsetDateTime, slot: CertSlot, serial: &str) -> Credential {
+    Credential::new(
+        crate::ids::DeviceId::new(),
+        CredentialKind::Certificate {
+            slot,
+            profile: "mobile-device".into(),
+            serial_hex: serial.into(),
+            not_before: at,
+            not_after: at + time::Duration::days(365),
+            certificate_der: vec![0x30],
+            attestation_der: None,
+        },
+        at,
+    )
+}
+
+fn signed_in(w: &World, u: &User) -> crate::secrets::TokenHash {
+    let (session, _cookie) = Session::start(u.id, time::Duration::hours(8), w.clock.now()).unwrap();
+    let hash = session.token_hash;
+    w.repo.with_data(|d| {
+        d.sessions.push(session);
+    });
+    hash
+}
+
+#[test]
+fn a_profile_code_enrols_one_mobile_once_and_the_holder_is_notified() {
+    use secrecy::ExposeSecret;
+    let w = world();
+    let session = signed_in(&w, &w.alice);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let ten = time::Duration::minutes(10);
+    let (code, secret) =
+        block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, Some(session)))
+            .unwrap();
+    let secret = secret.expose_secret();
+    let system = System::new(OperationId::parse("op-scep").unwrap(), w.clock.now());
+
+    // The wrong kind, or a code nobody issued, changes nothing.
+    let before = w.repo.data();
+    let err = block_on(system.redeem_enrollment(&w.repo, secret, EnrollmentKind::DerivedPiv, "iPhone"))
+        .unwrap_err();
+    assert_eq!(err.to_string(), "the enrollment code is for a mobile profile, not a derived PIV credential");
+    let err = block_on(system.redeem_enrollment(
+        &w.repo,
+        "A".repeat(40).as_str(),
+        EnrollmentKind::MobileProfile,
+        "iPhone",
+    ))
+    .unwrap_err();
+    assert!(matches!(err, DomainError::Enrollment(EnrollmentError::WrongCode)), "{err}");
+    assert_eq!(w.repo.data().devices, before.devices);
+    assert_eq!(w.repo.data().audit.len(), before.audit.len());
+
+    let redeemed =
+        block_on(system.redeem_enrollment(&w.repo, secret, EnrollmentKind::MobileProfile, "iPhone")).unwrap();
+    assert_eq!(redeemed.code.id, code.id);
+    assert_eq!((redeemed.device.state, redeemed.device.owner), (DeviceState::Enrolling, Some(w.alice.id)));
+    let err = block_on(system.redeem_enrollment(&w.repo, secret, EnrollmentKind::MobileProfile, "iPhone"))
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Enrollment(EnrollmentError::AlreadyUsed(_))), "{err}");
+
+    let in_progress = block_on(system.enrollment_in_progress(&w.repo, secret)).unwrap();
+    assert_eq!(in_progress.device.id, redeemed.device.id);
+    let mut certs = [phone_certificate(w.clock.now(), CertSlot::MobileDevice, "aa01")];
+    let device = block_on(system.complete_enrollment(&w.repo, secret, &mut certs)).unwrap();
+    assert_eq!(device.state, DeviceState::Active);
+    assert_eq!((certs[0].state, certs[0].device), (CredentialState::Active, device.id));
+    let data = w.repo.data();
+    assert_eq!(data.enrollment_codes[&code.id].completed_at, Some(w.clock.now()));
+    let actions: Vec<&str> = data.audit.iter().map(|e| e.action.as_str()).collect();
+    for wanted in [
+        "enrollment_code.issue",
+        "device.register",
+        "enrollment_code.redeem",
+        "notification.credential_issued",
+    ] {
+        assert!(actions.contains(&wanted), "{wanted} missing from {actions:?}");
+    }
+    // Completed: the code can neither complete again nor start over.
+    let err = block_on(system.complete_enrollment(&w.repo, secret, &mut certs)).unwrap_err();
+    assert!(matches!(err, DomainError::Enrollment(EnrollmentError::NotInProgress)), "{err}");
+}
+
+#[test]
+fn codes_die_with_their_session_expire_and_respect_the_mobile_limit() {
+    use secrecy::ExposeSecret;
+    let w = world_with(Policy { max_mobiles: 1, ..Policy::default() });
+    let session = signed_in(&w, &w.alice);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let ten = time::Duration::minutes(10);
+    let start = || {
+        block_on(me.start_mobile_enrollment(
+            &w.repo,
+            EnrollmentPurpose::MobileProfile,
+            ten,
+            Some(session),
+        ))
+    };
+    let system = |w: &World| System::new(OperationId::parse("op-scep").unwrap(), w.clock.now());
+
+    // Signing out ends the code.
+    let (_, signed_out) = start().unwrap();
+    w.repo.with_data(|d| {
+        d.sessions.retain(|s| s.token_hash != session);
+    });
+    let err = block_on(system(&w).redeem_enrollment(
+        &w.repo,
+        signed_out.expose_secret(),
+        EnrollmentKind::MobileProfile,
+        "iPhone",
+    ))
+    .unwrap_err();
+    assert!(matches!(err, DomainError::Enrollment(EnrollmentError::SessionEnded)), "{err}");
+
+    // Expired.
+    let (_, late) =
+        block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, None)).unwrap();
+    w.clock.advance(ten);
+    let err = block_on(system(&w).redeem_enrollment(
+        &w.repo,
+        late.expose_secret(),
+        EnrollmentKind::MobileProfile,
+        "iPhone",
+    ))
+    .unwrap_err();
+    assert!(matches!(err, DomainError::Enrollment(EnrollmentError::Expired(_))), "{err}");
+    assert!(w.repo.data().devices.is_empty());
+
+    // One mobile at most: a second code is refused while the first enrolment is under way, and
+    // works again once the abandoned enrolment is swept.
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let (_, first) =
+        block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, None)).unwrap();
+    let (_, second) =
+        block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, None)).unwrap();
+    block_on(system(&w).redeem_enrollment(
+        &w.repo,
+        first.expose_secret(),
+        EnrollmentKind::MobileProfile,
+        "iPhone",
+    ))
+    .unwrap();
+    let err = block_on(system(&w).redeem_enrollment(
+        &w.repo,
+        second.expose_secret(),
+        EnrollmentKind::MobileProfile,
+        "iPad",
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(err, DomainError::PolicyDenied(PolicyDenied::MobileLimitReached { max: 1, current: 1 })),
+        "{err}"
+    );
+    let err = block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, None))
+        .unwrap_err();
+    assert_eq!(err.to_string(), "policy: your group's policy allows at most 1 mobiles, and you have 1");
+    assert_eq!(block_on(system(&w).abandon_stale_enrolments(&w.repo)).unwrap(), 0, "not stale yet");
+    w.clock.advance(MAX_CODE_LIFETIME + STALE_ENROLMENT_GRACE + time::Duration::seconds(1));
+    assert_eq!(block_on(system(&w).abandon_stale_enrolments(&w.repo)).unwrap(), 1);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, None)).unwrap();
+
+    // Policy off: refused at the start.
+    let w = world_with(Policy { may_add_derived_piv: false, ..Policy::default() });
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let err = block_on(me.start_mobile_enrollment(
+        &w.repo,
+        EnrollmentPurpose::DerivedPiv { sponsor: Some(card.id) },
+        ten,
+        None,
+    ))
+    .unwrap_err();
+    assert!(matches!(err, DomainError::PolicyDenied(PolicyDenied::DerivedPivDisabled)), "{err}");
+}
+
+#[test]
+fn a_derived_code_needs_my_active_sponsor_card_and_links_the_mobile_to_it() {
+    use secrecy::ExposeSecret;
+    let w = world();
+    let ten = time::Duration::minutes(10);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let bobs = w.device(&w.bob, DeviceKind::SmartCard, DeviceState::Active);
+    let err = block_on(me.start_mobile_enrollment(
+        &w.repo,
+        EnrollmentPurpose::DerivedPiv { sponsor: Some(bobs.id) },
+        ten,
+        None,
+    ))
+    .unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { .. }), "bob's card is not alice's to see: {err}");
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+    let (_, secret) = block_on(me.start_mobile_enrollment(
+        &w.repo,
+        EnrollmentPurpose::DerivedPiv { sponsor: Some(card.id) },
+        ten,
+        None,
+    ))
+    .unwrap();
+    let system = System::new(OperationId::parse("op-app").unwrap(), w.clock.now());
+    let redeemed = block_on(system.redeem_enrollment(
+        &w.repo,
+        secret.expose_secret(),
+        EnrollmentKind::DerivedPiv,
+        "Pixel 9",
+    ))
+    .unwrap();
+    assert_eq!(redeemed.device.linked(LinkKind::DerivedFrom).collect::<Vec<_>>(), [card.id]);
 }

@@ -28,19 +28,62 @@ pub struct EnrollmentCode {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// When the code was redeemed (the phone started enrolling); a code is redeemed once.
     #[serde(with = "time::serde::rfc3339::option")]
     pub used_at: Option<OffsetDateTime>,
+    /// The portal session that created the code: signing out (or the session expiring) ends the
+    /// code too. `None` for codes made outside a portal session (API tokens, operators).
+    pub session: Option<TokenHash>,
+    /// The mobile created when the code was redeemed.
+    pub device: Option<DeviceId>,
+    /// When the enrolment completed (a certificate was issued to the mobile).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+/// Which kind of enrolment a code is presented for, so a profile code cannot enrol a derived
+/// credential and the other way round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentKind {
+    MobileProfile,
+    DerivedPiv,
+}
+
+impl EnrollmentKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EnrollmentKind::MobileProfile => "mobile profile",
+            EnrollmentKind::DerivedPiv => "derived PIV credential",
+        }
+    }
+}
+
+impl EnrollmentPurpose {
+    /// The kind of enrolment this purpose is for.
+    pub const fn kind(&self) -> EnrollmentKind {
+        match self {
+            EnrollmentPurpose::MobileProfile => EnrollmentKind::MobileProfile,
+            EnrollmentPurpose::DerivedPiv { .. } => EnrollmentKind::DerivedPiv,
+        }
+    }
 }
 
 /// Why a presented enrollment code was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum EnrollmentError {
-    #[error("the enrollment code does not match")]
+    #[error("the enrollment code is not known (mistyped, or removed after it expired)")]
     WrongCode,
     #[error("the enrollment code expired at {0}")]
     Expired(OffsetDateTime),
     #[error("the enrollment code was already used at {0}")]
     AlreadyUsed(OffsetDateTime),
+    #[error("the enrollment code is for a {expected}, not a {presented}")]
+    WrongKind { expected: &'static str, presented: &'static str },
+    #[error("the enrollment code has not been redeemed, or its enrolment already completed")]
+    NotInProgress,
+    #[error("the portal session that created the enrollment code has ended; start again in the portal")]
+    SessionEnded,
 }
 
 impl EnrollmentCode {
@@ -61,6 +104,9 @@ impl EnrollmentCode {
             created_at: at,
             expires_at: at + ttl,
             used_at: None,
+            session: None,
+            device: None,
+            completed_at: None,
         };
         Ok((record, code))
     }
@@ -78,6 +124,21 @@ impl EnrollmentCode {
             return Err(EnrollmentError::Expired(self.expires_at));
         }
         self.used_at = Some(at);
+        Ok(())
+    }
+
+    /// Checks that `presented` is this code, redeemed and not yet completed, and not expired: the
+    /// second step of an app enrolment presents the code again.
+    pub fn check_in_progress(&self, presented: &str, at: OffsetDateTime) -> Result<(), EnrollmentError> {
+        if !self.code_hash.matches(presented) {
+            return Err(EnrollmentError::WrongCode);
+        }
+        if at >= self.expires_at {
+            return Err(EnrollmentError::Expired(self.expires_at));
+        }
+        if self.used_at.is_none() || self.completed_at.is_some() || self.device.is_none() {
+            return Err(EnrollmentError::NotInProgress);
+        }
         Ok(())
     }
 }

@@ -69,9 +69,18 @@ pub struct Policy {
     /// How many smart cards / USB keys (mobiles do not count) a member may hold at once, 1..=20.
     /// Devices count while Issuing, Pending, Active or Suspended.
     pub max_devices: u8,
-    /// Whether members may add a mobile (configuration profile or derived PIV).
+    /// Whether members may add a mobile through a configuration profile (flow D: the phone
+    /// enrols a device certificate over SCEP).
     pub may_add_mobile: bool,
-    /// Whether a derived PIV enrollment must be sponsored by an existing PIV card.
+    /// Whether members may enrol a derived PIV credential on a phone (flow C, NIST SP 800-157).
+    #[serde(default = "yes")]
+    pub may_add_derived_piv: bool,
+    /// How many mobiles (profile or derived) a member may have at once, 1..=20. Mobiles count
+    /// while Enrolling, Active or Suspended.
+    #[serde(default = "default_max_mobiles")]
+    pub max_mobiles: u8,
+    /// Whether a derived PIV enrollment must be sponsored by an existing PIV card. Without it,
+    /// derived credentials may be enrolled only in person or supervised (SP 800-157r1 §2.2.3).
     pub derived_piv_requires_sponsor: bool,
     pub fido_pin_mode: FidoPinMode,
     pub pin: PinRules,
@@ -86,6 +95,14 @@ pub struct Policy {
     pub derived_recheck_days: u16,
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn default_max_mobiles() -> u8 {
+    3
+}
+
 impl Default for Policy {
     fn default() -> Self {
         let p = |profile: &str, validity_days| SlotProfile {
@@ -97,6 +114,8 @@ impl Default for Policy {
             may_add_device: true,
             max_devices: 2,
             may_add_mobile: true,
+            may_add_derived_piv: true,
+            max_mobiles: default_max_mobiles(),
             derived_piv_requires_sponsor: true,
             fido_pin_mode: FidoPinMode::Independent,
             pin: PinRules::default(),
@@ -107,7 +126,11 @@ impl Default for Policy {
                 (CertSlot::KeyManagement, p("key-management", 365)),
                 (CertSlot::CardAuthentication, p("card-auth", 365)),
                 (CertSlot::DerivedPivAuthentication, p("derived-piv-auth", 365)),
-                (CertSlot::MobileDevice, p("mobile-device", 365)),
+                // Configuration profiles enrol over SCEP, which takes RSA keys only.
+                (
+                    CertSlot::MobileDevice,
+                    SlotProfile { algorithm: KeyAlgorithm::Rsa2048, ..p("mobile-device", 365) },
+                ),
             ]),
             accepted_card_models: vec!["YubiKey 5".to_owned(), "Lanyard virtual card".to_owned()],
             derived_recheck_days: 7,
@@ -128,8 +151,10 @@ pub enum PolicyError {
     PinMaxBelowMin { min: u8, max: u8 },
     #[error("certificates.{0} is required (every card gets a PIV Authentication certificate)")]
     MissingPivAuthentication(CertSlot),
-    #[error("certificates.{0} is required while may_add_mobile is true")]
-    MissingMobileProfile(CertSlot),
+    #[error("certificates.{0} is required while {1} is true")]
+    MissingMobileProfile(CertSlot, &'static str),
+    #[error("max_mobiles must be between 1 and 20, got {0}")]
+    MaxMobilesOutOfRange(u8),
     #[error("certificates.{slot}.profile must be 1-64 characters without spaces or control characters")]
     BadProfileName { slot: CertSlot },
     #[error("certificates.{slot}.validity_days must be between 1 and 3650, got {days}")]
@@ -154,7 +179,8 @@ impl PolicyError {
             Self::MaxDevicesOutOfRange(_) => "max_devices".into(),
             Self::PinMinLenOutOfRange(_) => "pin.min_len".into(),
             Self::PinMaxLenOutOfRange(_) | Self::PinMaxBelowMin { .. } => "pin.max_len".into(),
-            Self::MissingPivAuthentication(slot) | Self::MissingMobileProfile(slot) => {
+            Self::MaxMobilesOutOfRange(_) => "max_mobiles".into(),
+            Self::MissingPivAuthentication(slot) | Self::MissingMobileProfile(slot, _) => {
                 format!("certificates.{slot}")
             }
             Self::BadProfileName { slot } => format!("certificates.{slot}.profile"),
@@ -207,6 +233,10 @@ pub enum PolicyDenied {
     DeviceLimitReached { max: u8, current: usize },
     #[error("your group's policy does not allow adding a mobile device")]
     AddMobileDisabled,
+    #[error("your group's policy does not allow derived PIV credentials on mobiles")]
+    DerivedPivDisabled,
+    #[error("your group's policy allows at most {max} mobiles, and you have {current}")]
+    MobileLimitReached { max: u8, current: usize },
     #[error("card model {0:?} is not accepted by your group's policy")]
     CardModelNotAccepted(String),
     /// The same refusals, told to an operator issuing a card to `holder` in person.
@@ -241,12 +271,16 @@ impl Policy {
         if !self.certificates.contains_key(&CertSlot::PivAuthentication) {
             errors.push(PolicyError::MissingPivAuthentication(CertSlot::PivAuthentication));
         }
-        if self.may_add_mobile {
-            for slot in [CertSlot::DerivedPivAuthentication, CertSlot::MobileDevice] {
-                if !self.certificates.contains_key(&slot) {
-                    errors.push(PolicyError::MissingMobileProfile(slot));
-                }
+        for (allowed, slot, flag) in [
+            (self.may_add_derived_piv, CertSlot::DerivedPivAuthentication, "may_add_derived_piv"),
+            (self.may_add_mobile, CertSlot::MobileDevice, "may_add_mobile"),
+        ] {
+            if allowed && !self.certificates.contains_key(&slot) {
+                errors.push(PolicyError::MissingMobileProfile(slot, flag));
             }
+        }
+        if !(1..=20).contains(&self.max_mobiles) {
+            errors.push(PolicyError::MaxMobilesOutOfRange(self.max_mobiles));
         }
         for (&slot, p) in &self.certificates {
             let name_ok = !p.profile.is_empty()
@@ -263,6 +297,12 @@ impl Policy {
                     slot,
                     algorithm: p.algorithm,
                     reason: "mobile key stores generate RSA-2048, P-256 or P-384 only",
+                });
+            } else if slot == CertSlot::MobileDevice && p.algorithm != KeyAlgorithm::Rsa2048 {
+                errors.push(PolicyError::AlgorithmNotAllowed {
+                    slot,
+                    algorithm: p.algorithm,
+                    reason: "configuration profiles enrol over SCEP, which takes RSA-2048 keys",
                 });
             }
         }
@@ -332,6 +372,17 @@ mod tests {
     }
 
     #[test]
+    fn policies_stored_before_the_mobile_fields_read_with_their_defaults() {
+        let mut json = serde_json::to_value(Policy::default()).unwrap();
+        let map = json.as_object_mut().unwrap();
+        map.remove("may_add_derived_piv");
+        map.remove("max_mobiles");
+        let p: Policy = serde_json::from_value(json).unwrap();
+        assert!(p.may_add_derived_piv);
+        assert_eq!(p.max_mobiles, 3);
+    }
+
+    #[test]
     fn every_problem_names_the_field_its_message_starts_with() {
         let mut p = Policy { max_devices: 0, derived_recheck_days: 0, ..Policy::default() };
         p.pin = PinRules { min_len: 5, max_len: 9, forbid_trivial: true };
@@ -349,7 +400,7 @@ mod tests {
 
     #[test]
     fn validate_reports_every_problem_precisely() {
-        let mut p = Policy { max_devices: 0, derived_recheck_days: 0, ..Policy::default() };
+        let mut p = Policy { max_devices: 0, max_mobiles: 0, derived_recheck_days: 0, ..Policy::default() };
         p.pin = PinRules { min_len: 8, max_len: 7, forbid_trivial: true };
         p.certificates.remove(&CertSlot::PivAuthentication);
         p.certificates.remove(&CertSlot::MobileDevice);
@@ -370,6 +421,7 @@ mod tests {
                 "pin.max_len (7) must not be less than pin.min_len (8)",
                 "certificates.9a is required (every card gets a PIV Authentication certificate)",
                 "certificates.mobile is required while may_add_mobile is true",
+                "max_mobiles must be between 1 and 20, got 0",
                 "certificates.9c.profile must be 1-64 characters without spaces or control characters",
                 "certificates.9c.validity_days must be between 1 and 3650, got 0",
                 "certificates.derived_piv.algorithm rsa-3072 is not allowed for this slot (mobile key stores generate RSA-2048, P-256 or P-384 only)",
@@ -378,7 +430,7 @@ mod tests {
                 "derived_recheck_days must be between 1 and 365, got 0",
             ]
         );
-        assert!(errors.to_string().starts_with("invalid policy (10 problems):\n- max_devices"));
+        assert!(errors.to_string().starts_with("invalid policy (11 problems):\n- max_devices"));
     }
 
     #[test]

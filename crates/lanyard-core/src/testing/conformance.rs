@@ -586,8 +586,15 @@ pub async fn enrollment_codes<R: Repo>(repo: &R) {
         Err(e) => panic!("EnrollmentCode::issue: {e}"),
     };
     let short = issue(EnrollmentPurpose::MobileProfile, Duration::minutes(5));
-    let long = issue(EnrollmentPurpose::DerivedPiv { sponsor: Some(DeviceId::new()) }, Duration::hours(5));
+    let mut long =
+        issue(EnrollmentPurpose::DerivedPiv { sponsor: Some(DeviceId::new()) }, Duration::hours(5));
+    long.session = Some(TokenHash::of("the portal session"));
+    let phone = match Device::new(DeviceKind::Mobile, "Pixel 9", T0) {
+        Ok(d) => Device { owner: Some(alice.id), ..d },
+        Err(e) => panic!("Device::new: {e}"),
+    };
     let mut tx = begin(repo).await;
+    ok(tx.insert_device(&phone).await, "insert_device");
     ok(tx.insert_enrollment_code(&short).await, "insert_enrollment_code");
     ok(tx.insert_enrollment_code(&long).await, "insert_enrollment_code");
     commit(tx).await;
@@ -602,6 +609,8 @@ pub async fn enrollment_codes<R: Repo>(repo: &R) {
     );
     let mut used = long.clone();
     used.used_at = Some(T0 + Duration::minutes(1));
+    used.device = Some(phone.id);
+    used.completed_at = Some(T0 + Duration::minutes(2));
     ok(tx.update_enrollment_code(&used).await, "update_enrollment_code");
     let removed = ok(
         tx.delete_expired_enrollment_codes(T0 + Duration::hours(1)).await,

@@ -13,7 +13,7 @@ use crate::tx::StoreTx;
 
 macro_rules! code_cols {
     () => {
-        "id, user_id, purpose, sponsor_id, code_hash, created_at, expires_at, used_at"
+        "id, user_id, purpose, sponsor_id, code_hash, created_at, expires_at, used_at, session_hash, device_id, completed_at"
     };
 }
 
@@ -37,6 +37,9 @@ fn decode_code(row: &dyn Cols) -> Result<EnrollmentCode, StoreError> {
         created_at: r.time("created_at")?,
         expires_at: r.time("expires_at")?,
         used_at: r.opt_time("used_at")?,
+        session: r.opt_array("session_hash")?.map(TokenHash::from_bytes),
+        device: r.opt_parse("device_id")?,
+        completed_at: r.opt_time("completed_at")?,
     })
 }
 
@@ -50,7 +53,7 @@ impl EnrollmentCodeRepo for StoreTx {
             concat!(
                 "INSERT INTO enrollment_codes (",
                 code_cols!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             ),
             vec![
                 id(code.id),
@@ -61,6 +64,9 @@ impl EnrollmentCodeRepo for StoreTx {
                 nanos("enrollment_codes.created_at", code.created_at)?.into(),
                 nanos("enrollment_codes.expires_at", code.expires_at)?.into(),
                 opt_nanos("enrollment_codes.used_at", code.used_at)?.into(),
+                code.session.as_ref().map(|h| h.as_bytes().to_vec()).into(),
+                opt_id(code.device),
+                opt_nanos("enrollment_codes.completed_at", code.completed_at)?.into(),
             ],
         );
         self.begin_call().await?;
@@ -81,8 +87,13 @@ impl EnrollmentCodeRepo for StoreTx {
 
     async fn update_enrollment_code(&mut self, code: &EnrollmentCode) -> Result<(), StoreError> {
         let q = Query::new(
-            "UPDATE enrollment_codes SET used_at = $2 WHERE id = $1",
-            vec![id(code.id), opt_nanos("enrollment_codes.used_at", code.used_at)?.into()],
+            "UPDATE enrollment_codes SET used_at = $2, device_id = $3, completed_at = $4 WHERE id = $1",
+            vec![
+                id(code.id),
+                opt_nanos("enrollment_codes.used_at", code.used_at)?.into(),
+                opt_id(code.device),
+                opt_nanos("enrollment_codes.completed_at", code.completed_at)?.into(),
+            ],
         );
         self.begin_call().await?;
         let result = self.execute(q).await.and_then(found);
