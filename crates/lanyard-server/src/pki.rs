@@ -4,8 +4,9 @@
 //! short-lived and is re-issued at start when it has less than a third of its life left.
 
 use lanyard_ca::hierarchy::{
-    Hierarchy, HierarchySpec, SignerCredential, issue_content_signer, issue_ocsp_signer,
+    Hierarchy, HierarchySpec, SignerCredential, issue_content_signer, issue_ocsp_signer, issue_scep_ra,
 };
+use lanyard_ca::scep::RaKey;
 use lanyard_ca::{
     CaError, CaUrls, CertificateAuthority, KeyAlgorithm, KeyFileStore, OcspResponder, SoftwareKey,
 };
@@ -40,12 +41,53 @@ pub enum CaFiles {
     Incomplete(Vec<String>),
 }
 
-/// The running CA: root and issuing CA, OCSP responder, PIV content signer (CHUID signatures).
+/// The running CA: root and issuing CA, OCSP responder, PIV content signer (CHUID signatures),
+/// SCEP RA.
 pub struct Pki {
     pub root: CertificateAuthority<SoftwareKey>,
     pub issuing: CertificateAuthority<SoftwareKey>,
     pub ocsp: OcspResponder<SoftwareKey>,
     pub content_signer: SignerCredential<SoftwareKey>,
+    /// The SCEP registration authority: always RSA-2048, whatever the CA's keys, because SCEP
+    /// clients (Apple's first) only do RSA key transport.
+    pub scep_ra: SignerCredential<RaKey>,
+}
+
+/// How long the SCEP RA certificate is valid; renewed (same key) in the last third of that.
+const SCEP_RA_VALIDITY_DAYS: u32 = 365;
+
+/// The SCEP RA in `dir` (`scep-ra.crt`, `scep-ra.key.pem`): loaded, or issued by `issuing` when
+/// absent (new data directories, and those made before SCEP existed) or in the last third of its
+/// life. The key is kept across renewals, so profiles already on phones keep working.
+fn scep_ra(
+    dir: &Path,
+    keys: &KeyFileStore,
+    organization: &str,
+    issuing: &CertificateAuthority<SoftwareKey>,
+    now: OffsetDateTime,
+) -> Result<SignerCredential<RaKey>, PkiError> {
+    let cert_path = dir.join("scep-ra.crt");
+    if cert_path.exists() && keys.exists("scep-ra")? {
+        let der = read(&cert_path)?;
+        let certificate: lanyard_ca::Certificate = der::Decode::from_der(&der).map_err(CaError::from)?;
+        if !in_last_third(&certificate.tbs_certificate.validity, now) {
+            let key = RaKey::new(keys.load("scep-ra")?)?;
+            return Ok(SignerCredential {
+                certificate: lanyard_ca::IssuedCertificate { certificate, der },
+                key,
+            });
+        }
+    }
+    let fresh = !keys.exists("scep-ra")?;
+    let key = if fresh { SoftwareKey::generate(KeyAlgorithm::Rsa2048)? } else { keys.load("scep-ra")? };
+    let subject = lanyard_ca::parse_dn(&format!("CN={organization} SCEP RA,O={organization}"))?;
+    let ra = issue_scep_ra(issuing, RaKey::new(key)?, subject, now, SCEP_RA_VALIDITY_DAYS)?;
+    if fresh {
+        keys.save("scep-ra", ra.key.software_key())?;
+    }
+    write(&cert_path, &ra.certificate.der)?;
+    tracing::info!("issued the SCEP RA certificate");
+    Ok(ra)
 }
 
 /// Whether a certificate has less than a third of its life left at `now`: the server's own
@@ -166,11 +208,11 @@ impl Pki {
         let keys = KeyFileStore::new(dir);
         let existing = CERTS
             .iter()
-            .chain(["content-signer.crt"].iter())
+            .chain(["content-signer.crt", "scep-ra.crt"].iter())
             .map(|f| dir.join(f))
             .chain(
                 KEYS.iter()
-                    .chain(["content-signer"].iter())
+                    .chain(["content-signer", "scep-ra"].iter())
                     .map(|k| keys.path(k))
                     .collect::<Result<Vec<_>, _>>()?,
             )
@@ -194,8 +236,9 @@ impl Pki {
             &dir.join("ocsp.crt"),
             &der::Encode::to_der(h.ocsp.responder_certificate()).map_err(CaError::from)?,
         )?;
+        let scep_ra = scep_ra(dir, &keys, organization, &h.issuing, now)?;
         tracing::info!(dir = %dir.display(), "created the CA hierarchy");
-        Ok(Pki { root: h.root, issuing: h.issuing, ocsp: h.ocsp, content_signer: h.content_signer })
+        Ok(Pki { root: h.root, issuing: h.issuing, ocsp: h.ocsp, content_signer: h.content_signer, scep_ra })
     }
 
     /// Loads the hierarchy from `dir`. Never creates a root or issuing CA: a directory without
@@ -252,9 +295,10 @@ impl Pki {
             ocsp
         };
         let content_signer = content_signer(dir, &keys, &spec, &issuing, now)?;
+        let scep_ra = scep_ra(dir, &keys, organization, &issuing, now)?;
         // Data directories made before the PEM copy existed get it now.
         write_root_pem(dir, root.certificate_der())?;
-        Ok(Pki { root, issuing, ocsp, content_signer })
+        Ok(Pki { root, issuing, ocsp, content_signer, scep_ra })
     }
 
     /// The root certificate's SHA-256 fingerprint, as the installation record keeps it.
