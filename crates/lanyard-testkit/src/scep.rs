@@ -324,23 +324,17 @@ fn printed_attribute(printed: &str, oid: &str) -> Option<String> {
         if let Some(v) = t.strip_prefix("UTF8STRING:") {
             return Some(v.trim().to_owned());
         }
-        if let Some(v) = t.strip_prefix("OCTET STRING:") {
+        if t.starts_with("OCTET STRING:") {
+            // Hex dump lines: "0000 - 67 f0 32 …-… 96   ascii"; the hex area ends at the run of
+            // spaces before the ASCII column (which may itself hold spaces).
             let hex: String = lines[at + 1..]
                 .iter()
                 .skip_while(|l| !l.contains("OCTET STRING:"))
                 .skip(1)
-                .take_while(|l| l.trim().starts_with(|c: char| c.is_ascii_hexdigit()) && l.contains(" - "))
-                .map(|l| l.split(" - ").nth(1).unwrap_or_default())
-                .flat_map(|rest| {
-                    rest.split_whitespace()
-                        .take_while(|w| w.len() == 2 || w.contains('-'))
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>()
-                })
-                .collect::<Vec<_>>()
-                .join("");
-            let _ = v;
-            return Some(hex.replace('-', ""));
+                .map_while(|l| l.split_once(" - ").map(|(_, rest)| rest))
+                .map(|rest| rest.split("  ").next().unwrap_or_default().replace(['-', ' '], ""))
+                .collect();
+            return Some(hex);
         }
     }
     None

@@ -214,6 +214,77 @@ async fn an_openssl_streamed_pkcsreq_enrols_a_mobile_once_and_refusals_change_no
     assert_eq!((view.status.as_str(), view.fail_info.as_deref()), ("2", Some("2")), "{}", view.printed);
     assert!(view.printed.contains("already used"), "{}", view.printed);
     assert_eq!(server.devices_of(&server.alice).await.len(), 1);
+
+    // RenewalReq: signed with the issued certificate and its key, for a new key.
+    let next = OpensslScepClient::new(&files.path("next"), "iPhone");
+    let csr = next.csr("My iPhone", "unused");
+    let issued = files.path("issued.pem").to_string_lossy().into_owned();
+    let (msg, _) =
+        client.request(&files.path("ra.pem"), 17, "tx-renew", &csr, "-aes256", &issued, "key.pem", "sha256");
+    std::fs::write(client.dir.join("renew.msg"), &msg).unwrap();
+    let status = curl_post(
+        &format!("{}/scep?operation=PKIOperation", server.url),
+        &client.dir.join("renew.msg"),
+        &client.dir.join("renew.rep"),
+    );
+    assert_eq!(status, "200 application/x-pki-message");
+    let view = client.read_reply(
+        &std::fs::read(client.dir.join("renew.rep")).unwrap(),
+        &files.path("chain.pem"),
+        &issued,
+        "key.pem",
+    );
+    assert_eq!(view.status, "0", "{}", view.printed);
+    std::fs::write(files.path("renewed.pem"), &view.certificates_pem).unwrap();
+    let new_key = openssl_in(Some(&next.dir), &["x509", "-in", "self.pem", "-noout", "-pubkey"]);
+    let renewed_key =
+        openssl_in(Some(files.dir.path()), &["x509", "-in", "renewed.pem", "-noout", "-pubkey"]);
+    assert_eq!(new_key, renewed_key);
+    let credentials = server.credentials(devices[0].id).await;
+    let mut states: Vec<CredentialState> = credentials.iter().map(|c| c.state).collect();
+    states.sort_by_key(|s| s.as_str());
+    assert_eq!(states, [CredentialState::Active, CredentialState::Superseded]);
+    let ocsp = openssl_in(
+        Some(files.dir.path()),
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "issued.pem",
+            "-url",
+            &format!("{}/pki/ocsp", server.url),
+            "-CAfile",
+            "root.pem",
+            "-no_nonce",
+        ],
+    );
+    assert!(ocsp.contains("issued.pem: revoked"), "{ocsp}");
+    // The superseded certificate cannot renew again.
+    let (msg, _) = client.request(
+        &files.path("ra.pem"),
+        17,
+        "tx-renew-2",
+        &csr,
+        "-aes256",
+        &issued,
+        "key.pem",
+        "sha256",
+    );
+    std::fs::write(client.dir.join("renew2.msg"), &msg).unwrap();
+    curl_post(
+        &format!("{}/scep?operation=PKIOperation", server.url),
+        &client.dir.join("renew2.msg"),
+        &client.dir.join("renew2.rep"),
+    );
+    let view = client.read_reply(
+        &std::fs::read(client.dir.join("renew2.rep")).unwrap(),
+        &files.path("chain.pem"),
+        &issued,
+        "key.pem",
+    );
+    assert_eq!((view.status.as_str(), view.fail_info.as_deref()), ("2", Some("2")), "{}", view.printed);
+    assert_eq!(server.credentials(devices[0].id).await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
