@@ -143,6 +143,25 @@ pub fn issue_profile_signer<S: CaSigner, K: CaSigner>(
     Ok(SignerCredential { certificate, key })
 }
 
+/// Issues the SCEP RA certificate for `key` (RSA; see [`CertificateProfile::scep_ra`]).
+pub fn issue_scep_ra<S: CaSigner>(
+    issuing: &CertificateAuthority<S>,
+    key: crate::scep::RaKey,
+    subject: Name,
+    not_before: OffsetDateTime,
+    validity_days: u32,
+) -> Result<SignerCredential<crate::scep::RaKey>, CaError> {
+    let certificate = issue_signer_certificate(
+        issuing,
+        &CertificateProfile::scep_ra(),
+        &key,
+        subject,
+        not_before,
+        validity_days,
+    )?;
+    Ok(SignerCredential { certificate, key })
+}
+
 /// The profile signer's subject for `organization`: `CN=<organization> Profile Signer,O=<organization>`.
 pub fn profile_signer_subject(organization: &str) -> Result<Name, CaError> {
     parse_dn(&format!("CN={organization} Profile Signer,O={organization}"))

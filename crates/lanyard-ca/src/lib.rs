@@ -13,6 +13,7 @@
 //! - [`attestation`]: YubiKey PIV attestation verification (proof a key was made on the card).
 //! - [`card_check`]: a presented PIV card's certificate as a relying party checks it: path to the
 //!   configured anchors, OCSP or CRL status, the card's signature over a challenge.
+//! - [`scep`]: SCEP (RFC 8894) messages: BER normalisation, PKIMessage parsing, CertRep.
 //! - [`store`]: PKCS#8 key files, the crate's only I/O.
 //!
 //! Everything takes the current time as an argument; nothing here reads the clock.
@@ -32,6 +33,7 @@ pub mod name;
 pub mod ocsp;
 pub mod oids;
 pub mod profile;
+pub mod scep;
 pub mod store;
 mod x509time;
 

@@ -329,6 +329,7 @@ impl CertificateProfile {
             Self::mobile_device(),
             Self::content_signer(),
             Self::profile_signer(),
+            Self::scep_ra(),
             Self::ocsp_signer(),
             Self::tls_server(),
             Self::root_ca(),
@@ -509,6 +510,25 @@ impl CertificateProfile {
             "Configuration Profile Signer",
             KeyUsageRule::same(true, &[KeyUsageBit::DigitalSignature]),
         );
+        p.max_validity_days = 2 * 365;
+        p
+    }
+
+    /// The SCEP registration authority (RFC 8894 §2.1.1): signs CertReps and receives requests
+    /// encrypted to it. Clients, Apple's among them, only do RSA key transport, so the key is RSA
+    /// even under an EC CA, and both usages are needed: iOS stops before sending a request to an
+    /// RA certificate that lacks either.
+    pub fn scep_ra() -> Self {
+        let mut p = Self::end_entity(
+            "scep-ra",
+            "SCEP RA",
+            KeyUsageRule {
+                critical: true,
+                ec: vec![KeyUsageBit::DigitalSignature],
+                rsa: vec![KeyUsageBit::DigitalSignature, KeyUsageBit::KeyEncipherment],
+            },
+        );
+        p.key_algorithms = vec![KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa3072];
         p.max_validity_days = 2 * 365;
         p
     }

@@ -259,6 +259,15 @@ const EXPECTED: &[Expect] = &[
         san_critical: false,
     },
     Expect {
+        id: "scep-ra",
+        ku_ec: "Digital Signature",
+        ku_rsa: "Digital Signature, Key Encipherment",
+        eku: None,
+        policy: None,
+        san: &[],
+        san_critical: false,
+    },
+    Expect {
         id: "ocsp-signer",
         ku_ec: "Digital Signature",
         ku_rsa: "Digital Signature",
@@ -396,6 +405,12 @@ fn every_builtin_profile_under_a_p256_issuing_ca() {
     let mut covered = BTreeSet::new();
     for profile in CertificateProfile::builtin_all() {
         if profile.ca.is_some() {
+            covered.insert(profile.id.clone());
+            continue;
+        }
+        if !profile.key_algorithms.contains(&KeyAlgorithm::EcP256) {
+            // RSA-only (the SCEP RA): an RSA key under the P-256 CA.
+            check_end_entity(d, &h, &profile, KeyAlgorithm::Rsa2048);
             covered.insert(profile.id.clone());
             continue;
         }
@@ -1763,5 +1778,231 @@ fn a_signed_profile_verifies_against_the_root_and_plistlib_reads_it() {
         let fp = fp.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
         assert_eq!(v["fingerprint"], fp);
         assert_eq!(v["uuid"].as_str().unwrap().len(), 36);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// SCEP messages, built and read by openssl
+
+mod scep_messages {
+    use super::*;
+    use lanyard_ca::scep::{self, ContentCipher, FailInfo, MessageType, RaKey, Reply, RequestContent};
+    use lanyard_testkit::scep::OpensslScepClient;
+
+    struct World {
+        h: Hierarchy,
+        ra: SignerCredential<RaKey>,
+        dir: tempfile::TempDir,
+    }
+
+    fn world() -> World {
+        let h = hierarchy(KeyAlgorithm::EcP256);
+        let ra_key = RaKey::new(SoftwareKey::generate(KeyAlgorithm::Rsa2048).unwrap()).unwrap();
+        let ra = lanyard_ca::hierarchy::issue_scep_ra(
+            &h.issuing,
+            ra_key,
+            parse_dn("CN=Lanyard Test SCEP RA,O=Lanyard Test").unwrap(),
+            now() - Duration::minutes(5),
+            30,
+        )
+        .unwrap();
+        let dir = workdir(&h);
+        write_cert(dir.path(), "ra.pem", &ra.certificate);
+        World { h, ra, dir }
+    }
+
+    fn ra_cert(w: &World) -> Certificate {
+        w.ra.certificate.certificate.clone()
+    }
+
+    #[test]
+    fn the_ra_certificate_is_rsa_with_both_usages_under_an_ec_ca() {
+        let w = world();
+        let d = w.dir.path();
+        assert_chain_verifies(d, "ra.pem");
+        let text = x509_text(d, "ra.pem");
+        assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
+        assert!(text.contains("Signature Algorithm: ecdsa-with-SHA256"), "{text}");
+        assert_eq!(
+            extension(&text, "X509v3 Key Usage"),
+            Some((true, "Digital Signature, Key Encipherment".into()))
+        );
+        pkilint::assert_cert(&d.join("ra.pem"));
+        pkilint::assert_pair(&d.join("issuing.pem"), &d.join("ra.pem"));
+        // EC keys cannot be an RA key.
+        assert!(RaKey::new(SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_streamed_ber_pkcsreq_from_openssl_is_read_and_answered() {
+        let w = world();
+        let d = w.dir.path();
+        let client = OpensslScepClient::new(&d.join("client"), "client");
+        let csr = client.csr("Jane Doe", "s3cret-challenge");
+        for (cipher, expected) in [
+            ("-aes256", ContentCipher::Aes256Cbc),
+            ("-aes128", ContentCipher::Aes128Cbc),
+            ("-des3", ContentCipher::DesEde3Cbc),
+        ] {
+            let (msg, nonce) = client.request(
+                &d.join("ra.pem"),
+                19,
+                "tx-0001",
+                &csr,
+                cipher,
+                "self.pem",
+                "key.pem",
+                "sha256",
+            );
+            // The message is indefinite-length BER, which DER parsers refuse.
+            assert_eq!(&msg[..2], &[0x30, 0x80]);
+            assert!(::cms::content_info::ContentInfo::from_der(&msg).is_err());
+            let req = scep::parse_request(&msg, &w.ra.key, &ra_cert(&w)).unwrap();
+            assert_eq!(req.message_type, MessageType::PkcsReq);
+            assert_eq!(req.header.transaction_id_text, "tx-0001");
+            assert_eq!(req.header.sender_nonce, nonce);
+            assert_eq!(req.cipher, expected, "{cipher}");
+            let RequestContent::Csr(parsed) = &req.content else { panic!("{:?}", req.content) };
+            assert_eq!(parsed.challenge_password.as_deref(), Some("s3cret-challenge"));
+
+            // SUCCESS: openssl verifies the RA's signature, opens the envelope with the client key
+            // and finds the certificate.
+            let key = SoftwareKey::generate(KeyAlgorithm::Rsa2048).unwrap();
+            let profile = CertificateProfile::mobile_device();
+            let mut r = request(&profile, &key);
+            r.public_key = parsed.public_key.clone();
+            let issued = w.h.issuing.issue(&r).unwrap();
+            let certs = [issued.der.clone(), w.h.issuing.certificate_der().to_vec()];
+            let rep = scep::cert_rep(
+                &w.ra.key,
+                &w.ra.certificate.der,
+                &req.header,
+                &Reply::Success {
+                    certificates: &certs,
+                    crls: &[],
+                    recipient: &req.signer,
+                    cipher: req.cipher,
+                },
+            )
+            .unwrap();
+            let view = client.read_reply(&rep, &d.join("chain.pem"), "self.pem", "key.pem");
+            assert_eq!(view.status, "0", "{}", view.printed);
+            assert_eq!(view.transaction_id, "tx-0001");
+            assert_eq!(view.recipient_nonce, hex::encode(&nonce), "{}", view.printed);
+            let issued_pem = issued.to_pem();
+            assert!(view.certificates_pem.contains(issued_pem.trim()), "{}", view.certificates_pem);
+        }
+    }
+
+    #[test]
+    fn single_des_sha1_bad_signatures_and_garbage_are_refused_precisely() {
+        let w = world();
+        let d = w.dir.path();
+        let client = OpensslScepClient::new(&d.join("client"), "client");
+        let csr = client.csr("Jane Doe", "x");
+        let parse = |msg: &[u8]| scep::parse_request(msg, &w.ra.key, &ra_cert(&w));
+        let failure = |msg: &[u8]| match parse(msg) {
+            Err(scep::RequestError::Failed { failure, .. }) => failure,
+            other => panic!("{other:?}"),
+        };
+
+        let (des, _) =
+            client.request(&d.join("ra.pem"), 19, "tx-des", &csr, "-des", "self.pem", "key.pem", "sha256");
+        let f = failure(&des);
+        assert_eq!(f.info, FailInfo::BadAlg, "{f}");
+        assert!(f.text.contains("single DES"), "{f}");
+
+        let (sha1, _) =
+            client.request(&d.join("ra.pem"), 19, "tx-sha1", &csr, "-aes128", "self.pem", "key.pem", "sha1");
+        assert_eq!(failure(&sha1).info, FailInfo::BadAlg);
+
+        // One bit of the signature flipped (it is the last element of the message, before the
+        // six end-of-contents markers).
+        let (mut tampered, _) =
+            client.request(&d.join("ra.pem"), 19, "tx-bad", &csr, "-aes128", "self.pem", "key.pem", "sha256");
+        let at = tampered.len() - 13;
+        tampered[at] ^= 1;
+        assert_eq!(failure(&tampered).info, FailInfo::BadMessageCheck);
+
+        // A FAILURE reply, checked by openssl: pkiStatus 2 and the failInfo.
+        let (msg, _) =
+            client.request(&d.join("ra.pem"), 19, "tx-fail", &csr, "-des", "self.pem", "key.pem", "sha256");
+        let Err(scep::RequestError::Failed { header, failure }) = parse(&msg) else { panic!() };
+        let rep =
+            scep::cert_rep(&w.ra.key, &w.ra.certificate.der, &header, &Reply::Failure(&failure)).unwrap();
+        let view = client.read_reply(&rep, &d.join("chain.pem"), "self.pem", "key.pem");
+        assert_eq!((view.status.as_str(), view.fail_info.as_deref()), ("2", Some("0")), "{}", view.printed);
+        assert_eq!(view.transaction_id, "tx-fail");
+
+        // Not a PKIMessage at all: no reply can name a transaction.
+        assert!(matches!(parse(b"hello"), Err(scep::RequestError::Unreadable(_))));
+        assert!(matches!(parse(&csr), Err(scep::RequestError::Unreadable(_))));
+    }
+
+    #[test]
+    fn get_ca_cert_is_a_degenerate_pkcs7_openssl_reads() {
+        let w = world();
+        let d = w.dir.path();
+        let p7 = scep::degenerate(
+            &[
+                w.ra.certificate.der.clone(),
+                w.h.issuing.certificate_der().to_vec(),
+                w.h.root.certificate_der().to_vec(),
+            ],
+            &[],
+        )
+        .unwrap();
+        std::fs::write(d.join("ca.p7b"), &p7).unwrap();
+        let printed = openssl_ok(&["pkcs7", "-inform", "DER", "-in", "ca.p7b", "-print_certs", "-noout"], d);
+        for cn in ["SCEP RA", "Issuing CA", "Root CA"] {
+            assert!(printed.contains(cn), "{cn}: {printed}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever bytes arrive, the parser answers (usually an error) without panicking; and a
+        /// real request with any byte changed is never accepted with different content.
+        #[test]
+        fn mangled_messages_never_panic(
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            garbage in prop::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let w = shared();
+            let _ = scep::parse_request(&garbage, &w.0.ra.key, &w.0.ra.certificate.certificate);
+            let mut msg = w.1.clone();
+            for (at, value) in &flips {
+                let i = at.index(msg.len());
+                msg[i] ^= value | 1;
+            }
+            if let Ok(req) = scep::parse_request(&msg, &w.0.ra.key, &w.0.ra.certificate.certificate) {
+                // Only bytes outside what is signed and encrypted can change without notice
+                // (e.g. an unsigned length form); the request must still be the one sent.
+                prop_assert_eq!(req.header.transaction_id_text, "tx-prop");
+                let RequestContent::Csr(csr) = req.content else { panic!() };
+                prop_assert_eq!(csr.challenge_password.as_deref(), Some("prop"));
+            }
+        }
+    }
+
+    /// One world and one request for all proptest cases (openssl is slow).
+    fn shared() -> &'static (World, Vec<u8>) {
+        static SHARED: OnceLock<(World, Vec<u8>)> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let w = world();
+            let client = OpensslScepClient::new(&w.dir.path().join("client"), "client");
+            let csr = client.csr("Prop", "prop");
+            let (msg, _) = client.request(
+                &w.dir.path().join("ra.pem"),
+                19,
+                "tx-prop",
+                &csr,
+                "-aes128",
+                "self.pem",
+                "key.pem",
+                "sha256",
+            );
+            (w, msg)
+        })
     }
 }

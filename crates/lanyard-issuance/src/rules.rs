@@ -31,6 +31,9 @@ pub enum Channel<'a> {
     /// `hardware_attested`: a key attestation verified against the configured roots proved the
     /// key lives in hardware, which alone earns a derived credential the AAL3 (hardware) profile.
     Mobile { hardware_attested: bool },
+    /// A new key for an Active mobile, asked for with its current certificate (SCEP RenewalReq);
+    /// the certificate is recorded Active and supersedes the one that asked.
+    MobileRenewal,
 }
 
 /// Everything the rules look at.
@@ -149,6 +152,18 @@ pub fn plan(e: &Enrolment<'_>) -> Result<Plan, IssuanceError> {
                 return Err(IssuanceError::NotAMobileSlot { slot });
             }
             if device.state != DeviceState::Enrolling {
+                return Err(IssuanceError::DeviceState {
+                    device: device.id.to_string(),
+                    state: device.state,
+                });
+            }
+            CredentialState::Active
+        }
+        Channel::MobileRenewal => {
+            if !slot.is_mobile() || device.kind != lanyard_core::model::DeviceKind::Mobile {
+                return Err(IssuanceError::NotAMobileSlot { slot });
+            }
+            if device.state != DeviceState::Active {
                 return Err(IssuanceError::DeviceState {
                     device: device.id.to_string(),
                     state: device.state,

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod pki;
 pub mod portal;
 pub mod portal_pin;
+pub mod scep;
 pub mod tls;
 
 use axum::body::Bytes;
@@ -304,6 +305,7 @@ pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
         .route(lanyard_protocol::CONNECT_PATH, get(issuance::connect::<R>))
         .route(lanyard_protocol::link::LINK_PATH, get(link::connect::<R>))
         .merge(pki_routes())
+        .merge(scep::routes())
         .merge(portal::routes())
         .layer(middleware::from_fn(operation_id))
         .with_state(state)
@@ -346,6 +348,12 @@ async fn issuing_certificate<R: Repo>(State(s): State<AppState<R>>) -> Response 
 }
 
 async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
+    Ok(der_response("application/pkix-crl", current_crl(&s).await?))
+}
+
+/// The issuing CA's current CRL (cached until the audit log moves or half its validity passed),
+/// for `/pki/crl` and SCEP GetCRL.
+pub(crate) async fn current_crl<R: Repo>(s: &AppState<R>) -> Result<Vec<u8>, ApiError> {
     let now = s.clock.now();
     // One snapshot for the head and every page, so the cached CRL matches the head it names.
     let mut tx = s.repo.read().await?;
@@ -355,7 +363,7 @@ async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError
         && c.head_seq == head.seq
         && now - c.this_update < CRL_VALIDITY / 2
     {
-        return Ok(der_response("application/pkix-crl", c.der));
+        return Ok(c.der);
     }
     let mut entries = Vec::new();
     let mut after = None;
@@ -399,7 +407,7 @@ async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError
     if let Ok(mut c) = s.crl_cache.lock() {
         *c = Some(CachedCrl { head_seq: head.seq, this_update: now, der: der.clone() });
     }
-    Ok(der_response("application/pkix-crl", der))
+    Ok(der)
 }
 
 /// cRLNumber must grow with every CRL a CA signs: microseconds since the epoch do, one CRL at a

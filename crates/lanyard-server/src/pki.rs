@@ -5,8 +5,9 @@
 
 use lanyard_ca::hierarchy::{
     Hierarchy, HierarchySpec, SignerCredential, issue_content_signer, issue_ocsp_signer,
-    issue_profile_signer, profile_signer_subject,
+    issue_profile_signer, issue_scep_ra, profile_signer_subject,
 };
+use lanyard_ca::scep::RaKey;
 use lanyard_ca::{
     CaError, CaUrls, CertificateAuthority, KeyAlgorithm, KeyFileStore, OcspResponder, SoftwareKey,
 };
@@ -42,7 +43,7 @@ pub enum CaFiles {
 }
 
 /// The running CA: root and issuing CA, OCSP responder, PIV content signer (CHUID signatures),
-/// configuration-profile signer (`.mobileconfig`).
+/// configuration-profile signer (`.mobileconfig`), SCEP RA.
 pub struct Pki {
     pub root: CertificateAuthority<SoftwareKey>,
     pub issuing: CertificateAuthority<SoftwareKey>,
@@ -51,6 +52,46 @@ pub struct Pki {
     pub profile_signer: SignerCredential<SoftwareKey>,
     /// The organisation named in the CA's certificates (profiles name it too).
     pub organization: String,
+    /// The SCEP registration authority: always RSA-2048, whatever the CA's keys, because SCEP
+    /// clients (Apple's first) only do RSA key transport.
+    pub scep_ra: SignerCredential<RaKey>,
+}
+
+/// How long the SCEP RA certificate is valid; renewed (same key) in the last third of that.
+const SCEP_RA_VALIDITY_DAYS: u32 = 365;
+
+/// The SCEP RA in `dir` (`scep-ra.crt`, `scep-ra.key.pem`): loaded, or issued by `issuing` when
+/// absent (new data directories, and those made before SCEP existed) or in the last third of its
+/// life. The key is kept across renewals, so profiles already on phones keep working.
+fn scep_ra(
+    dir: &Path,
+    keys: &KeyFileStore,
+    organization: &str,
+    issuing: &CertificateAuthority<SoftwareKey>,
+    now: OffsetDateTime,
+) -> Result<SignerCredential<RaKey>, PkiError> {
+    let cert_path = dir.join("scep-ra.crt");
+    if cert_path.exists() && keys.exists("scep-ra")? {
+        let der = read(&cert_path)?;
+        let certificate: lanyard_ca::Certificate = der::Decode::from_der(&der).map_err(CaError::from)?;
+        if !in_last_third(&certificate.tbs_certificate.validity, now) {
+            let key = RaKey::new(keys.load("scep-ra")?)?;
+            return Ok(SignerCredential {
+                certificate: lanyard_ca::IssuedCertificate { certificate, der },
+                key,
+            });
+        }
+    }
+    let fresh = !keys.exists("scep-ra")?;
+    let key = if fresh { SoftwareKey::generate(KeyAlgorithm::Rsa2048)? } else { keys.load("scep-ra")? };
+    let subject = lanyard_ca::parse_dn(&format!("CN={organization} SCEP RA,O={organization}"))?;
+    let ra = issue_scep_ra(issuing, RaKey::new(key)?, subject, now, SCEP_RA_VALIDITY_DAYS)?;
+    if fresh {
+        keys.save("scep-ra", ra.key.software_key())?;
+    }
+    write(&cert_path, &ra.certificate.der)?;
+    tracing::info!("issued the SCEP RA certificate");
+    Ok(ra)
 }
 
 /// Whether a certificate has less than a third of its life left at `now`: the server's own
@@ -204,11 +245,11 @@ impl Pki {
         let keys = KeyFileStore::new(dir);
         let existing = CERTS
             .iter()
-            .chain(["content-signer.crt", "profile-signer.crt"].iter())
+            .chain(["content-signer.crt", "profile-signer.crt", "scep-ra.crt"].iter())
             .map(|f| dir.join(f))
             .chain(
                 KEYS.iter()
-                    .chain(["content-signer", "profile-signer"].iter())
+                    .chain(["content-signer", "profile-signer", "scep-ra"].iter())
                     .map(|k| keys.path(k))
                     .collect::<Result<Vec<_>, _>>()?,
             )
@@ -233,6 +274,7 @@ impl Pki {
             &der::Encode::to_der(h.ocsp.responder_certificate()).map_err(CaError::from)?,
         )?;
         let profile_signer = profile_signer(dir, &keys, organization, &spec, &h.issuing, now)?;
+        let scep_ra = scep_ra(dir, &keys, organization, &h.issuing, now)?;
         tracing::info!(dir = %dir.display(), "created the CA hierarchy");
         Ok(Pki {
             root: h.root,
@@ -241,6 +283,7 @@ impl Pki {
             content_signer: h.content_signer,
             profile_signer,
             organization: organization.to_owned(),
+            scep_ra,
         })
     }
 
@@ -299,9 +342,18 @@ impl Pki {
         };
         let content_signer = content_signer(dir, &keys, &spec, &issuing, now)?;
         let profile_signer = profile_signer(dir, &keys, organization, &spec, &issuing, now)?;
+        let scep_ra = scep_ra(dir, &keys, organization, &issuing, now)?;
         // Data directories made before the PEM copy existed get it now.
         write_root_pem(dir, root.certificate_der())?;
-        Ok(Pki { root, issuing, ocsp, content_signer, profile_signer, organization: organization.to_owned() })
+        Ok(Pki {
+            root,
+            issuing,
+            ocsp,
+            content_signer,
+            profile_signer,
+            organization: organization.to_owned(),
+            scep_ra,
+        })
     }
 
     /// The root certificate's SHA-256 fingerprint, as the installation record keeps it.

@@ -17,6 +17,8 @@
 // A test kit fails the test that uses it by panicking, with a message that says what went wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// A SCEP client made of openssl commands (feature-free, like [`tools`]).
+pub mod scep;
 pub mod tools;
 
 #[cfg(feature = "server")]

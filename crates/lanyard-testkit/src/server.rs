@@ -227,6 +227,39 @@ impl TestServer {
         tx.list_credentials(&query).await.expect("read the credentials")
     }
 
+    /// A one-time enrolment code `caller` obtains for adding a mobile with a configuration
+    /// profile (the SCEP challenge), through the core as the portal does; valid ten minutes, not
+    /// bound to a portal session.
+    pub async fn mobile_profile_code(&self, caller: &Caller) -> String {
+        let user = {
+            let mut tx = self.db.db.begin().await.expect("a transaction");
+            tx.get_user(caller.id).await.expect("read the user").expect("the caller exists")
+        };
+        let now = self.state.clock.now();
+        let principal =
+            lanyard_core::authz::Principal::new(user, lanyard_core::audit::OperationId::random(), now)
+                .expect("an enabled user");
+        let me = principal.self_service().expect("a user");
+        let (_, secret) = me
+            .start_mobile_enrollment(
+                self.db.db.as_ref(),
+                lanyard_core::model::EnrollmentPurpose::MobileProfile,
+                time::Duration::minutes(10),
+                None,
+            )
+            .await
+            .expect("an enrolment code");
+        secret.expose_secret().to_owned()
+    }
+
+    /// The devices `caller` holds, as stored.
+    pub async fn devices_of(&self, caller: &Caller) -> Vec<Device> {
+        let mut tx = self.db.db.begin().await.expect("a transaction");
+        let query =
+            lanyard_core::repo::DeviceQuery { owner: Some(caller.id), limit: 1000, ..Default::default() };
+        tx.list_devices(&query).await.expect("read the devices")
+    }
+
     /// The job as stored.
     pub async fn job(&self, id: JobId) -> Job {
         let mut tx = self.db.db.begin().await.expect("a transaction");

@@ -78,6 +78,17 @@ async fn find_code<T: Tx>(tx: &mut T, presented: &str) -> Result<EnrollmentCode,
     tx.get_enrollment_code_by_hash(&hash).await?.ok_or_else(|| EnrollmentError::WrongCode.into())
 }
 
+/// A code enrols only the kind of credential it was issued for.
+fn check_kind(code: &EnrollmentCode, kind: EnrollmentKind) -> Result<(), EnrollmentError> {
+    if code.purpose.kind() != kind {
+        return Err(EnrollmentError::WrongKind {
+            expected: code.purpose.kind().as_str(),
+            presented: kind.as_str(),
+        });
+    }
+    Ok(())
+}
+
 /// The code's portal session must still be signed in.
 async fn check_session<T: Tx>(
     tx: &mut T,
@@ -122,55 +133,76 @@ impl System {
         kind: EnrollmentKind,
         model: &str,
     ) -> Result<Redeemed, DomainError> {
-        let at = self.at();
         retry(repo, || async move {
             let mut tx = repo.begin().await?;
-            let mut code = find_code(&mut tx, presented).await?;
-            if code.purpose.kind() != kind {
-                return Err(EnrollmentError::WrongKind {
-                    expected: code.purpose.kind().as_str(),
-                    presented: kind.as_str(),
-                }
-                .into());
-            }
-            code.redeem(presented, at)?;
-            check_session(&mut tx, &code, at).await?;
-            let holder = holder_of(&mut tx, &code).await?;
-            let policy = policy_of(&mut tx, &holder).await?;
-            check_may_add_mobile(&mut tx, &holder, &policy, kind).await?;
-            let mut device = Device::new(DeviceKind::Mobile, model, at)?;
-            device.owner = Some(holder.id);
-            if let EnrollmentPurpose::DerivedPiv { sponsor: Some(card) } = code.purpose {
-                let sponsor =
-                    tx.get_device(card).await?.ok_or_else(|| DomainError::not_found("device", card))?;
-                if sponsor.owner != Some(holder.id) || sponsor.state != DeviceState::Active {
-                    return Err(DomainError::Conflict(format!(
-                        "the sponsor card is {} and no longer vouches for this enrolment",
-                        sponsor.state
-                    )));
-                }
-                device.links.push(DeviceLink { kind: LinkKind::DerivedFrom, target: card });
-            }
-            tx.insert_device(&device).await?;
-            code.device = Some(device.id);
-            tx.update_enrollment_code(&code).await?;
-            let register = self.event("device.register", format!("device:{}", device.id)).after(json!({
-                "kind": device.kind,
-                "model": device.model,
-                "owner": holder.id,
-                "state": device.state,
-                "links": device.links,
-                "enrollment_code": code.id,
-            }));
-            tx.append_audit(register).await?;
-            let redeem = self
-                .event("enrollment_code.redeem", format!("enrollment_code:{}", code.id))
-                .after(json!({"purpose": code.purpose, "device": device.id, "user": holder.id}));
-            tx.append_audit(redeem).await?;
+            let redeemed = self.redeem_in(&mut tx, presented, kind, model).await?;
             tx.commit().await?;
-            Ok(Redeemed { code, device, holder, policy })
+            Ok(redeemed)
         })
         .await
+    }
+
+    /// What [`System::redeem_enrollment`] would answer, without redeeming: every check runs in a
+    /// unit of work that is rolled back, so nothing changes. SCEP uses it to plan the certificate
+    /// (key algorithm, subject) before the code is used up, so that a request the CA would refuse
+    /// leaves the code and the holder's mobiles as they were. The device in the answer is not
+    /// stored.
+    pub async fn preview_enrollment<R: Repo>(
+        &self,
+        repo: &R,
+        presented: &str,
+        kind: EnrollmentKind,
+        model: &str,
+    ) -> Result<Redeemed, DomainError> {
+        let mut tx = repo.begin().await?;
+        // Dropped without commit: rolled back.
+        self.redeem_in(&mut tx, presented, kind, model).await
+    }
+
+    async fn redeem_in<T: Tx>(
+        &self,
+        tx: &mut T,
+        presented: &str,
+        kind: EnrollmentKind,
+        model: &str,
+    ) -> Result<Redeemed, DomainError> {
+        let at = self.at();
+        let mut code = find_code(tx, presented).await?;
+        check_kind(&code, kind)?;
+        code.redeem(presented, at)?;
+        check_session(tx, &code, at).await?;
+        let holder = holder_of(tx, &code).await?;
+        let policy = policy_of(tx, &holder).await?;
+        check_may_add_mobile(tx, &holder, &policy, kind).await?;
+        let mut device = Device::new(DeviceKind::Mobile, model, at)?;
+        device.owner = Some(holder.id);
+        if let EnrollmentPurpose::DerivedPiv { sponsor: Some(card) } = code.purpose {
+            let sponsor = tx.get_device(card).await?.ok_or_else(|| DomainError::not_found("device", card))?;
+            if sponsor.owner != Some(holder.id) || sponsor.state != DeviceState::Active {
+                return Err(DomainError::Conflict(format!(
+                    "the sponsor card is {} and no longer vouches for this enrolment",
+                    sponsor.state
+                )));
+            }
+            device.links.push(DeviceLink { kind: LinkKind::DerivedFrom, target: card });
+        }
+        tx.insert_device(&device).await?;
+        code.device = Some(device.id);
+        tx.update_enrollment_code(&code).await?;
+        let register = self.event("device.register", format!("device:{}", device.id)).after(json!({
+            "kind": device.kind,
+            "model": device.model,
+            "owner": holder.id,
+            "state": device.state,
+            "links": device.links,
+            "enrollment_code": code.id,
+        }));
+        tx.append_audit(register).await?;
+        let redeem = self
+            .event("enrollment_code.redeem", format!("enrollment_code:{}", code.id))
+            .after(json!({"purpose": code.purpose, "device": device.id, "user": holder.id}));
+        tx.append_audit(redeem).await?;
+        Ok(Redeemed { code, device, holder, policy })
     }
 
     /// The enrolment the code `presented` started: redeemed, not completed, not expired. The
@@ -179,10 +211,12 @@ impl System {
         &self,
         repo: &R,
         presented: &str,
+        kind: EnrollmentKind,
     ) -> Result<Redeemed, DomainError> {
         let at = self.at();
         let mut tx = repo.begin().await?;
         let code = find_code(&mut tx, presented).await?;
+        check_kind(&code, kind)?;
         code.check_in_progress(presented, at)?;
         check_session(&mut tx, &code, at).await?;
         let holder = holder_of(&mut tx, &code).await?;

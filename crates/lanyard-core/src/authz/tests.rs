@@ -1223,7 +1223,8 @@ fn a_profile_code_enrols_one_mobile_once_and_the_holder_is_notified() {
         .unwrap_err();
     assert!(matches!(err, DomainError::Enrollment(EnrollmentError::AlreadyUsed(_))), "{err}");
 
-    let in_progress = block_on(system.enrollment_in_progress(&w.repo, secret)).unwrap();
+    let in_progress =
+        block_on(system.enrollment_in_progress(&w.repo, secret, EnrollmentKind::MobileProfile)).unwrap();
     assert_eq!(in_progress.device.id, redeemed.device.id);
     let mut certs = [phone_certificate(w.clock.now(), CertSlot::MobileDevice, "aa01")];
     let device = block_on(system.complete_enrollment(&w.repo, secret, &mut certs)).unwrap();
