@@ -9,6 +9,7 @@
 //! - [`ocsp`]: a sans-IO RFC 6960 responder.
 //! - [`cms`]: detached CMS signatures for PIV data objects (the CHUID issuer signature).
 //! - [`attestation`]: YubiKey PIV attestation verification (proof a key was made on the card).
+//! - [`mobile_attestation`]: Android Key Attestation and Apple App Attest verification.
 //! - [`store`]: PKCS#8 key files, the crate's only I/O.
 //!
 //! Everything takes the current time as an argument; nothing here reads the clock.
@@ -22,6 +23,7 @@ mod ext;
 pub mod hierarchy;
 pub mod issue;
 pub mod keys;
+pub mod mobile_attestation;
 pub mod name;
 pub mod ocsp;
 pub mod oids;

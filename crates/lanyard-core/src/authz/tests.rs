@@ -1249,12 +1249,7 @@ fn codes_die_with_their_session_expire_and_respect_the_mobile_limit() {
     let me = alice.self_service().unwrap();
     let ten = time::Duration::minutes(10);
     let start = || {
-        block_on(me.start_mobile_enrollment(
-            &w.repo,
-            EnrollmentPurpose::MobileProfile,
-            ten,
-            Some(session),
-        ))
+        block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, Some(session)))
     };
     let system = |w: &World| System::new(OperationId::parse("op-scep").unwrap(), w.clock.now());
 
