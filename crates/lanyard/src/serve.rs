@@ -97,6 +97,11 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         let db = open_db_for_serve(&cfg).await?;
         let (pki, kek) = installation(&cfg, &db, clock.now()).await?;
         let attestation_roots = load_attestation_roots(&cfg.attestation_roots)?;
+        let mobile = lanyard_server::api::mobile::MobileConfig {
+            android_roots: load_attestation_roots(&cfg.android_attestation_roots)?,
+            apple_roots: load_attestation_roots(&cfg.apple_attestation_roots)?,
+            apple_app_ids: cfg.apple_app_ids.clone(),
+        };
         let tls = match (cfg.tls_mode, &cfg.tls_cert_file, &cfg.tls_key_file) {
             (TlsMode::Off, _, _) => None,
             (TlsMode::On, Some(cert), Some(key)) => {
@@ -124,7 +129,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         let state = AppState::new(Arc::new(db), Arc::new(pki), clock)
             .with_issuance(lanyard_server::issuance::IssuanceConfig::new(kek, attestation_roots))
-            .with_public_url(&cfg.public_url);
+            .with_public_url(&cfg.public_url)
+            .with_mobile(mobile);
         // Sessions this process ran before a restart still hold leases that are running out:
         // the sweeper fails them (and any another server abandons) a few minutes later.
         tokio::spawn(lanyard_server::issuance::sweep_abandoned_jobs(state.clone()));
@@ -159,9 +165,17 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         match tls {
             Some(config) => {
                 let listener = lanyard_server::tls::TlsListener::new(tcp, config)?;
-                axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+                // The client's address reaches the handlers (the enrolment protocol throttles per
+                // address).
+                let app =
+                    router(state).into_make_service_with_connect_info::<lanyard_server::tls::ClientAddr>();
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
             }
-            None => axum::serve(tcp, router(state)).with_graceful_shutdown(shutdown).await,
+            None => {
+                let app =
+                    router(state).into_make_service_with_connect_info::<lanyard_server::tls::ClientAddr>();
+                axum::serve(tcp, app).with_graceful_shutdown(shutdown).await
+            }
         }
         .context("serving")
     })
