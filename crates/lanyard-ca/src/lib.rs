@@ -14,6 +14,7 @@
 //! - [`card_check`]: a presented PIV card's certificate as a relying party checks it: path to the
 //!   configured anchors, OCSP or CRL status, the card's signature over a challenge.
 //! - [`scep`]: SCEP (RFC 8894) messages: BER normalisation, PKIMessage parsing, CertRep.
+//! - [`mobile_attestation`]: Android Key Attestation and Apple App Attest verification.
 //! - [`store`]: PKCS#8 key files, the crate's only I/O.
 //!
 //! Everything takes the current time as an argument; nothing here reads the clock.
@@ -28,6 +29,7 @@ mod ext;
 pub mod hierarchy;
 pub mod issue;
 pub mod keys;
+pub mod mobile_attestation;
 pub mod mobileconfig;
 pub mod name;
 pub mod ocsp;
