@@ -2021,17 +2021,52 @@ async fn the_audit_log_page_filters_events_and_shows_the_chain_verified() {
 
 /// The policy form as the page sends it, with `max_devices` and `pin_max_len` as given.
 fn policy_form(token: &str, max_devices: &str, pin_max_len: &str) -> String {
-    policy_form_minutes(token, max_devices, pin_max_len, "10")
+    policy_form_with(token, &[("max_devices", Some(max_devices)), ("pin_max_len", Some(pin_max_len))])
 }
 
 /// [`policy_form`] with the enrolment links' lifetime as given.
 fn policy_form_minutes(token: &str, max_devices: &str, pin_max_len: &str, code_minutes: &str) -> String {
-    format!(
-        "csrf_token={token}&may_add_device=on&max_devices={max_devices}&may_add_mobile=on&\
-         derived_piv_requires_sponsor=on&fido_pin_mode=independent&pin_min_len=6&pin_max_len={pin_max_len}&\
-         pin_forbid_trivial=on&initial_pin_display=hidden&accepted_card_models=YubiKey+5%0D%0ALanyard+virtual+card&\
-         derived_recheck_days=7&enrollment_code_minutes={code_minutes}"
+    policy_form_with(
+        token,
+        &[
+            ("max_devices", Some(max_devices)),
+            ("pin_max_len", Some(pin_max_len)),
+            ("enrollment_code_minutes", Some(code_minutes)),
+        ],
     )
+}
+
+/// The policy form of the default policy (every box ticked that it ticks), with `changes`: a
+/// field's new value, or `None` for a box left unticked (a browser then sends nothing).
+fn policy_form_with(token: &str, changes: &[(&str, Option<&str>)]) -> String {
+    let fields = [
+        ("may_add_device", "on"),
+        ("max_devices", "2"),
+        ("may_add_mobile", "on"),
+        ("may_add_derived_piv", "on"),
+        ("max_mobiles", "3"),
+        ("derived_piv_requires_sponsor", "on"),
+        ("derived_revoke_on_card_loss", "on"),
+        ("fido_pin_mode", "independent"),
+        ("pin_min_len", "6"),
+        ("pin_max_len", "8"),
+        ("pin_forbid_trivial", "on"),
+        ("initial_pin_display", "hidden"),
+        ("accepted_card_models", "YubiKey+5%0D%0ALanyard+virtual+card"),
+        ("derived_recheck_days", "7"),
+        ("enrollment_code_minutes", "10"),
+    ];
+    let mut form = format!("csrf_token={token}");
+    for (name, default) in fields {
+        let value = match changes.iter().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v,
+            None => Some(default),
+        };
+        if let Some(v) = value {
+            form.push_str(&format!("&{name}={v}"));
+        }
+    }
+    form
 }
 
 #[tokio::test]
@@ -2097,6 +2132,92 @@ async fn an_administrator_edits_a_policy_and_a_refused_value_names_its_field() {
     let events: Vec<_> =
         app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").collect();
     assert_eq!(events.len(), 1);
+}
+
+#[tokio::test]
+async fn an_administrator_sets_the_mobile_rules_and_a_refused_limit_names_its_field() {
+    let app = setup().await;
+    let group = app.db.begin().await.unwrap().list_groups().await.unwrap().remove(0);
+    let uri = format!("/portal/admin/groups/{}", group.id);
+    let origin = ("origin", "https://lanyard.test");
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+
+    // The form shows the stored rules, each with its hint.
+    let form = app.page("GET", &uri, &[c], None).await;
+    for shown in [
+        "id=\"may_add_derived_piv\" name=\"may_add_derived_piv\" aria-describedby=\"may_add_derived_piv-hint\" checked",
+        "id=\"derived_revoke_on_card_loss\" name=\"derived_revoke_on_card_loss\" \
+         aria-describedby=\"derived_revoke_on_card_loss-hint\" checked",
+        "id=\"max_mobiles\" name=\"max_mobiles\" value=\"3\" aria-describedby=\"max_mobiles-hint\"",
+        "id=\"max_mobiles-hint\">1 to 20, counting both kinds of mobile.",
+        "id=\"may_add_derived_piv-hint\">",
+        "id=\"derived_revoke_on_card_loss-hint\">",
+    ] {
+        assert!(form.text.contains(shown), "{shown} missing:\n{}", form.text);
+    }
+    let list = app.page("GET", "/portal/admin", &[c], None).await;
+    assert!(list.text.contains("<td data-label=\"Most mobiles\">3</td>"), "{}", list.text);
+
+    // Out of range or not a number: refused under the field, the form as sent, nothing saved.
+    for (sent, message) in [
+        ("0", "max_mobiles must be between 1 and 20, got 0"),
+        ("21", "max_mobiles must be between 1 and 20, got 21"),
+        ("three", "Most phones per member: enter a whole number, &#34;three&#34; is not one in range."),
+        ("300", "Most phones per member: enter a whole number, &#34;300&#34; is not one in range."),
+    ] {
+        let body = policy_form_with(&token, &[("max_mobiles", Some(sent)), ("may_add_derived_piv", None)]);
+        let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{sent}");
+        let under_field = format!("<p class=\"field-error\" id=\"max_mobiles-error\">{message}</p>");
+        assert!(p.text.contains(&under_field), "{sent}: {}", p.text);
+        assert!(p.text.contains(&format!("name=\"max_mobiles\" value=\"{sent}\"")), "{sent}: as sent");
+        assert!(
+            p.text.contains("aria-describedby=\"max_mobiles-hint max_mobiles-error\" aria-invalid=\"true\"")
+        );
+        assert!(
+            p.text.contains("id=\"may_add_derived_piv\" name=\"may_add_derived_piv\" aria-describedby=\"may_add_derived_piv-hint\">"),
+            "the unticked box stays unticked"
+        );
+    }
+    let unchanged = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.policy, group.policy);
+
+    // Saved: derived credentials off, the revocation on card loss off, five phones.
+    let body = policy_form_with(
+        &token,
+        &[("max_mobiles", Some("5")), ("may_add_derived_piv", None), ("derived_revoke_on_card_loss", None)],
+    );
+    let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let saved = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(
+        saved.policy,
+        Policy {
+            max_mobiles: 5,
+            may_add_derived_piv: false,
+            derived_revoke_on_card_loss: false,
+            ..group.policy.clone()
+        }
+    );
+    let form = app.page("GET", &uri, &[c], None).await;
+    assert!(form.text.contains("name=\"max_mobiles\" value=\"5\""));
+    assert!(
+        form.text.contains("name=\"may_add_derived_piv\" aria-describedby=\"may_add_derived_piv-hint\">")
+    );
+    assert!(form.text.contains(
+        "name=\"derived_revoke_on_card_loss\" aria-describedby=\"derived_revoke_on_card_loss-hint\">"
+    ));
+    // Both mobile kinds off while the certificate profiles stay: allowed, and saved.
+    let body = policy_form_with(&token, &[("may_add_mobile", None), ("may_add_derived_piv", None)]);
+    let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let saved = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert!(
+        !saved.policy.may_add_mobile && !saved.policy.may_add_derived_piv && saved.policy.max_mobiles == 3
+    );
+    let events = app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").count();
+    assert_eq!(events, 2);
 }
 
 #[tokio::test]
