@@ -49,6 +49,12 @@ test('Add Mobile shows a QR code of the one-time link, which downloads the profi
   await expect(page.getByRole('heading', { name: 'What you need' })).toBeVisible();
   await expect(page.getByText('The link you get is valid for 10 minutes and works once.')).toBeVisible();
   await check('add-mobile');
+  // Its help link leads to the iPhone steps on Troubleshooting.
+  const help = page.getByRole('link', { name: 'Enrolling an iPhone' });
+  await expect(help).toHaveAttribute('href', '/portal/help#iphone');
+  await help.click();
+  await expect(page.getByRole('heading', { name: 'Enrolling an iPhone or iPad (Add Mobile)' })).toBeVisible();
+  await page.goBack();
 
   await page.getByRole('button', { name: 'Continue' }).click();
   await expect(page.getByRole('heading', { level: 1 })).toHaveText('Add Mobile: scan this code with the phone');
