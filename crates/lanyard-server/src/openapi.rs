@@ -47,6 +47,7 @@ impl Modify for Security {
         crate::api::session::login,
         crate::api::session::logout,
         crate::api::session::me,
+        crate::api::enrollments::start_mobile_enrollment,
         crate::api::devices::devices,
         crate::api::devices::create_device,
         crate::api::devices::device,

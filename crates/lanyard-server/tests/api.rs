@@ -363,7 +363,7 @@ fn csr_pem() -> String {
 #[tokio::test]
 async fn authorization_matrix() {
     use StatusCode as S;
-    const N: usize = 24;
+    const N: usize = 25;
     let app = setup().await;
     let (a, b) = (app.alice_card, app.bob_card);
     let cert_body = json!({"csr_pem": csr_pem(), "profile": "digital-signature", "slot": "9c"});
@@ -388,6 +388,7 @@ async fn authorization_matrix() {
     let new_group = json!({"name": "contractors"});
     let mut stricter = serde_json::to_value(Policy::default()).unwrap();
     stricter["max_devices"] = json!(1);
+    let mobile = json!({"type": "mobile_profile"});
     let routes: [(&str, String, Option<&Value>); N] = [
         ("GET", "/api/v1/me".into(), None),
         ("GET", "/api/v1/devices".into(), None),
@@ -413,6 +414,7 @@ async fn authorization_matrix() {
         ("GET", "/api/v1/groups".into(), None),
         ("POST", "/api/v1/groups".into(), Some(&new_group)),
         ("PUT", format!("/api/v1/groups/{g}/policy"), Some(&stricter)),
+        ("POST", "/api/v1/me/mobile-enrollments".into(), Some(&mobile)),
     ];
     const BAD: StatusCode = S::BAD_REQUEST; // logout with a token: there is no session to end
     const NO: StatusCode = S::FORBIDDEN;
@@ -422,24 +424,24 @@ async fn authorization_matrix() {
     let expected: [(&str, Option<&str>, [StatusCode; N]); 9] = [
         //                                  me     devs   dev a  dev b  susp   resume audit  logout
         //                                  +dev   cr a   cr b   cert   hold   releas revoke users  +tok   tokens -tok
-        //                                  find   udevs  groups +group policy
+        //                                  find   udevs  groups +group policy +mobile
         ("alice", Some(&app.alice.token), [S::OK, S::OK, S::OK, NF,    NO,    NO,    NO,    BAD,
                                            NO,    S::OK, NF,    NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF,
-                                           NO,    NO,    NO,    NO,    NO]),
+                                           NO,    NO,    NO,    NO,    NO,    NEW]),
         ("bob", Some(&app.bob.token),     [S::OK, S::OK, NF,    S::OK, NO,    NO,    NO,    BAD,
                                            NO,    NF,    S::OK, NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF,
-                                           NO,    NO,    NO,    NO,    NO]),
+                                           NO,    NO,    NO,    NO,    NO,    NEW]),
         ("operator", Some(&app.operator.token),
                                           [S::OK, NO,    S::OK, S::OK, S::OK, S::OK, NO,    BAD,
                                            NEW,   S::OK, S::OK, NEW,   S::OK, S::OK, S::OK, NO,    NEW,   S::OK, NF,
-                                           S::OK, S::OK, S::OK, NO,    NO]),
+                                           S::OK, S::OK, S::OK, NO,    NO,    NO]),
         ("auditor", Some(&app.auditor.token),
                                           [S::OK, NO,    NO,    NO,    NO,    NO,    S::OK, BAD,
                                            NO,    NO,    NO,    NO,    NO,    NO,    NO,    NO,    NEW,   S::OK, NF,
-                                           NO,    NO,    NO,    NO,    NO]),
+                                           NO,    NO,    NO,    NO,    NO,    NO]),
         ("admin", Some(&app.admin.token), [S::OK, NO,    NO,    NO,    NO,    NO,    NO,    BAD,
                                            NO,    NO,    NO,    NO,    NO,    NO,    NO,    NEW,   NEW,   S::OK, S::OK,
-                                           NO,    NO,    S::OK, NEW,   S::OK]),
+                                           NO,    NO,    S::OK, NEW,   S::OK, NO]),
         ("revoked token", Some(&app.revoked_token), [S::UNAUTHORIZED; N]),
         ("expired token", Some(&app.expired_token), [S::UNAUTHORIZED; N]),
         ("unknown token", Some("f00d"), [S::UNAUTHORIZED; N]),
@@ -505,7 +507,9 @@ async fn authorization_matrix() {
         actions,
         [
             ("api_token.create", by(&app.alice)),
+            ("enrollment_code.issue", by(&app.alice)),
             ("api_token.create", by(&app.bob)),
+            ("enrollment_code.issue", by(&app.bob)),
             ("device.suspend", by(&app.operator)),
             ("device.resume", by(&app.operator)),
             ("device.register", by(&app.operator)),
@@ -1023,6 +1027,7 @@ fn spoiled_request_bodies_never_fault_and_refusals_change_nothing() {
             json!({"username": "dave", "display_name": "Dave", "email": "d@example.org", "roles": ["user"], "group": "staff", "password": "a long enough password"}),
         ),
         ("POST", "/api/v1/tokens".into(), &app.alice.token, json!({"name": "laptop", "expires_in_days": 30})),
+        ("POST", "/api/v1/me/mobile-enrollments".into(), &app.bob.token, json!({"type": "mobile_profile"})),
         (
             "POST",
             "/api/v1/groups".into(),
@@ -2023,17 +2028,52 @@ async fn the_audit_log_page_filters_events_and_shows_the_chain_verified() {
 
 /// The policy form as the page sends it, with `max_devices` and `pin_max_len` as given.
 fn policy_form(token: &str, max_devices: &str, pin_max_len: &str) -> String {
-    policy_form_minutes(token, max_devices, pin_max_len, "10")
+    policy_form_with(token, &[("max_devices", Some(max_devices)), ("pin_max_len", Some(pin_max_len))])
 }
 
 /// [`policy_form`] with the enrolment links' lifetime as given.
 fn policy_form_minutes(token: &str, max_devices: &str, pin_max_len: &str, code_minutes: &str) -> String {
-    format!(
-        "csrf_token={token}&may_add_device=on&max_devices={max_devices}&may_add_mobile=on&\
-         derived_piv_requires_sponsor=on&fido_pin_mode=independent&pin_min_len=6&pin_max_len={pin_max_len}&\
-         pin_forbid_trivial=on&initial_pin_display=hidden&accepted_card_models=YubiKey+5%0D%0ALanyard+virtual+card&\
-         derived_recheck_days=7&enrollment_code_minutes={code_minutes}"
+    policy_form_with(
+        token,
+        &[
+            ("max_devices", Some(max_devices)),
+            ("pin_max_len", Some(pin_max_len)),
+            ("enrollment_code_minutes", Some(code_minutes)),
+        ],
     )
+}
+
+/// The policy form of the default policy (every box ticked that it ticks), with `changes`: a
+/// field's new value, or `None` for a box left unticked (a browser then sends nothing).
+fn policy_form_with(token: &str, changes: &[(&str, Option<&str>)]) -> String {
+    let fields = [
+        ("may_add_device", "on"),
+        ("max_devices", "2"),
+        ("may_add_mobile", "on"),
+        ("may_add_derived_piv", "on"),
+        ("max_mobiles", "3"),
+        ("derived_piv_requires_sponsor", "on"),
+        ("derived_revoke_on_card_loss", "on"),
+        ("fido_pin_mode", "independent"),
+        ("pin_min_len", "6"),
+        ("pin_max_len", "8"),
+        ("pin_forbid_trivial", "on"),
+        ("initial_pin_display", "hidden"),
+        ("accepted_card_models", "YubiKey+5%0D%0ALanyard+virtual+card"),
+        ("derived_recheck_days", "7"),
+        ("enrollment_code_minutes", "10"),
+    ];
+    let mut form = format!("csrf_token={token}");
+    for (name, default) in fields {
+        let value = match changes.iter().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v,
+            None => Some(default),
+        };
+        if let Some(v) = value {
+            form.push_str(&format!("&{name}={v}"));
+        }
+    }
+    form
 }
 
 #[tokio::test]
@@ -2099,6 +2139,92 @@ async fn an_administrator_edits_a_policy_and_a_refused_value_names_its_field() {
     let events: Vec<_> =
         app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").collect();
     assert_eq!(events.len(), 1);
+}
+
+#[tokio::test]
+async fn an_administrator_sets_the_mobile_rules_and_a_refused_limit_names_its_field() {
+    let app = setup().await;
+    let group = app.db.begin().await.unwrap().list_groups().await.unwrap().remove(0);
+    let uri = format!("/portal/admin/groups/{}", group.id);
+    let origin = ("origin", "https://lanyard.test");
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+
+    // The form shows the stored rules, each with its hint.
+    let form = app.page("GET", &uri, &[c], None).await;
+    for shown in [
+        "id=\"may_add_derived_piv\" name=\"may_add_derived_piv\" aria-describedby=\"may_add_derived_piv-hint\" checked",
+        "id=\"derived_revoke_on_card_loss\" name=\"derived_revoke_on_card_loss\" \
+         aria-describedby=\"derived_revoke_on_card_loss-hint\" checked",
+        "id=\"max_mobiles\" name=\"max_mobiles\" value=\"3\" aria-describedby=\"max_mobiles-hint\"",
+        "id=\"max_mobiles-hint\">1 to 20, counting both kinds of mobile.",
+        "id=\"may_add_derived_piv-hint\">",
+        "id=\"derived_revoke_on_card_loss-hint\">",
+    ] {
+        assert!(form.text.contains(shown), "{shown} missing:\n{}", form.text);
+    }
+    let list = app.page("GET", "/portal/admin", &[c], None).await;
+    assert!(list.text.contains("<td data-label=\"Most mobiles\">3</td>"), "{}", list.text);
+
+    // Out of range or not a number: refused under the field, the form as sent, nothing saved.
+    for (sent, message) in [
+        ("0", "max_mobiles must be between 1 and 20, got 0"),
+        ("21", "max_mobiles must be between 1 and 20, got 21"),
+        ("three", "Most phones per member: enter a whole number, &#34;three&#34; is not one in range."),
+        ("300", "Most phones per member: enter a whole number, &#34;300&#34; is not one in range."),
+    ] {
+        let body = policy_form_with(&token, &[("max_mobiles", Some(sent)), ("may_add_derived_piv", None)]);
+        let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{sent}");
+        let under_field = format!("<p class=\"field-error\" id=\"max_mobiles-error\">{message}</p>");
+        assert!(p.text.contains(&under_field), "{sent}: {}", p.text);
+        assert!(p.text.contains(&format!("name=\"max_mobiles\" value=\"{sent}\"")), "{sent}: as sent");
+        assert!(
+            p.text.contains("aria-describedby=\"max_mobiles-hint max_mobiles-error\" aria-invalid=\"true\"")
+        );
+        assert!(
+            p.text.contains("id=\"may_add_derived_piv\" name=\"may_add_derived_piv\" aria-describedby=\"may_add_derived_piv-hint\">"),
+            "the unticked box stays unticked"
+        );
+    }
+    let unchanged = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.policy, group.policy);
+
+    // Saved: derived credentials off, the revocation on card loss off, five phones.
+    let body = policy_form_with(
+        &token,
+        &[("max_mobiles", Some("5")), ("may_add_derived_piv", None), ("derived_revoke_on_card_loss", None)],
+    );
+    let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let saved = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(
+        saved.policy,
+        Policy {
+            max_mobiles: 5,
+            may_add_derived_piv: false,
+            derived_revoke_on_card_loss: false,
+            ..group.policy.clone()
+        }
+    );
+    let form = app.page("GET", &uri, &[c], None).await;
+    assert!(form.text.contains("name=\"max_mobiles\" value=\"5\""));
+    assert!(
+        form.text.contains("name=\"may_add_derived_piv\" aria-describedby=\"may_add_derived_piv-hint\">")
+    );
+    assert!(form.text.contains(
+        "name=\"derived_revoke_on_card_loss\" aria-describedby=\"derived_revoke_on_card_loss-hint\">"
+    ));
+    // Both mobile kinds off while the certificate profiles stay: allowed, and saved.
+    let body = policy_form_with(&token, &[("may_add_mobile", None), ("may_add_derived_piv", None)]);
+    let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let saved = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert!(
+        !saved.policy.may_add_mobile && !saved.policy.may_add_derived_piv && saved.policy.max_mobiles == 3
+    );
+    let events = app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").count();
+    assert_eq!(events, 2);
 }
 
 #[tokio::test]
@@ -2634,4 +2760,283 @@ async fn a_holder_and_an_operator_delete_mobiles_and_no_one_else_reaches_them() 
         .await;
     assert_ne!(p.status, StatusCode::SEE_OTHER);
     assert_eq!(state(app.alice_card).await, DeviceState::Active);
+}
+
+/// `POST /api/v1/me/mobile-enrollments` with `headers` (the host is `lanyard.test`) and `body`.
+async fn start_enrollment(app: &App, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut all = vec![("host", "lanyard.test")];
+    all.extend_from_slice(headers);
+    app.send("POST", "/api/v1/me/mobile-enrollments", &all, Some(body)).await
+}
+
+/// How many enrolment codes were issued (audited `enrollment_code.issue`).
+async fn codes_issued(app: &App) -> usize {
+    app.audit().await.iter().filter(|e| e.action == "enrollment_code.issue").count()
+}
+
+async fn set_policy(app: &App, change: impl FnOnce(&mut Policy)) {
+    let mut tx = app.db.begin().await.unwrap();
+    let mut group = tx.list_groups().await.unwrap().remove(0);
+    change(&mut group.policy);
+    tx.update_group(&group).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A mobile of `owner` in `state`, put in the store directly.
+async fn put_mobile(app: &App, owner: &User, state: DeviceState) -> DeviceId {
+    let mut phone =
+        Device::new(DeviceKind::Mobile, "Apple device (configuration profile)", app.clock.now()).unwrap();
+    phone.owner = Some(owner.id);
+    phone.state = state;
+    let mut tx = app.db.begin().await.unwrap();
+    tx.insert_device(&phone).await.unwrap();
+    tx.commit().await.unwrap();
+    phone.id
+}
+
+#[tokio::test]
+async fn the_api_issues_a_mobile_profile_code_to_the_caller_only() {
+    let app = setup().await;
+    let alice = format!("Bearer {}", app.alice.token);
+    let a = ("authorization", alice.as_str());
+    let r = start_enrollment(&app, &[a], r#"{"type": "mobile_profile"}"#).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let code = r.body["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 40, "{code}");
+    assert_eq!(r.body["type"], "mobile_profile");
+    assert_eq!(r.body["link"], format!("https://lanyard.test/enroll/profile/{code}"));
+    let expires = time::OffsetDateTime::parse(
+        r.body["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(expires, app.clock.now() + Duration::minutes(10));
+    let issued: Vec<AuditEvent> =
+        app.audit().await.into_iter().filter(|e| e.action == "enrollment_code.issue").collect();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(issued[0].actor, Actor::ApiToken { id: app.alice.token_id }, "the token acted for alice");
+    assert_eq!(
+        issued[0].target.as_deref(),
+        Some(format!("enrollment_code:{}", r.body["id"].as_str().unwrap()).as_str())
+    );
+    assert!(!serde_json::to_string(&issued[0]).unwrap().contains(&code), "the code is not in the audit log");
+
+    // Bob's code makes bob's mobile, which alice neither lists nor reads.
+    let bob = format!("Bearer {}", app.bob.token);
+    let r = start_enrollment(&app, &[("authorization", &bob)], r#"{"type":"mobile_profile"}"#).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let bob_code = r.body["code"].as_str().unwrap().to_owned();
+    assert_ne!(bob_code, code);
+    let (status, _, body) = fetch(&app, &format!("/enroll/profile/{bob_code}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (xml, _) = lanyard_ca::cms::verify_attached(&body).unwrap();
+    assert!(String::from_utf8(xml).unwrap().contains("<string>bob mobile</string>"));
+    let bobs = mobiles_of(&app, &app.bob.user).await;
+    assert_eq!((bobs.len(), bobs[0].state), (1, DeviceState::Enrolling));
+    assert!(mobiles_of(&app, &app.alice.user).await.is_empty());
+    let listed = app.bearer("GET", "/api/v1/devices", &app.alice.token).await;
+    assert!(!listed.body.to_string().contains(&bobs[0].id.to_string()), "{}", listed.body);
+    let read = app.bearer("GET", &format!("/api/v1/devices/{}", bobs[0].id), &app.alice.token).await;
+    assert_eq!(read.status, StatusCode::NOT_FOUND);
+    let read =
+        app.bearer("GET", &format!("/api/v1/devices/{}/credentials", bobs[0].id), &app.alice.token).await;
+    assert_eq!(read.status, StatusCode::NOT_FOUND);
+    // Nor does alice's session delete it.
+    let (cookie, token) = app.portal_session("alice").await;
+    let p = app
+        .page(
+            "POST",
+            &format!("/portal/devices/{}/delete", bobs[0].id),
+            &[("cookie", &cookie), ("origin", "https://lanyard.test")],
+            Some(&format!("csrf_token={token}")),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.device(bobs[0].id).await.state, DeviceState::Enrolling);
+
+    // Alice's own code: her mobile.
+    let (status, _, _) = fetch(&app, &format!("/enroll/profile/{code}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mobiles_of(&app, &app.alice.user).await.len(), 1);
+    assert_eq!(mobiles_of(&app, &app.bob.user).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_mobile_enrollment_api_refuses_bad_bodies_other_roles_and_derived_codes_and_changes_nothing() {
+    let app = setup().await;
+    let alice = format!("Bearer {}", app.alice.token);
+    let a = ("authorization", alice.as_str());
+    for (body, message) in [
+        ("", "invalid JSON body"),
+        ("{}", "missing field `type`"),
+        (r#"{"type": "sim_card"}"#, "unknown variant `sim_card`, expected `mobile_profile` or `derived_piv`"),
+        (r#"{"type": "mobile_profile", "user": "bob"}"#, "unknown field `user`"),
+        (r#"{"type": 1}"#, "type: expected value"),
+        ("[", "invalid JSON body"),
+        (r#"{"type": "derived_piv"}"#, "the sponsor card proves itself"),
+    ] {
+        let r = start_enrollment(&app, &[a], body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
+        assert!(r.error().contains(message), "{body}: {}", r.error());
+    }
+    // Not JSON at all.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/me/mobile-enrollments")
+        .header("authorization", &alice)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("type=mobile_profile"))
+        .unwrap();
+    let resp = router(app.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    // No caller: 401; staff without the cardholder role: 403, body unread.
+    let r = start_enrollment(&app, &[], r#"{"type":"mobile_profile"}"#).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    for who in [&app.operator, &app.auditor, &app.admin] {
+        let bearer = format!("Bearer {}", who.token);
+        let r = start_enrollment(&app, &[("authorization", &bearer)], r#"{"type":"mobile_profile"}"#).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}: {}", who.user.username, r.body);
+    }
+    // A derived credential the policy forbids: the policy's reason, 403.
+    set_policy(&app, |p| p.may_add_derived_piv = false).await;
+    let r = start_enrollment(&app, &[a], r#"{"type":"derived_piv"}"#).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(r.error().contains("does not allow derived PIV credentials"), "{}", r.error());
+    assert_eq!(codes_issued(&app).await, 0);
+    assert!(mobiles_of(&app, &app.alice.user).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_mobile_enrollment_api_answers_403_with_the_policys_reason() {
+    let app = setup().await;
+    let alice = format!("Bearer {}", app.alice.token);
+    let a = ("authorization", alice.as_str());
+    let body = r#"{"type":"mobile_profile"}"#;
+
+    // Mobiles off.
+    set_policy(&app, |p| p.may_add_mobile = false).await;
+    let r = start_enrollment(&app, &[a], body).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.error(), "policy: your group's policy does not allow adding a mobile device");
+    assert!(r.body["operation_id"].is_string());
+    assert_eq!(codes_issued(&app).await, 0);
+
+    // At most two: an Enrolling and a Suspended mobile count, a Deleted one does not.
+    set_policy(&app, |p| {
+        p.may_add_mobile = true;
+        p.max_mobiles = 2;
+    })
+    .await;
+    put_mobile(&app, &app.alice.user, DeviceState::Deleted).await;
+    put_mobile(&app, &app.alice.user, DeviceState::Suspended).await;
+    put_mobile(&app, &app.bob.user, DeviceState::Active).await;
+    let r = start_enrollment(&app, &[a], body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "one of two: {}", r.body);
+    let (status, _, _) = fetch(&app, &format!("/enroll/profile/{}", r.body["code"].as_str().unwrap())).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = start_enrollment(&app, &[a], body).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.error(), "policy: your group's policy allows at most 2 mobiles, and you have 2");
+    assert_eq!(codes_issued(&app).await, 1);
+    // Bob's mobile is his: he may still add one.
+    let bob = format!("Bearer {}", app.bob.token);
+    let r = start_enrollment(&app, &[("authorization", &bob)], body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_code_asked_for_with_a_session_needs_its_csrf_token_and_ends_with_the_session() {
+    let app = setup().await;
+    let (cookie, csrf) = app.session("alice").await;
+    let c = ("cookie", cookie.as_str());
+    let body = r#"{"type":"mobile_profile"}"#;
+    let r = start_enrollment(&app, &[c], body).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "no CSRF token: {}", r.body);
+    assert_eq!(codes_issued(&app).await, 0);
+    let r = start_enrollment(&app, &[c, ("x-csrf-token", &csrf)], body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let code = r.body["code"].as_str().unwrap().to_owned();
+    let r = app.send("POST", "/api/v1/logout", &[c, ("x-csrf-token", &csrf)], None).await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let (status, _, page) = fetch(&app, &format!("/enroll/profile/{code}")).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert!(String::from_utf8_lossy(&page).contains("ended with the portal session"));
+    assert!(mobiles_of(&app, &app.alice.user).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_mobile_buttons_are_disabled_with_the_reason_at_the_limit_and_when_the_policy_forbids() {
+    let app = setup().await;
+    let origin = ("origin", "https://lanyard.test");
+    let (cookie, token) = app.portal_session("alice").await;
+    let c = ("cookie", cookie.as_str());
+    let limit = "your group&#39;s policy allows at most 1 mobiles, and you have 1";
+    let limit_plain = "your group's policy allows at most 1 mobiles, and you have 1";
+    let has = |text: &str, want: &str| text.contains(want) || text.contains(&want.replace("&#39;", "'"));
+
+    // One mobile at most, and alice's suspended phone counts.
+    set_policy(&app, |p| p.max_mobiles = 1).await;
+    let phone = put_mobile(&app, &app.alice.user, DeviceState::Suspended).await;
+    let devices = app.page("GET", "/portal/devices", &[c], None).await;
+    assert!(
+        devices.text.contains("aria-describedby=\"mobile-refused\">Add Mobile</button>"),
+        "{}",
+        devices.text
+    );
+    assert!(
+        devices.text.contains(
+            "aria-describedby=\"derived-refused\">Add Identity Device: derived PIV credential</button>"
+        ),
+        "{}",
+        devices.text
+    );
+    for id in ["mobile-refused", "derived-refused"] {
+        let hint = devices.text.split(&format!("<p id=\"{id}\" class=\"hint\">")).nth(1).unwrap();
+        let hint = hint.split("</p>").next().unwrap();
+        assert!(has(hint, limit), "{id}: {hint}");
+    }
+    let pre = app.page("GET", "/portal/devices/mobile", &[c], None).await;
+    assert!(has(&pre.text, limit) && !pre.text.contains(">Continue<"), "{}", pre.text);
+    let p =
+        app.page("POST", "/portal/devices/mobile", &[c, origin], Some(&format!("csrf_token={token}"))).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.text);
+    assert!(has(&p.text, limit), "{}", p.text);
+    // The API gives the same reason; the derived page counts the same phones.
+    let bearer = format!("Bearer {}", app.alice.token);
+    let r = start_enrollment(&app, &[("authorization", &bearer)], r#"{"type":"mobile_profile"}"#).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.error().ends_with(limit_plain), "{}", r.error());
+    let derived = app.page("GET", "/portal/identities/derived", &[c], None).await;
+    assert!(
+        derived.text.contains("you have 1 mobile devices, the most your group&#39;s policy allows (1)")
+            || derived.text.contains("you have 1 mobile devices, the most your group's policy allows (1)"),
+        "{}",
+        derived.text
+    );
+    assert_eq!(codes_issued(&app).await, 0);
+
+    // A deleted phone no longer counts: both open again.
+    let mut tx = app.db.begin().await.unwrap();
+    let mut d = tx.get_device(phone).await.unwrap().unwrap();
+    d.state = DeviceState::Deleted;
+    tx.update_device(&d).await.unwrap();
+    tx.commit().await.unwrap();
+    let devices = app.page("GET", "/portal/devices", &[c], None).await;
+    assert!(devices.text.contains("<a class=\"button\" href=\"/portal/devices/mobile\">Add Mobile</a>"));
+    assert!(devices.text.contains("href=\"/portal/identities/derived\">Add Identity Device"));
+
+    // Derived credentials off: only that button is disabled, with its own reason.
+    set_policy(&app, |p| p.may_add_derived_piv = false).await;
+    let devices = app.page("GET", "/portal/devices", &[c], None).await;
+    assert!(devices.text.contains("<a class=\"button\" href=\"/portal/devices/mobile\">Add Mobile</a>"));
+    assert!(
+        has(
+            &devices.text,
+            "You cannot add a derived PIV credential now: your group&#39;s policy does not allow derived PIV \
+             credentials on mobiles."
+        ),
+        "{}",
+        devices.text
+    );
 }

@@ -765,3 +765,235 @@ async fn operator_issues_a_certificate_from_a_csr() {
     assert!(out.contains(": good"), "{out}");
     server.abort();
 }
+
+/// A portal or API request through the router in process, as the browser at `lanyard.test`
+/// would send it: status, headers and body text.
+async fn in_process(
+    state: &AppState<Db>,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, String)>,
+) -> (u16, axum::http::HeaderMap, String) {
+    let mut req = Request::builder().method(method).uri(uri).header("host", "lanyard.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = match body {
+        Some((content_type, b)) => req.header("content-type", content_type).body(Body::from(b)),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Signs `username` in through the portal's form: the cookie pair and the pages' CSRF token.
+async fn portal_session(state: &AppState<Db>, username: &str, password: &str) -> (String, String) {
+    let form = format!("username={username}&password={}", password.replace(' ', "+"));
+    let origin = [("origin", "https://lanyard.test")];
+    let (status, headers, text) = in_process(
+        state,
+        "POST",
+        "/portal/login",
+        &origin,
+        Some(("application/x-www-form-urlencoded", form)),
+    )
+    .await;
+    assert_eq!(status, 303, "{text}");
+    let cookie = headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let (_, _, page) = in_process(state, "GET", "/portal/devices", &[("cookie", &cookie)], None).await;
+    let csrf =
+        page.split("name=\"csrf_token\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    (cookie, csrf)
+}
+
+/// Delete Mobile, by its holder in the portal and by an operator in theirs, as the issue asks
+/// of it: the phone's certificate, enrolled through a one-time code like any mobile's, is then
+/// reported revoked by the server's OCSP responder (asked by `openssl ocsp` over HTTP), and the
+/// holder may enrol a phone again although the policy allows one mobile only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_mobiles_certificate_is_revoked_in_ocsp_and_the_holder_may_enrol_again() {
+    use lanyard_core::authz::System;
+    use lanyard_core::lifecycle::{CredentialState, DeviceState};
+    use lanyard_core::model::Role;
+    use lanyard_core::password::UserPassword;
+    use secrecy::{ExposeSecret, SecretString};
+
+    const PASSWORD: &str = "correct horse battery staple";
+    let Setup {
+        dir, db, listener, base, pki, now, mut group, alice, oscar, alice_token, alice_secret, ..
+    } = setup().await;
+    assert!(alice.roles.contains(&Role::User) && oscar.roles.contains(&Role::Operator));
+    let d = dir.path();
+    group.policy.max_mobiles = 1;
+    {
+        let mut tx = db.begin().await.unwrap();
+        tx.insert_group(&group).await.unwrap();
+        for u in [&alice, &oscar] {
+            tx.insert_user(u).await.unwrap();
+            tx.put_password(&UserPassword::set(u.id, &SecretString::from(PASSWORD), now).unwrap())
+                .await
+                .unwrap();
+        }
+        tx.insert_api_token(&alice_token).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let issuing = d.join("issuing.pem");
+    let chain = d.join("chain.pem");
+    std::fs::write(&issuing, pem("CERTIFICATE", pki.issuing.certificate_der())).unwrap();
+    std::fs::write(
+        &chain,
+        format!(
+            "{}{}",
+            pem("CERTIFICATE", pki.issuing.certificate_der()),
+            pem("CERTIFICATE", pki.root.certificate_der())
+        ),
+    )
+    .unwrap();
+    let (issuing, chain) = (issuing.to_str().unwrap().to_owned(), chain.to_str().unwrap().to_owned());
+    let state = AppState::new(Arc::new(db), Arc::new(pki), Arc::new(SystemClock));
+    let server = tokio::spawn({
+        let app = router(state.clone());
+        async move { axum::serve(listener, app).await.unwrap() }
+    });
+    let ocsp = |cert: String| {
+        let (url, issuing, chain) = (format!("{base}/pki/ocsp"), issuing.clone(), chain.clone());
+        tokio::task::spawn_blocking(move || {
+            openssl(&[
+                "ocsp",
+                "-issuer",
+                &issuing,
+                "-cert",
+                &cert,
+                "-url",
+                &url,
+                "-CAfile",
+                &chain,
+                "-resp_text",
+            ])
+        })
+    };
+    let bearer = format!("Bearer {}", alice_secret.expose_secret());
+
+    // Enrols a phone for alice as SCEP will: a code (here from the API), the profile download
+    // redeems it, and the certificate the CA signs for the phone's RSA key completes it.
+    let enrol = async |name: &str| -> (lanyard_core::ids::DeviceId, String) {
+        let (status, _, body) = in_process(
+            &state,
+            "POST",
+            "/api/v1/me/mobile-enrollments",
+            &[("authorization", &bearer)],
+            Some(("application/json", r#"{"type": "mobile_profile"}"#.to_owned())),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let started: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let code = started["code"].as_str().unwrap().to_owned();
+        let (status, headers, _) =
+            in_process(&state, "GET", &format!("/enroll/profile/{code}"), &[], None).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"], "application/x-apple-aspen-config");
+
+        let key = d.join(format!("{name}.key"));
+        let spki = d.join(format!("{name}.spki"));
+        let (key, spki) = (key.to_str().unwrap(), spki.to_str().unwrap());
+        openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key]);
+        openssl(&["pkey", "-in", key, "-pubout", "-outform", "DER", "-out", spki]);
+        let system = System::new(lanyard_core::audit::OperationId::random(), SystemClock.now());
+        let repo = state.repo.as_ref();
+        let redeemed = system
+            .enrollment_in_progress(repo, &code, lanyard_core::model::EnrollmentKind::MobileProfile)
+            .await
+            .unwrap();
+        let signed = lanyard_issuance::sign_for_mobile(
+            &state.pki.issuing,
+            &redeemed,
+            CertSlot::MobileDevice,
+            &std::fs::read(spki).unwrap(),
+            false,
+            SystemClock.now(),
+        )
+        .unwrap();
+        let mut certs = [Credential::new(redeemed.device.id, signed.kind, SystemClock.now())];
+        let phone = system.complete_enrollment(repo, &code, &mut certs).await.unwrap();
+        assert_eq!(phone.state, DeviceState::Active);
+        assert_eq!(certs[0].state, CredentialState::Active);
+        let path = d.join(format!("{name}.pem"));
+        std::fs::write(&path, pem("CERTIFICATE", &signed.der)).unwrap();
+        (phone.id, path.to_str().unwrap().to_owned())
+    };
+    let origin = ("origin", "https://lanyard.test");
+    let form = "application/x-www-form-urlencoded";
+    let (cookie, csrf) = portal_session(&state, "alice", PASSWORD).await;
+    let c = ("cookie", cookie.as_str());
+
+    // The holder deletes her phone.
+    let (phone, cert) = enrol("held").await;
+    let out = ocsp(cert.clone()).await.unwrap();
+    assert!(out.contains("Response verify OK") && out.contains(&format!("{cert}: good")), "{out}");
+    let (_, _, page) = in_process(&state, "GET", "/portal/devices", &[c], None).await;
+    assert!(page.contains("allows at most 1 mobiles, and you have 1"), "the limit is reached: {page}");
+    let (status, _, page) = in_process(
+        &state,
+        "POST",
+        &format!("/portal/devices/{phone}/delete"),
+        &[c, origin],
+        Some((form, format!("csrf_token={csrf}"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Its certificate is revoked") && page.contains("Remove Profile"), "{page}");
+    let out = ocsp(cert.clone()).await.unwrap();
+    assert!(out.contains("Response verify OK"), "{out}");
+    assert!(
+        out.contains(&format!("{cert}: revoked")) && out.contains("Reason: cessationOfOperation"),
+        "{out}"
+    );
+
+    // And may enrol again at once, although the policy allows one mobile only.
+    let (status, _, page) = in_process(
+        &state,
+        "POST",
+        "/portal/devices/mobile",
+        &[c, origin],
+        Some((form, format!("csrf_token={csrf}"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("https://lanyard.test/enroll/profile/"), "{page}");
+
+    // An operator deletes the next one.
+    let (phone, cert) = enrol("operated").await;
+    assert!(ocsp(cert.clone()).await.unwrap().contains(&format!("{cert}: good")));
+    let (op_cookie, op_csrf) = portal_session(&state, "oscar", PASSWORD).await;
+    let (status, _, page) = in_process(
+        &state,
+        "POST",
+        &format!("/portal/operator/devices/{phone}/delete"),
+        &[("cookie", &op_cookie), origin],
+        Some((form, format!("csrf_token={op_csrf}&note=phone+handed+back"))),
+    )
+    .await;
+    assert_eq!(status, 303, "{page}");
+    let out = ocsp(cert.clone()).await.unwrap();
+    assert!(out.contains("Response verify OK"), "{out}");
+    assert!(
+        out.contains(&format!("{cert}: revoked")) && out.contains("Reason: cessationOfOperation"),
+        "{out}"
+    );
+    let (_, _, page) = in_process(&state, "GET", "/portal/devices", &[c], None).await;
+    assert!(page.contains("<a class=\"button\" href=\"/portal/devices/mobile\">Add Mobile</a>"), "{page}");
+    let (status, _, page) = in_process(
+        &state,
+        "POST",
+        "/portal/devices/mobile",
+        &[c, origin],
+        Some((form, format!("csrf_token={csrf}"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    server.abort();
+}

@@ -3,7 +3,7 @@ import { test, expect, signIn } from '../support/lanyard';
 test('Troubleshooting is open to everyone and covers agent, readers, cards and failed issuance', async ({ page, check }) => {
   await page.goto('/portal/help');
   const headings = await page.getByRole('heading', { level: 2 }).allInnerTexts();
-  expect(headings).toEqual(['The workstation agent', 'Card readers', 'Cards Lanyard cannot issue', 'A failed issuance', 'Signing in']);
+  expect(headings).toEqual(['The workstation agent', 'Enrolling an iPhone or iPad (Add Mobile)', 'Card readers', 'Cards Lanyard cannot issue', 'A failed issuance', 'Signing in']);
   await check('troubleshooting');
   await signIn(page, 'alice');
   await page.getByRole('link', { name: 'Troubleshooting' }).click();

@@ -308,4 +308,18 @@ impl SelfService<'_> {
         })
         .await
     }
+
+    /// Whether I may start a mobile enrolment of `kind` now: the refusal
+    /// [`start_mobile_enrollment`](Self::start_mobile_enrollment) would give for the policy's
+    /// flag or its `max_mobiles` (the portal shows it on the disabled button). Reads only; the
+    /// sponsor card of a derived credential is not looked at.
+    pub async fn may_add_mobile<R: Repo>(
+        &self,
+        repo: &R,
+        kind: crate::model::EnrollmentKind,
+    ) -> Result<(), DomainError> {
+        let mut tx = repo.read().await?;
+        let policy = policy_of(&mut tx, &self.p.user).await?;
+        super::enrolment::check_may_add_mobile(&mut tx, &self.p.user, &policy, kind).await
+    }
 }

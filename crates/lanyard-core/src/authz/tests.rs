@@ -1316,11 +1316,19 @@ fn codes_die_with_their_session_expire_and_respect_the_mobile_limit() {
     let err = block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, None))
         .unwrap_err();
     assert_eq!(err.to_string(), "policy: your group's policy allows at most 1 mobiles, and you have 1");
+    // The portal's question gives the same answer, for either kind, and changes nothing.
+    let before = w.repo.data();
+    for kind in [EnrollmentKind::MobileProfile, EnrollmentKind::DerivedPiv] {
+        let asked = block_on(me.may_add_mobile(&w.repo, kind)).unwrap_err();
+        assert_eq!(asked.to_string(), err.to_string(), "{kind:?}");
+    }
+    assert_eq!(w.repo.data().audit.len(), before.audit.len());
     assert_eq!(block_on(system(&w).abandon_stale_enrolments(&w.repo)).unwrap(), 0, "not stale yet");
     w.clock.advance(MAX_CODE_LIFETIME + STALE_ENROLMENT_GRACE + time::Duration::seconds(1));
     assert_eq!(block_on(system(&w).abandon_stale_enrolments(&w.repo)).unwrap(), 1);
     let alice = w.principal(&w.alice);
     let me = alice.self_service().unwrap();
+    block_on(me.may_add_mobile(&w.repo, EnrollmentKind::MobileProfile)).unwrap();
     block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, None)).unwrap();
 
     // Policy off: refused at the start.
@@ -1336,6 +1344,9 @@ fn codes_die_with_their_session_expire_and_respect_the_mobile_limit() {
     ))
     .unwrap_err();
     assert!(matches!(err, DomainError::PolicyDenied(PolicyDenied::DerivedPivDisabled)), "{err}");
+    let asked = block_on(me.may_add_mobile(&w.repo, EnrollmentKind::DerivedPiv)).unwrap_err();
+    assert!(matches!(asked, DomainError::PolicyDenied(PolicyDenied::DerivedPivDisabled)), "{asked}");
+    block_on(me.may_add_mobile(&w.repo, EnrollmentKind::MobileProfile)).unwrap();
 }
 
 #[test]

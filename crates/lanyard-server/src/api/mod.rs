@@ -19,6 +19,7 @@ pub(crate) mod agents;
 pub(crate) mod audit;
 pub(crate) mod credentials;
 pub(crate) mod devices;
+pub(crate) mod enrollments;
 pub(crate) mod groups;
 pub(crate) mod jobs;
 pub mod mobile;
@@ -49,6 +50,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/login", post(login::<R>))
         .route("/api/v1/logout", post(logout::<R>))
         .route("/api/v1/me", get(me))
+        .route("/api/v1/me/mobile-enrollments", post(enrollments::start_mobile_enrollment::<R>))
         .route("/api/v1/devices", get(devices::<R>).post(create_device::<R>))
         .route("/api/v1/devices/{id}", get(device::<R>))
         .route("/api/v1/devices/{id}/suspend", post(suspend::<R>))

@@ -39,6 +39,8 @@ struct GroupRow {
     may_add_device: bool,
     max_devices: u8,
     may_add_mobile: bool,
+    may_add_derived_piv: bool,
+    max_mobiles: u8,
 }
 
 #[derive(Template)]
@@ -66,6 +68,8 @@ pub(crate) async fn groups<R: Repo + 'static>(
                 may_add_device: g.policy.may_add_device,
                 max_devices: g.policy.max_devices,
                 may_add_mobile: g.policy.may_add_mobile,
+                may_add_derived_piv: g.policy.may_add_derived_piv,
+                max_mobiles: g.policy.max_mobiles,
                 name: g.name,
             })
             .collect();
@@ -87,7 +91,13 @@ pub(crate) struct PolicyForm {
     #[serde(default)]
     may_add_mobile: Option<String>,
     #[serde(default)]
+    may_add_derived_piv: Option<String>,
+    #[serde(default)]
+    max_mobiles: String,
+    #[serde(default)]
     derived_piv_requires_sponsor: Option<String>,
+    #[serde(default)]
+    derived_revoke_on_card_loss: Option<String>,
     #[serde(default)]
     fido_pin_mode: String,
     #[serde(default)]
@@ -114,7 +124,10 @@ impl PolicyForm {
             may_add_device: on(p.may_add_device),
             max_devices: p.max_devices.to_string(),
             may_add_mobile: on(p.may_add_mobile),
+            may_add_derived_piv: on(p.may_add_derived_piv),
+            max_mobiles: p.max_mobiles.to_string(),
             derived_piv_requires_sponsor: on(p.derived_piv_requires_sponsor),
+            derived_revoke_on_card_loss: on(p.derived_revoke_on_card_loss),
             fido_pin_mode: p.fido_pin_mode.as_str().to_owned(),
             pin_min_len: p.pin.min_len.to_string(),
             pin_max_len: p.pin.max_len.to_string(),
@@ -143,6 +156,7 @@ impl PolicyForm {
             }
         };
         let max_devices = number("max_devices", "Most cards or keys per member", &self.max_devices, 255);
+        let max_mobiles = number("max_mobiles", "Most phones per member", &self.max_mobiles, 255);
         let pin_min = number("pin.min_len", "Shortest PIN", &self.pin_min_len, 255);
         let pin_max = number("pin.max_len", "Longest PIN", &self.pin_max_len, 255);
         let recheck = number(
@@ -174,13 +188,16 @@ impl PolicyForm {
         let mut p = base.clone();
         // The numbers are within their types' ranges (checked above).
         p.max_devices = u8::try_from(max_devices).unwrap_or(u8::MAX);
+        p.max_mobiles = u8::try_from(max_mobiles).unwrap_or(u8::MAX);
         p.pin.min_len = u8::try_from(pin_min).unwrap_or(u8::MAX);
         p.pin.max_len = u8::try_from(pin_max).unwrap_or(u8::MAX);
         p.derived_recheck_days = u16::try_from(recheck).unwrap_or(u16::MAX);
         p.enrollment_code_minutes = u8::try_from(code_minutes).unwrap_or(u8::MAX);
         p.may_add_device = self.may_add_device.is_some();
         p.may_add_mobile = self.may_add_mobile.is_some();
+        p.may_add_derived_piv = self.may_add_derived_piv.is_some();
         p.derived_piv_requires_sponsor = self.derived_piv_requires_sponsor.is_some();
+        p.derived_revoke_on_card_loss = self.derived_revoke_on_card_loss.is_some();
         p.pin.forbid_trivial = self.pin_forbid_trivial.is_some();
         p.fido_pin_mode = fido;
         p.initial_pin_display = display;
@@ -221,6 +238,7 @@ struct GroupPage {
     name: String,
     form: PolicyForm,
     max_devices: NumberField,
+    max_mobiles: NumberField,
     pin_min_len: NumberField,
     pin_max_len: NumberField,
     derived_recheck_days: NumberField,
@@ -273,6 +291,13 @@ fn group_page(
             "1 to 20; mobiles do not count.",
             &form.max_devices,
         ),
+        max_mobiles: number(
+            "max_mobiles",
+            "Most phones per member",
+            "1 to 20, counting both kinds of mobile. A phone counts from the moment it starts enrolling until \
+             it is deleted; a suspended one counts too.",
+            &form.max_mobiles,
+        ),
         pin_min_len: number("pin_min_len", "Shortest PIN", "6 to 8 digits.", &form.pin_min_len),
         pin_max_len: number(
             "pin_max_len",
@@ -283,7 +308,8 @@ fn group_page(
         derived_recheck_days: number(
             "derived_recheck_days",
             "Days before a derived PIV credential's card is checked again",
-            "1 to 365.",
+            "1 to 365. Until then, the card that sponsored a derived credential still answers for it: \
+             reported lost or stolen, it revokes the credential (when the box above is ticked).",
             &form.derived_recheck_days,
         ),
         enrollment_code_minutes: number(

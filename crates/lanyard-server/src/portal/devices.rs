@@ -202,6 +202,9 @@ struct DevicesPage {
     devices: Vec<DeviceView>,
     add_refused: Option<String>,
     mobile_refused: Option<String>,
+    /// Why *Add Identity Device* (a derived PIV credential) is closed by the policy or the
+    /// mobile limit; its own page says what else it needs (a sponsor card).
+    derived_refused: Option<String>,
 }
 
 pub(crate) async fn list<R: Repo + 'static>(
@@ -221,12 +224,15 @@ pub(crate) async fn list<R: Repo + 'static>(
         }
         let add_refused = add_device_refusal(&me, repo).await?;
         let mobile_refused = super::mobile::add_mobile_refusal(&me, repo).await?;
+        let derived_refused =
+            super::mobile::mobile_refusal(&me, repo, lanyard_core::model::EnrollmentKind::DerivedPiv).await?;
         Ok::<_, PortalError>(DevicesPage {
             nav: signed.nav(),
             section: "devices",
             devices,
             add_refused,
             mobile_refused,
+            derived_refused,
         })
     };
     let page = inner.await.map_err(|e| e.with_nav(nav))?;

@@ -21,9 +21,7 @@ use lanyard_core::DomainError;
 use lanyard_core::authz::{Redeemed, SelfService, System};
 use lanyard_core::ids::DeviceId;
 use lanyard_core::model::EnrollmentKind;
-use lanyard_core::model::{
-    CertSlot, DeviceClass, DeviceKind, EnrollmentError, EnrollmentPurpose, PolicyDenied,
-};
+use lanyard_core::model::{CertSlot, DeviceClass, DeviceKind, EnrollmentError, EnrollmentPurpose};
 use lanyard_core::repo::Repo;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -45,16 +43,28 @@ pub fn profile_link(base: &str, code: &str) -> String {
     format!("{}{PROFILE_PATH}/{code}", base.trim_end_matches('/'))
 }
 
-/// Why *Add Mobile* is closed to the user now, in a sentence; `None` when it is open.
+/// Why an enrolment of `kind` is closed to the user now, in a sentence; `None` when it is open.
+/// The same rule [`SelfService::start_mobile_enrollment`] applies (and `POST
+/// /api/v1/me/mobile-enrollments` answers with as a 403): the group's flag for the kind, then
+/// `max_mobiles`, counting the user's Enrolling, Active and Suspended mobiles of both kinds.
+pub(crate) async fn mobile_refusal<R: Repo>(
+    me: &SelfService<'_>,
+    repo: &R,
+    kind: EnrollmentKind,
+) -> Result<Option<String>, PortalError> {
+    match me.may_add_mobile(repo, kind).await {
+        Ok(()) => Ok(None),
+        Err(DomainError::PolicyDenied(why)) => Ok(Some(why.to_string())),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Why *Add Mobile* (a configuration profile) is closed to the user now; `None` when it is open.
 pub(crate) async fn add_mobile_refusal<R: Repo>(
     me: &SelfService<'_>,
     repo: &R,
 ) -> Result<Option<String>, PortalError> {
-    let policy = me.policy(repo).await?;
-    if !policy.may_add_mobile {
-        return Ok(Some(PolicyDenied::AddMobileDisabled.to_string()));
-    }
-    Ok(None)
+    mobile_refusal(me, repo, EnrollmentKind::MobileProfile).await
 }
 
 #[derive(Template)]
@@ -242,6 +252,10 @@ fn link_refused(e: DomainError) -> PortalError {
         DomainError::Enrollment(EnrollmentError::AlreadyUsed(at)) => {
             gone(format!("The link was already used at {}; each link downloads one profile, once.", when(at)))
         }
+        DomainError::Enrollment(EnrollmentError::SessionEnded) => gone(
+            "The link ended with the portal session that made it: you signed out, or the session expired."
+                .to_owned(),
+        ),
         DomainError::NotFound { .. } | DomainError::Enrollment(EnrollmentError::WrongCode) => {
             PortalError::new(
                 StatusCode::NOT_FOUND,

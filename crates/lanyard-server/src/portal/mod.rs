@@ -49,6 +49,9 @@ use lanyard_core::repo::Repo;
 use crate::auth::{CSRF_HEADER, SessionAuth, session_auth};
 use crate::{ApiError, AppState, CURRENT_OPERATION};
 
+/// The one-time profile link, which `POST /api/v1/me/mobile-enrollments` answers too.
+pub(crate) use mobile::profile_link;
+
 /// The Content-Security-Policy of every portal response: scripts, styles and images from this
 /// origin only, no inline code, no framing, forms posting only here.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
