@@ -43,7 +43,7 @@ impl ExternalSponsor {
     pub fn new(issuer: &str, serial_hex: &str) -> Result<Self, ValidationError> {
         check_text("external_sponsor.issuer", issuer, Self::MAX_ISSUER)?;
         let field = "external_sponsor.serial_hex";
-        if serial_hex.is_empty() || serial_hex.len() > 40 || serial_hex.len() % 2 != 0 {
+        if serial_hex.is_empty() || serial_hex.len() > 40 || !serial_hex.len().is_multiple_of(2) {
             return Err(ValidationError::new(field, "must be 1 to 20 bytes as an even number of hex digits"));
         }
         if !serial_hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
@@ -240,7 +240,7 @@ mod tests {
                 Ok(s) => {
                     prop_assert_eq!(&s.issuer, &issuer);
                     prop_assert_eq!(&s.serial_hex, &serial);
-                    prop_assert!(serial.len() % 2 == 0 && !serial.bytes().any(|b| b.is_ascii_uppercase()));
+                    prop_assert!(serial.len().is_multiple_of(2) && !serial.bytes().any(|b| b.is_ascii_uppercase()));
                 }
                 Err(e) => prop_assert!(e.field.starts_with("external_sponsor.")),
             }
