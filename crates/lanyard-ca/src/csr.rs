@@ -32,8 +32,9 @@ pub struct ParsedCsr {
     pub der: Vec<u8>,
 }
 
-/// Parses a CSR given as PEM (`CERTIFICATE REQUEST`, or the older `NEW CERTIFICATE REQUEST`) or
-/// DER, and verifies its signature.
+/// Parses a CSR given as PEM (`CERTIFICATE REQUEST`, or the older `NEW CERTIFICATE REQUEST`,
+/// surrounding whitespace allowed) or DER (exactly the request's octets), and verifies its
+/// signature.
 pub fn parse_csr(input: &[u8]) -> Result<ParsedCsr, CsrError> {
     let trimmed = input.trim_ascii();
     if trimmed.is_empty() {
@@ -43,7 +44,9 @@ pub fn parse_csr(input: &[u8]) -> Result<ParsedCsr, CsrError> {
         let text = std::str::from_utf8(trimmed).map_err(|_| CsrError::Pem("not UTF-8 text".into()))?;
         parse_csr_pem(text)
     } else {
-        parse_csr_der(trimmed)
+        // DER as given: its last octets may well be the codes of whitespace (a signature ending
+        // in 0x20 or 0x0a), which trimming would cut off.
+        parse_csr_der(input)
     }
 }
 

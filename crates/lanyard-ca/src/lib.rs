@@ -11,6 +11,7 @@
 //! - [`attestation`]: YubiKey PIV attestation verification (proof a key was made on the card).
 //! - [`card_check`]: a presented PIV card's certificate as a relying party checks it: path to the
 //!   configured anchors, OCSP or CRL status, the card's signature over a challenge.
+//! - [`mobile_attestation`]: Android Key Attestation and Apple App Attest verification.
 //! - [`store`]: PKCS#8 key files, the crate's only I/O.
 //!
 //! Everything takes the current time as an argument; nothing here reads the clock.
@@ -25,6 +26,7 @@ mod ext;
 pub mod hierarchy;
 pub mod issue;
 pub mod keys;
+pub mod mobile_attestation;
 pub mod name;
 pub mod ocsp;
 pub mod oids;

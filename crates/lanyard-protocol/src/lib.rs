@@ -50,6 +50,7 @@
 //!   with an error naming both.
 
 pub mod link;
+pub mod mobile;
 pub mod pairing;
 pub mod url;
 

@@ -51,12 +51,27 @@ pub const THROTTLE_WINDOW: Duration = Duration::minutes(15);
 /// The counts live in this server process only: with several replicas each counts on its own
 /// (so an attacker gets up to five tries per replica and window), and a restart forgets them.
 /// That is accepted for now; a shared counter belongs in the database once replicas are common.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LoginThrottle {
     failures: Mutex<HashMap<String, VecDeque<OffsetDateTime>>>,
+    max: usize,
+    window: Duration,
+}
+
+impl Default for LoginThrottle {
+    fn default() -> Self {
+        Self::new(MAX_FAILED_LOGINS, THROTTLE_WINDOW)
+    }
 }
 
 impl LoginThrottle {
+    /// A throttle allowing `max` failures per key within `window` (the login throttle is
+    /// [`MAX_FAILED_LOGINS`] per username in [`THROTTLE_WINDOW`]; the app enrolment protocol
+    /// counts per source address).
+    pub fn new(max: usize, window: Duration) -> Self {
+        Self { failures: Mutex::default(), max: max.max(1), window }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<OffsetDateTime>>> {
         // A poisoned lock only means a panic elsewhere; the counts are still usable.
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
@@ -66,12 +81,12 @@ impl LoginThrottle {
     pub fn check(&self, username: &str, now: OffsetDateTime) -> Result<(), u64> {
         let mut map = self.lock();
         let Some(times) = map.get_mut(username) else { return Ok(()) };
-        while times.front().is_some_and(|t| *t + THROTTLE_WINDOW <= now) {
+        while times.front().is_some_and(|t| *t + self.window <= now) {
             times.pop_front();
         }
         match times.front() {
-            Some(oldest) if times.len() >= MAX_FAILED_LOGINS => {
-                let wait = (*oldest + THROTTLE_WINDOW - now).whole_seconds().max(1);
+            Some(oldest) if times.len() >= self.max => {
+                let wait = (*oldest + self.window - now).whole_seconds().max(1);
                 Err(u64::try_from(wait).unwrap_or(1))
             }
             None => {
@@ -87,12 +102,12 @@ impl LoginThrottle {
         // Failures for many different names (a spray) must not grow the map without bound:
         // past this size, forget every name whose last failure has left the window.
         if map.len() >= MAX_TRACKED_USERNAMES {
-            map.retain(|_, times| times.back().is_some_and(|t| *t + THROTTLE_WINDOW > now));
+            map.retain(|_, times| times.back().is_some_and(|t| *t + self.window > now));
         }
         let times = map.entry(username.to_owned()).or_default();
         times.push_back(now);
-        // Only the last MAX_FAILED_LOGINS failures matter for the decision.
-        while times.len() > MAX_FAILED_LOGINS {
+        // Only the last self.max failures matter for the decision.
+        while times.len() > self.max {
             times.pop_front();
         }
     }

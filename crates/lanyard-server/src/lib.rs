@@ -65,6 +65,10 @@ pub struct AppState<R> {
     pub links: Arc<link::AgentLinks>,
     /// New PINs typed in the portal, on their way to card sessions.
     pub pins: Arc<portal_pin::PinDesk>,
+    /// The app enrolment protocol's attestation roots.
+    pub mobile: Arc<api::mobile::MobileConfig>,
+    /// Refused enrolment codes per source address.
+    mobile_throttle: Arc<auth::LoginThrottle>,
 }
 
 impl<R> Clone for AppState<R> {
@@ -80,6 +84,8 @@ impl<R> Clone for AppState<R> {
             public_url: self.public_url.clone(),
             links: Arc::clone(&self.links),
             pins: Arc::clone(&self.pins),
+            mobile: Arc::clone(&self.mobile),
+            mobile_throttle: Arc::clone(&self.mobile_throttle),
         }
     }
 }
@@ -97,7 +103,18 @@ impl<R> AppState<R> {
             public_url: None,
             links: Arc::new(link::AgentLinks::default()),
             pins: Arc::new(portal_pin::PinDesk::default()),
+            mobile: Arc::new(api::mobile::MobileConfig::default()),
+            mobile_throttle: Arc::new(auth::LoginThrottle::new(
+                api::mobile::MAX_CODE_FAILURES,
+                api::mobile::CODE_FAILURE_WINDOW,
+            )),
         }
+    }
+
+    /// Sets the roots phone key attestations must chain to (the app enrolment protocol).
+    pub fn with_mobile(mut self, config: api::mobile::MobileConfig) -> Self {
+        self.mobile = Arc::new(config);
+        self
     }
 
     /// Names the server's public base URL (as clients reach it) for the links it hands out.

@@ -85,6 +85,10 @@ impl Modify for Security {
         crate::api::agents::revoke_agent,
         crate::api::agents::start_session,
         crate::api::agents::refresh_agent,
+        crate::api::mobile::redeem,
+        crate::api::mobile::certificate,
+        crate::api::mobile::confirm,
+        crate::api::mobile::status,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -97,6 +101,7 @@ impl Modify for Security {
         (name = "audit", description = "The hash-chained audit log"),
         (name = "issuance", description = "Card sessions: start, follow, resume, roll back"),
         (name = "agents", description = "Workstation agents paired with their user"),
+        (name = "mobile", description = "The app enrolment protocol: a phone turns a one-time code into a derived PIV credential (no login; docs/mobile-protocol.md)"),
     ),
 )]
 pub struct ApiDoc;

@@ -141,3 +141,21 @@ impl Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+/// The client's address, for handlers that need it (`ConnectInfo<ClientAddr>`): serve the router
+/// with `into_make_service_with_connect_info::<ClientAddr>()` on a [`TlsListener`] or a plain
+/// `TcpListener`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}

@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 use time::Duration;
 use tower::ServiceExt;
 
+mod mobile;
+
 const PASSWORD: &str = "correct horse battery staple";
 
 struct Caller {

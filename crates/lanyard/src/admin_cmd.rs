@@ -306,7 +306,7 @@ fn check_scheme(server: &str) -> anyhow::Result<()> {
     lanyard_protocol::url::parse_server(server).map(drop).with_context(|| format!("--server {server:?}"))
 }
 
-fn agent(ca_cert_pem: Option<&str>) -> anyhow::Result<ureq::Agent> {
+pub(crate) fn agent(ca_cert_pem: Option<&str>) -> anyhow::Result<ureq::Agent> {
     use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
     let roots = match ca_cert_pem {
         Some(pem) => {
@@ -333,13 +333,16 @@ fn agent(ca_cert_pem: Option<&str>) -> anyhow::Result<ureq::Agent> {
 }
 
 /// A server reply: the status and the JSON body (null when empty).
-struct Reply {
-    status: u16,
-    body: Value,
+pub(crate) struct Reply {
+    pub status: u16,
+    pub body: Value,
     set_cookies: Vec<String>,
 }
 
-fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, url: &str) -> anyhow::Result<Reply> {
+pub(crate) fn reply(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    url: &str,
+) -> anyhow::Result<Reply> {
     let mut resp = result.with_context(|| format!("calling {url}"))?;
     let status = resp.status().as_u16();
     let set_cookies = resp
@@ -465,7 +468,7 @@ fn read_password() -> anyhow::Result<String> {
 
 /// The trust anchors in `path`, as PEM. The server keeps its CA certificates as DER; accept
 /// those as well as PEM.
-fn read_ca_cert(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+pub(crate) fn read_ca_cert(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
     let Some(path) = path else { return Ok(None) };
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Some(match String::from_utf8(bytes) {

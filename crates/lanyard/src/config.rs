@@ -71,6 +71,15 @@ struct FileConfig {
     log: Option<String>,
     ca: Option<FileCa>,
     tls: Option<FileTls>,
+    mobile: Option<FileMobile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMobile {
+    android_attestation_roots: Option<Vec<PathBuf>>,
+    apple_attestation_roots: Option<Vec<PathBuf>>,
+    apple_app_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +124,14 @@ pub struct Config {
     pub tls_mode: TlsMode,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// PEM (or DER) files with the roots Android Key Attestation chains must end at (Google's
+    /// hardware attestation roots). Empty: the app protocol accepts no Android attestation, and
+    /// derived credentials from Android phones get the software (AAL2) profile.
+    pub android_attestation_roots: Vec<PathBuf>,
+    /// The same for Apple App Attest (Apple's App Attestation Root CA).
+    pub apple_attestation_roots: Vec<PathBuf>,
+    /// The App IDs (`<team id>.<bundle id>`) whose App Attest attestations are accepted.
+    pub apple_app_ids: Vec<String>,
 }
 
 /// Environment variables that configure the server, and the config key each sets.
@@ -134,6 +151,9 @@ const ENV_KEYS: &[&str] = &[
     "TLS_MODE",
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
+    "ANDROID_ATTESTATION_ROOTS",
+    "APPLE_ATTESTATION_ROOTS",
+    "APPLE_APP_IDS",
 ];
 
 /// `LANYARD_*` variables that belong to other commands, not to the server's configuration.
@@ -148,6 +168,9 @@ const OTHER_ENV: &[&str] = &[
     "LANYARD_AGENT_ORIGIN",
     "LANYARD_NEW_PIN",
     "LANYARD_AGENT_CONFIG",
+    "LANYARD_MOBILE_PASSPHRASE",
+    "LANYARD_MOBILE_KEYSTORE",
+    "LANYARD_P12_PASSWORD",
 ];
 
 impl Config {
@@ -169,6 +192,9 @@ impl Config {
             tls_mode: TlsMode::On,
             tls_cert_file: None,
             tls_key_file: None,
+            android_attestation_roots: Vec::new(),
+            apple_attestation_roots: Vec::new(),
+            apple_app_ids: Vec::new(),
         }
     }
 
@@ -279,6 +305,12 @@ impl Config {
             c.tls_cert_file = tls.cert_file;
             c.tls_key_file = tls.key_file;
         }
+        if let Some(m) = parsed.mobile {
+            c.android_attestation_roots = m.android_attestation_roots.unwrap_or_default();
+            c.apple_attestation_roots = m.apple_attestation_roots.unwrap_or_default();
+            c.apple_app_ids = m.apple_app_ids.unwrap_or_default();
+        }
+        let paths = |v: &str| v.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();
         for (key, v) in values {
             match key {
                 "LISTEN" => c.listen = v,
@@ -303,6 +335,13 @@ impl Config {
                 "TLS_MODE" => tls_mode = Some(v),
                 "TLS_CERT_FILE" => c.tls_cert_file = Some(v.into()),
                 "TLS_KEY_FILE" => c.tls_key_file = Some(v.into()),
+                "ANDROID_ATTESTATION_ROOTS" => c.android_attestation_roots = paths(&v),
+                "APPLE_ATTESTATION_ROOTS" => c.apple_attestation_roots = paths(&v),
+                // Several App IDs separated by ','.
+                "APPLE_APP_IDS" => {
+                    c.apple_app_ids =
+                        v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect()
+                }
                 _ => {}
             }
         }
@@ -364,6 +403,17 @@ impl Config {
             || self.database_url.starts_with("postgresql://"))
         {
             errors.push("database_url must start with sqlite:, postgres:// or postgresql://".to_owned());
+        }
+        for id in &self.apple_app_ids {
+            match id.split_once('.') {
+                Some((team, bundle)) if !team.is_empty() && !bundle.is_empty() && !id.contains(char::is_whitespace) => {}
+                _ => errors.push(format!(
+                    "mobile.apple_app_ids: {id:?} is not an App ID (<team id>.<bundle id>, e.g. ABCDE12345.org.example.app)"
+                )),
+            }
+        }
+        if !self.apple_attestation_roots.is_empty() && self.apple_app_ids.is_empty() {
+            errors.push("mobile.apple_attestation_roots is set but mobile.apple_app_ids is empty: name the apps whose attestations count".to_owned());
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             errors.push("tls.cert_file and tls.key_file go together".to_owned());
@@ -431,8 +481,15 @@ impl Config {
                 "tls.key_file",
                 self.tls_key_file.as_ref().map_or("(own CA)".into(), |p| p.display().to_string()),
             ),
+            ("mobile.android_attestation_roots", join_paths(&self.android_attestation_roots)),
+            ("mobile.apple_attestation_roots", join_paths(&self.apple_attestation_roots)),
+            ("mobile.apple_app_ids", self.apple_app_ids.join(",")),
         ]
     }
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
 }
 
 /// The file of a `sqlite:` URL (`sqlite://<path>`, `sqlite:<path>`, query options removed), or
@@ -556,6 +613,34 @@ mod tests {
             assert!(reason.contains(why), "{key}={value}: {reason}");
         }
         assert_eq!(sqlite_file("sqlite:rel/x.db?mode=rwc"), Some(PathBuf::from("rel/x.db")));
+    }
+
+    #[test]
+    fn mobile_attestation_roots_and_app_ids_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lanyard.toml");
+        std::fs::write(
+            &file,
+            "[mobile]\nandroid_attestation_roots = [\"/etc/lanyard/google.pem\"]\napple_attestation_roots = [\"/etc/lanyard/apple.pem\"]\napple_app_ids = [\"ABCDE12345.org.example.lanyard\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[("LANYARD_DATA_DIR", "/d")])).unwrap();
+        assert_eq!(c.android_attestation_roots, vec![PathBuf::from("/etc/lanyard/google.pem")]);
+        assert_eq!(c.apple_app_ids, vec!["ABCDE12345.org.example.lanyard".to_owned()]);
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("LANYARD_ANDROID_ATTESTATION_ROOTS", "/a.pem:/b.pem"),
+                ("LANYARD_APPLE_APP_IDS", "T.one, T.two"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.android_attestation_roots, vec![PathBuf::from("/a.pem"), PathBuf::from("/b.pem")]);
+        assert_eq!(c.apple_app_ids, vec!["T.one".to_owned(), "T.two".to_owned()]);
+        let e = Config::load(None, env(&[("LANYARD_APPLE_APP_IDS", "nodot")])).unwrap_err();
+        assert!(e[0].contains("is not an App ID"), "{e:?}");
+        let e = Config::load(None, env(&[("LANYARD_APPLE_ATTESTATION_ROOTS", "/apple.pem")])).unwrap_err();
+        assert!(e[0].contains("apple_app_ids is empty"), "{e:?}");
     }
 
     #[test]

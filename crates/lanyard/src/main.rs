@@ -33,7 +33,10 @@ mod bench_issuance;
 mod bench_portal;
 mod config;
 mod init_cmd;
+mod keystore;
+mod mobile_cmd;
 mod piv_cmd;
+mod pkcs12;
 mod serve;
 mod vcard_cmd;
 
@@ -145,6 +148,11 @@ enum Commands {
     /// (docs/agent.md).
     #[command(subcommand)]
     Agent(agent_cmd::AgentCommand),
+    /// The reference client of the app enrolment protocol (docs/mobile-protocol.md): enrol a
+    /// derived PIV credential from a one-time link like a phone app, keep it in an encrypted
+    /// keystore, list, delete, export as PKCS#12.
+    #[command(subcommand)]
+    Mobile(mobile_cmd::MobileCommand),
     /// Measure card operations through PC/SC (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -208,6 +216,7 @@ fn main() -> std::process::ExitCode {
         Commands::Piv(c) => piv_cmd::run(c),
         Commands::Bench(c) => bench::run(c),
         Commands::Agent(c) => agent_cmd::run(c),
+        Commands::Mobile(c) => mobile_cmd::run(c),
         Commands::Login(a) => admin_cmd::login(a),
         Commands::User(c) => admin_cmd::user(c),
         Commands::Device(c) => admin_cmd::device(c),

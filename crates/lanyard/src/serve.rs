@@ -107,6 +107,11 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             })?;
             piv_trust_anchors.push(pem);
         }
+        let mobile = lanyard_server::api::mobile::MobileConfig {
+            android_roots: load_attestation_roots(&cfg.android_attestation_roots)?,
+            apple_roots: load_attestation_roots(&cfg.apple_attestation_roots)?,
+            apple_app_ids: cfg.apple_app_ids.clone(),
+        };
         let tls = match (cfg.tls_mode, &cfg.tls_cert_file, &cfg.tls_key_file) {
             (TlsMode::Off, _, _) => None,
             (TlsMode::On, Some(cert), Some(key)) => {
@@ -138,7 +143,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 piv_user_match: cfg.piv_user_match,
                 ..lanyard_server::issuance::IssuanceConfig::new(kek, attestation_roots)
             })
-            .with_public_url(&cfg.public_url);
+            .with_public_url(&cfg.public_url)
+            .with_mobile(mobile);
         // Sessions this process ran before a restart still hold leases that are running out:
         // the sweeper fails them (and any another server abandons) a few minutes later.
         tokio::spawn(lanyard_server::issuance::sweep_abandoned_jobs(state.clone()));
@@ -173,9 +179,17 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         match tls {
             Some(config) => {
                 let listener = lanyard_server::tls::TlsListener::new(tcp, config)?;
-                axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+                // The client's address reaches the handlers (the enrolment protocol throttles per
+                // address).
+                let app =
+                    router(state).into_make_service_with_connect_info::<lanyard_server::tls::ClientAddr>();
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
             }
-            None => axum::serve(tcp, router(state)).with_graceful_shutdown(shutdown).await,
+            None => {
+                let app =
+                    router(state).into_make_service_with_connect_info::<lanyard_server::tls::ClientAddr>();
+                axum::serve(tcp, app).with_graceful_shutdown(shutdown).await
+            }
         }
         .context("serving")
     })

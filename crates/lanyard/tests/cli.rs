@@ -991,3 +991,177 @@ fn agent_install_registers_the_link_handler_for_the_desktop_user() {
     assert_eq!(query(), "");
     assert_eq!(std::fs::read_to_string(config.join("mimeapps.list")).unwrap(), others);
 }
+
+/// A derived-PIV enrolment code for a new user `dana` of a group whose policy needs no sponsor
+/// card, made in the server's database the way the portal makes one.
+async fn derived_code(data: &Path) -> String {
+    use lanyard_core::authz::Principal;
+    use lanyard_core::model::{EnrollmentPurpose, Group, Policy, Role, User, Username};
+    use secrecy::ExposeSecret;
+    let db = Db::connect(&format!("sqlite://{}", data.join("lanyard.db").display())).await.unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let group = Group {
+        id: lanyard_core::ids::GroupId::new(),
+        name: "phones".into(),
+        policy: Policy { derived_piv_requires_sponsor: false, ..Policy::default() },
+    };
+    let mut dana = User::new(Username::parse("dana").unwrap(), "Dana Example", group.id, now).unwrap();
+    dana.roles = [Role::User].into_iter().collect();
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_group(&group).await.unwrap();
+    tx.insert_user(&dana).await.unwrap();
+    tx.commit().await.unwrap();
+    let p = Principal::new(dana, OperationId::random(), now).unwrap();
+    let (_, code) = p
+        .self_service()
+        .unwrap()
+        .start_mobile_enrollment(
+            &db,
+            EnrollmentPurpose::derived_without_sponsor(),
+            time::Duration::minutes(10),
+            None,
+        )
+        .await
+        .unwrap();
+    code.expose_secret().to_owned()
+}
+
+fn mobile(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .arg("mobile")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mobile_enroll_keeps_the_credential_encrypted_and_exports_pkcs12_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let port = free_port();
+    let _server = start_server(&data, port);
+    let code = derived_code(&data).await;
+    let link = format!("https://127.0.0.1:{port}/m/{code}");
+    let root = data.join("ca/root.pem");
+    let ks = d.join("keys/mobile.json");
+    let pass = d.join("pass");
+    std::fs::write(&pass, "a long keystore passphrase\n").unwrap();
+    let store = ["--keystore", ks.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()];
+
+    // A browser opening the link is told what to do, and the link stays usable.
+    let page = d.join("page.html");
+    fetch(&data, &link, &page);
+    assert!(std::fs::read_to_string(&page).unwrap().contains("lanyard mobile enroll"));
+
+    let mut args = vec!["enroll", &link, "--ca-file", root.to_str().unwrap(), "--output", "json"];
+    args.extend(store);
+    let o = mobile(&args, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let issued: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (issued["profile"].as_str(), issued["assurance"].as_str()),
+        (Some("derived-piv-auth"), Some("aal2"))
+    );
+    let id = issued["credential_id"].as_str().unwrap().to_owned();
+    let on_disk = std::fs::read_to_string(&ks).unwrap();
+    assert!(
+        on_disk.contains("lanyard-mobile-keystore") && !on_disk.contains("PRIVATE") && !on_disk.contains(&id)
+    );
+
+    // The link worked once.
+    let o = mobile(&args, &[]);
+    assert!(!o.status.success() && text(&o).contains("code_used"), "{}", text(&o));
+
+    let mut list = vec!["list", "--output", "json"];
+    list.extend(store);
+    let o = mobile(&list, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let entries: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(entries[0]["id"], id.as_str());
+    assert_eq!(entries[0]["holder"], "Dana Example");
+    let wrong = d.join("wrong");
+    std::fs::write(&wrong, "not it\n").unwrap();
+    let o = mobile(
+        &["list", "--keystore", ks.to_str().unwrap(), "--passphrase-file", wrong.to_str().unwrap()],
+        &[],
+    );
+    assert!(!o.status.success() && text(&o).contains("wrong passphrase"), "{}", text(&o));
+
+    // Both PKCS#12 encodings open in OpenSSL 3, hold the key and the chain, and the chain verifies.
+    for (legacy, expect) in [
+        (false, ["MAC: sha256", "PBES2, PBKDF2, AES-256-CBC"]),
+        (true, ["MAC: sha1", "pbeWithSHA1And3-KeyTripleDES-CBC"]),
+    ] {
+        let p12 = d.join(if legacy { "legacy.p12" } else { "modern.p12" });
+        let mut export = vec!["export-p12", &id[..8], "--out", p12.to_str().unwrap()];
+        if legacy {
+            export.push("--legacy");
+        }
+        export.extend(store);
+        let o = mobile(&export, &[("LANYARD_P12_PASSWORD", "p12 secret")]);
+        assert!(o.status.success(), "{}", text(&o));
+        let p12s = p12.to_str().unwrap();
+        let info = openssl(&["pkcs12", "-info", "-noout", "-in", p12s, "-passin", "pass:p12 secret"]);
+        for e in expect {
+            assert!(info.contains(e), "{e} missing from:\n{info}");
+        }
+        let certs = d.join("certs.pem");
+        openssl(&[
+            "pkcs12",
+            "-in",
+            p12s,
+            "-passin",
+            "pass:p12 secret",
+            "-nokeys",
+            "-out",
+            certs.to_str().unwrap(),
+        ]);
+        let pem = std::fs::read_to_string(&certs).unwrap();
+        assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 3, "{pem}");
+        let leaf = d.join("leaf.pem");
+        let leaf_pem =
+            pem.split_inclusive("-----END CERTIFICATE-----\n").find(|c| c.contains("Dana Example")).unwrap();
+        std::fs::write(&leaf, &leaf_pem[leaf_pem.find("-----BEGIN").unwrap()..]).unwrap();
+        let verdict = openssl(&[
+            "verify",
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-untrusted",
+            certs.to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ]);
+        assert!(verdict.contains(": OK"), "{verdict}");
+        let text_form = openssl(&["x509", "-in", leaf.to_str().unwrap(), "-noout", "-text"]);
+        assert!(text_form.contains("2.16.840.1.101.3.2.1.3.40"), "{text_form}");
+        let key = d.join("key.pem");
+        openssl(&[
+            "pkcs12",
+            "-in",
+            p12s,
+            "-passin",
+            "pass:p12 secret",
+            "-nocerts",
+            "-nodes",
+            "-out",
+            key.to_str().unwrap(),
+        ]);
+        let from_key = openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout"]);
+        let from_cert = openssl(&["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"]);
+        assert_eq!(from_key, from_cert, "the key is the certificate's");
+        let bad = lanyard_testkit::tools::command(
+            "openssl",
+            &["pkcs12", "-info", "-noout", "-in", p12s, "-passin", "pass:wrong"],
+            None,
+        );
+        assert!(!bad.success, "a wrong password must fail the MAC");
+    }
+
+    let mut delete = vec!["delete", &id[..8]];
+    delete.extend(store);
+    let o = mobile(&delete, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = mobile(&list, &[]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(), serde_json::json!([]));
+}

@@ -21,6 +21,7 @@ pub(crate) mod credentials;
 pub(crate) mod devices;
 pub(crate) mod groups;
 pub(crate) mod jobs;
+pub mod mobile;
 pub(crate) mod session;
 pub(crate) mod tokens;
 pub(crate) mod users;
@@ -82,6 +83,17 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/agents/{id}", axum::routing::delete(revoke_agent::<R>))
         .route("/api/v1/agents/{id}/sessions", post(start_session::<R>))
         .route("/api/v1/agents/{id}/refresh", post(refresh_agent::<R>))
+        .merge(mobile_routes())
+}
+
+/// The app enrolment protocol; bodies above the protocol's limit are refused before parsing.
+fn mobile_routes<R: Repo + 'static>() -> Router<AppState<R>> {
+    Router::new()
+        .route("/api/v1/mobile/redeem", post(mobile::redeem::<R>))
+        .route("/api/v1/mobile/certificate", post(mobile::certificate::<R>))
+        .route("/api/v1/mobile/confirm", post(mobile::confirm::<R>))
+        .route("/api/v1/mobile/status", post(mobile::status::<R>))
+        .layer(axum::extract::DefaultBodyLimit::max(lanyard_protocol::mobile::MAX_BODY))
 }
 
 /// The request's operation id as the audit log takes it.

@@ -27,6 +27,7 @@ mod derived;
 mod devices;
 mod help;
 mod job;
+mod mobile_link;
 mod operator;
 mod operator_cards;
 mod pin;
@@ -93,6 +94,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .merge(admin_tokens::routes::<R>())
         .merge(admin_pki::routes::<R>())
         .route("/portal/help", get(help::troubleshooting))
+        .route("/m/{code}", get(mobile_link::page::<R>))
         .route(assets::HTMX_PATH, get(assets::htmx))
         .route("/portal/assets/{name}", get(assets::by_name))
         .route("/portal/{*rest}", get(not_found).post(not_found))
@@ -135,7 +137,10 @@ async fn security_headers(req: Request, next: Next) -> Response {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    // A page may ask for less (the enrolment link page, whose URL holds a one-time code).
+    if !h.contains_key(header::REFERRER_POLICY) {
+        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     if no_store {
