@@ -177,6 +177,9 @@ pub struct SponsorProof {
     /// The card's device, for a Lanyard card.
     pub device: Option<DeviceId>,
     pub subject: String,
+    /// The certificate's issuer DN: with the serial, what names a card of an imported root.
+    #[serde(default)]
+    pub issuer: String,
     pub serial_hex: String,
     /// The trust anchor the path ended at.
     pub anchor: String,
@@ -465,6 +468,7 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
         let proof = SponsorProof {
             device: card.device,
             subject: card.names.subject.clone(),
+            issuer: card.path.leaf().tbs_certificate.issuer.to_string(),
             serial_hex: card.names.serial_hex.clone(),
             anchor: card.path.anchor().tbs_certificate.subject.to_string(),
             verified_at: now,
@@ -502,3 +506,102 @@ const SPONSOR_PIN_BLOCKED: &str =
 
 /// The secret type the link hands the PIN over in.
 pub type HolderPin = SecretString;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use lanyard_core::ids::GroupId;
+    use lanyard_core::model::{Email, Username};
+    use proptest::prelude::*;
+
+    fn user(name: &str, email: Option<&str>) -> User {
+        let at = time::macros::datetime!(2025-03-01 10:00 UTC);
+        let mut user = User::new(Username::parse(name).unwrap(), "Jane Doe", GroupId::new(), at).unwrap();
+        user.email = email.map(|e| Email::parse(e).unwrap());
+        user
+    }
+
+    fn names(emails: &[&str], upn: Option<&str>, cn: Option<&str>) -> CardNames {
+        CardNames {
+            emails: emails.iter().map(|e| (*e).to_owned()).collect(),
+            upn: upn.map(str::to_owned),
+            common_name: cn.map(str::to_owned),
+            serial_hex: "01".into(),
+            subject: "CN=whoever".into(),
+            ..CardNames::default()
+        }
+    }
+
+    #[test]
+    fn email_matches_any_address_of_the_certificate_ignoring_case() {
+        let jane = user("jdoe", Some("jane.doe@agency.test"));
+        let rule = UserMatch::Email;
+        assert!(rule.matches(&names(&["other@agency.test", "Jane.Doe@Agency.TEST"], None, None), &jane));
+        assert!(!rule.matches(&names(&["jane.doe@elsewhere.test"], None, None), &jane));
+        assert!(
+            !rule.matches(&names(&[], Some("jane.doe@agency.test"), None), &jane),
+            "a UPN is not an e-mail"
+        );
+        assert!(
+            !rule.matches(&names(&["jdoe"], None, Some("jdoe")), &user("jdoe", None)),
+            "a user without an address matches nothing"
+        );
+        assert!(
+            !rule.matches(&names(&["jane.doe@agency.test.evil"], None, None), &jane),
+            "whole address only"
+        );
+    }
+
+    #[test]
+    fn upn_email_wants_the_upn_to_be_the_users_address() {
+        let jane = user("jdoe", Some("jane.doe@agency.test"));
+        let rule = UserMatch::UpnEmail;
+        assert!(rule.matches(&names(&[], Some("JANE.DOE@agency.test"), None), &jane));
+        assert!(!rule.matches(&names(&["jane.doe@agency.test"], None, None), &jane), "no UPN, no match");
+        assert!(!rule.matches(&names(&[], Some("jdoe@agency.test"), None), &jane));
+        assert!(!rule.matches(&names(&[], Some("jane.doe@agency.test"), None), &user("jdoe", None)));
+    }
+
+    #[test]
+    fn upn_username_wants_the_upns_local_part_to_be_the_user_name() {
+        let jane = user("jdoe", Some("jane.doe@agency.test"));
+        let rule = UserMatch::UpnUsername;
+        assert!(rule.matches(&names(&[], Some("JDoe@corp.agency.test"), None), &jane));
+        assert!(!rule.matches(&names(&[], Some("jdoe2@corp.agency.test"), None), &jane));
+        assert!(!rule.matches(&names(&[], Some("jdoe"), None), &jane), "a UPN without @ names no user");
+        assert!(!rule.matches(&names(&["jdoe@agency.test"], None, Some("jdoe")), &jane), "no UPN, no match");
+        assert!(!rule.matches(&names(&[], Some("x@jdoe"), None), &jane), "the domain is not the user name");
+    }
+
+    #[test]
+    fn cn_username_wants_the_common_name_to_be_the_user_name() {
+        let jane = user("jdoe", Some("jane.doe@agency.test"));
+        let rule = UserMatch::CnUsername;
+        assert!(rule.matches(&names(&[], None, Some("JDOE")), &jane));
+        assert!(!rule.matches(&names(&[], None, Some("Jane Doe")), &jane));
+        assert!(!rule.matches(&names(&[], Some("jdoe@agency.test"), None), &jane), "no CN, no match");
+        assert!(!rule.matches(&names(&[], None, Some("jdoe ")), &jane), "no trimming");
+    }
+
+    #[test]
+    fn rules_are_named_as_the_configuration_spells_them() {
+        for rule in [UserMatch::Email, UserMatch::UpnEmail, UserMatch::UpnUsername, UserMatch::CnUsername] {
+            assert_eq!(rule.as_str().parse::<UserMatch>(), Ok(rule));
+        }
+        let err = "upn".parse::<UserMatch>().unwrap_err();
+        assert!(err.contains("\"upn\"") && err.contains("cn-username"), "{err}");
+    }
+
+    proptest! {
+        /// Whatever the configuration holds, a rule is one of the four names, or a refusal
+        /// that names what was given.
+        #[test]
+        fn any_configured_rule_is_read_or_refused(s in "\\PC{0,16}") {
+            match s.parse::<UserMatch>() {
+                Ok(rule) => prop_assert_eq!(rule.as_str(), s.as_str()),
+                Err(e) => prop_assert!(e.contains("is not one of")),
+            }
+        }
+    }
+}

@@ -319,4 +319,58 @@ mod tests {
         desk.give(job, None, None).unwrap();
         assert!(matches!(waiter.await.unwrap(), PortalChange::Declined));
     }
+
+    /// A sponsor proof waits for the card's own PIN: the card judges it, so the PIN rules do not
+    /// apply; only what cannot be a card PIN is refused (and costs the card no try), and no
+    /// current PIN is taken.
+    #[tokio::test]
+    async fn a_pin_to_verify_is_judged_by_the_card_not_the_rules() {
+        let desk = std::sync::Arc::new(PinDesk::default());
+        let job = JobId::new();
+        assert!(matches!(desk.wait_verify(JobId::new(), Duration::from_secs(1)).await, PortalPin::NotUsed));
+        desk.expect(job);
+        let waiter = {
+            let desk = std::sync::Arc::clone(&desk);
+            tokio::spawn(async move { desk.wait_verify(job, Duration::from_secs(600)).await })
+        };
+        while desk.wanted(job).is_none() {
+            tokio::task::yield_now().await;
+        }
+        assert!(desk.wanted(job).is_some_and(|a| a.verify && !a.current), "only the card's PIN is asked");
+        let refusals = [
+            (None, Some(Secret::new("")), GiveError::PinMissing),
+            (None, Some(Secret::new("123456789")), GiveError::PinTooLong),
+            (Some(Secret::new("123456")), Some(Secret::new("123456")), GiveError::CurrentNotAsked),
+        ];
+        for (current, pin, expected) in refusals {
+            assert_eq!(desk.give(job, current, pin), Err(expected));
+        }
+        assert!(desk.wanted(job).is_some(), "every refusal leaves the session waiting");
+        // "111111" breaks the rules for a new PIN, but it may well be the card's PIN.
+        desk.give(job, None, Some(Secret::new("111111"))).unwrap();
+        match waiter.await.unwrap() {
+            PortalPin::Given(pin) => assert_eq!(pin.expose(), "111111"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            desk.give(job, None, Some(Secret::new("111111"))),
+            Err(GiveError::NotWaiting),
+            "asked once"
+        );
+
+        // Cancel declines; so does a wait that ends with nothing given.
+        desk.expect(job);
+        let waiter = {
+            let desk = std::sync::Arc::clone(&desk);
+            tokio::spawn(async move { desk.wait_verify(job, Duration::from_secs(600)).await })
+        };
+        while desk.wanted(job).is_none() {
+            tokio::task::yield_now().await;
+        }
+        desk.give(job, None, None).unwrap();
+        assert!(matches!(waiter.await.unwrap(), PortalPin::Declined));
+        desk.expect(job);
+        assert!(matches!(desk.wait_verify(job, Duration::ZERO).await, PortalPin::Declined));
+        assert!(!desk.expects(job), "the job no longer waits");
+    }
 }

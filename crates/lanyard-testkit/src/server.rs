@@ -98,6 +98,12 @@ impl TestServer {
 
     /// A server on `backend`, listening on 127.0.0.1 at a free port.
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// [`TestServer::start`] with the issuance configuration adjusted by `configure` (imported
+    /// PIV trust anchors, the user-match rule, deadlines).
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut IssuanceConfig)) -> Self {
         let db = TestDb::new(backend).await;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -125,8 +131,9 @@ impl TestServer {
         tx.commit().await.expect("commit the callers");
 
         let root_der = der::Encode::to_der(attestation_root.certificate()).expect("the root encodes");
-        let state = AppState::new(Arc::clone(&db.db), Arc::new(pki), clock)
-            .with_issuance(IssuanceConfig::new(create_kek(), vec![root_der]));
+        let mut issuance = IssuanceConfig::new(create_kek(), vec![root_der]);
+        configure(&mut issuance);
+        let state = AppState::new(Arc::clone(&db.db), Arc::new(pki), clock).with_issuance(issuance);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let addr = listener.local_addr().expect("the port");
         let app = router(state.clone());

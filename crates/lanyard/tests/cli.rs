@@ -1017,7 +1017,7 @@ async fn derived_code(data: &Path) -> String {
         .unwrap()
         .start_mobile_enrollment(
             &db,
-            EnrollmentPurpose::DerivedPiv { sponsor: None },
+            EnrollmentPurpose::derived_without_sponsor(),
             time::Duration::minutes(10),
             None,
         )

@@ -123,7 +123,8 @@ impl System {
 
     /// Redeems the code `presented` for an enrolment of `kind` from a phone reporting `model`:
     /// the code is used up and a mobile (Enrolling, held by the code's user, linked to the
-    /// sponsor card for a derived credential) is created. Refused with the precise reason, and
+    /// sponsor card for a derived credential; a card of an imported root is named in the
+    /// `device.register` audit event instead) is created. Refused with the precise reason, and
     /// nothing changed, when the code is unknown, expired, used, for the other kind, its portal
     /// session ended, the holder is disabled, or the policy now forbids the enrolment.
     pub async fn redeem_enrollment<R: Repo>(
@@ -176,7 +177,7 @@ impl System {
         check_may_add_mobile(tx, &holder, &policy, kind).await?;
         let mut device = Device::new(DeviceKind::Mobile, model, at)?;
         device.owner = Some(holder.id);
-        if let EnrollmentPurpose::DerivedPiv { sponsor: Some(card) } = code.purpose {
+        if let EnrollmentPurpose::DerivedPiv { sponsor: Some(card), .. } = code.purpose {
             let sponsor = tx.get_device(card).await?.ok_or_else(|| DomainError::not_found("device", card))?;
             if sponsor.owner != Some(holder.id) || sponsor.state != DeviceState::Active {
                 return Err(DomainError::Conflict(format!(
@@ -189,12 +190,19 @@ impl System {
         tx.insert_device(&device).await?;
         code.device = Some(device.id);
         tx.update_enrollment_code(&code).await?;
+        // A card of an imported root has no device to link to: the record of which card vouched
+        // for the mobile is this event.
+        let external_sponsor = match &code.purpose {
+            EnrollmentPurpose::DerivedPiv { external_sponsor, .. } => external_sponsor.clone(),
+            EnrollmentPurpose::MobileProfile => None,
+        };
         let register = self.event("device.register", format!("device:{}", device.id)).after(json!({
             "kind": device.kind,
             "model": device.model,
             "owner": holder.id,
             "state": device.state,
             "links": device.links,
+            "external_sponsor": external_sponsor,
             "enrollment_code": code.id,
         }));
         tx.append_audit(register).await?;

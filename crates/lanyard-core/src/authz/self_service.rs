@@ -8,7 +8,8 @@ use crate::error::DomainError;
 use crate::ids::{DeviceId, JobId, UserId};
 use crate::lifecycle::{DeviceAction, DeviceState};
 use crate::model::{
-    Credential, Device, DeviceClass, EnrollmentCode, EnrollmentPurpose, Job, JobKind, Policy, ValidationError,
+    Credential, Device, DeviceClass, EnrollmentCode, EnrollmentPurpose, ExternalSponsor, Job, JobKind,
+    Policy, ValidationError,
 };
 use crate::repo::DeviceQuery;
 use crate::repo::prelude::*;
@@ -256,9 +257,23 @@ impl SelfService<'_> {
             let mut tx = repo.begin().await?;
             let policy = policy_of(&mut tx, &self.p.user).await?;
             super::enrolment::check_may_add_mobile(&mut tx, &self.p.user, &policy, purpose.kind()).await?;
-            if let EnrollmentPurpose::DerivedPiv { sponsor } = &purpose {
-                match sponsor {
-                    Some(card) => {
+            if let EnrollmentPurpose::DerivedPiv { sponsor, external_sponsor } = &purpose {
+                match (sponsor, external_sponsor) {
+                    (Some(_), Some(_)) => {
+                        return Err(ValidationError::new(
+                            "sponsor",
+                            "a derived credential has one sponsor card: a Lanyard card or a card of an \
+                             imported root, not both",
+                        )
+                        .into());
+                    }
+                    (None, Some(external)) => {
+                        // The card proved itself to the server (its certificate path, revocation
+                        // status, owner and a signed challenge); Lanyard keeps no device for it.
+                        // The names are checked again here, as anything stored is.
+                        ExternalSponsor::new(&external.issuer, &external.serial_hex)?;
+                    }
+                    (Some(card), None) => {
                         let card = self.mine(&mut tx, *card).await?;
                         if card.state != DeviceState::Active || card.class() != DeviceClass::Token {
                             return Err(DomainError::Conflict(
@@ -266,14 +281,14 @@ impl SelfService<'_> {
                             ));
                         }
                     }
-                    None if policy.derived_piv_requires_sponsor => {
+                    (None, None) if policy.derived_piv_requires_sponsor => {
                         return Err(ValidationError::new(
                             "sponsor",
                             "your group's policy requires a sponsor card",
                         )
                         .into());
                     }
-                    None => {}
+                    (None, None) => {}
                 }
             }
             let (mut code, secret) = EnrollmentCode::issue(self.me(), purpose.clone(), ttl, who.at)?;

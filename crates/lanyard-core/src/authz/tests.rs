@@ -7,8 +7,8 @@ use crate::clock::{Clock, ManualClock};
 use crate::ids::{CredentialId, GroupId};
 use crate::lifecycle::CredentialState;
 use crate::model::{
-    CertSlot, CredentialKind, DeviceLink, EnrollmentError, EnrollmentKind, EnrollmentPurpose, Group,
-    PolicyDenied, PolicyErrors, Session, Username,
+    CertSlot, CredentialKind, DeviceLink, EnrollmentError, EnrollmentKind, EnrollmentPurpose,
+    ExternalSponsor, Group, PolicyDenied, PolicyErrors, Session, Username,
 };
 use crate::repo::{AuditQuery, RetryPolicy, StoreError, UserQuery};
 use crate::testing::{MemRepo, block_on};
@@ -327,7 +327,7 @@ fn policy_switches_and_card_models_are_enforced() {
     // Derived PIV needs a sponsor card under the default policy.
     let err = block_on(me.start_mobile_enrollment(
         &w.repo,
-        EnrollmentPurpose::DerivedPiv { sponsor: None },
+        EnrollmentPurpose::derived_without_sponsor(),
         time::Duration::minutes(10),
         None,
     ))
@@ -1338,7 +1338,7 @@ fn codes_die_with_their_session_expire_and_respect_the_mobile_limit() {
     let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
     let err = block_on(me.start_mobile_enrollment(
         &w.repo,
-        EnrollmentPurpose::DerivedPiv { sponsor: Some(card.id) },
+        EnrollmentPurpose::derived_from_card(card.id),
         ten,
         None,
     ))
@@ -1359,7 +1359,7 @@ fn a_derived_code_needs_my_active_sponsor_card_and_links_the_mobile_to_it() {
     let bobs = w.device(&w.bob, DeviceKind::SmartCard, DeviceState::Active);
     let err = block_on(me.start_mobile_enrollment(
         &w.repo,
-        EnrollmentPurpose::DerivedPiv { sponsor: Some(bobs.id) },
+        EnrollmentPurpose::derived_from_card(bobs.id),
         ten,
         None,
     ))
@@ -1368,7 +1368,7 @@ fn a_derived_code_needs_my_active_sponsor_card_and_links_the_mobile_to_it() {
     let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
     let (_, secret) = block_on(me.start_mobile_enrollment(
         &w.repo,
-        EnrollmentPurpose::DerivedPiv { sponsor: Some(card.id) },
+        EnrollmentPurpose::derived_from_card(card.id),
         ten,
         None,
     ))
@@ -1382,6 +1382,90 @@ fn a_derived_code_needs_my_active_sponsor_card_and_links_the_mobile_to_it() {
     ))
     .unwrap();
     assert_eq!(redeemed.device.linked(LinkKind::DerivedFrom).collect::<Vec<_>>(), [card.id]);
+}
+
+#[test]
+fn a_card_of_an_imported_root_sponsors_by_its_certificate_and_is_named_in_the_audit() {
+    use secrecy::ExposeSecret;
+    let w = world();
+    let ten = time::Duration::minutes(10);
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let agency = ExternalSponsor::new("CN=Agency PIV CA,O=Agency,C=US", "4d2e01").unwrap();
+    let card = w.device(&w.alice, DeviceKind::SmartCard, DeviceState::Active);
+
+    // One sponsor: a Lanyard card and an imported one together are refused, nothing stored.
+    let both =
+        EnrollmentPurpose::DerivedPiv { sponsor: Some(card.id), external_sponsor: Some(agency.clone()) };
+    let before = w.repo.data();
+    let err = block_on(me.start_mobile_enrollment(&w.repo, both, ten, None)).unwrap_err();
+    assert!(matches!(&err, DomainError::Validation(v) if v.field == "sponsor"), "{err}");
+    // Names that could not come from a certificate are refused too.
+    let forged = ExternalSponsor { issuer: "CN=x".into(), serial_hex: "not hex".into() };
+    let err = block_on(me.start_mobile_enrollment(
+        &w.repo,
+        EnrollmentPurpose::derived_from_external(forged),
+        ten,
+        None,
+    ))
+    .unwrap_err();
+    assert!(matches!(&err, DomainError::Validation(v) if v.field == "external_sponsor.serial_hex"), "{err}");
+    assert_eq!(w.repo.data(), before, "refusals change nothing");
+
+    // The imported card satisfies the policy's sponsor step.
+    let (code, secret) = block_on(me.start_mobile_enrollment(
+        &w.repo,
+        EnrollmentPurpose::derived_from_external(agency.clone()),
+        ten,
+        None,
+    ))
+    .unwrap();
+    assert_eq!(
+        w.repo.data().enrollment_codes[&code.id].purpose,
+        EnrollmentPurpose::derived_from_external(agency.clone())
+    );
+    let system = System::new(OperationId::parse("op-app").unwrap(), w.clock.now());
+    let redeemed = block_on(system.redeem_enrollment(
+        &w.repo,
+        secret.expose_secret(),
+        EnrollmentKind::DerivedPiv,
+        "Pixel 9",
+    ))
+    .unwrap();
+    assert_eq!(redeemed.device.owner, Some(w.alice.id));
+    assert!(redeemed.device.links.is_empty(), "no Lanyard device to link to");
+    let data = w.repo.data();
+    let register = data
+        .audit
+        .iter()
+        .find(|e| e.action == "device.register" && e.target == Some(format!("device:{}", redeemed.device.id)))
+        .expect("the mobile's registration is audited");
+    let after = register.after.as_ref().unwrap();
+    assert_eq!(after["external_sponsor"]["issuer"], "CN=Agency PIV CA,O=Agency,C=US");
+    assert_eq!(after["external_sponsor"]["serial_hex"], "4d2e01");
+
+    // A Lanyard card's mobile names no external sponsor.
+    let (_, secret) = block_on(me.start_mobile_enrollment(
+        &w.repo,
+        EnrollmentPurpose::derived_from_card(card.id),
+        ten,
+        None,
+    ))
+    .unwrap();
+    let linked = block_on(system.redeem_enrollment(
+        &w.repo,
+        secret.expose_secret(),
+        EnrollmentKind::DerivedPiv,
+        "iPhone",
+    ))
+    .unwrap();
+    let data = w.repo.data();
+    let register = data
+        .audit
+        .iter()
+        .find(|e| e.action == "device.register" && e.target == Some(format!("device:{}", linked.device.id)))
+        .unwrap();
+    assert!(register.after.as_ref().unwrap()["external_sponsor"].is_null());
 }
 
 #[test]

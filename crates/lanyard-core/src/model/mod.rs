@@ -17,7 +17,7 @@ pub use agent::{
 };
 pub use credential::{CertSlot, Credential, CredentialKind, KeyAlgorithm};
 pub use device::{Device, DeviceClass, DeviceKind, DeviceLink, LinkKind};
-pub use enrollment::{EnrollmentCode, EnrollmentError, EnrollmentKind, EnrollmentPurpose};
+pub use enrollment::{EnrollmentCode, EnrollmentError, EnrollmentKind, EnrollmentPurpose, ExternalSponsor};
 pub use job::{JOB_LEASE, Job, JobError, JobKind, JobLease, JobState, JobStep, StepOutcome};
 pub use policy::{
     FidoPinMode, InitialPinDisplay, PinRuleError, PinRules, Policy, PolicyDenied, PolicyError, PolicyErrors,

@@ -23,8 +23,8 @@ use crate::ids::{DeviceId, GroupId, InstanceId, JobId, UserId};
 use crate::lifecycle::{CredentialState, DeviceState, RevocationReason};
 use crate::model::{
     Agent, ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, DeviceLink, Email,
-    EnrollmentCode, EnrollmentPurpose, Group, Job, JobKind, JobLease, JobState, LinkKind, PairingCode,
-    Policy, Role, Session, StepOutcome, User, Username,
+    EnrollmentCode, EnrollmentPurpose, ExternalSponsor, Group, Job, JobKind, JobLease, JobState, LinkKind,
+    PairingCode, Policy, Role, Session, StepOutcome, User, Username,
 };
 use crate::password::UserPassword;
 use crate::repo::*;
@@ -586,9 +586,13 @@ pub async fn enrollment_codes<R: Repo>(repo: &R) {
         Err(e) => panic!("EnrollmentCode::issue: {e}"),
     };
     let short = issue(EnrollmentPurpose::MobileProfile, Duration::minutes(5));
-    let mut long =
-        issue(EnrollmentPurpose::DerivedPiv { sponsor: Some(DeviceId::new()) }, Duration::hours(5));
+    let mut long = issue(EnrollmentPurpose::derived_from_card(DeviceId::new()), Duration::hours(5));
     long.session = Some(TokenHash::of("the portal session"));
+    let agency = match ExternalSponsor::new("CN=Agency PIV CA,O=Agency,C=US", "7f03a1") {
+        Ok(s) => s,
+        Err(e) => panic!("ExternalSponsor::new: {e}"),
+    };
+    let external = issue(EnrollmentPurpose::derived_from_external(agency), Duration::hours(5));
     let phone = match Device::new(DeviceKind::Mobile, "Pixel 9", T0) {
         Ok(d) => Device { owner: Some(alice.id), ..d },
         Err(e) => panic!("Device::new: {e}"),
@@ -597,11 +601,17 @@ pub async fn enrollment_codes<R: Repo>(repo: &R) {
     ok(tx.insert_device(&phone).await, "insert_device");
     ok(tx.insert_enrollment_code(&short).await, "insert_enrollment_code");
     ok(tx.insert_enrollment_code(&long).await, "insert_enrollment_code");
+    ok(tx.insert_enrollment_code(&external).await, "insert_enrollment_code");
     commit(tx).await;
     let mut tx = begin(repo).await;
     assert_eq!(
         ok(tx.get_enrollment_code_by_hash(&long.code_hash).await, "get_enrollment_code_by_hash"),
         Some(long.clone())
+    );
+    assert_eq!(
+        ok(tx.get_enrollment_code_by_hash(&external.code_hash).await, "get_enrollment_code_by_hash"),
+        Some(external.clone()),
+        "a card of an imported root is kept by issuer and serial"
     );
     assert_eq!(
         ok(tx.get_enrollment_code_by_hash(&TokenHash::of("nope")).await, "get_enrollment_code_by_hash"),

@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::authz::{System, TicketPurpose};
 use lanyard_core::ids::{AgentId, DeviceId, JobId};
 use lanyard_core::lifecycle::DeviceState;
-use lanyard_core::model::{Device, DeviceClass, EnrollmentPurpose, Job, JobKind, JobState, StepOutcome};
+use lanyard_core::model::{
+    Device, DeviceClass, EnrollmentPurpose, ExternalSponsor, Job, JobKind, JobState, StepOutcome,
+};
 use lanyard_core::repo::Repo;
 use lanyard_issuance::sponsor::{STEP_SPONSOR_REFUSED, SponsorProof};
 use lanyard_issuance::{STEP_PIN_BLOCKED, STEP_PIN_WRONG};
@@ -458,12 +460,17 @@ pub(crate) async fn code<R: Repo + 'static>(
                 return session_page(&s, &signed, job, Some(message), StatusCode::CONFLICT).await;
             }
         };
-        let Some(sponsor) = proof.device else {
-            let message =
-                "Your card is valid, but it was not issued by Lanyard, and Lanyard records a derived \
-                           credential against one of its own cards. Ask an operator."
-                    .to_owned();
-            return session_page(&s, &signed, job, Some(message), StatusCode::CONFLICT).await;
+        // A Lanyard card is linked to the mobile; a card of an imported root is named by its
+        // certificate (issuer and serial) on the code and in the mobile's audit record.
+        let purpose = match proof.device {
+            Some(card) => EnrollmentPurpose::derived_from_card(card),
+            None => match ExternalSponsor::new(&proof.issuer, &proof.serial_hex) {
+                Ok(external) => EnrollmentPurpose::derived_from_external(external),
+                Err(e) => {
+                    let message = format!("This card check cannot give an enrolment code: {e}. Start over.");
+                    return session_page(&s, &signed, job, Some(message), StatusCode::CONFLICT).await;
+                }
+            },
         };
         // Spent first: of two requests racing, the second finds the job changed (stale) and fails.
         let spent = SponsorProof { spent: true, ..proof };
@@ -479,14 +486,7 @@ pub(crate) async fn code<R: Repo + 'static>(
         };
         let me = signed.principal().self_service()?;
         let ttl = me.policy(s.repo.as_ref()).await?.enrollment_code_ttl();
-        let (record, secret) = me
-            .start_mobile_enrollment(
-                s.repo.as_ref(),
-                EnrollmentPurpose::DerivedPiv { sponsor: Some(sponsor) },
-                ttl,
-                session,
-            )
-            .await?;
+        let (record, secret) = me.start_mobile_enrollment(s.repo.as_ref(), purpose, ttl, session).await?;
         let base = s.public_url.as_deref().unwrap_or("").trim_end_matches('/');
         let link = format!("{base}/m/{}", secrecy::ExposeSecret::expose_secret(&secret));
         let svg = super::qr::qr_svg(&link).unwrap_or_default();

@@ -111,6 +111,28 @@ pub(crate) struct DeviceView {
     pub certificates: Vec<CertRow>,
     /// While the device is being issued: its issuance session's page, to follow, resume or undo.
     pub session: Option<String>,
+    /// For a derived PIV credential: the card that sponsored it (linked `derived_from`).
+    pub parent: Option<ParentView>,
+}
+
+/// The sponsor card of a derived credential, as the holder's pages name it.
+pub(crate) struct ParentView {
+    pub id: String,
+    pub label: String,
+}
+
+impl DeviceView {
+    /// Names the card `d` was derived from, among `mine` (the holder's devices).
+    pub(crate) fn with_parent(mut self, d: &Device, mine: &[Device]) -> Self {
+        self.parent = d.linked(lanyard_core::model::LinkKind::DerivedFrom).next().map(|card| ParentView {
+            id: card.to_string(),
+            label: match mine.iter().find(|m| m.id == card) {
+                Some(m) => format!("{}, serial {}", m.model, m.serial.as_deref().unwrap_or("—")),
+                None => format!("card {card}"),
+            },
+        });
+        self
+    }
 }
 
 impl DeviceView {
@@ -139,6 +161,7 @@ impl DeviceView {
             card_expires: d.card_expires_at.map(when),
             certificates,
             session: None,
+            parent: None,
         }
     }
 }
@@ -216,10 +239,11 @@ pub(crate) async fn list<R: Repo + 'static>(
         let me = signed.principal().self_service()?;
         let repo = s.repo.as_ref();
         let mut devices = Vec::new();
-        for d in me.devices(repo).await? {
+        let mine = me.devices(repo).await?;
+        for d in &mine {
             let credentials = me.credentials(repo, d.id).await?;
-            let mut view = DeviceView::new(&d, &credentials);
-            view.session = issuing_session(&me, repo, &d).await?;
+            let mut view = DeviceView::new(d, &credentials).with_parent(d, &mine);
+            view.session = issuing_session(&me, repo, d).await?;
             devices.push(view);
         }
         let add_refused = add_device_refusal(&me, repo).await?;
@@ -273,7 +297,8 @@ pub(crate) async fn detail<R: Repo + 'static>(
         let repo = s.repo.as_ref();
         let device = me.device(repo, id).await?;
         let credentials = me.credentials(repo, id).await?;
-        let mut view = DeviceView::new(&device, &credentials);
+        let mine = me.devices(repo).await?;
+        let mut view = DeviceView::new(&device, &credentials).with_parent(&device, &mine);
         view.session = issuing_session(&me, repo, &device).await?;
         let pin_actions = if device.class() == lanyard_core::model::DeviceClass::Token {
             [super::pin::PinAction::Change, super::pin::PinAction::Unlock]

@@ -152,7 +152,7 @@ impl Mobile {
 
     /// A derived-PIV code for `user` (no sponsor unless `sponsor`), bound to `session` if given.
     async fn code(&self, user: &User, sponsor: Option<DeviceId>, session: Option<TokenHash>) -> String {
-        self.code_for(user, EnrollmentPurpose::DerivedPiv { sponsor }, session).await
+        self.code_for(user, EnrollmentPurpose::DerivedPiv { sponsor, external_sponsor: None }, session).await
     }
 
     async fn code_for(&self, user: &User, purpose: EnrollmentPurpose, session: Option<TokenHash>) -> String {

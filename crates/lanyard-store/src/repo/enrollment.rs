@@ -1,7 +1,7 @@
 //! One-time enrollment codes for mobiles.
 
 use lanyard_core::ids::DeviceId;
-use lanyard_core::model::{EnrollmentCode, EnrollmentPurpose};
+use lanyard_core::model::{EnrollmentCode, EnrollmentPurpose, ExternalSponsor};
 use lanyard_core::repo::{EnrollmentCodeRepo, StoreError};
 use lanyard_core::secrets::TokenHash;
 use time::OffsetDateTime;
@@ -13,7 +13,8 @@ use crate::tx::StoreTx;
 
 macro_rules! code_cols {
     () => {
-        "id, user_id, purpose, sponsor_id, code_hash, created_at, expires_at, used_at, session_hash, device_id, completed_at"
+        "id, user_id, purpose, sponsor_id, code_hash, created_at, expires_at, used_at, session_hash, device_id, \
+         completed_at, external_sponsor_issuer, external_sponsor_serial"
     };
 }
 
@@ -23,10 +24,24 @@ const DERIVED_PIV: &str = "derived_piv";
 fn decode_code(row: &dyn Cols) -> Result<EnrollmentCode, StoreError> {
     let r = Reader::new(row, "enrollment_codes", "id");
     let sponsor: Option<DeviceId> = r.opt_parse("sponsor_id")?;
+    let external = match (r.opt_text("external_sponsor_issuer")?, r.opt_text("external_sponsor_serial")?) {
+        (None, None) => None,
+        (Some(issuer), Some(serial)) => Some(
+            ExternalSponsor::new(&issuer, &serial).map_err(|e| r.corrupt("external_sponsor_issuer", e))?,
+        ),
+        _ => {
+            return Err(
+                r.corrupt("external_sponsor_serial", "set without the issuer, or the other way round")
+            );
+        }
+    };
     let purpose = match r.text("purpose")?.as_str() {
-        MOBILE_PROFILE if sponsor.is_none() => EnrollmentPurpose::MobileProfile,
-        MOBILE_PROFILE => return Err(r.corrupt("sponsor_id", "set on a mobile_profile code")),
-        DERIVED_PIV => EnrollmentPurpose::DerivedPiv { sponsor },
+        MOBILE_PROFILE if sponsor.is_none() && external.is_none() => EnrollmentPurpose::MobileProfile,
+        MOBILE_PROFILE => return Err(r.corrupt("sponsor_id", "a sponsor set on a mobile_profile code")),
+        DERIVED_PIV if sponsor.is_some() && external.is_some() => {
+            return Err(r.corrupt("external_sponsor_issuer", "set together with sponsor_id"));
+        }
+        DERIVED_PIV => EnrollmentPurpose::DerivedPiv { sponsor, external_sponsor: external },
         other => return Err(r.corrupt("purpose", format!("unknown enrollment purpose {other:?}"))),
     };
     Ok(EnrollmentCode {
@@ -45,15 +60,17 @@ fn decode_code(row: &dyn Cols) -> Result<EnrollmentCode, StoreError> {
 
 impl EnrollmentCodeRepo for StoreTx {
     async fn insert_enrollment_code(&mut self, code: &EnrollmentCode) -> Result<(), StoreError> {
-        let (purpose, sponsor) = match &code.purpose {
-            EnrollmentPurpose::MobileProfile => (MOBILE_PROFILE, None),
-            EnrollmentPurpose::DerivedPiv { sponsor } => (DERIVED_PIV, *sponsor),
+        let (purpose, sponsor, external) = match &code.purpose {
+            EnrollmentPurpose::MobileProfile => (MOBILE_PROFILE, None, None),
+            EnrollmentPurpose::DerivedPiv { sponsor, external_sponsor } => {
+                (DERIVED_PIV, *sponsor, external_sponsor.as_ref())
+            }
         };
         let q = Query::new(
             concat!(
                 "INSERT INTO enrollment_codes (",
                 code_cols!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             ),
             vec![
                 id(code.id),
@@ -67,6 +84,8 @@ impl EnrollmentCodeRepo for StoreTx {
                 code.session.as_ref().map(|h| h.as_bytes().to_vec()).into(),
                 opt_id(code.device),
                 opt_nanos("enrollment_codes.completed_at", code.completed_at)?.into(),
+                external.map(|e| e.issuer.clone()).into(),
+                external.map(|e| e.serial_hex.clone()).into(),
             ],
         );
         self.begin_call().await?;
