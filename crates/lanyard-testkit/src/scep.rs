@@ -81,6 +81,12 @@ fn full_tlv(der: &[u8]) -> &[u8] {
 
 /// issuer Name and serial INTEGER TLVs of a DER certificate.
 fn issuer_and_serial(cert: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (issuer, serial, _) = names_and_serial(cert);
+    (issuer, serial)
+}
+
+/// issuer Name, serial INTEGER and subject Name TLVs of a DER certificate.
+fn names_and_serial(cert: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let (_, c, _) = split(cert);
     let (_, mut tbs, _) = split(c);
     if tbs[0] == 0xa0 {
@@ -90,7 +96,10 @@ fn issuer_and_serial(cert: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let after_serial = split(tbs).2;
     let after_alg = split(after_serial).2;
     let issuer = full_tlv(after_alg).to_vec();
-    (issuer, serial)
+    let after_issuer = split(after_alg).2;
+    let after_validity = split(after_issuer).2;
+    let subject = full_tlv(after_validity).to_vec();
+    (issuer, serial, subject)
 }
 
 const OID_DATA: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
@@ -132,6 +141,53 @@ impl OpensslScepClient {
             ],
         );
         OpensslScepClient { dir: dir.to_owned() }
+    }
+
+    /// Like [`OpensslScepClient::new`], with the self-signed certificate's serial number set to
+    /// `serial_hex`: certmonger's carry 32 bytes, more than the 20 RFC 5280 allows a CA.
+    pub fn with_serial(dir: &Path, common_name: &str, serial_hex: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        openssl_in(
+            Some(dir),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "self.pem",
+                "-days",
+                "1",
+                "-set_serial",
+                &format!("0x{serial_hex}"),
+                "-subj",
+                &format!("/CN={common_name}"),
+            ],
+        );
+        OpensslScepClient { dir: dir.to_owned() }
+    }
+
+    /// The DER of the certificate in the PEM file `cert` (relative to the client's directory or
+    /// absolute).
+    fn cert_der(&self, cert: &str) -> Vec<u8> {
+        openssl_in(Some(&self.dir), &["x509", "-in", cert, "-outform", "DER", "-out", "named.der"]);
+        std::fs::read(self.dir.join("named.der")).unwrap()
+    }
+
+    /// IssuerAndSerialNumber (DER) of the certificate in `cert`: the content of GetCert and
+    /// GetCRL.
+    pub fn issuer_and_serial(&self, cert: &str) -> Vec<u8> {
+        let (issuer, serial) = issuer_and_serial(&self.cert_der(cert));
+        tlv(0x30, &[issuer, serial].concat())
+    }
+
+    /// IssuerAndSubject (DER) of the certificate in `cert`: the content of CertPoll.
+    pub fn issuer_and_subject(&self, cert: &str) -> Vec<u8> {
+        let (issuer, _, subject) = names_and_serial(&self.cert_der(cert));
+        tlv(0x30, &[issuer, subject].concat())
     }
 
     /// A DER PKCS#10 request for the client's key with `challenge` as challengePassword.

@@ -36,7 +36,15 @@ pub fn install_hint(program: &str) -> &'static str {
         "desktop-file-validate" => "apt-get install desktop-file-utils (./scripts/test installs it)",
         "xdg-mime" => "apt-get install xdg-utils (./scripts/test installs it)",
         "ykman" => "run ./scripts/test, which installs yubikey-manager 5 into target/test-venv",
+        "certmonger" | "getcert" => "apt-get install certmonger (./scripts/test installs it)",
+        "dbus-run-session" => "apt-get install dbus (./scripts/test installs it)",
+        "scepclient" => "apt-get install scep (./scripts/test installs it)",
+        "python3" => "apt-get install python3-venv (./scripts/test installs it)",
+        "unshare" => "apt-get install util-linux",
         p if p.starts_with("lint_") => "run ./scripts/test, which installs pkilint into target/test-venv",
+        "pyscep" => {
+            "run ./scripts/test, which installs pyscep 0.0.14 (with oscrypto patched) into target/test-venv"
+        }
         _ => "./scripts/test installs every tool the tests use",
     }
 }
@@ -109,7 +117,7 @@ pub mod pkilint {
 
     /// The venv's `bin` directory: `$LANYARD_TEST_VENV` (the venv or its `bin`), else the
     /// workspace's `target/test-venv`.
-    fn bin() -> &'static Path {
+    pub fn bin() -> &'static Path {
         static BIN: OnceLock<PathBuf> = OnceLock::new();
         BIN.get_or_init(|| {
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv/bin");

@@ -4,12 +4,8 @@
 //! The `cms` crate builds these structures but cannot open them, so both directions are here:
 //! [`open`] for requests sent to the RA, [`seal`] for the certificates sent back.
 
-use ::cms::cert::IssuerAndSerialNumber;
 use ::cms::content_info::{CmsVersion, ContentInfo};
-use ::cms::enveloped_data::{
-    EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo,
-    RecipientInfos,
-};
+use ::cms::enveloped_data::{EncryptedContentInfo, RecipientIdentifier, RecipientInfo, RecipientInfos};
 use aes::{Aes128, Aes192, Aes256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::{
@@ -17,7 +13,7 @@ use aws_lc_rs::rsa::{
 };
 use cipher::generic_array::GenericArray;
 use cipher::{BlockDecrypt, BlockEncrypt, BlockSizeUser, KeyInit};
-use der::asn1::{ObjectIdentifier, OctetString, SetOfVec};
+use der::asn1::{ObjectIdentifier, OctetString};
 use der::{Any, Decode, Encode, Header, Reader, SliceReader, Tag, TagNumber};
 use des::TdesEde3;
 use spki::AlgorithmIdentifierOwned;
@@ -25,6 +21,7 @@ use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
 use super::ber::octet_string_chunks;
+use super::message::{ClientCertificate, ClientIssuerAndSerial};
 use super::{FailInfo, ScepFailure, oids};
 use crate::error::CaError;
 use crate::keys::{CaSigner, SoftwareKey};
@@ -345,7 +342,11 @@ pub fn open(der: &[u8], ra: &RaKey, ra_cert: &Certificate) -> Result<(Vec<u8>, C
 }
 
 /// Encrypts `content` to `recipient` (an RSA certificate) as a ContentInfo of type envelopedData.
-pub fn seal(content: &[u8], recipient: &Certificate, cipher: ContentCipher) -> Result<Vec<u8>, CaError> {
+pub fn seal(
+    content: &[u8],
+    recipient: &ClientCertificate,
+    cipher: ContentCipher,
+) -> Result<Vec<u8>, CaError> {
     let spki = &recipient.tbs_certificate.subject_public_key_info;
     if spki.algorithm.oid != pkix::RSA_ENCRYPTION {
         return Err(CaError::UnsupportedPublicKey("SCEP replies are encrypted to RSA keys only".into()));
@@ -367,23 +368,24 @@ pub fn seal(content: &[u8], recipient: &Certificate, cipher: ContentCipher) -> R
     wrapped.truncate(wrapped_len);
     let encrypted = cipher.encrypt(&key, &iv, content);
 
-    let mut recipients = SetOfVec::new();
-    recipients.insert(RecipientInfo::Ktri(KeyTransRecipientInfo {
+    // The recipient is named by the issuer and serial of the certificate the client signed its
+    // request with, as sent: PKCS#7 clients (OpenSSL's PKCS7_decrypt) find their key no other
+    // way, and a client's self-signed serial may be longer than RFC 5280's 20 octets.
+    let ktri = SealedRecipient {
         version: CmsVersion::V0,
-        rid: RecipientIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
+        rid: ClientIssuerAndSerial {
             issuer: recipient.tbs_certificate.issuer.clone(),
             serial_number: recipient.tbs_certificate.serial_number.clone(),
-        }),
+        },
         key_enc_alg: AlgorithmIdentifierOwned {
             oid: pkix::RSA_ENCRYPTION,
             parameters: Some(der::asn1::Null.into()),
         },
         enc_key: OctetString::new(wrapped)?,
-    }))?;
-    let enveloped = EnvelopedData {
+    };
+    let enveloped = SealedEnvelope {
         version: CmsVersion::V0,
-        originator_info: None,
-        recip_infos: RecipientInfos(recipients),
+        recip_infos: Any::new(Tag::Set, ktri.to_der()?)?,
         encrypted_content: EncryptedContentInfo {
             content_type: pkix::CMS_DATA,
             content_enc_alg: AlgorithmIdentifierOwned {
@@ -392,10 +394,27 @@ pub fn seal(content: &[u8], recipient: &Certificate, cipher: ContentCipher) -> R
             },
             encrypted_content: Some(OctetString::new(encrypted)?),
         },
-        unprotected_attrs: None,
     };
     Ok(ContentInfo { content_type: oids::CMS_ENVELOPED_DATA, content: Any::encode_from(&enveloped)? }
         .to_der()?)
+}
+
+/// KeyTransRecipientInfo (RFC 5652 §6.2.1) naming the recipient by a serial of any length.
+#[derive(Debug, Clone, der::Sequence)]
+struct SealedRecipient {
+    version: CmsVersion,
+    rid: ClientIssuerAndSerial,
+    key_enc_alg: AlgorithmIdentifierOwned,
+    enc_key: OctetString,
+}
+
+/// EnvelopedData with one recipient and no originatorInfo or unprotectedAttrs.
+#[derive(Debug, Clone, der::Sequence)]
+struct SealedEnvelope {
+    version: CmsVersion,
+    /// SET OF RecipientInfo, holding one [`SealedRecipient`].
+    recip_infos: Any,
+    encrypted_content: EncryptedContentInfo,
 }
 
 #[cfg(test)]

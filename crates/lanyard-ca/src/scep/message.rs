@@ -5,7 +5,7 @@ use ::cms::content_info::{CmsVersion, ContentInfo};
 use ::cms::revocation::{RevocationInfoChoice, RevocationInfoChoices};
 use ::cms::signed_data::{
     CertificateSet, EncapsulatedContentInfo, SignedAttributes, SignedData, SignerIdentifier, SignerInfo,
-    SignerInfos,
+    SignerInfos, UnsignedAttributes,
 };
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -14,6 +14,7 @@ use der::{Any, Decode, Encode, Tag, Tagged};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::Certificate;
 use x509_cert::attr::Attribute;
+use x509_cert::certificate::{CertificateInner, Raw};
 use x509_cert::crl::CertificateList;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -25,6 +26,71 @@ use crate::csr::{ParsedCsr, parse_csr_der};
 use crate::error::{CaError, CsrError};
 use crate::keys::{CaSigner, verify_signature};
 use crate::oids as pkix;
+
+/// A certificate a SCEP client signs its request with, read without RFC 5280's limit of 20
+/// octets on the serial number: a client's self-signed certificate is no CA's, and certmonger's
+/// carry 32-byte serials. Everything else is checked as for any certificate.
+pub type ClientCertificate = CertificateInner<Raw>;
+
+/// IssuerAndSerialNumber (RFC 5652 §10.2.4) with a serial number of any length.
+#[derive(Debug, Clone, PartialEq, Eq, der::Sequence)]
+pub struct ClientIssuerAndSerial {
+    pub issuer: Name,
+    pub serial_number: SerialNumber<Raw>,
+}
+
+/// SignedData (RFC 5652 §5.1) as a client sends it: the `cms` crate's own type refuses
+/// certificates and signer identifiers whose serial exceeds 20 octets, so the certificates and
+/// SignerInfos are kept raw here and read one by one.
+#[derive(Debug, Clone, der::Sequence)]
+struct ClientSignedData {
+    version: CmsVersion,
+    /// DigestAlgorithmIdentifiers; the SignerInfo's own digestAlgorithm is the one used.
+    digest_algorithms: Any,
+    encap_content_info: EncapsulatedContentInfo,
+    /// CertificateSet (IMPLICIT [0]): every choice kept as it came.
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    certificates: Option<Vec<Any>>,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    crls: Option<Vec<Any>>,
+    /// SET OF SignerInfo.
+    signer_infos: Any,
+}
+
+/// SignerInfo (RFC 5652 §5.3) with the signer identifier kept raw (see [`SignerId`]).
+#[derive(Debug, Clone, der::Sequence)]
+struct ClientSignerInfo {
+    version: CmsVersion,
+    sid: Any,
+    digest_alg: AlgorithmIdentifierOwned,
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    signed_attrs: Option<SignedAttributes>,
+    signature_algorithm: AlgorithmIdentifierOwned,
+    signature: OctetString,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    unsigned_attrs: Option<UnsignedAttributes>,
+}
+
+/// SignerIdentifier: issuer and serial (any length), or subjectKeyIdentifier (IMPLICIT [0]).
+enum SignerId {
+    IssuerAndSerial(ClientIssuerAndSerial),
+    SubjectKeyIdentifier(Vec<u8>),
+}
+
+impl SignerId {
+    fn read(sid: &Any) -> Result<Self, String> {
+        if sid.tag() == Tag::Sequence {
+            let der = sid.to_der().map_err(|e| e.to_string())?;
+            ClientIssuerAndSerial::from_der(&der)
+                .map(SignerId::IssuerAndSerial)
+                .map_err(|e| format!("the signer identifier: {e}"))
+        } else if sid.tag() == (Tag::ContextSpecific { constructed: false, number: der::TagNumber::N0 }) {
+            Ok(SignerId::SubjectKeyIdentifier(sid.value().to_vec()))
+        } else {
+            Err(format!("the signer identifier has tag {}", sid.tag()))
+        }
+    }
+}
 
 /// What a reply to a request needs, read before anything in the request is trusted.
 #[derive(Debug, Clone)]
@@ -57,7 +123,7 @@ pub struct Request {
     pub message_type: MessageType,
     /// The certificate that signed the request: self-signed for a first enrolment, the current
     /// certificate for RenewalReq. Replies are encrypted to it.
-    pub signer: Certificate,
+    pub signer: ClientCertificate,
     /// Its DER as it came in the request.
     pub signer_der: Vec<u8>,
     /// The request's digest algorithm.
@@ -158,19 +224,19 @@ fn digest_alg(oid: ObjectIdentifier) -> Result<&'static digest::Algorithm, ScepF
     }
 }
 
-fn signer_matches(cert: &Certificate, sid: &SignerIdentifier) -> bool {
+fn signer_matches(cert: &ClientCertificate, sid: &SignerId) -> bool {
     match sid {
-        SignerIdentifier::IssuerAndSerialNumber(ias) => {
+        SignerId::IssuerAndSerial(ias) => {
             cert.tbs_certificate.issuer == ias.issuer
                 && cert.tbs_certificate.serial_number == ias.serial_number
         }
-        SignerIdentifier::SubjectKeyIdentifier(ski) => cert
+        SignerId::SubjectKeyIdentifier(ski) => cert
             .tbs_certificate
             .extensions
             .iter()
             .flatten()
             .filter(|e| e.extn_id == pkix::SUBJECT_KEY_IDENTIFIER)
-            .any(|e| OctetString::from_der(e.extn_value.as_bytes()).is_ok_and(|v| v == ski.0)),
+            .any(|e| OctetString::from_der(e.extn_value.as_bytes()).is_ok_and(|v| v.as_bytes() == ski)),
     }
 }
 
@@ -187,8 +253,19 @@ pub fn parse_request(input: &[u8], ra: &RaKey, ra_cert: &Certificate) -> Result<
     if info.content_type != pkix::CMS_SIGNED_DATA {
         return Err(unreadable(format!("content type {} is not signedData", info.content_type)));
     }
-    let sd: SignedData = info.content.decode_as().map_err(unreadable)?;
-    let si = match sd.signer_infos.0.as_slice() {
+    let sd: ClientSignedData = info.content.decode_as().map_err(unreadable)?;
+    if sd.signer_infos.tag() != Tag::Set {
+        return Err(unreadable("signerInfos is not a SET"));
+    }
+    let signer_infos = {
+        let mut reader = der::SliceReader::new(sd.signer_infos.value()).map_err(unreadable)?;
+        let mut all = Vec::new();
+        while !der::Reader::is_finished(&reader) {
+            all.push(ClientSignerInfo::decode(&mut reader).map_err(unreadable)?);
+        }
+        all
+    };
+    let si = match signer_infos.as_slice() {
         [one] => one,
         many => return Err(unreadable(format!("{} SignerInfos; SCEP has exactly one", many.len()))),
     };
@@ -234,17 +311,17 @@ pub fn parse_request(input: &[u8], ra: &RaKey, ra_cert: &Certificate) -> Result<
     };
     let digest = digest_alg(si.digest_alg.oid).map_err(&fail)?;
 
+    let sid = SignerId::read(&si.sid).map_err(&bad)?;
+    // Certificates that do not decode (other CertificateChoices, or broken ones) cannot be the
+    // signer's; the signer's must be among those that do.
     let signer = sd
         .certificates
-        .as_ref()
-        .and_then(|set| {
-            set.0.iter().find_map(|c| match c {
-                CertificateChoices::Certificate(cert) if signer_matches(cert, &si.sid) => Some(cert),
-                _ => None,
-            })
-        })
-        .ok_or_else(|| bad("the signer's certificate is not in the message".into()))?
-        .clone();
+        .iter()
+        .flatten()
+        .filter(|c| c.tag() == Tag::Sequence)
+        .filter_map(|c| c.to_der().ok().and_then(|der| ClientCertificate::from_der(&der).ok()))
+        .find(|cert| signer_matches(cert, &sid))
+        .ok_or_else(|| bad("the signer's certificate is not in the message".into()))?;
     let signer_der = signer.to_der().map_err(|e| bad(e.to_string()))?;
 
     // contentType and messageDigest bind the content to the signature.
@@ -364,7 +441,7 @@ pub enum Reply<'a> {
     Success {
         certificates: &'a [Vec<u8>],
         crls: &'a [Vec<u8>],
-        recipient: &'a Certificate,
+        recipient: &'a ClientCertificate,
         cipher: ContentCipher,
     },
     /// FAILURE with its failInfo and text.

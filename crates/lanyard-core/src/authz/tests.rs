@@ -1518,3 +1518,152 @@ fn derived_mobiles_follow_the_account_not_the_card() {
     let disable = audit.iter().position(|e| e.action == "user.disable").unwrap();
     assert_eq!(audit[disable + 1..].iter().filter(|e| e.action == "device.revoke").count(), 2);
 }
+
+#[test]
+fn preview_enrollment_answers_what_redeeming_would_and_changes_nothing() {
+    use secrecy::ExposeSecret;
+    let w = world();
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let ten = time::Duration::minutes(10);
+    let (code, secret) =
+        block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, None)).unwrap();
+    let secret = secret.expose_secret();
+    let system = System::new(OperationId::parse("op-preview").unwrap(), w.clock.now());
+
+    let before = w.repo.data();
+    let preview =
+        block_on(system.preview_enrollment(&w.repo, secret, EnrollmentKind::MobileProfile, "Phone")).unwrap();
+    assert_eq!(preview.code.id, code.id);
+    assert_eq!((preview.holder.id, preview.device.owner), (w.alice.id, Some(w.alice.id)));
+    assert_eq!((preview.device.kind, preview.device.state), (DeviceKind::Mobile, DeviceState::Enrolling));
+    // Twice, and with the wrong kind or a wrong code: nothing stored, nothing audited.
+    block_on(system.preview_enrollment(&w.repo, secret, EnrollmentKind::MobileProfile, "Phone")).unwrap();
+    let err = block_on(system.preview_enrollment(&w.repo, secret, EnrollmentKind::DerivedPiv, "Phone"))
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Enrollment(_)), "{err}");
+    let err = block_on(system.preview_enrollment(
+        &w.repo,
+        "B".repeat(40).as_str(),
+        EnrollmentKind::MobileProfile,
+        "Phone",
+    ))
+    .unwrap_err();
+    assert!(matches!(err, DomainError::Enrollment(EnrollmentError::WrongCode)), "{err}");
+    let after = w.repo.data();
+    assert_eq!(after.devices, before.devices);
+    assert_eq!(after.enrollment_codes, before.enrollment_codes);
+    assert_eq!(after.audit.len(), before.audit.len());
+
+    // The code still redeems, and the device the preview showed was never stored.
+    let redeemed =
+        block_on(system.redeem_enrollment(&w.repo, secret, EnrollmentKind::MobileProfile, "Phone")).unwrap();
+    assert!(!before.devices.contains_key(&preview.device.id));
+    assert_eq!(w.repo.data().devices.len(), before.devices.len() + 1);
+    // Once used, the preview refuses as redeeming would.
+    let err = block_on(system.preview_enrollment(&w.repo, secret, EnrollmentKind::MobileProfile, "Phone"))
+        .unwrap_err();
+    assert!(matches!(err, DomainError::Enrollment(EnrollmentError::AlreadyUsed(_))), "{err}");
+    assert_eq!(w.repo.data().devices[&redeemed.device.id].state, DeviceState::Enrolling);
+}
+
+/// Alice's mobile enrolled with a profile code: the mobile, and its Active certificate.
+fn enrolled_mobile(w: &World, serial: &str) -> (Device, Credential) {
+    use secrecy::ExposeSecret;
+    let alice = w.principal(&w.alice);
+    let me = alice.self_service().unwrap();
+    let ten = time::Duration::minutes(10);
+    let (_, secret) =
+        block_on(me.start_mobile_enrollment(&w.repo, EnrollmentPurpose::MobileProfile, ten, None)).unwrap();
+    let system = System::new(OperationId::parse("op-enrol").unwrap(), w.clock.now());
+    let secret = secret.expose_secret();
+    block_on(system.redeem_enrollment(&w.repo, secret, EnrollmentKind::MobileProfile, "Phone")).unwrap();
+    let mut certs = [phone_certificate(w.clock.now(), CertSlot::MobileDevice, serial)];
+    let device = block_on(system.complete_enrollment(&w.repo, secret, &mut certs)).unwrap();
+    let [cert] = certs;
+    (device, cert)
+}
+
+#[test]
+fn mobile_renewal_names_the_active_mobile_and_changes_nothing_until_recorded() {
+    let w = world();
+    let (device, cert) = enrolled_mobile(&w, "bb01");
+    let CredentialKind::Certificate { certificate_der, .. } = &cert.kind;
+    let system = System::new(OperationId::parse("op-renew").unwrap(), w.clock.now());
+
+    let before = w.repo.data();
+    let renewal = block_on(system.mobile_renewal(&w.repo, "bb01", certificate_der)).unwrap();
+    assert_eq!(
+        (renewal.credential.id, renewal.device.id, renewal.holder.id),
+        (cert.id, device.id, w.alice.id)
+    );
+    // Another DER under the same serial, or a serial Lanyard never issued: not its certificate.
+    let err = block_on(system.mobile_renewal(&w.repo, "bb01", &[0x30, 0x00])).unwrap_err();
+    assert!(err.to_string().contains("not signed by a certificate this server issued"), "{err}");
+    let err = block_on(system.mobile_renewal(&w.repo, "ffff", certificate_der)).unwrap_err();
+    assert!(err.to_string().contains("not signed by a certificate this server issued"), "{err}");
+    let after = w.repo.data();
+    assert_eq!((after.credentials, after.audit.len()), (before.credentials.clone(), before.audit.len()));
+
+    // Recorded: the new certificate Active on the same mobile, the old one superseded, audited.
+    let mut new = phone_certificate(w.clock.now(), CertSlot::MobileDevice, "bb02");
+    new.device = device.id;
+    block_on(system.record_mobile_renewal(&w.repo, cert.id, &mut new)).unwrap();
+    let data = w.repo.data();
+    assert_eq!(data.credentials[&cert.id].state, CredentialState::Superseded);
+    assert_eq!(
+        (data.credentials[&new.id].state, data.credentials[&new.id].device),
+        (CredentialState::Active, device.id)
+    );
+    let actions: Vec<&str> = data.audit[before.audit.len()..].iter().map(|e| e.action.as_str()).collect();
+    assert!(
+        actions.contains(&"credential.issue") && actions.contains(&"credential.supersede"),
+        "{actions:?}"
+    );
+
+    // The superseded certificate renews no more, neither asked nor recorded.
+    let err = block_on(system.mobile_renewal(&w.repo, "bb01", certificate_der)).unwrap_err();
+    assert!(err.to_string().contains("superseded"), "{err}");
+    let mut again = phone_certificate(w.clock.now(), CertSlot::MobileDevice, "bb03");
+    again.device = device.id;
+    let before = w.repo.data();
+    let err = block_on(system.record_mobile_renewal(&w.repo, cert.id, &mut again)).unwrap_err();
+    assert!(err.to_string().contains("superseded"), "{err}");
+    assert_eq!(w.repo.data().credentials, before.credentials);
+}
+
+#[test]
+fn mobile_renewal_refuses_an_expired_certificate_another_device_and_a_disabled_holder() {
+    let w = world();
+    let (device, cert) = enrolled_mobile(&w, "cc01");
+    let CredentialKind::Certificate { certificate_der, .. } = &cert.kind;
+
+    // A new certificate for some other device is not recorded.
+    let system = System::new(OperationId::parse("op-renew").unwrap(), w.clock.now());
+    let mut stray = phone_certificate(w.clock.now(), CertSlot::MobileDevice, "cc02");
+    let before = w.repo.data();
+    let err = block_on(system.record_mobile_renewal(&w.repo, cert.id, &mut stray)).unwrap_err();
+    assert!(err.to_string().contains("another device"), "{err}");
+    assert_eq!(w.repo.data().credentials, before.credentials);
+
+    // The holder disabled: refused.
+    w.repo.with_data(|d| {
+        if let Some(u) = d.users.get_mut(&w.alice.id) {
+            u.disabled = true;
+        }
+    });
+    let err = block_on(system.mobile_renewal(&w.repo, "cc01", certificate_der)).unwrap_err();
+    assert!(err.to_string().contains("disabled"), "{err}");
+    w.repo.with_data(|d| {
+        if let Some(u) = d.users.get_mut(&w.alice.id) {
+            u.disabled = false;
+        }
+    });
+
+    // After its not-after: refused, and the mobile stays as it was.
+    w.clock.advance(time::Duration::days(366));
+    let later = System::new(OperationId::parse("op-renew").unwrap(), w.clock.now());
+    let err = block_on(later.mobile_renewal(&w.repo, "cc01", certificate_der)).unwrap_err();
+    assert!(err.to_string().contains("not valid now"), "{err}");
+    assert_eq!(w.repo.data().devices[&device.id].state, DeviceState::Active);
+}
