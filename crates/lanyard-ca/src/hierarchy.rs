@@ -105,60 +105,19 @@ pub fn issue_ocsp_signer<S: CaSigner, K: CaSigner>(
     OcspResponder::new(issuing.certificate_der(), &issued.der, key, next_update_in)
 }
 
-/// Issues the PIV content signer (CHUID / security object signer) certificate for `key`.
-pub fn issue_content_signer<S: CaSigner, K: CaSigner>(
+/// Issues a certificate under `profile` for one of the CA's own signers and pairs it with `key`:
+/// the PIV content signer ([`CertificateProfile::content_signer`]), the configuration-profile
+/// signer ([`CertificateProfile::profile_signer`]) or the SCEP RA ([`CertificateProfile::scep_ra`],
+/// an RSA [`crate::scep::RaKey`]).
+pub fn issue_signer<S: CaSigner, K: CaSigner>(
     issuing: &CertificateAuthority<S>,
+    profile: &CertificateProfile,
     key: K,
     subject: Name,
     not_before: OffsetDateTime,
     validity_days: u32,
 ) -> Result<SignerCredential<K>, CaError> {
-    let certificate = issue_signer_certificate(
-        issuing,
-        &CertificateProfile::content_signer(),
-        &key,
-        subject,
-        not_before,
-        validity_days,
-    )?;
-    Ok(SignerCredential { certificate, key })
-}
-
-/// Issues the configuration-profile signer certificate for `key` (profile `profile-signer`).
-pub fn issue_profile_signer<S: CaSigner, K: CaSigner>(
-    issuing: &CertificateAuthority<S>,
-    key: K,
-    subject: Name,
-    not_before: OffsetDateTime,
-    validity_days: u32,
-) -> Result<SignerCredential<K>, CaError> {
-    let certificate = issue_signer_certificate(
-        issuing,
-        &CertificateProfile::profile_signer(),
-        &key,
-        subject,
-        not_before,
-        validity_days,
-    )?;
-    Ok(SignerCredential { certificate, key })
-}
-
-/// Issues the SCEP RA certificate for `key` (RSA; see [`CertificateProfile::scep_ra`]).
-pub fn issue_scep_ra<S: CaSigner>(
-    issuing: &CertificateAuthority<S>,
-    key: crate::scep::RaKey,
-    subject: Name,
-    not_before: OffsetDateTime,
-    validity_days: u32,
-) -> Result<SignerCredential<crate::scep::RaKey>, CaError> {
-    let certificate = issue_signer_certificate(
-        issuing,
-        &CertificateProfile::scep_ra(),
-        &key,
-        subject,
-        not_before,
-        validity_days,
-    )?;
+    let certificate = issue_signer_certificate(issuing, profile, &key, subject, not_before, validity_days)?;
     Ok(SignerCredential { certificate, key })
 }
 
@@ -269,8 +228,9 @@ impl Hierarchy {
             spec.ocsp_validity_days,
             spec.ocsp_next_update_in,
         )?;
-        let content_signer = issue_content_signer(
+        let content_signer = issue_signer(
             &issuing,
+            &CertificateProfile::content_signer(),
             SoftwareKey::generate(spec.content_signer_key)?,
             spec.content_signer_subject.clone(),
             now,

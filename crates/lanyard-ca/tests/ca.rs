@@ -1692,8 +1692,9 @@ fn a_signed_profile_verifies_against_the_root_and_plistlib_reads_it() {
         let h = hierarchy(alg);
         let dir = workdir(&h);
         let d = dir.path();
-        let signer = lanyard_ca::hierarchy::issue_profile_signer(
+        let signer = lanyard_ca::hierarchy::issue_signer(
             &h.issuing,
+            &CertificateProfile::profile_signer(),
             SoftwareKey::generate(alg).unwrap(),
             lanyard_ca::hierarchy::profile_signer_subject("Lanyard Test").unwrap(),
             now() - Duration::minutes(1),
@@ -1813,8 +1814,9 @@ mod scep_messages {
     fn world() -> World {
         let h = hierarchy(KeyAlgorithm::EcP256);
         let ra_key = RaKey::new(SoftwareKey::generate(KeyAlgorithm::Rsa2048).unwrap()).unwrap();
-        let ra = lanyard_ca::hierarchy::issue_scep_ra(
+        let ra = lanyard_ca::hierarchy::issue_signer(
             &h.issuing,
+            &CertificateProfile::scep_ra(),
             ra_key,
             parse_dn("CN=Lanyard Test SCEP RA,O=Lanyard Test").unwrap(),
             now() - Duration::minutes(5),

@@ -4,8 +4,7 @@
 //! short-lived and is re-issued at start when it has less than a third of its life left.
 
 use lanyard_ca::hierarchy::{
-    Hierarchy, HierarchySpec, SignerCredential, issue_content_signer, issue_ocsp_signer,
-    issue_profile_signer, issue_scep_ra, profile_signer_subject,
+    Hierarchy, HierarchySpec, SignerCredential, issue_ocsp_signer, issue_signer, profile_signer_subject,
 };
 use lanyard_ca::scep::RaKey;
 use lanyard_ca::{
@@ -85,7 +84,8 @@ fn scep_ra(
     let fresh = !keys.exists("scep-ra")?;
     let key = if fresh { SoftwareKey::generate(KeyAlgorithm::Rsa2048)? } else { keys.load("scep-ra")? };
     let subject = lanyard_ca::parse_dn(&format!("CN={organization} SCEP RA,O={organization}"))?;
-    let ra = issue_scep_ra(issuing, RaKey::new(key)?, subject, now, SCEP_RA_VALIDITY_DAYS)?;
+    let profile = lanyard_ca::CertificateProfile::scep_ra();
+    let ra = issue_signer(issuing, &profile, RaKey::new(key)?, subject, now, SCEP_RA_VALIDITY_DAYS)?;
     if fresh {
         keys.save("scep-ra", ra.key.software_key())?;
     }
@@ -145,8 +145,9 @@ fn content_signer(
     now: OffsetDateTime,
 ) -> Result<SignerCredential<SoftwareKey>, PkiError> {
     own_signer(dir, keys, "content-signer", spec.content_signer_key, now, |key| {
-        issue_content_signer(
+        issue_signer(
             issuing,
+            &lanyard_ca::CertificateProfile::content_signer(),
             key,
             spec.content_signer_subject.clone(),
             now,
@@ -166,8 +167,9 @@ fn profile_signer(
     now: OffsetDateTime,
 ) -> Result<SignerCredential<SoftwareKey>, PkiError> {
     own_signer(dir, keys, "profile-signer", spec.issuing_key, now, |key| {
-        issue_profile_signer(
+        issue_signer(
             issuing,
+            &lanyard_ca::CertificateProfile::profile_signer(),
             key,
             profile_signer_subject(organization)?,
             now,
