@@ -424,7 +424,10 @@ struct CodePage {
     section: &'static str,
     link: String,
     svg: String,
+    /// For people: `2026-12-04 18:25 UTC`.
     expires: String,
+    /// For the `<time>` element: RFC 3339.
+    expires_iso: String,
 }
 
 #[derive(Deserialize)]
@@ -490,11 +493,12 @@ pub(crate) async fn code<R: Repo + 'static>(
         let base = s.public_url.as_deref().unwrap_or("").trim_end_matches('/');
         let link = format!("{base}/m/{}", secrecy::ExposeSecret::expose_secret(&secret));
         let svg = super::qr::qr_svg(&link).unwrap_or_default();
-        let expires = record
+        let expires = super::when(record.expires_at);
+        let expires_iso = record
             .expires_at
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| record.expires_at.to_string());
-        let page = CodePage { nav: signed.nav(), section: "devices", link, svg, expires };
+        let page = CodePage { nav: signed.nav(), section: "devices", link, svg, expires, expires_iso };
         let mut resp = render(StatusCode::OK, &page);
         resp.headers_mut()
             .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
