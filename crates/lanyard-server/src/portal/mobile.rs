@@ -275,7 +275,8 @@ pub(crate) async fn profile<R: Repo + 'static>(
     headers: HeaderMap,
     Path(code): Path<String>,
 ) -> Result<Response, PortalError> {
-    // Codes are URL-safe base64 of 20 bytes; anything else names no code (and is never looked up).
+    // Codes are 20 random bytes as hex; only URL-safe characters are looked up, anything else names
+    // no code.
     if code.is_empty()
         || code.len() > 64
         || !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
