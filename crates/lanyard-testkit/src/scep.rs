@@ -121,52 +121,27 @@ fn attribute(oid: &[u8], value: &[u8]) -> Vec<u8> {
 impl OpensslScepClient {
     /// A fresh RSA-2048 key and a self-signed certificate in `dir`.
     pub fn new(dir: &Path, common_name: &str) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        openssl_in(
-            Some(dir),
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "self.pem",
-                "-days",
-                "1",
-                "-subj",
-                &format!("/CN={common_name}"),
-            ],
-        );
-        OpensslScepClient { dir: dir.to_owned() }
+        Self::create(dir, common_name, None)
     }
 
     /// Like [`OpensslScepClient::new`], with the self-signed certificate's serial number set to
     /// `serial_hex`: certmonger's carry 32 bytes, more than the 20 RFC 5280 allows a CA.
     pub fn with_serial(dir: &Path, common_name: &str, serial_hex: &str) -> Self {
+        Self::create(dir, common_name, Some(serial_hex))
+    }
+
+    fn create(dir: &Path, common_name: &str, serial_hex: Option<&str>) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        openssl_in(
-            Some(dir),
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "self.pem",
-                "-days",
-                "1",
-                "-set_serial",
-                &format!("0x{serial_hex}"),
-                "-subj",
-                &format!("/CN={common_name}"),
-            ],
-        );
+        let subject = format!("/CN={common_name}");
+        let mut args = vec![
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "self.pem",
+            "-days", "1", "-subj", &subject,
+        ];
+        let serial = serial_hex.map(|s| format!("0x{s}"));
+        if let Some(serial) = &serial {
+            args.extend(["-set_serial", serial.as_str()]);
+        }
+        openssl_in(Some(dir), &args);
         OpensslScepClient { dir: dir.to_owned() }
     }
 
