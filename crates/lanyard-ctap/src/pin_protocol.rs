@@ -201,7 +201,7 @@ impl SharedSecret {
 
     /// Encrypts whole AES blocks (PIN blocks, PIN hashes and tokens always are).
     pub fn encrypt(&self, plain: &[u8]) -> Result<Vec<u8>, PinProtocolError> {
-        if plain.len() % 16 != 0 {
+        if !plain.len().is_multiple_of(16) {
             return Err(PinProtocolError::BadCiphertext(plain.len()));
         }
         let mut iv = [0u8; 16];
@@ -228,7 +228,7 @@ impl SharedSecret {
                 (fixed, ct)
             }
         };
-        if ct.is_empty() || ct.len() % 16 != 0 {
+        if ct.is_empty() || !ct.len().is_multiple_of(16) {
             return Err(PinProtocolError::BadCiphertext(ct.len()));
         }
         Ok(cbc_decrypt(self.aes_key(), &iv, ct))
