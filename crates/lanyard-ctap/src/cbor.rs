@@ -125,6 +125,17 @@ pub fn decode(bytes: &[u8]) -> Result<Value, CborError> {
     Ok(value)
 }
 
+/// Decodes the one CBOR item at the start of `bytes`, as strictly as [`decode`], and says how
+/// many bytes it took. For structures that put CBOR items in a row with no length in front, such
+/// as WebAuthn authenticator data (a COSE key, then possibly an extensions map).
+pub fn decode_prefix(bytes: &[u8]) -> Result<(Value, usize), CborError> {
+    if bytes.is_empty() {
+        return Err(CborError::Empty);
+    }
+    let end = scan(bytes, 0, 0)?;
+    decode(&bytes[..end]).map(|v| (v, end))
+}
+
 /// Walks the item at `pos` without building it: checks depth, definite lengths and the absence
 /// of floats and tags, and returns where the item ends. Lengths are checked against the input
 /// before anything is allocated, so a forged length cannot make the decoder reserve memory.
@@ -398,6 +409,23 @@ mod tests {
             let mut theirs = Vec::new();
             ciborium::ser::into_writer(&back, &mut theirs).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(theirs, once);
+        }
+
+        #[test]
+        fn a_prefix_item_is_found_whatever_follows(v in arb_value(), tail in proptest::collection::vec(any::<u8>(), 0..20)) {
+            let item = encode(&v);
+            let mut bytes = item.clone();
+            bytes.extend_from_slice(&tail);
+            let (back, used) = decode_prefix(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(used, item.len());
+            prop_assert_eq!(encode(&back), item);
+        }
+
+        #[test]
+        fn decode_prefix_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok((_, used)) = decode_prefix(&bytes) {
+                prop_assert!(used >= 1 && used <= bytes.len());
+            }
         }
     }
 }
