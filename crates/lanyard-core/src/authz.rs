@@ -37,6 +37,7 @@ mod admin;
 mod auditor;
 mod enrolment;
 mod operator;
+mod passkeys;
 mod renewal;
 mod self_service;
 mod system;
@@ -46,6 +47,10 @@ pub use admin::{Admin, NewUser};
 pub use auditor::Auditor;
 pub use enrolment::{MAX_CODE_LIFETIME, Redeemed, STALE_ENROLMENT_GRACE};
 pub use operator::Operator;
+pub use passkeys::{
+    CHALLENGE_GONE, NewPasskey, PasskeyRefused, PasskeySignIn, PasskeyStatus, RegistrationStart,
+    SignInCandidate, password_refused, usable_passkeys,
+};
 pub use renewal::MobileRenewal;
 pub use self_service::SelfService;
 pub use system::System;

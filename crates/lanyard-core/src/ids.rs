@@ -152,6 +152,12 @@ id_type!(
     AgentId,
     "agent id"
 );
+
+id_type!(
+    /// A passkey registration: a WebAuthn credential of a user's security key, for portal sign-in.
+    PasskeyId,
+    "passkey id"
+);
 id_type!(
     /// One run of a server process: random at each start, it names the holder of card-session
     /// leases (a restarted process is a new instance, so it never mistakes a lease of its

@@ -51,11 +51,13 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, ChainHead, NewAuditEvent};
-use crate::ids::{AgentId, ApiTokenId, CredentialId, DeviceId, GroupId, InstanceId, JobId, UserId};
+use crate::ids::{
+    AgentId, ApiTokenId, CredentialId, DeviceId, GroupId, InstanceId, JobId, PasskeyId, UserId,
+};
 use crate::lifecycle::{CredentialState, DeviceState};
 use crate::model::{
-    Agent, ApiToken, Credential, Device, DeviceKind, EnrollmentCode, Group, Job, JobLease, PairingCode, Role,
-    Session, User, Username,
+    Agent, ApiToken, ChallengePurpose, Credential, Device, DeviceKind, EnrollmentCode, Group, Job, JobLease,
+    PairingCode, Passkey, PasskeyState, Role, Session, User, Username, WebAuthnChallenge,
 };
 use crate::password::UserPassword;
 use crate::secrets::{SealedCardSecrets, TokenHash};
@@ -65,7 +67,8 @@ use crate::secrets::{SealedCardSecrets, TokenHash};
 pub mod prelude {
     pub use super::{
         AgentRepo, ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo,
-        InstallationRepo, JobRepo, PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo, retry,
+        InstallationRepo, JobRepo, PasskeyRepo, PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo,
+        retry,
     };
 }
 
@@ -227,6 +230,7 @@ pub trait Tx:
     + PasswordRepo
     + InstallationRepo
     + AgentRepo
+    + PasskeyRepo
     + Send
 {
     /// Makes every write of this unit durable, atomically.
@@ -566,4 +570,55 @@ pub trait AgentRepo: Send {
     fn list_agents(&mut self, user: UserId) -> impl Future<Output = Result<Vec<Agent>, StoreError>> + Send;
     /// Stores `last_seen_at` and `revoked_at` (the only fields that change).
     fn update_agent(&mut self, agent: &Agent) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Which passkeys to list. Every set field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PasskeyQuery {
+    pub user: Option<UserId>,
+    pub device: Option<DeviceId>,
+    /// Any of these states (empty: any state).
+    pub states: Vec<PasskeyState>,
+    pub limit: u32,
+}
+
+/// Passkey registrations and the one-time WebAuthn challenges (hashes only).
+pub trait PasskeyRepo: Send {
+    /// `Conflict` naming `passkeys.credential_id` when that credential id is registered already.
+    fn insert_passkey(&mut self, passkey: &Passkey) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_passkey(
+        &mut self,
+        id: PasskeyId,
+    ) -> impl Future<Output = Result<Option<Passkey>, StoreError>> + Send;
+    fn get_passkey_by_credential_id(
+        &mut self,
+        credential_id: &[u8],
+    ) -> impl Future<Output = Result<Option<Passkey>, StoreError>> + Send;
+    /// Ordered by creation time, then id.
+    fn list_passkeys(
+        &mut self,
+        query: &PasskeyQuery,
+    ) -> impl Future<Output = Result<Vec<Passkey>, StoreError>> + Send;
+    /// Stores `sign_count`, `last_used_at`, `state` and `removed_at` (the fields that change).
+    fn update_passkey(&mut self, passkey: &Passkey) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert_webauthn_challenge(
+        &mut self,
+        challenge: &WebAuthnChallenge,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Uses a challenge up in ONE conditional update: only if a challenge with this hash exists,
+    /// was issued for `purpose` to the browser session `binding`, has not been used and has not
+    /// expired at `at`, its `used_at` becomes `at`. Returns it as stored afterwards, or `None`:
+    /// of two concurrent redemptions at most one gets `Some`.
+    fn redeem_webauthn_challenge(
+        &mut self,
+        hash: &TokenHash,
+        binding: &TokenHash,
+        purpose: ChallengePurpose,
+        at: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<WebAuthnChallenge>, StoreError>> + Send;
+    /// Removes challenges that expired before `before` (used or not); returns how many.
+    fn delete_expired_webauthn_challenges(
+        &mut self,
+        before: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

@@ -59,6 +59,8 @@ pub struct MemData {
     pub installation: Option<crate::installation::Installation>,
     pub pairing_codes: BTreeMap<crate::ids::PairingCodeId, PairingCode>,
     pub agents: BTreeMap<AgentId, Agent>,
+    pub passkeys: BTreeMap<crate::ids::PasskeyId, crate::model::Passkey>,
+    pub webauthn_challenges: Vec<crate::model::WebAuthnChallenge>,
 }
 
 #[derive(Debug, Default)]
@@ -682,6 +684,89 @@ impl AgentRepo for MemTx {
         let updated =
             Agent { last_seen_at: agent.last_seen_at, revoked_at: agent.revoked_at, ..stored.clone() };
         ready(update(&mut self.write().agents, agent.id, updated))
+    }
+}
+
+impl PasskeyRepo for MemTx {
+    fn insert_passkey(&mut self, passkey: &crate::model::Passkey) -> Fut<()> {
+        if self.data.passkeys.values().any(|p| p.credential_id == passkey.credential_id) {
+            return ready(Err(StoreError::Conflict("passkeys.credential_id already exists".into())));
+        }
+        ready(insert(&mut self.write().passkeys, passkey.id, passkey.clone(), "passkey"))
+    }
+
+    fn get_passkey(&mut self, id: crate::ids::PasskeyId) -> Fut<Option<crate::model::Passkey>> {
+        ready(Ok(self.data.passkeys.get(&id).cloned()))
+    }
+
+    fn get_passkey_by_credential_id(&mut self, credential_id: &[u8]) -> Fut<Option<crate::model::Passkey>> {
+        ready(Ok(self.data.passkeys.values().find(|p| p.credential_id == credential_id).cloned()))
+    }
+
+    fn list_passkeys(&mut self, q: &PasskeyQuery) -> Fut<Vec<crate::model::Passkey>> {
+        let mut found: Vec<crate::model::Passkey> = self
+            .data
+            .passkeys
+            .values()
+            .filter(|p| q.user.is_none_or(|u| p.user == u))
+            .filter(|p| q.device.is_none_or(|d| p.device == d))
+            .filter(|p| q.states.is_empty() || q.states.contains(&p.state))
+            .cloned()
+            .collect();
+        found.sort_by_key(|p| (p.created_at, p.id));
+        ready(Ok(take(found.into_iter(), q.limit)))
+    }
+
+    fn update_passkey(&mut self, passkey: &crate::model::Passkey) -> Fut<()> {
+        let Some(stored) = self.data.passkeys.get(&passkey.id) else {
+            return ready(Err(StoreError::NotFound));
+        };
+        let updated = crate::model::Passkey {
+            sign_count: passkey.sign_count,
+            last_used_at: passkey.last_used_at,
+            state: passkey.state,
+            removed_at: passkey.removed_at,
+            ..stored.clone()
+        };
+        ready(update(&mut self.write().passkeys, passkey.id, updated))
+    }
+
+    fn insert_webauthn_challenge(&mut self, challenge: &crate::model::WebAuthnChallenge) -> Fut<()> {
+        if self.data.webauthn_challenges.iter().any(|c| c.challenge_hash == challenge.challenge_hash) {
+            return ready(Err(StoreError::Conflict(
+                "webauthn_challenges.challenge_hash already exists".into(),
+            )));
+        }
+        self.write().webauthn_challenges.push(challenge.clone());
+        ready(Ok(()))
+    }
+
+    fn redeem_webauthn_challenge(
+        &mut self,
+        hash: &TokenHash,
+        binding: &TokenHash,
+        purpose: crate::model::ChallengePurpose,
+        at: OffsetDateTime,
+    ) -> Fut<Option<crate::model::WebAuthnChallenge>> {
+        let found = self.data.webauthn_challenges.iter().position(|c| {
+            &c.challenge_hash == hash
+                && &c.binding == binding
+                && c.purpose == purpose
+                && c.used_at.is_none()
+                && at < c.expires_at
+        });
+        let Some(i) = found else { return ready(Ok(None)) };
+        let data = self.write();
+        data.webauthn_challenges[i].used_at = Some(at);
+        ready(Ok(Some(data.webauthn_challenges[i].clone())))
+    }
+
+    fn delete_expired_webauthn_challenges(&mut self, before: OffsetDateTime) -> Fut<u64> {
+        let n = self.data.webauthn_challenges.iter().filter(|c| c.expires_at < before).count();
+        if n > 0 {
+            self.write().webauthn_challenges.retain(|c| c.expires_at >= before);
+        }
+        ready(Ok(n as u64))
     }
 }
 

@@ -25,6 +25,7 @@ mod credentials;
 mod devices;
 mod enrollment;
 mod jobs;
+mod passkeys;
 mod passwords;
 mod secrets;
 mod tokens;

@@ -347,6 +347,9 @@ pub const POSTGRES_UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("pairing_codes_code_hash_key", "pairing_codes.code_hash"),
     ("agents_pkey", "agents.id"),
     ("agents_credential_hash_key", "agents.credential_hash"),
+    ("passkeys_pkey", "passkeys.id"),
+    ("passkeys_credential_id_key", "passkeys.credential_id"),
+    ("webauthn_challenges_pkey", "webauthn_challenges.challenge_hash"),
 ];
 
 pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {

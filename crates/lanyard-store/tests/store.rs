@@ -892,3 +892,124 @@ on_both!(two_agents_racing_with_one_pairing_code_pair_once_and_only_hashes_are_s
     let expired = T0 + lanyard_core::model::PAIRING_CODE_TTL;
     assert!(system(expired).pair_agent(db, late.expose_secret(), "ws-x").await.unwrap().is_none());
 });
+
+// Passkeys through the domain on both databases: a holder registers one for an Active key of
+// theirs; nobody else sees, uses or removes it (another user's key and passkey are NotFound);
+// suspending the key disables it at the next sign-in and resuming restores it; a counter that
+// does not increase is refused and audited; an operator removes it.
+on_both!(passkeys_follow_their_device_and_stay_with_their_holder, |db| {
+    use lanyard_core::authz::{NewPasskey, PasskeyRefused, PasskeySignIn, Principal, password_refused};
+    use lanyard_core::model::SignInMethod;
+    let alice = someone(db, "pk-alice").await;
+    let bob = someone(db, "pk-bob").await;
+    let mut olga = someone(db, "pk-olga").await;
+    olga.roles.insert(Role::Operator);
+    let mut key = card(Some(alice.id), Some("PK-1"));
+    key.kind = DeviceKind::UsbKey;
+    key.state = DeviceState::Active;
+    let mut bobs_key = card(Some(bob.id), Some("PK-2"));
+    bobs_key.state = DeviceState::Active;
+    let mut tx = db.begin().await.unwrap();
+    tx.update_user(&olga).await.unwrap();
+    tx.insert_device(&key).await.unwrap();
+    tx.insert_device(&bobs_key).await.unwrap();
+    tx.commit().await.unwrap();
+    let p = |u: &User| Principal::new(u.clone(), OperationId::random(), T0).unwrap();
+    let (pa, pb, po) = (p(&alice), p(&bob), p(&olga));
+    let session_a = TokenHash::of("alice's session");
+
+    // Bob cannot start a registration for Alice's key; Alice can for hers.
+    let err = pb.self_service().unwrap().start_passkey_registration(db, key.id, session_a).await.unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
+    let start = pa.self_service().unwrap().start_passkey_registration(db, key.id, session_a).await.unwrap();
+    // The challenge redeems once, only in Alice's session and only for Alice.
+    let wrong = pb
+        .self_service()
+        .unwrap()
+        .redeem_registration_challenge(db, session_a, &start.challenge)
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("challenge"), "{wrong}");
+    let used = pa
+        .self_service()
+        .unwrap()
+        .redeem_registration_challenge(db, session_a, &start.challenge)
+        .await
+        .unwrap_err();
+    assert!(used.to_string().contains("already used"), "Bob's attempt used the challenge up: {used}");
+    let start = pa.self_service().unwrap().start_passkey_registration(db, key.id, session_a).await.unwrap();
+    let (device, _) = pa
+        .self_service()
+        .unwrap()
+        .redeem_registration_challenge(db, session_a, &start.challenge)
+        .await
+        .unwrap();
+    let new = NewPasskey {
+        credential_id: vec![0xc1; 32],
+        rp_id: "lanyard.example".into(),
+        public_key: vec![0xa5],
+        sign_count: 0,
+        aaguid: [0; 16],
+        attestation: "none".into(),
+    };
+    let passkey = pa.self_service().unwrap().register_passkey(db, device, &new).await.unwrap();
+    let err = pb
+        .self_service()
+        .unwrap()
+        .register_passkey(db, key.id, &NewPasskey { credential_id: vec![2; 16], ..new.clone() })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
+    assert!(pb.self_service().unwrap().passkeys(db).await.unwrap().is_empty(), "Bob sees none of Alice's");
+    let err = pb.self_service().unwrap().remove_passkey(db, passkey.id).await.unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
+    let mine = pa.self_service().unwrap().passkeys(db).await.unwrap();
+    assert_eq!((mine.len(), mine[0].usable), (1, true));
+
+    // Sign-in: the candidate is found by credential id; suspending the key refuses it.
+    let sign_in = |at| PasskeySignIn::new(db, OperationId::random(), at);
+    let complete = |at: OffsetDateTime, count: u32| async move {
+        let s = sign_in(at);
+        let candidate = s.candidate(&[0xc1; 32]).await.unwrap().unwrap();
+        let (session, _) = Session::start(candidate.user.id, Duration::minutes(30), at).unwrap();
+        s.complete(&candidate, count, "lanyard.example", &session).await.unwrap()
+    };
+    assert_eq!(complete(T0, 1).await.unwrap().id, alice.id);
+    po.operator().unwrap().suspend_device(db, key.id).await.unwrap();
+    assert_eq!(complete(T0, 2).await, Err(PasskeyRefused::DeviceNotActive(DeviceState::Suspended)));
+    po.operator().unwrap().resume_device(db, key.id).await.unwrap();
+    assert_eq!(complete(T0, 3).await.unwrap().id, alice.id, "resuming the key restores its passkey");
+    assert_eq!(complete(T0, 3).await, Err(PasskeyRefused::PossibleClone { stored: 3, presented: 3 }));
+    let mut r = db.read().await.unwrap();
+    let refused = r
+        .list_audit(&AuditQuery {
+            action: Some("passkey.sign_in_refused".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let reasons: Vec<String> =
+        refused.iter().map(|e| e.after.as_ref().unwrap()["reason"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(reasons, vec!["device_not_active", "possible_clone"]);
+    drop(r);
+
+    // Password sign-in is refused under a passkey policy only while a passkey is usable.
+    let mut r = db.read().await.unwrap();
+    let mut g = r.get_group(alice.group).await.unwrap().unwrap();
+    drop(r);
+    g.policy.sign_in.method = SignInMethod::Passkey;
+    let mut tx = db.begin().await.unwrap();
+    tx.update_group(&g).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(password_refused(db, &alice).await.unwrap());
+    po.operator().unwrap().suspend_device(db, key.id).await.unwrap();
+    assert!(!password_refused(db, &alice).await.unwrap(), "a suspended key never locks its holder out");
+    po.operator().unwrap().resume_device(db, key.id).await.unwrap();
+
+    // Bob's view of an operator's removal: nothing; the operator removes Alice's passkey.
+    let removed = po.operator().unwrap().remove_passkey(db, passkey.id).await.unwrap();
+    assert_eq!(removed.state, lanyard_core::model::PasskeyState::Removed);
+    assert_eq!(complete(T0, 9).await, Err(PasskeyRefused::Removed));
+    assert!(!password_refused(db, &alice).await.unwrap());
+});

@@ -8,7 +8,9 @@ mod credential;
 mod device;
 mod enrollment;
 mod job;
+mod passkey;
 mod policy;
+mod sign_in;
 mod user;
 
 pub use access::{ApiToken, Session};
@@ -19,10 +21,14 @@ pub use credential::{CertSlot, Credential, CredentialKind, KeyAlgorithm};
 pub use device::{Device, DeviceClass, DeviceKind, DeviceLink, LinkKind};
 pub use enrollment::{EnrollmentCode, EnrollmentError, EnrollmentKind, EnrollmentPurpose, ExternalSponsor};
 pub use job::{JOB_LEASE, Job, JobError, JobKind, JobLease, JobState, JobStep, StepOutcome};
+pub use passkey::{
+    CHALLENGE_LEN, ChallengePurpose, Passkey, PasskeyState, WEBAUTHN_CHALLENGE_TTL, WebAuthnChallenge,
+};
 pub use policy::{
     FidoPinMode, InitialPinDisplay, PinRuleError, PinRules, Policy, PolicyDenied, PolicyError, PolicyErrors,
     SlotProfile,
 };
+pub use sign_in::{PasskeyUserVerification, SignInMethod, SignInPolicy};
 pub use user::{Email, Group, Role, User, Username};
 
 use thiserror::Error;

@@ -104,6 +104,10 @@ pub struct Policy {
     /// iOS discards a downloaded configuration profile that is not installed after about eight.
     #[serde(default = "default_enrollment_code_minutes")]
     pub enrollment_code_minutes: u8,
+    /// Password, passkey or either for portal sign-in, and whether passkeys must verify the user
+    /// ([`super::SignInPolicy`]). Policies stored before passkeys existed get the default.
+    #[serde(default)]
+    pub sign_in: super::SignInPolicy,
 }
 
 fn yes() -> bool {
@@ -152,6 +156,7 @@ impl Default for Policy {
             derived_recheck_days: 7,
             derived_revoke_on_card_loss: true,
             enrollment_code_minutes: default_enrollment_code_minutes(),
+            sign_in: super::SignInPolicy::default(),
         }
     }
 }
@@ -271,6 +276,8 @@ pub enum PolicyDenied {
     HolderDeviceLimitReached { holder: String, max: u8, current: usize },
     #[error("card model {model:?} is not accepted by {holder}'s group policy")]
     HolderCardModelNotAccepted { holder: String, model: String },
+    #[error("your group's policy does not allow passkeys (its members sign in with a password)")]
+    PasskeysDisabled,
 }
 
 impl Policy {

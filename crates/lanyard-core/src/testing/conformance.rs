@@ -106,6 +106,7 @@ pub async fn run<R: Repo>(repo: &R) {
     passwords(repo).await;
     installation(repo).await;
     agents_and_pairing(repo).await;
+    passkeys(repo).await;
 }
 
 /// Commit makes writes visible; dropping a unit of work discards them.
@@ -1033,4 +1034,158 @@ pub async fn agents_and_pairing<R: Repo>(repo: &R) {
     job.version += 1;
     let mut tx = begin(repo).await;
     assert_eq!(ok(tx.get_job(job.id).await, "get_job"), Some(job), "the binding is cleared");
+}
+
+/// Passkeys: unique credential ids, listing by user, device and state, the fields that change;
+/// WebAuthn challenges redeemed once, only with their binding and purpose, before they expire.
+pub async fn passkeys<R: Repo>(repo: &R) {
+    use crate::model::{ChallengePurpose, Passkey, PasskeyState, WebAuthnChallenge};
+    let (_, alice) = owner(repo, "passkeys").await;
+    let (_, bob) = owner(repo, "passkeys-b").await;
+    let key_a = device(&alice, DeviceKind::UsbKey, Some("pk-a"));
+    let key_b = device(&bob, DeviceKind::UsbKey, Some("pk-b"));
+    let passkey = |user: &User, dev: &Device, cred: &[u8], at: OffsetDateTime| Passkey {
+        id: crate::ids::PasskeyId::new(),
+        credential_id: cred.to_vec(),
+        user: user.id,
+        device: dev.id,
+        rp_id: "lanyard.example".into(),
+        public_key: vec![0xa5, 1, 2],
+        sign_count: 0,
+        aaguid: [7; 16],
+        attestation: "none".into(),
+        state: PasskeyState::Active,
+        created_at: at,
+        last_used_at: None,
+        removed_at: None,
+    };
+    let first = passkey(&alice, &key_a, &[1; 32], T0);
+    let second = passkey(&alice, &key_a, &[2; 64], T0 + Duration::seconds(1));
+    let bobs = passkey(&bob, &key_b, &[3; 16], T0);
+    let mut tx = begin(repo).await;
+    ok(tx.insert_device(&key_a).await, "insert_device");
+    ok(tx.insert_device(&key_b).await, "insert_device");
+    for p in [&second, &first, &bobs] {
+        ok(tx.insert_passkey(p).await, "insert_passkey");
+    }
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    conflict(
+        tx.insert_passkey(&Passkey { id: crate::ids::PasskeyId::new(), ..first.clone() }).await,
+        "insert_passkey with a taken credential id",
+    );
+    drop(tx);
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.get_passkey(first.id).await, "get_passkey"), Some(first.clone()));
+    assert_eq!(ok(tx.get_passkey_by_credential_id(&[2; 64]).await, "by credential id"), Some(second.clone()));
+    assert_eq!(ok(tx.get_passkey_by_credential_id(&[9; 32]).await, "unknown credential id"), None);
+    let mine = PasskeyQuery { user: Some(alice.id), limit: 10, ..Default::default() };
+    assert_eq!(ok(tx.list_passkeys(&mine).await, "list_passkeys"), vec![first.clone(), second.clone()]);
+    let on_b = PasskeyQuery { device: Some(key_b.id), limit: 10, ..Default::default() };
+    assert_eq!(ok(tx.list_passkeys(&on_b).await, "list by device"), vec![bobs.clone()]);
+    let one = PasskeyQuery { limit: 1, ..mine.clone() };
+    assert_eq!(ok(tx.list_passkeys(&one).await, "limit").len(), 1);
+    let mut used = first.clone();
+    used.sign_count = 9;
+    used.last_used_at = Some(T0 + Duration::minutes(1));
+    used.state = PasskeyState::Removed;
+    used.removed_at = Some(T0 + Duration::minutes(2));
+    used.rp_id = "ignored.example".into();
+    ok(tx.update_passkey(&used).await, "update_passkey");
+    not_found(
+        tx.update_passkey(&Passkey { id: crate::ids::PasskeyId::new(), ..used.clone() }).await,
+        "update_passkey of a missing passkey",
+    );
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    let stored = ok(tx.get_passkey(first.id).await, "get_passkey");
+    assert_eq!(
+        stored,
+        Some(Passkey { rp_id: first.rp_id.clone(), ..used.clone() }),
+        "only the changing fields are stored"
+    );
+    let active = PasskeyQuery { states: vec![PasskeyState::Active], ..mine };
+    assert_eq!(ok(tx.list_passkeys(&active).await, "list active"), vec![second.clone()]);
+    drop(tx);
+
+    let binding = TokenHash::of("session-a");
+    let challenge = |text: &str, purpose, expires: OffsetDateTime| WebAuthnChallenge {
+        challenge_hash: WebAuthnChallenge::hash_of(text.as_bytes()),
+        purpose,
+        binding,
+        user: Some(alice.id),
+        device: Some(key_a.id),
+        created_at: T0,
+        expires_at: expires,
+        used_at: None,
+    };
+    let reg = challenge("reg", ChallengePurpose::Registration, T0 + Duration::minutes(5));
+    let old = challenge("old", ChallengePurpose::SignIn, T0 - Duration::minutes(1));
+    let sign_in = WebAuthnChallenge {
+        user: None,
+        device: None,
+        ..challenge("in", ChallengePurpose::SignIn, T0 + Duration::minutes(5))
+    };
+    let mut tx = begin(repo).await;
+    for c in [&reg, &old, &sign_in] {
+        ok(tx.insert_webauthn_challenge(c).await, "insert_webauthn_challenge");
+    }
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    conflict(tx.insert_webauthn_challenge(&reg).await, "insert_webauthn_challenge with a taken hash");
+    drop(tx);
+    let mut tx = begin(repo).await;
+    let at = T0 + Duration::minutes(1);
+    for (what, hash, bound, purpose, when) in [
+        (
+            "another session",
+            reg.challenge_hash,
+            TokenHash::of("session-b"),
+            ChallengePurpose::Registration,
+            at,
+        ),
+        ("another purpose", reg.challenge_hash, binding, ChallengePurpose::SignIn, at),
+        (
+            "an expired challenge",
+            reg.challenge_hash,
+            binding,
+            ChallengePurpose::Registration,
+            T0 + Duration::minutes(5),
+        ),
+        ("an old challenge", old.challenge_hash, binding, ChallengePurpose::SignIn, at),
+        ("an unknown challenge", WebAuthnChallenge::hash_of(b"nope"), binding, ChallengePurpose::SignIn, at),
+    ] {
+        assert_eq!(
+            ok(tx.redeem_webauthn_challenge(&hash, &bound, purpose, when).await, what),
+            None,
+            "{what} redeems nothing"
+        );
+    }
+    let redeemed = ok(
+        tx.redeem_webauthn_challenge(&reg.challenge_hash, &binding, ChallengePurpose::Registration, at).await,
+        "redeem_webauthn_challenge",
+    );
+    assert_eq!(redeemed, Some(WebAuthnChallenge { used_at: Some(at), ..reg.clone() }));
+    assert_eq!(
+        ok(
+            tx.redeem_webauthn_challenge(&reg.challenge_hash, &binding, ChallengePurpose::Registration, at)
+                .await,
+            "twice"
+        ),
+        None,
+        "a used challenge"
+    );
+    assert_eq!(
+        ok(
+            tx.redeem_webauthn_challenge(&sign_in.challenge_hash, &binding, ChallengePurpose::SignIn, at)
+                .await,
+            "sign-in"
+        )
+        .map(|c| (c.user, c.device)),
+        Some((None, None))
+    );
+    commit(tx).await;
+    let mut tx = begin(repo).await;
+    assert_eq!(ok(tx.delete_expired_webauthn_challenges(T0).await, "delete_expired_webauthn_challenges"), 1);
+    commit(tx).await;
 }
