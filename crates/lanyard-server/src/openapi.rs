@@ -90,6 +90,14 @@ impl Modify for Security {
         crate::api::mobile::certificate,
         crate::api::mobile::confirm,
         crate::api::mobile::status,
+        crate::api::passkeys::registration_options,
+        crate::api::passkeys::register,
+        crate::api::passkeys::my_passkeys,
+        crate::api::passkeys::user_passkeys,
+        crate::api::passkeys::device_passkeys,
+        crate::api::passkeys::remove_passkey,
+        crate::api::passkeys::sign_in_options,
+        crate::api::passkeys::sign_in,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -102,6 +110,7 @@ impl Modify for Security {
         (name = "audit", description = "The hash-chained audit log"),
         (name = "issuance", description = "Card sessions: start, follow, resume, roll back"),
         (name = "agents", description = "Workstation agents paired with their user"),
+        (name = "passkeys", description = "WebAuthn passkeys on security keys, for portal sign-in (docs/passkeys.md)"),
         (name = "mobile", description = "The app enrolment protocol: a phone turns a one-time code into a derived PIV credential (no login; docs/mobile-protocol.md)"),
     ),
 )]

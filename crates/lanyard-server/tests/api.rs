@@ -28,6 +28,7 @@ use time::Duration;
 use tower::ServiceExt;
 
 mod mobile;
+mod passkeys;
 
 const PASSWORD: &str = "correct horse battery staple";
 

@@ -23,6 +23,7 @@ pub(crate) mod enrollments;
 pub(crate) mod groups;
 pub(crate) mod jobs;
 pub mod mobile;
+pub(crate) mod passkeys;
 pub(crate) mod session;
 pub(crate) mod tokens;
 pub(crate) mod users;
@@ -85,6 +86,13 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/api/v1/agents/{id}", axum::routing::delete(revoke_agent::<R>))
         .route("/api/v1/agents/{id}/sessions", post(start_session::<R>))
         .route("/api/v1/agents/{id}/refresh", post(refresh_agent::<R>))
+        .route("/api/v1/me/passkeys", get(passkeys::my_passkeys::<R>).post(passkeys::register::<R>))
+        .route("/api/v1/me/passkeys/registration-options", post(passkeys::registration_options::<R>))
+        .route("/api/v1/users/{id}/passkeys", get(passkeys::user_passkeys::<R>))
+        .route("/api/v1/devices/{id}/passkeys", get(passkeys::device_passkeys::<R>))
+        .route("/api/v1/passkeys/{id}", axum::routing::delete(passkeys::remove_passkey::<R>))
+        .route("/api/v1/passkeys/sign-in/options", post(passkeys::sign_in_options::<R>))
+        .route("/api/v1/passkeys/sign-in", post(passkeys::sign_in::<R>))
         .merge(mobile_routes())
 }
 

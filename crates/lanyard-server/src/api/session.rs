@@ -37,7 +37,9 @@ fn set_cookie(resp: &mut Response, value: &str) {
 
 #[utoipa::path(post, path = "/api/v1/login", tag = "session", request_body = LoginRequest, security(()),
     responses((status = 200, body = LoginResponse, description = "signed in; sets the session cookie"),
-        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody), (status = 429, body = crate::openapi::ErrorBody)))]
+        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
+        (status = 403, body = crate::openapi::ErrorBody, description = "the group signs in with passkeys and this user has a usable one"),
+        (status = 429, body = crate::openapi::ErrorBody)))]
 pub(super) async fn login<R: Repo>(
     State(s): State<AppState<R>>,
     op: Option<axum::Extension<crate::OperationId>>,
@@ -51,6 +53,11 @@ pub(super) async fn login<R: Repo>(
     set_cookie(&mut resp, &crate::auth::session_cookie(secret, SESSION_TTL));
     Ok(resp)
 }
+
+/// What a user whose group signs in with passkeys is told when they use their password while a
+/// passkey of theirs works.
+pub(crate) const PASSWORD_REFUSED: &str = "your group's policy requires signing in with your passkey (your security key); \
+     the password works again only if no passkey of yours is usable — if your key is lost, ask your help desk to suspend it";
 
 /// Checks a username and password (throttled per username; a failure is audited) and starts a
 /// session: the user and the new cookie value. The one sign-in path for the API and the portal.
@@ -86,6 +93,22 @@ pub(crate) async fn start_session<R: Repo>(
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid username or password"));
     };
     s.throttle.clear(&key);
+    if lanyard_core::authz::password_refused(s.repo.as_ref(), &user).await? {
+        // The password was right, but the group signs in with passkeys and this user has one
+        // that works. Audited, so the help desk sees why a user "cannot sign in".
+        let actor = Actor::User { id: user.id, username: user.username.clone() };
+        let event = NewAuditEvent::new(now, actor, "session.password_refused", &op)
+            .target(format!("user:{}", user.id))
+            .after(serde_json::json!({"reason": "passkey policy"}));
+        let (repo, event) = (s.repo.as_ref(), &event);
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            tx.append_audit(event.clone()).await?;
+            tx.commit().await
+        })
+        .await?;
+        return Err(ApiError::new(StatusCode::FORBIDDEN, PASSWORD_REFUSED));
+    }
     let (session, secret) =
         Session::start(user.id, SESSION_IDLE, now).map_err(lanyard_core::DomainError::from)?;
     let actor = Actor::User { id: user.id, username: user.username.clone() };

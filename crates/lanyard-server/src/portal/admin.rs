@@ -114,6 +114,8 @@ pub(crate) struct PolicyForm {
     derived_recheck_days: String,
     #[serde(default)]
     enrollment_code_minutes: String,
+    #[serde(flatten)]
+    sign_in: super::admin_sign_in::SignInForm,
 }
 
 impl PolicyForm {
@@ -136,6 +138,7 @@ impl PolicyForm {
             accepted_card_models: p.accepted_card_models.join("\n"),
             derived_recheck_days: p.derived_recheck_days.to_string(),
             enrollment_code_minutes: p.enrollment_code_minutes.to_string(),
+            sign_in: super::admin_sign_in::SignInForm::of(p),
         }
     }
 
@@ -177,6 +180,8 @@ impl PolicyForm {
         let display = self.initial_pin_display.parse::<InitialPinDisplay>().map_err(|_| {
             ("initial_pin_display".to_owned(), "Initial PIN: choose one of the listed options.".to_owned())
         });
+        let mut sign_in = base.clone();
+        self.sign_in.apply(&mut sign_in, &mut errors);
         let (fido, display) = match (fido, display) {
             (Ok(f), Ok(d)) if errors.is_empty() => (f, d),
             (f, d) => {
@@ -186,6 +191,7 @@ impl PolicyForm {
             }
         };
         let mut p = base.clone();
+        p.sign_in = sign_in.sign_in;
         // The numbers are within their types' ranges (checked above).
         p.max_devices = u8::try_from(max_devices).unwrap_or(u8::MAX);
         p.max_mobiles = u8::try_from(max_mobiles).unwrap_or(u8::MAX);

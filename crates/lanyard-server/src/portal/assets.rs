@@ -17,6 +17,7 @@ const HTMX: &[u8] = include_bytes!("../../assets/htmx-2.0.11.min.js");
 const CSS: &[u8] = include_bytes!("../../assets/lanyard.css");
 const ICON: &[u8] = include_bytes!("../../assets/lanyard-icon.svg");
 const JOB_JS: &[u8] = include_bytes!("../../assets/lanyard-job.js");
+const PASSKEYS_JS: &[u8] = include_bytes!("../../assets/lanyard-passkeys.js");
 const FOREVER: &str = "public, max-age=31536000, immutable";
 
 /// `<stem>-<first 16 hex digits of the content's SHA-256>.<extension>`.
@@ -28,6 +29,7 @@ fn hashed(stem: &str, content: &[u8], extension: &str) -> String {
 static CSS_NAME: LazyLock<String> = LazyLock::new(|| hashed("lanyard", CSS, "css"));
 static ICON_NAME: LazyLock<String> = LazyLock::new(|| hashed("lanyard-icon", ICON, "svg"));
 static JOB_JS_NAME: LazyLock<String> = LazyLock::new(|| hashed("lanyard-job", JOB_JS, "js"));
+static PASSKEYS_JS_NAME: LazyLock<String> = LazyLock::new(|| hashed("lanyard-passkeys", PASSKEYS_JS, "js"));
 
 /// The stylesheet's current URL, for the pages' `<link>`.
 pub(crate) fn stylesheet_path() -> String {
@@ -42,6 +44,11 @@ pub(crate) fn icon_path() -> String {
 /// The card session page's script (progress over server-sent events, the PIN rules).
 pub(crate) fn job_script_path() -> String {
     format!("/portal/assets/{}", *JOB_JS_NAME)
+}
+
+/// The passkey module (sign-in and the Register a passkey piece), loaded as `type="module"`.
+pub(crate) fn passkeys_script_path() -> String {
+    format!("/portal/assets/{}", *PASSKEYS_JS_NAME)
 }
 
 fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
@@ -62,6 +69,8 @@ pub(crate) async fn by_name(Path(name): Path<String>) -> Response {
         asset("image/svg+xml", ICON)
     } else if name == *JOB_JS_NAME {
         asset("text/javascript; charset=utf-8", JOB_JS)
+    } else if name == *PASSKEYS_JS_NAME {
+        asset("text/javascript; charset=utf-8", PASSKEYS_JS)
     } else {
         PortalError::not_found().into_response()
     }

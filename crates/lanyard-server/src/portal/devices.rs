@@ -282,11 +282,14 @@ struct DevicePage {
     pin_session: Option<String>,
     /// A mobile the holder may delete (its page asks first).
     deletable: bool,
+    /// The key's passkeys and the Register a passkey piece (tokens only).
+    passkeys: Option<super::passkeys::PasskeySection>,
 }
 
 pub(crate) async fn detail<R: Repo + 'static>(
     State(s): State<AppState<R>>,
     signed: SignedIn,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, PortalError> {
     let nav = signed.nav();
@@ -314,7 +317,16 @@ pub(crate) async fn detail<R: Repo + 'static>(
         };
         let pin_session = open_pin_session(&me, repo, &device, s.clock.now()).await?;
         let deletable = device.class() == lanyard_core::model::DeviceClass::Mobile;
+        let passkeys = if device.class() == lanyard_core::model::DeviceClass::Token {
+            let list = me.passkeys(repo).await?;
+            let allowed = me.policy(repo).await?.sign_in.passkeys_allowed();
+            let at_rp = crate::api::passkeys::at_relying_party(&s, &headers);
+            super::passkeys::for_holder(&device, &list, &signed.session.csrf_token, allowed, at_rp)
+        } else {
+            None
+        };
         Ok::<_, PortalError>(DevicePage {
+            passkeys,
             deletable,
             nav: signed.nav(),
             section: "devices",

@@ -19,6 +19,7 @@
 mod add_device;
 mod admin;
 mod admin_pki;
+pub(crate) mod admin_sign_in;
 mod admin_tokens;
 mod admin_users;
 mod assets;
@@ -31,6 +32,7 @@ mod mobile;
 mod mobile_link;
 mod operator;
 mod operator_cards;
+mod passkeys;
 mod pin;
 mod qr;
 mod session;
@@ -61,7 +63,8 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
     Router::new()
         .route("/", get(home))
         .route("/portal", get(home))
-        .route("/portal/login", get(session::login_page).post(session::login::<R>))
+        .route("/portal/login", get(session::login_page::<R>).post(session::login::<R>))
+        .route("/portal/passkeys/{id}/remove", post(passkeys::remove::<R>))
         .route("/portal/logout", post(session::logout::<R>))
         .route("/portal/devices", get(devices::list::<R>))
         .route("/portal/identities/derived", get(derived::add::<R>))

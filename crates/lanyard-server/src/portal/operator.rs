@@ -439,6 +439,8 @@ struct DevicePage {
     trail_truncated: bool,
     done: Option<String>,
     card_actions: Vec<CardActionRow>,
+    /// The key's passkeys (tokens only), removable here.
+    passkeys: Option<super::passkeys::PasskeySection>,
 }
 
 #[derive(Deserialize)]
@@ -491,7 +493,10 @@ pub(crate) async fn device<R: Repo + 'static>(
             .as_deref()
             .and_then(PortalAction::parse)
             .map(|a| format!("Done: {} — the device is now {}.", a.label(), device_badge(d.state).label));
+        let passkeys = op.passkeys_of_device(repo, id).await?;
+        let passkeys = super::passkeys::for_operator(&d, &passkeys, &signed.session.csrf_token);
         Ok::<_, PortalError>(DevicePage {
+            passkeys,
             nav: signed.nav(),
             section: "operator",
             actions: actions_for(&d),

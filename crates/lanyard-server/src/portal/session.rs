@@ -28,6 +28,8 @@ struct LoginPage {
     error: Option<String>,
     throttled: bool,
     signed_out: bool,
+    /// The passkey button: only where the browser can use this server's passkeys.
+    passkeys: bool,
 }
 
 #[derive(Deserialize)]
@@ -36,7 +38,12 @@ pub(crate) struct LoginQuery {
     signed_out: Option<String>,
 }
 
-pub(crate) async fn login_page(viewer: Viewer, Query(q): Query<LoginQuery>) -> Response {
+pub(crate) async fn login_page<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    viewer: Viewer,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     if viewer.0.is_some() {
         return Redirect::to("/").into_response();
     }
@@ -47,6 +54,7 @@ pub(crate) async fn login_page(viewer: Viewer, Query(q): Query<LoginQuery>) -> R
         error: None,
         throttled: false,
         signed_out: q.signed_out.is_some(),
+        passkeys: crate::api::passkeys::at_relying_party(&s, &headers),
     };
     render(StatusCode::OK, &page)
 }
@@ -65,8 +73,10 @@ pub(crate) struct LoginForm {
 pub(crate) async fn login<R: Repo + 'static>(
     State(s): State<AppState<R>>,
     op: Option<axum::Extension<OperationId>>,
+    headers: axum::http::HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PortalError> {
+    let passkeys = crate::api::passkeys::at_relying_party(&s, &headers);
     let again = |status: StatusCode, error: String, throttled: bool| {
         let page = LoginPage {
             nav: None,
@@ -75,6 +85,7 @@ pub(crate) async fn login<R: Repo + 'static>(
             error: Some(error),
             throttled,
             signed_out: false,
+            passkeys,
         };
         render(status, &page)
     };
@@ -97,6 +108,10 @@ pub(crate) async fn login<R: Repo + 'static>(
         }
         Err(e) if e.status() == StatusCode::UNAUTHORIZED => {
             Ok(again(StatusCode::UNAUTHORIZED, INVALID_LOGIN_TEXT.to_owned(), false))
+        }
+        Err(e) if e.status() == StatusCode::FORBIDDEN => {
+            // The group signs in with passkeys (or the account is disabled): the reason, on the form.
+            Ok(again(StatusCode::FORBIDDEN, upper_first(e.message()), false))
         }
         Err(e) if e.status() == StatusCode::TOO_MANY_REQUESTS => {
             let minutes = e.retry_after.unwrap_or(60).div_ceil(60);
@@ -135,4 +150,12 @@ pub(crate) async fn logout<R: Repo + 'static>(
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     Ok(resp)
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
 }
