@@ -58,8 +58,12 @@ export async function startServe(bin: string, env: Record<string, string>): Prom
   const data = path.join(dir, 'data');
   const port = await freePort();
   const log = fs.createWriteStream(path.join(dir, 'serve.log'));
+  // `{port}` in a setting stands for the port chosen here (e.g. LANYARD_PUBLIC_URL
+  // `http://localhost:{port}`, which passkey specs need: browsers refuse IP addresses as WebAuthn
+  // relying party ids).
+  const settings = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v.split('{port}').join(String(port))]));
   const child = spawn(bin, ['serve'], {
-    env: lanyardEnv({ ...env, LANYARD_DATA_DIR: data, LANYARD_LISTEN: `127.0.0.1:${port}` }),
+    env: lanyardEnv({ ...settings, LANYARD_DATA_DIR: data, LANYARD_LISTEN: `127.0.0.1:${port}` }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   child.stderr!.pipe(log);
