@@ -116,6 +116,8 @@ test('a holder registers a passkey from My Devices and signs in with it', async 
   await expect(section.getByRole('table')).toContainText('Works');
   await expect(section.getByRole('button', { name: /Remove passkey/ })).toBeVisible();
   await check('passkeys-device-registered');
+  await page.goto(`${site}/portal/devices`);
+  await expect(page.getByText('1 registered, signing in.')).toBeVisible();
 
   await page.getByRole('button', { name: 'Sign out' }).click();
   await expect(page.getByText('You are signed out.')).toBeVisible();

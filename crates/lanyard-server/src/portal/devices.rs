@@ -113,6 +113,8 @@ pub(crate) struct DeviceView {
     pub session: Option<String>,
     /// For a derived PIV credential: the card that sponsored it (linked `derived_from`).
     pub parent: Option<ParentView>,
+    /// For a smart card or USB key on My Devices: its passkeys in a few words.
+    pub passkeys: Option<String>,
 }
 
 /// The sponsor card of a derived credential, as the holder's pages name it.
@@ -162,6 +164,7 @@ impl DeviceView {
             certificates,
             session: None,
             parent: None,
+            passkeys: None,
         }
     }
 }
@@ -240,10 +243,12 @@ pub(crate) async fn list<R: Repo + 'static>(
         let repo = s.repo.as_ref();
         let mut devices = Vec::new();
         let mine = me.devices(repo).await?;
+        let passkeys = me.passkeys(repo).await?;
         for d in &mine {
             let credentials = me.credentials(repo, d.id).await?;
             let mut view = DeviceView::new(d, &credentials).with_parent(d, &mine);
             view.session = issuing_session(&me, repo, d).await?;
+            view.passkeys = super::passkeys::summary(d, &passkeys);
             devices.push(view);
         }
         let add_refused = add_device_refusal(&me, repo).await?;

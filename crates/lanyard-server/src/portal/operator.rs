@@ -183,6 +183,8 @@ struct UserPage {
     devices: Vec<DeviceRow>,
     /// Why a card cannot be issued to this user in person now, if it cannot.
     issue_refused: Option<String>,
+    /// The user's passkeys, on whichever key each lives.
+    passkeys: Vec<super::passkeys::UserPasskeyRow>,
 }
 
 /// One user: who they are, their group and roles, and their devices.
@@ -213,7 +215,9 @@ pub(crate) async fn user<R: Repo + 'static>(
             Err(lanyard_core::DomainError::Validation(why)) => Some(why.reason),
             Err(e) => return Err(e.into()),
         };
+        let passkeys = super::passkeys::user_rows(&op.passkeys_of_user(repo, user.id).await?);
         Ok::<_, PortalError>(UserPage {
+            passkeys,
             nav: signed.nav(),
             section: "operator",
             issue_refused,

@@ -155,6 +155,49 @@ pub(crate) fn for_operator(
     })
 }
 
+/// A token's passkeys in a few words, for My Devices (none for mobiles).
+pub(crate) fn summary(device: &Device, passkeys: &[PasskeyStatus]) -> Option<String> {
+    if device.class() != DeviceClass::Token {
+        return None;
+    }
+    let on: Vec<&PasskeyStatus> = passkeys
+        .iter()
+        .filter(|p| p.passkey.device == device.id && p.passkey.state == PasskeyState::Active)
+        .collect();
+    let working = on.iter().filter(|p| p.usable).count();
+    Some(match (on.len(), working) {
+        (0, _) if device.state == DeviceState::Active => {
+            "None yet: register one to sign in with this key.".into()
+        }
+        (0, _) => "None.".into(),
+        (n, w) if w == n => format!("{n} registered, signing in."),
+        (n, _) => format!("{n} registered, disabled while the key is {}.", device.state),
+    })
+}
+
+/// One passkey on the help desk's page of a user.
+pub(crate) struct UserPasskeyRow {
+    pub id: String,
+    pub device: String,
+    pub badge: Badge,
+    pub last_used: String,
+}
+
+pub(crate) fn user_rows(passkeys: &[PasskeyStatus]) -> Vec<UserPasskeyRow> {
+    passkeys
+        .iter()
+        .map(|s| {
+            let r = row(s);
+            UserPasskeyRow {
+                id: r.id,
+                device: s.passkey.device.to_string(),
+                badge: r.badge,
+                last_used: r.last_used,
+            }
+        })
+        .collect()
+}
+
 #[derive(Deserialize)]
 pub(crate) struct RemoveForm {
     #[serde(default)]

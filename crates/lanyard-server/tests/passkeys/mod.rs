@@ -367,6 +367,8 @@ async fn the_portal_lists_passkeys_on_the_device_and_sets_the_sign_in_policy() {
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.text.contains(id) && page.text.contains("Works"), "{}", page.text);
     assert!(page.text.contains("open Lanyard at its public address"), "{}", page.text);
+    let list = app.page("GET", "/portal/devices", &[c], None).await;
+    assert!(list.text.contains("1 registered, signing in."), "{}", list.text);
     let login = app.page("GET", "/portal/login", &[], None).await;
     assert!(!login.text.contains("data-passkey-sign-in"));
 
@@ -384,6 +386,8 @@ async fn the_portal_lists_passkeys_on_the_device_and_sets_the_sign_in_policy() {
     assert_eq!(p.status, StatusCode::NOT_FOUND);
     let (op_cookie, op_token) = app.portal_session("oscar").await;
     let oc = ("cookie", op_cookie.as_str());
+    let page = app.page("GET", &format!("/portal/operator/users/{}", app.alice.user.id), &[oc], None).await;
+    assert!(page.text.contains(id) && page.text.contains("Works"), "{}", page.text);
     let page = app.page("GET", &format!("/portal/operator/devices/{}", app.alice_card), &[oc], None).await;
     assert!(page.text.contains(id) && page.text.contains("Remove passkey"), "{}", page.text);
     let back = format!("/portal/operator/devices/{}", app.alice_card);
