@@ -258,6 +258,30 @@ impl SelfService<'_> {
         .await
     }
 
+    /// Records that a registration response for my `device` was refused (`passkey.register_refused`
+    /// with the WebAuthn check that failed), so a holder's failed attempts show in the audit log.
+    pub async fn refuse_registration<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), DomainError> {
+        let who = self.p.acting();
+        let event =
+            NewAuditEvent::new(who.at, who.actor.clone(), "passkey.register_refused", &who.operation_id)
+                .target(format!("device:{device}"))
+                .after(json!({"reason": reason, "detail": detail}));
+        let event = &event;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            tx.append_audit(event.clone()).await?;
+            tx.commit().await?;
+            Ok::<_, DomainError>(())
+        })
+        .await
+    }
+
     /// Removes one of my passkeys; anyone else's is NotFound.
     pub async fn remove_passkey<R: Repo>(&self, repo: &R, id: PasskeyId) -> Result<Passkey, DomainError> {
         remove(repo, &self.p.acting(), id, Some(self.p.user.id)).await

@@ -234,8 +234,13 @@ pub(crate) async fn finish_registration<R: Repo>(
     let me = principal.self_service()?;
     let repo = s.repo.as_ref();
     let (device, policy_uv) = me.redeem_registration_challenge(repo, binding, &cd.challenge).await?;
-    let reg = verify_registration(&rp, &cd, &cd.challenge, &attestation, uv(policy_uv))
-        .map_err(|e| bad(format!("the passkey was not registered: {e}")))?;
+    let reg = match verify_registration(&rp, &cd, &cd.challenge, &attestation, uv(policy_uv)) {
+        Ok(reg) => reg,
+        Err(e) => {
+            me.refuse_registration(repo, device, e.code(), &e.to_string()).await?;
+            return Err(bad(format!("the passkey was not registered: {e}")));
+        }
+    };
     if reg.credential_id != raw_id {
         return Err(bad("rawId differs from the credential id in the authenticator data"));
     }

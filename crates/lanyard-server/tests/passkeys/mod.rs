@@ -421,3 +421,32 @@ async fn the_portal_lists_passkeys_on_the_device_and_sets_the_sign_in_policy() {
     assert_eq!(p.status, StatusCode::BAD_REQUEST);
     assert!(p.text.contains("Sign-in: choose one of the listed methods."), "{}", p.text);
 }
+
+#[tokio::test]
+async fn a_registration_for_another_origin_is_refused_and_audited() {
+    let app = app().await;
+    let key = Authenticator::new();
+    let (cookie, csrf) = app.session("alice").await;
+    let h = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let body = json!({"device": app.alice_card}).to_string();
+    let r = app.send("POST", "/api/v1/me/passkeys/registration-options", &h, Some(&body)).await;
+    let challenge = from_b64url(r.body["publicKey"]["challenge"].as_str().unwrap(), "challenge").unwrap();
+    let cd = client_data("webauthn.create", &challenge, "https://evil.example", false);
+    let att = key.attestation_self(RP, &Sha256::digest(&cd).into());
+    let credential = json!({
+        "rawId": b64url(&key.credential_id),
+        "type": "public-key",
+        "response": {"clientDataJSON": b64url(&cd), "attestationObject": b64url(&att)},
+    });
+    let r = app
+        .send("POST", "/api/v1/me/passkeys", &h, Some(&json!({"credential": credential}).to_string()))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.error().contains("origin"), "{}", r.error());
+    let refused: Vec<_> =
+        app.all_audit().await.into_iter().filter(|e| e.action == "passkey.register_refused").collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].after.as_ref().unwrap()["reason"], "origin");
+    let mine = app.send("GET", "/api/v1/me/passkeys", &[("cookie", &cookie)], None).await;
+    assert_eq!(mine.body, json!([]), "nothing was registered");
+}
