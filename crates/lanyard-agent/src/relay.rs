@@ -644,14 +644,18 @@ impl<C: SessionCard> Relay<C> {
         if !self.ready() {
             return self.removed(seq);
         }
-        if let Some(next) = self.find_fido(seq, progress) {
-            return next;
-        }
         let mut responses = Vec::with_capacity(decoded.len());
         for (i, request) in decoded.iter().enumerate() {
+            // Checked before the authenticator is looked for too: a batch whose time is up
+            // touches nothing.
             if Instant::now() >= deadline {
                 let message = format!("CTAP batch {seq} ran past its deadline after {i} requests");
                 return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
+            }
+            if i == 0
+                && let Some(next) = self.find_fido(seq, progress)
+            {
+                return next;
             }
             let result = match &mut self.fido {
                 FidoRoute::Pcsc => {
@@ -671,7 +675,12 @@ impl<C: SessionCard> Relay<C> {
             match result {
                 Ok(answer) => {
                     self.answered = true;
-                    let code = answer[0];
+                    let Some(&code) = answer.first() else {
+                        return Next::Send(error_frame(
+                            Some(seq),
+                            &format!("{command}: an answer without a status byte"),
+                        ));
+                    };
                     progress(&Progress::Ctap {
                         command: command.to_owned(),
                         status: status::name(code).to_owned(),

@@ -1783,6 +1783,7 @@ fn bad_ctap_frames_are_refused_precisely() {
         Next::Fail(_, AgentError::Protocol(m)) => assert!(m.contains("deadline after 0 requests"), "{m}"),
         other => panic!("{other:?}"),
     }
+    assert!(relay.into_card().log.is_empty(), "not even SELECT FIDO went to the card");
 }
 
 /// The whole way over the WebSocket: `ctap` out, `ctap_responses` back, in between PIV batches.
