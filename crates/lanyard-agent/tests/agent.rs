@@ -1541,7 +1541,15 @@ impl SessionCard for FidoFraming {
     }
 }
 
-/// A card without a FIDO application, in a named reader.
+/// A software card without a FIDO application (an image without the `fido` member, as the
+/// CCID interface of a YubiKey before firmware 5.8 presents itself).
+fn card_without_fido() -> Card {
+    let mut img = image(&NewCard::default());
+    img.fido = None;
+    InProcess(VirtualCard::from_image(img).unwrap())
+}
+
+/// A card in a named reader.
 struct InReader(Card, &'static str);
 
 impl CardTransport for InReader {
@@ -1713,7 +1721,7 @@ fn a_piv_batch_that_selects_piv_itself_gets_no_extra_select() {
 /// session goes on, and PIV works as before.
 #[test]
 fn a_card_without_fido_gets_an_error_and_the_session_goes_on() {
-    let mut relay = Relay::with_hid(InReader(fresh_card(), "Virtual PCD 00 00"), Box::new(NoHid));
+    let mut relay = Relay::with_hid(InReader(card_without_fido(), "Virtual PCD 00 00"), Box::new(NoHid));
     let mut events = Vec::new();
     let AgentFrame::Error { seq: Some(1), message } =
         answer(&mut relay, &ctap_frame(1, &["04"], 60), &mut events)
@@ -1739,7 +1747,7 @@ fn a_yubikey_without_fido_over_ccid_falls_back_to_hid() {
     const YK: &str = "Yubico YubiKey OTP+FIDO+CCID 00 00";
     let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
     let hid = ScriptedHid { error: None, calls: Arc::clone(&calls) };
-    let mut relay = Relay::with_hid(InReader(fresh_card(), YK), Box::new(hid));
+    let mut relay = Relay::with_hid(InReader(card_without_fido(), YK), Box::new(hid));
     let mut events = Vec::new();
     let got = answer(&mut relay, &ctap_frame(1, &["0400A1", "0100"], 60), &mut events);
     assert_eq!(got, AgentFrame::CtapResponses { seq: 1, responses: vec!["00A1".into(), "00".into()] });
@@ -1751,7 +1759,7 @@ fn a_yubikey_without_fido_over_ccid_falls_back_to_hid() {
 
     let reason = "2 Yubico FIDO HID devices are plugged in (…): unplug the other keys for this session";
     let hid = ScriptedHid { error: Some(reason.into()), calls: Arc::clone(&calls) };
-    let mut relay = Relay::with_hid(InReader(fresh_card(), YK), Box::new(hid));
+    let mut relay = Relay::with_hid(InReader(card_without_fido(), YK), Box::new(hid));
     assert_eq!(
         answer(&mut relay, &ctap_frame(1, &["04"], 60), &mut events),
         AgentFrame::Error { seq: Some(1), message: reason.into() }
@@ -1817,4 +1825,44 @@ fn ctap_frames_over_the_session_channel() {
         events
             .contains(&Progress::Ctap { command: "authenticatorGetInfo".into(), status: "CTAP2_OK".into() })
     );
+}
+
+/// The software card's own authenticator, in process: getInfo and ClientPIN getRetries through
+/// the relay, with PIV batches before and after on the same card.
+#[test]
+fn ctap_reaches_the_software_cards_authenticator() {
+    use lanyard_ctap::cbor::{MapRef, decode};
+    let mut relay = Relay::with_hid(InReader(fresh_card(), "Virtual PCD 00 00"), Box::new(NoHid));
+    let mut events = Vec::new();
+    let select = hexs(&bytes(&commands::select()));
+    let serial = hexs(&bytes(&commands::get_serial()));
+    let frame = transmit_frame(1, "detect", vec![select, serial.clone()]);
+    let AgentFrame::Responses { responses: before, .. } = answer(&mut relay, &frame.to_text(), &mut events)
+    else {
+        panic!("expected responses")
+    };
+    // getInfo, then getRetries (pinUvAuthProtocol 2, subCommand 1).
+    let frame = ctap_frame(2, &["04", "06A201020201"], 60);
+    let AgentFrame::CtapResponses { seq: 2, responses } = answer(&mut relay, &frame, &mut events) else {
+        panic!("expected ctap_responses")
+    };
+    assert_eq!(responses.len(), 2);
+    let info = hex::decode(&responses[0]).unwrap();
+    assert_eq!(info[0], 0x00, "CTAP2_OK");
+    let info = decode(&info[1..]).unwrap();
+    let info = MapRef::new(&info).unwrap();
+    let versions: Vec<&str> =
+        info.get(1).unwrap().as_array().unwrap().iter().map(|v| v.as_text().unwrap()).collect();
+    assert!(versions.contains(&"FIDO_2_1"), "{versions:?}");
+    let retries = hex::decode(&responses[1]).unwrap();
+    assert_eq!(retries[0], 0x00);
+    let retries = decode(&retries[1..]).unwrap();
+    assert_eq!(MapRef::new(&retries).unwrap().uint(3).unwrap(), Some(8), "a fresh card has 8 PIN tries");
+    // PIV again, without SELECT: the same serial number.
+    let frame = transmit_frame(3, "personalize", vec![serial]);
+    let AgentFrame::Responses { responses: after, .. } = answer(&mut relay, &frame.to_text(), &mut events)
+    else {
+        panic!("expected responses")
+    };
+    assert_eq!(after[0], before[1]);
 }
