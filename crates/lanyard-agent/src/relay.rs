@@ -665,8 +665,10 @@ impl<C: SessionCard> Relay<C> {
                         .and_then(|()| nfc.ctap(request, deadline))
                 }
                 FidoRoute::Hid(transport) => transport.ctap(request, deadline),
-                // `find_fido` returned early for the others.
-                FidoRoute::Unknown | FidoRoute::Unavailable(_) => Err(CtapTransportError::Empty),
+                // `find_fido` answered the frame itself for these.
+                FidoRoute::Unknown | FidoRoute::Unavailable(_) => Err(CtapTransportError::Protocol(
+                    "no FIDO authenticator was found for this session".into(),
+                )),
             };
             if matches!(self.fido, FidoRoute::Pcsc) {
                 self.fido_selected = true;
