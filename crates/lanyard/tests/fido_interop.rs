@@ -184,7 +184,8 @@ impl Card {
 /// the packed attestation (and its chain to the installation's FIDO root) and every assertion
 /// signature with its own code; lists and deletes credentials; and checks the PIN retry counter,
 /// the minimum length (in code points, never lowered) and the forced PIN change. NFC keep-alives
-/// (9100) are seen for every makeCredential and getAssertion.
+/// (9100) are seen for every makeCredential and getAssertion. ykman then lists and deletes the
+/// credential python-fido2 left.
 #[test]
 fn python_fido2_judges_the_authenticator() {
     let card = Card::plug();
@@ -195,6 +196,13 @@ fn python_fido2_judges_the_authenticator() {
     assert_eq!(state["force_pin_change"], false);
     assert_eq!(state["discoverable_credentials"], 1, "alice's is left after bob's was deleted");
     assert_eq!(state["pin_tries_left"], 8);
+    // ykman reads the same credential through credential management, and deletes it.
+    let listed = card.ykman_ok(&["fido", "credentials", "list", "--pin", "135792", "--csv"]);
+    let row =
+        listed.lines().find(|l| l.contains(",example.org,alice,")).unwrap_or_else(|| panic!("{listed}"));
+    let id = row.split(',').next().unwrap();
+    card.ykman_ok(&["fido", "credentials", "delete", id, "--pin", "135792", "--force"]);
+    assert_eq!(card.fido_state()["discoverable_credentials"], 0);
 }
 
 /// ykman ≥ 5.3 reads the card as a YubiKey with FIDO2, sets and changes the PIN, raises the
