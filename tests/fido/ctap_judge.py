@@ -9,6 +9,9 @@ Usage: ctap_judge.py SCENARIO READER FIDO_ROOT_PEM [ARGS...]
   full          fresh card: PIN, credentials, assertions, credential management, PIN policy
   check-pin PIN MIN_LENGTH
                 the PIN on the card is PIN (a token is given) and the minimum length is MIN_LENGTH
+  attest        registers a non-discoverable credential (no PIN token) and verifies its
+                attestation chains to FIDO_ROOT_PEM (the test also passes another root, which
+                must fail, so the chain check is known to bite)
 Prints one line "OK <scenario>" at the end; any failed check raises (non-zero exit).
 """
 
@@ -269,12 +272,20 @@ def check_pin(reader, pin, min_length):
     print("OK check-pin")
 
 
+def attest(reader, root_der):
+    ctap = connect(reader)
+    register(ctap, root_der, "attest.example", {"id": b"u-attest"}, False, None, None)
+    print("OK attest")
+
+
 def main():
     scenario, reader, root_pem = sys.argv[1:4]
     with open(root_pem, "rb") as f:
         root_der = x509.load_pem_x509_certificate(f.read()).public_bytes(Encoding.DER)
     if scenario == "full":
         full(reader, root_der)
+    elif scenario == "attest":
+        attest(reader, root_der)
     elif scenario == "check-pin":
         check_pin(reader, sys.argv[4], int(sys.argv[5]))
     else:

@@ -21,6 +21,10 @@ fn lanyard() -> &'static str {
     env!("CARGO_BIN_EXE_lanyard")
 }
 
+fn out_ok(o: &Output, scenario: &str) -> bool {
+    o.status.success() && text(o).contains(&format!("OK {scenario}"))
+}
+
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -117,22 +121,26 @@ impl Card {
         self.dir.path().join("home/fido-attestation-root.pem")
     }
 
-    /// `tests/fido/ctap_judge.py SCENARIO READER ROOT ARGS…`, which must print `OK SCENARIO`.
-    fn judge(&self, scenario: &str, args: &[&str]) {
+    /// `tests/fido/ctap_judge.py SCENARIO READER ROOT ARGS…`.
+    fn run_judge(&self, scenario: &str, root: &Path, args: &[&str]) -> Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fido/ctap_judge.py");
-        let out = self
-            .pcscd
+        self.pcscd
             .command(self.venv.join("python"))
             .arg(&script)
             .arg(scenario)
             .arg(self.reader())
-            .arg(self.fido_root())
+            .arg(root)
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The judge's SCENARIO with the installation's FIDO root, which must print `OK SCENARIO`.
+    fn judge(&self, scenario: &str, args: &[&str]) {
+        let out = self.run_judge(scenario, &self.fido_root(), args);
         assert!(
-            out.status.success() && text(&out).contains(&format!("OK {scenario}")),
+            out_ok(&out, scenario),
             "python-fido2 judge {scenario} failed:\n{}\nvcard log tail:\n{}",
             text(&out),
             self.vcard_log_tail()
@@ -196,6 +204,15 @@ fn python_fido2_judges_the_authenticator() {
     assert_eq!(state["force_pin_change"], false);
     assert_eq!(state["discoverable_credentials"], 1, "alice's is left after bob's was deleted");
     assert_eq!(state["pin_tries_left"], 8);
+    // The attestation chains to this installation's FIDO root and to no other root: with the
+    // PIV attestation root (another key) python-fido2's chain check refuses it.
+    card.judge("attest", &[]);
+    let other = card.run_judge("attest", &card.dir.path().join("home/attestation-root.pem"), &[]);
+    assert!(
+        !out_ok(&other, "attest") && text(&other).contains("InvalidSignature"),
+        "a chain to the PIV root was accepted:\n{}",
+        text(&other)
+    );
     // ykman reads the same credential through credential management, and deletes it.
     let listed = card.ykman_ok(&["fido", "credentials", "list", "--pin", "135792", "--csv"]);
     let row =
