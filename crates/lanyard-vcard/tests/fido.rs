@@ -746,3 +746,38 @@ mod properties {
         }
     }
 }
+
+/// The agent's NFC binding client (`lanyard_ctap::transport::nfc::NfcCtap`) against this card,
+/// with short (chained) and extended APDUs: SELECT, getInfo, and a makeCredential long enough
+/// to chain, which also goes through the 9100 keep-alive and polling.
+#[test]
+fn the_agents_nfc_client_talks_to_the_card() {
+    use lanyard_ctap::transport::CtapTransport;
+    use lanyard_ctap::transport::nfc::{ApduForm, FidoVersion, NfcCtap};
+    use std::time::{Duration, Instant};
+    for form in [ApduForm::Short, ApduForm::Extended] {
+        let (card, _dir) = new_card();
+        let mut card = Some(card);
+        let exchange = |apdu: &[u8]| -> Result<Vec<u8>, String> {
+            card.as_mut().map(|c| c.process(apdu)).ok_or_else(|| "no card".to_owned())
+        };
+        let mut client =
+            NfcCtap::new(exchange, "virtual card").with_form(form).with_poll_interval(Duration::ZERO);
+        assert_eq!(client.select(), Ok(FidoVersion::Fido2));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let info = client.ctap(&[0x04], deadline).unwrap();
+        assert_eq!(info[0], 0);
+        let req = int_map([
+            (1, Value::Bytes(vec![3; 32])),
+            (2, text_map([("id", Value::Text("example.org".into()))])),
+            (3, text_map([("id", Value::Bytes(vec![1; 16])), ("displayName", Value::Text("y".repeat(300)))])),
+            (4, Value::Array(vec![text_map([("alg", int(-7)), ("type", Value::Text("public-key".into()))])])),
+        ]);
+        let raw = [vec![0x01], cbor::encode(&req)].concat();
+        assert!(raw.len() > 255);
+        let att = client.ctap(&raw, deadline).unwrap();
+        assert_eq!(att[0], 0, "{form:?}: makeCredential answered {:02X}", att[0]);
+        let v = cbor::decode(&att[1..]).unwrap();
+        assert_eq!(get(&v, 1), &Value::Text("packed".into()));
+    }
+}
