@@ -663,3 +663,121 @@ fn state_survives_in_the_image_and_old_images_open() {
     cmd.extend_from_slice(&FIDO_AID);
     assert_eq!(apdu(&mut card, &cmd).1, 0x6A82);
 }
+
+/// Requests the fuzzer also feeds: a valid command byte with random or mutated CBOR.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn template() -> &'static CardImage {
+        static IMG: OnceLock<CardImage> = OnceLock::new();
+        IMG.get_or_init(|| {
+            let (mut card, _dir) = new_card();
+            select_fido(&mut card);
+            set_pin(&mut card, PinProtocol::Two, "2468").unwrap();
+            let t = token(&mut card, PinProtocol::Two, "2468", Some(0x01), None).unwrap();
+            make_credential(&mut card, "example.org", b"u", true, Some((PinProtocol::Two, &t)), &[]).unwrap();
+            card.image().clone()
+        })
+    }
+
+    fn valid_requests() -> Vec<Vec<u8>> {
+        let cdh = Value::Bytes(vec![7; 32]);
+        let mc = int_map([
+            (1, cdh.clone()),
+            (2, text_map([("id", Value::Text("example.org".into()))])),
+            (3, text_map([("id", Value::Bytes(vec![1, 2, 3]))])),
+            (4, Value::Array(vec![text_map([("alg", int(-7)), ("type", Value::Text("public-key".into()))])])),
+            (7, text_map([("rk", Value::Bool(false))])),
+        ]);
+        let ga = int_map([(1, Value::Text("example.org".into())), (2, cdh)]);
+        let pin = int_map([(1, int(2)), (2, int(1))]);
+        let cfg = int_map([(1, int(3)), (2, int_map([(1, int(8))]))]);
+        let cm = int_map([(1, int(1)), (3, int(2)), (4, Value::Bytes(vec![0; 32]))]);
+        [(0x01, mc), (0x02, ga), (0x06, pin), (0x0D, cfg), (0x0A, cm)]
+            .into_iter()
+            .map(|(c, v)| [vec![c], cbor::encode(&v)].concat())
+            .collect()
+    }
+
+    fn check(request: &[u8]) -> Result<(), TestCaseError> {
+        let mut card = VirtualCard::from_image(template().clone()).unwrap();
+        let before = card.image().fido.clone().unwrap();
+        let auth = card.fido().unwrap();
+        let resp = auth.process(request);
+        let after = auth.state().clone();
+        prop_assert!(!resp.is_empty());
+        if resp[0] != 0 {
+            prop_assert_eq!(resp.len(), 1, "an error carries no data");
+            prop_assert_eq!(&after.pin, &before.pin);
+            prop_assert_eq!(&after.credentials, &before.credentials);
+            prop_assert_eq!(after.min_pin_length, before.min_pin_length);
+        } else if resp.len() > 1 {
+            let v = cbor::decode(&resp[1..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(cbor::encode(&v), resp[1..].to_vec());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn random_requests_never_panic_nor_change_secrets(
+            command in prop::sample::select(vec![0x01u8, 0x02, 0x04, 0x06, 0x07, 0x08, 0x0A, 0x0B, 0x0D, 0x41]),
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            check(&[vec![command], body].concat())?;
+        }
+
+        #[test]
+        fn mutated_requests_never_panic_nor_change_secrets(
+            which in 0usize..5,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let mut request = valid_requests()[which].clone();
+            for (at, byte) in flips {
+                let i = at.index(request.len());
+                request[i] = byte;
+            }
+            // The command byte may become Reset, which changes everything by design.
+            if request[0] != 0x07 {
+                check(&request)?;
+            }
+        }
+    }
+}
+
+/// The agent's NFC binding client (`lanyard_ctap::transport::nfc::NfcCtap`) against this card,
+/// with short (chained) and extended APDUs: SELECT, getInfo, and a makeCredential long enough
+/// to chain, which also goes through the 9100 keep-alive and polling.
+#[test]
+fn the_agents_nfc_client_talks_to_the_card() {
+    use lanyard_ctap::transport::CtapTransport;
+    use lanyard_ctap::transport::nfc::{ApduForm, FidoVersion, NfcCtap};
+    use std::time::{Duration, Instant};
+    for form in [ApduForm::Short, ApduForm::Extended] {
+        let (card, _dir) = new_card();
+        let mut card = Some(card);
+        let exchange = |apdu: &[u8]| -> Result<Vec<u8>, String> {
+            card.as_mut().map(|c| c.process(apdu)).ok_or_else(|| "no card".to_owned())
+        };
+        let mut client =
+            NfcCtap::new(exchange, "virtual card").with_form(form).with_poll_interval(Duration::ZERO);
+        assert_eq!(client.select(), Ok(FidoVersion::Fido2));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let info = client.ctap(&[0x04], deadline).unwrap();
+        assert_eq!(info[0], 0);
+        let req = int_map([
+            (1, Value::Bytes(vec![3; 32])),
+            (2, text_map([("id", Value::Text("example.org".into()))])),
+            (3, text_map([("id", Value::Bytes(vec![1; 16])), ("displayName", Value::Text("y".repeat(300)))])),
+            (4, Value::Array(vec![text_map([("alg", int(-7)), ("type", Value::Text("public-key".into()))])])),
+        ]);
+        let raw = [vec![0x01], cbor::encode(&req)].concat();
+        assert!(raw.len() > 255);
+        let att = client.ctap(&raw, deadline).unwrap();
+        assert_eq!(att[0], 0, "{form:?}: makeCredential answered {:02X}", att[0]);
+        let v = cbor::decode(&att[1..]).unwrap();
+        assert_eq!(get(&v, 1), &Value::Text("packed".into()));
+    }
+}

@@ -20,7 +20,7 @@ impl From<FieldError> for Status {
 
 /// The longest user handle WebAuthn allows.
 pub const MAX_USER_ID: usize = 64;
-/// Text members (names) longer than this are refused rather than stored.
+/// RP IDs longer than this are refused (a DNS name has at most 253 characters).
 pub const MAX_TEXT: usize = 256;
 /// The most descriptors an allow or exclude list may hold (getInfo's maxCredentialCountInList).
 pub const MAX_LIST: usize = 16;
@@ -34,6 +34,24 @@ fn text_member(m: &MapRef<'_>, key: &str) -> Result<Option<String>, Status> {
         None => Ok(None),
         Some(Value::Text(t)) if t.len() <= MAX_TEXT => Ok(Some(t.clone())),
         Some(Value::Text(_)) => Err(Status(status::INVALID_PARAMETER)),
+        Some(_) => Err(Status(status::CBOR_UNEXPECTED_TYPE)),
+    }
+}
+
+/// The longest name the card keeps: CTAP 2.1 lets an authenticator truncate rp.name,
+/// user.name and user.displayName to 64 bytes, and this one does (at a character boundary).
+pub const MAX_NAME: usize = 64;
+
+fn name_member(m: &MapRef<'_>, key: &str) -> Result<Option<String>, Status> {
+    match m.get_text(key) {
+        None => Ok(None),
+        Some(Value::Text(t)) => {
+            let mut end = t.len().min(MAX_NAME);
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            Ok(Some(t[..end].to_owned()))
+        }
         Some(_) => Err(Status(status::CBOR_UNEXPECTED_TYPE)),
     }
 }
@@ -105,7 +123,7 @@ pub fn user(v: &Value) -> Result<User, Status> {
         Some(_) => return Err(Status(status::CBOR_UNEXPECTED_TYPE)),
         None => return Err(Status(status::MISSING_PARAMETER)),
     };
-    Ok(User { id, name: text_member(&m, "name")?, display_name: text_member(&m, "displayName")? })
+    Ok(User { id, name: name_member(&m, "name")?, display_name: name_member(&m, "displayName")? })
 }
 
 /// pinUvAuthParam with its protocol.
@@ -174,7 +192,7 @@ pub fn make_credential(v: &Value) -> Result<MakeCredential, Status> {
     let enterprise_attestation = m.uint(10)?.is_some();
     Ok(MakeCredential {
         client_data_hash,
-        rp_name: text_member(&rp, "name")?,
+        rp_name: name_member(&rp, "name")?,
         rp_id,
         user,
         es256,
@@ -367,6 +385,14 @@ mod tests {
         assert_eq!(make_credential(&missing_rp).err(), Some(Status(status::MISSING_PARAMETER)));
         let wrong_type = int_map([(1, Value::Text("x".into()))]);
         assert_eq!(make_credential(&wrong_type).err(), Some(Status(status::CBOR_UNEXPECTED_TYPE)));
+        let long_names =
+            text_map([("id", Value::Bytes(vec![0; 4])), ("displayName", Value::Text("ä".repeat(40)))]);
+        let u = user(&long_names).map_err(|s| s.0);
+        assert_eq!(
+            u.map(|u| u.display_name),
+            Ok(Some("ä".repeat(32))),
+            "truncated to 64 bytes on a char boundary"
+        );
         let long_user = text_map([("id", Value::Bytes(vec![0; 65]))]);
         assert_eq!(user(&long_user).err(), Some(Status(status::INVALID_PARAMETER)));
         let bad_protocol = int_map([(1, int(3)), (2, int(1))]);
