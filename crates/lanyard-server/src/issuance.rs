@@ -25,10 +25,10 @@ use lanyard_core::secrets::Kek;
 use lanyard_issuance::sponsor::{FetchResult, RevocationFetch, SponsorTrust};
 use lanyard_issuance::{AgentLink, Authority, CardSession, PinAnswer, SessionError};
 use lanyard_piv::apdu::{Command, Response as CardResponse};
-use lanyard_protocol::link::FEATURE_SERVER_PIN;
+use lanyard_protocol::link::{FEATURE_CTAP, FEATURE_SERVER_PIN};
 use lanyard_protocol::{
-    AgentFrame, MAX_BATCH, MAX_FRAME, PROTOCOL_VERSION, Secret, ServerFrame, Side, VERSION_HEADER,
-    check_version, server_wait,
+    AgentFrame, MAX_BATCH, MAX_CTAP_BATCH, MAX_FRAME, PROTOCOL_VERSION, Secret, ServerFrame, Side,
+    VERSION_HEADER, check_version, server_wait,
 };
 use secrecy::{ExposeSecret, SecretString};
 use time::Duration;
@@ -247,6 +247,7 @@ async fn accept<R: Repo + 'static>(
                 job: job.id,
                 pins: std::sync::Arc::clone(&s.pins),
                 server_pin: false,
+                ctap: false,
             };
             session.run(s, cfg, job, op).await;
         })
@@ -362,6 +363,8 @@ struct Session {
     pins: Arc<PinDesk>,
     /// The agent takes a new PIN from the server (feature `server_pin` in its hello).
     server_pin: bool,
+    /// The agent relays `ctap` frames (feature `ctap` in its hello).
+    ctap: bool,
 }
 
 impl Session {
@@ -456,6 +459,53 @@ impl Session {
         }
     }
 
+    /// Sends one batch of CTAP requests (`ctap`) and returns the authenticator's answers, checked
+    /// against the rules of the frame: no more answers than requests, each at least a status
+    /// byte, an error status only on the last, and fewer answers only after an error status.
+    async fn ctap_batch(
+        &mut self,
+        step: &str,
+        (done, total): (usize, usize),
+        requests: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, SessionError> {
+        if !self.ctap {
+            return Err(SessionError::AgentError(format!(
+                "this agent cannot reach FIDO authenticators (feature {FEATURE_CTAP}); update it"
+            )));
+        }
+        if requests.is_empty() || requests.len() > MAX_CTAP_BATCH {
+            return Err(SessionError::Server(format!(
+                "a CTAP batch holds 1 to {MAX_CTAP_BATCH} requests, not {}",
+                requests.len()
+            )));
+        }
+        if let Some(i) = requests.iter().position(Vec::is_empty) {
+            return Err(SessionError::Server(format!("CTAP request {i} has no command byte")));
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let answer_within_secs = self.answer_within_secs;
+        let frame = ServerFrame::Ctap {
+            seq,
+            step: step.to_owned(),
+            done: count(done),
+            total: count(total),
+            requests: requests.iter().map(hex::encode_upper).collect(),
+            answer_within_secs,
+        };
+        self.send(&frame).await?;
+        match self.receive(answer_within_secs).await? {
+            AgentFrame::CtapResponses { seq: got, responses } if got == seq => {
+                check_ctap_responses(requests.len(), &responses)
+            }
+            other => Err(SessionError::Protocol(format!(
+                "expected CTAP responses to message {seq}, got {}",
+                frame_kind(&other)
+            ))),
+        }
+    }
+
     /// The new PIN for a `change_pin`/`unblock_pin` frame and the agent's deadline for it. For a
     /// session whose PIN comes from the portal (and an agent that takes it), waits for the
     /// holder's answer there: `None` when they kept the initial PIN or gave none in time, so no
@@ -494,23 +544,28 @@ impl Session {
         let _ = self.socket.send(Message::Close(None)).await;
     }
 
-    /// Waits for the agent's hello, then runs the job through the card-session drivers while
-    /// keeping its lease; a lost lease ends the session at once.
-    async fn run<R: Repo>(mut self, s: AppState<R>, cfg: Arc<IssuanceConfig>, mut job: Job, op: OperationId) {
-        let hello = match self.receive(self.answer_within_secs).await {
-            Ok(AgentFrame::Hello { protocol, .. }) if protocol != PROTOCOL_VERSION => {
+    /// Waits for the agent's hello and notes the features it lists.
+    async fn hello(&mut self) -> Result<(), SessionError> {
+        match self.receive(self.answer_within_secs).await? {
+            AgentFrame::Hello { protocol, .. } if protocol != PROTOCOL_VERSION => {
                 Err(SessionError::Protocol(format!(
                     "the agent's hello names protocol version {protocol}, not {PROTOCOL_VERSION}"
                 )))
             }
-            Ok(AgentFrame::Hello { agent, reader, atr, features, .. }) => {
-                tracing::info!(job = %job.id, %agent, %reader, %atr, "agent connected");
+            AgentFrame::Hello { agent, reader, atr, features, .. } => {
+                tracing::info!(job = %self.job, %agent, %reader, %atr, "agent connected");
                 self.server_pin = features.iter().any(|f| f == FEATURE_SERVER_PIN);
+                self.ctap = features.iter().any(|f| f == FEATURE_CTAP);
                 Ok(())
             }
-            Ok(other) => Err(SessionError::Protocol(format!("expected hello, got {other:?}"))),
-            Err(e) => Err(e),
-        };
+            other => Err(SessionError::Protocol(format!("expected hello, got {other:?}"))),
+        }
+    }
+
+    /// Waits for the agent's hello, then runs the job through the card-session drivers while
+    /// keeping its lease; a lost lease ends the session at once.
+    async fn run<R: Repo>(mut self, s: AppState<R>, cfg: Arc<IssuanceConfig>, mut job: Job, op: OperationId) {
+        let hello = self.hello().await;
         let job_id = job.id;
         let sponsor = match cfg.sponsor_trust(&s.pki) {
             Ok(trust) => Some(trust),
@@ -556,6 +611,19 @@ impl AgentLink for Session {
         commands: &[Command],
     ) -> Result<Vec<CardResponse>, SessionError> {
         Session::transmit(self, step, progress, commands).await
+    }
+
+    fn ctap_supported(&self) -> bool {
+        self.ctap
+    }
+
+    async fn ctap_batch(
+        &mut self,
+        step: &str,
+        progress: (usize, usize),
+        requests: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, SessionError> {
+        Session::ctap_batch(self, step, progress, requests).await
     }
 
     async fn change_pin(
@@ -637,11 +705,239 @@ impl AgentLink for Session {
     }
 }
 
+/// A frame's kind and sequence number, for an error: never its content (CTAP answers carry
+/// encrypted PINs and tokens).
+fn frame_kind(frame: &AgentFrame) -> String {
+    let text = frame.to_text();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let kind = value.get("type").and_then(serde_json::Value::as_str).unwrap_or("?");
+    match value.get("seq").and_then(serde_json::Value::as_u64) {
+        Some(seq) => format!("`{kind}` for message {seq}"),
+        None => format!("`{kind}`"),
+    }
+}
+
+/// Decodes the agent's answers to `sent` CTAP requests and checks them against the rules of
+/// `ctap`: at most one answer per request, each at least a status byte, only the last with an
+/// error status, and fewer answers than requests only when the last has one.
+pub(crate) fn check_ctap_responses(sent: usize, responses: &[String]) -> Result<Vec<Vec<u8>>, SessionError> {
+    let bad = |m: String| Err(SessionError::Protocol(m));
+    if responses.len() > sent {
+        return bad(format!("{} CTAP responses to {sent} requests", responses.len()));
+    }
+    let mut out = Vec::with_capacity(responses.len());
+    for (i, r) in responses.iter().enumerate() {
+        let bytes = match hex::decode(r) {
+            Ok(b) => b,
+            Err(e) => return bad(format!("CTAP response {i} is not hex: {e}")),
+        };
+        let Some(&status) = bytes.first() else {
+            return bad(format!("CTAP response {i} has no status byte"));
+        };
+        if status != lanyard_ctap::consts::status::OK && i + 1 != responses.len() {
+            return bad(format!(
+                "CTAP response {i} has status {status:#04x} ({}) but more responses follow it",
+                lanyard_ctap::consts::status::name(status)
+            ));
+        }
+        out.push(bytes);
+    }
+    let stopped = out.last().is_some_and(|r| r.first() != Some(&lanyard_ctap::consts::status::OK));
+    if out.len() < sent && !stopped {
+        return bad(format!(
+            "{} CTAP responses to {sent} requests, and the last one is not an error",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
 /// The agent's answer to PIN request `seq`.
 fn pin_answer(frame: AgentFrame, seq: u64, expected: &str) -> Result<PinAnswer, SessionError> {
     match frame {
         AgentFrame::PinChanged { seq: got, sw } if got == seq => Ok(PinAnswer::Sent { sw }),
         AgentFrame::PinChangeSkipped { seq: got } if got == seq => Ok(PinAnswer::Skipped),
         other => Err(SessionError::Protocol(format!("expected {expected}, got {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use lanyard_ctap::cbor::{MapRef, decode};
+    use lanyard_protocol::CONNECT_PATH;
+    use tokio_tungstenite::tungstenite;
+
+    /// Runs `script` on a [`Session`] with whatever agent connects to the returned URL (a
+    /// stand-in for `/api/v1/agent/connect` without the ticket and the job driver).
+    async fn session_server<F, Fut, T>(script: F) -> (String, tokio::task::JoinHandle<T>)
+    where
+        F: FnOnce(Session) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let script = Arc::new(std::sync::Mutex::new(Some((script, tx))));
+        let app = axum::Router::new().route(
+            CONNECT_PATH,
+            axum::routing::get(move |ws: WebSocketUpgrade| {
+                let taken = script.lock().unwrap().take();
+                async move {
+                    let (script, tx) = taken.expect("one connection");
+                    naming_our_version(Ok(ws
+                        .on_upgrade(move |socket| async move {
+                            let mut session = Session {
+                                socket,
+                                seq: 0,
+                                answer_within_secs: 30,
+                                pin_within_secs: 30,
+                                job: JobId::new(),
+                                pins: Arc::new(PinDesk::default()),
+                                server_pin: false,
+                                ctap: false,
+                            };
+                            session.hello().await.unwrap();
+                            let _ = tx.send(script(session).await);
+                        })
+                        .into_response()))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, tokio::spawn(async move { rx.await.unwrap() }))
+    }
+
+    /// The server's `ctap_batch` against the real agent relay and the software card's own
+    /// authenticator: getInfo and getRetries, a PIV batch between, a batch that stops at the
+    /// authenticator's refusal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ctap_batches_reach_the_cards_authenticator_through_the_agent() {
+        use lanyard_agent::relay::{SessionOptions, SkipPinChange, run_session_with};
+        let device = DeviceId::new();
+        let (url, script) = session_server(move |mut session| async move {
+            assert!(session.ctap_supported(), "the agent lists feature ctap");
+            let answers = session
+                .ctap_batch("fido", (0, 3), &[vec![0x04], vec![0x06, 0xA2, 0x01, 0x02, 0x02, 0x01]])
+                .await
+                .unwrap();
+            let serial =
+                session.transmit("detect", (1, 3), &[lanyard_piv::commands::get_serial()]).await.unwrap();
+            // ClientPIN without its required members, then getInfo, which is never sent.
+            let refused = session.ctap_batch("fido", (2, 3), &[vec![0x06, 0xA0], vec![0x04]]).await.unwrap();
+            session.done(device, DeviceState::Pending).await.unwrap();
+            (answers, serial, refused)
+        })
+        .await;
+        let agent = tokio::task::spawn_blocking(move || {
+            use lanyard_vcard::{AttestationRoot, NewCard, VirtualCard};
+            let now = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_780_000_000);
+            let dir = tempfile::tempdir().unwrap();
+            let root = AttestationRoot::open_or_create(dir.path(), now).unwrap();
+            let image = VirtualCard::new_image(&root, &NewCard::default(), now).unwrap();
+            let card = lanyard_piv::InProcess(VirtualCard::from_image(image).unwrap());
+            let opts = SessionOptions::new(url, "ticket", "in-process");
+            run_session_with(&opts, card, &lanyard_vcard::atr(), &mut SkipPinChange, &mut |_| {})
+        });
+        let (answers, serial, refused) = script.await.unwrap();
+        let outcome = agent.await.unwrap().unwrap();
+        assert_eq!((outcome.device, outcome.state), (device, DeviceState::Pending));
+        assert_eq!(answers.len(), 2);
+        assert_eq!(answers[0][0], 0x00);
+        let info = decode(&answers[0][1..]).unwrap();
+        let versions = MapRef::new(&info).unwrap().get(1).unwrap().as_array().unwrap().clone();
+        assert!(versions.iter().any(|v| v.as_text() == Some("FIDO_2_1")), "{versions:?}");
+        assert_eq!(answers[1][0], 0x00);
+        assert_eq!(MapRef::new(&decode(&answers[1][1..]).unwrap()).unwrap().uint(3).unwrap(), Some(8));
+        assert!(serial[0].sw.is_success(), "PIV after CTAP: {:?}", serial[0].sw);
+        assert_eq!(refused.len(), 1, "the batch stopped at the refusal");
+        assert_ne!(refused[0][0], 0x00);
+    }
+
+    /// An agent without feature `ctap` is told to update and gets no frame; an answer to the
+    /// wrong request is a protocol error that names the frame, not its content.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ctap_needs_the_feature_and_the_right_answer() {
+        for features in [vec![], vec![FEATURE_CTAP.to_owned()]] {
+            let (url, script) = session_server(|mut session| async move {
+                let r = session.ctap_batch("fido", (0, 1), &[vec![0x04]]).await;
+                session.fail("over").await;
+                r
+            })
+            .await;
+            let ws_url = format!("{}{CONNECT_PATH}", url.replacen("http", "ws", 1));
+            let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+            let hello = AgentFrame::Hello {
+                protocol: PROTOCOL_VERSION,
+                agent: "test".into(),
+                reader: "r".into(),
+                atr: "3B".into(),
+                features: features.clone(),
+            };
+            ws.send(tungstenite::Message::text(hello.to_text())).await.unwrap();
+            let mut seen = Vec::new();
+            while let Some(Ok(m)) = ws.next().await {
+                let tungstenite::Message::Text(t) = m else { continue };
+                let frame = ServerFrame::parse(t.as_str()).unwrap();
+                if let ServerFrame::Ctap { seq, .. } = &frame {
+                    let wrong = AgentFrame::CtapResponses { seq: seq + 98, responses: vec!["00A0".into()] };
+                    ws.send(tungstenite::Message::text(wrong.to_text())).await.unwrap();
+                }
+                seen.push(frame);
+            }
+            let e = script.await.unwrap().unwrap_err().to_string();
+            if features.is_empty() {
+                assert!(e.contains("cannot reach FIDO authenticators (feature ctap); update it"), "{e}");
+                assert!(matches!(seen.as_slice(), [ServerFrame::Error { .. }]), "no ctap frame: {seen:?}");
+            } else {
+                assert!(
+                    e.contains("expected CTAP responses to message 1, got `ctap_responses` for message 99"),
+                    "{e}"
+                );
+                assert!(!e.contains("00A0"), "{e}");
+            }
+        }
+    }
+
+    fn texts(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn ctap_answers_follow_the_frame_rules() {
+        // All answered, all OK; or stopped at the failing one.
+        let ok = check_ctap_responses(2, &texts(&["00A10102", "00"])).unwrap();
+        assert_eq!(ok, vec![vec![0x00, 0xA1, 0x01, 0x02], vec![0x00]]);
+        let stopped = check_ctap_responses(3, &texts(&["00", "31"])).unwrap();
+        assert_eq!(stopped, vec![vec![0x00], vec![0x31]]);
+        assert_eq!(check_ctap_responses(1, &texts(&["31"])).unwrap(), vec![vec![0x31]]);
+        // An error status that is not the last answer.
+        let e = check_ctap_responses(2, &texts(&["31", "00"])).unwrap_err().to_string();
+        assert!(e.contains("CTAP2_ERR_PIN_INVALID") && e.contains("more responses follow"), "{e}");
+        // Fewer answers without an error to explain it.
+        let e = check_ctap_responses(2, &texts(&["00"])).unwrap_err().to_string();
+        assert!(e.contains("1 CTAP responses to 2 requests"), "{e}");
+        let e = check_ctap_responses(1, &[]).unwrap_err().to_string();
+        assert!(e.contains("0 CTAP responses to 1 requests"), "{e}");
+        // More answers than requests, no status byte, not hex.
+        assert!(check_ctap_responses(1, &texts(&["00", "00"])).unwrap_err().to_string().contains("2 CTAP"));
+        assert!(check_ctap_responses(1, &texts(&[""])).unwrap_err().to_string().contains("no status byte"));
+        assert!(check_ctap_responses(1, &texts(&["0G"])).unwrap_err().to_string().contains("not hex"));
+    }
+
+    #[test]
+    fn an_unexpected_frame_is_named_without_its_content() {
+        let frame = AgentFrame::Responses { seq: 4, responses: vec!["DEADBEEF9000".into()] };
+        let named = frame_kind(&frame);
+        assert_eq!(named, "`responses` for message 4");
+        assert!(!named.contains("DEADBEEF"));
+        assert_eq!(
+            frame_kind(&AgentFrame::PinChangeSkipped { seq: 1 }),
+            "`pin_change_skipped` for message 1"
+        );
     }
 }
