@@ -75,6 +75,16 @@ async function passwordSignIn(page: Page, username: string) {
   await page.waitForURL((u) => !u.pathname.endsWith('/portal/login'));
 }
 
+/** Registers this page's authenticator as one more passkey on Petra's key (the page lists one
+ *  more afterwards). */
+async function registerAnother(page: Page) {
+  await page.goto(`${site}/portal/devices/${keyId}`);
+  const section = page.locator('section', { has: page.getByRole('heading', { name: 'Passkeys' }) });
+  const before = await section.getByRole('button', { name: /Remove passkey/ }).count();
+  await page.getByRole('button', { name: 'Register a passkey' }).click();
+  await expect(section.getByRole('button', { name: /Remove passkey/ })).toHaveCount(before + 1);
+}
+
 async function passkeySignIn(page: Page) {
   await page.goto(`${site}/portal/login`);
   await page.getByRole('button', { name: 'Sign in with a passkey' }).click();
@@ -108,16 +118,15 @@ test('a holder registers a passkey from My Devices and signs in with it', async 
   await passwordSignIn(page, 'petra');
   await page.goto(`${site}/portal/devices/${keyId}`);
   await expect(page.getByRole('heading', { name: 'Passkeys' })).toBeVisible();
-  await expect(page.getByText('No passkey is registered on this key.')).toBeVisible();
-  await check('passkeys-device-none');
-  await page.getByRole('button', { name: 'Register a passkey' }).click();
-  // The page reloads once the passkey is registered, listing it.
+  await check('passkeys-device-before');
+  await registerAnother(page);
+  // The page reloaded once the passkey was registered, listing it.
   const section = page.locator('section', { has: page.getByRole('heading', { name: 'Passkeys' }) });
   await expect(section.getByRole('table')).toContainText('Works');
   await expect(section.getByRole('button', { name: /Remove passkey/ })).toBeVisible();
   await check('passkeys-device-registered');
   await page.goto(`${site}/portal/devices`);
-  await expect(page.getByText('1 registered, signing in.')).toBeVisible();
+  await expect(page.getByText(/\d+ registered, signing in\./)).toBeVisible();
 
   await page.getByRole('button', { name: 'Sign out' }).click();
   await expect(page.getByText('You are signed out.')).toBeVisible();
@@ -131,8 +140,8 @@ test('a holder registers a passkey from My Devices and signs in with it', async 
   const actions = audit.map((e: any) => e.action);
   expect(actions).toEqual(expect.arrayContaining(['passkey.register', 'passkey.sign_in']));
   const mine = await rig.ok('GET', '/api/v1/me/passkeys', undefined, petra);
-  expect(mine).toHaveLength(1);
-  expect(mine[0].device).toBe(keyId);
+  expect(mine.length).toBeGreaterThan(0);
+  expect(mine.every((p: any) => p.device === keyId && p.usable)).toBe(true);
 });
 
 test('suspending the key refuses its passkey with a clear message; resuming restores it', async ({ page, check, allowConsole }) => {
@@ -142,10 +151,7 @@ test('suspending the key refuses its passkey with a clear message; resuming rest
   // The registration of the first test lives in that page's authenticator; this page's
   // authenticator gets its own passkey the same way.
   await passwordSignIn(page, 'petra');
-  await page.goto(`${site}/portal/devices/${keyId}`);
-  await page.getByRole('button', { name: 'Register a passkey' }).click();
-  const section = page.locator('section', { has: page.getByRole('heading', { name: 'Passkeys' }) });
-  await expect(section.getByRole('button', { name: /Remove passkey/ })).toHaveCount(2);
+  await registerAnother(page);
   await page.getByRole('button', { name: 'Sign out' }).click();
 
   await operatorAction(page, 'Suspend');
@@ -167,10 +173,7 @@ test('a replayed sign-in response is refused', async ({ page, allowConsole }) =>
   allowConsole(ES256_ONLY);
   await securityKey(page);
   await passwordSignIn(page, 'petra');
-  await page.goto(`${site}/portal/devices/${keyId}`);
-  await page.getByRole('button', { name: 'Register a passkey' }).click();
-  const section = page.locator('section', { has: page.getByRole('heading', { name: 'Passkeys' }) });
-  await expect(section.getByRole('button', { name: /Remove passkey/ })).toHaveCount(3);
+  await registerAnother(page);
   await page.getByRole('button', { name: 'Sign out' }).click();
 
   // Keep what the page sends, then sign in with it.
