@@ -51,6 +51,14 @@ fn fresh_card() -> Card {
     InProcess(VirtualCard::from_image(img).unwrap())
 }
 
+/// A factory-fresh card without the FIDO2 application (an image from before it existed; like a
+/// YubiKey before 5.8 over CCID).
+fn card_without_fido() -> Card {
+    let mut img = image(&NewCard::default());
+    img.fido = None;
+    InProcess(VirtualCard::from_image(img).unwrap())
+}
+
 fn hexs(b: &[u8]) -> String {
     hex::encode_upper(b)
 }
@@ -1715,6 +1723,29 @@ fn a_piv_batch_that_selects_piv_itself_gets_no_extra_select() {
     assert!(matches!(answer(&mut relay, &frame.to_text(), &mut events), AgentFrame::Responses { .. }));
     let card = relay.into_card();
     assert_eq!(card.log.iter().filter(|a| is_select(a, &PIV_AID)).count(), 1);
+}
+
+/// The relay reaches the virtual card's own FIDO2 application (not a test double): getInfo
+/// answers CTAP2_OK with canonical CBOR naming FIDO_2_1, and PIV still answers afterwards.
+#[test]
+fn the_relay_reaches_the_virtual_cards_fido_application() {
+    let mut relay = Relay::with_hid(InReader(fresh_card(), "Virtual PCD 00 00"), Box::new(NoHid));
+    let mut events = Vec::new();
+    let AgentFrame::CtapResponses { seq: 1, responses } =
+        answer(&mut relay, &ctap_frame(1, &["04"], 60), &mut events)
+    else {
+        panic!("expected CTAP responses")
+    };
+    let info = hex::decode(&responses[0]).unwrap();
+    assert_eq!(info[0], 0x00, "getInfo status");
+    let v = lanyard_ctap::cbor::decode(&info[1..]).unwrap();
+    assert_eq!(lanyard_ctap::cbor::encode(&v), info[1..].to_vec(), "canonical CBOR");
+    assert!(format!("{v:?}").contains("FIDO_2_1"), "{v:?}");
+    let frame = transmit_frame(2, "detect", vec![hexs(&bytes(&commands::get_version()))]);
+    let AgentFrame::Responses { responses, .. } = answer(&mut relay, &frame.to_text(), &mut events) else {
+        panic!("expected responses")
+    };
+    assert!(responses[0].ends_with("9000"), "{responses:?}");
 }
 
 /// A card without a FIDO application outside a YubiKey reader: an error that says so, the
