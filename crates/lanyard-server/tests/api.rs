@@ -14,7 +14,8 @@ use lanyard_core::clock::{Clock, ManualClock};
 use lanyard_core::ids::{DeviceId, GroupId};
 use lanyard_core::lifecycle::{CredentialState, DeviceState, RevocationReason};
 use lanyard_core::model::{
-    ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, Group, Policy, Role, User, Username,
+    ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, FidoPinMode, Group, Policy, Role,
+    User, Username,
 };
 use lanyard_core::password::UserPassword;
 use lanyard_core::repo::prelude::*;
@@ -2054,7 +2055,8 @@ fn policy_form_with(token: &str, changes: &[(&str, Option<&str>)]) -> String {
         ("max_mobiles", "3"),
         ("derived_piv_requires_sponsor", "on"),
         ("derived_revoke_on_card_loss", "on"),
-        ("fido_pin_mode", "independent"),
+        ("fido_pin_mode", "none"),
+        ("fido_min_pin_length", "6"),
         ("pin_min_len", "6"),
         ("pin_max_len", "8"),
         ("pin_forbid_trivial", "on"),
@@ -2225,6 +2227,66 @@ async fn an_administrator_sets_the_mobile_rules_and_a_refused_limit_names_its_fi
     );
     let events = app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").count();
     assert_eq!(events, 2);
+}
+
+#[tokio::test]
+async fn an_administrator_sets_the_fido_pin_mode_and_its_minimum_length() {
+    let app = setup().await;
+    let group = app.db.begin().await.unwrap().list_groups().await.unwrap().remove(0);
+    let uri = format!("/portal/admin/groups/{}", group.id);
+    let origin = ("origin", "https://lanyard.test");
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    let form = app.page("GET", &uri, &[c], None).await;
+    for shown in [
+        "<option value=\"none\" selected>",
+        "<option value=\"temporary\">",
+        "id=\"fido_min_pin_length\" name=\"fido_min_pin_length\" value=\"6\"",
+        "id=\"fido_pin_mode-hint\"",
+    ] {
+        assert!(form.text.contains(shown), "{shown} missing:\n{}", form.text);
+    }
+    // Shared mode with a FIDO minimum above the shortest device PIN: the device PIN could not
+    // become the FIDO PIN. Refused under the field, nothing saved.
+    let body =
+        policy_form_with(&token, &[("fido_pin_mode", Some("shared")), ("fido_min_pin_length", Some("7"))]);
+    let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(
+        p.text.contains(
+            "id=\"fido_min_pin_length-error\">fido_min_pin_length (7) must not exceed pin.min_len (6)"
+        ),
+        "{}",
+        p.text
+    );
+    for (sent, message) in [
+        ("3", "fido_min_pin_length must be between 4 and 63, got 3"),
+        ("64", "fido_min_pin_length must be between 4 and 63, got 64"),
+        ("four", "Shortest FIDO PIN: enter a whole number, &#34;four&#34; is not one in range."),
+    ] {
+        let body = policy_form_with(&token, &[("fido_min_pin_length", Some(sent))]);
+        let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{sent}");
+        assert!(p.text.contains(message), "{sent}: {}", p.text);
+    }
+    let unchanged = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.policy, group.policy);
+    let body = policy_form_with(
+        &token,
+        &[("fido_pin_mode", Some("temporary")), ("fido_min_pin_length", Some("10"))],
+    );
+    let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let saved = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(
+        saved.policy,
+        Policy { fido_pin_mode: FidoPinMode::Temporary, fido_min_pin_length: 10, ..group.policy.clone() }
+    );
+    // The API shows the same fields.
+    let r = app.bearer("GET", "/api/v1/groups", &app.admin.token).await;
+    let listed = r.body.as_array().unwrap().iter().find(|g| g["id"] == group.id.to_string()).unwrap().clone();
+    assert_eq!(listed["policy"]["fido_pin_mode"], "temporary", "{listed}");
+    assert_eq!(listed["policy"]["fido_min_pin_length"], 10);
 }
 
 #[tokio::test]

@@ -20,8 +20,8 @@ pub use device::{Device, DeviceClass, DeviceKind, DeviceLink, LinkKind};
 pub use enrollment::{EnrollmentCode, EnrollmentError, EnrollmentKind, EnrollmentPurpose, ExternalSponsor};
 pub use job::{JOB_LEASE, Job, JobError, JobKind, JobLease, JobState, JobStep, StepOutcome};
 pub use policy::{
-    FidoPinMode, InitialPinDisplay, PinRuleError, PinRules, Policy, PolicyDenied, PolicyError, PolicyErrors,
-    SlotProfile,
+    DEFAULT_FIDO_MIN_PIN_LENGTH, FIDO_MIN_PIN_LENGTH_RANGE, FidoPinMode, FidoPinRuleError, FidoPinRules,
+    InitialPinDisplay, PinRuleError, PinRules, Policy, PolicyDenied, PolicyError, PolicyErrors, SlotProfile,
 };
 pub use user::{Email, Group, Role, User, Username};
 
