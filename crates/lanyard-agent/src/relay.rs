@@ -416,6 +416,10 @@ impl<C: SessionCard> Relay<C> {
                 };
                 self.set_pin(seq, command, &rules, (deadline, answer_within_secs), pins, link, progress)
             }
+            ServerFrame::Ctap { seq, .. } => {
+                // Feature `ctap` is not listed in this agent's hello, so no server sends this.
+                Next::Send(error_frame(Some(seq), "this agent does not relay CTAP (feature `ctap`)"))
+            }
             ServerFrame::Done { device, state } => {
                 Next::Finish(Outcome { device, state, pin: self.pin.clone() })
             }

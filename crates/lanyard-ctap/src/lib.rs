@@ -6,9 +6,12 @@
 //!   authenticatorConfig and Reset;
 //! - [`cbor`]: canonical CBOR encoding and a strict decoder;
 //! - [`consts`]: command bytes, subcommands, permissions, status codes, the NFC binding's numbers;
-//! - [`pin_protocol`]: PIN/UV auth protocols 1 and 2, for either side.
+//! - [`pin_protocol`]: PIN/UV auth protocols 1 and 2, for either side;
+//! - [`transport`]: how a client reaches an authenticator: ISO 7816 APDUs (NFC, PC/SC) and USB
+//!   HID (CTAPHID, Linux hidraw).
 
 pub mod cbor;
 pub mod client;
 pub mod consts;
 pub mod pin_protocol;
+pub mod transport;

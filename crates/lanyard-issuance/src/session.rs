@@ -96,6 +96,31 @@ pub trait AgentLink: Send {
         commands: &[Command],
     ) -> impl Future<Output = Result<Vec<Response>, SessionError>> + Send;
 
+    /// Whether the agent relays CTAP to the card's FIDO authenticator (feature `ctap` in its
+    /// `hello`). [`AgentLink::ctap_batch`] fails at once on an agent that does not.
+    fn ctap_supported(&self) -> bool;
+
+    /// Sends a batch of CTAP requests to the card's FIDO authenticator and returns its answers
+    /// in order. Each request is the command byte followed by its CBOR parameters (canonical,
+    /// `lanyard_ctap::cbor::encode`); each answer is the status byte followed by its CBOR. The
+    /// agent stops after the first answer whose status is not `00` (CTAP2_OK), so there may be
+    /// fewer answers than requests, and only the last may carry an error status; the link checks
+    /// that. `step` and `progress` (done, total) are for the holder's display, as for
+    /// [`AgentLink::transmit`], and the deadline is the same.
+    ///
+    /// An error from the agent ([`SessionError::AgentError`]: no FIDO authenticator reachable,
+    /// or the transport failed) leaves the session running: the agent still relays PIV batches,
+    /// so the caller may decide to go on without FIDO. Over PC/SC the agent SELECTs the FIDO
+    /// application for the batch and the PIV application again before the next `transmit`, so
+    /// PIV's security state (verified PIN, authenticated management key) does not survive a CTAP
+    /// batch: authenticate again after one.
+    fn ctap_batch(
+        &mut self,
+        step: &str,
+        progress: (usize, usize),
+        requests: &[Vec<u8>],
+    ) -> impl Future<Output = Result<Vec<Vec<u8>>, SessionError>> + Send;
+
     /// Asks the agent to change the PIN from `old_pin` to one the holder types under `rules`.
     fn change_pin(
         &mut self,

@@ -45,6 +45,14 @@
 //! - feature `server_pin` ([`link::FEATURE_SERVER_PIN`]): an agent that lists it in a session's
 //!   `hello` takes the new PIN from `change_pin`/`unblock_pin`'s optional `new_pin` when the
 //!   server sends one (a PIN the holder typed in the portal), and asks locally otherwise;
+//! - feature `ctap` ([`link::FEATURE_CTAP`]): an agent that lists it in a session's `hello` relays
+//!   [`ServerFrame::Ctap`] batches to the card's FIDO authenticator (over PC/SC, or USB HID for
+//!   a YubiKey whose FIDO application is not on CCID) and answers [`AgentFrame::CtapResponses`].
+//!   The agent lists it in the link's `hello` too, so the portal can tell before a job starts.
+//!   The server sends `ctap` to no other agent: an agent without the feature would answer the
+//!   unknown frame with `error` and end the session, so a server that needs the FIDO half of a
+//!   key tells the holder to update the agent before it touches the card. A newer agent with an
+//!   older server loses nothing: the older server ignores the feature;
 //! - a change that an older peer would misread (a field whose absence changes the meaning, a
 //!   removed frame) raises [`PROTOCOL_VERSION`], and both sides refuse a peer of another version
 //!   with an error naming both.
@@ -78,6 +86,9 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// Most commands one `transmit` frame may carry; the personalization engine's largest batch has
 /// about 30.
 pub const MAX_BATCH: usize = 256;
+/// Most requests one `ctap` frame may carry. The FIDO steps of an issuance need a handful
+/// (getInfo, getKeyAgreement, setPIN, a token, authenticatorConfig).
+pub const MAX_CTAP_BATCH: usize = 16;
 /// What the server waits beyond a frame's `answer_within_secs` before it gives up on the answer:
 /// the time the request and the answer spend in transit, and the card's own work after the
 /// agent's last check of the deadline.
@@ -185,6 +196,13 @@ pub enum ServerFrame {
     /// One round trip: send `apdus` (hex, short or extended form) in order, stop at the first
     /// status word other than `9000`, answer `responses`. `done` of `total` steps are complete.
     Transmit { seq: u64, step: String, done: u32, total: u32, apdus: Vec<String>, answer_within_secs: u32 },
+    /// One round trip with the card's FIDO authenticator (feature `ctap` only): send each of
+    /// `requests` (hex of the CTAP command byte followed by its CBOR parameters) in order, stop
+    /// after the first response whose status byte is not `00`, answer `ctap_responses`. The
+    /// agent picks the transport (PC/SC on the session's reader, else USB HID for a YubiKey);
+    /// one it cannot reach, or that fails, is answered with `error` and the session goes on.
+    /// `done` of `total` steps are complete, as for `transmit`.
+    Ctap { seq: u64, step: String, done: u32, total: u32, requests: Vec<String>, answer_within_secs: u32 },
     /// Set the holder's PIN with CHANGE REFERENCE DATA from `old_pin`, within the deadline;
     /// answer `pin_changed`, `pin_change_skipped` or `error`.
     /// `new_pin` (feature `server_pin` only) is the new PIN the holder typed in the portal; the
@@ -218,6 +236,7 @@ impl ServerFrame {
     pub fn answer_within(&self) -> Option<Duration> {
         match self {
             ServerFrame::Transmit { answer_within_secs, .. }
+            | ServerFrame::Ctap { answer_within_secs, .. }
             | ServerFrame::ChangePin { answer_within_secs, .. }
             | ServerFrame::UnblockPin { answer_within_secs, .. } => {
                 Some(Duration::from_secs(u64::from(*answer_within_secs)))
@@ -230,6 +249,7 @@ impl ServerFrame {
     pub fn seq(&self) -> Option<u64> {
         match self {
             ServerFrame::Transmit { seq, .. }
+            | ServerFrame::Ctap { seq, .. }
             | ServerFrame::ChangePin { seq, .. }
             | ServerFrame::UnblockPin { seq, .. } => Some(*seq),
             ServerFrame::Done { .. } | ServerFrame::Error { .. } => None,
@@ -257,13 +277,17 @@ pub enum AgentFrame {
         reader: String,
         /// The card's ATR, hex.
         atr: String,
-        /// Optional abilities beyond the version's base (none are defined in version 1).
+        /// Optional abilities beyond the version's base: `server_pin`, `ctap`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         features: Vec<String>,
     },
     /// The card's answers to `transmit` `seq` (data and status word, hex), possibly fewer than
     /// the commands.
     Responses { seq: u64, responses: Vec<String> },
+    /// The authenticator's answers to `ctap` `seq` (hex of the status byte followed by its CBOR
+    /// response), in order; fewer than the requests when one failed (its status byte is not
+    /// `00`, and it is the last).
+    CtapResponses { seq: u64, responses: Vec<String> },
     /// The card took the new PIN; `sw` is its status word (`9000`).
     PinChanged { seq: u64, sw: String },
     /// The holder kept the initial PIN.

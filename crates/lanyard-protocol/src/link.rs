@@ -48,6 +48,9 @@ pub const MAX_READERS: usize = 64;
 /// The feature an agent announces (in a session's `hello`) when it takes the new PIN from
 /// `change_pin`/`unblock_pin`'s `new_pin` instead of asking locally.
 pub const FEATURE_SERVER_PIN: &str = "server_pin";
+/// The feature an agent announces (in a session's `hello`, and in the link's) when it relays
+/// `ctap` frames to the card's FIDO authenticator.
+pub const FEATURE_CTAP: &str = "ctap";
 /// The feature an agent announces (in the link's `hello`) when it runs `start_session`.
 pub const FEATURE_SESSIONS: &str = "sessions";
 

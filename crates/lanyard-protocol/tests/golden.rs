@@ -31,6 +31,17 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             },
         ),
         (
+            "server_ctap",
+            ServerFrame::Ctap {
+                seq: 5,
+                step: "fido_pin".into(),
+                done: 1,
+                total: 9,
+                requests: vec!["04".into(), "06A201010201".into()],
+                answer_within_secs: 120,
+            },
+        ),
+        (
             "server_change_pin",
             ServerFrame::ChangePin {
                 seq: 7,
@@ -101,6 +112,13 @@ fn agent_frames() -> Vec<(&'static str, AgentFrame)> {
                 responses: vec!["61114F0600001000010079074F05A000000308".into(), "6A82".into()],
             },
         ),
+        (
+            "agent_ctap_responses",
+            AgentFrame::CtapResponses {
+                seq: 5,
+                responses: vec!["00A10181684649444F5F325F30".into(), "31".into()],
+            },
+        ),
         ("agent_pin_changed", AgentFrame::PinChanged { seq: 7, sw: "9000".into() }),
         ("agent_pin_change_skipped", AgentFrame::PinChangeSkipped { seq: 7 }),
         (
@@ -130,6 +148,7 @@ fn golden(name: &str) -> String {
 fn server_kind(f: &ServerFrame) -> &'static str {
     match f {
         ServerFrame::Transmit { .. } => "transmit",
+        ServerFrame::Ctap { .. } => "ctap",
         ServerFrame::ChangePin { .. } => "change_pin",
         ServerFrame::UnblockPin { .. } => "unblock_pin",
         ServerFrame::Done { .. } => "done",
@@ -141,6 +160,7 @@ fn agent_kind(f: &AgentFrame) -> &'static str {
     match f {
         AgentFrame::Hello { .. } => "hello",
         AgentFrame::Responses { .. } => "responses",
+        AgentFrame::CtapResponses { .. } => "ctap_responses",
         AgentFrame::PinChanged { .. } => "pin_changed",
         AgentFrame::PinChangeSkipped { .. } => "pin_change_skipped",
         AgentFrame::Error { .. } => "error",
@@ -158,7 +178,7 @@ fn server_frames_match_their_golden_json_both_ways() {
         assert_eq!(tag["type"], server_kind(frame), "{name}");
     }
     let kinds: std::collections::BTreeSet<_> = frames.iter().map(|(_, f)| server_kind(f)).collect();
-    assert_eq!(kinds.len(), 5, "every server frame has a golden file");
+    assert_eq!(kinds.len(), 6, "every server frame has a golden file");
     assert!(frames.len() > kinds.len(), "change_pin with and without new_pin");
 }
 
@@ -173,7 +193,7 @@ fn agent_frames_match_their_golden_json_both_ways() {
         assert_eq!(tag["type"], agent_kind(frame), "{name}");
     }
     let kinds: std::collections::BTreeSet<_> = frames.iter().map(|(_, f)| agent_kind(f)).collect();
-    assert_eq!(kinds.len(), 5, "every agent frame has a golden file");
+    assert_eq!(kinds.len(), 6, "every agent frame has a golden file");
 }
 
 /// Fields a later feature adds are ignored by this version; frames it does not know are not.
@@ -186,6 +206,29 @@ fn unknown_fields_are_ignored_and_unknown_frames_refused() {
     // A deadline is not optional: an agent without one would not know when to stop.
     let no_deadline = r#"{"type":"change_pin","seq":7,"old_pin":"123456","rules":{"min_len":6,"max_len":8,"forbid_trivial":true}}"#;
     assert!(ServerFrame::parse(no_deadline).unwrap_err().to_string().contains("answer_within_secs"));
+}
+
+/// `ctap` is additive (feature `ctap`): an agent of this version that lacks the feature cannot
+/// read it and says so with `error`, which is why the server sends it only to agents that listed
+/// the feature. Its requests and the answers are hex and nothing else.
+#[test]
+fn ctap_frames_are_a_feature_not_a_new_version() {
+    use lanyard_protocol::link::FEATURE_CTAP;
+    assert_eq!(FEATURE_CTAP, "ctap");
+    let json = golden("server_ctap");
+    let frame = ServerFrame::parse(&json).unwrap();
+    assert_eq!(frame.seq(), Some(5));
+    assert_eq!(frame.answer_within(), Some(std::time::Duration::from_secs(120)));
+    let no_requests = r#"{"type":"ctap","seq":5,"step":"s","done":0,"total":1,"answer_within_secs":1}"#;
+    assert!(ServerFrame::parse(no_requests).unwrap_err().to_string().contains("requests"));
+    let no_deadline = r#"{"type":"ctap","seq":5,"step":"s","done":0,"total":1,"requests":["04"]}"#;
+    assert!(ServerFrame::parse(no_deadline).unwrap_err().to_string().contains("answer_within_secs"));
+    // The two answer kinds stay apart: PIV responses are not CTAP responses.
+    assert!(matches!(
+        AgentFrame::parse(&golden("agent_ctap_responses")).unwrap(),
+        AgentFrame::CtapResponses { .. }
+    ));
+    assert!(matches!(AgentFrame::parse(&golden("agent_responses")).unwrap(), AgentFrame::Responses { .. }));
 }
 
 fn job() -> lanyard_core::ids::JobId {

@@ -24,6 +24,8 @@ fn agent_frame() -> impl Strategy<Value = AgentFrame> {
             }),
         (any::<u64>(), proptest::collection::vec(hex(), 0..8))
             .prop_map(|(seq, responses)| AgentFrame::Responses { seq, responses }),
+        (any::<u64>(), proptest::collection::vec(hex(), 0..8))
+            .prop_map(|(seq, responses)| AgentFrame::CtapResponses { seq, responses }),
         (any::<u64>(), "[0-9A-F]{4}").prop_map(|(seq, sw)| AgentFrame::PinChanged { seq, sw }),
         any::<u64>().prop_map(|seq| AgentFrame::PinChangeSkipped { seq }),
         (proptest::option::of(any::<u64>()), ".{0,80}")
@@ -47,6 +49,22 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 done,
                 total,
                 apdus,
+                answer_within_secs,
+            }),
+        (
+            any::<u64>(),
+            "[a-z_]{1,24}",
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(hex(), 0..8),
+            any::<u32>()
+        )
+            .prop_map(|(seq, step, done, total, requests, answer_within_secs)| ServerFrame::Ctap {
+                seq,
+                step,
+                done,
+                total,
+                requests,
                 answer_within_secs,
             }),
         ".{0,80}".prop_map(|message| ServerFrame::Error { message }),
@@ -157,7 +175,7 @@ proptest! {
 
     #[test]
     fn json_shaped_garbage_is_an_error_or_a_frame(
-        kind in prop_oneof![Just("hello"), Just("responses"), Just("transmit"), Just("change_pin"), Just("x")],
+        kind in prop_oneof![Just("hello"), Just("responses"), Just("transmit"), Just("change_pin"), Just("ctap"), Just("ctap_responses"), Just("x")],
         seq in prop_oneof![Just("1".to_owned()), Just("-1".to_owned()), Just("1e99".to_owned()), Just("\"1\"".to_owned()), Just("null".to_owned())],
         extra in ".{0,40}",
     ) {

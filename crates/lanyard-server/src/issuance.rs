@@ -25,10 +25,10 @@ use lanyard_core::secrets::Kek;
 use lanyard_issuance::sponsor::{FetchResult, RevocationFetch, SponsorTrust};
 use lanyard_issuance::{AgentLink, Authority, CardSession, PinAnswer, SessionError};
 use lanyard_piv::apdu::{Command, Response as CardResponse};
-use lanyard_protocol::link::FEATURE_SERVER_PIN;
+use lanyard_protocol::link::{FEATURE_CTAP, FEATURE_SERVER_PIN};
 use lanyard_protocol::{
-    AgentFrame, MAX_BATCH, MAX_FRAME, PROTOCOL_VERSION, Secret, ServerFrame, Side, VERSION_HEADER,
-    check_version, server_wait,
+    AgentFrame, MAX_BATCH, MAX_CTAP_BATCH, MAX_FRAME, PROTOCOL_VERSION, Secret, ServerFrame, Side,
+    VERSION_HEADER, check_version, server_wait,
 };
 use secrecy::{ExposeSecret, SecretString};
 use time::Duration;
@@ -247,6 +247,7 @@ async fn accept<R: Repo + 'static>(
                 job: job.id,
                 pins: std::sync::Arc::clone(&s.pins),
                 server_pin: false,
+                ctap: false,
             };
             session.run(s, cfg, job, op).await;
         })
@@ -362,6 +363,8 @@ struct Session {
     pins: Arc<PinDesk>,
     /// The agent takes a new PIN from the server (feature `server_pin` in its hello).
     server_pin: bool,
+    /// The agent relays `ctap` frames (feature `ctap` in its hello).
+    ctap: bool,
 }
 
 impl Session {
@@ -456,6 +459,53 @@ impl Session {
         }
     }
 
+    /// Sends one batch of CTAP requests (`ctap`) and returns the authenticator's answers, checked
+    /// against the rules of the frame: no more answers than requests, each at least a status
+    /// byte, an error status only on the last, and fewer answers only after an error status.
+    async fn ctap_batch(
+        &mut self,
+        step: &str,
+        (done, total): (usize, usize),
+        requests: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, SessionError> {
+        if !self.ctap {
+            return Err(SessionError::AgentError(format!(
+                "this agent cannot reach FIDO authenticators (feature {FEATURE_CTAP}); update it"
+            )));
+        }
+        if requests.is_empty() || requests.len() > MAX_CTAP_BATCH {
+            return Err(SessionError::Server(format!(
+                "a CTAP batch holds 1 to {MAX_CTAP_BATCH} requests, not {}",
+                requests.len()
+            )));
+        }
+        if let Some(i) = requests.iter().position(Vec::is_empty) {
+            return Err(SessionError::Server(format!("CTAP request {i} has no command byte")));
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let answer_within_secs = self.answer_within_secs;
+        let frame = ServerFrame::Ctap {
+            seq,
+            step: step.to_owned(),
+            done: count(done),
+            total: count(total),
+            requests: requests.iter().map(hex::encode_upper).collect(),
+            answer_within_secs,
+        };
+        self.send(&frame).await?;
+        match self.receive(answer_within_secs).await? {
+            AgentFrame::CtapResponses { seq: got, responses } if got == seq => {
+                check_ctap_responses(requests.len(), &responses)
+            }
+            other => Err(SessionError::Protocol(format!(
+                "expected CTAP responses to message {seq}, got {}",
+                frame_kind(&other)
+            ))),
+        }
+    }
+
     /// The new PIN for a `change_pin`/`unblock_pin` frame and the agent's deadline for it. For a
     /// session whose PIN comes from the portal (and an agent that takes it), waits for the
     /// holder's answer there: `None` when they kept the initial PIN or gave none in time, so no
@@ -506,6 +556,7 @@ impl Session {
             Ok(AgentFrame::Hello { agent, reader, atr, features, .. }) => {
                 tracing::info!(job = %job.id, %agent, %reader, %atr, "agent connected");
                 self.server_pin = features.iter().any(|f| f == FEATURE_SERVER_PIN);
+                self.ctap = features.iter().any(|f| f == FEATURE_CTAP);
                 Ok(())
             }
             Ok(other) => Err(SessionError::Protocol(format!("expected hello, got {other:?}"))),
@@ -556,6 +607,19 @@ impl AgentLink for Session {
         commands: &[Command],
     ) -> Result<Vec<CardResponse>, SessionError> {
         Session::transmit(self, step, progress, commands).await
+    }
+
+    fn ctap_supported(&self) -> bool {
+        self.ctap
+    }
+
+    async fn ctap_batch(
+        &mut self,
+        step: &str,
+        progress: (usize, usize),
+        requests: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, SessionError> {
+        Session::ctap_batch(self, step, progress, requests).await
     }
 
     async fn change_pin(
@@ -637,11 +701,101 @@ impl AgentLink for Session {
     }
 }
 
+/// A frame's kind and sequence number, for an error: never its content (CTAP answers carry
+/// encrypted PINs and tokens).
+fn frame_kind(frame: &AgentFrame) -> String {
+    let text = frame.to_text();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let kind = value.get("type").and_then(serde_json::Value::as_str).unwrap_or("?");
+    match value.get("seq").and_then(serde_json::Value::as_u64) {
+        Some(seq) => format!("`{kind}` for message {seq}"),
+        None => format!("`{kind}`"),
+    }
+}
+
+/// Decodes the agent's answers to `sent` CTAP requests and checks them against the rules of
+/// `ctap`: at most one answer per request, each at least a status byte, only the last with an
+/// error status, and fewer answers than requests only when the last has one.
+pub(crate) fn check_ctap_responses(sent: usize, responses: &[String]) -> Result<Vec<Vec<u8>>, SessionError> {
+    let bad = |m: String| Err(SessionError::Protocol(m));
+    if responses.len() > sent {
+        return bad(format!("{} CTAP responses to {sent} requests", responses.len()));
+    }
+    let mut out = Vec::with_capacity(responses.len());
+    for (i, r) in responses.iter().enumerate() {
+        let bytes = match hex::decode(r) {
+            Ok(b) => b,
+            Err(e) => return bad(format!("CTAP response {i} is not hex: {e}")),
+        };
+        let Some(&status) = bytes.first() else {
+            return bad(format!("CTAP response {i} has no status byte"));
+        };
+        if status != lanyard_ctap::consts::status::OK && i + 1 != responses.len() {
+            return bad(format!(
+                "CTAP response {i} has status {status:#04x} ({}) but more responses follow it",
+                lanyard_ctap::consts::status::name(status)
+            ));
+        }
+        out.push(bytes);
+    }
+    let stopped = out.last().is_some_and(|r| r.first() != Some(&lanyard_ctap::consts::status::OK));
+    if out.len() < sent && !stopped {
+        return bad(format!(
+            "{} CTAP responses to {sent} requests, and the last one is not an error",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
 /// The agent's answer to PIN request `seq`.
 fn pin_answer(frame: AgentFrame, seq: u64, expected: &str) -> Result<PinAnswer, SessionError> {
     match frame {
         AgentFrame::PinChanged { seq: got, sw } if got == seq => Ok(PinAnswer::Sent { sw }),
         AgentFrame::PinChangeSkipped { seq: got } if got == seq => Ok(PinAnswer::Skipped),
         other => Err(SessionError::Protocol(format!("expected {expected}, got {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn ctap_answers_follow_the_frame_rules() {
+        // All answered, all OK; or stopped at the failing one.
+        let ok = check_ctap_responses(2, &texts(&["00A10102", "00"])).unwrap();
+        assert_eq!(ok, vec![vec![0x00, 0xA1, 0x01, 0x02], vec![0x00]]);
+        let stopped = check_ctap_responses(3, &texts(&["00", "31"])).unwrap();
+        assert_eq!(stopped, vec![vec![0x00], vec![0x31]]);
+        assert_eq!(check_ctap_responses(1, &texts(&["31"])).unwrap(), vec![vec![0x31]]);
+        // An error status that is not the last answer.
+        let e = check_ctap_responses(2, &texts(&["31", "00"])).unwrap_err().to_string();
+        assert!(e.contains("CTAP2_ERR_PIN_INVALID") && e.contains("more responses follow"), "{e}");
+        // Fewer answers without an error to explain it.
+        let e = check_ctap_responses(2, &texts(&["00"])).unwrap_err().to_string();
+        assert!(e.contains("1 CTAP responses to 2 requests"), "{e}");
+        let e = check_ctap_responses(1, &[]).unwrap_err().to_string();
+        assert!(e.contains("0 CTAP responses to 1 requests"), "{e}");
+        // More answers than requests, no status byte, not hex.
+        assert!(check_ctap_responses(1, &texts(&["00", "00"])).unwrap_err().to_string().contains("2 CTAP"));
+        assert!(check_ctap_responses(1, &texts(&[""])).unwrap_err().to_string().contains("no status byte"));
+        assert!(check_ctap_responses(1, &texts(&["0G"])).unwrap_err().to_string().contains("not hex"));
+    }
+
+    #[test]
+    fn an_unexpected_frame_is_named_without_its_content() {
+        let frame = AgentFrame::Responses { seq: 4, responses: vec!["DEADBEEF9000".into()] };
+        let named = frame_kind(&frame);
+        assert_eq!(named, "`responses` for message 4");
+        assert!(!named.contains("DEADBEEF"));
+        assert_eq!(
+            frame_kind(&AgentFrame::PinChangeSkipped { seq: 1 }),
+            "`pin_change_skipped` for message 1"
+        );
     }
 }

@@ -281,6 +281,7 @@ async fn relay(app: &App, ticket: &str, card: &mut Card, cut_after: Option<usize
             }
             ServerFrame::Done { state, .. } => return End::Done(state.to_string()),
             ServerFrame::Error { message } => return End::Error(message),
+            ServerFrame::Ctap { .. } => panic!("`ctap` sent to an agent that did not list the feature"),
         };
         ws.send(Message::text(answer.to_text())).await.unwrap();
     }
