@@ -14,4 +14,6 @@ pub mod cbor;
 pub mod client;
 pub mod consts;
 pub mod pin_protocol;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;

@@ -1,242 +1,16 @@
-//! The FIDO phase against a small CTAP authenticator built here on the authenticator side of
-//! `lanyard_ctap::pin_protocol`: it checks every request the way CTAP 2.1 says an authenticator
-//! does (MACs, PIN hashes, minimum length, forcePINChange), so a passing run means the phase sent
-//! what a real key would accept, and the PIN it ends with is the one this test expects.
+//! The FIDO phase against `lanyard_ctap::testing::SoftKey`, an authenticator's PIN state built on
+//! the authenticator side of `lanyard_ctap::pin_protocol`: it checks every request the way CTAP
+//! 2.1 says an authenticator does (MACs, PIN hashes, minimum length, forcePINChange), so a
+//! passing run means the phase sent what a key would accept, and the PIN it ends with is the one
+//! this test expects.
 
-use lanyard_ctap::cbor::{self, MapRef, Value};
-use lanyard_ctap::consts::{cmd, config_sub, pin_sub, status};
-use lanyard_ctap::pin_protocol::{self, KeyPair, PinProtocol, pin_hash};
+use lanyard_ctap::consts::{cmd, status};
+use lanyard_ctap::pin_protocol::{KeyPair, PinProtocol};
 use secrecy::SecretString;
 
 use super::*;
 
-/// A CTAP 2.1 authenticator's PIN state.
-struct Key {
-    agreement: KeyPair,
-    pin_hash: Option<[u8; 16]>,
-    pin_len: usize,
-    min_len: u64,
-    force_change: bool,
-    retries: u8,
-    token: Vec<u8>,
-    token_permissions: u8,
-    protocols: Vec<u64>,
-    set_min_supported: bool,
-    /// Every command byte received, in order.
-    seen: Vec<u8>,
-}
-
-impl Key {
-    fn new() -> Self {
-        Self {
-            agreement: KeyPair::generate(),
-            pin_hash: None,
-            pin_len: 0,
-            min_len: 4,
-            force_change: false,
-            retries: 8,
-            token: vec![0x42; 32],
-            token_permissions: 0,
-            protocols: vec![2, 1],
-            set_min_supported: true,
-            seen: Vec::new(),
-        }
-    }
-
-    fn with_pin(pin: &str) -> Self {
-        let mut k = Self::new();
-        k.pin_hash = Some(pin_hash(pin));
-        k.pin_len = pin.chars().count();
-        k
-    }
-
-    fn info(&self) -> Vec<u8> {
-        let mut options =
-            vec![("rk", Value::Bool(true)), ("clientPin", Value::Bool(self.pin_hash.is_some()))];
-        if self.set_min_supported {
-            options.push(("setMinPINLength", Value::Bool(true)));
-        }
-        ok(cbor::int_map([
-            (1, Value::Array(vec![Value::Text("FIDO_2_1".into())])),
-            (3, Value::Bytes(vec![0xAA; 16])),
-            (4, cbor::text_map(options)),
-            (6, Value::Array(self.protocols.iter().map(|p| Value::Integer((*p).into())).collect())),
-            (0x0C, Value::Bool(self.force_change)),
-            (0x0D, Value::Integer(self.min_len.into())),
-        ]))
-    }
-
-    fn handle(&mut self, request: &[u8]) -> Vec<u8> {
-        let Some((&c, body)) = request.split_first() else { return vec![status::INVALID_LENGTH] };
-        self.seen.push(c);
-        let params =
-            if body.is_empty() { cbor::int_map([]) } else { cbor::decode(body).expect("canonical CBOR") };
-        let m = MapRef::new(&params).expect("a map");
-        match c {
-            cmd::GET_INFO => self.info(),
-            cmd::RESET => {
-                let fresh = Key {
-                    protocols: self.protocols.clone(),
-                    seen: std::mem::take(&mut self.seen),
-                    ..Key::new()
-                };
-                *self = fresh;
-                vec![0]
-            }
-            cmd::CONFIG => self.config(&m),
-            cmd::CLIENT_PIN => self.client_pin(&m),
-            _ => vec![status::INVALID_COMMAND],
-        }
-    }
-
-    fn config(&mut self, m: &MapRef<'_>) -> Vec<u8> {
-        assert_eq!(m.uint(1), Ok(Some(config_sub::SET_MIN_PIN_LENGTH)));
-        let params = m.get(2).cloned().unwrap_or_else(|| cbor::int_map([]));
-        if self.pin_hash.is_some() {
-            let Some(param) = m.bytes(4).unwrap() else { return vec![status::PUAT_REQUIRED] };
-            let p = PinProtocol::from_number(m.uint(3).unwrap().unwrap()).unwrap();
-            let mut message = vec![0xFF; 32];
-            message.extend_from_slice(&[0x0D, 0x03]);
-            message.extend_from_slice(&cbor::encode(&params));
-            if !pin_protocol::verify(p, &self.token, &message, param) {
-                return vec![status::PIN_AUTH_INVALID];
-            }
-            if self.token_permissions & 0x20 == 0 {
-                return vec![status::UNAUTHORIZED_PERMISSION];
-            }
-        }
-        let pm = MapRef::new(&params).unwrap();
-        if let Some(n) = pm.uint(1).unwrap() {
-            if n < self.min_len {
-                return vec![status::PIN_POLICY_VIOLATION];
-            }
-            self.min_len = n;
-            if self.pin_hash.is_some() && (self.pin_len as u64) < n {
-                self.force_change = true;
-            }
-        }
-        if pm.get(3) == Some(&Value::Bool(true)) {
-            if self.pin_hash.is_none() {
-                return vec![status::PIN_NOT_SET];
-            }
-            self.force_change = true;
-        }
-        vec![0]
-    }
-
-    fn client_pin(&mut self, m: &MapRef<'_>) -> Vec<u8> {
-        let sub = m.uint(2).unwrap().unwrap();
-        if sub == pin_sub::GET_KEY_AGREEMENT {
-            return ok(cbor::int_map([(1, self.agreement.public_cose())]));
-        }
-        if sub == pin_sub::GET_RETRIES {
-            return ok(cbor::int_map([(3, Value::Integer(self.retries.into()))]));
-        }
-        let p = PinProtocol::from_number(m.uint(1).unwrap().unwrap()).unwrap();
-        let shared = self.agreement.agree(p, m.require(3).unwrap()).unwrap();
-        let check_new = |shared: &pin_protocol::SharedSecret, min: u64, extra: &[u8]| {
-            let enc = m.bytes(5).unwrap().unwrap();
-            if !shared.verify(&[enc, extra].concat(), m.bytes(4).unwrap().unwrap()) {
-                return Err(status::PIN_AUTH_INVALID);
-            }
-            let pin = shared.decrypt_pin(enc).map_err(|_| status::PIN_POLICY_VIOLATION)?;
-            if (pin.chars().count() as u64) < min {
-                return Err(status::PIN_POLICY_VIOLATION);
-            }
-            Ok(pin)
-        };
-        match sub {
-            pin_sub::SET_PIN => {
-                if self.pin_hash.is_some() {
-                    return vec![status::NOT_ALLOWED];
-                }
-                match check_new(&shared, self.min_len, &[]) {
-                    Ok(pin) => {
-                        self.pin_hash = Some(pin_hash(&pin));
-                        self.pin_len = pin.chars().count();
-                        vec![0]
-                    }
-                    Err(s) => vec![s],
-                }
-            }
-            pin_sub::CHANGE_PIN => {
-                let hash_enc = m.bytes(6).unwrap().unwrap().to_vec();
-                if let Err(s) = self.check_hash(&shared, &hash_enc) {
-                    return vec![s];
-                }
-                match check_new(&shared, self.min_len, &hash_enc) {
-                    Ok(pin) if Some(pin_hash(&pin)) == self.pin_hash => vec![status::PIN_POLICY_VIOLATION],
-                    Ok(pin) => {
-                        self.pin_hash = Some(pin_hash(&pin));
-                        self.pin_len = pin.chars().count();
-                        self.force_change = false;
-                        vec![0]
-                    }
-                    Err(s) => vec![s],
-                }
-            }
-            pin_sub::GET_PIN_TOKEN | pin_sub::GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS => {
-                if let Err(s) = self.check_hash(&shared, m.bytes(6).unwrap().unwrap()) {
-                    return vec![s];
-                }
-                if self.force_change {
-                    return vec![status::PIN_POLICY_VIOLATION];
-                }
-                self.token_permissions = u8::try_from(m.uint(9).unwrap().unwrap_or(3)).unwrap();
-                ok(cbor::int_map([(2, Value::Bytes(shared.encrypt(&self.token).unwrap()))]))
-            }
-            _ => vec![status::INVALID_SUBCOMMAND],
-        }
-    }
-
-    fn check_hash(&mut self, shared: &pin_protocol::SharedSecret, enc: &[u8]) -> Result<(), u8> {
-        let Some(stored) = self.pin_hash else { return Err(status::PIN_NOT_SET) };
-        if self.retries == 0 {
-            return Err(status::PIN_BLOCKED);
-        }
-        let hash = shared.decrypt(enc).map_err(|_| status::PIN_AUTH_INVALID)?;
-        if hash[..] != stored[..] {
-            self.retries -= 1;
-            self.agreement = KeyPair::generate();
-            return Err(status::PIN_INVALID);
-        }
-        self.retries = 8;
-        Ok(())
-    }
-
-    /// What a client gets asking for a PIN token with `pin` (python-fido2's get_pin_token).
-    fn token_with(&mut self, pin: &str) -> Result<(), u8> {
-        let ka = lanyard_ctap::client::parse_key_agreement(
-            &self.handle(&client::get_key_agreement(PinProtocol::Two)),
-        )
-        .unwrap();
-        let platform = KeyPair::generate();
-        let shared = platform.agree(PinProtocol::Two, &ka).unwrap();
-        let answer = self.handle(&client::get_pin_token(&platform, &shared, pin).unwrap());
-        match answer[0] {
-            0 => Ok(()),
-            s => Err(s),
-        }
-    }
-
-    /// Runs `batch` as the agent does: in order, stopping after the first refusal.
-    fn run(&mut self, batch: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for request in batch {
-            let answer = self.handle(request);
-            let refused = answer.first() != Some(&0);
-            out.push(answer);
-            if refused {
-                break;
-            }
-        }
-        out
-    }
-}
-
-fn ok(v: Value) -> Vec<u8> {
-    [vec![0], cbor::encode(&v)].concat()
-}
+type Key = lanyard_ctap::testing::SoftKey;
 
 fn plan(mode: FidoMode, min: u8, pin: Option<&str>) -> FidoPlan {
     FidoPlan { mode, min_pin_length: min, server_pin: pin.map(SecretString::from), reset_consented: false }
@@ -280,7 +54,7 @@ fn a_holder_pin_below_the_minimum_is_refused_before_the_key_sees_it() {
     let mut engine = FidoEngine::new(plan(FidoMode::Independent, 8, None));
     let e = drive(&mut engine, &mut key, Some("short")).unwrap_err();
     assert!(e.to_string().contains("8 to 63 characters"), "{e}");
-    assert!(key.pin_hash.is_none());
+    assert!(!key.has_pin());
 }
 
 #[test]
@@ -429,7 +203,7 @@ fn keys_without_fido2_or_without_what_the_mode_needs() {
     let mut engine = FidoEngine::new(plan(FidoMode::Temporary, 4, Some("73920461")));
     let e = drive(&mut engine, &mut key, None).unwrap_err();
     assert!(matches!(e, FidoError::Unsupported { step: STEP_FIDO_DETECT, .. }), "{e}");
-    assert!(key.pin_hash.is_none());
+    assert!(!key.has_pin());
     // Protocol 1 only: the phase follows the key.
     let mut key = Key::new();
     key.protocols = vec![1];
