@@ -7,11 +7,14 @@
 //!   handles itself: it goes from a [`relay::PinSource`] to the card, never to the server, and
 //!   only before the server's deadline.
 //!
+//! - [`fido`]: where a session's CTAP requests go: the card's FIDO application over PC/SC, or a
+//!   YubiKey's USB HID interface.
 //! - [`portal`]: the loopback API the portal's pages call, origin-checked.
 //!
 //! The agent keeps no card secret beyond one session.
 
 pub mod cards;
+pub mod fido;
 pub mod link;
 pub mod portal;
 pub mod relay;

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use lanyard_core::ids::JobId;
 use lanyard_protocol::link::{
-    AgentLinkFrame, FEATURE_SERVER_PIN, FEATURE_SESSIONS, PING_INTERVAL_SECS, ReaderReport, ServerLinkFrame,
-    link_url,
+    AgentLinkFrame, FEATURE_CTAP, FEATURE_SERVER_PIN, FEATURE_SESSIONS, PING_INTERVAL_SECS, ReaderReport,
+    ServerLinkFrame, link_url,
 };
 use lanyard_protocol::{PROTOCOL_VERSION, Secret};
 use tungstenite::Message;
@@ -311,7 +311,11 @@ impl<W: Workstation> Agent<W> {
             protocol: PROTOCOL_VERSION,
             agent: AGENT_NAME.to_owned(),
             host: self.opts.host.clone(),
-            features: vec![FEATURE_SESSIONS.to_owned(), FEATURE_SERVER_PIN.to_owned()],
+            features: vec![
+                FEATURE_SESSIONS.to_owned(),
+                FEATURE_SERVER_PIN.to_owned(),
+                FEATURE_CTAP.to_owned(),
+            ],
         };
         if let Err(e) = ws.send(Message::text(hello.to_text())) {
             return format!("saying hello: {e}");

@@ -1,8 +1,9 @@
 //! A server-driven card session (DESIGN §4, `docs/agent.md`).
 //!
 //! The agent opens a WebSocket to the server with a one-time ticket, introduces the card, then
-//! does what each frame says: send a batch of APDUs and return the answers, or change the PIN
-//! with a new PIN it obtains locally. [`Relay`] handles one frame at a time and owns the card;
+//! does what each frame says: send a batch of APDUs and return the answers, send a batch of CTAP
+//! requests to the card's FIDO authenticator ([`crate::fido`]) and return its answers, or change
+//! the PIN with a new PIN it obtains locally. [`Relay`] handles one frame at a time and owns the card;
 //! [`run_session_with`] is the socket loop around it.
 
 use std::collections::VecDeque;
@@ -14,14 +15,17 @@ use std::time::{Duration, Instant};
 pub use lanyard_core::ids::DeviceId;
 pub use lanyard_core::lifecycle::DeviceState;
 use lanyard_core::model::{PinRuleError, PinRules};
+use lanyard_ctap::consts::status;
+use lanyard_ctap::transport::nfc::NfcCtap;
+use lanyard_ctap::transport::{CtapTransport, CtapTransportError, command_name};
 use lanyard_piv::apdu::Command;
 use lanyard_piv::transport::{PcscTransport, reader_states};
 use lanyard_piv::{ApduHandler, CardTransport, InProcess, Piv, PivError, TransportError, commands};
-use lanyard_protocol::link::FEATURE_SERVER_PIN;
+use lanyard_protocol::link::{FEATURE_CTAP, FEATURE_SERVER_PIN};
 use lanyard_protocol::url::parse_server;
 use lanyard_protocol::{
-    AgentFrame, MAX_BATCH, MAX_FRAME, PROTOCOL_VERSION, ServerFrame, Side, TICKET_HEADER, VERSION_HEADER,
-    check_version,
+    AgentFrame, MAX_BATCH, MAX_CTAP_BATCH, MAX_FRAME, PROTOCOL_VERSION, ServerFrame, Side, TICKET_HEADER,
+    VERSION_HEADER, check_version,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -31,6 +35,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::fido::{BoxedTransport, FidoHid, SysfsHid, is_yubikey_reader};
 use crate::{AGENT_NAME, AgentError};
 
 /// How many times a [`PinSource`] may offer a PIN that breaks the rules before the agent gives up.
@@ -94,6 +99,17 @@ pub enum Progress {
         step: String,
         done: u32,
         total: u32,
+    },
+    /// The agent reaches the card's FIDO authenticator through `via` (`PC/SC reader "…"`, or
+    /// `USB HID /dev/hidrawN (…)`) for this session's `ctap` frames.
+    FidoReached {
+        via: String,
+    },
+    /// The authenticator answered one CTAP request: the command's and the status's names only
+    /// (requests and answers carry encrypted PINs and tokens).
+    Ctap {
+        command: String,
+        status: String,
     },
     /// The server asks for the definitive PIN.
     PinRequested,
@@ -186,11 +202,21 @@ pub trait SessionCard: CardTransport {
     fn reopen(&mut self) -> bool {
         false
     }
+
+    /// The PC/SC reader's name, for a card in one: the relay looks for a YubiKey's FIDO HID
+    /// interface only when the reader is the key's own.
+    fn reader_name(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<T: SessionCard + ?Sized> SessionCard for &mut T {
     fn still_present(&mut self) -> bool {
         (**self).still_present()
+    }
+
+    fn reader_name(&self) -> Option<&str> {
+        (**self).reader_name()
     }
 
     fn reopen(&mut self) -> bool {
@@ -240,6 +266,10 @@ impl CardTransport for PcscCard {
 }
 
 impl SessionCard for PcscCard {
+    fn reader_name(&self) -> Option<&str> {
+        Some(self.transport.reader())
+    }
+
     fn still_present(&mut self) -> bool {
         let name = self.transport.reader();
         reader_states().is_ok_and(|states| states.iter().any(|s| s.name == name && s.card_present))
@@ -301,7 +331,7 @@ pub fn hello_frame(reader: &str, atr: &[u8]) -> String {
         agent: AGENT_NAME.to_owned(),
         reader: reader.to_owned(),
         atr: hex::encode_upper(atr),
-        features: vec![FEATURE_SERVER_PIN.to_owned()],
+        features: vec![FEATURE_SERVER_PIN.to_owned(), FEATURE_CTAP.to_owned()],
     }
     .to_text()
 }
@@ -344,6 +374,18 @@ impl PinCommand<'_> {
     }
 }
 
+/// Where this session's `ctap` frames go.
+enum FidoRoute {
+    /// Not looked for yet.
+    Unknown,
+    /// The FIDO application on the session's PC/SC connection.
+    Pcsc,
+    /// The key's USB HID interface.
+    Hid(BoxedTransport),
+    /// Nowhere: this says why.
+    Unavailable(String),
+}
+
 /// The card side of a session: answers the server's frames one at a time.
 pub struct Relay<C: SessionCard> {
     piv: Piv<C>,
@@ -351,11 +393,29 @@ pub struct Relay<C: SessionCard> {
     /// The card has answered a command of this session.
     answered: bool,
     pin: PinOutcome,
+    fido: FidoRoute,
+    /// The FIDO application was selected on the PC/SC connection (or a SELECT of it was tried)
+    /// since the last PIV batch, so the next batch needs PIV selected again.
+    fido_selected: bool,
+    hid: Box<dyn FidoHid>,
 }
 
 impl<C: SessionCard> Relay<C> {
     pub fn new(card: C) -> Self {
-        Self { piv: Piv::new(card), removed: false, answered: false, pin: PinOutcome::NotAsked }
+        Self::with_hid(card, Box::new(SysfsHid::default()))
+    }
+
+    /// A relay that looks for a YubiKey's FIDO HID interface through `hid`.
+    pub fn with_hid(card: C, hid: Box<dyn FidoHid>) -> Self {
+        Self {
+            piv: Piv::new(card),
+            removed: false,
+            answered: false,
+            pin: PinOutcome::NotAsked,
+            fido: FidoRoute::Unknown,
+            fido_selected: false,
+            hid,
+        }
     }
 
     /// The card, for inspection after the session.
@@ -416,9 +476,9 @@ impl<C: SessionCard> Relay<C> {
                 };
                 self.set_pin(seq, command, &rules, (deadline, answer_within_secs), pins, link, progress)
             }
-            ServerFrame::Ctap { seq, .. } => {
-                // Feature `ctap` is not listed in this agent's hello, so no server sends this.
-                Next::Send(error_frame(Some(seq), "this agent does not relay CTAP (feature `ctap`)"))
+            ServerFrame::Ctap { seq, step, done, total, requests, .. } => {
+                progress(&Progress::Step { step, done, total });
+                self.ctap(seq, &requests, deadline, progress)
             }
             ServerFrame::Done { device, state } => {
                 Next::Finish(Outcome { device, state, pin: self.pin.clone() })
@@ -487,6 +547,24 @@ impl<C: SessionCard> Relay<C> {
         if !self.ready() {
             return self.removed(seq);
         }
+        // After a CTAP batch the FIDO application is the selected one; the server's PIV batches
+        // other than the first of a session do not SELECT PIV themselves.
+        if self.fido_selected {
+            if commands.first().is_some_and(|c| c.ins != SELECT_INS) {
+                match self.piv.exchange(&lanyard_piv::commands::select()) {
+                    Ok(resp) if resp.sw.is_success() => {}
+                    Ok(resp) => {
+                        let message = format!(
+                            "the PIV application could not be selected again after the FIDO commands: {}",
+                            resp.sw
+                        );
+                        return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Card(message));
+                    }
+                    Err(e) => return self.card_failed(seq, e),
+                }
+            }
+            self.fido_selected = false;
+        }
         let mut responses = Vec::with_capacity(commands.len());
         for (i, mut command) in commands.into_iter().enumerate() {
             // The server no longer waits for this batch; the rest of it would change a card
@@ -530,6 +608,157 @@ impl<C: SessionCard> Relay<C> {
             }
         }
         Next::Send(AgentFrame::Responses { seq, responses }.to_text())
+    }
+
+    /// Runs a `ctap` batch: each request in order through the route found for this session,
+    /// stopping after the first answer whose status is not CTAP2_OK. No FIDO authenticator to
+    /// reach, a refused or timed-out request, or a failing HID device is an `error` for this
+    /// `seq` and the session goes on (the server decides); a PC/SC connection that fails ends it
+    /// like a failing `transmit`.
+    fn ctap(
+        &mut self,
+        seq: u64,
+        requests: &[String],
+        deadline: Instant,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Next {
+        if requests.is_empty() || requests.len() > MAX_CTAP_BATCH {
+            let message =
+                format!("a CTAP batch holds 1 to {MAX_CTAP_BATCH} requests, not {}", requests.len());
+            return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
+        }
+        let mut decoded = Vec::with_capacity(requests.len());
+        for (i, text) in requests.iter().enumerate() {
+            match hex::decode(text) {
+                Ok(bytes) if !bytes.is_empty() => decoded.push(Zeroizing::new(bytes)),
+                Ok(_) => {
+                    let message = format!("CTAP request {i} of batch {seq} has no command byte");
+                    return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
+                }
+                Err(e) => {
+                    let message = format!("CTAP request {i} of batch {seq} is not hex: {e}");
+                    return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
+                }
+            }
+        }
+        if !self.ready() {
+            return self.removed(seq);
+        }
+        let mut responses = Vec::with_capacity(decoded.len());
+        for (i, request) in decoded.iter().enumerate() {
+            // Checked before the authenticator is looked for too: a batch whose time is up
+            // touches nothing.
+            if Instant::now() >= deadline {
+                let message = format!("CTAP batch {seq} ran past its deadline after {i} requests");
+                return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Protocol(message));
+            }
+            if i == 0
+                && let Some(next) = self.find_fido(seq, progress)
+            {
+                return next;
+            }
+            let result = match &mut self.fido {
+                FidoRoute::Pcsc => {
+                    let card = self.piv.transport_mut();
+                    let mut nfc = NfcCtap::new(|apdu: &[u8]| card.transmit(apdu), "");
+                    if self.fido_selected { Ok(()) } else { nfc.select().map(|_| ()) }
+                        .and_then(|()| nfc.ctap(request, deadline))
+                }
+                FidoRoute::Hid(transport) => transport.ctap(request, deadline),
+                // `find_fido` answered the frame itself for these.
+                FidoRoute::Unknown | FidoRoute::Unavailable(_) => Err(CtapTransportError::Protocol(
+                    "no FIDO authenticator was found for this session".into(),
+                )),
+            };
+            if matches!(self.fido, FidoRoute::Pcsc) {
+                self.fido_selected = true;
+            }
+            let command = command_name(request[0]);
+            match result {
+                Ok(answer) => {
+                    self.answered = true;
+                    let Some(&code) = answer.first() else {
+                        return Next::Send(error_frame(
+                            Some(seq),
+                            &format!("{command}: an answer without a status byte"),
+                        ));
+                    };
+                    progress(&Progress::Ctap {
+                        command: command.to_owned(),
+                        status: status::name(code).to_owned(),
+                    });
+                    responses.push(hex::encode_upper(&answer));
+                    if code != status::OK {
+                        break;
+                    }
+                }
+                Err(CtapTransportError::Io(reason)) if matches!(self.fido, FidoRoute::Pcsc) => {
+                    return self.card_failed(seq, PivError::Transport(TransportError::Other(reason)));
+                }
+                Err(e) => {
+                    if let (FidoRoute::Hid(t), CtapTransportError::Io(_)) = (&self.fido, &e) {
+                        // A device that failed is looked for again on the next batch.
+                        let via = t.describe();
+                        self.fido = FidoRoute::Unknown;
+                        return Next::Send(error_frame(Some(seq), &format!("{command} through {via}: {e}")));
+                    }
+                    return Next::Send(error_frame(Some(seq), &format!("{command}: {e}")));
+                }
+            }
+        }
+        Next::Send(AgentFrame::CtapResponses { seq, responses }.to_text())
+    }
+
+    /// Finds the card's FIDO authenticator for this session, the first time it is needed: the
+    /// FIDO application on the PC/SC connection, else a YubiKey's HID interface. `Some` is the
+    /// answer to the frame when there is none to use (or the card failed).
+    fn find_fido(&mut self, seq: u64, progress: &mut dyn FnMut(&Progress)) -> Option<Next> {
+        if let FidoRoute::Unavailable(reason) = &self.fido {
+            return Some(Next::Send(error_frame(Some(seq), reason)));
+        }
+        if !matches!(self.fido, FidoRoute::Unknown) {
+            return None;
+        }
+        let reader = self.piv.transport_mut().reader_name().map(str::to_owned);
+        let card = self.piv.transport_mut();
+        let selected = NfcCtap::new(|apdu: &[u8]| card.transmit(apdu), "").select();
+        // Whatever SELECT answered, PIV may no longer be the selected application.
+        self.fido_selected = true;
+        let refused = match selected {
+            Ok(_) => {
+                self.answered = true;
+                self.fido = FidoRoute::Pcsc;
+                let via = match &reader {
+                    Some(r) => format!("PC/SC reader {r:?}"),
+                    None => "the session's card connection".to_owned(),
+                };
+                progress(&Progress::FidoReached { via });
+                return None;
+            }
+            Err(CtapTransportError::Io(reason)) => {
+                return Some(self.card_failed(seq, PivError::Transport(TransportError::Other(reason))));
+            }
+            Err(e) => e,
+        };
+        self.answered = true;
+        self.fido = match reader.as_deref() {
+            Some(r) if is_yubikey_reader(r) => match self.hid.open_for(r) {
+                Ok(transport) => {
+                    progress(&Progress::FidoReached { via: transport.describe() });
+                    FidoRoute::Hid(transport)
+                }
+                Err(reason) => FidoRoute::Unavailable(reason),
+            },
+            Some(r) => FidoRoute::Unavailable(format!(
+                "reader {r:?}: {refused}; the reader is not a YubiKey's, so there is no USB HID \
+                 interface to try"
+            )),
+            None => FidoRoute::Unavailable(refused.to_string()),
+        };
+        match &self.fido {
+            FidoRoute::Unavailable(reason) => Some(Next::Send(error_frame(Some(seq), reason))),
+            _ => None,
+        }
     }
 
     /// Asks the PIN source for the new PIN, checks it against the rules, and sends the command

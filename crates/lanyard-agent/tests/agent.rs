@@ -182,7 +182,10 @@ fn check_hello<S: Read + Write>(peer: &mut Peer<S>) {
         agent: lanyard_agent::AGENT_NAME.into(),
         reader: READER.into(),
         atr: hexs(&lanyard_vcard::atr()),
-        features: vec![lanyard_protocol::link::FEATURE_SERVER_PIN.into()],
+        features: vec![
+            lanyard_protocol::link::FEATURE_SERVER_PIN.into(),
+            lanyard_protocol::link::FEATURE_CTAP.into(),
+        ],
     };
     assert_eq!(hello, want);
 }
@@ -1358,7 +1361,7 @@ mod link {
         match next(&mut peer) {
             AgentLinkFrame::Hello { protocol: 1, host, features, .. } => {
                 assert_eq!(host, "ws-test");
-                assert_eq!(features, vec!["sessions".to_owned(), "server_pin".to_owned()]);
+                assert_eq!(features, vec!["sessions".to_owned(), "server_pin".to_owned(), "ctap".to_owned()]);
             }
             other => panic!("expected hello, got {other:?}"),
         }
@@ -1440,4 +1443,426 @@ mod link {
         stop.store(true, Ordering::Relaxed);
         running.join().unwrap().unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CTAP relay
+// ---------------------------------------------------------------------------------------------
+
+use lanyard_agent::fido::{BoxedTransport, FidoHid};
+use lanyard_ctap::consts::FIDO_AID;
+use lanyard_ctap::transport::{CtapTransport, CtapTransportError};
+
+/// The software card with a FIDO application that frames but does not compute: a test double
+/// for application selection and the ISO 7816 binding (SELECT FIDO, chaining, `61xx`, one
+/// `9100` poll), not an authenticator. Its "answer" to a CTAP request is the request without its
+/// command byte, so a test chooses each answer's status byte. While FIDO is selected it refuses
+/// everything else with `6D00`, as a card whose PIV application is not selected does; any other
+/// SELECT goes to the PIV card.
+struct FidoFraming {
+    card: Card,
+    reader: Option<&'static str>,
+    fido: bool,
+    chain: Vec<u8>,
+    pending: Vec<u8>,
+    busy: Option<Vec<u8>>,
+    log: Vec<Vec<u8>>,
+}
+
+impl FidoFraming {
+    fn new(reader: Option<&'static str>) -> Self {
+        Self {
+            card: fresh_card(),
+            reader,
+            fido: false,
+            chain: vec![],
+            pending: vec![],
+            busy: None,
+            log: vec![],
+        }
+    }
+
+    fn out(&mut self, mut data: Vec<u8>) -> Vec<u8> {
+        if data.len() > 200 {
+            self.pending = data.split_off(200);
+            data.extend_from_slice(&[0x61, self.pending.len().min(255) as u8]);
+        } else {
+            data.extend_from_slice(&[0x90, 0x00]);
+        }
+        data
+    }
+}
+
+impl CardTransport for FidoFraming {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.log.push(apdu.to_vec());
+        if apdu[1] == 0xA4 && apdu[2] == 0x04 {
+            self.fido = apdu.get(5..13) == Some(&FIDO_AID[..]);
+            if self.fido {
+                return Ok(self.out(b"FIDO_2_0".to_vec()));
+            }
+            return self.card.transmit(apdu);
+        }
+        if !self.fido {
+            return self.card.transmit(apdu);
+        }
+        Ok(match (apdu[0], apdu[1], apdu[2]) {
+            (0x80 | 0x90, 0x10, _) => {
+                self.chain.extend_from_slice(&apdu[5..5 + usize::from(apdu[4])]);
+                if apdu[0] == 0x90 {
+                    return Ok(vec![0x90, 0x00]);
+                }
+                let request = std::mem::take(&mut self.chain);
+                let answer = if request.len() > 1 { request[1..].to_vec() } else { vec![0x00] };
+                // Every answer is "still working" once.
+                self.busy = Some(answer);
+                vec![0x01, 0x91, 0x00]
+            }
+            (0x80, 0x11, 0x00) => match self.busy.take() {
+                Some(answer) => self.out(answer),
+                None => vec![0x69, 0x85],
+            },
+            (0x00, 0xC0, _) => {
+                let rest = std::mem::take(&mut self.pending);
+                self.out(rest)
+            }
+            _ => vec![0x6D, 0x00],
+        })
+    }
+}
+
+impl SessionCard for FidoFraming {
+    fn still_present(&mut self) -> bool {
+        true
+    }
+
+    fn reader_name(&self) -> Option<&str> {
+        self.reader
+    }
+}
+
+/// A software card without a FIDO application (an image without the `fido` member, as the
+/// CCID interface of a YubiKey before firmware 5.8 presents itself).
+fn card_without_fido() -> Card {
+    let mut img = image(&NewCard::default());
+    img.fido = None;
+    InProcess(VirtualCard::from_image(img).unwrap())
+}
+
+/// A card in a named reader.
+struct InReader(Card, &'static str);
+
+impl CardTransport for InReader {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.0.transmit(apdu)
+    }
+}
+
+impl SessionCard for InReader {
+    fn still_present(&mut self) -> bool {
+        true
+    }
+
+    fn reader_name(&self) -> Option<&str> {
+        Some(self.1)
+    }
+}
+
+/// A HID side that must not be asked.
+struct NoHid;
+
+impl FidoHid for NoHid {
+    fn open_for(&mut self, reader: &str) -> Result<BoxedTransport, String> {
+        panic!("HID looked for, for reader {reader:?}")
+    }
+}
+
+/// A HID side that gives a transport double answering like `FidoFraming` (request without its
+/// command byte), or the error it was given; counts the calls.
+struct ScriptedHid {
+    error: Option<String>,
+    calls: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+struct EchoTransport;
+
+impl CtapTransport for EchoTransport {
+    fn ctap(&mut self, request: &[u8], _deadline: Instant) -> Result<Vec<u8>, CtapTransportError> {
+        Ok(if request.len() > 1 { request[1..].to_vec() } else { vec![0x00] })
+    }
+
+    fn describe(&self) -> String {
+        "USB HID test device".into()
+    }
+}
+
+impl FidoHid for ScriptedHid {
+    fn open_for(&mut self, reader: &str) -> Result<BoxedTransport, String> {
+        self.calls.lock().unwrap().push(reader.to_owned());
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(Box::new(EchoTransport)),
+        }
+    }
+}
+
+fn ctap_frame(seq: u64, requests: &[&str], within: u32) -> String {
+    ServerFrame::Ctap {
+        seq,
+        step: "fido".into(),
+        done: 0,
+        total: 1,
+        requests: requests.iter().map(|r| (*r).to_owned()).collect(),
+        answer_within_secs: within,
+    }
+    .to_text()
+}
+
+fn answer<C: SessionCard>(relay: &mut Relay<C>, frame: &str, events: &mut Vec<Progress>) -> AgentFrame {
+    match relay.on_text(frame, &mut SkipPinChange, &mut Unlinked, &mut |p| events.push(p.clone())) {
+        Next::Send(f) => AgentFrame::parse(&f).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn is_select(apdu: &[u8], aid: &[u8]) -> bool {
+    apdu[1] == 0xA4 && apdu.get(5..5 + aid.len()) == Some(aid)
+}
+
+const PIV_AID: [u8; 9] = [0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00];
+
+/// A CTAP batch goes to the FIDO application on the session's connection, stops after the
+/// first error status, and the next PIV batch — which does not SELECT PIV itself — finds PIV
+/// selected again; the next CTAP batch selects FIDO again.
+#[test]
+fn ctap_batches_reach_the_fido_application_and_piv_is_selected_again() {
+    let mut relay = Relay::with_hid(FidoFraming::new(Some("Virtual PCD 00 00")), Box::new(NoHid));
+    let mut events = Vec::new();
+    // PIV first, as a session starts.
+    let select = hexs(&bytes(&commands::select()));
+    let version = hexs(&bytes(&commands::get_version()));
+    let frame = transmit_frame(1, "detect", vec![select, version.clone()]);
+    assert!(matches!(answer(&mut relay, &frame.to_text(), &mut events), AgentFrame::Responses { .. }));
+    // A long request (chained) with a long answer (61xx), then an error status, then one never sent.
+    let long = format!("0600{}", "AB".repeat(599));
+    let frame = ctap_frame(2, &["0400A101", &long, "0631", "0400"], 60);
+    let AgentFrame::CtapResponses { seq: 2, responses } = answer(&mut relay, &frame, &mut events) else {
+        panic!("expected ctap_responses")
+    };
+    assert_eq!(responses.len(), 3);
+    assert_eq!(responses[0], "00A101");
+    assert_eq!(responses[1], format!("00{}", "AB".repeat(599)));
+    assert_eq!(responses[2], "31");
+    assert!(events.contains(&Progress::FidoReached { via: "PC/SC reader \"Virtual PCD 00 00\"".into() }));
+    let ctap: Vec<_> = events.iter().filter(|e| matches!(e, Progress::Ctap { .. })).collect();
+    assert_eq!(
+        ctap,
+        vec![
+            &Progress::Ctap { command: "authenticatorGetInfo".into(), status: "CTAP2_OK".into() },
+            &Progress::Ctap { command: "authenticatorClientPIN".into(), status: "CTAP2_OK".into() },
+            &Progress::Ctap {
+                command: "authenticatorClientPIN".into(),
+                status: "CTAP2_ERR_PIN_INVALID".into()
+            },
+        ]
+    );
+    // No progress event carries a request's or an answer's bytes.
+    assert!(!format!("{events:?}").contains("ABAB"));
+    // A PIV batch without SELECT: the relay selects PIV first.
+    let frame = transmit_frame(3, "personalize", vec![version.clone()]);
+    let AgentFrame::Responses { seq: 3, responses } = answer(&mut relay, &frame.to_text(), &mut events)
+    else {
+        panic!("expected responses")
+    };
+    assert_eq!(responses.len(), 1);
+    assert!(responses[0].ends_with("9000"), "{responses:?}");
+    // And FIDO again for the next CTAP batch.
+    let frame = ctap_frame(4, &["0400"], 60);
+    assert_eq!(
+        answer(&mut relay, &frame, &mut events),
+        AgentFrame::CtapResponses { seq: 4, responses: vec!["00".into()] }
+    );
+    let card = relay.into_card();
+    let selects: Vec<&str> = card
+        .log
+        .iter()
+        .filter_map(|a| {
+            if is_select(a, &FIDO_AID) {
+                Some("fido")
+            } else if is_select(a, &PIV_AID) {
+                Some("piv")
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(selects, vec!["piv", "fido", "piv", "fido"]);
+    // The long request went out in chained blocks: CLA 90 on all but the last.
+    let msgs: Vec<u8> = card.log.iter().filter(|a| a[1] == 0x10).map(|a| a[0]).collect();
+    assert_eq!(msgs, vec![0x80, 0x90, 0x90, 0x80, 0x80, 0x80]);
+}
+
+/// A PIV batch that selects PIV itself is sent as it is after a CTAP batch.
+#[test]
+fn a_piv_batch_that_selects_piv_itself_gets_no_extra_select() {
+    let mut relay = Relay::with_hid(FidoFraming::new(None), Box::new(NoHid));
+    let mut events = Vec::new();
+    assert!(matches!(
+        answer(&mut relay, &ctap_frame(1, &["04"], 60), &mut events),
+        AgentFrame::CtapResponses { .. }
+    ));
+    let frame = transmit_frame(2, "detect", vec![hexs(&bytes(&commands::select()))]);
+    assert!(matches!(answer(&mut relay, &frame.to_text(), &mut events), AgentFrame::Responses { .. }));
+    let card = relay.into_card();
+    assert_eq!(card.log.iter().filter(|a| is_select(a, &PIV_AID)).count(), 1);
+}
+
+/// A card without a FIDO application outside a YubiKey reader: an error that says so, the
+/// session goes on, and PIV works as before.
+#[test]
+fn a_card_without_fido_gets_an_error_and_the_session_goes_on() {
+    let mut relay = Relay::with_hid(InReader(card_without_fido(), "Virtual PCD 00 00"), Box::new(NoHid));
+    let mut events = Vec::new();
+    let AgentFrame::Error { seq: Some(1), message } =
+        answer(&mut relay, &ctap_frame(1, &["04"], 60), &mut events)
+    else {
+        panic!("expected an error")
+    };
+    assert!(message.contains("has no FIDO application (SELECT answered 6A82"), "{message}");
+    assert!(message.contains("not a YubiKey's, so there is no USB HID interface to try"), "{message}");
+    // Asked again, the same answer, without another SELECT.
+    let again = answer(&mut relay, &ctap_frame(2, &["04"], 60), &mut events);
+    assert_eq!(again, AgentFrame::Error { seq: Some(2), message });
+    let frame = transmit_frame(3, "detect", vec![hexs(&bytes(&commands::get_version()))]);
+    let AgentFrame::Responses { responses, .. } = answer(&mut relay, &frame.to_text(), &mut events) else {
+        panic!("expected responses")
+    };
+    assert!(responses[0].ends_with("9000"), "{responses:?}");
+}
+
+/// A YubiKey reader whose card has no FIDO over CCID: the key's HID interface is used; when
+/// there is none to use, the HID side's reason is the error.
+#[test]
+fn a_yubikey_without_fido_over_ccid_falls_back_to_hid() {
+    const YK: &str = "Yubico YubiKey OTP+FIDO+CCID 00 00";
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hid = ScriptedHid { error: None, calls: Arc::clone(&calls) };
+    let mut relay = Relay::with_hid(InReader(card_without_fido(), YK), Box::new(hid));
+    let mut events = Vec::new();
+    let got = answer(&mut relay, &ctap_frame(1, &["0400A1", "0100"], 60), &mut events);
+    assert_eq!(got, AgentFrame::CtapResponses { seq: 1, responses: vec!["00A1".into(), "00".into()] });
+    assert!(events.contains(&Progress::FidoReached { via: "USB HID test device".into() }));
+    assert_eq!(*calls.lock().unwrap(), vec![YK.to_owned()]);
+    // The device is kept for the session.
+    answer(&mut relay, &ctap_frame(2, &["04"], 60), &mut events);
+    assert_eq!(calls.lock().unwrap().len(), 1);
+
+    let reason = "2 Yubico FIDO HID devices are plugged in (…): unplug the other keys for this session";
+    let hid = ScriptedHid { error: Some(reason.into()), calls: Arc::clone(&calls) };
+    let mut relay = Relay::with_hid(InReader(card_without_fido(), YK), Box::new(hid));
+    assert_eq!(
+        answer(&mut relay, &ctap_frame(1, &["04"], 60), &mut events),
+        AgentFrame::Error { seq: Some(1), message: reason.into() }
+    );
+}
+
+/// Frames that break the rules end the session like a bad `transmit`.
+#[test]
+fn bad_ctap_frames_are_refused_precisely() {
+    for (requests, words) in [
+        (vec![], "1 to 16 requests, not 0"),
+        (vec!["04"; 17], "1 to 16 requests, not 17"),
+        (vec!["04", "0G"], "CTAP request 1 of batch 7 is not hex"),
+        (vec![""], "CTAP request 0 of batch 7 has no command byte"),
+    ] {
+        let mut relay = Relay::with_hid(FidoFraming::new(None), Box::new(NoHid));
+        match relay.on_text(&ctap_frame(7, &requests, 60), &mut SkipPinChange, &mut Unlinked, &mut |_| {}) {
+            Next::Fail(Some(f), AgentError::Protocol(m)) => {
+                assert!(m.contains(words), "{m}");
+                assert!(matches!(AgentFrame::parse(&f).unwrap(), AgentFrame::Error { seq: Some(7), .. }));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(relay.into_card().log.is_empty(), "nothing went to the card");
+    }
+    // No time at all: nothing is sent.
+    let mut relay = Relay::with_hid(FidoFraming::new(None), Box::new(NoHid));
+    match relay.on_text(&ctap_frame(8, &["04"], 0), &mut SkipPinChange, &mut Unlinked, &mut |_| {}) {
+        Next::Fail(_, AgentError::Protocol(m)) => assert!(m.contains("deadline after 0 requests"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(relay.into_card().log.is_empty(), "not even SELECT FIDO went to the card");
+}
+
+/// The whole way over the WebSocket: `ctap` out, `ctap_responses` back, in between PIV batches.
+#[test]
+fn ctap_frames_over_the_session_channel() {
+    let (url, server) = serve(|peer| {
+        peer.send(ServerFrame::Ctap {
+            seq: 1,
+            step: "fido_info".into(),
+            done: 0,
+            total: 2,
+            requests: vec!["0400A1".into()],
+            answer_within_secs: 60,
+        });
+        assert_eq!(peer.recv(), AgentFrame::CtapResponses { seq: 1, responses: vec!["00A1".into()] });
+        let r = peer.transmit(2, "detect", &[bytes(&commands::get_version())]);
+        assert_eq!(sw(&r[0]), 0x9000);
+        done(peer, DeviceState::Pending);
+    });
+    let mut events = Vec::new();
+    let r = run_session_with(
+        &opts(&url),
+        FidoFraming::new(None),
+        &lanyard_vcard::atr(),
+        &mut SkipPinChange,
+        &mut |p| events.push(p.clone()),
+    );
+    server.join().unwrap();
+    assert_eq!(r.unwrap().state, DeviceState::Pending);
+    assert!(
+        events
+            .contains(&Progress::Ctap { command: "authenticatorGetInfo".into(), status: "CTAP2_OK".into() })
+    );
+}
+
+/// The software card's own authenticator, in process: getInfo and ClientPIN getRetries through
+/// the relay, with PIV batches before and after on the same card.
+#[test]
+fn ctap_reaches_the_software_cards_authenticator() {
+    use lanyard_ctap::cbor::{MapRef, decode};
+    let mut relay = Relay::with_hid(InReader(fresh_card(), "Virtual PCD 00 00"), Box::new(NoHid));
+    let mut events = Vec::new();
+    let select = hexs(&bytes(&commands::select()));
+    let serial = hexs(&bytes(&commands::get_serial()));
+    let frame = transmit_frame(1, "detect", vec![select, serial.clone()]);
+    let AgentFrame::Responses { responses: before, .. } = answer(&mut relay, &frame.to_text(), &mut events)
+    else {
+        panic!("expected responses")
+    };
+    // getInfo, then getRetries (pinUvAuthProtocol 2, subCommand 1).
+    let frame = ctap_frame(2, &["04", "06A201020201"], 60);
+    let AgentFrame::CtapResponses { seq: 2, responses } = answer(&mut relay, &frame, &mut events) else {
+        panic!("expected ctap_responses")
+    };
+    assert_eq!(responses.len(), 2);
+    let info = hex::decode(&responses[0]).unwrap();
+    assert_eq!(info[0], 0x00, "CTAP2_OK");
+    let info = decode(&info[1..]).unwrap();
+    let info = MapRef::new(&info).unwrap();
+    let versions: Vec<&str> =
+        info.get(1).unwrap().as_array().unwrap().iter().map(|v| v.as_text().unwrap()).collect();
+    assert!(versions.contains(&"FIDO_2_1"), "{versions:?}");
+    let retries = hex::decode(&responses[1]).unwrap();
+    assert_eq!(retries[0], 0x00);
+    let retries = decode(&retries[1..]).unwrap();
+    assert_eq!(MapRef::new(&retries).unwrap().uint(3).unwrap(), Some(8), "a fresh card has 8 PIN tries");
+    // PIV again, without SELECT: the same serial number.
+    let frame = transmit_frame(3, "personalize", vec![serial]);
+    let AgentFrame::Responses { responses: after, .. } = answer(&mut relay, &frame.to_text(), &mut events)
+    else {
+        panic!("expected responses")
+    };
+    assert_eq!(after[0], before[1]);
 }

@@ -544,24 +544,28 @@ impl Session {
         let _ = self.socket.send(Message::Close(None)).await;
     }
 
-    /// Waits for the agent's hello, then runs the job through the card-session drivers while
-    /// keeping its lease; a lost lease ends the session at once.
-    async fn run<R: Repo>(mut self, s: AppState<R>, cfg: Arc<IssuanceConfig>, mut job: Job, op: OperationId) {
-        let hello = match self.receive(self.answer_within_secs).await {
-            Ok(AgentFrame::Hello { protocol, .. }) if protocol != PROTOCOL_VERSION => {
+    /// Waits for the agent's hello and notes the features it lists.
+    async fn hello(&mut self) -> Result<(), SessionError> {
+        match self.receive(self.answer_within_secs).await? {
+            AgentFrame::Hello { protocol, .. } if protocol != PROTOCOL_VERSION => {
                 Err(SessionError::Protocol(format!(
                     "the agent's hello names protocol version {protocol}, not {PROTOCOL_VERSION}"
                 )))
             }
-            Ok(AgentFrame::Hello { agent, reader, atr, features, .. }) => {
-                tracing::info!(job = %job.id, %agent, %reader, %atr, "agent connected");
+            AgentFrame::Hello { agent, reader, atr, features, .. } => {
+                tracing::info!(job = %self.job, %agent, %reader, %atr, "agent connected");
                 self.server_pin = features.iter().any(|f| f == FEATURE_SERVER_PIN);
                 self.ctap = features.iter().any(|f| f == FEATURE_CTAP);
                 Ok(())
             }
-            Ok(other) => Err(SessionError::Protocol(format!("expected hello, got {other:?}"))),
-            Err(e) => Err(e),
-        };
+            other => Err(SessionError::Protocol(format!("expected hello, got {other:?}"))),
+        }
+    }
+
+    /// Waits for the agent's hello, then runs the job through the card-session drivers while
+    /// keeping its lease; a lost lease ends the session at once.
+    async fn run<R: Repo>(mut self, s: AppState<R>, cfg: Arc<IssuanceConfig>, mut job: Job, op: OperationId) {
+        let hello = self.hello().await;
         let job_id = job.id;
         let sponsor = match cfg.sponsor_trust(&s.pki) {
             Ok(trust) => Some(trust),
@@ -790,7 +794,145 @@ fn pin_answer(frame: AgentFrame, seq: u64, expected: &str) -> Result<PinAnswer, 
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use lanyard_ctap::cbor::{MapRef, decode};
+    use lanyard_protocol::CONNECT_PATH;
+    use tokio_tungstenite::tungstenite;
+
+    /// Runs `script` on a [`Session`] with whatever agent connects to the returned URL (a
+    /// stand-in for `/api/v1/agent/connect` without the ticket and the job driver).
+    async fn session_server<F, Fut, T>(script: F) -> (String, tokio::task::JoinHandle<T>)
+    where
+        F: FnOnce(Session) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let script = Arc::new(std::sync::Mutex::new(Some((script, tx))));
+        let app = axum::Router::new().route(
+            CONNECT_PATH,
+            axum::routing::get(move |ws: WebSocketUpgrade| {
+                let taken = script.lock().unwrap().take();
+                async move {
+                    let (script, tx) = taken.expect("one connection");
+                    naming_our_version(Ok(ws
+                        .on_upgrade(move |socket| async move {
+                            let mut session = Session {
+                                socket,
+                                seq: 0,
+                                answer_within_secs: 30,
+                                pin_within_secs: 30,
+                                job: JobId::new(),
+                                pins: Arc::new(PinDesk::default()),
+                                server_pin: false,
+                                ctap: false,
+                            };
+                            session.hello().await.unwrap();
+                            let _ = tx.send(script(session).await);
+                        })
+                        .into_response()))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, tokio::spawn(async move { rx.await.unwrap() }))
+    }
+
+    /// The server's `ctap_batch` against the real agent relay and the software card's own
+    /// authenticator: getInfo and getRetries, a PIV batch between, a batch that stops at the
+    /// authenticator's refusal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ctap_batches_reach_the_cards_authenticator_through_the_agent() {
+        use lanyard_agent::relay::{SessionOptions, SkipPinChange, run_session_with};
+        let device = DeviceId::new();
+        let (url, script) = session_server(move |mut session| async move {
+            assert!(session.ctap_supported(), "the agent lists feature ctap");
+            let answers = session
+                .ctap_batch("fido", (0, 3), &[vec![0x04], vec![0x06, 0xA2, 0x01, 0x02, 0x02, 0x01]])
+                .await
+                .unwrap();
+            let serial =
+                session.transmit("detect", (1, 3), &[lanyard_piv::commands::get_serial()]).await.unwrap();
+            // ClientPIN without its required members, then getInfo, which is never sent.
+            let refused = session.ctap_batch("fido", (2, 3), &[vec![0x06, 0xA0], vec![0x04]]).await.unwrap();
+            session.done(device, DeviceState::Pending).await.unwrap();
+            (answers, serial, refused)
+        })
+        .await;
+        let agent = tokio::task::spawn_blocking(move || {
+            use lanyard_vcard::{AttestationRoot, NewCard, VirtualCard};
+            let now = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_780_000_000);
+            let dir = tempfile::tempdir().unwrap();
+            let root = AttestationRoot::open_or_create(dir.path(), now).unwrap();
+            let image = VirtualCard::new_image(&root, &NewCard::default(), now).unwrap();
+            let card = lanyard_piv::InProcess(VirtualCard::from_image(image).unwrap());
+            let opts = SessionOptions::new(url, "ticket", "in-process");
+            run_session_with(&opts, card, &lanyard_vcard::atr(), &mut SkipPinChange, &mut |_| {})
+        });
+        let (answers, serial, refused) = script.await.unwrap();
+        let outcome = agent.await.unwrap().unwrap();
+        assert_eq!((outcome.device, outcome.state), (device, DeviceState::Pending));
+        assert_eq!(answers.len(), 2);
+        assert_eq!(answers[0][0], 0x00);
+        let info = decode(&answers[0][1..]).unwrap();
+        let versions = MapRef::new(&info).unwrap().get(1).unwrap().as_array().unwrap().clone();
+        assert!(versions.iter().any(|v| v.as_text() == Some("FIDO_2_1")), "{versions:?}");
+        assert_eq!(answers[1][0], 0x00);
+        assert_eq!(MapRef::new(&decode(&answers[1][1..]).unwrap()).unwrap().uint(3).unwrap(), Some(8));
+        assert!(serial[0].sw.is_success(), "PIV after CTAP: {:?}", serial[0].sw);
+        assert_eq!(refused.len(), 1, "the batch stopped at the refusal");
+        assert_ne!(refused[0][0], 0x00);
+    }
+
+    /// An agent without feature `ctap` is told to update and gets no frame; an answer to the
+    /// wrong request is a protocol error that names the frame, not its content.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ctap_needs_the_feature_and_the_right_answer() {
+        for features in [vec![], vec![FEATURE_CTAP.to_owned()]] {
+            let (url, script) = session_server(|mut session| async move {
+                let r = session.ctap_batch("fido", (0, 1), &[vec![0x04]]).await;
+                session.fail("over").await;
+                r
+            })
+            .await;
+            let ws_url = format!("{}{CONNECT_PATH}", url.replacen("http", "ws", 1));
+            let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+            let hello = AgentFrame::Hello {
+                protocol: PROTOCOL_VERSION,
+                agent: "test".into(),
+                reader: "r".into(),
+                atr: "3B".into(),
+                features: features.clone(),
+            };
+            ws.send(tungstenite::Message::text(hello.to_text())).await.unwrap();
+            let mut seen = Vec::new();
+            while let Some(Ok(m)) = ws.next().await {
+                let tungstenite::Message::Text(t) = m else { continue };
+                let frame = ServerFrame::parse(t.as_str()).unwrap();
+                if let ServerFrame::Ctap { seq, .. } = &frame {
+                    let wrong = AgentFrame::CtapResponses { seq: seq + 98, responses: vec!["00A0".into()] };
+                    ws.send(tungstenite::Message::text(wrong.to_text())).await.unwrap();
+                }
+                seen.push(frame);
+            }
+            let e = script.await.unwrap().unwrap_err().to_string();
+            if features.is_empty() {
+                assert!(e.contains("cannot reach FIDO authenticators (feature ctap); update it"), "{e}");
+                assert!(matches!(seen.as_slice(), [ServerFrame::Error { .. }]), "no ctap frame: {seen:?}");
+            } else {
+                assert!(
+                    e.contains("expected CTAP responses to message 1, got `ctap_responses` for message 99"),
+                    "{e}"
+                );
+                assert!(!e.contains("00A0"), "{e}");
+            }
+        }
+    }
 
     fn texts(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| (*s).to_owned()).collect()

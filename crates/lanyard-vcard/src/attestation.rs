@@ -43,11 +43,152 @@ fn spki_of(key: &SigningKey) -> Result<SubjectPublicKeyInfoOwned, CertError> {
     Ok(SubjectPublicKeyInfoOwned::from_der(der.as_bytes())?)
 }
 
-/// The per-installation attestation root and the serial counter of the cards it made.
+/// The FIDO AAGUID extension of attestation certificates (WebAuthn §8.2.1).
+pub const OID_FIDO_AAGUID: &str = "1.3.6.1.4.1.45724.1.1.4";
+
+/// The AAGUID of Lanyard's virtual card: one value for the model, as WebAuthn intends.
+pub const FIDO_AAGUID: [u8; 16] =
+    [0x0c, 0x2e, 0x5d, 0xce, 0x6a, 0x62, 0x4a, 0x15, 0x9d, 0xeb, 0xff, 0x37, 0x4f, 0x78, 0x6d, 0x53];
+
+/// File names of the FIDO attestation root, beside the PIV one.
+pub const FIDO_ROOT_KEY: &str = "fido-attestation-root.key";
+pub const FIDO_ROOT_PEM: &str = "fido-attestation-root.pem";
+
+/// The per-installation attestation roots (PIV and FIDO) and the serial counter of the cards
+/// they made.
 pub struct AttestationRoot {
     dir: PathBuf,
     key: SigningKey,
     cert: Certificate,
+    fido: FidoAttestationCa,
+}
+
+/// The FIDO attestation root of an installation: a self-signed CA that certifies each card's
+/// FIDO attestation key. A relying party (Lanyard's server) trusts it for packed attestation.
+pub struct FidoAttestationCa {
+    key: SigningKey,
+    cert: Certificate,
+}
+
+impl FidoAttestationCa {
+    /// A new root that lives only in memory (tests, fuzzing).
+    pub fn generate(now: SystemTime) -> Result<Self, AttestationError> {
+        let key = SigningKey::random(&mut rand::rngs::OsRng);
+        let name = Name::from_str("CN=Lanyard Virtual Card FIDO Attestation Root,O=Lanyard,C=US")
+            .map_err(CertError::from)?;
+        let spki = spki_of(&key)?;
+        let cert = x509::sign(
+            CertTemplate {
+                subject: name.clone(),
+                extensions: x509::ca_extensions(&spki, &spki)?,
+                spki,
+                serial: x509::random_serial()?,
+                validity: Validity {
+                    not_before: x509::x509_time(now - Duration::from_secs(3600))?,
+                    not_after: x509::x509_time(now + 30 * YEAR)?,
+                },
+            },
+            &name,
+            &key,
+        )?;
+        Ok(Self { key, cert })
+    }
+
+    /// Opens the root in `dir`, creating it on first use.
+    pub fn open_or_create(dir: &Path, now: SystemTime) -> Result<Self, AttestationError> {
+        let key_path = dir.join(FIDO_ROOT_KEY);
+        let cert_path = dir.join(FIDO_ROOT_PEM);
+        if key_path.exists() && cert_path.exists() {
+            let (key, cert) = read_key_and_cert(&key_path, &cert_path)?;
+            return Ok(Self { key, cert });
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let ca = Self::generate(now)?;
+        let key_pem = ca.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| CertError::Other(e.to_string()))?;
+        write_private(&key_path, key_pem.as_bytes())?;
+        let cert_pem = ca.cert.to_pem(LineEnding::LF).map_err(CertError::from)?;
+        std::fs::write(&cert_path, cert_pem).map_err(io(&cert_path))?;
+        Ok(ca)
+    }
+
+    pub fn certificate(&self) -> &Certificate {
+        &self.cert
+    }
+
+    /// A card's FIDO attestation key and certificate (DER): an end-entity certificate with the
+    /// subject WebAuthn §8.2.1 asks of packed attestation (C, O, OU "Authenticator Attestation",
+    /// CN) and the AAGUID extension.
+    pub fn issue_card_attestation(
+        &self,
+        serial: u32,
+        now: SystemTime,
+    ) -> Result<(SigningKey, Vec<u8>), AttestationError> {
+        use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
+        let key = SigningKey::random(&mut rand::rngs::OsRng);
+        let spki = spki_of(&key)?;
+        let subject = Name::from_str(&format!(
+            "CN=Lanyard Virtual Card FIDO {serial},OU=Authenticator Attestation,O=Lanyard,C=US"
+        ))
+        .map_err(CertError::from)?;
+        let issuer_spki = &self.cert.tbs_certificate.subject_public_key_info;
+        let mut extensions = x509::ca_extensions(&spki, issuer_spki)?;
+        // Replace the CA's constraints and usage with an end entity's.
+        extensions.retain(|e| !matches!(e.extn_id.to_string().as_str(), "2.5.29.19" | "2.5.29.15"));
+        extensions.insert(
+            0,
+            x509::extension(
+                "2.5.29.19",
+                true,
+                BasicConstraints { ca: false, path_len_constraint: None }
+                    .to_der()
+                    .map_err(CertError::from)?,
+            )?,
+        );
+        extensions.insert(
+            1,
+            x509::extension(
+                "2.5.29.15",
+                true,
+                KeyUsage(KeyUsages::DigitalSignature.into()).to_der().map_err(CertError::from)?,
+            )?,
+        );
+        extensions.push(x509::extension(
+            OID_FIDO_AAGUID,
+            false,
+            der::asn1::OctetString::new(FIDO_AAGUID.to_vec())
+                .map_err(CertError::from)?
+                .to_der()
+                .map_err(CertError::from)?,
+        )?);
+        let cert = x509::sign(
+            CertTemplate {
+                subject,
+                spki,
+                serial: x509::random_serial()?,
+                validity: Validity {
+                    not_before: x509::x509_time(now - Duration::from_secs(3600))?,
+                    not_after: x509::x509_time(now + 20 * YEAR)?,
+                },
+                extensions,
+            },
+            &self.cert.tbs_certificate.subject,
+            &self.key,
+        )?;
+        Ok((key, cert.to_der().map_err(CertError::from)?))
+    }
+}
+
+fn read_key_and_cert(
+    key_path: &Path,
+    cert_path: &Path,
+) -> Result<(SigningKey, Certificate), AttestationError> {
+    let pem = std::fs::read_to_string(key_path).map_err(io(key_path))?;
+    let key = SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|_| AttestationError::Corrupt { path: key_path.to_owned(), what: "PKCS#8 P-256 key" })?;
+    let pem = std::fs::read_to_string(cert_path).map_err(io(cert_path))?;
+    let cert = Certificate::from_pem(pem.as_bytes())
+        .map_err(|_| AttestationError::Corrupt { path: cert_path.to_owned(), what: "PEM certificate" })?;
+    Ok((key, cert))
 }
 
 impl AttestationRoot {
@@ -56,17 +197,10 @@ impl AttestationRoot {
         let key_path = dir.join("attestation-root.key");
         let cert_path = dir.join("attestation-root.pem");
         if key_path.exists() && cert_path.exists() {
-            let pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|_| AttestationError::Corrupt {
-                path: key_path.clone(),
-                what: "PKCS#8 P-256 key",
-            })?;
-            let pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-            let cert = Certificate::from_pem(pem.as_bytes()).map_err(|_| AttestationError::Corrupt {
-                path: cert_path.clone(),
-                what: "PEM certificate",
-            })?;
-            return Ok(Self { dir: dir.to_owned(), key, cert });
+            let (key, cert) = read_key_and_cert(&key_path, &cert_path)?;
+            // Homes made before the FIDO application get their FIDO root now.
+            let fido = FidoAttestationCa::open_or_create(dir, now)?;
+            return Ok(Self { dir: dir.to_owned(), key, cert, fido });
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let key = SigningKey::random(&mut rand::rngs::OsRng);
@@ -91,7 +225,8 @@ impl AttestationRoot {
         write_private(&key_path, key_pem.as_bytes())?;
         let cert_pem = cert.to_pem(LineEnding::LF).map_err(CertError::from)?;
         std::fs::write(&cert_path, cert_pem).map_err(io(&cert_path))?;
-        Ok(Self { dir: dir.to_owned(), key, cert })
+        let fido = FidoAttestationCa::open_or_create(dir, now)?;
+        Ok(Self { dir: dir.to_owned(), key, cert, fido })
     }
 
     pub fn certificate(&self) -> &Certificate {
@@ -100,6 +235,16 @@ impl AttestationRoot {
 
     pub fn certificate_pem_path(&self) -> PathBuf {
         self.dir.join("attestation-root.pem")
+    }
+
+    /// The FIDO attestation root of this installation.
+    pub fn fido(&self) -> &FidoAttestationCa {
+        &self.fido
+    }
+
+    /// Where the FIDO attestation root's certificate is (beside the PIV root's).
+    pub fn fido_certificate_pem_path(&self) -> PathBuf {
+        self.dir.join(FIDO_ROOT_PEM)
     }
 
     /// The next card serial of this installation, unique across processes (file lock).

@@ -3,8 +3,12 @@
 //! response; the vpcd connector and the in-process transport both call it.
 
 use crate::attestation::{self, AttestationRoot, Statement};
+use crate::fido::Authenticator;
+use crate::fido::nfc::{NfcBinding, NfcReply};
+use crate::fido::state::FidoState;
 use crate::image::{CardImage, Counter, FORMAT, ImageError, StoredKey};
 use crate::keys::{CardKey, KeyError};
+use lanyard_ctap::consts::{FIDO_AID, NFC_INS_MSG, SELECT_FIDO2};
 use lanyard_piv::ApduHandler;
 use lanyard_piv::apdu::{Command, Response, StatusWord};
 use lanyard_piv::client as ins;
@@ -44,6 +48,8 @@ pub enum CardError {
     Attestation(#[from] attestation::AttestationError),
     #[error("card image is inconsistent: {0}")]
     Inconsistent(String),
+    #[error("FIDO application: {0}")]
+    Fido(#[from] crate::fido::FidoError),
 }
 
 /// Options for a factory-new card.
@@ -89,13 +95,26 @@ enum PendingAuth {
 /// Yubico's management application: ykman reads the serial and firmware from it.
 const MANAGEMENT_AID: [u8; 8] = [0xA0, 0x00, 0x00, 0x05, 0x27, 0x47, 0x11, 0x17];
 const INS_READ_CONFIG: u8 = 0x1D;
-/// yubikit's capability bit for PIV, the only application this card has.
-const CAPABILITY_PIV: [u8; 2] = [0x00, 0x10];
+/// yubikit's capability bits: PIV, and FIDO2 on cards that have the FIDO application.
+const CAPABILITY_PIV: u16 = 0x0010;
+const CAPABILITY_FIDO2: u16 = 0x0200;
+
+/// The selected application.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum App {
+    #[default]
+    Piv,
+    /// Yubico's management application (device information for ykman).
+    Management,
+    /// The FIDO2 authenticator (CTAP over ISO 7816, as NFC readers carry it).
+    Fido,
+}
 
 #[derive(Default)]
 struct Session {
-    /// The management application is selected instead of PIV.
-    management_selected: bool,
+    app: App,
+    /// The FIDO application's NFC binding (a request waiting for the client's poll).
+    nfc: NfcBinding,
     pin_verified: bool,
     /// Set by a successful VERIFY, consumed by the next PIN-always key operation.
     pin_always_armed: bool,
@@ -110,6 +129,8 @@ pub struct VirtualCard {
     img: CardImage,
     keys: BTreeMap<u8, SlotKey>,
     attestation_key: SigningKey,
+    /// The FIDO2 application; `None` on cards whose image predates it.
+    fido: Option<Authenticator>,
     path: Option<PathBuf>,
     session: Session,
     dirty: bool,
@@ -175,6 +196,9 @@ impl VirtualCard {
         let (att_key, att_cert) = root.issue_card_attestation(serial, now)?;
         let att_pkcs8 =
             att_key.to_pkcs8_der().map_err(|e| CardError::Inconsistent(e.to_string()))?.as_bytes().to_vec();
+        let (fido_key, fido_cert) = root.fido().issue_card_attestation(serial, now)?;
+        let fido_pkcs8 =
+            fido_key.to_pkcs8_der().map_err(|e| CardError::Inconsistent(e.to_string()))?.as_bytes().to_vec();
         let mut img = CardImage {
             format: FORMAT,
             serial,
@@ -189,6 +213,7 @@ impl VirtualCard {
             keys: BTreeMap::new(),
             objects: BTreeMap::new(),
             attestation_key: att_pkcs8,
+            fido: Some(FidoState::new(fido_pkcs8, fido_cert)),
         };
         img.objects.insert(key_name(tag::DISCOVERY), hex::encode(discovery_object()));
         img.objects
@@ -228,7 +253,8 @@ impl VirtualCard {
         MgmAlgorithm::from_id(img.mgm_algorithm).map_err(|e| CardError::Inconsistent(e.to_string()))?;
         let attestation_key = SigningKey::from_pkcs8_der(&img.attestation_key)
             .map_err(|e| CardError::Inconsistent(format!("attestation key: {e}")))?;
-        Ok(Self { img, keys, attestation_key, path: None, session: Session::default(), dirty: false })
+        let fido = img.fido.clone().map(|state| Authenticator::new(state, img.version)).transpose()?;
+        Ok(Self { img, keys, attestation_key, fido, path: None, session: Session::default(), dirty: false })
     }
 
     pub fn image(&self) -> &CardImage {
@@ -242,6 +268,14 @@ impl VirtualCard {
     /// Power cycle or warm reset: the security state is lost, the contents are not.
     pub fn reset_session(&mut self) {
         self.session = Session::default();
+        if let Some(f) = self.fido.as_mut() {
+            f.power_cycle();
+        }
+    }
+
+    /// The FIDO2 application, if the card has one.
+    pub fn fido(&mut self) -> Option<&mut Authenticator> {
+        self.fido.as_mut()
     }
 
     /// Processes one command APDU and returns the response APDU. Never panics on any input.
@@ -250,6 +284,12 @@ impl VirtualCard {
             Ok(cmd) => self.process_command(cmd),
             Err(_) => Response::status(Sw::WrongLength),
         };
+        if let Some(f) = self.fido.as_mut()
+            && f.take_dirty()
+        {
+            self.img.fido = Some(f.state().clone());
+            self.dirty = true;
+        }
         if self.dirty {
             self.dirty = false;
             if let Some(path) = &self.path
@@ -263,7 +303,9 @@ impl VirtualCard {
     }
 
     fn process_command(&mut self, cmd: Command) -> Response {
-        if cmd.ins == ins::INS_GET_RESPONSE && cmd.cla == 0 {
+        let fido = self.session.app == App::Fido;
+        // GET RESPONSE: CLA 00, and 80 too in the FIDO application (CTAP 2.1 §11.3.5).
+        if cmd.ins == ins::INS_GET_RESPONSE && (cmd.cla == 0 || fido && cmd.cla == 0x80) {
             if self.session.pending_response.is_empty() {
                 return Response::status(Sw::ConditionsNotSatisfied);
             }
@@ -273,6 +315,8 @@ impl VirtualCard {
         self.session.pending_response.clear();
         match cmd.cla {
             0x00 | 0x10 => {}
+            // The FIDO application's proprietary class, chained as 90.
+            0x80 | 0x90 if fido => {}
             0x0C | 0x1C => return Response::status(Sw::SmNotSupported),
             _ => return Response::status(Sw::ClaNotSupported),
         }
@@ -285,22 +329,30 @@ impl VirtualCard {
             self.session.pending_auth = None;
         }
         let le = cmd.le;
+        if cmd.ins == ins::INS_SELECT && cmd.p1 == 0x04 && cmd.data == FIDO_AID && self.fido.is_some() {
+            // Leaving PIV for another application ends its security state.
+            self.session = Session { app: App::Fido, ..Session::default() };
+            return self.deliver(SELECT_FIDO2.to_vec(), le);
+        }
         if cmd.ins == ins::INS_SELECT && cmd.p1 == 0x04 && cmd.data == MANAGEMENT_AID {
             // Leaving PIV for another application ends its security state.
-            self.session = Session { management_selected: true, ..Session::default() };
+            self.session = Session { app: App::Management, ..Session::default() };
             let v = self.img.version;
             return self.deliver(
                 format!("Lanyard virtual card - FW version {}.{}.{}", v[0], v[1], v[2]).into_bytes(),
                 le,
             );
         }
-        if self.session.management_selected {
-            if cmd.ins == ins::INS_SELECT
-                && cmd.p1 == 0x04
-                && cmd.data.len() >= 5
-                && PIV_AID.starts_with(&cmd.data)
-            {
-                self.session.management_selected = false;
+        if self.session.app != App::Piv {
+            if cmd.ins == ins::INS_SELECT {
+                if cmd.p1 == 0x04 && cmd.data.len() >= 5 && PIV_AID.starts_with(&cmd.data) {
+                    self.session = Session::default();
+                } else {
+                    // Another application stays selected (as PIV does for unknown AIDs).
+                    return Response::status(Sw::NotFound);
+                }
+            } else if self.session.app == App::Fido {
+                return self.fido_command(&cmd);
             } else if cmd.ins == INS_READ_CONFIG {
                 return match self.device_info(cmd.p1) {
                     Ok(d) => self.deliver(d, le),
@@ -316,8 +368,21 @@ impl VirtualCard {
         }
     }
 
-    /// Command chaining: blocks with CLA 0x10 accumulate; the final block completes the command.
-    /// A chain interrupted by a different command is dropped, so nothing half-sent takes effect.
+    /// A command of the FIDO application, through its NFC binding.
+    fn fido_command(&mut self, cmd: &Command) -> Response {
+        let Some(auth) = self.fido.as_mut() else { return Response::status(Sw::InsNotSupported) };
+        match self.session.nfc.command(auth, cmd.cla, cmd.ins, cmd.p1, cmd.p2, &cmd.data) {
+            NfcReply::Response(data) => self.deliver(data, cmd.le),
+            NfcReply::KeepAlive(state) => {
+                Response { data: vec![state], sw: Sw::Other(lanyard_ctap::consts::SW_KEEPALIVE) }
+            }
+            NfcReply::Error(sw) => Response::status(Sw::from_u16(sw)),
+        }
+    }
+
+    /// Command chaining: blocks with the chaining bit (CLA 0x10, or 0x90 in the FIDO
+    /// application) accumulate; the final block completes the command. A chain interrupted by a
+    /// different command is dropped, so nothing half-sent takes effect.
     fn chain(&mut self, mut cmd: Command) -> Result<Option<Command>, Sw> {
         let header = (cmd.ins, cmd.p1, cmd.p2);
         let pending = self.session.chain.take();
@@ -329,16 +394,21 @@ impl VirtualCard {
             return Err(Sw::WrongLength);
         }
         if cmd.cla & 0x10 != 0 {
-            if !matches!(
-                cmd.ins,
-                ins::INS_PUT_DATA
-                    | ins::INS_GENERAL_AUTHENTICATE
-                    | ins::INS_GENERATE
-                    | ins::INS_VERIFY
-                    | ins::INS_CHANGE_REFERENCE
-                    | ins::INS_RESET_RETRY
-                    | ins::INS_IMPORT_KEY
-            ) {
+            let chainable = if self.session.app == App::Fido {
+                cmd.ins == NFC_INS_MSG
+            } else {
+                matches!(
+                    cmd.ins,
+                    ins::INS_PUT_DATA
+                        | ins::INS_GENERAL_AUTHENTICATE
+                        | ins::INS_GENERATE
+                        | ins::INS_VERIFY
+                        | ins::INS_CHANGE_REFERENCE
+                        | ins::INS_RESET_RETRY
+                        | ins::INS_IMPORT_KEY
+                )
+            };
+            if !chainable {
                 return Err(Sw::Other(0x6884));
             }
             data.extend_from_slice(&cmd.data);
@@ -388,19 +458,20 @@ impl VirtualCard {
     }
 
     /// READ CONFIG of the management application: a length byte, then TLVs for the supported and
-    /// enabled applications (PIV only, over USB and NFC), serial, form factor and firmware.
+    /// enabled applications (PIV, and FIDO2 when the card has it; over USB and NFC), serial, form factor and firmware.
     fn device_info(&self, page: u8) -> Result<Vec<u8>, Sw> {
         if page != 0 {
             return Err(Sw::IncorrectP1P2);
         }
+        let caps = (CAPABILITY_PIV | if self.fido.is_some() { CAPABILITY_FIDO2 } else { 0 }).to_be_bytes();
         let mut t = Vec::new();
-        tlv::encode(0x01, &CAPABILITY_PIV, &mut t);
-        tlv::encode(0x03, &CAPABILITY_PIV, &mut t);
+        tlv::encode(0x01, &caps, &mut t);
+        tlv::encode(0x03, &caps, &mut t);
         tlv::encode(0x02, &self.img.serial.to_be_bytes(), &mut t);
         tlv::encode(0x04, &[0x00], &mut t);
         tlv::encode(0x05, &self.img.version, &mut t);
-        tlv::encode(0x0D, &CAPABILITY_PIV, &mut t);
-        tlv::encode(0x0E, &CAPABILITY_PIV, &mut t);
+        tlv::encode(0x0D, &caps, &mut t);
+        tlv::encode(0x0E, &caps, &mut t);
         tlv::encode(0x0A, &[0x00], &mut t);
         let len = u8::try_from(t.len()).map_err(|_| Sw::MemoryFailure)?;
         let mut out = vec![len];

@@ -6,7 +6,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub const FORMAT: u32 = 1;
+/// The image format written. Format 1 (before the FIDO application) still opens: it has no
+/// `fido` member, and such a card has no FIDO application.
+pub const FORMAT: u32 = 2;
+/// Formats [`CardImage::load`] accepts.
+pub const READABLE_FORMATS: [u32; 2] = [1, 2];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +56,9 @@ pub struct CardImage {
     /// The F9 attestation key (PKCS#8, P-256). Its certificate is object 5FFF01.
     #[serde(with = "hex")]
     pub attestation_key: Vec<u8>,
+    /// The FIDO2 authenticator's state (format 2); `None` on cards made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fido: Option<crate::fido::state::FidoState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +74,10 @@ impl CardImage {
         let bytes = std::fs::read(path).map_err(|source| ImageError::Io { path: path.to_owned(), source })?;
         let img: CardImage = serde_json::from_slice(&bytes)
             .map_err(|e| ImageError::Invalid { path: path.to_owned(), reason: e.to_string() })?;
-        if img.format != FORMAT {
+        if !READABLE_FORMATS.contains(&img.format) {
             return Err(ImageError::Invalid {
                 path: path.to_owned(),
-                reason: format!("format {} is not {FORMAT}", img.format),
+                reason: format!("format {} is not one of {READABLE_FORMATS:?}", img.format),
             });
         }
         Ok(img)

@@ -3,6 +3,7 @@
 
 pub mod attestation;
 pub mod card;
+pub mod fido;
 pub mod image;
 pub mod keys;
 pub mod vpcd;

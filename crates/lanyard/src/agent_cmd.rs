@@ -389,6 +389,8 @@ fn issue(opts: &SessionOptions, pins: &mut dyn PinSource, output: Output) -> any
         Output::Text => match p {
             Progress::Connected => println!("connected to the server"),
             Progress::Step { step, done, total } => println!("[{done}/{total}] {step}"),
+            Progress::FidoReached { via } => println!("FIDO authenticator: {via}"),
+            Progress::Ctap { command, status } => println!("  {command}: {status}"),
             Progress::PinRequested => println!("set the new PIN"),
             Progress::PinChanged => println!("PIN changed"),
             Progress::PinChangeSkipped => println!("PIN change skipped: the device stays pending"),

@@ -35,8 +35,9 @@ impl From<MgmAlg> for MgmAlgorithm {
 #[derive(Debug, Subcommand)]
 pub enum VcardCommand {
     /// Create a factory-new card image: default PIN 123456, PUK 12345678 and management key,
-    /// a fresh serial, and an attestation key certified by the attestation root in --home (made
-    /// on first use; a server trusts it through `attestation_roots`).
+    /// a fresh serial, and attestation keys certified by the attestation roots in --home (PIV
+    /// and FIDO, made on first use; a server trusts them through `attestation_roots`). The FIDO2
+    /// application starts without a PIN.
     New {
         /// Card image file to create.
         #[arg(long)]
@@ -122,6 +123,7 @@ pub fn run(cmd: VcardCommand) -> anyhow::Result<()> {
             img.save(&image)?;
             println!("created {} (serial {})", image.display(), img.serial);
             println!("attestation root: {}", root.certificate_pem_path().display());
+            println!("FIDO attestation root: {}", root.fido_certificate_pem_path().display());
             Ok(())
         }
         VcardCommand::Run { image, host, port, slot, control } => {
@@ -140,6 +142,16 @@ pub fn run(cmd: VcardCommand) -> anyhow::Result<()> {
                 })
                 .collect();
             let mgm = MgmAlgorithm::from_id(img.mgm_algorithm).map(|a| a.name()).unwrap_or("unknown");
+            let fido = img.fido.as_ref().map(|f| {
+                serde_json::json!({
+                    "pin_set": f.pin.is_some(),
+                    "pin_tries_left": f.pin_retries,
+                    "min_pin_length": f.min_pin_length,
+                    "force_pin_change": f.force_pin_change,
+                    "discoverable_credentials": f.credentials.len(),
+                    "signature_counter": f.sign_count,
+                })
+            });
             match output {
                 crate::piv_cmd::Output::Json => {
                     let v = serde_json::json!({
@@ -150,6 +162,7 @@ pub fn run(cmd: VcardCommand) -> anyhow::Result<()> {
                         "management_key": {"algorithm": mgm, "default": img.mgm_is_default},
                         "keys": keys.iter().map(|(s, a, o)| serde_json::json!({"slot": s, "algorithm": a, "origin": o})).collect::<Vec<_>>(),
                         "objects": img.objects.keys().collect::<Vec<_>>(),
+                        "fido": fido,
                     });
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 }
@@ -173,6 +186,17 @@ pub fn run(cmd: VcardCommand) -> anyhow::Result<()> {
                         println!("key {s}:         {a}, {o}");
                     }
                     println!("objects:        {}", img.objects.keys().cloned().collect::<Vec<_>>().join(" "));
+                    match &img.fido {
+                        None => println!("FIDO2:          none (image made before the FIDO application)"),
+                        Some(f) => println!(
+                            "FIDO2:          PIN {} ({} tries left), minimum length {}{}, {} discoverable credential(s)",
+                            if f.pin.is_some() { "set" } else { "not set" },
+                            f.pin_retries,
+                            f.min_pin_length,
+                            if f.force_pin_change { ", change forced" } else { "" },
+                            f.credentials.len()
+                        ),
+                    }
                 }
             }
             Ok(())

@@ -550,6 +550,71 @@ fn agent_lists_the_card_and_relays_a_session() {
     ypt_fails(&["-a", "verify-pin", "-P", "123456"]);
 }
 
+/// `lanyard agent issue` relays `ctap` frames through pcscd to the virtual card's FIDO
+/// application on the session's own connection (SELECT FIDO, NFCCTAP_MSG through vpcd), and the
+/// PIV batch after them, which does not SELECT PIV itself, still reaches PIV.
+#[test]
+fn agent_relays_ctap_through_pcscd() {
+    use lanyard_ctap::cbor::{MapRef, decode};
+    use lanyard_piv::commands;
+    let cards = Cards::plug(1);
+    let (url, server) = agent_server(|ws| {
+        // getInfo, ClientPIN getRetries (protocol 2), then a 600-byte request the card refuses
+        // (chained over three APDUs), then one that is never sent.
+        let long = format!("06{}", "A0".repeat(599));
+        let requests = vec!["04".to_owned(), "06A201020201".to_owned(), long, "04".to_owned()];
+        ws_send(
+            ws,
+            ServerFrame::Ctap {
+                seq: 1,
+                step: "fido".into(),
+                done: 0,
+                total: 2,
+                requests,
+                answer_within_secs: 60,
+            },
+        );
+        let ctap = ws_recv(ws);
+        ws_send(ws, transmit(2, 1, &[apdu_hex(&commands::get_serial())]));
+        let piv = ws_recv(ws);
+        let device = "0b6f3a2e-5d4c-4e3b-9a1f-2c7d8e9f0a1b".parse().unwrap();
+        ws_send(ws, ServerFrame::Done { device, state: lanyard_core::lifecycle::DeviceState::Pending });
+        (ctap, piv)
+    });
+    let out = Command::new(lanyard())
+        .args(["agent", "issue", "--server", &url, "--ticket", "t1", "--reader", READER0])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (ctap, piv) = server.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("FIDO authenticator: PC/SC reader {READER0:?}")), "{stdout}");
+    assert!(stdout.contains("authenticatorGetInfo: CTAP2_OK"), "{stdout}");
+    let AgentFrame::CtapResponses { seq: 1, responses } = ctap else { panic!("{ctap:?}") };
+    assert_eq!(responses.len(), 3, "stopped after the refused request: {responses:?}");
+    let info = hex::decode(&responses[0]).unwrap();
+    assert_eq!(info[0], 0x00);
+    let info = decode(&info[1..]).unwrap();
+    let info = MapRef::new(&info).unwrap();
+    let versions: Vec<&str> =
+        info.get(1).unwrap().as_array().unwrap().iter().filter_map(|v| v.as_text()).collect();
+    assert!(versions.contains(&"FIDO_2_1"), "{versions:?}");
+    let retries = hex::decode(&responses[1]).unwrap();
+    assert_eq!(retries[0], 0x00);
+    assert_eq!(MapRef::new(&decode(&retries[1..]).unwrap()).unwrap().uint(3).unwrap(), Some(8));
+    let refused = hex::decode(&responses[2]).unwrap();
+    assert_ne!(refused[0], 0x00, "a ClientPIN request of garbage is refused: {refused:02X?}");
+    assert!(
+        stdout
+            .contains(&format!("authenticatorClientPIN: {}", lanyard_ctap::consts::status::name(refused[0])))
+    );
+    let AgentFrame::Responses { seq: 2, responses } = piv else { panic!("{piv:?}") };
+    let serial = hex::decode(&responses[0]).unwrap();
+    assert_eq!(serial[..4], cards.serials[0].to_be_bytes());
+    assert_eq!(serial[4..], [0x90, 0x00]);
+}
+
 /// A card pulled between two batches: the agent sees it in the reader state, sends no APDU to
 /// the leaving card, tells the server, and ends the session.
 #[test]
