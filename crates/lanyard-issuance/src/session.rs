@@ -322,6 +322,15 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
         let fido = self.fido_phase(job, &policy, &secrets).await?;
         let shared_fido =
             fido.as_ref().is_some_and(|o| o.mode == lanyard_personalize::fido::FidoMode::Shared && o.pin_set);
+        if fido.as_ref().is_some_and(|o| o.round_trips > 0) {
+            // CTAP batches left the FIDO application selected, and the agent writes the new PIN
+            // without a SELECT of its own: select PIV again first (a transmit does).
+            let answers =
+                self.link.transmit("select_piv", (0, 1), &[lanyard_piv::commands::select()]).await?;
+            if !answers.first().is_some_and(|r| r.sw.is_success()) {
+                return Err(SessionError::Engine("the card did not select its PIV application again".into()));
+            }
+        }
         // Everything is on the card: the device is Pending until the PIN is changed.
         let now = self.clock.now();
         let system = System::new(self.op.clone(), now);

@@ -2289,6 +2289,47 @@ async fn an_administrator_sets_the_fido_pin_mode_and_its_minimum_length() {
     assert_eq!(listed["policy"]["fido_min_pin_length"], 10);
 }
 
+/// An issuance that stopped because the key already had a FIDO PIN: the holder's page says
+/// what a reset erases and offers it (or Start over); nobody else sees the job or can agree.
+#[tokio::test]
+async fn a_job_stopped_at_a_fido_pin_asks_its_holder_and_no_one_else() {
+    use lanyard_core::model::{Job, JobKind, JobState, StepOutcome};
+    let app = setup().await;
+    let now = app.clock.now();
+    let mut job = Job::new(JobKind::Issuance, app.alice_card, Some(app.alice.user.id), now);
+    job.transition(JobState::Running, now).unwrap();
+    let why = "the key already has a FIDO PIN; resetting its FIDO application erases that PIN and every passkey on it";
+    job.record("fido_pin_present", StepOutcome::Failed, Some(why.into()), now).unwrap();
+    job.record("session", StepOutcome::Failed, Some(format!("the card session failed: {why}")), now).unwrap();
+    job.transition(JobState::Failed, now).unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    tx.insert_job(&job).await.unwrap();
+    tx.commit().await.unwrap();
+    let uri = format!("/portal/jobs/{}", job.id);
+    let origin = ("origin", "https://lanyard.test");
+
+    let (alice, _) = app.portal_session("alice").await;
+    let page = app.page("GET", &uri, &[("cookie", alice.as_str())], None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    for shown in [
+        "data-phase=\"fido_consent\"",
+        "This key already has a FIDO PIN",
+        "every passkey stored on the key",
+        &format!("action=\"/portal/jobs/{}/erase-fido\"", job.id),
+        "Start over, leaving the passkeys alone",
+    ] {
+        assert!(page.text.contains(shown), "{shown} missing:\n{}", page.text);
+    }
+    let (bob, bob_token) = app.portal_session("bob").await;
+    let c = ("cookie", bob.as_str());
+    assert_eq!(app.page("GET", &uri, &[c], None).await.status, StatusCode::NOT_FOUND);
+    let form = format!("csrf_token={bob_token}");
+    let refused = app.page("POST", &format!("{uri}/erase-fido"), &[c, origin], Some(&form)).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let stored = app.db.begin().await.unwrap().get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(stored.steps.len(), 2, "nothing recorded for bob's attempt");
+}
+
 #[tokio::test]
 async fn an_administrator_creates_users_sets_roles_and_disables_accounts_and_no_one_else_can() {
     let app = setup().await;

@@ -974,12 +974,35 @@ impl App {
     }
 }
 
+/// Everything the server logs while it is alive, at every level (the test's runtime runs every
+/// task on the test's thread, where this subscriber is the default).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test]
 async fn independent_mode_sets_the_holders_fido_pin_and_keeps_no_trace_of_it() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
     let app = setup().await;
     app.set_fido_policy(FidoPinMode::Independent, 8).await;
     let (device, job, ticket) = app.begin().await;
@@ -1009,6 +1032,10 @@ async fn independent_mode_sets_the_holders_fido_pin_and_keeps_no_trace_of_it() {
     assert!(!audit.is_empty(), "the FIDO step is audited");
     assert!(audit.iter().any(|e| e.to_string().contains("\"pin_set\":true")), "{audit:?}");
     assert!(!audit.iter().any(|e| e.to_string().contains(FIDO_PIN)));
+    // Nor the server's logs, at any level (which did log the session).
+    let logged = logs.0.lock().unwrap().clone();
+    assert!(contains(&logged, "agent connected"), "the capture sees the server's logs");
+    assert!(!contains(&logged, FIDO_PIN) && !contains(&logged, NEW_PIN));
 }
 
 #[tokio::test]

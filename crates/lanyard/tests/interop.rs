@@ -937,3 +937,127 @@ fn two_cards_are_issued_end_to_end_and_judged_by_independent_tools() {
         .unwrap();
     assert!(out.status.success() && text(&out).contains("audit log verified"), "{}", text(&out));
 }
+
+/// The venv of `scripts/test`, with python-fido2 2.x and pyscard: the FIDO judge.
+fn fido_python() -> PathBuf {
+    let bin = match std::env::var_os("LANYARD_TEST_VENV") {
+        Some(v) => PathBuf::from(v).join("bin"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv/bin"),
+    };
+    let python = bin.join("python");
+    let probe = Command::new(&python)
+        .args(["-c", "import importlib.metadata as m, fido2, smartcard; assert int(m.version('fido2').split('.')[0]) >= 2"])
+        .output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "python-fido2 2.x with pyscard is missing from {}: run scripts/test, which installs them into its venv",
+        bin.display()
+    );
+    python
+}
+
+/// `tests/fido/issuance_judge.py SCENARIO READER ARGS…`; must print `OK <scenario>`.
+fn fido_judge(scenario: &str, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fido/issuance_judge.py");
+    let out = Command::new(fido_python()).arg(script).arg(scenario).arg(READER0).args(args).output().unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&format!("OK {scenario}")),
+        "issuance_judge {scenario}: {}",
+        text(&out)
+    );
+}
+
+/// The FIDO PIN issuance sealed for `device`, read as the server does (its KEK, its database).
+fn sealed_fido_pin(server: &Server, device: &str) -> Option<String> {
+    use lanyard_core::repo::Repo;
+    use lanyard_core::repo::prelude::*;
+    use secrecy::ExposeSecret;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let url = format!("sqlite://{}", server.data.join("lanyard.db").display());
+        let db = lanyard_store::Db::connect(&url).await.unwrap();
+        let id: lanyard_core::ids::DeviceId = device.parse().unwrap();
+        let sealed = db.read().await.unwrap().get_card_secrets(id).await.unwrap().unwrap();
+        let kek = lanyard_core::secrets::Kek::load(&server.data.join("kek")).unwrap();
+        let secrets = lanyard_core::secrets::CardSecrets::open(&sealed, &kek, id).unwrap();
+        secrets.fido_pin().map(|p| p.expose_secret().to_owned())
+    })
+}
+
+/// Sets the FIDO PIN mode and minimum of every group's policy through the API, with the admin
+/// CLI's token.
+fn set_fido_policy(server: &Server, mode: &str, min: u8) {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&server.cli_config).unwrap()).unwrap();
+    let auth = format!("authorization: Bearer {}", config["token"].as_str().unwrap());
+    let root = server.root_pem();
+    let groups = ok(
+        "curl",
+        &[
+            "-sS",
+            "--fail-with-body",
+            "--cacert",
+            &root,
+            "-H",
+            &auth,
+            &format!("{}/api/v1/groups", server.base),
+        ],
+    );
+    let groups: serde_json::Value = serde_json::from_str(&groups).unwrap();
+    for g in groups.as_array().unwrap() {
+        let mut policy = g["policy"].clone();
+        policy["fido_pin_mode"] = mode.into();
+        policy["fido_min_pin_length"] = min.into();
+        let url = format!("{}/api/v1/groups/{}/policy", server.base, g["id"].as_str().unwrap());
+        ok(
+            "curl",
+            &[
+                "-sS",
+                "--fail-with-body",
+                "--cacert",
+                &root,
+                "-H",
+                &auth,
+                "-H",
+                "content-type: application/json",
+                "-X",
+                "PUT",
+                "--data",
+                &policy.to_string(),
+                &url,
+            ],
+        );
+    }
+}
+
+/// Flow B through real pcscd: `lanyard serve`, `lanyard agent issue` and the virtual card as
+/// separate processes. The group's policy is `temporary` with a minimum of 9: issuance writes
+/// the PIV half, then sets a random FIDO PIN with forcePINChange over the agent's CTAP relay.
+/// python-fido2 judges the key: no PIN token for the sealed PIN until it is changed, a shorter
+/// new PIN refused, a token after the change, and a wrong PIN refused. (`shared` and
+/// `independent` take PINs typed in the portal, which `lanyard agent issue` does not carry; they
+/// are tested in process in lanyard-server's tests/issuance.rs.)
+#[test]
+fn a_temporary_fido_pin_is_set_through_pcscd_and_judged_by_python_fido2() {
+    let cards = Cards::plug(1);
+    let (server, password) = Server::start(&cards);
+    let login = Command::new(lanyard())
+        .args(["login", "--server", &server.base, "--ca-cert", &server.root(), "--username", "admin"])
+        .env("LANYARD_CLI_CONFIG", &server.cli_config)
+        .env("LANYARD_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(login.status.success(), "{}", text(&login));
+    set_fido_policy(&server, "temporary", 9);
+    let started = server.cli(&["device", "issue", "--kind", "usb_key", "--model", "Lanyard virtual card"]);
+    let device = started["device"]["id"].as_str().unwrap().to_owned();
+    let out = server.agent(READER0, started["ticket"].as_str().unwrap(), Some("97531864"));
+    assert!(out.status.success(), "agent issue: {}", text(&out));
+    let list = server.cli(&["device", "list"]);
+    let d = list.as_array().unwrap().iter().find(|d| d["id"] == device.as_str()).unwrap();
+    assert_eq!(d["state"], "active", "agent said: {}", text(&out));
+    let fido_pin = sealed_fido_pin(&server, &device).expect("the random FIDO PIN is sealed");
+    assert_eq!(fido_pin.len(), 9, "as long as the policy's minimum");
+    fido_judge("forced", &[&fido_pin, "9", "my new FIDO PIN"]);
+    fido_judge("pin", &["my new FIDO PIN", "9", &fido_pin]);
+}
