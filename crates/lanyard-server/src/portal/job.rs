@@ -358,13 +358,20 @@ async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Resul
 
 /// An issuance's steps on the card (from its checkpoint), its percentage and status line.
 fn issuance_progress(policy: &Policy, job: &Job, phase: Phase) -> (Vec<StepRow>, u8, String) {
-    let names = planned_steps(policy.certificates.keys().copied());
-    let completed: Vec<String> = job
-        .checkpoint
-        .as_ref()
-        .and_then(|c| c.get("completed"))
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default();
+    let mut names = planned_steps(policy.certificates.keys().copied());
+    let read = |c: Option<&serde_json::Value>| -> Vec<String> {
+        c.and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default()
+    };
+    let checkpoint = job.checkpoint.as_ref();
+    let mut completed = read(checkpoint.and_then(|c| c.get("completed")));
+    // The FIDO phase's steps follow the card's, when the policy sets a FIDO PIN.
+    if policy.fido_pin_mode.sets_pin() {
+        names.extend(["fido_detect", "fido_min_length", "fido_set_pin"]);
+        if policy.fido_pin_mode == FidoPinMode::Temporary {
+            names.push("fido_force_change");
+        }
+        completed.extend(read(checkpoint.and_then(|c| c.get("fido")).and_then(|f| f.get("completed"))));
+    }
     let is_done = |n: &str| completed.iter().any(|c| c == n);
     let current = names.iter().copied().find(|n| !is_done(n));
     let steps: Vec<StepRow> = names
@@ -900,6 +907,32 @@ mod tests {
             phase(&job, DeviceState::Issuing, false, true, now) == Phase::Failed,
             "the ticket lapsed unused"
         );
+    }
+
+    #[test]
+    fn fido_phases_and_steps_show_on_the_page() {
+        use lanyard_core::model::StepOutcome;
+        let now = time::macros::datetime!(2026-01-05 10:00 UTC);
+        let mut job = Job::new(JobKind::Issuance, lanyard_core::ids::DeviceId::new(), None, now);
+        job.transition(JobState::Running, now).unwrap();
+        assert!(phase_of(&job, DeviceState::Issuing, true, true, true, now) == Phase::FidoPinWanted);
+        assert!(phase_of(&job, DeviceState::Issuing, true, false, true, now) == Phase::Running);
+        job.record(STEP_FIDO_PIN_PRESENT, StepOutcome::Failed, Some("a PIN".into()), now).unwrap();
+        job.record("session", StepOutcome::Failed, Some("stopped".into()), now).unwrap();
+        job.transition(JobState::Failed, now).unwrap();
+        assert!(phase_of(&job, DeviceState::Issuing, false, false, false, now) == Phase::FidoConsent);
+        assert!(Phase::FidoConsent.ends());
+
+        let policy = Policy { fido_pin_mode: FidoPinMode::Temporary, ..Policy::default() };
+        job.checkpoint =
+            Some(serde_json::json!({"completed": ["detect"], "fido": {"completed": ["fido_detect"]}}));
+        let (steps, _, _) = issuance_progress(&policy, &job, Phase::Running);
+        let planned = planned_steps(policy.certificates.keys().copied()).len();
+        assert_eq!(steps.len(), planned + 4, "detect, minimum length, set PIN, forced change");
+        assert_eq!(steps.iter().filter(|s| s.done).count(), 2);
+        assert!(steps.iter().all(|s| s.label != "Working"), "every FIDO step has a label");
+        let none = Policy::default();
+        assert_eq!(issuance_progress(&none, &job, Phase::Running).0.len(), planned);
     }
 
     #[test]
