@@ -1549,14 +1549,6 @@ impl SessionCard for FidoFraming {
     }
 }
 
-/// A software card without a FIDO application (an image without the `fido` member, as the
-/// CCID interface of a YubiKey before firmware 5.8 presents itself).
-fn card_without_fido() -> Card {
-    let mut img = image(&NewCard::default());
-    img.fido = None;
-    InProcess(VirtualCard::from_image(img).unwrap())
-}
-
 /// A card in a named reader.
 struct InReader(Card, &'static str);
 

@@ -576,7 +576,17 @@ pub enum TicketPurpose {
     Run,
     /// Reset the card of a failed job and fail the device.
     Rollback,
+    /// Resume an issuance that stopped because the key already had a FIDO PIN
+    /// ([`STEP_FIDO_PIN_PRESENT`]), the holder having agreed in the portal that the key's FIDO
+    /// application — that PIN and every passkey on it — be erased ([`STEP_FIDO_RESET_CONSENTED`]).
+    RunErasingFido,
 }
+
+/// The log step an issuance stops at when the key already has a FIDO PIN Lanyard did not set.
+pub const STEP_FIDO_PIN_PRESENT: &str = "fido_pin_present";
+/// The log step that records the holder's consent to erase the key's FIDO application; a
+/// resumed session then resets it.
+pub const STEP_FIDO_RESET_CONSENTED: &str = "fido_reset_consented";
 
 /// The log step that marks a failed job for rollback.
 pub const STEP_ROLLBACK_REQUESTED: &str = "rollback_requested";
@@ -632,6 +642,25 @@ async fn job_ticket_once<R: Repo>(
     }
     match (job.state, purpose) {
         (JobState::Created | JobState::Failed, TicketPurpose::Run) => {}
+        (JobState::Failed, TicketPurpose::RunErasingFido) => {
+            let stopped_at_fido = job
+                .steps
+                .iter()
+                .rev()
+                .find(|s| s.outcome == StepOutcome::Failed && s.name != "session")
+                .is_some_and(|s| s.name == STEP_FIDO_PIN_PRESENT);
+            if !stopped_at_fido {
+                return Err(DomainError::Conflict(format!(
+                    "job {id} did not stop at a key's FIDO PIN; there is nothing to agree to erase"
+                )));
+            }
+            job.steps.push(JobStep {
+                at: who.at,
+                name: STEP_FIDO_RESET_CONSENTED.to_owned(),
+                outcome: StepOutcome::Done,
+                detail: Some("the holder agreed that the key's FIDO PIN and passkeys be erased".into()),
+            });
+        }
         (JobState::Failed, TicketPurpose::Rollback) => {
             if job.steps.last().is_none_or(|s| s.name != STEP_ROLLBACK_REQUESTED) {
                 job.steps.push(JobStep {
@@ -648,7 +677,9 @@ async fn job_ticket_once<R: Repo>(
             )));
         }
     }
-    if purpose == TicketPurpose::Run && job.steps.last().is_some_and(|s| s.name == STEP_ROLLBACK_REQUESTED) {
+    if purpose != TicketPurpose::Rollback
+        && job.steps.last().is_some_and(|s| s.name == STEP_ROLLBACK_REQUESTED)
+    {
         return Err(DomainError::Conflict(format!("job {id} is marked for rollback; finish the rollback")));
     }
     let ticket = job.issue_ticket(ttl, who.at)?;

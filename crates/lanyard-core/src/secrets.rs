@@ -164,6 +164,9 @@ pub struct CardSecrets {
     management_key: ManagementKey,
     puk: SecretString,
     initial_pin: SecretString,
+    /// The random FIDO PIN Lanyard sets on a security key in the `shared` and `temporary` FIDO
+    /// PIN modes (a PIN the holder chooses is never here).
+    fido_pin: Option<SecretString>,
 }
 
 impl fmt::Debug for CardSecrets {
@@ -172,6 +175,7 @@ impl fmt::Debug for CardSecrets {
             .field("management_key", &self.management_key)
             .field("puk", &"[REDACTED]")
             .field("initial_pin", &"[REDACTED]")
+            .field("fido_pin", &self.fido_pin.as_ref().map(|_| "[REDACTED]"))
             .finish()
     }
 }
@@ -221,7 +225,40 @@ impl CardSecrets {
         PinRules { min_len: 6, max_len: 8, forbid_trivial: false }
             .check(initial_pin.expose_secret())
             .map_err(SecretsError::BadInitialPin)?;
-        Ok(Self { management_key, puk, initial_pin })
+        Ok(Self { management_key, puk, initial_pin, fido_pin: None })
+    }
+
+    /// Adds the random FIDO PIN Lanyard sets on the key: 8 to 63 digits.
+    pub fn with_fido_pin(mut self, pin: SecretString) -> Result<Self, SecretsError> {
+        let p = pin.expose_secret();
+        if !(8..=63).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SecretsError::Malformed("a FIDO PIN Lanyard sets is 8 to 63 digits"));
+        }
+        self.fido_pin = Some(pin);
+        Ok(self)
+    }
+
+    /// The random FIDO PIN for `policy`, when its FIDO PIN mode has Lanyard set one (`shared`,
+    /// `temporary`): digits, as long as the policy's FIDO minimum and never shorter than eight,
+    /// and not a trivial run, so the key and the policy both take it.
+    pub fn generate_fido_pin(policy: &Policy) -> Result<Option<SecretString>, SecretsError> {
+        use crate::model::FidoPinMode;
+        if !matches!(policy.fido_pin_mode, FidoPinMode::Shared | FidoPinMode::Temporary) {
+            return Ok(None);
+        }
+        let len = usize::from(policy.fido_min_pin_length.clamp(8, 63));
+        let rules = crate::model::FidoPinRules { min_len: 8, forbid_trivial: true };
+        loop {
+            let pin = random_digits(len)?;
+            if rules.check(pin.expose_secret()).is_ok() {
+                return Ok(Some(pin));
+            }
+        }
+    }
+
+    /// See [`CardSecrets::with_fido_pin`].
+    pub fn fido_pin(&self) -> Option<&SecretString> {
+        self.fido_pin.as_ref()
     }
 
     /// Fresh random secrets: a management key for `mgm_algorithm`, an 8-digit PUK, and an initial
@@ -252,21 +289,25 @@ impl CardSecrets {
     }
 
     /// The plaintext encoding: `0x01` (format), then four fields, each `tag ‖ length (1 byte) ‖
-    /// value`: `01` algorithm, `02` management key, `03` PUK, `04` initial PIN.
+    /// value`: `01` algorithm, `02` management key, `03` PUK, `04` initial PIN; and `05` the FIDO
+    /// PIN when there is one (secrets sealed before it existed simply lack it).
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let fields: [(u8, &[u8]); 4] = [
+        let mut fields: Vec<(u8, &[u8])> = vec![
             (1, std::slice::from_ref(&self.management_key.algorithm)),
             (2, self.management_key.key()),
             (3, self.puk.expose_secret().as_bytes()),
             (4, self.initial_pin.expose_secret().as_bytes()),
         ];
+        if let Some(pin) = &self.fido_pin {
+            fields.push((5, pin.expose_secret().as_bytes()));
+        }
         let len = 1 + fields.iter().map(|(_, v)| 2 + v.len()).sum::<usize>();
         // Allocated once at its final size, so no unzeroed copy is left behind by growth.
         let mut out = Zeroizing::new(Vec::with_capacity(len));
         out.push(SECRETS_FORMAT);
         for (tag, value) in fields {
             out.push(tag);
-            // Every field is at most 32 bytes (checked on construction).
+            // Every field is at most 63 bytes (checked on construction).
             out.push(value.len() as u8);
             out.extend_from_slice(value);
         }
@@ -279,7 +320,11 @@ impl CardSecrets {
         if format != SECRETS_FORMAT {
             return Err(SecretsError::Malformed("unknown format byte"));
         }
-        let mut next = |tag: u8| -> Result<&[u8], SecretsError> {
+        // `None` only for an optional field (`required` false) at the end of the data.
+        let mut field = |tag: u8, required: bool| -> Result<Option<&[u8]>, SecretsError> {
+            if rest.is_empty() && !required {
+                return Ok(None);
+            }
             let [t, len, tail @ ..] = rest else {
                 return Err(SecretsError::Malformed("truncated field header"));
             };
@@ -292,8 +337,9 @@ impl CardSecrets {
             }
             let (value, tail) = tail.split_at(len);
             rest = tail;
-            Ok(value)
+            Ok(Some(value))
         };
+        let mut next = |tag: u8| field(tag, true).map(Option::unwrap_or_default);
         let algorithm = match next(1)? {
             [a] => *a,
             _ => return Err(SecretsError::Malformed("algorithm field must be one byte")),
@@ -304,10 +350,15 @@ impl CardSecrets {
         };
         let puk = text(next(3)?)?;
         let initial_pin = text(next(4)?)?;
+        let fido_pin = field(5, false)?.map(text).transpose()?;
         if !rest.is_empty() {
             return Err(SecretsError::Malformed("trailing bytes"));
         }
-        Self::new(ManagementKey::new(algorithm, key)?, puk, initial_pin)
+        let secrets = Self::new(ManagementKey::new(algorithm, key)?, puk, initial_pin)?;
+        match fido_pin {
+            Some(pin) => secrets.with_fido_pin(pin),
+            None => Ok(secrets),
+        }
     }
 
     /// Encrypts for storage on `device`'s row.
@@ -657,6 +708,33 @@ mod tests {
     }
 
     #[test]
+    fn a_fido_pin_is_sealed_with_the_card_secrets_and_older_blobs_read_without_one() {
+        use crate::model::{FidoPinMode, Policy};
+        let kek = Kek::generate().unwrap();
+        let device = DeviceId::new();
+        let none = Policy::default();
+        assert!(CardSecrets::generate_fido_pin(&none).unwrap().is_none());
+        for (mode, min, len) in [(FidoPinMode::Shared, 6, 8), (FidoPinMode::Temporary, 12, 12)] {
+            let policy = Policy { fido_pin_mode: mode, fido_min_pin_length: min, ..Policy::default() };
+            let pin = CardSecrets::generate_fido_pin(&policy).unwrap().unwrap();
+            assert_eq!(pin.expose_secret().len(), len);
+            let secrets = sample().with_fido_pin(pin.clone()).unwrap();
+            let opened = CardSecrets::open(&secrets.seal(&kek, device).unwrap(), &kek, device).unwrap();
+            assert_eq!(
+                opened.fido_pin().map(|p| p.expose_secret().to_owned()),
+                Some(pin.expose_secret().to_owned())
+            );
+            assert!(!format!("{opened:?}").contains(pin.expose_secret()));
+        }
+        // Secrets sealed before the FIDO PIN existed.
+        let old = sample();
+        assert!(CardSecrets::from_bytes(&old.to_bytes()).unwrap().fido_pin().is_none());
+        for bad in ["1234567", "12345678a", &"1".repeat(64)] {
+            assert!(sample().with_fido_pin(SecretString::from(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn random_passwords_are_alphanumeric_and_differ() {
         let a = random_password(20).unwrap();
         let b = random_password(20).unwrap();
@@ -794,7 +872,20 @@ mod tests {
     fn encoding_is_strict() {
         let bytes = sample().to_bytes();
         assert_same(&CardSecrets::from_bytes(&bytes).unwrap(), &sample());
-        let mut trailing = bytes.to_vec();
+        let mut stray = bytes.to_vec();
+        stray.push(0);
+        assert_eq!(
+            CardSecrets::from_bytes(&stray).unwrap_err().to_string(),
+            "malformed card secrets: truncated field header"
+        );
+        let mut unknown = bytes.to_vec();
+        unknown.extend_from_slice(&[9, 0]);
+        assert_eq!(
+            CardSecrets::from_bytes(&unknown).unwrap_err().to_string(),
+            "malformed card secrets: fields out of order"
+        );
+        let with_fido = sample().with_fido_pin(SecretString::from("48291736")).unwrap().to_bytes();
+        let mut trailing = with_fido.to_vec();
         trailing.push(0);
         assert_eq!(
             CardSecrets::from_bytes(&trailing).unwrap_err().to_string(),

@@ -2,6 +2,8 @@
 //! application of the virtual card) and its clients (the server's issuance engine, which runs the
 //! PIN protocol through the agent, and the agent's transports).
 //!
+//! - [`client`]: a sans-IO client (request builders, answer parsers) for getInfo, ClientPIN,
+//!   authenticatorConfig and Reset;
 //! - [`cbor`]: canonical CBOR encoding and a strict decoder;
 //! - [`consts`]: command bytes, subcommands, permissions, status codes, the NFC binding's numbers;
 //! - [`pin_protocol`]: PIN/UV auth protocols 1 and 2, for either side;
@@ -9,6 +11,9 @@
 //!   HID (CTAPHID, Linux hidraw).
 
 pub mod cbor;
+pub mod client;
 pub mod consts;
 pub mod pin_protocol;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;

@@ -20,6 +20,7 @@
 //! [`status`] maps a credential's lifecycle state to what OCSP and the CRL say about it.
 
 pub mod card;
+pub mod fido;
 pub mod rules;
 pub mod service;
 pub mod session;

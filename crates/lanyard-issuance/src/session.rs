@@ -14,7 +14,8 @@ use lanyard_core::clock::Clock;
 use lanyard_core::ids::DeviceId;
 use lanyard_core::lifecycle::{DeviceAction, DeviceState};
 use lanyard_core::model::{
-    CertSlot, Credential, Device, Job, JobKind, JobState, KeyAlgorithm, PinRules, Policy, StepOutcome, User,
+    CertSlot, Credential, Device, FidoPinRules, Job, JobKind, JobState, KeyAlgorithm, PinRules, Policy,
+    StepOutcome, User,
 };
 use lanyard_core::repo::Repo;
 use lanyard_core::repo::prelude::*;
@@ -120,6 +121,23 @@ pub trait AgentLink: Send {
         progress: (usize, usize),
         requests: &[Vec<u8>],
     ) -> impl Future<Output = Result<Vec<Vec<u8>>, SessionError>> + Send;
+
+    /// Waits for the FIDO PIN the holder chooses in the portal (`independent` FIDO PIN mode),
+    /// which must meet `rules`. The server sends it to the key itself, inside setPIN. `None` when
+    /// the holder cancelled or let the time run out.
+    fn holder_fido_pin(
+        &mut self,
+        rules: &FidoPinRules,
+    ) -> impl Future<Output = Result<Option<SecretString>, SessionError>> + Send;
+
+    /// As [`AgentLink::change_pin`], and hands the new PIN back when it came from the portal, so
+    /// the session can make it the key's FIDO PIN too (`shared` FIDO PIN mode). `None` when the
+    /// agent's holder typed it there.
+    fn change_pin_keeping(
+        &mut self,
+        old_pin: &SecretString,
+        rules: &PinRules,
+    ) -> impl Future<Output = Result<(PinAnswer, Option<SecretString>), SessionError>> + Send;
 
     /// Asks the agent to change the PIN from `old_pin` to one the holder types under `rules`.
     fn change_pin(
@@ -241,6 +259,10 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
             }
             _ => {
                 let secrets = CardSecrets::generate(AES192, &policy)
+                    .and_then(|s| match CardSecrets::generate_fido_pin(&policy)? {
+                        Some(pin) => s.with_fido_pin(pin),
+                        None => Ok(s),
+                    })
                     .map_err(|e| SessionError::Server(e.to_string()))?;
                 let guid = lanyard_piv::objects::random_uuid_v4();
                 let sealed = secrets.seal(kek, device.id).map_err(|e| SessionError::Server(e.to_string()))?;
@@ -295,6 +317,20 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
             save_checkpoint(job, &engine, self.clock.now())?;
             system.save_job(repo, job).await?;
         };
+        // The key's FIDO PIN, by the policy's mode, before the device leaves Issuing: a failure
+        // here leaves a job that resumes or rolls back like a PIV step.
+        let fido = self.fido_phase(job, &policy, &secrets).await?;
+        let shared_fido =
+            fido.as_ref().is_some_and(|o| o.mode == lanyard_personalize::fido::FidoMode::Shared && o.pin_set);
+        if fido.as_ref().is_some_and(|o| o.round_trips > 0) {
+            // CTAP batches left the FIDO application selected, and the agent writes the new PIN
+            // without a SELECT of its own: select PIV again first (a transmit does).
+            let answers =
+                self.link.transmit("select_piv", (0, 1), &[lanyard_piv::commands::select()]).await?;
+            if !answers.first().is_some_and(|r| r.sw.is_success()) {
+                return Err(SessionError::Engine("the card did not select its PIV application again".into()));
+            }
+        }
         // Everything is on the card: the device is Pending until the PIN is changed.
         let now = self.clock.now();
         let system = System::new(self.op.clone(), now);
@@ -316,7 +352,36 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
         system.save_job(repo, job).await?;
 
         // Change PIN: the agent sets the holder's PIN locally, before the deadline or not at all.
-        let state = match self.link.change_pin(secrets.initial_pin(), &policy.pin).await {
+        // In the shared FIDO mode the new PIN comes back so it becomes the FIDO PIN too.
+        let answer = if shared_fido {
+            self.link.change_pin_keeping(secrets.initial_pin(), &policy.pin).await
+        } else {
+            self.link.change_pin(secrets.initial_pin(), &policy.pin).await.map(|a| (a, None))
+        };
+        let answer = match answer {
+            Ok((PinAnswer::Sent { sw }, new_pin)) if shared_fido && sw.eq_ignore_ascii_case("9000") => {
+                let changed = match (new_pin, secrets.fido_pin()) {
+                    (Some(new_pin), Some(temporary)) => {
+                        self.fido_shared_change(job, temporary, new_pin).await
+                    }
+                    _ => Err(SessionError::AgentError(
+                        "the new PIN was typed at the agent, so the server cannot make it the FIDO PIN"
+                            .into(),
+                    )),
+                };
+                match changed {
+                    Ok(()) => Ok(PinAnswer::Sent { sw }),
+                    Err(e) => {
+                        // The PIV PIN is the holder's, the FIDO PIN still the temporary one: the
+                        // device stays Pending, and an operator who activates it sees that PIN.
+                        tracing::info!(device = %device.id, error = %e, "the FIDO PIN was not changed; the device stays pending");
+                        Ok(PinAnswer::Skipped)
+                    }
+                }
+            }
+            other => other.map(|(a, _)| a),
+        };
+        let state = match answer {
             Ok(PinAnswer::Sent { sw }) if sw.eq_ignore_ascii_case("9000") => {
                 let principal = Principal::new(owner.clone(), self.op.clone(), self.clock.now())
                     .map_err(|e| SessionError::Server(e.to_string()))?;
@@ -368,7 +433,11 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
             }
         }
         let round_trips = self.reset_card().await?;
-        let note = format!("card reset to factory state in {round_trips} round trips");
+        let mut note = format!("card reset to factory state in {round_trips} round trips");
+        if let Some(fido) = self.fido_rollback(job).await? {
+            note.push_str("; ");
+            note.push_str(&fido);
+        }
         self.finish_rollback(job, note).await
     }
 
@@ -674,8 +743,15 @@ pub(crate) async fn job_device<R: Repo>(repo: &R, job: &Job) -> Result<Device, S
 }
 
 fn save_checkpoint(job: &mut Job, engine: &Engine, now: OffsetDateTime) -> Result<(), SessionError> {
-    job.checkpoint =
-        Some(serde_json::to_value(engine.checkpoint()).map_err(|e| SessionError::Server(e.to_string()))?);
+    let mut value =
+        serde_json::to_value(engine.checkpoint()).map_err(|e| SessionError::Server(e.to_string()))?;
+    // The FIDO phase's checkpoint rides along (member `fido`, [`crate::fido`]).
+    if let (Some(fido), Some(map)) =
+        (job.checkpoint.as_ref().and_then(|c| c.get("fido")).cloned(), value.as_object_mut())
+    {
+        map.insert("fido".into(), fido);
+    }
+    job.checkpoint = Some(value);
     job.updated_at = now;
     Ok(())
 }

@@ -26,6 +26,8 @@
 //! A YubiKey 5.3 or later with an unissued card takes five round trips; `docs/issuance.md`
 //! explains the budget, resume and rollback.
 
+pub mod fido;
+
 use std::collections::BTreeSet;
 use std::fmt;
 

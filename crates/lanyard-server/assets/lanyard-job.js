@@ -6,8 +6,32 @@
   "use strict";
   var ENDED = [
     "active", "pending", "finished", "rolled_back", "failed",
-    "pin_changed", "unlocked", "pin_wrong", "pin_blocked"
+    "pin_changed", "unlocked", "pin_wrong", "pin_blocked", "fido_consent"
   ];
+
+  // A Copy button (data-copy names the element whose text it copies) says in its status
+  // element (aria-describedby) whether the copy worked.
+  function copier(button) {
+    button.addEventListener("click", function () {
+      var source = document.getElementById(button.getAttribute("data-copy"));
+      var said = document.getElementById(button.getAttribute("aria-describedby"));
+      if (!source || !navigator.clipboard) {
+        if (said) {
+          said.textContent = "Copying is not available here: select the PIN and copy it.";
+        }
+        return;
+      }
+      navigator.clipboard.writeText(source.textContent).then(function () {
+        if (said) {
+          said.textContent = "Copied.";
+        }
+      }, function () {
+        if (said) {
+          said.textContent = "Copying was refused: select the PIN and copy it.";
+        }
+      });
+    });
+  }
 
   function follow(job) {
     var url = job.getAttribute("data-events");
@@ -157,6 +181,10 @@
     var form = document.getElementById("pin-form");
     if (form) {
       guard(form);
+    }
+    var buttons = document.querySelectorAll("button[data-copy]");
+    for (var i = 0; i < buttons.length; i++) {
+      copier(buttons[i]);
     }
   });
 })();

@@ -18,7 +18,7 @@ use lanyard_core::audit::OperationId;
 use lanyard_core::authz::System;
 use lanyard_core::ids::{DeviceId, JobId};
 use lanyard_core::lifecycle::DeviceState;
-use lanyard_core::model::{Job, JobState, PinRules, StepOutcome};
+use lanyard_core::model::{FidoPinRules, Job, JobState, PinRules, StepOutcome};
 use lanyard_core::repo::Repo;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::Kek;
@@ -640,6 +640,37 @@ impl AgentLink for Session {
         self.send(&ServerFrame::ChangePin { seq, old_pin, rules: *rules, answer_within_secs, new_pin })
             .await?;
         pin_answer(self.receive(answer_within_secs).await?, seq, "the PIN change result")
+    }
+
+    async fn holder_fido_pin(&mut self, rules: &FidoPinRules) -> Result<Option<SecretString>, SessionError> {
+        let (pins, job, rules) = (Arc::clone(&self.pins), self.job, *rules);
+        let within = std::time::Duration::from_secs(u64::from(self.pin_within_secs));
+        match pins.wait_fido(job, rules, within).await {
+            PortalPin::Given(pin) => Ok(Some(SecretString::from(pin.expose().to_owned()))),
+            PortalPin::Declined => Ok(None),
+            PortalPin::NotUsed => Err(SessionError::Server(
+                "the FIDO PIN is chosen in the portal; start the issuance from Add Device there".into(),
+            )),
+        }
+    }
+
+    async fn change_pin_keeping(
+        &mut self,
+        old_pin: &SecretString,
+        rules: &PinRules,
+    ) -> Result<(PinAnswer, Option<SecretString>), SessionError> {
+        let Some((new_pin, answer_within_secs)) = self.portal_pin(rules).await else {
+            return Ok((PinAnswer::Skipped, None));
+        };
+        // A copy for the FIDO PIN, wiped when the caller drops it.
+        let kept = new_pin.as_ref().map(|p| SecretString::from(p.expose().to_owned()));
+        self.seq += 1;
+        let seq = self.seq;
+        let old_pin = Secret::new(old_pin.expose_secret());
+        self.send(&ServerFrame::ChangePin { seq, old_pin, rules: *rules, answer_within_secs, new_pin })
+            .await?;
+        let answer = pin_answer(self.receive(answer_within_secs).await?, seq, "the PIN change result")?;
+        Ok((answer, kept))
     }
 
     async fn change_holder_pin(&mut self, rules: &PinRules) -> Result<PinAnswer, SessionError> {

@@ -196,7 +196,7 @@ pub(crate) async fn start_session<R: Repo>(
         None => principal.self_service()?.agent_job_ticket(repo, job_id, purpose, ttl, &bound).await?,
     };
     let purpose = match purpose {
-        TicketPurpose::Run => job.kind.as_str().to_owned(),
+        TicketPurpose::Run | TicketPurpose::RunErasingFido => job.kind.as_str().to_owned(),
         TicketPurpose::Rollback => "rollback".to_owned(),
     };
     if from_portal {

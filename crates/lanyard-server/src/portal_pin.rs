@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use lanyard_core::ids::JobId;
-use lanyard_core::model::{PinRuleError, PinRules};
+use lanyard_core::model::{FidoPinRuleError, FidoPinRules, PinRuleError, PinRules};
 use lanyard_protocol::Secret;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -66,6 +66,8 @@ pub enum GiveError {
     PinMissing,
     #[error("pin: a card's PIN has at most {MAX_CARD_PIN} characters, so this cannot be it")]
     PinTooLong,
+    #[error("new_pin: {0}")]
+    FidoRules(FidoPinRuleError),
 }
 
 /// What a waiting session asks the holder for.
@@ -77,6 +79,9 @@ pub struct Asking {
     pub current: bool,
     /// Only the card's PIN is asked for, to be verified (a sponsor proof); no new PIN.
     pub verify: bool,
+    /// The key's FIDO PIN is asked for (`independent` FIDO PIN mode), under these rules instead
+    /// of [`Asking::rules`].
+    pub fido: Option<FidoPinRules>,
 }
 
 /// The holder's answer as it travels to the session: `None` declines.
@@ -90,6 +95,7 @@ struct Waiting {
     until: Instant,
     current: bool,
     verify: bool,
+    fido: Option<FidoPinRules>,
     tx: oneshot::Sender<Option<Typed>>,
 }
 
@@ -118,7 +124,17 @@ impl PinDesk {
 
     /// Waits up to `within` for the portal's PIN for `job`, if its PIN comes from the portal.
     pub async fn wait(&self, job: JobId, rules: PinRules, within: Duration) -> PortalPin {
-        match self.wait_for(job, rules, within, false, false).await {
+        match self.wait_for(job, rules, within, false, false, None).await {
+            None => PortalPin::NotUsed,
+            Some(Some(typed)) => PortalPin::Given(typed.new),
+            Some(None) => PortalPin::Declined,
+        }
+    }
+
+    /// Waits up to `within` for the FIDO PIN the holder chooses for `job`'s key (`independent`
+    /// FIDO PIN mode), if its PINs come from the portal.
+    pub async fn wait_fido(&self, job: JobId, rules: FidoPinRules, within: Duration) -> PortalPin {
+        match self.wait_for(job, PinRules::default(), within, false, false, Some(rules)).await {
             None => PortalPin::NotUsed,
             Some(Some(typed)) => PortalPin::Given(typed.new),
             Some(None) => PortalPin::Declined,
@@ -128,7 +144,7 @@ impl PinDesk {
     /// Waits up to `within` for the card's current PIN and the new one for `job` (*Change PIN*),
     /// if its PINs come from the portal.
     pub async fn wait_change(&self, job: JobId, rules: PinRules, within: Duration) -> PortalChange {
-        match self.wait_for(job, rules, within, true, false).await {
+        match self.wait_for(job, rules, within, true, false, None).await {
             None => PortalChange::NotUsed,
             Some(Some(Typed { current: Some(current), new })) => PortalChange::Given { current, new },
             Some(_) => PortalChange::Declined,
@@ -138,7 +154,7 @@ impl PinDesk {
     /// Waits up to `within` for the card's PIN for `job`, to be verified on the card (a sponsor
     /// proof), if it comes from the portal. The PIN is [`Typed::new`]'s place.
     pub async fn wait_verify(&self, job: JobId, within: Duration) -> PortalPin {
-        match self.wait_for(job, PinRules::default(), within, false, true).await {
+        match self.wait_for(job, PinRules::default(), within, false, true, None).await {
             None => PortalPin::NotUsed,
             Some(Some(typed)) => PortalPin::Given(typed.new),
             Some(None) => PortalPin::Declined,
@@ -153,17 +169,25 @@ impl PinDesk {
         within: Duration,
         current: bool,
         verify: bool,
+        fido: Option<FidoPinRules>,
     ) -> Option<Option<Typed>> {
         let rx = {
             let mut jobs = self.lock();
             let slot = jobs.get_mut(&job)?;
             let (tx, rx) = oneshot::channel();
-            *slot = Some(Waiting { rules, until: Instant::now() + within, current, verify, tx });
+            *slot = Some(Waiting { rules, until: Instant::now() + within, current, verify, fido, tx });
             rx
         };
         let answer = tokio::time::timeout(within, rx).await;
-        // Asked once per session: whatever came, the job no longer waits.
-        self.lock().remove(&job);
+        // Asked once per step: the job no longer waits. An issuance asks the FIDO PIN first and
+        // the device PIN later, so after the FIDO PIN it stays expected from the portal.
+        let mut jobs = self.lock();
+        if fido.is_some() && matches!(answer, Ok(Ok(Some(_)))) {
+            jobs.insert(job, None);
+        } else {
+            jobs.remove(&job);
+        }
+        drop(jobs);
         Some(answer.ok().and_then(Result::ok).flatten())
     }
 
@@ -182,6 +206,7 @@ impl PinDesk {
             seconds_left: waiting.until.saturating_duration_since(Instant::now()).as_secs(),
             current: waiting.current,
             verify: waiting.verify,
+            fido: waiting.fido,
         })
     }
 
@@ -194,6 +219,15 @@ impl PinDesk {
         let Some(Some(waiting)) = jobs.get(&job) else { return Err(GiveError::NotWaiting) };
         let typed = match new {
             None => None,
+            Some(pin) if waiting.fido.is_some() => {
+                if current.is_some() {
+                    return Err(GiveError::CurrentNotAsked);
+                }
+                if let Some(rules) = waiting.fido {
+                    rules.check(pin.expose()).map_err(GiveError::FidoRules)?;
+                }
+                Some(Typed { current: None, new: pin })
+            }
             Some(pin) if waiting.verify => {
                 // The card's own PIN, to be verified: the card judges it; only what cannot be a
                 // card PIN is refused here, and costs no try.
@@ -318,6 +352,37 @@ mod tests {
         }
         desk.give(job, None, None).unwrap();
         assert!(matches!(waiter.await.unwrap(), PortalChange::Declined));
+    }
+
+    /// An issuance in the independent FIDO mode waits for the key's FIDO PIN under the FIDO
+    /// rules (any characters, the policy's minimum length), then for the device PIN.
+    #[tokio::test]
+    async fn a_fido_pin_meets_the_fido_rules_and_the_device_pin_is_asked_after_it() {
+        let desk = std::sync::Arc::new(PinDesk::default());
+        let job = JobId::new();
+        desk.expect(job);
+        let rules = FidoPinRules { min_len: 8, forbid_trivial: true };
+        let waiter = {
+            let desk = std::sync::Arc::clone(&desk);
+            tokio::spawn(async move { desk.wait_fido(job, rules, Duration::from_secs(600)).await })
+        };
+        while desk.wanted(job).is_none() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(desk.wanted(job).and_then(|a| a.fido), Some(rules));
+        assert!(matches!(desk.give(job, None, Some(Secret::new("short"))), Err(GiveError::FidoRules(_))));
+        assert!(matches!(desk.give(job, None, Some(Secret::new("12345678"))), Err(GiveError::FidoRules(_))));
+        assert_eq!(
+            desk.give(job, Some(Secret::new("123456")), Some(Secret::new("long enough"))),
+            Err(GiveError::CurrentNotAsked)
+        );
+        desk.give(job, None, Some(Secret::new("long enough"))).unwrap();
+        match waiter.await.unwrap() {
+            PortalPin::Given(pin) => assert_eq!(pin.expose(), "long enough"),
+            other => panic!("{other:?}"),
+        }
+        assert!(desk.expects(job), "the device PIN is still to come from the portal");
+        assert_eq!(desk.wanted(job), None);
     }
 
     /// A sponsor proof waits for the card's own PIN: the card judges it, so the PIN rules do not

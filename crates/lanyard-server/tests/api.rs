@@ -14,7 +14,8 @@ use lanyard_core::clock::{Clock, ManualClock};
 use lanyard_core::ids::{DeviceId, GroupId};
 use lanyard_core::lifecycle::{CredentialState, DeviceState, RevocationReason};
 use lanyard_core::model::{
-    ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, Group, Policy, Role, User, Username,
+    ApiToken, CertSlot, Credential, CredentialKind, Device, DeviceKind, FidoPinMode, Group, Policy, Role,
+    User, Username,
 };
 use lanyard_core::password::UserPassword;
 use lanyard_core::repo::prelude::*;
@@ -2055,7 +2056,8 @@ fn policy_form_with(token: &str, changes: &[(&str, Option<&str>)]) -> String {
         ("max_mobiles", "3"),
         ("derived_piv_requires_sponsor", "on"),
         ("derived_revoke_on_card_loss", "on"),
-        ("fido_pin_mode", "independent"),
+        ("fido_pin_mode", "none"),
+        ("fido_min_pin_length", "6"),
         ("pin_min_len", "6"),
         ("pin_max_len", "8"),
         ("pin_forbid_trivial", "on"),
@@ -2226,6 +2228,107 @@ async fn an_administrator_sets_the_mobile_rules_and_a_refused_limit_names_its_fi
     );
     let events = app.audit().await.into_iter().filter(|e| e.action == "group.update_policy").count();
     assert_eq!(events, 2);
+}
+
+#[tokio::test]
+async fn an_administrator_sets_the_fido_pin_mode_and_its_minimum_length() {
+    let app = setup().await;
+    let group = app.db.begin().await.unwrap().list_groups().await.unwrap().remove(0);
+    let uri = format!("/portal/admin/groups/{}", group.id);
+    let origin = ("origin", "https://lanyard.test");
+    let (cookie, token) = app.portal_session("root").await;
+    let c = ("cookie", cookie.as_str());
+    let form = app.page("GET", &uri, &[c], None).await;
+    for shown in [
+        "<option value=\"none\" selected>",
+        "<option value=\"temporary\">",
+        "id=\"fido_min_pin_length\" name=\"fido_min_pin_length\" value=\"6\"",
+        "id=\"fido_pin_mode-hint\"",
+    ] {
+        assert!(form.text.contains(shown), "{shown} missing:\n{}", form.text);
+    }
+    // Shared mode with a FIDO minimum above the shortest device PIN: the device PIN could not
+    // become the FIDO PIN. Refused under the field, nothing saved.
+    let body =
+        policy_form_with(&token, &[("fido_pin_mode", Some("shared")), ("fido_min_pin_length", Some("7"))]);
+    let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(
+        p.text.contains(
+            "id=\"fido_min_pin_length-error\">fido_min_pin_length (7) must not exceed pin.min_len (6)"
+        ),
+        "{}",
+        p.text
+    );
+    for (sent, message) in [
+        ("3", "fido_min_pin_length must be between 4 and 63, got 3"),
+        ("64", "fido_min_pin_length must be between 4 and 63, got 64"),
+        ("four", "Shortest FIDO PIN: enter a whole number, &#34;four&#34; is not one in range."),
+    ] {
+        let body = policy_form_with(&token, &[("fido_min_pin_length", Some(sent))]);
+        let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{sent}");
+        assert!(p.text.contains(message), "{sent}: {}", p.text);
+    }
+    let unchanged = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.policy, group.policy);
+    let body = policy_form_with(
+        &token,
+        &[("fido_pin_mode", Some("temporary")), ("fido_min_pin_length", Some("10"))],
+    );
+    let p = app.page("POST", &uri, &[c, origin], Some(&body)).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let saved = app.db.begin().await.unwrap().get_group(group.id).await.unwrap().unwrap();
+    assert_eq!(
+        saved.policy,
+        Policy { fido_pin_mode: FidoPinMode::Temporary, fido_min_pin_length: 10, ..group.policy.clone() }
+    );
+    // The API shows the same fields.
+    let r = app.bearer("GET", "/api/v1/groups", &app.admin.token).await;
+    let listed = r.body.as_array().unwrap().iter().find(|g| g["id"] == group.id.to_string()).unwrap().clone();
+    assert_eq!(listed["policy"]["fido_pin_mode"], "temporary", "{listed}");
+    assert_eq!(listed["policy"]["fido_min_pin_length"], 10);
+}
+
+/// An issuance that stopped because the key already had a FIDO PIN: the holder's page says
+/// what a reset erases and offers it (or Start over); nobody else sees the job or can agree.
+#[tokio::test]
+async fn a_job_stopped_at_a_fido_pin_asks_its_holder_and_no_one_else() {
+    use lanyard_core::model::{Job, JobKind, JobState, StepOutcome};
+    let app = setup().await;
+    let now = app.clock.now();
+    let mut job = Job::new(JobKind::Issuance, app.alice_card, Some(app.alice.user.id), now);
+    job.transition(JobState::Running, now).unwrap();
+    let why = "the key already has a FIDO PIN; resetting its FIDO application erases that PIN and every passkey on it";
+    job.record("fido_pin_present", StepOutcome::Failed, Some(why.into()), now).unwrap();
+    job.record("session", StepOutcome::Failed, Some(format!("the card session failed: {why}")), now).unwrap();
+    job.transition(JobState::Failed, now).unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    tx.insert_job(&job).await.unwrap();
+    tx.commit().await.unwrap();
+    let uri = format!("/portal/jobs/{}", job.id);
+    let origin = ("origin", "https://lanyard.test");
+
+    let (alice, _) = app.portal_session("alice").await;
+    let page = app.page("GET", &uri, &[("cookie", alice.as_str())], None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    for shown in [
+        "data-phase=\"fido_consent\"",
+        "This key already has a FIDO PIN",
+        "every passkey stored on the key",
+        &format!("action=\"/portal/jobs/{}/erase-fido\"", job.id),
+        "Start over, leaving the passkeys alone",
+    ] {
+        assert!(page.text.contains(shown), "{shown} missing:\n{}", page.text);
+    }
+    let (bob, bob_token) = app.portal_session("bob").await;
+    let c = ("cookie", bob.as_str());
+    assert_eq!(app.page("GET", &uri, &[c], None).await.status, StatusCode::NOT_FOUND);
+    let form = format!("csrf_token={bob_token}");
+    let refused = app.page("POST", &format!("{uri}/erase-fido"), &[c, origin], Some(&form)).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let stored = app.db.begin().await.unwrap().get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(stored.steps.len(), 2, "nothing recorded for bob's attempt");
 }
 
 #[tokio::test]

@@ -829,3 +829,318 @@ async fn a_pin_typed_after_the_deadline_never_reaches_the_card() {
         app.free_allowance(device).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The FIDO phase (DESIGN flow B): the key's FIDO half is `lanyard_ctap::testing::SoftKey`, an
+// authenticator's PIN state that checks every CTAP request as CTAP 2.1 says (the virtual card's
+// authenticator replaces it in the pcscd tests once it exists).
+// ---------------------------------------------------------------------------------------------
+
+use lanyard_core::model::FidoPinMode;
+use lanyard_ctap::testing::SoftKey;
+
+/// Plays an agent with features `server_pin` and `ctap`: PIV batches go to `card`, CTAP batches
+/// to `key`; the new device PIN comes in the `change_pin` frame from the portal. `cut_after_ctap`
+/// drops the connection after that many CTAP batches.
+async fn relay_fido(
+    app: &App,
+    ticket: &str,
+    card: &mut Card,
+    key: &mut SoftKey,
+    cut_after_ctap: Option<usize>,
+) -> End {
+    let version = PROTOCOL_VERSION.to_string();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(agent_request(app, Some(ticket), Some(&version))).await.unwrap();
+    let hello = AgentFrame::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: "test-relay".into(),
+        reader: "in-process".into(),
+        atr: "3B".into(),
+        features: vec!["server_pin".into(), "ctap".into()],
+    };
+    ws.send(Message::text(hello.to_text())).await.unwrap();
+    let mut ctap_batches = 0;
+    while let Some(msg) = ws.next().await {
+        let Message::Text(text) = msg.unwrap() else { continue };
+        let answer = match ServerFrame::parse(text.as_str()).unwrap() {
+            ServerFrame::Transmit { seq, apdus, .. } => {
+                let mut responses = Vec::new();
+                for apdu in apdus {
+                    let cmd = Command::parse(&hex::decode(apdu).unwrap()).unwrap();
+                    let resp = card.exchange(&cmd).unwrap();
+                    responses.push(hex::encode_upper(resp.to_bytes()));
+                    if !resp.sw.is_success() {
+                        break;
+                    }
+                }
+                AgentFrame::Responses { seq, responses }
+            }
+            ServerFrame::Ctap { seq, requests, .. } => {
+                if cut_after_ctap == Some(ctap_batches) {
+                    return End::Cut;
+                }
+                ctap_batches += 1;
+                let requests: Vec<Vec<u8>> = requests.iter().map(|r| hex::decode(r).unwrap()).collect();
+                let responses = key.run(&requests).iter().map(hex::encode_upper).collect();
+                AgentFrame::CtapResponses { seq, responses }
+            }
+            ServerFrame::ChangePin { seq, old_pin, new_pin, .. } => match new_pin {
+                Some(new) => {
+                    card.change_reference(false, old_pin.expose().as_bytes(), new.expose().as_bytes())
+                        .unwrap();
+                    AgentFrame::PinChanged { seq, sw: "9000".into() }
+                }
+                None => AgentFrame::PinChangeSkipped { seq },
+            },
+            ServerFrame::Done { state, .. } => return End::Done(state.to_string()),
+            ServerFrame::Error { message } => return End::Error(message),
+            other => panic!("unexpected {other:?}"),
+        };
+        ws.send(Message::text(answer.to_text())).await.unwrap();
+    }
+    End::Error("closed without a word".into())
+}
+
+impl App {
+    async fn set_fido_policy(&self, mode: FidoPinMode, min: u8) {
+        let mut tx = self.db.begin().await.unwrap();
+        let mut g = tx.list_groups().await.unwrap().remove(0);
+        g.policy.fido_pin_mode = mode;
+        g.policy.fido_min_pin_length = min;
+        g.policy.validate().unwrap();
+        tx.update_group(&g).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// Answers the portal's questions of job `job` as the holder would: the FIDO PIN when asked
+    /// for one (`fido`), then the device PIN.
+    async fn answer_pins(&self, job: &str, fido: Option<&str>, device_pin: &str) {
+        let mut fido = fido;
+        for _ in 0..2000 {
+            let (_, body) = self.call("GET", &format!("/api/v1/jobs/{job}"), &self.alice, None).await;
+            if let Some(wanted) = body.get("pin_wanted") {
+                let pin = if wanted.get("fido").is_some() {
+                    fido.take().expect("a FIDO PIN is asked once")
+                } else {
+                    device_pin
+                };
+                let (status, answer) = self
+                    .call(
+                        "POST",
+                        &format!("/api/v1/jobs/{job}/pin"),
+                        &self.alice,
+                        Some(json!({"new_pin": pin})),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+                if wanted.get("fido").is_none() {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("job {job} never asked for its PINs");
+    }
+
+    /// The FIDO PIN sealed with the card secrets.
+    async fn sealed_fido_pin(&self, device: DeviceId) -> Option<String> {
+        let sealed = self.db.begin().await.unwrap().get_card_secrets(device).await.unwrap().unwrap();
+        let kek = &self.state.issuance.as_ref().unwrap().kek;
+        let secrets = lanyard_core::secrets::CardSecrets::open(&sealed, kek, device).unwrap();
+        secrets.fido_pin().map(|p| p.expose_secret().to_owned())
+    }
+
+    /// Every byte the server's database holds, for looking for a PIN in it.
+    fn database_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for name in ["lanyard.db", "lanyard.db-wal"] {
+            if let Ok(b) = std::fs::read(self._dir.path().join(name)) {
+                all.extend(b);
+            }
+        }
+        all
+    }
+
+    /// The `device.fido_pin` audit events, as JSON.
+    async fn fido_audit(&self) -> Vec<Value> {
+        let query = lanyard_core::repo::AuditQuery {
+            action: Some("device.fido_pin".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        let events = self.db.read().await.unwrap().list_audit(&query).await.unwrap();
+        events.iter().map(|e| json!({"target": e.target, "after": e.after})).collect()
+    }
+}
+
+/// Everything the server logs while it is alive, at every level (the test's runtime runs every
+/// task on the test's thread, where this subscriber is the default).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn independent_mode_sets_the_holders_fido_pin_and_keeps_no_trace_of_it() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let app = setup().await;
+    app.set_fido_policy(FidoPinMode::Independent, 8).await;
+    let (device, job, ticket) = app.begin().await;
+    app.state.pins.expect(job.parse().unwrap());
+    let (mut card, mut key) = (app.card(), SoftKey::new());
+    const FIDO_PIN: &str = "correct horse 42";
+    let (end, ()) = tokio::join!(
+        relay_fido(&app, &ticket, &mut card, &mut key, None),
+        app.answer_pins(&job, Some(FIDO_PIN), NEW_PIN)
+    );
+    assert_eq!(end, End::Done("active".into()));
+    assert_issued(&app, device, &mut card, NEW_PIN, DeviceState::Active).await;
+    // The judge: the key gives a PIN token for the holder's PIN, and for no other.
+    assert_eq!(key.token_with(FIDO_PIN), Ok(()));
+    assert_eq!(key.token_with(NEW_PIN), Err(lanyard_ctap::consts::status::PIN_INVALID));
+    assert_eq!(key.min_len, 8, "the policy's minimum is on the key");
+    assert!(!key.force_change);
+    assert_eq!(app.sealed_fido_pin(device).await, None, "a PIN the holder chose is never sealed");
+    // Neither the database nor the job's record nor the audit log holds it.
+    assert!(!contains(&app.database_bytes(), FIDO_PIN));
+    let (_, record) = app.call("GET", &format!("/api/v1/jobs/{job}"), &app.alice, None).await;
+    assert!(!record.to_string().contains(FIDO_PIN));
+    let steps: Vec<&str> =
+        record["steps"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert!(steps.contains(&"fido"), "{steps:?}");
+    let audit = app.fido_audit().await;
+    assert!(!audit.is_empty(), "the FIDO step is audited");
+    assert!(audit.iter().any(|e| e.to_string().contains("\"pin_set\":true")), "{audit:?}");
+    assert!(!audit.iter().any(|e| e.to_string().contains(FIDO_PIN)));
+    // Nor the server's logs, at any level (which did log the session).
+    let logged = logs.0.lock().unwrap().clone();
+    assert!(contains(&logged, "agent connected"), "the capture sees the server's logs");
+    assert!(!contains(&logged, FIDO_PIN) && !contains(&logged, NEW_PIN));
+}
+
+#[tokio::test]
+async fn shared_mode_makes_the_device_pin_the_fido_pin_at_change_pin() {
+    let app = setup().await;
+    app.set_fido_policy(FidoPinMode::Shared, 6).await;
+    let (device, job, ticket) = app.begin().await;
+    app.state.pins.expect(job.parse().unwrap());
+    let (mut card, mut key) = (app.card(), SoftKey::new());
+    let (end, ()) = tokio::join!(
+        relay_fido(&app, &ticket, &mut card, &mut key, None),
+        app.answer_pins(&job, None, NEW_PIN)
+    );
+    assert_eq!(end, End::Done("active".into()));
+    assert_issued(&app, device, &mut card, NEW_PIN, DeviceState::Active).await;
+    let temporary = app.sealed_fido_pin(device).await.expect("the temporary FIDO PIN is sealed");
+    assert_eq!(temporary.len(), 8);
+    assert_eq!(key.token_with(NEW_PIN), Ok(()), "the device PIN is the FIDO PIN");
+    assert_eq!(key.token_with(&temporary), Err(lanyard_ctap::consts::status::PIN_INVALID));
+    assert!(!contains(&app.database_bytes(), NEW_PIN), "the device PIN is nowhere in the database");
+    assert!(app.fido_audit().await.iter().any(|e| e.to_string().contains("fido_change_pin")));
+}
+
+#[tokio::test]
+async fn temporary_mode_blocks_pin_tokens_until_the_pin_is_changed() {
+    let app = setup().await;
+    app.set_fido_policy(FidoPinMode::Temporary, 10).await;
+    let (device, job, ticket) = app.begin().await;
+    app.state.pins.expect(job.parse().unwrap());
+    let (mut card, mut key) = (app.card(), SoftKey::new());
+    let (end, ()) = tokio::join!(
+        relay_fido(&app, &ticket, &mut card, &mut key, None),
+        app.answer_pins(&job, None, NEW_PIN)
+    );
+    assert_eq!(end, End::Done("active".into()));
+    let temporary = app.sealed_fido_pin(device).await.expect("the random FIDO PIN is sealed");
+    assert_eq!(temporary.len(), 10, "as long as the policy's minimum");
+    assert!(key.force_change && key.min_len == 10);
+    assert_eq!(key.token_with(&temporary), Err(lanyard_ctap::consts::status::PIN_POLICY_VIOLATION));
+    // The holder changes it (as their browser or ykman would); then tokens come.
+    let ka = lanyard_ctap::client::parse_key_agreement(
+        &key.handle(&lanyard_ctap::client::get_key_agreement(lanyard_ctap::pin_protocol::PinProtocol::Two)),
+    )
+    .unwrap();
+    let platform = lanyard_ctap::pin_protocol::KeyPair::generate();
+    let shared = platform.agree(lanyard_ctap::pin_protocol::PinProtocol::Two, &ka).unwrap();
+    // Shorter than the minimum: refused by the key.
+    let short = lanyard_ctap::client::change_pin(&platform, &shared, &temporary, "123456789").unwrap();
+    assert_eq!(key.handle(&short), [lanyard_ctap::consts::status::PIN_POLICY_VIOLATION]);
+    let change = lanyard_ctap::client::change_pin(&platform, &shared, &temporary, "my own 10+ PIN").unwrap();
+    assert_eq!(key.handle(&change), [0]);
+    assert_eq!(key.token_with("my own 10+ PIN"), Ok(()));
+}
+
+#[tokio::test]
+async fn a_key_with_a_fido_pin_is_reset_only_after_the_holder_agrees() {
+    let app = setup().await;
+    app.set_fido_policy(FidoPinMode::Shared, 6).await;
+    let (device, job, ticket) = app.begin().await;
+    app.state.pins.expect(job.parse().unwrap());
+    let (mut card, mut key) = (app.card(), SoftKey::with_pin("somebody's old PIN"));
+    let end = relay_fido(&app, &ticket, &mut card, &mut key, None).await;
+    assert!(matches!(&end, End::Error(m) if m.contains("already has a FIDO PIN")), "{end:?}");
+    app.wait_job(&job, "failed").await;
+    assert!(!key.seen.contains(&lanyard_ctap::consts::cmd::RESET), "nothing erased without consent");
+    assert_eq!(key.token_with("somebody's old PIN"), Ok(()));
+    assert_eq!(app.device(device).await.state, DeviceState::Issuing);
+    // A plain resume stops at the same place; consent is its own ticket purpose.
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("/api/v1/jobs/{job}/ticket"),
+            &app.bob,
+            Some(json!({"purpose": "run_erasing_fido"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another user cannot agree for the holder");
+    let ticket = app.ticket(&job, "run_erasing_fido").await;
+    app.state.pins.expect(job.parse().unwrap());
+    let (end, ()) = tokio::join!(
+        relay_fido(&app, &ticket, &mut card, &mut key, None),
+        app.answer_pins(&job, None, NEW_PIN)
+    );
+    assert_eq!(end, End::Done("active".into()));
+    assert!(key.seen.contains(&lanyard_ctap::consts::cmd::RESET));
+    assert_eq!(key.token_with(NEW_PIN), Ok(()));
+    let (_, record) = app.call("GET", &format!("/api/v1/jobs/{job}"), &app.alice, None).await;
+    assert!(record.to_string().contains("fido_reset_consented"));
+}
+
+#[tokio::test]
+async fn rollback_resets_a_fido_pin_the_job_set() {
+    let app = setup().await;
+    app.set_fido_policy(FidoPinMode::Temporary, 6).await;
+    let (device, job, ticket) = app.begin().await;
+    let (mut card, mut key) = (app.card(), SoftKey::new());
+    // Cut after detect, minimum length, key agreement and setPIN: the PIN is on the key.
+    let end = relay_fido(&app, &ticket, &mut card, &mut key, Some(4)).await;
+    assert_eq!(end, End::Cut);
+    app.wait_job(&job, "failed").await;
+    assert!(key.has_pin());
+    let ticket = app.ticket(&job, "rollback").await;
+    let end = relay_fido(&app, &ticket, &mut card, &mut key, None).await;
+    assert_eq!(end, End::Done("failed".into()));
+    assert!(!key.has_pin(), "the key's FIDO application was reset");
+    assert_eq!(app.device(device).await.state, DeviceState::Failed);
+    assert!(app.fido_audit().await.iter().any(|e| e.to_string().contains("fido_rollback")));
+}

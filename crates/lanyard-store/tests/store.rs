@@ -1013,3 +1013,44 @@ on_both!(passkeys_follow_their_device_and_stay_with_their_holder, |db| {
     assert_eq!(complete(T0, 9).await, Err(PasskeyRefused::Removed));
     assert!(!password_refused(db, &alice).await.unwrap());
 });
+
+// Migration 0012 turns every stored policy's FIDO PIN mode to `none` (it had no effect before)
+// and writes the minimum FIDO PIN length out; the other members are kept.
+on_both!(migration_0012_sets_fido_pin_mode_none, |db| {
+    let g = group("fido-before-0012");
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_group(&g).await.unwrap();
+    tx.commit().await.unwrap();
+    // The policy as a server before 0012 stored it: "independent", no minimum, max_devices 5.
+    let mut old = serde_json::to_value(&g.policy).unwrap();
+    let map = old.as_object_mut().unwrap();
+    map.remove("fido_min_pin_length");
+    map.insert("fido_pin_mode".into(), json!("independent"));
+    map.insert("max_devices".into(), json!(5));
+    let old = old.to_string();
+    let id = g.id.to_string();
+    let (migration, set) = match db {
+        Db::Sqlite(_) => (
+            include_str!("../migrations/sqlite/0012_fido_pin_policy.sql"),
+            "UPDATE groups SET policy = ? WHERE id = ?",
+        ),
+        Db::Postgres(_) => (
+            include_str!("../migrations/postgres/0012_fido_pin_policy.sql"),
+            "UPDATE groups SET policy = $1 WHERE id = $2",
+        ),
+    };
+    match db {
+        Db::Sqlite(p) => {
+            sqlx::query(set).bind(&old).bind(&id).execute(p).await.unwrap();
+            sqlx::raw_sql(migration).execute(p).await.unwrap();
+        }
+        Db::Postgres(p) => {
+            sqlx::query(set).bind(&old).bind(&id).execute(p).await.unwrap();
+            sqlx::raw_sql(migration).execute(p).await.unwrap();
+        }
+    }
+    let read = db.read().await.unwrap().get_group(g.id).await.unwrap().unwrap();
+    assert_eq!(read.policy.fido_pin_mode, lanyard_core::model::FidoPinMode::None);
+    assert_eq!(read.policy.fido_min_pin_length, 6);
+    assert_eq!(read.policy.max_devices, 5, "the other members are kept");
+});

@@ -937,3 +937,295 @@ fn two_cards_are_issued_end_to_end_and_judged_by_independent_tools() {
         .unwrap();
     assert!(out.status.success() && text(&out).contains("audit log verified"), "{}", text(&out));
 }
+
+/// The venv of `scripts/test`, with python-fido2 2.x and pyscard: the FIDO judge.
+fn fido_python() -> PathBuf {
+    let bin = match std::env::var_os("LANYARD_TEST_VENV") {
+        Some(v) => PathBuf::from(v).join("bin"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv/bin"),
+    };
+    let python = bin.join("python");
+    let probe = Command::new(&python)
+        .args(["-c", "import importlib.metadata as m, fido2, smartcard; assert int(m.version('fido2').split('.')[0]) >= 2"])
+        .output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "python-fido2 2.x with pyscard is missing from {}: run scripts/test, which installs them into its venv",
+        bin.display()
+    );
+    python
+}
+
+/// `tests/fido/issuance_judge.py SCENARIO READER ARGS…`; must print `OK <scenario>`.
+fn fido_judge(scenario: &str, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fido/issuance_judge.py");
+    let out = Command::new(fido_python()).arg(script).arg(scenario).arg(READER0).args(args).output().unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&format!("OK {scenario}")),
+        "issuance_judge {scenario}: {}",
+        text(&out)
+    );
+}
+
+/// The FIDO PIN issuance sealed for `device`, read as the server does (its KEK, its database).
+fn sealed_fido_pin(server: &Server, device: &str) -> Option<String> {
+    use lanyard_core::repo::Repo;
+    use lanyard_core::repo::prelude::*;
+    use secrecy::ExposeSecret;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let url = format!("sqlite://{}", server.data.join("lanyard.db").display());
+        let db = lanyard_store::Db::connect(&url).await.unwrap();
+        let id: lanyard_core::ids::DeviceId = device.parse().unwrap();
+        let sealed = db.read().await.unwrap().get_card_secrets(id).await.unwrap().unwrap();
+        let kek = lanyard_core::secrets::Kek::load(&server.data.join("kek")).unwrap();
+        let secrets = lanyard_core::secrets::CardSecrets::open(&sealed, &kek, id).unwrap();
+        secrets.fido_pin().map(|p| p.expose_secret().to_owned())
+    })
+}
+
+/// Sets the FIDO PIN mode and minimum of every group's policy through the API, with the admin
+/// CLI's token.
+fn set_fido_policy(server: &Server, mode: &str, min: u8) {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&server.cli_config).unwrap()).unwrap();
+    let auth = format!("authorization: Bearer {}", config["token"].as_str().unwrap());
+    let root = server.root_pem();
+    let groups = ok(
+        "curl",
+        &[
+            "-sS",
+            "--fail-with-body",
+            "--cacert",
+            &root,
+            "-H",
+            &auth,
+            &format!("{}/api/v1/groups", server.base),
+        ],
+    );
+    let groups: serde_json::Value = serde_json::from_str(&groups).unwrap();
+    for g in groups.as_array().unwrap() {
+        let mut policy = g["policy"].clone();
+        policy["fido_pin_mode"] = mode.into();
+        policy["fido_min_pin_length"] = min.into();
+        let url = format!("{}/api/v1/groups/{}/policy", server.base, g["id"].as_str().unwrap());
+        ok(
+            "curl",
+            &[
+                "-sS",
+                "--fail-with-body",
+                "--cacert",
+                &root,
+                "-H",
+                &auth,
+                "-H",
+                "content-type: application/json",
+                "-X",
+                "PUT",
+                "--data",
+                &policy.to_string(),
+                &url,
+            ],
+        );
+    }
+}
+
+/// Flow B through real pcscd: `lanyard serve`, `lanyard agent issue` and the virtual card as
+/// separate processes. The group's policy is `temporary` with a minimum of 9: issuance writes
+/// the PIV half, then sets a random FIDO PIN with forcePINChange over the agent's CTAP relay.
+/// python-fido2 judges the key: no PIN token for the sealed PIN until it is changed, a shorter
+/// new PIN refused, a token after the change, and a wrong PIN refused. (`shared` and
+/// `independent` take PINs typed in the portal, which `lanyard agent issue` does not carry; they
+/// are tested in process in lanyard-server's tests/issuance.rs.)
+#[test]
+fn a_temporary_fido_pin_is_set_through_pcscd_and_judged_by_python_fido2() {
+    let cards = Cards::plug(1);
+    let (server, password) = Server::start(&cards);
+    let login = Command::new(lanyard())
+        .args(["login", "--server", &server.base, "--ca-cert", &server.root(), "--username", "admin"])
+        .env("LANYARD_CLI_CONFIG", &server.cli_config)
+        .env("LANYARD_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(login.status.success(), "{}", text(&login));
+    set_fido_policy(&server, "temporary", 9);
+    let started = server.cli(&["device", "issue", "--kind", "usb_key", "--model", "Lanyard virtual card"]);
+    let device = started["device"]["id"].as_str().unwrap().to_owned();
+    let out = server.agent(READER0, started["ticket"].as_str().unwrap(), Some("97531864"));
+    assert!(out.status.success(), "agent issue: {}", text(&out));
+    let list = server.cli(&["device", "list"]);
+    let d = list.as_array().unwrap().iter().find(|d| d["id"] == device.as_str()).unwrap();
+    assert_eq!(d["state"], "active", "agent said: {}", text(&out));
+    let fido_pin = sealed_fido_pin(&server, &device).expect("the random FIDO PIN is sealed");
+    assert_eq!(fido_pin.len(), 9, "as long as the policy's minimum");
+    fido_judge("forced", &[&fido_pin, "9", "my new FIDO PIN"]);
+    fido_judge("pin", &["my new FIDO PIN", "9", &fido_pin]);
+}
+
+/// `curl` against `server` with the admin CLI's token; must succeed; JSON answer (`Null` when
+/// empty).
+fn api(server: &Server, method: &str, path: &str, body: Option<&serde_json::Value>) -> serde_json::Value {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&server.cli_config).unwrap()).unwrap();
+    let auth = format!("authorization: Bearer {}", config["token"].as_str().unwrap());
+    let root = server.root_pem();
+    let url = format!("{}{path}", server.base);
+    let data = body.map(|b| b.to_string());
+    let mut args = vec![
+        "-sS",
+        "--fail-with-body",
+        "--cacert",
+        &root,
+        "-H",
+        &auth,
+        "-X",
+        method,
+        "-H",
+        "content-type: application/json",
+    ];
+    if let Some(d) = &data {
+        args.extend_from_slice(&["--data", d]);
+    }
+    args.push(&url);
+    let out = ok("curl", &args);
+    if out.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&out).unwrap() }
+}
+
+/// Asks `f` until it answers; a minute is a guard against hanging, not a measure.
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A paired `lanyard agent run`, killed (by its own id) when dropped.
+struct PairedAgent(Child);
+
+impl Drop for PairedAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issues the card in `reader` the way the portal does: a session on the paired agent with the
+/// PINs typed in the portal (`new_pin_from: portal`): the FIDO PIN when the job asks for one,
+/// then the device PIN. Returns the device id.
+fn issue_from_portal(
+    server: &Server,
+    agent: &str,
+    reader: &str,
+    fido_pin: Option<&str>,
+    device_pin: &str,
+) -> String {
+    let started = api(
+        server,
+        "POST",
+        "/api/v1/issuance",
+        Some(&serde_json::json!({"kind": "usb_key", "model": "Lanyard virtual card"})),
+    );
+    let device = started["device"]["id"].as_str().unwrap().to_owned();
+    let job = started["job"]["id"].as_str().unwrap().to_owned();
+    let session =
+        serde_json::json!({"job": job, "reader": reader, "purpose": "run", "new_pin_from": "portal"});
+    api(server, "POST", &format!("/api/v1/agents/{agent}/sessions"), Some(&session));
+    let mut fido_pin = fido_pin;
+    poll("the job to ask for its PINs", || {
+        let view = api(server, "GET", &format!("/api/v1/jobs/{job}"), None);
+        let wanted = view.get("pin_wanted")?;
+        let fido = wanted.get("fido").is_some();
+        let pin = if fido { fido_pin.take().expect("the FIDO PIN is asked once") } else { device_pin };
+        api(server, "POST", &format!("/api/v1/jobs/{job}/pin"), Some(&serde_json::json!({"new_pin": pin})));
+        (!fido).then_some(())
+    });
+    poll("the device to become active", || {
+        let d = api(server, "GET", &format!("/api/v1/devices/{device}"), None);
+        (d["state"] == "active").then_some(())
+    });
+    device
+}
+
+/// Flow B as the portal runs it, through real pcscd: `lanyard serve`, a paired `lanyard agent
+/// run` and two virtual cards as separate processes, the PINs handed in as the portal does. Card
+/// 1 under `independent` (minimum 8): the key ends with the holder's FIDO PIN. Card 2 under
+/// `shared`: the key ends with the device PIN as its FIDO PIN. python-fido2 judges both keys
+/// (a token for the expected PIN, none for another, the minimum length); the server's database
+/// holds neither PIN the holder typed.
+#[test]
+fn independent_and_shared_fido_pins_are_set_from_the_portal_through_pcscd() {
+    let cards = Cards::plug(2);
+    let (server, password) = Server::start(&cards);
+    let login = Command::new(lanyard())
+        .args(["login", "--server", &server.base, "--ca-cert", &server.root(), "--username", "admin"])
+        .env("LANYARD_CLI_CONFIG", &server.cli_config)
+        .env("LANYARD_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(login.status.success(), "{}", text(&login));
+    let code = api(&server, "POST", "/api/v1/agents/pairing", None)["code"].as_str().unwrap().to_owned();
+    let agent_config = PathBuf::from(cards.file("agent.json"));
+    let paired = Command::new(lanyard())
+        .args([
+            "agent",
+            "pair",
+            &code,
+            "--server",
+            &server.base,
+            "--ca-cert",
+            &server.root_pem(),
+            "--host-name",
+            "ws",
+        ])
+        .env("LANYARD_AGENT_CONFIG", &agent_config)
+        .output()
+        .unwrap();
+    assert!(paired.status.success(), "{}", text(&paired));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&agent_config).unwrap()).unwrap();
+    let agent_id = saved["agent_id"].as_str().unwrap().to_owned();
+    let agent = PairedAgent(
+        Command::new(lanyard())
+            .args(["agent", "run"])
+            .env("LANYARD_AGENT_CONFIG", &agent_config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    poll("the agent to be online", || {
+        let listed = api(&server, "GET", "/api/v1/agents", None);
+        listed.as_array()?.iter().any(|a| a["id"] == agent_id.as_str() && a["online"] == true).then_some(())
+    });
+
+    const FIDO_PIN: &str = "fido pin of my own";
+    const PIN_1: &str = "97531864";
+    const PIN_2: &str = "86420975";
+    set_fido_policy(&server, "independent", 8);
+    let card1 = issue_from_portal(&server, &agent_id, READER0, Some(FIDO_PIN), PIN_1);
+    set_fido_policy(&server, "shared", 6);
+    let card2 = issue_from_portal(&server, &agent_id, READER1, None, PIN_2);
+    assert_eq!(sealed_fido_pin(&server, &card1), None, "the holder's own FIDO PIN is not sealed");
+    let temporary = sealed_fido_pin(&server, &card2).expect("shared mode seals its temporary PIN");
+    drop(agent);
+
+    fido_judge("pin", &[FIDO_PIN, "8", PIN_1]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fido/issuance_judge.py");
+    let out = Command::new(fido_python())
+        .arg(&script)
+        .args(["pin", READER1, PIN_2, "6", &temporary])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK pin"), "shared: {}", text(&out));
+
+    let mut db = Vec::new();
+    for name in ["lanyard.db", "lanyard.db-wal"] {
+        db.extend(std::fs::read(server.data.join(name)).unwrap_or_default());
+    }
+    for typed in [FIDO_PIN, PIN_1, PIN_2] {
+        assert!(!db.windows(typed.len()).any(|w| w == typed.as_bytes()), "{typed} is in the database");
+    }
+}

@@ -350,6 +350,18 @@ impl Operator<'_> {
         id: DeviceId,
         kek: &crate::secrets::Kek,
     ) -> Result<(Device, SecretString), DomainError> {
+        self.activate_and_reveal_pins(repo, id, kek).await.map(|(d, pin, _)| (d, pin))
+    }
+
+    /// [`Operator::activate_and_reveal_initial_pin`], and the random FIDO PIN Lanyard set on the
+    /// key when the card secrets hold one (`shared` and `temporary` FIDO PIN modes), for the
+    /// operator to deliver with the initial PIN. The audit event says whether one was revealed.
+    pub async fn activate_and_reveal_pins<R: Repo>(
+        &self,
+        repo: &R,
+        id: DeviceId,
+        kek: &crate::secrets::Kek,
+    ) -> Result<(Device, SecretString, Option<SecretString>), DomainError> {
         let who = self.p.acting();
         let who = &who;
         retry(repo, || async move {
@@ -367,10 +379,11 @@ impl Operator<'_> {
                 "card_secrets.reveal_initial_pin",
                 &who.operation_id,
             )
-            .target(format!("device:{id}"));
+            .target(format!("device:{id}"))
+            .after(serde_json::json!({"fido_pin_revealed": secrets.fido_pin().is_some()}));
             tx.append_audit(event).await?;
             tx.commit().await?;
-            Ok((device, secrets.initial_pin().clone()))
+            Ok((device, secrets.initial_pin().clone(), secrets.fido_pin().cloned()))
         })
         .await
     }

@@ -129,6 +129,31 @@ impl System {
         .await
     }
 
+    /// Records what a card session did to a security key's FIDO application
+    /// (`device.fido_pin`): the step, and `after` as the caller describes it (mode, minimum PIN
+    /// length, whether a PIN was set, changed or forced to change, whether the key was reset).
+    /// Never a PIN: the callers pass none, and this records only what it is given.
+    pub async fn audit_fido<R: Repo>(
+        &self,
+        repo: &R,
+        device: DeviceId,
+        step: &str,
+        after: Value,
+    ) -> Result<(), DomainError> {
+        let after = &after;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            let mut detail = json!({"step": step});
+            if let (Value::Object(d), Value::Object(a)) = (&mut detail, after.clone()) {
+                d.extend(a);
+            }
+            tx.append_audit(self.audit("device.fido_pin", format!("device:{device}")).after(detail)).await?;
+            tx.commit().await?;
+            Ok::<_, DomainError>(())
+        })
+        .await
+    }
+
     /// Seals nothing itself: stores the device's sealed card secrets, its card UUID (CHUID GUID)
     /// and expiry before the first command reaches the card, so a crash after the management key
     /// rotation still leaves the key the card now expects. Audited without any secret.

@@ -25,8 +25,8 @@ pub use passkey::{
     CHALLENGE_LEN, ChallengePurpose, Passkey, PasskeyState, WEBAUTHN_CHALLENGE_TTL, WebAuthnChallenge,
 };
 pub use policy::{
-    FidoPinMode, InitialPinDisplay, PinRuleError, PinRules, Policy, PolicyDenied, PolicyError, PolicyErrors,
-    SlotProfile,
+    DEFAULT_FIDO_MIN_PIN_LENGTH, FIDO_MIN_PIN_LENGTH_RANGE, FidoPinMode, FidoPinRuleError, FidoPinRules,
+    InitialPinDisplay, PinRuleError, PinRules, Policy, PolicyDenied, PolicyError, PolicyErrors, SlotProfile,
 };
 pub use sign_in::{PasskeyUserVerification, SignInMethod, SignInPolicy};
 pub use user::{Email, Group, Role, User, Username};

@@ -10,13 +10,43 @@ use super::{CertSlot, KeyAlgorithm};
 use crate::macros::string_enum;
 
 string_enum! {
-    /// How the FIDO2 PIN is set during issuance (DESIGN §2 B).
+    /// How the FIDO2 PIN of a security key is set during issuance (DESIGN §2 B).
     pub enum FidoPinMode ("FIDO PIN mode") {
-        /// The user sets a FIDO PIN of their own.
+        /// Issuance leaves the key's FIDO application alone.
+        None = "none",
+        /// During issuance, before the device PIN, the holder sets a FIDO PIN of their own.
         Independent = "independent",
-        /// Lanyard sets a temporary PIN for passkey registration, then one PIN for both.
+        /// Lanyard sets a random temporary FIDO PIN for the passkey registration made during
+        /// issuance; the device PIN the holder sets at Change PIN becomes the FIDO PIN too.
         Shared = "shared",
+        /// Lanyard sets a random FIDO PIN with CTAP 2.1's forcePINChange, shown once; the key
+        /// gives no PIN token until the holder changes it.
+        Temporary = "temporary",
     }
+}
+
+impl FidoPinMode {
+    /// Whether issuance sets a FIDO PIN at all.
+    pub fn sets_pin(self) -> bool {
+        self != FidoPinMode::None
+    }
+}
+
+/// The shortest and longest FIDO PIN minimum a policy may ask for (CTAP 2.1: a PIN has at least
+/// 4 code points and at most 63 bytes).
+pub const FIDO_MIN_PIN_LENGTH_RANGE: std::ops::RangeInclusive<u8> = 4..=63;
+
+/// Policies stored before `fido_min_pin_length` existed get this: six, the shortest PIV PIN, so
+/// that a device PIN always fits as the FIDO PIN (`shared`), and the six digits SP 800-63B asks of
+/// an authenticator's activation PIN, where CTAP's own floor of four is weaker.
+pub const DEFAULT_FIDO_MIN_PIN_LENGTH: u8 = 6;
+
+const fn default_fido_min_pin_length() -> u8 {
+    DEFAULT_FIDO_MIN_PIN_LENGTH
+}
+
+fn default_fido_pin_mode() -> FidoPinMode {
+    FidoPinMode::None
 }
 
 string_enum! {
@@ -82,7 +112,15 @@ pub struct Policy {
     /// Whether a derived PIV enrollment must be sponsored by an existing PIV card. Without it,
     /// derived credentials may be enrolled only in person or supervised (SP 800-157r1 §2.2.3).
     pub derived_piv_requires_sponsor: bool,
+    /// How issuance sets a security key's FIDO PIN: `none` (default), `independent`, `shared`,
+    /// `temporary`.
+    #[serde(default = "default_fido_pin_mode")]
     pub fido_pin_mode: FidoPinMode,
+    /// The minimum FIDO PIN length issuance sets on the key (authenticatorConfig
+    /// setMinPINLength), 4..=63, default 6. In `shared` mode the device PIN becomes the FIDO
+    /// PIN, so `pin.min_len` must be at least this.
+    #[serde(default = "default_fido_min_pin_length")]
+    pub fido_min_pin_length: u8,
     pub pin: PinRules,
     pub initial_pin_display: InitialPinDisplay,
     /// Certificates to issue, per slot. A missing optional slot (9C, 9D, 9E) is simply not issued;
@@ -137,7 +175,8 @@ impl Default for Policy {
             may_add_derived_piv: true,
             max_mobiles: default_max_mobiles(),
             derived_piv_requires_sponsor: true,
-            fido_pin_mode: FidoPinMode::Independent,
+            fido_pin_mode: FidoPinMode::None,
+            fido_min_pin_length: DEFAULT_FIDO_MIN_PIN_LENGTH,
             pin: PinRules::default(),
             initial_pin_display: InitialPinDisplay::Hidden,
             certificates: BTreeMap::from([
@@ -196,6 +235,12 @@ pub enum PolicyError {
         "enrollment_code_minutes must be between 1 and 10 (iOS drops a downloaded profile after about 8), got {0}"
     )]
     EnrollmentCodeMinutesOutOfRange(u8),
+    #[error("fido_min_pin_length must be between 4 and 63, got {0}")]
+    FidoMinPinLengthOutOfRange(u8),
+    #[error(
+        "fido_min_pin_length ({fido}) must not exceed pin.min_len ({piv}) in shared mode, where the device PIN becomes the FIDO PIN"
+    )]
+    FidoMinAbovePivMin { fido: u8, piv: u8 },
 }
 
 impl PolicyError {
@@ -218,6 +263,9 @@ impl PolicyError {
             }
             Self::RecheckDaysOutOfRange(_) => "derived_recheck_days".into(),
             Self::EnrollmentCodeMinutesOutOfRange(_) => "enrollment_code_minutes".into(),
+            Self::FidoMinPinLengthOutOfRange(_) | Self::FidoMinAbovePivMin { .. } => {
+                "fido_min_pin_length".into()
+            }
         }
     }
 }
@@ -250,6 +298,51 @@ pub enum PinRuleError {
     AllSame,
     #[error("PIN must not be a run of consecutive digits (like 123456 or 654321)")]
     Sequential,
+}
+
+/// What a FIDO PIN the holder chooses must be: at least `min_len` characters (Unicode code
+/// points, as CTAP counts them), at most 63 bytes of UTF-8, no NUL; an all-digit PIN is also held
+/// to the PIV rule against trivial PINs when `forbid_trivial`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FidoPinRules {
+    pub min_len: u8,
+    pub forbid_trivial: bool,
+}
+
+/// A FIDO PIN the rules refuse.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum FidoPinRuleError {
+    #[error("the FIDO PIN must have at least {min} characters, got {len}")]
+    TooShort { min: u8, len: usize },
+    #[error("the FIDO PIN must have at most 63 bytes, got {0}")]
+    TooLong(usize),
+    #[error("the FIDO PIN must not contain a NUL character")]
+    Nul,
+    #[error("the FIDO PIN must not repeat one digit or be a run of consecutive digits")]
+    Trivial,
+}
+
+impl FidoPinRules {
+    pub fn check(&self, pin: &str) -> Result<(), FidoPinRuleError> {
+        let chars = pin.chars().count();
+        if chars < usize::from(self.min_len) {
+            return Err(FidoPinRuleError::TooShort { min: self.min_len, len: chars });
+        }
+        if pin.len() > 63 {
+            return Err(FidoPinRuleError::TooLong(pin.len()));
+        }
+        if pin.contains('\0') {
+            return Err(FidoPinRuleError::Nul);
+        }
+        if self.forbid_trivial && pin.bytes().all(|b| b.is_ascii_digit()) {
+            let trivial = PinRules { min_len: 1, max_len: u8::MAX, forbid_trivial: true };
+            if matches!(trivial.check(pin), Err(PinRuleError::AllSame | PinRuleError::Sequential)) {
+                return Err(FidoPinRuleError::Trivial);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Something a policy does not allow this user to do now.
@@ -353,7 +446,20 @@ impl Policy {
         if !(1..=10).contains(&self.enrollment_code_minutes) {
             errors.push(PolicyError::EnrollmentCodeMinutesOutOfRange(self.enrollment_code_minutes));
         }
+        if !FIDO_MIN_PIN_LENGTH_RANGE.contains(&self.fido_min_pin_length) {
+            errors.push(PolicyError::FidoMinPinLengthOutOfRange(self.fido_min_pin_length));
+        } else if self.fido_pin_mode == FidoPinMode::Shared && self.fido_min_pin_length > self.pin.min_len {
+            errors.push(PolicyError::FidoMinAbovePivMin {
+                fido: self.fido_min_pin_length,
+                piv: self.pin.min_len,
+            });
+        }
         if errors.is_empty() { Ok(()) } else { Err(PolicyErrors(errors)) }
+    }
+
+    /// The rules a FIDO PIN the holder chooses (`independent`) must meet.
+    pub fn fido_pin_rules(&self) -> FidoPinRules {
+        FidoPinRules { min_len: self.fido_min_pin_length, forbid_trivial: self.pin.forbid_trivial }
     }
 
     /// Checks a PIN against [`Policy::pin`]. Trivial means one digit repeated, or every digit one
@@ -490,6 +596,47 @@ mod tests {
         json.as_object_mut().unwrap().remove("enrollment_code_minutes");
         let read: Policy = serde_json::from_value(json).unwrap();
         assert_eq!(read.enrollment_code_minutes, 10);
+    }
+
+    #[test]
+    fn fido_pin_settings_are_checked_and_old_policies_read_as_none_and_six() {
+        for (len, ok) in [(3, false), (4, true), (63, true), (64, false)] {
+            let p = Policy { fido_min_pin_length: len, ..Policy::default() };
+            assert_eq!(p.validate().is_ok(), ok, "{len}");
+        }
+        let shared =
+            Policy { fido_pin_mode: FidoPinMode::Shared, fido_min_pin_length: 7, ..Policy::default() };
+        let e = shared.validate().unwrap_err();
+        assert_eq!(e.0, [PolicyError::FidoMinAbovePivMin { fido: 7, piv: 6 }]);
+        assert_eq!(e.0[0].field(), "fido_min_pin_length");
+        // Independent and temporary PINs are the key's alone: longer than the PIV PIN is fine.
+        for mode in [FidoPinMode::Independent, FidoPinMode::Temporary] {
+            Policy { fido_pin_mode: mode, fido_min_pin_length: 12, ..Policy::default() }.validate().unwrap();
+        }
+        let mut json = serde_json::to_value(Policy::default()).unwrap();
+        let map = json.as_object_mut().unwrap();
+        map.remove("fido_pin_mode");
+        map.remove("fido_min_pin_length");
+        let read: Policy = serde_json::from_value(json).unwrap();
+        assert_eq!((read.fido_pin_mode, read.fido_min_pin_length), (FidoPinMode::None, 6));
+        assert!(!read.fido_pin_mode.sets_pin());
+    }
+
+    #[test]
+    fn fido_pins_the_holder_chooses() {
+        let rules = Policy { fido_min_pin_length: 6, ..Policy::default() }.fido_pin_rules();
+        for ok in ["135790", "correct horse", "ünïcødé", &"x".repeat(63)] {
+            assert_eq!(rules.check(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(rules.check("13579"), Err(FidoPinRuleError::TooShort { min: 6, len: 5 }));
+        // Six code points, twelve bytes: long enough.
+        assert_eq!(rules.check("ääääää"), Ok(()));
+        assert_eq!(rules.check(&"é".repeat(32)), Err(FidoPinRuleError::TooLong(64)));
+        assert_eq!(rules.check("abc\0def"), Err(FidoPinRuleError::Nul));
+        assert_eq!(rules.check("123456"), Err(FidoPinRuleError::Trivial));
+        assert_eq!(rules.check("0000000000"), Err(FidoPinRuleError::Trivial));
+        let lax = FidoPinRules { forbid_trivial: false, ..rules };
+        assert_eq!(lax.check("123456"), Ok(()));
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub(super) struct PinWanted {
     seconds_left: u64,
     /// The card's current PIN is wanted too (`current_pin`): a `change_pin` job.
     current_pin: bool,
+    /// Present when the PIN wanted is the key's FIDO PIN (`independent` FIDO PIN mode): it
+    /// follows these rules (any characters, at least `min_len` of them, at most 63 bytes) instead
+    /// of `rules`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fido: Option<lanyard_core::model::FidoPinRules>,
 }
 
 impl From<lanyard_core::model::Job> for JobView {
@@ -167,6 +172,7 @@ pub(super) async fn job<R: Repo>(
         rules: a.rules,
         seconds_left: a.seconds_left,
         current_pin: a.current,
+        fido: a.fido,
     });
     Ok(Json(view))
 }
@@ -218,7 +224,9 @@ pub(super) async fn submit_pin<R: Repo>(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TicketRequest {
-    /// `run` (start or resume; the default) or `rollback` (reset the card of a failed job).
+    /// `run` (start or resume; the default), `rollback` (reset the card of a failed job) or
+    /// `run_erasing_fido` (resume an issuance that stopped at a key with a FIDO PIN, the holder
+    /// having agreed that the key's FIDO application be reset).
     #[serde(default)]
     purpose: Option<String>,
 }
@@ -247,8 +255,11 @@ pub(super) async fn job_ticket<R: Repo>(
     let purpose = match req.purpose.as_deref().map(str::trim) {
         None | Some("run") => TicketPurpose::Run,
         Some("rollback") => TicketPurpose::Rollback,
+        Some("run_erasing_fido") => TicketPurpose::RunErasingFido,
         Some(other) => {
-            return Err(ApiError::bad_request(format!("purpose: {other:?} (expected run or rollback)")));
+            return Err(ApiError::bad_request(format!(
+                "purpose: {other:?} (expected run, rollback or run_erasing_fido)"
+            )));
         }
     };
     let repo = s.repo.as_ref();

@@ -101,6 +101,8 @@ pub(crate) struct PolicyForm {
     #[serde(default)]
     fido_pin_mode: String,
     #[serde(default)]
+    fido_min_pin_length: String,
+    #[serde(default)]
     pin_min_len: String,
     #[serde(default)]
     pin_max_len: String,
@@ -131,6 +133,7 @@ impl PolicyForm {
             derived_piv_requires_sponsor: on(p.derived_piv_requires_sponsor),
             derived_revoke_on_card_loss: on(p.derived_revoke_on_card_loss),
             fido_pin_mode: p.fido_pin_mode.as_str().to_owned(),
+            fido_min_pin_length: p.fido_min_pin_length.to_string(),
             pin_min_len: p.pin.min_len.to_string(),
             pin_max_len: p.pin.max_len.to_string(),
             pin_forbid_trivial: on(p.pin.forbid_trivial),
@@ -162,6 +165,7 @@ impl PolicyForm {
         let max_mobiles = number("max_mobiles", "Most phones per member", &self.max_mobiles, 255);
         let pin_min = number("pin.min_len", "Shortest PIN", &self.pin_min_len, 255);
         let pin_max = number("pin.max_len", "Longest PIN", &self.pin_max_len, 255);
+        let fido_min = number("fido_min_pin_length", "Shortest FIDO PIN", &self.fido_min_pin_length, 255);
         let recheck = number(
             "derived_recheck_days",
             "Days before a derived PIV recheck",
@@ -197,6 +201,7 @@ impl PolicyForm {
         p.max_mobiles = u8::try_from(max_mobiles).unwrap_or(u8::MAX);
         p.pin.min_len = u8::try_from(pin_min).unwrap_or(u8::MAX);
         p.pin.max_len = u8::try_from(pin_max).unwrap_or(u8::MAX);
+        p.fido_min_pin_length = u8::try_from(fido_min).unwrap_or(u8::MAX);
         p.derived_recheck_days = u16::try_from(recheck).unwrap_or(u16::MAX);
         p.enrollment_code_minutes = u8::try_from(code_minutes).unwrap_or(u8::MAX);
         p.may_add_device = self.may_add_device.is_some();
@@ -247,13 +252,14 @@ struct GroupPage {
     max_mobiles: NumberField,
     pin_min_len: NumberField,
     pin_max_len: NumberField,
+    fido_min_pin_length: NumberField,
     derived_recheck_days: NumberField,
     enrollment_code_minutes: NumberField,
     slots: Vec<SlotRow>,
     /// (element id, message) for each problem, in the policy's order.
     errors: Vec<(String, String)>,
     certificates_refused: bool,
-    fido_modes: [(&'static str, &'static str); 2],
+    fido_modes: [(&'static str, &'static str); 4],
     pin_displays: [(&'static str, &'static str); 2],
     saved: bool,
 }
@@ -311,6 +317,13 @@ fn group_page(
             "6 to 8 digits, not less than the shortest.",
             &form.pin_max_len,
         ),
+        fido_min_pin_length: number(
+            "fido_min_pin_length",
+            "Shortest FIDO PIN",
+            "4 to 63 characters; issuance sets it on the key, which then refuses shorter PINs and never \
+             lowers it. In the shared mode it must not exceed the shortest PIN above.",
+            &form.fido_min_pin_length,
+        ),
         derived_recheck_days: number(
             "derived_recheck_days",
             "Days before a derived PIV credential's card is checked again",
@@ -339,8 +352,10 @@ fn group_page(
         certificates_refused: errors.iter().any(|(f, _)| f == "certificates"),
         errors,
         fido_modes: [
-            ("independent", "The holder sets their own FIDO PIN"),
-            ("shared", "One PIN for PIV and FIDO"),
+            ("none", "Not set by Lanyard (the key's FIDO application is left alone)"),
+            ("independent", "The holder sets their own FIDO PIN during issuance"),
+            ("shared", "One PIN for PIV and FIDO (a temporary FIDO PIN until Change PIN)"),
+            ("temporary", "A random FIDO PIN, shown once, that the holder must change"),
         ],
         pin_displays: [
             ("hidden", "Hidden (an operator reveals it when activating)"),

@@ -11,13 +11,17 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
+use lanyard_core::authz::STEP_FIDO_PIN_PRESENT;
 use lanyard_core::authz::{Principal, TicketPurpose};
 use lanyard_core::ids::{AgentId, JobId};
 use lanyard_core::lifecycle::DeviceState;
-use lanyard_core::model::{Agent, CertSlot, Device, Job, JobKind, JobState, PinRules, Policy};
+use lanyard_core::model::{
+    Agent, CertSlot, Device, FidoPinMode, FidoPinRules, Job, JobKind, JobState, PinRules, Policy,
+};
 use lanyard_core::repo::Repo;
 use lanyard_issuance::{STEP_PIN_BLOCKED, STEP_PIN_WRONG};
 use lanyard_protocol::Secret;
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::add_device::seen;
@@ -125,6 +129,11 @@ pub(crate) enum Phase {
     PinWrong,
     /// *Change PIN*: the card's PIN is blocked.
     PinBlocked,
+    /// Issuance (`independent` FIDO PIN mode): the session waits for the key's FIDO PIN from this
+    /// page.
+    FidoPinWanted,
+    /// Issuance stopped: the key already has a FIDO PIN, and erasing it needs the holder's word.
+    FidoConsent,
 }
 
 impl Phase {
@@ -140,6 +149,7 @@ impl Phase {
                 | Phase::Unlocked
                 | Phase::PinWrong
                 | Phase::PinBlocked
+                | Phase::FidoConsent
         )
     }
 }
@@ -150,6 +160,7 @@ fn is_pin_job(kind: JobKind) -> bool {
     matches!(kind, JobKind::ChangePin | JobKind::Unlock)
 }
 
+#[cfg(test)]
 fn phase(
     job: &Job,
     device: DeviceState,
@@ -157,11 +168,31 @@ fn phase(
     pin_expected: bool,
     now: time::OffsetDateTime,
 ) -> Phase {
+    phase_of(job, device, pin_wanted, false, pin_expected, now)
+}
+
+/// [`phase`], knowing whether the PIN asked for is the key's FIDO PIN.
+fn phase_of(
+    job: &Job,
+    device: DeviceState,
+    pin_wanted: bool,
+    fido_wanted: bool,
+    pin_expected: bool,
+    now: time::OffsetDateTime,
+) -> Phase {
     let refused = |step: &str| {
         job.steps.iter().any(|s| s.name == step && s.outcome == lanyard_core::model::StepOutcome::Failed)
     };
+    // The last failure the session recorded, not the generic `session` step that follows it.
+    let stopped_at = job
+        .steps
+        .iter()
+        .rev()
+        .find(|s| s.outcome == lanyard_core::model::StepOutcome::Failed && s.name != "session")
+        .map(|s| s.name.as_str());
     match job.state {
         JobState::Created => Phase::Starting,
+        JobState::Running if fido_wanted => Phase::FidoPinWanted,
         JobState::Running if pin_wanted && is_pin_job(job.kind) => Phase::PinWanted,
         JobState::Running if is_pin_job(job.kind) && !pin_expected => Phase::Finishing,
         JobState::Running => Phase::Running,
@@ -172,6 +203,9 @@ fn phase(
         // event stream and never move on when the session starts.
         JobState::Failed if job.agent_ticket.is_some() && job.ticket_expires_at.is_some_and(|t| t > now) => {
             Phase::Starting
+        }
+        JobState::Failed if job.kind == JobKind::Issuance && stopped_at == Some(STEP_FIDO_PIN_PRESENT) => {
+            Phase::FidoConsent
         }
         JobState::Failed => Phase::Failed,
         JobState::RolledBack => Phase::RolledBack,
@@ -210,6 +244,11 @@ fn step_label(name: &str) -> &'static str {
         "write_ccc" => "Writing the card capability container",
         "write_discovery" => "Writing the discovery object",
         "write_key_history" => "Writing the key history",
+        "fido_detect" => "Looking at the key's FIDO2 application",
+        "fido_reset" => "Resetting the key's FIDO2 application",
+        "fido_min_length" => "Setting the shortest FIDO PIN the key accepts",
+        "fido_set_pin" => "Setting the key's FIDO PIN",
+        "fido_force_change" => "Making the key ask for a new FIDO PIN at first use",
         _ => "Working",
     }
 }
@@ -270,12 +309,14 @@ struct Snapshot {
     steps: Vec<StepRow>,
     progress: Progress,
     failure: Option<String>,
+    fido_mode: FidoPinMode,
 }
 
 async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Result<Snapshot, PortalError> {
     let Visible { job, device, policy, holder_views, may_act, holder } = visible_job(s, who, id).await?;
     let rules = s.pins.wanted(id);
-    let phase = phase(&job, device.state, rules.is_some(), s.pins.expects(id), s.clock.now());
+    let fido_wanted = rules.is_some_and(|a| a.fido.is_some());
+    let phase = phase_of(&job, device.state, rules.is_some(), fido_wanted, s.pins.expects(id), s.clock.now());
     let failure = job
         .steps
         .iter()
@@ -311,18 +352,26 @@ async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Resul
         steps,
         progress: Progress { phase, percent, status },
         failure,
+        fido_mode: policy.fido_pin_mode,
     })
 }
 
 /// An issuance's steps on the card (from its checkpoint), its percentage and status line.
 fn issuance_progress(policy: &Policy, job: &Job, phase: Phase) -> (Vec<StepRow>, u8, String) {
-    let names = planned_steps(policy.certificates.keys().copied());
-    let completed: Vec<String> = job
-        .checkpoint
-        .as_ref()
-        .and_then(|c| c.get("completed"))
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default();
+    let mut names = planned_steps(policy.certificates.keys().copied());
+    let read = |c: Option<&serde_json::Value>| -> Vec<String> {
+        c.and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default()
+    };
+    let checkpoint = job.checkpoint.as_ref();
+    let mut completed = read(checkpoint.and_then(|c| c.get("completed")));
+    // The FIDO phase's steps follow the card's, when the policy sets a FIDO PIN.
+    if policy.fido_pin_mode.sets_pin() {
+        names.extend(["fido_detect", "fido_min_length", "fido_set_pin"]);
+        if policy.fido_pin_mode == FidoPinMode::Temporary {
+            names.push("fido_force_change");
+        }
+        completed.extend(read(checkpoint.and_then(|c| c.get("fido")).and_then(|f| f.get("completed"))));
+    }
     let is_done = |n: &str| completed.iter().any(|c| c == n);
     let current = names.iter().copied().find(|n| !is_done(n));
     let steps: Vec<StepRow> = names
@@ -340,6 +389,10 @@ fn issuance_progress(policy: &Policy, job: &Job, phase: Phase) -> (Vec<StepRow>,
         Phase::Starting => (0, "Waiting for the workstation to start the session".to_owned()),
         Phase::Running => (running, format!("{}…", current.map_or("Finishing", step_label))),
         Phase::PinWanted => (92, "The card is ready: choose your new PIN".to_owned()),
+        Phase::FidoPinWanted => (90, "The card is ready: choose your key's FIDO PIN".to_owned()),
+        Phase::FidoConsent => {
+            (running, "Stopped: the key already has a FIDO PIN; erasing it needs your word".to_owned())
+        }
         Phase::Finishing => (95, "Setting your PIN on the card".to_owned()),
         Phase::Active => (100, "Done: your device is active".to_owned()),
         Phase::Pending => (100, "Issued; the initial PIN was kept, so the device is pending".to_owned()),
@@ -399,6 +452,13 @@ struct JobPage {
     may_act: bool,
     /// For an operator: whose card this is.
     holder: Option<String>,
+    /// The rules of the FIDO PIN the page asks for (`independent` mode).
+    fido_rules: Option<FidoPinRules>,
+    /// The group's FIDO PIN mode (`none`, `independent`, `shared`, `temporary`).
+    fido_mode: &'static str,
+    /// Lanyard's random FIDO PIN, when the holder is to see it now: `shared` while the
+    /// device PIN is asked for (for the passkey registration), `temporary` once at the end.
+    fido_pin: Option<String>,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -416,6 +476,8 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::Unlocked => "unlocked",
         Phase::PinWrong => "pin_wrong",
         Phase::PinBlocked => "pin_blocked",
+        Phase::FidoPinWanted => "fido_pin_wanted",
+        Phase::FidoConsent => "fido_consent",
     }
 }
 
@@ -438,7 +500,11 @@ async fn job_page_with<R: Repo + 'static>(
     status: StatusCode,
 ) -> Result<Response, PortalError> {
     let snap = snapshot(s, signed.principal(), id).await?;
+    let fido_pin = if snap.holder_views { fido_pin_to_show(s, &snap).await } else { None };
     let page = JobPage {
+        fido_rules: snap.rules.and_then(|a| a.fido),
+        fido_mode: snap.fido_mode.as_str(),
+        fido_pin,
         nav: signed.nav(),
         section: if snap.holder_views { "devices" } else { "operator" },
         holder_views: snap.holder_views,
@@ -452,9 +518,9 @@ async fn job_page_with<R: Repo + 'static>(
         kind: snap.job.kind.as_str(),
         progress: snap.progress,
         steps: snap.steps,
-        rules: snap.rules.map(|a| a.rules),
+        rules: snap.rules.filter(|a| a.fido.is_none()).map(|a| a.rules),
         seconds_left: snap.rules.map_or(0, |a| a.seconds_left),
-        ask_current: snap.rules.is_some_and(|a| a.current),
+        ask_current: snap.rules.is_some_and(|a| a.current && a.fido.is_none()),
         failure: snap.failure,
         notice,
         pin_error,
@@ -624,6 +690,7 @@ pub(crate) async fn pin<R: Repo + 'static>(
                     "The new PIN is the same as the current one: choose another.".to_owned()
                 }
                 GiveError::PinMissing => "Type your card's PIN.".to_owned(),
+                GiveError::FidoRules(e) => format!("{e}. Choose another FIDO PIN."),
                 GiveError::PinTooLong => format!(
                     "A card's PIN has at most {} characters; nothing was sent to the card.",
                     crate::portal_pin::MAX_CARD_PIN
@@ -728,7 +795,7 @@ async fn continue_job<R: Repo + 'static>(
         Err(message) => return job_page(s, signed, id, Some(message), StatusCode::CONFLICT).await,
     };
     // A resumed issuance asks for the PIN here again; a rollback sets none.
-    let from_portal = purpose == TicketPurpose::Run;
+    let from_portal = purpose != TicketPurpose::Rollback;
     match crate::link::start_session(s, signed.principal(), agent, id, &reader, purpose, from_portal).await {
         Ok(_) => Ok(Redirect::to(&format!("/portal/jobs/{id}")).into_response()),
         Err(e) => job_page(s, signed, id, Some(e.message().to_owned()), StatusCode::CONFLICT).await,
@@ -745,6 +812,63 @@ pub(crate) async fn resume<R: Repo + 'static>(
     signed.check_csrf(form.csrf_token.as_deref())?;
     let nav = signed.nav();
     continue_job(&s, &signed, &id, TicketPurpose::Run).await.map_err(|e| e.with_nav(nav))
+}
+
+/// `POST /portal/jobs/{id}/erase-fido`: the holder agrees that the key's FIDO PIN, and every
+/// passkey on the key, be erased, and the issuance resumes: the consent is recorded on the job
+/// (and audited with the new ticket), and the resumed session resets the key's FIDO application
+/// before setting the PIN the policy asks for.
+pub(crate) async fn erase_fido<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    signed: SignedIn,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PortalError> {
+    signed.check_csrf(form.csrf_token.as_deref())?;
+    let nav = signed.nav();
+    continue_job(&s, &signed, &id, TicketPurpose::RunErasingFido).await.map_err(|e| e.with_nav(nav))
+}
+
+/// Lanyard's random FIDO PIN for the holder's page, if it is to be shown now: in `shared` mode
+/// while the device PIN is asked for (the passkey registration made during issuance needs it),
+/// in `temporary` mode once the issuance is over — once: the first page that shows it records
+/// so on the job (`fido_pin_shown` in its checkpoint) and the reveal is audited. Read only for
+/// the device's holder (the caller checked [`visible_job`]); never logged.
+async fn fido_pin_to_show<R: Repo>(s: &AppState<R>, snap: &Snapshot) -> Option<String> {
+    let when = match (snap.fido_mode, snap.phase) {
+        (FidoPinMode::Shared, Phase::PinWanted) => "shared",
+        (FidoPinMode::Temporary, Phase::Active | Phase::Pending) => "temporary",
+        _ => return None,
+    };
+    let fido = snap.job.checkpoint.as_ref()?.get("fido")?;
+    let set = fido.get("completed")?.as_array()?.iter().any(|c| c == "fido_set_pin");
+    if !set {
+        return None;
+    }
+    let job_id = snap.job.id;
+    let device = snap.job.device;
+    let cfg = crate::issuance::config(s).ok()?;
+    let sealed = {
+        use lanyard_core::repo::prelude::*;
+        s.repo.read().await.ok()?.get_card_secrets(device).await.ok()??
+    };
+    let secrets = lanyard_core::secrets::CardSecrets::open(&sealed, &cfg.kek, device).ok()?;
+    let pin = secrets.fido_pin()?.expose_secret().to_owned();
+    let system = lanyard_core::authz::System::new(lanyard_core::audit::OperationId::random(), s.clock.now());
+    if when == "temporary" {
+        if snap.job.checkpoint.as_ref().and_then(|c| c.get("fido_pin_shown")).is_some() {
+            return None;
+        }
+        let mut job = snap.job.clone();
+        if let Some(map) = job.checkpoint.as_mut().and_then(|c| c.as_object_mut()) {
+            map.insert("fido_pin_shown".into(), serde_json::Value::Bool(true));
+        }
+        // Another page that showed it first wins: a stale write shows nothing.
+        system.save_job(s.repo.as_ref(), &mut job).await.ok()?;
+    }
+    let after = serde_json::json!({"mode": when, "shown_to": "holder", "job": job_id});
+    system.audit_fido(s.repo.as_ref(), device, "fido_pin_shown", after).await.ok()?;
+    Some(pin)
 }
 
 /// `POST /portal/jobs/{id}/rollback`: *Start over*: the card is reset and the job undone.
@@ -783,6 +907,32 @@ mod tests {
             phase(&job, DeviceState::Issuing, false, true, now) == Phase::Failed,
             "the ticket lapsed unused"
         );
+    }
+
+    #[test]
+    fn fido_phases_and_steps_show_on_the_page() {
+        use lanyard_core::model::StepOutcome;
+        let now = time::macros::datetime!(2026-01-05 10:00 UTC);
+        let mut job = Job::new(JobKind::Issuance, lanyard_core::ids::DeviceId::new(), None, now);
+        job.transition(JobState::Running, now).unwrap();
+        assert!(phase_of(&job, DeviceState::Issuing, true, true, true, now) == Phase::FidoPinWanted);
+        assert!(phase_of(&job, DeviceState::Issuing, true, false, true, now) == Phase::Running);
+        job.record(STEP_FIDO_PIN_PRESENT, StepOutcome::Failed, Some("a PIN".into()), now).unwrap();
+        job.record("session", StepOutcome::Failed, Some("stopped".into()), now).unwrap();
+        job.transition(JobState::Failed, now).unwrap();
+        assert!(phase_of(&job, DeviceState::Issuing, false, false, false, now) == Phase::FidoConsent);
+        assert!(Phase::FidoConsent.ends());
+
+        let policy = Policy { fido_pin_mode: FidoPinMode::Temporary, ..Policy::default() };
+        job.checkpoint =
+            Some(serde_json::json!({"completed": ["detect"], "fido": {"completed": ["fido_detect"]}}));
+        let (steps, _, _) = issuance_progress(&policy, &job, Phase::Running);
+        let planned = planned_steps(policy.certificates.keys().copied()).len();
+        assert_eq!(steps.len(), planned + 4, "detect, minimum length, set PIN, forced change");
+        assert_eq!(steps.iter().filter(|s| s.done).count(), 2);
+        assert!(steps.iter().all(|s| s.label != "Working"), "every FIDO step has a label");
+        let none = Policy::default();
+        assert_eq!(issuance_progress(&none, &job, Phase::Running).0.len(), planned);
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub(crate) fn routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/portal/jobs/{id}/pin", post(job::pin::<R>))
         .route("/portal/jobs/{id}/resume", post(job::resume::<R>))
         .route("/portal/jobs/{id}/rollback", post(job::rollback::<R>))
+        .route("/portal/jobs/{id}/erase-fido", post(job::erase_fido::<R>))
         .route("/portal/devices/{id}", get(devices::detail::<R>))
         .route("/portal/devices/{id}/change-pin", get(pin::change::<R>))
         .route("/portal/devices/{id}/change-pin/refresh", post(pin::change_refresh::<R>))

@@ -662,6 +662,8 @@ struct ActivatedPage {
     device_name: String,
     holder: Option<String>,
     initial_pin: String,
+    /// The random FIDO PIN Lanyard set on the key (`shared`, `temporary` FIDO PIN modes).
+    fido_pin: Option<String>,
 }
 
 /// Does the action, with the note in its audit event; then back to the device page (Post/
@@ -722,7 +724,7 @@ pub(crate) async fn act<R: Repo + 'static>(
         match action {
             PortalAction::Activate => {
                 let cfg = crate::issuance::config(&s)?;
-                let (d, pin) = op.activate_and_reveal_initial_pin(repo, device, &cfg.kek).await?;
+                let (d, pin, fido_pin) = op.activate_and_reveal_pins(repo, device, &cfg.kek).await?;
                 let holder = holder_of(&op, repo, &d).await?.map(|u| u.username.to_string());
                 let page = ActivatedPage {
                     nav: signed.nav(),
@@ -731,6 +733,7 @@ pub(crate) async fn act<R: Repo + 'static>(
                     device_name: d.model.clone(),
                     holder,
                     initial_pin: pin.expose_secret().to_owned(),
+                    fido_pin: fido_pin.map(|p| p.expose_secret().to_owned()),
                 };
                 return Ok::<_, PortalError>(render(StatusCode::OK, &page));
             }
