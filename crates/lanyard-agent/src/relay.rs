@@ -3,7 +3,8 @@
 //! The agent opens a WebSocket to the server with a one-time ticket, introduces the card, then
 //! does what each frame says: send a batch of APDUs and return the answers, send a batch of CTAP
 //! requests to the card's FIDO authenticator ([`crate::fido`]) and return its answers, or change
-//! the PIN with a new PIN it obtains locally. [`Relay`] handles one frame at a time and owns the card;
+//! the PIN with a new PIN it obtains locally. Every frame that talks to PIV finds PIV selected,
+//! whatever a CTAP batch before it selected. [`Relay`] handles one frame at a time and owns the card;
 //! [`run_session_with`] is the socket loop around it.
 
 use std::collections::VecDeque;
@@ -374,6 +375,14 @@ impl PinCommand<'_> {
     }
 }
 
+/// Why PIV could not be selected again after FIDO ([`Relay::piv_selected`]).
+enum Reselect {
+    /// The card answered SELECT PIV with an error status; this says which.
+    Refused(String),
+    /// The card or the reader failed.
+    Card(PivError),
+}
+
 /// Where this session's `ctap` frames go.
 enum FidoRoute {
     /// Not looked for yet.
@@ -395,7 +404,8 @@ pub struct Relay<C: SessionCard> {
     pin: PinOutcome,
     fido: FidoRoute,
     /// The FIDO application was selected on the PC/SC connection (or a SELECT of it was tried)
-    /// since the last PIV batch, so the next batch needs PIV selected again.
+    /// since PIV last was, so the next frame that talks to PIV selects it again first
+    /// ([`Relay::piv_selected`]).
     fido_selected: bool,
     hid: Box<dyn FidoHid>,
 }
@@ -547,23 +557,15 @@ impl<C: SessionCard> Relay<C> {
         if !self.ready() {
             return self.removed(seq);
         }
-        // After a CTAP batch the FIDO application is the selected one; the server's PIV batches
-        // other than the first of a session do not SELECT PIV themselves.
-        if self.fido_selected {
-            if commands.first().is_some_and(|c| c.ins != SELECT_INS) {
-                match self.piv.exchange(&lanyard_piv::commands::select()) {
-                    Ok(resp) if resp.sw.is_success() => {}
-                    Ok(resp) => {
-                        let message = format!(
-                            "the PIV application could not be selected again after the FIDO commands: {}",
-                            resp.sw
-                        );
-                        return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Card(message));
-                    }
-                    Err(e) => return self.card_failed(seq, e),
-                }
+        // The server's PIV batches other than the first of a session do not SELECT PIV
+        // themselves; one that does needs no SELECT from the relay.
+        let selects_itself = commands.first().is_some_and(|c| c.ins == SELECT_INS);
+        match self.piv_selected(selects_itself) {
+            Ok(()) => {}
+            Err(Reselect::Refused(message)) => {
+                return Next::Fail(Some(error_frame(Some(seq), &message)), AgentError::Card(message));
             }
-            self.fido_selected = false;
+            Err(Reselect::Card(e)) => return self.card_failed(seq, e),
         }
         let mut responses = Vec::with_capacity(commands.len());
         for (i, mut command) in commands.into_iter().enumerate() {
@@ -608,6 +610,31 @@ impl<C: SessionCard> Relay<C> {
             }
         }
         Next::Send(AgentFrame::Responses { seq, responses }.to_text())
+    }
+
+    /// Makes sure PIV is the selected application before a frame that talks to it: every PIV
+    /// path (`transmit`, `change_pin`, `unblock_pin`) comes through here first. When the FIDO
+    /// application was selected on the connection since PIV last was (a CTAP batch, or a SELECT
+    /// FIDO that was tried), PIV is selected again, unless the frame's own first command is a
+    /// SELECT (`selects_itself`).
+    fn piv_selected(&mut self, selects_itself: bool) -> Result<(), Reselect> {
+        if !self.fido_selected {
+            return Ok(());
+        }
+        if !selects_itself {
+            match self.piv.exchange(&lanyard_piv::commands::select()) {
+                Ok(resp) if resp.sw.is_success() => self.answered = true,
+                Ok(resp) => {
+                    return Err(Reselect::Refused(format!(
+                        "the PIV application could not be selected again after the FIDO commands: {}",
+                        resp.sw
+                    )));
+                }
+                Err(e) => return Err(Reselect::Card(e)),
+            }
+        }
+        self.fido_selected = false;
+        Ok(())
     }
 
     /// Runs a `ctap` batch: each request in order through the route found for this session,
@@ -832,7 +859,20 @@ impl<C: SessionCard> Relay<C> {
             command.data.zeroize();
             return self.removed(seq);
         }
-        // Once more, as the presence and connection checks take time of their own.
+        // CHANGE REFERENCE DATA and RESET RETRY COUNTER go to PIV, which a CTAP batch of this
+        // session may have deselected.
+        match self.piv_selected(false) {
+            Ok(()) => {}
+            Err(Reselect::Refused(message)) => {
+                command.data.zeroize();
+                return self.pin_failed(seq, message);
+            }
+            Err(Reselect::Card(e)) => {
+                command.data.zeroize();
+                return self.card_failed(seq, e);
+            }
+        }
+        // Once more, as the presence, connection and SELECT take time of their own.
         if Instant::now() >= deadline {
             command.data.zeroize();
             return self.too_late(seq, late(Instant::now()), link, progress);

@@ -1889,3 +1889,51 @@ fn ctap_reaches_the_software_cards_authenticator() {
     };
     assert_eq!(after[0], before[1]);
 }
+
+/// `change_pin` and `unblock_pin` after a CTAP batch on the software card: the FIDO application
+/// is the selected one, and the relay selects PIV again before CHANGE REFERENCE DATA and RESET
+/// RETRY COUNTER, as it does before a PIV batch. Both PINs then verify on the card.
+#[test]
+fn pin_frames_after_a_ctap_batch_select_piv_again() {
+    let mut relay = Relay::with_hid(InReader(fresh_card(), "Virtual PCD 00 00"), Box::new(NoHid));
+    let mut events = Vec::new();
+    let getinfo = |relay: &mut Relay<InReader>, seq, events: &mut Vec<Progress>| {
+        let AgentFrame::CtapResponses { responses, .. } =
+            answer(relay, &ctap_frame(seq, &["04"], 60), events)
+        else {
+            panic!("expected ctap_responses")
+        };
+        assert!(responses[0].starts_with("00"), "getInfo: {responses:?}");
+    };
+    let verify = |relay: &mut Relay<InReader>, seq, pin: &str, events: &mut Vec<Progress>| {
+        let frame =
+            transmit_frame(seq, "verify", vec![hexs(&bytes(&commands::verify_pin(pin.as_bytes()).unwrap()))]);
+        let AgentFrame::Responses { responses, .. } = answer(relay, &frame.to_text(), events) else {
+            panic!("expected responses")
+        };
+        responses[0].clone()
+    };
+
+    getinfo(&mut relay, 1, &mut events);
+    let mut pins = FixedPin(Zeroizing::new("27182818".into()));
+    let next = relay.on_text(&change_pin(2, "123456").to_text(), &mut pins, &mut Unlinked, &mut |_| {});
+    let Next::Send(frame) = next else { panic!("{next:?}") };
+    assert_eq!(AgentFrame::parse(&frame).unwrap(), AgentFrame::PinChanged { seq: 2, sw: "9000".into() });
+    assert_eq!(relay.pin_outcome(), &PinOutcome::Changed);
+    assert_eq!(verify(&mut relay, 3, "27182818", &mut events), "9000");
+
+    getinfo(&mut relay, 4, &mut events);
+    let unblock = ServerFrame::UnblockPin {
+        seq: 5,
+        puk: Secret::new("12345678"),
+        rules: PinRules::default(),
+        answer_within_secs: 60,
+        new_pin: None,
+    };
+    let mut pins = FixedPin(Zeroizing::new("31415926".into()));
+    let next = relay.on_text(&unblock.to_text(), &mut pins, &mut Unlinked, &mut |_| {});
+    let Next::Send(frame) = next else { panic!("{next:?}") };
+    assert_eq!(AgentFrame::parse(&frame).unwrap(), AgentFrame::PinChanged { seq: 5, sw: "9000".into() });
+    assert_eq!(verify(&mut relay, 6, "31415926", &mut events), "9000");
+    assert_eq!(verify(&mut relay, 7, "27182818", &mut events).get(..3), Some("63C"), "the old PIN is gone");
+}

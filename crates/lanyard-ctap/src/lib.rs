@@ -14,6 +14,4 @@ pub mod cbor;
 pub mod client;
 pub mod consts;
 pub mod pin_protocol;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod transport;

@@ -112,7 +112,8 @@ pub trait AgentLink: Send {
     /// An error from the agent ([`SessionError::AgentError`]: no FIDO authenticator reachable,
     /// or the transport failed) leaves the session running: the agent still relays PIV batches,
     /// so the caller may decide to go on without FIDO. Over PC/SC the agent SELECTs the FIDO
-    /// application for the batch and the PIV application again before the next `transmit`, so
+    /// application for the batch and the PIV application again before the next frame that talks
+    /// to PIV (`transmit`, `change_pin`, `unblock_pin`), so
     /// PIV's security state (verified PIN, authenticated management key) does not survive a CTAP
     /// batch: authenticate again after one.
     fn ctap_batch(
@@ -322,15 +323,8 @@ impl<R: Repo, L: AgentLink> CardSession<'_, R, L> {
         let fido = self.fido_phase(job, &policy, &secrets).await?;
         let shared_fido =
             fido.as_ref().is_some_and(|o| o.mode == lanyard_personalize::fido::FidoMode::Shared && o.pin_set);
-        if fido.as_ref().is_some_and(|o| o.round_trips > 0) {
-            // CTAP batches left the FIDO application selected, and the agent writes the new PIN
-            // without a SELECT of its own: select PIV again first (a transmit does).
-            let answers =
-                self.link.transmit("select_piv", (0, 1), &[lanyard_piv::commands::select()]).await?;
-            if !answers.first().is_some_and(|r| r.sw.is_success()) {
-                return Err(SessionError::Engine("the card did not select its PIV application again".into()));
-            }
-        }
+        // CTAP batches leave the FIDO application selected; the agent selects PIV again itself
+        // before the next frame that talks to PIV (change_pin included), so nothing to do here.
         // Everything is on the card: the device is Pending until the PIN is changed.
         let now = self.clock.now();
         let system = System::new(self.op.clone(), now);

@@ -30,7 +30,7 @@ fn t0() -> SystemTime {
 }
 
 /// One factory image (attestation keys are slow to make), copied for every card.
-fn factory_image(opts: &NewCard) -> CardImage {
+pub(crate) fn factory_image(opts: &NewCard) -> CardImage {
     static ROOT: OnceLock<(tempfile::TempDir, AttestationRoot)> = OnceLock::new();
     let (_, root) = ROOT.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -331,7 +331,11 @@ fn issues_rsa_and_all_four_slots() {
 fn card_without_aes_gets_the_same_bytes_as_a_3des_key() {
     let key = ManagementKey::random(MgmAlgorithm::Aes192);
     let plan = plan_with(&ec_slots()[..1], &key);
-    let img = factory_image(&NewCard { version: [5, 2, 7], mgm_algorithm: MgmAlgorithm::TripleDes });
+    let img = factory_image(&NewCard {
+        version: [5, 2, 7],
+        mgm_algorithm: MgmAlgorithm::TripleDes,
+        ..NewCard::default()
+    });
     let mut card = Piv::new(InProcess(VirtualCard::from_image(img).unwrap()));
     let outcome = done(drive(&mut Engine::new(clone_plan(&plan), factory_keys()), &mut card, None));
     assert_eq!(outcome.management_key_algorithm, MgmAlgorithm::TripleDes);
@@ -349,7 +353,11 @@ fn card_without_aes_gets_the_same_bytes_as_a_3des_key() {
 fn card_without_metadata_takes_one_more_round_trip() {
     let key = ManagementKey::random(MgmAlgorithm::Aes192);
     let plan = plan_with(&ec_slots(), &key);
-    let img = factory_image(&NewCard { version: [5, 2, 7], mgm_algorithm: MgmAlgorithm::TripleDes });
+    let img = factory_image(&NewCard {
+        version: [5, 2, 7],
+        mgm_algorithm: MgmAlgorithm::TripleDes,
+        ..NewCard::default()
+    });
     let mut card = Piv::new(InProcess(VirtualCard::from_image(img).unwrap()));
     let mut sizes = Vec::new();
     let mut engine = Engine::new(clone_plan(&plan), factory_keys());

@@ -1,7 +1,8 @@
 //! Card issuance end to end inside one process: the server on a real socket, the agent's side of
 //! the WebSocket protocol played by a small relay over the software PIV card (in process, no
 //! pcscd; the pcscd + agent run is in the `lanyard` crate's tests), or by the agent's own relay
-//! where its behaviour is the point (the PIN deadline). Covers a full issuance, a session cut at
+//! where its behaviour is the point (the PIN deadline, the FIDO phase with CTAP batches to the
+//! card's own authenticator). Covers a full issuance, a session cut at
 //! every batch then resumed or rolled back, skipping Change PIN, operator activation with the
 //! initial-PIN reveal, a PIN typed after the deadline, protocol versions, and tickets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -831,22 +832,27 @@ async fn a_pin_typed_after_the_deadline_never_reaches_the_card() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The FIDO phase (DESIGN flow B): the key's FIDO half is `lanyard_ctap::testing::SoftKey`, an
-// authenticator's PIN state that checks every CTAP request as CTAP 2.1 says (the virtual card's
-// authenticator replaces it in the pcscd tests once it exists).
+// The FIDO phase (DESIGN flow B): the agent's own relay (`lanyard_agent::relay::Relay`) carries
+// PIV batches and CTAP batches to the software card, whose FIDO2 application is the virtual card's
+// authenticator (`lanyard_vcard::fido::Authenticator`), reached over the card's APDUs as over an
+// NFC reader. The tests then ask that authenticator what a client would.
 // ---------------------------------------------------------------------------------------------
 
+use lanyard_agent::relay::{Next, Relay, SkipPinChange, Unlinked};
 use lanyard_core::model::FidoPinMode;
-use lanyard_ctap::testing::SoftKey;
+use lanyard_ctap::consts::status as ctap_status;
+use lanyard_ctap::pin_protocol::{KeyPair, PinProtocol, SharedSecret};
+use lanyard_vcard::fido::Authenticator;
 
-/// Plays an agent with features `server_pin` and `ctap`: PIV batches go to `card`, CTAP batches
-/// to `key`; the new device PIN comes in the `change_pin` frame from the portal. `cut_after_ctap`
-/// drops the connection after that many CTAP batches.
+/// Plays an agent with features `server_pin` and `ctap` through the agent's relay over `card`;
+/// the new device PIN comes in the `change_pin` frame from the portal (none: skipped). The
+/// command byte of every CTAP request sent goes to `sent`; `cut_after_ctap` drops the
+/// connection after that many CTAP batches.
 async fn relay_fido(
     app: &App,
     ticket: &str,
     card: &mut Card,
-    key: &mut SoftKey,
+    sent: &mut Vec<u8>,
     cut_after_ctap: Option<usize>,
 ) -> End {
     let version = PROTOCOL_VERSION.to_string();
@@ -860,46 +866,54 @@ async fn relay_fido(
         features: vec!["server_pin".into(), "ctap".into()],
     };
     ws.send(Message::text(hello.to_text())).await.unwrap();
+    let mut relay = Relay::new(card.transport_mut());
     let mut ctap_batches = 0;
     while let Some(msg) = ws.next().await {
         let Message::Text(text) = msg.unwrap() else { continue };
-        let answer = match ServerFrame::parse(text.as_str()).unwrap() {
-            ServerFrame::Transmit { seq, apdus, .. } => {
-                let mut responses = Vec::new();
-                for apdu in apdus {
-                    let cmd = Command::parse(&hex::decode(apdu).unwrap()).unwrap();
-                    let resp = card.exchange(&cmd).unwrap();
-                    responses.push(hex::encode_upper(resp.to_bytes()));
-                    if !resp.sw.is_success() {
-                        break;
-                    }
-                }
-                AgentFrame::Responses { seq, responses }
-            }
-            ServerFrame::Ctap { seq, requests, .. } => {
+        match ServerFrame::parse(text.as_str()).unwrap() {
+            ServerFrame::Ctap { requests, .. } => {
                 if cut_after_ctap == Some(ctap_batches) {
                     return End::Cut;
                 }
                 ctap_batches += 1;
-                let requests: Vec<Vec<u8>> = requests.iter().map(|r| hex::decode(r).unwrap()).collect();
-                let responses = key.run(&requests).iter().map(hex::encode_upper).collect();
-                AgentFrame::CtapResponses { seq, responses }
+                sent.extend(requests.iter().map(|r| hex::decode(r).unwrap()[0]));
             }
-            ServerFrame::ChangePin { seq, old_pin, new_pin, .. } => match new_pin {
-                Some(new) => {
-                    card.change_reference(false, old_pin.expose().as_bytes(), new.expose().as_bytes())
-                        .unwrap();
-                    AgentFrame::PinChanged { seq, sw: "9000".into() }
-                }
-                None => AgentFrame::PinChangeSkipped { seq },
-            },
             ServerFrame::Done { state, .. } => return End::Done(state.to_string()),
             ServerFrame::Error { message } => return End::Error(message),
-            other => panic!("unexpected {other:?}"),
-        };
-        ws.send(Message::text(answer.to_text())).await.unwrap();
+            _ => {}
+        }
+        match relay.on_text(text.as_str(), &mut SkipPinChange, &mut Unlinked, &mut |_| {}) {
+            Next::Send(frame) => ws.send(Message::text(frame)).await.unwrap(),
+            other => panic!("the relay did not answer {text}: {other:?}"),
+        }
     }
     End::Error("closed without a word".into())
+}
+
+/// The card's FIDO2 authenticator.
+fn fido(card: &mut Card) -> &mut Authenticator {
+    card.transport_mut().0.fido().expect("the virtual card has a FIDO application")
+}
+
+/// A platform key pair and the shared secret with the card authenticator's key agreement key.
+fn fido_agree(card: &mut Card) -> (KeyPair, SharedSecret) {
+    let answer = fido(card).process(&lanyard_ctap::client::get_key_agreement(PinProtocol::Two));
+    let ka = lanyard_ctap::client::parse_key_agreement(&answer).unwrap();
+    let platform = KeyPair::generate();
+    let shared = platform.agree(PinProtocol::Two, &ka).unwrap();
+    (platform, shared)
+}
+
+/// What a client gets asking the card's authenticator for a PIN token with `pin` (as
+/// python-fido2's `ClientPin.get_pin_token` does): `Ok` or the refusal's status.
+fn token_with(card: &mut Card, pin: &str) -> Result<(), u8> {
+    let (platform, shared) = fido_agree(card);
+    let request = lanyard_ctap::client::get_pin_token(&platform, &shared, pin).unwrap();
+    match fido(card).process(&request).first() {
+        Some(&ctap_status::OK) => Ok(()),
+        Some(s) => Err(*s),
+        None => Err(ctap_status::OTHER),
+    }
 }
 
 impl App {
@@ -1007,19 +1021,19 @@ async fn independent_mode_sets_the_holders_fido_pin_and_keeps_no_trace_of_it() {
     app.set_fido_policy(FidoPinMode::Independent, 8).await;
     let (device, job, ticket) = app.begin().await;
     app.state.pins.expect(job.parse().unwrap());
-    let (mut card, mut key) = (app.card(), SoftKey::new());
+    let (mut card, mut sent) = (app.card(), Vec::new());
     const FIDO_PIN: &str = "correct horse 42";
     let (end, ()) = tokio::join!(
-        relay_fido(&app, &ticket, &mut card, &mut key, None),
+        relay_fido(&app, &ticket, &mut card, &mut sent, None),
         app.answer_pins(&job, Some(FIDO_PIN), NEW_PIN)
     );
     assert_eq!(end, End::Done("active".into()));
     assert_issued(&app, device, &mut card, NEW_PIN, DeviceState::Active).await;
     // The judge: the key gives a PIN token for the holder's PIN, and for no other.
-    assert_eq!(key.token_with(FIDO_PIN), Ok(()));
-    assert_eq!(key.token_with(NEW_PIN), Err(lanyard_ctap::consts::status::PIN_INVALID));
-    assert_eq!(key.min_len, 8, "the policy's minimum is on the key");
-    assert!(!key.force_change);
+    assert_eq!(token_with(&mut card, FIDO_PIN), Ok(()));
+    assert_eq!(token_with(&mut card, NEW_PIN), Err(ctap_status::PIN_INVALID));
+    assert_eq!(fido(&mut card).state().min_pin_length, 8, "the policy's minimum is on the key");
+    assert!(!fido(&mut card).state().force_pin_change);
     assert_eq!(app.sealed_fido_pin(device).await, None, "a PIN the holder chose is never sealed");
     // Neither the database nor the job's record nor the audit log holds it.
     assert!(!contains(&app.database_bytes(), FIDO_PIN));
@@ -1044,17 +1058,17 @@ async fn shared_mode_makes_the_device_pin_the_fido_pin_at_change_pin() {
     app.set_fido_policy(FidoPinMode::Shared, 6).await;
     let (device, job, ticket) = app.begin().await;
     app.state.pins.expect(job.parse().unwrap());
-    let (mut card, mut key) = (app.card(), SoftKey::new());
+    let (mut card, mut sent) = (app.card(), Vec::new());
     let (end, ()) = tokio::join!(
-        relay_fido(&app, &ticket, &mut card, &mut key, None),
+        relay_fido(&app, &ticket, &mut card, &mut sent, None),
         app.answer_pins(&job, None, NEW_PIN)
     );
     assert_eq!(end, End::Done("active".into()));
     assert_issued(&app, device, &mut card, NEW_PIN, DeviceState::Active).await;
     let temporary = app.sealed_fido_pin(device).await.expect("the temporary FIDO PIN is sealed");
     assert_eq!(temporary.len(), 8);
-    assert_eq!(key.token_with(NEW_PIN), Ok(()), "the device PIN is the FIDO PIN");
-    assert_eq!(key.token_with(&temporary), Err(lanyard_ctap::consts::status::PIN_INVALID));
+    assert_eq!(token_with(&mut card, NEW_PIN), Ok(()), "the device PIN is the FIDO PIN");
+    assert_eq!(token_with(&mut card, &temporary), Err(ctap_status::PIN_INVALID));
     assert!(!contains(&app.database_bytes(), NEW_PIN), "the device PIN is nowhere in the database");
     assert!(app.fido_audit().await.iter().any(|e| e.to_string().contains("fido_change_pin")));
 }
@@ -1065,29 +1079,24 @@ async fn temporary_mode_blocks_pin_tokens_until_the_pin_is_changed() {
     app.set_fido_policy(FidoPinMode::Temporary, 10).await;
     let (device, job, ticket) = app.begin().await;
     app.state.pins.expect(job.parse().unwrap());
-    let (mut card, mut key) = (app.card(), SoftKey::new());
+    let (mut card, mut sent) = (app.card(), Vec::new());
     let (end, ()) = tokio::join!(
-        relay_fido(&app, &ticket, &mut card, &mut key, None),
+        relay_fido(&app, &ticket, &mut card, &mut sent, None),
         app.answer_pins(&job, None, NEW_PIN)
     );
     assert_eq!(end, End::Done("active".into()));
     let temporary = app.sealed_fido_pin(device).await.expect("the random FIDO PIN is sealed");
     assert_eq!(temporary.len(), 10, "as long as the policy's minimum");
-    assert!(key.force_change && key.min_len == 10);
-    assert_eq!(key.token_with(&temporary), Err(lanyard_ctap::consts::status::PIN_POLICY_VIOLATION));
+    assert!(fido(&mut card).state().force_pin_change && fido(&mut card).state().min_pin_length == 10);
+    assert_eq!(token_with(&mut card, &temporary), Err(ctap_status::PIN_POLICY_VIOLATION));
     // The holder changes it (as their browser or ykman would); then tokens come.
-    let ka = lanyard_ctap::client::parse_key_agreement(
-        &key.handle(&lanyard_ctap::client::get_key_agreement(lanyard_ctap::pin_protocol::PinProtocol::Two)),
-    )
-    .unwrap();
-    let platform = lanyard_ctap::pin_protocol::KeyPair::generate();
-    let shared = platform.agree(lanyard_ctap::pin_protocol::PinProtocol::Two, &ka).unwrap();
+    let (platform, shared) = fido_agree(&mut card);
     // Shorter than the minimum: refused by the key.
     let short = lanyard_ctap::client::change_pin(&platform, &shared, &temporary, "123456789").unwrap();
-    assert_eq!(key.handle(&short), [lanyard_ctap::consts::status::PIN_POLICY_VIOLATION]);
+    assert_eq!(fido(&mut card).process(&short), [ctap_status::PIN_POLICY_VIOLATION]);
     let change = lanyard_ctap::client::change_pin(&platform, &shared, &temporary, "my own 10+ PIN").unwrap();
-    assert_eq!(key.handle(&change), [0]);
-    assert_eq!(key.token_with("my own 10+ PIN"), Ok(()));
+    assert_eq!(fido(&mut card).process(&change), [0]);
+    assert_eq!(token_with(&mut card, "my own 10+ PIN"), Ok(()));
 }
 
 #[tokio::test]
@@ -1096,12 +1105,16 @@ async fn a_key_with_a_fido_pin_is_reset_only_after_the_holder_agrees() {
     app.set_fido_policy(FidoPinMode::Shared, 6).await;
     let (device, job, ticket) = app.begin().await;
     app.state.pins.expect(job.parse().unwrap());
-    let (mut card, mut key) = (app.card(), SoftKey::with_pin("somebody's old PIN"));
-    let end = relay_fido(&app, &ticket, &mut card, &mut key, None).await;
+    let (mut card, mut sent) = (app.card(), Vec::new());
+    // Someone set a FIDO PIN on the key before (through setPIN, as their client would).
+    let (platform, shared) = fido_agree(&mut card);
+    let set = lanyard_ctap::client::set_pin(&platform, &shared, "somebody's old PIN").unwrap();
+    assert_eq!(fido(&mut card).process(&set), [ctap_status::OK]);
+    let end = relay_fido(&app, &ticket, &mut card, &mut sent, None).await;
     assert!(matches!(&end, End::Error(m) if m.contains("already has a FIDO PIN")), "{end:?}");
     app.wait_job(&job, "failed").await;
-    assert!(!key.seen.contains(&lanyard_ctap::consts::cmd::RESET), "nothing erased without consent");
-    assert_eq!(key.token_with("somebody's old PIN"), Ok(()));
+    assert!(!sent.contains(&lanyard_ctap::consts::cmd::RESET), "nothing erased without consent");
+    assert_eq!(token_with(&mut card, "somebody's old PIN"), Ok(()));
     assert_eq!(app.device(device).await.state, DeviceState::Issuing);
     // A plain resume stops at the same place; consent is its own ticket purpose.
     let (status, _) = app
@@ -1116,12 +1129,12 @@ async fn a_key_with_a_fido_pin_is_reset_only_after_the_holder_agrees() {
     let ticket = app.ticket(&job, "run_erasing_fido").await;
     app.state.pins.expect(job.parse().unwrap());
     let (end, ()) = tokio::join!(
-        relay_fido(&app, &ticket, &mut card, &mut key, None),
+        relay_fido(&app, &ticket, &mut card, &mut sent, None),
         app.answer_pins(&job, None, NEW_PIN)
     );
     assert_eq!(end, End::Done("active".into()));
-    assert!(key.seen.contains(&lanyard_ctap::consts::cmd::RESET));
-    assert_eq!(key.token_with(NEW_PIN), Ok(()));
+    assert!(sent.contains(&lanyard_ctap::consts::cmd::RESET));
+    assert_eq!(token_with(&mut card, NEW_PIN), Ok(()));
     let (_, record) = app.call("GET", &format!("/api/v1/jobs/{job}"), &app.alice, None).await;
     assert!(record.to_string().contains("fido_reset_consented"));
 }
@@ -1131,16 +1144,16 @@ async fn rollback_resets_a_fido_pin_the_job_set() {
     let app = setup().await;
     app.set_fido_policy(FidoPinMode::Temporary, 6).await;
     let (device, job, ticket) = app.begin().await;
-    let (mut card, mut key) = (app.card(), SoftKey::new());
+    let (mut card, mut sent) = (app.card(), Vec::new());
     // Cut after detect, minimum length, key agreement and setPIN: the PIN is on the key.
-    let end = relay_fido(&app, &ticket, &mut card, &mut key, Some(4)).await;
+    let end = relay_fido(&app, &ticket, &mut card, &mut sent, Some(4)).await;
     assert_eq!(end, End::Cut);
     app.wait_job(&job, "failed").await;
-    assert!(key.has_pin());
+    assert!(fido(&mut card).state().pin.is_some());
     let ticket = app.ticket(&job, "rollback").await;
-    let end = relay_fido(&app, &ticket, &mut card, &mut key, None).await;
+    let end = relay_fido(&app, &ticket, &mut card, &mut sent, None).await;
     assert_eq!(end, End::Done("failed".into()));
-    assert!(!key.has_pin(), "the key's FIDO application was reset");
+    assert!(fido(&mut card).state().pin.is_none(), "the key's FIDO application was reset");
     assert_eq!(app.device(device).await.state, DeviceState::Failed);
     assert!(app.fido_audit().await.iter().any(|e| e.to_string().contains("fido_rollback")));
 }

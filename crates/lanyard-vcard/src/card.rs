@@ -5,7 +5,7 @@
 use crate::attestation::{self, AttestationRoot, Statement};
 use crate::fido::Authenticator;
 use crate::fido::nfc::{NfcBinding, NfcReply};
-use crate::fido::state::FidoState;
+use crate::fido::state::{FidoOptions, FidoState};
 use crate::image::{CardImage, Counter, FORMAT, ImageError, StoredKey};
 use crate::keys::{CardKey, KeyError};
 use lanyard_ctap::consts::{FIDO_AID, NFC_INS_MSG, SELECT_FIDO2};
@@ -59,11 +59,17 @@ pub struct NewCard {
     /// The algorithm of the factory management key (bytes are always the well-known default).
     /// 3DES by default, which every client version understands; YubiKey 5.7 ships AES-192.
     pub mgm_algorithm: MgmAlgorithm,
+    /// What the FIDO application offers: everything by default.
+    pub fido: FidoOptions,
 }
 
 impl Default for NewCard {
     fn default() -> Self {
-        Self { version: DEFAULT_VERSION, mgm_algorithm: MgmAlgorithm::TripleDes }
+        Self {
+            version: DEFAULT_VERSION,
+            mgm_algorithm: MgmAlgorithm::TripleDes,
+            fido: FidoOptions::default(),
+        }
     }
 }
 
@@ -192,6 +198,9 @@ impl VirtualCard {
         now: SystemTime,
     ) -> Result<CardImage, CardError> {
         use p256::pkcs8::EncodePrivateKey;
+        if !opts.fido.is_valid() {
+            return Err(crate::fido::FidoError::Options(opts.fido.pin_protocols.clone()).into());
+        }
         let serial = root.next_serial()?;
         let (att_key, att_cert) = root.issue_card_attestation(serial, now)?;
         let att_pkcs8 =
@@ -213,7 +222,7 @@ impl VirtualCard {
             keys: BTreeMap::new(),
             objects: BTreeMap::new(),
             attestation_key: att_pkcs8,
-            fido: Some(FidoState::new(fido_pkcs8, fido_cert)),
+            fido: Some(FidoState::with_options(fido_pkcs8, fido_cert, opts.fido.clone())),
         };
         img.objects.insert(key_name(tag::DISCOVERY), hex::encode(discovery_object()));
         img.objects

@@ -11,4 +11,5 @@ pub mod x509;
 
 pub use attestation::AttestationRoot;
 pub use card::{NewCard, VirtualCard, atr};
+pub use fido::state::FidoOptions;
 pub use image::CardImage;

@@ -664,6 +664,73 @@ fn state_survives_in_the_image_and_old_images_open() {
     assert_eq!(apdu(&mut card, &cmd).1, 0x6A82);
 }
 
+/// `NewCard::fido` makes a key that offers less, for clients' tests: protocol 1 only and no
+/// authenticatorConfig (as a CTAP 2.0 key). getInfo says so, the card refuses what it does not
+/// offer, and the options survive authenticatorReset and the image. Options the authenticator
+/// cannot honour are refused; an image from before the options offers everything.
+#[test]
+fn fido_options_make_a_key_that_offers_less() {
+    use lanyard_vcard::FidoOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let root = AttestationRoot::open_or_create(dir.path(), SystemTime::now()).unwrap();
+    let less = FidoOptions { pin_protocols: vec![1], config: false };
+    let opts = NewCard { fido: less.clone(), ..NewCard::default() };
+    let img = VirtualCard::new_image(&root, &opts, SystemTime::now()).unwrap();
+    let path = dir.path().join("card.json");
+    img.save(&path).unwrap();
+    let check = |card: &mut VirtualCard| {
+        select_fido(card);
+        let i = info(card);
+        assert_eq!(get(&i, 6), &Value::Array(vec![int(1)]), "pinUvAuthProtocols");
+        assert_eq!(option(&i, "authnrCfg"), None);
+        assert_eq!(option(&i, "setMinPINLength"), None);
+        assert_eq!(option(&i, "clientPin"), Some(false));
+        let ka = |p: i64| int_map([(1, int(p)), (2, int(2))]);
+        assert_eq!(ctap(card, 0x06, Some(ka(2))).unwrap_err(), status::INVALID_PARAMETER);
+        assert!(ctap(card, 0x06, Some(ka(1))).is_ok());
+        assert_eq!(config_set_min(card, None, Some(8), false).unwrap_err(), status::INVALID_COMMAND);
+        // A PIN and a token through protocol 1.
+        set_pin(card, PinProtocol::One, "24680").unwrap();
+        token(card, PinProtocol::One, "24680", None, None).unwrap();
+    };
+    let mut card = VirtualCard::open(&path).unwrap();
+    check(&mut card);
+    // authenticatorReset keeps what the key offers.
+    ctap(&mut card, 0x07, None).unwrap();
+    check(&mut card);
+    assert_eq!(card.image().fido.as_ref().unwrap().options, less);
+    drop(card);
+    // Saved in the image.
+    let mut card = VirtualCard::open(&path).unwrap();
+    select_fido(&mut card);
+    assert_eq!(option(&info(&mut card), "clientPin"), Some(true));
+    assert_eq!(card.image().fido.as_ref().unwrap().options, less);
+
+    // Protocols the authenticator does not have, none, or one twice: refused when the card is
+    // made, and when an image holds them.
+    for bad in [vec![], vec![3], vec![2, 2], vec![1, 2, 1]] {
+        let opts =
+            NewCard { fido: FidoOptions { pin_protocols: bad.clone(), config: true }, ..NewCard::default() };
+        let e = VirtualCard::new_image(&root, &opts, SystemTime::now()).unwrap_err();
+        assert!(e.to_string().contains("one or both of 1 and 2"), "{bad:?}: {e}");
+        let mut img = VirtualCard::new_image(&root, &NewCard::default(), SystemTime::now()).unwrap();
+        img.fido.as_mut().unwrap().options.pin_protocols = bad.clone();
+        let e = VirtualCard::from_image(img).unwrap_err();
+        assert!(e.to_string().contains("one or both of 1 and 2"), "{bad:?}: {e}");
+    }
+
+    // An image from before the options: everything offered.
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["fido"].as_object_mut().unwrap().remove("options").unwrap();
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let mut card = VirtualCard::open(&path).unwrap();
+    assert_eq!(card.image().fido.as_ref().unwrap().options, FidoOptions::default());
+    select_fido(&mut card);
+    let i = info(&mut card);
+    assert_eq!(get(&i, 6), &Value::Array(vec![int(2), int(1)]));
+    assert_eq!(option(&i, "setMinPINLength"), Some(true));
+}
+
 /// Requests the fuzzer also feeds: a valid command byte with random or mutated CBOR.
 mod properties {
     use super::*;

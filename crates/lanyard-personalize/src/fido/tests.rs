@@ -1,16 +1,104 @@
-//! The FIDO phase against `lanyard_ctap::testing::SoftKey`, an authenticator's PIN state built on
-//! the authenticator side of `lanyard_ctap::pin_protocol`: it checks every request the way CTAP
-//! 2.1 says an authenticator does (MACs, PIN hashes, minimum length, forcePINChange), so a
-//! passing run means the phase sent what a key would accept, and the PIN it ends with is the one
-//! this test expects.
+//! The FIDO phase against the virtual card's FIDO2 authenticator
+//! (`lanyard_vcard::fido::Authenticator`, the one the software card answers CTAP with): it checks
+//! every request the way CTAP 2.1 says an authenticator does (MACs, PIN hashes, minimum length,
+//! forcePINChange, retries), so a passing run means the phase sent what a key would accept, and
+//! the PIN it ends with is the one this test expects.
 
 use lanyard_ctap::consts::{cmd, status};
 use lanyard_ctap::pin_protocol::{KeyPair, PinProtocol};
+use lanyard_vcard::FidoOptions;
+use lanyard_vcard::fido::Authenticator;
+use lanyard_vcard::fido::state::FidoState;
 use secrecy::SecretString;
 
 use super::*;
 
-type Key = lanyard_ctap::testing::SoftKey;
+/// The authenticator of a factory-new virtual card, and the command bytes it received.
+struct Key {
+    auth: Authenticator,
+    seen: Vec<u8>,
+}
+
+impl Key {
+    /// A factory-new key: no PIN, minimum length 4, protocols 2 and 1, authenticatorConfig.
+    fn new() -> Self {
+        Self::offering(FidoOptions::default())
+    }
+
+    /// A factory-new key that offers what `options` says.
+    fn offering(options: FidoOptions) -> Self {
+        let opts = lanyard_vcard::NewCard { fido: options, ..lanyard_vcard::NewCard::default() };
+        let img = crate::tests::factory_image(&opts);
+        let state: FidoState = img.fido.expect("the virtual card has a FIDO application");
+        Self { auth: Authenticator::new(state, img.version).unwrap(), seen: Vec::new() }
+    }
+
+    /// A key someone already set `pin` on (through setPIN, as their client would).
+    fn with_pin(pin: &str) -> Self {
+        let mut key = Self::new();
+        let (platform, shared) = key.agree(PinProtocol::Two);
+        let answer = key.handle(&client::set_pin(&platform, &shared, pin).unwrap());
+        assert_eq!(answer, [status::OK], "setPIN");
+        key.seen.clear();
+        key
+    }
+
+    /// Answers one request (`command ‖ CBOR`) with `status ‖ CBOR`.
+    fn handle(&mut self, request: &[u8]) -> Vec<u8> {
+        if let Some(&c) = request.first() {
+            self.seen.push(c);
+        }
+        self.auth.process(request)
+    }
+
+    /// Runs `batch` as Lanyard's agent does: in order, stopping after the first refusal.
+    fn run(&mut self, batch: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for request in batch {
+            let answer = self.handle(request);
+            let refused = answer.first() != Some(&status::OK);
+            out.push(answer);
+            if refused {
+                break;
+            }
+        }
+        out
+    }
+
+    /// A platform key pair and the shared secret with the key's key agreement key.
+    fn agree(&mut self, protocol: PinProtocol) -> (KeyPair, lanyard_ctap::pin_protocol::SharedSecret) {
+        let ka = client::parse_key_agreement(&self.handle(&client::get_key_agreement(protocol))).unwrap();
+        let platform = KeyPair::generate();
+        let shared = platform.agree(protocol, &ka).unwrap();
+        (platform, shared)
+    }
+
+    /// What a client gets asking for a PIN token with `pin` (as python-fido2's
+    /// `ClientPin.get_pin_token` does): `Ok` or the refusal's status.
+    fn token_with(&mut self, pin: &str) -> Result<(), u8> {
+        let protocol =
+            client::parse_get_info(&self.handle(&client::get_info())).unwrap().pin_protocol().unwrap();
+        let (platform, shared) = self.agree(protocol);
+        let answer = self.handle(&client::get_pin_token(&platform, &shared, pin).unwrap());
+        match answer.first() {
+            Some(&status::OK) => Ok(()),
+            Some(s) => Err(*s),
+            None => Err(status::OTHER),
+        }
+    }
+
+    fn min_len(&self) -> u8 {
+        self.auth.state().min_pin_length
+    }
+
+    fn force_change(&self) -> bool {
+        self.auth.state().force_pin_change
+    }
+
+    fn has_pin(&self) -> bool {
+        self.auth.state().pin.is_some()
+    }
+}
 
 fn plan(mode: FidoMode, min: u8, pin: Option<&str>) -> FidoPlan {
     FidoPlan { mode, min_pin_length: min, server_pin: pin.map(SecretString::from), reset_consented: false }
@@ -37,7 +125,7 @@ fn independent_sets_the_holders_pin_after_raising_the_minimum() {
     let mut engine = FidoEngine::new(plan(FidoMode::Independent, 8, None));
     let o = drive(&mut engine, &mut key, Some("horse battery")).unwrap();
     assert!(o.pin_set && !o.force_change && !o.reset && o.skipped.is_none());
-    assert_eq!(key.min_len, 8);
+    assert_eq!(key.min_len(), 8);
     assert_eq!(key.token_with("horse battery"), Ok(()));
     assert_eq!(key.token_with("12345678"), Err(status::PIN_INVALID));
     // getInfo; setMinPINLength; getKeyAgreement; setPIN.
@@ -62,7 +150,9 @@ fn the_key_enforces_the_minimum_lanyard_set() {
     // A plan whose own check is bypassed: the key refuses a PIN below its minimum and the error
     // names the CTAP status.
     let mut key = Key::new();
-    key.min_len = 10;
+    // The key's own minimum is 10 already (set before any PIN, which needs no token).
+    assert_eq!(key.run(&[client::set_min_pin_length(Some(10), false, None)]), [[status::OK]]);
+    assert_eq!(key.min_len(), 10);
     let mut engine = FidoEngine::new(plan(FidoMode::Shared, 6, Some("48291736")));
     let e = drive(&mut engine, &mut key, None).unwrap_err();
     assert_eq!(
@@ -118,7 +208,7 @@ fn temporary_forces_a_pin_change_before_any_token() {
     let mut engine = FidoEngine::new(plan(FidoMode::Temporary, 6, Some("73920461")));
     let o = drive(&mut engine, &mut key, None).unwrap();
     assert!(o.pin_set && o.force_change);
-    assert!(key.force_change);
+    assert!(key.force_change());
     // The right PIN gets no token until it is changed.
     assert_eq!(key.token_with("73920461"), Err(status::PIN_POLICY_VIOLATION));
     // getInfo; setMinPINLength; getKeyAgreement; setPIN + getKeyAgreement; token;
@@ -171,7 +261,7 @@ fn resume_keeps_what_is_done_and_resets_only_its_own_pin() {
     let mut engine = FidoEngine::resume(plan(FidoMode::Temporary, 6, Some("73920461")), &checkpoint);
     let o = drive(&mut engine, &mut key, None).unwrap();
     assert!(o.force_change && !o.reset);
-    assert!(key.force_change);
+    assert!(key.force_change());
 
     // The PIN reached the key but the checkpoint never said so: the key was blank at the start,
     // so the PIN is this job's; the resumed run resets and sets it again, no consent needed.
@@ -198,18 +288,21 @@ fn keys_without_fido2_or_without_what_the_mode_needs() {
     };
     assert!(o.skipped.is_some_and(|s| s.contains("CTAP1_ERR_INVALID_COMMAND")));
     // A CTAP 2.0 key cannot force a PIN change.
-    let mut key = Key::new();
-    key.set_min_supported = false;
+    let mut key = Key::offering(FidoOptions { config: false, ..FidoOptions::default() });
     let mut engine = FidoEngine::new(plan(FidoMode::Temporary, 4, Some("73920461")));
     let e = drive(&mut engine, &mut key, None).unwrap_err();
     assert!(matches!(e, FidoError::Unsupported { step: STEP_FIDO_DETECT, .. }), "{e}");
     assert!(!key.has_pin());
     // Protocol 1 only: the phase follows the key.
-    let mut key = Key::new();
-    key.protocols = vec![1];
+    let mut key = Key::offering(FidoOptions { pin_protocols: vec![1], ..FidoOptions::default() });
     let mut engine = FidoEngine::new(plan(FidoMode::Independent, 6, None));
     drive(&mut engine, &mut key, Some("246813579")).unwrap();
     assert_eq!(key.token_with("246813579"), Ok(()));
+    assert_eq!(
+        key.handle(&client::get_key_agreement(PinProtocol::Two)),
+        [status::INVALID_PARAMETER],
+        "the key takes protocol 1 only, so the phase used it"
+    );
     // A bad plan fails before anything is sent.
     let mut engine = FidoEngine::new(plan(FidoMode::Shared, 6, None));
     assert!(matches!(engine.next(FidoInput::Start), FidoStep::Failed(FidoError::InvalidPlan(_))));

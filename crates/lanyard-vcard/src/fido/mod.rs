@@ -102,6 +102,8 @@ pub enum FidoError {
     AttestationKey,
     #[error("the FIDO credential secret is not 32 bytes")]
     Secret,
+    #[error("the FIDO options offer PIN/UV auth protocols {0:?}; one or both of 1 and 2 are needed")]
+    Options(Vec<u8>),
 }
 
 /// The CTAP 2.1 authenticator.
@@ -126,6 +128,9 @@ impl Authenticator {
             SigningKey::from_pkcs8_der(&state.attestation_key).map_err(|_| FidoError::AttestationKey)?;
         if state.credential_secret.len() != 32 {
             return Err(FidoError::Secret);
+        }
+        if !state.options.is_valid() {
+            return Err(FidoError::Options(state.options.pin_protocols.clone()));
         }
         Ok(Self { state, attestation_key, firmware, session: Session::new(), dirty: false })
     }
@@ -170,6 +175,8 @@ impl Authenticator {
         };
         let result = match (command, decoded.as_ref()) {
             (cmd::GET_INFO, _) => Ok(Some(self.get_info())),
+            // Not offered (`FidoOptions::config`): as an authenticator without the command.
+            (cmd::CONFIG, _) if !self.state.options.config => Err(Status(status::INVALID_COMMAND)),
             (cmd::RESET, _) => self.reset().map(|()| None),
             (cmd::GET_NEXT_ASSERTION, _) => self.get_next_assertion().map(Some),
             (cmd::SELECTION, _) => Ok(None),
@@ -204,26 +211,25 @@ impl Authenticator {
         let v = self.firmware;
         let firmware = (u32::from(v[0]) << 16) | (u32::from(v[1]) << 8) | u32::from(v[2]);
         let remaining = MAX_RESIDENT_CREDENTIALS.saturating_sub(self.state.credentials.len());
+        let options = &self.state.options;
+        let mut flags = vec![
+            ("rk", Value::Bool(true)),
+            ("up", Value::Bool(true)),
+            ("plat", Value::Bool(false)),
+            ("clientPin", Value::Bool(pin_set)),
+            ("credMgmt", Value::Bool(true)),
+        ];
+        if options.config {
+            flags.extend([("authnrCfg", Value::Bool(true)), ("setMinPINLength", Value::Bool(true))]);
+        }
+        flags.extend([("pinUvAuthToken", Value::Bool(true)), ("makeCredUvNotRqd", Value::Bool(true))]);
         int_map([
             (0x01, Value::Array(vec![Value::Text("FIDO_2_0".into()), Value::Text("FIDO_2_1".into())])),
             (0x02, Value::Array(vec![Value::Text("credProtect".into())])),
             (0x03, Value::Bytes(crate::attestation::FIDO_AAGUID.to_vec())),
-            (
-                0x04,
-                text_map([
-                    ("rk", Value::Bool(true)),
-                    ("up", Value::Bool(true)),
-                    ("plat", Value::Bool(false)),
-                    ("clientPin", Value::Bool(pin_set)),
-                    ("credMgmt", Value::Bool(true)),
-                    ("authnrCfg", Value::Bool(true)),
-                    ("setMinPINLength", Value::Bool(true)),
-                    ("pinUvAuthToken", Value::Bool(true)),
-                    ("makeCredUvNotRqd", Value::Bool(true)),
-                ]),
-            ),
+            (0x04, text_map(flags)),
             (0x05, int(MAX_MSG_SIZE as i64)),
-            (0x06, Value::Array(vec![int(2), int(1)])),
+            (0x06, Value::Array(options.pin_protocols.iter().map(|p| int(i64::from(*p))).collect())),
             (0x07, int(request::MAX_LIST as i64)),
             (0x08, int(keys::ID_LEN as i64)),
             (0x09, Value::Array(vec![Value::Text("nfc".into())])),

@@ -30,7 +30,7 @@ impl Authenticator {
                 (4, Value::Bool(self.session.consecutive_pin_failures >= PIN_TRIES_PER_POWER_UP)),
             ]))),
             pin_sub::GET_KEY_AGREEMENT => {
-                required_protocol(&req)?;
+                self.required_protocol(&req)?;
                 Ok(Some(int_map([(1, self.session.key_agreement.public_cose())])))
             }
             pin_sub::SET_PIN => self.set_pin(&req).map(|()| None),
@@ -47,7 +47,7 @@ impl Authenticator {
     }
 
     fn shared_secret(&self, req: &ClientPin) -> Result<SharedSecret, Status> {
-        let protocol = required_protocol(req)?;
+        let protocol = self.required_protocol(req)?;
         let peer = req.key_agreement.as_ref().ok_or(Status(status::MISSING_PARAMETER))?;
         self.session.key_agreement.agree(protocol, peer).map_err(|_| Status(status::INVALID_PARAMETER))
     }
@@ -233,6 +233,13 @@ impl Authenticator {
     }
 }
 
-fn required_protocol(req: &ClientPin) -> Result<PinProtocol, Status> {
-    req.protocol.ok_or(Status(status::MISSING_PARAMETER))
+impl Authenticator {
+    /// The request's PIN/UV auth protocol, which must be one the options offer.
+    fn required_protocol(&self, req: &ClientPin) -> Result<PinProtocol, Status> {
+        let protocol = req.protocol.ok_or(Status(status::MISSING_PARAMETER))?;
+        if !self.state.options.offers(protocol) {
+            return err(status::INVALID_PARAMETER);
+        }
+        Ok(protocol)
+    }
 }

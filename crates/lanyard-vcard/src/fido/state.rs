@@ -35,6 +35,46 @@ pub struct FidoState {
     pub credentials: Vec<ResidentCredential>,
     /// Creation sequence of the next discoverable credential (orders getAssertion's answers).
     pub next_sequence: u64,
+    /// What the application offers (everything by default); images from before this field
+    /// offer everything.
+    #[serde(default)]
+    pub options: FidoOptions,
+}
+
+/// What the FIDO application offers, chosen when the card is made (`NewCard::fido`) and kept in
+/// the image. The default is everything the authenticator can do; less imitates keys that have
+/// less, so a client's handling of them can be tested against this authenticator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FidoOptions {
+    /// The PIN/UV auth protocols offered, in order of preference (getInfo `pinUvAuthProtocols`):
+    /// 2 then 1 by default. authenticatorClientPIN naming another answers
+    /// CTAP1_ERR_INVALID_PARAMETER, so no token of another protocol exists. One or both of 1
+    /// and 2, each at most once.
+    pub pin_protocols: Vec<u8>,
+    /// authenticatorConfig with setMinPINLength (getInfo options `authnrCfg` and
+    /// `setMinPINLength`): on by default. Off, neither option is listed and the command answers
+    /// CTAP1_ERR_INVALID_COMMAND, as on a CTAP 2.0 key (or a 2.1 key without it): the minimum PIN
+    /// length cannot be raised nor a PIN change forced.
+    pub config: bool,
+}
+
+impl Default for FidoOptions {
+    fn default() -> Self {
+        Self { pin_protocols: vec![2, 1], config: true }
+    }
+}
+
+impl FidoOptions {
+    /// Whether the options describe an authenticator this one can be.
+    pub fn is_valid(&self) -> bool {
+        matches!(self.pin_protocols.as_slice(), [1] | [2] | [1, 2] | [2, 1])
+    }
+
+    /// Whether `protocol` is offered.
+    pub fn offers(&self, protocol: lanyard_ctap::pin_protocol::PinProtocol) -> bool {
+        self.pin_protocols.iter().any(|n| u64::from(*n) == protocol.number())
+    }
 }
 
 /// The PIN as CTAP stores it: LEFT(SHA-256(PIN), 16), and its length in code points.
@@ -77,13 +117,23 @@ impl FidoState {
             sign_count: 0,
             credentials: Vec::new(),
             next_sequence: 0,
+            options: FidoOptions::default(),
         }
     }
 
-    /// authenticatorReset: everything but the attestation goes back to the factory state.
+    /// A factory-fresh FIDO application that offers what `options` says.
+    pub fn with_options(attestation_key: Vec<u8>, attestation_cert: Vec<u8>, options: FidoOptions) -> Self {
+        Self { options, ..Self::new(attestation_key, attestation_cert) }
+    }
+
+    /// authenticatorReset: everything but the attestation and the options goes back to the
+    /// factory state.
     pub fn reset(&mut self) {
-        *self =
-            Self::new(std::mem::take(&mut self.attestation_key), std::mem::take(&mut self.attestation_cert));
+        *self = Self::with_options(
+            std::mem::take(&mut self.attestation_key),
+            std::mem::take(&mut self.attestation_cert),
+            std::mem::take(&mut self.options),
+        );
     }
 }
 
