@@ -173,7 +173,44 @@
     });
   }
 
+  // The passkey step of an issuance (the Register a passkey piece from lanyard-passkeys.js):
+  // "Not now" puts it away and goes on to the device PIN; once registered, the piece says what
+  // follows and the button goes, since the key holds Lanyard's passkey now.
+  function passkeyStep(skip) {
+    var step = document.getElementById(skip.getAttribute("data-passkey-skip"));
+    var next = document.getElementById(skip.getAttribute("data-focus"));
+    skip.addEventListener("click", function () {
+      if (step) {
+        step.hidden = true;
+      }
+      if (next) {
+        next.focus();
+      }
+    });
+    if (!step) {
+      return;
+    }
+    step.addEventListener("lanyard:passkey-registered", function () {
+      var out = step.querySelector("[data-passkey-status]");
+      var again = step.querySelector("[data-passkey-register]");
+      if (out) {
+        out.textContent = "Passkey registered. It signs in once the key is active: now choose the device PIN below.";
+      }
+      skip.textContent = "Go on to the device PIN";
+      if (again) {
+        // Removed rather than hidden (the stylesheet styles every button); the focus it had
+        // moves to the way on.
+        again.remove();
+        skip.focus();
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var skips = document.querySelectorAll("button[data-passkey-skip]");
+    for (var k = 0; k < skips.length; k++) {
+      passkeyStep(skips[k]);
+    }
     var job = document.getElementById("job");
     if (job) {
       follow(job);

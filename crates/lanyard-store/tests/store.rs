@@ -919,9 +919,11 @@ on_both!(passkeys_follow_their_device_and_stay_with_their_holder, |db| {
     let session_a = TokenHash::of("alice's session");
 
     // Bob cannot start a registration for Alice's key; Alice can for hers.
-    let err = pb.self_service().unwrap().start_passkey_registration(db, key.id, session_a).await.unwrap_err();
+    let err =
+        pb.self_service().unwrap().start_passkey_registration(db, key.id, session_a, None).await.unwrap_err();
     assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
-    let start = pa.self_service().unwrap().start_passkey_registration(db, key.id, session_a).await.unwrap();
+    let start =
+        pa.self_service().unwrap().start_passkey_registration(db, key.id, session_a, None).await.unwrap();
     // The challenge redeems once, only in Alice's session and only for Alice.
     let wrong = pb
         .self_service()
@@ -937,7 +939,8 @@ on_both!(passkeys_follow_their_device_and_stay_with_their_holder, |db| {
         .await
         .unwrap_err();
     assert!(used.to_string().contains("already used"), "Bob's attempt used the challenge up: {used}");
-    let start = pa.self_service().unwrap().start_passkey_registration(db, key.id, session_a).await.unwrap();
+    let start =
+        pa.self_service().unwrap().start_passkey_registration(db, key.id, session_a, None).await.unwrap();
     let (device, _) = pa
         .self_service()
         .unwrap()
@@ -952,11 +955,11 @@ on_both!(passkeys_follow_their_device_and_stay_with_their_holder, |db| {
         aaguid: [0; 16],
         attestation: "none".into(),
     };
-    let passkey = pa.self_service().unwrap().register_passkey(db, device, &new).await.unwrap();
+    let passkey = pa.self_service().unwrap().register_passkey(db, device, &new, None).await.unwrap();
     let err = pb
         .self_service()
         .unwrap()
-        .register_passkey(db, key.id, &NewPasskey { credential_id: vec![2; 16], ..new.clone() })
+        .register_passkey(db, key.id, &NewPasskey { credential_id: vec![2; 16], ..new.clone() }, None)
         .await
         .unwrap_err();
     assert!(matches!(err, DomainError::NotFound { .. }), "{err}");

@@ -1,4 +1,5 @@
-//! Passkeys in the lifecycle: a holder registers one for an Active security key of theirs, lists
+//! Passkeys in the lifecycle: a holder registers one for an Active security key of theirs (or for
+//! the key their own issuance job is issuing, while that job runs), lists
 //! and removes their own; an operator lists and removes anyone's; signing in with one needs the
 //! passkey Active, its device Active *now* (read in the sign-in's own unit of work, never a copy)
 //! and the group's policy to allow passkeys. Every registration, sign-in, refusal and removal is
@@ -11,11 +12,11 @@ use time::OffsetDateTime;
 
 use crate::audit::{Actor, NewAuditEvent, OperationId};
 use crate::error::DomainError;
-use crate::ids::{DeviceId, PasskeyId, UserId};
+use crate::ids::{DeviceId, JobId, PasskeyId, UserId};
 use crate::lifecycle::DeviceState;
 use crate::model::{
-    CHALLENGE_LEN, ChallengePurpose, DeviceClass, Passkey, PasskeyState, PasskeyUserVerification,
-    PolicyDenied, Session, SignInPolicy, User, WebAuthnChallenge,
+    CHALLENGE_LEN, ChallengePurpose, DeviceClass, JobKind, JobState, Passkey, PasskeyState,
+    PasskeyUserVerification, PolicyDenied, Session, SignInPolicy, User, WebAuthnChallenge,
 };
 use crate::repo::PasskeyQuery;
 use crate::repo::prelude::*;
@@ -122,14 +123,16 @@ impl SelfService<'_> {
         statuses(&mut tx, list).await
     }
 
-    /// Starts registering a passkey for `device`: it must be my smart card or USB key, Active,
-    /// and my group's policy must allow passkeys. Stores a challenge bound to `binding` (my
+    /// Starts registering a passkey for `device`: it must be my smart card or USB key, Active or
+    /// being issued by my own issuance job whose card session waits for me at the device PIN
+    /// (`issuance`, see [`registrable`]), and my group's policy must allow passkeys. Stores a challenge bound to `binding` (my
     /// session) and answers what the browser needs.
     pub async fn start_passkey_registration<R: Repo>(
         &self,
         repo: &R,
         device: DeviceId,
         binding: TokenHash,
+        issuance: Option<JobId>,
     ) -> Result<RegistrationStart, DomainError> {
         let who = self.p.acting();
         let me = self.p.user.clone();
@@ -140,7 +143,7 @@ impl SelfService<'_> {
                 Some(d) if d.owner == Some(me.id) => d,
                 _ => return Err(DomainError::not_found("device", device)),
             };
-            check_registrable(&d)?;
+            registrable(&mut tx, &d, me.id, issuance).await?;
             let policy = policy_of(&mut tx, me).await?;
             if !policy.sign_in.passkeys_allowed() {
                 return Err(PolicyDenied::PasskeysDisabled.into());
@@ -199,12 +202,15 @@ impl SelfService<'_> {
     }
 
     /// Records a verified registration for my `device`, which must still be mine, registrable and
-    /// allowed by policy (read again here). Audited `passkey.register`.
+    /// allowed by policy (read again here: an issuance job that ended meanwhile, leaving the key
+    /// not Active, refuses it). Audited `passkey.register`, naming the issuance job when the key
+    /// was registered during one.
     pub async fn register_passkey<R: Repo>(
         &self,
         repo: &R,
         device: DeviceId,
         new: &NewPasskey,
+        issuance: Option<JobId>,
     ) -> Result<Passkey, DomainError> {
         let who = self.p.acting();
         let me = self.p.user.clone();
@@ -215,7 +221,7 @@ impl SelfService<'_> {
                 Some(d) if d.owner == Some(me.id) => d,
                 _ => return Err(DomainError::not_found("device", device)),
             };
-            check_registrable(&d)?;
+            let during = registrable(&mut tx, &d, me.id, issuance).await?;
             if !policy_of(&mut tx, me).await?.sign_in.passkeys_allowed() {
                 return Err(PolicyDenied::PasskeysDisabled.into());
             }
@@ -250,6 +256,8 @@ impl SelfService<'_> {
                     "aaguid": hex::encode(p.aaguid),
                     "attestation": p.attestation,
                     "rp_id": p.rp_id,
+                    "device_state": d.state,
+                    "issuance_job": during,
                 }));
             tx.append_audit(event).await?;
             tx.commit().await?;
@@ -324,17 +332,42 @@ impl Operator<'_> {
 pub const CHALLENGE_GONE: &str =
     "the WebAuthn challenge is unknown, already used, expired or was issued to another session; start again";
 
-fn check_registrable(d: &crate::model::Device) -> Result<(), DomainError> {
+/// Whether a passkey may be registered for `d` by its holder `me` now: `d` must be a smart card
+/// or USB key, and either Active, or in the device PIN step of its issuance (flow B: the issuance
+/// page offers the registration before the device PIN). `issuance` is the job whose card session
+/// the server knows to be waiting for the holder's device PIN right now: that session runs in the
+/// server's process, so only the server can say it is live, and it says so for one job. The
+/// domain checks the rest: the job is `d`'s, an issuance, started by `me` (not an operator's
+/// in-person issuance), neither failed nor undone, and `d` is still Issuing or Pending. Answers
+/// the job's id in that case. Without a live session (the holder skipped the PIN, the time ran
+/// out, the session failed) a key that is not Active gets nothing: it waits until it is Active.
+async fn registrable<T: Tx>(
+    tx: &mut T,
+    d: &crate::model::Device,
+    me: UserId,
+    issuance: Option<JobId>,
+) -> Result<Option<JobId>, DomainError> {
     if d.kind.class() != DeviceClass::Token {
         return Err(DomainError::Conflict("passkeys are registered on smart cards and USB keys only".into()));
     }
-    if d.state != DeviceState::Active {
-        return Err(DomainError::Conflict(format!(
-            "device {} is {}; passkeys are registered on Active security keys only",
-            d.id, d.state
-        )));
+    if d.state == DeviceState::Active {
+        return Ok(None);
     }
-    Ok(())
+    if let Some(id) = issuance
+        && matches!(d.state, DeviceState::Issuing | DeviceState::Pending)
+        && d.owner == Some(me)
+        && let Some(job) = tx.get_job(id).await?
+        && job.device == d.id
+        && job.kind == JobKind::Issuance
+        && job.created_by == Some(me)
+        && matches!(job.state, JobState::Running | JobState::Succeeded)
+    {
+        return Ok(Some(job.id));
+    }
+    Err(DomainError::Conflict(format!(
+        "device {} is {}; passkeys are registered on Active security keys, or during their holder's own issuance while it asks for the device PIN",
+        d.id, d.state
+    )))
 }
 
 /// Why a passkey sign-in was refused after the server verified the assertion (or found no

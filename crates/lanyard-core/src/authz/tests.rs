@@ -1667,3 +1667,113 @@ fn mobile_renewal_refuses_an_expired_certificate_another_device_and_a_disabled_h
     assert!(err.to_string().contains("not valid now"), "{err}");
     assert_eq!(w.repo.data().devices[&device.id].state, DeviceState::Active);
 }
+
+/// A holder registers a passkey for the key their own issuance job is issuing while its card
+/// session waits for the device PIN (flow B); nobody else can, not for another device, not during
+/// an operator's in-person issuance, and not once the job is over unless the key is Active. The
+/// passkey signs in only once the key is Active.
+#[test]
+fn a_passkey_is_registered_during_the_holders_own_issuance_only() {
+    use crate::authz::{NewPasskey, PasskeyRefused, PasskeySignIn};
+    use crate::secrets::TokenHash;
+    let w = world();
+    let (alice, bob, olga) = (w.principal(&w.alice), w.principal(&w.bob), w.principal(&w.olga));
+    let me = alice.self_service().unwrap();
+    let card = CardInfo { kind: DeviceKind::UsbKey, model: "YubiKey 5".into(), serial: Some("77".into()) };
+    let (device, job) = block_on(me.begin_issuance(&w.repo, card)).unwrap();
+    let live = Some(job.id);
+    let session = TokenHash::of("alice's session");
+    let set_job = |state: JobState| w.repo.with_data(|d| d.jobs.get_mut(&job.id).unwrap().state = state);
+    let set_device =
+        |state: DeviceState| w.repo.with_data(|d| d.devices.get_mut(&device.id).unwrap().state = state);
+    let refused = |r: Result<RegistrationStart, DomainError>| match r {
+        Err(DomainError::Conflict(m)) => assert!(m.contains("Active security keys"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    // Without a live session at the device PIN, a key that is not Active gets none.
+    set_job(JobState::Running);
+    refused(block_on(me.start_passkey_registration(&w.repo, device.id, session, None)));
+    // The card work is done and the session waits for the device PIN: the key is Pending.
+    set_job(JobState::Succeeded);
+    set_device(DeviceState::Pending);
+    // Bob cannot, for Alice's key, even naming her job (it is not his: NotFound).
+    let err =
+        block_on(bob.self_service().unwrap().start_passkey_registration(&w.repo, device.id, session, live))
+            .unwrap_err();
+    assert!(is_not_found(&err, device.id), "{err}");
+    // Alice can.
+    let before = w.repo.data().audit.len();
+    let start = block_on(me.start_passkey_registration(&w.repo, device.id, session, live)).unwrap();
+    assert_eq!(start.device.id, device.id);
+    let (redeemed, _) =
+        block_on(me.redeem_registration_challenge(&w.repo, session, &start.challenge)).unwrap();
+    let new = NewPasskey {
+        credential_id: vec![0x1b; 32],
+        rp_id: "lanyard.example".into(),
+        public_key: vec![0xa5],
+        sign_count: 0,
+        aaguid: [0; 16],
+        attestation: "none".into(),
+    };
+    let err =
+        block_on(bob.self_service().unwrap().register_passkey(&w.repo, redeemed, &new, live)).unwrap_err();
+    assert!(is_not_found(&err, device.id), "{err}");
+    let passkey = block_on(me.register_passkey(&w.repo, redeemed, &new, live)).unwrap();
+    assert_eq!((passkey.device, passkey.user), (device.id, w.alice.id));
+    let data = w.repo.data();
+    let events: Vec<_> = data.audit[before..].iter().filter(|e| e.action == "passkey.register").collect();
+    assert_eq!(events.len(), 1);
+    let after = events[0].after.as_ref().unwrap();
+    assert_eq!(after["issuance_job"], serde_json::json!(job.id));
+    assert_eq!(after["device_state"], "pending");
+    // Listed on the device, but not signing in while the key is Pending.
+    let mine = block_on(me.passkeys(&w.repo)).unwrap();
+    assert_eq!((mine.len(), mine[0].usable, mine[0].device_state), (1, false, DeviceState::Pending));
+    let sign_in = |count: u32| {
+        let s = PasskeySignIn::new(&w.repo, OperationId::random(), w.clock.now());
+        let candidate = block_on(s.candidate(&[0x1b; 32])).unwrap().unwrap();
+        let (session, _) =
+            Session::start(candidate.user.id, time::Duration::minutes(30), w.clock.now()).unwrap();
+        block_on(s.complete(&candidate, count, "lanyard.example", &session)).unwrap()
+    };
+    assert_eq!(sign_in(1), Err(PasskeyRefused::DeviceNotActive(DeviceState::Pending)));
+
+    // Another key of Alice's, issued in person by an operator: not during that job, even named.
+    let other = w.device(&w.alice, DeviceKind::UsbKey, DeviceState::Issuing);
+    let mut theirs = Job::new(JobKind::Issuance, other.id, Some(w.olga.id), w.clock.now());
+    theirs.state = JobState::Running;
+    w.repo.with_data(|d| d.jobs.insert(theirs.id, theirs.clone()));
+    refused(block_on(me.start_passkey_registration(&w.repo, other.id, session, Some(theirs.id))));
+    let err = block_on(olga.self_service().unwrap().start_passkey_registration(
+        &w.repo,
+        other.id,
+        session,
+        Some(theirs.id),
+    ))
+    .unwrap_err();
+    assert!(is_not_found(&err, other.id), "{err}");
+    // Nor for the other key with this key's job.
+    refused(block_on(me.start_passkey_registration(&w.repo, other.id, session, live)));
+
+    // A challenge taken while the session waited is refused once it is over (the holder kept
+    // the initial PIN or the time ran out: no live session), the key Pending.
+    let start = block_on(me.start_passkey_registration(&w.repo, device.id, session, live)).unwrap();
+    let (redeemed, _) =
+        block_on(me.redeem_registration_challenge(&w.repo, session, &start.challenge)).unwrap();
+    let second = NewPasskey { credential_id: vec![0x2c; 32], ..new.clone() };
+    let before = w.repo.data();
+    let err = block_on(me.register_passkey(&w.repo, redeemed, &second, None)).unwrap_err();
+    assert!(matches!(&err, DomainError::Conflict(m) if m.contains("pending")), "{err}");
+    assert_eq!(w.repo.data().passkeys, before.passkeys, "nothing registered");
+    // A failed or undone job names no live session either.
+    for state in [JobState::Failed, JobState::RolledBack] {
+        set_job(state);
+        refused(block_on(me.start_passkey_registration(&w.repo, device.id, session, live)));
+    }
+    // Once the key is Active (an operator activated it), the holder registers as ever, and the
+    // passkey registered during issuance signs in.
+    set_device(DeviceState::Active);
+    block_on(me.start_passkey_registration(&w.repo, device.id, session, None)).unwrap();
+    assert_eq!(sign_in(2).unwrap().id, w.alice.id);
+}

@@ -11,12 +11,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use lanyard_core::DomainError;
 use lanyard_core::authz::{
-    NewPasskey, PasskeyRefused, PasskeySignIn, PasskeyStatus, Principal, RegistrationStart,
+    NewPasskey, PasskeyRefused, PasskeySignIn, PasskeyStatus, Principal, RegistrationStart, SelfService,
 };
-use lanyard_core::ids::{DeviceId, PasskeyId, UserId};
+use lanyard_core::ids::{DeviceId, JobId, PasskeyId, UserId};
 use lanyard_core::lifecycle::DeviceState;
-use lanyard_core::model::{Passkey, PasskeyUserVerification, Session, User};
+use lanyard_core::model::{JobKind, Passkey, PasskeyUserVerification, Session, User};
 use lanyard_core::repo::Repo;
 use lanyard_core::secrets::TokenHash;
 use lanyard_webauthn::{
@@ -55,8 +56,13 @@ pub(crate) fn relying_party<R>(s: &AppState<R>) -> Result<RelyingParty, ApiError
 /// Whether this request reached the server at the relying party's own origin, where a browser
 /// may use its passkeys (the portal hides passkey buttons elsewhere).
 pub(crate) fn at_relying_party<R>(s: &AppState<R>, headers: &HeaderMap) -> bool {
-    let Ok(rp) = relying_party(s) else { return false };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    host_is_relying_party(s, host)
+}
+
+/// [`at_relying_party`] for a `Host` value already read.
+pub(crate) fn host_is_relying_party<R>(s: &AppState<R>, host: &str) -> bool {
+    let Ok(rp) = relying_party(s) else { return false };
     crate::portal::origin_authority(&rp.origin).is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
@@ -129,7 +135,8 @@ pub(crate) struct CeremonyOptions {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegistrationOptionsRequest {
-    /// The security key (smart card or USB key, Active, mine) the passkey will live on.
+    /// The security key (smart card or USB key, mine) the passkey will live on: Active, or being
+    /// issued by my own issuance job while it runs.
     device: DeviceId,
 }
 
@@ -202,7 +209,8 @@ pub(crate) fn creation_options(rp: &RelyingParty, start: &RegistrationStart) -> 
         (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
         (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody),
         (status = 503, body = crate::openapi::ErrorBody)))]
-/// Starts registering a passkey on one of my Active security keys (session only).
+/// Starts registering a passkey on one of my Active security keys, or on the key my own running
+/// issuance job is issuing (session only).
 pub(crate) async fn registration_options<R: Repo>(
     State(s): State<AppState<R>>,
     auth: Auth,
@@ -212,7 +220,8 @@ pub(crate) async fn registration_options<R: Repo>(
     let rp = relying_party(&s)?;
     let binding = session_binding(&auth)?;
     let me = auth.principal.self_service()?;
-    let start = me.start_passkey_registration(s.repo.as_ref(), req.device, binding).await?;
+    let issuance = waiting_issuance(&s, &me, req.device).await;
+    let start = me.start_passkey_registration(s.repo.as_ref(), req.device, binding, issuance).await?;
     Ok(Json(CeremonyOptions { public_key: creation_options(&rp, &start) }))
 }
 
@@ -252,7 +261,20 @@ pub(crate) async fn finish_registration<R: Repo>(
         aaguid: reg.aaguid,
         attestation: reg.attestation.as_str().to_owned(),
     };
-    Ok(me.register_passkey(repo, device, &new).await?)
+    let issuance = waiting_issuance(s, &me, device).await;
+    Ok(me.register_passkey(repo, device, &new, issuance).await?)
+}
+
+/// The issuance job of my `device` whose card session waits in this server, right now, for the
+/// device PIN from the portal (flow B: the passkey step comes just before it), if any. Only this
+/// process knows that its session is live; the domain checks the job is mine, of this device and
+/// neither failed nor undone. Nothing when the device is not mine (the domain then says
+/// NotFound).
+async fn waiting_issuance<R: Repo>(s: &AppState<R>, me: &SelfService<'_>, device: DeviceId) -> Option<JobId> {
+    let jobs = me.device_jobs(s.repo.as_ref(), device).await.ok()?;
+    let job = jobs.iter().rev().find(|j| j.kind == JobKind::Issuance)?;
+    let asking = s.pins.wanted(job.id)?;
+    (asking.fido.is_none() && !asking.current && !asking.verify).then_some(job.id)
 }
 
 #[utoipa::path(post, path = "/api/v1/me/passkeys", tag = "passkeys", request_body = RegisterRequest,
@@ -269,7 +291,17 @@ pub(crate) async fn register<R: Repo>(
     let Json(req) = body?;
     let binding = session_binding(&auth)?;
     let passkey = finish_registration(&s, &auth.principal, binding, &req.credential).await?;
-    let body = PasskeyBody { passkey, device_state: DeviceState::Active, usable: true };
+    // Registered during issuance, the key is not Active yet: say so (read back, not assumed).
+    let mine = auth.principal.self_service()?.passkeys(s.repo.as_ref()).await?;
+    let body = match mine.into_iter().find(|p| p.passkey.id == passkey.id) {
+        Some(status) => PasskeyBody::from(status),
+        None => {
+            return Err(ApiError::from(DomainError::NotFound {
+                kind: "passkey",
+                id: passkey.id.to_string(),
+            }));
+        }
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 

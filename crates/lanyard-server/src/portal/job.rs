@@ -25,6 +25,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::add_device::seen;
+use super::passkeys::PasskeyRegisterView;
 use super::session::CsrfForm;
 use super::{Nav, PortalError, SignedIn, Viewer, render};
 use crate::AppState;
@@ -310,6 +311,8 @@ struct Snapshot {
     progress: Progress,
     failure: Option<String>,
     fido_mode: FidoPinMode,
+    /// The holder's group lets them register and use passkeys.
+    passkeys_allowed: bool,
 }
 
 async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Result<Snapshot, PortalError> {
@@ -353,6 +356,7 @@ async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Resul
         progress: Progress { phase, percent, status },
         failure,
         fido_mode: policy.fido_pin_mode,
+        passkeys_allowed: policy.sign_in.passkeys_allowed(),
     })
 }
 
@@ -459,6 +463,10 @@ struct JobPage {
     /// Lanyard's random FIDO PIN, when the holder is to see it now: `shared` while the
     /// device PIN is asked for (for the passkey registration), `temporary` once at the end.
     fido_pin: Option<String>,
+    /// The *Register a passkey* piece, when the page offers it before the device PIN form.
+    passkey: Option<PasskeyRegisterView>,
+    /// The page would offer it, but was reached at another address than the relying party's.
+    passkey_elsewhere: bool,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -501,7 +509,16 @@ async fn job_page_with<R: Repo + 'static>(
 ) -> Result<Response, PortalError> {
     let snap = snapshot(s, signed.principal(), id).await?;
     let fido_pin = if snap.holder_views { fido_pin_to_show(s, &snap).await } else { None };
+    let offered = offers_passkey(&snap, signed.principal());
+    let at_rp = signed.at_relying_party(s);
+    let passkey = (offered && at_rp).then(|| PasskeyRegisterView {
+        device: snap.device_id.clone(),
+        csrf: signed.session.csrf_token.clone(),
+        reload: false,
+    });
     let page = JobPage {
+        passkey,
+        passkey_elsewhere: offered && !at_rp,
         fido_rules: snap.rules.and_then(|a| a.fido),
         fido_mode: snap.fido_mode.as_str(),
         fido_pin,
@@ -829,6 +846,30 @@ pub(crate) async fn erase_fido<R: Repo + 'static>(
     continue_job(&s, &signed, &id, TicketPurpose::RunErasingFido).await.map_err(|e| e.with_nav(nav))
 }
 
+/// Whether the key's FIDO phase set a FIDO PIN (so the key has a FIDO2 application, with a PIN).
+fn fido_pin_set(job: &Job) -> bool {
+    let completed = job.checkpoint.as_ref().and_then(|c| c.get("fido")).and_then(|f| f.get("completed"));
+    completed.and_then(|c| c.as_array()).is_some_and(|c| c.iter().any(|n| n == "fido_set_pin"))
+}
+
+/// Whether the issuance page offers registering the key as a passkey now (flow B: the step
+/// before the device PIN). Only to the holder, in the issuance job they started themselves,
+/// while its card session waits for the device PIN (the device is Pending by then, the job's
+/// card work Succeeded); only when their group allows passkeys, the key's FIDO
+/// phase set a FIDO PIN the holder can type (`shared`: the temporary one shown beside it;
+/// `independent`: the one they just chose; `temporary` keys refuse PIN tokens until the PIN is
+/// changed, so not there), and the domain would accept it
+/// ([`lanyard_core::authz::SelfService::start_passkey_registration`]).
+fn offers_passkey(snap: &Snapshot, viewer: &Principal) -> bool {
+    snap.holder_views
+        && snap.job.kind == JobKind::Issuance
+        && snap.job.created_by == Some(viewer.user().id)
+        && snap.phase == Phase::PinWanted
+        && matches!(snap.fido_mode, FidoPinMode::Shared | FidoPinMode::Independent)
+        && snap.passkeys_allowed
+        && fido_pin_set(&snap.job)
+}
+
 /// Lanyard's random FIDO PIN for the holder's page, if it is to be shown now: in `shared` mode
 /// while the device PIN is asked for (the passkey registration made during issuance needs it),
 /// in `temporary` mode once the issuance is over — once: the first page that shows it records
@@ -840,9 +881,7 @@ async fn fido_pin_to_show<R: Repo>(s: &AppState<R>, snap: &Snapshot) -> Option<S
         (FidoPinMode::Temporary, Phase::Active | Phase::Pending) => "temporary",
         _ => return None,
     };
-    let fido = snap.job.checkpoint.as_ref()?.get("fido")?;
-    let set = fido.get("completed")?.as_array()?.iter().any(|c| c == "fido_set_pin");
-    if !set {
+    if !fido_pin_set(&snap.job) {
         return None;
     }
     let job_id = snap.job.id;

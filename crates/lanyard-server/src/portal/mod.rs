@@ -316,11 +316,19 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for Viewer {
 pub(crate) struct SignedIn {
     pub session: SessionAuth,
     htmx_token: Option<String>,
+    /// The request's `Host`, to tell whether the page was reached at the passkeys' relying party.
+    host: Option<String>,
 }
 
 impl SignedIn {
     pub fn nav(&self) -> Option<Nav> {
         Some(nav_of(&self.session))
+    }
+
+    /// Whether this request reached the portal at the relying party's origin, where the browser
+    /// can create and use Lanyard's passkeys (not, say, at an IP address).
+    pub fn at_relying_party<R>(&self, s: &AppState<R>) -> bool {
+        crate::api::passkeys::host_is_relying_party(s, self.host.as_deref().unwrap_or_default())
     }
 
     /// Checks the CSRF token of a state-changing request: the form's field, or the htmx header.
@@ -346,7 +354,8 @@ impl<R: Repo + 'static> FromRequestParts<AppState<R>> for SignedIn {
             Some(session) => {
                 let htmx_token =
                     parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                Ok(SignedIn { session, htmx_token })
+                let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                Ok(SignedIn { session, htmx_token, host })
             }
             None => Err(PortalError::sign_in()),
         }

@@ -5,8 +5,8 @@
 //!
 //! # The reusable registration piece
 //!
-//! A page that offers registering a passkey for a device (My Devices; the issuance page, once
-//! wired in) needs three things:
+//! A page that offers registering a passkey for a device (My Devices; the issuance page before
+//! the device PIN, `portal/job.rs`) needs three things:
 //!
 //! 1. a field of type [`PasskeyRegisterView`] on its template struct, built with
 //!    [`PasskeyRegisterView::new`] (the device id, the session's CSRF token, and what to do when
