@@ -197,6 +197,11 @@
         out.textContent = "Passkey registered. It signs in once the key is active: now choose the device PIN below.";
       }
       skip.textContent = "Go on to the device PIN";
+      // The explanations of what registering does, and of Not now, have done their work.
+      var before = step.querySelectorAll("[data-passkey-before], [data-passkey-piece] .hint");
+      for (var b = 0; b < before.length; b++) {
+        before[b].remove();
+      }
       if (again) {
         // Removed rather than hidden (the stylesheet styles every button); the focus it had
         // moves to the way on.

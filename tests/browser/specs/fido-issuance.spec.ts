@@ -127,6 +127,8 @@ test('independent: the holder chooses the FIDO PIN first, then the device PIN', 
   await page.getByLabel('New PIN again').fill('97531864');
   await page.getByRole('button', { name: 'Set PIN' }).click();
   await expect(page.getByRole('heading', { name: 'Your device is ready' })).toBeVisible({ timeout: 60_000 });
+  // Only the shared mode makes the device PIN the FIDO PIN.
+  await expect(page.locator('main')).not.toContainText("is now the key's FIDO PIN");
   await check('fido-independent-done');
 });
 
@@ -165,6 +167,7 @@ test('shared: beside the temporary FIDO PIN the holder registers a passkey, then
   await expect(page.getByRole('heading', { name: 'Your device is ready' })).toBeVisible({ timeout: 60_000 });
   // The temporary PIN is shown only while it is the key's.
   await expect(page.locator('main')).not.toContainText(temporary);
+  await expect(page.locator('main')).toContainText("The same PIN is now the key's FIDO PIN as well");
 
   // The key is Active: its passkey is listed on it and signs in.
   await page.getByRole('link', { name: 'See the device' }).click();

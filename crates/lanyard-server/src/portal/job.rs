@@ -465,6 +465,9 @@ struct JobPage {
     fido_pin: Option<String>,
     /// The *Register a passkey* piece, when the page offers it before the device PIN form.
     passkey: Option<PasskeyRegisterView>,
+    /// Lanyard set a FIDO PIN on the key in this job (`shared` mode: the device PIN the holder
+    /// chose became the FIDO PIN too).
+    fido_pin_set: bool,
     /// The page would offer it, but was reached at another address than the relying party's.
     passkey_elsewhere: bool,
 }
@@ -518,6 +521,7 @@ async fn job_page_with<R: Repo + 'static>(
     });
     let page = JobPage {
         passkey,
+        fido_pin_set: fido_pin_set(&snap.job),
         passkey_elsewhere: offered && !at_rp,
         fido_rules: snap.rules.and_then(|a| a.fido),
         fido_mode: snap.fido_mode.as_str(),
