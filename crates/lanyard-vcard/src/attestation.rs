@@ -37,6 +37,30 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AttestationError + '_ {
     move |source| AttestationError::Io { path: path.to_owned(), source }
 }
 
+/// A certificate (DER) signed by an attestation CA (`issuer`, `issuer_key`), valid from an hour
+/// before `now` for twenty years: attestation certificates outlive any card.
+fn sign_twenty_years(
+    issuer: &Certificate,
+    issuer_key: &SigningKey,
+    subject: Name,
+    spki: SubjectPublicKeyInfoOwned,
+    extensions: Vec<x509_cert::ext::Extension>,
+    now: SystemTime,
+) -> Result<Vec<u8>, CertError> {
+    let template = CertTemplate {
+        subject,
+        spki,
+        serial: x509::random_serial()?,
+        validity: Validity {
+            not_before: x509::x509_time(now - Duration::from_secs(3600))?,
+            not_after: x509::x509_time(now + 20 * YEAR)?,
+        },
+        extensions,
+    };
+    let cert = x509::sign(template, &issuer.tbs_certificate.subject, issuer_key)?;
+    cert.to_der().map_err(CertError::from)
+}
+
 fn spki_of(key: &SigningKey) -> Result<SubjectPublicKeyInfoOwned, CertError> {
     use p256::pkcs8::EncodePublicKey;
     let der = key.verifying_key().to_public_key_der().map_err(|e| CertError::Other(e.to_string()))?;
@@ -160,21 +184,8 @@ impl FidoAttestationCa {
                 .to_der()
                 .map_err(CertError::from)?,
         )?);
-        let cert = x509::sign(
-            CertTemplate {
-                subject,
-                spki,
-                serial: x509::random_serial()?,
-                validity: Validity {
-                    not_before: x509::x509_time(now - Duration::from_secs(3600))?,
-                    not_after: x509::x509_time(now + 20 * YEAR)?,
-                },
-                extensions,
-            },
-            &self.cert.tbs_certificate.subject,
-            &self.key,
-        )?;
-        Ok((key, cert.to_der().map_err(CertError::from)?))
+        let der = sign_twenty_years(&self.cert, &self.key, subject, spki, extensions, now)?;
+        Ok((key, der))
     }
 }
 
@@ -292,21 +303,8 @@ impl AttestationRoot {
                 .to_der()
                 .map_err(CertError::from)?,
         )?);
-        let cert = x509::sign(
-            CertTemplate {
-                subject,
-                spki,
-                serial: x509::random_serial()?,
-                validity: Validity {
-                    not_before: x509::x509_time(now - Duration::from_secs(3600))?,
-                    not_after: x509::x509_time(now + 20 * YEAR)?,
-                },
-                extensions,
-            },
-            &self.cert.tbs_certificate.subject,
-            &self.key,
-        )?;
-        Ok((key, cert.to_der().map_err(CertError::from)?))
+        let der = sign_twenty_years(&self.cert, &self.key, subject, spki, extensions, now)?;
+        Ok((key, der))
     }
 }
 
