@@ -54,7 +54,7 @@ use crate::audit::{AuditEvent, ChainHead, NewAuditEvent};
 use crate::ids::{
     AgentId, ApiTokenId, CredentialId, DeviceId, GroupId, InstanceId, JobId, PasskeyId, UserId,
 };
-use crate::lifecycle::{CredentialState, DeviceState};
+use crate::lifecycle::{CredentialState, DeviceState, RevocationReason};
 use crate::model::{
     Agent, ApiToken, ChallengePurpose, Credential, Device, DeviceKind, EnrollmentCode, Group, Job, JobLease,
     PairingCode, Passkey, PasskeyState, Role, Session, User, Username, WebAuthnChallenge,
@@ -67,8 +67,8 @@ use crate::secrets::{SealedCardSecrets, TokenHash};
 pub mod prelude {
     pub use super::{
         AgentRepo, ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo,
-        InstallationRepo, JobRepo, PasskeyRepo, PasswordRepo, Repo, SecretRepo, SessionRepo, Tx, UserRepo,
-        retry,
+        InstallationRepo, JobRepo, PasskeyRepo, PasswordRepo, Repo, RevocationRepo, SecretRepo, SessionRepo,
+        Tx, UserRepo, retry,
     };
 }
 
@@ -113,6 +113,16 @@ pub trait Repo: Send + Sync {
     /// Waits `delay` before [`retry`] runs a unit of work again (the store sleeps on its
     /// runtime; the domain itself has no timer).
     fn pause(&self, delay: Duration) -> impl Future<Output = ()> + Send;
+
+    /// The current revocation epoch ([`RevocationRepo::revocation_epoch`]) as committed now. A
+    /// store may answer it with one statement outside any unit of work; this default opens a
+    /// read unit of work for it.
+    fn revocation_epoch(&self) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move {
+            let mut tx = self.read().await?;
+            tx.revocation_epoch().await
+        }
+    }
 }
 
 /// How often and how patiently a write unit of work is run again after
@@ -231,6 +241,7 @@ pub trait Tx:
     + InstallationRepo
     + AgentRepo
     + PasskeyRepo
+    + RevocationRepo
     + Send
 {
     /// Makes every write of this unit durable, atomically.
@@ -346,6 +357,78 @@ pub trait CredentialRepo: Send {
         &mut self,
         credential: &Credential,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// What OCSP and a CRL need to know about one certificate credential: its status fields,
+/// without the certificate itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationRecord {
+    /// Lowercase hex, as [`Credential`]s keep it.
+    pub serial_hex: String,
+    pub state: CredentialState,
+    pub held_from: Option<CredentialState>,
+    pub revocation_reason: Option<RevocationReason>,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl RevocationRecord {
+    /// The status fields of a certificate credential.
+    pub fn of(c: &Credential) -> Self {
+        Self {
+            serial_hex: c.serial_hex().to_owned(),
+            state: c.state,
+            held_from: c.held_from,
+            revocation_reason: c.revocation_reason,
+            revoked_at: c.revoked_at,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+
+    /// Whether a CRL lists it: pending (on hold until its device is active), on hold, revoked,
+    /// superseded.
+    pub fn is_listed(&self) -> bool {
+        LISTED_STATES.contains(&self.state)
+    }
+}
+
+/// The credential states a CRL lists.
+pub const LISTED_STATES: [CredentialState; 4] = [
+    CredentialState::Pending,
+    CredentialState::Revoked,
+    CredentialState::OnHold,
+    CredentialState::Superseded,
+];
+
+/// What revocation publishing (OCSP, CRLs) reads, and the CRL numbering it writes.
+pub trait RevocationRepo: Send {
+    /// The revocation epoch: a counter that grows in the same unit of work as every change to
+    /// what OCSP or a CRL says about any certificate (a credential inserted in a state other
+    /// than active, or a change of its state, hold, reason, revocation time or serial). Caches
+    /// of OCSP answers and CRLs are valid for exactly one epoch. Inserting an active credential
+    /// leaves it unchanged (its serial was unknown before), so "unknown" must not be cached.
+    fn revocation_epoch(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// The records of those of `serials` (lowercase hex) that exist, in one round trip; at most
+    /// 64 serials.
+    fn revocation_records(
+        &mut self,
+        serials: &[String],
+    ) -> impl Future<Output = Result<Vec<RevocationRecord>, StoreError>> + Send;
+    /// Hands every record a CRL lists ([`LISTED_STATES`]) to `each` as the database returns it,
+    /// without collecting them; stops at the first error `each` returns. Returns how many it
+    /// handed over.
+    fn for_each_listed<F>(&mut self, each: F) -> impl Future<Output = Result<u64, StoreError>> + Send
+    where
+        F: FnMut(RevocationRecord) -> Result<(), StoreError> + Send;
+    /// Takes the next cRLNumber of `scope` (a CRL's name: `issuing`, `issuing/3`, `root`): one
+    /// more than the last number taken for it, and at least `floor`. A write.
+    fn next_crl_number(
+        &mut self,
+        scope: &str,
+        floor: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// Which audit events to list.

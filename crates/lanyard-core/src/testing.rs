@@ -61,6 +61,10 @@ pub struct MemData {
     pub agents: BTreeMap<AgentId, Agent>,
     pub passkeys: BTreeMap<crate::ids::PasskeyId, crate::model::Passkey>,
     pub webauthn_challenges: Vec<crate::model::WebAuthnChallenge>,
+    /// [`RevocationRepo::revocation_epoch`].
+    pub revocation_epoch: u64,
+    /// [`RevocationRepo::next_crl_number`]'s last number per scope.
+    pub crl_numbers: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -375,11 +379,70 @@ impl CredentialRepo for MemTx {
     }
 
     fn insert_credential(&mut self, credential: &Credential) -> Fut<()> {
-        ready(insert(&mut self.write().credentials, credential.id, credential.clone(), "credential"))
+        let data = self.write();
+        let result = insert(&mut data.credentials, credential.id, credential.clone(), "credential");
+        // As the store's trigger: only a credential that is not simply good changes answers.
+        if result.is_ok()
+            && !matches!(
+                credential.state,
+                crate::lifecycle::CredentialState::Active | crate::lifecycle::CredentialState::Expired
+            )
+        {
+            data.revocation_epoch += 1;
+        }
+        ready(result)
     }
 
     fn update_credential(&mut self, credential: &Credential) -> Fut<()> {
-        ready(update(&mut self.write().credentials, credential.id, credential.clone()))
+        let data = self.write();
+        let before = data.credentials.get(&credential.id).map(RevocationRecord::of);
+        let result = update(&mut data.credentials, credential.id, credential.clone());
+        if result.is_ok() && before != Some(RevocationRecord::of(credential)) {
+            data.revocation_epoch += 1;
+        }
+        ready(result)
+    }
+}
+
+impl RevocationRepo for MemTx {
+    fn revocation_epoch(&mut self) -> Fut<u64> {
+        ready(Ok(self.data.revocation_epoch))
+    }
+
+    fn revocation_records(&mut self, serials: &[String]) -> Fut<Vec<RevocationRecord>> {
+        let records = self
+            .data
+            .credentials
+            .values()
+            .filter(|c| serials.iter().any(|s| s == c.serial_hex()))
+            .map(RevocationRecord::of)
+            .collect();
+        ready(Ok(records))
+    }
+
+    fn for_each_listed<F>(&mut self, mut each: F) -> Fut<u64>
+    where
+        F: FnMut(RevocationRecord) -> Result<(), StoreError> + Send,
+    {
+        let mut n = 0;
+        for c in self.data.credentials.values() {
+            let record = RevocationRecord::of(c);
+            if record.is_listed() {
+                if let Err(e) = each(record) {
+                    return ready(Err(e));
+                }
+                n += 1;
+            }
+        }
+        ready(Ok(n))
+    }
+
+    fn next_crl_number(&mut self, scope: &str, floor: u64) -> Fut<u64> {
+        let data = self.write();
+        let last = data.crl_numbers.get(scope).copied().unwrap_or(0);
+        let next = last.saturating_add(1).max(floor);
+        data.crl_numbers.insert(scope.to_owned(), next);
+        ready(Ok(next))
     }
 }
 

@@ -27,6 +27,7 @@ mod enrollment;
 mod jobs;
 mod passkeys;
 mod passwords;
+mod revocation;
 mod secrets;
 mod tokens;
 mod users;

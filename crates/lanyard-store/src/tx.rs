@@ -137,6 +137,24 @@ impl Repo for Db {
     async fn pause(&self, delay: std::time::Duration) {
         tokio::time::sleep(delay).await;
     }
+
+    /// One statement on a pooled connection, no transaction around it: the cheapest way to see
+    /// the committed epoch (OCSP asks for it once per batch of requests).
+    async fn revocation_epoch(&self) -> Result<u64, StoreError> {
+        const SQL: &str = "SELECT epoch FROM revocation_epoch WHERE id = 1";
+        let epoch: i64 = match self {
+            Db::Sqlite(pool) => sqlx::query_scalar(SQL)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| classify(Dialect::Sqlite, &e).error)?,
+            Db::Postgres(pool) => sqlx::query_scalar(SQL)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| classify(Dialect::Postgres, &e).error)?,
+        };
+        u64::try_from(epoch)
+            .map_err(|_| StoreError::Backend(format!("revocation_epoch.epoch is negative ({epoch})")))
+    }
 }
 
 impl Tx for StoreTx {
@@ -164,6 +182,10 @@ impl StoreTx {
             Conn::Sqlite(_) => Dialect::Sqlite,
             Conn::Postgres(_) => Dialect::Postgres,
         }
+    }
+
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     fn usable(&self) -> Result<(), StoreError> {
@@ -283,6 +305,44 @@ impl StoreTx {
         result.map_err(|e| self.failed(&e))?
     }
 
+    /// Runs a query and hands each decoded row to `each` as it arrives; stops at the first error.
+    /// Returns the number of rows.
+    pub(crate) async fn for_each<T, F>(
+        &mut self,
+        q: Query,
+        decode: Decode<T>,
+        mut each: F,
+    ) -> Result<u64, StoreError>
+    where
+        F: FnMut(T) -> Result<(), StoreError> + Send,
+    {
+        use futures_util::TryStreamExt;
+        self.usable()?;
+        let mut n = 0u64;
+        // Errors of `each` or of decoding are not database errors: they leave the unit of work
+        // usable, so they travel apart from the stream's own.
+        let mut outcome: Result<(), StoreError> = Ok(());
+        let result = with_conn!(&mut self.conn, |c| {
+            let args = q.args.clone();
+            let mut rows = bind_args!(q.statement(), args).fetch(&mut *c);
+            loop {
+                match rows.try_next().await {
+                    Ok(Some(row)) => {
+                        if let Err(e) = decode(&row).and_then(&mut each) {
+                            outcome = Err(e);
+                            break Ok(());
+                        }
+                        n += 1;
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            }
+        });
+        result.map_err(|e| self.failed(&e))?;
+        outcome.map(|()| n)
+    }
+
     /// Runs a query and decodes the first row, if any.
     pub(crate) async fn fetch_optional<T: Send>(
         &mut self,
@@ -350,6 +410,8 @@ pub const POSTGRES_UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("passkeys_pkey", "passkeys.id"),
     ("passkeys_credential_id_key", "passkeys.credential_id"),
     ("webauthn_challenges_pkey", "webauthn_challenges.challenge_hash"),
+    ("revocation_epoch_pkey", "revocation_epoch.id"),
+    ("crl_numbers_pkey", "crl_numbers.scope"),
 ];
 
 pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {

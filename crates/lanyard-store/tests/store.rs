@@ -1057,3 +1057,152 @@ on_both!(migration_0012_sets_fido_pin_mode_none, |db| {
     assert_eq!(read.policy.fido_min_pin_length, 6);
     assert_eq!(read.policy.max_devices, 5, "the other members are kept");
 });
+
+async fn epoch(db: &Db) -> u64 {
+    let direct = db.revocation_epoch().await.unwrap();
+    let mut tx = db.read().await.unwrap();
+    assert_eq!(tx.revocation_epoch().await.unwrap(), direct, "both ways of reading the epoch agree");
+    direct
+}
+
+/// Applies `action` to the stored credential in one committed unit of work.
+async fn act(
+    db: &Db,
+    id: lanyard_core::ids::CredentialId,
+    action: lanyard_core::lifecycle::CredentialAction,
+) {
+    let mut tx = db.begin().await.unwrap();
+    let mut c = tx.get_credential(id).await.unwrap().unwrap();
+    lanyard_core::lifecycle::apply_credential(&mut c, action, T0 + Duration::hours(1)).unwrap();
+    tx.update_credential(&c).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+on_both!(every_status_change_moves_the_revocation_epoch_and_nothing_else_does, |db| {
+    use lanyard_core::lifecycle::{CredentialAction as A, RevocationReason};
+    let owner = someone(db, "epoch").await;
+    let d = card(Some(owner.id), Some("E1"));
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_device(&d).await.unwrap();
+    tx.commit().await.unwrap();
+    let e0 = epoch(db).await;
+
+    // A pending certificate is on hold: inserting it changes answers.
+    let pending = certificate(d.id, "0a01");
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_credential(&pending).await.unwrap();
+    tx.commit().await.unwrap();
+    let e1 = epoch(db).await;
+    assert!(e1 > e0);
+
+    // An active one was unknown before and is good now: no cached answer covers it.
+    let mut active = certificate(d.id, "0a02");
+    active.state = CredentialState::Active;
+    let mut tx = db.begin().await.unwrap();
+    tx.insert_credential(&active).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(epoch(db).await, e1);
+
+    // A rolled-back change moves nothing.
+    let mut tx = db.begin().await.unwrap();
+    let mut c = tx.get_credential(active.id).await.unwrap().unwrap();
+    lanyard_core::lifecycle::apply_credential(&mut c, A::Hold, T0).unwrap();
+    tx.update_credential(&c).await.unwrap();
+    drop(tx);
+    assert_eq!(epoch(db).await, e1);
+
+    // Rewriting a credential without changing its status moves nothing either.
+    let mut tx = db.begin().await.unwrap();
+    let mut c = tx.get_credential(active.id).await.unwrap().unwrap();
+    c.updated_at += Duration::seconds(1);
+    tx.update_credential(&c).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(epoch(db).await, e1);
+
+    let mut last = e1;
+    for (id, action) in [
+        (pending.id, A::Activate),
+        (active.id, A::Hold),
+        (active.id, A::Release),
+        (active.id, A::Revoke(RevocationReason::KeyCompromise)),
+        (pending.id, A::Supersede),
+    ] {
+        act(db, id, action).await;
+        let now = epoch(db).await;
+        assert!(now > last, "{action:?} must move the epoch ({last} → {now})");
+        last = now;
+    }
+
+    // The CRL's entries: exactly the listed states, streamed.
+    let mut tx = db.read().await.unwrap();
+    let mut listed = Vec::new();
+    let n = tx
+        .for_each_listed(|r| {
+            listed.push((r.serial_hex, r.state));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    listed.sort();
+    assert_eq!(n, 2);
+    assert_eq!(
+        listed,
+        vec![("0a01".to_owned(), CredentialState::Superseded), ("0a02".to_owned(), CredentialState::Revoked)]
+    );
+    // An error from the callback stops the stream and is returned as is.
+    let err = tx.for_each_listed(|_| Err(StoreError::Conflict("stop".into()))).await.unwrap_err();
+    assert_eq!(err, StoreError::Conflict("stop".into()));
+    // Batch lookup: known serials only, one query.
+    let mut found = tx
+        .revocation_records(&["0a02".to_owned(), "0a01".to_owned(), "ffff".to_owned()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.serial_hex)
+        .collect::<Vec<_>>();
+    found.sort();
+    assert_eq!(found, vec!["0a01", "0a02"]);
+    // Taking a cRLNumber is a write: a read unit of work refuses it.
+    assert!(matches!(tx.next_crl_number("issuing", 0).await, Err(StoreError::ReadOnly(_))));
+});
+
+on_both!(crl_numbers_grow_strictly_per_scope_and_respect_the_floor, |db| {
+    let take = |scope: &'static str, floor: u64| async move {
+        let mut tx = db.begin().await.unwrap();
+        let n = tx.next_crl_number(scope, floor).await.unwrap();
+        tx.commit().await.unwrap();
+        n
+    };
+    assert_eq!(take("issuing", 1000).await, 1000);
+    assert_eq!(take("issuing", 0).await, 1001);
+    assert_eq!(take("issuing", 5).await, 1002);
+    // A floor above the last number (the old wall-clock numbering) wins.
+    assert_eq!(take("issuing", 5000).await, 5000);
+    assert_eq!(take("issuing/3", 0).await, 1, "scopes count apart");
+    // A number taken in a unit of work that rolls back is not used up, nor seen by anyone.
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(tx.next_crl_number("issuing", 0).await.unwrap(), 5001);
+    drop(tx);
+    assert_eq!(take("issuing", 0).await, 5001);
+    // Concurrent takers never get the same number (PostgreSQL retries the loser).
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let db = db.clone();
+        handles.push(tokio::spawn(async move {
+            lanyard_core::repo::retry(&db, || async {
+                let mut tx = db.begin().await?;
+                let n = tx.next_crl_number("issuing", 0).await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(n)
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut numbers = BTreeSet::new();
+    for h in handles {
+        assert!(numbers.insert(h.await.unwrap()));
+    }
+    assert_eq!(numbers.len(), 8);
+    assert!(numbers.iter().all(|n| *n > 5001));
+});
