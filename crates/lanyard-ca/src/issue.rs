@@ -45,6 +45,10 @@ pub struct AuthorityUrls {
     pub ocsp: Option<String>,
     /// cRLDistributionPoints: the CRL this CA publishes.
     pub crl: Option<String>,
+    /// When above zero, the CRL is also published in this many partitions, and each certificate
+    /// names its partition's URL `{crl}/{n}` (n = [`crate::crl_shard`] of its serial) instead of
+    /// the full CRL. Certificates signed before keep naming the full CRL, which stays complete.
+    pub crl_shards: u16,
 }
 
 impl CaUrls {
@@ -92,12 +96,18 @@ impl CaUrls {
             ca_issuers: Some(self.issuing_ca_certificate()),
             ocsp: Some(self.ocsp()),
             crl: Some(self.crl()),
+            crl_shards: 0,
         }
     }
 
     /// URLs for certificates signed by the root (the issuing CA's certificate).
     pub fn for_root_ca(&self) -> AuthorityUrls {
-        AuthorityUrls { ca_issuers: Some(self.root_certificate()), ocsp: None, crl: Some(self.root_crl()) }
+        AuthorityUrls {
+            ca_issuers: Some(self.root_certificate()),
+            ocsp: None,
+            crl: Some(self.root_crl()),
+            crl_shards: 0,
+        }
     }
 }
 
@@ -346,6 +356,13 @@ impl<S: CaSigner> CertificateAuthority<S> {
         &self.urls
     }
 
+    /// Publishes the CRL in `shards` partitions from now on (see [`AuthorityUrls::crl_shards`];
+    /// 0: one CRL).
+    pub fn with_crl_shards(mut self, shards: u16) -> Self {
+        self.urls.crl_shards = shards;
+        self
+    }
+
     /// Signs `tbs_der` and checks the result against the CA certificate's public key before
     /// returning it, so a faulty signer can never publish a broken signature.
     pub(crate) fn sign_checked(&self, tbs_der: &[u8], what: &'static str) -> Result<BitString, CaError> {
@@ -409,6 +426,8 @@ fn build_certificate(issuer: &IssuerView<'_>, req: &IssueRequest<'_>) -> Result<
         return Err(CaError::NoSubjectIdentity { profile: profile.id.clone() });
     }
 
+    // Drawn first: the CRL partition a certificate names follows from its serial.
+    let req_serial = random_serial()?;
     let mut extensions: Vec<Extension> = Vec::new();
     if let Some(ca) = &profile.ca {
         extensions.push(ext::basic_constraints(true, ca.path_len)?);
@@ -431,7 +450,12 @@ fn build_certificate(issuer: &IssuerView<'_>, req: &IssueRequest<'_>) -> Result<
         extensions.push(ext::authority_info_access(ocsp, issuer.urls.ca_issuers.as_deref())?);
     }
     if let Some(crl) = issuer.urls.crl.as_deref().filter(|_| profile.crl_distribution_point) {
-        extensions.push(ext::crl_distribution_points(crl)?);
+        if issuer.urls.crl_shards > 0 {
+            let shard = crate::crl::crl_shard(req_serial.as_bytes(), issuer.urls.crl_shards);
+            extensions.push(ext::crl_distribution_points(&format!("{crl}/{shard}"))?);
+        } else {
+            extensions.push(ext::crl_distribution_points(crl)?);
+        }
     }
     if profile.ocsp_no_check {
         extensions.push(ext::ocsp_no_check()?);
@@ -439,7 +463,7 @@ fn build_certificate(issuer: &IssuerView<'_>, req: &IssueRequest<'_>) -> Result<
 
     let tbs = TbsCertificate {
         version: Version::V3,
-        serial_number: random_serial()?,
+        serial_number: req_serial,
         signature: issuer.signer.algorithm(),
         issuer: issuer.name.clone(),
         validity: Validity {

@@ -40,7 +40,7 @@ pub mod store;
 mod x509time;
 
 pub use attestation::{AttestationEvidence, verify_piv_attestation};
-pub use crl::{CrlParams, RevocationReason, RevokedEntry};
+pub use crl::{CrlBuilder, CrlParams, RevocationReason, RevokedEntry, crl_shard};
 pub use csr::{ParsedCsr, build_csr, parse_csr, parse_csr_der, parse_csr_pem};
 pub use error::{AttestationError, CaError, ChainPosition, CmsError, CsrError};
 pub use hierarchy::{Hierarchy, HierarchySpec, SignerCredential};
@@ -49,7 +49,7 @@ pub use issue::{
 };
 pub use keys::{CaSigner, KeyAlgorithm, SoftwareKey};
 pub use name::{common_name, parse_dn};
-pub use ocsp::{CertStatus, OcspResponder};
+pub use ocsp::{CertStatus, OcspResponder, ParsedOcspRequest};
 pub use profile::{CertificateProfile, Presence, SanPart};
 pub use store::KeyFileStore;
 

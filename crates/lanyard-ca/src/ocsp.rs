@@ -176,13 +176,34 @@ impl<S: CaSigner> OcspResponder<S> {
         lookup: impl Fn(&CertId) -> CertStatus,
         now: OffsetDateTime,
     ) -> Vec<u8> {
-        let Some(request) = parse_request(request_der) else {
-            return MALFORMED_REQUEST.to_vec();
-        };
-        let Some(nonce) = request_nonce(&request) else {
-            return MALFORMED_REQUEST.to_vec();
-        };
-        self.build_response(&request, nonce, lookup, now).unwrap_or_else(|_| INTERNAL_ERROR.to_vec())
+        match ParsedOcspRequest::parse(request_der) {
+            Ok(request) => self.respond_to(&request, lookup, now),
+            Err(malformed) => malformed,
+        }
+    }
+
+    /// [`OcspResponder::respond`] for a request parsed already. A response to a request without
+    /// a nonce depends only on the request, the statuses and `now`, so it may be signed ahead and
+    /// served again until its nextUpdate (RFC 5019 §2.2.1).
+    pub fn respond_to(
+        &self,
+        request: &ParsedOcspRequest,
+        lookup: impl Fn(&CertId) -> CertStatus,
+        now: OffsetDateTime,
+    ) -> Vec<u8> {
+        self.build_response(&request.request, request.nonce.clone(), lookup, now)
+            .unwrap_or_else(|_| INTERNAL_ERROR.to_vec())
+    }
+
+    /// Whether a CertID names this responder's CA (by any supported hash); others are answered
+    /// `unknown` without a lookup.
+    pub fn answers_for(&self, id: &CertId) -> bool {
+        self.matches_issuer(id)
+    }
+
+    /// How far after thisUpdate a response's nextUpdate lies.
+    pub fn next_update_in(&self) -> Duration {
+        self.next_update_in
     }
 
     fn matches_issuer(&self, id: &CertId) -> bool {
@@ -256,6 +277,33 @@ impl<S: CaSigner> OcspResponder<S> {
     }
 }
 
+/// An OCSP request that parsed and is within limits, and the nonce to echo if it has one.
+#[derive(Debug, Clone)]
+pub struct ParsedOcspRequest {
+    request: OcspRequest,
+    nonce: Option<Extension>,
+}
+
+impl ParsedOcspRequest {
+    /// Parses a DER OCSPRequest: 1 to 64 certificates, at most one nonce of 1 to 32 octets.
+    /// `Err` holds the DER of the malformedRequest response to send instead.
+    pub fn parse(der: &[u8]) -> Result<Self, Vec<u8>> {
+        let request = parse_request(der).ok_or_else(|| MALFORMED_REQUEST.to_vec())?;
+        let nonce = request_nonce(&request).ok_or_else(|| MALFORMED_REQUEST.to_vec())?;
+        Ok(Self { request, nonce })
+    }
+
+    /// Whether the client sent a nonce (its answer must then be signed for it).
+    pub fn has_nonce(&self) -> bool {
+        self.nonce.is_some()
+    }
+
+    /// The certificates asked about, in request order.
+    pub fn cert_ids(&self) -> impl Iterator<Item = &CertId> {
+        self.request.tbs_request.request_list.iter().map(|r| &r.req_cert)
+    }
+}
+
 /// RFC 6960 §4.2.1 KeyHash: SHA-1 of the subjectPublicKey BIT STRING value.
 fn key_hash_sha1(spki: &SubjectPublicKeyInfoOwned) -> Vec<u8> {
     digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, spki.subject_public_key.raw_bytes()).as_ref().to_vec()
@@ -300,6 +348,38 @@ pub fn response_status(response_der: &[u8]) -> Option<OcspResponseStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives, parsing answers: a request, or the malformedRequest response.
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            match ParsedOcspRequest::parse(&bytes) {
+                Ok(r) => prop_assert!(r.cert_ids().count() >= 1),
+                Err(e) => prop_assert_eq!(response_status(&e), Some(OcspResponseStatus::MalformedRequest)),
+            }
+        }
+
+        /// A request mangled after its header is refused or parsed, never more.
+        #[test]
+        fn mangled_requests_are_answered(cut in 0usize..80, flip in any::<u8>(), at in 0usize..80) {
+            // One CertID (SHA-1, serial 0x01), no extensions.
+            let mut der = vec![
+                0x30, 0x42, 0x30, 0x40, 0x30, 0x3e, 0x30, 0x3c, 0x30, 0x3a, 0x30, 0x09, 0x06, 0x05, 0x2b,
+                0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14,
+            ];
+            der.extend_from_slice(&[0x11; 20]);
+            der.extend_from_slice(&[0x04, 0x14]);
+            der.extend_from_slice(&[0x22; 20]);
+            der.extend_from_slice(&[0x02, 0x01, 0x01]);
+            prop_assert!(ParsedOcspRequest::parse(&der).is_ok());
+            if at < der.len() {
+                der[at] ^= flip;
+            }
+            der.truncate(der.len().saturating_sub(cut));
+            let _ = ParsedOcspRequest::parse(&der);
+        }
+    }
 
     #[test]
     fn fixed_responses_decode() {

@@ -53,6 +53,8 @@ pub const CRL_NUMBER: Oid = Oid::new_unwrap("2.5.29.20");
 /// id-ce-cRLReasons.
 pub const CRL_REASON: Oid = Oid::new_unwrap("2.5.29.21");
 /// id-ce-cRLDistributionPoints.
+/// issuingDistributionPoint (RFC 5280 §5.2.5).
+pub const ISSUING_DISTRIBUTION_POINT: Oid = Oid::new_unwrap("2.5.29.28");
 pub const CRL_DISTRIBUTION_POINTS: Oid = Oid::new_unwrap("2.5.29.31");
 /// id-ce-certificatePolicies.
 pub const CERTIFICATE_POLICIES: Oid = Oid::new_unwrap("2.5.29.32");

@@ -4,9 +4,23 @@
 use lanyard_ca::{CertStatus, RevocationReason as CrlReason};
 use lanyard_core::lifecycle::CredentialState;
 use lanyard_core::model::Credential;
+use lanyard_core::repo::RevocationRecord;
 
 /// The reasonCode a credential's CRL entry carries (`None`: no reason code).
 pub fn crl_reason(c: &Credential) -> Option<CrlReason> {
+    record_crl_reason(&RevocationRecord::of(c))
+}
+
+/// What OCSP says about a credential. A Pending certificate was issued for a card whose
+/// personalization has not been confirmed (an interrupted session, or a card nobody activated
+/// yet): it is reported on hold from its issue until the device becomes Active, so no certificate
+/// is good for a key that may not sit on an issued card.
+pub fn ocsp_status(c: &Credential) -> CertStatus {
+    record_ocsp_status(&RevocationRecord::of(c))
+}
+
+/// [`crl_reason`] from the status fields alone (what the store reads for OCSP and CRLs).
+pub fn record_crl_reason(c: &RevocationRecord) -> Option<CrlReason> {
     match c.state {
         // Pending certificates are on hold until their device is activated (see `ocsp_status`).
         CredentialState::OnHold | CredentialState::Pending => Some(CrlReason::CertificateHold),
@@ -15,11 +29,8 @@ pub fn crl_reason(c: &Credential) -> Option<CrlReason> {
     }
 }
 
-/// What OCSP says about a credential. A Pending certificate was issued for a card whose
-/// personalization has not been confirmed (an interrupted session, or a card nobody activated
-/// yet): it is reported on hold from its issue until the device becomes Active, so no certificate
-/// is good for a key that may not sit on an issued card.
-pub fn ocsp_status(c: &Credential) -> CertStatus {
+/// [`ocsp_status`] from the status fields alone.
+pub fn record_ocsp_status(c: &RevocationRecord) -> CertStatus {
     match c.state {
         CredentialState::Active | CredentialState::Expired => CertStatus::Good,
         CredentialState::Pending => {
@@ -28,8 +39,14 @@ pub fn ocsp_status(c: &Credential) -> CertStatus {
         CredentialState::OnHold | CredentialState::Revoked | CredentialState::Superseded => {
             CertStatus::Revoked {
                 revoked_at: c.revoked_at.unwrap_or(c.updated_at),
-                reason: crl_reason(c).filter(|r| *r != CrlReason::Unspecified),
+                reason: record_crl_reason(c).filter(|r| *r != CrlReason::Unspecified),
             }
         }
     }
+}
+
+/// When a listed credential's CRL entry says it stopped being valid.
+pub fn record_revocation_date(c: &RevocationRecord) -> time::OffsetDateTime {
+    let since = if c.state == CredentialState::Pending { Some(c.created_at) } else { c.revoked_at };
+    since.unwrap_or(c.updated_at)
 }

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod pki;
 pub mod portal;
 pub mod portal_pin;
+pub mod revocation;
 pub mod scep;
 pub mod tls;
 
@@ -26,22 +27,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use base64::Engine;
-use lanyard_ca::{CertStatus, CrlParams, RevokedEntry, SerialNumber};
+use lanyard_ca::{CertStatus, CrlParams, ParsedOcspRequest};
 use lanyard_core::clock::Clock;
 use lanyard_core::ids::InstanceId;
-use lanyard_core::lifecycle::CredentialState;
-use lanyard_core::model::CredentialKind;
-use lanyard_core::repo::prelude::*;
-use lanyard_core::repo::{CredentialQuery, Repo, StoreError};
+use lanyard_core::repo::{Repo, StoreError};
 use lanyard_issuance::rules::serial_hex;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 pub use pki::{Pki, PkiError};
 
-/// How long a CRL stays valid; it is re-signed when the audit head moves or half of this passed.
-const CRL_VALIDITY: time::Duration = time::Duration::days(1);
 /// Seconds a client is asked to wait after the database stayed busy through every retry.
 const BUSY_RETRY_AFTER: u64 = 1;
 /// OCSP requests larger than this are not read.
@@ -52,7 +47,8 @@ pub struct AppState<R> {
     pub repo: Arc<R>,
     pub pki: Arc<Pki>,
     pub clock: Arc<dyn Clock>,
-    crl_cache: Arc<Mutex<Option<CachedCrl>>>,
+    /// OCSP and CRL caches, keyed on the revocation epoch.
+    pub revocation: Arc<revocation::Revocation>,
     throttle: Arc<auth::LoginThrottle>,
     /// Card issuance (key-encryption key, attestation roots); `None`: issuance routes answer 503.
     pub issuance: Option<Arc<issuance::IssuanceConfig>>,
@@ -78,7 +74,7 @@ impl<R> Clone for AppState<R> {
             repo: Arc::clone(&self.repo),
             pki: Arc::clone(&self.pki),
             clock: Arc::clone(&self.clock),
-            crl_cache: Arc::clone(&self.crl_cache),
+            revocation: Arc::clone(&self.revocation),
             throttle: Arc::clone(&self.throttle),
             issuance: self.issuance.clone(),
             instance: self.instance,
@@ -93,11 +89,12 @@ impl<R> Clone for AppState<R> {
 
 impl<R> AppState<R> {
     pub fn new(repo: Arc<R>, pki: Arc<Pki>, clock: Arc<dyn Clock>) -> Self {
+        let shards = pki.issuing.urls().crl_shards;
         Self {
             repo,
             pki,
             clock,
-            crl_cache: Arc::new(Mutex::new(None)),
+            revocation: Arc::new(revocation::Revocation::new(shards, revocation::DEFAULT_OCSP_CACHE_ENTRIES)),
             throttle: Arc::new(auth::LoginThrottle::default()),
             issuance: None,
             instance: InstanceId::new(),
@@ -135,13 +132,6 @@ impl<R> AppState<R> {
         self.issuance = Some(Arc::new(config));
         self
     }
-}
-
-#[derive(Clone)]
-struct CachedCrl {
-    head_seq: u64,
-    this_update: OffsetDateTime,
-    der: Vec<u8>,
 }
 
 /// A request's operation id: in the tracing span, the `x-operation-id` response header, audit
@@ -339,6 +329,7 @@ fn pki_routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/pki/root.crt", get(root_certificate::<R>))
         .route("/pki/ca.crt", get(issuing_certificate::<R>))
         .route("/pki/crl", get(crl::<R>))
+        .route("/pki/crl/{shard}", get(crl_shard::<R>))
         .route("/pki/root.crl", get(root_crl::<R>))
         .route(
             "/pki/ocsp",
@@ -364,83 +355,55 @@ async fn issuing_certificate<R: Repo>(State(s): State<AppState<R>>) -> Response 
     der_response("application/pkix-cert", s.pki.issuing.certificate_der().to_vec())
 }
 
-async fn crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
-    Ok(der_response("application/pkix-crl", current_crl(&s).await?))
+async fn crl<R: Repo + 'static>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
+    Ok(der_response("application/pkix-crl", current_crl(&s).await?.to_vec()))
 }
 
-/// The issuing CA's current CRL (cached until the audit log moves or half its validity passed),
-/// for `/pki/crl` and SCEP GetCRL.
-pub(crate) async fn current_crl<R: Repo>(s: &AppState<R>) -> Result<Vec<u8>, ApiError> {
-    let now = s.clock.now();
-    // One snapshot for the head and every page, so the cached CRL matches the head it names.
-    let mut tx = s.repo.read().await?;
-    let head = tx.audit_head().await?;
-    let cached = s.crl_cache.lock().ok().and_then(|c| c.clone());
-    if let Some(c) = cached
-        && c.head_seq == head.seq
-        && now - c.this_update < CRL_VALIDITY / 2
-    {
-        return Ok(c.der);
-    }
-    let mut entries = Vec::new();
-    let mut after = None;
-    loop {
-        let page = tx
-            .list_credentials(&CredentialQuery {
-                states: vec![
-                    CredentialState::Pending,
-                    CredentialState::Revoked,
-                    CredentialState::OnHold,
-                    CredentialState::Superseded,
-                ],
-                after,
-                limit: 1000,
-                ..CredentialQuery::default()
-            })
-            .await?;
-        for c in &page {
-            let CredentialKind::Certificate { serial_hex, .. } = &c.kind;
-            let bytes = hex::decode(serial_hex).map_err(|e| ApiError::internal("reading a serial", e))?;
-            let serial = SerialNumber::new(&bytes).map_err(|e| ApiError::internal("reading a serial", e))?;
-            let since = if c.state == CredentialState::Pending { Some(c.created_at) } else { c.revoked_at };
-            entries.push(RevokedEntry {
-                serial,
-                revocation_date: since.unwrap_or(c.updated_at),
-                reason: lanyard_issuance::status::crl_reason(c),
-            });
-        }
-        if page.len() < 1000 {
-            break;
-        }
-        after = page.last().map(|c| c.id);
-    }
-    drop(tx);
-    let number = crl_number(now);
-    let der = s
-        .pki
-        .issuing
-        .build_crl(&entries, &CrlParams { number, this_update: now, next_update: now + CRL_VALIDITY })
-        .map_err(|e| ApiError::internal("signing the CRL", e))?;
-    if let Ok(mut c) = s.crl_cache.lock() {
-        *c = Some(CachedCrl { head_seq: head.seq, this_update: now, der: der.clone() });
-    }
-    Ok(der)
+/// One partition of the CRL (`/pki/crl/{n}`), for certificates whose cRLDistributionPoints name it.
+async fn crl_shard<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    Path(shard): Path<String>,
+) -> Result<Response, ApiError> {
+    let n: u16 = shard.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such CRL partition"))?;
+    let crl = crl_of(&s, revocation::CrlScope::Shard(n)).await?;
+    Ok(der_response("application/pkix-crl", crl.der.to_vec()))
 }
 
-/// cRLNumber must grow with every CRL a CA signs: microseconds since the epoch do, one CRL at a
-/// time.
-fn crl_number(now: OffsetDateTime) -> u64 {
-    u64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(0)
+/// The issuing CA's current full CRL (rebuilt when the revocation epoch moved or half its
+/// validity passed), for `/pki/crl` and SCEP GetCRL.
+pub(crate) async fn current_crl<R: Repo + 'static>(s: &AppState<R>) -> Result<Bytes, ApiError> {
+    Ok(crl_of(s, revocation::CrlScope::Full).await?.der)
+}
+
+async fn crl_of<R: Repo + 'static>(
+    s: &AppState<R>,
+    scope: revocation::CrlScope,
+) -> Result<revocation::CachedCrl, ApiError> {
+    let clock = Arc::clone(&s.clock);
+    s.revocation.crl(&s.repo, &s.pki, scope, move || clock.now()).await.map_err(|e| match e {
+        revocation::CrlError::NoSuchShard => ApiError::new(StatusCode::NOT_FOUND, "no such CRL partition"),
+        revocation::CrlError::Store(e) => e.into(),
+        revocation::CrlError::Sign(e) => ApiError::internal("signing the CRL", e),
+    })
 }
 
 /// How long the root's CRL stays valid. The root only ever certifies the issuing CA, which
 /// Lanyard does not revoke, so the list is empty; it is re-signed on request.
 const ROOT_CRL_VALIDITY: time::Duration = time::Duration::days(7);
 
-/// The CRL the issuing CA's certificate points to: signed by the root.
+/// The CRL the issuing CA's certificate points to: signed by the root, numbered from the
+/// database like the issuing CA's.
 async fn root_crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
     let now = s.clock.now();
-    let number = crl_number(now);
+    let floor = u64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(0);
+    let number = lanyard_core::repo::retry(s.repo.as_ref(), || async {
+        use lanyard_core::repo::prelude::*;
+        let mut tx = s.repo.begin().await?;
+        let n = tx.next_crl_number("root", floor).await?;
+        tx.commit().await?;
+        Ok::<_, StoreError>(n)
+    })
+    .await?;
     let der = s
         .pki
         .root
@@ -449,36 +412,102 @@ async fn root_crl<R: Repo>(State(s): State<AppState<R>>) -> Result<Response, Api
     Ok(der_response("application/pkix-crl", der))
 }
 
-async fn answer_ocsp<R: Repo>(s: &AppState<R>, request: &[u8]) -> Result<Response, ApiError> {
-    use der::Decode;
-    let now = s.clock.now();
-    let mut statuses: HashMap<String, CertStatus> = HashMap::new();
-    // Look the serials up first (the responder's lookup is synchronous); a request that does
-    // not parse is answered malformedRequest by the responder itself.
-    if let Ok(req) = x509_ocsp::OcspRequest::from_der(request) {
-        let mut tx = s.repo.read().await?;
-        for r in req.tbs_request.request_list.iter().take(64) {
-            let hex = serial_hex(r.req_cert.serial_number.as_bytes());
-            if let Some(c) = tx.get_credential_by_serial(&hex).await? {
-                statuses.insert(hex, lanyard_issuance::status::ocsp_status(&c));
-            }
+/// An OCSP answer over HTTP. Pre-signed answers carry RFC 5019 §6 caching headers that make any
+/// HTTP cache revalidate every time (`max-age=0, must-revalidate`, with an ETag and
+/// Last-Modified): a revocation must show in the very next answer, so no cache may keep serving
+/// "good" on its own; revalidation is a cheap 304 from the pre-signed cache.
+async fn answer_ocsp<R: Repo + 'static>(
+    s: &AppState<R>,
+    request: Bytes,
+    if_none_match: Option<&HeaderValue>,
+) -> Result<Response, ApiError> {
+    let parsed = match ParsedOcspRequest::parse(&request) {
+        Ok(parsed) => parsed,
+        Err(malformed) => return Ok(der_response("application/ocsp-response", malformed)),
+    };
+    let (responder, generation) = s.pki.ocsp.current();
+    if !parsed.has_nonce() {
+        let epoch = s.revocation.epoch.fresh(&s.repo).await?;
+        if let Some(hit) = s.revocation.cached_ocsp(&request, epoch, generation, s.clock.now()) {
+            return Ok(presigned_response(&hit, if_none_match));
         }
     }
-    let der = s.pki.ocsp.respond(
-        request,
-        |id| statuses.get(&serial_hex(id.serial_number.as_bytes())).cloned().unwrap_or(CertStatus::Unknown),
+    let (epoch, statuses, unknown) = revocation::lookup(s.repo.as_ref(), &parsed, &responder).await?;
+    let now = s.clock.now();
+    let der = responder.respond_to(
+        &parsed,
+        |id| statuses.get(&serial_hex(id.serial_number.as_bytes())).copied().unwrap_or(CertStatus::Unknown),
         now,
     );
-    Ok(der_response("application/ocsp-response", der))
+    let signed = lanyard_ca::ocsp::response_status(&der) == Some(x509_ocsp::OcspResponseStatus::Successful);
+    if parsed.has_nonce() || unknown || !signed {
+        return Ok(der_response("application/ocsp-response", der));
+    }
+    let this_update = now.replace_nanosecond(0).unwrap_or(now);
+    let etag = {
+        use sha2::Digest;
+        format!("\"{}\"", hex::encode(&sha2::Sha256::digest(&der)[..16]))
+    };
+    let entry = Arc::new(revocation::Presigned {
+        der: Bytes::from(der),
+        this_update,
+        refresh_at: this_update + responder.next_update_in() / 2,
+        etag,
+    });
+    s.revocation.store_ocsp(request, epoch, generation, Arc::clone(&entry));
+    Ok(presigned_response(&entry, None))
 }
 
-async fn ocsp_post<R: Repo>(State(s): State<AppState<R>>, body: Bytes) -> Result<Response, ApiError> {
-    answer_ocsp(&s, &body).await
+fn presigned_response(entry: &revocation::Presigned, if_none_match: Option<&HeaderValue>) -> Response {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, no-transform, max-age=0, must-revalidate"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&entry.etag) {
+        headers.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&http_date(entry.this_update)) {
+        headers.insert(header::LAST_MODIFIED, v);
+    }
+    if if_none_match
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim().trim_start_matches("W/") == entry.etag))
+    {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/ocsp-response"));
+    (headers, entry.der.clone()).into_response()
 }
 
-async fn ocsp_get<R: Repo>(
+/// An HTTP-date (RFC 9110 §5.6.7): `Fri, 04 Dec 2026 22:47:12 GMT`.
+fn http_date(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let day =
+        ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][usize::from(t.weekday().number_days_from_monday())];
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        [usize::from(u8::from(t.month()) - 1)];
+    format!(
+        "{day}, {:02} {month} {} {:02}:{:02}:{:02} GMT",
+        t.day(),
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+async fn ocsp_post<R: Repo + 'static>(
+    State(s): State<AppState<R>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    answer_ocsp(&s, body, None).await
+}
+
+async fn ocsp_get<R: Repo + 'static>(
     State(s): State<AppState<R>>,
     Extension(_op): Extension<OperationId>,
+    headers: axum::http::HeaderMap,
     Path(request): Path<String>,
 ) -> Result<Response, ApiError> {
     let engine = base64::engine::general_purpose::STANDARD;
@@ -489,7 +518,7 @@ async fn ocsp_get<R: Repo>(
     if der.len() > MAX_OCSP_REQUEST {
         return Err(ApiError::bad_request("OCSP request too large"));
     }
-    answer_ocsp(&s, &der).await
+    answer_ocsp(&s, Bytes::from(der), headers.get(header::IF_NONE_MATCH)).await
 }
 
 #[cfg(test)]

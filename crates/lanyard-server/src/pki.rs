@@ -11,6 +11,7 @@ use lanyard_ca::{
     CaError, CaUrls, CertificateAuthority, KeyAlgorithm, KeyFileStore, OcspResponder, SoftwareKey,
 };
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,8 @@ pub enum CaFiles {
 pub struct Pki {
     pub root: CertificateAuthority<SoftwareKey>,
     pub issuing: CertificateAuthority<SoftwareKey>,
-    pub ocsp: OcspResponder<SoftwareKey>,
+    /// The OCSP responder, swapped whole when its certificate is renewed ([`Pki::renew_ocsp`]).
+    pub ocsp: OcspSlot,
     pub content_signer: SignerCredential<SoftwareKey>,
     pub profile_signer: SignerCredential<SoftwareKey>,
     /// The organisation named in the CA's certificates (profiles name it too).
@@ -54,6 +56,63 @@ pub struct Pki {
     /// The SCEP registration authority: always RSA-2048, whatever the CA's keys, because SCEP
     /// clients (Apple's first) only do RSA key transport.
     pub scep_ra: SignerCredential<RaKey>,
+    /// What a renewed OCSP responder certificate says.
+    ocsp_renewal: OcspRenewal,
+}
+
+/// The OCSP responder certificate's subject, lifetime and nextUpdate interval, for renewals.
+#[derive(Clone, Debug)]
+struct OcspRenewal {
+    subject: lanyard_ca::Name,
+    validity_days: u32,
+    next_update_in: time::Duration,
+}
+
+impl OcspRenewal {
+    fn of(spec: &HierarchySpec) -> Self {
+        Self {
+            subject: spec.ocsp_subject.clone(),
+            validity_days: spec.ocsp_validity_days,
+            next_update_in: spec.ocsp_next_update_in,
+        }
+    }
+}
+
+/// What [`Pki::renew_ocsp`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The certificate in use has more than a third of its life left.
+    Unchanged,
+    /// Another server sharing the directory renewed it; its certificate is now in use here too.
+    PickedUp,
+    /// This server re-issued it (same key) and wrote it for the others.
+    Renewed,
+}
+
+/// The OCSP responder in use, replaceable while requests are answered: readers take an `Arc` of
+/// the current one; a renewal swaps in a new one and bumps the generation, which empties the
+/// pre-signed responses of the old signer.
+pub struct OcspSlot {
+    current: std::sync::RwLock<(Arc<OcspResponder<SoftwareKey>>, u64)>,
+}
+
+impl OcspSlot {
+    pub fn new(responder: OcspResponder<SoftwareKey>) -> Self {
+        Self { current: std::sync::RwLock::new((Arc::new(responder), 0)) }
+    }
+
+    /// The responder in use and its generation (grows with every swap).
+    pub fn current(&self) -> (Arc<OcspResponder<SoftwareKey>>, u64) {
+        let guard = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (Arc::clone(&guard.0), guard.1)
+    }
+
+    /// Puts `responder` in use.
+    pub fn replace(&self, responder: OcspResponder<SoftwareKey>) {
+        let mut guard = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = guard.1 + 1;
+        *guard = (Arc::new(responder), generation);
+    }
 }
 
 /// How long the SCEP RA certificate is valid; renewed (same key) in the last third of that.
@@ -189,6 +248,46 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     std::fs::write(path, bytes).map_err(|source| PkiError::Io { path: path.to_owned(), source })
 }
 
+/// Replaces `path` so that a reader (another server sharing the directory) sees the old file or
+/// the new one, never a part: written beside it under a unique name, synced, then renamed.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    use std::io::Write;
+    let io = |source| PkiError::Io { path: path.to_owned(), source };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// Checks the server's own certificates every `every` and renews them ([`Pki::renew_ocsp`]);
+/// runs until the runtime stops.
+pub fn spawn_renewal(
+    pki: Arc<Pki>,
+    dir: PathBuf,
+    clock: Arc<dyn lanyard_core::clock::Clock>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let (pki, dir, now) = (Arc::clone(&pki), dir.clone(), clock.now());
+            match tokio::task::spawn_blocking(move || pki.renew_ocsp(&dir, now)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "renewing the OCSP responder certificate failed"),
+                Err(e) => tracing::error!(error = %e, "the renewal task failed"),
+            }
+        }
+    })
+}
+
 /// The root certificate as PEM, for clients that take PEM only (`curl --cacert`, browsers,
 /// system trust stores); `root.crt` stays DER, as the CA reads it and `/pki/root.crt` serves it.
 pub const ROOT_PEM: &str = "root.pem";
@@ -281,11 +380,12 @@ impl Pki {
         Ok(Pki {
             root: h.root,
             issuing: h.issuing,
-            ocsp: h.ocsp,
+            ocsp: OcspSlot::new(h.ocsp),
             content_signer: h.content_signer,
             profile_signer,
             organization: organization.to_owned(),
             scep_ra,
+            ocsp_renewal: OcspRenewal::of(&spec),
         })
     }
 
@@ -333,7 +433,7 @@ impl Pki {
                 spec.ocsp_validity_days,
                 spec.ocsp_next_update_in,
             )?;
-            write(
+            write_atomically(
                 &dir.join("ocsp.crt"),
                 &der::Encode::to_der(fresh.responder_certificate()).map_err(CaError::from)?,
             )?;
@@ -350,12 +450,69 @@ impl Pki {
         Ok(Pki {
             root,
             issuing,
-            ocsp,
+            ocsp: OcspSlot::new(ocsp),
             content_signer,
             profile_signer,
             organization: organization.to_owned(),
             scep_ra,
+            ocsp_renewal: OcspRenewal::of(&spec),
         })
+    }
+
+    /// Keeps the OCSP responder certificate current while the server runs: takes a newer
+    /// `ocsp.crt` another server sharing `dir` wrote, or re-issues it for the same key once less
+    /// than a third of its life is left, writing it atomically (temporary file, then rename) so
+    /// the others pick it up. The responder is swapped whole; answers being signed finish with
+    /// the old one, and its pre-signed answers are dropped.
+    pub fn renew_ocsp(&self, dir: &Path, now: OffsetDateTime) -> Result<Renewal, PkiError> {
+        let (current, _) = self.ocsp.current();
+        let current_cert = current.responder_certificate();
+        let keys = KeyFileStore::new(dir);
+        let on_disk = read(&dir.join("ocsp.crt"))?;
+        if on_disk != der::Encode::to_der(current_cert).map_err(CaError::from)? {
+            let cert: lanyard_ca::Certificate = der::Decode::from_der(&on_disk).map_err(CaError::from)?;
+            let newer = cert.tbs_certificate.validity.not_before.to_unix_duration()
+                > current_cert.tbs_certificate.validity.not_before.to_unix_duration();
+            if newer {
+                // `OcspResponder::new` checks issuer, EKU and that it certifies our key.
+                let responder = OcspResponder::new(
+                    self.issuing.certificate_der(),
+                    &on_disk,
+                    keys.load("ocsp")?,
+                    self.ocsp_renewal.next_update_in,
+                )?;
+                self.ocsp.replace(responder);
+                tracing::info!("took the OCSP responder certificate another server renewed");
+                return Ok(Renewal::PickedUp);
+            }
+        }
+        if !in_last_third(&current_cert.tbs_certificate.validity, now) {
+            return Ok(Renewal::Unchanged);
+        }
+        let fresh = issue_ocsp_signer(
+            &self.issuing,
+            keys.load("ocsp")?,
+            self.ocsp_renewal.subject.clone(),
+            now,
+            self.ocsp_renewal.validity_days,
+            self.ocsp_renewal.next_update_in,
+        )?;
+        write_atomically(
+            &dir.join("ocsp.crt"),
+            &der::Encode::to_der(fresh.responder_certificate()).map_err(CaError::from)?,
+        )?;
+        self.ocsp.replace(fresh);
+        tracing::info!("re-issued the OCSP responder certificate");
+        Ok(Renewal::Renewed)
+    }
+
+    /// Publishes the issuing CA's CRL in `shards` partitions (`/pki/crl/<n>`): certificates
+    /// signed from now on name their partition; those signed before keep naming the full CRL,
+    /// which stays complete. Keep the number once certificates name partitions: a certificate's
+    /// partition is its serial modulo this number.
+    pub fn with_crl_shards(mut self, shards: u16) -> Self {
+        self.issuing = self.issuing.with_crl_shards(shards.min(crate::revocation::MAX_CRL_SHARDS));
+        self
     }
 
     /// The root certificate's SHA-256 fingerprint, as the installation record keeps it.

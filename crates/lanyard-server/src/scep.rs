@@ -69,7 +69,7 @@ fn bad_request(message: impl Into<String>) -> Response {
         .into_response()
 }
 
-async fn scep_get<R: Repo>(
+async fn scep_get<R: Repo + 'static>(
     State(s): State<AppState<R>>,
     op: Option<Extension<OperationId>>,
     query: Result<Query<ScepQuery>, axum::extract::rejection::QueryRejection>,
@@ -91,7 +91,7 @@ async fn scep_get<R: Repo>(
     }
 }
 
-async fn scep_post<R: Repo>(
+async fn scep_post<R: Repo + 'static>(
     State(s): State<AppState<R>>,
     op: Option<Extension<OperationId>>,
     query: Result<Query<ScepQuery>, axum::extract::rejection::QueryRejection>,
@@ -156,7 +156,7 @@ fn domain(e: DomainError) -> Refusal {
     }
 }
 
-async fn pki_operation<R: Repo>(
+async fn pki_operation<R: Repo + 'static>(
     s: &AppState<R>,
     op: Option<Extension<OperationId>>,
     body: &[u8],
@@ -362,7 +362,7 @@ async fn get_cert<R: Repo>(s: &AppState<R>, request: &Request) -> Result<Issued,
 }
 
 /// GetCRL: the issuing CA's current CRL.
-async fn get_crl<R: Repo>(s: &AppState<R>, request: &Request) -> Result<Issued, Refusal> {
+async fn get_crl<R: Repo + 'static>(s: &AppState<R>, request: &Request) -> Result<Issued, Refusal> {
     let RequestContent::IssuerAndSerial { issuer, .. } = &request.content else {
         return Err(ScepFailure::new(FailInfo::BadRequest, "no IssuerAndSerialNumber").into());
     };
@@ -374,5 +374,5 @@ async fn get_crl<R: Repo>(s: &AppState<R>, request: &Request) -> Result<Issued, 
         .into());
     }
     let crl = crate::current_crl(s).await.map_err(Refusal::Server)?;
-    Ok((Vec::new(), vec![crl]))
+    Ok((Vec::new(), vec![crl.to_vec()]))
 }

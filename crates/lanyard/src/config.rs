@@ -63,6 +63,7 @@ struct FileConfig {
     public_url: Option<String>,
     pki_listen: Option<String>,
     pki_url: Option<String>,
+    crl_shards: Option<u16>,
     database_url: Option<String>,
     kek_file: Option<PathBuf>,
     attestation_roots: Option<Vec<PathBuf>>,
@@ -107,6 +108,9 @@ pub struct Config {
     /// The base URL written into certificates' AIA and CRL distribution points; defaults to
     /// `public_url`. Set it to the plain-HTTP address of `pki_listen` in production.
     pub pki_url: String,
+    /// CRL partitions (`/pki/crl/<n>`) new certificates name; 0: the full CRL only. See
+    /// `docs/revocation.md`.
+    pub crl_shards: u16,
     /// May hold a password: never print it; see [`Config::redacted`].
     pub database_url: String,
     pub kek_file: PathBuf,
@@ -187,6 +191,7 @@ impl Config {
             public_url: String::new(),
             pki_listen: None,
             pki_url: String::new(),
+            crl_shards: 0,
             log: "info".into(),
             ca_key_algorithm: CaKeyAlgorithm::P256,
             tls_mode: TlsMode::On,
@@ -277,6 +282,9 @@ impl Config {
         if let Some(v) = parsed.pki_url {
             c.pki_url = v;
         }
+        if let Some(v) = parsed.crl_shards {
+            c.crl_shards = v;
+        }
         if let Some(v) = parsed.database_url {
             c.database_url = v;
         }
@@ -317,6 +325,12 @@ impl Config {
                 "PUBLIC_URL" => c.public_url = v,
                 "PKI_LISTEN" => c.pki_listen = Some(v),
                 "PKI_URL" => c.pki_url = v,
+                "CRL_SHARDS" => match v.parse() {
+                    Ok(n) => c.crl_shards = n,
+                    Err(_) => {
+                        errors.push(format!("LANYARD_CRL_SHARDS = {v:?} is not a number from 0 to 1024"))
+                    }
+                },
                 "DATABASE_URL" => c.database_url = v,
                 "KEK_FILE" => c.kek_file = v.into(),
                 // Several files separated by ':' (like PATH).
@@ -395,6 +409,13 @@ impl Config {
         if !(self.pki_url.starts_with("http://") || self.pki_url.starts_with("https://")) {
             errors.push(format!("pki_url = {:?} must be an http:// or https:// URL", self.pki_url));
         }
+        if self.crl_shards > lanyard_server::revocation::MAX_CRL_SHARDS {
+            errors.push(format!(
+                "crl_shards = {} is more than {}",
+                self.crl_shards,
+                lanyard_server::revocation::MAX_CRL_SHARDS
+            ));
+        }
         if self.tls_mode == TlsMode::Off && (self.tls_cert_file.is_some() || self.tls_key_file.is_some()) {
             errors.push("tls.mode = off, but tls.cert_file/tls.key_file are set".to_owned());
         }
@@ -459,6 +480,7 @@ impl Config {
             ("public_url", self.public_url.clone()),
             ("pki_listen", self.pki_listen.clone().unwrap_or_else(|| "(none)".into())),
             ("pki_url", self.pki_url.clone()),
+            ("crl_shards", self.crl_shards.to_string()),
             ("database_url", redact_url(&self.database_url)),
             ("kek_file", self.kek_file.display().to_string()),
             (

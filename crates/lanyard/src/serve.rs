@@ -14,6 +14,9 @@ use lanyard_store::Db;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// How often a running server checks whether its own certificates need renewing.
+const OWN_CERTIFICATE_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
@@ -137,7 +140,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 "card sessions whose server stopped were recorded failed; they can be resumed or rolled back"
             );
         }
-        let state = AppState::new(Arc::new(db), Arc::new(pki), clock)
+        let state = AppState::new(Arc::new(db), Arc::new(pki.with_crl_shards(cfg.crl_shards)), clock.clone())
             .with_issuance(lanyard_server::issuance::IssuanceConfig {
                 piv_trust_anchors,
                 piv_user_match: cfg.piv_user_match,
@@ -148,6 +151,14 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         // Sessions this process ran before a restart still hold leases that are running out:
         // the sweeper fails them (and any another server abandons) a few minutes later.
         tokio::spawn(lanyard_server::issuance::sweep_abandoned_jobs(state.clone()));
+        // The OCSP responder certificate (90 days) is renewed in its last third, by whichever
+        // server sharing the CA directory notices first; the others take its file.
+        lanyard_server::pki::spawn_renewal(
+            Arc::clone(&state.pki),
+            cfg.data_dir.join("ca"),
+            clock,
+            OWN_CERTIFICATE_CHECK,
+        );
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("Lanyard is listening on {scheme}://{addr} (public URL {})", cfg.public_url);
