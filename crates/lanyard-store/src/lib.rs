@@ -10,6 +10,7 @@
 mod installation;
 mod repo;
 mod rows;
+pub mod seed;
 mod sql;
 mod tx;
 

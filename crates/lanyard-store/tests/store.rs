@@ -1206,3 +1206,34 @@ on_both!(crl_numbers_grow_strictly_per_scope_and_respect_the_floor, |db| {
     assert_eq!(numbers.len(), 8);
     assert!(numbers.iter().all(|n| *n > 5001));
 });
+
+on_both!(the_bulk_seeder_writes_distinct_certificates_and_moves_the_epoch, |db| {
+    use lanyard_store::seed::{SeedSpec, seed_certificates, seeded_serial};
+    let before = epoch(db).await;
+    let spec = SeedSpec {
+        certificates: 1234,
+        revoke_every: 10,
+        certificate_der: vec![0x30, 0x00],
+        at: T0,
+        batch: 7,
+    };
+    assert_eq!(seed_certificates(db, &spec).await.unwrap(), 1234);
+    assert_eq!(count(db, "credentials").await, 1234);
+    assert_eq!(count(db, "devices").await, 2);
+    assert!(epoch(db).await > before, "revoked rows are a change of status");
+    let mut tx = db.read().await.unwrap();
+    let mut listed = BTreeSet::new();
+    tx.for_each_listed(|r| {
+        assert_eq!(r.state, CredentialState::Revoked);
+        listed.insert(r.serial_hex);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(listed.len(), 124);
+    assert!(listed.contains(&seeded_serial(7, 0)) && listed.contains(&seeded_serial(7, 1230)));
+    let found = tx.revocation_records(&[seeded_serial(7, 1), seeded_serial(7, 1233)]).await.unwrap();
+    assert!(found.iter().all(|r| r.state == CredentialState::Active) && found.len() == 2);
+    let serials: BTreeSet<String> = (0..100_000).map(|i| seeded_serial(7, i)).collect();
+    assert_eq!(serials.len(), 100_000);
+});

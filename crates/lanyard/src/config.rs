@@ -145,6 +145,7 @@ const ENV_KEYS: &[&str] = &[
     "PUBLIC_URL",
     "PKI_LISTEN",
     "PKI_URL",
+    "CRL_SHARDS",
     "DATABASE_URL",
     "KEK_FILE",
     "ATTESTATION_ROOTS",
