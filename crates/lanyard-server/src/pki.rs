@@ -521,8 +521,9 @@ impl Pki {
     }
 }
 
-/// How long the server's own TLS certificate is valid; it is re-issued at start once less than a
-/// third of that is left.
+/// How long the server's own TLS certificate is valid; it is re-issued (same key) once less than
+/// a third of that is left, at start and by a running server ([`Pki::tls_identity`] called
+/// again, see `lanyard serve`).
 const TLS_VALIDITY_DAYS: i64 = 90;
 
 /// The server's TLS identity: the certificate chain (leaf, then the issuing CA) and the PKCS#8 key.
@@ -533,8 +534,10 @@ pub struct TlsIdentity {
 
 impl Pki {
     /// The TLS server certificate for `dns` names and `ip` addresses, kept in `dir` as
-    /// `tls.crt`/`tls.key.pem`/`tls.names`. A fresh key and certificate are issued by the issuing CA
-    /// when none exists, when the names changed, or when less than a third of its life is left.
+    /// `tls.crt`/`tls.key.pem`/`tls.names`. A certificate is issued by the issuing CA when none
+    /// exists, when the names changed, or when less than a third of its life is left, for the key
+    /// already there (a fresh one the first time). Files are replaced atomically; a server sharing
+    /// the directory that calls this later gets the certificate another one renewed.
     pub fn tls_identity(
         &self,
         dir: &Path,
@@ -560,7 +563,10 @@ impl Pki {
                 });
             }
         }
-        let key = SoftwareKey::generate(KeyAlgorithm::EcP256)?;
+        // The same key across renewals (a running server, and others sharing the directory,
+        // keep serving with it); a fresh one only the first time.
+        let fresh = !keys.exists("tls")?;
+        let key = if fresh { SoftwareKey::generate(KeyAlgorithm::EcP256)? } else { keys.load("tls")? };
         let issued = self.issuing.issue(&lanyard_ca::IssueRequest {
             profile: &lanyard_ca::CertificateProfile::tls_server(),
             subject: lanyard_ca::Name::default(),
@@ -570,9 +576,12 @@ impl Pki {
             requested_not_after: now + time::Duration::days(TLS_VALIDITY_DAYS),
             cap_not_after: None,
         })?;
-        keys.save("tls", &key)?;
-        write(&cert_path, &issued.der)?;
-        write(&names_path, names.as_bytes())?;
+        if fresh {
+            keys.save("tls", &key)?;
+        }
+        // Names first: a reader that sees the new certificate also sees the names it is for.
+        write_atomically(&names_path, names.as_bytes())?;
+        write_atomically(&cert_path, &issued.der)?;
         tracing::info!(names = %names.replace('\n', ", "), "issued the server's TLS certificate");
         Ok(TlsIdentity {
             chain: vec![issued.der, self.issuing.certificate_der().to_vec()],

@@ -77,6 +77,57 @@ pub fn server_config_from_files(cert_file: &Path, key_file: &Path) -> Result<Arc
     server_config(chain, key)
 }
 
+/// The certificate a running server presents, replaceable without a restart: the
+/// configuration made by [`server_config_reloadable`] asks it on every handshake, and
+/// [`ReloadableCert::replace`] swaps in a renewed chain for the handshakes that follow.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    fn certified(chain: &[Vec<u8>], pkcs8_key: &[u8]) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let chain = chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8_key.to_vec()));
+        Ok(Arc::new(rustls::sign::CertifiedKey::from_der(chain, key, &provider())?))
+    }
+
+    /// Presents `chain` (leaf first) with its PKCS#8 key from the next handshake on.
+    pub fn replace(&self, chain: &[Vec<u8>], pkcs8_key: &[u8]) -> Result<(), TlsError> {
+        let certified = Self::certified(chain, pkcs8_key)?;
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = certified;
+        Ok(())
+    }
+
+    /// The leaf certificate presented now (DER).
+    pub fn leaf(&self) -> Vec<u8> {
+        let current = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        current.cert.first().map(|c| c.to_vec()).unwrap_or_default()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
+    }
+}
+
+/// [`server_config_der`] whose certificate can be replaced while the server runs.
+pub fn server_config_reloadable(
+    chain: &[Vec<u8>],
+    pkcs8_key: &[u8],
+) -> Result<(Arc<ServerConfig>, Arc<ReloadableCert>), TlsError> {
+    let cert = Arc::new(ReloadableCert {
+        current: std::sync::RwLock::new(ReloadableCert::certified(chain, pkcs8_key)?),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&cert) as Arc<dyn rustls::server::ResolvesServerCert>);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(config), cert))
+}
+
 /// A listener that hands axum connections whose TLS handshake has completed.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,

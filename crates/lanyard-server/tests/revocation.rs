@@ -502,3 +502,61 @@ async fn a_running_server_renews_its_ocsp_signer_and_the_other_picks_it_up() {
     // A server started now loads the renewed certificate as is.
     assert_eq!(load().ocsp.current().0.responder_certificate(), &renewed);
 }
+
+/// The leaf certificate a TLS server at `addr` presents to a client trusting `root`.
+async fn presented_leaf(addr: std::net::SocketAddr, root: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(root.to_vec())).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_renews_its_own_tls_certificate_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    // Set up 70 days ago, so that the renewal falls on today (the client checks with real time).
+    let start = SystemClock.now() - time::Duration::days(70);
+    let load = || Pki::load(&ca, "Lanyard Test", KeyAlgorithm::EcP256, BASE, start).unwrap();
+    Pki::create(&ca, "Lanyard Test", KeyAlgorithm::EcP256, BASE, start).unwrap();
+    let (a, b) = (load(), load());
+    let names = vec!["localhost".to_owned()];
+    let first = a.tls_identity(&ca, &names, &[], start).unwrap();
+    let (config, cert) =
+        lanyard_server::tls::server_config_reloadable(&first.chain, &first.pkcs8_key).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let listener = lanyard_server::tls::TlsListener::new(tcp, config).unwrap();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let root = a.root.certificate_der().to_vec();
+    assert_eq!(presented_leaf(addr, &root).await, first.chain[0]);
+
+    // Early: the same certificate. Past two thirds of 90 days: renewed, same key.
+    assert_eq!(
+        a.tls_identity(&ca, &names, &[], start + time::Duration::days(10)).unwrap().chain,
+        first.chain
+    );
+    let later = start + time::Duration::days(70);
+    let renewed = a.tls_identity(&ca, &names, &[], later).unwrap();
+    assert_ne!(renewed.chain[0], first.chain[0]);
+    assert_eq!(&renewed.pkcs8_key[..], &first.pkcs8_key[..], "the same key");
+    // Another server sharing the directory gets that certificate instead of issuing its own.
+    assert_eq!(b.tls_identity(&ca, &names, &[], later).unwrap().chain, renewed.chain);
+    // Swapped in: the next handshake presents it, without a restart.
+    cert.replace(&renewed.chain, &renewed.pkcs8_key).unwrap();
+    assert_eq!(cert.leaf(), renewed.chain[0]);
+    assert_eq!(presented_leaf(addr, &root).await, renewed.chain[0]);
+    server.abort();
+}

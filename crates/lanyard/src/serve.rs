@@ -115,6 +115,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             apple_roots: load_attestation_roots(&cfg.apple_attestation_roots)?,
             apple_app_ids: cfg.apple_app_ids.clone(),
         };
+        // The certificate this server issued itself, renewed while it runs (see below).
+        let mut own_tls = None;
         let tls = match (cfg.tls_mode, &cfg.tls_cert_file, &cfg.tls_key_file) {
             (TlsMode::Off, _, _) => None,
             (TlsMode::On, Some(cert), Some(key)) => {
@@ -123,7 +125,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             _ => {
                 let (dns, ip) = tls_names(&cfg.public_url, addr)?;
                 let id = pki.tls_identity(&cfg.data_dir.join("ca"), &dns, &ip, clock.now())?;
-                Some(lanyard_server::tls::server_config_der(&id.chain, &id.pkcs8_key)?)
+                let (config, cert) = lanyard_server::tls::server_config_reloadable(&id.chain, &id.pkcs8_key)?;
+                own_tls = Some((cert, dns, ip));
+                Some(config)
             }
         };
         // Card sessions whose server stopped (this one before the restart, or another sharing the
@@ -156,9 +160,34 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         lanyard_server::pki::spawn_renewal(
             Arc::clone(&state.pki),
             cfg.data_dir.join("ca"),
-            clock,
+            clock.clone(),
             OWN_CERTIFICATE_CHECK,
         );
+        // Likewise its own TLS certificate (same key): renewed here or taken from the file
+        // another server renewed, and presented from the next handshake on.
+        if let Some((cert, dns, ip)) = own_tls {
+            let (pki, dir) = (Arc::clone(&state.pki), cfg.data_dir.join("ca"));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(OWN_CERTIFICATE_CHECK).await;
+                    let (pki, dir, dns, ip, now) =
+                        (Arc::clone(&pki), dir.clone(), dns.clone(), ip.clone(), clock.now());
+                    let renewed =
+                        tokio::task::spawn_blocking(move || pki.tls_identity(&dir, &dns, &ip, now)).await;
+                    match renewed {
+                        Ok(Ok(id)) if id.chain.first() != Some(&cert.leaf()) => match cert
+                            .replace(&id.chain, &id.pkcs8_key)
+                        {
+                            Ok(()) => tracing::info!("now presenting the renewed TLS certificate"),
+                            Err(e) => tracing::error!(error = %e, "the renewed TLS certificate is unusable"),
+                        },
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "renewing the TLS certificate failed"),
+                        Err(e) => tracing::error!(error = %e, "the TLS renewal task failed"),
+                    }
+                }
+            });
+        }
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("Lanyard is listening on {scheme}://{addr} (public URL {})", cfg.public_url);
