@@ -7,6 +7,7 @@
 //! migration list with the same ids; a test fails when the two drift apart. `docs/storage.md`
 //! explains the schema, isolation and time handling.
 
+mod group;
 mod installation;
 mod repo;
 mod rows;
@@ -84,6 +85,37 @@ impl Db {
         } else {
             Err(DbError::UnsupportedUrl(url.to_owned()))
         }
+    }
+
+    /// Starts this process's audit sealer (see `lanyard_core::audit`): on PostgreSQL a task that
+    /// chains newly committed events shortly after their commit, taking turns with the sealers
+    /// of other servers on the same database (an advisory lock lets one work at a time). SQLite
+    /// needs none (its group commit chains each batch's events before committing it): `None`.
+    pub fn spawn_audit_sealer(&self) -> Option<tokio::task::JoinHandle<()>> {
+        use lanyard_core::repo::Repo;
+        /// The pause after a pass that found work (a few more events gather for the next one)
+        /// and after one that found none.
+        const BUSY: Duration = Duration::from_millis(5);
+        const IDLE: Duration = Duration::from_millis(50);
+        const FAILED: Duration = Duration::from_secs(1);
+        let Db::Postgres(_) = self else { return None };
+        let db = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                let pause = match db.seal_audit().await {
+                    Ok(0) => IDLE,
+                    Ok(n) => {
+                        tracing::trace!(sealed = n, "audit events chained");
+                        BUSY
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the audit sealer failed; trying again");
+                        FAILED
+                    }
+                };
+                tokio::time::sleep(pause).await;
+            }
+        }))
     }
 
     pub fn dialect(&self) -> Dialect {
