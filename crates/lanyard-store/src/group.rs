@@ -56,6 +56,9 @@ pub(crate) struct Writer {
     batch: Arc<AsyncMutex<Batch>>,
     /// Units of work queued for their turn (not counting those waiting for a batch's outcome).
     queued: AtomicUsize,
+    /// Read-only connections to the same file for read units of work (`Db::connect` opens
+    /// them), so a read needs no `query_only` switching on a shared connection.
+    readers: Mutex<Option<SqlitePool>>,
 }
 
 #[derive(Default)]
@@ -87,9 +90,22 @@ impl Writer {
                 Arc::new(Writer {
                     batch: Arc::new(AsyncMutex::new(Batch::default())),
                     queued: AtomicUsize::new(0),
+                    readers: Mutex::new(None),
                 })
             })
             .clone()
+    }
+
+    /// The read-only pool for this file, if `Db::connect` opened one.
+    pub(crate) fn readers(&self) -> Option<SqlitePool> {
+        // A poisoned lock only means a thread panicked while swapping pools; the value is whole.
+        self.readers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the read-only pool for this file. The latest `Db::connect` wins, so a file
+    /// that was replaced and opened again is read through connections to the new file.
+    pub(crate) fn set_readers(&self, pool: SqlitePool) {
+        *self.readers.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
     }
 
     /// Waits for this process's turn to write, then starts a unit of work inside the open batch

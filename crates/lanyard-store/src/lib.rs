@@ -72,8 +72,16 @@ impl Db {
                         Ok(true)
                     })
                 })
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await?;
+            // Read units of work get connections of their own, opened read-only: the database
+            // refuses their writes, and no `query_only` switching costs a round trip each. They
+            // are opened after the first connection, which created the file and put it in WAL.
+            let readers = SqlitePoolOptions::new()
+                .max_connections(16)
+                .connect_with(opts.read_only(true).create_if_missing(false))
+                .await?;
+            group::Writer::of(&pool).set_readers(readers);
             Ok(Db::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()

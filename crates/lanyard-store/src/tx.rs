@@ -16,8 +16,9 @@ use crate::{Db, Dialect};
 const POSTGRES_BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
 
 /// How a read unit of work starts. SQLite: a deferred transaction, which in WAL mode reads a
-/// snapshot beside the writer and never takes the write lock; the connection is also switched to
-/// `query_only` (the pool switches it back on release, see `Db::connect`). PostgreSQL: a
+/// snapshot beside the writer and never takes the write lock, on a connection opened read-only
+/// (`Db::connect` opens a pool of them; a pool made otherwise falls back to switching its
+/// connection to `query_only`, which the pool switches back on release). PostgreSQL: a
 /// repeatable-read snapshot, read-only: it takes no predicate locks, so it never aborts a writer
 /// and is never aborted itself (`docs/storage.md` explains why not SERIALIZABLE READ ONLY).
 const SQLITE_BEGIN_READ: &str = "BEGIN";
@@ -116,17 +117,26 @@ impl Repo for Db {
 
     async fn read(&self) -> Result<StoreTx, StoreError> {
         let conn = match self {
-            Db::Sqlite(pool) => {
-                let mut tx = pool
-                    .begin_with(SQLITE_BEGIN_READ)
-                    .await
-                    .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
-                sqlx::query(SQLITE_QUERY_ONLY)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
-                Conn::Sqlite(tx)
-            }
+            Db::Sqlite(pool) => match crate::group::Writer::of(pool).readers() {
+                // Opened read-only (`Db::connect`): the database itself refuses writes.
+                Some(readers) => Conn::Sqlite(
+                    readers
+                        .begin_with(SQLITE_BEGIN_READ)
+                        .await
+                        .map_err(|e| classify(Dialect::Sqlite, &e).error)?,
+                ),
+                None => {
+                    let mut tx = pool
+                        .begin_with(SQLITE_BEGIN_READ)
+                        .await
+                        .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
+                    sqlx::query(SQLITE_QUERY_ONLY)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
+                    Conn::Sqlite(tx)
+                }
+            },
             Db::Postgres(pool) => pool
                 .begin_with(POSTGRES_BEGIN_READ)
                 .await
