@@ -28,6 +28,12 @@
 //! with `"` and `\` backslash-escaped, U+0000–U+001F as `\u00xx` (lowercase hex), everything
 //! else literal UTF-8; numbers as serde_json 1.x prints them.
 //!
+//! Events join the chain after they are stored: a store appends an event without reading the
+//! chain's head (writers never wait on each other for it), and one sealer later gives each stored
+//! event its `seq`, `prev_hash` and `hash`, in append order, in batches ([`AuditEvent::seal_after`]).
+//! Until then the event is *unsealed*: it is listed after every sealed event, with `sealed:
+//! false`, `seq` 0 and zero hashes, and a verifier counts it without checking it.
+//!
 //! [`NewAuditEvent::seal`] truncates `at` to whole microseconds, so that a store keeping
 //! microseconds (PostgreSQL `timestamptz`) gives back exactly what was hashed. Stores must keep
 //! `before`/`after` as text, not as a re-normalising type such as `jsonb`.
@@ -167,10 +173,18 @@ impl NewAuditEvent {
     /// Joins the chain after `head`: takes the next sequence number, links to `head.hash` and
     /// computes this event's hash. `at` is normalised to UTC and truncated to microseconds.
     pub fn seal(self, head: &ChainHead) -> AuditEvent {
+        let mut event = self.unsealed();
+        event.seal_after(head);
+        event
+    }
+
+    /// The event as stored before the sealer chains it: no `seq` (0), zero hashes, `sealed`
+    /// false. `at` is normalised to UTC and truncated to microseconds.
+    pub fn unsealed(self) -> AuditEvent {
         let at = self.at.to_offset(UtcOffset::UTC);
         let at = at.replace_nanosecond(at.nanosecond() / 1_000 * 1_000).unwrap_or(at);
-        let mut event = AuditEvent {
-            seq: head.seq + 1,
+        AuditEvent {
+            seq: 0,
             at,
             actor: self.actor,
             action: self.action,
@@ -178,11 +192,10 @@ impl NewAuditEvent {
             operation_id: self.operation_id,
             before: self.before,
             after: self.after,
-            prev_hash: head.hash,
+            prev_hash: [0; 32],
             hash: [0; 32],
-        };
-        event.hash = event.compute_hash();
-        event
+            sealed: false,
+        }
     }
 }
 
@@ -206,11 +219,11 @@ impl fmt::Debug for ChainHead {
     }
 }
 
-/// A sealed audit event.
+/// An audit event, sealed (in the chain) or not yet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
-    /// 1, 2, 3, … without gaps.
+    /// The event's place in the chain: 1, 2, 3, … without gaps. 0 while unsealed.
     pub seq: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -226,9 +239,26 @@ pub struct AuditEvent {
     #[serde(with = "serde_hex")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = "hex"))]
     pub hash: [u8; 32],
+    /// Whether the sealer has chained the event yet (it does so shortly after the change it
+    /// records committed). An unsealed event has `seq` 0 and zero hashes.
+    #[serde(default = "sealed_by_default")]
+    pub sealed: bool,
+}
+
+fn sealed_by_default() -> bool {
+    true
 }
 
 impl AuditEvent {
+    /// Chains this event after `head`: gives it the next `seq`, links it to `head.hash` and
+    /// computes its hash.
+    pub fn seal_after(&mut self, head: &ChainHead) {
+        self.seq = head.seq + 1;
+        self.prev_hash = head.hash;
+        self.sealed = true;
+        self.hash = self.compute_hash();
+    }
+
     /// The canonical encoding (module docs) of everything but `prev_hash` and `hash`.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
@@ -383,6 +413,7 @@ impl ChainError {
 pub struct ChainVerifier {
     head: ChainHead,
     count: u64,
+    unsealed: u64,
 }
 
 impl Default for ChainVerifier {
@@ -399,11 +430,16 @@ impl ChainVerifier {
 
     /// Starts after a head verified earlier (or recorded elsewhere).
     pub fn starting_at(head: ChainHead) -> Self {
-        Self { head, count: 0 }
+        Self { head, count: 0, unsealed: 0 }
     }
 
-    /// Checks that `event` is the next link, then advances.
+    /// Checks that `event` is the next link, then advances. An unsealed event is not in the
+    /// chain yet: it is counted ([`ChainVerifier::unsealed`]) and not checked.
     pub fn push(&mut self, event: &AuditEvent) -> Result<(), ChainError> {
+        if !event.sealed {
+            self.unsealed += 1;
+            return Ok(());
+        }
         let expected = self.head.seq + 1;
         if event.seq != expected {
             return Err(ChainError::Gap { expected, found: event.seq });
@@ -428,9 +464,15 @@ impl ChainVerifier {
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    /// How many unsealed events were seen (not verified: the sealer has not chained them yet).
+    pub fn unsealed(&self) -> u64 {
+        self.unsealed
+    }
 }
 
-/// Verifies a whole chain from the genesis and returns how many events it has.
+/// Verifies a whole chain from the genesis and returns how many sealed events it has (unsealed
+/// ones are skipped).
 pub fn verify_chain<I>(events: I) -> Result<u64, ChainError>
 where
     I: IntoIterator,

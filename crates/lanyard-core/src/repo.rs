@@ -123,6 +123,14 @@ pub trait Repo: Send + Sync {
             tx.revocation_epoch().await
         }
     }
+
+    /// Chains the audit events appended and committed so far that are not sealed yet (see
+    /// [`crate::audit`]); returns how many it sealed. Servers run a sealer in the background;
+    /// this is for tools and tests that need the chain complete now. A store that seals as it
+    /// commits has nothing to do.
+    fn seal_audit(&self) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        std::future::ready(Ok(0))
+    }
 }
 
 /// How often and how patiently a write unit of work is run again after
@@ -452,19 +460,24 @@ pub struct AuditQuery {
 
 /// The audit log: append and read, nothing else.
 pub trait AuditRepo: Send {
-    /// Seals `event` against the current head and inserts it (see the module docs); returns the
-    /// sealed event.
+    /// Appends `event` without reading the chain's head, so concurrent writers do not wait on
+    /// each other; the sealer chains it after this unit of work commits. Returns the event as
+    /// stored; a store may return it unsealed (`sealed` false, `seq` 0), so callers must not rely
+    /// on its `seq` or hashes.
     fn append_audit(
         &mut self,
         event: NewAuditEvent,
     ) -> impl Future<Output = Result<AuditEvent, StoreError>> + Send;
-    /// The last event's seq and hash, or [`ChainHead::GENESIS`] for an empty log.
+    /// The newest sealed event's seq and hash, or [`ChainHead::GENESIS`] when none is sealed.
     fn audit_head(&mut self) -> impl Future<Output = Result<ChainHead, StoreError>> + Send;
-    /// Ordered by seq.
+    /// Sealed events ordered by seq (those after `after_seq`), then the unsealed ones (whatever
+    /// `after_seq`) in append order, marked `sealed: false`; at most `limit` in all.
     fn list_audit(
         &mut self,
         query: &AuditQuery,
     ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
+    /// How many committed events the sealer has not chained yet.
+    fn unsealed_audit(&mut self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// Encrypted card secrets, one blob per device.

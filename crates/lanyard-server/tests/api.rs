@@ -1996,7 +1996,7 @@ async fn the_audit_log_page_filters_events_and_shows_the_chain_verified() {
     let all = app.page("GET", "/portal/audit", &[c], None).await;
     assert_eq!(all.status, StatusCode::OK);
     let total = app.all_audit().await.len();
-    assert!(all.text.contains(&format!("Chain verified</span> All {total} events")), "{}", all.text);
+    assert!(all.text.contains(&format!("Chain verified</span> All {total} sealed events")), "{}", all.text);
     assert!(all.text.contains(&row("session.login")) && all.text.contains(&row("device.suspend")));
     assert!(all.text.contains("for the auditor"));
     let only = app.page("GET", "/portal/audit?action=device.suspend&actor=OSCAR", &[c], None).await;

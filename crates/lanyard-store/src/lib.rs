@@ -7,6 +7,7 @@
 //! migration list with the same ids; a test fails when the two drift apart. `docs/storage.md`
 //! explains the schema, isolation and time handling.
 
+mod group;
 mod installation;
 mod repo;
 mod rows;
@@ -72,8 +73,16 @@ impl Db {
                         Ok(true)
                     })
                 })
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await?;
+            // Read units of work get connections of their own, opened read-only: the database
+            // refuses their writes, and no `query_only` switching costs a round trip each. They
+            // are opened after the first connection, which created the file and put it in WAL.
+            let readers = SqlitePoolOptions::new()
+                .max_connections(16)
+                .connect_with(opts.read_only(true).create_if_missing(false))
+                .await?;
+            group::Writer::of(&pool).set_readers(readers);
             Ok(Db::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
@@ -85,6 +94,37 @@ impl Db {
         } else {
             Err(DbError::UnsupportedUrl(url.to_owned()))
         }
+    }
+
+    /// Starts this process's audit sealer (see `lanyard_core::audit`): on PostgreSQL a task that
+    /// chains newly committed events shortly after their commit, taking turns with the sealers
+    /// of other servers on the same database (an advisory lock lets one work at a time). SQLite
+    /// needs none (its group commit chains each batch's events before committing it): `None`.
+    pub fn spawn_audit_sealer(&self) -> Option<tokio::task::JoinHandle<()>> {
+        use lanyard_core::repo::Repo;
+        /// The pause after a pass that found work (a few more events gather for the next one)
+        /// and after one that found none.
+        const BUSY: Duration = Duration::from_millis(5);
+        const IDLE: Duration = Duration::from_millis(50);
+        const FAILED: Duration = Duration::from_secs(1);
+        let Db::Postgres(_) = self else { return None };
+        let db = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                let pause = match db.seal_audit().await {
+                    Ok(0) => IDLE,
+                    Ok(n) => {
+                        tracing::trace!(sealed = n, "audit events chained");
+                        BUSY
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the audit sealer failed; trying again");
+                        FAILED
+                    }
+                };
+                tokio::time::sleep(pause).await;
+            }
+        }))
     }
 
     pub fn dialect(&self) -> Dialect {

@@ -9,15 +9,16 @@ use crate::rows::Decode;
 use crate::sql::{Arg, Query};
 use crate::{Db, Dialect};
 
-/// How a write unit of work starts. SQLite takes the write lock up front, so write transactions
-/// simply run one after another (a second writer waits up to the busy timeout); PostgreSQL runs
-/// them concurrently and aborts one that could not have run in some serial order.
-const SQLITE_BEGIN: &str = "BEGIN IMMEDIATE";
+/// How a write unit of work starts. SQLite: the writers of this process take turns on one fair
+/// queue and share the open `BEGIN IMMEDIATE` transaction, each in a savepoint, committed as a
+/// group (see `group.rs`); PostgreSQL runs them concurrently and aborts one that could not have
+/// run in some serial order.
 const POSTGRES_BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
 
 /// How a read unit of work starts. SQLite: a deferred transaction, which in WAL mode reads a
-/// snapshot beside the writer and never takes the write lock; the connection is also switched to
-/// `query_only` (the pool switches it back on release, see `Db::connect`). PostgreSQL: a
+/// snapshot beside the writer and never takes the write lock, on a connection opened read-only
+/// (`Db::connect` opens a pool of them; a pool made otherwise falls back to switching its
+/// connection to `query_only`, which the pool switches back on release). PostgreSQL: a
 /// repeatable-read snapshot, read-only: it takes no predicate locks, so it never aborts a writer
 /// and is never aborted itself (`docs/storage.md` explains why not SERIALIZABLE READ ONLY).
 const SQLITE_BEGIN_READ: &str = "BEGIN";
@@ -47,6 +48,8 @@ pub struct StoreTx {
 
 enum Conn {
     Sqlite(Transaction<'static, Sqlite>),
+    /// A write unit of work on SQLite: a turn in its database's group commit.
+    SqliteUnit(crate::group::Unit),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -85,6 +88,10 @@ macro_rules! with_conn {
                 let $c: &mut sqlx::SqliteConnection = &mut **tx;
                 $body
             }
+            Conn::SqliteUnit(unit) => match unit.conn() {
+                Ok($c) => $body,
+                Err(e) => Err(sqlx::Error::Protocol(e.to_string())),
+            },
             Conn::Postgres(tx) => {
                 let $c: &mut sqlx::PgConnection = &mut **tx;
                 $body
@@ -98,11 +105,7 @@ impl Repo for Db {
 
     async fn begin(&self) -> Result<StoreTx, StoreError> {
         let conn = match self {
-            Db::Sqlite(pool) => pool
-                .begin_with(SQLITE_BEGIN)
-                .await
-                .map(Conn::Sqlite)
-                .map_err(|e| classify(Dialect::Sqlite, &e).error)?,
+            Db::Sqlite(pool) => Conn::SqliteUnit(crate::group::Writer::of(pool).begin(pool).await?),
             Db::Postgres(pool) => pool
                 .begin_with(POSTGRES_BEGIN)
                 .await
@@ -114,17 +117,26 @@ impl Repo for Db {
 
     async fn read(&self) -> Result<StoreTx, StoreError> {
         let conn = match self {
-            Db::Sqlite(pool) => {
-                let mut tx = pool
-                    .begin_with(SQLITE_BEGIN_READ)
-                    .await
-                    .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
-                sqlx::query(SQLITE_QUERY_ONLY)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
-                Conn::Sqlite(tx)
-            }
+            Db::Sqlite(pool) => match crate::group::Writer::of(pool).readers() {
+                // Opened read-only (`Db::connect`): the database itself refuses writes.
+                Some(readers) => Conn::Sqlite(
+                    readers
+                        .begin_with(SQLITE_BEGIN_READ)
+                        .await
+                        .map_err(|e| classify(Dialect::Sqlite, &e).error)?,
+                ),
+                None => {
+                    let mut tx = pool
+                        .begin_with(SQLITE_BEGIN_READ)
+                        .await
+                        .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
+                    sqlx::query(SQLITE_QUERY_ONLY)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
+                    Conn::Sqlite(tx)
+                }
+            },
             Db::Postgres(pool) => pool
                 .begin_with(POSTGRES_BEGIN_READ)
                 .await
@@ -155,7 +167,51 @@ impl Repo for Db {
         u64::try_from(epoch)
             .map_err(|_| StoreError::Backend(format!("revocation_epoch.epoch is negative ({epoch})")))
     }
+
+    async fn seal_audit(&self) -> Result<u64, StoreError> {
+        match self {
+            // Sealed at every commit already (group.rs); a unit of work of its own seals
+            // whatever another process might have left.
+            Db::Sqlite(_) => {
+                let mut tx = self.begin().await?;
+                let sealed = tx.seal_pending_audit().await?;
+                tx.commit().await?;
+                Ok(sealed)
+            }
+            Db::Postgres(pool) => {
+                let tx = pool
+                    .begin_with(POSTGRES_BEGIN_SEALER)
+                    .await
+                    .map_err(|e| classify(Dialect::Postgres, &e).error)?;
+                let mut tx =
+                    StoreTx { conn: Conn::Postgres(tx), broken: None, in_call: false, read_only: false };
+                let q =
+                    Query::new("SELECT pg_try_advisory_xact_lock($1) AS locked", vec![SEALER_LOCK.into()]);
+                let locked = tx
+                    .fetch_optional(q, |row| {
+                        crate::rows::Reader::new(row, "advisory lock", "locked").boolean("locked")
+                    })
+                    .await?
+                    .unwrap_or(false);
+                if !locked {
+                    // Another server's sealer is at work; it will chain these events too.
+                    return Ok(0);
+                }
+                let sealed = tx.seal_pending_audit().await?;
+                tx.commit().await?;
+                Ok(sealed)
+            }
+        }
+    }
 }
+
+/// The PostgreSQL sealer's transaction: READ COMMITTED, so each statement sees what committed
+/// before it, in particular the previous sealer's batch, which committed before that sealer
+/// released the advisory lock this one then took.
+const POSTGRES_BEGIN_SEALER: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+/// The advisory lock key that lets one sealer at a time work on a PostgreSQL database
+/// ("lanyard" in ASCII).
+const SEALER_LOCK: i64 = 0x006c_616e_7961_7264;
 
 impl Tx for StoreTx {
     async fn commit(self) -> Result<(), StoreError> {
@@ -164,12 +220,17 @@ impl Tx for StoreTx {
             // Best effort: dropping the transaction would roll back as well.
             let _ = match self.conn {
                 Conn::Sqlite(tx) => tx.rollback().await,
+                Conn::SqliteUnit(unit) => {
+                    unit.rollback().await;
+                    Ok(())
+                }
                 Conn::Postgres(tx) => tx.rollback().await,
             };
             return Err(e);
         }
         let result = match self.conn {
             Conn::Sqlite(tx) => tx.commit().await,
+            Conn::SqliteUnit(unit) => return unit.commit().await,
             Conn::Postgres(tx) => tx.commit().await,
         };
         result.map_err(|e| classify(dialect, &e).error)
@@ -177,9 +238,27 @@ impl Tx for StoreTx {
 }
 
 impl StoreTx {
+    /// A write unit of work on an open SQLite transaction (the group commit's, to seal it).
+    pub(crate) fn on_sqlite(tx: Transaction<'static, Sqlite>) -> Self {
+        StoreTx { conn: Conn::Sqlite(tx), broken: None, in_call: false, read_only: false }
+    }
+
+    /// The SQLite transaction back, unless this unit of work is broken (or not on one).
+    pub(crate) fn into_sqlite(
+        self,
+    ) -> Result<Transaction<'static, Sqlite>, (StoreError, Option<Transaction<'static, Sqlite>>)> {
+        match (self.conn, self.broken) {
+            (Conn::Sqlite(tx), None) => Ok(tx),
+            (Conn::Sqlite(tx), Some(e)) => Err((e, Some(tx))),
+            (_, e) => {
+                Err((e.unwrap_or_else(|| StoreError::Backend("not a SQLite transaction".into())), None))
+            }
+        }
+    }
+
     pub(crate) fn dialect(&self) -> Dialect {
         match self.conn {
-            Conn::Sqlite(_) => Dialect::Sqlite,
+            Conn::Sqlite(_) | Conn::SqliteUnit(_) => Dialect::Sqlite,
             Conn::Postgres(_) => Dialect::Postgres,
         }
     }
@@ -372,8 +451,9 @@ const PG_UNIQUE: &str = "23505";
 const PG_READ_ONLY: &str = "25006";
 /// SQLITE_READONLY: a write on a `query_only` connection.
 const SQLITE_READ_ONLY: &str = "8";
-/// Two appenders sealed against the same audit head: the later one must run again.
-const AUDIT_SEQ_CONSTRAINT: &str = "audit_events_pkey";
+/// Two sealers gave out the same chain position (only if one got past the advisory lock): the
+/// later one must run again.
+const AUDIT_SEQ_CONSTRAINT: &str = "audit_events_seq_key";
 /// SQLite extended result codes: SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY.
 const SQLITE_UNIQUE: [&str; 2] = ["2067", "1555"];
 /// SQLITE_BUSY (and its extended codes RECOVERY, SNAPSHOT, TIMEOUT) and SQLITE_LOCKED
@@ -394,7 +474,8 @@ pub const POSTGRES_UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("credentials_pkey", "credentials.id"),
     ("credentials_serial_hex_key", "credentials.serial_hex"),
     ("card_secrets_pkey", "card_secrets.device_id"),
-    ("audit_events_pkey", "audit_events.seq"),
+    ("audit_events_pkey", "audit_events.id"),
+    ("audit_events_seq_key", "audit_events.seq"),
     ("enrollment_codes_pkey", "enrollment_codes.id"),
     ("enrollment_codes_code_hash_key", "enrollment_codes.code_hash"),
     ("jobs_pkey", "jobs.id"),
@@ -432,7 +513,7 @@ pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {
             dooms: true,
         },
         Dialect::Postgres if code == PG_UNIQUE && db.constraint() == Some(AUDIT_SEQ_CONSTRAINT) => Failure {
-            error: StoreError::Retryable("a concurrent unit of work appended to the audit log first".into()),
+            error: StoreError::Retryable("a concurrent sealer chained these audit events first".into()),
             dooms: true,
         },
         Dialect::Postgres if code == PG_READ_ONLY => {

@@ -26,6 +26,7 @@ use time::{Duration, OffsetDateTime, UtcOffset};
 
 struct TestDb {
     db: Db,
+    url: String,
     _dir: Option<tempfile_like::Dir>,
 }
 
@@ -42,9 +43,10 @@ mod tempfile_like {
 async fn sqlite() -> TestDb {
     let dir = std::env::temp_dir().join(format!("lanyard-store-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let db = Db::connect(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
+    let url = format!("sqlite://{}", dir.join("t.db").display());
+    let db = Db::connect(&url).await.unwrap();
     db.migrate().await.unwrap();
-    TestDb { db, _dir: Some(tempfile_like::Dir(dir)) }
+    TestDb { db, url, _dir: Some(tempfile_like::Dir(dir)) }
 }
 
 async fn postgres() -> TestDb {
@@ -66,9 +68,10 @@ async fn postgres_with(options: &'static str) -> TestDb {
         .await
         .unwrap();
     let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let db = Db::connect(&format!("{base}/{name}")).await.unwrap();
+    let url = format!("{base}/{name}");
+    let db = Db::connect(&url).await.unwrap();
     db.migrate().await.unwrap();
-    TestDb { db, _dir: None }
+    TestDb { db, url, _dir: None }
 }
 
 /// Runs `body` once against SQLite and once against PostgreSQL, each on a fresh database, and
@@ -199,6 +202,8 @@ on_both!(concurrent_appends_never_fork_the_chain, |db| {
     let b = tokio::spawn(append_all(db.clone(), 2));
     let conflicts = a.await.unwrap() + b.await.unwrap();
     eprintln!("concurrent appends on {:?}: {conflicts} conflicts retried", db.dialect());
+    assert_eq!(conflicts, 0, "appends do not contend for the chain's head");
+    db.seal_audit().await.unwrap();
 
     let mut tx = db.begin().await.unwrap();
     let all = tx.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).await.unwrap();
@@ -208,12 +213,190 @@ on_both!(concurrent_appends_never_fork_the_chain, |db| {
     assert_eq!(tx.audit_head().await.unwrap(), all.last().unwrap().head());
 });
 
+/// SQLite's write units of work share transactions (group commit): many writers at once, some
+/// of which fail or are dropped half-way, must keep exactly the committed units' changes, each
+/// visible once `commit` returned, and no change of a failed or dropped one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_group_commit_keeps_exactly_the_committed_units() {
+    const TASKS: u32 = 24;
+    const PER_TASK: u32 = 10;
+    let t = sqlite().await;
+    let db = t.db.clone();
+    let write = |db: Db, task: u32| async move {
+        let mut kept = Vec::new();
+        for i in 0..PER_TASK {
+            let n = task * 1000 + i;
+            let mut tx = db.begin().await.unwrap();
+            tx.append_audit(event(n)).await.unwrap();
+            match i % 5 {
+                // Dropped without commit: as a handler returning early does.
+                3 => drop(tx),
+                // A failed call (a duplicate group name) inside the unit: only that call is
+                // undone, and the unit commits the rest.
+                4 => {
+                    let g = group(&format!("dup-{n}"));
+                    tx.insert_group(&g).await.unwrap();
+                    let clash = Group { id: GroupId::new(), ..g };
+                    assert!(matches!(tx.insert_group(&clash).await, Err(StoreError::Conflict(_))));
+                    tx.commit().await.unwrap();
+                    kept.push(n);
+                }
+                _ => {
+                    tx.commit().await.unwrap();
+                    kept.push(n);
+                    // Committed means visible to a fresh reader at once.
+                    let mut r = db.read().await.unwrap();
+                    let q = AuditQuery { target: Some(format!("test:{n}")), limit: 10, ..Default::default() };
+                    assert_eq!(r.list_audit(&q).await.unwrap().len(), 1, "event {n} visible after commit");
+                }
+            }
+        }
+        kept
+    };
+    let tasks: Vec<_> = (1..=TASKS).map(|task| tokio::spawn(write(db.clone(), task))).collect();
+    let mut expected = BTreeSet::new();
+    for task in tasks {
+        expected.extend(task.await.unwrap().into_iter().map(|n| format!("test:{n}")));
+    }
+    let mut r = db.read().await.unwrap();
+    let all = r.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(verify_chain(&all), Ok(expected.len() as u64), "one unbroken chain of the kept events");
+    let found: BTreeSet<String> = all.iter().filter_map(|e| e.target.clone()).collect();
+    assert_eq!(found, expected, "exactly the committed units' events");
+    assert_eq!(count(&db, "groups").await, i64::from(TASKS * PER_TASK / 5), "one group per conflicting unit");
+}
+
+/// Two servers on one PostgreSQL: writers append through both pools while both run sealers.
+/// Nothing is lost or duplicated, and the advisory lock (with the unique seq behind it) keeps
+/// the two sealers from forking the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sealers_racing_on_two_pools_never_fork_the_chain() {
+    const WRITERS: u32 = 6;
+    const PER_WRITER: u32 = 40;
+    let t = postgres().await;
+    let other = Db::connect(&t.url).await.unwrap();
+    let pools = [t.db.clone(), other.clone()];
+    let write = |db: Db, w: u32| async move {
+        for i in 0..PER_WRITER {
+            let mut tx = db.begin().await.unwrap();
+            tx.append_audit(event(w * 1000 + i)).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let seal = |db: Db| async move {
+        let mut sealed = 0;
+        for _ in 0..200 {
+            sealed += db.seal_audit().await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        sealed
+    };
+    let writers: Vec<_> =
+        (0..WRITERS).map(|w| tokio::spawn(write(pools[(w % 2) as usize].clone(), w))).collect();
+    let sealers: Vec<_> = pools.iter().map(|db| tokio::spawn(seal(db.clone()))).collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut sealed = 0;
+    for s in sealers {
+        sealed += s.await.unwrap();
+    }
+    // Whatever the racing sealers left: both pools once more.
+    sealed += t.db.seal_audit().await.unwrap() + other.seal_audit().await.unwrap();
+    let total = u64::from(WRITERS * PER_WRITER);
+    assert_eq!(sealed, total, "each event sealed exactly once, by one sealer or the other");
+
+    let mut r = t.db.read().await.unwrap();
+    assert_eq!(r.unsealed_audit().await.unwrap(), 0);
+    let all = r.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(verify_chain(&all), Ok(total), "one unbroken chain");
+    let targets: BTreeSet<String> = all.iter().filter_map(|e| e.target.clone()).collect();
+    assert_eq!(targets.len(), total as usize, "every event is there exactly once");
+    assert_eq!(r.audit_head().await.unwrap(), all.last().unwrap().head());
+}
+
+/// On PostgreSQL an event is visible before the sealer chains it: listed after every sealed
+/// one, marked unsealed, counted, and left out of verification until it is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unsealed_events_are_listed_last_and_marked() {
+    let t = postgres().await;
+    let db = &t.db;
+    for n in 1..=2 {
+        let mut tx = db.begin().await.unwrap();
+        tx.append_audit(event(n)).await.unwrap();
+        tx.commit().await.unwrap();
+        if n == 1 {
+            assert_eq!(db.seal_audit().await.unwrap(), 1);
+        }
+    }
+    let mut r = db.read().await.unwrap();
+    assert_eq!(r.unsealed_audit().await.unwrap(), 1);
+    let all = r.list_audit(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(all.iter().map(|e| (e.seq, e.sealed)).collect::<Vec<_>>(), [(1, true), (0, false)]);
+    assert_eq!(all[1].target.as_deref(), Some("test:2"));
+    assert_eq!((all[1].hash, all[1].prev_hash), ([0; 32], [0; 32]));
+    let mut verifier = lanyard_core::audit::ChainVerifier::new();
+    for e in &all {
+        verifier.push(e).unwrap();
+    }
+    assert_eq!((verifier.count(), verifier.unsealed()), (1, 1));
+    // Paging past the sealed part still shows the unsealed one.
+    let rest = r.list_audit(&AuditQuery { after_seq: 1, limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert!(!rest[0].sealed);
+    assert_eq!(r.audit_head().await.unwrap(), all[0].head(), "the head is the newest sealed event");
+    drop(r);
+
+    assert_eq!(db.seal_audit().await.unwrap(), 1);
+    let mut r = db.read().await.unwrap();
+    let all = r.list_audit(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(verify_chain(&all), Ok(2));
+    assert_eq!(all[1].target.as_deref(), Some("test:2"));
+}
+
+on_both!(sealing_is_the_only_change_an_audit_row_allows, |db| {
+    let mut tx = db.begin().await.unwrap();
+    tx.append_audit(event(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    db.seal_audit().await.unwrap();
+    // A sealed event cannot be re-sealed, moved or edited, nor deleted.
+    for sql in [
+        "UPDATE audit_events SET seq = 7 WHERE seq = 1",
+        "UPDATE audit_events SET action = 'x' WHERE seq = 1",
+        "UPDATE audit_events SET seq = NULL, prev_hash = NULL, hash = NULL WHERE seq = 1",
+        "DELETE FROM audit_events",
+    ] {
+        let refused = match db {
+            Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+            Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+        };
+        assert!(refused.is_err(), "{sql} was allowed");
+    }
+    // An unsealed one cannot be edited while being sealed either.
+    let mut tx = db.begin().await.unwrap();
+    tx.append_audit(event(2)).await.unwrap();
+    let sql =
+        "UPDATE audit_events SET action = 'x', seq = 2, prev_hash = hash, hash = hash WHERE seq IS NULL";
+    let refused = match db {
+        Db::Sqlite(_) => Err(()), // SQLite seals at commit: no unsealed row is visible outside.
+        Db::Postgres(p) => {
+            tx.commit().await.unwrap();
+            sqlx::query(sql).execute(p).await.map(drop).map_err(drop)
+        }
+    };
+    assert!(refused.is_err(), "an edit slipped in with the seal");
+    let mut r = db.read().await.unwrap();
+    let all = r.list_audit(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert!(all.iter().all(|e| e.action == "test.event"));
+});
+
 on_both!(editing_an_audit_row_in_the_database_is_caught_at_that_event, |db| {
     let mut tx = db.begin().await.unwrap();
     for n in 1..=4 {
         tx.append_audit(event(n)).await.unwrap();
     }
     tx.commit().await.unwrap();
+    db.seal_audit().await.unwrap();
 
     // An attacker with database access removes the guard and rewrites event 3.
     match db.dialect() {
@@ -360,8 +543,11 @@ on_both!(times_round_trip_exactly, |db| {
     tx.update_user(&u).await.unwrap();
     tx.insert_device(&d).await.unwrap();
     tx.insert_credential(&c).await.unwrap();
-    let sealed = tx.append_audit(event(7)).await.unwrap();
+    let appended = tx.append_audit(event(7)).await.unwrap();
     tx.commit().await.unwrap();
+    db.seal_audit().await.unwrap();
+    let mut sealed = appended;
+    sealed.seal_after(&lanyard_core::audit::ChainHead::GENESIS);
 
     let mut tx = db.begin().await.unwrap();
     let got = tx.get_user(u.id).await.unwrap().unwrap();
@@ -668,6 +854,7 @@ on_both!(concurrent_operator_actions_on_different_devices_all_succeed, |db| {
         let device = task.await.unwrap().unwrap_or_else(|e| panic!("a concurrent suspend failed: {e}"));
         assert_eq!(device.state, DeviceState::Suspended);
     }
+    db.seal_audit().await.unwrap();
     let mut r = db.read().await.unwrap();
     let all = r.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).await.unwrap();
     assert_eq!(verify_chain(&all), Ok(WRITERS as u64), "one event per action, one unbroken chain");

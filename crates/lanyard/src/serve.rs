@@ -188,6 +188,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 }
             });
         }
+        // Chains audit events after their commit (PostgreSQL; SQLite does it in its commits).
+        let _sealer = state.repo.spawn_audit_sealer();
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("Lanyard is listening on {scheme}://{addr} (public URL {})", cfg.public_url);
@@ -281,7 +283,8 @@ fn tls_names(public_url: &str, listen: SocketAddr) -> anyhow::Result<(Vec<String
     Ok((dns, ip))
 }
 
-/// Reads the whole audit log and checks its hash chain; names the first bad event.
+/// Reads the whole audit log and checks its hash chain; names the first bad event, and says how
+/// many events the sealer has not chained yet (they are not covered by the check).
 pub fn audit_verify(cfg: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let db = open_db(&cfg).await?;
@@ -298,13 +301,23 @@ pub fn audit_verify(cfg: Config) -> anyhow::Result<()> {
                     bail!("audit log verification FAILED: {e}");
                 }
             }
+            // Unsealed events come last: once one shows up, the sealed part has been read.
             match page.last() {
-                Some(last) if page.len() == 1000 => after_seq = last.seq,
+                Some(last) if page.len() == 1000 && last.sealed => after_seq = last.seq,
                 _ => break,
             }
         }
+        let unsealed = tx.unsealed_audit().await?;
         let head = verifier.head();
         println!("audit log verified: {} events, head {} {}", head.seq, head.seq, hex::encode(head.hash));
+        if unsealed > 0 {
+            println!(
+                "{unsealed} more events are committed but not sealed yet (the server's sealer chains them \
+                 shortly; run again to cover them)"
+            );
+        } else {
+            println!("every event is sealed");
+        }
         Ok(())
     })
 }

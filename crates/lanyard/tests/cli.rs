@@ -150,6 +150,7 @@ async fn audit_verify_names_the_event_edited_in_the_database() {
     let ok = lanyard(&data, port, &["audit", "verify"]);
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains("audit log verified: 3 events"), "{}", text(&ok));
+    assert!(text(&ok).contains("every event is sealed"), "{}", text(&ok));
 
     // Someone with database access rewrites event 2 (past the append-only trigger).
     let Db::Sqlite(pool) = &db else { unreachable!() };

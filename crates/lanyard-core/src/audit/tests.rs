@@ -299,3 +299,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn sealing_a_stored_event_later_gives_the_same_chain_as_sealing_at_once() {
+    let at_once = chain(5);
+    let mut head = ChainHead::GENESIS;
+    let later: Vec<AuditEvent> = (0..5)
+        .map(|i| {
+            let mut e = new_event(i).unsealed();
+            assert!(!e.sealed);
+            assert_eq!((e.seq, e.prev_hash, e.hash), (0, [0; 32], [0; 32]));
+            e.seal_after(&head);
+            head = e.head();
+            e
+        })
+        .collect();
+    assert_eq!(later, at_once);
+}
+
+#[test]
+fn unsealed_events_are_counted_not_checked() {
+    let mut events = chain(3);
+    events.push(new_event(3).unsealed());
+    events.push(new_event(4).unsealed());
+    let mut v = ChainVerifier::new();
+    for e in &events {
+        v.push(e).unwrap();
+    }
+    assert_eq!((v.count(), v.unsealed(), v.head()), (3, 2, events[2].head()));
+    assert_eq!(verify_chain(&events), Ok(3));
+    // A sealed event tampered with is still caught with unsealed ones around it.
+    events[1].action = "device.resume".into();
+    assert_eq!(verify_chain(&events), Err(ChainError::Broken { seq: 2, reason: BrokenReason::HashMismatch }));
+}
+
+#[test]
+fn events_stored_before_the_sealed_flag_read_back_as_sealed() {
+    let e = &chain(1)[0];
+    let mut json = serde_json::to_value(e).unwrap();
+    json.as_object_mut().unwrap().remove("sealed");
+    let back: AuditEvent = serde_json::from_value(json).unwrap();
+    assert_eq!(&back, e);
+}

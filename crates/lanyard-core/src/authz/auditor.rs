@@ -25,9 +25,16 @@ impl Auditor<'_> {
         Ok(tx.list_audit(query).await?)
     }
 
-    /// Verifies the whole chain, page by page; returns the verified head (its `seq` is the number
-    /// of events). Compare it with a head recorded elsewhere to detect a truncated tail.
+    /// Verifies the whole sealed chain, page by page; returns the verified head (its `seq` is
+    /// the number of sealed events). Compare it with a head recorded elsewhere to detect a
+    /// truncated tail. See [`Auditor::verify_counting_unsealed`] for the events not sealed yet.
     pub async fn verify<R: Repo>(&self, repo: &R) -> Result<ChainHead, DomainError> {
+        Ok(self.verify_counting_unsealed(repo).await?.0)
+    }
+
+    /// [`Auditor::verify`], and how many committed events the sealer has not chained yet (they
+    /// are not covered by the check).
+    pub async fn verify_counting_unsealed<R: Repo>(&self, repo: &R) -> Result<(ChainHead, u64), DomainError> {
         const PAGE: u32 = 1000;
         let mut verifier = ChainVerifier::new();
         loop {
@@ -39,11 +46,14 @@ impl Auditor<'_> {
                 ..Default::default()
             };
             let page = tx.list_audit(&query).await?;
-            for event in &page {
+            for event in page.iter().filter(|e| e.sealed) {
                 verifier.push(event)?;
             }
-            if page.len() < PAGE as usize {
-                return Ok(verifier.head());
+            // Unsealed events come after every sealed one: seeing one (or a short page) means
+            // the sealed part has been read.
+            if page.len() < PAGE as usize || page.last().is_some_and(|e| !e.sealed) {
+                let unsealed = tx.unsealed_audit().await?;
+                return Ok((verifier.head(), unsealed));
             }
         }
     }

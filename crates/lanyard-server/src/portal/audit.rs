@@ -29,7 +29,8 @@ const MAX_FILTER_CHARS: usize = 128;
 
 /// One audit event as the pages show it.
 pub(crate) struct EventRow {
-    pub seq: u64,
+    /// The event's place in the chain, or "unsealed" before the sealer chained it.
+    pub seq: String,
     pub at: String,
     pub actor: String,
     pub action: String,
@@ -51,7 +52,7 @@ impl EventRow {
             .filter(|id| link_devices && id.parse::<lanyard_core::ids::DeviceId>().is_ok())
             .map(|id| format!("/portal/operator/devices/{id}"));
         Self {
-            seq: e.seq,
+            seq: if e.sealed { e.seq.to_string() } else { "unsealed".into() },
             at: when(e.at),
             actor: match &e.actor {
                 Actor::User { username, .. } => username.to_string(),
@@ -104,7 +105,7 @@ fn field(v: &Option<String>) -> String {
 }
 
 enum Chain {
-    Verified { events: u64, head: String },
+    Verified { events: u64, head: String, unsealed: u64 },
     Broken(String),
 }
 
@@ -135,8 +136,10 @@ pub(crate) async fn log<R: Repo + 'static>(
     let inner = async {
         let auditor = signed.principal().auditor().map_err(|_| PortalError::not_found())?;
         let repo = s.repo.as_ref();
-        let chain = match auditor.verify(repo).await {
-            Ok(head) => Chain::Verified { events: head.seq, head: hex::encode(head.hash) },
+        let chain = match auditor.verify_counting_unsealed(repo).await {
+            Ok((head, unsealed)) => {
+                Chain::Verified { events: head.seq, head: hex::encode(head.hash), unsealed }
+            }
             Err(lanyard_core::DomainError::AuditChain(e)) => Chain::Broken(e.to_string()),
             Err(e) => return Err(e.into()),
         };
@@ -211,8 +214,9 @@ pub(crate) async fn log<R: Repo + 'static>(
             || until.is_some();
         let events = auditor.events(repo, &query).await?;
         let link = signed.principal().operator().is_ok();
+        // Unsealed events come last and have no place to page from yet.
         if events.len() == PAGE as usize
-            && let Some(last) = events.last()
+            && let Some(last) = events.last().filter(|e| e.sealed)
         {
             page.next = Some(next_link(&page, last.seq));
         }

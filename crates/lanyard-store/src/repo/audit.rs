@@ -1,4 +1,5 @@
-//! The hash-chained audit log.
+//! The hash-chained audit log: appends without reading the head, and the sealer that chains
+//! appended events in batches (see `lanyard_core::audit` and `docs/storage.md`).
 
 use lanyard_core::audit::{Actor, AuditEvent, ChainHead, NewAuditEvent, canonical_json};
 use lanyard_core::model::Username;
@@ -42,9 +43,11 @@ fn prefix_pattern(prefix: &str) -> String {
 }
 
 fn decode_audit(row: &dyn Cols) -> Result<AuditEvent, StoreError> {
-    let r = Reader::new(row, "audit_events", "seq");
-    let seq = r.int("seq")?;
-    let seq = u64::try_from(seq).map_err(|_| r.corrupt("seq", format!("{seq} is negative")))?;
+    let r = Reader::new(row, "audit_events", "id");
+    let seq = r.opt_int("seq")?;
+    let seq = seq
+        .map(|seq| u64::try_from(seq).map_err(|_| r.corrupt("seq", format!("{seq} is negative"))))
+        .transpose()?;
     let actor = match r.text("actor")?.as_str() {
         "system" => Actor::System,
         "user" => {
@@ -54,7 +57,6 @@ fn decode_audit(row: &dyn Cols) -> Result<AuditEvent, StoreError> {
         other => return Err(r.corrupt("actor", format!("unknown actor kind {other:?}"))),
     };
     Ok(AuditEvent {
-        seq,
         at: r.time("at")?,
         actor,
         action: r.text("action")?,
@@ -62,9 +64,17 @@ fn decode_audit(row: &dyn Cols) -> Result<AuditEvent, StoreError> {
         operation_id: r.text("operation_id")?,
         before: opt_json(&r, "before_json")?,
         after: opt_json(&r, "after_json")?,
-        prev_hash: r.array("prev_hash")?,
-        hash: r.array("hash")?,
+        prev_hash: r.opt_array("prev_hash")?.unwrap_or([0; 32]),
+        hash: r.opt_array("hash")?.unwrap_or([0; 32]),
+        sealed: seq.is_some(),
+        seq: seq.unwrap_or(0),
     })
+}
+
+/// An unsealed event as the sealer reads it: its row id and its contents.
+fn decode_unsealed(row: &dyn Cols) -> Result<(i64, AuditEvent), StoreError> {
+    let r = Reader::new(row, "audit_events", "id");
+    Ok((r.int("id")?, decode_audit(row)?))
 }
 
 fn decode_head(row: &dyn Cols) -> Result<ChainHead, StoreError> {
@@ -75,15 +85,12 @@ fn decode_head(row: &dyn Cols) -> Result<ChainHead, StoreError> {
 }
 
 fn audit_args(e: &AuditEvent) -> Result<Vec<Arg>, StoreError> {
-    let seq =
-        i64::try_from(e.seq).map_err(|_| StoreError::Backend(format!("audit seq {} overflows", e.seq)))?;
     let (actor, actor_id, actor_username) = match &e.actor {
         Actor::System => ("system", None, None),
         Actor::User { id, username } => ("user", Some(id.to_string()), Some(username.as_str().to_owned())),
         Actor::ApiToken { id } => ("api_token", Some(id.to_string()), None),
     };
     Ok(vec![
-        seq.into(),
         nanos("audit_events.at", e.at)?.into(),
         actor.into(),
         actor_id.into(),
@@ -93,50 +100,107 @@ fn audit_args(e: &AuditEvent) -> Result<Vec<Arg>, StoreError> {
         e.operation_id.as_str().into(),
         canonical_text(&e.before)?.into(),
         canonical_text(&e.after)?.into(),
-        e.prev_hash.to_vec().into(),
-        e.hash.to_vec().into(),
     ])
+}
+
+/// At most this many events are chained per sealing transaction.
+const SEAL_BATCH: u32 = 1000;
+
+impl StoreTx {
+    /// Chains every unsealed event this transaction can see, in append order, after the newest
+    /// sealed one; returns how many. The caller makes sure only one sealer runs at a time (the
+    /// SQLite write lock; a PostgreSQL advisory lock), and the unique `seq` stops a second one
+    /// that got past that anyway.
+    pub(crate) async fn seal_pending_audit(&mut self) -> Result<u64, StoreError> {
+        let mut sealed = 0;
+        let mut head = self.audit_head().await?;
+        loop {
+            let q = Query::new(
+                concat!(
+                    "SELECT id, ",
+                    audit_cols!(),
+                    " FROM audit_events WHERE seq IS NULL ORDER BY id LIMIT $1"
+                ),
+                vec![limit(SEAL_BATCH)],
+            );
+            let batch = self.fetch_all(q, decode_unsealed).await?;
+            for (id, mut event) in batch.iter().cloned() {
+                event.seal_after(&head);
+                let seq = i64::try_from(event.seq)
+                    .map_err(|_| StoreError::Backend(format!("audit seq {} overflows", event.seq)))?;
+                let q = Query::new(
+                    "UPDATE audit_events SET seq = $1, prev_hash = $2, hash = $3 WHERE id = $4 AND seq IS NULL",
+                    vec![seq.into(), event.prev_hash.to_vec().into(), event.hash.to_vec().into(), id.into()],
+                );
+                if self.execute(q).await? != 1 {
+                    let e = StoreError::Retryable(format!("audit event {id} was sealed by another sealer"));
+                    self.break_with(e.clone());
+                    return Err(e);
+                }
+                head = event.head();
+                sealed += 1;
+            }
+            if batch.len() < SEAL_BATCH as usize {
+                return Ok(sealed);
+            }
+        }
+    }
 }
 
 impl AuditRepo for StoreTx {
     async fn append_audit(&mut self, event: NewAuditEvent) -> Result<AuditEvent, StoreError> {
-        // The head is read inside this unit of work. Two concurrent appends both read the same
-        // head and try the same seq: the primary key lets only one of them commit (SQLite never
-        // gets that far, since its writers run one at a time).
-        let head = self.audit_head().await?;
-        let sealed = event.seal(&head);
+        // No head is read: the row takes the next id, and the sealer chains it after commit.
+        let unsealed = event.unsealed();
         let q = Query::new(
-            concat!(
-                "INSERT INTO audit_events (",
-                audit_cols!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-            ),
-            audit_args(&sealed)?,
+            "INSERT INTO audit_events (at, actor, actor_id, actor_username, action, target, operation_id, \
+             before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            audit_args(&unsealed)?,
         );
         self.begin_call().await?;
         let result = self.execute(q).await.map(drop);
-        match self.end_call(result).await {
-            Ok(()) => Ok(sealed),
-            Err(StoreError::Conflict(m)) => {
-                // Another unit of work took this seq. This one would read the same head again,
-                // so only a fresh start can append.
-                self.break_with(StoreError::Conflict(format!(
-                    "{m}: another unit of work appended to the audit log first; retry from the start"
-                )));
-                Err(StoreError::Conflict(m))
-            }
-            Err(e) => Err(e),
-        }
+        self.end_call(result).await?;
+        Ok(unsealed)
     }
 
     async fn audit_head(&mut self) -> Result<ChainHead, StoreError> {
-        let q = Query::new("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", vec![]);
+        let q = Query::new(
+            "SELECT seq, hash FROM audit_events WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            vec![],
+        );
         Ok(self.fetch_optional(q, decode_head).await?.unwrap_or(ChainHead::GENESIS))
+    }
+
+    async fn unsealed_audit(&mut self) -> Result<u64, StoreError> {
+        let q = Query::new("SELECT COUNT(*) AS n FROM audit_events WHERE seq IS NULL", vec![]);
+        let n = self
+            .fetch_optional(q, |row| Reader::new(row, "audit_events", "seq").int("n"))
+            .await?
+            .unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn list_audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
         let mut q = Query::build(concat!("SELECT ", audit_cols!(), " FROM audit_events WHERE seq > "));
         q.arg(i64::try_from(query.after_seq).unwrap_or(i64::MAX));
+        filters(&mut q, query)?;
+        q.push(" ORDER BY seq LIMIT ").arg(limit(query.limit));
+        let mut events = self.fetch_all(q, decode_audit).await?;
+        let room = u32::try_from(events.len()).map_or(0, |n| query.limit.saturating_sub(n));
+        if room > 0 {
+            // The events not chained yet come last, in append order, whatever `after_seq`.
+            let mut q =
+                Query::build(concat!("SELECT ", audit_cols!(), " FROM audit_events WHERE seq IS NULL"));
+            filters(&mut q, query)?;
+            q.push(" ORDER BY id LIMIT ").arg(limit(room));
+            events.extend(self.fetch_all(q, decode_audit).await?);
+        }
+        Ok(events)
+    }
+}
+
+/// The filters of `query` other than `after_seq` and `limit`, as ` AND …` clauses.
+fn filters(q: &mut Query, query: &AuditQuery) -> Result<(), StoreError> {
+    {
         if let Some(target) = &query.target {
             q.push(" AND target = ").arg(target.as_str());
         }
@@ -159,7 +223,6 @@ impl AuditRepo for StoreTx {
         if let Some(until) = query.until {
             q.push(" AND at < ").arg(nanos("audit.until", until)?);
         }
-        q.push(" ORDER BY seq LIMIT ").arg(limit(query.limit));
-        self.fetch_all(q, decode_audit).await
     }
+    Ok(())
 }
