@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod cluster;
 pub mod install;
 pub mod issuance;
 pub mod link;
@@ -53,7 +54,7 @@ pub struct AppState<R> {
     pub pki: Arc<Pki>,
     pub clock: Arc<dyn Clock>,
     crl_cache: Arc<Mutex<Option<CachedCrl>>>,
-    throttle: Arc<auth::LoginThrottle>,
+    throttle: auth::LoginThrottle,
     /// Card issuance (key-encryption key, attestation roots); `None`: issuance routes answer 503.
     pub issuance: Option<Arc<issuance::IssuanceConfig>>,
     /// This server process, as the owner of the card-session leases it takes: random for each
@@ -69,7 +70,7 @@ pub struct AppState<R> {
     /// The app enrolment protocol's attestation roots.
     pub mobile: Arc<api::mobile::MobileConfig>,
     /// Refused enrolment codes per source address.
-    mobile_throttle: Arc<auth::LoginThrottle>,
+    mobile_throttle: auth::LoginThrottle,
 }
 
 impl<R> Clone for AppState<R> {
@@ -79,14 +80,14 @@ impl<R> Clone for AppState<R> {
             pki: Arc::clone(&self.pki),
             clock: Arc::clone(&self.clock),
             crl_cache: Arc::clone(&self.crl_cache),
-            throttle: Arc::clone(&self.throttle),
+            throttle: self.throttle,
             issuance: self.issuance.clone(),
             instance: self.instance,
             public_url: self.public_url.clone(),
             links: Arc::clone(&self.links),
             pins: Arc::clone(&self.pins),
             mobile: Arc::clone(&self.mobile),
-            mobile_throttle: Arc::clone(&self.mobile_throttle),
+            mobile_throttle: self.mobile_throttle,
         }
     }
 }
@@ -98,17 +99,18 @@ impl<R> AppState<R> {
             pki,
             clock,
             crl_cache: Arc::new(Mutex::new(None)),
-            throttle: Arc::new(auth::LoginThrottle::default()),
+            throttle: auth::LoginThrottle::default(),
             issuance: None,
             instance: InstanceId::new(),
             public_url: None,
             links: Arc::new(link::AgentLinks::default()),
             pins: Arc::new(portal_pin::PinDesk::default()),
             mobile: Arc::new(api::mobile::MobileConfig::default()),
-            mobile_throttle: Arc::new(auth::LoginThrottle::new(
+            mobile_throttle: auth::LoginThrottle::new(
+                api::mobile::THROTTLE_SCOPE,
                 api::mobile::MAX_CODE_FAILURES,
                 api::mobile::CODE_FAILURE_WINDOW,
-            )),
+            ),
         }
     }
 

@@ -350,6 +350,7 @@ pub const POSTGRES_UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("passkeys_pkey", "passkeys.id"),
     ("passkeys_credential_id_key", "passkeys.credential_id"),
     ("webauthn_challenges_pkey", "webauthn_challenges.challenge_hash"),
+    ("cluster_notes_pkey", "cluster_notes.(topic, owner, note_key)"),
 ];
 
 pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {

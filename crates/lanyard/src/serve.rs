@@ -148,6 +148,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         // Sessions this process ran before a restart still hold leases that are running out:
         // the sweeper fails them (and any another server abandons) a few minutes later.
         tokio::spawn(lanyard_server::issuance::sweep_abandoned_jobs(state.clone()));
+        // Frames other servers on the database left for agents linked here (docs/deployment.md).
+        tokio::spawn(lanyard_server::cluster::relay_frames(state.clone()));
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("Lanyard is listening on {scheme}://{addr} (public URL {})", cfg.public_url);
