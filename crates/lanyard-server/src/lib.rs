@@ -139,6 +139,20 @@ impl<R> AppState<R> {
     }
 }
 
+impl<R: Repo + 'static> AppState<R> {
+    /// PINs typed in the portal reach a card session on any server sharing the database
+    /// ([`cluster::DbPins`], `docs/deployment.md`); needs issuance enabled first (the
+    /// key-encryption key seals them on their way).
+    pub fn with_shared_pins(mut self) -> Self {
+        if let Some(cfg) = &self.issuance {
+            let relay =
+                cluster::DbPins::new(Arc::clone(&self.repo), Arc::clone(&self.clock), Arc::clone(cfg));
+            self.pins = Arc::new(portal_pin::PinDesk::with_relay(Arc::new(relay)));
+        }
+        self
+    }
+}
+
 #[derive(Clone)]
 struct CachedCrl {
     head_seq: u64,

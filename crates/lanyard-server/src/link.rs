@@ -233,9 +233,9 @@ pub(crate) async fn start_session<R: Repo>(
         TicketPurpose::Rollback => "rollback".to_owned(),
     };
     if from_portal {
-        s.pins.expect(job.id);
+        crate::cluster::pin_expect(s, job.id).await;
     } else {
-        s.pins.forget(job.id);
+        crate::cluster::pin_forget(s, job.id).await;
     }
     let frame = ServerLinkFrame::StartSession {
         job: job.id,

@@ -144,7 +144,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 ..lanyard_server::issuance::IssuanceConfig::new(kek, attestation_roots)
             })
             .with_public_url(&cfg.public_url)
-            .with_mobile(mobile);
+            .with_mobile(mobile)
+            .with_shared_pins();
         // Sessions this process ran before a restart still hold leases that are running out:
         // the sweeper fails them (and any another server abandons) a few minutes later.
         tokio::spawn(lanyard_server::issuance::sweep_abandoned_jobs(state.clone()));

@@ -26,6 +26,8 @@ use zeroize::Zeroizing;
 /// A guard against hanging forever, not a measure: nothing asserts on durations.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 const NEW_PIN: &str = "975319";
+/// The PIN the holder types in the portal (the agent's own would be [`NEW_PIN`]).
+const PORTAL_PIN: &str = "246801";
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -415,6 +417,91 @@ async fn an_agent_linked_to_one_server_runs_a_job_started_on_the_other() {
         ended_here |= matches!(&event, LinkEvent::SessionEnded { job, error: None, .. } if *job == job_id);
     }
     assert!(ended_here, "the agent linked to A ran the session B started");
+
+    // The new PIN typed in the portal through B reaches the session A runs: the question is
+    // seen on B, a PIN against the rules is refused by B, the holder's PIN lands on the card.
+    workstation.insert("Reader 1", c.card());
+    tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let list = c.get(&c.b, "/api/v1/agents", &auth).json();
+            let reported = list.as_array().unwrap().iter().any(|a| {
+                a["id"] == agent_id.as_str()
+                    && a["readers"].as_array().is_some_and(|r| {
+                        r.iter().any(|r| r["name"] == "Reader 1" && r["card_present"] == true)
+                    })
+            });
+            if reported {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("B never saw the agent's new card");
+    let begun = c.json(
+        &c.b,
+        "POST",
+        "/api/v1/issuance",
+        &auth,
+        json!({"kind": "usb_key", "model": "Lanyard virtual card"}),
+    );
+    assert_eq!(begun.status, 201, "{}", String::from_utf8_lossy(&begun.body));
+    let job = begun.json()["job"]["id"].as_str().unwrap().to_owned();
+    let body = json!({"job": job, "reader": "Reader 1", "new_pin_from": "portal"});
+    let started = c.json(&c.b, "POST", &format!("/api/v1/agents/{agent_id}/sessions"), &auth, body);
+    assert_eq!(started.status, 202, "{}", String::from_utf8_lossy(&started.body));
+    let wanted = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let seen = c.get(&c.b, &format!("/api/v1/jobs/{job}"), &auth).json();
+            if !seen["pin_wanted"].is_null() {
+                return seen["pin_wanted"].clone();
+            }
+            assert!(seen["state"] != "failed", "{seen}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("B never saw the session on A ask for the PIN");
+    assert!(wanted["seconds_left"].as_u64().is_some_and(|s| s > 0), "{wanted}");
+    let pin_path = format!("/api/v1/jobs/{job}/pin");
+    let refused = c.json(&c.b, "POST", &pin_path, &auth, json!({"new_pin": "111111"}));
+    assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(&refused.body));
+    assert!(
+        refused.json()["error"].as_str().is_some_and(|e| e.starts_with("new_pin: ")),
+        "{}",
+        refused.json()
+    );
+    let given = c.json(&c.b, "POST", &pin_path, &auth, json!({"new_pin": PORTAL_PIN}));
+    assert_eq!(given.status, 202, "{}", String::from_utf8_lossy(&given.body));
+    let ended = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let seen = c.get(&c.a, &format!("/api/v1/jobs/{job}"), &auth).json();
+            if matches!(seen["state"].as_str(), Some("succeeded" | "failed" | "rolled_back")) {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the job never ended");
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let again = c.json(&c.b, "POST", &pin_path, &auth, json!({"new_pin": PORTAL_PIN}));
+    assert_eq!(again.status, 409, "the session no longer waits");
+    let taken = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if let Some(card) = workstation.remove("Reader 1") {
+                return card;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the card is back in its reader");
+    let mut card = taken;
+    lanyard_testkit::power_cycle(&mut card);
+    assert!(card.verify_pin(NEW_PIN.as_bytes()).is_err(), "the agent's own PIN was not used");
+    lanyard_testkit::power_cycle(&mut card);
+    card.verify_pin(PORTAL_PIN.as_bytes()).expect("the PIN typed through B opens the card");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(thread);
 }

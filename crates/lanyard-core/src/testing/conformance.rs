@@ -178,8 +178,8 @@ pub async fn throttle_and_cluster_notes<R: Repo>(repo: &R) {
     commit(tx).await;
 
     let mut tx = read(repo).await;
-    let got = ok(tx.get_note("t", "o", "b", T0).await, "get_note").expect("the note");
-    assert_eq!(got, note("o", "b", 1, b"second"));
+    let got = ok(tx.get_note("t", "o", "b", T0).await, "get_note");
+    assert_eq!(got, Some(note("o", "b", 1, b"second")));
     let listed = ok(tx.list_notes("t", "o", T0, 10).await, "list_notes");
     assert_eq!(listed, [note("o", "b", 1, b"second"), note("o", "a", 2, b"x")], "per owner, oldest first");
     // Expired at minute 11: invisible to get and list.

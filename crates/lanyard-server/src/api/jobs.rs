@@ -168,7 +168,7 @@ pub(super) async fn job<R: Repo>(
         Err(_) => auth.principal.self_service()?.job(repo, id).await?,
     };
     let mut view = JobView::from(job);
-    view.pin_wanted = s.pins.wanted(id).map(|a| PinWanted {
+    view.pin_wanted = crate::cluster::pin_wanted(&s, id).await.map(|a| PinWanted {
         rules: a.rules,
         seconds_left: a.seconds_left,
         current_pin: a.current,
@@ -212,9 +212,12 @@ pub(super) async fn submit_pin<R: Repo>(
         Err(_) => auth.principal.self_service()?.job(repo, id).await?,
     };
     let Json(req) = body?;
-    s.pins.give(id, req.current_pin, req.new_pin).map_err(|e| match e {
+    crate::cluster::pin_give(&s, id, req.current_pin, req.new_pin).await.map_err(|e| match e {
         crate::portal_pin::GiveError::NotWaiting => {
             ApiError::new(StatusCode::CONFLICT, format!("job {id}: {e}"))
+        }
+        crate::portal_pin::GiveError::Unavailable => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("job {id}: {e}"))
         }
         _ => ApiError::bad_request(e.to_string()),
     })?;
@@ -269,7 +272,7 @@ pub(super) async fn job_ticket<R: Repo>(
         Err(_) => auth.principal.self_service()?.job_ticket(repo, id, purpose, ttl).await?,
     };
     // A ticket handed out as text runs at an agent whose holder types the PIN there.
-    s.pins.forget(job.id);
+    crate::cluster::pin_forget(&s, job.id).await;
     let ticket = crate::issuance::ticket_string(job.id, &ticket);
     Ok(Json(JobTicket { job: job.into(), ticket }))
 }
