@@ -193,7 +193,7 @@ pub(super) struct PinRequest {
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/pin", tag = "issuance", params(("id" = String, Path, description = "job id")),
     request_body = PinRequest,
-    responses((status = 202), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+    responses((status = 202), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody, description = "the session runs on another server and the database did not take the PIN; nothing was sent")))]
 /// Hands the new PIN typed in the portal to a session waiting for it (`pin_wanted` on the job),
 /// with the card's current PIN for a `change_pin` job: checked against the group's PIN rules
 /// here (a PIN that breaks one, or a missing or impossible current PIN, is `400` and the session
