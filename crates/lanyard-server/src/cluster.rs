@@ -405,7 +405,7 @@ impl<R: Repo + 'static> PinRelay for DbPins<R> {
 }
 
 /// Job `job`'s PINs will come from the portal, whichever server runs its session.
-pub(crate) async fn pin_expect<R: Repo>(s: &AppState<R>, job: JobId) {
+pub async fn pin_expect<R: Repo>(s: &AppState<R>, job: JobId) {
     s.pins.expect(job);
     if s.pins.shared() {
         let now = s.clock.now();
@@ -420,7 +420,7 @@ pub(crate) async fn pin_expect<R: Repo>(s: &AppState<R>, job: JobId) {
 }
 
 /// Job `job`'s PINs come from the agent again (a ticket handed out as text).
-pub(crate) async fn pin_forget<R: Repo>(s: &AppState<R>, job: JobId) {
+pub async fn pin_forget<R: Repo>(s: &AppState<R>, job: JobId) {
     s.pins.forget(job);
     if s.pins.shared() {
         let owner = job.to_string();
