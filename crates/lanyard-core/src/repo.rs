@@ -66,9 +66,9 @@ use crate::secrets::{SealedCardSecrets, TokenHash};
 /// `R::Tx` are only callable with their traits in scope).
 pub mod prelude {
     pub use super::{
-        AgentRepo, ApiTokenRepo, AuditRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo, GroupRepo,
-        InstallationRepo, JobRepo, PasskeyRepo, PasswordRepo, Repo, RevocationRepo, SecretRepo, SessionRepo,
-        Tx, UserRepo, retry,
+        AgentRepo, ApiTokenRepo, AuditRepo, ClusterRepo, CredentialRepo, DeviceRepo, EnrollmentCodeRepo,
+        GroupRepo, InstallationRepo, JobRepo, PasskeyRepo, PasswordRepo, Repo, RevocationRepo, SecretRepo,
+        SessionRepo, ThrottleRepo, Tx, UserRepo, retry,
     };
 }
 
@@ -250,6 +250,8 @@ pub trait Tx:
     + AgentRepo
     + PasskeyRepo
     + RevocationRepo
+    + ThrottleRepo
+    + ClusterRepo
     + Send
 {
     /// Makes every write of this unit durable, atomically.
@@ -676,6 +678,96 @@ pub struct PasskeyQuery {
     /// Any of these states (empty: any state).
     pub states: Vec<PasskeyState>,
     pub limit: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// What servers sharing one database coordinate through it
+
+/// Failures counted against a key (a username's failed logins, a source address's refused
+/// enrolment codes) so that a throttle holds across every server on the database. Keys arrive
+/// hashed ([`TokenHash::of`]): a username typed wrongly may be a password.
+pub trait ThrottleRepo: Send {
+    /// The times of `key`'s failures in `scope` at or after `since`, newest first, at most
+    /// `limit`.
+    fn recent_failures(
+        &mut self,
+        scope: &str,
+        key: &TokenHash,
+        since: OffsetDateTime,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<OffsetDateTime>, StoreError>> + Send;
+    /// Counts a failure of `key` in `scope` at `at`, and drops that key's failures before
+    /// `forget_before` (they no longer count).
+    fn record_failure(
+        &mut self,
+        scope: &str,
+        key: &TokenHash,
+        at: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forgets every failure of `key` in `scope`; returns how many.
+    fn clear_failures(
+        &mut self,
+        scope: &str,
+        key: &TokenHash,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Drops every failure before `before`, of any key and scope; returns how many.
+    fn prune_failures(
+        &mut self,
+        before: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// A short-lived note one server leaves the others in the database: which server holds an
+/// agent's link, a frame for that link, a card session's question to the portal and the sealed
+/// answer. Identified by `(topic, owner, key)`; past `expires_at` it is as good as gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNote {
+    pub topic: String,
+    /// What the note is about (an agent id, a job id).
+    pub owner: String,
+    /// Distinguishes notes of one owner (empty when there is one).
+    pub key: String,
+    /// Not a secret in clear: secrets arrive sealed by the caller.
+    pub value: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// [`ClusterNote`]s.
+pub trait ClusterRepo: Send {
+    /// Inserts `note`, replacing one with the same identity.
+    fn put_note(&mut self, note: &ClusterNote) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Inserts `note`; `Conflict` when one with the same identity exists (expired or not).
+    fn insert_note(&mut self, note: &ClusterNote) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The note, unless it is missing or expired at `now`.
+    fn get_note(
+        &mut self,
+        topic: &str,
+        owner: &str,
+        key: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<ClusterNote>, StoreError>> + Send;
+    /// `owner`'s notes in `topic` not expired at `now`, oldest first, at most `limit`.
+    fn list_notes(
+        &mut self,
+        topic: &str,
+        owner: &str,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ClusterNote>, StoreError>> + Send;
+    /// Deletes the note; whether there was one.
+    fn delete_note(
+        &mut self,
+        topic: &str,
+        owner: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Deletes every note that expired before `before`; returns how many.
+    fn delete_expired_notes(
+        &mut self,
+        before: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// Passkey registrations and the one-time WebAuthn challenges (hashes only).

@@ -65,6 +65,9 @@ pub struct MemData {
     pub revocation_epoch: u64,
     /// [`RevocationRepo::next_crl_number`]'s last number per scope.
     pub crl_numbers: BTreeMap<String, u64>,
+    /// Throttle failures: (scope, key, at).
+    pub throttle_failures: Vec<(String, TokenHash, OffsetDateTime)>,
+    pub cluster_notes: Vec<ClusterNote>,
 }
 
 #[derive(Debug, Default)]
@@ -752,6 +755,121 @@ impl AgentRepo for MemTx {
         let updated =
             Agent { last_seen_at: agent.last_seen_at, revoked_at: agent.revoked_at, ..stored.clone() };
         ready(update(&mut self.write().agents, agent.id, updated))
+    }
+}
+
+impl ThrottleRepo for MemTx {
+    fn recent_failures(
+        &mut self,
+        scope: &str,
+        key: &TokenHash,
+        since: OffsetDateTime,
+        limit: u32,
+    ) -> Fut<Vec<OffsetDateTime>> {
+        let mut times: Vec<OffsetDateTime> = self
+            .data
+            .throttle_failures
+            .iter()
+            .filter(|(s, k, at)| s == scope && k == key && *at >= since)
+            .map(|(_, _, at)| *at)
+            .collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        ready(Ok(take(times.into_iter(), limit)))
+    }
+
+    fn record_failure(
+        &mut self,
+        scope: &str,
+        key: &TokenHash,
+        at: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> Fut<()> {
+        let failures = &mut self.write().throttle_failures;
+        failures.retain(|(s, k, t)| !(s == scope && k == key && *t < forget_before));
+        failures.push((scope.to_owned(), *key, at));
+        ready(Ok(()))
+    }
+
+    fn clear_failures(&mut self, scope: &str, key: &TokenHash) -> Fut<u64> {
+        let failures = &mut self.write().throttle_failures;
+        let n = failures.len();
+        failures.retain(|(s, k, _)| !(s == scope && k == key));
+        ready(Ok((n - failures.len()) as u64))
+    }
+
+    fn prune_failures(&mut self, before: OffsetDateTime) -> Fut<u64> {
+        let failures = &mut self.write().throttle_failures;
+        let n = failures.len();
+        failures.retain(|(_, _, t)| *t >= before);
+        ready(Ok((n - failures.len()) as u64))
+    }
+}
+
+fn same_note(n: &ClusterNote, topic: &str, owner: &str, key: &str) -> bool {
+    n.topic == topic && n.owner == owner && n.key == key
+}
+
+impl ClusterRepo for MemTx {
+    fn put_note(&mut self, note: &ClusterNote) -> Fut<()> {
+        let notes = &mut self.write().cluster_notes;
+        notes.retain(|n| !same_note(n, &note.topic, &note.owner, &note.key));
+        notes.push(note.clone());
+        ready(Ok(()))
+    }
+
+    fn insert_note(&mut self, note: &ClusterNote) -> Fut<()> {
+        if self.data.cluster_notes.iter().any(|n| same_note(n, &note.topic, &note.owner, &note.key)) {
+            return ready(Err(StoreError::Conflict("cluster note exists".into())));
+        }
+        self.write().cluster_notes.push(note.clone());
+        ready(Ok(()))
+    }
+
+    fn get_note(
+        &mut self,
+        topic: &str,
+        owner: &str,
+        key: &str,
+        now: OffsetDateTime,
+    ) -> Fut<Option<ClusterNote>> {
+        ready(Ok(self
+            .data
+            .cluster_notes
+            .iter()
+            .find(|n| same_note(n, topic, owner, key) && n.expires_at > now)
+            .cloned()))
+    }
+
+    fn list_notes(
+        &mut self,
+        topic: &str,
+        owner: &str,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Fut<Vec<ClusterNote>> {
+        let mut notes: Vec<ClusterNote> = self
+            .data
+            .cluster_notes
+            .iter()
+            .filter(|n| n.topic == topic && n.owner == owner && n.expires_at > now)
+            .cloned()
+            .collect();
+        notes.sort_by(|a, b| (a.created_at, &a.key).cmp(&(b.created_at, &b.key)));
+        ready(Ok(take(notes.into_iter(), limit)))
+    }
+
+    fn delete_note(&mut self, topic: &str, owner: &str, key: &str) -> Fut<bool> {
+        let notes = &mut self.write().cluster_notes;
+        let n = notes.len();
+        notes.retain(|n| !same_note(n, topic, owner, key));
+        ready(Ok(notes.len() < n))
+    }
+
+    fn delete_expired_notes(&mut self, before: OffsetDateTime) -> Fut<u64> {
+        let notes = &mut self.write().cluster_notes;
+        let n = notes.len();
+        notes.retain(|n| n.expires_at >= before);
+        ready(Ok((n - notes.len()) as u64))
     }
 }
 

@@ -10,15 +10,13 @@
 //!   expired). Bearer requests need no CSRF token: a browser never attaches one on its own.
 //! - When both are present, the bearer token is used and the cookie ignored.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use lanyard_core::audit::OperationId as CoreOperationId;
 use lanyard_core::ids::ApiTokenId;
 use lanyard_core::model::Session;
+use lanyard_core::repo::StoreError;
 use lanyard_core::repo::prelude::*;
 use lanyard_core::secrets::TokenHash;
 use lanyard_core::{DomainError, authz::Principal};
@@ -31,8 +29,6 @@ use crate::{ApiError, AppState, OperationId};
 pub const SESSION_COOKIE: &str = "__Host-lanyard_session";
 /// The header carrying the CSRF token on state-changing session requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Above this many usernames with failures, stale entries are dropped on the next failure.
-const MAX_TRACKED_USERNAMES: usize = 10_000;
 /// How precisely an API token's `last_used_at` is kept.
 const LAST_USED_RESOLUTION: Duration = Duration::minutes(1);
 /// The longest a portal session lasts, however active.
@@ -45,75 +41,109 @@ pub const MAX_FAILED_LOGINS: usize = 5;
 /// The window failed logins are counted in.
 pub const THROTTLE_WINDOW: Duration = Duration::minutes(15);
 
-/// Counts failed logins per username and refuses further attempts once a username has
-/// [`MAX_FAILED_LOGINS`] failures within [`THROTTLE_WINDOW`], until the oldest leaves the window.
+/// Counts failures per key (failed logins per username, refused enrolment codes per source
+/// address) and refuses further attempts once a key has `max` failures within `window`, until
+/// the oldest of them leaves the window.
 ///
-/// The counts live in this server process only: with several replicas each counts on its own
-/// (so an attacker gets up to five tries per replica and window), and a restart forgets them.
-/// That is accepted for now; a shared counter belongs in the database once replicas are common.
-#[derive(Debug)]
+/// The failures are counted in the database (table `throttle_failures`, keys as SHA-256 hashes),
+/// so the limit holds across every server sharing it and survives restarts. Each check is one
+/// indexed read of at most `max` rows; each failure one insert that also drops the key's
+/// failures older than the window. The sweeper deletes what is left of old keys.
+#[derive(Debug, Clone, Copy)]
 pub struct LoginThrottle {
-    failures: Mutex<HashMap<String, VecDeque<OffsetDateTime>>>,
+    scope: &'static str,
     max: usize,
     window: Duration,
 }
 
 impl Default for LoginThrottle {
     fn default() -> Self {
-        Self::new(MAX_FAILED_LOGINS, THROTTLE_WINDOW)
+        Self::new(LOGIN_SCOPE, MAX_FAILED_LOGINS, THROTTLE_WINDOW)
     }
 }
 
+/// The throttle scope of failed logins (per username).
+pub const LOGIN_SCOPE: &str = "login";
+
 impl LoginThrottle {
-    /// A throttle allowing `max` failures per key within `window` (the login throttle is
-    /// [`MAX_FAILED_LOGINS`] per username in [`THROTTLE_WINDOW`]; the app enrolment protocol
+    /// A throttle allowing `max` failures per key of `scope` within `window` (the login throttle
+    /// is [`MAX_FAILED_LOGINS`] per username in [`THROTTLE_WINDOW`]; the app enrolment protocol
     /// counts per source address).
-    pub fn new(max: usize, window: Duration) -> Self {
-        Self { failures: Mutex::default(), max: max.max(1), window }
+    pub fn new(scope: &'static str, max: usize, window: Duration) -> Self {
+        Self { scope, max: max.max(1), window }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<OffsetDateTime>>> {
-        // A poisoned lock only means a panic elsewhere; the counts are still usable.
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    /// How long failures count.
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
-    /// `Err(seconds)` to wait when `username` may not try now.
-    pub fn check(&self, username: &str, now: OffsetDateTime) -> Result<(), u64> {
-        let mut map = self.lock();
-        let Some(times) = map.get_mut(username) else { return Ok(()) };
-        while times.front().is_some_and(|t| *t + self.window <= now) {
-            times.pop_front();
-        }
-        match times.front() {
+    /// `Ok(Err(seconds))` to wait when `key` may not try now.
+    pub async fn check<R: Repo>(
+        &self,
+        repo: &R,
+        key: &str,
+        now: OffsetDateTime,
+    ) -> Result<Result<(), u64>, StoreError> {
+        // Failures at or before now - window have left it.
+        let since = now - self.window + Duration::nanoseconds(1);
+        let limit = u32::try_from(self.max).unwrap_or(u32::MAX);
+        let times = {
+            let mut tx = repo.read().await?;
+            tx.recent_failures(self.scope, &TokenHash::of(key), since, limit).await?
+        };
+        // Newest first: the last is the oldest of the `max` most recent.
+        match times.last() {
             Some(oldest) if times.len() >= self.max => {
                 let wait = (*oldest + self.window - now).whole_seconds().max(1);
-                Err(u64::try_from(wait).unwrap_or(1))
+                Ok(Err(u64::try_from(wait).unwrap_or(1)))
             }
-            None => {
-                map.remove(username);
-                Ok(())
-            }
-            _ => Ok(()),
+            _ => Ok(Ok(())),
         }
     }
 
-    pub fn record_failure(&self, username: &str, now: OffsetDateTime) {
-        let mut map = self.lock();
-        // Failures for many different names (a spray) must not grow the map without bound:
-        // past this size, forget every name whose last failure has left the window.
-        if map.len() >= MAX_TRACKED_USERNAMES {
-            map.retain(|_, times| times.back().is_some_and(|t| *t + self.window > now));
-        }
-        let times = map.entry(username.to_owned()).or_default();
-        times.push_back(now);
-        // Only the last self.max failures matter for the decision.
-        while times.len() > self.max {
-            times.pop_front();
-        }
+    /// Counts a failure of `key` at `now` inside the caller's unit of work.
+    pub async fn record_in<T: Tx>(
+        &self,
+        tx: &mut T,
+        key: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        tx.record_failure(self.scope, &TokenHash::of(key), now, now - self.window).await
     }
 
-    pub fn clear(&self, username: &str) {
-        self.lock().remove(username);
+    /// Counts a failure of `key` at `now`.
+    pub async fn record_failure<R: Repo>(
+        &self,
+        repo: &R,
+        key: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            self.record_in(&mut tx, key, now).await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// Forgets `key`'s failures (a successful login). Skips the write when there are none.
+    pub async fn clear<R: Repo>(&self, repo: &R, key: &str) -> Result<(), StoreError> {
+        let hash = TokenHash::of(key);
+        let any = {
+            let mut tx = repo.read().await?;
+            !tx.recent_failures(self.scope, &hash, OffsetDateTime::UNIX_EPOCH, 1).await?.is_empty()
+        };
+        if !any {
+            return Ok(());
+        }
+        let hash = &hash;
+        retry(repo, || async move {
+            let mut tx = repo.begin().await?;
+            tx.clear_failures(self.scope, hash).await?;
+            tx.commit().await
+        })
+        .await
     }
 }
 
@@ -341,23 +371,32 @@ mod tests {
     use super::*;
     use time::macros::datetime;
 
-    #[test]
-    fn throttle_allows_five_failures_per_window() {
+    #[tokio::test]
+    async fn throttle_allows_five_failures_per_window() {
+        let repo = lanyard_core::testing::MemRepo::default();
         let t = LoginThrottle::default();
         let t0 = datetime!(2025-01-01 00:00 UTC);
         for i in 0..5 {
-            assert_eq!(t.check("alice", t0 + Duration::minutes(i)), Ok(()));
-            t.record_failure("alice", t0 + Duration::minutes(i));
+            assert_eq!(t.check(&repo, "alice", t0 + Duration::minutes(i)).await, Ok(Ok(())));
+            t.record_failure(&repo, "alice", t0 + Duration::minutes(i)).await.unwrap();
         }
-        assert_eq!(t.check("alice", t0 + Duration::minutes(5)), Err(600));
-        assert_eq!(t.check("bob", t0 + Duration::minutes(5)), Ok(()), "per username");
+        assert_eq!(t.check(&repo, "alice", t0 + Duration::minutes(5)).await, Ok(Err(600)));
+        assert_eq!(t.check(&repo, "bob", t0 + Duration::minutes(5)).await, Ok(Ok(())), "per username");
+        let other = LoginThrottle::new("other", 5, THROTTLE_WINDOW);
+        assert_eq!(other.check(&repo, "alice", t0 + Duration::minutes(5)).await, Ok(Ok(())), "per scope");
         assert_eq!(
-            t.check("alice", t0 + Duration::minutes(15)),
-            Ok(()),
+            t.check(&repo, "alice", t0 + Duration::minutes(15)).await,
+            Ok(Ok(())),
             "the oldest failure left the window"
         );
-        t.clear("alice");
-        assert_eq!(t.check("alice", t0 + Duration::minutes(15)), Ok(()));
+        // Two more failures: five in the window again, the oldest at minute 2.
+        for _ in 0..2 {
+            t.record_failure(&repo, "alice", t0 + Duration::minutes(16)).await.unwrap();
+        }
+        assert_eq!(t.check(&repo, "alice", t0 + Duration::minutes(16)).await, Ok(Err(60)));
+        t.clear(&repo, "alice").await.unwrap();
+        assert_eq!(t.check(&repo, "alice", t0 + Duration::minutes(16)).await, Ok(Ok(())));
+        assert!(repo.data().throttle_failures.is_empty(), "cleared, and minute 0 was dropped on the way");
     }
 
     #[test]

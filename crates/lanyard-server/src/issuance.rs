@@ -343,6 +343,7 @@ pub async fn sweep_abandoned_jobs<R: Repo>(s: AppState<R>) {
             Ok(failed) => tracing::warn!(failed, "card sessions whose server stopped were recorded failed"),
             Err(e) => tracing::warn!(error = %e, "could not sweep abandoned card sessions"),
         }
+        crate::cluster::sweep(&s).await;
         // Phones that redeemed a code and never finished stop counting against max_mobiles.
         match system.abandon_stale_enrolments(s.repo.as_ref()).await {
             Ok(0) => {}

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod cluster;
 pub mod install;
 pub mod issuance;
 pub mod link;
@@ -49,7 +50,7 @@ pub struct AppState<R> {
     pub clock: Arc<dyn Clock>,
     /// OCSP and CRL caches, keyed on the revocation epoch.
     pub revocation: Arc<revocation::Revocation>,
-    throttle: Arc<auth::LoginThrottle>,
+    throttle: auth::LoginThrottle,
     /// Card issuance (key-encryption key, attestation roots); `None`: issuance routes answer 503.
     pub issuance: Option<Arc<issuance::IssuanceConfig>>,
     /// This server process, as the owner of the card-session leases it takes: random for each
@@ -65,7 +66,7 @@ pub struct AppState<R> {
     /// The app enrolment protocol's attestation roots.
     pub mobile: Arc<api::mobile::MobileConfig>,
     /// Refused enrolment codes per source address.
-    mobile_throttle: Arc<auth::LoginThrottle>,
+    mobile_throttle: auth::LoginThrottle,
 }
 
 impl<R> Clone for AppState<R> {
@@ -75,14 +76,14 @@ impl<R> Clone for AppState<R> {
             pki: Arc::clone(&self.pki),
             clock: Arc::clone(&self.clock),
             revocation: Arc::clone(&self.revocation),
-            throttle: Arc::clone(&self.throttle),
+            throttle: self.throttle,
             issuance: self.issuance.clone(),
             instance: self.instance,
             public_url: self.public_url.clone(),
             links: Arc::clone(&self.links),
             pins: Arc::clone(&self.pins),
             mobile: Arc::clone(&self.mobile),
-            mobile_throttle: Arc::clone(&self.mobile_throttle),
+            mobile_throttle: self.mobile_throttle,
         }
     }
 }
@@ -95,17 +96,18 @@ impl<R> AppState<R> {
             pki,
             clock,
             revocation: Arc::new(revocation::Revocation::new(shards, revocation::DEFAULT_OCSP_CACHE_ENTRIES)),
-            throttle: Arc::new(auth::LoginThrottle::default()),
+            throttle: auth::LoginThrottle::default(),
             issuance: None,
             instance: InstanceId::new(),
             public_url: None,
             links: Arc::new(link::AgentLinks::default()),
             pins: Arc::new(portal_pin::PinDesk::default()),
             mobile: Arc::new(api::mobile::MobileConfig::default()),
-            mobile_throttle: Arc::new(auth::LoginThrottle::new(
+            mobile_throttle: auth::LoginThrottle::new(
+                api::mobile::THROTTLE_SCOPE,
                 api::mobile::MAX_CODE_FAILURES,
                 api::mobile::CODE_FAILURE_WINDOW,
-            )),
+            ),
         }
     }
 
@@ -130,6 +132,20 @@ impl<R> AppState<R> {
     /// Enables card issuance.
     pub fn with_issuance(mut self, config: issuance::IssuanceConfig) -> Self {
         self.issuance = Some(Arc::new(config));
+        self
+    }
+}
+
+impl<R: Repo + 'static> AppState<R> {
+    /// PINs typed in the portal reach a card session on any server sharing the database
+    /// ([`cluster::DbPins`], `docs/deployment.md`); needs issuance enabled first (the
+    /// key-encryption key seals them on their way).
+    pub fn with_shared_pins(mut self) -> Self {
+        if let Some(cfg) = &self.issuance {
+            let relay =
+                cluster::DbPins::new(Arc::clone(&self.repo), Arc::clone(&self.clock), Arc::clone(cfg));
+            self.pins = Arc::new(portal_pin::PinDesk::with_relay(Arc::new(relay)));
+        }
         self
     }
 }

@@ -3,8 +3,9 @@
 //! are connected, what readers and cards they last reported, and a way to send them requests
 //! (`start_session`, `refresh`).
 //!
-//! The registry is this process's: with several servers behind a load balancer an agent is
-//! online on the one its link reached, and only that one can start sessions on it.
+//! The registry is this process's; with several servers on one database each link is also
+//! announced there ([`crate::cluster`]), so any server can tell whether an agent is online and
+//! hand a frame for it to the server holding its link ([`status_anywhere`], [`send_anywhere`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -56,17 +57,19 @@ struct Live {
 }
 
 /// What a connected agent said about itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LinkSnapshot {
     /// `lanyard-agent/<version>` from its `hello`.
     pub agent: String,
     /// The host name from its `hello`.
     pub host: String,
     pub features: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
     pub connected_at: OffsetDateTime,
     /// The latest `readers` report; `None` until the first.
     pub readers: Option<Vec<ReaderReport>>,
     /// When the latest report arrived.
+    #[serde(with = "time::serde::rfc3339::option")]
     pub reported_at: Option<OffsetDateTime>,
 }
 
@@ -142,6 +145,36 @@ impl AgentLinks {
     }
 }
 
+impl AgentLinks {
+    /// What agent `id`'s link on this server last said, if it is still link `conn`.
+    pub(crate) fn status_of(&self, id: AgentId, conn: u64) -> Option<(UserId, LinkSnapshot)> {
+        self.lock().get(&id).filter(|l| l.conn == conn).map(|l| (l.user, l.snapshot.clone()))
+    }
+}
+
+/// What agent `id` last said and whose it is, if it is connected to this server or, as the
+/// database says, to another server sharing it.
+pub async fn status_anywhere<R: Repo>(s: &AppState<R>, id: AgentId) -> Option<(UserId, LinkSnapshot)> {
+    if let Some(found) = s.links.status(id) {
+        return Some(found);
+    }
+    crate::cluster::remote_link(s, id).await.map(|p| (p.user, p.snapshot))
+}
+
+/// Queues `frame` for agent `id`: on this server's link, or through the database for the server
+/// holding the agent's link, which sends it within a poll interval
+/// ([`crate::cluster::relay_frames`]).
+pub async fn send_anywhere<R: Repo>(
+    s: &AppState<R>,
+    id: AgentId,
+    frame: ServerLinkFrame,
+) -> Result<(), LinkError> {
+    match s.links.send(id, frame.clone()) {
+        Err(LinkError::Offline) => crate::cluster::hand_over_frame(s, id, &frame).await,
+        done => done,
+    }
+}
+
 /// Runs job `job`'s card session on the caller's own agent `agent`, at `reader`: the route
 /// `POST /api/v1/agents/{id}/sessions` and the portal's *Add Device* share it. The agent must be
 /// the caller's (another user's is 404, even for an operator), connected, able to run sessions
@@ -163,7 +196,7 @@ pub(crate) async fn start_session<R: Repo>(
     // The caller's own agent, whatever their role; nobody learns about another user's.
     let agent = principal.workstations()?.agent(repo, agent).await?;
     let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, m);
-    let Some((_, snapshot)) = s.links.status(agent.id) else {
+    let Some((_, snapshot)) = status_anywhere(s, agent.id).await else {
         return Err(conflict(format!("agent {} ({}) is not connected", agent.id, agent.host_name)));
     };
     if !snapshot.features.iter().any(|f| f == FEATURE_SESSIONS) {
@@ -200,9 +233,9 @@ pub(crate) async fn start_session<R: Repo>(
         TicketPurpose::Rollback => "rollback".to_owned(),
     };
     if from_portal {
-        s.pins.expect(job.id);
+        crate::cluster::pin_expect(s, job.id).await;
     } else {
-        s.pins.forget(job.id);
+        crate::cluster::pin_forget(s, job.id).await;
     }
     let frame = ServerLinkFrame::StartSession {
         job: job.id,
@@ -210,7 +243,7 @@ pub(crate) async fn start_session<R: Repo>(
         reader: reader.clone(),
         purpose,
     };
-    s.links.send(agent.id, frame).map_err(|e| {
+    send_anywhere(s, agent.id, frame).await.map_err(|e| {
         conflict(format!("{e}: the session was not started (its ticket stays unused and expires)"))
     })?;
     Ok((job, agent.id))
@@ -334,6 +367,7 @@ impl Link {
         };
         tracing::info!(agent = %self.agent, host = %snapshot.host, version = %snapshot.agent, "agent linked");
         let (conn, mut rx) = s.links.register(self.agent, self.user, snapshot);
+        crate::cluster::announce_link(&s, self.agent, conn).await;
         let mut recheck = tokio::time::interval(
             Duration::try_from(AGENT_SEEN_RESOLUTION).unwrap_or(Duration::from_secs(60)),
         );
@@ -351,8 +385,12 @@ impl Link {
                         }
                     }
                     Heard::Frame(frame) => {
+                        let report = matches!(frame, AgentLinkFrame::Readers { .. });
                         if let Some(why) = self.on_frame(&s, conn, frame) && !self.send(&ServerLinkFrame::Error { message: why }).await {
                             break;
+                        }
+                        if report {
+                            crate::cluster::announce_link(&s, self.agent, conn).await;
                         }
                     }
                 },
@@ -373,7 +411,7 @@ impl Link {
                     // was disabled, on any server sharing the database.
                     let system = System::new(lanyard_core::audit::OperationId::random(), s.clock.now());
                     match system.authenticate_agent(s.repo.as_ref(), &credential).await {
-                        Ok(Some(_)) => {}
+                        Ok(Some(_)) => crate::cluster::announce_link(&s, self.agent, conn).await,
                         Ok(None) => {
                             self.close(BAD_AGENT_CREDENTIAL).await;
                             break;
@@ -384,6 +422,7 @@ impl Link {
             }
         }
         s.links.unregister(self.agent, conn);
+        crate::cluster::withdraw_link(&s, self.agent, conn).await;
         tracing::info!(agent = %self.agent, "agent link closed");
     }
 

@@ -9,8 +9,12 @@
 //! frame's `old_pin` and `new_pin`.
 //!
 //! The PIN is held only in memory, in a [`Secret`] (wiped on drop), for as long as the session
-//! waits for it; it is never stored, logged or audited. Like the link registry this is the
-//! process's own: the PIN must reach the server that runs the session.
+//! waits for it; it is never logged or audited. With several servers on one database
+//! ([`PinRelay`], `crate::cluster`), the browser's request may land on another server than the
+//! one running the session: the session's question is then published in the database (rules and
+//! deadline, no secret), and the other server checks the holder's answer against those rules and
+//! leaves it there sealed under the key-encryption key, until the session's server takes it (one
+//! `DELETE`) a moment later. A sealed answer lives at most until the session's deadline.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -68,10 +72,13 @@ pub enum GiveError {
     PinTooLong,
     #[error("new_pin: {0}")]
     FidoRules(FidoPinRuleError),
+    /// The session runs on another server and the database did not take the answer.
+    #[error("the PIN could not be handed to the card session now; nothing was sent to the card, try again")]
+    Unavailable,
 }
 
 /// What a waiting session asks the holder for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Asking {
     pub rules: PinRules,
     pub seconds_left: u64,
@@ -85,10 +92,29 @@ pub struct Asking {
 }
 
 /// The holder's answer as it travels to the session: `None` declines.
-struct Typed {
-    current: Option<Secret>,
-    new: Secret,
+pub struct Typed {
+    pub current: Option<Secret>,
+    pub new: Secret,
 }
+
+/// A boxed future, for the object-safe [`PinRelay`].
+pub type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How a [`PinDesk`] meets the other servers sharing the database (`crate::cluster::DbPins`).
+/// Failures are logged by the implementation and read as "nothing there".
+pub trait PinRelay: Send + Sync {
+    /// Whether another server said `job`'s PINs come from the portal.
+    fn expected(&self, job: JobId) -> Boxed<'_, bool>;
+    /// Publishes what the session asks for, until `seconds` from now.
+    fn ask(&self, job: JobId, asking: Asking) -> Boxed<'_, ()>;
+    /// Takes an answer another server checked and left for `job`: `Some(None)` declines.
+    fn take_answer(&self, job: JobId) -> Boxed<'_, Option<Option<Typed>>>;
+    /// The session no longer asks; with `still_expected`, later steps will ask again.
+    fn done(&self, job: JobId, still_expected: bool) -> Boxed<'_, ()>;
+}
+
+/// How often a waiting session looks for an answer left by another server.
+pub const RELAY_POLL: Duration = Duration::from_millis(200);
 
 struct Waiting {
     rules: PinRules,
@@ -104,9 +130,80 @@ struct Waiting {
 pub struct PinDesk {
     /// `None`: the job expects its PIN from the portal but is not asking yet.
     jobs: Mutex<HashMap<JobId, Option<Waiting>>>,
+    /// The other servers on the database; `None`: this process alone.
+    relay: Option<std::sync::Arc<dyn PinRelay>>,
+}
+
+/// Checks a holder's answer against what the session asks: a new PIN that meets the rules (with
+/// the card's current PIN when asked for), the card's own PIN to verify, or no new PIN to
+/// decline. `Ok(None)` declines.
+pub fn check_answer(
+    asking: &Asking,
+    current: Option<Secret>,
+    new: Option<Secret>,
+) -> Result<Option<Typed>, GiveError> {
+    Ok(match new {
+        None => None,
+        Some(pin) if asking.fido.is_some() => {
+            if current.is_some() {
+                return Err(GiveError::CurrentNotAsked);
+            }
+            if let Some(rules) = asking.fido {
+                rules.check(pin.expose()).map_err(GiveError::FidoRules)?;
+            }
+            Some(Typed { current: None, new: pin })
+        }
+        Some(pin) if asking.verify => {
+            // The card's own PIN, to be verified: the card judges it; only what cannot be a
+            // card PIN is refused here, and costs no try.
+            if current.is_some() {
+                return Err(GiveError::CurrentNotAsked);
+            }
+            if pin.expose().is_empty() {
+                return Err(GiveError::PinMissing);
+            }
+            if pin.expose().len() > MAX_CARD_PIN {
+                return Err(GiveError::PinTooLong);
+            }
+            Some(Typed { current: None, new: pin })
+        }
+        Some(new) => {
+            match (&current, asking.current) {
+                (Some(_), false) => return Err(GiveError::CurrentNotAsked),
+                (None, true) => return Err(GiveError::CurrentMissing),
+                (Some(c), true) if c.expose().is_empty() => return Err(GiveError::CurrentMissing),
+                (Some(c), true) if c.expose().len() > MAX_CARD_PIN => {
+                    return Err(GiveError::CurrentTooLong);
+                }
+                _ => {}
+            }
+            asking.rules.check(new.expose()).map_err(GiveError::Rules)?;
+            if current.as_ref() == Some(&new) {
+                return Err(GiveError::Unchanged);
+            }
+            Some(Typed { current, new })
+        }
+    })
+}
+
+impl Waiting {
+    fn asking(&self) -> Asking {
+        Asking {
+            rules: self.rules,
+            seconds_left: self.until.saturating_duration_since(Instant::now()).as_secs(),
+            current: self.current,
+            verify: self.verify,
+            fido: self.fido,
+        }
+    }
 }
 
 impl PinDesk {
+    /// A desk that also meets the other servers on the database through `relay`.
+    pub fn with_relay(relay: std::sync::Arc<dyn PinRelay>) -> Self {
+        Self { jobs: Mutex::default(), relay: Some(relay) }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Option<Waiting>>> {
         // Every change is one insert or remove: a poisoned map is still whole.
         self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -171,94 +268,95 @@ impl PinDesk {
         verify: bool,
         fido: Option<FidoPinRules>,
     ) -> Option<Option<Typed>> {
-        let rx = {
+        let expected_here = self.lock().contains_key(&job);
+        if !expected_here {
+            // Started through another server: its note says whether the PIN comes from the portal.
+            let relay = self.relay.as_ref()?;
+            if !relay.expected(job).await {
+                return None;
+            }
+            self.lock().entry(job).or_insert(None);
+        }
+        let (mut rx, asking) = {
             let mut jobs = self.lock();
-            let slot = jobs.get_mut(&job)?;
+            let slot = jobs.entry(job).or_insert(None);
             let (tx, rx) = oneshot::channel();
-            *slot = Some(Waiting { rules, until: Instant::now() + within, current, verify, fido, tx });
-            rx
+            let waiting = Waiting { rules, until: Instant::now() + within, current, verify, fido, tx };
+            let asking = waiting.asking();
+            *slot = Some(waiting);
+            (rx, asking)
         };
-        let answer = tokio::time::timeout(within, rx).await;
+        if let Some(relay) = &self.relay {
+            relay.ask(job, asking).await;
+        }
+        let deadline = Instant::now() + within;
+        let answer = loop {
+            let poll = async {
+                match &self.relay {
+                    Some(_) => tokio::time::sleep(RELAY_POLL).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                answer = &mut rx => break answer.ok(),
+                () = tokio::time::sleep_until(deadline) => break None,
+                () = poll => {
+                    let Some(relay) = &self.relay else { continue };
+                    let Some(typed) = relay.take_answer(job).await else { continue };
+                    // Checked by the server that took it; checked again against the rules here.
+                    let checked = match typed {
+                        None => Ok(None),
+                        Some(t) => check_answer(&asking, t.current, Some(t.new)),
+                    };
+                    match checked {
+                        Ok(answer) => break Some(answer),
+                        Err(e) => tracing::warn!(%job, error = %e, "a PIN handed over by another server breaks the rules; still waiting"),
+                    }
+                }
+            }
+        };
         // Asked once per step: the job no longer waits. An issuance asks the FIDO PIN first and
         // the device PIN later, so after the FIDO PIN it stays expected from the portal.
-        let mut jobs = self.lock();
-        if fido.is_some() && matches!(answer, Ok(Ok(Some(_)))) {
-            jobs.insert(job, None);
-        } else {
-            jobs.remove(&job);
+        let still_expected = fido.is_some() && matches!(answer, Some(Some(_)));
+        {
+            let mut jobs = self.lock();
+            if still_expected {
+                jobs.insert(job, None);
+            } else {
+                jobs.remove(&job);
+            }
         }
-        drop(jobs);
-        Some(answer.ok().and_then(Result::ok).flatten())
+        if let Some(relay) = &self.relay {
+            relay.done(job, still_expected).await;
+        }
+        Some(answer.flatten())
     }
 
     /// Whether `job`'s new PIN is to come from the portal and has not been answered yet (asked
     /// now, or to be asked once the session reaches that step).
+    /// Whether this desk meets other servers through the database.
+    pub fn shared(&self) -> bool {
+        self.relay.is_some()
+    }
+
     pub fn expects(&self, job: JobId) -> bool {
         self.lock().contains_key(&job)
     }
 
-    /// What `job` asks for, while it waits for the portal's PIN.
+    /// What `job` asks for, while it waits for the portal's PIN on this server.
     pub fn wanted(&self, job: JobId) -> Option<Asking> {
         let jobs = self.lock();
-        let waiting = jobs.get(&job)?.as_ref()?;
-        Some(Asking {
-            rules: waiting.rules,
-            seconds_left: waiting.until.saturating_duration_since(Instant::now()).as_secs(),
-            current: waiting.current,
-            verify: waiting.verify,
-            fido: waiting.fido,
-        })
+        Some(jobs.get(&job)?.as_ref()?.asking())
     }
 
-    /// Hands the holder's answer to a waiting session: a new PIN that meets the rules (with the
-    /// card's current PIN when the session asks for it, *Change PIN*), or no new PIN to decline
-    /// (keep the initial PIN; cancel a PIN change). A PIN that breaks a rule, or a missing or
-    /// impossible current PIN, is refused here and the session waits on.
+    /// Hands the holder's answer to a session waiting on this server: a new PIN that meets the
+    /// rules (with the card's current PIN when the session asks for it, *Change PIN*), or no new
+    /// PIN to decline (keep the initial PIN; cancel a PIN change). A PIN that breaks a rule, or a
+    /// missing or impossible current PIN, is refused here and the session waits on.
     pub fn give(&self, job: JobId, current: Option<Secret>, new: Option<Secret>) -> Result<(), GiveError> {
         let mut jobs = self.lock();
         let Some(Some(waiting)) = jobs.get(&job) else { return Err(GiveError::NotWaiting) };
-        let typed = match new {
-            None => None,
-            Some(pin) if waiting.fido.is_some() => {
-                if current.is_some() {
-                    return Err(GiveError::CurrentNotAsked);
-                }
-                if let Some(rules) = waiting.fido {
-                    rules.check(pin.expose()).map_err(GiveError::FidoRules)?;
-                }
-                Some(Typed { current: None, new: pin })
-            }
-            Some(pin) if waiting.verify => {
-                // The card's own PIN, to be verified: the card judges it; only what cannot be a
-                // card PIN is refused here, and costs no try.
-                if current.is_some() {
-                    return Err(GiveError::CurrentNotAsked);
-                }
-                if pin.expose().is_empty() {
-                    return Err(GiveError::PinMissing);
-                }
-                if pin.expose().len() > MAX_CARD_PIN {
-                    return Err(GiveError::PinTooLong);
-                }
-                Some(Typed { current: None, new: pin })
-            }
-            Some(new) => {
-                match (&current, waiting.current) {
-                    (Some(_), false) => return Err(GiveError::CurrentNotAsked),
-                    (None, true) => return Err(GiveError::CurrentMissing),
-                    (Some(c), true) if c.expose().is_empty() => return Err(GiveError::CurrentMissing),
-                    (Some(c), true) if c.expose().len() > MAX_CARD_PIN => {
-                        return Err(GiveError::CurrentTooLong);
-                    }
-                    _ => {}
-                }
-                waiting.rules.check(new.expose()).map_err(GiveError::Rules)?;
-                if current.as_ref() == Some(&new) {
-                    return Err(GiveError::Unchanged);
-                }
-                Some(Typed { current, new })
-            }
-        };
+        let typed = check_answer(&waiting.asking(), current, new)?;
         let Some(Some(waiting)) = jobs.remove(&job) else { return Err(GiveError::NotWaiting) };
         // The session may have given up this instant; then the PINs are dropped (and wiped).
         waiting.tx.send(typed).map_err(|_| GiveError::NotWaiting)

@@ -21,6 +21,7 @@ use crate::sql::Arg;
 
 mod agents;
 mod audit;
+mod cluster;
 mod credentials;
 mod devices;
 mod enrollment;

@@ -493,6 +493,7 @@ pub const POSTGRES_UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("webauthn_challenges_pkey", "webauthn_challenges.challenge_hash"),
     ("revocation_epoch_pkey", "revocation_epoch.id"),
     ("crl_numbers_pkey", "crl_numbers.scope"),
+    ("cluster_notes_pkey", "cluster_notes.(topic, owner, note_key)"),
 ];
 
 pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {

@@ -151,7 +151,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 ..lanyard_server::issuance::IssuanceConfig::new(kek, attestation_roots)
             })
             .with_public_url(&cfg.public_url)
-            .with_mobile(mobile);
+            .with_mobile(mobile)
+            .with_shared_pins();
         // Sessions this process ran before a restart still hold leases that are running out:
         // the sweeper fails them (and any another server abandons) a few minutes later.
         tokio::spawn(lanyard_server::issuance::sweep_abandoned_jobs(state.clone()));
@@ -190,6 +191,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         // Chains audit events after their commit (PostgreSQL; SQLite does it in its commits).
         let _sealer = state.repo.spawn_audit_sealer();
+        // Frames other servers on the database left for agents linked here (docs/deployment.md).
+        tokio::spawn(lanyard_server::cluster::relay_frames(state.clone()));
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("Lanyard is listening on {scheme}://{addr} (public URL {})", cfg.public_url);

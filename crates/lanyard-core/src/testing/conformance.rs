@@ -53,6 +53,10 @@ fn not_found<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
     }
 }
 
+async fn read<R: Repo>(repo: &R) -> R::Tx {
+    ok(repo.read().await, "read")
+}
+
 async fn begin<R: Repo>(repo: &R) -> R::Tx {
     ok(repo.begin().await, "begin")
 }
@@ -107,6 +111,90 @@ pub async fn run<R: Repo>(repo: &R) {
     installation(repo).await;
     agents_and_pairing(repo).await;
     passkeys(repo).await;
+    throttle_and_cluster_notes(repo).await;
+}
+
+/// Throttle failures are counted per scope and key, newest first, and forgotten by window or on
+/// clear; cluster notes are replaced by `put`, refused twice by `insert`, invisible once expired,
+/// listed per topic and owner in creation order, and deleted once.
+pub async fn throttle_and_cluster_notes<R: Repo>(repo: &R) {
+    let (alice, bob) = (TokenHash::of("alice"), TokenHash::of("bob"));
+    let mut tx = begin(repo).await;
+    for minutes in [0, 1, 2] {
+        let at = T0 + Duration::minutes(minutes);
+        ok(tx.record_failure("login", &alice, at, at - Duration::minutes(15)).await, "record_failure");
+    }
+    ok(tx.record_failure("mobile_code", &alice, T0, T0 - Duration::minutes(15)).await, "record_failure");
+    ok(tx.record_failure("login", &bob, T0, T0 - Duration::minutes(15)).await, "record_failure");
+    commit(tx).await;
+
+    let mut tx = read(repo).await;
+    let times = ok(tx.recent_failures("login", &alice, T0, 10).await, "recent_failures");
+    assert_eq!(
+        times,
+        [T0 + Duration::minutes(2), T0 + Duration::minutes(1), T0],
+        "newest first, per scope and key"
+    );
+    let times =
+        ok(tx.recent_failures("login", &alice, T0 + Duration::minutes(1), 1).await, "recent_failures");
+    assert_eq!(times, [T0 + Duration::minutes(2)], "since and limit");
+    drop(tx);
+
+    let mut tx = begin(repo).await;
+    // A failure at minute 16 drops alice's failures before minute 1 (of this scope only).
+    let late = T0 + Duration::minutes(16);
+    ok(tx.record_failure("login", &alice, late, T0 + Duration::minutes(1)).await, "record_failure");
+    let times = ok(tx.recent_failures("login", &alice, T0 - Duration::days(1), 10).await, "recent_failures");
+    assert_eq!(
+        times,
+        [late, T0 + Duration::minutes(2), T0 + Duration::minutes(1)],
+        "the window's old failures dropped"
+    );
+    assert_eq!(ok(tx.clear_failures("login", &alice).await, "clear_failures"), 3);
+    assert_eq!(
+        ok(tx.prune_failures(T0 + Duration::seconds(1)).await, "prune_failures"),
+        2,
+        "bob's and mobile_code's"
+    );
+    assert!(
+        ok(tx.recent_failures("login", &bob, T0 - Duration::days(1), 10).await, "recent_failures").is_empty()
+    );
+    commit(tx).await;
+
+    let note = |owner: &str, key: &str, minutes: i64, value: &[u8]| ClusterNote {
+        topic: "t".into(),
+        owner: owner.into(),
+        key: key.into(),
+        value: value.to_vec(),
+        created_at: T0 + Duration::minutes(minutes),
+        expires_at: T0 + Duration::minutes(10 + minutes),
+    };
+    let mut tx = begin(repo).await;
+    ok(tx.put_note(&note("o", "b", 1, b"first")).await, "put_note");
+    ok(tx.put_note(&note("o", "b", 1, b"second")).await, "put_note replaces");
+    ok(tx.insert_note(&note("o", "a", 2, b"x")).await, "insert_note");
+    conflict(tx.insert_note(&note("o", "a", 2, b"y")).await, "insert_note twice");
+    ok(tx.insert_note(&note("other", "a", 0, b"z")).await, "insert_note of another owner");
+    commit(tx).await;
+
+    let mut tx = read(repo).await;
+    let got = ok(tx.get_note("t", "o", "b", T0).await, "get_note");
+    assert_eq!(got, Some(note("o", "b", 1, b"second")));
+    let listed = ok(tx.list_notes("t", "o", T0, 10).await, "list_notes");
+    assert_eq!(listed, [note("o", "b", 1, b"second"), note("o", "a", 2, b"x")], "per owner, oldest first");
+    // Expired at minute 11: invisible to get and list.
+    assert_eq!(ok(tx.get_note("t", "o", "b", T0 + Duration::minutes(11)).await, "get_note"), None);
+    let listed = ok(tx.list_notes("t", "o", T0 + Duration::minutes(11), 10).await, "list_notes");
+    assert_eq!(listed, [note("o", "a", 2, b"x")]);
+    assert_eq!(ok(tx.list_notes("t", "o", T0, 1).await, "list_notes").len(), 1, "limit");
+    drop(tx);
+
+    let mut tx = begin(repo).await;
+    assert!(ok(tx.delete_note("t", "o", "a").await, "delete_note"));
+    assert!(!ok(tx.delete_note("t", "o", "a").await, "delete_note"), "deleted once");
+    assert_eq!(ok(tx.delete_expired_notes(T0 + Duration::minutes(12)).await, "delete_expired_notes"), 2);
+    assert!(ok(tx.list_notes("t", "o", T0, 10).await, "list_notes").is_empty());
+    commit(tx).await;
 }
 
 /// Commit makes writes visible; dropping a unit of work discards them.

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use super::operation;
 use crate::auth::Auth;
-use crate::link::AgentLinks;
 use crate::{ApiError, AppState};
 
 /// What a client is told for a code that pairs nothing: one message whether the code is wrong,
@@ -77,10 +76,11 @@ impl AgentView {
         }
     }
 
-    /// The agent with what its link, if connected to this server, says now.
-    fn with_link(a: &Agent, links: &AgentLinks) -> Self {
+    /// The agent with what its link, if connected to this or another server, says now.
+    async fn with_link<R: Repo>(a: &Agent, s: &AppState<R>) -> Self {
         let mut view = Self::stored(a);
-        if let Some((user, snapshot)) = links.status(a.id).filter(|_| a.revoked_at.is_none())
+        let link = if a.revoked_at.is_none() { crate::link::status_anywhere(s, a.id).await } else { None };
+        if let Some((user, snapshot)) = link
             && user == a.user
         {
             view.online = true;
@@ -164,7 +164,11 @@ pub(super) async fn list_agents<R: Repo>(
 ) -> Result<Json<Vec<AgentView>>, ApiError> {
     let me = auth.principal.workstations()?;
     let agents = me.agents(s.repo.as_ref()).await?;
-    Ok(Json(agents.iter().map(|a| AgentView::with_link(a, &s.links)).collect()))
+    let mut views = Vec::with_capacity(agents.len());
+    for a in &agents {
+        views.push(AgentView::with_link(a, &s).await);
+    }
+    Ok(Json(views))
 }
 
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = String, Path, description = "Agent id")),

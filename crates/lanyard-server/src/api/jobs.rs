@@ -168,7 +168,7 @@ pub(super) async fn job<R: Repo>(
         Err(_) => auth.principal.self_service()?.job(repo, id).await?,
     };
     let mut view = JobView::from(job);
-    view.pin_wanted = s.pins.wanted(id).map(|a| PinWanted {
+    view.pin_wanted = crate::cluster::pin_wanted(&s, id).await.map(|a| PinWanted {
         rules: a.rules,
         seconds_left: a.seconds_left,
         current_pin: a.current,
@@ -193,7 +193,7 @@ pub(super) struct PinRequest {
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/pin", tag = "issuance", params(("id" = String, Path, description = "job id")),
     request_body = PinRequest,
-    responses((status = 202), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+    responses((status = 202), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody, description = "the session runs on another server and the database did not take the PIN; nothing was sent")))]
 /// Hands the new PIN typed in the portal to a session waiting for it (`pin_wanted` on the job),
 /// with the card's current PIN for a `change_pin` job: checked against the group's PIN rules
 /// here (a PIN that breaks one, or a missing or impossible current PIN, is `400` and the session
@@ -212,9 +212,12 @@ pub(super) async fn submit_pin<R: Repo>(
         Err(_) => auth.principal.self_service()?.job(repo, id).await?,
     };
     let Json(req) = body?;
-    s.pins.give(id, req.current_pin, req.new_pin).map_err(|e| match e {
+    crate::cluster::pin_give(&s, id, req.current_pin, req.new_pin).await.map_err(|e| match e {
         crate::portal_pin::GiveError::NotWaiting => {
             ApiError::new(StatusCode::CONFLICT, format!("job {id}: {e}"))
+        }
+        crate::portal_pin::GiveError::Unavailable => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("job {id}: {e}"))
         }
         _ => ApiError::bad_request(e.to_string()),
     })?;
@@ -269,7 +272,7 @@ pub(super) async fn job_ticket<R: Repo>(
         Err(_) => auth.principal.self_service()?.job_ticket(repo, id, purpose, ttl).await?,
     };
     // A ticket handed out as text runs at an agent whose holder types the PIN there.
-    s.pins.forget(job.id);
+    crate::cluster::pin_forget(&s, job.id).await;
     let ticket = crate::issuance::ticket_string(job.id, &ticket);
     Ok(Json(JobTicket { job: job.into(), ticket }))
 }

@@ -58,6 +58,8 @@ pub struct MobileConfig {
 /// several phones behind one address.
 pub const MAX_CODE_FAILURES: usize = 10;
 pub const CODE_FAILURE_WINDOW: time::Duration = time::Duration::minutes(15);
+/// The throttle scope of refused enrolment codes (per source address).
+pub const THROTTLE_SCOPE: &str = "mobile_code";
 
 /// The audit action recording that the app installed its credential.
 pub const INSTALLED: &str = "mobile.installed";
@@ -191,13 +193,13 @@ impl Source {
 }
 
 /// Runs `work` unless the address is throttled; counts its failures about the code.
-async fn throttled<R, T>(
+async fn throttled<R: lanyard_core::repo::Repo, T>(
     s: &AppState<R>,
     source: &Source,
     work: impl Future<Output = Result<T, MobileError>>,
 ) -> Result<T, MobileError> {
     let key = source.key();
-    if let Err(wait) = s.mobile_throttle.check(&key, s.clock.now()) {
+    if let Err(wait) = s.mobile_throttle.check(s.repo.as_ref(), &key, s.clock.now()).await? {
         return Err(MobileError {
             retry_after: Some(wait),
             ..MobileError::new(
@@ -211,7 +213,7 @@ async fn throttled<R, T>(
     if let Err(e) = &result
         && e.about_the_code()
     {
-        s.mobile_throttle.record_failure(&key, s.clock.now());
+        s.mobile_throttle.record_failure(s.repo.as_ref(), &key, s.clock.now()).await?;
     }
     result
 }

@@ -273,7 +273,7 @@ pub(crate) async fn finish_registration<R: Repo>(
 async fn waiting_issuance<R: Repo>(s: &AppState<R>, me: &SelfService<'_>, device: DeviceId) -> Option<JobId> {
     let jobs = me.device_jobs(s.repo.as_ref(), device).await.ok()?;
     let job = jobs.iter().rev().find(|j| j.kind == JobKind::Issuance)?;
-    let asking = s.pins.wanted(job.id)?;
+    let asking = crate::cluster::pin_wanted(s, job.id).await?;
     (asking.fido.is_none() && !asking.current && !asking.verify).then_some(job.id)
 }
 

@@ -69,30 +69,31 @@ pub(crate) async fn start_session<R: Repo>(
 ) -> Result<(User, secrecy::SecretString), ApiError> {
     let now = s.clock.now();
     let key = username.trim().to_ascii_lowercase();
-    if let Err(seconds) = s.throttle.check(&key, now) {
+    if let Err(seconds) = s.throttle.check(s.repo.as_ref(), &key, now).await? {
         return Err(ApiError::too_many_requests(
             format!("too many failed logins for this username; try again in {seconds} s"),
             seconds,
         ));
     }
     let Some(user) = authenticate(s.repo.as_ref(), username, password).await? else {
-        s.throttle.record_failure(&key, now);
         // Recorded by Lanyard itself: nobody is authenticated. The name is cut short so that
         // garbage input cannot bloat the log.
         let claimed: String = key.chars().take(lanyard_core::model::Username::MAX_LEN).collect();
         let event = NewAuditEvent::new(now, Actor::System, "session.login_failed", &op)
             .target(format!("username:{claimed}"));
         let repo = s.repo.as_ref();
-        let event = &event;
+        let (event, key, throttle) = (&event, &key, s.throttle);
+        // The failure counts for every server sharing the database, written with its audit event.
         retry(repo, || async move {
             let mut tx = repo.begin().await?;
+            throttle.record_in(&mut tx, key, now).await?;
             tx.append_audit(event.clone()).await?;
             tx.commit().await
         })
         .await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid username or password"));
     };
-    s.throttle.clear(&key);
+    s.throttle.clear(s.repo.as_ref(), &key).await?;
     if lanyard_core::authz::password_refused(s.repo.as_ref(), &user).await? {
         // The password was right, but the group signs in with passkeys and this user has one
         // that works. Audited, so the help desk sees why a user "cannot sign in".

@@ -60,13 +60,14 @@ pub(crate) async fn seen<R: Repo>(s: &AppState<R>, who: &Principal) -> Result<Se
     let agents = who.workstations()?.agents(s.repo.as_ref()).await?;
     let agents: Vec<Agent> = agents.into_iter().filter(|a| a.revoked_at.is_none()).collect();
     let paired = agents.len();
-    let online = agents
-        .into_iter()
-        .filter_map(|a| match s.links.status(a.id) {
-            Some((user, snapshot)) if user == a.user => Some((a, snapshot)),
-            _ => None,
-        })
-        .collect();
+    let mut online = Vec::new();
+    for a in agents {
+        if let Some((user, snapshot)) = crate::link::status_anywhere(s, a.id).await
+            && user == a.user
+        {
+            online.push((a, snapshot));
+        }
+    }
     Ok(Seen { paired, online })
 }
 
@@ -190,20 +191,25 @@ pub(crate) async fn refresh<R: Repo + 'static>(
 
 /// Asks each of `online` to report its readers again and waits (at most [`REFRESH_WAIT`]) until
 /// every one that is still connected has.
-pub(crate) async fn ask_to_report<R>(s: &AppState<R>, online: &[(Agent, LinkSnapshot)]) {
+pub(crate) async fn ask_to_report<R: Repo>(s: &AppState<R>, online: &[(Agent, LinkSnapshot)]) {
     let mut asked = Vec::new();
     for (agent, snapshot) in online {
         // An agent that went away since is simply not waited for.
-        if s.links.send(agent.id, ServerLinkFrame::Refresh).is_ok() {
+        if crate::link::send_anywhere(s, agent.id, ServerLinkFrame::Refresh).await.is_ok() {
             asked.push((agent.id, snapshot.reported_at));
         }
     }
     let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
     while tokio::time::Instant::now() < deadline {
-        let answered = asked.iter().all(|(id, before)| match s.links.status(*id) {
-            Some((_, now)) => now.reported_at.is_some() && now.reported_at != *before,
-            None => true,
-        });
+        let mut answered = true;
+        for (id, before) in &asked {
+            if let Some((_, now)) = crate::link::status_anywhere(s, *id).await
+                && (now.reported_at.is_none() || now.reported_at == *before)
+            {
+                answered = false;
+                break;
+            }
+        }
         if answered {
             break;
         }
@@ -261,7 +267,9 @@ pub(crate) async fn start<R: Repo + 'static>(
                 ),
             ))
         };
-        let Some((owner, snapshot)) = s.links.status(agent.id) else { return Err(gone()) };
+        let Some((owner, snapshot)) = crate::link::status_anywhere(&s, agent.id).await else {
+            return Err(gone());
+        };
         let report = snapshot.readers.iter().flatten().find(|r| r.name == reader && r.card_present);
         let Some(card) =
             report.filter(|r| owner == agent.user && why_unusable(r).is_none()).and_then(|r| r.card.clone())

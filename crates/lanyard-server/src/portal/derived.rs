@@ -306,7 +306,7 @@ async fn session_page<R: Repo + 'static>(
     notice: Option<String>,
     status: StatusCode,
 ) -> Result<Response, PortalError> {
-    let asking = s.pins.wanted(job.id);
+    let asking = crate::cluster::pin_wanted(s, job.id).await;
     let proof = SponsorProof::of(&job);
     let now = s.clock.now();
     let (stage, detail) = match job.state {
@@ -396,7 +396,7 @@ pub(crate) async fn pin<R: Repo + 'static>(
                 }
             },
         };
-        if let Err(e) = s.pins.give(job.id, None, pin) {
+        if let Err(e) = crate::cluster::pin_give(&s, job.id, None, pin).await {
             let message = match e {
                 GiveError::PinTooLong => format!(
                     "A card's PIN has at most {} characters; nothing was sent to the card.",

@@ -317,9 +317,10 @@ struct Snapshot {
 
 async fn snapshot<R: Repo>(s: &AppState<R>, who: &Principal, id: JobId) -> Result<Snapshot, PortalError> {
     let Visible { job, device, policy, holder_views, may_act, holder } = visible_job(s, who, id).await?;
-    let rules = s.pins.wanted(id);
+    let rules = crate::cluster::pin_wanted(s, id).await;
     let fido_wanted = rules.is_some_and(|a| a.fido.is_some());
-    let phase = phase_of(&job, device.state, rules.is_some(), fido_wanted, s.pins.expects(id), s.clock.now());
+    let expects = crate::cluster::pin_expects(s, id).await;
+    let phase = phase_of(&job, device.state, rules.is_some(), fido_wanted, expects, s.clock.now());
     let failure = job
         .steps
         .iter()
@@ -690,8 +691,9 @@ pub(crate) async fn pin<R: Repo + 'static>(
             }
         };
         let setting = new.is_some();
-        if let Err(e) = s.pins.give(id, current, new) {
+        if let Err(e) = crate::cluster::pin_give(&s, id, current, new).await {
             let message = match e {
+                GiveError::Unavailable => e.to_string(),
                 GiveError::NotWaiting => {
                     let message =
                         "The card session is no longer waiting for a PIN: the time for it ran out, \

@@ -363,7 +363,7 @@ pub(crate) async fn issue_start<R: Repo + 'static>(
         };
         // Only the operator's own agent: another account's is the same 404 as a missing one.
         let agent = principal.workstations()?.agent(repo, agent_id).await?;
-        let report = s.links.status(agent.id).and_then(|(owner, snapshot)| {
+        let report = crate::link::status_anywhere(&s, agent.id).await.and_then(|(owner, snapshot)| {
             let r = snapshot.readers?.into_iter().find(|r| r.name == reader && r.card_present)?;
             (owner == agent.user && why_unusable(&r).is_none()).then_some(r.card).flatten()
         });
