@@ -167,7 +167,7 @@ impl Report {
         for (_, pts) in &mut series {
             pts.sort_by_key(|p| p.0);
         }
-        let (w, h, left, right, top, bottom) = (900.0, 520.0, 80.0, 330.0, 30.0, 60.0);
+        let (w, h, left, right, top, bottom) = (1000.0, 520.0, 80.0, 420.0, 30.0, 60.0);
         let pw = w - left - right;
         let ph = h - top - bottom;
         let all: Vec<(u32, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();

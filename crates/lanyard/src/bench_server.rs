@@ -59,11 +59,23 @@ fn spawn_on_server_core(
     let out = std::fs::File::create(log)?;
     let mut cmd = Command::new("taskset");
     cmd.arg("-c").arg("1").arg(program).args(args).stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
+    lanyard_env(&mut cmd, envs);
+    let child = cmd.spawn().with_context(|| format!("starting {}", program.display()))?;
+    Ok(Proc { child, name: program.display().to_string() })
+}
+
+/// Sets `envs` on `cmd` after removing every other `LANYARD_*` variable of this process's
+/// environment: `lanyard serve` refuses unknown ones, and the caller's configuration must not
+/// leak into the bench's servers.
+fn lanyard_env(cmd: &mut Command, envs: &[(&str, String)]) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LANYARD_") {
+            cmd.env_remove(k);
+        }
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().with_context(|| format!("starting {}", program.display()))?;
-    Ok(Proc { child, name: program.display().to_string() })
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -438,7 +450,8 @@ fn start_lanyard(
         ]
     };
     let mut init = Command::new(&b.exe);
-    init.arg("init").envs(env(0));
+    init.arg("init");
+    lanyard_env(&mut init, &env(0));
     let out = run_output(&mut init)?;
     let password = out
         .lines()
@@ -792,6 +805,9 @@ fn versions(b: &mut Bench, pg_url: &Option<String>) {
     if pg_url.is_some() {
         ctx.push(("PostgreSQL".into(), first_line(Command::new("psql").arg("--version"))));
     }
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let loadavg = loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    ctx.push(("load average at the start (1, 5, 15 min)".into(), loadavg));
     ctx.push((
         "load".into(),
         format!("wrk -t1 on CPU 0, servers on CPU 1, {} s per row, loopback", b.o.seconds),
@@ -826,9 +842,9 @@ fn ceiling(b: &mut Bench) -> anyhow::Result<()> {
         }
         let rate = n as f64 / start.elapsed().as_secs_f64();
         b.push(Row::new(
-            &format!("ceiling-{label}"),
-            "ceiling",
-            &format!("CSR verify + certificate sign in process, {label}, 1 core"),
+            &format!("inprocess-{label}"),
+            "Lanyard CA code",
+            &format!("CSR parse + verify, certificate build + sign, in process, {label}, 1 core"),
             rate,
             "/s",
         ));
@@ -856,6 +872,28 @@ fn ceiling(b: &mut Bench) -> anyhow::Result<()> {
                 (f[f.len() - 2].parse::<f64>().unwrap_or(0.0), f[f.len() - 1].parse::<f64>().unwrap_or(0.0));
             b.push(Row::new("speed-p256-sign", "openssl speed", "P-256 sign, 1 core", s, "/s"));
             b.push(Row::new("speed-p256-verify", "openssl speed", "P-256 verify, 1 core", v, "/s"));
+        }
+    }
+    // The machine's ceiling for a request that verifies one signature and makes one: both
+    // operations back to back on one core.
+    for (label, sign, verify) in [
+        ("P-256", "speed-p256-sign", "speed-p256-verify"),
+        ("RSA-2048", "speed-rsa-sign", "speed-rsa-verify"),
+    ] {
+        let rate = |k: &str| b.report.rows.iter().find(|r| r.key == k).map(|r| r.value).filter(|v| *v > 0.0);
+        if let (Some(s), Some(v)) = (rate(sign), rate(verify)) {
+            let mut row = Row::new(
+                &format!("ceiling-{label}"),
+                "ceiling",
+                &format!("verify + sign, {label}, 1 core (openssl speed: 1 / (1/sign + 1/verify))"),
+                1.0 / (1.0 / s + 1.0 / v),
+                "/s",
+            );
+            row.peer = None;
+            b.push(row);
+            if let Some(r) = b.report.rows.iter_mut().find(|r| r.key == format!("inprocess-{label}")) {
+                r.ceiling = Some(format!("ceiling-{label}"));
+            }
         }
     }
     Ok(())
@@ -1586,6 +1624,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
 
     b.report.context.push(("command".into(), std::env::args().collect::<Vec<_>>().join(" ")));
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let loadavg = loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    b.report.context.push(("load average at the end (1, 5, 15 min)".into(), loadavg));
     b.report.context.push(("duration".into(), format!("{:.1} min", began.elapsed().as_secs_f64() / 60.0)));
     println!("\n{}", b.report.text());
     b.report.write(&b.o.out)?;
