@@ -1405,12 +1405,26 @@ fn ocsp(b: &mut Bench, l: &Lanyard, db: &str, seeded: &Seeded, full: bool) -> an
     if full {
         // The CRL from the database: time, size, the server's peak-RSS growth.
         let pid = l.procs[0].pid();
-        let (_, hwm_before) = memory(pid);
+        let (rss_before, _) = memory(pid);
+        // The server's resident memory, sampled every 5 ms while it builds the CRL.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0.0f64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(memory(pid).0);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                peak
+            })
+        };
         let t = Instant::now();
         let mut resp = ureq::get(&format!("http://127.0.0.1:{}/pki/crl", l.pki[0])).call()?;
         let crl = resp.body_mut().with_config().limit(1 << 31).read_to_vec()?;
         let secs = t.elapsed().as_secs_f64();
-        let (_, hwm_after) = memory(pid);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().unwrap_or(0.0);
         let revoked = n / 10 + 1;
         let mut row = Row::new(
             &format!("lanyard-crl-time-{db}"),
@@ -1431,8 +1445,8 @@ fn ocsp(b: &mut Bench, l: &Lanyard, db: &str, seeded: &Seeded, full: bool) -> an
         let mut row = Row::new(
             &format!("lanyard-crl-rss-{db}"),
             "Lanyard",
-            &format!("CRL, {revoked} revoked ({db}): server peak RSS growth"),
-            (hwm_after - hwm_before).max(0.0),
+            &format!("CRL, {revoked} revoked ({db}): server RSS growth (peak while building)"),
+            (peak - rss_before).max(0.0),
             "MiB",
         );
         row.peer = Some("openssl-gencrl-rss".into());
@@ -1623,6 +1637,14 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         portal(&mut b)?;
     }
 
+    // The servers' logs, for the failures a row counts.
+    let logs = b.o.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    for entry in std::fs::read_dir(b.dir.path())?.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let _ = std::fs::copy(entry.path(), logs.join(entry.file_name()));
+        }
+    }
     b.report.context.push(("command".into(), std::env::args().collect::<Vec<_>>().join(" ")));
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let loadavg = loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
