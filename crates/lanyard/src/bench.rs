@@ -61,6 +61,56 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         think_ms: u64,
     },
+    /// The server at scale, side by side with cfssl and openssl on this machine, in one run:
+    /// issuance through the API (SQLite, PostgreSQL, one and two servers), OCSP with a million
+    /// certificates, the CRL, portal latency, memory. Starts `lanyard serve` processes on CPU 1
+    /// and loads them with wrk on CPU 0. Prints one table and writes table.md, figures.json and
+    /// throughput.svg to --out. `./scripts/bench` installs what it needs and runs it.
+    Server {
+        /// A PostgreSQL server to make throwaway databases on (a role with CREATEDB); without
+        /// it the PostgreSQL rows are skipped.
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// Where the table, figures and plot go.
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+        /// Fewer rows, 2 s each and 100,000 certificates: for development, not for the docs.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds per load row [default: 8, or 2 with --quick].
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Certificates in the database for the OCSP and CRL rows [default: 1,000,000, or
+        /// 100,000 with --quick].
+        #[arg(long)]
+        certificates: Option<u64>,
+        /// Parts to leave out, comma-separated: ceiling, cfssl, openssl, sqlite, rsa, postgres,
+        /// portal (their rows are then missing from the table).
+        #[arg(long, value_delimiter = ',')]
+        skip: Vec<String>,
+    },
+    /// Renders table.md and throughput.svg again from a figures.json of `bench server`.
+    Render {
+        /// The figures.json to read.
+        figures: std::path::PathBuf,
+        /// Where the table and plot go.
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+    },
+    /// A load client for servers that need a new TCP connection per request (what `bench
+    /// server` runs on CPU 0): prints one BENCHJSON line.
+    #[command(hide = true)]
+    Connect {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Requests to cycle through: each a 4-byte big-endian length and the raw HTTP request.
+        #[arg(long)]
+        requests: std::path::PathBuf,
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -76,6 +126,24 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 population,
                 think: Duration::from_millis(think_ms),
             })
+        }
+        BenchCommand::Server { postgres_url, out, quick, seconds, certificates, skip } => {
+            let seconds = seconds.unwrap_or(if quick { 2 } else { 8 });
+            if seconds == 0 {
+                bail!("--seconds must be at least 1");
+            }
+            crate::bench_server::run(crate::bench_server::Options {
+                quick,
+                out,
+                postgres_url,
+                seconds,
+                certificates: certificates.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+                skip,
+            })
+        }
+        BenchCommand::Render { figures, out } => crate::bench_server::render(&figures, &out),
+        BenchCommand::Connect { addr, requests, connections, seconds } => {
+            crate::bench_server::connect(addr, &requests, connections, seconds)
         }
     }
 }

@@ -72,7 +72,7 @@ fn csr_pem() -> anyhow::Result<String> {
 }
 
 /// Latencies of one page under load.
-struct Figures {
+pub struct Figures {
     latencies: Vec<Duration>,
     wall: Duration,
     failures: u32,
@@ -86,6 +86,18 @@ impl Figures {
         // Nearest rank: the smallest latency at or above the q-th fraction of the samples.
         let rank = ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
         self.latencies[rank - 1]
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64().max(f64::EPSILON)
+    }
+
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.quantile(q).as_secs_f64() * 1000.0
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
     }
 
     fn print(&self, what: &str) {
@@ -170,6 +182,15 @@ fn resident_mib() -> Option<f64> {
 }
 
 pub fn run(o: Options) -> anyhow::Result<()> {
+    let (devices, search) = measure(o)?;
+    if devices.failures > 0 || search.failures > 0 {
+        bail!("some requests failed (see above): the figures are not valid");
+    }
+    Ok(())
+}
+
+/// Runs both loads, prints their figures and returns them (My Devices, operator search).
+pub fn measure(o: Options) -> anyhow::Result<(Figures, Figures)> {
     if o.sessions == 0 || o.requests == 0 {
         bail!("--sessions and --requests must be at least 1");
     }
@@ -280,9 +301,6 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             "resident memory of this process (server and clients): {before:.0} MiB before, {after:.0} MiB after"
         );
     }
-    if devices.failures > 0 || search.failures > 0 {
-        bail!("some requests failed (see above): the figures are not valid");
-    }
     drop(rt);
-    Ok(())
+    Ok((devices, search))
 }

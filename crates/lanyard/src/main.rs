@@ -31,6 +31,8 @@ mod agent_install;
 mod bench;
 mod bench_issuance;
 mod bench_portal;
+mod bench_report;
+mod bench_server;
 mod config;
 mod init_cmd;
 mod keystore;
@@ -153,7 +155,8 @@ enum Commands {
     /// keystore, list, delete, export as PKCS#12.
     #[command(subcommand)]
     Mobile(mobile_cmd::MobileCommand),
-    /// Measure card operations through PC/SC (see docs/BENCHMARKS.md).
+    /// Benchmarks: card operations through PC/SC, issuance, portal pages, and the server at
+    /// scale side by side with cfssl and openssl (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
