@@ -41,5 +41,5 @@ CREATE TABLE crl_numbers (
 
 -- The CRL lists exactly these states; this index lets it read them without visiting the other
 -- rows (or their certificates).
-CREATE INDEX credentials_revocation ON credentials (state, serial_hex, revocation_reason, revoked_at, created_at, updated_at)
+CREATE INDEX credentials_revocation ON credentials (state, serial_hex, held_from, revocation_reason, revoked_at, created_at, updated_at)
     WHERE state IN ('pending', 'revoked', 'on_hold', 'superseded');
