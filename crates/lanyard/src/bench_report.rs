@@ -220,9 +220,9 @@ impl Report {
             left + pw / 2.0,
             h - 20.0
         );
-        const COLOURS: [&str; 10] = [
+        const COLOURS: [&str; 16] = [
             "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-            "#7f7f7f", "#bcbd22",
+            "#7f7f7f", "#bcbd22", "#393b79", "#e6550d", "#31a354", "#843c39", "#636363", "#7b4173",
         ];
         for (i, (name, pts)) in series.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
