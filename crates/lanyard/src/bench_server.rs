@@ -482,11 +482,17 @@ fn csr_pem(alg: lanyard_ca::KeyAlgorithm) -> anyhow::Result<String> {
     Ok(lanyard_ca::pem("CERTIFICATE REQUEST", &der))
 }
 
+/// How many devices the issuance rows spread their requests over, one after another. An
+/// organisation issues to many devices at once, rarely to one device twice at the same moment;
+/// with as few devices as connections, concurrent requests for one device's slot meet on
+/// PostgreSQL (serializable units of work), and some end in 503 after their retries.
+const ISSUANCE_DEVICES: u32 = 1024;
+
 /// Users with one device each; the device ids.
 fn devices(l: &Lanyard, n: u32) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let user = format!("bench{i:03}");
+        let user = format!("bench{i:04}");
         l.api(
             "POST",
             "/api/v1/users",
@@ -1586,7 +1592,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(1));
         let idle = memory(l.procs[0].pid()).0;
         b.push(Row::new("lanyard-rss-idle", "Lanyard", "server RSS idle (SQLite, fresh)", idle, "MiB"));
-        let devs = devices(&l, 64)?;
+        let devs = devices(&l, ISSUANCE_DEVICES)?;
         let conns = b.conns();
         issuance(&mut b, &l, "SQLite", 1, &devs, lanyard_ca::KeyAlgorithm::EcP256, &conns)?;
         let seeded = prepare_ocsp(&rt, &l, &url, &devs[0], n)?;
@@ -1628,7 +1634,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             let url = rt.block_on(fresh_pg(pg, &name))?;
             let result = (|| -> anyhow::Result<()> {
                 let l = start_lanyard(&b, &format!("pg{servers}"), &url, servers, "p256")?;
-                let devs = devices(&l, 64)?;
+                let devs = devices(&l, ISSUANCE_DEVICES)?;
                 let conns = b.conns();
                 issuance(&mut b, &l, "PostgreSQL", servers, &devs, lanyard_ca::KeyAlgorithm::EcP256, &conns)?;
                 if servers == 1 || !b.o.quick {

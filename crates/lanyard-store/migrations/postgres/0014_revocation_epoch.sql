@@ -1,17 +1,22 @@
--- The revocation epoch: one counter that grows in the same transaction as every change to what
--- OCSP or a CRL says about any certificate. Servers key their OCSP and CRL caches on it, so a
--- change committed through any server (or by hand) makes every cache stale at once. Triggers
--- bump it, so no code path can forget to. Each bump also notifies channel lanyard_revocation
+-- The revocation epoch: a counter that grows in the same transaction as every change to what
+-- OCSP or a CRL says about any certificate. It is the sum of 64 rows, and each change adds one to
+-- a row picked at random: concurrent serializable transactions that each insert a pending
+-- certificate would otherwise all update one row and abort one another. Servers key their OCSP
+-- and CRL caches on it, so a change committed through any server (or by hand) makes every cache
+-- stale at once. Triggers bump it, so no code path can forget to. Each bump also notifies channel lanyard_revocation
 -- (delivered at commit), which only wakes caches early: correctness never depends on it.
 CREATE TABLE revocation_epoch (
-    id     INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    id     INTEGER NOT NULL PRIMARY KEY CHECK (id >= 0 AND id < 64),
     epoch  BIGINT NOT NULL
 );
-INSERT INTO revocation_epoch (id, epoch) VALUES (1, 1);
+INSERT INTO revocation_epoch (id, epoch) SELECT g, CASE WHEN g = 0 THEN 1 ELSE 0 END FROM generate_series(0, 63) AS g;
 
 CREATE FUNCTION lanyard_bump_revocation_epoch() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    -- Drawn once: random() in the WHERE clause would be drawn again for every row.
+    shard integer := floor(random() * 64)::integer;
 BEGIN
-    UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1;
+    UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = shard;
     PERFORM pg_notify('lanyard_revocation', '');
     RETURN NULL;
 END;

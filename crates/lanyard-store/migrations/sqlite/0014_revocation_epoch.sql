@@ -1,19 +1,20 @@
 -- The revocation epoch: one counter that grows in the same transaction as every change to what
 -- OCSP or a CRL says about any certificate. Servers key their OCSP and CRL caches on it, so a
 -- change committed through any server (or by hand) makes every cache stale at once. Triggers
--- bump it, so no code path can forget to.
+-- bump it, so no code path can forget to. The epoch is the sum of the table's rows; SQLite runs
+-- one writer at a time, so one row does (PostgreSQL spreads the bumps over 64 rows).
 CREATE TABLE revocation_epoch (
-    id     INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    id     INTEGER NOT NULL PRIMARY KEY CHECK (id >= 0 AND id < 64),
     epoch  INTEGER NOT NULL
 );
-INSERT INTO revocation_epoch (id, epoch) VALUES (1, 1);
+INSERT INTO revocation_epoch (id, epoch) VALUES (0, 1);
 
 -- A credential inserted active is simply not known before: OCSP never caches "unknown" answers,
 -- so only other states (pending is on hold, revoked) move the epoch.
 CREATE TRIGGER credentials_epoch_insert AFTER INSERT ON credentials
 WHEN NEW.state NOT IN ('active', 'expired')
 BEGIN
-    UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1;
+    UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 0;
 END;
 
 CREATE TRIGGER credentials_epoch_update AFTER UPDATE ON credentials
@@ -24,12 +25,12 @@ WHEN OLD.state IS NOT NEW.state
   OR OLD.serial_hex IS NOT NEW.serial_hex
   OR OLD.created_at IS NOT NEW.created_at
 BEGIN
-    UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1;
+    UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 0;
 END;
 
 CREATE TRIGGER credentials_epoch_delete AFTER DELETE ON credentials
 BEGIN
-    UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1;
+    UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 0;
 END;
 
 -- cRLNumber per CRL scope ('issuing', 'issuing/<shard>', 'root'): taken from here when a CRL is

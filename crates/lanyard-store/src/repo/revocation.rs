@@ -44,7 +44,7 @@ fn unsigned(what: &str, v: i64) -> Result<u64, StoreError> {
 
 impl RevocationRepo for StoreTx {
     async fn revocation_epoch(&mut self) -> Result<u64, StoreError> {
-        let q = Query::new("SELECT epoch FROM revocation_epoch WHERE id = 1", vec![]);
+        let q = Query::new("SELECT CAST(SUM(epoch) AS BIGINT) AS epoch FROM revocation_epoch", vec![]);
         let epoch = self
             .fetch_optional(q, decode_epoch)
             .await?
