@@ -24,6 +24,10 @@
 //!
 //! Writers in other processes (the CLI against a running server's database) still meet the
 //! ordinary SQLite lock and its busy timeout.
+//!
+//! Statements run in place on the writer's own connection (`direct.rs`); only `BEGIN IMMEDIATE`
+//! when another process holds the lock, and every `COMMIT` (an fsync), go to a blocking thread.
+//! Read units of work take a read-only connection of the same file from [`Writer::read`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,39 +36,51 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use lanyard_core::repo::StoreError;
-use sqlx::{Sqlite, SqlitePool, Transaction};
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
+use rusqlite::Connection;
+use sqlx::SqlitePool;
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::Dialect;
-use crate::tx::{StoreTx, classify};
+use crate::direct;
+use crate::tx::StoreTx;
 
 /// How long a unit of work waits for its turn before it gives up (as the busy timeout did).
 const TURN_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many units of work share one transaction, so a long queue still commits
 /// regularly.
 const MAX_BATCH: usize = 64;
+/// Read units of work open at once on one database file; more wait for one to end.
+const MAX_READERS: usize = 64;
+/// Idle read-only connections kept open per database file.
+const IDLE_READERS: usize = 8;
 
 const BEGIN: &str = "BEGIN IMMEDIATE";
+const BEGIN_READ: &str = "BEGIN";
+const COMMIT: &str = "COMMIT";
+const ROLLBACK: &str = "ROLLBACK";
 const UNIT: &str = "SAVEPOINT lanyard_unit";
 const UNIT_RELEASE: &str = "RELEASE SAVEPOINT lanyard_unit";
 const UNIT_ROLLBACK: &str = "ROLLBACK TO SAVEPOINT lanyard_unit";
 
 type Outcome = Option<Result<(), StoreError>>;
 
-/// The writer of one SQLite database file: its queue and its open batch.
+/// The writer of one SQLite database file: its queue, its open batch, and the read-only
+/// connections of its readers.
 pub(crate) struct Writer {
+    path: PathBuf,
     batch: Arc<AsyncMutex<Batch>>,
     /// Units of work queued for their turn (not counting those waiting for a batch's outcome).
     queued: AtomicUsize,
-    /// Read-only connections to the same file for read units of work (`Db::connect` opens
-    /// them), so a read needs no `query_only` switching on a shared connection.
-    readers: Mutex<Option<SqlitePool>>,
+    /// Idle read-only connections, and the permits of read units of work.
+    readers: Mutex<Vec<Connection>>,
+    reading: Arc<Semaphore>,
 }
 
 #[derive(Default)]
 struct Batch {
-    /// The open write transaction, while no unit of work has it.
-    tx: Option<Transaction<'static, Sqlite>>,
+    /// The writer's connection, opened at the first write; away while a commit runs.
+    conn: Option<Connection>,
+    /// A transaction is open on `conn`.
+    open: bool,
     /// Counts batches, so a unit waiting for its batch can tell whether it is still open.
     epoch: u64,
     /// Units of work committed into the open transaction.
@@ -85,32 +101,58 @@ impl Writer {
         // A poisoned map only means another thread panicked while inserting; the map is intact.
         let mut writers = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
         writers
-            .entry(path)
+            .entry(path.clone())
             .or_insert_with(|| {
                 Arc::new(Writer {
+                    path,
                     batch: Arc::new(AsyncMutex::new(Batch::default())),
                     queued: AtomicUsize::new(0),
-                    readers: Mutex::new(None),
+                    readers: Mutex::new(Vec::new()),
+                    reading: Arc::new(Semaphore::new(MAX_READERS)),
                 })
             })
             .clone()
     }
 
-    /// The read-only pool for this file, if `Db::connect` opened one.
-    pub(crate) fn readers(&self) -> Option<SqlitePool> {
-        // A poisoned lock only means a thread panicked while swapping pools; the value is whole.
-        self.readers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Closes the idle connections to this file (`Db::connect` calls it), so that a file that
+    /// was replaced and opened again is read and written through connections to the new file.
+    pub(crate) async fn reopen(&self) {
+        self.idle_readers().clear();
+        let mut batch = self.batch.lock().await;
+        if !batch.open {
+            batch.conn = None;
+        }
     }
 
-    /// Records the read-only pool for this file. The latest `Db::connect` wins, so a file
-    /// that was replaced and opened again is read through connections to the new file.
-    pub(crate) fn set_readers(&self, pool: SqlitePool) {
-        *self.readers.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+    fn idle_readers(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        // A poisoned lock only means a thread panicked while pushing or popping; the list is
+        // whole.
+        self.readers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A read unit of work: a read-only connection with a snapshot open on it.
+    pub(crate) async fn read(self: Arc<Self>) -> Result<ReadConn, StoreError> {
+        let permit = tokio::time::timeout(TURN_TIMEOUT, self.reading.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Retryable(format!(
+                    "{MAX_READERS} read units of work stayed open for {} s",
+                    TURN_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|_| StoreError::Backend("the readers' semaphore was closed".into()))?;
+        let idle = self.idle_readers().pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => direct::open(&self.path, true)?,
+        };
+        direct::run(&conn, BEGIN_READ).map_err(|e| direct::classify(&e).error)?;
+        Ok(ReadConn { conn: Some(conn), writer: self, _permit: permit })
     }
 
     /// Waits for this process's turn to write, then starts a unit of work inside the open batch
     /// (opening one when there is none).
-    pub(crate) async fn begin(self: Arc<Self>, pool: &SqlitePool) -> Result<Unit, StoreError> {
+    pub(crate) async fn begin(self: Arc<Self>) -> Result<Unit, StoreError> {
         self.queued.fetch_add(1, Ordering::SeqCst);
         let turn = tokio::time::timeout(TURN_TIMEOUT, self.batch.clone().lock_owned()).await;
         self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -120,54 +162,135 @@ impl Writer {
                 TURN_TIMEOUT.as_secs()
             ))
         })?;
-        settle_abandoned(&mut guard).await;
-        if guard.tx.is_none() {
-            let tx = pool.begin_with(BEGIN).await.map_err(|e| classify(Dialect::Sqlite, &e).error)?;
-            guard.tx = Some(tx);
-            guard.epoch += 1;
-            guard.units = 0;
-            guard.outcome = Some(watch::channel(None).0);
+        settle_abandoned(&mut guard);
+        if !guard.open {
+            self.open_batch(&mut guard).await?;
         }
-        // Should this future be dropped mid-statement, the next turn undoes whatever it did.
-        guard.abandoned = true;
-        let started = match guard.tx.as_mut() {
-            Some(tx) => sqlx::query(UNIT).execute(&mut **tx).await.map(drop),
-            None => Ok(()),
+        let started = match guard.conn.as_ref() {
+            Some(conn) => direct::run(conn, UNIT).map_err(|e| direct::classify(&e).error),
+            None => Err(StoreError::Backend("the writer's connection is away".into())),
         };
-        if let Err(e) = started {
-            guard.abandoned = false;
-            let error = classify(Dialect::Sqlite, &e).error;
-            fail_batch(&mut guard, &error).await;
+        if let Err(error) = started {
+            fail_batch(&mut guard, &error);
             return Err(error);
         }
-        guard.abandoned = false;
         let epoch = guard.epoch;
         Ok(Unit { guard: Some(guard), writer: self, epoch })
+    }
+
+    /// Opens a write transaction. It is tried in place without waiting; only when another
+    /// process holds the write lock does it wait (up to the busy timeout) on a blocking thread.
+    async fn open_batch(&self, guard: &mut OwnedMutexGuard<Batch>) -> Result<(), StoreError> {
+        let conn = match guard.conn.take() {
+            Some(conn) => conn,
+            None => direct::open(&self.path, false)?,
+        };
+        let at_once = {
+            let _ = conn.busy_timeout(Duration::ZERO);
+            let r = direct::run(&conn, BEGIN);
+            let _ = conn.busy_timeout(direct::BUSY_TIMEOUT);
+            r
+        };
+        let (conn, begun) = match at_once {
+            Err(e) if is_busy(&e) => {
+                let waited = tokio::task::spawn_blocking(move || {
+                    let r = direct::run(&conn, BEGIN);
+                    (conn, r)
+                })
+                .await;
+                match waited {
+                    Ok(done) => done,
+                    Err(e) => {
+                        return Err(StoreError::Backend(format!("BEGIN IMMEDIATE did not finish: {e}")));
+                    }
+                }
+            }
+            other => (conn, other),
+        };
+        guard.conn = Some(conn);
+        begun.map_err(|e| direct::classify(&e).error)?;
+        guard.open = true;
+        guard.epoch += 1;
+        guard.units = 0;
+        guard.outcome = Some(watch::channel(None).0);
+        Ok(())
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// A read unit of work's connection. Its snapshot ends, and the connection goes back to the
+/// idle ones, when it is dropped (or committed).
+pub(crate) struct ReadConn {
+    conn: Option<Connection>,
+    writer: Arc<Writer>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ReadConn {
+    pub(crate) fn conn(&mut self) -> Result<&mut Connection, StoreError> {
+        self.conn.as_mut().ok_or_else(|| StoreError::Backend("this read unit of work has ended".into()))
+    }
+
+    /// Ends the snapshot.
+    pub(crate) fn commit(mut self) -> Result<(), StoreError> {
+        let conn =
+            self.conn.take().ok_or_else(|| StoreError::Backend("this read unit of work has ended".into()))?;
+        let ended = direct::run(&conn, COMMIT).map_err(|e| direct::classify(&e).error);
+        if ended.is_ok() {
+            self.give_back(conn);
+        }
+        ended
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.writer.idle_readers();
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+impl Drop for ReadConn {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        // A connection whose snapshot cannot be ended is closed instead of reused.
+        if conn.is_autocommit() || direct::run(&conn, ROLLBACK).is_ok() {
+            self.give_back(conn);
+        }
     }
 }
 
 /// Rolls back the savepoint of a unit of work that was dropped, or, if that fails, the batch.
-async fn settle_abandoned(guard: &mut OwnedMutexGuard<Batch>) {
+fn settle_abandoned(guard: &mut OwnedMutexGuard<Batch>) {
     if !std::mem::take(&mut guard.abandoned) {
         return;
     }
-    let undone = match guard.tx.as_mut() {
-        Some(tx) => match sqlx::query(UNIT_ROLLBACK).execute(&mut **tx).await {
-            Ok(_) => sqlx::query(UNIT_RELEASE).execute(&mut **tx).await.map(drop),
-            Err(e) => Err(e),
-        },
-        None => Ok(()),
+    let undone = match (guard.open, guard.conn.as_ref()) {
+        (true, Some(conn)) => direct::run(conn, UNIT_ROLLBACK).and_then(|()| direct::run(conn, UNIT_RELEASE)),
+        _ => Ok(()),
     };
     if let Err(e) = undone {
-        fail_batch(guard, &classify(Dialect::Sqlite, &e).error).await;
+        fail_batch(guard, &direct::classify(&e).error);
     }
 }
 
 /// Rolls the open batch back and tells every unit in it.
-async fn fail_batch(guard: &mut OwnedMutexGuard<Batch>, error: &StoreError) {
-    if let Some(tx) = guard.tx.take() {
-        // Best effort: SQLite may already have rolled it back itself.
-        let _ = tx.rollback().await;
+fn fail_batch(guard: &mut OwnedMutexGuard<Batch>, error: &StoreError) {
+    if std::mem::take(&mut guard.open) {
+        // SQLite may already have rolled it back itself; a connection still inside a
+        // transaction afterwards is closed (which rolls back) rather than reused.
+        if let Some(conn) = guard.conn.as_ref() {
+            let _ = direct::run(conn, ROLLBACK);
+            if !conn.is_autocommit() {
+                guard.conn = None;
+            }
+        }
     }
     tracing::warn!(%error, units = guard.units, "a batch of write units of work was rolled back");
     if let Some(outcome) = guard.outcome.take() {
@@ -180,28 +303,70 @@ async fn fail_batch(guard: &mut OwnedMutexGuard<Batch>, error: &StoreError) {
 
 /// Commits the open batch (or rolls back an empty one) and publishes the outcome. The batch's
 /// audit events are chained first, in the same transaction: on SQLite the group commit is the
-/// audit sealer, and no unsealed event is ever visible.
+/// audit sealer, and no unsealed event is ever visible. The `COMMIT` runs on a blocking thread
+/// (it waits for an fsync), which publishes the outcome itself: the units waiting for it hear
+/// even if this future is dropped.
 async fn commit_batch(guard: &mut OwnedMutexGuard<Batch>) -> Result<(), StoreError> {
-    let Some(tx) = guard.tx.take() else { return Ok(()) };
-    let result = if guard.units == 0 {
-        tx.rollback().await.map_err(|e| classify(Dialect::Sqlite, &e).error)
-    } else {
-        let mut sealer = StoreTx::on_sqlite(tx);
-        let sealed = sealer.seal_pending_audit().await;
-        match (sealed, sealer.into_sqlite()) {
-            (Ok(_), Ok(tx)) => tx.commit().await.map_err(|e| classify(Dialect::Sqlite, &e).error),
-            (Err(e), Ok(tx)) | (_, Err((e, Some(tx)))) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-            (_, Err((e, None))) => Err(e),
-        }
-    };
-    if let Some(outcome) = guard.outcome.take() {
-        outcome.send_replace(Some(result.clone()));
+    if !guard.open {
+        return Ok(());
     }
+    let Some(conn) = guard.conn.take() else {
+        let error = StoreError::Backend("the writer's connection is away".into());
+        fail_batch(guard, &error);
+        return Err(error);
+    };
+    if guard.units == 0 {
+        guard.open = false;
+        let result = direct::run(&conn, ROLLBACK).map_err(|e| direct::classify(&e).error);
+        if conn.is_autocommit() {
+            guard.conn = Some(conn);
+        }
+        if let Some(outcome) = guard.outcome.take() {
+            outcome.send_replace(Some(result.clone()));
+        }
+        return result;
+    }
+    let mut sealer = StoreTx::on_batch(conn);
+    let sealed = sealer.seal_pending_audit().await;
+    let Some((conn, broken)) = sealer.into_batch() else {
+        let error = StoreError::Backend("the sealer lost the batch's connection".into());
+        fail_batch(guard, &error);
+        return Err(error);
+    };
+    guard.conn = Some(conn);
+    if let Some(error) = sealed.err().or(broken) {
+        fail_batch(guard, &error);
+        return Err(error);
+    }
+    let Some(conn) = guard.conn.take() else {
+        return Err(StoreError::Backend("the writer's connection is away".into()));
+    };
+    guard.open = false;
     guard.units = 0;
-    result
+    let outcome = guard.outcome.take();
+    let committed = tokio::task::spawn_blocking(move || {
+        let result = direct::run(&conn, COMMIT).map_err(|e| direct::classify(&e).error);
+        if result.is_err() {
+            let _ = direct::run(&conn, ROLLBACK);
+        }
+        if let Some(outcome) = outcome {
+            outcome.send_replace(Some(result.clone()));
+        }
+        (conn, result)
+    })
+    .await;
+    match committed {
+        Ok((conn, result)) => {
+            if conn.is_autocommit() {
+                guard.conn = Some(conn);
+            }
+            if let Err(error) = &result {
+                tracing::warn!(%error, "a batch of write units of work failed to commit");
+            }
+            result
+        }
+        Err(e) => Err(StoreError::Backend(format!("the commit did not finish: {e}"))),
+    }
 }
 
 /// Ends a turn: commits the batch if nobody else is queued (or it is full), otherwise leaves it
@@ -221,50 +386,36 @@ pub(crate) struct Unit {
 }
 
 impl Unit {
-    pub(crate) fn conn(&mut self) -> Result<&mut sqlx::SqliteConnection, StoreError> {
-        match self.guard.as_mut().and_then(|g| g.tx.as_mut()) {
-            Some(tx) => Ok(&mut **tx),
+    pub(crate) fn conn(&mut self) -> Result<&mut Connection, StoreError> {
+        match self.guard.as_mut().filter(|g| g.open).and_then(|g| g.conn.as_mut()) {
+            Some(conn) => Ok(conn),
             None => Err(StoreError::Backend("the transaction of this unit of work has ended".into())),
         }
     }
 
-    /// Runs one statement of the unit's own bookkeeping. While it runs the unit counts as
-    /// abandoned, so that if this future is dropped mid-statement the next turn undoes the
-    /// unit (or, failing that, the batch) instead of committing something half done.
-    async fn run(&mut self, sql: &'static str) -> Result<(), StoreError> {
-        let Some(guard) = self.guard.as_mut() else {
-            return Err(StoreError::Backend("this unit of work has ended".into()));
-        };
-        guard.abandoned = true;
-        let Some(tx) = guard.tx.as_mut() else {
-            return Err(StoreError::Backend("the transaction of this unit of work has ended".into()));
-        };
-        let result = sqlx::query(sql).execute(&mut **tx).await.map(drop);
-        guard.abandoned = false;
-        result.map_err(|e| classify(Dialect::Sqlite, &e).error)
+    /// Runs one statement of the unit's own bookkeeping.
+    fn run(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        direct::run(self.conn()?, sql).map_err(|e| direct::classify(&e).error)
     }
 
     /// Rolls back this unit's changes and ends its turn; the batch goes on.
     pub(crate) async fn rollback(mut self) {
-        let undone = match self.run(UNIT_ROLLBACK).await {
-            Ok(()) => self.run(UNIT_RELEASE).await,
-            Err(e) => Err(e),
-        };
+        let undone = self.run(UNIT_ROLLBACK).and_then(|()| self.run(UNIT_RELEASE));
         let Some(mut guard) = self.guard.take() else { return };
         if let Err(e) = undone {
-            fail_batch(&mut guard, &e).await;
+            fail_batch(&mut guard, &e);
         }
         end_turn(&self.writer, guard).await;
     }
 
     /// Keeps this unit's changes in the batch and returns once the batch committed.
     pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
-        let released = self.run(UNIT_RELEASE).await;
+        let released = self.run(UNIT_RELEASE);
         let Some(mut guard) = self.guard.take() else {
             return Err(StoreError::Backend("this unit of work has ended".into()));
         };
         if let Err(error) = released {
-            fail_batch(&mut guard, &error).await;
+            fail_batch(&mut guard, &error);
             end_turn(&self.writer, guard).await;
             return Err(error);
         }
@@ -287,8 +438,8 @@ impl Unit {
                     }
                 }
                 mut guard = self.writer.batch.clone().lock_owned() => {
-                    settle_abandoned(&mut guard).await;
-                    if guard.epoch == self.epoch && guard.tx.is_some() {
+                    settle_abandoned(&mut guard);
+                    if guard.epoch == self.epoch && guard.open {
                         return commit_batch(&mut guard).await;
                     }
                 }
@@ -303,16 +454,16 @@ impl Unit {
 impl Drop for Unit {
     fn drop(&mut self) {
         // Dropped before commit or rollback (an error returned early, or the request was
-        // cancelled): leave a note to undo this unit's savepoint, and make sure someone settles
-        // the batch even if no other writer comes along.
+        // cancelled): undo this unit's savepoint now, and make sure someone settles the batch
+        // even if no other writer comes along.
         let Some(mut guard) = self.guard.take() else { return };
         guard.abandoned = true;
+        settle_abandoned(&mut guard);
         drop(guard);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let writer = self.writer.clone();
             runtime.spawn(async move {
-                let mut guard = writer.batch.clone().lock_owned().await;
-                settle_abandoned(&mut guard).await;
+                let guard = writer.batch.clone().lock_owned().await;
                 end_turn(&writer, guard).await;
             });
         }

@@ -7,6 +7,7 @@
 //! migration list with the same ids; a test fails when the two drift apart. `docs/storage.md`
 //! explains the schema, isolation and time handling.
 
+mod direct;
 mod group;
 mod installation;
 mod repo;
@@ -61,28 +62,11 @@ impl Db {
                 .foreign_keys(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(10));
-            // Read units of work switch their connection to `query_only`; every connection is
-            // switched back when it returns to the pool, after its transaction has ended
-            // (sqlx runs the queued ROLLBACK of a dropped transaction first), so a write unit
-            // of work, a migration or a test never finds a read-only connection.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
-                .after_release(|conn, _| {
-                    Box::pin(async move {
-                        sqlx::query("PRAGMA query_only = OFF").execute(&mut *conn).await?;
-                        Ok(true)
-                    })
-                })
-                .connect_with(opts.clone())
-                .await?;
-            // Read units of work get connections of their own, opened read-only: the database
-            // refuses their writes, and no `query_only` switching costs a round trip each. They
-            // are opened after the first connection, which created the file and put it in WAL.
-            let readers = SqlitePoolOptions::new()
-                .max_connections(16)
-                .connect_with(opts.read_only(true).create_if_missing(false))
-                .await?;
-            group::Writer::of(&pool).set_readers(readers);
+            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+            // Units of work read and write through connections of their own to this file
+            // (`direct.rs`, `group.rs`), opened when first needed, after this pool created the
+            // file and put it in WAL mode.
+            group::Writer::of(&pool).reopen().await;
             Ok(Db::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()

@@ -3,7 +3,7 @@
 //! [`StoreError`]s.
 
 use lanyard_core::repo::{Repo, StoreError, Tx};
-use sqlx::{Postgres, Sqlite, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::rows::Decode;
 use crate::sql::{Arg, Query};
@@ -15,14 +15,11 @@ use crate::{Db, Dialect};
 /// run in some serial order.
 const POSTGRES_BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
 
-/// How a read unit of work starts. SQLite: a deferred transaction, which in WAL mode reads a
-/// snapshot beside the writer and never takes the write lock, on a connection opened read-only
-/// (`Db::connect` opens a pool of them; a pool made otherwise falls back to switching its
-/// connection to `query_only`, which the pool switches back on release). PostgreSQL: a
-/// repeatable-read snapshot, read-only: it takes no predicate locks, so it never aborts a writer
-/// and is never aborted itself (`docs/storage.md` explains why not SERIALIZABLE READ ONLY).
-const SQLITE_BEGIN_READ: &str = "BEGIN";
-pub(crate) const SQLITE_QUERY_ONLY: &str = "PRAGMA query_only = ON";
+/// How a read unit of work starts. SQLite: a deferred transaction (`group.rs`), which in WAL
+/// mode reads a snapshot beside the writer and never takes the write lock, on a connection
+/// opened read-only. PostgreSQL: a repeatable-read snapshot, read-only: it takes no predicate
+/// locks, so it never aborts a writer and is never aborted itself (`docs/storage.md` explains
+/// why not SERIALIZABLE READ ONLY).
 const POSTGRES_BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// Every write method runs inside this savepoint, so that a failed call (a uniqueness conflict,
@@ -47,9 +44,12 @@ pub struct StoreTx {
 }
 
 enum Conn {
-    Sqlite(Transaction<'static, Sqlite>),
     /// A write unit of work on SQLite: a turn in its database's group commit.
     SqliteUnit(crate::group::Unit),
+    /// A read unit of work on SQLite: a read-only connection with a snapshot open.
+    SqliteRead(crate::group::ReadConn),
+    /// The group commit's own transaction, lent for sealing the batch's audit events.
+    SqliteBatch(rusqlite::Connection),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -79,25 +79,38 @@ macro_rules! bind_args {
     }};
 }
 
-/// Expands `$body` once per dialect with `$c` bound to that dialect's connection; the code is the
-/// same, only the types differ.
-macro_rules! with_conn {
-    ($conn:expr, |$c:ident| $body:expr) => {
-        match $conn {
-            Conn::Sqlite(tx) => {
-                let $c: &mut sqlx::SqliteConnection = &mut **tx;
-                $body
-            }
-            Conn::SqliteUnit(unit) => match unit.conn() {
-                Ok($c) => $body,
-                Err(e) => Err(sqlx::Error::Protocol(e.to_string())),
-            },
-            Conn::Postgres(tx) => {
-                let $c: &mut sqlx::PgConnection = &mut **tx;
-                $body
-            }
-        }
-    };
+/// The connection a statement runs on: SQLite's in place (`direct.rs`), PostgreSQL's through
+/// sqlx.
+enum On<'a> {
+    // `&mut`, not `&`: a `Connection` is `Send` but not `Sync`, and the futures holding this
+    // must be `Send`.
+    Sqlite(&'a mut rusqlite::Connection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+impl Conn {
+    fn on(&mut self) -> Result<On<'_>, StoreError> {
+        Ok(match self {
+            Conn::SqliteUnit(unit) => On::Sqlite(unit.conn()?),
+            Conn::SqliteRead(read) => On::Sqlite(read.conn()?),
+            Conn::SqliteBatch(conn) => On::Sqlite(conn),
+            Conn::Postgres(tx) => On::Postgres(tx),
+        })
+    }
+}
+
+/// A statement failed on either database.
+enum Failed {
+    Sqlite(rusqlite::Error),
+    Postgres(sqlx::Error),
+    /// Not a statement's failure: the unit of work had no connection to run it on.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Store(e)
+    }
 }
 
 impl Repo for Db {
@@ -105,7 +118,7 @@ impl Repo for Db {
 
     async fn begin(&self) -> Result<StoreTx, StoreError> {
         let conn = match self {
-            Db::Sqlite(pool) => Conn::SqliteUnit(crate::group::Writer::of(pool).begin(pool).await?),
+            Db::Sqlite(pool) => Conn::SqliteUnit(crate::group::Writer::of(pool).begin().await?),
             Db::Postgres(pool) => pool
                 .begin_with(POSTGRES_BEGIN)
                 .await
@@ -117,26 +130,8 @@ impl Repo for Db {
 
     async fn read(&self) -> Result<StoreTx, StoreError> {
         let conn = match self {
-            Db::Sqlite(pool) => match crate::group::Writer::of(pool).readers() {
-                // Opened read-only (`Db::connect`): the database itself refuses writes.
-                Some(readers) => Conn::Sqlite(
-                    readers
-                        .begin_with(SQLITE_BEGIN_READ)
-                        .await
-                        .map_err(|e| classify(Dialect::Sqlite, &e).error)?,
-                ),
-                None => {
-                    let mut tx = pool
-                        .begin_with(SQLITE_BEGIN_READ)
-                        .await
-                        .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
-                    sqlx::query(SQLITE_QUERY_ONLY)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| classify(Dialect::Sqlite, &e).error)?;
-                    Conn::Sqlite(tx)
-                }
-            },
+            // Opened read-only: the database itself refuses writes.
+            Db::Sqlite(pool) => Conn::SqliteRead(crate::group::Writer::of(pool).read().await?),
             Db::Postgres(pool) => pool
                 .begin_with(POSTGRES_BEGIN_READ)
                 .await
@@ -218,47 +213,45 @@ impl Tx for StoreTx {
         let dialect = self.dialect();
         if let Some(e) = self.broken {
             // Best effort: dropping the transaction would roll back as well.
-            let _ = match self.conn {
-                Conn::Sqlite(tx) => tx.rollback().await,
-                Conn::SqliteUnit(unit) => {
-                    unit.rollback().await;
-                    Ok(())
+            match self.conn {
+                Conn::SqliteUnit(unit) => unit.rollback().await,
+                // Dropping it rolls back (the group commit rolls back what it lent).
+                Conn::SqliteRead(_) | Conn::SqliteBatch(_) => {}
+                Conn::Postgres(tx) => {
+                    let _ = tx.rollback().await;
                 }
-                Conn::Postgres(tx) => tx.rollback().await,
-            };
+            }
             return Err(e);
         }
-        let result = match self.conn {
-            Conn::Sqlite(tx) => tx.commit().await,
-            Conn::SqliteUnit(unit) => return unit.commit().await,
-            Conn::Postgres(tx) => tx.commit().await,
-        };
-        result.map_err(|e| classify(dialect, &e).error)
+        match self.conn {
+            Conn::SqliteUnit(unit) => unit.commit().await,
+            Conn::SqliteRead(read) => read.commit(),
+            Conn::SqliteBatch(_) => {
+                Err(StoreError::Backend("the group commit's transaction commits with its batch".into()))
+            }
+            Conn::Postgres(tx) => tx.commit().await.map_err(|e| classify(dialect, &e).error),
+        }
     }
 }
 
 impl StoreTx {
-    /// A write unit of work on an open SQLite transaction (the group commit's, to seal it).
-    pub(crate) fn on_sqlite(tx: Transaction<'static, Sqlite>) -> Self {
-        StoreTx { conn: Conn::Sqlite(tx), broken: None, in_call: false, read_only: false }
+    /// A write unit of work on the group commit's open SQLite transaction, to seal it.
+    pub(crate) fn on_batch(conn: rusqlite::Connection) -> Self {
+        StoreTx { conn: Conn::SqliteBatch(conn), broken: None, in_call: false, read_only: false }
     }
 
-    /// The SQLite transaction back, unless this unit of work is broken (or not on one).
-    pub(crate) fn into_sqlite(
-        self,
-    ) -> Result<Transaction<'static, Sqlite>, (StoreError, Option<Transaction<'static, Sqlite>>)> {
-        match (self.conn, self.broken) {
-            (Conn::Sqlite(tx), None) => Ok(tx),
-            (Conn::Sqlite(tx), Some(e)) => Err((e, Some(tx))),
-            (_, e) => {
-                Err((e.unwrap_or_else(|| StoreError::Backend("not a SQLite transaction".into())), None))
-            }
+    /// The group commit's connection back, and why its transaction cannot commit, if it
+    /// cannot.
+    pub(crate) fn into_batch(self) -> Option<(rusqlite::Connection, Option<StoreError>)> {
+        match self.conn {
+            Conn::SqliteBatch(conn) => Some((conn, self.broken)),
+            _ => None,
         }
     }
 
     pub(crate) fn dialect(&self) -> Dialect {
         match self.conn {
-            Conn::Sqlite(_) | Conn::SqliteUnit(_) => Dialect::Sqlite,
+            Conn::SqliteUnit(_) | Conn::SqliteRead(_) | Conn::SqliteBatch(_) => Dialect::Sqlite,
             Conn::Postgres(_) => Dialect::Postgres,
         }
     }
@@ -281,8 +274,12 @@ impl StoreTx {
 
     /// Records a failed statement: a serialization failure always breaks the unit of work, any
     /// other error does unless a savepoint is there to undo it.
-    fn failed(&mut self, e: &sqlx::Error) -> StoreError {
-        let failure = classify(self.dialect(), e);
+    fn failed(&mut self, e: Failed) -> StoreError {
+        let failure = match e {
+            Failed::Sqlite(e) => crate::direct::classify(&e),
+            Failed::Postgres(e) => classify(Dialect::Postgres, &e),
+            Failed::Store(error) => Failure { error, dooms: true },
+        };
         if failure.dooms || !self.in_call {
             let reason = match &failure.error {
                 StoreError::Retryable(m) => {
@@ -299,8 +296,11 @@ impl StoreTx {
         failure.error
     }
 
-    async fn run_simple(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
-        with_conn!(&mut self.conn, |c| sqlx::query(sql).execute(&mut *c).await.map(|_| ()))
+    async fn run_simple(&mut self, sql: &'static str) -> Result<(), Failed> {
+        match self.conn.on()? {
+            On::Sqlite(c) => crate::direct::run(c, sql).map_err(Failed::Sqlite),
+            On::Postgres(c) => sqlx::query(sql).execute(&mut *c).await.map(drop).map_err(Failed::Postgres),
+        }
     }
 
     /// Opens the savepoint of a write method; pair with [`StoreTx::end_call`].
@@ -324,7 +324,7 @@ impl StoreTx {
                 self.in_call = true;
                 Ok(())
             }
-            Err(e) => Err(self.failed(&e)),
+            Err(e) => Err(self.failed(e)),
         }
     }
 
@@ -346,7 +346,7 @@ impl StoreTx {
         match closed {
             Ok(()) => result,
             Err(e) => {
-                let err = self.failed(&e);
+                let err = self.failed(e);
                 result.and(Err(err))
             }
         }
@@ -363,11 +363,16 @@ impl StoreTx {
                 "{what} …: this unit of work only reads (Repo::read); writes need Repo::begin"
             )));
         }
-        let result = with_conn!(&mut self.conn, |c| bind_args!(q.statement(), q.args)
-            .execute(&mut *c)
-            .await
-            .map(|r| r.rows_affected()));
-        result.map_err(|e| self.failed(&e))
+        let result = match self.conn.on() {
+            Ok(On::Sqlite(c)) => crate::direct::execute(c, &q).map_err(Failed::Sqlite),
+            Ok(On::Postgres(c)) => bind_args!(q.statement(), q.args)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(Failed::Postgres),
+            Err(e) => Err(Failed::Store(e)),
+        };
+        result.map_err(|e| self.failed(e))
     }
 
     /// Runs a query and decodes every row.
@@ -377,11 +382,19 @@ impl StoreTx {
         decode: Decode<T>,
     ) -> Result<Vec<T>, StoreError> {
         self.usable()?;
-        let result = with_conn!(&mut self.conn, |c| bind_args!(q.statement(), q.args)
-            .fetch_all(&mut *c)
-            .await
-            .map(|rows| rows.iter().map(|row| decode(row)).collect::<Result<Vec<T>, StoreError>>()));
-        result.map_err(|e| self.failed(&e))?
+        let result = match self.conn.on() {
+            Ok(On::Sqlite(c)) => crate::direct::fetch_all(c, &q, decode),
+            Ok(On::Postgres(c)) => match bind_args!(q.statement(), q.args).fetch_all(&mut *c).await {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|row| decode(row))
+                    .collect::<Result<Vec<T>, StoreError>>()
+                    .map_err(QueryError::Row),
+                Err(e) => Err(QueryError::Postgres(e)),
+            },
+            Err(e) => Err(QueryError::Row(e)),
+        };
+        self.queried(result)
     }
 
     /// Runs a query and hands each decoded row to `each` as it arrives; stops at the first error.
@@ -397,29 +410,30 @@ impl StoreTx {
     {
         use futures_util::TryStreamExt;
         self.usable()?;
-        let mut n = 0u64;
-        // Errors of `each` or of decoding are not database errors: they leave the unit of work
-        // usable, so they travel apart from the stream's own.
-        let mut outcome: Result<(), StoreError> = Ok(());
-        let result = with_conn!(&mut self.conn, |c| {
-            let args = q.args.clone();
-            let mut rows = bind_args!(q.statement(), args).fetch(&mut *c);
-            loop {
-                match rows.try_next().await {
-                    Ok(Some(row)) => {
-                        if let Err(e) = decode(&row).and_then(&mut each) {
-                            outcome = Err(e);
-                            break Ok(());
+        let result = match self.conn.on() {
+            Ok(On::Sqlite(c)) => crate::direct::for_each(c, &q, decode, each),
+            Ok(On::Postgres(c)) => {
+                let mut n = 0u64;
+                let args = q.args.clone();
+                let mut rows = bind_args!(q.statement(), args).fetch(&mut *c);
+                loop {
+                    match rows.try_next().await {
+                        Ok(Some(row)) => {
+                            // Errors of `each` or of decoding are not database errors: they
+                            // leave the unit of work usable.
+                            if let Err(e) = decode(&row).and_then(&mut each) {
+                                break Err(QueryError::Row(e));
+                            }
+                            n += 1;
                         }
-                        n += 1;
+                        Ok(None) => break Ok(n),
+                        Err(e) => break Err(QueryError::Postgres(e)),
                     }
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
                 }
             }
-        });
-        result.map_err(|e| self.failed(&e))?;
-        outcome.map(|()| n)
+            Err(e) => Err(QueryError::Row(e)),
+        };
+        self.queried(result)
     }
 
     /// Runs a query and decodes the first row, if any.
@@ -429,12 +443,33 @@ impl StoreTx {
         decode: Decode<T>,
     ) -> Result<Option<T>, StoreError> {
         self.usable()?;
-        let result = with_conn!(&mut self.conn, |c| bind_args!(q.statement(), q.args)
-            .fetch_optional(&mut *c)
-            .await
-            .map(|row| row.as_ref().map(|row| decode(row)).transpose()));
-        result.map_err(|e| self.failed(&e))?
+        let result = match self.conn.on() {
+            Ok(On::Sqlite(c)) => crate::direct::fetch_optional(c, &q, decode),
+            Ok(On::Postgres(c)) => match bind_args!(q.statement(), q.args).fetch_optional(&mut *c).await {
+                Ok(row) => row.as_ref().map(|row| decode(row)).transpose().map_err(QueryError::Row),
+                Err(e) => Err(QueryError::Postgres(e)),
+            },
+            Err(e) => Err(QueryError::Row(e)),
+        };
+        self.queried(result)
     }
+
+    /// A query's outcome: a database failure is recorded like a statement's; an error decoding
+    /// a row or from the caller's `each` leaves the unit of work as it was.
+    fn queried<T>(&mut self, result: Result<T, QueryError>) -> Result<T, StoreError> {
+        result.map_err(|e| match e {
+            QueryError::Sqlite(e) => self.failed(Failed::Sqlite(e)),
+            QueryError::Postgres(e) => self.failed(Failed::Postgres(e)),
+            QueryError::Row(e) => e,
+        })
+    }
+}
+
+/// Why a query returned no rows: the database failed, or a row (or what was done with it) did.
+pub(crate) enum QueryError {
+    Sqlite(rusqlite::Error),
+    Postgres(sqlx::Error),
+    Row(StoreError),
 }
 
 /// A database error, translated.
@@ -449,16 +484,16 @@ const PG_RETRY: [&str; 2] = ["40001", "40P01"];
 const PG_UNIQUE: &str = "23505";
 /// SQLSTATE read_only_sql_transaction: a write reached the database in a read unit of work.
 const PG_READ_ONLY: &str = "25006";
-/// SQLITE_READONLY: a write on a `query_only` connection.
-const SQLITE_READ_ONLY: &str = "8";
+/// SQLITE_READONLY (and its extended codes): a write on a read-only connection.
+const SQLITE_READ_ONLY: i32 = 8;
 /// Two sealers gave out the same chain position (only if one got past the advisory lock): the
 /// later one must run again.
 const AUDIT_SEQ_CONSTRAINT: &str = "audit_events_seq_key";
 /// SQLite extended result codes: SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY.
-const SQLITE_UNIQUE: [&str; 2] = ["2067", "1555"];
-/// SQLITE_BUSY (and its extended codes RECOVERY, SNAPSHOT, TIMEOUT) and SQLITE_LOCKED
-/// (and LOCKED_SHAREDCACHE): another connection held the lock for longer than the busy timeout.
-const SQLITE_BUSY: [&str; 6] = ["5", "261", "517", "773", "6", "262"];
+const SQLITE_UNIQUE: [i32; 2] = [2067, 1555];
+/// SQLITE_BUSY and SQLITE_LOCKED (primary codes; their extended codes too): another connection
+/// held the lock for longer than the busy timeout.
+const SQLITE_BUSY: [i32; 2] = [5, 6];
 
 /// Which field each PostgreSQL unique constraint or index protects, for `Conflict` messages.
 /// (SQLite names the columns in its message instead.) A test checks that every unique index of
@@ -520,9 +555,6 @@ pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {
         Dialect::Postgres if code == PG_READ_ONLY => {
             Failure { error: StoreError::ReadOnly(db.message().to_owned()), dooms: false }
         }
-        Dialect::Sqlite if code == SQLITE_READ_ONLY => {
-            Failure { error: StoreError::ReadOnly(db.message().to_owned()), dooms: false }
-        }
         Dialect::Postgres if code == PG_UNIQUE => {
             let field = db
                 .constraint()
@@ -531,18 +563,31 @@ pub(crate) fn classify(dialect: Dialect, e: &sqlx::Error) -> Failure {
                 .unwrap_or_else(|| format!("unique constraint {}", db.constraint().unwrap_or("(unnamed)")));
             Failure { error: StoreError::Conflict(format!("{field} already exists")), dooms: false }
         }
-        Dialect::Sqlite if SQLITE_UNIQUE.contains(&code) => Failure {
-            error: StoreError::Conflict(format!("{} already exists", sqlite_unique_field(db.message()))),
-            dooms: false,
-        },
-        Dialect::Sqlite if SQLITE_BUSY.contains(&code) => Failure {
-            error: StoreError::Retryable(format!(
-                "the database stayed locked by another writer ({})",
-                db.message()
-            )),
-            dooms: true,
+        Dialect::Sqlite => match code.parse::<i32>() {
+            Ok(code) => classify_sqlite(code, db.message()),
+            Err(_) => backend(),
         },
         _ => backend(),
+    }
+}
+
+/// A SQLite error by its extended result code, on either kind of connection.
+pub(crate) fn classify_sqlite(code: i32, message: &str) -> Failure {
+    let primary = code & 0xff;
+    if primary == SQLITE_READ_ONLY {
+        Failure { error: StoreError::ReadOnly(message.to_owned()), dooms: false }
+    } else if SQLITE_UNIQUE.contains(&code) {
+        Failure {
+            error: StoreError::Conflict(format!("{} already exists", sqlite_unique_field(message))),
+            dooms: false,
+        }
+    } else if SQLITE_BUSY.contains(&primary) {
+        Failure {
+            error: StoreError::Retryable(format!("the database stayed locked by another writer ({message})")),
+            dooms: true,
+        }
+    } else {
+        Failure { error: StoreError::Backend(format!("{message} (SQLite error {code})")), dooms: false }
     }
 }
 
