@@ -412,10 +412,18 @@ async fn an_agent_linked_to_one_server_runs_a_job_started_on_the_other() {
     .expect("the job never ended");
     assert_eq!(ended["state"], "succeeded", "{ended}");
     let job_id: lanyard_core::ids::JobId = job.parse().unwrap();
-    let mut ended_here = false;
-    while let Ok(event) = events.try_recv() {
-        ended_here |= matches!(&event, LinkEvent::SessionEnded { job, error: None, .. } if *job == job_id);
-    }
+    // The job's state is stored before the agent's own report of the session's end reaches
+    // this test: wait for that report rather than look once.
+    let ended_here = tokio::time::timeout(HANG_GUARD, async {
+        while let Some(event) = events.recv().await {
+            if matches!(&event, LinkEvent::SessionEnded { job, error: None, .. } if *job == job_id) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
     assert!(ended_here, "the agent linked to A ran the session B started");
 
     // The new PIN typed in the portal through B reaches the session A runs: the question is
