@@ -150,10 +150,21 @@ impl Repo for Db {
     async fn revocation_epoch(&self) -> Result<u64, StoreError> {
         const SQL: &str = "SELECT CAST(SUM(epoch) AS BIGINT) AS epoch FROM revocation_epoch";
         let epoch: i64 = match self {
-            Db::Sqlite(pool) => sqlx::query_scalar(SQL)
-                .fetch_one(pool)
-                .await
-                .map_err(|e| classify(Dialect::Sqlite, &e).error)?,
+            Db::Sqlite(pool) => {
+                // In place, on a read-only connection like every SQLite read (`direct.rs`).
+                fn sum(row: &dyn crate::rows::Cols) -> Result<i64, StoreError> {
+                    crate::rows::Reader::new(row, "revocation_epoch", "epoch").int("epoch")
+                }
+                let mut read = crate::group::Writer::of(pool).read().await?;
+                let q = Query::new(SQL, Vec::new());
+                match crate::direct::fetch_optional(read.conn()?, &q, sum) {
+                    Ok(Some(epoch)) => epoch,
+                    Ok(None) => return Err(StoreError::Backend("revocation_epoch: no row".into())),
+                    Err(QueryError::Sqlite(e)) => return Err(crate::direct::classify(&e).error),
+                    Err(QueryError::Row(e)) => return Err(e),
+                    Err(QueryError::Postgres(e)) => return Err(classify(Dialect::Postgres, &e).error),
+                }
+            }
             Db::Postgres(pool) => sqlx::query_scalar(SQL)
                 .fetch_one(pool)
                 .await
