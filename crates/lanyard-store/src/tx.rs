@@ -5,7 +5,7 @@
 use lanyard_core::repo::{Repo, StoreError, Tx};
 use sqlx::{Postgres, Sqlite, Transaction};
 
-use crate::rows::Decode;
+use crate::rows::{Cols, Decode};
 use crate::sql::{Arg, Query};
 use crate::{Db, Dialect};
 
@@ -395,6 +395,16 @@ impl StoreTx {
     where
         F: FnMut(T) -> Result<(), StoreError> + Send,
     {
+        self.for_each_row(q, |row| decode(row).and_then(&mut each)).await
+    }
+
+    /// Runs a query and hands every row to `each` as the database returns it, undecoded (so
+    /// `each` may borrow from it); stops at the first error `each` returns. Returns how many
+    /// rows it handed over.
+    pub(crate) async fn for_each_row<F>(&mut self, q: Query, mut each: F) -> Result<u64, StoreError>
+    where
+        F: FnMut(&dyn Cols) -> Result<(), StoreError> + Send,
+    {
         use futures_util::TryStreamExt;
         self.usable()?;
         let mut n = 0u64;
@@ -407,7 +417,7 @@ impl StoreTx {
             loop {
                 match rows.try_next().await {
                     Ok(Some(row)) => {
-                        if let Err(e) = decode(&row).and_then(&mut each) {
+                        if let Err(e) = each(&row) {
                             outcome = Err(e);
                             break Ok(());
                         }
