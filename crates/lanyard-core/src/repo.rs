@@ -402,6 +402,37 @@ impl RevocationRecord {
     pub fn is_listed(&self) -> bool {
         LISTED_STATES.contains(&self.state)
     }
+
+    /// When a listed certificate stopped being valid, as its CRL entry says: its issue for a
+    /// pending one (on hold until its device is active), otherwise its revocation, or its last
+    /// change when no revocation time was kept.
+    pub fn listed_since(&self) -> OffsetDateTime {
+        let since =
+            if self.state == CredentialState::Pending { Some(self.created_at) } else { self.revoked_at };
+        since.unwrap_or(self.updated_at)
+    }
+
+    /// What its CRL entry is made of, borrowing the serial.
+    pub fn listed(&self) -> ListedEntry<'_> {
+        ListedEntry {
+            serial_hex: &self.serial_hex,
+            state: self.state,
+            revocation_reason: self.revocation_reason,
+            since: self.listed_since(),
+        }
+    }
+}
+
+/// What a CRL entry is made of, borrowed from the row the store is reading, so listing a
+/// million certificates allocates nothing per certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedEntry<'a> {
+    /// Lowercase hex.
+    pub serial_hex: &'a str,
+    pub state: CredentialState,
+    pub revocation_reason: Option<RevocationReason>,
+    /// [`RevocationRecord::listed_since`].
+    pub since: OffsetDateTime,
 }
 
 /// The credential states a CRL lists.
@@ -432,6 +463,19 @@ pub trait RevocationRepo: Send {
     fn for_each_listed<F>(&mut self, each: F) -> impl Future<Output = Result<u64, StoreError>> + Send
     where
         F: FnMut(RevocationRecord) -> Result<(), StoreError> + Send;
+    /// The same certificates as [`RevocationRepo::for_each_listed`], each as the parts of its
+    /// CRL entry borrowed from the row (what a CRL build reads: a store reads only these
+    /// columns and allocates nothing per row). By default made from `for_each_listed`.
+    fn for_each_listed_entry<F>(
+        &mut self,
+        mut each: F,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send
+    where
+        Self: Sized,
+        F: FnMut(ListedEntry<'_>) -> Result<(), StoreError> + Send,
+    {
+        self.for_each_listed(move |r| each(r.listed()))
+    }
     /// Takes the next cRLNumber of `scope` (a CRL's name: `issuing`, `issuing/3`, `root`): one
     /// more than the last number taken for it, and at least `floor`. A write.
     fn next_crl_number(

@@ -2,7 +2,7 @@
 //! used by both.
 
 use lanyard_ca::{CertStatus, RevocationReason as CrlReason};
-use lanyard_core::lifecycle::CredentialState;
+use lanyard_core::lifecycle::{CredentialState, RevocationReason};
 use lanyard_core::model::Credential;
 use lanyard_core::repo::RevocationRecord;
 
@@ -21,11 +21,16 @@ pub fn ocsp_status(c: &Credential) -> CertStatus {
 
 /// [`crl_reason`] from the status fields alone (what the store reads for OCSP and CRLs).
 pub fn record_crl_reason(c: &RevocationRecord) -> Option<CrlReason> {
-    match c.state {
+    listed_crl_reason(c.state, c.revocation_reason)
+}
+
+/// [`crl_reason`] from a credential's state and revocation reason.
+pub fn listed_crl_reason(state: CredentialState, reason: Option<RevocationReason>) -> Option<CrlReason> {
+    match state {
         // Pending certificates are on hold until their device is activated (see `ocsp_status`).
         CredentialState::OnHold | CredentialState::Pending => Some(CrlReason::CertificateHold),
         CredentialState::Superseded => Some(CrlReason::Superseded),
-        _ => c.revocation_reason.and_then(|r| CrlReason::from_code(r.crl_reason_code())),
+        _ => reason.and_then(|r| CrlReason::from_code(r.crl_reason_code())),
     }
 }
 
@@ -47,6 +52,5 @@ pub fn record_ocsp_status(c: &RevocationRecord) -> CertStatus {
 
 /// When a listed credential's CRL entry says it stopped being valid.
 pub fn record_revocation_date(c: &RevocationRecord) -> time::OffsetDateTime {
-    let since = if c.state == CredentialState::Pending { Some(c.created_at) } else { c.revoked_at };
-    since.unwrap_or(c.updated_at)
+    c.listed_since()
 }

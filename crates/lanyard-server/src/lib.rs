@@ -359,8 +359,9 @@ async fn openapi_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()
 }
 
-fn der_response(content_type: &'static str, der: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], der).into_response()
+fn der_response(content_type: &'static str, der: impl Into<axum::body::Body>) -> Response {
+    let body: axum::body::Body = der.into();
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
 async fn root_certificate<R: Repo>(State(s): State<AppState<R>>) -> Response {
@@ -372,7 +373,8 @@ async fn issuing_certificate<R: Repo>(State(s): State<AppState<R>>) -> Response 
 }
 
 async fn crl<R: Repo + 'static>(State(s): State<AppState<R>>) -> Result<Response, ApiError> {
-    Ok(der_response("application/pkix-crl", current_crl(&s).await?.to_vec()))
+    // The cached bytes themselves: a CRL of a million entries is about 45 MB.
+    Ok(der_response("application/pkix-crl", current_crl(&s).await?))
 }
 
 /// One partition of the CRL (`/pki/crl/{n}`), for certificates whose cRLDistributionPoints name it.
@@ -382,7 +384,7 @@ async fn crl_shard<R: Repo + 'static>(
 ) -> Result<Response, ApiError> {
     let n: u16 = shard.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such CRL partition"))?;
     let crl = crl_of(&s, revocation::CrlScope::Shard(n)).await?;
-    Ok(der_response("application/pkix-crl", crl.der.to_vec()))
+    Ok(der_response("application/pkix-crl", crl.der))
 }
 
 /// The issuing CA's current full CRL (rebuilt when the revocation epoch moved or half its

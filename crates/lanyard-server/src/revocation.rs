@@ -14,12 +14,13 @@
 //!   cached: inserting an active certificate does not move the epoch.
 //! - CRL: the full CRL and each partition are rebuilt only when the epoch moved or half of
 //!   their validity passed; one build at a time per CRL (others wait for its result); entries
-//!   streamed from a read snapshot into the DER encoder; cRLNumber taken from the database.
+//!   streamed from a read snapshot (four columns per row, borrowed) straight into the DER of
+//!   the CRL, with nothing allocated per entry; cRLNumber taken from the database.
 
 use axum::body::Bytes;
-use lanyard_ca::{CertStatus, CrlParams, ParsedOcspRequest, RevokedEntry, SerialNumber};
+use lanyard_ca::{CertStatus, CrlParams, ParsedOcspRequest};
 use lanyard_core::repo::prelude::*;
-use lanyard_core::repo::{RevocationRecord, StoreError};
+use lanyard_core::repo::{ListedEntry, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use time::OffsetDateTime;
@@ -177,6 +178,8 @@ pub struct CachedCrl {
     pub this_update: OffsetDateTime,
     pub number: u64,
     pub der: Bytes,
+    /// Entries listed.
+    pub entries: u64,
 }
 
 /// Which CRL: the full one or a partition.
@@ -284,7 +287,10 @@ impl Revocation {
         {
             return Ok(c.clone());
         }
-        let built = self.build(repo, pki, scope, at).await?;
+        // The stale CRL is never served again: drop it before building the next, so two lists
+        // are not held at once. Its size tells how much room the next one needs.
+        let hint = cached.take().map_or(0, |c| c.entries);
+        let built = self.build(repo, pki, scope, at, hint).await?;
         *cached = Some(built.clone());
         Ok(built)
     }
@@ -295,23 +301,28 @@ impl Revocation {
         pki: &crate::Pki,
         scope: CrlScope,
         now: OffsetDateTime,
+        hint: u64,
     ) -> Result<CachedCrl, CrlError> {
         let mut builder = pki.issuing.crl_builder();
+        // About as many entries as last time, and a little more.
+        builder.reserve(usize::try_from(hint + hint / 16).unwrap_or(0));
         let shards = self.shards;
         // One snapshot for the epoch and every entry, so the CRL is exactly that epoch's.
         let mut tx = repo.read().await?;
         let epoch = tx.revocation_epoch().await?;
         let mut failure = None;
         let listed = tx
-            .for_each_listed(|r| {
+            .for_each_listed_entry(|e| {
+                let mut buf = [0u8; SERIAL_BUF];
+                let serial = serial_bytes(e.serial_hex, &mut buf);
                 if let CrlScope::Shard(n) = scope {
                     // A serial the store holds is hex; anything else is not ours to list.
-                    let Ok(bytes) = hex::decode(&r.serial_hex) else { return Ok(()) };
-                    if lanyard_ca::crl_shard(&bytes, shards) != n {
-                        return Ok(());
+                    match &serial {
+                        Ok(bytes) if lanyard_ca::crl_shard(bytes, shards) == n => {}
+                        _ => return Ok(()),
                     }
                 }
-                match entry(&r).and_then(|e| builder.push(&e).map_err(|e| e.to_string())) {
+                match serial.and_then(|bytes| push(&mut builder, bytes, &e)) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         failure = Some(e);
@@ -341,23 +352,38 @@ impl Revocation {
             (CrlScope::Shard(n), Some(crl)) => Some(format!("{crl}/{n}")),
             (CrlScope::Shard(_), None) => return Err(CrlError::NoSuchShard),
         };
+        let entries = builder.len();
         let der = builder
             .finish(&CrlParams { number, this_update: now, next_update: now + CRL_VALIDITY }, url.as_deref())
             .map_err(|e| CrlError::Sign(e.to_string()))?;
         self.builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(CachedCrl { epoch, this_update: now, number, der: Bytes::from(der) })
+        Ok(CachedCrl { epoch, this_update: now, number, der: Bytes::from(der), entries })
     }
 }
 
-/// A CRL entry for a listed record.
-fn entry(r: &RevocationRecord) -> Result<RevokedEntry, String> {
-    let bytes = hex::decode(&r.serial_hex).map_err(|e| format!("serial {:?}: {e}", r.serial_hex))?;
-    let serial = SerialNumber::new(&bytes).map_err(|e| format!("serial {:?}: {e}", r.serial_hex))?;
-    Ok(RevokedEntry {
-        serial,
-        revocation_date: lanyard_issuance::status::record_revocation_date(r),
-        reason: lanyard_issuance::status::record_crl_reason(r),
-    })
+/// Room for a serial's bytes: at most 20 octets are valid, and longer hex is refused by the
+/// encoder with the serial named.
+const SERIAL_BUF: usize = 32;
+
+/// A serial's bytes from the hex the store keeps, decoded into `buf` (no allocation).
+fn serial_bytes<'b>(hex: &str, buf: &'b mut [u8; SERIAL_BUF]) -> Result<&'b [u8], String> {
+    let out =
+        buf.get_mut(..hex.len() / 2).filter(|_| hex.len().is_multiple_of(2) && !hex.is_empty()).ok_or_else(
+            || format!("serial {hex:?}: not the hex of a serial number of at most {SERIAL_BUF} octets"),
+        )?;
+    hex::decode_to_slice(hex, out).map_err(|e| format!("serial {hex:?}: {e}"))?;
+    Ok(out)
+}
+
+/// Adds a listed certificate's entry, with the date and reason `lanyard_issuance::status` gives
+/// its record.
+fn push<S: lanyard_ca::CaSigner>(
+    builder: &mut lanyard_ca::CrlBuilder<'_, S>,
+    serial: &[u8],
+    e: &ListedEntry<'_>,
+) -> Result<(), String> {
+    let reason = lanyard_issuance::status::listed_crl_reason(e.state, e.revocation_reason);
+    builder.push_parts(serial, e.since, reason).map_err(|err| format!("serial {:?}: {err}", e.serial_hex))
 }
 
 /// Why a CRL could not be served.

@@ -146,16 +146,25 @@ pub(crate) fn fetch_optional<T>(
     Ok(first)
 }
 
-/// Runs a query and hands each decoded row to `each` as it is read. A long query would hold
-/// up every task waiting on this thread, so on a multi-threaded runtime the thread first hands
-/// them to another worker (`block_in_place`); on a single-threaded one (tests) it just runs.
-pub(crate) fn for_each<T>(
+/// Runs a query and hands each row to `each` as it is read, undecoded (so `each` may borrow
+/// from it). A long query would hold up every task waiting on this thread, so on a
+/// multi-threaded runtime the thread first hands them to another worker (`block_in_place`); on
+/// a single-threaded one (tests) it just runs.
+pub(crate) fn for_each_row(
     conn: &Connection,
     q: &Query,
-    decode: Decode<T>,
-    mut each: impl FnMut(T) -> Result<(), StoreError>,
+    mut each: impl FnMut(&dyn Cols) -> Result<(), StoreError>,
 ) -> Result<u64, QueryError> {
-    let mut run = || each_row(conn, q, decode, |v| each(v).map(|()| true));
+    let mut run = || {
+        let mut stmt = prepare(conn, q).map_err(QueryError::Sqlite)?;
+        let mut rows = stmt.raw_query();
+        let mut n = 0u64;
+        while let Some(row) = rows.next().map_err(QueryError::Sqlite)? {
+            each(&Row(row)).map_err(QueryError::Row)?;
+            n += 1;
+        }
+        Ok(n)
+    };
     let multi = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi { tokio::task::block_in_place(run) } else { run() }
@@ -207,6 +216,24 @@ impl Cols for Row<'_> {
             ValueRef::Null => Ok(None),
             ValueRef::Integer(i) => Ok(Some(i != 0)),
             other => Err(mismatch(col, "BOOLEAN (INTEGER)", &other)),
+        }
+    }
+
+    fn text_at(&self, i: usize) -> Result<Option<&str>, sqlx::Error> {
+        match self.0.get_ref(i).map_err(|e| sqlx::Error::Decode(Box::new(e)))? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .map(Some)
+                .map_err(|e| sqlx::Error::Decode(format!("column {i}: {e}").into())),
+            other => Err(mismatch(&i.to_string(), "TEXT", &other)),
+        }
+    }
+
+    fn int_at(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        match self.0.get_ref(i).map_err(|e| sqlx::Error::Decode(Box::new(e)))? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Integer(v) => Ok(Some(v)),
+            other => Err(mismatch(&i.to_string(), "INTEGER", &other)),
         }
     }
 }

@@ -18,6 +18,10 @@ pub(crate) trait Cols {
     fn int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
     fn bytes(&self, col: &str) -> Result<Option<Vec<u8>>, sqlx::Error>;
     fn boolean(&self, col: &str) -> Result<Option<bool>, sqlx::Error>;
+    /// Column `i` as text borrowed from the row (no copy), for rows read by the million.
+    fn text_at(&self, i: usize) -> Result<Option<&str>, sqlx::Error>;
+    /// Column `i` as an integer.
+    fn int_at(&self, i: usize) -> Result<Option<i64>, sqlx::Error>;
 }
 
 macro_rules! impl_cols {
@@ -34,6 +38,12 @@ macro_rules! impl_cols {
             }
             fn boolean(&self, col: &str) -> Result<Option<bool>, sqlx::Error> {
                 self.try_get(col)
+            }
+            fn text_at(&self, i: usize) -> Result<Option<&str>, sqlx::Error> {
+                self.try_get(i)
+            }
+            fn int_at(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
+                self.try_get(i)
             }
         }
     };

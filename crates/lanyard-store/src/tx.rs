@@ -5,7 +5,7 @@
 use lanyard_core::repo::{Repo, StoreError, Tx};
 use sqlx::{Postgres, Transaction};
 
-use crate::rows::Decode;
+use crate::rows::{Cols, Decode};
 use crate::sql::{Arg, Query};
 use crate::{Db, Dialect};
 
@@ -419,10 +419,20 @@ impl StoreTx {
     where
         F: FnMut(T) -> Result<(), StoreError> + Send,
     {
+        self.for_each_row(q, |row| decode(row).and_then(&mut each)).await
+    }
+
+    /// Runs a query and hands every row to `each` as the database returns it, undecoded (so
+    /// `each` may borrow from it); stops at the first error `each` returns. Returns how many
+    /// rows it handed over.
+    pub(crate) async fn for_each_row<F>(&mut self, q: Query, mut each: F) -> Result<u64, StoreError>
+    where
+        F: FnMut(&dyn Cols) -> Result<(), StoreError> + Send,
+    {
         use futures_util::TryStreamExt;
         self.usable()?;
         let result = match self.conn.on() {
-            Ok(On::Sqlite(c)) => crate::direct::for_each(c, &q, decode, each),
+            Ok(On::Sqlite(c)) => crate::direct::for_each_row(c, &q, each),
             Ok(On::Postgres(c)) => {
                 let mut n = 0u64;
                 let args = q.args.clone();
@@ -432,7 +442,7 @@ impl StoreTx {
                         Ok(Some(row)) => {
                             // Errors of `each` or of decoding are not database errors: they
                             // leave the unit of work usable.
-                            if let Err(e) = decode(&row).and_then(&mut each) {
+                            if let Err(e) = each(&row) {
                                 break Err(QueryError::Row(e));
                             }
                             n += 1;

@@ -1421,33 +1421,14 @@ fn ocsp(b: &mut Bench, l: &Lanyard, db: &str, seeded: &Seeded, full: bool) -> an
     }
     if full {
         // The CRL from the database: time, size, the server's peak-RSS growth.
-        let pid = l.procs[0].pid();
-        let (rss_before, _) = memory(pid);
-        // The server's resident memory, sampled every 5 ms while it builds the CRL.
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut peak = 0.0f64;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    peak = peak.max(memory(pid).0);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                peak
-            })
-        };
-        let t = Instant::now();
-        let mut resp = ureq::get(&format!("http://127.0.0.1:{}/pki/crl", l.pki[0])).call()?;
-        let crl = resp.body_mut().with_config().limit(1 << 31).read_to_vec()?;
-        let secs = t.elapsed().as_secs_f64();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let peak = sampler.join().unwrap_or(0.0);
-        let revoked = n / 10 + 1;
+        let m = measure_crl(l)?;
+        let entries = m.entries;
+        std::fs::write(b.dir.path().join(format!("crl-tenth-{db}.der")), &m.der)?;
         let mut row = Row::new(
             &format!("lanyard-crl-time-{db}"),
             "Lanyard",
-            &format!("CRL from the database, {revoked} revoked ({db}): time"),
-            secs,
+            &format!("CRL from the database, {entries} revoked ({db}): time"),
+            m.secs,
             "s",
         );
         row.peer = Some("openssl-gencrl-tenth-time".into());
@@ -1455,20 +1436,241 @@ fn ocsp(b: &mut Bench, l: &Lanyard, db: &str, seeded: &Seeded, full: bool) -> an
         b.push(Row::new(
             &format!("lanyard-crl-size-{db}"),
             "Lanyard",
-            &format!("CRL, {revoked} revoked ({db}): size (DER)"),
-            crl.len() as f64 / 1e6,
+            &format!("CRL, {entries} revoked ({db}): size (DER)"),
+            m.der.len() as f64 / 1e6,
             "MB",
         ));
         let mut row = Row::new(
             &format!("lanyard-crl-rss-{db}"),
             "Lanyard",
-            &format!("CRL, {revoked} revoked ({db}): server RSS growth (peak while building)"),
-            (peak - rss_before).max(0.0),
+            &format!("CRL, {entries} revoked ({db}): server RSS growth (peak while building)"),
+            m.growth_mib,
             "MiB",
         );
         row.peer = Some("openssl-gencrl-tenth-rss".into());
         b.push(row);
     }
+    Ok(())
+}
+
+/// One CRL fetched from the server, measured.
+struct CrlMeasure {
+    der: Vec<u8>,
+    /// Entries counted in the DER.
+    entries: u64,
+    /// From the request to the last byte.
+    secs: f64,
+    /// How far the server's resident memory rose above where it was before the request, at its
+    /// highest: VmHWM after the request, the high-water mark having been reset to the current
+    /// VmRSS just before (`/proc/<pid>/clear_refs`), minus VmRSS before.
+    growth_mib: f64,
+}
+
+/// `GET /pki/crl` on the first server, timed, with the server's peak memory while it answers.
+fn measure_crl(l: &Lanyard) -> anyhow::Result<CrlMeasure> {
+    let pid = l.procs[0].pid();
+    // Writing 5 to clear_refs resets VmHWM to the current VmRSS (Linux 4.0 and later).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of the server (pid {pid})"))?;
+    let (rss_before, _) = memory(pid);
+    let t = Instant::now();
+    let mut resp = ureq::get(&format!("http://127.0.0.1:{}/pki/crl", l.pki[0])).call()?;
+    let der = resp.body_mut().with_config().limit(1 << 31).read_to_vec()?;
+    let secs = t.elapsed().as_secs_f64();
+    let (_, hwm) = memory(pid);
+    let entries = crl_entries(&der).context("GET /pki/crl: not a CRL")?;
+    Ok(CrlMeasure { der, entries, secs, growth_mib: (hwm - rss_before).max(0.0) })
+}
+
+/// One DER element at the start of `b`: (tag, content, what follows).
+fn split_tlv(b: &[u8]) -> anyhow::Result<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first().context("truncated")?;
+    let (&first, rest) = rest.split_first().context("truncated")?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            bail!("unsupported length");
+        }
+        (rest[..n].iter().fold(0usize, |acc, x| (acc << 8) | usize::from(*x)), &rest[n..])
+    };
+    if rest.len() < len {
+        bail!("truncated");
+    }
+    Ok((tag, &rest[..len], &rest[len..]))
+}
+
+/// How many revokedCertificates a DER CRL lists (counted without decoding the entries).
+fn crl_entries(der: &[u8]) -> anyhow::Result<u64> {
+    let (_, list, _) = split_tlv(der)?;
+    let (_, tbs, _) = split_tlv(list)?;
+    // version, signature, issuer, thisUpdate; then nextUpdate (a time) if present.
+    let mut rest = tbs;
+    for _ in 0..4 {
+        rest = split_tlv(rest)?.2;
+    }
+    let mut next = split_tlv(rest)?;
+    if next.0 == 0x17 || next.0 == 0x18 {
+        rest = next.2;
+        if rest.is_empty() {
+            return Ok(0);
+        }
+        next = split_tlv(rest)?;
+    }
+    if next.0 != 0x30 {
+        return Ok(0); // no revokedCertificates: the extensions follow
+    }
+    let mut entries = next.1;
+    let mut n = 0u64;
+    while !entries.is_empty() {
+        entries = split_tlv(entries)?.2;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `openssl crl -verify` over a CRL of the server's issuing CA: whether the signature checks out
+/// against the chain, and its cRLNumber.
+fn openssl_crl_check(l: &Lanyard, der_path: &Path) -> anyhow::Result<(bool, String)> {
+    let chain = l.data.join("crl-chain.pem");
+    let root = std::fs::read_to_string(l.data.join("ca").join(lanyard_server::pki::ROOT_PEM))?;
+    std::fs::write(&chain, lanyard_ca::pem("CERTIFICATE", &l.issuing_der) + &root)?;
+    let out = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(der_path)
+        .arg("-CAfile")
+        .arg(&chain)
+        .args(["-verify", "-noout", "-crlnumber"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let number = text.lines().find_map(|l| l.strip_prefix("crlNumber=")).unwrap_or("?").to_owned();
+    Ok((out.status.success() && text.contains("verify OK"), number))
+}
+
+/// A cRLNumber as `openssl crl -crlnumber` prints it (`0x` and hex digits).
+fn crl_number(printed: &str) -> Option<u128> {
+    u128::from_str_radix(printed.strip_prefix("0x")?, 16).ok()
+}
+
+/// Revokes, through SQL, every seeded certificate that is still active (superseded, now), so
+/// the population is a million revoked like openssl's all-revoked index; then lets the
+/// database settle as it would on its own shortly after (SQLite: the WAL checkpointed;
+/// PostgreSQL: VACUUM ANALYZE, as autovacuum does after so many changed rows). One statement
+/// (one transaction) per 50,000 rows: each revocation moves the revocation epoch, and on
+/// PostgreSQL a million updates of its 64 rows in one transaction make every update walk a
+/// long chain of row versions.
+async fn revoke_seeded(db_url: &str, n: u64) -> anyhow::Result<u64> {
+    let db = lanyard_store::Db::connect(db_url).await?;
+    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos())?;
+    let mut changed = 0;
+    let chunk = 50_000u64;
+    let mut from = 1u64;
+    while from <= n {
+        let to = (from + chunk).min(n + 1);
+        // The seeded rows' ids (see `seed`), in [from, to); the certificates the bench issued
+        // through the API are left as they are.
+        let (lo, hi) =
+            (format!("00000000-0000-4000-8000-{from:012x}"), format!("00000000-0000-4000-8000-{to:012x}"));
+        changed += match &db {
+            lanyard_store::Db::Sqlite(p) => sqlx::query(
+                "UPDATE credentials SET state = 'revoked', revocation_reason = 'superseded', revoked_at = ?1, \
+                 updated_at = ?1 WHERE state = 'active' AND id >= ?2 AND id < ?3",
+            )
+            .bind(now)
+            .bind(&lo)
+            .bind(&hi)
+            .execute(p)
+            .await?
+            .rows_affected(),
+            lanyard_store::Db::Postgres(p) => sqlx::query(
+                "UPDATE credentials SET state = 'revoked', revocation_reason = 'superseded', revoked_at = $1, \
+                 updated_at = $1 WHERE state = 'active' AND id >= $2 AND id < $3",
+            )
+            .bind(now)
+            .bind(&lo)
+            .bind(&hi)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        };
+        from = to;
+    }
+    match &db {
+        lanyard_store::Db::Sqlite(p) => {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(p).await?;
+        }
+        lanyard_store::Db::Postgres(p) => {
+            sqlx::query("VACUUM ANALYZE credentials").execute(p).await?;
+        }
+    }
+    Ok(changed)
+}
+
+/// The CRL of every seeded certificate revoked (the issue's "1,000,000 revoked entries"): time
+/// of the first CRL after the change, DER size and the server's peak-memory growth, against
+/// `openssl ca -gencrl` over the same million revoked; checked with `openssl crl -verify` and
+/// for a cRLNumber above the previous CRL's.
+fn crl_all_revoked(
+    b: &mut Bench,
+    l: &Lanyard,
+    rt: &tokio::runtime::Runtime,
+    db_url: &str,
+    db: &str,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let changed = rt.block_on(revoke_seeded(db_url, b.o.certificates))?;
+    println!(
+        "  revoked the {changed} active seeded certificates through SQL in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let m = measure_crl(l)?;
+    let entries = m.entries;
+    let path = b.dir.path().join(format!("crl-all-{db}.der"));
+    std::fs::write(&path, &m.der)?;
+    let (verified, number) = openssl_crl_check(l, &path)?;
+    let before = b.dir.path().join(format!("crl-tenth-{db}.der"));
+    let grew = if before.exists() {
+        let (_, earlier) = openssl_crl_check(l, &before)?;
+        match (crl_number(&earlier), crl_number(&number)) {
+            (Some(a), Some(b)) if b > a => "cRLNumber above the previous CRL's".to_owned(),
+            _ => format!("cRLNumber {number} NOT above the previous {earlier}"),
+        }
+    } else {
+        format!("cRLNumber {number}")
+    };
+    let verdict = format!(
+        "{}: {entries} entries, openssl crl -verify {}, {grew}",
+        if verified && !grew.contains("NOT") { "PASS" } else { "FAIL" },
+        if verified { "OK" } else { "FAILED" }
+    );
+    println!("  CRL check ({db}, all revoked): {verdict}");
+    b.report.context.push((format!("CRL of the revoked million checked ({db})"), verdict));
+    let mut row = Row::new(
+        &format!("lanyard-crl-all-time-{db}"),
+        "Lanyard",
+        &format!("CRL from the database, {entries} revoked ({db}): time"),
+        m.secs,
+        "s",
+    );
+    row.peer = Some("openssl-gencrl-all-time".into());
+    b.push(row);
+    b.push(Row::new(
+        &format!("lanyard-crl-all-size-{db}"),
+        "Lanyard",
+        &format!("CRL, {entries} revoked ({db}): size (DER)"),
+        m.der.len() as f64 / 1e6,
+        "MB",
+    ));
+    let mut row = Row::new(
+        &format!("lanyard-crl-all-rss-{db}"),
+        "Lanyard",
+        &format!("CRL, {entries} revoked ({db}): server RSS growth (peak while building)"),
+        m.growth_mib,
+        "MiB",
+    );
+    row.peer = Some("openssl-gencrl-all-rss".into());
+    b.push(row);
     Ok(())
 }
 
@@ -1542,7 +1744,8 @@ fn portal(b: &mut Bench) -> anyhow::Result<()> {
 }
 
 pub fn run(o: Options) -> anyhow::Result<()> {
-    const PARTS: [&str; 7] = ["ceiling", "cfssl", "openssl", "sqlite", "rsa", "postgres", "portal"];
+    const PARTS: [&str; 8] =
+        ["ceiling", "cfssl", "openssl", "sqlite", "rsa", "postgres", "portal", "crl-all"];
     if let Some(bad) = o.skip.iter().find(|s| !PARTS.contains(&s.as_str())) {
         bail!("--skip {bad:?}: the parts are {}", PARTS.join(", "));
     }
@@ -1570,6 +1773,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let on = |part: &str| !b.o.skip.iter().any(|s| s == part);
     let (c, f, o, sq, rsa, pgp, por) =
         (on("ceiling"), on("cfssl"), on("openssl"), on("sqlite"), on("rsa"), on("postgres"), on("portal"));
+    let crl_all = on("crl-all");
     if c {
         println!("== ceilings");
         ceiling(&mut b)?;
@@ -1597,6 +1801,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         issuance(&mut b, &l, "SQLite", 1, &devs, lanyard_ca::KeyAlgorithm::EcP256, &conns)?;
         let seeded = prepare_ocsp(&rt, &l, &url, &devs[0], n)?;
         ocsp(&mut b, &l, "SQLite", &seeded, true)?;
+        if crl_all {
+            crl_all_revoked(&mut b, &l, &rt, &url, "SQLite")?;
+        }
         let (rss, hwm) = memory(l.procs[0].pid());
         b.push(Row::new(
             "lanyard-rss-after-sqlite",
@@ -1640,6 +1847,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                 if servers == 1 || !b.o.quick {
                     let seeded = prepare_ocsp(&rt, &l, &url, &devs[0], n)?;
                     ocsp(&mut b, &l, "PostgreSQL", &seeded, servers == 1)?;
+                    if servers == 1 && crl_all {
+                        crl_all_revoked(&mut b, &l, &rt, &url, "PostgreSQL")?;
+                    }
                 }
                 Ok(())
             })();
@@ -1687,6 +1897,36 @@ pub fn render(figures: &Path, out: &Path) -> anyhow::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn crl_entries_are_counted_in_the_der() {
+        let h = lanyard_ca::hierarchy::Hierarchy::generate(
+            &lanyard_ca::hierarchy::HierarchySpec::new(
+                "Bench",
+                lanyard_ca::KeyAlgorithm::EcP256,
+                lanyard_ca::CaUrls::new("http://pki.bench.test").unwrap(),
+            )
+            .unwrap(),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let params =
+            lanyard_ca::CrlParams { number: 1, this_update: now, next_update: now + time::Duration::days(1) };
+        for n in [0u64, 1, 3, 300] {
+            let mut builder = h.issuing.crl_builder();
+            for i in 0..n {
+                builder
+                    .push_parts(&(i + 1).to_be_bytes(), now, Some(lanyard_ca::RevocationReason::Superseded))
+                    .unwrap();
+            }
+            let der = builder.finish(&params, None).unwrap();
+            assert_eq!(crl_entries(&der).unwrap(), n);
+            assert!(crl_entries(&der[..der.len() - 1]).is_err());
+        }
+        assert_eq!(crl_number("0x1f"), Some(31));
+        assert_eq!(crl_number("31"), None);
+    }
 
     #[test]
     fn decimal_serials_become_bytes() {
