@@ -32,7 +32,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use lanyard_core::repo::StoreError;
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{ConnectOptions, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
 
 use crate::Dialect;
@@ -59,6 +60,8 @@ pub(crate) struct Writer {
     /// Read-only connections to the same file for read units of work (`Db::connect` opens
     /// them), so a read needs no `query_only` switching on a shared connection.
     readers: Mutex<Option<SqlitePool>>,
+    /// One read-only connection of its own for the revocation epoch ([`Writer::read_epoch`]).
+    epoch: AsyncMutex<Option<SqliteConnection>>,
 }
 
 #[derive(Default)]
@@ -91,6 +94,7 @@ impl Writer {
                     batch: Arc::new(AsyncMutex::new(Batch::default())),
                     queued: AtomicUsize::new(0),
                     readers: Mutex::new(None),
+                    epoch: AsyncMutex::new(None),
                 })
             })
             .clone()
@@ -106,6 +110,33 @@ impl Writer {
     /// that was replaced and opened again is read through connections to the new file.
     pub(crate) fn set_readers(&self, pool: SqlitePool) {
         *self.readers.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+    }
+
+    /// Runs `sql` (one integer) on this file's epoch connection: a read-only connection kept
+    /// outside the pools for the revocation epoch, which OCSP reads once per batch of requests.
+    /// Through the writer pool the read took four trips to the connection's worker thread (a
+    /// ping as it left the pool, the statement, the `query_only` reset and a ping on its
+    /// return); here it takes one. `None`
+    /// when `Db::connect` did not open this file (no read-only pool): the caller reads through
+    /// its pool then. A failed read drops the connection; the next read opens a new one.
+    pub(crate) async fn read_epoch(&self, sql: &'static str) -> Option<Result<i64, sqlx::Error>> {
+        let readers = self.readers()?;
+        let mut slot = self.epoch.lock().await;
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let opts = readers.connect_options().as_ref().clone();
+                match opts.connect().await {
+                    Ok(conn) => slot.insert(conn),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        };
+        let result = sqlx::query_scalar(sql).fetch_one(&mut *conn).await;
+        if result.is_err() {
+            *slot = None;
+        }
+        Some(result)
     }
 
     /// Waits for this process's turn to write, then starts a unit of work inside the open batch
