@@ -20,13 +20,13 @@ pub mod revocation;
 pub mod scep;
 pub mod tls;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Router};
 use base64::Engine;
 use lanyard_ca::{CertStatus, CrlParams, ParsedOcspRequest};
 use lanyard_core::clock::Clock;
@@ -331,13 +331,31 @@ pub fn router<R: Repo + 'static>(state: AppState<R>) -> Router {
         .merge(scep::routes())
         .merge(portal::routes())
         .layer(middleware::from_fn(operation_id))
+        .merge(ocsp_routes())
         .with_state(state)
 }
 
 /// Only the PKI publication points (CA certificates, CRL, OCSP), for a plain-HTTP listener:
 /// relying parties fetch these while validating certificates, often before they can do TLS.
 pub fn pki_router<R: Repo + 'static>(state: AppState<R>) -> Router {
-    Router::new().merge(pki_routes()).layer(middleware::from_fn(operation_id)).with_state(state)
+    Router::new()
+        .merge(pki_routes())
+        .layer(middleware::from_fn(operation_id))
+        .merge(ocsp_routes())
+        .with_state(state)
+}
+
+/// The OCSP responder, outside the operation-id middleware: relying parties ask it far more
+/// often than anything else is asked, its answers are OCSP responses rather than API errors,
+/// and a UUID, a tracing span and a task-local per answer were a measurable share of its cost
+/// (`docs/revocation.md`). A server fault is still logged, with the request's path.
+fn ocsp_routes<R: Repo + 'static>() -> Router<AppState<R>> {
+    Router::new()
+        .route(
+            "/pki/ocsp",
+            axum::routing::post(ocsp_post::<R>).layer(DefaultBodyLimit::max(MAX_OCSP_REQUEST)),
+        )
+        .route("/pki/ocsp/{*request}", get(ocsp_get::<R>))
 }
 
 fn pki_routes<R: Repo + 'static>() -> Router<AppState<R>> {
@@ -347,11 +365,6 @@ fn pki_routes<R: Repo + 'static>() -> Router<AppState<R>> {
         .route("/pki/crl", get(crl::<R>))
         .route("/pki/crl/{shard}", get(crl_shard::<R>))
         .route("/pki/root.crl", get(root_crl::<R>))
-        .route(
-            "/pki/ocsp",
-            axum::routing::post(ocsp_post::<R>).layer(DefaultBodyLimit::max(MAX_OCSP_REQUEST)),
-        )
-        .route("/pki/ocsp/{*request}", get(ocsp_get::<R>))
 }
 
 /// The API's OpenAPI document; public, like the API's shape itself.
@@ -470,32 +483,42 @@ async fn answer_ocsp<R: Repo + 'static>(
         der: Bytes::from(der),
         this_update,
         refresh_at: this_update + responder.next_update_in() / 2,
+        headers: presigned_headers(&etag, this_update),
         etag,
     });
     s.revocation.store_ocsp(request, epoch, generation, Arc::clone(&entry));
     Ok(presigned_response(&entry, None))
 }
 
-fn presigned_response(entry: &revocation::Presigned, if_none_match: Option<&HeaderValue>) -> Response {
-    let mut headers = axum::http::HeaderMap::new();
+/// The headers of a pre-signed answer (RFC 5019 §6): made once per answer, cloned per request.
+fn presigned_headers(etag: &str, this_update: OffsetDateTime) -> axum::http::HeaderMap {
+    let mut headers = axum::http::HeaderMap::with_capacity(4);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/ocsp-response"));
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, no-transform, max-age=0, must-revalidate"),
     );
-    if let Ok(v) = HeaderValue::from_str(&entry.etag) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         headers.insert(header::ETAG, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&http_date(entry.this_update)) {
+    if let Ok(v) = HeaderValue::from_str(&http_date(this_update)) {
         headers.insert(header::LAST_MODIFIED, v);
     }
+    headers
+}
+
+fn presigned_response(entry: &revocation::Presigned, if_none_match: Option<&HeaderValue>) -> Response {
+    let mut headers = entry.headers.clone();
     if if_none_match
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|tag| tag.trim().trim_start_matches("W/") == entry.etag))
     {
+        headers.remove(header::CONTENT_TYPE);
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/ocsp-response"));
-    (headers, entry.der.clone()).into_response()
+    let mut resp = Response::new(axum::body::Body::from(entry.der.clone()));
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// An HTTP-date (RFC 9110 §5.6.7): `Fri, 04 Dec 2026 22:47:12 GMT`.
@@ -524,7 +547,6 @@ async fn ocsp_post<R: Repo + 'static>(
 
 async fn ocsp_get<R: Repo + 'static>(
     State(s): State<AppState<R>>,
-    Extension(_op): Extension<OperationId>,
     headers: axum::http::HeaderMap,
     Path(request): Path<String>,
 ) -> Result<Response, ApiError> {

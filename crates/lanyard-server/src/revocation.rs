@@ -112,6 +112,9 @@ pub struct Presigned {
     pub refresh_at: OffsetDateTime,
     /// A strong validator of `der`, quoted.
     pub etag: String,
+    /// The answer's headers, made once when it was signed: Content-Type, the RFC 5019 §6
+    /// caching headers, ETag and Last-Modified.
+    pub headers: axum::http::HeaderMap,
 }
 
 /// Pre-signed responses of one epoch and signer generation. Two halves approximate LRU: hits

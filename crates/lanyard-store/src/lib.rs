@@ -16,7 +16,7 @@ pub mod seed;
 mod sql;
 mod tx;
 
-pub use tx::{POSTGRES_UNIQUE_FIELDS, StoreTx};
+pub use tx::{PG_EPOCH_APPLICATION, POSTGRES_UNIQUE_FIELDS, StoreTx};
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};

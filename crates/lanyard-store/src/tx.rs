@@ -165,10 +165,9 @@ impl Repo for Db {
                     Err(QueryError::Postgres(e)) => return Err(classify(Dialect::Postgres, &e).error),
                 }
             }
-            Db::Postgres(pool) => sqlx::query_scalar(SQL)
-                .fetch_one(pool)
-                .await
-                .map_err(|e| classify(Dialect::Postgres, &e).error)?,
+            Db::Postgres(pool) => {
+                pg_epoch(pool, SQL).await.map_err(|e| classify(Dialect::Postgres, &e).error)?
+            }
         };
         u64::try_from(epoch)
             .map_err(|_| StoreError::Backend(format!("revocation_epoch.epoch is negative ({epoch})")))
@@ -624,6 +623,56 @@ fn sqlite_unique_field(message: &str) -> String {
         }
         _ => cols.to_owned(),
     }
+}
+
+/// The PostgreSQL connection kept for the revocation epoch of one pool.
+struct PgEpoch {
+    /// The pool's connect options: alive as long as the pool is.
+    pool: std::sync::Weak<sqlx::postgres::PgConnectOptions>,
+    conn: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::PgConnection>>>,
+}
+
+/// The `application_name` of the connection that reads the revocation epoch, as
+/// `pg_stat_activity` shows it.
+pub const PG_EPOCH_APPLICATION: &str = "lanyard revocation epoch";
+
+/// One connection per pool for the revocation epoch, kept outside the pool. OCSP reads the
+/// epoch once per batch of requests; through the pool each read took three round trips (the
+/// ping sqlx sends when a connection leaves the pool, the statement, the ping when it comes
+/// back), here one. A pool's connection is closed once the pool is gone and another epoch read
+/// happens; a failed read drops the connection and the next read opens a new one.
+static PG_EPOCH: std::sync::LazyLock<std::sync::Mutex<Vec<PgEpoch>>> =
+    std::sync::LazyLock::new(Default::default);
+
+async fn pg_epoch(pool: &sqlx::PgPool, sql: &'static str) -> Result<i64, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    let options = pool.connect_options();
+    let slot = {
+        // A poisoned lock only means a thread panicked while pushing; the list is whole.
+        let mut all = PG_EPOCH.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|e| e.pool.strong_count() > 0);
+        match all.iter().find(|e| std::ptr::eq(e.pool.as_ptr(), std::sync::Arc::as_ptr(&options))) {
+            Some(e) => std::sync::Arc::clone(&e.conn),
+            None => {
+                let conn = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+                all.push(PgEpoch {
+                    pool: std::sync::Arc::downgrade(&options),
+                    conn: std::sync::Arc::clone(&conn),
+                });
+                conn
+            }
+        }
+    };
+    let mut slot = slot.lock().await;
+    let conn = match slot.as_mut() {
+        Some(conn) => conn,
+        None => slot.insert(options.as_ref().clone().application_name(PG_EPOCH_APPLICATION).connect().await?),
+    };
+    let result = sqlx::query_scalar(sql).fetch_one(&mut *conn).await;
+    if result.is_err() {
+        *slot = None;
+    }
+    result
 }
 
 #[cfg(test)]

@@ -1424,3 +1424,32 @@ on_both!(the_bulk_seeder_writes_distinct_certificates_and_moves_the_epoch, |db| 
     let serials: BTreeSet<String> = (0..100_000).map(|i| seeded_serial(7, i)).collect();
     assert_eq!(serials.len(), 100_000);
 });
+
+on_both!(the_epoch_read_outside_units_of_work_sees_every_later_commit, |db| {
+    // `Db::revocation_epoch` reads on a connection of its own, kept between reads: it must never
+    // answer from an old snapshot.
+    let before = db.revocation_epoch().await.unwrap();
+    for bump in 1..=3 {
+        // As another process sharing the database would commit it.
+        raw(db, "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 0").await;
+        assert_eq!(db.revocation_epoch().await.unwrap(), before + bump);
+    }
+    if let Db::Postgres(p) = db {
+        // Its connection cut (a restarted database, a killed backend): a read may fail once,
+        // and the next opens a new connection.
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = $1 AND datname = current_database()",
+        )
+        .bind(lanyard_store::PG_EPOCH_APPLICATION)
+        .fetch_one(p)
+        .await
+        .unwrap();
+        assert_eq!(cut, 1, "one epoch connection per pool");
+        let epoch = match db.revocation_epoch().await {
+            Ok(epoch) => epoch,
+            Err(_) => db.revocation_epoch().await.unwrap(),
+        };
+        assert_eq!(epoch, before + 3);
+    }
+});

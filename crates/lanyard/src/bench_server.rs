@@ -1744,8 +1744,8 @@ fn portal(b: &mut Bench) -> anyhow::Result<()> {
 }
 
 pub fn run(o: Options) -> anyhow::Result<()> {
-    const PARTS: [&str; 8] =
-        ["ceiling", "cfssl", "openssl", "sqlite", "rsa", "postgres", "portal", "crl-all"];
+    const PARTS: [&str; 9] =
+        ["ceiling", "cfssl", "openssl", "sqlite", "rsa", "postgres", "portal", "crl-all", "issuance"];
     if let Some(bad) = o.skip.iter().find(|s| !PARTS.contains(&s.as_str())) {
         bail!("--skip {bad:?}: the parts are {}", PARTS.join(", "));
     }
@@ -1774,6 +1774,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let (c, f, o, sq, rsa, pgp, por) =
         (on("ceiling"), on("cfssl"), on("openssl"), on("sqlite"), on("rsa"), on("postgres"), on("portal"));
     let crl_all = on("crl-all");
+    // Without the issuance rows one device is enough (the OCSP rows issue their certificates to it).
+    let (iss, issuance_devices) = if on("issuance") { (true, ISSUANCE_DEVICES) } else { (false, 1) };
     if c {
         println!("== ceilings");
         ceiling(&mut b)?;
@@ -1796,9 +1798,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(1));
         let idle = memory(l.procs[0].pid()).0;
         b.push(Row::new("lanyard-rss-idle", "Lanyard", "server RSS idle (SQLite, fresh)", idle, "MiB"));
-        let devs = devices(&l, ISSUANCE_DEVICES)?;
+        let devs = devices(&l, issuance_devices)?;
         let conns = b.conns();
-        issuance(&mut b, &l, "SQLite", 1, &devs, lanyard_ca::KeyAlgorithm::EcP256, &conns)?;
+        if iss {
+            issuance(&mut b, &l, "SQLite", 1, &devs, lanyard_ca::KeyAlgorithm::EcP256, &conns)?;
+        }
         let seeded = prepare_ocsp(&rt, &l, &url, &devs[0], n)?;
         ocsp(&mut b, &l, "SQLite", &seeded, true)?;
         if crl_all {
@@ -1841,9 +1845,19 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             let url = rt.block_on(fresh_pg(pg, &name))?;
             let result = (|| -> anyhow::Result<()> {
                 let l = start_lanyard(&b, &format!("pg{servers}"), &url, servers, "p256")?;
-                let devs = devices(&l, ISSUANCE_DEVICES)?;
+                let devs = devices(&l, issuance_devices)?;
                 let conns = b.conns();
-                issuance(&mut b, &l, "PostgreSQL", servers, &devs, lanyard_ca::KeyAlgorithm::EcP256, &conns)?;
+                if iss {
+                    issuance(
+                        &mut b,
+                        &l,
+                        "PostgreSQL",
+                        servers,
+                        &devs,
+                        lanyard_ca::KeyAlgorithm::EcP256,
+                        &conns,
+                    )?;
+                }
                 if servers == 1 || !b.o.quick {
                     let seeded = prepare_ocsp(&rt, &l, &url, &devs[0], n)?;
                     ocsp(&mut b, &l, "PostgreSQL", &seeded, servers == 1)?;
