@@ -85,7 +85,8 @@ pub enum BenchCommand {
         #[arg(long)]
         certificates: Option<u64>,
         /// Parts to leave out, comma-separated: ceiling, cfssl, openssl, sqlite, rsa, postgres,
-        /// portal (their rows are then missing from the table).
+        /// ocsp (Lanyard's OCSP rows on SQLite and PostgreSQL), portal (their rows are then
+        /// missing from the table).
         #[arg(long, value_delimiter = ',')]
         skip: Vec<String>,
     },
