@@ -1,0 +1,4 @@
+-- Nothing to change on SQLite: its write units of work take turns on one writer, so bumps of the
+-- revocation epoch never run concurrently. ../postgres/0016_revocation_epoch_shards.sql keeps
+-- PostgreSQL's concurrent serializable bumps from aborting one another; this file keeps the two
+-- migration lists in step.
