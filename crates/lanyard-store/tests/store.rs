@@ -1472,6 +1472,32 @@ on_both!(the_bulk_seeder_writes_distinct_certificates_and_moves_the_epoch, |db| 
     assert_eq!(serials.len(), 100_000);
 });
 
+on_both!(a_bulk_revocation_in_one_statement_moves_the_epoch_and_lists_every_row, |db| {
+    // An incident revokes thousands at once. On PostgreSQL the epoch moves once per transaction
+    // (migration 0017: bumping once per row made one statement quadratic in its rows); on SQLite
+    // once per row. Either way it moves, and every revoked row is listed.
+    use lanyard_store::seed::{SeedSpec, seed_certificates};
+    let spec =
+        SeedSpec { certificates: 5000, revoke_every: 0, certificate_der: vec![0x30, 0x00], at: T0, batch: 9 };
+    assert_eq!(seed_certificates(db, &spec).await.unwrap(), 5000);
+    let before = epoch(db).await;
+    raw(db, "UPDATE credentials SET state = 'revoked', revocation_reason = 'key_compromise' WHERE state = 'active'")
+        .await;
+    let after = epoch(db).await;
+    match db {
+        Db::Postgres(_) => assert_eq!(after, before + 1, "one bump for the whole transaction"),
+        Db::Sqlite(_) => assert_eq!(after, before + 5000, "one bump per row"),
+    }
+    let mut tx = db.read().await.unwrap();
+    let listed = tx.for_each_listed(|_| Ok(())).await.unwrap();
+    assert_eq!(listed, 5000);
+    drop(tx);
+    // The flag is per transaction: the next one that changes a row moves the epoch again.
+    raw(db, "UPDATE credentials SET state = 'on_hold' WHERE serial_hex = (SELECT MIN(serial_hex) FROM credentials)")
+        .await;
+    assert!(epoch(db).await > after, "a later transaction's change moves the epoch again");
+});
+
 on_both!(the_epoch_read_outside_units_of_work_sees_every_later_commit, |db| {
     // `Db::revocation_epoch` reads on a connection of its own, kept between reads: it must never
     // answer from an old snapshot.

@@ -1,0 +1,4 @@
+-- Nothing to change on SQLite: its epoch is one row updated in place, so a bulk revocation's
+-- bumps cost the same each. ../postgres/0017_revocation_epoch_once.sql makes PostgreSQL bump
+-- once per transaction (its repeated updates of one row within a transaction grew a chain of
+-- row versions); this file keeps the two migration lists in step.
