@@ -119,11 +119,7 @@ impl Repo for Db {
     async fn begin(&self) -> Result<StoreTx, StoreError> {
         let conn = match self {
             Db::Sqlite(pool) => Conn::SqliteUnit(crate::group::Writer::of(pool).begin().await?),
-            Db::Postgres(pool) => pool
-                .begin_with(POSTGRES_BEGIN)
-                .await
-                .map(Conn::Postgres)
-                .map_err(|e| classify(Dialect::Postgres, &e).error)?,
+            Db::Postgres(pool) => Conn::Postgres(pg_begin(pool, POSTGRES_BEGIN).await?),
         };
         Ok(StoreTx { conn, broken: None, in_call: false, read_only: false })
     }
@@ -132,11 +128,7 @@ impl Repo for Db {
         let conn = match self {
             // Opened read-only: the database itself refuses writes.
             Db::Sqlite(pool) => Conn::SqliteRead(crate::group::Writer::of(pool).read().await?),
-            Db::Postgres(pool) => pool
-                .begin_with(POSTGRES_BEGIN_READ)
-                .await
-                .map(Conn::Postgres)
-                .map_err(|e| classify(Dialect::Postgres, &e).error)?,
+            Db::Postgres(pool) => Conn::Postgres(pg_begin(pool, POSTGRES_BEGIN_READ).await?),
         };
         Ok(StoreTx { conn, broken: None, in_call: false, read_only: true })
     }
@@ -207,6 +199,26 @@ impl Repo for Db {
                 Ok(sealed)
             }
         }
+    }
+}
+
+/// Starts a PostgreSQL transaction on a pooled connection, in a task of its own so that it
+/// always finishes. sqlx counts a transaction only once its `BEGIN` has been answered: a request
+/// cancelled in between (a client closing its connection mid-request, as every load generator
+/// does when it stops) left the connection inside a transaction that sqlx did not know about.
+/// The pool handed it out again, the next unit's `BEGIN` only drew the warning "there is
+/// already a transaction in progress", and that unit ran inside the stale one — with its
+/// isolation level, read-only if it was a read unit's, so a revocation failed with an internal
+/// error (`./scripts/bench`, issue 12). Finished in its own task, the `BEGIN` is always
+/// counted; a transaction nobody waits for any more is dropped and rolled back as usual.
+async fn pg_begin(
+    pool: &sqlx::PgPool,
+    begin: &'static str,
+) -> Result<Transaction<'static, Postgres>, StoreError> {
+    let pool = pool.clone();
+    match tokio::spawn(async move { pool.begin_with(begin).await }).await {
+        Ok(begun) => begun.map_err(|e| classify(Dialect::Postgres, &e).error),
+        Err(e) => Err(StoreError::Backend(format!("starting a transaction did not finish: {e}"))),
     }
 }
 

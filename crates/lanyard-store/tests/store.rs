@@ -610,6 +610,25 @@ on_both!(corrupt_rows_are_backend_errors, |db| {
 });
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_unit_of_work_cancelled_while_it_begins_leaves_no_transaction_behind() {
+    // A request cancelled while its unit of work's BEGIN is on the wire must not leave the
+    // pooled connection inside a transaction sqlx does not know about: the next unit on it would
+    // run inside the stale one (read-only if it was a read unit's).
+    let t = postgres().await;
+    let db = &t.db;
+    for i in 0..200u64 {
+        // Give up on a read unit's start after a few microseconds (the cut lands anywhere from
+        // taking the connection to waiting for BEGIN's answer), then write.
+        let _ = tokio::time::timeout(std::time::Duration::from_micros(i * 7 % 400), db.read()).await;
+        let mut tx = db.begin().await.unwrap();
+        tx.insert_group(&group(&format!("after-cancel-{i}"))).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut tx = db.read().await.unwrap();
+    let all = tx.list_groups().await.unwrap();
+    assert_eq!(all.iter().filter(|g| g.name.as_str().starts_with("after-cancel-")).count(), 200);
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_serialization_failures_are_retryable() {
     let t = postgres().await;
     let db = &t.db;
