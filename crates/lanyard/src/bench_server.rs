@@ -1422,35 +1422,41 @@ fn ocsp(b: &mut Bench, l: &Lanyard, db: &str, seeded: &Seeded, full: bool) -> an
     if full {
         // The CRL from the database: time, size, the server's peak-RSS growth.
         let m = measure_crl(l)?;
-        let entries = m.entries;
         std::fs::write(b.dir.path().join(format!("crl-tenth-{db}.der")), &m.der)?;
-        let mut row = Row::new(
-            &format!("lanyard-crl-time-{db}"),
-            "Lanyard",
-            &format!("CRL from the database, {entries} revoked ({db}): time"),
-            m.secs,
-            "s",
-        );
-        row.peer = Some("openssl-gencrl-tenth-time".into());
-        b.push(row);
-        b.push(Row::new(
-            &format!("lanyard-crl-size-{db}"),
-            "Lanyard",
-            &format!("CRL, {entries} revoked ({db}): size (DER)"),
-            m.der.len() as f64 / 1e6,
-            "MB",
-        ));
-        let mut row = Row::new(
-            &format!("lanyard-crl-rss-{db}"),
-            "Lanyard",
-            &format!("CRL, {entries} revoked ({db}): server RSS growth (peak while building)"),
-            m.growth_mib,
-            "MiB",
-        );
-        row.peer = Some("openssl-gencrl-tenth-rss".into());
-        b.push(row);
+        crl_rows(b, "crl", "tenth", db, &m);
     }
     Ok(())
+}
+
+/// The time, size and memory rows of one measured CRL: keys `lanyard-<key>-{time,size,rss}-<db>`,
+/// compared with the `openssl-gencrl-<peer>-*` rows.
+fn crl_rows(b: &mut Bench, key: &str, peer: &str, db: &str, m: &CrlMeasure) {
+    let entries = m.entries;
+    let mut row = Row::new(
+        &format!("lanyard-{key}-time-{db}"),
+        "Lanyard",
+        &format!("CRL from the database, {entries} revoked ({db}): time"),
+        m.secs,
+        "s",
+    );
+    row.peer = Some(format!("openssl-gencrl-{peer}-time"));
+    b.push(row);
+    b.push(Row::new(
+        &format!("lanyard-{key}-size-{db}"),
+        "Lanyard",
+        &format!("CRL, {entries} revoked ({db}): size (DER)"),
+        m.der.len() as f64 / 1e6,
+        "MB",
+    ));
+    let mut row = Row::new(
+        &format!("lanyard-{key}-rss-{db}"),
+        "Lanyard",
+        &format!("CRL, {entries} revoked ({db}): server RSS growth (peak while building)"),
+        m.growth_mib,
+        "MiB",
+    );
+    row.peer = Some(format!("openssl-gencrl-{peer}-rss"));
+    b.push(row);
 }
 
 /// One CRL fetched from the server, measured.
@@ -1646,31 +1652,7 @@ fn crl_all_revoked(
     );
     println!("  CRL check ({db}, all revoked): {verdict}");
     b.report.context.push((format!("CRL of the revoked million checked ({db})"), verdict));
-    let mut row = Row::new(
-        &format!("lanyard-crl-all-time-{db}"),
-        "Lanyard",
-        &format!("CRL from the database, {entries} revoked ({db}): time"),
-        m.secs,
-        "s",
-    );
-    row.peer = Some("openssl-gencrl-all-time".into());
-    b.push(row);
-    b.push(Row::new(
-        &format!("lanyard-crl-all-size-{db}"),
-        "Lanyard",
-        &format!("CRL, {entries} revoked ({db}): size (DER)"),
-        m.der.len() as f64 / 1e6,
-        "MB",
-    ));
-    let mut row = Row::new(
-        &format!("lanyard-crl-all-rss-{db}"),
-        "Lanyard",
-        &format!("CRL, {entries} revoked ({db}): server RSS growth (peak while building)"),
-        m.growth_mib,
-        "MiB",
-    );
-    row.peer = Some("openssl-gencrl-all-rss".into());
-    b.push(row);
+    crl_rows(b, "crl-all", "all", db, &m);
     Ok(())
 }
 
