@@ -83,14 +83,29 @@ impl Rig {
             "{}",
             found.text
         );
-        let started = page(
-            &self.server,
-            "POST",
-            &format!("{path}/start"),
-            Some(&self.alice),
-            Some(&form(&self.alice, &[])),
-        )
-        .await;
+        // The agent reports its reader free again shortly after the previous session's job
+        // has ended (two messages on its link, in either order): until then the portal answers
+        // 409 "a card session is already running", as a person starting too early would see.
+        let started = tokio::time::timeout(HANG_GUARD, async {
+            loop {
+                let started = page(
+                    &self.server,
+                    "POST",
+                    &format!("{path}/start"),
+                    Some(&self.alice),
+                    Some(&form(&self.alice, &[])),
+                )
+                .await;
+                if started.status != StatusCode::CONFLICT
+                    || !started.text.contains("already running on reader")
+                {
+                    return started;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the reader became free");
         assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.text);
         job_of(started.location.as_deref().unwrap())
     }
