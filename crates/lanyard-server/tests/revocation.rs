@@ -54,6 +54,18 @@ struct Cert {
     credential: Credential,
 }
 
+/// `chain.pem` in `dir`: the issuing CA then the root, as `openssl -CAfile` takes them.
+fn write_chain(pki: &Pki, dir: &Path) -> std::path::PathBuf {
+    let chain = dir.join("chain.pem");
+    let text = format!(
+        "{}{}",
+        pem("CERTIFICATE", pki.issuing.certificate_der()),
+        pem("CERTIFICATE", pki.root.certificate_der())
+    );
+    std::fs::write(&chain, text).unwrap();
+    chain
+}
+
 fn issue(pki: &Pki, dir: &Path, name: &str, device: &Device) -> Cert {
     let key = SoftwareKey::generate(KeyAlgorithm::EcP256).unwrap();
     let now = SystemClock.now();
@@ -189,16 +201,7 @@ async fn two_servers(postgres: bool) {
     let b = server(&url, &ca, 0).await;
     let issuing = d.join("issuing.pem");
     std::fs::write(&issuing, pem("CERTIFICATE", a.pki.issuing.certificate_der())).unwrap();
-    let chain = d.join("chain.pem");
-    std::fs::write(
-        &chain,
-        format!(
-            "{}{}",
-            pem("CERTIFICATE", a.pki.issuing.certificate_der()),
-            pem("CERTIFICATE", a.pki.root.certificate_der())
-        ),
-    )
-    .unwrap();
+    let chain = write_chain(&a.pki, d);
     let (issuing, chain) = (issuing.to_str().unwrap(), chain.to_str().unwrap());
 
     let device = Device::new(DeviceKind::SmartCard, "Lanyard virtual card", SystemClock.now()).unwrap();
@@ -369,16 +372,7 @@ async fn partitioned_crls_name_their_distribution_point_and_verify() {
     Pki::create(&ca, "Lanyard Test", KeyAlgorithm::EcP256, BASE, SystemClock.now()).unwrap();
     let url = database(d, false).await;
     let s = server(&url, &ca, 4).await;
-    let chain = d.join("chain.pem");
-    std::fs::write(
-        &chain,
-        format!(
-            "{}{}",
-            pem("CERTIFICATE", s.pki.issuing.certificate_der()),
-            pem("CERTIFICATE", s.pki.root.certificate_der())
-        ),
-    )
-    .unwrap();
+    let chain = write_chain(&s.pki, d);
     let chain = chain.to_str().unwrap();
     let device = Device::new(DeviceKind::SmartCard, "Lanyard virtual card", SystemClock.now()).unwrap();
     let certs: Vec<Cert> = (0..12).map(|i| issue(&s.pki, d, &format!("c{i}"), &device)).collect();
@@ -680,16 +674,7 @@ async fn crl_matches_the_reference_builder(postgres: bool) {
     let text = {
         let path = d.join("crl.der");
         std::fs::write(&path, &fast).unwrap();
-        let chain = d.join("chain.pem");
-        std::fs::write(
-            &chain,
-            format!(
-                "{}{}",
-                pem("CERTIFICATE", s.pki.issuing.certificate_der()),
-                pem("CERTIFICATE", s.pki.root.certificate_der())
-            ),
-        )
-        .unwrap();
+        let chain = write_chain(&s.pki, d);
         openssl(&[
             "crl",
             "-inform",

@@ -101,25 +101,33 @@ pub(crate) fn execute(conn: &Connection, q: &Query) -> Result<u64, rusqlite::Err
     Ok(changed as u64)
 }
 
-/// Runs a query and hands each decoded row to `each`; stops at the first error. Returns the
-/// number of rows.
+/// Runs a query and hands each row to `each` until it returns `false` or an error. Returns the
+/// number of rows handed over.
+fn step_rows(
+    conn: &Connection,
+    q: &Query,
+    mut each: impl FnMut(&dyn Cols) -> Result<bool, StoreError>,
+) -> Result<u64, QueryError> {
+    let mut stmt = prepare(conn, q).map_err(QueryError::Sqlite)?;
+    let mut rows = stmt.raw_query();
+    let mut n = 0u64;
+    while let Some(row) = rows.next().map_err(QueryError::Sqlite)? {
+        n += 1;
+        if !each(&Row(row)).map_err(QueryError::Row)? {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// Runs a query and hands each decoded row to `each`; stops at the first error.
 fn each_row<T>(
     conn: &Connection,
     q: &Query,
     decode: Decode<T>,
     mut each: impl FnMut(T) -> Result<bool, StoreError>,
 ) -> Result<u64, QueryError> {
-    let mut stmt = prepare(conn, q).map_err(QueryError::Sqlite)?;
-    let mut rows = stmt.raw_query();
-    let mut n = 0u64;
-    while let Some(row) = rows.next().map_err(QueryError::Sqlite)? {
-        let value = decode(&Row(row)).map_err(QueryError::Row)?;
-        n += 1;
-        if !each(value).map_err(QueryError::Row)? {
-            break;
-        }
-    }
-    Ok(n)
+    step_rows(conn, q, |row| each(decode(row)?))
 }
 
 /// Runs a query and decodes every row.
@@ -156,14 +164,10 @@ pub(crate) fn for_each_row(
     mut each: impl FnMut(&dyn Cols) -> Result<(), StoreError>,
 ) -> Result<u64, QueryError> {
     let mut run = || {
-        let mut stmt = prepare(conn, q).map_err(QueryError::Sqlite)?;
-        let mut rows = stmt.raw_query();
-        let mut n = 0u64;
-        while let Some(row) = rows.next().map_err(QueryError::Sqlite)? {
-            each(&Row(row)).map_err(QueryError::Row)?;
-            n += 1;
-        }
-        Ok(n)
+        step_rows(conn, q, |row| {
+            each(row)?;
+            Ok(true)
+        })
     };
     let multi = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);

@@ -1578,27 +1578,16 @@ async fn revoke_seeded(db_url: &str, n: u64) -> anyhow::Result<u64> {
         // through the API are left as they are.
         let (lo, hi) =
             (format!("00000000-0000-4000-8000-{from:012x}"), format!("00000000-0000-4000-8000-{to:012x}"));
+        // `$n` placeholders read the same on both databases.
+        const REVOKE: &str = "UPDATE credentials SET state = 'revoked', revocation_reason = 'superseded', \
+                              revoked_at = $1, updated_at = $1 WHERE state = 'active' AND id >= $2 AND id < $3";
         changed += match &db {
-            lanyard_store::Db::Sqlite(p) => sqlx::query(
-                "UPDATE credentials SET state = 'revoked', revocation_reason = 'superseded', revoked_at = ?1, \
-                 updated_at = ?1 WHERE state = 'active' AND id >= ?2 AND id < ?3",
-            )
-            .bind(now)
-            .bind(&lo)
-            .bind(&hi)
-            .execute(p)
-            .await?
-            .rows_affected(),
-            lanyard_store::Db::Postgres(p) => sqlx::query(
-                "UPDATE credentials SET state = 'revoked', revocation_reason = 'superseded', revoked_at = $1, \
-                 updated_at = $1 WHERE state = 'active' AND id >= $2 AND id < $3",
-            )
-            .bind(now)
-            .bind(&lo)
-            .bind(&hi)
-            .execute(p)
-            .await?
-            .rows_affected(),
+            lanyard_store::Db::Sqlite(p) => {
+                sqlx::query(REVOKE).bind(now).bind(&lo).bind(&hi).execute(p).await?.rows_affected()
+            }
+            lanyard_store::Db::Postgres(p) => {
+                sqlx::query(REVOKE).bind(now).bind(&lo).bind(&hi).execute(p).await?.rows_affected()
+            }
         };
         from = to;
     }
